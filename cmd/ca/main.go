@@ -1,0 +1,104 @@
+// Command tether-ca is Tether's certificate authority: it issues SPIFFE
+// X.509-SVIDs to attested workloads and rotates its roots.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tether-mesh/tether/internal/caserver"
+	"github.com/tether-mesh/tether/internal/logging"
+	"github.com/tether-mesh/tether/pkg/identity"
+)
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tether-ca:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	svc, err := caserver.New(ctx, cfg)
+	if err != nil {
+		cfg.Logger.Error("tether-ca cannot start", "error", err)
+		os.Exit(1)
+	}
+	if err := svc.Run(ctx); err != nil {
+		cfg.Logger.Error("tether-ca stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (caserver.Config, error) {
+	var c caserver.Config
+	fs := flag.NewFlagSet("tether-ca", flag.ContinueOnError)
+	fs.StringVar(&c.TrustDomain, "trust-domain", env("TETHER_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TETHER_TRUST_DOMAIN)")
+	fs.StringVar(&c.ListenAddr, "listen", ":8443", "address of the CA gRPC API (TLS)")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AdminSocket, "admin-socket", "", "unix socket of the operator API (default <store-dir>/admin.sock, or /run/tether-ca/admin.sock)")
+	fs.StringVar(&c.Store, "store", "dir", "where the CA keeps its state: dir or kubernetes")
+	fs.StringVar(&c.StoreDir, "store-dir", "", "directory of the dir store")
+	fs.StringVar(&c.BundleFile, "bundle-file", "", "write the trust bundle (PEM) here on every change (default <store-dir>/bundle.pem)")
+	fs.DurationVar(&c.SVIDTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued SVIDs")
+	fs.DurationVar(&c.IntermediateTTL, "intermediate-ttl", identity.DefaultIntermediateTTL, "lifetime of the signing intermediate")
+	fs.DurationVar(&c.RootTTL, "root-ttl", identity.DefaultRootTTL, "lifetime of a root")
+	fs.DurationVar(&c.Backdate, "backdate", identity.DefaultBackdate, "how far NotBefore is set in the past")
+	fs.DurationVar(&c.PropagationDelay, "propagation-delay", identity.DefaultPropagationDelay, "how long a prepared root must be in the bundle before it may sign")
+	fs.DurationVar(&c.TickInterval, "tick", 10*time.Second, "how often the CA reloads its store and checks the rotation schedule")
+	fs.BoolVar(&c.AutoRotate, "auto-rotate", true, "take rotation steps on schedule")
+	fs.StringVar(&c.Kube.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster (env KUBECONFIG)")
+	fs.StringVar(&c.Kube.Namespace, "namespace", env("POD_NAMESPACE", "tether-system"), "namespace of the Secret and Lease (env POD_NAMESPACE)")
+	fs.StringVar(&c.Kube.SecretName, "secret-name", "tether-ca", "Secret of the kubernetes store")
+	fs.StringVar(&c.Kube.LeaseName, "lease-name", "tether-ca", "Lease that elects the replica taking rotation steps")
+	fs.StringVar(&c.Kube.Identity, "replica-name", env("POD_NAME", hostname()), "this replica's name in the Lease (env POD_NAME)")
+	fs.BoolVar(&c.Kube.TokenReview, "k8s-tokens", false, "accept projected ServiceAccount tokens (TokenReview); default on with --store=kubernetes")
+	fs.StringVar(&c.Kube.Audience, "token-audience", "tether-ca", "audience projected tokens must carry")
+	fs.BoolVar(&c.Kube.PublishBundle, "publish-bundle", false, "write ConfigMap tether-trust-bundle in every namespace with injection enabled; default on with --store=kubernetes")
+	fs.StringVar(&c.Kube.UpstreamIssuer, "upstream-issuer", "", "take the signing intermediate from this cert-manager issuer (Issuer/NAME or ClusterIssuer/NAME)")
+	fs.StringVar(&c.Kube.UpstreamNamespace, "upstream-namespace", "", "namespace of the CertificateRequests (default --namespace)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.Store == "kubernetes" {
+		if !set["k8s-tokens"] {
+			c.Kube.TokenReview = true
+		}
+		if !set["publish-bundle"] {
+			c.Kube.PublishBundle = true
+		}
+	}
+	if c.Kube.UpstreamNamespace == "" {
+		c.Kube.UpstreamNamespace = c.Kube.Namespace
+	}
+	log, err := logging.New(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return c, err
+	}
+	c.Logger = log
+	return c, c.Validate()
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}

@@ -1,0 +1,289 @@
+// Package caserver runs tether-ca: it wires the CA of pkg/identity to its
+// store, attestors and listeners from one validated Config.
+package caserver
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/internal/admin"
+	"github.com/tether-mesh/tether/pkg/identity"
+)
+
+// Config is tether-ca's configuration, filled from flags.
+type Config struct {
+	TrustDomain string
+	// ListenAddr serves the CA gRPC API over TLS.
+	ListenAddr string
+	// AdminAddr serves /healthz, /readyz and /metrics.
+	AdminAddr string
+	// AdminSocket serves the operator API (tokens, rotation). Default:
+	// <StoreDir>/admin.sock for a directory store.
+	AdminSocket string
+	// Store is "dir" or "kubernetes".
+	Store    string
+	StoreDir string
+	// BundleFile receives the trust bundle as PEM on every change. Default:
+	// <StoreDir>/bundle.pem for a directory store.
+	BundleFile string
+
+	SVIDTTL          time.Duration
+	IntermediateTTL  time.Duration
+	RootTTL          time.Duration
+	Backdate         time.Duration
+	PropagationDelay time.Duration
+	TickInterval     time.Duration
+	AutoRotate       bool
+
+	Kube KubeConfig
+
+	Logger *slog.Logger
+}
+
+// KubeConfig is the Kubernetes side of tether-ca.
+type KubeConfig struct {
+	Kubeconfig string
+	Namespace  string
+	SecretName string
+	LeaseName  string
+	// Identity names this replica in the Lease (pod name).
+	Identity string
+	// TokenReview accepts projected ServiceAccount tokens.
+	TokenReview bool
+	Audience    string
+	// PublishBundle writes the tether-trust-bundle ConfigMaps.
+	PublishBundle bool
+	// UpstreamIssuer is "Issuer/NAME" or "ClusterIssuer/NAME" of cert-manager.
+	UpstreamIssuer    string
+	UpstreamNamespace string
+}
+
+// Validate checks the config and fills derived defaults.
+func (c *Config) Validate() error {
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("--trust-domain %q: %v", c.TrustDomain, err)
+	}
+	switch c.Store {
+	case "dir":
+		if c.StoreDir == "" {
+			return errors.New("--store=dir needs --store-dir")
+		}
+		if c.AdminSocket == "" {
+			c.AdminSocket = filepath.Join(c.StoreDir, "admin.sock")
+		}
+		if c.BundleFile == "" {
+			c.BundleFile = filepath.Join(c.StoreDir, "bundle.pem")
+		}
+	case "kubernetes":
+		if c.Kube.Namespace == "" || c.Kube.SecretName == "" {
+			return errors.New("--store=kubernetes needs --namespace and --secret-name")
+		}
+		if c.AdminSocket == "" {
+			c.AdminSocket = "/run/tether-ca/admin.sock"
+		}
+	default:
+		return fmt.Errorf("--store %q: want dir or kubernetes", c.Store)
+	}
+	if c.Kube.UpstreamIssuer != "" {
+		kind, name, ok := strings.Cut(c.Kube.UpstreamIssuer, "/")
+		if !ok || name == "" || (kind != "Issuer" && kind != "ClusterIssuer") {
+			return fmt.Errorf("--upstream-issuer %q: want Issuer/NAME or ClusterIssuer/NAME", c.Kube.UpstreamIssuer)
+		}
+	}
+	for name, d := range map[string]time.Duration{"--svid-ttl": c.SVIDTTL, "--intermediate-ttl": c.IntermediateTTL, "--root-ttl": c.RootTTL} {
+		if d <= 0 {
+			return fmt.Errorf("%s must be positive, got %s", name, d)
+		}
+	}
+	if c.SVIDTTL*2 > c.IntermediateTTL {
+		return fmt.Errorf("--svid-ttl %s must be at most half of --intermediate-ttl %s", c.SVIDTTL, c.IntermediateTTL)
+	}
+	if c.Kube.UpstreamIssuer == "" && c.IntermediateTTL > c.RootTTL {
+		return fmt.Errorf("--intermediate-ttl %s is longer than --root-ttl %s", c.IntermediateTTL, c.RootTTL)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Service is a running tether-ca.
+type Service struct {
+	cfg       Config
+	log       *slog.Logger
+	ca        *identity.CA
+	attestors map[string]identity.Attestor
+	registry  *prometheus.Registry
+	// background runs with the service (leader election, bundle publishing).
+	background []func(ctx context.Context) error
+
+	mu        sync.Mutex
+	listeners map[string]net.Addr
+}
+
+// New builds the CA from cfg: it opens the store (creating the first CA
+// generation if it is empty) and sets up attestation.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, registry: prometheus.NewRegistry(), listeners: map[string]net.Addr{}}
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	caCfg := identity.Config{
+		TrustDomain: td, SVIDTTL: cfg.SVIDTTL, IntermediateTTL: cfg.IntermediateTTL, RootTTL: cfg.RootTTL,
+		Backdate: cfg.Backdate, PropagationDelay: cfg.PropagationDelay, TickInterval: cfg.TickInterval,
+		AutoRotate: cfg.AutoRotate, Logger: cfg.Logger, Registerer: s.registry,
+	}
+	s.attestors = map[string]identity.Attestor{}
+	switch cfg.Store {
+	case "dir":
+		store, err := identity.NewDiskStore(cfg.StoreDir)
+		if err != nil {
+			return nil, err
+		}
+		caCfg.Store = store
+	case "kubernetes":
+		if err := s.setupKube(ctx, &caCfg); err != nil {
+			return nil, err
+		}
+	}
+	ca, err := identity.NewCA(ctx, caCfg)
+	if err != nil {
+		return nil, err
+	}
+	s.ca = ca
+	s.attestors[identity.KindJoinToken] = ca.JoinTokens()
+	if cfg.Kube.PublishBundle {
+		if err := s.setupBundlePublisher(ctx, &caCfg); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// CA is the service's certificate authority.
+func (s *Service) CA() *identity.CA { return s.ca }
+
+// Addr returns the address a named listener ("grpc", "admin") is bound to,
+// once Run has started it.
+func (s *Service) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listeners[name]
+}
+
+// Run serves the CA until ctx ends, then stops everything and returns.
+func (s *Service) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	grpcL, err := net.Listen("tcp", s.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("CA listener: %w", err)
+	}
+	adminL, err := net.Listen("tcp", s.cfg.AdminAddr)
+	if err != nil {
+		grpcL.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	sockL, err := identity.ListenUnix(s.cfg.AdminSocket)
+	if err != nil {
+		grpcL.Close()
+		adminL.Close()
+		return err
+	}
+	s.mu.Lock()
+	s.listeners["grpc"], s.listeners["admin"] = grpcL.Addr(), adminL.Addr()
+	s.mu.Unlock()
+
+	server := identity.NewServer(s.ca, s.attestors, s.log)
+	g := server.GRPCServer()
+	adminGRPC := identity.NewAdminServer(s.ca, s.log).GRPCServer()
+	httpAdmin := admin.New(s.cfg.AdminAddr, s.ca.Ready, s.registry, s.log)
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	run := func(name string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("grpc", func() error { return g.Serve(grpcL) })
+	run("admin socket", func() error { return adminGRPC.Serve(sockL) })
+	run("admin http", func() error { return httpAdmin.Serve(ctx, adminL) })
+	run("ca", func() error { return s.ca.Run(ctx) })
+	if s.cfg.BundleFile != "" {
+		run("bundle file", func() error { return s.writeBundleFile(ctx) })
+	}
+	for _, bg := range s.background {
+		run("background", func() error { return bg(ctx) })
+	}
+	s.log.Info("tether-ca serving", slog.String("trust_domain", s.cfg.TrustDomain),
+		slog.String("grpc", grpcL.Addr().String()), slog.String("admin", adminL.Addr().String()),
+		slog.String("admin_socket", s.cfg.AdminSocket), slog.String("store", s.cfg.Store))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		s.log.Error("tether-ca stopping after an error", slog.Any("error", runErr))
+	}
+	cancel()
+	stopped := make(chan struct{})
+	go func() { g.GracefulStop(); adminGRPC.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		g.Stop()
+		adminGRPC.Stop()
+	}
+	wg.Wait()
+	return runErr
+}
+
+// writeBundleFile keeps BundleFile equal to the current bundle.
+func (s *Service) writeBundleFile(ctx context.Context) error {
+	for {
+		v := s.ca.Bundle()
+		if err := WriteBundlePEM(s.cfg.BundleFile, v.Bundle); err != nil {
+			s.log.Error("write bundle file", slog.String("path", s.cfg.BundleFile), slog.Any("error", err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-v.Changed:
+		}
+	}
+}
+
+// WriteBundlePEM writes the bundle's roots as PEM, atomically, mode 0644
+// (a bundle is public).
+func WriteBundlePEM(path string, b *x509bundle.Bundle) error {
+	var out []byte
+	for _, c := range b.X509Authorities() {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return identity.WriteFileAtomic(path, out, 0o644)
+}

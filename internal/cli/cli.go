@@ -1,0 +1,94 @@
+// Package cli is the `tether` command line: identities for developers,
+// CA operations for operators.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// usage is the top-level help.
+const usage = `tether: the Tether service mesh command line
+
+Usage:
+  tether svid fetch --ca ADDR --bundle FILE (--token TOKEN | --k8s-token-file FILE) --out DIR
+  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
+  tether ca status [--socket PATH]
+  tether ca rotate prepare|activate|retire [--force] [--socket PATH]
+
+Run a command with -h for its flags.
+`
+
+// App is the CLI with its outputs.
+type App struct {
+	Stdout, Stderr io.Writer
+}
+
+// errUsage marks errors that should print usage.
+var errUsage = errors.New("usage")
+
+// Main runs the CLI and returns the process exit code.
+func (a *App) Main(ctx context.Context, args []string) int {
+	err := a.run(ctx, args)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(a.Stderr, "tether: %v\n\n%s", err, usage)
+		return 2
+	default:
+		fmt.Fprintf(a.Stderr, "tether: %v\n", err)
+		return 1
+	}
+}
+
+func (a *App) run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: no command", errUsage)
+	}
+	path := args[0]
+	if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+		path += " " + args[1]
+	}
+	switch {
+	case path == "svid fetch":
+		return a.svidFetch(ctx, args[2:])
+	case path == "ca status":
+		return a.caStatus(ctx, args[2:])
+	case path == "ca rotate":
+		return a.caRotate(ctx, args[2:])
+	case path == "ca token" && len(args) > 2 && args[2] == "create":
+		return a.caTokenCreate(ctx, args[3:])
+	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+		fmt.Fprint(a.Stdout, usage)
+		return nil
+	default:
+		return fmt.Errorf("%w: unknown command %q", errUsage, strings.Join(args[:min(len(args), 3)], " "))
+	}
+}
+
+// flags returns a flag set that reports errors instead of exiting.
+func (a *App) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tether "+name, flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string, positional int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != positional {
+		return fmt.Errorf("%w: %s takes %d argument(s), got %q", errUsage, fs.Name(), positional, fs.Args())
+	}
+	return nil
+}

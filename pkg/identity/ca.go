@@ -1,0 +1,454 @@
+package identity
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Config configures a CA. Zero durations take the defaults of DESIGN.md.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       Store
+	// SVIDTTL is the lifetime of issued SVIDs (default 1h).
+	SVIDTTL time.Duration
+	// IntermediateTTL is the lifetime of the signing CA (default 30 days).
+	IntermediateTTL time.Duration
+	// RootTTL is the lifetime of a root (default 1 year).
+	RootTTL time.Duration
+	// Backdate is how far NotBefore is set in the past (default 30s).
+	Backdate time.Duration
+	// PropagationDelay is how long a prepared root must have been in the
+	// bundle before it may be activated (default 1m).
+	PropagationDelay time.Duration
+	// TickInterval is how often Run reloads the store and takes due
+	// rotation steps (default 10s).
+	TickInterval time.Duration
+	// AutoRotate lets Run take rotation steps on schedule.
+	AutoRotate bool
+	// Upstream, if set, signs the intermediate instead of an own root.
+	Upstream Upstream
+	// IsLeader reports whether this replica takes scheduled rotation steps.
+	// Nil means always (a single replica).
+	IsLeader func() bool
+	Clock    Clock
+	Logger   *slog.Logger
+	// Registerer receives the CA's metrics; nil means none are registered.
+	Registerer prometheus.Registerer
+}
+
+// Default lifetimes, per DESIGN.md.
+const (
+	DefaultSVIDTTL          = time.Hour
+	DefaultIntermediateTTL  = 30 * 24 * time.Hour
+	DefaultRootTTL          = 365 * 24 * time.Hour
+	DefaultBackdate         = 30 * time.Second
+	DefaultPropagationDelay = time.Minute
+)
+
+// ErrConfig wraps every configuration error.
+var ErrConfig = errors.New("invalid CA configuration")
+
+func (c *Config) fill() error {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.SVIDTTL, DefaultSVIDTTL)
+	def(&c.IntermediateTTL, DefaultIntermediateTTL)
+	def(&c.RootTTL, DefaultRootTTL)
+	def(&c.Backdate, DefaultBackdate)
+	def(&c.PropagationDelay, DefaultPropagationDelay)
+	def(&c.TickInterval, 10*time.Second)
+	if c.Clock == nil {
+		c.Clock = RealClock
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case c.TrustDomain.IsZero():
+		return fmt.Errorf("%w: no trust domain", ErrConfig)
+	case c.Store == nil:
+		return fmt.Errorf("%w: no store", ErrConfig)
+	case c.SVIDTTL < 0 || c.IntermediateTTL < 0 || c.RootTTL < 0 || c.Backdate < 0 || c.PropagationDelay < 0:
+		return fmt.Errorf("%w: lifetimes must be positive", ErrConfig)
+	case c.SVIDTTL < time.Minute:
+		return fmt.Errorf("%w: SVID lifetime %s is shorter than a minute", ErrConfig, c.SVIDTTL)
+	case c.SVIDTTL*2 > c.IntermediateTTL:
+		return fmt.Errorf("%w: SVID lifetime %s must be at most half the intermediate lifetime %s", ErrConfig, c.SVIDTTL, c.IntermediateTTL)
+	case c.Upstream == nil && c.IntermediateTTL > c.RootTTL:
+		return fmt.Errorf("%w: intermediate lifetime %s is longer than the root lifetime %s", ErrConfig, c.IntermediateTTL, c.RootTTL)
+	}
+	return nil
+}
+
+// CA is Tether's certificate authority. It is safe for concurrent use; Sign
+// takes no lock.
+type CA struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	selfID  spiffeid.ID
+
+	mu    sync.Mutex // guards state and rev, and serializes writes
+	state *State
+	rev   string
+
+	auth   atomic.Pointer[authority]
+	bundle atomic.Pointer[BundleVersion]
+	self   atomic.Pointer[selfSVID]
+}
+
+// BundleVersion is one version of the trust bundle.
+type BundleVersion struct {
+	Sequence uint64
+	Bundle   *x509bundle.Bundle
+	// Changed is closed once a newer version exists.
+	Changed <-chan struct{}
+	changed chan struct{}
+}
+
+type selfSVID struct {
+	svid *x509svid.SVID
+	gen  uint64
+}
+
+// Issued is an SVID the CA signed.
+type Issued struct {
+	ID    spiffeid.ID
+	Chain [][]byte // DER, leaf first
+	Leaf  *x509.Certificate
+}
+
+// ErrNotReady means the CA holds no valid signing CA. It is retryable.
+var ErrNotReady = errors.New("CA has no valid signing certificate")
+
+// CAID is the SPIFFE ID the CA serves with.
+func CAID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, "/ns/tether-system/sa/tether-ca")
+}
+
+// NewCA loads the CA's state from the store, creating a first generation
+// if the store is empty, and issues the CA's own serving SVID.
+func NewCA(ctx context.Context, cfg Config) (*CA, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	c := &CA{cfg: cfg, log: cfg.Logger, selfID: CAID(cfg.TrustDomain)}
+	c.metrics = newMetrics(cfg.Registerer, c)
+	if err := c.load(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.renewSelf(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// load reads the store, or bootstraps it.
+func (c *CA) load(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, rev, err := c.cfg.Store.Load(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return c.bootstrapLocked(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("load CA state: %w", err)
+	}
+	if st.TrustDomain != c.cfg.TrustDomain.Name() {
+		return fmt.Errorf("%w: the store holds a CA for trust domain %q, not %q", ErrConfig, st.TrustDomain, c.cfg.TrustDomain.Name())
+	}
+	return c.applyLocked(st, rev)
+}
+
+func (c *CA) bootstrapLocked(ctx context.Context) error {
+	now := c.cfg.Clock.Now()
+	st := &State{Version: StateVersion, TrustDomain: c.cfg.TrustDomain.Name(), BundleSequence: 1}
+	g, err := c.newGeneration(ctx, st, Active, now)
+	if err != nil {
+		return fmt.Errorf("create first CA generation: %w", err)
+	}
+	g.ActivatedAt = now
+	st.Generations = []Generation{g}
+	rev, err := c.cfg.Store.Save(ctx, st, "")
+	if errors.Is(err, ErrConflict) { // another replica was faster
+		st, rev, err = c.cfg.Store.Load(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("save new CA state: %w", err)
+	}
+	c.log.Info("created CA", slog.String("trust_domain", st.TrustDomain), slog.Uint64("generation", g.ID))
+	return c.applyLocked(st, rev)
+}
+
+// applyLocked makes st the CA's state: it swaps in the signing authority and
+// publishes a new bundle version if the roots changed.
+func (c *CA) applyLocked(st *State, rev string) error {
+	act := st.active()
+	if act == nil {
+		return fmt.Errorf("%w: no active generation", ErrCorruptState)
+	}
+	a, err := act.authority()
+	if err != nil {
+		return fmt.Errorf("%w: generation %d: %v", ErrCorruptState, act.ID, err)
+	}
+	c.state, c.rev = st, rev
+	c.auth.Store(a)
+	if cur := c.bundle.Load(); cur == nil || cur.Sequence != st.BundleSequence {
+		b := x509bundle.FromX509Authorities(c.cfg.TrustDomain, rootsOf(st))
+		ch := make(chan struct{})
+		c.bundle.Store(&BundleVersion{Sequence: st.BundleSequence, Bundle: b, Changed: ch, changed: ch})
+		if cur != nil {
+			close(cur.changed)
+		}
+	}
+	c.metrics.observeState(st)
+	return nil
+}
+
+// rootsOf returns the distinct roots of every generation still trusted.
+func rootsOf(st *State) []*x509.Certificate {
+	var roots []*x509.Certificate
+	var seen [][]byte
+	for _, g := range st.Generations {
+		if g.State == Retired {
+			continue
+		}
+		for _, der := range g.Roots {
+			if slices.ContainsFunc(seen, func(s []byte) bool { return bytes.Equal(s, der) }) {
+				continue
+			}
+			if cert, err := x509.ParseCertificate(der); err == nil {
+				seen = append(seen, der)
+				roots = append(roots, cert)
+			}
+		}
+	}
+	return roots
+}
+
+func sameRoots(a, b *State) bool {
+	ra, rb := rootsOf(a), rootsOf(b)
+	return slices.EqualFunc(ra, rb, func(x, y *x509.Certificate) bool { return x.Equal(y) })
+}
+
+// mutate applies fn to a copy of the state and saves it with a
+// compare-and-swap, reloading and retrying when another replica wrote first.
+// fn returns false when it changed nothing.
+func (c *CA) mutate(ctx context.Context, fn func(st *State, now time.Time) (bool, error)) error {
+	for attempt := 0; ; attempt++ {
+		c.mu.Lock()
+		st := c.state.clone()
+		changed, err := fn(st, c.cfg.Clock.Now())
+		if err != nil || !changed {
+			c.mu.Unlock()
+			return err
+		}
+		if !sameRoots(c.state, st) {
+			st.BundleSequence = c.state.BundleSequence + 1
+		}
+		rev, err := c.cfg.Store.Save(ctx, st, c.rev)
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			err = c.reloadLocked(ctx)
+			c.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			c.mu.Unlock()
+			return fmt.Errorf("save CA state: %w", err)
+		}
+		err = c.applyLocked(st, rev)
+		c.mu.Unlock()
+		return err
+	}
+}
+
+func (c *CA) reloadLocked(ctx context.Context) error {
+	st, rev, err := c.cfg.Store.Load(ctx)
+	if err != nil {
+		return fmt.Errorf("reload CA state: %w", err)
+	}
+	if rev == c.rev {
+		return nil
+	}
+	return c.applyLocked(st, rev)
+}
+
+// Sign issues an X.509-SVID for id, which the caller has authenticated, with
+// the public key of csrDER. Every name in the CSR is ignored.
+func (c *CA) Sign(id spiffeid.ID, csrDER []byte) (*Issued, error) {
+	if id.TrustDomain() != c.cfg.TrustDomain {
+		return nil, fmt.Errorf("%w: %s is not in trust domain %s", ErrPermissionDenied, id, c.cfg.TrustDomain)
+	}
+	pub, err := ParseCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	a := c.auth.Load()
+	now := c.cfg.Clock.Now()
+	signer := a.chain[0]
+	notAfter := minTime(now.Add(c.cfg.SVIDTTL), signer.NotAfter)
+	if !notAfter.After(now) {
+		return nil, fmt.Errorf("%w: signing CA expired at %s", ErrNotReady, signer.NotAfter.UTC().Format(time.RFC3339))
+	}
+	tmpl, err := leafTemplate(id, now.Add(-c.cfg.Backdate), notAfter)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, pub, a.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign SVID: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("sign SVID: %w", err)
+	}
+	chain := make([][]byte, 0, 1+len(a.chainDER))
+	chain = append(append(chain, der), a.chainDER...)
+	return &Issued{ID: id, Chain: chain, Leaf: leaf}, nil
+}
+
+// TrustDomain is the CA's trust domain.
+func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.cfg.TrustDomain }
+
+// Bundle returns the current bundle version.
+func (c *CA) Bundle() *BundleVersion { return c.bundle.Load() }
+
+// GetX509BundleForTrustDomain makes the CA an x509bundle.Source.
+func (c *CA) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != c.cfg.TrustDomain {
+		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	}
+	return c.bundle.Load().Bundle, nil
+}
+
+// GetX509SVID returns the CA's own serving SVID (an x509svid.Source).
+func (c *CA) GetX509SVID() (*x509svid.SVID, error) {
+	return c.self.Load().svid, nil
+}
+
+// Ready returns nil while the CA holds a valid signing CA.
+func (c *CA) Ready() error {
+	a := c.auth.Load()
+	if a == nil {
+		return ErrNotReady
+	}
+	now := c.cfg.Clock.Now()
+	if s := a.chain[0]; now.After(s.NotAfter) || now.Before(s.NotBefore) {
+		return fmt.Errorf("%w: signing CA valid %s to %s", ErrNotReady, s.NotBefore.UTC().Format(time.RFC3339), s.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// renewSelf issues the CA's serving SVID when it is past half its life or
+// was signed by a generation that no longer signs.
+func (c *CA) renewSelf() error {
+	a := c.auth.Load()
+	now := c.cfg.Clock.Now()
+	if cur := c.self.Load(); cur != nil && cur.gen == a.gen {
+		leaf := cur.svid.Certificates[0]
+		if now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)) {
+			return nil
+		}
+	}
+	key, err := NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return err
+	}
+	iss, err := c.Sign(c.selfID, csr)
+	if err != nil {
+		return fmt.Errorf("issue the CA's own SVID: %w", err)
+	}
+	certs := []*x509.Certificate{iss.Leaf}
+	certs = append(certs, a.chain...)
+	c.self.Store(&selfSVID{svid: &x509svid.SVID{ID: c.selfID, Certificates: certs, PrivateKey: key}, gen: a.gen})
+	return nil
+}
+
+// Rotate takes one manual rotation step.
+func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
+	err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
+		switch step {
+		case StepPrepare:
+			return true, c.prepare(ctx, st, now)
+		case StepActivate:
+			return true, c.activate(st, now, force)
+		case StepRetire:
+			return true, c.retire(st, now, force)
+		default:
+			return false, fmt.Errorf("%w: unknown step %q (want prepare, activate or retire)", ErrRotation, step)
+		}
+	})
+	c.metrics.rotation(step, err)
+	if err != nil {
+		return err
+	}
+	c.log.Info("rotation step taken", slog.String("step", string(step)), slog.Bool("force", force), slog.Uint64("bundle_sequence", c.Bundle().Sequence))
+	return c.renewSelf()
+}
+
+// Tick reloads the state written by other replicas, takes due rotation
+// steps (on the leader, with AutoRotate) and renews the CA's own SVID.
+func (c *CA) Tick(ctx context.Context) error {
+	c.mu.Lock()
+	err := c.reloadLocked(ctx)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if c.cfg.AutoRotate && (c.cfg.IsLeader == nil || c.cfg.IsLeader()) {
+		var taken []Step
+		err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
+			var err error
+			taken, err = c.autoStep(ctx, st, now)
+			return len(taken) > 0, err
+		})
+		for _, s := range taken {
+			c.metrics.rotation(s, err)
+			c.log.Info("scheduled rotation step taken", slog.String("step", string(s)))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return c.renewSelf()
+}
+
+// Run ticks until ctx ends. Errors are logged and retried on the next tick.
+func (c *CA) Run(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := c.Tick(ctx); err != nil {
+				c.log.Error("CA maintenance failed; will retry", slog.Any("error", err))
+			}
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package identity
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+)
+
+// Client talks to tether-ca. It verifies that the server is the CA of the
+// trust domain against a bundle source, and presents an SVID when it has one.
+type Client struct {
+	conn *grpc.ClientConn
+	api  cav1.CAClient
+	td   spiffeid.TrustDomain
+}
+
+// Dial connects to the CA at addr (host:port). bundle verifies the CA; svid,
+// if not nil, is presented so that Sign renews it without a credential.
+func Dial(addr string, td spiffeid.TrustDomain, bundle x509bundle.Source, svid x509svid.Source) (*Client, error) {
+	authorize := tlsconfig.AuthorizeID(CAID(td))
+	var tc = tlsconfig.TLSClientConfig(bundle, authorize)
+	if svid != nil {
+		tc = tlsconfig.MTLSClientConfig(svid, bundle, authorize)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return nil, fmt.Errorf("CA client %s: %w", addr, err)
+	}
+	return &Client{conn: conn, api: cav1.NewCAClient(conn), td: td}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// FetchSVID makes a fresh P-256 key and has the CA sign it. cred may be nil
+// when the client presents its current SVID.
+func (c *Client) FetchSVID(ctx context.Context, cred *cav1.Credential) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := c.api.Sign(ctx, &cav1.SignRequest{Csr: csr, Credential: cred})
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign: %w", err)
+	}
+	var certs []*x509.Certificate
+	for _, der := range resp.GetCertChain() {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("CA returned a bad certificate: %w", err)
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
+		return nil, nil, errors.New("CA returned no certificate")
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("CA returned a certificate that is not an SVID: %w", err)
+	}
+	bundle, err := BundleFromMessage(resp.GetBundle())
+	if err != nil {
+		return nil, nil, err
+	}
+	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
+	if _, _, err := x509svid.Verify(certs, bundle); err != nil {
+		return nil, nil, fmt.Errorf("CA returned an SVID that does not verify against its bundle: %w", err)
+	}
+	return svid, bundle, nil
+}
+
+// WatchBundle calls fn with the current bundle and each change until ctx
+// ends or the stream breaks.
+func (c *Client) WatchBundle(ctx context.Context, fn func(b *x509bundle.Bundle, seq uint64)) error {
+	stream, err := c.api.WatchBundle(ctx, &cav1.WatchBundleRequest{})
+	if err != nil {
+		return fmt.Errorf("watch bundle: %w", err)
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("watch bundle: %w", err)
+		}
+		b, err := BundleFromMessage(m)
+		if err != nil {
+			return err
+		}
+		fn(b, m.GetSequence())
+	}
+}
+
+// BundleFromMessage parses a bundle message.
+func BundleFromMessage(m *cav1.Bundle) (*x509bundle.Bundle, error) {
+	td, err := spiffeid.TrustDomainFromString(m.GetTrustDomain())
+	if err != nil {
+		return nil, fmt.Errorf("bundle: bad trust domain: %w", err)
+	}
+	b := x509bundle.New(td)
+	for _, der := range m.GetX509Authorities() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("bundle: bad certificate: %w", err)
+		}
+		b.AddX509Authority(c)
+	}
+	if b.Empty() {
+		return nil, errors.New("bundle: no authorities")
+	}
+	return b, nil
+}

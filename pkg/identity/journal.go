@@ -1,0 +1,291 @@
+package identity
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrRotation is returned for a rotation step that cannot be taken now; the
+// message says why and what to do.
+var ErrRotation = errors.New("rotation step refused")
+
+// keepRetired is how many retired generations the journal remembers.
+const keepRetired = 5
+
+// Step is one move of the rotation journal.
+type Step string
+
+// Rotation steps.
+const (
+	StepPrepare  Step = "prepare"
+	StepActivate Step = "activate"
+	StepRetire   Step = "retire"
+	// StepRenewIntermediate renews a generation's signing intermediate.
+	StepRenewIntermediate Step = "renew-intermediate"
+)
+
+// newGeneration makes a generation: a fresh root (or an upstream-signed
+// intermediate) in the given state.
+func (c *CA) newGeneration(ctx context.Context, st *State, state GenerationState, now time.Time) (Generation, error) {
+	st.NextGeneration++
+	g := Generation{ID: st.NextGeneration, State: state, CreatedAt: now}
+	if c.cfg.Upstream == nil {
+		rootKey, err := NewKey()
+		if err != nil {
+			return g, err
+		}
+		tmpl, err := caTemplate(c.cfg.TrustDomain, fmt.Sprintf("Tether root %d", g.ID), now.Add(-c.cfg.Backdate), now.Add(c.cfg.RootTTL), 1)
+		if err != nil {
+			return g, err
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, rootKey.Public(), rootKey)
+		if err != nil {
+			return g, fmt.Errorf("create root: %w", err)
+		}
+		pk, err := x509.MarshalPKCS8PrivateKey(rootKey)
+		if err != nil {
+			return g, err
+		}
+		g.Roots, g.RootKey = [][]byte{der}, pk
+	}
+	if err := c.renewIntermediate(ctx, &g, now); err != nil {
+		return g, err
+	}
+	return g, nil
+}
+
+// renewIntermediate gives g a new signing intermediate, signed by its own
+// root or by the upstream issuer.
+func (c *CA) renewIntermediate(ctx context.Context, g *Generation, now time.Time) error {
+	key, err := NewKey()
+	if err != nil {
+		return err
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if c.cfg.Upstream != nil {
+		csr, err := intermediateCSR(c.cfg.TrustDomain, key)
+		if err != nil {
+			return err
+		}
+		res, err := c.cfg.Upstream.SignIntermediate(ctx, csr, c.cfg.IntermediateTTL)
+		if err != nil {
+			return fmt.Errorf("upstream %s: %w", c.cfg.Upstream.Name(), err)
+		}
+		if len(res.Chain) == 0 || len(res.Roots) == 0 {
+			return fmt.Errorf("upstream %s returned no certificate or no CA", c.cfg.Upstream.Name())
+		}
+		g.Chain, g.ChainKey, g.Roots, g.Upstream = res.Chain, pk, res.Roots, c.cfg.Upstream.Name()
+		if _, err := g.authority(); err != nil {
+			return fmt.Errorf("upstream %s: %w", c.cfg.Upstream.Name(), err)
+		}
+		return nil
+	}
+	rootKey, err := x509.ParsePKCS8PrivateKey(g.RootKey)
+	if err != nil {
+		return fmt.Errorf("generation %d root key: %w", g.ID, err)
+	}
+	root, err := x509.ParseCertificate(g.Roots[0])
+	if err != nil {
+		return fmt.Errorf("generation %d root: %w", g.ID, err)
+	}
+	notAfter := minTime(now.Add(c.cfg.IntermediateTTL), root.NotAfter)
+	tmpl, err := caTemplate(c.cfg.TrustDomain, fmt.Sprintf("Tether intermediate %d", g.ID), now.Add(-c.cfg.Backdate), notAfter, 0)
+	if err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
+	if err != nil {
+		return fmt.Errorf("create intermediate: %w", err)
+	}
+	g.Chain, g.ChainKey = [][]byte{der}, pk
+	return nil
+}
+
+// prepare adds a new generation whose root is trusted but does not sign.
+func (c *CA) prepare(ctx context.Context, st *State, now time.Time) error {
+	if p := st.find(Prepared); p != nil {
+		return fmt.Errorf("%w: generation %d is already prepared; activate it first", ErrRotation, p.ID)
+	}
+	g, err := c.newGeneration(ctx, st, Prepared, now)
+	if err != nil {
+		return err
+	}
+	st.Generations = append(st.Generations, g)
+	return nil
+}
+
+// activate makes the prepared generation sign; the active one is
+// superseded and stays trusted until what it signed has expired.
+func (c *CA) activate(st *State, now time.Time, force bool) error {
+	p := st.find(Prepared)
+	if p == nil {
+		return fmt.Errorf("%w: no prepared generation; run `tether ca rotate prepare` first", ErrRotation)
+	}
+	if ready := p.CreatedAt.Add(c.cfg.PropagationDelay); now.Before(ready) && !force {
+		return fmt.Errorf("%w: generation %d was prepared at %s; its root needs until %s to reach every sidecar (use --force to skip the wait)",
+			ErrRotation, p.ID, p.CreatedAt.UTC().Format(time.RFC3339), ready.UTC().Format(time.RFC3339))
+	}
+	if s := st.find(Superseded); s != nil && !force {
+		return fmt.Errorf("%w: generation %d is still superseded; retire it first (after %s)", ErrRotation, s.ID, s.RetireAfter.UTC().Format(time.RFC3339))
+	}
+	if a := st.active(); a != nil {
+		a.State = Superseded
+		a.RetireAfter = now.Add(c.cfg.SVIDTTL + c.cfg.Backdate)
+	}
+	p.State = Active
+	p.ActivatedAt = now
+	return nil
+}
+
+// retire drops superseded generations from the bundle and erases their keys.
+func (c *CA) retire(st *State, now time.Time, force bool) error {
+	n := 0
+	for i := range st.Generations {
+		g := &st.Generations[i]
+		if g.State != Superseded {
+			continue
+		}
+		if now.Before(g.RetireAfter) && !force {
+			return fmt.Errorf("%w: generation %d signed SVIDs that are valid until %s; retiring it now would break them (use --force if they are gone)",
+				ErrRotation, g.ID, g.RetireAfter.UTC().Format(time.RFC3339))
+		}
+		g.State, g.RetiredAt = Retired, now
+		g.RootKey, g.ChainKey = nil, nil
+		n++
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: no superseded generation to retire", ErrRotation)
+	}
+	pruneRetired(st)
+	return nil
+}
+
+func pruneRetired(st *State) {
+	retired := 0
+	for i := len(st.Generations) - 1; i >= 0; i-- {
+		if st.Generations[i].State == Retired {
+			retired++
+			if retired > keepRetired {
+				st.Generations = append(st.Generations[:i], st.Generations[i+1:]...)
+			}
+		}
+	}
+}
+
+// due returns the next automatic step and when it is due. Self-managed roots:
+// prepare when the active root has 1/2 of its life left, activate at 1/6,
+// retire once nothing the superseded generation signed is still valid.
+// Intermediates are renewed when 1/3 of their life is left.
+func (c *CA) due(st *State) (Step, time.Time) {
+	var (
+		step Step
+		at   time.Time
+	)
+	consider := func(s Step, t time.Time) {
+		if step == "" || t.Before(at) {
+			step, at = s, t
+		}
+	}
+	for i := range st.Generations {
+		g := &st.Generations[i]
+		if g.State != Active && g.State != Prepared {
+			continue
+		}
+		a, err := g.authority()
+		if err != nil {
+			continue
+		}
+		inter := a.chain[0]
+		// Renewing cannot help when the intermediate already lives as long as its root.
+		if c.cfg.Upstream != nil || inter.NotAfter.Before(a.roots[0].NotAfter) {
+			consider(StepRenewIntermediate, fraction(inter.NotBefore, inter.NotAfter, 1, 3))
+		}
+	}
+	if s := st.find(Superseded); s != nil {
+		consider(StepRetire, s.RetireAfter)
+	}
+	if c.cfg.Upstream == nil {
+		if act := st.active(); act != nil {
+			if a, err := act.authority(); err == nil {
+				root := a.roots[0]
+				if p := st.find(Prepared); p == nil {
+					if st.find(Superseded) == nil {
+						consider(StepPrepare, fraction(root.NotBefore, root.NotAfter, 1, 2))
+					}
+				} else {
+					consider(StepActivate, maxTime(fraction(root.NotBefore, root.NotAfter, 1, 6), p.CreatedAt.Add(c.cfg.PropagationDelay)))
+				}
+			}
+		}
+	}
+	return step, at
+}
+
+// fraction is the time at which num/den of [from, to] is left.
+func fraction(from, to time.Time, num, den int64) time.Time {
+	life := to.Sub(from)
+	return to.Add(-time.Duration(int64(life) / den * num))
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// autoStep takes every automatic step that is due at now. It returns the
+// steps taken.
+func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, error) {
+	var taken []Step
+	for range 8 { // each step changes what is due; 8 bounds a pathological loop
+		step, at := c.due(st)
+		if step == "" || now.Before(at) {
+			return taken, nil
+		}
+		var err error
+		switch step {
+		case StepPrepare:
+			err = c.prepare(ctx, st, now)
+		case StepActivate:
+			err = c.activate(st, now, false)
+		case StepRetire:
+			err = c.retire(st, now, false)
+		case StepRenewIntermediate:
+			err = c.renewDueIntermediates(ctx, st, now)
+		}
+		if err != nil {
+			return taken, fmt.Errorf("automatic %s: %w", step, err)
+		}
+		taken = append(taken, step)
+	}
+	return taken, nil
+}
+
+func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time) error {
+	for i := range st.Generations {
+		g := &st.Generations[i]
+		if g.State != Active && g.State != Prepared {
+			continue
+		}
+		a, err := g.authority()
+		if err != nil {
+			return err
+		}
+		inter := a.chain[0]
+		if now.Before(fraction(inter.NotBefore, inter.NotAfter, 1, 3)) {
+			continue
+		}
+		if err := c.renewIntermediate(ctx, g, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package identity
+
+import (
+	"crypto/x509"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	issuances       *prometheus.CounterVec
+	signSeconds     prometheus.Histogram
+	rootExpiry      *prometheus.GaugeVec
+	intermediateExp *prometheus.GaugeVec
+	bundleSequence  prometheus.Gauge
+	rotations       *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, _ *CA) *metrics {
+	m := &metrics{
+		issuances: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_ca_issuances_total",
+			Help: "SVID signing requests by credential kind and result.",
+		}, []string{"kind", "result"}),
+		signSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tether_ca_sign_duration_seconds",
+			Help:    "Time to serve a Sign request, attestation included.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		rootExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_root_expiry_timestamp_seconds",
+			Help: "NotAfter of each trusted root, by generation and state.",
+		}, []string{"generation", "state"}),
+		intermediateExp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_intermediate_expiry_timestamp_seconds",
+			Help: "NotAfter of each generation's signing intermediate.",
+		}, []string{"generation", "state"}),
+		bundleSequence: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_ca_bundle_sequence",
+			Help: "Sequence number of the current trust bundle.",
+		}),
+		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_ca_rotation_steps_total",
+			Help: "Rotation journal steps by step and result.",
+		}, []string{"step", "result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations)
+	}
+	return m
+}
+
+func (m *metrics) observeState(st *State) {
+	m.bundleSequence.Set(float64(st.BundleSequence))
+	m.rootExpiry.Reset()
+	m.intermediateExp.Reset()
+	for _, g := range st.Generations {
+		if g.State == Retired {
+			continue
+		}
+		labels := prometheus.Labels{"generation": strconv.FormatUint(g.ID, 10), "state": string(g.State)}
+		if len(g.Roots) > 0 {
+			if c, err := x509.ParseCertificate(g.Roots[0]); err == nil {
+				m.rootExpiry.With(labels).Set(float64(c.NotAfter.Unix()))
+			}
+		}
+		if len(g.Chain) > 0 {
+			if c, err := x509.ParseCertificate(g.Chain[0]); err == nil {
+				m.intermediateExp.With(labels).Set(float64(c.NotAfter.Unix()))
+			}
+		}
+	}
+}
+
+// issuance records one Sign request.
+func (m *metrics) issuance(kind string, err error, took time.Duration) {
+	m.signSeconds.Observe(took.Seconds())
+	m.issuances.WithLabelValues(kind, resultOf(err)).Inc()
+}
+
+func (m *metrics) rotation(step Step, err error) {
+	m.rotations.WithLabelValues(string(step), resultOf(err)).Inc()
+}
+
+// resultOf names an error class for metric labels.
+func resultOf(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrBadCSR):
+		return "bad_csr"
+	case errors.Is(err, ErrUnauthenticated):
+		return "unauthenticated"
+	case errors.Is(err, ErrPermissionDenied):
+		return "denied"
+	case errors.Is(err, ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, ErrRotation):
+		return "refused"
+	default:
+		return "error"
+	}
+}

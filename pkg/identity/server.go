@@ -1,0 +1,205 @@
+package identity
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+)
+
+// MaxRequestSize bounds a gRPC request to the CA.
+const MaxRequestSize = 64 << 10
+
+// Server serves the CA gRPC API. Callers prove who they are with a
+// credential (one Attestor per kind) or, to renew, with their current SVID.
+type Server struct {
+	cav1.UnimplementedCAServer
+	ca        *CA
+	attestors map[string]Attestor
+	log       *slog.Logger
+}
+
+// NewServer serves ca; attestors maps a credential kind (KindJoinToken,
+// KindK8sSAT, ...) to the attestor that verifies it.
+func NewServer(ca *CA, attestors map[string]Attestor, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{ca: ca, attestors: attestors, log: log}
+}
+
+// TLSConfig presents the CA's own SVID and accepts (without requiring) a
+// client SVID, which must then verify against the bundle.
+func (s *Server) TLSConfig() *tls.Config {
+	cfg := tlsconfig.TLSServerConfig(s.ca)
+	cfg.MinVersion = tls.VersionTLS13
+	cfg.ClientAuth = tls.RequestClientCert
+	verify := tlsconfig.VerifyPeerCertificate(s.ca, tlsconfig.AuthorizeMemberOf(s.ca.TrustDomain()))
+	cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return nil // bootstrap with a credential
+		}
+		return verify(raw, chains)
+	}
+	return cfg
+}
+
+// GRPCServer returns a gRPC server with the CA service registered, TLS from
+// TLSConfig, and request size limits.
+func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	opts = append([]grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
+		grpc.MaxRecvMsgSize(MaxRequestSize),
+		grpc.MaxConcurrentStreams(1024),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(10 * time.Second),
+	}, opts...)
+	g := grpc.NewServer(opts...)
+	cav1.RegisterCAServer(g, s)
+	return g
+}
+
+// Sign implements cav1.CAServer.
+func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignResponse, error) {
+	start := s.ca.cfg.Clock.Now()
+	kind, id, err := s.authenticate(ctx, req.GetCredential())
+	var iss *Issued
+	if err == nil && id == s.ca.selfID {
+		err = fmt.Errorf("%w: %s is reserved for the CA itself", ErrPermissionDenied, id)
+	}
+	if err == nil {
+		iss, err = s.ca.Sign(id, req.GetCsr())
+	}
+	s.ca.metrics.issuance(kind, err, s.ca.cfg.Clock.Now().Sub(start))
+	if err != nil {
+		s.log.Warn("SVID request refused", slog.String("kind", kind), slog.String("spiffe_id", idString(id)),
+			slog.String("peer", peerAddr(ctx)), slog.Any("error", err))
+		return nil, grpcError(err)
+	}
+	s.log.Debug("SVID issued", slog.String("kind", kind), slog.String("spiffe_id", id.String()),
+		slog.String("serial", iss.Leaf.SerialNumber.Text(16)), slog.Time("not_after", iss.Leaf.NotAfter))
+	return &cav1.SignResponse{CertChain: iss.Chain, SpiffeId: id.String(), Bundle: s.bundleMessage(s.ca.Bundle())}, nil
+}
+
+// authenticate returns the caller's identity: from its credential, or from
+// the SVID it presented. When it did both they must agree, so an SVID can
+// only ever renew itself.
+func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (string, spiffeid.ID, error) {
+	peerID, hasPeer := peerSVID(ctx)
+	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
+		if !hasPeer {
+			return "none", spiffeid.ID{}, fmt.Errorf("%w: no credential; send a join token or a Kubernetes token, or renew over mTLS with a current SVID", ErrUnauthenticated)
+		}
+		return "mtls", peerID, nil
+	}
+	kind := cred.GetKind()
+	att, ok := s.attestors[kind]
+	if !ok {
+		kinds := make([]string, 0, len(s.attestors))
+		for k := range s.attestors {
+			kinds = append(kinds, k)
+		}
+		slices.Sort(kinds)
+		return "unknown", spiffeid.ID{}, fmt.Errorf("%w: credential kind %q is not accepted here (accepted: %s)", ErrUnauthenticated, kind, strings.Join(kinds, ", "))
+	}
+	id, err := att.Attest(ctx, cred.GetToken())
+	if err != nil {
+		return kind, spiffeid.ID{}, err
+	}
+	if hasPeer && peerID != id {
+		return kind, id, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
+	}
+	return kind, id, nil
+}
+
+// peerSVID returns the SPIFFE ID of the client certificate, which the TLS
+// layer has already verified against the bundle.
+func peerSVID(ctx context.Context) (spiffeid.ID, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, false
+	}
+	id, err := x509svid.IDFromCert(info.State.PeerCertificates[0])
+	return id, err == nil
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+func idString(id spiffeid.ID) string {
+	if id.IsZero() {
+		return ""
+	}
+	return id.String()
+}
+
+// WatchBundle implements cav1.CAServer.
+func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStreamingServer[cav1.Bundle]) error {
+	for {
+		v := s.ca.Bundle()
+		if err := stream.Send(s.bundleMessage(v)); err != nil {
+			return err
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-v.Changed:
+		}
+	}
+}
+
+func (s *Server) bundleMessage(v *BundleVersion) *cav1.Bundle {
+	m := &cav1.Bundle{TrustDomain: s.ca.TrustDomain().Name(), Sequence: v.Sequence, RefreshHintSeconds: int64(s.ca.cfg.TickInterval / time.Second)}
+	for _, c := range v.Bundle.X509Authorities() {
+		m.X509Authorities = append(m.X509Authorities, c.Raw)
+	}
+	return m
+}
+
+// grpcError maps the CA's errors to gRPC status codes; the message stays
+// the CA's own, which says what went wrong.
+func grpcError(err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrBadCSR), errors.Is(err, ErrConfig):
+		code = codes.InvalidArgument
+	case errors.Is(err, ErrUnauthenticated):
+		code = codes.Unauthenticated
+	case errors.Is(err, ErrPermissionDenied):
+		code = codes.PermissionDenied
+	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrNotReady), errors.Is(err, ErrConflict):
+		code = codes.Unavailable
+	case errors.Is(err, ErrRotation):
+		code = codes.FailedPrecondition
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	}
+	return status.Error(code, err.Error())
+}

@@ -1,0 +1,212 @@
+package identity_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/testutil"
+	"github.com/tether-mesh/tether/pkg/identity"
+)
+
+// serve starts the CA's gRPC server on loopback with real TLS (the CA uses
+// the real clock, since TLS checks validity against it).
+func serve(t *testing.T, ca *identity.CA, attestors map[string]identity.Attestor) string {
+	t.Helper()
+	if attestors == nil {
+		attestors = map[string]identity.Attestor{identity.KindJoinToken: ca.JoinTokens()}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := identity.NewServer(ca, attestors, nil).GRPCServer()
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+	return l.Addr().String()
+}
+
+func realCA(t *testing.T) *identity.CA {
+	return testutil.NewCA(t, identity.RealClock, nil)
+}
+
+func joinToken(t *testing.T, ca *identity.CA, id spiffeid.ID) *cav1.Credential {
+	t.Helper()
+	tok, _, err := ca.CreateJoinToken(context.Background(), id, time.Hour, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cav1.Credential{Kind: identity.KindJoinToken, Token: tok}
+}
+
+func dial(t *testing.T, addr string, ca *identity.CA, svid x509svid.Source) *identity.Client {
+	t.Helper()
+	c, err := identity.Dial(addr, ca.TrustDomain(), ca, svid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func wantCode(t *testing.T, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(errors.Unwrap(err)) != code && status.Code(err) != code {
+		t.Fatalf("err = %v, want code %s", err, code)
+	}
+}
+
+func TestServerBootstrapAndRenew(t *testing.T) {
+	ctx := context.Background()
+	ca := realCA(t)
+	addr := serve(t, ca, nil)
+	web := testutil.ID("/ns/default/sa/web")
+
+	svid, bundle, err := dial(t, addr, ca, nil).FetchSVID(ctx, joinToken(t, ca, web))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svid.ID != web {
+		t.Fatalf("bootstrap SVID %s, want %s", svid.ID, web)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+		t.Fatalf("bootstrap SVID does not verify: %v", err)
+	}
+
+	// Renewal: present the SVID, no credential.
+	renewed, _, err := dial(t, addr, ca, svid).FetchSVID(ctx, nil)
+	if err != nil {
+		t.Fatalf("renew over mTLS: %v", err)
+	}
+	if renewed.ID != web || renewed.Certificates[0].SerialNumber.Cmp(svid.Certificates[0].SerialNumber) == 0 {
+		t.Fatalf("renewal gave %s serial %s", renewed.ID, renewed.Certificates[0].SerialNumber)
+	}
+	if _, _, err := x509svid.Verify(renewed.Certificates, ca); err != nil {
+		t.Fatalf("renewed SVID does not verify: %v", err)
+	}
+
+	// An SVID may only renew itself: a credential for another ID is refused.
+	db := testutil.ID("/ns/default/sa/db")
+	_, _, err = dial(t, addr, ca, svid).FetchSVID(ctx, joinToken(t, ca, db))
+	wantCode(t, err, codes.PermissionDenied)
+}
+
+func TestServerRefusals(t *testing.T) {
+	ctx := context.Background()
+	ca := realCA(t)
+	addr := serve(t, ca, nil)
+	client := dial(t, addr, ca, nil)
+
+	_, _, err := client.FetchSVID(ctx, nil)
+	wantCode(t, err, codes.Unauthenticated)
+
+	_, _, err = client.FetchSVID(ctx, &cav1.Credential{Kind: "magic", Token: "x"})
+	wantCode(t, err, codes.Unauthenticated)
+	if !strings.Contains(err.Error(), "join_token") {
+		t.Errorf("unknown kind error does not list accepted kinds: %v", err)
+	}
+
+	_, _, err = client.FetchSVID(ctx, &cav1.Credential{Kind: identity.KindJoinToken, Token: "tjt_nope"})
+	wantCode(t, err, codes.Unauthenticated)
+
+	// The CA's own identity is never issued, whatever the credential says.
+	_, _, err = client.FetchSVID(ctx, joinToken(t, ca, identity.CAID(ca.TrustDomain())))
+	wantCode(t, err, codes.PermissionDenied)
+}
+
+// rawSign calls Sign with a CSR the test made, to send bad input.
+func rawSign(t *testing.T, addr string, ca *identity.CA, req *cav1.SignRequest) error {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsClientConfig(ca))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = cav1.NewCAClient(conn).Sign(context.Background(), req)
+	return err
+}
+
+func TestServerBadCSRAndOversizedRequest(t *testing.T) {
+	ca := realCA(t)
+	addr := serve(t, ca, nil)
+	err := rawSign(t, addr, ca, &cav1.SignRequest{Csr: []byte("garbage"), Credential: joinToken(t, ca, testutil.ID("/x"))})
+	wantCode(t, err, codes.InvalidArgument)
+	err = rawSign(t, addr, ca, &cav1.SignRequest{Csr: make([]byte, identity.MaxRequestSize+1), Credential: joinToken(t, ca, testutil.ID("/x"))})
+	wantCode(t, err, codes.ResourceExhausted)
+}
+
+// TestServerRejectsForeignClientCert: a client certificate that does not
+// chain to the bundle fails the handshake.
+func TestServerRejectsForeignClientCert(t *testing.T) {
+	ca := realCA(t)
+	other := realCA(t)
+	addr := serve(t, ca, nil)
+	csr, key := testutil.NewCSR(t, nil, nil)
+	iss, err := other.Sign(testutil.ID("/ns/default/sa/web"), csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var certs []*x509.Certificate
+	for _, der := range iss.Chain {
+		c, _ := x509.ParseCertificate(der)
+		certs = append(certs, c)
+	}
+	foreign := &x509svid.SVID{ID: iss.ID, Certificates: certs, PrivateKey: key}
+	_, _, err = dial(t, addr, ca, foreign).FetchSVID(context.Background(), nil)
+	if err == nil {
+		t.Fatal("renewal with an SVID from another CA succeeded")
+	}
+}
+
+// TestClientRefusesImpostorCA: a client holding the real bundle refuses a
+// server whose SVID chains elsewhere.
+func TestClientRefusesImpostorCA(t *testing.T) {
+	ca := realCA(t)
+	impostor := realCA(t)
+	addr := serve(t, impostor, nil)
+	_, _, err := dial(t, addr, ca, nil).FetchSVID(context.Background(), joinToken(t, impostor, testutil.ID("/x")))
+	if err == nil || status.Code(errors.Unwrap(err)) != codes.Unavailable {
+		t.Fatalf("talking to an impostor CA: err = %v, want a failed handshake", err)
+	}
+}
+
+func TestWatchBundle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ca := realCA(t)
+	addr := serve(t, ca, nil)
+	type update struct {
+		b   *x509bundle.Bundle
+		seq uint64
+	}
+	updates := make(chan update, 4)
+	go dial(t, addr, ca, nil).WatchBundle(ctx, func(b *x509bundle.Bundle, seq uint64) { updates <- update{b, seq} })
+	first := <-updates
+	if first.seq != ca.Bundle().Sequence || len(first.b.X509Authorities()) != 1 {
+		t.Fatalf("first update seq %d roots %d", first.seq, len(first.b.X509Authorities()))
+	}
+	if err := ca.Rotate(ctx, identity.StepPrepare, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case u := <-updates:
+		if u.seq <= first.seq || len(u.b.X509Authorities()) != 2 {
+			t.Fatalf("after prepare: seq %d (was %d), %d roots", u.seq, first.seq, len(u.b.X509Authorities()))
+		}
+	case <-ctx.Done():
+		t.Fatal("no bundle update after prepare")
+	}
+}
