@@ -74,8 +74,10 @@ type KubeConfig struct {
 
 // Validate checks the config and fills derived defaults.
 func (c *Config) Validate() error {
-	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+	if td, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("--trust-domain %q: %v", c.TrustDomain, err)
+	} else if td.Name() != c.TrustDomain {
+		return fmt.Errorf("--trust-domain %q: give the bare trust domain name, e.g. %q", c.TrustDomain, td.Name())
 	}
 	switch c.Store {
 	case "dir":

@@ -1,0 +1,120 @@
+package caserver
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validConfig(t *testing.T) Config {
+	return Config{
+		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		Store: "dir", StoreDir: t.TempDir(), SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
+		TickInterval: time.Second,
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"bad trust domain", func(c *Config) { c.TrustDomain = "Not A Domain!" }, "--trust-domain"},
+		{"spiffe URL as trust domain", func(c *Config) { c.TrustDomain = "spiffe://x/y" }, "--trust-domain"},
+		{"unknown store", func(c *Config) { c.Store = "s3" }, "want dir or kubernetes"},
+		{"dir store without dir", func(c *Config) { c.StoreDir = "" }, "--store-dir"},
+		{"svid ttl too long", func(c *Config) { c.SVIDTTL = 400 * time.Hour }, "--svid-ttl"},
+		{"zero ttl", func(c *Config) { c.RootTTL = 0 }, "must be positive"},
+		{"intermediate longer than root", func(c *Config) { c.IntermediateTTL = 9000 * time.Hour }, "longer than --root-ttl"},
+		{"bad upstream", func(c *Config) { c.Kube.UpstreamIssuer = "corp-ca" }, "Issuer/NAME"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := validConfig(t)
+			tt.mod(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestUnwritableStore(t *testing.T) {
+	c := validConfig(t)
+	f := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(f, nil, 0o600)
+	c.StoreDir = filepath.Join(f, "sub")
+	if _, err := New(context.Background(), c); err == nil || !strings.Contains(err.Error(), "disk store") {
+		t.Fatalf("err = %v, want a disk store error", err)
+	}
+}
+
+func TestServiceServesAdminEndpoints(t *testing.T) {
+	c := validConfig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	svc, err := New(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	var base string
+	for range 100 {
+		if a := svc.Addr("admin"); a != nil {
+			base = "http://" + a.String()
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	get := func(path string) (int, string) {
+		t.Helper()
+		for range 50 {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(b)
+		}
+		t.Fatalf("GET %s failed", path)
+		return 0, ""
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz = %d", code)
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz = %d %s", code, body)
+	}
+	code, body := get("/metrics")
+	for _, m := range []string{"tether_ca_root_expiry_timestamp_seconds", "tether_ca_intermediate_expiry_timestamp_seconds", "tether_ca_bundle_sequence 1", "tether_ca_sign_duration_seconds"} {
+		if code != 200 || !strings.Contains(body, m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+	// The bundle file follows the CA.
+	bundle := filepath.Join(c.StoreDir, "bundle.pem")
+	for range 100 {
+		if _, err := os.Stat(bundle); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if b, err := os.ReadFile(bundle); err != nil || strings.Count(string(b), "BEGIN CERTIFICATE") != 1 {
+		t.Fatalf("bundle file: %v, %d certs", err, strings.Count(string(b), "BEGIN CERTIFICATE"))
+	}
+}

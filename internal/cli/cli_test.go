@@ -1,0 +1,153 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/tether-mesh/tether/internal/caserver"
+	"github.com/tether-mesh/tether/internal/cli"
+)
+
+// startCA runs a real tether-ca service on loopback with a disk store.
+func startCA(t *testing.T) (grpcAddr, socket, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	svc, err := caserver.New(ctx, caserver.Config{
+		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
+		PropagationDelay: time.Minute, TickInterval: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("CA run: %v", err)
+		}
+	})
+	for range 100 {
+		if a := svc.Addr("grpc"); a != nil {
+			if _, err := os.Stat(filepath.Join(dir, "bundle.pem")); err == nil {
+				return a.String(), filepath.Join(dir, "admin.sock"), dir
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("CA did not start")
+	return
+}
+
+func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = (&cli.App{Stdout: &o, Stderr: &e}).Main(context.Background(), args)
+	return o.String(), e.String(), code
+}
+
+func TestTokenFetchAndVerify(t *testing.T) {
+	addr, sock, dir := startCA(t)
+	out, errOut, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/web", "--ttl", "5m")
+	if code != 0 {
+		t.Fatalf("token create: code %d, %s", code, errOut)
+	}
+	token := strings.TrimSpace(out)
+	outDir := filepath.Join(t.TempDir(), "svid")
+	out, errOut, code = run(t, "svid", "fetch", "--ca", addr, "--bundle", filepath.Join(dir, "bundle.pem"), "--token", token, "--out", outDir)
+	if code != 0 {
+		t.Fatalf("svid fetch: code %d, %s", code, errOut)
+	}
+	if !strings.HasPrefix(out, "spiffe://cluster.local/ns/default/sa/web\n") {
+		t.Errorf("fetch printed %q", out)
+	}
+	svid, err := x509svid.Load(filepath.Join(outDir, "svid.pem"), filepath.Join(outDir, "svid.key"))
+	if err != nil {
+		t.Fatalf("go-spiffe cannot load the written SVID: %v", err)
+	}
+	bundle, err := cli.LoadBundle(filepath.Join(outDir, "bundle.pem"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+		t.Fatalf("written SVID does not verify against the written bundle: %v", err)
+	}
+	if fi, _ := os.Stat(filepath.Join(outDir, "svid.key")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("svid.key mode %v, want 0600", fi.Mode().Perm())
+	}
+	if openssl, err := exec.LookPath("openssl"); err == nil {
+		cmd := exec.Command(openssl, "verify", "-CAfile", filepath.Join(outDir, "bundle.pem"), "-untrusted", filepath.Join(outDir, "svid.pem"), filepath.Join(outDir, "svid.pem"))
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("openssl verify: %v\n%s", err, b)
+		}
+	} else {
+		t.Log("openssl not installed; skipped openssl verify (make deps installs it)")
+	}
+	// The token was single-use.
+	_, errOut, code = run(t, "svid", "fetch", "--ca", addr, "--bundle", filepath.Join(dir, "bundle.pem"), "--token", token, "--out", outDir)
+	if code != 1 || !strings.Contains(errOut, "already used") {
+		t.Fatalf("replayed token: code %d, stderr %q", code, errOut)
+	}
+}
+
+func TestRotationCommands(t *testing.T) {
+	_, sock, _ := startCA(t)
+	out, errOut, code := run(t, "ca", "status", "--socket", sock)
+	if code != 0 || !strings.Contains(out, "active") {
+		t.Fatalf("status: code %d out %q err %q", code, out, errOut)
+	}
+	if out, _, code = run(t, "ca", "rotate", "prepare", "--socket", sock); code != 0 || !strings.Contains(out, "prepared") {
+		t.Fatalf("prepare: code %d out %q", code, out)
+	}
+	if _, errOut, code = run(t, "ca", "rotate", "activate", "--socket", sock); code != 1 || !strings.Contains(errOut, "--force") {
+		t.Fatalf("early activate: code %d, stderr %q; want a refusal that mentions --force", code, errOut)
+	}
+	if out, _, code = run(t, "ca", "rotate", "activate", "--force", "--socket", sock); code != 0 || !strings.Contains(out, "superseded") {
+		t.Fatalf("forced activate: code %d out %q", code, out)
+	}
+	if out, _, code = run(t, "ca", "rotate", "retire", "--force", "--socket", sock); code != 0 || !strings.Contains(out, "retired") {
+		t.Fatalf("forced retire: code %d out %q", code, out)
+	}
+}
+
+func TestBadInvocations(t *testing.T) {
+	_, sock, dir := startCA(t)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no command", nil, 2, "no command"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"rotate without step", []string{"ca", "rotate"}, 2, "needs a step"},
+		{"rotate bad step", []string{"ca", "rotate", "sideways", "--socket", sock}, 2, "unknown rotation step"},
+		{"token without id", []string{"ca", "token", "create", "--socket", sock}, 2, "--spiffe-id is required"},
+		{"token bad id", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "not-a-spiffe-id"}, 1, "SPIFFE ID"},
+		{"token bad ttl", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/x", "--ttl", "-1h"}, 1, "lifetime"},
+		{"no socket", []string{"ca", "status", "--socket", filepath.Join(dir, "nope.sock")}, 1, "is tether-ca running"},
+		{"fetch without flags", []string{"svid", "fetch"}, 2, "required"},
+		{"fetch both tokens", []string{"svid", "fetch", "--ca", "x:1", "--bundle", "b", "--out", "o", "--token", "t", "--k8s-token-file", "f"}, 2, "exactly one"},
+		{"fetch missing bundle", []string{"svid", "fetch", "--ca", "x:1", "--bundle", filepath.Join(dir, "none.pem"), "--out", dir, "--token", "t"}, 1, "read bundle"},
+		{"fetch garbage bundle", []string{"svid", "fetch", "--ca", "x:1", "--bundle", filepath.Join(dir, "ca-state.json"), "--out", dir, "--token", "t"}, 1, "no PEM certificate"},
+		{"unknown flag", []string{"ca", "status", "--bogus"}, 2, "bogus"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, errOut, code := run(t, tt.args...)
+			if code != tt.code || !strings.Contains(errOut, tt.want) {
+				t.Fatalf("code %d (want %d), stderr %q (want it to contain %q)", code, tt.code, errOut, tt.want)
+			}
+		})
+	}
+}
