@@ -37,7 +37,7 @@ deps:
 # kube-bins builds kube-apiserver and etcd from Go modules into .cache/kube/bin
 # (about 9 minutes cold on 2 cores, instant when already built).
 kube-bins:
-	hack/kube/build.sh
+	bash hack/kube/build.sh
 
 vet:
 	$(GO) vet ./...

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -58,27 +59,23 @@ func (c *Client) FetchSVID(ctx context.Context, cred *cav1.Credential) (*x509svi
 	if err != nil {
 		return nil, nil, fmt.Errorf("sign: %w", err)
 	}
-	var certs []*x509.Certificate
-	for _, der := range resp.GetCertChain() {
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, nil, fmt.Errorf("CA returned a bad certificate: %w", err)
-		}
-		certs = append(certs, cert)
-	}
-	if len(certs) == 0 {
+	if len(resp.GetCertChain()) == 0 {
 		return nil, nil, errors.New("CA returned no certificate")
 	}
-	id, err := x509svid.IDFromCert(certs[0])
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("CA returned a certificate that is not an SVID: %w", err)
+		return nil, nil, err
+	}
+	// go-spiffe checks that what came back is an X509-SVID for our key.
+	svid, err := x509svid.ParseRaw(bytes.Join(resp.GetCertChain(), nil), keyDER)
+	if err != nil {
+		return nil, nil, fmt.Errorf("CA returned an invalid SVID: %w", err)
 	}
 	bundle, err := BundleFromMessage(resp.GetBundle())
 	if err != nil {
 		return nil, nil, err
 	}
-	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
-	if _, _, err := x509svid.Verify(certs, bundle); err != nil {
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
 		return nil, nil, fmt.Errorf("CA returned an SVID that does not verify against its bundle: %w", err)
 	}
 	return svid, bundle, nil

@@ -1,0 +1,849 @@
+// Package kubetest runs a real Kubernetes API server for tests.
+//
+// Start launches a private etcd and kube-apiserver (built from upstream
+// sources by hack/kube/build.sh, normally through `make kube-bins`) on free
+// loopback ports, in the test's temporary directory, and stops them when the
+// test ends. There is no controller-manager, scheduler or kubelet: objects
+// are stored and validated, admission and authentication run for real, but
+// nothing reconciles them (a Pod stays Pending forever). That is enough for
+// ServiceAccount tokens: TokenRequest and TokenReview are served by the API
+// server itself.
+//
+// The binaries are looked up in $TETHER_KUBE_BIN_DIR, or else in
+// <repo root>/.cache/kube/bin. When they are missing, Start skips the test,
+// unless CI=true or TETHER_REQUIRE_KUBE=1 is set, in which case it fails it.
+package kubetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	mathrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+const (
+	// BinDirEnv names the environment variable that points at the folder
+	// holding the kube-apiserver and etcd binaries.
+	BinDirEnv = "TETHER_KUBE_BIN_DIR"
+	// RequireEnv names the environment variable that, set to 1 (or true),
+	// turns missing binaries into a test failure instead of a skip. CI=true
+	// does the same.
+	RequireEnv = "TETHER_REQUIRE_KUBE"
+	// BuildCommand is the command, run at the repository root, that builds
+	// the binaries into the default folder.
+	BuildCommand = "make kube-bins"
+	// DefaultBinDir is the default binary folder, relative to the repository
+	// root.
+	DefaultBinDir = ".cache/kube/bin"
+
+	// Issuer is the service-account token issuer (the "iss" claim) of every
+	// Env. It is also the API server's default API audience.
+	Issuer = "https://kubernetes.default.svc.cluster.local"
+
+	// ServiceClusterIPRange is the Service IP range the API server allocates
+	// from (no proxy implements it).
+	ServiceClusterIPRange = "10.0.0.0/24"
+
+	readyTimeout = 60 * time.Second
+	etcdTimeout  = 30 * time.Second
+	stopGrace    = 5 * time.Second
+	logTailLines = 60
+)
+
+// Env is a running etcd and kube-apiserver pair, private to one test.
+type Env struct {
+	// Config is an admin (system:masters) client configuration. Copy it
+	// (rest.CopyConfig) before changing it.
+	Config *rest.Config
+	// Client is a clientset built from Config.
+	Client kubernetes.Interface
+	// Dir is the temporary directory holding the data, certificates, keys
+	// and the process logs (etcd.log, kube-apiserver.log).
+	Dir string
+	// Issuer is the service-account token issuer; see the Issuer constant.
+	Issuer string
+	// ServiceAccountSigningKey is the private key the API server signs
+	// service-account tokens with (RSA, so tokens are RS256 as in most real
+	// clusters). Tests can use its public half to verify tokens offline.
+	ServiceAccountSigningKey *rsa.PrivateKey
+	// ReadyAfter is how long Start took, from key generation to the API
+	// server's first passing /readyz (the successful attempt only).
+	ReadyAfter time.Duration
+
+	ca      *x509.Certificate
+	caKey   *ecdsa.PrivateKey
+	etcd    *process
+	apiSrv  *process
+	etcdURL string
+}
+
+// errPortClash marks a start-up failure caused by a port that another
+// process took between the moment it was found free and its use.
+var errPortClash = errors.New("port already in use")
+
+// Start starts etcd and kube-apiserver for the test and returns once the API
+// server's /readyz passes. Both processes are stopped (SIGTERM, then SIGKILL
+// after a few seconds) when the test and its subtests have finished; if the
+// test failed, the tails of their logs are written to the test log.
+//
+// When the binaries are missing, Start skips the test, with a message naming
+// the command that builds them; with CI=true or TETHER_REQUIRE_KUBE=1 it
+// fails it instead.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	binDir, err := findBinDir()
+	if err != nil {
+		missing(t, err.Error())
+	}
+	var absent []string
+	for _, name := range []string{"etcd", "kube-apiserver"} {
+		if fi, err := os.Stat(filepath.Join(binDir, name)); err != nil || fi.IsDir() {
+			absent = append(absent, name)
+		}
+	}
+	if len(absent) > 0 {
+		missing(t, fmt.Sprintf("%s not found in %s", strings.Join(absent, " and "), binDir))
+	}
+
+	var lastErr error
+	for attempt := 1; attempt <= 2; attempt++ {
+		env, err := start(t, binDir)
+		if err == nil {
+			return env
+		}
+		lastErr = err
+		if !errors.Is(err, errPortClash) {
+			break
+		}
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		t.Logf("kubetest: start-up attempt %d hit a port clash, retrying with new ports: %s", attempt, first)
+	}
+	t.Fatalf("kubetest: %v", lastErr)
+	return nil
+}
+
+// missing skips or fails the test because the binaries cannot be found.
+func missing(t testing.TB, why string) {
+	t.Helper()
+	msg := fmt.Sprintf("kubetest: %s; build them by running `%s` at the repository root "+
+		"(it runs hack/kube/build.sh; the first build takes several minutes), "+
+		"or point %s at a folder holding kube-apiserver and etcd", why, BuildCommand, BinDirEnv)
+	if truthy(os.Getenv("CI")) || truthy(os.Getenv(RequireEnv)) {
+		t.Fatal(msg + " (CI or " + RequireEnv + " is set, so this is a failure, not a skip)")
+	}
+	t.Skip(msg)
+}
+
+func truthy(s string) bool {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	return err == nil && b
+}
+
+// findBinDir returns $TETHER_KUBE_BIN_DIR, or <repo root>/.cache/kube/bin.
+func findBinDir() (string, error) {
+	if d := os.Getenv(BinDirEnv); d != "" {
+		return filepath.Abs(d)
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, filepath.FromSlash(DefaultBinDir)), nil
+}
+
+// repoRoot walks up from the working directory (a test runs in its
+// package's directory) to the directory whose go.mod declares the main
+// module, or else to the nearest go.mod.
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	nearest := ""
+	for dir := wd; ; {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil {
+			if nearest == "" {
+				nearest = dir
+			}
+			if modulePath(data) == "github.com/tether-mesh/tether" {
+				return dir, nil
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	if nearest == "" {
+		return "", fmt.Errorf("cannot find the repository root: no go.mod above %s", wd)
+	}
+	return nearest, nil
+}
+
+func modulePath(gomod []byte) string {
+	for _, line := range strings.Split(string(gomod), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "module" {
+			return strings.Trim(f[1], `"`)
+		}
+	}
+	return ""
+}
+
+// start makes one attempt at starting etcd and kube-apiserver.
+func start(t testing.TB, binDir string) (*Env, error) {
+	t0 := time.Now()
+	dir := t.TempDir()
+	env := &Env{Dir: dir, Issuer: Issuer}
+	if err := env.writePKI(); err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+	env.etcdURL = fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
+
+	env.etcd, err = startProcess(t, "etcd", filepath.Join(binDir, "etcd"), []string{
+		"--name=kubetest",
+		"--data-dir=" + filepath.Join(dir, "etcd-data"),
+		"--listen-client-urls=" + env.etcdURL,
+		"--advertise-client-urls=" + env.etcdURL,
+		"--listen-peer-urls=" + peerURL,
+		"--initial-advertise-peer-urls=" + peerURL,
+		"--initial-cluster=kubetest=" + peerURL,
+		"--initial-cluster-state=new",
+		"--unsafe-no-fsync=true",
+		"--log-outputs=stderr",
+	}, filepath.Join(dir, "etcd.log"))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitEtcd(env.etcd, env.etcdURL); err != nil {
+		env.etcd.stop()
+		return nil, err
+	}
+
+	pki := func(name string) string { return filepath.Join(dir, "pki", name) }
+	env.apiSrv, err = startProcess(t, "kube-apiserver", filepath.Join(binDir, "kube-apiserver"), []string{
+		"--etcd-servers=" + env.etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(apiPort),
+		"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
+		"--tls-cert-file=" + pki("serving.crt"),
+		"--tls-private-key-file=" + pki("serving.key"),
+		"--client-ca-file=" + pki("ca.crt"),
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=" + Issuer,
+		"--service-account-key-file=" + pki("sa.pub"),
+		"--service-account-signing-key-file=" + pki("sa.key"),
+		"--service-cluster-ip-range=" + ServiceClusterIPRange,
+		// A loopback advertise address cannot go into the "kubernetes"
+		// Service's endpoints; the upstream test server turns this off too.
+		"--endpoint-reconciler-type=none",
+		"--allow-privileged=true",
+		"--profiling=false",
+	}, filepath.Join(dir, "kube-apiserver.log"))
+	if err != nil {
+		env.etcd.stop()
+		return nil, err
+	}
+
+	adminCert, adminKey, err := env.clientCert("kubetest-admin", "system:masters")
+	if err != nil {
+		env.stop()
+		return nil, err
+	}
+	env.Config = &rest.Config{
+		Host: fmt.Sprintf("https://127.0.0.1:%d", apiPort),
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData:   pemCert(env.ca),
+			CertData: adminCert,
+			KeyData:  adminKey,
+		},
+		// Tests create objects in bursts; client-side throttling only
+		// slows them down.
+		QPS:   1000,
+		Burst: 2000,
+	}
+	if env.Client, err = kubernetes.NewForConfig(env.Config); err != nil {
+		env.stop()
+		return nil, err
+	}
+	if err := env.waitReady(); err != nil {
+		env.stop()
+		return nil, err
+	}
+	env.ReadyAfter = time.Since(t0)
+	t.Logf("kubetest: kube-apiserver ready at %s after %v (logs in %s)", env.Config.Host, env.ReadyAfter.Round(time.Millisecond), dir)
+	return env, nil
+}
+
+func (e *Env) stop() {
+	if e.apiSrv != nil {
+		e.apiSrv.stop()
+	}
+	if e.etcd != nil {
+		e.etcd.stop()
+	}
+}
+
+// waitEtcd waits for etcd's /health to report true.
+func waitEtcd(p *process, url string) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(etcdTimeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if p.exited() {
+			return p.exitError("before becoming healthy")
+		}
+		resp, err := client.Get(url + "/health")
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"true"`)) {
+				return nil
+			}
+			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p.withLog(fmt.Errorf("etcd at %s not healthy after %v (last answer: %s)", url, etcdTimeout, last))
+}
+
+// waitReady polls the API server's /readyz until it passes.
+func (e *Env) waitReady() error {
+	hc, err := rest.HTTPClientFor(e.Config)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(readyTimeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if e.apiSrv.exited() {
+			return e.apiSrv.exitError("before becoming ready")
+		}
+		if e.etcd.exited() {
+			return e.etcd.exitError("while kube-apiserver was starting")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.Config.Host+"/readyz?verbose", nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				cancel()
+				return nil
+			}
+			last = fmt.Sprintf("HTTP %d:\n%s", resp.StatusCode, failingChecks(body))
+		} else {
+			last = err.Error()
+		}
+		cancel()
+		time.Sleep(100 * time.Millisecond)
+	}
+	return e.apiSrv.withLog(fmt.Errorf("kube-apiserver at %s not ready after %v; last /readyz answer: %s",
+		e.Config.Host, readyTimeout, last))
+}
+
+// failingChecks keeps the failing lines of a verbose /readyz answer.
+func failingChecks(body []byte) string {
+	var out []string
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "[-]") || strings.Contains(line, "failed") {
+			out = append(out, line)
+		}
+	}
+	if len(out) == 0 {
+		return string(bytes.TrimSpace(body))
+	}
+	return strings.Join(out, "\n")
+}
+
+// ----------------------------------------------------------------------------
+// Processes
+
+type process struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	logFile *os.File
+	done    chan struct{}
+	waitErr error
+	once    sync.Once
+
+	mu       sync.Mutex
+	reported bool // its log tail is already in a start-up error
+}
+
+// startProcess starts a binary with its output in logPath and registers a
+// cleanup that stops it and, if the test failed, logs the tail of its log.
+func startProcess(t testing.TB, name, path string, args []string, logPath string) (*process, error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(logFile, "# %s %s\n", path, strings.Join(args, " "))
+	cmd := exec.Command(path, args...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.Dir = filepath.Dir(logPath)
+	cmd.SysProcAttr = dieWithParent()
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, logPath: logPath, logFile: logFile, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.mu.Lock()
+		reported := p.reported
+		p.mu.Unlock()
+		if t.Failed() && !reported {
+			t.Logf("kubetest: last lines of %s:\n%s", p.logPath, tail(p.logPath, logTailLines))
+		}
+		p.stop()
+	})
+	return p, nil
+}
+
+// dieWithParent asks Linux to SIGKILL the child if the test binary dies
+// without running its cleanups (for example on a -timeout panic). The field
+// only exists on Linux, hence the reflection; elsewhere it is a no-op.
+func dieWithParent() *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{}
+	if f := reflect.ValueOf(attr).Elem().FieldByName("Pdeathsig"); f.IsValid() && f.CanSet() &&
+		f.Type() == reflect.TypeOf(syscall.SIGKILL) {
+		f.Set(reflect.ValueOf(syscall.SIGKILL))
+	}
+	return attr
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// exitError describes an early exit, with the tail of the log; it wraps
+// errPortClash when the log says a port was taken.
+func (p *process) exitError(when string) error {
+	return p.withLog(fmt.Errorf("%s exited %s: %v", p.name, when, p.waitErr))
+}
+
+// withLog appends the tail of the process log to err.
+func (p *process) withLog(err error) error {
+	p.mu.Lock()
+	p.reported = true
+	p.mu.Unlock()
+	t := tail(p.logPath, logTailLines)
+	if strings.Contains(t, "address already in use") {
+		err = fmt.Errorf("%w (%w)", err, errPortClash)
+	}
+	return fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, p.logPath, t)
+}
+
+// stop sends SIGTERM, waits a few seconds, then kills, and waits for exit.
+func (p *process) stop() {
+	p.once.Do(func() {
+		if p.exited() {
+			return
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			_ = p.cmd.Process.Kill()
+		}
+		select {
+		case <-p.done:
+		case <-time.After(stopGrace):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	defer f.Close()
+	const max = 64 << 10
+	if fi, err := f.Stat(); err == nil && fi.Size() > max {
+		_, _ = f.Seek(fi.Size()-max, io.SeekStart)
+	}
+	data, _ := io.ReadAll(f)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ----------------------------------------------------------------------------
+// Ports
+
+var (
+	portMu    sync.Mutex
+	portsUsed = map[int]bool{}
+)
+
+// freePorts returns n distinct free loopback TCP ports. They are drawn at
+// random below Linux's ephemeral range (32768-60999), so that outgoing
+// connections cannot take them between now and their use, and never twice
+// in one test binary. Another process may still take one; Start retries once.
+func freePorts(n int) ([]int, error) {
+	portMu.Lock()
+	defer portMu.Unlock()
+	var ports []int
+	for tries := 0; len(ports) < n; tries++ {
+		var port int
+		if tries < 200 {
+			port = 20000 + mathrand.IntN(12000)
+			if portsUsed[port] {
+				continue
+			}
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+			if err != nil {
+				continue
+			}
+			l.Close()
+		} else {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, fmt.Errorf("finding a free port: %w", err)
+			}
+			port = l.Addr().(*net.TCPAddr).Port
+			l.Close()
+			if portsUsed[port] {
+				if tries > 400 {
+					return nil, errors.New("finding a free port: none left")
+				}
+				continue
+			}
+		}
+		portsUsed[port] = true
+		ports = append(ports, port)
+	}
+	return ports, nil
+}
+
+// ----------------------------------------------------------------------------
+// PKI
+
+// writePKI writes, under Dir/pki: a CA (ca.crt), the API server's serving
+// certificate for 127.0.0.1 and localhost (serving.crt, serving.key), and
+// the service-account signing key (sa.key, sa.pub).
+func (e *Env) writePKI() error {
+	dir := filepath.Join(e.Dir, "pki")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "kubetest-ca"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(10 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	if e.ca, err = x509.ParseCertificate(caDER); err != nil {
+		return err
+	}
+	e.caKey = caKey
+
+	servingKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	servingDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "kube-apiserver"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(10 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 1)},
+		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+			"kubernetes.default.svc.cluster.local"},
+	}, e.ca, &servingKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	servingKeyDER, err := x509.MarshalPKCS8PrivateKey(servingKey)
+	if err != nil {
+		return err
+	}
+
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	e.ServiceAccountSigningKey = saKey
+	saPub, err := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err != nil {
+		return err
+	}
+
+	files := map[string][]byte{
+		"ca.crt":      pemCert(e.ca),
+		"serving.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: servingDER}),
+		"serving.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: servingKeyDER}),
+		"sa.key":      pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
+		"sa.pub":      pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clientCert issues a client certificate (PEM cert and key) signed by the
+// API server's client CA.
+func (e *Env) clientCert(user string, groups ...string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: user, Organization: groups},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(10 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, e.ca, &key.PublicKey, e.caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+func serial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// ----------------------------------------------------------------------------
+// Objects and identities
+
+// opContext bounds one API call made by a helper.
+func opContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// EnsureNamespace creates the namespace unless it exists.
+func (e *Env) EnsureNamespace(t testing.TB, name string) *corev1.Namespace {
+	t.Helper()
+	c, cancel := opContext()
+	defer cancel()
+	ns, err := e.Client.CoreV1().Namespaces().Create(c,
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		ns, err = e.Client.CoreV1().Namespaces().Get(c, name, metav1.GetOptions{})
+	}
+	if err != nil {
+		t.Fatalf("kubetest: namespace %s: %v", name, err)
+	}
+	return ns
+}
+
+// EnsureServiceAccount creates the namespace and the ServiceAccount unless
+// they exist.
+func (e *Env) EnsureServiceAccount(t testing.TB, ns, name string) *corev1.ServiceAccount {
+	t.Helper()
+	e.EnsureNamespace(t, ns)
+	c, cancel := opContext()
+	defer cancel()
+	sa, err := e.Client.CoreV1().ServiceAccounts(ns).Create(c,
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		sa, err = e.Client.CoreV1().ServiceAccounts(ns).Get(c, name, metav1.GetOptions{})
+	}
+	if err != nil {
+		t.Fatalf("kubetest: service account %s/%s: %v", ns, name, err)
+	}
+	return sa
+}
+
+// EnsurePod creates the namespace, the ServiceAccount and a Pod running as
+// that ServiceAccount, with one container, unless they exist. No kubelet
+// runs it: it stays Pending and unscheduled. An existing Pod with another
+// ServiceAccount fails the test.
+func (e *Env) EnsurePod(t testing.TB, ns, sa, name string) *corev1.Pod {
+	t.Helper()
+	e.EnsureServiceAccount(t, ns, sa)
+	c, cancel := opContext()
+	defer cancel()
+	pod, err := e.Client.CoreV1().Pods(ns).Get(c, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		pod, err = e.Client.CoreV1().Pods(ns).Create(c, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}},
+			Spec: corev1.PodSpec{
+				ServiceAccountName: sa,
+				Containers: []corev1.Container{{
+					Name:  "main",
+					Image: "registry.invalid/kubetest/pause:never-pulled",
+				}},
+			},
+		}, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatalf("kubetest: pod %s/%s: %v", ns, name, err)
+	}
+	if pod.Spec.ServiceAccountName != sa {
+		t.Fatalf("kubetest: pod %s/%s exists with service account %q, not %q", ns, name, pod.Spec.ServiceAccountName, sa)
+	}
+	return pod
+}
+
+// PodToken creates, unless they exist, the namespace, the ServiceAccount and
+// the Pod (see EnsurePod), then asks the API server (TokenRequest) for a
+// token of that ServiceAccount bound to that Pod, for the given audience,
+// valid for ttl. A TokenReview of the token reports the Pod in its extra
+// fields (authentication.kubernetes.io/pod-name and pod-uid). The token
+// stops being valid when the Pod is deleted, though for up to 10 s more the
+// API server may answer from its cache of successful authentications.
+//
+// The API server refuses a ttl under 10 minutes; 0 asks for its default
+// (1 hour). It may also return a token valid for longer than asked (it
+// extends 3607 s tokens, the kubelet's default, to a year).
+func (e *Env) PodToken(t testing.TB, ns, sa, pod, audience string, ttl time.Duration) string {
+	t.Helper()
+	p := e.EnsurePod(t, ns, sa, pod)
+	return e.token(t, ns, sa, []string{audience}, ttl, &authenticationv1.BoundObjectReference{
+		Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID,
+	})
+}
+
+// ServiceAccountToken creates, unless they exist, the namespace and the
+// ServiceAccount, and returns a token for it that is not bound to any
+// object. With no audiences, the token is for the API server itself
+// (audience Issuer). ttl is as for PodToken.
+func (e *Env) ServiceAccountToken(t testing.TB, ns, sa string, ttl time.Duration, audiences ...string) string {
+	t.Helper()
+	e.EnsureServiceAccount(t, ns, sa)
+	return e.token(t, ns, sa, audiences, ttl, nil)
+}
+
+func (e *Env) token(t testing.TB, ns, sa string, audiences []string, ttl time.Duration, bound *authenticationv1.BoundObjectReference) string {
+	t.Helper()
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:      audiences,
+		BoundObjectRef: bound,
+	}}
+	if ttl > 0 {
+		secs := int64(ttl / time.Second)
+		req.Spec.ExpirationSeconds = &secs
+	}
+	c, cancel := opContext()
+	defer cancel()
+	resp, err := e.Client.CoreV1().ServiceAccounts(ns).CreateToken(c, sa, req, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("kubetest: token request for %s/%s (audiences %q, ttl %v): %v", ns, sa, audiences, ttl, err)
+	}
+	return resp.Status.Token
+}
+
+// ServiceAccountConfig returns a client configuration that authenticates as
+// the ServiceAccount (system:serviceaccount:<ns>:<sa>) with a one-hour
+// token, creating the namespace and ServiceAccount unless they exist. The
+// API server authorizes it with RBAC: it can do nothing that no Role or
+// ClusterRole binding grants it.
+func (e *Env) ServiceAccountConfig(t testing.TB, ns, sa string) *rest.Config {
+	t.Helper()
+	token := e.ServiceAccountToken(t, ns, sa, time.Hour)
+	return &rest.Config{
+		Host:            e.Config.Host,
+		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(e.ca)},
+		BearerToken:     token,
+		QPS:             e.Config.QPS,
+		Burst:           e.Config.Burst,
+	}
+}
+
+// UserConfig returns a client configuration that authenticates with a
+// client certificate as the given user and groups (for example
+// "system:masters", which bypasses RBAC).
+func (e *Env) UserConfig(t testing.TB, user string, groups ...string) *rest.Config {
+	t.Helper()
+	certPEM, keyPEM, err := e.clientCert(user, groups...)
+	if err != nil {
+		t.Fatalf("kubetest: client certificate for %s: %v", user, err)
+	}
+	return &rest.Config{
+		Host:            e.Config.Host,
+		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(e.ca), CertData: certPEM, KeyData: keyPEM},
+		QPS:             e.Config.QPS,
+		Burst:           e.Config.Burst,
+	}
+}
