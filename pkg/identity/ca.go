@@ -3,6 +3,7 @@ package identity
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -117,7 +119,11 @@ type CA struct {
 // BundleVersion is one version of the trust bundle.
 type BundleVersion struct {
 	Sequence uint64
-	Bundle   *x509bundle.Bundle
+	// Bundle holds the X.509 roots.
+	Bundle *x509bundle.Bundle
+	// SPIFFE is the whole SPIFFE bundle: X.509 roots and JWT keys, with the
+	// sequence number set. Its Marshal gives the SPIFFE bundle (JWKS) format.
+	SPIFFE *spiffebundle.Bundle
 	// Changed is closed once a newer version exists.
 	Changed <-chan struct{}
 	changed chan struct{}
@@ -211,9 +217,14 @@ func (c *CA) applyLocked(st *State, rev string) error {
 	c.state, c.rev = st, rev
 	c.auth.Store(a)
 	if cur := c.bundle.Load(); cur == nil || cur.Sequence != st.BundleSequence {
-		b := x509bundle.FromX509Authorities(c.cfg.TrustDomain, rootsOf(st))
+		roots := rootsOf(st)
+		sb := spiffebundle.FromX509Authorities(c.cfg.TrustDomain, roots)
+		sb.SetJWTAuthorities(jwtKeysOf(st))
+		sb.SetSequenceNumber(st.BundleSequence)
+		sb.SetRefreshHint(c.cfg.TickInterval)
 		ch := make(chan struct{})
-		c.bundle.Store(&BundleVersion{Sequence: st.BundleSequence, Bundle: b, Changed: ch, changed: ch})
+		c.bundle.Store(&BundleVersion{Sequence: st.BundleSequence, Bundle: x509bundle.FromX509Authorities(c.cfg.TrustDomain, roots),
+			SPIFFE: sb, Changed: ch, changed: ch})
 		if cur != nil {
 			close(cur.changed)
 		}
@@ -243,9 +254,38 @@ func rootsOf(st *State) []*x509.Certificate {
 	return roots
 }
 
-func sameRoots(a, b *State) bool {
+// jwtKeysOf returns the JWT public keys of every generation still trusted.
+func jwtKeysOf(st *State) map[string]crypto.PublicKey {
+	keys := map[string]crypto.PublicKey{}
+	for _, g := range st.Generations {
+		if g.State == Retired || len(g.JWTKey) == 0 {
+			continue
+		}
+		if k, err := x509.ParsePKCS8PrivateKey(g.JWTKey); err == nil {
+			if s, ok := k.(crypto.Signer); ok {
+				keys[g.JWTKeyID] = s.Public()
+			}
+		}
+	}
+	return keys
+}
+
+// sameBundle reports whether two states trust the same roots and JWT keys.
+func sameBundle(a, b *State) bool {
 	ra, rb := rootsOf(a), rootsOf(b)
-	return slices.EqualFunc(ra, rb, func(x, y *x509.Certificate) bool { return x.Equal(y) })
+	if !slices.EqualFunc(ra, rb, func(x, y *x509.Certificate) bool { return x.Equal(y) }) {
+		return false
+	}
+	ka, kb := jwtKeysOf(a), jwtKeysOf(b)
+	if len(ka) != len(kb) {
+		return false
+	}
+	for kid := range ka {
+		if _, ok := kb[kid]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // mutate applies fn to a copy of the state and saves it with a
@@ -260,7 +300,7 @@ func (c *CA) mutate(ctx context.Context, fn func(st *State, now time.Time) (bool
 			c.mu.Unlock()
 			return err
 		}
-		if !sameRoots(c.state, st) {
+		if !sameBundle(c.state, st) {
 			st.BundleSequence = c.state.BundleSequence + 1
 		}
 		rev, err := c.cfg.Store.Save(ctx, st, c.rev)

@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -81,9 +83,18 @@ func (c *Client) FetchSVID(ctx context.Context, cred *cav1.Credential) (*x509svi
 	return svid, bundle, nil
 }
 
+// SignJWT asks for a JWT-SVID for the SVID this client presents.
+func (c *Client) SignJWT(ctx context.Context, audience []string, ttl time.Duration) (string, error) {
+	resp, err := c.api.SignJWT(ctx, &cav1.SignJWTRequest{Audience: audience, TtlSeconds: int64(ttl / time.Second)})
+	if err != nil {
+		return "", fmt.Errorf("sign JWT: %w", err)
+	}
+	return resp.GetToken(), nil
+}
+
 // WatchBundle calls fn with the current bundle and each change until ctx
 // ends or the stream breaks.
-func (c *Client) WatchBundle(ctx context.Context, fn func(b *x509bundle.Bundle, seq uint64)) error {
+func (c *Client) WatchBundle(ctx context.Context, fn func(b *spiffebundle.Bundle)) error {
 	stream, err := c.api.WatchBundle(ctx, &cav1.WatchBundleRequest{})
 	if err != nil {
 		return fmt.Errorf("watch bundle: %w", err)
@@ -96,11 +107,11 @@ func (c *Client) WatchBundle(ctx context.Context, fn func(b *x509bundle.Bundle, 
 			}
 			return fmt.Errorf("watch bundle: %w", err)
 		}
-		b, err := BundleFromMessage(m)
+		b, err := SPIFFEBundleFromMessage(m)
 		if err != nil {
 			return err
 		}
-		fn(b, m.GetSequence())
+		fn(b)
 	}
 }
 
@@ -120,6 +131,30 @@ func BundleFromMessage(m *cav1.Bundle) (*x509bundle.Bundle, error) {
 	}
 	if b.Empty() {
 		return nil, errors.New("bundle: no authorities")
+	}
+	return b, nil
+}
+
+// SPIFFEBundleFromMessage parses a bundle message with its JWT keys and
+// sequence number.
+func SPIFFEBundleFromMessage(m *cav1.Bundle) (*spiffebundle.Bundle, error) {
+	xb, err := BundleFromMessage(m)
+	if err != nil {
+		return nil, err
+	}
+	b := spiffebundle.FromX509Bundle(xb)
+	for _, k := range m.GetJwtAuthorities() {
+		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+		if err != nil {
+			return nil, fmt.Errorf("bundle: bad JWT key %q: %w", k.GetKeyId(), err)
+		}
+		if err := b.AddJWTAuthority(k.GetKeyId(), pub); err != nil {
+			return nil, fmt.Errorf("bundle: %w", err)
+		}
+	}
+	b.SetSequenceNumber(m.GetSequence())
+	if m.GetRefreshHintSeconds() > 0 {
+		b.SetRefreshHint(time.Duration(m.GetRefreshHintSeconds()) * time.Second)
 	}
 	return b, nil
 }

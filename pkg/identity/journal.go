@@ -55,6 +55,16 @@ func (c *CA) newGeneration(ctx context.Context, st *State, state GenerationState
 	if err := c.renewIntermediate(ctx, &g, now); err != nil {
 		return g, err
 	}
+	jwtKey, err := NewKey()
+	if err != nil {
+		return g, err
+	}
+	if g.JWTKey, err = x509.MarshalPKCS8PrivateKey(jwtKey); err != nil {
+		return g, err
+	}
+	if g.JWTKeyID, err = newKeyID(); err != nil {
+		return g, err
+	}
 	return g, nil
 }
 
@@ -157,7 +167,7 @@ func (c *CA) retire(st *State, now time.Time, force bool) error {
 				ErrRotation, g.ID, g.RetireAfter.UTC().Format(time.RFC3339))
 		}
 		g.State, g.RetiredAt = Retired, now
-		g.RootKey, g.ChainKey = nil, nil
+		g.RootKey, g.ChainKey, g.JWTKey = nil, nil, nil
 		n++
 	}
 	if n == 0 {

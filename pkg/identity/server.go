@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -178,7 +179,31 @@ func (s *Server) bundleMessage(v *BundleVersion) *cav1.Bundle {
 	for _, c := range v.Bundle.X509Authorities() {
 		m.X509Authorities = append(m.X509Authorities, c.Raw)
 	}
+	keys := v.SPIFFE.JWTAuthorities()
+	kids := slices.Sorted(maps.Keys(keys))
+	for _, kid := range kids {
+		der, err := x509.MarshalPKIXPublicKey(keys[kid])
+		if err != nil {
+			continue
+		}
+		m.JwtAuthorities = append(m.JwtAuthorities, &cav1.JWTAuthority{KeyId: kid, PublicKey: der})
+	}
 	return m
+}
+
+// SignJWT implements cav1.CAServer. Only a caller presenting its SVID may
+// ask, and only for its own identity.
+func (s *Server) SignJWT(ctx context.Context, req *cav1.SignJWTRequest) (*cav1.SignJWTResponse, error) {
+	id, ok := peerSVID(ctx)
+	if !ok {
+		return nil, grpcError(fmt.Errorf("%w: JWT-SVIDs are issued only over mTLS with the caller's X509-SVID", ErrUnauthenticated))
+	}
+	j, err := s.ca.SignJWT(id, req.GetAudience(), time.Duration(req.GetTtlSeconds())*time.Second)
+	s.ca.metrics.issuances.WithLabelValues("jwt", resultOf(err)).Inc()
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &cav1.SignJWTResponse{Token: j.Token, SpiffeId: id.String(), ExpiresAtUnix: j.ExpiresAt.Unix()}, nil
 }
 
 // grpcError maps the CA's errors to gRPC status codes; the message stays

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -189,13 +189,16 @@ func TestWatchBundle(t *testing.T) {
 	ca := realCA(t)
 	addr := serve(t, ca, nil)
 	type update struct {
-		b   *x509bundle.Bundle
+		b   *spiffebundle.Bundle
 		seq uint64
 	}
 	updates := make(chan update, 4)
-	go dial(t, addr, ca, nil).WatchBundle(ctx, func(b *x509bundle.Bundle, seq uint64) { updates <- update{b, seq} })
+	go dial(t, addr, ca, nil).WatchBundle(ctx, func(b *spiffebundle.Bundle) {
+		seq, _ := b.SequenceNumber()
+		updates <- update{b, seq}
+	})
 	first := <-updates
-	if first.seq != ca.Bundle().Sequence || len(first.b.X509Authorities()) != 1 {
+	if first.seq != ca.Bundle().Sequence || len(first.b.X509Authorities()) != 1 || len(first.b.JWTAuthorities()) != 1 {
 		t.Fatalf("first update seq %d roots %d", first.seq, len(first.b.X509Authorities()))
 	}
 	if err := ca.Rotate(ctx, identity.StepPrepare, false); err != nil {
@@ -203,7 +206,7 @@ func TestWatchBundle(t *testing.T) {
 	}
 	select {
 	case u := <-updates:
-		if u.seq <= first.seq || len(u.b.X509Authorities()) != 2 {
+		if u.seq <= first.seq || len(u.b.X509Authorities()) != 2 || len(u.b.JWTAuthorities()) != 2 {
 			t.Fatalf("after prepare: seq %d (was %d), %d roots", u.seq, first.seq, len(u.b.X509Authorities()))
 		}
 	case <-ctx.Done():

@@ -51,6 +51,10 @@ type Generation struct {
 	Chain [][]byte `json:"chain"`
 	// ChainKey is the PKCS#8 key of Chain[0].
 	ChainKey []byte `json:"chain_key,omitempty"`
+	// JWTKeyID and JWTKey (PKCS#8) sign this generation's JWT-SVIDs; the
+	// public key is in the bundle while the generation is.
+	JWTKeyID string `json:"jwt_key_id,omitempty"`
+	JWTKey   []byte `json:"jwt_key,omitempty"`
 	// Upstream names the cert-manager issuer that signed Chain, if any.
 	Upstream    string    `json:"upstream,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
@@ -150,6 +154,8 @@ type authority struct {
 	chain    []*x509.Certificate // intermediate first
 	chainDER [][]byte
 	key      crypto.Signer
+	jwtKID   string
+	jwtKey   crypto.Signer // nil when the generation has none
 }
 
 func (g *Generation) authority() (*authority, error) {
@@ -185,6 +191,17 @@ func (g *Generation) authority() (*authority, error) {
 	a.key = signer
 	if !publicKeysEqual(signer.Public(), a.chain[0].PublicKey) {
 		return nil, errors.New("signing key does not match the signing certificate")
+	}
+	if len(g.JWTKey) > 0 {
+		k, err := x509.ParsePKCS8PrivateKey(g.JWTKey)
+		if err != nil {
+			return nil, fmt.Errorf("JWT key: %v", err)
+		}
+		s, ok := k.(crypto.Signer)
+		if !ok || g.JWTKeyID == "" {
+			return nil, errors.New("JWT key unusable or without key ID")
+		}
+		a.jwtKID, a.jwtKey = g.JWTKeyID, s
 	}
 	return a, nil
 }

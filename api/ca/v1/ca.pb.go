@@ -243,8 +243,10 @@ type Bundle struct {
 	X509Authorities [][]byte `protobuf:"bytes,3,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	// Suggested refresh interval in seconds.
 	RefreshHintSeconds int64 `protobuf:"varint,4,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Keys that verify JWT-SVIDs.
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,5,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -305,6 +307,180 @@ func (x *Bundle) GetRefreshHintSeconds() int64 {
 	return 0
 }
 
+func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// PKIX (SubjectPublicKeyInfo) DER.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JWTAuthority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+type SignJWTRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Audiences of the token; at least one.
+	Audience []string `protobuf:"bytes,1,rep,name=audience,proto3" json:"audience,omitempty"`
+	// Requested lifetime; 0 means the CA's default. Clamped to the SVID lifetime.
+	TtlSeconds    int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTRequest) Reset() {
+	*x = SignJWTRequest{}
+	mi := &file_ca_v1_ca_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTRequest) ProtoMessage() {}
+
+func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTRequest) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SignJWTRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *SignJWTRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type SignJWTResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ExpiresAtUnix int64                  `protobuf:"varint,3,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTResponse) Reset() {
+	*x = SignJWTResponse{}
+	mi := &file_ca_v1_ca_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTResponse) ProtoMessage() {}
+
+func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTResponse) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SignJWTResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SignJWTResponse) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SignJWTResponse) GetExpiresAtUnix() int64 {
+	if x != nil {
+		return x.ExpiresAtUnix
+	}
+	return 0
+}
+
 type CreateJoinTokenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -316,7 +492,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	mi := &file_ca_v1_ca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +504,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	mi := &file_ca_v1_ca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +517,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{5}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateJoinTokenRequest) GetSpiffeId() string {
@@ -375,7 +551,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_ca_v1_ca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +563,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_ca_v1_ca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +576,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{6}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -425,7 +601,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_ca_v1_ca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +613,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_ca_v1_ca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +626,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{7}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{10}
 }
 
 type Generation struct {
@@ -473,7 +649,7 @@ type Generation struct {
 
 func (x *Generation) Reset() {
 	*x = Generation{}
-	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_ca_v1_ca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +661,7 @@ func (x *Generation) String() string {
 func (*Generation) ProtoMessage() {}
 
 func (x *Generation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_ca_v1_ca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +674,7 @@ func (x *Generation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generation.ProtoReflect.Descriptor instead.
 func (*Generation) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Generation) GetId() uint64 {
@@ -564,7 +740,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_ca_v1_ca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +752,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_ca_v1_ca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +765,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StatusResponse) GetTrustDomain() string {
@@ -639,7 +815,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_ca_v1_ca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +827,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_ca_v1_ca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +840,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{10}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RotateRequest) GetStep() string {
@@ -700,12 +876,25 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12,\n" +
 	"\x06bundle\x18\x03 \x01(\v2\x14.tether.ca.v1.BundleR\x06bundle\"\x14\n" +
-	"\x12WatchBundleRequest\"\xa4\x01\n" +
+	"\x12WatchBundleRequest\"\xe9\x01\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12)\n" +
 	"\x10x509_authorities\x18\x03 \x03(\fR\x0fx509Authorities\x120\n" +
-	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\"r\n" +
+	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\x12C\n" +
+	"\x0fjwt_authorities\x18\x05 \x03(\v2\x1a.tether.ca.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
+	"\fJWTAuthority\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"M\n" +
+	"\x0eSignJWTRequest\x12\x1a\n" +
+	"\baudience\x18\x01 \x03(\tR\baudience\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\"l\n" +
+	"\x0fSignJWTResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"r\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -732,10 +921,11 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x11next_step_at_unix\x18\x05 \x01(\x03R\x0enextStepAtUnix\"9\n" +
 	"\rRotateRequest\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force2\x8c\x01\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force2\xd4\x01\n" +
 	"\x02CA\x12=\n" +
 	"\x04Sign\x12\x19.tether.ca.v1.SignRequest\x1a\x1a.tether.ca.v1.SignResponse\x12G\n" +
-	"\vWatchBundle\x12 .tether.ca.v1.WatchBundleRequest\x1a\x14.tether.ca.v1.Bundle0\x012\xf1\x01\n" +
+	"\vWatchBundle\x12 .tether.ca.v1.WatchBundleRequest\x1a\x14.tether.ca.v1.Bundle0\x01\x12F\n" +
+	"\aSignJWT\x12\x1c.tether.ca.v1.SignJWTRequest\x1a\x1d.tether.ca.v1.SignJWTResponse2\xf1\x01\n" +
 	"\x05Admin\x12^\n" +
 	"\x0fCreateJoinToken\x12$.tether.ca.v1.CreateJoinTokenRequest\x1a%.tether.ca.v1.CreateJoinTokenResponse\x12C\n" +
 	"\x06Status\x12\x1b.tether.ca.v1.StatusRequest\x1a\x1c.tether.ca.v1.StatusResponse\x12C\n" +
@@ -753,39 +943,45 @@ func file_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_ca_v1_ca_proto_rawDescData
 }
 
-var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ca_v1_ca_proto_goTypes = []any{
 	(*Credential)(nil),              // 0: tether.ca.v1.Credential
 	(*SignRequest)(nil),             // 1: tether.ca.v1.SignRequest
 	(*SignResponse)(nil),            // 2: tether.ca.v1.SignResponse
 	(*WatchBundleRequest)(nil),      // 3: tether.ca.v1.WatchBundleRequest
 	(*Bundle)(nil),                  // 4: tether.ca.v1.Bundle
-	(*CreateJoinTokenRequest)(nil),  // 5: tether.ca.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 6: tether.ca.v1.CreateJoinTokenResponse
-	(*StatusRequest)(nil),           // 7: tether.ca.v1.StatusRequest
-	(*Generation)(nil),              // 8: tether.ca.v1.Generation
-	(*StatusResponse)(nil),          // 9: tether.ca.v1.StatusResponse
-	(*RotateRequest)(nil),           // 10: tether.ca.v1.RotateRequest
+	(*JWTAuthority)(nil),            // 5: tether.ca.v1.JWTAuthority
+	(*SignJWTRequest)(nil),          // 6: tether.ca.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),         // 7: tether.ca.v1.SignJWTResponse
+	(*CreateJoinTokenRequest)(nil),  // 8: tether.ca.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 9: tether.ca.v1.CreateJoinTokenResponse
+	(*StatusRequest)(nil),           // 10: tether.ca.v1.StatusRequest
+	(*Generation)(nil),              // 11: tether.ca.v1.Generation
+	(*StatusResponse)(nil),          // 12: tether.ca.v1.StatusResponse
+	(*RotateRequest)(nil),           // 13: tether.ca.v1.RotateRequest
 }
 var file_ca_v1_ca_proto_depIdxs = []int32{
 	0,  // 0: tether.ca.v1.SignRequest.credential:type_name -> tether.ca.v1.Credential
 	4,  // 1: tether.ca.v1.SignResponse.bundle:type_name -> tether.ca.v1.Bundle
-	8,  // 2: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
-	1,  // 3: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
-	3,  // 4: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
-	5,  // 5: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
-	7,  // 6: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
-	10, // 7: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
-	2,  // 8: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
-	4,  // 9: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
-	6,  // 10: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
-	9,  // 11: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
-	9,  // 12: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
-	8,  // [8:13] is the sub-list for method output_type
-	3,  // [3:8] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	5,  // 2: tether.ca.v1.Bundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
+	11, // 3: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
+	1,  // 4: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
+	3,  // 5: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
+	6,  // 6: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
+	8,  // 7: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
+	10, // 8: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
+	13, // 9: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
+	2,  // 10: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
+	4,  // 11: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
+	7,  // 12: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
+	9,  // 13: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
+	12, // 14: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
+	12, // 15: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_ca_v1_ca_proto_init() }
@@ -799,7 +995,7 @@ func file_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_v1_ca_proto_rawDesc), len(file_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

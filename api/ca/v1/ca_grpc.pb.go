@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	CA_Sign_FullMethodName        = "/tether.ca.v1.CA/Sign"
 	CA_WatchBundle_FullMethodName = "/tether.ca.v1.CA/WatchBundle"
+	CA_SignJWT_FullMethodName     = "/tether.ca.v1.CA/SignJWT"
 )
 
 // CAClient is the client API for CA service.
@@ -42,6 +43,9 @@ type CAClient interface {
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
 	// WatchBundle sends the current trust bundle and then every change.
 	WatchBundle(ctx context.Context, in *WatchBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Bundle], error)
+	// SignJWT issues a JWT-SVID for the identity of the SVID the caller
+	// presents (mTLS only: a credential is not enough).
+	SignJWT(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error)
 }
 
 type cAClient struct {
@@ -81,6 +85,16 @@ func (c *cAClient) WatchBundle(ctx context.Context, in *WatchBundleRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CA_WatchBundleClient = grpc.ServerStreamingClient[Bundle]
 
+func (c *cAClient) SignJWT(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTResponse)
+	err := c.cc.Invoke(ctx, CA_SignJWT_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CAServer is the server API for CA service.
 // All implementations must embed UnimplementedCAServer
 // for forward compatibility.
@@ -95,6 +109,9 @@ type CAServer interface {
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
 	// WatchBundle sends the current trust bundle and then every change.
 	WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[Bundle]) error
+	// SignJWT issues a JWT-SVID for the identity of the SVID the caller
+	// presents (mTLS only: a credential is not enough).
+	SignJWT(context.Context, *SignJWTRequest) (*SignJWTResponse, error)
 	mustEmbedUnimplementedCAServer()
 }
 
@@ -110,6 +127,9 @@ func (UnimplementedCAServer) Sign(context.Context, *SignRequest) (*SignResponse,
 }
 func (UnimplementedCAServer) WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[Bundle]) error {
 	return status.Error(codes.Unimplemented, "method WatchBundle not implemented")
+}
+func (UnimplementedCAServer) SignJWT(context.Context, *SignJWTRequest) (*SignJWTResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWT not implemented")
 }
 func (UnimplementedCAServer) mustEmbedUnimplementedCAServer() {}
 func (UnimplementedCAServer) testEmbeddedByValue()            {}
@@ -161,6 +181,24 @@ func _CA_WatchBundle_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CA_WatchBundleServer = grpc.ServerStreamingServer[Bundle]
 
+func _CA_SignJWT_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServer).SignJWT(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CA_SignJWT_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServer).SignJWT(ctx, req.(*SignJWTRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CA_ServiceDesc is the grpc.ServiceDesc for CA service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -171,6 +209,10 @@ var CA_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Sign",
 			Handler:    _CA_Sign_Handler,
+		},
+		{
+			MethodName: "SignJWT",
+			Handler:    _CA_SignJWT_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
