@@ -60,7 +60,7 @@ func (a *App) svidFetch(ctx context.Context, args []string) error {
 	if err != nil {
 		return rpcError("fetch SVID from "+*caAddr, err)
 	}
-	if err := WriteSVID(*out, svid, newBundle); err != nil {
+	if err := WriteSVID(*out, svid, newBundle.X509Bundle()); err != nil {
 		return err
 	}
 	leaf := svid.Certificates[0]

@@ -47,8 +47,9 @@ func Dial(addr string, td spiffeid.TrustDomain, bundle x509bundle.Source, svid x
 func (c *Client) Close() error { return c.conn.Close() }
 
 // FetchSVID makes a fresh P-256 key and has the CA sign it. cred may be nil
-// when the client presents its current SVID.
-func (c *Client) FetchSVID(ctx context.Context, cred *cav1.Credential) (*x509svid.SVID, *x509bundle.Bundle, error) {
+// when the client presents its current SVID. It returns the SVID, checked
+// with go-spiffe, and the CA's bundle at signing time.
+func (c *Client) FetchSVID(ctx context.Context, cred *cav1.Credential) (*x509svid.SVID, *spiffebundle.Bundle, error) {
 	key, err := NewKey()
 	if err != nil {
 		return nil, nil, err
@@ -73,11 +74,11 @@ func (c *Client) FetchSVID(ctx context.Context, cred *cav1.Credential) (*x509svi
 	if err != nil {
 		return nil, nil, fmt.Errorf("CA returned an invalid SVID: %w", err)
 	}
-	bundle, err := BundleFromMessage(resp.GetBundle())
+	bundle, err := SPIFFEBundleFromMessage(resp.GetBundle())
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle.X509Bundle()); err != nil {
 		return nil, nil, fmt.Errorf("CA returned an SVID that does not verify against its bundle: %w", err)
 	}
 	return svid, bundle, nil

@@ -103,7 +103,7 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 // the SVID it presented. When it did both they must agree, so an SVID can
 // only ever renew itself.
 func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (string, spiffeid.ID, error) {
-	peerID, hasPeer := peerSVID(ctx)
+	peerID, hasPeer := s.peerSVID(ctx)
 	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
 		if !hasPeer {
 			return "none", spiffeid.ID{}, fmt.Errorf("%w: no credential; send a join token or a Kubernetes token, or renew over mTLS with a current SVID", ErrUnauthenticated)
@@ -132,7 +132,7 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 
 // peerSVID returns the SPIFFE ID of the client certificate, which the TLS
 // layer has already verified against the bundle.
-func peerSVID(ctx context.Context) (spiffeid.ID, bool) {
+func (s *Server) peerSVID(ctx context.Context) (spiffeid.ID, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return spiffeid.ID{}, false
@@ -141,7 +141,12 @@ func peerSVID(ctx context.Context) (spiffeid.ID, bool) {
 	if !ok || len(info.State.PeerCertificates) == 0 {
 		return spiffeid.ID{}, false
 	}
-	id, err := x509svid.IDFromCert(info.State.PeerCertificates[0])
+	leaf := info.State.PeerCertificates[0]
+	if s.ca.cfg.Clock.Now().After(leaf.NotAfter) {
+		// The connection outlived the SVID it was opened with.
+		return spiffeid.ID{}, false
+	}
+	id, err := x509svid.IDFromCert(leaf)
 	return id, err == nil
 }
 
@@ -194,7 +199,7 @@ func (s *Server) bundleMessage(v *BundleVersion) *cav1.Bundle {
 // SignJWT implements cav1.CAServer. Only a caller presenting its SVID may
 // ask, and only for its own identity.
 func (s *Server) SignJWT(ctx context.Context, req *cav1.SignJWTRequest) (*cav1.SignJWTResponse, error) {
-	id, ok := peerSVID(ctx)
+	id, ok := s.peerSVID(ctx)
 	if !ok {
 		return nil, grpcError(fmt.Errorf("%w: JWT-SVIDs are issued only over mTLS with the caller's X509-SVID", ErrUnauthenticated))
 	}

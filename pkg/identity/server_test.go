@@ -82,8 +82,11 @@ func TestServerBootstrapAndRenew(t *testing.T) {
 	if svid.ID != web {
 		t.Fatalf("bootstrap SVID %s, want %s", svid.ID, web)
 	}
-	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle.X509Bundle()); err != nil {
 		t.Fatalf("bootstrap SVID does not verify: %v", err)
+	}
+	if len(bundle.JWTAuthorities()) != 1 {
+		t.Fatalf("Sign response bundle has %d JWT keys, want 1", len(bundle.JWTAuthorities()))
 	}
 
 	// Renewal: present the SVID, no credential.

@@ -1,0 +1,398 @@
+// Package agent keeps a workload's identity current: it gets an X.509-SVID
+// from tether-ca with a bootstrap credential, renews it over mTLS at half
+// its life, follows the trust bundle over WatchBundle, and fetches
+// JWT-SVIDs. The sidecar's proxy and Workload API read from it.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/pkg/identity"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// CAAddr is tether-ca's address, host:port.
+	CAAddr string
+	// Bundle verifies the CA until the first WatchBundle update arrives
+	// (the mounted tether-trust-bundle, or the standalone bundle.pem).
+	Bundle *x509bundle.Bundle
+	// Credential returns the bootstrap credential; it is called for every
+	// bootstrap, so a projected token file is read fresh each time.
+	Credential func() (*cav1.Credential, error)
+	// RenewFraction of the SVID's life after which it is renewed (default 0.5);
+	// Jitter spreads renewals by up to that fraction of the life either way
+	// (default 0.1).
+	RenewFraction, Jitter float64
+	// MinBackoff and MaxBackoff bound the wait between failed attempts
+	// (defaults 500ms and 30s).
+	MinBackoff, MaxBackoff time.Duration
+	Clock                  identity.Clock
+	Logger                 *slog.Logger
+	Registerer             prometheus.Registerer
+}
+
+// Agent holds the workload's current SVID and bundle. It is an
+// x509svid.Source, x509bundle.Source and jwtbundle.Source, and is safe for
+// concurrent use. Readers never block on the network.
+type Agent struct {
+	cfg Config
+	td  spiffeid.TrustDomain
+	log *slog.Logger
+
+	svid   atomic.Pointer[x509svid.SVID]
+	bundle atomic.Pointer[spiffebundle.Bundle]
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every SVID or bundle change
+	renew   chan struct{}
+	jwts    map[string]*jwtsvid.SVID
+
+	expiry prometheus.Gauge
+	events *prometheus.CounterVec
+}
+
+// ErrNoSVID means the agent holds no valid SVID yet (or any more).
+var ErrNoSVID = errors.New("no SVID yet")
+
+// New validates cfg. Nothing is fetched until Run.
+func New(cfg Config) (*Agent, error) {
+	switch {
+	case cfg.CAAddr == "":
+		return nil, errors.New("agent: no CA address")
+	case cfg.Bundle == nil || cfg.Bundle.Empty():
+		return nil, errors.New("agent: no bootstrap trust bundle")
+	case cfg.Credential == nil:
+		return nil, errors.New("agent: no bootstrap credential")
+	}
+	if cfg.RenewFraction <= 0 || cfg.RenewFraction >= 1 {
+		cfg.RenewFraction = 0.5
+	}
+	if cfg.Jitter <= 0 || cfg.Jitter >= cfg.RenewFraction {
+		cfg.Jitter = 0.1
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = identity.RealClock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{
+		cfg: cfg, td: cfg.Bundle.TrustDomain(), log: cfg.Logger,
+		changed: make(chan struct{}), renew: make(chan struct{}, 1), jwts: map[string]*jwtsvid.SVID{},
+		expiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_sidecar_svid_expiry_timestamp_seconds",
+			Help: "NotAfter of the SVID the sidecar holds (0 before the first).",
+		}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_svid_fetches_total",
+			Help: "SVID fetches by kind (bootstrap, renew) and result.",
+		}, []string{"kind", "result"}),
+	}
+	a.bundle.Store(spiffebundle.FromX509Bundle(cfg.Bundle))
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(a.expiry, a.events)
+	}
+	return a, nil
+}
+
+// TrustDomain is the agent's trust domain.
+func (a *Agent) TrustDomain() spiffeid.TrustDomain { return a.td }
+
+// GetX509SVID returns the current SVID, or ErrNoSVID.
+func (a *Agent) GetX509SVID() (*x509svid.SVID, error) {
+	s := a.svid.Load()
+	if s == nil {
+		return nil, ErrNoSVID
+	}
+	return s, nil
+}
+
+// GetX509BundleForTrustDomain implements x509bundle.Source.
+func (a *Agent) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != a.td {
+		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	}
+	return a.bundle.Load().X509Bundle(), nil
+}
+
+// GetJWTBundleForTrustDomain implements jwtbundle.Source.
+func (a *Agent) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
+	if td != a.td {
+		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	}
+	return a.bundle.Load().JWTBundle(), nil
+}
+
+// Bundle returns the current SPIFFE bundle.
+func (a *Agent) Bundle() *spiffebundle.Bundle { return a.bundle.Load() }
+
+// Changed returns a channel that is closed at the next SVID or bundle change.
+func (a *Agent) Changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.changed
+}
+
+func (a *Agent) notify() {
+	a.mu.Lock()
+	close(a.changed)
+	a.changed = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// Ready returns nil while the agent holds an unexpired SVID.
+func (a *Agent) Ready() error {
+	s := a.svid.Load()
+	if s == nil {
+		return ErrNoSVID
+	}
+	if leaf := s.Certificates[0]; !a.cfg.Clock.Now().Before(leaf.NotAfter) {
+		return fmt.Errorf("%w: SVID expired at %s", ErrNoSVID, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// RenewNow asks Run to renew the SVID at once.
+func (a *Agent) RenewNow() {
+	select {
+	case a.renew <- struct{}{}:
+	default:
+	}
+}
+
+// dial connects to the CA, verifying it against the current bundle and
+// presenting the current SVID when there is a valid one.
+func (a *Agent) dial(withSVID bool) (*identity.Client, error) {
+	var src x509svid.Source
+	if withSVID && a.Ready() == nil {
+		src = a
+	}
+	return identity.Dial(a.cfg.CAAddr, a.td, a, src)
+}
+
+// fetch gets a new SVID: over mTLS when the current one is valid,
+// otherwise with the bootstrap credential.
+func (a *Agent) fetch(ctx context.Context) error {
+	kind, renew := "bootstrap", a.Ready() == nil
+	var cred *cav1.Credential
+	if renew {
+		kind = "renew"
+	} else {
+		c, err := a.cfg.Credential()
+		if err != nil {
+			a.events.WithLabelValues(kind, "error").Inc()
+			return fmt.Errorf("bootstrap credential: %w", err)
+		}
+		cred = c
+	}
+	client, err := a.dial(renew)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	svid, bundle, err := client.FetchSVID(ctx, cred)
+	if err != nil {
+		a.events.WithLabelValues(kind, "error").Inc()
+		return err
+	}
+	a.events.WithLabelValues(kind, "ok").Inc()
+	a.svid.Store(svid)
+	a.mu.Lock()
+	clear(a.jwts)
+	a.mu.Unlock()
+	a.mergeBundle(bundle)
+	leaf := svid.Certificates[0]
+	a.expiry.Set(float64(leaf.NotAfter.Unix()))
+	a.log.Info("SVID "+kind+"ed", slog.String("spiffe_id", svid.ID.String()),
+		slog.String("serial", leaf.SerialNumber.Text(16)), slog.Time("not_after", leaf.NotAfter),
+		slog.Duration("valid_for", leaf.NotAfter.Sub(a.cfg.Clock.Now()).Round(time.Second)))
+	a.notify()
+	return nil
+}
+
+// mergeBundle takes the bundle that came with a Sign response unless
+// WatchBundle already delivered one at least as new.
+func (a *Agent) mergeBundle(b *spiffebundle.Bundle) {
+	seq, _ := b.SequenceNumber()
+	if cur, ok := a.bundle.Load().SequenceNumber(); ok && cur >= seq {
+		return
+	}
+	a.bundle.Store(b)
+}
+
+// nextRenewal is when an SVID should be renewed: RenewFraction of its
+// life, moved by up to ±Jitter of its life.
+func (a *Agent) nextRenewal(svid *x509svid.SVID) time.Time {
+	leaf := svid.Certificates[0]
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	f := a.cfg.RenewFraction + (rand.Float64()*2-1)*a.cfg.Jitter
+	return leaf.NotBefore.Add(time.Duration(float64(life) * f))
+}
+
+// backoff returns the wait before attempt n (from 0), with full jitter.
+func (a *Agent) backoff(n int) time.Duration {
+	d := a.cfg.MinBackoff << min(n, 16)
+	if d <= 0 || d > a.cfg.MaxBackoff {
+		d = a.cfg.MaxBackoff
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// Run gets the first SVID, then renews it and follows the bundle until ctx
+// ends. While the CA is unreachable it retries with backoff and keeps
+// serving the cached SVID until that expires.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	watching := false
+	failures := 0
+	for {
+		var wait time.Duration
+		if err := a.fetch(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			wait = a.backoff(failures)
+			failures++
+			left := "none"
+			if s := a.svid.Load(); s != nil {
+				left = s.Certificates[0].NotAfter.Sub(a.cfg.Clock.Now()).Round(time.Second).String()
+			}
+			a.log.Warn("cannot get an SVID from the CA; retrying", slog.String("ca", a.cfg.CAAddr),
+				slog.Any("error", err), slog.Duration("retry_in", wait.Round(time.Millisecond)), slog.String("current_svid_left", left))
+		} else {
+			failures = 0
+			wait = a.nextRenewal(a.svid.Load()).Sub(a.cfg.Clock.Now())
+			if !watching {
+				watching = true
+				wg.Add(1)
+				go func() { defer wg.Done(); a.watchBundle(ctx) }()
+			}
+		}
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-a.renew:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// watchBundle follows WatchBundle, reconnecting with backoff.
+func (a *Agent) watchBundle(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		client, err := a.dial(true)
+		if err == nil {
+			err = client.WatchBundle(ctx, func(b *spiffebundle.Bundle) {
+				failures = 0
+				cur := a.bundle.Load()
+				if cur.Equal(b) {
+					return
+				}
+				a.bundle.Store(b)
+				seq, _ := b.SequenceNumber()
+				a.log.Info("trust bundle updated", slog.Uint64("sequence", seq),
+					slog.Int("x509_authorities", len(b.X509Authorities())), slog.Int("jwt_authorities", len(b.JWTAuthorities())))
+				a.notify()
+			})
+			client.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		wait := a.backoff(failures)
+		failures++
+		a.log.Warn("trust bundle stream broken; reconnecting", slog.Any("error", err), slog.Duration("retry_in", wait.Round(time.Millisecond)))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// FetchJWTSVID returns a JWT-SVID for the agent's identity and audience,
+// reusing a cached one until half its life has passed.
+func (a *Agent) FetchJWTSVID(ctx context.Context, audience []string) (*jwtsvid.SVID, error) {
+	if len(audience) == 0 {
+		return nil, errors.New("a JWT-SVID needs at least one audience")
+	}
+	key := fmt.Sprint(audience)
+	now := a.cfg.Clock.Now()
+	a.mu.Lock()
+	if j, ok := a.jwts[key]; ok && now.Before(j.Expiry.Add(-time.Duration(a.cfg.RenewFraction*float64(j.Expiry.Sub(issuedAt(j)))))) {
+		a.mu.Unlock()
+		return j, nil
+	}
+	a.mu.Unlock()
+	if err := a.Ready(); err != nil {
+		return nil, err
+	}
+	client, err := a.dial(true)
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+	tok, err := client.SignJWT(ctx, audience, 0)
+	if err != nil {
+		return nil, err
+	}
+	j, err := jwtsvid.ParseAndValidate(tok, a, audience[:1])
+	if err != nil {
+		return nil, fmt.Errorf("CA returned a JWT-SVID that does not validate: %w", err)
+	}
+	a.mu.Lock()
+	a.jwts[key] = j
+	a.mu.Unlock()
+	return j, nil
+}
+
+func issuedAt(j *jwtsvid.SVID) time.Time {
+	if iat, ok := j.Claims["iat"].(float64); ok {
+		return time.Unix(int64(iat), 0)
+	}
+	return j.Expiry
+}
+
+// TLSCertificate returns the current SVID as a tls.Certificate.
+func (a *Agent) TLSCertificate() (*tls.Certificate, error) {
+	s, err := a.GetX509SVID()
+	if err != nil {
+		return nil, err
+	}
+	c := &tls.Certificate{PrivateKey: s.PrivateKey, Leaf: s.Certificates[0]}
+	for _, cert := range s.Certificates {
+		c.Certificate = append(c.Certificate, cert.Raw)
+	}
+	return c, nil
+}
