@@ -1,0 +1,48 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the data path's Prometheus metrics.
+type Metrics struct {
+	conns      *prometheus.CounterVec
+	active     *prometheus.GaugeVec
+	bytes      *prometheus.CounterVec
+	handshake  *prometheus.HistogramVec
+	denials    *prometheus.CounterVec
+	overLimits *prometheus.CounterVec
+}
+
+// NewMetrics registers the data path metrics with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_connections_total",
+			Help: "Connections by direction (inbound, outbound) and result.",
+		}, []string{"direction", "result"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_sidecar_active_connections",
+			Help: "Connections open now, by direction.",
+		}, []string{"direction"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_bytes_total",
+			Help: "Bytes relayed by direction, flow (sent to the peer, received from it) and connection result.",
+		}, []string{"direction", "flow", "result"}),
+		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tether_sidecar_handshake_duration_seconds",
+			Help:    "mTLS handshake time by direction.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"direction"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_authz_denials_total",
+			Help: "Inbound connections refused by authorization, by source SPIFFE ID.",
+		}, []string{"source_id"}),
+		overLimits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_connection_limit_rejections_total",
+			Help: "Connections closed at accept because the concurrent connection limit was reached.",
+		}, []string{"direction"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.overLimits)
+	}
+	return m
+}

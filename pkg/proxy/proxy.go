@@ -1,0 +1,233 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Identity is the pod's SVID and trust bundle, read at every handshake so
+// rotations apply to new connections at once.
+type Identity interface {
+	x509svid.Source
+	x509bundle.Source
+}
+
+// Mode is the inbound mode of a pod.
+type Mode string
+
+// Inbound modes.
+const (
+	// Strict accepts only mTLS from the mesh.
+	Strict Mode = "strict"
+	// Permissive also passes plaintext (and TLS not meant for the mesh)
+	// from outside the mesh to the app.
+	Permissive Mode = "permissive"
+)
+
+// Config configures a Proxy. Zero values take the defaults in fill.
+type Config struct {
+	Identity    Identity
+	TrustDomain spiffeid.TrustDomain
+	// Authorize decides inbound connections (nil: AllowAll).
+	Authorize   Authorizer
+	InboundMode Mode
+	// HandshakeTimeout bounds the mTLS handshake (default 10s).
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection with no bytes either way for this
+	// long (default 1h).
+	IdleTimeout time.Duration
+	// DialTimeout bounds connecting upstream (default 5s).
+	DialTimeout time.Duration
+	// PeekTimeout is how long permissive mode waits for a client's first
+	// bytes before treating it as a server-first plaintext protocol
+	// (default 200ms).
+	PeekTimeout time.Duration
+	// MaxConnections bounds concurrent connections per direction
+	// (default 16384).
+	MaxConnections int
+	AccessLog      *AccessLog
+	Metrics        *Metrics
+	Logger         *slog.Logger
+}
+
+func (c *Config) fill() error {
+	if c.Identity == nil {
+		return errors.New("proxy: no identity")
+	}
+	if c.TrustDomain.IsZero() {
+		return errors.New("proxy: no trust domain")
+	}
+	if c.Authorize == nil {
+		c.Authorize = AllowAll
+	}
+	switch c.InboundMode {
+	case "":
+		c.InboundMode = Strict
+	case Strict, Permissive:
+	default:
+		return fmt.Errorf("proxy: inbound mode %q: want strict or permissive", c.InboundMode)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.HandshakeTimeout, 10*time.Second)
+	def(&c.IdleTimeout, time.Hour)
+	def(&c.DialTimeout, 5*time.Second)
+	def(&c.PeekTimeout, 200*time.Millisecond)
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 16384
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Proxy relays connections. Serve* run accept loops; Shutdown drains.
+type Proxy struct {
+	cfg       Config
+	serverTLS *tls.Config
+	slots     map[string]chan struct{}
+	dialer    net.Dialer
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	active sync.WaitGroup
+}
+
+// New validates cfg and builds the proxy.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	server := tlsconfig.MTLSServerConfig(cfg.Identity, cfg.Identity, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain))
+	server.MinVersion = tls.VersionTLS13
+	server.NextProtos = []string{ALPN}
+	return &Proxy{
+		cfg: cfg, serverTLS: server, conns: map[net.Conn]struct{}{},
+		slots:  map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
+		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+	}, nil
+}
+
+// clientTLS is the config for originating mTLS to a server that must be
+// one of ids.
+func (p *Proxy) clientTLS(ids []spiffeid.ID) *tls.Config {
+	c := tlsconfig.MTLSClientConfig(p.cfg.Identity, p.cfg.Identity, tlsconfig.AuthorizeOneOf(ids...))
+	c.MinVersion = tls.VersionTLS13
+	c.NextProtos = []string{ALPN}
+	return c
+}
+
+// serve accepts on l until ctx ends, handing each connection to handle in
+// its own goroutine, within the direction's connection limit.
+func (p *Proxy) serve(ctx context.Context, l net.Listener, direction string, handle func(net.Conn)) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	slots := p.slots[direction]
+	var tempDelay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				p.cfg.Logger.Warn("accept failed; retrying", slog.String("direction", direction), slog.Any("error", err))
+				time.Sleep(tempDelay)
+				continue
+			}
+			return fmt.Errorf("%s accept: %w", direction, err)
+		}
+		tempDelay = 0
+		select {
+		case slots <- struct{}{}:
+		default:
+			p.cfg.Metrics.overLimits.WithLabelValues(direction).Inc()
+			reset(c)
+			continue
+		}
+		p.track(c, true)
+		go func() {
+			defer func() {
+				p.track(c, false)
+				<-slots
+			}()
+			handle(c)
+		}()
+	}
+}
+
+func (p *Proxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.conns[c] = struct{}{}
+		p.active.Add(1)
+		return
+	}
+	delete(p.conns, c)
+	p.active.Done()
+}
+
+// Shutdown waits for open connections to finish until ctx ends, then
+// closes the rest. Call it after the Serve contexts are cancelled.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { p.active.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	n := len(p.conns)
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	<-done
+	return fmt.Errorf("drain deadline passed; closed %d open connections", n)
+}
+
+// reset closes c with an RST, so a refused client learns at once.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// peekedConn is a connection whose first bytes sit in a bufio.Reader.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
