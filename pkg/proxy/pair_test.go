@@ -295,9 +295,9 @@ func TestConfigRefusals(t *testing.T) {
 	m := newMesh(t)
 	id := m.identity(serverID, false)
 	for name, cfg := range map[string]proxy.Config{
-		"no identity":  {TrustDomain: id.svid.ID.TrustDomain()},
-		"no td":        {Identity: id},
-		"bad mode":     {Identity: id, TrustDomain: id.svid.ID.TrustDomain(), InboundMode: "lenient"},
+		"no identity": {TrustDomain: id.svid.ID.TrustDomain()},
+		"no td":       {Identity: id},
+		"bad mode":    {Identity: id, TrustDomain: id.svid.ID.TrustDomain(), InboundMode: "lenient"},
 	} {
 		if _, err := proxy.New(cfg); err == nil {
 			t.Errorf("%s: New succeeded", name)
