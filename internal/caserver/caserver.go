@@ -4,12 +4,10 @@ package caserver
 
 import (
 	"context"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/internal/admin"
@@ -266,7 +263,7 @@ func (s *Service) Run(ctx context.Context) error {
 func (s *Service) writeBundleFile(ctx context.Context) error {
 	for {
 		v := s.ca.Bundle()
-		if err := WriteBundlePEM(s.cfg.BundleFile, v.Bundle); err != nil {
+		if err := identity.WriteBundlePEM(s.cfg.BundleFile, v.Bundle); err != nil {
 			s.log.Error("write bundle file", slog.String("path", s.cfg.BundleFile), slog.Any("error", err))
 		}
 		select {
@@ -275,17 +272,4 @@ func (s *Service) writeBundleFile(ctx context.Context) error {
 		case <-v.Changed:
 		}
 	}
-}
-
-// WriteBundlePEM writes the bundle's roots as PEM, atomically, mode 0644
-// (a bundle is public).
-func WriteBundlePEM(path string, b *x509bundle.Bundle) error {
-	var out []byte
-	for _, c := range b.X509Authorities() {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return identity.WriteFileAtomic(path, out, 0o644)
 }

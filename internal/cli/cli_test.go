@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/internal/cli"
+	"github.com/tether-mesh/tether/pkg/identity"
 )
 
 // startCA runs a real tether-ca service on loopback with a disk store.
@@ -75,7 +76,7 @@ func TestTokenFetchAndVerify(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go-spiffe cannot load the written SVID: %v", err)
 	}
-	bundle, err := cli.LoadBundle(filepath.Join(outDir, "bundle.pem"), "")
+	bundle, err := identity.LoadBundlePEM(filepath.Join(outDir, "bundle.pem"), "")
 	if err != nil {
 		t.Fatal(err)
 	}

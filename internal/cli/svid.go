@@ -2,9 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
@@ -45,7 +41,7 @@ func (a *App) svidFetch(ctx context.Context, args []string) error {
 		}
 		cred = &cav1.Credential{Kind: identity.KindK8sSAT, Token: strings.TrimSpace(string(b))}
 	}
-	bundle, err := LoadBundle(*bundlePath, *tdFlag)
+	bundle, err := identity.LoadBundlePEM(*bundlePath, *tdFlag)
 	if err != nil {
 		return err
 	}
@@ -68,46 +64,6 @@ func (a *App) svidFetch(ctx context.Context, args []string) error {
 		filepath.Join(*out, "svid.pem"), filepath.Join(*out, "svid.key"), filepath.Join(*out, "bundle.pem"),
 		leaf.NotAfter.UTC().Format(time.RFC3339))
 	return nil
-}
-
-// LoadBundle reads a PEM bundle. With td empty the trust domain is taken
-// from the first root's SPIFFE ID.
-func LoadBundle(path, td string) (*x509bundle.Bundle, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read bundle: %w", err)
-	}
-	var certs []*x509.Certificate
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("bundle %s: %w", path, err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("bundle %s holds no PEM certificate", path)
-	}
-	if td == "" {
-		id, err := x509svid.IDFromCert(certs[0])
-		if err != nil {
-			return nil, errors.New("cannot tell the trust domain from the bundle's root; pass --trust-domain")
-		}
-		td = id.TrustDomain().Name()
-	}
-	trustDomain, err := spiffeid.TrustDomainFromString(td)
-	if err != nil {
-		return nil, fmt.Errorf("trust domain %q: %w", td, err)
-	}
-	return x509bundle.FromX509Authorities(trustDomain, certs), nil
 }
 
 // WriteSVID writes svid.pem (leaf, then intermediates), svid.key (PKCS#8,

@@ -1,0 +1,183 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/proxy"
+)
+
+// Run serves until ctx ends or Quit is called, then stops accepting,
+// drains open connections for up to DrainTimeout and returns nil.
+func (s *Sidecar) Run(ctx context.Context) error {
+	defer func() {
+		for _, c := range s.closers {
+			c.Close()
+		}
+	}()
+	// Bind everything first, so a port clash fails at start.
+	type bound struct {
+		name  string
+		l     net.Listener
+		serve func(ctx context.Context, l net.Listener) error
+	}
+	var listeners []bound
+	closeAll := func() {
+		for _, b := range listeners {
+			b.l.Close()
+		}
+	}
+	listen := func(name, addr string, serve func(ctx context.Context, l net.Listener) error) error {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s listener: %w", name, err)
+		}
+		listeners = append(listeners, bound{name, l, serve})
+		s.mu.Lock()
+		s.addrs[name] = l.Addr()
+		s.mu.Unlock()
+		return nil
+	}
+	for i, in := range s.cfg.Inbound {
+		target, _ := proxy.FixedTarget(in.App)
+		if err := listen(fmt.Sprintf("inbound/%d", i), in.Listen, func(ctx context.Context, l net.Listener) error {
+			return s.proxy.ServeInbound(ctx, l, target)
+		}); err != nil {
+			closeAll()
+			return err
+		}
+	}
+	for i, out := range s.cfg.Outbound {
+		route := proxy.FixedRoute(out.Dest)
+		if err := listen(fmt.Sprintf("outbound/%d", i), out.Listen, func(ctx context.Context, l net.Listener) error {
+			return s.proxy.ServeOutbound(ctx, l, route)
+		}); err != nil {
+			closeAll()
+			return err
+		}
+	}
+	adminL, err := net.Listen("tcp", s.cfg.AdminAddr)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	s.mu.Lock()
+	s.addrs["admin"] = adminL.Addr()
+	s.mu.Unlock()
+
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.agent.Run(agentCtx) }()
+
+	admin := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go admin.Serve(adminL)
+
+	// Proxies accept once there is an identity to present.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for s.agent.Ready() != nil {
+			select {
+			case <-serveCtx.Done():
+				closeAll()
+				return
+			case <-s.agent.Changed():
+			}
+		}
+		for _, b := range listeners {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := b.serve(serveCtx, b.l); err != nil {
+					s.log.Error("listener stopped", slog.String("listener", b.name), slog.Any("error", err))
+				}
+			}()
+		}
+		s.log.Info("tether-sidecar proxying", slog.Int("inbound", len(s.cfg.Inbound)), slog.Int("outbound", len(s.cfg.Outbound)))
+	}()
+	s.log.Info("tether-sidecar started", slog.String("admin", adminL.Addr().String()), slog.String("ca", s.cfg.CAAddr))
+
+	select {
+	case <-ctx.Done():
+		s.log.Info("stopping: signal received; draining", slog.Duration("deadline", s.cfg.DrainTimeout))
+	case <-s.quit:
+		s.log.Info("stopping: /quitquitquit; draining", slog.Duration("deadline", s.cfg.DrainTimeout))
+	}
+	stopServing()
+	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	if err := s.proxy.Shutdown(dctx); err != nil {
+		s.log.Warn("drain incomplete", slog.Any("error", err))
+	}
+	cancel()
+	stopAgent()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	admin.Shutdown(sctx)
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+// adminHandler serves the admin port (:15020).
+func (s *Sidecar) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.agent.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "draining and exiting")
+		s.Quit()
+	})
+	mux.HandleFunc("GET /debug/identity", func(w http.ResponseWriter, _ *http.Request) {
+		svid, err := s.agent.GetX509SVID()
+		if err != nil {
+			http.Error(w, "no identity yet: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		leaf := svid.Certificates[0]
+		b := s.agent.Bundle()
+		seq, _ := b.SequenceNumber()
+		var roots []string
+		for _, r := range b.X509Authorities() {
+			roots = append(roots, identity.Fingerprint(r.Raw))
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(map[string]any{
+			"spiffe_id":          svid.ID.String(),
+			"serial":             leaf.SerialNumber.Text(16),
+			"not_before":         leaf.NotBefore.UTC(),
+			"not_after":          leaf.NotAfter.UTC(),
+			"expires_in_seconds": int64(time.Until(leaf.NotAfter).Seconds()),
+			"bundle_sequence":    seq,
+			"roots_sha256":       roots,
+			"jwt_key_ids":        keys(b.JWTAuthorities()),
+		})
+	})
+	return mux
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

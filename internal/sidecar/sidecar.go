@@ -1,0 +1,197 @@
+// Package sidecar runs tether-sidecar: the pod's identity agent, its
+// Workload API, and the inbound and outbound proxies, from one Config.
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/identity/agent"
+	"github.com/tether-mesh/tether/pkg/proxy"
+)
+
+// Listener pairs, for explicit mode.
+type (
+	// InboundListener terminates mesh mTLS on Listen and forwards to App.
+	InboundListener struct{ Listen, App string }
+	// OutboundListener accepts plaintext on Listen and originates mTLS to Dest.
+	OutboundListener struct {
+		Listen string
+		Dest   proxy.Destination
+	}
+)
+
+// Config is tether-sidecar's configuration.
+type Config struct {
+	TrustDomain string
+	CAAddr      string
+	// BundleFile verifies the CA at bootstrap (PEM roots).
+	BundleFile string
+	// JoinToken (standalone) or TokenFile (Kubernetes projected token)
+	// proves the pod's identity at bootstrap.
+	JoinToken string
+	TokenFile string
+
+	AdminAddr      string
+	WorkloadSocket string
+
+	// Explicit mode listeners.
+	Inbound  []InboundListener
+	Outbound []OutboundListener
+
+	InboundMode proxy.Mode
+	// Allow is the static inbound allow-list; empty allows every peer of
+	// the trust domain (the mesh-wide default allow-mesh).
+	Allow proxy.AllowList
+
+	HandshakeTimeout time.Duration
+	IdleTimeout      time.Duration
+	MaxConnections   int
+	DrainTimeout     time.Duration
+
+	// AccessLog is a file path, or "-" for standard output.
+	AccessLog       string
+	AccessLogSample float64
+
+	Logger *slog.Logger
+}
+
+// Validate checks cfg.
+func (c *Config) Validate() error {
+	if td, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil || td.Name() != c.TrustDomain {
+		return fmt.Errorf("--trust-domain %q: want a bare trust domain name such as cluster.local", c.TrustDomain)
+	}
+	switch {
+	case c.CAAddr == "":
+		return errors.New("--ca is required (tether-ca address, host:port)")
+	case c.BundleFile == "":
+		return errors.New("--bundle is required (PEM trust bundle that verifies the CA)")
+	case (c.JoinToken == "") == (c.TokenFile == ""):
+		return errors.New("give exactly one of --join-token and --token-file")
+	case len(c.Inbound) == 0 && len(c.Outbound) == 0:
+		return errors.New("nothing to proxy: give --inbound and/or --outbound listeners")
+	case c.AccessLogSample < 0 || c.AccessLogSample > 1:
+		return fmt.Errorf("--access-log-sample %v: want a fraction from 0 to 1", c.AccessLogSample)
+	}
+	switch c.InboundMode {
+	case proxy.Strict, proxy.Permissive:
+	default:
+		return fmt.Errorf("--inbound-mode %q: want strict or permissive", c.InboundMode)
+	}
+	for _, in := range c.Inbound {
+		if _, err := proxy.FixedTarget(in.App); err != nil {
+			return fmt.Errorf("--inbound %s=%s: %v", in.Listen, in.App, err)
+		}
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 20 * time.Second
+	}
+	if c.AdminAddr == "" {
+		c.AdminAddr = ":15020"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Sidecar is a running tether-sidecar.
+type Sidecar struct {
+	cfg      Config
+	log      *slog.Logger
+	registry *prometheus.Registry
+	agent    *agent.Agent
+	proxy    *proxy.Proxy
+	closers  []io.Closer
+
+	mu    sync.Mutex
+	addrs map[string]net.Addr
+	quit  chan struct{}
+	once  sync.Once
+}
+
+// New builds the sidecar; nothing listens until Run.
+func New(cfg Config) (*Sidecar, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, registry: prometheus.NewRegistry(), addrs: map[string]net.Addr{}, quit: make(chan struct{})}
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bundle, err := identity.LoadBundlePEM(cfg.BundleFile, cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	s.agent, err = agent.New(agent.Config{
+		CAAddr: cfg.CAAddr, Bundle: bundle, Credential: s.credential,
+		Logger: cfg.Logger, Registerer: s.registry,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var accessLog *proxy.AccessLog
+	switch cfg.AccessLog {
+	case "", "-":
+		accessLog = proxy.NewAccessLog(os.Stdout, cfg.AccessLogSample)
+	case "off":
+	default:
+		f, err := os.OpenFile(cfg.AccessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("--access-log: %w", err)
+		}
+		s.closers = append(s.closers, f)
+		accessLog = proxy.NewAccessLog(f, cfg.AccessLogSample)
+	}
+	authorize := proxy.AllowAll
+	if len(cfg.Allow) > 0 {
+		authorize = cfg.Allow.Authorizer()
+	}
+	s.proxy, err = proxy.New(proxy.Config{
+		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, InboundMode: cfg.InboundMode,
+		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
+		AccessLog: accessLog, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// credential reads the bootstrap credential fresh each time (a projected
+// token is rotated by the kubelet).
+func (s *Sidecar) credential() (*cav1.Credential, error) {
+	if s.cfg.JoinToken != "" {
+		return &cav1.Credential{Kind: identity.KindJoinToken, Token: s.cfg.JoinToken}, nil
+	}
+	b, err := os.ReadFile(s.cfg.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("read token: %w", err)
+	}
+	return &cav1.Credential{Kind: identity.KindK8sSAT, Token: strings.TrimSpace(string(b))}, nil
+}
+
+// Agent is the sidecar's identity.
+func (s *Sidecar) Agent() *agent.Agent { return s.agent }
+
+// Addr returns the bound address of a listener by name ("admin",
+// "inbound/0", "outbound/1", ...), once Run has bound it.
+func (s *Sidecar) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addrs[name]
+}
+
+// Quit asks Run to drain and return, as POST /quitquitquit does.
+func (s *Sidecar) Quit() { s.once.Do(func() { close(s.quit) }) }
