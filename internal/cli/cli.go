@@ -15,6 +15,7 @@ import (
 const usage = `tether: the Tether service mesh command line
 
 Usage:
+  tether identity [--socket unix:///run/tether/workload.sock] [--json] [--write DIR]
   tether svid fetch --ca ADDR --bundle FILE (--token TOKEN | --k8s-token-file FILE) --out DIR
   tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
   tether ca status [--socket PATH]
@@ -57,6 +58,8 @@ func (a *App) run(ctx context.Context, args []string) error {
 		path += " " + args[1]
 	}
 	switch {
+	case args[0] == "identity":
+		return a.identity(ctx, args[1:])
 	case path == "svid fetch":
 		return a.svidFetch(ctx, args[2:])
 	case path == "ca status":

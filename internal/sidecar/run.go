@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/identity/workload"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -82,6 +83,25 @@ func (s *Sidecar) Run(ctx context.Context) error {
 
 	admin := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go admin.Serve(adminL)
+
+	if s.cfg.WorkloadSocket != "" {
+		wl, err := workload.Listen(s.cfg.WorkloadSocket)
+		if err != nil {
+			stopAgent()
+			stopServing()
+			admin.Close()
+			closeAll()
+			wg.Wait()
+			return fmt.Errorf("workload API: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := workload.New(s.agent, s.log).Serve(agentCtx, wl); err != nil {
+				s.log.Error("workload API stopped", slog.Any("error", err))
+			}
+		}()
+	}
 
 	// Proxies accept once there is an identity to present.
 	wg.Add(1)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -82,6 +83,9 @@ func startSidecar(t *testing.T, cfg Config) (*Sidecar, chan error) {
 	cfg.InboundMode = proxy.Strict
 	cfg.AccessLog = "off"
 	cfg.DrainTimeout = time.Second
+	if cfg.WorkloadSocket == "" {
+		cfg.WorkloadSocket = filepath.Join(t.TempDir(), "workload.sock")
+	}
 	if os.Getenv("TETHER_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
@@ -279,9 +283,18 @@ func TestRotationUnderTraffic(t *testing.T) {
 	t.Logf("%d requests, 0 failed, across renewal and a full root rotation", ok.Load())
 }
 
-func TestAdminEndpoints(t *testing.T) {
+func TestAdminEndpointsAndWorkloadAPI(t *testing.T) {
 	ca := startCA(t)
 	_, server, _ := pair(t, ca)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+server.cfg.WorkloadSocket))
+	if err != nil {
+		t.Fatalf("stock go-spiffe client against the sidecar's socket: %v", err)
+	}
+	if got := x509ctx.DefaultSVID().ID; got != serverID {
+		t.Fatalf("Workload API SVID %s, want %s", got, serverID)
+	}
 	base := "http://" + server.Addr("admin").String()
 	resp, err := http.Get(base + "/debug/identity")
 	if err != nil {
