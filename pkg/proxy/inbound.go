@@ -5,19 +5,28 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// InboundTarget says where an accepted inbound connection goes: the app's
-// address and the port authorization is checked for.
-type InboundTarget func(c net.Conn) (app string, port uint16, err error)
+// serverIdle is how long an inbound tunnel may wait for its next stream.
+// It is longer than the client's pool TTL, so the client always gives up
+// on an idle tunnel first.
+const serverIdle = 5 * time.Minute
 
-// FixedTarget sends every connection to app (explicit mode).
+// InboundTarget says where a stream goes: given the accepted connection and
+// the port the caller asked for (0 when unknown, as for plaintext in
+// permissive mode), it returns the app's address and the port that
+// authorization is checked for.
+type InboundTarget func(c net.Conn, port uint16) (app string, appPort uint16, err error)
+
+// FixedTarget sends every stream to app (explicit mode).
 func FixedTarget(app string) (InboundTarget, error) {
 	_, ps, err := net.SplitHostPort(app)
 	if err != nil {
@@ -27,36 +36,50 @@ func FixedTarget(app string) (InboundTarget, error) {
 	if err != nil || port == 0 {
 		return nil, errors.New("app address " + app + " has no valid port")
 	}
-	return func(net.Conn) (string, uint16, error) { return app, uint16(port), nil }, nil
+	return func(net.Conn, uint16) (string, uint16, error) { return app, uint16(port), nil }, nil
 }
 
-// ServeInbound terminates mesh mTLS on l and forwards to the app until
-// ctx ends.
+// OriginalDstFunc returns the destination a captured connection was
+// addressed to before iptables redirected it (SO_ORIGINAL_DST).
+type OriginalDstFunc func(c *net.TCPConn) (netip.AddrPort, error)
+
+// LocalTarget sends each stream to 127.0.0.1 on the port the caller asked
+// for, or, for plaintext, on the connection's original destination port
+// (transparent mode).
+func LocalTarget(originalDst OriginalDstFunc) InboundTarget {
+	return func(c net.Conn, port uint16) (string, uint16, error) {
+		if port == 0 {
+			tc, ok := underlyingTCP(c)
+			if !ok {
+				return "", 0, errors.New("not a TCP connection")
+			}
+			dst, err := originalDst(tc)
+			if err != nil {
+				return "", 0, err
+			}
+			port = dst.Port()
+		}
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))), port, nil
+	}
+}
+
+func underlyingTCP(c net.Conn) (*net.TCPConn, bool) {
+	switch v := c.(type) {
+	case *net.TCPConn:
+		return v, true
+	case *peekedConn:
+		return underlyingTCP(v.Conn)
+	}
+	return nil, false
+}
+
+// ServeInbound terminates mesh mTLS on l and forwards streams to the app
+// until ctx ends.
 func (p *Proxy) ServeInbound(ctx context.Context, l net.Listener, target InboundTarget) error {
 	return p.serve(ctx, l, "inbound", func(c net.Conn) { p.inbound(c, target) })
 }
 
 func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
-	e := &Entry{Direction: "inbound", Start: time.Now(), Source: c.RemoteAddr().String()}
-	result := "ok"
-	defer func() {
-		e.Duration = time.Since(e.Start)
-		p.cfg.Metrics.conns.WithLabelValues("inbound", result).Inc()
-		p.cfg.Metrics.bytes.WithLabelValues("inbound", "sent", result).Add(float64(e.BytesSent))
-		p.cfg.Metrics.bytes.WithLabelValues("inbound", "received", result).Add(float64(e.BytesReceived))
-		p.cfg.AccessLog.Record(e)
-	}()
-	fail := func(res, decision, reason string) {
-		result, e.Decision, e.Reason = res, decision, reason
-		reset(c)
-	}
-	app, port, err := target(c)
-	if err != nil {
-		fail("no_target", "error", "original destination: "+err.Error())
-		return
-	}
-	e.Dest = app
-
 	conn := c
 	if p.cfg.InboundMode == Permissive {
 		br := bufio.NewReaderSize(c, maxHello+5)
@@ -65,50 +88,149 @@ func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
 		c.SetReadDeadline(time.Time{})
 		conn = &peekedConn{Conn: c, r: br}
 		if kind != MeshTLS {
-			e.Reason = "permissive: " + kind.String() + " passed through"
-			e.BytesReceived, e.BytesSent = p.relay(conn, app, e, &result)
+			p.plaintextInbound(conn, target, kind)
 			return
 		}
 	}
-
 	hctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
 	tc := tls.Server(conn, p.serverTLS)
 	start := time.Now()
-	err = tc.HandshakeContext(hctx)
+	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
-		fail("handshake_error", "deny", "mTLS handshake: "+err.Error())
+		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: "mTLS handshake: " + err.Error()})
 		return
 	}
 	p.cfg.Metrics.handshake.WithLabelValues("inbound").Observe(time.Since(start).Seconds())
-	src, err := x509svid.IDFromCert(tc.ConnectionState().PeerCertificates[0])
-	if err != nil { // the handshake verified an SVID, so this does not happen
-		fail("handshake_error", "deny", "peer certificate: "+err.Error())
+	st := tc.ConnectionState()
+	src, err := x509svid.IDFromCert(st.PeerCertificates[0])
+	if err == nil && st.NegotiatedProtocol != ALPN {
+		err = fmt.Errorf("client did not negotiate ALPN %s", ALPN)
+	}
+	if err != nil {
+		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: err.Error()})
 		return
 	}
-	e.SourceID = src.String()
+	t := newTunnel(tc, src, st.PeerCertificates[0].NotAfter)
+	// The first OPEN must follow the handshake promptly; later ones may
+	// wait as long as the client keeps the tunnel pooled.
+	for wait := p.cfg.HandshakeTimeout; p.serveStream(c, t, target, wait); wait = serverIdle {
+	}
+	tc.Close()
+}
+
+// serveStream serves one stream of an inbound tunnel. It returns false
+// when the tunnel is finished.
+func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait time.Duration) bool {
+	p.setIdle(c, true)
+	t.conn.SetReadDeadline(time.Now().Add(wait))
+	typ, n, err := t.readHeader()
+	p.setIdle(c, false)
+	e := &Entry{Direction: "inbound", Start: time.Now(), Source: c.RemoteAddr().String(), SourceID: t.peer.String()}
+	if err != nil && !errors.Is(err, errProtocol) && t.br.Buffered() == 0 {
+		return false // the client closed the tunnel, or it sat idle too long
+	}
 	if svid, err := p.cfg.Identity.GetX509SVID(); err == nil {
 		e.DestID = svid.ID.String()
 	}
-	if err := p.cfg.Authorize(src, port); err != nil {
-		p.cfg.Metrics.denials.WithLabelValues(src.String()).Inc()
-		p.cfg.Logger.Debug("inbound connection denied", slog.String("source_id", src.String()), slog.Int("port", int(port)), slog.Any("reason", err))
-		fail("denied", "deny", err.Error())
-		tc.Close()
-		return
+	var port uint16
+	var payload []byte
+	if typ == frameOpen {
+		payload, err = t.readControl(n)
 	}
-	e.BytesReceived, e.BytesSent = p.relay(tc, app, e, &result)
-}
-
-// relay dials addr and pipes c to it, returning the bytes copied from c
-// and to c.
-func (p *Proxy) relay(c net.Conn, addr string, e *Entry, result *string) (fromC, toC int64) {
-	up, err := p.dialer.Dial("tcp", addr)
+	if err == nil && typ == frameOpen {
+		port, e.Dest, err = parseOpen(payload)
+	} else if err == nil {
+		err = fmt.Errorf("%w: expected OPEN, got frame type %d", errProtocol, typ)
+	}
 	if err != nil {
-		*result, e.Decision, e.Reason = "upstream_error", "error", "connect "+addr+": "+err.Error()
-		reset(c)
-		return 0, 0
+		e.Reason = "tunnel: " + err.Error()
+		p.refuse(c, "inbound", "protocol_error", e)
+		return false
+	}
+	deny := func(result, reason string) bool {
+		e.Reason = reason
+		p.record(e, "inbound", result, "deny")
+		return t.writeFrame(frameDeny, []byte(reason)) == nil
+	}
+	if !time.Now().Before(t.peerExpiry) {
+		deny("denied", "the caller's SVID expired at "+t.peerExpiry.UTC().Format(time.RFC3339))
+		return false
+	}
+	app, appPort, err := target(c, port)
+	if err != nil {
+		return deny("no_target", "no destination: "+err.Error())
+	}
+	e.Dest = app
+	if err := p.cfg.Authorize(t.peer, appPort); err != nil {
+		p.cfg.Metrics.denials.WithLabelValues(t.peer.String()).Inc()
+		p.cfg.Logger.Debug("inbound stream denied", slog.String("source_id", t.peer.String()), slog.Int("port", int(appPort)), slog.Any("reason", err))
+		return deny("denied", err.Error())
+	}
+	up, err := p.dialer.Dial("tcp", app)
+	if err != nil {
+		e.Reason = "connect " + app + ": " + err.Error()
+		p.record(e, "inbound", "upstream_error", "error")
+		return t.writeFrame(frameDeny, []byte(e.Reason)) == nil
+	}
+	if err := t.writeFrame(frameOK, nil); err != nil {
+		up.Close()
+		return false
 	}
 	e.Decision = "allow"
-	return pipe(c, up, p.cfg.IdleTimeout)
+	var reusable bool
+	e.BytesSent, e.BytesReceived, reusable = t.relay(up, p.cfg.IdleTimeout)
+	result := "ok"
+	if !reusable {
+		result = "aborted"
+	}
+	p.record(e, "inbound", result, "allow")
+	return reusable
+}
+
+// plaintextInbound passes a non-mesh connection to the app (permissive).
+func (p *Proxy) plaintextInbound(c net.Conn, target InboundTarget, kind Kind) {
+	e := &Entry{Direction: "inbound", Start: time.Now(), Source: c.RemoteAddr().String(), Reason: "permissive: " + kind.String() + " passed through"}
+	app, _, err := target(c, 0)
+	if err != nil {
+		e.Reason = "original destination: " + err.Error()
+		p.refuse(c, "inbound", "no_target", e)
+		return
+	}
+	e.Dest = app
+	up, err := p.dialer.Dial("tcp", app)
+	if err != nil {
+		e.Reason = "connect " + app + ": " + err.Error()
+		p.refuse(c, "inbound", "upstream_error", e)
+		return
+	}
+	e.BytesReceived, e.BytesSent = pipe(c, up, p.cfg.IdleTimeout)
+	p.record(e, "inbound", "ok", "allow")
+}
+
+// record finishes an access log entry and counts it.
+func (p *Proxy) record(e *Entry, direction, result, decision string) {
+	if e.Start.IsZero() {
+		e.Start = time.Now()
+	}
+	e.Direction, e.Decision, e.Duration = direction, decision, time.Since(e.Start)
+	m := p.cfg.Metrics
+	m.conns.WithLabelValues(direction, result).Inc()
+	if e.BytesSent > 0 {
+		m.bytes.WithLabelValues(direction, "sent", result).Add(float64(e.BytesSent))
+	}
+	if e.BytesReceived > 0 {
+		m.bytes.WithLabelValues(direction, "received", result).Add(float64(e.BytesReceived))
+	}
+	p.cfg.AccessLog.Record(e)
+}
+
+// refuse records a refusal and resets c.
+func (p *Proxy) refuse(c net.Conn, direction, result string, e *Entry) {
+	decision := "deny"
+	if result == "upstream_error" || result == "no_target" || result == "no_route" {
+		decision = "error"
+	}
+	p.record(e, direction, result, decision)
+	reset(c)
 }

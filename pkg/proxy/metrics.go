@@ -10,6 +10,7 @@ type Metrics struct {
 	handshake  *prometheus.HistogramVec
 	denials    *prometheus.CounterVec
 	overLimits *prometheus.CounterVec
+	streams    *prometheus.CounterVec
 }
 
 // NewMetrics registers the data path metrics with reg (nil: not registered).
@@ -40,9 +41,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_sidecar_connection_limit_rejections_total",
 			Help: "Connections closed at accept because the concurrent connection limit was reached.",
 		}, []string{"direction"}),
+		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_outbound_streams_total",
+			Help: "Outbound streams opened to peer sidecars, by whether they reused a pooled mTLS connection.",
+		}, []string{"reused"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.overLimits)
+		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.overLimits, m.streams)
 	}
 	return m
 }

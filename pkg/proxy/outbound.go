@@ -3,12 +3,17 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
+
+// poolTTL is how long an idle outbound tunnel is kept for reuse.
+const poolTTL = time.Minute
 
 // Destination is a mesh destination: where to connect, and who may serve it.
 type Destination struct {
@@ -17,8 +22,21 @@ type Destination struct {
 	// Addr is dialed: the original destination (transparent mode) or the
 	// peer sidecar's inbound listener (explicit mode).
 	Addr string
+	// Port is the destination port sent to the peer sidecar (0 in explicit
+	// mode, where the peer's listener decides).
+	Port uint16
 	// IDs are the SPIFFE IDs allowed to serve the destination.
 	IDs []spiffeid.ID
+}
+
+func (d *Destination) key() string {
+	var b strings.Builder
+	b.WriteString(d.Addr)
+	for _, id := range d.IDs {
+		b.WriteByte('|')
+		b.WriteString(id.String())
+	}
+	return b.String()
 }
 
 // Route is the outbound decision for one connection: exactly one of Mesh,
@@ -43,6 +61,18 @@ func FixedRoute(d Destination) Router {
 // ServeOutbound originates mTLS (or passes through) for connections
 // accepted on l until ctx ends.
 func (p *Proxy) ServeOutbound(ctx context.Context, l net.Listener, route Router) error {
+	go func() {
+		t := time.NewTicker(poolTTL / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				p.pool.sweep()
+			}
+		}
+	}()
 	return p.serve(ctx, l, "outbound", func(c net.Conn) { p.outbound(c, route) })
 }
 
@@ -51,56 +81,130 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 	if svid, err := p.cfg.Identity.GetX509SVID(); err == nil {
 		e.SourceID = svid.ID.String()
 	}
-	result := "ok"
-	defer func() {
-		e.Duration = time.Since(e.Start)
-		p.cfg.Metrics.conns.WithLabelValues("outbound", result).Inc()
-		p.cfg.Metrics.bytes.WithLabelValues("outbound", "sent", result).Add(float64(e.BytesSent))
-		p.cfg.Metrics.bytes.WithLabelValues("outbound", "received", result).Add(float64(e.BytesReceived))
-		p.cfg.AccessLog.Record(e)
-	}()
 	r := route(c)
 	switch {
 	case r.Deny != "":
-		result, e.Decision, e.Reason = "denied", "deny", r.Deny
-		reset(c)
+		e.Reason = r.Deny
+		p.refuse(c, "outbound", "denied", e)
 		return
 	case r.Passthrough != "":
 		e.Dest, e.Reason = r.Passthrough, "passthrough: not a mesh destination"
-		e.BytesSent, e.BytesReceived = p.relay(c, r.Passthrough, e, &result)
+		up, err := p.dialer.Dial("tcp", r.Passthrough)
+		if err != nil {
+			e.Reason = "connect " + r.Passthrough + ": " + err.Error()
+			p.refuse(c, "outbound", "upstream_error", e)
+			return
+		}
+		e.BytesSent, e.BytesReceived = pipe(c, up, p.cfg.IdleTimeout)
+		p.record(e, "outbound", "ok", "allow")
 		return
 	case r.Mesh == nil:
-		result, e.Decision, e.Reason = "no_route", "error", "no route"
-		reset(c)
+		e.Reason = "no route"
+		p.refuse(c, "outbound", "no_route", e)
 		return
 	}
 	d := r.Mesh
 	e.Dest = d.Addr
-	ids := make([]string, len(d.IDs))
-	for i, id := range d.IDs {
-		ids[i] = id.String()
+	key := d.key()
+	for attempt := 0; ; attempt++ {
+		t := p.pool.get(key)
+		reused := t != nil
+		if t == nil {
+			var result string
+			var err error
+			if t, result, err = p.dialTunnel(d); err != nil {
+				ids := make([]string, len(d.IDs))
+				for i, id := range d.IDs {
+					ids[i] = id.String()
+				}
+				e.DestID, e.Reason = strings.Join(ids, ","), err.Error()
+				p.refuse(c, "outbound", result, e)
+				return
+			}
+		}
+		e.DestID = t.peer.String()
+		deny, err := t.open(d, p.cfg.HandshakeTimeout)
+		if err != nil {
+			t.conn.Close()
+			if reused && attempt < 2 {
+				continue // the peer closed the idle tunnel; take another
+			}
+			e.Reason = "open stream to " + d.Name + ": " + err.Error()
+			p.refuse(c, "outbound", "upstream_error", e)
+			return
+		}
+		p.cfg.Metrics.streams.WithLabelValues(fmt.Sprint(reused)).Inc()
+		if deny != "" {
+			p.pool.put(key, t)
+			e.Reason = "refused by " + t.peer.String() + ": " + deny
+			p.refuse(c, "outbound", "denied", e)
+			return
+		}
+		e.Decision = "allow"
+		var reusable bool
+		e.BytesSent, e.BytesReceived, reusable = t.relay(c, p.cfg.IdleTimeout)
+		result := "ok"
+		if reusable {
+			p.pool.put(key, t)
+		} else {
+			t.conn.Close()
+			result = "aborted"
+		}
+		p.record(e, "outbound", result, "allow")
+		return
 	}
-	e.DestID = strings.Join(ids, ",")
+}
+
+// dialTunnel connects and handshakes with a peer sidecar, checking that
+// it is one of d.IDs.
+func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.DialTimeout+p.cfg.HandshakeTimeout)
 	defer cancel()
 	raw, err := p.dialer.DialContext(ctx, "tcp", d.Addr)
 	if err != nil {
-		result, e.Decision, e.Reason = "upstream_error", "error", "connect "+d.Name+" at "+d.Addr+": "+err.Error()
-		reset(c)
-		return
+		return nil, "upstream_error", fmt.Errorf("connect %s at %s: %w", d.Name, d.Addr, err)
 	}
 	start := time.Now()
 	tc := tls.Client(raw, p.clientTLS(d.IDs))
 	if err := tc.HandshakeContext(ctx); err != nil {
-		result, e.Decision, e.Reason = "handshake_error", "deny", "mTLS to "+d.Name+": "+err.Error()
 		raw.Close()
-		reset(c)
-		return
+		return nil, "handshake_error", fmt.Errorf("mTLS to %s: %w", d.Name, err)
 	}
 	p.cfg.Metrics.handshake.WithLabelValues("outbound").Observe(time.Since(start).Seconds())
-	if peer := tc.ConnectionState().PeerCertificates; len(peer) > 0 && len(peer[0].URIs) == 1 {
-		e.DestID = peer[0].URIs[0].String()
+	leaf := tc.ConnectionState().PeerCertificates[0]
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		tc.Close()
+		return nil, "handshake_error", err
 	}
-	e.Decision = "allow"
-	e.BytesSent, e.BytesReceived = pipe(c, tc, p.cfg.IdleTimeout)
+	return newTunnel(tc, id, leaf.NotAfter), "", nil
+}
+
+// open starts a stream: OPEN, then the server's OK or DENY. It returns the
+// denial reason, or an error if the tunnel failed.
+func (t *tunnel) open(d *Destination, timeout time.Duration) (string, error) {
+	t.conn.SetDeadline(time.Now().Add(timeout))
+	defer t.conn.SetDeadline(time.Time{})
+	if err := t.writeFrame(frameOpen, openPayload(d.Port, d.Name)); err != nil {
+		return "", err
+	}
+	typ, n, err := t.readHeader()
+	if err != nil {
+		return "", err
+	}
+	switch typ {
+	case frameOK:
+		if n != 0 {
+			return "", fmt.Errorf("%w: OK with payload", errProtocol)
+		}
+		return "", nil
+	case frameDeny:
+		reason, err := t.readControl(n)
+		if err != nil {
+			return "", err
+		}
+		return string(reason), nil
+	default:
+		return "", fmt.Errorf("%w: expected OK or DENY, got frame type %d", errProtocol, typ)
+	}
 }

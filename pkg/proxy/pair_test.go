@@ -78,7 +78,7 @@ func TestInboundRefusals(t *testing.T) {
 	other := newMesh(t)
 	app := echo(t, "")
 	_, port, _ := net.SplitHostPort(app)
-	in := inbound(t, m.identity(serverID, false), app, proxy.Config{Authorize: allowPort(clientID, port)})
+	in := inbound(t, m.identity(serverID, false), app, proxy.Config{Authorize: allowPort(clientID, port), HandshakeTimeout: 300 * time.Millisecond})
 
 	dialTLS := func(cfg *tls.Config) error {
 		cfg.NextProtos = []string{proxy.ALPN}
@@ -103,7 +103,7 @@ func TestInboundRefusals(t *testing.T) {
 		{"no client certificate", noCert, "handshake_error"},
 		{"certificate from another CA", mtls(foreign), "handshake_error"},
 		{"expired SVID", mtls(m.identity(clientID, true)), "handshake_error"},
-		{"SPIFFE ID not allowed", mtls(m.identity(evilID, false)), "denied"},
+		{"not speaking tether/1", mtls(m.identity(clientID, false)), "protocol_error"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,11 +116,22 @@ func TestInboundRefusals(t *testing.T) {
 			})
 		})
 	}
-	if got := counter(t, in.reg, "tether_sidecar_authz_denials_total", "source_id", evilID.String()); got != 1 {
-		t.Errorf("authz denials for %s = %v, want 1", evilID, got)
+	// A mesh client with a valid SVID whose ID the policy does not allow.
+	evil := outbound(t, m.identity(evilID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	if c, err := net.Dial("tcp", evil.addr); err == nil {
+		if roundTrip(c, "let me in") == nil {
+			t.Fatal("a disallowed SPIFFE ID got through")
+		}
+		c.Close()
 	}
-	if n := strings.Count(in.accessLog(), `"decision":"deny"`); n != len(cases) {
-		t.Errorf("access log has %d denials, want %d:\n%s", n, len(cases), in.accessLog())
+	eventually(t, "the authorization denial to be counted", func() bool {
+		return counter(t, in.reg, "tether_sidecar_authz_denials_total", "source_id", evilID.String()) == 1
+	})
+	eventually(t, "the caller to log the refusal", func() bool {
+		return strings.Contains(evil.accessLog(), "not on the allow-list")
+	})
+	if n := strings.Count(in.accessLog(), `"decision":"deny"`); n != len(cases)+1 {
+		t.Errorf("access log has %d denials, want %d:\n%s", n, len(cases)+1, in.accessLog())
 	}
 	// Plaintext into a strict inbound is refused too.
 	c, err := net.Dial("tcp", in.addr)

@@ -106,9 +106,10 @@ type Proxy struct {
 	serverTLS *tls.Config
 	slots     map[string]chan struct{}
 	dialer    net.Dialer
+	pool      *pool
 
 	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
+	conns  map[net.Conn]bool // value: idle between streams
 	active sync.WaitGroup
 }
 
@@ -121,7 +122,7 @@ func New(cfg Config) (*Proxy, error) {
 	server.MinVersion = tls.VersionTLS13
 	server.NextProtos = []string{ALPN}
 	return &Proxy{
-		cfg: cfg, serverTLS: server, conns: map[net.Conn]struct{}{},
+		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, pool: newPool(64, poolTTL),
 		slots:  map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
 		dialer: net.Dialer{Timeout: cfg.DialTimeout},
 	}, nil
@@ -167,8 +168,11 @@ func (p *Proxy) serve(ctx context.Context, l net.Listener, direction string, han
 			continue
 		}
 		p.track(c, true)
+		active := p.cfg.Metrics.active.WithLabelValues(direction)
+		active.Inc()
 		go func() {
 			defer func() {
+				active.Dec()
 				p.track(c, false)
 				<-slots
 			}()
@@ -181,7 +185,7 @@ func (p *Proxy) track(c net.Conn, add bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if add {
-		p.conns[c] = struct{}{}
+		p.conns[c] = false
 		p.active.Add(1)
 		return
 	}
@@ -189,9 +193,28 @@ func (p *Proxy) track(c net.Conn, add bool) {
 	p.active.Done()
 }
 
+// setIdle marks a tracked inbound tunnel as waiting for its next stream.
+func (p *Proxy) setIdle(c net.Conn, idle bool) {
+	p.mu.Lock()
+	if _, ok := p.conns[c]; ok {
+		p.conns[c] = idle
+	}
+	p.mu.Unlock()
+}
+
 // Shutdown waits for open connections to finish until ctx ends, then
-// closes the rest. Call it after the Serve contexts are cancelled.
+// closes the rest. Tunnels idle between streams, inbound or pooled
+// outbound, are closed at once. Call it after the Serve contexts are
+// cancelled.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.pool.closeAll()
+	p.mu.Lock()
+	for c, idle := range p.conns {
+		if idle {
+			c.Close()
+		}
+	}
+	p.mu.Unlock()
 	done := make(chan struct{})
 	go func() { p.active.Wait(); close(done) }()
 	select {
