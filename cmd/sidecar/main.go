@@ -16,6 +16,12 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := sidecar.Init(ctx, os.Args[2:], os.Stdout, os.Stderr, nil)
+		stop()
+		os.Exit(code)
+	}
 	cfg, err := sidecar.ParseFlags(os.Args[1:], os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

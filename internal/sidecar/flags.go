@@ -3,6 +3,7 @@ package sidecar
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -49,6 +50,14 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 		return nil
 	})
 	fs.Func("allow", "allow a caller inbound: SPIFFE_ID or SPIFFE_ID=PORT[,PORT] (repeatable; none: every peer of the trust domain)", c.Allow.ParseAllow)
+	transparent := fs.Bool("transparent", false, "serve the capture listeners that `tether-sidecar init` redirects the pod's traffic to")
+	t := Transparent{Endpoints: map[netip.AddrPort][]spiffeid.ID{}}
+	fs.StringVar(&t.InboundAddr, "capture-inbound-listen", ":15006", "transparent mode: inbound capture listener")
+	fs.StringVar(&t.OutboundAddr, "capture-outbound-listen", ":15001", "transparent mode: outbound capture listener")
+	fs.StringVar(&t.OutboundMode, "outbound-mode", env("TETHER_OUTBOUND_MODE", Passthrough), "transparent mode, destinations outside the mesh: passthrough or registry-only")
+	fs.Func("mesh-endpoint", "transparent mode: a mesh endpoint and who serves it, IP:PORT=SPIFFE_ID[,SPIFFE_ID] (repeatable)", func(v string) error {
+		return ParseEndpoint(t.Endpoints, v)
+	})
 	mode := fs.String("inbound-mode", env("TETHER_INBOUND_MODE", "strict"), "strict (only mesh mTLS) or permissive (plaintext from outside the mesh passes too)")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 0, "mTLS handshake limit (default 10s)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 0, "close connections idle this long (default 1h)")
@@ -65,6 +74,9 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	c.InboundMode = proxy.Mode(*mode)
+	if *transparent {
+		c.Capture = &t
+	}
 	if c.JoinToken == "" && c.TokenFile == "" {
 		if _, err := os.Stat(ProjectedTokenPath); err == nil {
 			c.TokenFile = ProjectedTokenPath

@@ -66,6 +66,22 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if t := s.cfg.Capture; t != nil {
+		target := proxy.LocalTarget(originalDst)
+		route := t.router(originalDst)
+		if err := listen("capture/inbound", t.InboundAddr, func(ctx context.Context, l net.Listener) error {
+			return s.proxy.ServeInbound(ctx, l, target)
+		}); err != nil {
+			closeAll()
+			return err
+		}
+		if err := listen("capture/outbound", t.OutboundAddr, func(ctx context.Context, l net.Listener) error {
+			return s.proxy.ServeOutbound(ctx, l, route)
+		}); err != nil {
+			closeAll()
+			return err
+		}
+	}
 	adminL, err := net.Listen("tcp", s.cfg.AdminAddr)
 	if err != nil {
 		closeAll()
@@ -124,7 +140,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 				}
 			}()
 		}
-		s.log.Info("tether-sidecar proxying", slog.Int("inbound", len(s.cfg.Inbound)), slog.Int("outbound", len(s.cfg.Outbound)))
+		s.log.Info("tether-sidecar proxying", slog.Int("inbound", len(s.cfg.Inbound)), slog.Int("outbound", len(s.cfg.Outbound)),
+			slog.Bool("transparent", s.cfg.Capture != nil))
 	}()
 	s.log.Info("tether-sidecar started", slog.String("admin", adminL.Addr().String()), slog.String("ca", s.cfg.CAAddr))
 

@@ -51,6 +51,8 @@ type Config struct {
 	// Explicit mode listeners.
 	Inbound  []InboundListener
 	Outbound []OutboundListener
+	// Capture, if set, also serves the transparent-capture listeners.
+	Capture *Transparent
 
 	InboundMode proxy.Mode
 	// Allow is the static inbound allow-list; empty allows every peer of
@@ -81,8 +83,8 @@ func (c *Config) Validate() error {
 		return errors.New("--bundle is required (PEM trust bundle that verifies the CA)")
 	case (c.JoinToken == "") == (c.TokenFile == ""):
 		return errors.New("give exactly one of --join-token and --token-file")
-	case len(c.Inbound) == 0 && len(c.Outbound) == 0:
-		return errors.New("nothing to proxy: give --inbound and/or --outbound listeners")
+	case len(c.Inbound) == 0 && len(c.Outbound) == 0 && c.Capture == nil:
+		return errors.New("nothing to proxy: give --transparent, or --inbound and/or --outbound listeners")
 	case c.AccessLogSample < 0 || c.AccessLogSample > 1:
 		return fmt.Errorf("--access-log-sample %v: want a fraction from 0 to 1", c.AccessLogSample)
 	}
@@ -90,6 +92,13 @@ func (c *Config) Validate() error {
 	case proxy.Strict, proxy.Permissive:
 	default:
 		return fmt.Errorf("--inbound-mode %q: want strict or permissive", c.InboundMode)
+	}
+	if t := c.Capture; t != nil {
+		switch t.OutboundMode {
+		case Passthrough, RegistryOnly:
+		default:
+			return fmt.Errorf("--outbound-mode %q: want %s or %s", t.OutboundMode, Passthrough, RegistryOnly)
+		}
 	}
 	for _, in := range c.Inbound {
 		if _, err := proxy.FixedTarget(in.App); err != nil {
