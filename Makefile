@@ -24,7 +24,7 @@ proto:
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
-	  for p in openssl:openssl protoc:protobuf-compiler; do \
+	  for p in openssl:openssl protoc:protobuf-compiler iptables-restore:iptables ip:iproute2 curl:curl; do \
 	    command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; \
 	  done; \
 	  if [ -n "$$missing" ]; then \

@@ -53,7 +53,7 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	transparent := fs.Bool("transparent", false, "serve the capture listeners that `tether-sidecar init` redirects the pod's traffic to")
 	t := Transparent{Endpoints: map[netip.AddrPort][]spiffeid.ID{}}
 	fs.StringVar(&t.InboundAddr, "capture-inbound-listen", ":15006", "transparent mode: inbound capture listener")
-	fs.StringVar(&t.OutboundAddr, "capture-outbound-listen", ":15001", "transparent mode: outbound capture listener")
+	fs.StringVar(&t.OutboundAddr, "capture-outbound-listen", "127.0.0.1:15001", "transparent mode: outbound capture listener (loopback only: on the pod IP it would be an open proxy with the pod's identity)")
 	fs.StringVar(&t.OutboundMode, "outbound-mode", env("TETHER_OUTBOUND_MODE", Passthrough), "transparent mode, destinations outside the mesh: passthrough or registry-only")
 	fs.Func("mesh-endpoint", "transparent mode: a mesh endpoint and who serves it, IP:PORT=SPIFFE_ID[,SPIFFE_ID] (repeatable)", func(v string) error {
 		return ParseEndpoint(t.Endpoints, v)

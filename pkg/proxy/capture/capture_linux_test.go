@@ -127,7 +127,11 @@ type client struct {
 	exe string // the test binary, runnable by other UIDs
 }
 
-func newClient(t *testing.T) client { return client{t: t, exe: netns.Executable(t)} }
+func newClient(t *testing.T) client {
+	// A race-enabled helper would otherwise sleep a second before exiting.
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	return client{t: t, exe: netns.Executable(t)}
+}
 
 func (c client) do(ns *netns.NS, uid int, mode, addr string) string {
 	c.t.Helper()
@@ -219,8 +223,10 @@ func TestApplyIsIdempotentAndCleanupIsExact(t *testing.T) {
 }
 
 // useBackend points the plain iptables tool names at one backend for this
-// test (through a PATH entry of symlinks), or skips if it is not installed.
+// test (through a PATH entry of symlinks), or skips if it is not installed
+// (Debian's iptables package has both).
 func useBackend(t *testing.T, backend string) {
+	netns.RequireRoot(t)
 	dir := t.TempDir()
 	for _, tool := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
 		fam, rest, _ := strings.Cut(tool, "-")
