@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,5 +178,16 @@ func TestTransparentCapture(t *testing.T) {
 	}
 	if out, err := a.Output(ctx, 0, curl, "-sS", "--max-time", "5", "http://10.211.0.2:8080/"); err == nil {
 		t.Fatalf("plaintext reached B's app through a strict sidecar: %q", out)
+	}
+
+	// SIGTERM: the sidecar drains and exits 0.
+	syscall.Kill(sb.Pid(), syscall.SIGTERM)
+	select {
+	case <-sb.Done():
+		if err := sb.Err(); err != nil {
+			t.Fatalf("sidecar exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("sidecar did not exit within 10s of SIGTERM")
 	}
 }
