@@ -17,6 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
@@ -129,6 +132,9 @@ type Service struct {
 	registry  *prometheus.Registry
 	// background runs with the service (leader election, bundle publishing).
 	background []func(ctx context.Context) error
+	isLeader   func() bool
+	kubeRest   *rest.Config
+	kubeClient kubernetes.Interface
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -160,6 +166,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		if err := s.setupKube(ctx, &caCfg); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.setupAttestors(caCfg); err != nil {
+		return nil, err
 	}
 	ca, err := identity.NewCA(ctx, caCfg)
 	if err != nil {

@@ -114,6 +114,8 @@ type CA struct {
 	auth   atomic.Pointer[authority]
 	bundle atomic.Pointer[BundleVersion]
 	self   atomic.Pointer[selfSVID]
+	// presigned is an upstream intermediate obtained ahead of a state change.
+	presigned atomic.Pointer[upstreamSigned]
 }
 
 // BundleVersion is one version of the trust bundle.
@@ -430,6 +432,12 @@ func (c *CA) renewSelf() error {
 
 // Rotate takes one manual rotation step.
 func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
+	if step == StepPrepare {
+		if err := c.presign(ctx); err != nil {
+			c.metrics.rotation(step, err)
+			return err
+		}
+	}
 	err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
 		switch step {
 		case StepPrepare:
@@ -460,6 +468,14 @@ func (c *CA) Tick(ctx context.Context) error {
 		return err
 	}
 	if c.cfg.AutoRotate && (c.cfg.IsLeader == nil || c.cfg.IsLeader()) {
+		c.mu.Lock()
+		step, at := c.due(c.state)
+		c.mu.Unlock()
+		if step == StepRenewIntermediate && !c.cfg.Clock.Now().Before(at) {
+			if err := c.presign(ctx); err != nil {
+				return fmt.Errorf("renew intermediate: %w", err)
+			}
+		}
 		var taken []Step
 		err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
 			var err error

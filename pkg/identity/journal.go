@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -71,6 +72,21 @@ func (c *CA) newGeneration(ctx context.Context, st *State, state GenerationState
 // renewIntermediate gives g a new signing intermediate, signed by its own
 // root or by the upstream issuer.
 func (c *CA) renewIntermediate(ctx context.Context, g *Generation, now time.Time) error {
+	if c.cfg.Upstream != nil {
+		// Normally signed before the state lock was taken (presign);
+		// otherwise (first start) now, with a deadline.
+		signed := c.presigned.Swap(nil)
+		if signed == nil {
+			sctx, cancel := context.WithTimeout(ctx, UpstreamTimeout)
+			defer cancel()
+			var err error
+			if signed, err = c.signUpstream(sctx); err != nil {
+				return err
+			}
+		}
+		g.Chain, g.ChainKey, g.Roots, g.Upstream = signed.res.Chain, signed.key, signed.res.Roots, c.cfg.Upstream.Name()
+		return nil
+	}
 	key, err := NewKey()
 	if err != nil {
 		return err
@@ -78,24 +94,6 @@ func (c *CA) renewIntermediate(ctx context.Context, g *Generation, now time.Time
 	pk, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return err
-	}
-	if c.cfg.Upstream != nil {
-		csr, err := intermediateCSR(c.cfg.TrustDomain, key)
-		if err != nil {
-			return err
-		}
-		res, err := c.cfg.Upstream.SignIntermediate(ctx, csr, c.cfg.IntermediateTTL)
-		if err != nil {
-			return fmt.Errorf("upstream %s: %w", c.cfg.Upstream.Name(), err)
-		}
-		if len(res.Chain) == 0 || len(res.Roots) == 0 {
-			return fmt.Errorf("upstream %s returned no certificate or no CA", c.cfg.Upstream.Name())
-		}
-		g.Chain, g.ChainKey, g.Roots, g.Upstream = res.Chain, pk, res.Roots, c.cfg.Upstream.Name()
-		if _, err := g.authority(); err != nil {
-			return fmt.Errorf("upstream %s: %w", c.cfg.Upstream.Name(), err)
-		}
-		return nil
 	}
 	rootKey, err := x509.ParsePKCS8PrivateKey(g.RootKey)
 	if err != nil {
@@ -213,6 +211,9 @@ func (c *CA) due(st *State) (Step, time.Time) {
 			continue
 		}
 		inter := a.chain[0]
+		if c.cfg.Upstream != nil && g.State == Active && st.find(Prepared) != nil {
+			continue
+		}
 		// Renewing cannot help when the intermediate already lives as long as its root.
 		if c.cfg.Upstream != nil || inter.NotAfter.Before(a.roots[0].NotAfter) {
 			consider(StepRenewIntermediate, fraction(inter.NotBefore, inter.NotAfter, 1, 3))
@@ -220,6 +221,9 @@ func (c *CA) due(st *State) (Step, time.Time) {
 	}
 	if s := st.find(Superseded); s != nil {
 		consider(StepRetire, s.RetireAfter)
+	}
+	if p := st.find(Prepared); c.cfg.Upstream != nil && p != nil && st.find(Superseded) == nil {
+		consider(StepActivate, p.CreatedAt.Add(c.cfg.PropagationDelay))
 	}
 	if c.cfg.Upstream == nil {
 		if act := st.active(); act != nil {
@@ -293,9 +297,34 @@ func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time
 		if now.Before(fraction(inter.NotBefore, inter.NotAfter, 1, 3)) {
 			continue
 		}
-		if err := c.renewIntermediate(ctx, g, now); err != nil {
+		if c.cfg.Upstream != nil && g.State == Active && st.find(Prepared) != nil {
+			continue // the prepared generation takes over soon
+		}
+		renewed := *g
+		if err := c.renewIntermediate(ctx, &renewed, now); err != nil {
 			return err
 		}
+		if g.State == Active && !sameDERs(renewed.Roots, g.Roots) {
+			// The upstream changed its roots: trust the new ones first
+			// (prepared), sign with them only after they have spread.
+			renewed.ID, st.NextGeneration = st.NextGeneration+1, st.NextGeneration+1
+			renewed.State, renewed.CreatedAt, renewed.ActivatedAt = Prepared, now, time.Time{}
+			st.Generations = append(st.Generations, renewed)
+			return nil // g may have moved with the append
+		}
+		*g = renewed
 	}
 	return nil
+}
+
+func sameDERs(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"net/url"
 	"time"
 
@@ -30,6 +31,84 @@ type UpstreamResult struct {
 	Chain [][]byte
 	// Roots are the upstream's trust anchors, DER.
 	Roots [][]byte
+}
+
+// UpstreamTimeout bounds one upstream signing (cert-manager approval
+// included).
+const UpstreamTimeout = 5 * time.Minute
+
+// upstreamSigned is an intermediate signed by the upstream, with its key.
+type upstreamSigned struct {
+	key []byte // PKCS#8
+	res *UpstreamResult
+}
+
+// signUpstream makes a key and has the upstream sign an intermediate for
+// it, checking that the result is a CA certificate for that key which
+// chains to the returned roots. It takes no lock.
+func (c *CA) signUpstream(ctx context.Context) (*upstreamSigned, error) {
+	name := c.cfg.Upstream.Name()
+	key, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := intermediateCSR(c.cfg.TrustDomain, key)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.cfg.Upstream.SignIntermediate(ctx, csr, c.cfg.IntermediateTTL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", name, err)
+	}
+	if len(res.Chain) == 0 || len(res.Roots) == 0 {
+		return nil, fmt.Errorf("upstream %s returned no certificate or no CA", name)
+	}
+	cert, err := x509.ParseCertificate(res.Chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", name, err)
+	}
+	if !cert.IsCA || cert.KeyUsage&x509.KeyUsageCertSign == 0 || !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return nil, fmt.Errorf("upstream %s signed something other than a CA certificate for our key", name)
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	for _, der := range res.Roots {
+		r, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s root: %w", name, err)
+		}
+		roots.AddCert(r)
+	}
+	for _, der := range res.Chain[1:] {
+		i, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s chain: %w", name, err)
+		}
+		inters.AddCert(i)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: c.cfg.Clock.Now()}); err != nil {
+		return nil, fmt.Errorf("upstream %s: the signed intermediate does not chain to its CA: %w", name, err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &upstreamSigned{key: pk, res: res}, nil
+}
+
+// presign gets the next upstream intermediate before the state lock is
+// taken, so a slow approval blocks no one.
+func (c *CA) presign(ctx context.Context) error {
+	if c.cfg.Upstream == nil || c.presigned.Load() != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, UpstreamTimeout)
+	defer cancel()
+	s, err := c.signUpstream(ctx)
+	if err != nil {
+		return err
+	}
+	c.presigned.Store(s)
+	return nil
 }
 
 // intermediateCSR asks for a CA certificate with the trust domain's

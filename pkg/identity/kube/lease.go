@@ -215,6 +215,8 @@ type renewTracker struct {
 	l *LeaderElector
 }
 
+var _ resourcelock.Interface = (*renewTracker)(nil)
+
 func (r *renewTracker) Create(ctx context.Context, rec resourcelock.LeaderElectionRecord) error {
 	start := r.l.cfg.Clock.Now()
 	return r.track(rec, start, r.Interface.Create(ctx, rec))
