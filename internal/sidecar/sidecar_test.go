@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/tether-mesh/tether/internal/caserver"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
@@ -68,12 +69,7 @@ func (c *testCA) token(t *testing.T, id spiffeid.ID) string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, what, 15*time.Second, cond)
 }
 
 func startSidecar(t *testing.T, cfg Config) (*Sidecar, chan error) {
@@ -112,23 +108,7 @@ func startSidecar(t *testing.T, cfg Config) (*Sidecar, chan error) {
 	return s, done
 }
 
-func echoApp(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	return l.Addr().String()
-}
+func echoApp(t *testing.T) string { return testutil.EchoServer(t, "") }
 
 // pair starts a server sidecar in front of an echo app and a client
 // sidecar with an outbound listener to it.

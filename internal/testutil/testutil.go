@@ -7,6 +7,8 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"io"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -97,4 +99,43 @@ func NewCSR(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) ([]b
 		t.Fatal(err)
 	}
 	return der, key
+}
+
+// Eventually polls cond every 10ms and fails the test if it is not true
+// within timeout.
+func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// EchoServer serves a TCP echo app on loopback until the test ends and
+// returns its address. With a banner it speaks first, like SMTP or MySQL.
+func EchoServer(t testing.TB, banner string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if banner != "" {
+					io.WriteString(c, banner)
+				}
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return l.Addr().String()
 }

@@ -72,31 +72,7 @@ func (m *mesh) identity(id spiffeid.ID, expired bool) static {
 	return static{svid: &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, bundle: m.ca.Bundle().Bundle}
 }
 
-// echo serves an echo app; with banner it speaks first.
-func echo(t *testing.T, banner string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if banner != "" {
-					io.WriteString(c, banner)
-				}
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
+func echo(t *testing.T, banner string) string { return tu.EchoServer(t, banner) }
 
 type side struct {
 	p       *proxy.Proxy
@@ -215,10 +191,5 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...stri
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	tu.Eventually(t, what, 5*time.Second, cond)
 }

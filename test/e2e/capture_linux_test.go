@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tether-mesh/tether/internal/netns"
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 // buildBinaries builds tether-ca, tether-sidecar and tether into a
@@ -58,12 +59,7 @@ func serveHTTP(t *testing.T, ns *netns.NS, port int, name string) {
 
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(timeout); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, what, timeout, cond)
 }
 
 // TestTransparentCapture: two pods joined by veth, each with the capture

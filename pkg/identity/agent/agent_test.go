@@ -66,13 +66,7 @@ func newAgent(t *testing.T, c *testCA, cred func() (*cav1.Credential, error)) (*
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, what, 10*time.Second, cond)
 }
 
 func TestBootstrapRenewAndBundle(t *testing.T) {
