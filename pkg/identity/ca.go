@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -138,10 +139,14 @@ type selfSVID struct {
 
 // Issued is an SVID the CA signed.
 type Issued struct {
-	ID    spiffeid.ID
-	Chain [][]byte // DER, leaf first
-	Leaf  *x509.Certificate
+	ID       spiffeid.ID
+	Chain    [][]byte // DER, leaf first
+	Serial   *big.Int
+	NotAfter time.Time
 }
+
+// Leaf parses the issued leaf certificate.
+func (i *Issued) Leaf() (*x509.Certificate, error) { return x509.ParseCertificate(i.Chain[0]) }
 
 // ErrNotReady means the CA holds no valid signing CA. It is retryable.
 var ErrNotReady = errors.New("CA has no valid signing certificate")
@@ -360,13 +365,9 @@ func (c *CA) Sign(id spiffeid.ID, csrDER []byte) (*Issued, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sign SVID: %w", err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("sign SVID: %w", err)
-	}
 	chain := make([][]byte, 0, 1+len(a.chainDER))
 	chain = append(append(chain, der), a.chainDER...)
-	return &Issued{ID: id, Chain: chain, Leaf: leaf}, nil
+	return &Issued{ID: id, Chain: chain, Serial: tmpl.SerialNumber, NotAfter: notAfter}, nil
 }
 
 // TrustDomain is the CA's trust domain.
@@ -424,7 +425,11 @@ func (c *CA) renewSelf() error {
 	if err != nil {
 		return fmt.Errorf("issue the CA's own SVID: %w", err)
 	}
-	certs := []*x509.Certificate{iss.Leaf}
+	leaf, err := iss.Leaf()
+	if err != nil {
+		return err
+	}
+	certs := []*x509.Certificate{leaf}
 	certs = append(certs, a.chain...)
 	c.self.Store(&selfSVID{svid: &x509svid.SVID{ID: c.selfID, Certificates: certs, PrivateKey: key}, gen: a.gen})
 	return nil

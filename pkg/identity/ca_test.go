@@ -104,8 +104,8 @@ func TestSignClampsToSigningCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	inter := checkSVID(t, iss.Chain, key, ca.Bundle().Bundle, testutil.ID("/a"), clock.Now()).Certificates[1]
-	if !iss.Leaf.NotAfter.Equal(inter.NotAfter) {
-		t.Errorf("leaf NotAfter %s, want clamped to intermediate NotAfter %s", iss.Leaf.NotAfter, inter.NotAfter)
+	if !iss.NotAfter.Equal(inter.NotAfter) {
+		t.Errorf("leaf NotAfter %s, want clamped to intermediate NotAfter %s", iss.NotAfter, inter.NotAfter)
 	}
 	clock.Add(2 * time.Hour) // intermediate expired
 	if _, err := ca.Sign(testutil.ID("/a"), csr); !errors.Is(err, identity.ErrNotReady) {

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -35,6 +36,9 @@ type Server struct {
 	ca        *CA
 	attestors map[string]Attestor
 	log       *slog.Logger
+	// lastBundle caches the bundle message of the current version; it is
+	// shared by responses and never modified.
+	lastBundle atomic.Pointer[cav1.Bundle]
 }
 
 // NewServer serves ca; attestors maps a credential kind (KindJoinToken,
@@ -94,8 +98,10 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 			slog.String("peer", peerAddr(ctx)), slog.Any("error", err))
 		return nil, grpcError(err)
 	}
-	s.log.Debug("SVID issued", slog.String("kind", kind), slog.String("spiffe_id", id.String()),
-		slog.String("serial", iss.Leaf.SerialNumber.Text(16)), slog.Time("not_after", iss.Leaf.NotAfter))
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("SVID issued", slog.String("kind", kind), slog.String("spiffe_id", id.String()),
+			slog.String("serial", iss.Serial.Text(16)), slog.Time("not_after", iss.NotAfter))
+	}
 	return &cav1.SignResponse{CertChain: iss.Chain, SpiffeId: id.String(), Bundle: s.bundleMessage(s.ca.Bundle())}, nil
 }
 
@@ -179,7 +185,17 @@ func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStrea
 	}
 }
 
+// bundleMessage returns the message for a bundle version, built once.
 func (s *Server) bundleMessage(v *BundleVersion) *cav1.Bundle {
+	if m := s.lastBundle.Load(); m != nil && m.GetSequence() == v.Sequence {
+		return m
+	}
+	m := s.buildBundleMessage(v)
+	s.lastBundle.Store(m)
+	return m
+}
+
+func (s *Server) buildBundleMessage(v *BundleVersion) *cav1.Bundle {
 	m := &cav1.Bundle{TrustDomain: s.ca.TrustDomain().Name(), Sequence: v.Sequence, RefreshHintSeconds: int64(s.ca.cfg.TickInterval / time.Second)}
 	for _, c := range v.Bundle.X509Authorities() {
 		m.X509Authorities = append(m.X509Authorities, c.Raw)

@@ -195,7 +195,7 @@ func TestUpstreamRootChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSVID(t, iss.Chain, key, ca.Bundle().Bundle, testutil.ID("/x"), clock.Now())
-	checkSVID(t, oldSVID.Chain, key, ca.Bundle().Bundle, testutil.ID("/x"), oldSVID.Leaf.NotAfter.Add(-time.Second))
+	checkSVID(t, oldSVID.Chain, key, ca.Bundle().Bundle, testutil.ID("/x"), oldSVID.NotAfter.Add(-time.Second))
 	clock.Add(identity.DefaultSVIDTTL + identity.DefaultBackdate)
 	if err := ca.Tick(ctx); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net"
 	"sync/atomic"
@@ -152,9 +153,11 @@ func TestNextRenewalIsHalfLifeWithJitter(t *testing.T) {
 	}
 	csr, key := testutil.NewCSR(t, nil, nil)
 	iss, _ := c.ca.Sign(testutil.ID("/x"), csr)
-	svid := &x509svid.SVID{ID: iss.ID, Certificates: nil, PrivateKey: key}
-	svid.Certificates = append(svid.Certificates, iss.Leaf)
-	leaf := iss.Leaf
+	leaf, err := iss.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := &x509svid.SVID{ID: iss.ID, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	lo, hi := leaf.NotBefore.Add(life*4/10), leaf.NotBefore.Add(life*6/10)
 	seen := map[time.Time]bool{}
