@@ -178,11 +178,11 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		return false
 	}
 	e.Decision = "allow"
-	var reusable bool
-	e.BytesSent, e.BytesReceived, reusable = t.relay(up, p.cfg.IdleTimeout)
+	var aborted, reusable bool
+	e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(up, p.cfg.IdleTimeout)
 	result := "ok"
-	if !reusable {
-		result = "aborted"
+	if aborted {
+		result, e.Reason = "reset", "connection reset"
 	}
 	p.record(e, "inbound", result, "allow")
 	return reusable

@@ -141,14 +141,16 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 			return
 		}
 		e.Decision = "allow"
-		var reusable bool
-		e.BytesSent, e.BytesReceived, reusable = t.relay(c, p.cfg.IdleTimeout)
+		var aborted, reusable bool
+		e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(c, p.cfg.IdleTimeout)
 		result := "ok"
+		if aborted {
+			result, e.Reason = "reset", "connection reset"
+		}
 		if reusable {
 			p.pool.put(key, t)
 		} else {
 			t.conn.Close()
-			result = "aborted"
 		}
 		p.record(e, "outbound", result, "allow")
 		return

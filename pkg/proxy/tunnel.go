@@ -39,8 +39,9 @@ const (
 	maxPayload = 1 << 20
 	// maxControl bounds OPEN and DENY payloads.
 	maxControl = 1024
-	// dataChunk is the most application data put in one DATA frame.
-	dataChunk = 32 << 10
+	// dataChunk is the most application data put in one DATA frame: with
+	// its header it fills one TLS record (16 KiB of plaintext) exactly.
+	dataChunk = 16<<10 - hdrLen
 )
 
 var (
@@ -63,7 +64,9 @@ type tunnel struct {
 }
 
 func newTunnel(c *tls.Conn, peer spiffeid.ID, expiry time.Time) *tunnel {
-	return &tunnel{conn: c, br: bufio.NewReaderSize(c, 64<<10), peer: peer, peerExpiry: expiry}
+	// A small read buffer: headers come through it, and payloads larger
+	// than it are read straight into the relay's buffer.
+	return &tunnel{conn: c, br: bufio.NewReaderSize(c, 4<<10), peer: peer, peerExpiry: expiry}
 }
 
 // writeFrame writes a small frame in one Write.
@@ -132,18 +135,40 @@ func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
 func (a *activity) idleFor() time.Duration {
 	return time.Duration(time.Now().UnixNano() - a.last.Load())
 }
-func isTimeout(err error) bool              { var ne net.Error; return errors.As(err, &ne) && ne.Timeout() }
-func deadline(idle time.Duration) time.Time { return time.Now().Add(idle) }
+func isTimeout(err error) bool { var ne net.Error; return errors.As(err, &ne) && ne.Timeout() }
 
-// relay carries one stream between the local connection c and the tunnel
-// until both directions have ended. It returns the bytes sent into the
-// tunnel and received from it, and whether the tunnel can carry another
-// stream.
-func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, reusable bool) {
+// lazyDeadline re-arms a connection deadline only when less than half of
+// the idle period is left, instead of on every read or write.
+type lazyDeadline struct {
+	at  time.Time
+	set func(time.Time) error
+}
+
+func (d *lazyDeadline) arm(idle time.Duration) {
+	now := time.Now()
+	if d.at.Sub(now) < idle/2 {
+		d.at = now.Add(idle)
+		d.set(d.at)
+	}
+}
+
+// relay carries one stream between the local connection c and the tunnel.
+//
+// Each side ends its direction with exactly one terminator frame: END (a
+// clean half-close) or RESET (its local connection failed or was reset).
+// A side that receives RESET resets its local connection, so it stops
+// sending too and ends with RESET itself; a side that sent RESET drops
+// whatever DATA still arrives. The stream is over when a side has sent its
+// terminator and received the peer's; the tunnel then carries the next
+// stream, even after a reset. Only a failure of the tunnel itself closes it.
+//
+// It returns the bytes sent into the tunnel and received from it, whether
+// the stream was reset, and whether the tunnel can carry another stream.
+func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, aborted, reusable bool) {
 	var act activity
 	act.touch()
-	var broken atomic.Bool
-	abort := func() {
+	var broken, peerReset, localReset atomic.Bool
+	fail := func() { // the tunnel itself failed
 		if broken.CompareAndSwap(false, true) {
 			t.conn.Close()
 			c.Close()
@@ -156,89 +181,107 @@ func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, re
 		bp := chunkPool.Get().(*[]byte)
 		defer chunkPool.Put(bp)
 		buf := *bp
+		rd := lazyDeadline{set: c.SetReadDeadline}
+		wd := lazyDeadline{set: t.conn.SetWriteDeadline}
 		for {
-			c.SetReadDeadline(deadline(idle))
+			rd.arm(idle)
 			n, err := c.Read(buf[hdrLen:])
-			if n > 0 {
+			if n > 0 && !peerReset.Load() {
 				act.touch()
 				buf[0] = frameData
 				binary.BigEndian.PutUint32(buf[1:], uint32(n))
-				t.conn.SetWriteDeadline(deadline(idle))
-				if werr := t.write(buf[:hdrLen+n]); werr != nil {
-					abort()
+				wd.arm(idle)
+				if t.write(buf[:hdrLen+n]) != nil {
+					fail()
 					return
 				}
 				sent += int64(n)
 			}
-			switch {
-			case err == nil:
-			case errors.Is(err, io.EOF):
-				if t.writeFrame(frameEnd, nil) != nil {
-					abort()
-				}
-				return
-			case isTimeout(err) && act.idleFor() < idle && !broken.Load():
-			default:
-				if !broken.Load() {
-					t.writeFrame(frameReset, nil)
-				}
-				abort()
-				return
+			if err == nil {
+				continue
 			}
+			if isTimeout(err) && act.idleFor() < idle && !broken.Load() && !peerReset.Load() {
+				continue
+			}
+			term := frameEnd
+			if !errors.Is(err, io.EOF) || peerReset.Load() {
+				term = frameReset
+				localReset.Store(true)
+			}
+			wd.arm(idle)
+			if t.writeFrame(term, nil) != nil {
+				fail()
+			}
+			return
 		}
 	}()
 	// tunnel → c
-	ok := func() bool {
+	func() {
+		bp := chunkPool.Get().(*[]byte)
+		defer chunkPool.Put(bp)
+		buf := (*bp)[:dataChunk]
+		rd := lazyDeadline{set: t.conn.SetReadDeadline}
+		wd := lazyDeadline{set: c.SetWriteDeadline}
+		discard := false
 		for {
-			t.conn.SetReadDeadline(deadline(idle))
+			rd.arm(idle)
 			typ, n, err := t.readHeader()
 			if err != nil {
 				if isTimeout(err) && act.idleFor() < idle && !broken.Load() {
 					continue
 				}
-				return false
+				fail()
+				return
 			}
 			switch typ {
 			case frameData:
 				act.touch()
 				for n > 0 {
-					chunk, err := t.br.Peek(min(n, t.br.Size()))
-					if len(chunk) == 0 && err != nil {
+					m := min(n, len(buf))
+					if _, err := io.ReadFull(t.br, buf[:m]); err != nil {
 						if isTimeout(err) && act.idleFor() < idle && !broken.Load() {
-							t.conn.SetReadDeadline(deadline(idle))
+							rd.at = time.Time{}
 							continue
 						}
-						return false
+						fail()
+						return
 					}
-					c.SetWriteDeadline(deadline(idle))
-					w, werr := c.Write(chunk)
-					t.br.Discard(w)
-					n -= w
+					n -= m
+					if discard {
+						continue
+					}
+					wd.arm(idle)
+					w, werr := c.Write(buf[:m])
 					received += int64(w)
 					if werr != nil {
-						t.writeFrame(frameReset, nil)
-						return false
+						// The local side is gone: reset it, so our writer ends
+						// with RESET, and drop the rest of the stream.
+						discard = true
+						reset(c)
 					}
-					act.touch()
 				}
 			case frameEnd:
-				if cw, ok := c.(closeWriter); ok {
+				if cw, ok := c.(closeWriter); ok && !discard {
 					cw.CloseWrite()
 				}
-				return true
-			default: // RESET, or a frame that has no place in a stream
-				return false
+				return
+			case frameReset:
+				peerReset.Store(true)
+				reset(c)
+				return
+			default:
+				fail()
+				return
 			}
 		}
 	}()
-	if !ok {
-		abort()
-	}
 	wg.Wait()
 	if broken.Load() {
-		return sent, received, false
+		return sent, received, true, false
 	}
 	t.conn.SetDeadline(time.Time{})
-	c.Close()
-	return sent, received, true
+	if !peerReset.Load() && !localReset.Load() {
+		c.Close()
+	}
+	return sent, received, peerReset.Load() || localReset.Load(), true
 }

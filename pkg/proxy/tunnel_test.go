@@ -173,3 +173,97 @@ func TestStaleTunnelIsReplaced(t *testing.T) {
 		}
 	}
 }
+
+// TestResetKeepsTheTunnel: clients that close with RST (SO_LINGER 0) abort
+// their stream, but the tunnel survives and carries the next one.
+func TestResetKeepsTheTunnel(t *testing.T) {
+	m := newMesh(t)
+	in := inbound(t, m.identity(serverID, false), echo(t, ""), proxy.Config{})
+	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	const n = 10
+	for i := range n {
+		c, err := net.Dial("tcp", out.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := roundTrip(c, "before the reset"); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		eventually(t, "the aborted stream to end", func() bool {
+			return counter(t, out.reg, "tether_sidecar_connections_total", "direction", "outbound") == float64(i+1)
+		})
+	}
+	if got := counter(t, out.reg, "tether_sidecar_connections_total", "direction", "outbound", "result", "reset"); got != n {
+		t.Errorf("%v streams recorded as reset, want %d", got, n)
+	}
+	if fresh := counter(t, out.reg, "tether_sidecar_outbound_streams_total", "reused", "false"); fresh != 1 {
+		t.Fatalf("%v tunnels dialed for %d reset streams, want 1", fresh, n)
+	}
+	// And the tunnel still works for a normal call.
+	c, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "after"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAppResetReachesTheClient: when the app resets mid-stream, the
+// client's connection is reset too, and the tunnel survives.
+func TestAppResetReachesTheClient(t *testing.T) {
+	m := newMesh(t)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				b := make([]byte, 4)
+				io.ReadFull(c, b)
+				if string(b) == "boom" {
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+					return
+				}
+				c.Write(b)
+				c.Close()
+			}()
+		}
+	}()
+	in := inbound(t, m.identity(serverID, false), l.Addr().String(), proxy.Config{})
+	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	c, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("boom"))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read data after the app reset")
+	}
+	c.Close()
+	eventually(t, "the reset stream to end", func() bool {
+		return counter(t, out.reg, "tether_sidecar_connections_total", "direction", "outbound", "result", "reset") == 1
+	})
+	c2, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(c2, "fine"); err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	eventually(t, "both streams to end", func() bool {
+		return counter(t, out.reg, "tether_sidecar_connections_total", "direction", "outbound") == 2
+	})
+	if fresh := counter(t, out.reg, "tether_sidecar_outbound_streams_total", "reused", "false"); fresh != 1 {
+		t.Fatalf("%v tunnels dialed, want 1: the app's reset closed the tunnel", fresh)
+	}
+}
