@@ -142,7 +142,9 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		}
 		e.Decision = "allow"
 		var aborted, reusable bool
+		p.using(t, true)
 		e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(c, p.cfg.IdleTimeout)
+		p.using(t, false)
 		result := "ok"
 		if aborted {
 			result, e.Reason = "reset", "connection reset"

@@ -110,6 +110,7 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	conns  map[net.Conn]bool // value: idle between streams
+	inUse  map[*tunnel]struct{}
 	active sync.WaitGroup
 }
 
@@ -122,7 +123,7 @@ func New(cfg Config) (*Proxy, error) {
 	server.MinVersion = tls.VersionTLS13
 	server.NextProtos = []string{ALPN}
 	return &Proxy{
-		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, pool: newPool(64, poolTTL),
+		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, pool: newPool(64, poolTTL),
 		slots:  map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
 		dialer: net.Dialer{Timeout: cfg.DialTimeout},
 	}, nil
@@ -227,9 +228,24 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for c := range p.conns {
 		c.Close()
 	}
+	for t := range p.inUse {
+		t.conn.Close()
+	}
 	p.mu.Unlock()
 	<-done
 	return fmt.Errorf("drain deadline passed; closed %d open connections", n)
+}
+
+// using marks an outbound tunnel as carrying a stream, so Shutdown can
+// close it past the drain deadline.
+func (p *Proxy) using(t *tunnel, on bool) {
+	p.mu.Lock()
+	if on {
+		p.inUse[t] = struct{}{}
+	} else {
+		delete(p.inUse, t)
+	}
+	p.mu.Unlock()
 }
 
 // reset closes c with an RST, so a refused client learns at once.

@@ -167,12 +167,18 @@ func (d *lazyDeadline) arm(idle time.Duration) {
 func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, aborted, reusable bool) {
 	var act activity
 	act.touch()
-	var broken, peerReset, localReset atomic.Bool
+	var broken, peerReset atomic.Bool
 	fail := func() { // the tunnel itself failed
 		if broken.CompareAndSwap(false, true) {
 			t.conn.Close()
 			c.Close()
 		}
+	}
+	// term guards the choice of this side's terminator: the reader may ask
+	// for RESET (abort) until the writer has sent one.
+	var term struct {
+		sync.Mutex
+		sent, abort, reset bool
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -203,15 +209,17 @@ func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, ab
 			if isTimeout(err) && act.idleFor() < idle && !broken.Load() && !peerReset.Load() {
 				continue
 			}
-			term := frameEnd
-			if !errors.Is(err, io.EOF) || peerReset.Load() {
-				term = frameReset
-				localReset.Store(true)
+			term.Lock()
+			frame := frameEnd
+			if !errors.Is(err, io.EOF) || peerReset.Load() || term.abort {
+				frame, term.reset = frameReset, true
 			}
 			wd.arm(idle)
-			if t.writeFrame(term, nil) != nil {
+			if t.writeFrame(frame, nil) != nil {
 				fail()
 			}
+			term.sent = true
+			term.Unlock()
 			return
 		}
 	}()
@@ -223,6 +231,22 @@ func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, ab
 		rd := lazyDeadline{set: t.conn.SetReadDeadline}
 		wd := lazyDeadline{set: c.SetWriteDeadline}
 		discard := false
+		// read fills b from the tunnel, waiting out deadlines while the
+		// stream is active.
+		read := func(b []byte) bool {
+			for got := 0; got < len(b); {
+				rd.arm(idle)
+				k, err := t.br.Read(b[got:])
+				got += k
+				if err != nil {
+					if isTimeout(err) && act.idleFor() < idle && !broken.Load() {
+						continue
+					}
+					return false
+				}
+			}
+			return true
+		}
 		for {
 			rd.arm(idle)
 			typ, n, err := t.readHeader()
@@ -238,11 +262,7 @@ func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, ab
 				act.touch()
 				for n > 0 {
 					m := min(n, len(buf))
-					if _, err := io.ReadFull(t.br, buf[:m]); err != nil {
-						if isTimeout(err) && act.idleFor() < idle && !broken.Load() {
-							rd.at = time.Time{}
-							continue
-						}
+					if !read(buf[:m]) {
 						fail()
 						return
 					}
@@ -253,12 +273,22 @@ func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, ab
 					wd.arm(idle)
 					w, werr := c.Write(buf[:m])
 					received += int64(w)
-					if werr != nil {
-						// The local side is gone: reset it, so our writer ends
-						// with RESET, and drop the rest of the stream.
-						discard = true
-						reset(c)
+					if werr == nil {
+						continue
 					}
+					// The local side is gone. Our writer must end with RESET
+					// so the peer stops sending; if it already sent END, the
+					// protocol has no way left to say so: drop the tunnel.
+					term.Lock()
+					if term.sent {
+						term.Unlock()
+						fail()
+						return
+					}
+					term.abort = true
+					term.Unlock()
+					discard = true
+					reset(c)
 				}
 			case frameEnd:
 				if cw, ok := c.(closeWriter); ok && !discard {
@@ -280,8 +310,8 @@ func (t *tunnel) relay(c net.Conn, idle time.Duration) (sent, received int64, ab
 		return sent, received, true, false
 	}
 	t.conn.SetDeadline(time.Time{})
-	if !peerReset.Load() && !localReset.Load() {
+	if !peerReset.Load() && !term.reset {
 		c.Close()
 	}
-	return sent, received, peerReset.Load() || localReset.Load(), true
+	return sent, received, peerReset.Load() || term.reset, true
 }
