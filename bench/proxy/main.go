@@ -1,0 +1,179 @@
+// Command proxybench measures Tether's sidecar data path side by side with
+// a direct connection, a plain TCP relay pair, stunnel and HAProxy, in one
+// run on loopback, with the same client and the same echo server.
+//
+// Every setup but direct is a pair of proxy processes:
+//
+//	client → A (plaintext in, mTLS out) → B (mTLS in, plaintext out) → echo
+//
+//	direct   no proxy
+//	relay    two io.Copy relays without TLS (this binary's relay
+//	         subcommand): the floor
+//	tether   two tether-sidecar processes, SVIDs from a tether-ca
+//	stunnel  two stunnel processes, mutual TLS, chain verified both ways
+//	haproxy  two haproxy processes in TCP mode, mutual TLS, verify required
+//
+// stunnel and haproxy use the SVIDs tether-ca issued to the two sidecars'
+// identities (ECDSA P-256), fetched as files with `tether svid fetch`.
+//
+// For each round and setup the pair is started afresh, its idle RSS read,
+// then four workloads run for -duration each (after -warmup): keep-alive
+// 1 KiB echo on -c connections; one 1 KiB echo per new connection with -c
+// clients, closed with a FIN, then again closed with an RST; a bulk
+// download on one connection. Every echoed byte is checked. The proxies'
+// CPU time (/proc/PID/stat) is read around each measured window, and so is
+// the CPU time of every other process on the machine: a window in which
+// they used more than -max-others CPUs is measured again once the machine
+// is quiet. The proxies' peak RSS (VmHWM) is read at the end. Rounds
+// interleave the setups in a rotating order; the report gives medians over
+// rounds and the median per-round ratios to relay and direct.
+// bench/proxy/run.sh builds everything and runs it.
+//
+// The subcommands echo and relay are the child processes a run starts.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "echo":
+			os.Exit(childMain("echo", os.Args[2:]))
+		case "relay":
+			os.Exit(childMain("relay", os.Args[2:]))
+		}
+	}
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "proxybench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "proxybench:", err)
+		os.Exit(1)
+	}
+}
+
+// Config is one benchmark run.
+type Config struct {
+	Setups   []string
+	Rounds   int
+	Duration time.Duration
+	Warmup   time.Duration
+	// Conns is the number of keep-alive connections and of concurrent
+	// new-connection clients.
+	Conns int
+	// Size is the request (and response) size in bytes.
+	Size int
+	// Settle is how long a started pair sits idle before its RSS is read.
+	Settle time.Duration
+	// MaxOthers is how many CPUs other processes may use during a
+	// measured window before it is measured again, up to Retries times.
+	MaxOthers float64
+	Retries   int
+	// Syscalls counts the proxies' system calls in the keep-alive window
+	// with perf (Linux perf_event tracepoints).
+	Syscalls bool
+	// BinDir holds tether-ca, tether and tether-sidecar.
+	BinDir string
+	// WorkDir is for configs, certificates and logs (default: a temporary
+	// directory, removed at the end).
+	WorkDir string
+}
+
+func parseFlags(args []string) (Config, error) {
+	c := Config{}
+	var setups string
+	fs := flag.NewFlagSet("proxybench", flag.ContinueOnError)
+	fs.StringVar(&setups, "setups", strings.Join(allSetups, ","), "comma-separated setups to run: "+strings.Join(append(allSetups, extraSetups...), ", "))
+	fs.IntVar(&c.Rounds, "rounds", 3, "rounds; medians are taken over them")
+	fs.DurationVar(&c.Duration, "duration", 5*time.Second, "measured time per workload")
+	fs.DurationVar(&c.Warmup, "warmup", time.Second, "unmeasured time at the start of each workload")
+	fs.IntVar(&c.Conns, "c", 16, "keep-alive connections, and concurrent clients of the new-connection workload")
+	fs.IntVar(&c.Size, "size", 1024, "request and response size in bytes")
+	fs.DurationVar(&c.Settle, "settle", time.Second, "idle time after a pair starts, before its idle RSS is read")
+	fs.Float64Var(&c.MaxOthers, "max-others", 0.25, "measure a workload again, once the machine is quiet (up to 2 minutes), when processes outside the benchmark used more than this many CPUs during it")
+	fs.IntVar(&c.Retries, "retries", 3, "how many times a workload is measured again (see -max-others)")
+	fs.BoolVar(&c.Syscalls, "syscalls", false, "count the proxies' system calls per keep-alive request with `perf stat` (needs perf and tracepoint access)")
+	fs.StringVar(&c.BinDir, "bin", "bin", "directory holding tether-ca, tether and tether-sidecar")
+	fs.StringVar(&c.WorkDir, "workdir", "", "keep configs, certificates and logs here (default: a temporary directory, removed at exit)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	for _, s := range strings.Split(setups, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if _, ok := setupByName[s]; !ok {
+			return c, fmt.Errorf("-setups: unknown setup %q (want %s)", s, strings.Join(append(allSetups, extraSetups...), ", "))
+		}
+		c.Setups = append(c.Setups, s)
+	}
+	switch {
+	case len(c.Setups) == 0:
+		return c, errors.New("-setups: none given")
+	case c.Rounds < 1:
+		return c, errors.New("-rounds: want at least 1")
+	case c.Duration <= 0:
+		return c, errors.New("-duration: want a positive duration")
+	case c.Warmup < 0:
+		return c, errors.New("-warmup: want zero or more")
+	case c.Conns < 1:
+		return c, errors.New("-c: want at least 1")
+	case c.MaxOthers <= 0 || c.Retries < 0:
+		return c, errors.New("-max-others: want more than 0; -retries: want 0 or more")
+	case c.Size < 16 || c.Size > 1<<20:
+		return c, errors.New("-size: want 16 bytes to 1 MiB")
+	}
+	return c, nil
+}
+
+// childMain runs the echo or relay subcommand until SIGTERM.
+func childMain(name string, args []string) int {
+	fs := flag.NewFlagSet("proxybench "+name, flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
+	to := fs.String("to", "", "upstream address (relay)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if name == "relay" && *to == "" {
+		fmt.Fprintln(os.Stderr, "proxybench relay: -to is required")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	l, err := listenTCP(*listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proxybench %s: %v\n", name, err)
+		return 1
+	}
+	context.AfterFunc(ctx, func() { l.Close() })
+	if name == "echo" {
+		err = serveEcho(l)
+	} else {
+		err = serveRelay(l, *to)
+	}
+	if err != nil && ctx.Err() == nil {
+		fmt.Fprintf(os.Stderr, "proxybench %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}

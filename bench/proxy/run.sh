@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# run.sh runs the sidecar data-path benchmark (bench/proxy): direct, a plain
+# TCP relay pair, a Tether sidecar pair, a stunnel pair and an HAProxy pair,
+# side by side on loopback with the same client and echo server. As root it
+# installs stunnel4 and haproxy from Debian when they are missing. It builds
+# tether-ca, tether, tether-sidecar and proxybench into a temporary
+# directory, prints the machine, the exact command and the results
+# (markdown), and stops every process it started. Flags go to proxybench,
+# e.g. bench/proxy/run.sh -rounds 5 -duration 10s. Results go in the
+# "Sidecar data path" section of docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=""
+  command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing="$missing stunnel4"
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+  if [ -n "$missing" ]; then
+    echo "installing:$missing" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/proxybench.XXXXXX")
+pid=""
+cleanup() {
+  # proxybench stops its children (echo, tether-ca, the pairs) on SIGTERM;
+  # they also get SIGKILL if it dies first.
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+go build -o "$work/bin/tether-ca" ./cmd/ca
+go build -o "$work/bin/tether-sidecar" ./cmd/sidecar
+go build -o "$work/bin/tether" ./cmd/tether
+go build -o "$work/bin/proxybench" ./bench/proxy
+
+version() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo "not installed"; }
+cpus=$(nproc)
+load=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git diff --quiet HEAD -- pkg/proxy internal/sidecar cmd/sidecar 2>/dev/null; then
+  rev="$rev + uncommitted changes in the data path"
+fi
+echo "# $(date -u +%FT%TZ); $cpus CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); load average $load"
+echo "# $(go version | cut -d' ' -f3-); commit $rev"
+echo "# Debian: stunnel4 $(version stunnel4), haproxy $(version haproxy), libssl3 $(version libssl3)"
+if awk -v l="${load%% *}" -v n="$cpus" 'BEGIN { exit !(l > n / 2) }'; then
+  echo "# warning: load average ${load%% *} on $cpus CPUs; other work will skew the figures" >&2
+fi
+echo "# bench/proxy/run.sh $*"
+echo "# = proxybench -bin <tmp>/bin $*"
+echo
+"$work/bin/proxybench" -bin "$work/bin" "$@" &
+pid=$!
+wait "$pid"
