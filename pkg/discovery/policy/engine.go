@@ -1,0 +1,205 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// DefaultPolicyAnnotation is the namespace annotation that overrides the
+// mesh-wide default for the services of that namespace.
+const DefaultPolicyAnnotation = "tether.dev/default-policy"
+
+// Default is what applies to a service that no AccessPolicy names.
+type Default int
+
+const (
+	// AllowMesh lets every workload of the trust domain in.
+	AllowMesh Default = iota + 1
+	// SameNamespace lets in only the workloads of the service's namespace.
+	SameNamespace
+	// Deny lets nobody in.
+	Deny
+)
+
+var defaultNames = map[Default]string{
+	AllowMesh:     "allow-mesh",
+	SameNamespace: "same-namespace",
+	Deny:          "deny",
+}
+
+// String returns the flag and annotation spelling of d.
+func (d Default) String() string {
+	if s, ok := defaultNames[d]; ok {
+		return s
+	}
+	return fmt.Sprintf("Default(%d)", int(d))
+}
+
+// ErrUnknownDefault is returned by ParseDefault for a value it does not know.
+var ErrUnknownDefault = errors.New("unknown default policy")
+
+// ParseDefault parses "allow-mesh", "same-namespace" or "deny".
+func ParseDefault(s string) (Default, error) {
+	for d, name := range defaultNames {
+		if s == name {
+			return d, nil
+		}
+	}
+	return 0, fmt.Errorf("%w %q: use allow-mesh, same-namespace or deny", ErrUnknownDefault, s)
+}
+
+// Config is what an Engine decides from.
+type Config struct {
+	// TrustDomain is the mesh's trust domain; sources outside it are denied.
+	TrustDomain spiffeid.TrustDomain
+	// MeshDefault applies to services no AccessPolicy names, unless their
+	// namespace overrides it.
+	MeshDefault Default
+	// NamespaceDefaults maps a namespace to its default (the value of its
+	// tether.dev/default-policy annotation).
+	NamespaceDefaults map[string]Default
+	// Policies are the AccessPolicy objects; each must pass Validate. An
+	// empty namespace means "default".
+	Policies []AccessPolicy
+}
+
+// Decision is the outcome of Engine.Decide and the rule that produced it,
+// worded for logs.
+type Decision struct {
+	Allowed bool
+	Rule    string
+}
+
+// Engine decides whether an identity may reach a service. It is immutable:
+// build a new one when the policies or defaults change. An Engine is safe
+// for concurrent use.
+type Engine struct {
+	td          spiffeid.TrustDomain
+	meshDefault Default
+	nsDefaults  map[string]Default
+	// byService holds, per "namespace/service", the policies naming it,
+	// sorted by name.
+	byService map[string][]AccessPolicy
+}
+
+// NewEngine checks cfg and builds an Engine from a copy of it. It fails if
+// the trust domain or a default is missing or unknown, or if a policy is
+// invalid: dropping a policy would open its service to the default.
+func NewEngine(cfg Config) (*Engine, error) {
+	var errs []error
+	if cfg.TrustDomain.IsZero() {
+		errs = append(errs, errors.New("policy engine: trust domain is required"))
+	}
+	if _, ok := defaultNames[cfg.MeshDefault]; !ok {
+		errs = append(errs, fmt.Errorf("policy engine: mesh default: %w %v", ErrUnknownDefault, cfg.MeshDefault))
+	}
+	e := &Engine{
+		td:          cfg.TrustDomain,
+		meshDefault: cfg.MeshDefault,
+		nsDefaults:  make(map[string]Default, len(cfg.NamespaceDefaults)),
+		byService:   make(map[string][]AccessPolicy),
+	}
+	for ns, d := range cfg.NamespaceDefaults {
+		if _, ok := defaultNames[d]; !ok {
+			errs = append(errs, fmt.Errorf("policy engine: namespace %s default: %w %v", ns, ErrUnknownDefault, d))
+		}
+		e.nsDefaults[ns] = d
+	}
+	for i := range cfg.Policies {
+		p := cfg.Policies[i].DeepCopy()
+		if err := p.Validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if p.Namespace == "" {
+			p.Namespace = "default"
+		}
+		key := p.Namespace + "/" + p.Spec.Destination.Service
+		e.byService[key] = append(e.byService[key], *p)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, ps := range e.byService {
+		slices.SortFunc(ps, func(a, b AccessPolicy) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return e, nil
+}
+
+// Decide says whether src may reach port of the Service dstService in
+// dstNamespace, and which rule decided. A source outside the trust domain
+// is always denied. If any AccessPolicy names the service, only those
+// policies decide; otherwise the namespace's default, or else the mesh
+// default, does.
+func (e *Engine) Decide(src spiffeid.ID, dstNamespace, dstService string, port uint16) Decision {
+	if src.IsZero() {
+		return Decision{Rule: "source has no SPIFFE ID"}
+	}
+	if src.TrustDomain() != e.td {
+		return Decision{Rule: fmt.Sprintf("source %s is outside trust domain %s", src, e.td.Name())}
+	}
+	srcNS, srcSA, isK8s := workload(src)
+	if ps, ok := e.byService[dstNamespace+"/"+dstService]; ok {
+		for i := range ps {
+			if allows(&ps[i], src, srcNS, srcSA, isK8s, port) {
+				return Decision{Allowed: true, Rule: "AccessPolicy " + ps[i].Namespace + "/" + ps[i].Name}
+			}
+		}
+		return Decision{Rule: fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d", src, dstNamespace, dstService, port)}
+	}
+
+	d, rule := e.meshDefault, "mesh default "+e.meshDefault.String()
+	if nd, ok := e.nsDefaults[dstNamespace]; ok {
+		d = nd
+		rule = fmt.Sprintf("namespace default %s (annotation %s on %s)", nd, DefaultPolicyAnnotation, dstNamespace)
+	}
+	switch d {
+	case AllowMesh:
+		return Decision{Allowed: true, Rule: rule}
+	case SameNamespace:
+		return Decision{Allowed: isK8s && srcNS == dstNamespace, Rule: rule}
+	default:
+		return Decision{Rule: rule}
+	}
+}
+
+// allows reports whether p covers port and one of its sources matches src.
+func allows(p *AccessPolicy, src spiffeid.ID, srcNS, srcSA string, isK8s bool, port uint16) bool {
+	if len(p.Spec.Destination.Ports) > 0 && !slices.Contains(p.Spec.Destination.Ports, int32(port)) {
+		return false
+	}
+	for _, s := range p.Spec.Sources {
+		switch {
+		case s.ServiceAccount != nil:
+			ns := s.ServiceAccount.Namespace
+			if ns == "" {
+				ns = p.Namespace
+			}
+			if isK8s && srcNS == ns && srcSA == s.ServiceAccount.Name {
+				return true
+			}
+		case s.Namespace != "":
+			if isK8s && srcNS == s.Namespace {
+				return true
+			}
+		case s.SpiffeID != "":
+			if s.SpiffeID == src.String() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// workload splits a Kubernetes workload ID's path, /ns/<namespace>/sa/<name>.
+func workload(id spiffeid.ID) (ns, sa string, ok bool) {
+	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(seg) != 4 || seg[0] != "ns" || seg[2] != "sa" || seg[1] == "" || seg[3] == "" {
+		return "", "", false
+	}
+	return seg[1], seg[3], true
+}
