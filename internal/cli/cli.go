@@ -20,6 +20,8 @@ Usage:
   tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
   tether ca status [--socket PATH]
   tether ca rotate prepare|activate|retire [--force] [--socket PATH]
+  tether policy check --mesh FILE --from NS/SA --to NS/SERVICE[:PORT] [--trust-domain TD] [--default-policy allow-mesh]
+  tether policy graph --mesh FILE [--dot]
 
 Run a command with -h for its flags.
 `
@@ -66,6 +68,10 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return a.caStatus(ctx, args[2:])
 	case path == "ca rotate":
 		return a.caRotate(ctx, args[2:])
+	case path == "policy check":
+		return a.policyCheck(ctx, args[2:])
+	case path == "policy graph":
+		return a.policyGraph(ctx, args[2:])
 	case path == "ca token" && len(args) > 2 && args[2] == "create":
 		return a.caTokenCreate(ctx, args[3:])
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
