@@ -1,0 +1,418 @@
+package discovery
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
+)
+
+// DefaultPolicyAnnotation is the namespace annotation that overrides the
+// mesh default policy for the services of that namespace.
+const DefaultPolicyAnnotation = "tether.dev/default-policy"
+
+// DefaultKubeDebounce is KubeSource.Debounce when it is zero.
+const DefaultKubeDebounce = 100 * time.Millisecond
+
+// KubeSource feeds a Registry from a Kubernetes API server: Services,
+// discovery.k8s.io/v1 EndpointSlices, the Pods behind their endpoints (for
+// their service accounts), Namespaces (for DefaultPolicyAnnotation) and
+// AccessPolicy objects. It watches them with informers and, after every
+// burst of changes, reports the whole State.
+//
+// Mapping:
+//   - every Service is one Service; ClusterIP "None" (headless) gives no
+//     ClusterIPs. Only TCP ports are kept (the mesh proxies TCP; a Service
+//     may list port 53 both as TCP and UDP).
+//   - a named targetPort is resolved from the EndpointSlice port of the same
+//     name (the first slice that has it); unresolved, it stays 0 (= Port).
+//   - endpoints come from the Service's EndpointSlices (label
+//     kubernetes.io/service-name), ready ones only (a nil ready condition
+//     counts as ready), with an address and a targetRef to a Pod. The Pod's
+//     spec.serviceAccountName gives the identity. An endpoint whose Pod is
+//     not in the cache yet is skipped until it is.
+//
+// One bad object does not freeze the mesh: a namespace whose annotation is
+// not a known default keeps the mesh default, and an AccessPolicy that does
+// not decode or validate is left out; both are logged at Warn. Should the
+// Registry still reject a State, the previous snapshot stays and the
+// rejection is logged at Warn.
+type KubeSource struct {
+	// Client reads Services, EndpointSlices, Pods and Namespaces. Required.
+	Client kubernetes.Interface
+	// Dynamic reads AccessPolicy objects. Required; the CRD must be
+	// installed, or Run waits for the policy informer until ctx ends.
+	Dynamic dynamic.Interface
+	// Resync is the informers' resync period; 0 disables resyncs.
+	Resync time.Duration
+	// Debounce is how long Run gathers changes after the first one before
+	// it builds a State; 0 means DefaultKubeDebounce. Changes keep reaching
+	// the registry even while events arrive without pause.
+	Debounce time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// ErrNotSynced is wrapped by the error Run returns when ctx ends before the
+// informer caches have synced.
+var ErrNotSynced = errors.New("informer caches did not sync")
+
+// Run watches the API server and updates reg until ctx ends. It returns
+// an error if the caches do not sync before ctx ends (naming the resources
+// that did not), and nil when ctx ends after that. All goroutines it
+// starts have stopped when it returns.
+func (k *KubeSource) Run(ctx context.Context, reg *Registry) error {
+	if k.Client == nil || k.Dynamic == nil {
+		return errors.New("kube source: Client and Dynamic are required")
+	}
+	if reg == nil {
+		return errors.New("kube source: registry is required")
+	}
+	log := k.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With(slog.String("source", "kubernetes"))
+	debounce := k.Debounce
+	if debounce <= 0 {
+		debounce = DefaultKubeDebounce
+	}
+
+	factory := informers.NewSharedInformerFactory(k.Client, k.Resync)
+	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, k.Resync)
+	// Deferred in this order so that the informers are told to stop
+	// (cancel) before Shutdown waits for them.
+	defer dynFactory.Shutdown()
+	defer factory.Shutdown()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	services := factory.Core().V1().Services()
+	endpointSlices := factory.Discovery().V1().EndpointSlices()
+	pods := factory.Core().V1().Pods()
+	namespaces := factory.Core().V1().Namespaces()
+	policies := dynFactory.ForResource(policy.SchemeGroupVersionResource)
+
+	// Keep only what the source reads of a Pod: the cache holds every Pod.
+	if err := pods.Informer().SetTransform(trimPod); err != nil {
+		return fmt.Errorf("kube source: pod transform: %w", err)
+	}
+
+	kick := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(any, any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	named := []struct {
+		name string
+		inf  cache.SharedIndexInformer
+	}{
+		{"services", services.Informer()},
+		{"endpointslices", endpointSlices.Informer()},
+		{"pods", pods.Informer()},
+		{"namespaces", namespaces.Informer()},
+		{policy.Resource + "." + policy.GroupName, policies.Informer()},
+	}
+	synced := make([]cache.InformerSynced, 0, len(named))
+	for _, n := range named {
+		if _, err := n.inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("kube source: watch %s: %w", n.name, err)
+		}
+		synced = append(synced, n.inf.HasSynced)
+	}
+
+	factory.Start(ctx.Done())
+	dynFactory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		var missing []string
+		for _, n := range named {
+			if !n.inf.HasSynced() {
+				missing = append(missing, n.name)
+			}
+		}
+		return fmt.Errorf("kube source: %w: %s (is the API server reachable, and is the AccessPolicy CRD installed?): %w",
+			ErrNotSynced, strings.Join(missing, ", "), ctx.Err())
+	}
+	log.Info("informer caches synced")
+
+	b := &kubeBuilder{
+		log:        log,
+		td:         reg.TrustDomain(),
+		services:   services.Lister(),
+		slices:     endpointSlices.Lister(),
+		pods:       pods.Lister(),
+		namespaces: namespaces.Lister(),
+		policies:   policies.Lister(),
+	}
+	timer := time.NewTimer(0) // the first State goes out at once
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		}
+		// Drain the kick so that events seen by this build do not cause
+		// another one; later events kick again.
+		select {
+		case <-kick:
+		default:
+		}
+		st, err := b.build()
+		if err != nil {
+			log.Warn("building state from the API server", slog.Any("error", err))
+		} else if err := reg.Update(st); err != nil {
+			log.Warn("registry rejected the state; keeping the previous snapshot", slog.Any("error", err))
+		} else {
+			log.Debug("registry updated", slog.Uint64("version", reg.Snapshot().Version()),
+				slog.Int("services", len(st.Services)), slog.Int("policies", len(st.Policies)))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+			timer.Reset(debounce)
+		}
+	}
+}
+
+// trimPod is the Pod informer's transform: it keeps the name, namespace, UID
+// and service account. Other objects (tombstones) pass unchanged.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+		},
+		Spec: corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName},
+	}, nil
+}
+
+// kubeBuilder turns the informer caches into a State.
+type kubeBuilder struct {
+	log *slog.Logger
+	td  spiffeid.TrustDomain
+
+	services   corev1listers.ServiceLister
+	slices     discoverylisters.EndpointSliceLister
+	pods       corev1listers.PodLister
+	namespaces corev1listers.NamespaceLister
+	policies   cache.GenericLister
+}
+
+// build reads the caches into a State, leaving out (and logging) what the
+// Registry would reject, so that one bad object cannot block every update.
+func (b *kubeBuilder) build() (State, error) {
+	var st State
+	svcs, err := b.services.List(labels.Everything())
+	if err != nil {
+		return st, fmt.Errorf("list services: %w", err)
+	}
+	all, err := b.slices.List(labels.Everything())
+	if err != nil {
+		return st, fmt.Errorf("list endpointslices: %w", err)
+	}
+	bySvc := make(map[ServiceKey][]*discoveryv1.EndpointSlice)
+	for _, es := range all {
+		name := es.Labels[discoveryv1.LabelServiceName]
+		if name == "" {
+			continue
+		}
+		k := ServiceKey{Namespace: es.Namespace, Name: name}
+		bySvc[k] = append(bySvc[k], es)
+	}
+	for _, svc := range svcs {
+		k := ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
+		eps := bySvc[k]
+		// Stable order, so that "the first slice" means the same one every time.
+		slices.SortFunc(eps, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+		st.Services = append(st.Services, b.service(svc, eps))
+	}
+
+	nss, err := b.namespaces.List(labels.Everything())
+	if err != nil {
+		return st, fmt.Errorf("list namespaces: %w", err)
+	}
+	for _, ns := range nss {
+		n := Namespace{Name: ns.Name}
+		if v, ok := ns.Annotations[DefaultPolicyAnnotation]; ok && v != "" {
+			if _, err := policy.ParseDefault(v); err != nil {
+				b.log.Warn("ignoring namespace default policy; the mesh default applies",
+					slog.String("namespace", ns.Name), slog.String("annotation", DefaultPolicyAnnotation), slog.Any("error", err))
+			} else {
+				n.DefaultPolicy = v
+			}
+		}
+		st.Namespaces = append(st.Namespaces, n)
+	}
+
+	objs, err := b.policies.List(labels.Everything())
+	if err != nil {
+		return st, fmt.Errorf("list accesspolicies: %w", err)
+	}
+	for _, obj := range objs {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			b.log.Warn("ignoring AccessPolicy of unexpected type", slog.String("type", fmt.Sprintf("%T", obj)))
+			continue
+		}
+		var p policy.AccessPolicy
+		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p)
+		if err == nil {
+			err = p.Validate()
+		}
+		if err != nil {
+			// The CRD schema should already have rejected such an object;
+			// it can only come from an older or hand-edited CRD.
+			b.log.Warn("ignoring invalid AccessPolicy", slog.String("namespace", u.GetNamespace()),
+				slog.String("name", u.GetName()), slog.Any("error", err))
+			continue
+		}
+		st.Policies = append(st.Policies, p)
+	}
+	slices.SortFunc(st.Policies, func(a, b policy.AccessPolicy) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
+	return st, nil
+}
+
+// service maps a Kubernetes Service and its EndpointSlices.
+func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) Service {
+	s := Service{Key: ServiceKey{Namespace: svc.Namespace, Name: svc.Name}}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, a := range ips {
+		if a == "" || a == corev1.ClusterIPNone {
+			continue
+		}
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			b.log.Warn("ignoring unparsable cluster IP", slog.String("service", s.Key.String()), slog.String("ip", a))
+			continue
+		}
+		s.ClusterIPs = append(s.ClusterIPs, ip)
+	}
+	for _, sp := range svc.Spec.Ports {
+		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		p := Port{Name: sp.Name, Port: uint16(sp.Port)}
+		if sp.AppProtocol != nil {
+			p.AppProtocol = *sp.AppProtocol
+		}
+		switch tp := sp.TargetPort; {
+		case tp.Type == intstr.Int && tp.IntVal > 0 && tp.IntVal <= 65535:
+			p.TargetPort = uint16(tp.IntVal)
+		case tp.Type == intstr.String && tp.StrVal != "":
+			if n, ok := slicePort(eps, sp.Name); ok {
+				p.TargetPort = n
+			} else {
+				b.log.Debug("named target port not resolved yet", slog.String("service", s.Key.String()),
+					slog.String("targetPort", tp.StrVal))
+			}
+		}
+		s.Ports = append(s.Ports, p)
+	}
+
+	seen := make(map[netip.Addr]bool)
+	for _, es := range eps {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		for _, ep := range es.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			e, ok := b.endpoint(s.Key, es.Namespace, ep)
+			if !ok {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil || seen[ip] {
+					continue
+				}
+				seen[ip] = true
+				e.Addr = ip
+				s.Endpoints = append(s.Endpoints, e)
+			}
+		}
+	}
+	slices.SortFunc(s.Endpoints, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	return s
+}
+
+// endpoint returns the Endpoint (without its address) for ep, or false if
+// its Pod is unknown.
+func (b *kubeBuilder) endpoint(key ServiceKey, sliceNS string, ep discoveryv1.Endpoint) (Endpoint, bool) {
+	ref := ep.TargetRef
+	if ref == nil || ref.Kind != "Pod" || ref.Name == "" {
+		b.log.Debug("skipping endpoint without a Pod", slog.String("service", key.String()), slog.Any("addresses", ep.Addresses))
+		return Endpoint{}, false
+	}
+	ns := cmpOr(ref.Namespace, sliceNS)
+	pod, err := b.pods.Pods(ns).Get(ref.Name)
+	if err != nil {
+		b.log.Debug("skipping endpoint whose Pod is not known yet", slog.String("service", key.String()),
+			slog.String("pod", ns+"/"+ref.Name), slog.Any("error", err))
+		return Endpoint{}, false
+	}
+	e := Endpoint{ServiceAccount: cmpOr(pod.Spec.ServiceAccountName, "default"), Pod: pod.Name}
+	if ns != key.Namespace {
+		// The identity is the Pod's namespace's, not the Service's.
+		id, err := WorkloadID(b.td, ns, e.ServiceAccount)
+		if err != nil {
+			b.log.Debug("skipping endpoint", slog.String("service", key.String()), slog.Any("error", err))
+			return Endpoint{}, false
+		}
+		e.ID = id
+	}
+	return e, true
+}
+
+// slicePort returns the port named name in the first slice that has it.
+func slicePort(eps []*discoveryv1.EndpointSlice, name string) (uint16, bool) {
+	for _, es := range eps {
+		for _, p := range es.Ports {
+			if p.Port != nil && *p.Port > 0 && *p.Port <= 65535 && p.Name != nil && *p.Name == name {
+				return uint16(*p.Port), true
+			}
+		}
+	}
+	return 0, false
+}
