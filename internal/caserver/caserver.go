@@ -200,6 +200,13 @@ func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	// The bundle file exists before anything listens, so whoever sees the
+	// CA up can read it.
+	if s.cfg.BundleFile != "" {
+		if err := identity.WriteBundlePEM(s.cfg.BundleFile, s.ca.Bundle().Bundle); err != nil {
+			return fmt.Errorf("write bundle file: %w", err)
+		}
+	}
 	grpcL, err := net.Listen("tcp", s.cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("CA listener: %w", err)
