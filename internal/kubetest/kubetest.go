@@ -46,10 +46,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
 )
 
 const (
@@ -865,4 +869,50 @@ func (e *Env) Kubeconfig(t testing.TB) string {
 		t.Fatalf("kubetest: write kubeconfig: %v", err)
 	}
 	return path
+}
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// InstallCRD creates the CustomResourceDefinition in the YAML file at path
+// and waits until the API server reports it Established.
+func (e *Env) InstallCRD(t testing.TB, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := map[string]any{}
+	if err := yaml.Unmarshal(data, &obj); err != nil {
+		t.Fatalf("kubetest: parse %s: %v", path, err)
+	}
+	dc, err := dynamic.NewForConfig(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	crd, err := dc.Resource(crdGVR).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("kubetest: create CRD from %s: %v", path, err)
+	}
+	name := crd.GetName()
+	for {
+		crd, err := dc.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+			for _, c := range conds {
+				m, _ := c.(map[string]any)
+				if m["type"] == "Established" && m["status"] == "True" {
+					return
+				}
+				if m["type"] == "NamesAccepted" && m["status"] == "False" {
+					t.Fatalf("kubetest: CRD %s names not accepted: %v", name, m["message"])
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("kubetest: CRD %s not Established: %v (last error %v)", name, ctx.Err(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

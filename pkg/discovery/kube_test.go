@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -20,50 +19,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/tether-mesh/tether/internal/kubetest"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
-
-var kubeCRDGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-// installAccessPolicyCRD creates the AccessPolicy CRD from manifests/crds
-// and waits until it is Established (as pkg/discovery/policy/crd_test.go).
-func installAccessPolicyCRD(ctx context.Context, t *testing.T, dc dynamic.Interface) {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj := map[string]any{}
-	if err := yaml.Unmarshal(data, &obj); err != nil {
-		t.Fatalf("parse CRD: %v", err)
-	}
-	if _, err := dc.Resource(kubeCRDGVR).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create CRD: %v", err)
-	}
-	name := policy.Resource + "." + policy.GroupName
-	for {
-		crd, err := dc.Resource(kubeCRDGVR).Get(ctx, name, metav1.GetOptions{})
-		if err == nil {
-			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return
-				}
-			}
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("CRD %s not Established: %v (last error %v)", name, ctx.Err(), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // testLogWriter sends log lines to t.Log until the test stops it.
 type testLogWriter struct {
@@ -135,7 +96,7 @@ func TestKubeSource(t *testing.T) {
 		t.Logf("Run: %v", err)
 	})
 
-	installAccessPolicyCRD(ctx, t, dc)
+	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
 	core := env.Client.CoreV1()
 	if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: "shop", Annotations: map[string]string{DefaultPolicyAnnotation: "deny"},

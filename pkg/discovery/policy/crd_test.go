@@ -17,15 +17,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 )
 
 const crdFile = "accesspolicies.tether.dev.yaml"
-
-var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 func loadCRD(t *testing.T) *unstructured.Unstructured {
 	t.Helper()
@@ -181,10 +178,7 @@ func TestCRDAgainstAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dc.Resource(crdGVR).Create(ctx, loadCRD(t), metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create CRD: %v", err)
-	}
-	waitEstablished(ctx, t, dc)
+	env.InstallCRD(t, filepath.Join("..", "..", "..", "manifests", "crds", crdFile))
 
 	const ns = "default"
 	policies := dc.Resource(SchemeGroupVersionResource).Namespace(ns)
@@ -293,30 +287,6 @@ func checkPrinterColumns(ctx context.Context, t *testing.T, env *kubetest.Env) {
 	}
 	if col < 0 || len(table.Rows) != 1 || table.Rows[0].Cells[col] != "web" {
 		t.Fatalf("table columns %v rows %v; want a Service column holding web", table.ColumnDefinitions, table.Rows)
-	}
-}
-
-func waitEstablished(ctx context.Context, t *testing.T, dc dynamic.Interface) {
-	t.Helper()
-	name := Resource + "." + GroupName
-	for {
-		crd, err := dc.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
-		if err == nil {
-			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return
-				}
-				if m["type"] == "NamesAccepted" && m["status"] == "False" {
-					t.Fatalf("CRD names not accepted: %v", m["message"])
-				}
-			}
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("CRD %s not Established: %v (last error %v)", name, ctx.Err(), err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
