@@ -203,3 +203,19 @@ func workload(id spiffeid.ID) (ns, sa string, ok bool) {
 	}
 	return seg[1], seg[3], true
 }
+
+// DefaultFor returns the default that applies in namespace: its annotation,
+// or else the mesh default.
+func (e *Engine) DefaultFor(namespace string) Default {
+	if d, ok := e.nsDefaults[namespace]; ok {
+		return d
+	}
+	return e.meshDefault
+}
+
+// WorkloadNamespace returns the namespace of a Kubernetes workload ID
+// (spiffe://<td>/ns/<ns>/sa/<sa>), and false for any other ID.
+func WorkloadNamespace(id spiffeid.ID) (string, bool) {
+	ns, _, ok := workload(id)
+	return ns, ok
+}

@@ -56,12 +56,20 @@ const probe = "_tether_probe_"
 // URI SAN) and a ClusterLoadAssignment for every service id may reach on
 // at least one port, and an inbound Listener with the RBAC network filter
 // for every service id serves. Every type is present, possibly empty, and
-// resources are in a deterministic order.
-func BuildResources(snap *discovery.Snapshot, id spiffeid.ID) (map[resource.Type][]types.Resource, error) {
+// resources are in a deterministic order. A TypedExtensionConfig named
+// NameTableName carries id's DNS name table and per-port outbound decisions
+// (see api/discovery/v1), with names in clusterDomain (default
+// cluster.local).
+func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) (map[resource.Type][]types.Resource, error) {
+	nt, err := buildNameTable(snap, id, clusterDomain)
+	if err != nil {
+		return nil, err
+	}
 	out := map[resource.Type][]types.Resource{
-		resource.ClusterType:  {},
-		resource.EndpointType: {},
-		resource.ListenerType: {},
+		resource.ClusterType:         {},
+		resource.EndpointType:        {},
+		resource.ListenerType:        {},
+		resource.ExtensionConfigType: {nt},
 	}
 	td := snap.TrustDomain()
 	eng := snap.Engine()

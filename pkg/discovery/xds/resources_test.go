@@ -1,12 +1,17 @@
 package xds_test
 
 import (
+	"bytes"
 	"net/netip"
 	"slices"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
@@ -49,7 +54,7 @@ func TestBuildResourcesDefaultsAsPrefixes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := xds.BuildResources(reg.Snapshot(), testutil.ID("/ns/shop/sa/cart"))
+			res, err := xds.BuildResources(reg.Snapshot(), testutil.ID("/ns/shop/sa/cart"), "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,5 +66,85 @@ func TestBuildResourcesDefaultsAsPrefixes(t *testing.T) {
 				t.Errorf("principals = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// The name table lists what the caller may reach with per-port decisions,
+// and only hashes of the names it may not reach.
+func TestBuildResourcesNameTable(t *testing.T) {
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = reg.Update(discovery.State{
+		Namespaces: []discovery.Namespace{{Name: "vault", DefaultPolicy: "deny"}},
+		Services: []discovery.Service{
+			{
+				Key:        discovery.ServiceKey{Namespace: "shop", Name: "cart"},
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+				Ports:      []discovery.Port{{Name: "http", Port: 80, TargetPort: 8080}, {Name: "admin", Port: 9000, TargetPort: 9000}},
+				Endpoints:  []discovery.Endpoint{{Addr: netip.MustParseAddr("10.1.0.1"), ServiceAccount: "cart"}},
+			},
+			{
+				Key:       discovery.ServiceKey{Namespace: "vault", Name: "secrets"},
+				Ports:     []discovery.Port{{Port: 443, TargetPort: 8443}},
+				Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddr("10.1.0.9"), ServiceAccount: "secrets"}},
+			},
+		},
+		Policies: []policy.AccessPolicy{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-http"},
+			Spec: policy.AccessPolicySpec{
+				Destination: policy.Destination{Service: "cart", Ports: []int32{80}},
+				Sources:     []policy.Source{{ServiceAccount: &policy.ServiceAccountSource{Name: "web"}}},
+			},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := testutil.ID("/ns/shop/sa/web")
+	res, err := xds.BuildResources(reg.Snapshot(), web, "Example.org.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecs := res[resource.ExtensionConfigType]
+	if len(ecs) != 1 {
+		t.Fatalf("got %d extension configs, want 1", len(ecs))
+	}
+	ec := ecs[0].(*corev3.TypedExtensionConfig)
+	if ec.Name != xds.NameTableName {
+		t.Fatalf("extension config %q, want %q", ec.Name, xds.NameTableName)
+	}
+	var nt discoveryv1.NameTable
+	if err := ec.TypedConfig.UnmarshalTo(&nt); err != nil {
+		t.Fatal(err)
+	}
+	if nt.ClusterDomain != "Example.org" || nt.InboundDefault != "allow-mesh" {
+		t.Errorf("cluster domain %q, inbound default %q", nt.ClusterDomain, nt.InboundDefault)
+	}
+	if len(nt.Services) != 1 {
+		t.Fatalf("services = %v, want only shop/cart", nt.Services)
+	}
+	s := nt.Services[0]
+	if s.Fqdn != "cart.shop.svc.example.org." || !slices.Equal(s.Addresses, []string{"10.96.0.10"}) {
+		t.Errorf("service %s: fqdn %q addresses %v", s.Name, s.Fqdn, s.Addresses)
+	}
+	if len(s.Ports) != 2 || !s.Ports[0].Allowed || s.Ports[0].Rule != "AccessPolicy shop/cart-http" ||
+		s.Ports[0].TargetPort != 8080 || s.Ports[1].Allowed {
+		t.Errorf("ports = %v, want 80 allowed by shop/cart-http and 9000 denied", s.Ports)
+	}
+	if want := xds.HashName("secrets.vault.svc.example.org."); len(nt.UnreachableSha256) != 1 || !bytes.Equal(nt.UnreachableSha256[0], want) {
+		t.Errorf("unreachable hashes = %x, want only %x", nt.UnreachableSha256, want)
+	}
+	// The vault workload's own namespace denies by default.
+	res, err = xds.BuildResources(reg.Snapshot(), testutil.ID("/ns/vault/sa/secrets"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res[resource.ExtensionConfigType][0].(*corev3.TypedExtensionConfig).TypedConfig.UnmarshalTo(&nt); err != nil {
+		t.Fatal(err)
+	}
+	if nt.InboundDefault != "deny" || nt.ClusterDomain != "cluster.local" {
+		t.Errorf("vault: inbound default %q, cluster domain %q", nt.InboundDefault, nt.ClusterDomain)
 	}
 }

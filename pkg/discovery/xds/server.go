@@ -32,6 +32,9 @@ import (
 // use once Register has been called.
 type Server struct {
 	Registry *discovery.Registry
+	// ClusterDomain is the cluster DNS domain of the names in the name
+	// table (default cluster.local).
+	ClusterDomain string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 
@@ -128,7 +131,7 @@ func (s *Server) update(ctx context.Context, snap *discovery.Snapshot, node stri
 	if cur := s.Registry.Snapshot(); cur.Version() > snap.Version() {
 		snap = cur
 	}
-	res, err := BuildResources(snap, id)
+	res, err := BuildResources(snap, id, s.ClusterDomain)
 	if err != nil {
 		return err
 	}
