@@ -1,14 +1,18 @@
 package cli
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -16,36 +20,62 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
-const policyCheckHelp = `Usage: tether policy check --mesh FILE --from NS/SA --to NS/SERVICE[:PORT] [flags]
+// policySourceHelp says where the policy commands read the mesh from.
+const policySourceHelp = `Services and policies come from a mesh.yaml with --mesh FILE, or else from
+Kubernetes: the cluster of --kubeconfig PATH, else $KUBECONFIG, else
+~/.kube/config, else the cluster the command runs in (as a pod). The command
+reads the cluster once, as tether-discovery does (Services, EndpointSlices,
+Pods, Namespaces with their tether.dev/default-policy annotation, and
+AccessPolicies), so it needs list and watch on those in every namespace, and
+the AccessPolicy CRD installed. The mesh-wide default is not stored in the
+cluster: without --default-policy the command assumes tether-discovery's
+default, allow-mesh, and says so when an answer depends on it.
+`
+
+const policyCheckHelp = `Usage: tether policy check --from NS/SA --to NS/SERVICE[:PORT] [--mesh FILE | --kubeconfig PATH] [flags]
 
 Answers whether the workload running as service account SA in namespace NS
 (or an exact SPIFFE ID, --from spiffe://...) may reach SERVICE, and which
-rule decided, against the services and policies of a mesh.yaml. PORT is a
-service port number or name; without it every port of the service is checked,
-one line per port.
+rule decided. PORT is a service port number or name; without it every port
+of the service is checked, one line per port. A SERVICE that does not exist
+is an error.
 
+` + policySourceHelp + `
 Exit status: 0 allowed (on every port checked), 1 denied (on any port) or
 the check could not be made (see stderr), 2 usage error.
 
 Flags:
 `
 
-const policyGraphHelp = `Usage: tether policy graph --mesh FILE [--dot] [flags]
+const policyGraphHelp = `Usage: tether policy graph [--mesh FILE | --kubeconfig PATH] [--namespace NS] [--dot] [flags]
 
-Prints who may reach what: for every identity known to mesh.yaml (the
+Prints who may reach what: for every identity the mesh knows (the
 endpoints' identities and the service accounts and SPIFFE IDs policies name),
 the services and ports it is allowed to reach and the rule that allows it.
-As a text table, or as a Graphviz digraph with --dot.
+As a text table, or as a Graphviz digraph with --dot. With --namespace, only
+the pairs whose service or whose source workload is in that namespace.
 
+` + policySourceHelp + `
 Flags:
 `
 
 // errDenied makes `policy check` exit 1 after printing its answer.
 var errDenied = errors.New("denied")
 
-// policySource holds the flags shared by the policy commands.
+// Defaults of the policy commands where neither a flag nor the mesh.yaml
+// says otherwise.
+const (
+	defaultTrustDomain   = "cluster.local"
+	defaultPolicyDefault = policy.AllowMesh
+	defaultKubeTimeout   = 30 * time.Second
+)
+
+// policySource holds the flags shared by the policy commands: where the
+// mesh is read from and how it is interpreted.
 type policySource struct {
-	mesh, kubeconfig, trustDomain, defaultPolicy *string
+	mesh, kubeconfig, kubeContext string
+	trustDomain, defaultPolicy    string
+	timeout                       time.Duration
 }
 
 func (a *App) policyFlags(name, help string) (*flag.FlagSet, *policySource) {
@@ -54,59 +84,168 @@ func (a *App) policyFlags(name, help string) (*flag.FlagSet, *policySource) {
 		fmt.Fprint(fs.Output(), help)
 		fs.PrintDefaults()
 	}
-	return fs, &policySource{
-		mesh:          fs.String("mesh", "", "mesh.yaml to read services and policies from (required)"),
-		kubeconfig:    fs.String("kubeconfig", "", "read from Kubernetes instead (not supported yet)"),
-		trustDomain:   fs.String("trust-domain", "", "trust domain (default: the file's trustDomain, else cluster.local)"),
-		defaultPolicy: fs.String("default-policy", "", "mesh default: allow-mesh, same-namespace or deny (default: the file's defaultPolicy, else allow-mesh)"),
-	}
+	p := &policySource{}
+	fs.StringVar(&p.mesh, "mesh", "", "read services and policies from this mesh.yaml instead of Kubernetes")
+	fs.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
+	fs.StringVar(&p.kubeContext, "context", "", "kubeconfig context (default: the kubeconfig's current context)")
+	fs.StringVar(&p.trustDomain, "trust-domain", "", "trust domain (default: the mesh.yaml's trustDomain, else "+defaultTrustDomain+")")
+	fs.StringVar(&p.defaultPolicy, "default-policy", "", "mesh-wide default: allow-mesh, same-namespace or deny; namespaces override it with the tether.dev/default-policy annotation (default: the mesh.yaml's defaultPolicy, else "+defaultPolicyDefault.String()+")")
+	fs.DurationVar(&p.timeout, "timeout", defaultKubeTimeout, "how long to wait for the Kubernetes API server")
+	return fs, p
 }
 
-// load reads the mesh file into a registry snapshot.
-func (p *policySource) load() (*discovery.Snapshot, error) {
+// meshView is the snapshot a policy command answers from.
+type meshView struct {
+	snap *discovery.Snapshot
+	// where names the source in messages: the mesh.yaml path, or the
+	// Kubernetes context and server.
+	where string
+	// kube is true when the snapshot comes from Kubernetes, where every
+	// namespace is known.
+	kube bool
+	// assumedDefault is the rule of the mesh default when it is assumed
+	// rather than given (Kubernetes without --default-policy), else "".
+	assumedDefault string
+}
+
+// noteAssumedDefault tells, on w, that a decision by the mesh default
+// assumes tether-discovery's default, if one of rules is that decision.
+func (v *meshView) noteAssumedDefault(w io.Writer, rules []string) {
+	if v.assumedDefault == "" || !slices.Contains(rules, v.assumedDefault) {
+		return
+	}
+	def := strings.TrimPrefix(v.assumedDefault, "mesh default ")
+	fmt.Fprintf(w, "tether: note: %q assumes tether-discovery runs with --default-policy=%s (its default); "+
+		"if it runs with another, give the same --default-policy here\n", v.assumedDefault, def)
+}
+
+// check validates the flags that need no I/O.
+func (p *policySource) check() error {
 	switch {
-	case *p.kubeconfig != "":
-		return nil, fmt.Errorf("%w: --kubeconfig: reading services and policies from Kubernetes is not supported yet; use --mesh FILE", errUsage)
-	case *p.mesh == "":
-		return nil, fmt.Errorf("%w: --mesh is required", errUsage)
+	case p.mesh != "" && (p.kubeconfig != "" || p.kubeContext != ""):
+		return fmt.Errorf("%w: --mesh reads a mesh.yaml; --kubeconfig and --context read Kubernetes: give one or the other", errUsage)
+	case p.timeout <= 0:
+		return fmt.Errorf("%w: --timeout must be positive", errUsage)
 	}
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	def := policy.AllowMesh
-	var err error
-	if *p.trustDomain != "" {
-		if td, err = spiffeid.TrustDomainFromString(*p.trustDomain); err != nil {
-			return nil, fmt.Errorf("%w: --trust-domain: %v", errUsage, err)
+	if p.trustDomain != "" {
+		if _, err := spiffeid.TrustDomainFromString(p.trustDomain); err != nil {
+			return fmt.Errorf("%w: --trust-domain: %v", errUsage, err)
 		}
 	}
-	if *p.defaultPolicy != "" {
-		if def, err = policy.ParseDefault(*p.defaultPolicy); err != nil {
-			return nil, fmt.Errorf("%w: --default-policy: %v", errUsage, err)
+	if p.defaultPolicy != "" {
+		if _, err := policy.ParseDefault(p.defaultPolicy); err != nil {
+			return fmt.Errorf("%w: --default-policy: %v", errUsage, err)
 		}
 	}
-	mf, err := discovery.LoadMeshFile(*p.mesh)
+	return nil
+}
+
+// settings returns the trust domain and mesh default: the flags', else
+// the file's (zero values when there is no file), else the defaults.
+func (p *policySource) settings(fileTD spiffeid.TrustDomain, fileDefault policy.Default) (spiffeid.TrustDomain, policy.Default) {
+	td := spiffeid.RequireTrustDomainFromString(defaultTrustDomain)
+	switch {
+	case p.trustDomain != "":
+		td = spiffeid.RequireTrustDomainFromString(p.trustDomain) // checked by check
+	case !fileTD.IsZero():
+		td = fileTD
+	}
+	def := defaultPolicyDefault
+	switch {
+	case p.defaultPolicy != "":
+		def, _ = policy.ParseDefault(p.defaultPolicy) // checked by check
+	case fileDefault != 0:
+		def = fileDefault
+	}
+	return td, def
+}
+
+// load reads the mesh from the mesh.yaml or Kubernetes. Warnings about
+// objects left out go to stderr.
+func (p *policySource) load(ctx context.Context, stderr io.Writer) (*meshView, error) {
+	if err := p.check(); err != nil {
+		return nil, err
+	}
+	if p.mesh == "" {
+		return p.loadKube(ctx, stderr)
+	}
+	mf, err := discovery.LoadMeshFile(p.mesh)
 	if err != nil {
 		return nil, err
 	}
-	if *p.trustDomain == "" && !mf.TrustDomain.IsZero() {
-		td = mf.TrustDomain
-	}
-	if *p.defaultPolicy == "" && mf.DefaultPolicy != 0 {
-		def = mf.DefaultPolicy
-	}
-	reg, err := discovery.NewRegistry(td, def)
+	reg, err := discovery.NewRegistry(p.settings(mf.TrustDomain, mf.DefaultPolicy))
 	if err != nil {
 		return nil, err
 	}
 	if err := reg.Update(mf.State); err != nil {
-		return nil, fmt.Errorf("%s: %w", *p.mesh, err)
+		return nil, fmt.Errorf("%s: %w", p.mesh, err)
 	}
-	return reg.Snapshot(), nil
+	return &meshView{snap: reg.Snapshot(), where: p.mesh}, nil
 }
 
-func (a *App) policyCheck(_ context.Context, args []string) error {
+// namespaces returns every namespace the view knows: those listed, and
+// those of its services and policies.
+func (v *meshView) namespaces() map[string]bool {
+	known := make(map[string]bool)
+	for _, ns := range v.snap.Namespaces() {
+		known[ns.Name] = true
+	}
+	for _, s := range v.snap.Services() {
+		known[s.Key.Namespace] = true
+	}
+	for _, p := range v.snap.Policies() {
+		known[cmp.Or(p.Namespace, "default")] = true
+	}
+	return known
+}
+
+// missingService is the error for a --to service the view does not hold,
+// with the services of its namespace as a hint.
+func (v *meshView) missingService(key discovery.ServiceKey) error {
+	var names []string
+	for _, s := range v.snap.Services() {
+		if s.Key.Namespace == key.Namespace {
+			names = append(names, s.Key.Name)
+		}
+	}
+	var hint string
+	switch {
+	case len(names) > 10:
+		hint = fmt.Sprintf("services in namespace %s: %s, ... (%d in all)", key.Namespace, strings.Join(names[:10], ", "), len(names))
+	case len(names) > 0:
+		hint = fmt.Sprintf("services in namespace %s: %s", key.Namespace, strings.Join(names, ", "))
+	case !v.namespaces()[key.Namespace]:
+		hint = fmt.Sprintf("there is no namespace %s", key.Namespace)
+	default:
+		hint = fmt.Sprintf("namespace %s has no services", key.Namespace)
+	}
+	return fmt.Errorf("service %s does not exist in %s; %s", key, v.where, hint)
+}
+
+// portDecision is one port's answer, as --json prints it.
+type portDecision struct {
+	Port     uint16 `json:"port"`
+	PortName string `json:"port_name,omitempty"`
+	Allowed  bool   `json:"allowed"`
+	Rule     string `json:"rule"`
+}
+
+// checkResult is `policy check --json`.
+type checkResult struct {
+	// Source is the caller's SPIFFE ID.
+	Source string `json:"source"`
+	// Destination is "namespace/service".
+	Destination string `json:"destination"`
+	// Allowed is true when every port checked is allowed.
+	Allowed bool           `json:"allowed"`
+	Ports   []portDecision `json:"ports"`
+}
+
+func (a *App) policyCheck(ctx context.Context, args []string) error {
 	fs, src := a.policyFlags("policy check", policyCheckHelp)
 	from := fs.String("from", "", "source: NS/SA (namespace/service account) or a SPIFFE ID (required)")
-	to := fs.String("to", "", "destination: NS/SERVICE[:PORT] (required)")
+	to := fs.String("to", "", "destination: NS/SERVICE[:PORT], PORT a number or a port name (required)")
+	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -117,73 +256,107 @@ func (a *App) policyCheck(_ context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	snap, err := src.load()
+	srcArg, err := parseSource(*from)
 	if err != nil {
 		return err
 	}
-	srcID, err := parseSource(*from, snap.TrustDomain())
+	view, err := src.load(ctx, a.Stderr)
 	if err != nil {
 		return err
+	}
+	snap := view.snap
+	td := snap.TrustDomain()
+	srcID, err := srcArg.identity(td)
+	if err != nil {
+		return err
+	}
+	if view.kube && srcArg.namespace != "" && !view.namespaces()[srcArg.namespace] {
+		fmt.Fprintf(a.Stderr, "tether: note: namespace %s does not exist in %s; deciding for %s anyway\n", srcArg.namespace, view.where, srcID)
 	}
 
-	var ports []uint16
-	svc, known := snap.Service(dst)
-	switch {
-	case known && portArg == "":
-		for _, p := range svc.Ports {
-			ports = append(ports, p.Port)
-		}
+	svc, ok := snap.Service(dst)
+	if !ok {
+		return view.missingService(dst)
+	}
+	var ports []discovery.Port
+	if portArg == "" {
+		ports = svc.Ports
 		if len(ports) == 0 {
-			return fmt.Errorf("service %s has no ports in %s", dst, *src.mesh)
+			return fmt.Errorf("service %s has no TCP ports in %s", dst, view.where)
 		}
-	case known:
+	} else {
 		p, ok := findPort(svc, portArg)
 		if !ok {
-			return fmt.Errorf("service %s has no port %q in %s (ports: %s)", dst, portArg, *src.mesh, portList(svc))
+			return fmt.Errorf("service %s has no port %q in %s (ports: %s)", dst, portArg, view.where, portList(svc))
 		}
-		ports = []uint16{p}
-	case portArg == "":
-		return fmt.Errorf("service %s is not in %s; give a port (--to %s:PORT) to check the policies anyway", dst, *src.mesh, dst)
-	default:
-		n, err := strconv.ParseUint(portArg, 10, 16)
-		if err != nil || n == 0 {
-			return fmt.Errorf("service %s is not in %s, so its port must be a number 1-65535, not %q", dst, *src.mesh, portArg)
-		}
-		fmt.Fprintf(a.Stderr, "tether: note: service %s is not in %s; deciding from the policies and defaults alone\n", dst, *src.mesh)
-		ports = []uint16{uint16(n)}
+		ports = []discovery.Port{p}
 	}
 
+	res := checkResult{Source: srcID.String(), Destination: dst.String(), Allowed: true}
 	denied := 0
 	for _, p := range ports {
-		d := snap.Engine().Decide(srcID, dst.Namespace, dst.Name, p)
-		verdict := "allowed"
+		d := snap.Engine().Decide(srcID, dst.Namespace, dst.Name, p.Port)
 		if !d.Allowed {
-			verdict = "denied"
 			denied++
+			res.Allowed = false
 		}
-		fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict, shortID(srcID, snap.TrustDomain()), dst, p, d.Rule)
+		res.Ports = append(res.Ports, portDecision{Port: p.Port, PortName: p.Name, Allowed: d.Allowed, Rule: d.Rule})
+	}
+	var rules []string
+	for _, d := range res.Ports {
+		rules = append(rules, d.Rule)
+	}
+	view.noteAssumedDefault(a.Stderr, rules)
+	if *asJSON {
+		enc := json.NewEncoder(a.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else {
+		for _, d := range res.Ports {
+			verdict := "allowed"
+			if !d.Allowed {
+				verdict = "denied"
+			}
+			fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict, shortID(srcID, td), dst, d.Port, d.Rule)
+		}
 	}
 	if denied > 0 {
-		return fmt.Errorf("%w: %s may not reach %s on %d of %d port(s)", errDenied, shortID(srcID, snap.TrustDomain()), dst, denied, len(ports))
+		return fmt.Errorf("%w: %s may not reach %s on %d of %d port(s)", errDenied, shortID(srcID, td), dst, denied, len(ports))
 	}
 	return nil
 }
 
-func (a *App) policyGraph(_ context.Context, args []string) error {
+func (a *App) policyGraph(ctx context.Context, args []string) error {
 	fs, src := a.policyFlags("policy graph", policyGraphHelp)
 	dot := fs.Bool("dot", false, "print a Graphviz digraph instead of a table")
+	namespace := fs.String("namespace", "", "only pairs whose service or whose source workload is in this namespace")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	snap, err := src.load()
+	view, err := src.load(ctx, a.Stderr)
 	if err != nil {
 		return err
 	}
-	pairs := snap.AllowedPairs()
-	if *dot {
-		return writeDOT(a.Stdout, pairs, snap.TrustDomain())
+	td := view.snap.TrustDomain()
+	pairs := view.snap.AllowedPairs()
+	if *namespace != "" {
+		if !view.namespaces()[*namespace] {
+			return fmt.Errorf("namespace %s does not exist in %s", *namespace, view.where)
+		}
+		pairs = slices.DeleteFunc(pairs, func(p discovery.Pair) bool {
+			return p.Service.Namespace != *namespace && workloadNamespace(p.Source, td) != *namespace
+		})
 	}
-	td := snap.TrustDomain()
+	var rules []string
+	for _, p := range pairs {
+		rules = append(rules, p.Rule)
+	}
+	view.noteAssumedDefault(a.Stderr, rules)
+	if *dot {
+		return writeDOT(a.Stdout, pairs, td)
+	}
 	tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tDESTINATION\tPORTS\tRULE")
 	for _, p := range pairs {
@@ -233,20 +406,39 @@ func parseDestination(s string) (discovery.ServiceKey, string, error) {
 	return discovery.ServiceKey{Namespace: ns, Name: svc}, port, nil
 }
 
+// sourceArg is a parsed --from: an exact SPIFFE ID, or a namespace and a
+// service account whose identity depends on the trust domain.
+type sourceArg struct {
+	id                        spiffeid.ID
+	namespace, serviceAccount string
+}
+
 // parseSource parses NS/SA or a SPIFFE ID.
-func parseSource(s string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
+func parseSource(s string) (sourceArg, error) {
 	if strings.HasPrefix(s, "spiffe://") {
 		id, err := spiffeid.FromString(s)
 		if err != nil {
-			return spiffeid.ID{}, fmt.Errorf("%w: --from %q: %v", errUsage, s, err)
+			return sourceArg{}, fmt.Errorf("%w: --from %q: %v", errUsage, s, err)
 		}
-		return id, nil
+		return sourceArg{id: id}, nil
 	}
 	ns, sa, ok := strings.Cut(s, "/")
 	if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
-		return spiffeid.ID{}, fmt.Errorf("%w: --from %q: want NAMESPACE/SERVICEACCOUNT or spiffe://...", errUsage, s)
+		return sourceArg{}, fmt.Errorf("%w: --from %q: want NAMESPACE/SERVICEACCOUNT or spiffe://...", errUsage, s)
 	}
-	id, err := discovery.WorkloadID(td, ns, sa)
+	// The segments' syntax does not depend on the trust domain.
+	if _, err := discovery.WorkloadID(spiffeid.RequireTrustDomainFromString(defaultTrustDomain), ns, sa); err != nil {
+		return sourceArg{}, fmt.Errorf("%w: --from: %v", errUsage, err)
+	}
+	return sourceArg{namespace: ns, serviceAccount: sa}, nil
+}
+
+// identity returns the source's SPIFFE ID in trust domain td.
+func (s sourceArg) identity(td spiffeid.TrustDomain) (spiffeid.ID, error) {
+	if !s.id.IsZero() {
+		return s.id, nil
+	}
+	id, err := discovery.WorkloadID(td, s.namespace, s.serviceAccount)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: --from: %v", errUsage, err)
 	}
@@ -254,13 +446,13 @@ func parseSource(s string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
 }
 
 // findPort finds a service port by number or name.
-func findPort(svc *discovery.Service, arg string) (uint16, bool) {
+func findPort(svc *discovery.Service, arg string) (discovery.Port, bool) {
 	for _, p := range svc.Ports {
 		if p.Name == arg || strconv.Itoa(int(p.Port)) == arg {
-			return p.Port, true
+			return p, true
 		}
 	}
-	return 0, false
+	return discovery.Port{}, false
 }
 
 func portList(svc *discovery.Service) string {
@@ -283,15 +475,30 @@ func joinPorts(ports []uint16) string {
 	return strings.Join(s, ",")
 }
 
-// shortID is "ns/sa" for a workload ID of trust domain td, else the whole
-// SPIFFE ID.
-func shortID(id spiffeid.ID, td spiffeid.TrustDomain) string {
+// workloadSegments returns the namespace and service account of a workload
+// ID (spiffe://<td>/ns/<ns>/sa/<sa>) of trust domain td.
+func workloadSegments(id spiffeid.ID, td spiffeid.TrustDomain) (ns, sa string, ok bool) {
 	if id.TrustDomain() != td {
-		return id.String()
+		return "", "", false
 	}
 	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
 	if len(seg) == 4 && seg[0] == "ns" && seg[2] == "sa" {
-		return seg[1] + "/" + seg[3]
+		return seg[1], seg[3], true
+	}
+	return "", "", false
+}
+
+// workloadNamespace is the namespace of a workload ID, or "".
+func workloadNamespace(id spiffeid.ID, td spiffeid.TrustDomain) string {
+	ns, _, _ := workloadSegments(id, td)
+	return ns
+}
+
+// shortID is "ns/sa" for a workload ID of trust domain td, else the whole
+// SPIFFE ID.
+func shortID(id spiffeid.ID, td spiffeid.TrustDomain) string {
+	if ns, sa, ok := workloadSegments(id, td); ok {
+		return ns + "/" + sa
 	}
 	return id.String()
 }

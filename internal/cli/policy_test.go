@@ -74,10 +74,12 @@ func TestPolicyCheck(t *testing.T) {
 			[]string{"allowed payments/batch -> payments/ledger:5432: namespace default same-namespace (annotation tether.dev/default-policy on payments)"}, ""},
 		{"trust domain flag overrides the file", []string{"--from", "spiffe://cluster.local/ns/default/sa/web", "--to", "default/web", "--trust-domain", "other.org"}, 1,
 			[]string{"denied spiffe://cluster.local/ns/default/sa/web -> default/web:80: source spiffe://cluster.local/ns/default/sa/web is outside trust domain other.org"}, ""},
-		{"unknown service with port", []string{"--from", "default/web", "--to", "default/cache:6379"}, 0,
-			[]string{"allowed default/web -> default/cache:6379: mesh default allow-mesh"}, "default/cache is not in"},
+		{"unknown service with port", []string{"--from", "default/web", "--to", "default/cache:6379"}, 1,
+			nil, "service default/cache does not exist in " + mesh + "; services in namespace default: api, web"},
 		{"unknown service without port", []string{"--from", "default/web", "--to", "default/cache"}, 1,
-			nil, "give a port"},
+			nil, "service default/cache does not exist in"},
+		{"unknown namespace", []string{"--from", "default/web", "--to", "shop/api"}, 1,
+			nil, "service shop/api does not exist in " + mesh + "; there is no namespace shop"},
 		{"unknown port", []string{"--from", "default/web", "--to", "default/api:7"}, 1,
 			nil, `has no port "7"`},
 	} {
@@ -111,7 +113,6 @@ func TestPolicyErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no mesh", []string{"policy", "check", "--from", "a/b", "--to", "a/c"}, 2, "--mesh is required"},
 		{"no from", []string{"policy", "check", "--mesh", mesh, "--to", "a/c"}, 2, "--from and --to are required"},
 		{"bad to", []string{"policy", "check", "--mesh", mesh, "--from", "a/b", "--to", "api"}, 2, "want NAMESPACE/SERVICE[:PORT]"},
 		{"empty port", []string{"policy", "check", "--mesh", mesh, "--from", "a/b", "--to", "a/c:"}, 2, "empty port"},
@@ -120,8 +121,14 @@ func TestPolicyErrors(t *testing.T) {
 		{"positional", []string{"policy", "graph", "--mesh", mesh, "extra"}, 2, "takes 0 argument(s)"},
 		{"bad default", []string{"policy", "graph", "--mesh", mesh, "--default-policy", "open"}, 2, `unknown default policy "open"`},
 		{"bad trust domain", []string{"policy", "graph", "--mesh", mesh, "--trust-domain", "Not A Domain"}, 2, "--trust-domain"},
-		{"kubeconfig", []string{"policy", "check", "--kubeconfig", "kc", "--from", "a/b", "--to", "a/c"}, 2, "Kubernetes is not supported yet"},
-		{"kubeconfig graph", []string{"policy", "graph", "--kubeconfig", "kc"}, 2, "Kubernetes is not supported yet"},
+		{"mesh and kubeconfig", []string{"policy", "check", "--mesh", mesh, "--kubeconfig", "kc", "--from", "a/b", "--to", "a/c"}, 2, "give one or the other"},
+		{"mesh and context", []string{"policy", "graph", "--mesh", mesh, "--context", "prod"}, 2, "give one or the other"},
+		{"bad timeout", []string{"policy", "graph", "--mesh", mesh, "--timeout", "0s"}, 2, "--timeout must be positive"},
+		{"missing kubeconfig", []string{"policy", "check", "--kubeconfig", missing, "--from", "a/b", "--to", "a/c"}, 1, "kubeconfig: stat " + missing},
+		{"bad from before reading", []string{"policy", "check", "--kubeconfig", missing, "--from", "a/b/c", "--to", "a/c"}, 2, `--from "a/b/c"`},
+		{"bad spiffe id", []string{"policy", "check", "--mesh", mesh, "--from", "spiffe://Not A Domain/x", "--to", "a/c"}, 2, `--from "spiffe://Not A Domain/x"`},
+		{"bad source segment", []string{"policy", "check", "--mesh", mesh, "--from", "default/we b", "--to", "a/c"}, 2, "--from: identity of default/we b"},
+		{"graph unknown namespace", []string{"policy", "graph", "--mesh", mesh, "--namespace", "shop"}, 1, "namespace shop does not exist in " + mesh},
 		{"missing file", []string{"policy", "graph", "--mesh", missing}, 1, "no such file"},
 		{"bad file", []string{"policy", "check", "--mesh", bad, "--from", "a/b", "--to", "a/c:1"}, 1, `line 23: unknown field "sourcez"`},
 		{"invalid policy", []string{"policy", "graph", "--mesh", invalid}, 1, `AccessPolicy default/api-from-web: spec.sources[0].serviceAccount.name: "Web!" is not a valid service account name`},
@@ -148,14 +155,7 @@ func TestPolicyGraphTable(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if f := strings.Fields(lines[0]); strings.Join(f, " ") != "SOURCE DESTINATION PORTS RULE" {
-		t.Errorf("header %q", lines[0])
-	}
-	rows := make(map[string]bool)
-	for _, l := range lines[1:] {
-		rows[strings.Join(strings.Fields(l), " ")] = true
-	}
+	rows := tableRows(t, out)
 	for _, want := range []string{
 		"default/web default/api 8080 AccessPolicy default/api-from-web",
 		"spiffe://cluster.local/batch/report default/api 8080 AccessPolicy default/api-from-web",
@@ -185,6 +185,39 @@ func TestPolicyGraphDOT(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
+	edges := dotEdges(t, out)
+	if len(edges) != 7 {
+		t.Errorf("%d edges:\n%s", len(edges), out)
+	}
+	for _, want := range []string{
+		`	"default/web" -> "default/api" [label="8080", tooltip="AccessPolicy default/api-from-web"];`,
+		`	"spiffe://cluster.local/batch/report" -> "default/api" [label="8080", tooltip="AccessPolicy default/api-from-web"];`,
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("missing edge %s in\n%s", want, out)
+		}
+	}
+}
+
+// tableRows checks the header of a `policy graph` table and returns its
+// rows, each with its columns joined by one space.
+func tableRows(t *testing.T, out string) map[string]bool {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if f := strings.Fields(lines[0]); strings.Join(f, " ") != "SOURCE DESTINATION PORTS RULE" {
+		t.Errorf("header %q", lines[0])
+	}
+	rows := make(map[string]bool)
+	for _, l := range lines[1:] {
+		rows[strings.Join(strings.Fields(l), " ")] = true
+	}
+	return rows
+}
+
+// dotEdges checks that out is one Graphviz digraph of node and edge lines,
+// each edge after the declarations of its nodes, and returns the edges.
+func dotEdges(t *testing.T, out string) []string {
+	t.Helper()
 	if !strings.HasPrefix(out, "digraph mesh {\n") || !strings.HasSuffix(out, "}\n") || strings.Count(out, "{") != 1 || strings.Count(out, "}") != 1 {
 		t.Fatalf("not one digraph block:\n%s", out)
 	}
@@ -209,15 +242,50 @@ func TestPolicyGraphDOT(t *testing.T) {
 			t.Errorf("line is neither node nor edge: %q", l)
 		}
 	}
-	if len(edges) != 7 {
-		t.Errorf("%d edges:\n%s", len(edges), out)
+	return edges
+}
+
+func TestPolicyMeshJSONAndNamespace(t *testing.T) {
+	mesh := meshFile(t, testMesh)
+	out, errOut, code := run(t, "policy", "check", "--mesh", mesh, "--from", "default/web", "--to", "default/api", "--json")
+	want := `{
+  "source": "spiffe://cluster.local/ns/default/sa/web",
+  "destination": "default/api",
+  "allowed": false,
+  "ports": [
+    {
+      "port": 8080,
+      "port_name": "http",
+      "allowed": true,
+      "rule": "AccessPolicy default/api-from-web"
+    },
+    {
+      "port": 9090,
+      "port_name": "admin",
+      "allowed": false,
+      "rule": "no AccessPolicy allows spiffe://cluster.local/ns/default/sa/web to default/api:9090"
+    }
+  ]
+}
+`
+	if code != 1 || out != want || !strings.Contains(errOut, "tether: denied") {
+		t.Errorf("--json: exit %d, stdout\n%s\nwant\n%s\nstderr %q", code, out, want, errOut)
 	}
+
+	out, errOut, code = run(t, "policy", "graph", "--mesh", mesh, "--namespace", "payments")
+	if code != 0 || errOut != "" {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	rows := tableRows(t, out)
 	for _, want := range []string{
-		`	"default/web" -> "default/api" [label="8080", tooltip="AccessPolicy default/api-from-web"];`,
-		`	"spiffe://cluster.local/batch/report" -> "default/api" [label="8080", tooltip="AccessPolicy default/api-from-web"];`,
+		"payments/ledger default/web 80 mesh default allow-mesh",
+		"payments/ledger payments/ledger 5432 namespace default same-namespace (annotation tether.dev/default-policy on payments)",
 	} {
-		if !strings.Contains(out, want+"\n") {
-			t.Errorf("missing edge %s in\n%s", want, out)
+		if !rows[want] {
+			t.Errorf("missing row %q in\n%s", want, out)
 		}
+	}
+	if len(rows) != 2 {
+		t.Errorf("%d rows, want 2:\n%s", len(rows), out)
 	}
 }
