@@ -20,8 +20,8 @@ Usage:
   tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
   tether ca status [--socket PATH]
   tether ca rotate prepare|activate|retire [--force] [--socket PATH]
-  tether policy check --mesh FILE --from NS/SA --to NS/SERVICE[:PORT] [--trust-domain TD] [--default-policy allow-mesh]
-  tether policy graph --mesh FILE [--dot]
+  tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]
+  tether policy graph [--mesh FILE | --kubeconfig PATH [--context NAME]] [--namespace NS] [--dot]
 
 Run a command with -h for its flags.
 `
