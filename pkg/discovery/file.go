@@ -230,6 +230,11 @@ type FileSource struct {
 	Interval time.Duration
 	// Logger receives reloads and rejected files; nil discards.
 	Logger *slog.Logger
+	// Rejected, if set, is called with the error each time Run, after the
+	// first load, finds a version of the file it cannot read or apply (the
+	// last good snapshot stays). It runs on Run's goroutine and must not
+	// block.
+	Rejected func(err error)
 }
 
 // fileStamp identifies one version of the file.
@@ -279,6 +284,7 @@ func (f *FileSource) Run(ctx context.Context, reg *Registry) error {
 		if err != nil {
 			if !last.missing {
 				log.Warn("mesh file unreadable; keeping the last good state", slog.Uint64("version", reg.Snapshot().Version()), slog.Any("error", err))
+				f.rejected(err)
 			}
 			last = stamp
 			continue
@@ -290,9 +296,16 @@ func (f *FileSource) Run(ctx context.Context, reg *Registry) error {
 		}
 		if err := f.apply(reg, data); err != nil {
 			log.Warn("mesh file rejected; keeping the last good state", slog.Uint64("version", reg.Snapshot().Version()), slog.Any("error", err))
+			f.rejected(err)
 			continue
 		}
 		log.Info("mesh file reloaded", slog.Uint64("version", reg.Snapshot().Version()))
+	}
+}
+
+func (f *FileSource) rejected(err error) {
+	if f.Rejected != nil {
+		f.Rejected(err)
 	}
 }
 

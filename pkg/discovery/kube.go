@@ -74,6 +74,11 @@ type KubeSource struct {
 	Debounce time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// Rejected, if set, is called with the error each time Run cannot build
+	// a State from the caches or the Registry rejects it (the previous
+	// snapshot stays). Objects left out one by one are not reported. It
+	// runs on Run's goroutine and must not block.
+	Rejected func(err error)
 }
 
 // ErrNotSynced is wrapped by the error Run returns when ctx ends before the
@@ -191,8 +196,10 @@ func (k *KubeSource) Run(ctx context.Context, reg *Registry) error {
 		st, err := b.build()
 		if err != nil {
 			log.Warn("building state from the API server", slog.Any("error", err))
+			k.rejected(err)
 		} else if err := reg.Update(st); err != nil {
 			log.Warn("registry rejected the state; keeping the previous snapshot", slog.Any("error", err))
+			k.rejected(err)
 		} else {
 			log.Debug("registry updated", slog.Uint64("version", reg.Snapshot().Version()),
 				slog.Int("services", len(st.Services)), slog.Int("policies", len(st.Policies)))
@@ -203,6 +210,12 @@ func (k *KubeSource) Run(ctx context.Context, reg *Registry) error {
 		case <-kick:
 			timer.Reset(debounce)
 		}
+	}
+}
+
+func (k *KubeSource) rejected(err error) {
+	if k.Rejected != nil {
+		k.Rejected(err)
 	}
 }
 

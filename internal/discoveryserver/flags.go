@@ -1,0 +1,61 @@
+package discoveryserver
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/tether-mesh/tether/internal/logging"
+)
+
+// ProjectedTokenPath is where tether-discovery's Deployment mounts its
+// projected ServiceAccount token (audience tether-ca), as for sidecars.
+const ProjectedTokenPath = "/var/run/secrets/tether/token"
+
+// ParseFlags turns tether-discovery's command line into a validated
+// Config. getenv supplies the environment defaults; usage and the log go
+// to stderr. -h gives flag.ErrHelp.
+func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	var c Config
+	env := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("tether-discovery", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.TrustDomain, "trust-domain", env("TETHER_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TETHER_TRUST_DOMAIN)")
+	fs.StringVar(&c.Registry, "registry", RegistryFile, "where services and policies come from: file (--mesh-file) or kube (the Kubernetes API)")
+	fs.StringVar(&c.MeshFile, "mesh-file", "", "mesh.yaml to serve with --registry=file; reloaded on change")
+	fs.DurationVar(&c.MeshFileInterval, "mesh-file-interval", DefaultMeshFileInterval, "how often --mesh-file is checked for changes")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file for --registry=kube; empty means in-cluster (env KUBECONFIG)")
+	fs.StringVar(&c.DefaultPolicy, "default-policy", "", "mesh-wide default where no AccessPolicy names a service: allow-mesh, same-namespace or deny (default: the mesh file's defaultPolicy, else allow-mesh)")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", env("TETHER_CLUSTER_DOMAIN", DefaultClusterDomain), "cluster DNS domain of service names (<svc>.<ns>.svc.<domain>) (env TETHER_CLUSTER_DOMAIN)")
+	fs.StringVar(&c.ListenAddr, "listen", ":15010", "address of the xDS (ADS) gRPC port, mTLS")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
+	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")
+	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token for discovery's own identity (standalone; env TETHER_JOIN_TOKEN)")
+	fs.StringVar(&c.TokenFile, "token-file", "", "projected ServiceAccount token (default "+ProjectedTokenPath+" when it exists and no join token is given)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.JoinToken == "" && c.TokenFile == "" {
+		if _, err := os.Stat(ProjectedTokenPath); err == nil {
+			c.TokenFile = ProjectedTokenPath
+		}
+	}
+	log, err := logging.New(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return c, err
+	}
+	c.Logger = log
+	return c, c.Validate()
+}
