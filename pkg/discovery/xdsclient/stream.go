@@ -1,0 +1,413 @@
+package xdsclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
+)
+
+// maxMessage bounds a response: a large mesh's view is megabytes.
+const maxMessage = 64 << 20
+
+// nackRepeatDelay is how long the client waits before NACKing the same
+// bad version again. A state-of-the-world server answers a NACK by sending
+// its current version at once; without the pause a server stuck on a bad
+// version and its clients would trade it in a tight loop.
+const nackRepeatDelay = time.Second
+
+// subscribed lists the types of a session; EDS follows the clusters.
+var subscribed = []resource.Type{resource.ClusterType, resource.ListenerType, resource.ExtensionConfigType, resource.EndpointType}
+
+func typeLabel(t resource.Type) string {
+	switch t {
+	case resource.ClusterType:
+		return "cds"
+	case resource.EndpointType:
+		return "eds"
+	case resource.ListenerType:
+		return "lds"
+	case resource.ExtensionConfigType:
+		return "ecds"
+	}
+	return "other"
+}
+
+// session runs one connection and ADS stream until it fails or ctx ends.
+// got reports whether discovery answered at all (which resets the
+// backoff). Every goroutine it starts has ended when it returns.
+func (c *Client) session(ctx context.Context) (got bool, err error) {
+	tlsCfg := tlsconfig.MTLSClientConfig(c.cfg.SVIDs, c.cfg.Bundles, c.auth)
+	conn, err := grpc.NewClient(c.cfg.Addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage)),
+	)
+	if err != nil {
+		return false, fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return false, fmt.Errorf("open ADS stream: %w", err)
+	}
+
+	resps := make(chan *discoveryv3.DiscoveryResponse)
+	recvErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case resps <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	s := &session{
+		c:      c,
+		stream: stream,
+		node:   &corev3.Node{Id: c.cfg.ID.String(), UserAgentName: "tether-sidecar"},
+		types: map[resource.Type]*typeState{
+			resource.ClusterType:         {},
+			resource.ListenerType:        {},
+			resource.ExtensionConfigType: {names: []string{xds.NameTableName}},
+			resource.EndpointType:        {},
+		},
+		pending: make(map[resource.Type]*pendingNack),
+		due:     make(chan *pendingNack, 16),
+	}
+	defer s.stopTimers()
+	for _, t := range []resource.Type{resource.ClusterType, resource.ListenerType, resource.ExtensionConfigType} {
+		if err := s.send(t, nil); err != nil {
+			return false, err
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return s.connected, ctx.Err()
+		case err := <-recvErr:
+			return s.connected, fmt.Errorf("ADS stream: %w", err)
+		case r := <-resps:
+			if !s.connected {
+				s.connected = true
+				c.metrics.connected.Set(1)
+				c.errs.reset()
+				c.log.Info("connected to discovery")
+			}
+			if err := s.handle(r); err != nil {
+				return true, err
+			}
+		case p := <-s.due:
+			if s.pending[p.typ] != p {
+				continue // superseded
+			}
+			delete(s.pending, p.typ)
+			if err := s.send(p.typ, p.err); err != nil {
+				return true, err
+			}
+		}
+	}
+}
+
+// typeState is what one subscription has accepted on this stream.
+type typeState struct {
+	received  bool
+	version   string // last accepted version
+	nonce     string // last response nonce
+	resources []types.Resource
+	names     []string // subscribed resource names (nil: wildcard)
+
+	nackedVersion, nackedErr string // the last NACK, to pace repeats
+}
+
+// pendingNack is a repeated NACK waiting for nackRepeatDelay.
+type pendingNack struct {
+	typ   resource.Type
+	err   error
+	timer *time.Timer
+}
+
+// session is one ADS stream. Its state starts empty: a new stream
+// receives everything again. Only the session goroutine uses it.
+type session struct {
+	c         *Client
+	stream    discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node      *corev3.Node
+	types     map[resource.Type]*typeState
+	pending   map[resource.Type]*pendingNack
+	due       chan *pendingNack
+	connected bool
+}
+
+func (s *session) stopTimers() {
+	for _, p := range s.pending {
+		p.timer.Stop()
+	}
+}
+
+// send requests typ: an ACK of the last accepted version or, with
+// nackErr, a NACK of the last response.
+func (s *session) send(typ resource.Type, nackErr error) error {
+	st := s.types[typ]
+	req := &discoveryv3.DiscoveryRequest{
+		Node:          s.node,
+		TypeUrl:       typ,
+		VersionInfo:   st.version,
+		ResponseNonce: st.nonce,
+		ResourceNames: st.names,
+	}
+	if nackErr != nil {
+		req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: nackErr.Error()}
+	}
+	if err := s.stream.Send(req); err != nil {
+		return fmt.Errorf("send %s request: %w", typeLabel(typ), err)
+	}
+	return nil
+}
+
+// handle checks one response, publishes a view if the state is now
+// consistent, ACKs or NACKs the response, and follows the cluster list
+// with the EDS subscription.
+func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
+	typ := resp.GetTypeUrl()
+	st, ok := s.types[typ]
+	if !ok {
+		s.c.log.Warn("discovery sent a type that was not requested", slog.String("type", typ))
+		return s.stream.Send(&discoveryv3.DiscoveryRequest{
+			Node: s.node, TypeUrl: typ, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "type not requested"},
+		})
+	}
+	if p := s.pending[typ]; p != nil { // a newer response supersedes a paced NACK
+		p.timer.Stop()
+		delete(s.pending, typ)
+	}
+	items, err := decode(resp)
+	if err == nil {
+		err = check(typ, items)
+	}
+	var (
+		view *View
+		fp   [sha256.Size]byte
+	)
+	if err == nil {
+		// Tentatively accept, and build a view if everything fits.
+		prev := *st
+		st.received, st.version, st.nonce, st.resources = true, resp.GetVersionInfo(), resp.GetNonce(), items
+		view, fp, err = s.build()
+		if err != nil {
+			*st = prev
+		}
+	}
+	if err != nil {
+		return s.nack(st, typ, resp, err)
+	}
+	st.nackedVersion, st.nackedErr = "", ""
+	label := typeLabel(typ)
+	s.c.metrics.updates.WithLabelValues(label, "ack").Inc()
+	s.c.metrics.lastUpdate.SetToCurrentTime()
+	s.c.log.Debug("accepted an update from discovery", slog.String("type", label), slog.String("version", resp.GetVersionInfo()), slog.Int("resources", len(items)))
+	// Apply, then ACK.
+	if view != nil {
+		s.c.fingerprint = fp
+		s.c.publish(view)
+		s.c.log.Debug("published a new view", slog.Int("services", len(view.services)))
+	}
+	if err := s.send(typ, nil); err != nil {
+		return err
+	}
+	if typ == resource.ClusterType {
+		return s.followClusters()
+	}
+	return nil
+}
+
+// nack rejects resp. The first rejection of a version is sent at once and
+// logged at Warn; the same rejection again waits nackRepeatDelay and is
+// logged at Debug.
+func (s *session) nack(st *typeState, typ resource.Type, resp *discoveryv3.DiscoveryResponse, err error) error {
+	label := typeLabel(typ)
+	st.nonce = resp.GetNonce()
+	s.c.metrics.updates.WithLabelValues(label, "nack").Inc()
+	attrs := []any{slog.String("type", label), slog.String("version", resp.GetVersionInfo()), slog.Any("error", err)}
+	if st.nackedVersion != resp.GetVersionInfo() || st.nackedErr != err.Error() {
+		st.nackedVersion, st.nackedErr = resp.GetVersionInfo(), err.Error()
+		s.c.log.Warn("rejected an update from discovery; keeping the last good configuration", attrs...)
+		return s.send(typ, err)
+	}
+	s.c.log.Debug("rejected the same update from discovery again", attrs...)
+	p := &pendingNack{typ: typ, err: err}
+	p.timer = time.AfterFunc(nackRepeatDelay, func() {
+		select {
+		case s.due <- p:
+		default: // cannot happen: at most one pending NACK per type
+		}
+	})
+	s.pending[typ] = p
+	return nil
+}
+
+// followClusters subscribes EDS to the clusters just accepted.
+func (s *session) followClusters() error {
+	var names []string
+	for _, r := range s.types[resource.ClusterType].resources {
+		names = append(names, r.(*clusterv3.Cluster).GetName())
+	}
+	slices.Sort(names)
+	eds := s.types[resource.EndpointType]
+	if len(names) == 0 || slices.Equal(names, eds.names) {
+		// An empty EDS request would be a wildcard; the old
+		// subscription does no harm, as unused assignments are ignored.
+		return nil
+	}
+	eds.names = names
+	return s.send(resource.EndpointType, nil)
+}
+
+// build returns a new View if CDS, LDS and ECDS have arrived, EDS covers
+// the clusters and the name table names exactly the clusters. It returns a
+// nil View if the state is not consistent yet or is the current view's. An
+// error means the resources are fine one by one but do not fit together.
+func (s *session) build() (*View, [sha256.Size]byte, error) {
+	var fp [sha256.Size]byte
+	for _, t := range subscribed {
+		if t != resource.EndpointType && !s.types[t].received {
+			return nil, fp, nil
+		}
+	}
+	clusters := s.types[resource.ClusterType].resources
+	want := make(map[string]bool, len(clusters))
+	for _, r := range clusters {
+		want[r.(*clusterv3.Cluster).GetName()] = true
+	}
+	var clas []types.Resource
+	for _, r := range s.types[resource.EndpointType].resources {
+		if cla := r.(*endpointv3.ClusterLoadAssignment); want[cla.GetClusterName()] {
+			clas = append(clas, cla)
+		}
+	}
+	if len(clas) < len(want) {
+		return nil, fp, nil // EDS does not cover the clusters yet
+	}
+	nt, err := parseNameTables(s.types[resource.ExtensionConfigType].resources)
+	if err != nil {
+		return nil, fp, err
+	}
+	if len(nt.services) != len(want) {
+		return nil, fp, nil // the name table and the clusters are from different moments
+	}
+	for _, svc := range nt.services {
+		if !want[xds.ClusterName(svc.Key)] {
+			return nil, fp, nil
+		}
+	}
+	res := map[resource.Type][]types.Resource{
+		resource.ClusterType:         clusters,
+		resource.EndpointType:        clas,
+		resource.ListenerType:        s.types[resource.ListenerType].resources,
+		resource.ExtensionConfigType: s.types[resource.ExtensionConfigType].resources,
+	}
+	fp, err = fingerprint(res)
+	if err != nil {
+		return nil, fp, err
+	}
+	if fp == s.c.fingerprint && s.c.View() != nil {
+		return nil, fp, nil // the same configuration again (a reconnect, a version bump)
+	}
+	v, err := NewViewFor(s.c.cfg.ID, res)
+	if err != nil {
+		return nil, fp, err
+	}
+	return v, fp, nil
+}
+
+// fingerprint hashes resources, deterministically marshaled, in an
+// order of their own.
+func fingerprint(res map[resource.Type][]types.Resource) ([sha256.Size]byte, error) {
+	h := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
+	for _, t := range subscribed {
+		// Servers may send resources in any order.
+		bs := make([][]byte, 0, len(res[t]))
+		for _, r := range res[t] {
+			b, err := opts.Marshal(r)
+			if err != nil {
+				return [sha256.Size]byte{}, fmt.Errorf("marshal %s: %w", typeLabel(t), err)
+			}
+			bs = append(bs, b)
+		}
+		slices.SortFunc(bs, bytes.Compare)
+		fmt.Fprintf(h, "%s:%d;", t, len(bs))
+		for _, b := range bs {
+			fmt.Fprintf(h, "%d:", len(b))
+			h.Write(b)
+		}
+	}
+	return [sha256.Size]byte(h.Sum(nil)), nil
+}
+
+// decode unpacks a response's resources, which must all be of its type.
+func decode(resp *discoveryv3.DiscoveryResponse) ([]types.Resource, error) {
+	items := make([]types.Resource, 0, len(resp.GetResources()))
+	for i, a := range resp.GetResources() {
+		if a.GetTypeUrl() != resp.GetTypeUrl() {
+			return nil, fmt.Errorf("%w: resource %d is a %s in a %s response", ErrMalformed, i, a.GetTypeUrl(), resp.GetTypeUrl())
+		}
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			return nil, fmt.Errorf("%w: resource %d: %w", ErrMalformed, i, err)
+		}
+		items = append(items, m)
+	}
+	return items, nil
+}
+
+// check validates one type's resources on their own.
+func check(typ resource.Type, items []types.Resource) error {
+	var err error
+	switch typ {
+	case resource.ClusterType:
+		_, err = parseClusters(items)
+	case resource.EndpointType:
+		_, err = parseCLAs(items)
+	case resource.ListenerType:
+		_, err = parseListeners(items)
+	case resource.ExtensionConfigType:
+		_, err = parseNameTables(items)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return nil
+}

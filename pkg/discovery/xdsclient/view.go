@@ -1,0 +1,882 @@
+package xdsclient
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
+	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/proxy"
+	"github.com/tether-mesh/tether/pkg/proxy/dns"
+)
+
+var (
+	// ErrMalformed wraps every error NewView returns for resources it
+	// cannot use; the client NACKs them.
+	ErrMalformed = errors.New("malformed discovery resources")
+	// ErrUnknownService is returned by Outbound for a service discovery
+	// does not know (neither reachable nor in the unreachable list).
+	ErrUnknownService = errors.New("unknown service")
+	// ErrUnknownPort is returned by Outbound for a port the service does
+	// not have.
+	ErrUnknownPort = errors.New("unknown service port")
+	// ErrNoEndpoints is returned by Outbound when nothing serves the
+	// service's port.
+	ErrNoEndpoints = errors.New("no endpoints")
+	// ErrNoView is returned by Outbound on a nil View: there is no
+	// configuration from discovery yet.
+	ErrNoView = errors.New("no configuration from discovery yet")
+)
+
+// View is one consistent, immutable configuration received from discovery
+// for one identity. Safe for concurrent use. Slices in the values it
+// returns share memory with the View and must not be modified.
+//
+// A nil *View (Client.View before the first configuration) knows nothing:
+// Lookup and LookupAddr find nothing, Authorize denies, and Outbound
+// returns ErrNoView.
+type View struct {
+	id             spiffeid.ID // zero when built with NewView
+	clusterDomain  string      // without dots at the ends, e.g. "cluster.local"
+	meshSuffix     string      // ".svc.<cluster domain>."
+	inboundDefault policy.Default
+
+	services    []*entry // sorted by key
+	byKey       map[discovery.ServiceKey]*entry
+	byFQDN      map[string]*entry
+	byAddr      map[netip.AddrPort]addrRef
+	unreachable map[[sha256.Size]byte]struct{}
+	chains      map[uint16][]*chain // inbound filter chains by destination (target) port
+}
+
+// entry is one reachable service with what Outbound and Lookup need.
+type entry struct {
+	svc     Service
+	record  dns.Record
+	serving [][]netip.AddrPort // per index of svc.Ports: endpoints serving its target port
+	next    []atomic.Uint32    // per index of svc.Ports: round-robin position
+}
+
+type addrRef struct {
+	e    *entry
+	port int // index in e.svc.Ports
+}
+
+// chain is one inbound filter chain and the principals its RBAC filter
+// allows.
+type chain struct {
+	listener, name string
+	principals     []principal
+}
+
+type principal struct {
+	prefix bool
+	value  string
+}
+
+func (p principal) String() string {
+	if p.prefix {
+		return "prefix:" + p.value
+	}
+	return "exact:" + p.value
+}
+
+func (p principal) matches(id string) bool {
+	if p.prefix {
+		return strings.HasPrefix(id, p.value)
+	}
+	return id == p.value
+}
+
+// Service is a service this workload may reach on at least one port.
+type Service struct {
+	Key       discovery.ServiceKey
+	FQDN      string           // "web.shop.svc.cluster.local."
+	Addrs     []netip.Addr     // ClusterIPs (empty for headless)
+	Ports     []Port           // in the order discovery sent them
+	Endpoints []netip.AddrPort // from the ClusterLoadAssignment
+	IDs       []spiffeid.ID    // who serves it (the Cluster's URI SAN matchers)
+}
+
+// Port is one port of a service and this workload's outbound decision for it.
+type Port struct {
+	Name             string
+	Port, TargetPort uint16
+	Allowed          bool   // may this workload reach it
+	Rule             string // the rule that decided
+}
+
+// Port returns the service port numbered p.
+func (s *Service) Port(p uint16) (Port, bool) {
+	for _, sp := range s.Ports {
+		if sp.Port == p {
+			return sp, true
+		}
+	}
+	return Port{}, false
+}
+
+// NewView checks and indexes resources as xds.BuildResources returns them
+// (keys resource.ClusterType, EndpointType, ListenerType,
+// ExtensionConfigType). Any malformed resource is an error (wrapping
+// ErrMalformed), and so is a missing name table or a set of resources
+// that do not fit together (a Cluster without its ClusterLoadAssignment or
+// name table entry, or the reverse).
+//
+// A View from NewView does not know its own identity, so the inbound
+// defaults allow-mesh and same-namespace, which depend on it, deny; use
+// NewViewFor to get them right.
+func NewView(res map[resource.Type][]types.Resource) (*View, error) {
+	return NewViewFor(spiffeid.ID{}, res)
+}
+
+// NewViewFor is NewView for the workload id the resources were built for.
+// The identity gives the trust domain and namespace of the inbound
+// defaults and names the workload in errors.
+func NewViewFor(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, error) {
+	v, err := newView(id, res)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return v, nil
+}
+
+func newView(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, error) {
+	for typ, items := range res {
+		switch typ {
+		case resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType:
+		default:
+			if len(items) > 0 {
+				return nil, fmt.Errorf("unexpected resource type %s", typ)
+			}
+		}
+	}
+	nt, err := parseNameTables(res[resource.ExtensionConfigType])
+	if err != nil {
+		return nil, err
+	}
+	clusters, err := parseClusters(res[resource.ClusterType])
+	if err != nil {
+		return nil, err
+	}
+	clas, err := parseCLAs(res[resource.EndpointType])
+	if err != nil {
+		return nil, err
+	}
+	chains, err := parseListeners(res[resource.ListenerType])
+	if err != nil {
+		return nil, err
+	}
+
+	v := &View{
+		id:            id,
+		clusterDomain: nt.clusterDomain,
+		meshSuffix:    ".svc." + nt.clusterDomain + ".",
+		byKey:         make(map[discovery.ServiceKey]*entry, len(nt.services)),
+		byFQDN:        make(map[string]*entry, len(nt.services)),
+		byAddr:        make(map[netip.AddrPort]addrRef),
+		unreachable:   nt.unreachable,
+		chains:        chains,
+	}
+	v.inboundDefault = nt.inboundDefault
+
+	for _, s := range nt.services {
+		name := xds.ClusterName(s.Key)
+		ids, ok := clusters[name]
+		if !ok {
+			return nil, fmt.Errorf("name table lists %s but there is no Cluster %q", s.Key, name)
+		}
+		eps, ok := clas[name]
+		if !ok {
+			return nil, fmt.Errorf("cluster %q has no ClusterLoadAssignment", name)
+		}
+		s.IDs = ids
+		s.Endpoints = eps
+		e := &entry{svc: s}
+		e.index()
+		v.services = append(v.services, e)
+		v.byKey[s.Key] = e
+		v.byFQDN[s.FQDN] = e
+	}
+	for name := range clusters {
+		if key, _ := parseClusterName(name); v.byKey[key] == nil {
+			return nil, fmt.Errorf("cluster %q is not in the name table", name)
+		}
+	}
+	for name := range clas {
+		if _, ok := clusters[name]; !ok {
+			return nil, fmt.Errorf("ClusterLoadAssignment %q has no Cluster", name)
+		}
+	}
+	slices.SortFunc(v.services, func(a, b *entry) int { return compareKeys(a.svc.Key, b.svc.Key) })
+	// Address index: ClusterIP:port first, then endpoints; the first
+	// service in key order wins a shared address.
+	for _, e := range v.services {
+		for _, a := range e.svc.Addrs {
+			for i, p := range e.svc.Ports {
+				ap := netip.AddrPortFrom(a, p.Port)
+				if _, dup := v.byAddr[ap]; !dup {
+					v.byAddr[ap] = addrRef{e, i}
+				}
+			}
+		}
+	}
+	for _, e := range v.services {
+		for i := range e.svc.Ports {
+			for _, ap := range e.serving[i] {
+				if _, dup := v.byAddr[ap]; !dup {
+					v.byAddr[ap] = addrRef{e, i}
+				}
+			}
+		}
+	}
+	return v, nil
+}
+
+func compareKeys(a, b discovery.ServiceKey) int {
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+}
+
+// index computes the endpoints serving each port and the DNS record.
+func (e *entry) index() {
+	s := &e.svc
+	targets := make(map[uint16]bool, len(s.Ports))
+	for _, p := range s.Ports {
+		targets[p.TargetPort] = true
+	}
+	e.serving = make([][]netip.AddrPort, len(s.Ports))
+	e.next = make([]atomic.Uint32, len(s.Ports))
+	for i, p := range s.Ports {
+		for _, ep := range s.Endpoints {
+			// An endpoint on a port that is no target port has its own
+			// port (a sidecar's inbound listener) and serves every port.
+			if ep.Port() == p.TargetPort || !targets[ep.Port()] {
+				e.serving[i] = append(e.serving[i], ep)
+			}
+		}
+	}
+	rec := dns.Record{Addrs: s.Addrs, Reachable: true}
+	if len(s.Addrs) == 0 { // headless: the endpoints' addresses
+		for _, ep := range s.Endpoints {
+			rec.Addrs = append(rec.Addrs, ep.Addr())
+		}
+		slices.SortFunc(rec.Addrs, netip.Addr.Compare)
+		rec.Addrs = slices.Compact(rec.Addrs)
+	}
+	for _, p := range s.Ports {
+		if p.Name != "" {
+			rec.Ports = append(rec.Ports, dns.SRVPort{Name: p.Name, Proto: "tcp", Port: p.Port})
+		}
+	}
+	e.record = rec
+}
+
+// ID returns the identity the view was built for (zero from NewView).
+func (v *View) ID() spiffeid.ID {
+	if v == nil {
+		return spiffeid.ID{}
+	}
+	return v.id
+}
+
+// ClusterDomain returns the cluster DNS domain of the names, e.g.
+// "cluster.local".
+func (v *View) ClusterDomain() string {
+	if v == nil {
+		return ""
+	}
+	return v.clusterDomain
+}
+
+// InboundDefault returns the policy for local ports no Service covers
+// (Deny on a nil View).
+func (v *View) InboundDefault() policy.Default {
+	if v == nil {
+		return policy.Deny
+	}
+	return v.inboundDefault
+}
+
+// Services returns the services this workload may reach, sorted by
+// namespace and name.
+func (v *View) Services() []Service {
+	if v == nil {
+		return nil
+	}
+	out := make([]Service, len(v.services))
+	for i, e := range v.services {
+		out[i] = e.svc
+	}
+	return out
+}
+
+// Service returns the reachable service key.
+func (v *View) Service(key discovery.ServiceKey) (Service, bool) {
+	if v == nil {
+		return Service{}, false
+	}
+	e, ok := v.byKey[key]
+	if !ok {
+		return Service{}, false
+	}
+	return e.svc, true
+}
+
+func (v *View) me() string {
+	if v.id.IsZero() {
+		return "this workload"
+	}
+	return v.id.String()
+}
+
+// Unreachable reports whether key is a mesh service this workload may
+// reach on no port.
+func (v *View) Unreachable(key discovery.ServiceKey) bool {
+	if v == nil {
+		return false
+	}
+	_, ok := v.unreachable[sha256.Sum256([]byte(xds.FQDN(key, v.clusterDomain)))]
+	return ok
+}
+
+// Outbound decides a connection from this workload to service key on
+// service port port. It returns a proxy.Destination (Name "ns/svc:port",
+// Addr one endpoint that serves the target port, chosen round-robin across
+// calls, Port that endpoint's port, IDs the serving identities), or an
+// error: wrapping proxy.ErrDenied with the rule when policy denies the
+// port or the whole service; ErrUnknownService when discovery does not
+// know it; ErrUnknownPort when the service has no such port;
+// ErrNoEndpoints when nothing serves it.
+func (v *View) Outbound(key discovery.ServiceKey, port uint16) (proxy.Destination, error) {
+	if v == nil {
+		return proxy.Destination{}, ErrNoView
+	}
+	e, ok := v.byKey[key]
+	if !ok {
+		if v.Unreachable(key) {
+			return proxy.Destination{}, fmt.Errorf("%w: policy lets %s reach no port of %s", proxy.ErrDenied, v.me(), key)
+		}
+		return proxy.Destination{}, fmt.Errorf("%w: discovery does not know %s", ErrUnknownService, key)
+	}
+	i := slices.IndexFunc(e.svc.Ports, func(p Port) bool { return p.Port == port })
+	if i < 0 {
+		return proxy.Destination{}, fmt.Errorf("%w: %s has no port %d", ErrUnknownPort, key, port)
+	}
+	p := e.svc.Ports[i]
+	if !p.Allowed {
+		return proxy.Destination{}, fmt.Errorf("%w: %s may not reach %s:%d: %s", proxy.ErrDenied, v.me(), key, port, p.Rule)
+	}
+	eps := e.serving[i]
+	if len(eps) == 0 || len(e.svc.IDs) == 0 {
+		return proxy.Destination{}, fmt.Errorf("%w: nothing serves %s:%d (target port %d)", ErrNoEndpoints, key, port, p.TargetPort)
+	}
+	n := e.next[i].Add(1) - 1
+	ep := eps[int(n%uint32(len(eps)))]
+	return proxy.Destination{
+		Name: key.String() + ":" + strconv.Itoa(int(port)),
+		Addr: ep.String(),
+		Port: ep.Port(),
+		IDs:  e.svc.IDs,
+	}, nil
+}
+
+// LookupAddr maps a captured original destination (a ClusterIP and
+// service port, or an endpoint address and port) to its service and port.
+func (v *View) LookupAddr(dst netip.AddrPort) (Service, Port, bool) {
+	if v == nil {
+		return Service{}, Port{}, false
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	r, ok := v.byAddr[dst]
+	if !ok {
+		return Service{}, Port{}, false
+	}
+	return r.e.svc, r.e.svc.Ports[r.port], true
+}
+
+// Authorize is the inbound (authoritative) check: may src reach this
+// workload's local target port? The inbound Listeners' filter chains whose
+// DestinationPort is port decide (allowed if any of them has an RBAC
+// principal matching src); for a port no chain covers, the name table's
+// inbound default does (allow-mesh: any ID of this workload's trust
+// domain; same-namespace: spiffe://<td>/ns/<this namespace>/sa/...; deny).
+func (v *View) Authorize(src spiffeid.ID, port uint16) policy.Decision {
+	if v == nil {
+		return policy.Decision{Rule: ErrNoView.Error()}
+	}
+	if src.IsZero() {
+		return policy.Decision{Rule: "source has no SPIFFE ID"}
+	}
+	s := src.String()
+	chains := v.chains[port]
+	if len(chains) > 0 {
+		for _, c := range chains {
+			for _, p := range c.principals {
+				if p.matches(s) {
+					return policy.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s principal %s", c.listener, c.name, p)}
+				}
+			}
+		}
+		names := make([]string, len(chains))
+		for i, c := range chains {
+			names[i] = c.listener + " chain " + c.name
+		}
+		return policy.Decision{Rule: fmt.Sprintf("no principal of %s admits %s", strings.Join(names, ", "), src)}
+	}
+	rule := fmt.Sprintf("inbound default %s (no Service covers port %d)", v.inboundDefault, port)
+	switch v.inboundDefault {
+	case policy.AllowMesh:
+		if v.id.IsZero() {
+			return policy.Decision{Rule: rule + ": the view does not know its own trust domain"}
+		}
+		return policy.Decision{Allowed: src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
+	case policy.SameNamespace:
+		mine, ok := policy.WorkloadNamespace(v.id)
+		if v.id.IsZero() || !ok {
+			return policy.Decision{Rule: rule + ": this workload has no namespace"}
+		}
+		theirs, ok := policy.WorkloadNamespace(src)
+		return policy.Decision{Allowed: ok && theirs == mine && src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
+	default:
+		return policy.Decision{Rule: rule}
+	}
+}
+
+// Authorizer returns Authorize as a proxy.Authorizer: nil to allow, or an
+// error wrapping proxy.ErrDenied with the rule.
+func (v *View) Authorizer() proxy.Authorizer {
+	return func(src spiffeid.ID, port uint16) error { return v.authorize(src, port) }
+}
+
+func (v *View) authorize(src spiffeid.ID, port uint16) error {
+	d := v.Authorize(src, port)
+	if d.Allowed {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", proxy.ErrDenied, d.Rule)
+}
+
+var _ dns.Table = (*View)(nil)
+
+// Lookup implements dns.Table: a mesh service name this workload may reach
+// gives its ClusterIPs (or, headless, its endpoints' addresses) and named
+// ports, Reachable; the name of a service it may not reach gives
+// Reachable false; anything else is not a mesh name.
+func (v *View) Lookup(fqdn string) (dns.Record, bool) {
+	if v == nil {
+		return dns.Record{}, false
+	}
+	fqdn = strings.ToLower(fqdn)
+	if !strings.HasSuffix(fqdn, ".") {
+		fqdn += "."
+	}
+	if e, ok := v.byFQDN[fqdn]; ok {
+		return e.record, true
+	}
+	if !strings.HasSuffix(fqdn, v.meshSuffix) {
+		return dns.Record{}, false
+	}
+	if _, ok := v.unreachable[sha256.Sum256([]byte(fqdn))]; ok {
+		return dns.Record{Reachable: false}, true
+	}
+	return dns.Record{}, false
+}
+
+// nameTable is a checked NameTable.
+type nameTable struct {
+	clusterDomain  string
+	inboundDefault policy.Default
+	services       []Service // without Endpoints and IDs
+	unreachable    map[[sha256.Size]byte]struct{}
+}
+
+// parseNameTables finds and checks the one TypedExtensionConfig named
+// xds.NameTableName; others are ignored.
+func parseNameTables(items []types.Resource) (*nameTable, error) {
+	var found *discoveryv1.NameTable
+	for i, r := range items {
+		tec, ok := r.(*corev3.TypedExtensionConfig)
+		if !ok {
+			return nil, fmt.Errorf("extension config %d is a %T, want a TypedExtensionConfig", i, r)
+		}
+		if tec.GetName() != xds.NameTableName {
+			continue
+		}
+		if found != nil {
+			return nil, fmt.Errorf("extension config %q is sent twice", xds.NameTableName)
+		}
+		found = new(discoveryv1.NameTable)
+		if tec.GetTypedConfig() == nil {
+			return nil, fmt.Errorf("extension config %q has no typed_config", xds.NameTableName)
+		}
+		if err := tec.GetTypedConfig().UnmarshalTo(found); err != nil {
+			return nil, fmt.Errorf("extension config %q: %w", xds.NameTableName, err)
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("no name table (extension config %q)", xds.NameTableName)
+	}
+	return checkNameTable(found)
+}
+
+func checkNameTable(m *discoveryv1.NameTable) (*nameTable, error) {
+	nt := &nameTable{
+		clusterDomain: strings.Trim(m.GetClusterDomain(), "."),
+		unreachable:   make(map[[sha256.Size]byte]struct{}, len(m.GetUnreachableSha256())),
+	}
+	if nt.clusterDomain == "" {
+		return nil, errors.New("name table: cluster_domain is empty")
+	}
+	d, err := policy.ParseDefault(m.GetInboundDefault())
+	if err != nil {
+		return nil, fmt.Errorf("name table: inbound_default: %w", err)
+	}
+	nt.inboundDefault = d
+	seen := make(map[discovery.ServiceKey]bool)
+	for i, sn := range m.GetServices() {
+		key := discovery.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
+		if key.Namespace == "" || key.Name == "" || strings.ContainsAny(key.Namespace+key.Name, "/.") {
+			return nil, fmt.Errorf("name table: services[%d]: bad name %q", i, key)
+		}
+		if seen[key] {
+			return nil, fmt.Errorf("name table: service %s is listed twice", key)
+		}
+		seen[key] = true
+		want := xds.FQDN(key, nt.clusterDomain)
+		if sn.GetFqdn() != want {
+			return nil, fmt.Errorf("name table: service %s: fqdn %q, want %q", key, sn.GetFqdn(), want)
+		}
+		s := Service{Key: key, FQDN: want}
+		for _, a := range sn.GetAddresses() {
+			ip, err := netip.ParseAddr(a)
+			if err != nil || ip.Zone() != "" {
+				return nil, fmt.Errorf("name table: service %s: bad address %q", key, a)
+			}
+			s.Addrs = append(s.Addrs, ip.Unmap())
+		}
+		ports := make(map[uint16]bool)
+		for _, p := range sn.GetPorts() {
+			if p.GetPort() == 0 || p.GetPort() > 65535 || p.GetTargetPort() == 0 || p.GetTargetPort() > 65535 {
+				return nil, fmt.Errorf("name table: service %s: port %d → %d is outside 1-65535", key, p.GetPort(), p.GetTargetPort())
+			}
+			if proto := p.GetProtocol(); proto != "" && !strings.EqualFold(proto, "tcp") {
+				return nil, fmt.Errorf("name table: service %s: port %d: protocol %q is not tcp", key, p.GetPort(), proto)
+			}
+			if ports[uint16(p.GetPort())] {
+				return nil, fmt.Errorf("name table: service %s: port %d is listed twice", key, p.GetPort())
+			}
+			ports[uint16(p.GetPort())] = true
+			s.Ports = append(s.Ports, Port{
+				Name: p.GetName(), Port: uint16(p.GetPort()), TargetPort: uint16(p.GetTargetPort()),
+				Allowed: p.GetAllowed(), Rule: p.GetRule(),
+			})
+		}
+		nt.services = append(nt.services, s)
+	}
+	for i, h := range m.GetUnreachableSha256() {
+		if len(h) != sha256.Size {
+			return nil, fmt.Errorf("name table: unreachable_sha256[%d] has %d bytes, want %d", i, len(h), sha256.Size)
+		}
+		nt.unreachable[[sha256.Size]byte(h)] = struct{}{}
+	}
+	return nt, nil
+}
+
+func parseClusterName(name string) (discovery.ServiceKey, error) {
+	ns, svc, ok := strings.Cut(name, "/")
+	if !ok || ns == "" || svc == "" || strings.Contains(svc, "/") {
+		return discovery.ServiceKey{}, fmt.Errorf("cluster name %q is not <namespace>/<service>", name)
+	}
+	return discovery.ServiceKey{Namespace: ns, Name: svc}, nil
+}
+
+// parseClusters checks the Clusters and returns, by name, the identities
+// their URI SAN matchers name.
+func parseClusters(items []types.Resource) (map[string][]spiffeid.ID, error) {
+	out := make(map[string][]spiffeid.ID, len(items))
+	for i, r := range items {
+		c, ok := r.(*clusterv3.Cluster)
+		if !ok {
+			return nil, fmt.Errorf("cluster %d is a %T, want a Cluster", i, r)
+		}
+		if _, err := parseClusterName(c.GetName()); err != nil {
+			return nil, err
+		}
+		if _, dup := out[c.GetName()]; dup {
+			return nil, fmt.Errorf("cluster %q is sent twice", c.GetName())
+		}
+		ids, err := clusterIDs(c)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", c.GetName(), err)
+		}
+		out[c.GetName()] = ids
+	}
+	return out, nil
+}
+
+func clusterIDs(c *clusterv3.Cluster) ([]spiffeid.ID, error) {
+	if c.GetType() != clusterv3.Cluster_EDS {
+		return nil, fmt.Errorf("discovery type %v, want EDS", c.GetType())
+	}
+	ts := c.GetTransportSocket()
+	if ts == nil || ts.GetTypedConfig() == nil {
+		return nil, errors.New("no TLS transport socket")
+	}
+	var tc tlsv3.UpstreamTlsContext
+	if err := ts.GetTypedConfig().UnmarshalTo(&tc); err != nil {
+		return nil, fmt.Errorf("transport socket: %w", err)
+	}
+	var ids []spiffeid.ID
+	cvc := tc.GetCommonTlsContext().GetCombinedValidationContext()
+	if cvc == nil {
+		return nil, errors.New("transport socket has no combined validation context")
+	}
+	for i, m := range cvc.GetDefaultValidationContext().GetMatchTypedSubjectAltNames() {
+		if m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI {
+			return nil, fmt.Errorf("SAN matcher %d: type %v, want URI", i, m.GetSanType())
+		}
+		if m.GetMatcher().GetIgnoreCase() {
+			return nil, fmt.Errorf("SAN matcher %d: ignore_case is not supported", i)
+		}
+		exact, ok := m.GetMatcher().GetMatchPattern().(*matcherv3.StringMatcher_Exact)
+		if !ok {
+			return nil, fmt.Errorf("SAN matcher %d: want an exact match", i)
+		}
+		id, err := spiffeid.FromString(exact.Exact)
+		if err != nil {
+			return nil, fmt.Errorf("SAN matcher %d: %q: %w", i, exact.Exact, err)
+		}
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b spiffeid.ID) int { return strings.Compare(a.String(), b.String()) })
+	return slices.Compact(ids), nil
+}
+
+// parseCLAs checks the ClusterLoadAssignments and returns their endpoints
+// by cluster name, in the order sent, without duplicates.
+func parseCLAs(items []types.Resource) (map[string][]netip.AddrPort, error) {
+	out := make(map[string][]netip.AddrPort, len(items))
+	for i, r := range items {
+		cla, ok := r.(*endpointv3.ClusterLoadAssignment)
+		if !ok {
+			return nil, fmt.Errorf("endpoint assignment %d is a %T, want a ClusterLoadAssignment", i, r)
+		}
+		name := cla.GetClusterName()
+		if _, err := parseClusterName(name); err != nil {
+			return nil, fmt.Errorf("ClusterLoadAssignment: %w", err)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("ClusterLoadAssignment %q is sent twice", name)
+		}
+		eps := []netip.AddrPort{}
+		seen := make(map[netip.AddrPort]bool)
+		for _, l := range cla.GetEndpoints() {
+			for _, lb := range l.GetLbEndpoints() {
+				ap, err := endpointAddr(lb)
+				if err != nil {
+					return nil, fmt.Errorf("ClusterLoadAssignment %q: %w", name, err)
+				}
+				if !seen[ap] {
+					seen[ap] = true
+					eps = append(eps, ap)
+				}
+			}
+		}
+		out[name] = eps
+	}
+	return out, nil
+}
+
+func endpointAddr(lb *endpointv3.LbEndpoint) (netip.AddrPort, error) {
+	sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+	if sa == nil {
+		return netip.AddrPort{}, errors.New("endpoint without a socket address")
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: protocol %v, want TCP", sa.GetAddress(), sa.GetProtocol())
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil || ip.Zone() != "" || ip.IsUnspecified() {
+		return netip.AddrPort{}, fmt.Errorf("endpoint address %q is not an IP address", sa.GetAddress())
+	}
+	port, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_PortValue)
+	if !ok || port.PortValue == 0 || port.PortValue > 65535 {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %s: port is missing or outside 1-65535", ip)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(port.PortValue)), nil
+}
+
+// parseListeners checks the inbound Listeners and returns their filter
+// chains by destination port.
+func parseListeners(items []types.Resource) (map[uint16][]*chain, error) {
+	out := make(map[uint16][]*chain)
+	seen := make(map[string]bool)
+	for i, r := range items {
+		l, ok := r.(*listenerv3.Listener)
+		if !ok {
+			return nil, fmt.Errorf("listener %d is a %T, want a Listener", i, r)
+		}
+		name := l.GetName()
+		rest, ok := strings.CutPrefix(name, xds.InboundPrefix)
+		if !ok {
+			return nil, fmt.Errorf("listener %q: not an inbound listener (%s<namespace>/<service>)", name, xds.InboundPrefix)
+		}
+		if _, err := parseClusterName(rest); err != nil {
+			return nil, fmt.Errorf("listener %q: %w", name, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("listener %q is sent twice", name)
+		}
+		seen[name] = true
+		for j, fc := range l.GetFilterChains() {
+			port, c, err := parseChain(fc)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: filter chain %d (%s): %w", name, j, fc.GetName(), err)
+			}
+			c.listener = name
+			out[port] = append(out[port], c)
+		}
+		if l.GetDefaultFilterChain() != nil {
+			return nil, fmt.Errorf("listener %q: a default filter chain is not supported", name)
+		}
+	}
+	return out, nil
+}
+
+func parseChain(fc *listenerv3.FilterChain) (uint16, *chain, error) {
+	m := fc.GetFilterChainMatch()
+	dp := m.GetDestinationPort()
+	if dp == nil || dp.GetValue() == 0 || dp.GetValue() > 65535 {
+		return 0, nil, errors.New("filter chain match has no destination port in 1-65535")
+	}
+	if len(m.GetPrefixRanges()) > 0 || len(m.GetSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 ||
+		len(m.GetServerNames()) > 0 || len(m.GetApplicationProtocols()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 {
+		return 0, nil, errors.New("filter chain match uses fields other than destination_port")
+	}
+	fs := fc.GetFilters()
+	if len(fs) != 2 || fs[0].GetName() != wellknown.RoleBasedAccessControl || fs[1].GetName() != wellknown.TCPProxy {
+		return 0, nil, fmt.Errorf("want filters %s then %s", wellknown.RoleBasedAccessControl, wellknown.TCPProxy)
+	}
+	var rb rbacfilterv3.RBAC
+	if fs[0].GetTypedConfig() == nil {
+		return 0, nil, errors.New("RBAC filter has no typed_config")
+	}
+	if err := fs[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
+		return 0, nil, fmt.Errorf("RBAC filter: %w", err)
+	}
+	c := &chain{name: fc.GetName()}
+	ps, err := principals(&rb)
+	if err != nil {
+		return 0, nil, fmt.Errorf("RBAC filter: %w", err)
+	}
+	c.principals = ps
+	var tp tcpproxyv3.TcpProxy
+	if fs[1].GetTypedConfig() == nil {
+		return 0, nil, errors.New("tcp_proxy filter has no typed_config")
+	}
+	if err := fs[1].GetTypedConfig().UnmarshalTo(&tp); err != nil {
+		return 0, nil, fmt.Errorf("tcp_proxy filter: %w", err)
+	}
+	local, ok := strings.CutPrefix(tp.GetCluster(), xds.LocalClusterPrefix)
+	if n, err := strconv.ParseUint(local, 10, 16); !ok || err != nil || n == 0 {
+		return 0, nil, fmt.Errorf("tcp_proxy cluster %q is not %s<port>", tp.GetCluster(), xds.LocalClusterPrefix)
+	}
+	return uint16(dp.GetValue()), c, nil
+}
+
+// principals returns what an ALLOW RBAC filter lets in. Only what the
+// server sends is understood (any permission; authenticated principal
+// names matched exactly or by a SPIFFE ID prefix ending in "/"); anything
+// else is an error rather than a guess.
+func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
+	if rb.GetShadowRules() != nil || rb.GetMatcher() != nil || rb.GetShadowMatcher() != nil {
+		return nil, errors.New("only rules are supported (no matcher or shadow rules)")
+	}
+	rules := rb.GetRules()
+	if rules == nil {
+		return nil, errors.New("no rules")
+	}
+	if rules.GetAction() != rbacv3.RBAC_ALLOW {
+		return nil, fmt.Errorf("action %v, want ALLOW", rules.GetAction())
+	}
+	var out []principal
+	names := make([]string, 0, len(rules.GetPolicies()))
+	for n := range rules.GetPolicies() {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := rules.GetPolicies()[n]
+		if p.GetCondition() != nil || p.GetCheckedCondition() != nil {
+			return nil, fmt.Errorf("policy %q: conditions are not supported", n)
+		}
+		if len(p.GetPermissions()) == 0 {
+			return nil, fmt.Errorf("policy %q has no permissions", n)
+		}
+		for _, perm := range p.GetPermissions() {
+			if !perm.GetAny() {
+				return nil, fmt.Errorf("policy %q: only the any permission is supported", n)
+			}
+		}
+		for k, pr := range p.GetPrincipals() {
+			a := pr.GetAuthenticated()
+			if a == nil || a.GetPrincipalName() == nil {
+				return nil, fmt.Errorf("policy %q: principal %d is not an authenticated principal name", n, k)
+			}
+			m := a.GetPrincipalName()
+			if m.GetIgnoreCase() {
+				return nil, fmt.Errorf("policy %q: principal %d: ignore_case is not supported", n, k)
+			}
+			switch pat := m.GetMatchPattern().(type) {
+			case *matcherv3.StringMatcher_Exact:
+				if _, err := spiffeid.FromString(pat.Exact); err != nil {
+					return nil, fmt.Errorf("policy %q: principal %d: %q: %w", n, k, pat.Exact, err)
+				}
+				out = append(out, principal{value: pat.Exact})
+			case *matcherv3.StringMatcher_Prefix:
+				if err := checkIDPrefix(pat.Prefix); err != nil {
+					return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
+				}
+				out = append(out, principal{prefix: true, value: pat.Prefix})
+			default:
+				return nil, fmt.Errorf("policy %q: principal %d: want an exact or prefix match", n, k)
+			}
+		}
+	}
+	return out, nil
+}
+
+// checkIDPrefix accepts "spiffe://<td>/" and "spiffe://<td>/<path>/":
+// prefixes that end at a path segment boundary.
+func checkIDPrefix(p string) error {
+	if !strings.HasSuffix(p, "/") {
+		return fmt.Errorf("prefix %q does not end in /", p)
+	}
+	if _, err := spiffeid.FromString(strings.TrimSuffix(p, "/")); err != nil {
+		return fmt.Errorf("prefix %q is not a SPIFFE ID prefix: %w", p, err)
+	}
+	return nil
+}
