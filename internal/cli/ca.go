@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -32,7 +33,12 @@ func dialAdmin(socket string) (cav1.AdminClient, func(), error) {
 	if _, err := os.Stat(socket); err != nil {
 		return nil, nil, fmt.Errorf("CA operator socket %s: %w (is tether-ca running? pass --socket or set TETHER_CA_ADMIN_SOCKET)", socket, err)
 	}
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// "unix://" needs an absolute path: a relative one would parse as a host.
+	abs, err := filepath.Abs(socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("CA operator socket %s: %w", socket, err)
+	}
+	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -152,3 +152,14 @@ func TestBadInvocations(t *testing.T) {
 		})
 	}
 }
+
+// A relative socket path (as docs/ca.md shows with .tether/ca/admin.sock)
+// is resolved against the working directory.
+func TestRelativeAdminSocket(t *testing.T) {
+	_, sock, _ := startCA(t)
+	t.Chdir(filepath.Dir(sock))
+	out, errOut, code := run(t, "ca", "status", "--socket", filepath.Base(sock))
+	if code != 0 || !strings.Contains(out, "active") {
+		t.Fatalf("status with a relative socket: code %d out %q err %q", code, out, errOut)
+	}
+}

@@ -99,8 +99,13 @@ func (a *App) identity(ctx context.Context, args []string) error {
 // workloadAddr turns --socket into a Workload API address and, for a unix
 // socket, checks that it exists.
 func workloadAddr(socket string) (string, error) {
-	if strings.HasPrefix(socket, "/") {
-		socket = "unix://" + socket
+	if !strings.Contains(socket, "://") && socket != "" {
+		// A plain path, absolute or relative to the working directory.
+		abs, err := filepath.Abs(socket)
+		if err != nil {
+			return "", fmt.Errorf("%w: --socket %q: %v", errUsage, socket, err)
+		}
+		socket = "unix://" + abs
 	}
 	if err := workloadapi.ValidateAddress(socket); err != nil {
 		return "", fmt.Errorf("%w: --socket %q: %v", errUsage, socket, err)
