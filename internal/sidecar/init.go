@@ -23,11 +23,11 @@ func Init(ctx context.Context, args []string, stdout, stderr io.Writer, runner c
 	fs.IntVar(&c.OutboundPort, "outbound-port", c.OutboundPort, "outbound capture port")
 	fs.IntVar(&c.DNSPort, "dns-port", c.DNSPort, "DNS capture port")
 	fs.IntVar(&c.AdminPort, "admin-port", c.AdminPort, "sidecar admin port (never captured inbound, so probes reach it)")
-	// DNS capture stays off by default until the sidecar serves DNS on
-	// the DNS port (the discovery issue); capturing it now would break
-	// name resolution in the pod.
+	// DNS capture is off by default: the sidecar serves DNS only with
+	// --transparent and --discovery (or --dns-listen), and capturing port
+	// 53 without it would break name resolution in the pod.
 	c.CaptureDNS = false
-	fs.BoolVar(&c.CaptureDNS, "capture-dns", false, "send the pod's DNS (port 53) to the sidecar's DNS port (off: the sidecar does not serve DNS yet)")
+	fs.BoolVar(&c.CaptureDNS, "capture-dns", false, "send the pod's DNS (port 53) to the sidecar's DNS port; use it when the sidecar serves DNS (tether-sidecar --transparent --discovery ...)")
 	fs.BoolVar(&c.IPv6, "ipv6", c.IPv6, "also install the rules with ip6tables")
 	parseInto := func(dst *[]int) func(string) error {
 		return func(s string) error {

@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/workload"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -59,6 +62,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	for i, out := range s.cfg.Outbound {
 		route := proxy.FixedRoute(out.Dest)
+		if out.Service != (discovery.ServiceKey{}) {
+			route = s.serviceRouter(out.Service, out.Port)
+		}
 		if err := listen(fmt.Sprintf("outbound/%d", i), out.Listen, func(ctx context.Context, l net.Listener) error {
 			return s.proxy.ServeOutbound(ctx, l, route)
 		}); err != nil {
@@ -68,7 +74,11 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	if t := s.cfg.Capture; t != nil {
 		target := proxy.LocalTarget(originalDst)
-		route := t.router(originalDst)
+		lookup := meshLookup(t.staticLookup)
+		if s.cfg.DiscoveryAddr != "" {
+			lookup = s.viewLookup
+		}
+		route := t.router(originalDst, lookup, s.egressAllowed)
 		if err := listen("capture/inbound", t.InboundAddr, func(ctx context.Context, l net.Listener) error {
 			return s.proxy.ServeInbound(ctx, l, target)
 		}); err != nil {
@@ -94,6 +104,36 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	serveCtx, stopServing := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	// fatal carries an error that ends Run after start (a failed DNS
+	// server or discovery client).
+	fatal := make(chan error, 2)
+	if s.dns != nil {
+		// The DNS server answers (forwarding) from the start; mesh names
+		// come with the first view. It binds now, so a clash fails Run.
+		dnsDone := make(chan error, 1)
+		go func() { dnsDone <- s.dns.Run(agentCtx) }()
+		select {
+		case <-s.dns.Ready():
+		case err := <-dnsDone:
+			stopAgent()
+			stopServing()
+			adminL.Close()
+			closeAll()
+			return fmt.Errorf("DNS server: %w", err)
+		}
+		if ap, err := netip.ParseAddrPort(s.dns.Addr()); err == nil {
+			s.mu.Lock()
+			s.addrs["dns"] = net.TCPAddrFromAddrPort(ap)
+			s.mu.Unlock()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := <-dnsDone; err != nil {
+				fatal <- err
+			}
+		}()
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.agent.Run(agentCtx) }()
 
@@ -131,6 +171,19 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			case <-s.agent.Changed():
 			}
 		}
+		if s.cfg.DiscoveryAddr != "" {
+			if svid, err := s.agent.GetX509SVID(); err != nil {
+				fatal <- fmt.Errorf("discovery: no SPIFFE ID to connect with: %w", err)
+			} else {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := s.followDiscovery(agentCtx, svid.ID); err != nil {
+						fatal <- err
+					}
+				}()
+			}
+		}
 		for _, b := range listeners {
 			wg.Add(1)
 			go func() {
@@ -145,11 +198,14 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}()
 	s.log.Info("tether-sidecar started", slog.String("admin", adminL.Addr().String()), slog.String("ca", s.cfg.CAAddr))
 
+	var runErr error
 	select {
 	case <-ctx.Done():
 		s.log.Info("stopping: signal received; draining", slog.Duration("deadline", s.cfg.DrainTimeout))
 	case <-s.quit:
 		s.log.Info("stopping: /quitquitquit; draining", slog.Duration("deadline", s.cfg.DrainTimeout))
+	case runErr = <-fatal:
+		s.log.Error("stopping: draining", slog.Any("error", runErr), slog.Duration("deadline", s.cfg.DrainTimeout))
 	}
 	stopServing()
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
@@ -162,7 +218,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	admin.Shutdown(sctx)
 	cancel()
 	wg.Wait()
-	return nil
+	return runErr
 }
 
 // adminHandler serves the admin port (:15020).
@@ -173,8 +229,13 @@ func (s *Sidecar) adminHandler() http.Handler {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if s.cfg.DiscoveryAddr != "" && s.view.Load() == nil {
+			http.Error(w, "not ready: no configuration from discovery at "+s.cfg.DiscoveryAddr+" yet", http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.HandleFunc("GET /debug/discovery", s.debugDiscovery)
 	mux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, _ *http.Request) {
@@ -208,6 +269,8 @@ func (s *Sidecar) adminHandler() http.Handler {
 			"jwt_key_ids":        keys(b.JWTAuthorities()),
 		})
 	})
+	// Probes rewritten by tether-injector (probes.go).
+	mountAppProbes(mux, os.Getenv(AppProbesEnv), s.log)
 	return mux
 }
 

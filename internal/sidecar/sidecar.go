@@ -11,28 +11,69 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/agent"
 	"github.com/tether-mesh/tether/pkg/proxy"
+	"github.com/tether-mesh/tether/pkg/proxy/dns"
 )
 
 // Listener pairs, for explicit mode.
 type (
 	// InboundListener terminates mesh mTLS on Listen and forwards to App.
 	InboundListener struct{ Listen, App string }
-	// OutboundListener accepts plaintext on Listen and originates mTLS to Dest.
+	// OutboundListener accepts plaintext on Listen and originates mTLS to
+	// a mesh service (Service and Port, resolved from discovery's current
+	// view for every connection) or, when Service is zero, to the fixed
+	// peer Dest.
 	OutboundListener struct {
-		Listen string
-		Dest   proxy.Destination
+		Listen  string
+		Dest    proxy.Destination
+		Service discovery.ServiceKey
+		Port    uint16
 	}
 )
+
+// DefaultDNSListen is the DNS server's address when it is on by default
+// (--transparent with --discovery): where `tether-sidecar init
+// --capture-dns` redirects the pod's port 53.
+const DefaultDNSListen = "127.0.0.1:15053"
+
+// DefaultDiscoveryNamespace and DefaultDiscoveryServiceAccount give the
+// identity tether-discovery is expected to present by default:
+// spiffe://<trust-domain>/ns/tether-system/sa/tether-discovery.
+const (
+	DefaultDiscoveryNamespace      = "tether-system"
+	DefaultDiscoveryServiceAccount = "tether-discovery"
+)
+
+// DNS configures the sidecar's DNS server (pkg/proxy/dns).
+type DNS struct {
+	// Listen is the UDP and TCP address.
+	Listen string
+	// ResolvConf is the pod's resolv.conf: upstream nameservers, search
+	// path and ndots.
+	ResolvConf string
+	// Upstreams, if set, replace ResolvConf's nameservers ("ip" or
+	// "ip:port").
+	Upstreams []string
+	// AnswerUnreachable answers mesh names this pod may not reach instead
+	// of NXDOMAIN.
+	AnswerUnreachable bool
+	// EgressAllow are DNS names or *.suffix patterns whose answered
+	// addresses registry-only mode lets through.
+	EgressAllow []string
+}
 
 // Config is tether-sidecar's configuration.
 type Config struct {
@@ -56,8 +97,22 @@ type Config struct {
 
 	InboundMode proxy.Mode
 	// Allow is the static inbound allow-list; empty allows every peer of
-	// the trust domain (the mesh-wide default allow-mesh).
+	// the trust domain (the mesh-wide default allow-mesh). Not used with
+	// discovery, whose policy decides.
 	Allow proxy.AllowList
+
+	// DiscoveryAddr is tether-discovery (host:port); empty: no discovery,
+	// the static configuration decides. With it, inbound authorization,
+	// --outbound NAMESPACE/SERVICE:PORT listeners and transparent outbound
+	// routing come from discovery's current view of this identity.
+	DiscoveryAddr string
+	// DiscoveryID is the SPIFFE ID discovery must present (default
+	// spiffe://<trust-domain>/ns/tether-system/sa/tether-discovery).
+	DiscoveryID spiffeid.ID
+	// ClusterDomain is the cluster DNS domain (default cluster.local).
+	ClusterDomain string
+	// DNS, if set, runs the DNS server.
+	DNS *DNS
 
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
@@ -105,6 +160,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--inbound %s=%s: %v", in.Listen, in.App, err)
 		}
 	}
+	if err := c.validateDiscovery(); err != nil {
+		return err
+	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 20 * time.Second
 	}
@@ -117,6 +175,63 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// validateDiscovery checks the discovery and DNS settings and fills their
+// defaults.
+func (c *Config) validateDiscovery() error {
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = dns.DefaultClusterDomain
+	}
+	if _, ok := mdns.IsDomainName(c.ClusterDomain); !ok || strings.Trim(c.ClusterDomain, ".") == "" || strings.Contains(c.ClusterDomain, "..") {
+		return fmt.Errorf("--cluster-domain %q: want a DNS domain such as cluster.local", c.ClusterDomain)
+	}
+	c.ClusterDomain = strings.ToLower(strings.Trim(c.ClusterDomain, "."))
+	if c.DiscoveryAddr == "" {
+		for _, o := range c.Outbound {
+			if o.Service != (discovery.ServiceKey{}) {
+				return fmt.Errorf("--outbound %s=%s:%d names a mesh service, which needs --discovery (or give a fixed peer, LISTEN=PEER@SPIFFE_ID)", o.Listen, o.Service, o.Port)
+			}
+		}
+		if !c.DiscoveryID.IsZero() {
+			return errors.New("--discovery-id needs --discovery")
+		}
+	} else {
+		if _, port, err := net.SplitHostPort(c.DiscoveryAddr); err != nil || port == "" {
+			return fmt.Errorf("--discovery %q: want host:port, e.g. tether-discovery.tether-system.svc:15010", c.DiscoveryAddr)
+		}
+		if len(c.Allow) > 0 {
+			return errors.New("--allow and --discovery do not go together: with discovery, inbound policy comes from discovery (AccessPolicy objects and defaults); drop --allow, or drop --discovery to use the static allow-list")
+		}
+		if c.Capture != nil && len(c.Capture.Endpoints) > 0 {
+			return errors.New("--mesh-endpoint and --discovery do not go together: with discovery, the mesh endpoints come from discovery; drop --mesh-endpoint, or drop --discovery")
+		}
+		td, _ := spiffeid.TrustDomainFromString(c.TrustDomain)
+		if c.DiscoveryID.IsZero() {
+			id, err := discovery.WorkloadID(td, DefaultDiscoveryNamespace, DefaultDiscoveryServiceAccount)
+			if err != nil {
+				return err
+			}
+			c.DiscoveryID = id
+		}
+		if c.DiscoveryID.TrustDomain() != td {
+			return fmt.Errorf("--discovery-id %s is outside trust domain %s", c.DiscoveryID, td.Name())
+		}
+	}
+	if d := c.DNS; d != nil {
+		if _, _, err := net.SplitHostPort(d.Listen); err != nil {
+			return fmt.Errorf("--dns-listen %q: want host:port, e.g. %s", d.Listen, DefaultDNSListen)
+		}
+		if d.ResolvConf == "" && len(d.Upstreams) == 0 {
+			return errors.New("the DNS server needs upstream resolvers: give --resolv-conf or --dns-upstream")
+		}
+		for _, p := range d.EgressAllow {
+			if err := dns.CheckEgressPattern(p); err != nil {
+				return fmt.Errorf("--egress-allow: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // Sidecar is a running tether-sidecar.
 type Sidecar struct {
 	cfg      Config
@@ -125,6 +240,10 @@ type Sidecar struct {
 	agent    *agent.Agent
 	proxy    *proxy.Proxy
 	closers  []io.Closer
+	// view is discovery's current view of this identity (nil before the
+	// first, or without discovery); dns is the DNS server, if on.
+	view atomic.Pointer[xdsclient.View]
+	dns  *dns.Server
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -150,6 +269,11 @@ func New(cfg Config) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.DNS != nil {
+		if s.dns, err = newDNS(cfg, s.registry); err != nil {
+			return nil, err
+		}
+	}
 	var accessLog *proxy.AccessLog
 	switch cfg.AccessLog {
 	case "", "-":
@@ -164,7 +288,10 @@ func New(cfg Config) (*Sidecar, error) {
 		accessLog = proxy.NewAccessLog(f, cfg.AccessLogSample)
 	}
 	authorize := proxy.AllowAll
-	if len(cfg.Allow) > 0 {
+	switch {
+	case cfg.DiscoveryAddr != "":
+		authorize = s.authorize
+	case len(cfg.Allow) > 0:
 		authorize = cfg.Allow.Authorizer()
 	}
 	s.proxy, err = proxy.New(proxy.Config{

@@ -77,7 +77,9 @@ func startSidecar(t *testing.T, cfg Config) (*Sidecar, chan error) {
 	cfg.TrustDomain = "cluster.local"
 	cfg.AdminAddr = "127.0.0.1:0"
 	cfg.InboundMode = proxy.Strict
-	cfg.AccessLog = "off"
+	if cfg.AccessLog == "" {
+		cfg.AccessLog = "off"
+	}
 	cfg.DrainTimeout = time.Second
 	if cfg.WorkloadSocket == "" {
 		cfg.WorkloadSocket = filepath.Join(t.TempDir(), "workload.sock")

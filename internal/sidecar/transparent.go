@@ -24,7 +24,7 @@ type Transparent struct {
 	InboundAddr  string // :15006
 	OutboundAddr string // :15001
 	// Endpoints are the mesh endpoints this pod may call and the identities
-	// expected to serve each (static until discovery provides them).
+	// expected to serve each, when there is no discovery.
 	Endpoints map[netip.AddrPort][]spiffeid.ID
 	// OutboundMode is Passthrough or RegistryOnly.
 	OutboundMode string
@@ -47,8 +47,24 @@ func ParseEndpoint(eps map[netip.AddrPort][]spiffeid.ID, v string) error {
 	return nil
 }
 
-// router decides captured outbound connections by original destination.
-func (t *Transparent) router(originalDst proxy.OriginalDstFunc) proxy.Router {
+// meshLookup decides a captured outbound destination the mesh knows; ok
+// is false for a destination outside the mesh.
+type meshLookup func(dst netip.AddrPort) (r proxy.Route, ok bool)
+
+// staticLookup decides by the --mesh-endpoint table (no discovery).
+func (t *Transparent) staticLookup(dst netip.AddrPort) (proxy.Route, bool) {
+	ids, ok := t.Endpoints[dst]
+	if !ok {
+		return proxy.Route{}, false
+	}
+	return proxy.Route{Mesh: &proxy.Destination{Name: dst.String(), Addr: dst.String(), Port: dst.Port(), IDs: ids}}, true
+}
+
+// router decides captured outbound connections by original destination:
+// what mesh says for mesh destinations; for the rest, passthrough, or in
+// registry-only mode only addresses egressAllowed admits (those the DNS
+// server answered for --egress-allow names; nil admits none).
+func (t *Transparent) router(originalDst proxy.OriginalDstFunc, mesh meshLookup, egressAllowed func(netip.Addr) bool) proxy.Router {
 	_, outPort, _ := net.SplitHostPort(t.OutboundAddr)
 	return func(c net.Conn) proxy.Route {
 		tc, ok := c.(*net.TCPConn)
@@ -60,13 +76,14 @@ func (t *Transparent) router(originalDst proxy.OriginalDstFunc) proxy.Router {
 			return proxy.Route{Deny: "original destination: " + err.Error()}
 		}
 		if dst.Addr().IsLoopback() && fmt.Sprint(dst.Port()) == outPort {
-			return proxy.Route{Deny: "connection to the outbound listener itself (was the traffic captured?)"}
+			return proxy.Route{Deny: "connection to the outbound listener itself (was the traffic captured?)", Target: dst.String()}
 		}
-		if ids, ok := t.Endpoints[dst]; ok {
-			return proxy.Route{Mesh: &proxy.Destination{Name: dst.String(), Addr: dst.String(), Port: dst.Port(), IDs: ids}}
+		if r, ok := mesh(dst); ok {
+			return r
 		}
-		if t.OutboundMode == RegistryOnly {
-			return proxy.Route{Deny: "registry-only: " + dst.String() + " is not a mesh destination"}
+		if t.OutboundMode == RegistryOnly && (egressAllowed == nil || !egressAllowed(dst.Addr())) {
+			return proxy.Route{Deny: "registry-only: " + dst.String() + " is not a mesh destination nor an address of an --egress-allow name",
+				Target: dst.String(), Rule: ruleRegistryOnly}
 		}
 		return proxy.Route{Passthrough: dst.String()}
 	}

@@ -44,7 +44,7 @@ func TestTransparentRouter(t *testing.T) {
 	} {
 		dst := netip.MustParseAddrPort(tc.dst)
 		tr := &Transparent{OutboundAddr: ":15001", Endpoints: eps, OutboundMode: tc.mode}
-		r := tr.router(func(*net.TCPConn) (netip.AddrPort, error) { return dst, nil })(c)
+		r := tr.router(func(*net.TCPConn) (netip.AddrPort, error) { return dst, nil }, tr.staticLookup, nil)(c)
 		var got string
 		switch {
 		case r.Mesh != nil:

@@ -31,6 +31,8 @@ type Entry struct {
 	// Decision is allow, deny or error.
 	Decision string
 	Reason   string
+	// Rule is the policy rule that decided, when one did.
+	Rule string
 	// BytesSent went to the peer; BytesReceived came from it.
 	BytesSent, BytesReceived int64
 	Start                    time.Time
@@ -54,6 +56,7 @@ func (a *AccessLog) Record(e *Entry) {
 		slog.String("destination", e.Dest),
 		slog.String("decision", e.Decision),
 		slog.String("reason", e.Reason),
+		slog.String("rule", e.Rule),
 		slog.Int64("bytes_sent", e.BytesSent),
 		slog.Int64("bytes_received", e.BytesReceived),
 		slog.Float64("duration_ms", float64(e.Duration.Microseconds())/1000),

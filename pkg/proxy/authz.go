@@ -13,6 +13,36 @@ import (
 // ErrDenied wraps every authorization refusal.
 var ErrDenied = errors.New("denied")
 
+// DeniedError is a refusal that names the policy rule that decided. It
+// wraps ErrDenied; Authorizers return it so that the denial metric and the
+// access log can name the rule.
+type DeniedError struct {
+	// Rule is the rule that decided, worded for logs, e.g. "allow-list" or
+	// "no AccessPolicy allows spiffe://cluster.local/ns/default/sa/web to
+	// default/db:5432". It labels tether_sidecar_authz_denials_total.
+	Rule string
+	// Detail adds context for the log; optional.
+	Detail string
+}
+
+func (e *DeniedError) Error() string {
+	if e.Detail == "" {
+		return "denied by " + e.Rule
+	}
+	return "denied by " + e.Rule + ": " + e.Detail
+}
+
+// Unwrap returns ErrDenied.
+func (e *DeniedError) Unwrap() error { return ErrDenied }
+
+// ruleOf is the rule a denial error names, for the metric.
+func ruleOf(err error) string {
+	if de, ok := errors.AsType[*DeniedError](err); ok && de.Rule != "" {
+		return de.Rule
+	}
+	return "authorizer"
+}
+
 // Authorizer decides whether the workload src may reach the local app on
 // port. It returns nil to allow, or an error wrapping ErrDenied that says
 // which rule decided. It must be safe for concurrent use.
@@ -27,10 +57,10 @@ func (l AllowList) Authorizer() Authorizer {
 	return func(src spiffeid.ID, port uint16) error {
 		ports, ok := l[src]
 		if !ok {
-			return fmt.Errorf("%w: %s is not on the allow-list", ErrDenied, src)
+			return &DeniedError{Rule: "allow-list", Detail: src.String() + " is not on the allow-list"}
 		}
 		if len(ports) > 0 && !slices.Contains(ports, port) {
-			return fmt.Errorf("%w: %s may not reach port %d", ErrDenied, src, port)
+			return &DeniedError{Rule: "allow-list", Detail: fmt.Sprintf("%s may not reach port %d", src, port)}
 		}
 		return nil
 	}

@@ -163,7 +163,8 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	}
 	e.Dest = app
 	if err := p.cfg.Authorize(t.peer, appPort); err != nil {
-		p.cfg.Metrics.denials.WithLabelValues(t.peer.String()).Inc()
+		e.Rule = ruleOf(err)
+		p.cfg.Metrics.denials.WithLabelValues("inbound", t.peer.String(), app, e.Rule).Inc()
 		p.cfg.Logger.Debug("inbound stream denied", slog.String("source_id", t.peer.String()), slog.Int("port", int(appPort)), slog.Any("reason", err))
 		return deny("denied", err.Error())
 	}

@@ -35,8 +35,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"direction"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_sidecar_authz_denials_total",
-			Help: "Inbound connections refused by authorization, by source SPIFFE ID.",
-		}, []string{"source_id"}),
+			Help: "Connections refused by this sidecar's policy, by direction (inbound: the caller was refused; outbound: the app's call was), source SPIFFE ID, destination and the rule that decided (reason).",
+		}, []string{"direction", "source_id", "destination", "reason"}),
 		overLimits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_sidecar_connection_limit_rejections_total",
 			Help: "Connections closed at accept because the concurrent connection limit was reached.",

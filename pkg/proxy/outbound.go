@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -27,6 +28,9 @@ type Destination struct {
 	Port uint16
 	// IDs are the SPIFFE IDs allowed to serve the destination.
 	IDs []spiffeid.ID
+	// Rule is the policy rule that allowed the call, for the access log;
+	// optional.
+	Rule string
 }
 
 func (d *Destination) key() string {
@@ -48,6 +52,12 @@ type Route struct {
 	Passthrough string
 	// Deny is the reason to refuse (registry-only mode, or policy).
 	Deny string
+	// Target names the refused destination for the access log and the
+	// denial metric, e.g. "default/db:5432" or "93.184.216.34:443".
+	Target string
+	// Rule is the policy rule that refused, for the denial metric (default:
+	// Deny).
+	Rule string
 }
 
 // Router decides where an accepted outbound connection goes.
@@ -84,7 +94,12 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 	r := route(c)
 	switch {
 	case r.Deny != "":
-		e.Reason = r.Deny
+		e.Dest, e.Reason, e.Rule = r.Target, r.Deny, r.Rule
+		if e.Rule == "" {
+			e.Rule = r.Deny
+		}
+		p.cfg.Metrics.denials.WithLabelValues("outbound", e.SourceID, r.Target, e.Rule).Inc()
+		p.cfg.Logger.Debug("outbound connection denied", slog.String("source_id", e.SourceID), slog.String("destination", r.Target), slog.String("reason", r.Deny))
 		p.refuse(c, "outbound", "denied", e)
 		return
 	case r.Passthrough != "":
@@ -104,7 +119,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		return
 	}
 	d := r.Mesh
-	e.Dest = d.Addr
+	e.Dest, e.Rule = d.Addr, d.Rule
 	key := d.key()
 	for attempt := 0; ; attempt++ {
 		t := p.pool.get(key)

@@ -26,6 +26,13 @@ type pattern struct {
 	wildcard bool
 }
 
+// CheckEgressPattern reports whether p is a valid [Config].EgressAllow
+// entry: a name ("api.example.com") or "*.suffix" ("*.googleapis.com").
+func CheckEgressPattern(p string) error {
+	_, err := parsePattern(p)
+	return err
+}
+
 func parsePattern(p string) (pattern, error) {
 	name, wild := strings.CutPrefix(strings.TrimSpace(p), "*.")
 	if _, ok := mdns.IsDomainName(name); !ok || strings.Trim(name, ".") == "" || strings.Contains(name, "*") {
