@@ -108,7 +108,11 @@ func (s *Service) setupBundlePublisher(ctx context.Context, caCfg *identity.Conf
 	if err != nil {
 		return err
 	}
-	pub, err := kube.NewBundlePublisher(kube.BundlePublisherConfig{Client: cs, Bundles: s.ca, IsLeader: s.isLeader, Logger: s.log})
+	pub, err := kube.NewBundlePublisher(kube.BundlePublisherConfig{
+		Client: cs, Bundles: s.ca, IsLeader: s.isLeader, Logger: s.log,
+		// tether-discovery and tether-injector run in the CA's namespace.
+		Namespaces: []string{s.cfg.Kube.Namespace},
+	})
 	if err != nil {
 		return err
 	}

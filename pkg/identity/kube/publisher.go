@@ -57,6 +57,9 @@ type BundlePublisherConfig struct {
 	// Selector picks the namespaces to publish to (default
 	// tether.dev/inject=enabled).
 	Selector string
+	// Namespaces are published to whatever their labels: the CA's own
+	// namespace, where tether-discovery and tether-injector bootstrap trust.
+	Namespaces []string
 	// ResyncPeriod is how often every ConfigMap is checked again, which
 	// repairs edited or deleted ones (default 1m).
 	ResyncPeriod time.Duration
@@ -151,7 +154,11 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 		for _, name := range inf.GetStore().ListKeys() {
 			p.enqueue(name)
 		}
+		for _, name := range p.cfg.Namespaces {
+			p.enqueue(name)
+		}
 	}
+	all()
 
 	bv := p.cfg.Bundles.Bundle()
 	if bv == nil {
@@ -222,7 +229,8 @@ func (p *BundlePublisher) publish(ctx context.Context, namespaces cache.Store, s
 	for _, name := range todo {
 		obj, ok, _ := namespaces.GetByKey(name)
 		ns, isNS := obj.(*corev1.Namespace)
-		if !ok || !isNS || !p.selector.Matches(labels.Set(ns.Labels)) || ns.Status.Phase == corev1.NamespaceTerminating {
+		selected := ok && isNS && p.selector.Matches(labels.Set(ns.Labels)) && ns.Status.Phase != corev1.NamespaceTerminating
+		if !selected && !slices.Contains(p.cfg.Namespaces, name) {
 			continue
 		}
 		wrote, err := p.reconcile(ctx, name, content)

@@ -39,6 +39,7 @@ func TestBundlePublisher(t *testing.T) {
 		"inj-a":    labelled,
 		"plain":    nil,
 		"disabled": {InjectLabel: "disabled"},
+		"own":      nil, // the CA's namespace, published to without the label
 	} {
 		if _, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: lbls}}, metav1.CreateOptions{}); err != nil {
@@ -55,6 +56,7 @@ func TestBundlePublisher(t *testing.T) {
 		Bundles:      ca,
 		IsLeader:     leading.Load,
 		ResyncPeriod: time.Second,
+		Namespaces:   []string{"own"},
 		Logger:       testLogger(t),
 	})
 	if err != nil {
@@ -104,6 +106,7 @@ func TestBundlePublisher(t *testing.T) {
 		}
 		leading.Store(true)
 		published(t, "inj-a")
+		published(t, "own")
 	})
 
 	t.Run("labelled namespaces only", func(t *testing.T) {
@@ -127,7 +130,7 @@ func TestBundlePublisher(t *testing.T) {
 		if err := ca.Rotate(ctx, identity.StepPrepare, false); err != nil {
 			t.Fatal(err)
 		}
-		for _, ns := range []string{"inj-a", "plain"} {
+		for _, ns := range []string{"inj-a", "plain", "own"} {
 			cm := published(t, ns)
 			if n := strings.Count(cm.Data[BundlePEMKey], "BEGIN CERTIFICATE"); n != 2 {
 				t.Fatalf("%s: %d roots after prepare, want 2", ns, n)
