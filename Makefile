@@ -1,13 +1,21 @@
 # Tether. `make test` is the one command a fresh machine needs to run every test.
 SHELL := /bin/bash
 GO ?= go
+# grpcnotrace keeps golang.org/x/net/trace (and with it html/template, whose
+# reflection disables the linker's dead-code elimination of methods) out of
+# every binary: the sidecar shrinks from 41 to 27 MB and its idle RSS by 6 MiB.
+export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 
-.PHONY: all build test unit proto deps kube-bins vet fmt bench bench-proxy run clean
+.PHONY: all build test unit proto deps kube-bins vet fmt bench bench-proxy bench-inject run clean
 
 all: build
 
+# Binaries are named as DESIGN.md names them: tether-ca, tether-discovery,
+# tether-injector, tether-sidecar, and the CLI tether.
 build:
-	$(GO) build -o bin/ ./cmd/...
+	@mkdir -p bin
+	for c in ca discovery injector sidecar; do $(GO) build -o bin/tether-$$c ./cmd/$$c || exit 1; done
+	$(GO) build -o bin/tether ./cmd/tether
 
 # proto regenerates the committed Go code under api/ from the .proto files.
 # protoc comes from Debian's protobuf-compiler; the plugins are Go tools pinned in go.mod.
@@ -24,7 +32,7 @@ proto:
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
-	  for p in openssl:openssl protoc:protobuf-compiler iptables-restore:iptables ip:iproute2 curl:curl; do \
+	  for p in openssl:openssl protoc:protobuf-compiler iptables-restore:iptables ip:iproute2 curl:curl dig:bind9-dnsutils; do \
 	    command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; \
 	  done; \
 	  if [ -n "$$missing" ]; then \
@@ -63,6 +71,10 @@ bench:
 
 bench-proxy:
 	bash bench/proxy/run.sh
+
+# bench-inject: the admission webhook against a fixed-answer baseline (about 2.5 minutes).
+bench-inject:
+	bash bench/inject/run.sh
 
 clean:
 	rm -rf bin .tether

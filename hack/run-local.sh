@@ -3,6 +3,8 @@
 # store in .tether/, creates a join token, and fetches an SVID with the CLI.
 # Leaves the CA running with --keep; otherwise stops it at the end.
 set -euo pipefail
+# Same build tags as the Makefile (see its GOFLAGS comment).
+[[ " ${GOFLAGS:-} " == *grpcnotrace* ]] || export GOFLAGS="${GOFLAGS:-} -tags=grpcnotrace"
 cd "$(dirname "$0")/.."
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true

@@ -9,6 +9,8 @@
 # e.g. bench/proxy/run.sh -rounds 5 -duration 10s. Results go in the
 # "Sidecar data path" section of docs/BENCHMARKS.md.
 set -euo pipefail
+# Same build tags as the Makefile (see its GOFLAGS comment).
+[[ " ${GOFLAGS:-} " == *grpcnotrace* ]] || export GOFLAGS="${GOFLAGS:-} -tags=grpcnotrace"
 cd "$(dirname "$0")/../.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

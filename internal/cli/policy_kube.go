@@ -20,10 +20,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
-// kubeResources are what discovery.KubeSource lists and watches, in the
+// kubeResources are what kubesource.KubeSource lists and watches, in the
 // order the policy commands probe them.
 var kubeResources = []schema.GroupVersionResource{
 	{Version: "v1", Resource: "namespaces"},
@@ -37,7 +38,7 @@ var kubeResources = []schema.GroupVersionResource{
 const kubeRBACHint = "the policy commands need list and watch on namespaces, services, pods, " +
 	"endpointslices.discovery.k8s.io and accesspolicies.tether.dev in every namespace"
 
-// loadKube reads the mesh from Kubernetes: it runs a discovery.KubeSource
+// loadKube reads the mesh from Kubernetes: it runs a kubesource.KubeSource
 // until its first snapshot, within p.timeout.
 func (p *policySource) loadKube(ctx context.Context, stderr io.Writer) (*meshView, error) {
 	// Warnings from the API server and from the source come from several
@@ -74,7 +75,7 @@ func (p *policySource) loadKube(ctx context.Context, stderr io.Writer) (*meshVie
 			return a
 		},
 	}))
-	snap, err := firstSnapshot(ctx, &discovery.KubeSource{Client: client, Dynamic: dyn, Logger: log}, reg)
+	snap, err := firstSnapshot(ctx, &kubesource.KubeSource{Client: client, Dynamic: dyn, Logger: log}, reg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: no answer within --timeout %v: %w", where, p.timeout, err)
 	}
@@ -154,7 +155,7 @@ func apiMessage(err error) string {
 
 // firstSnapshot runs src until it installs its first snapshot in reg (or
 // ctx ends), then stops it and returns that snapshot.
-func firstSnapshot(ctx context.Context, src *discovery.KubeSource, reg *discovery.Registry) (*discovery.Snapshot, error) {
+func firstSnapshot(ctx context.Context, src *kubesource.KubeSource, reg *discovery.Registry) (*discovery.Snapshot, error) {
 	first := reg.Changed()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -25,7 +25,6 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tether-mesh/tether/internal/kubetest"
-	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
@@ -85,7 +84,7 @@ func createMesh(ctx context.Context, t *testing.T, env *kubetest.Env) {
 	t.Helper()
 	core := env.Client.CoreV1()
 	if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
-		Name: "shop", Annotations: map[string]string{discovery.DefaultPolicyAnnotation: "same-namespace"},
+		Name: "shop", Annotations: map[string]string{policy.DefaultPolicyAnnotation: "same-namespace"},
 	}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +450,7 @@ func TestPolicyKube(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ns.Annotations[discovery.DefaultPolicyAnnotation] = "open"
+		ns.Annotations[policy.DefaultPolicyAnnotation] = "open"
 		if _, err := env.Client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}

@@ -34,6 +34,7 @@ import (
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -181,7 +182,7 @@ type source interface {
 
 var (
 	_ source = (*discovery.FileSource)(nil)
-	_ source = (*discovery.KubeSource)(nil)
+	_ source = (*kubesource.KubeSource)(nil)
 )
 
 // Server is a running tether-discovery.
@@ -248,7 +249,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("kubernetes client: %w", err)
 		}
 		klog.SetSlogLogger(cfg.Logger) // client-go's own logs in our format
-		s.source = &discovery.KubeSource{Client: cs, Dynamic: dc, Logger: cfg.Logger, Rejected: rejected}
+		s.source = &kubesource.KubeSource{Client: cs, Dynamic: dc, Logger: cfg.Logger, Rejected: rejected}
 	}
 	if s.reg, err = discovery.NewRegistry(td, def); err != nil {
 		return nil, err

@@ -236,7 +236,7 @@ func TestKubeMode(t *testing.T) {
 	t.Logf("AccessPolicy deletion reached the sidecar in %s", took)
 
 	// The namespace annotation opens shop to the mesh: other gains api.
-	patch := []byte(`{"metadata":{"annotations":{"` + discovery.DefaultPolicyAnnotation + `":"allow-mesh"}}}`)
+	patch := []byte(`{"metadata":{"annotations":{"` + policy.DefaultPolicyAnnotation + `":"allow-mesh"}}}`)
 	if _, err := core.Namespaces().Patch(ctx, "shop", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}

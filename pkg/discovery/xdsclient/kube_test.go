@@ -22,6 +22,7 @@ import (
 	"github.com/tether-mesh/tether/internal/kubetest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -112,7 +113,7 @@ func TestClientAgainstKubernetes(t *testing.T) {
 	srcCtx, stopSrc := context.WithCancel(ctx)
 	srcDone := make(chan error, 1)
 	go func() {
-		srcDone <- (&discovery.KubeSource{Client: env.Client, Dynamic: dc, Debounce: 50 * time.Millisecond,
+		srcDone <- (&kubesource.KubeSource{Client: env.Client, Dynamic: dc, Debounce: 50 * time.Millisecond,
 			Logger: slog.New(slog.DiscardHandler)}).Run(srcCtx, reg)
 	}()
 	defer func() {

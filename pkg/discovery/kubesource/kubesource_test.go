@@ -1,8 +1,9 @@
-package discovery
+package kubesource
 
 import (
 	"context"
 	"errors"
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -25,6 +26,8 @@ import (
 	"github.com/tether-mesh/tether/internal/kubetest"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
 // testLogWriter sends log lines to t.Log until the test stops it.
 type testLogWriter struct {
@@ -81,7 +84,7 @@ func TestKubeSource(t *testing.T) {
 
 	// Without the CRD the policy informer cannot sync: Run says so.
 	t.Run("not synced", func(t *testing.T) {
-		reg, err := NewRegistry(td, policy.AllowMesh)
+		reg, err := discovery.NewRegistry(td, policy.AllowMesh)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +99,7 @@ func TestKubeSource(t *testing.T) {
 		t.Logf("Run: %v", err)
 	})
 
-	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
+	env.InstallCRD(t, filepath.Join("..", "..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
 	core := env.Client.CoreV1()
 	if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: "shop", Annotations: map[string]string{DefaultPolicyAnnotation: "deny"},
@@ -161,7 +164,7 @@ func TestKubeSource(t *testing.T) {
 		t.Fatalf("create AccessPolicy: %v", err)
 	}
 
-	reg, err := NewRegistry(td, policy.AllowMesh)
+	reg, err := discovery.NewRegistry(td, policy.AllowMesh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +183,7 @@ func TestKubeSource(t *testing.T) {
 	frontend := spiffeid.RequireFromString("spiffe://cluster.local/ns/web/sa/frontend")
 	apiID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/api")
 	dbID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/db")
-	addrs := func(s *Snapshot, key ServiceKey) []string {
+	addrs := func(s *discovery.Snapshot, key discovery.ServiceKey) []string {
 		svc, ok := s.Service(key)
 		if !ok {
 			return nil
@@ -191,13 +194,13 @@ func TestKubeSource(t *testing.T) {
 		}
 		return out
 	}
-	apiKey, dbKey := ServiceKey{"shop", "api"}, ServiceKey{"shop", "db"}
-	allowed := func(s *Snapshot, src spiffeid.ID, key ServiceKey, port uint16) bool {
+	apiKey, dbKey := discovery.ServiceKey{Namespace: "shop", Name: "api"}, discovery.ServiceKey{Namespace: "shop", Name: "db"}
+	allowed := func(s *discovery.Snapshot, src spiffeid.ID, key discovery.ServiceKey, port uint16) bool {
 		return s.Engine().Decide(src, key.Namespace, key.Name, port).Allowed
 	}
 
 	// waitFor waits up to limit for a snapshot satisfying ok.
-	waitFor := func(t *testing.T, limit time.Duration, ok func(*Snapshot) bool) (*Snapshot, time.Duration) {
+	waitFor := func(t *testing.T, limit time.Duration, ok func(*discovery.Snapshot) bool) (*discovery.Snapshot, time.Duration) {
 		t.Helper()
 		start := time.Now()
 		deadline := time.After(limit)
@@ -215,7 +218,7 @@ func TestKubeSource(t *testing.T) {
 		}
 	}
 
-	s, took := waitFor(t, 15*time.Second, func(s *Snapshot) bool {
+	s, took := waitFor(t, 15*time.Second, func(s *discovery.Snapshot) bool {
 		_, ok := s.Service(dbKey)
 		return len(addrs(s, apiKey)) > 0 && ok && len(s.Policies()) == 1
 	})
@@ -230,7 +233,7 @@ func TestKubeSource(t *testing.T) {
 		if len(wantIPs) == 0 || !reflect.DeepEqual(svc.ClusterIPs, wantIPs) {
 			t.Errorf("api cluster IPs = %v, want %v", svc.ClusterIPs, wantIPs)
 		}
-		wantPorts := []Port{
+		wantPorts := []discovery.Port{
 			{Name: "http", Port: 80, TargetPort: 8080, AppProtocol: "http"},
 			{Name: "grpc", Port: 9090, TargetPort: 9091, AppProtocol: "kubernetes.io/h2c"}, // named, from the slice
 		}
@@ -258,7 +261,7 @@ func TestKubeSource(t *testing.T) {
 		}
 		for _, c := range []struct {
 			src  spiffeid.ID
-			key  ServiceKey
+			key  discovery.ServiceKey
 			port uint16
 			want bool
 		}{
@@ -277,7 +280,7 @@ func TestKubeSource(t *testing.T) {
 	changes := []struct {
 		name   string
 		change func(t *testing.T)
-		ok     func(*Snapshot) bool
+		ok     func(*discovery.Snapshot) bool
 	}{
 		{"add endpoint", func(t *testing.T) {
 			esAPI.Endpoints = append(esAPI.Endpoints, kubeEndpoint("10.1.0.2", "shop", "api-2", ptr(true)))
@@ -285,12 +288,12 @@ func TestKubeSource(t *testing.T) {
 			if esAPI, err = slicesAPI.Update(ctx, esAPI, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-		}, func(s *Snapshot) bool {
+		}, func(s *discovery.Snapshot) bool {
 			return reflect.DeepEqual(addrs(s, apiKey), []string{"10.1.0.1=api", "10.1.0.2=api"})
 		}},
 		{"pod appears", func(t *testing.T) {
 			env.EnsurePod(t, "shop", "api", "ghost")
-		}, func(s *Snapshot) bool {
+		}, func(s *discovery.Snapshot) bool {
 			return reflect.DeepEqual(addrs(s, apiKey), []string{"10.1.0.1=api", "10.1.0.2=api", "10.1.0.9=api"})
 		}},
 		{"endpoint not ready", func(t *testing.T) {
@@ -299,29 +302,29 @@ func TestKubeSource(t *testing.T) {
 			if esAPI, err = slicesAPI.Update(ctx, esAPI, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-		}, func(s *Snapshot) bool {
+		}, func(s *discovery.Snapshot) bool {
 			return reflect.DeepEqual(addrs(s, apiKey), []string{"10.1.0.2=api", "10.1.0.9=api"})
 		}},
 		{"delete policy", func(t *testing.T) {
 			if err := policies.Delete(ctx, "frontend-to-api", metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
 			}
-		}, func(s *Snapshot) bool {
+		}, func(s *discovery.Snapshot) bool {
 			return len(s.Policies()) == 0 && !allowed(s, frontend, apiKey, 80) // shop default deny
 		}},
 		{"annotation to allow-mesh", func(t *testing.T) { setAnnotation(ctx, t, env, "allow-mesh") },
-			func(s *Snapshot) bool {
+			func(s *discovery.Snapshot) bool {
 				return s.NamespaceDefaults()["shop"] == policy.AllowMesh && allowed(s, frontend, apiKey, 80)
 			}},
 		{"annotation to same-namespace", func(t *testing.T) { setAnnotation(ctx, t, env, "same-namespace") },
-			func(s *Snapshot) bool {
+			func(s *discovery.Snapshot) bool {
 				return s.NamespaceDefaults()["shop"] == policy.SameNamespace &&
 					!allowed(s, frontend, apiKey, 80) && allowed(s, dbID, apiKey, 80)
 			}},
 		// An invalid value is dropped (the mesh default applies) rather
 		// than blocking every later update.
 		{"invalid annotation", func(t *testing.T) { setAnnotation(ctx, t, env, "bogus") },
-			func(s *Snapshot) bool {
+			func(s *discovery.Snapshot) bool {
 				_, set := s.NamespaceDefaults()["shop"]
 				return !set && allowed(s, frontend, apiKey, 80)
 			}},
@@ -329,7 +332,7 @@ func TestKubeSource(t *testing.T) {
 			if err := slicesAPI.Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
 			}
-		}, func(s *Snapshot) bool {
+		}, func(s *discovery.Snapshot) bool {
 			db, ok := s.Service(dbKey)
 			return ok && len(db.Endpoints) == 0
 		}},
@@ -366,7 +369,7 @@ func setAnnotation(ctx context.Context, t *testing.T, env *kubetest.Env, value s
 
 // TestKubeSourceNeedsClients checks the arguments Run requires.
 func TestKubeSourceNeedsClients(t *testing.T) {
-	reg, err := NewRegistry(td, policy.AllowMesh)
+	reg, err := discovery.NewRegistry(td, policy.AllowMesh)
 	if err != nil {
 		t.Fatal(err)
 	}

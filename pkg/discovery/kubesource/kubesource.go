@@ -1,10 +1,11 @@
-package discovery
+package kubesource
 
 import (
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -89,7 +90,7 @@ var ErrNotSynced = errors.New("informer caches did not sync")
 // an error if the caches do not sync before ctx ends (naming the resources
 // that did not), and nil when ctx ends after that. All goroutines it
 // starts have stopped when it returns.
-func (k *KubeSource) Run(ctx context.Context, reg *Registry) error {
+func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 	if k.Client == nil || k.Dynamic == nil {
 		return errors.New("kube source: Client and Dynamic are required")
 	}
@@ -248,8 +249,8 @@ type kubeBuilder struct {
 
 // build reads the caches into a State, leaving out (and logging) what the
 // Registry would reject, so that one bad object cannot block every update.
-func (b *kubeBuilder) build() (State, error) {
-	var st State
+func (b *kubeBuilder) build() (discovery.State, error) {
+	var st discovery.State
 	svcs, err := b.services.List(labels.Everything())
 	if err != nil {
 		return st, fmt.Errorf("list services: %w", err)
@@ -258,17 +259,17 @@ func (b *kubeBuilder) build() (State, error) {
 	if err != nil {
 		return st, fmt.Errorf("list endpointslices: %w", err)
 	}
-	bySvc := make(map[ServiceKey][]*discoveryv1.EndpointSlice)
+	bySvc := make(map[discovery.ServiceKey][]*discoveryv1.EndpointSlice)
 	for _, es := range all {
 		name := es.Labels[discoveryv1.LabelServiceName]
 		if name == "" {
 			continue
 		}
-		k := ServiceKey{Namespace: es.Namespace, Name: name}
+		k := discovery.ServiceKey{Namespace: es.Namespace, Name: name}
 		bySvc[k] = append(bySvc[k], es)
 	}
 	for _, svc := range svcs {
-		k := ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
+		k := discovery.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
 		eps := bySvc[k]
 		// Stable order, so that "the first slice" means the same one every time.
 		slices.SortFunc(eps, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
@@ -280,7 +281,7 @@ func (b *kubeBuilder) build() (State, error) {
 		return st, fmt.Errorf("list namespaces: %w", err)
 	}
 	for _, ns := range nss {
-		n := Namespace{Name: ns.Name}
+		n := discovery.Namespace{Name: ns.Name}
 		if v, ok := ns.Annotations[DefaultPolicyAnnotation]; ok && v != "" {
 			if _, err := policy.ParseDefault(v); err != nil {
 				b.log.Warn("ignoring namespace default policy; the mesh default applies",
@@ -323,8 +324,8 @@ func (b *kubeBuilder) build() (State, error) {
 }
 
 // service maps a Kubernetes Service and its EndpointSlices.
-func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) Service {
-	s := Service{Key: ServiceKey{Namespace: svc.Namespace, Name: svc.Name}}
+func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) discovery.Service {
+	s := discovery.Service{Key: discovery.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
@@ -344,7 +345,7 @@ func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSl
 		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
 			continue
 		}
-		p := Port{Name: sp.Name, Port: uint16(sp.Port)}
+		p := discovery.Port{Name: sp.Name, Port: uint16(sp.Port)}
 		if sp.AppProtocol != nil {
 			p.AppProtocol = *sp.AppProtocol
 		}
@@ -386,32 +387,32 @@ func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSl
 			}
 		}
 	}
-	slices.SortFunc(s.Endpoints, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	slices.SortFunc(s.Endpoints, func(a, b discovery.Endpoint) int { return a.Addr.Compare(b.Addr) })
 	return s
 }
 
 // endpoint returns the Endpoint (without its address) for ep, or false if
 // its Pod is unknown.
-func (b *kubeBuilder) endpoint(key ServiceKey, sliceNS string, ep discoveryv1.Endpoint) (Endpoint, bool) {
+func (b *kubeBuilder) endpoint(key discovery.ServiceKey, sliceNS string, ep discoveryv1.Endpoint) (discovery.Endpoint, bool) {
 	ref := ep.TargetRef
 	if ref == nil || ref.Kind != "Pod" || ref.Name == "" {
 		b.log.Debug("skipping endpoint without a Pod", slog.String("service", key.String()), slog.Any("addresses", ep.Addresses))
-		return Endpoint{}, false
+		return discovery.Endpoint{}, false
 	}
-	ns := cmpOr(ref.Namespace, sliceNS)
+	ns := cmp.Or(ref.Namespace, sliceNS)
 	pod, err := b.pods.Pods(ns).Get(ref.Name)
 	if err != nil {
 		b.log.Debug("skipping endpoint whose Pod is not known yet", slog.String("service", key.String()),
 			slog.String("pod", ns+"/"+ref.Name), slog.Any("error", err))
-		return Endpoint{}, false
+		return discovery.Endpoint{}, false
 	}
-	e := Endpoint{ServiceAccount: cmpOr(pod.Spec.ServiceAccountName, "default"), Pod: pod.Name}
+	e := discovery.Endpoint{ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"), Pod: pod.Name}
 	if ns != key.Namespace {
 		// The identity is the Pod's namespace's, not the Service's.
-		id, err := WorkloadID(b.td, ns, e.ServiceAccount)
+		id, err := discovery.WorkloadID(b.td, ns, e.ServiceAccount)
 		if err != nil {
 			b.log.Debug("skipping endpoint", slog.String("service", key.String()), slog.Any("error", err))
-			return Endpoint{}, false
+			return discovery.Endpoint{}, false
 		}
 		e.ID = id
 	}
