@@ -1,0 +1,258 @@
+// Package inject is the mutation logic of tether-injector: it turns a Pod
+// into the JSONPatch that adds Tether's init step and native sidecar, and
+// serves it as a Kubernetes mutating admission webhook (admission.k8s.io/v1).
+//
+// Mutate is a pure function of the Pod and the Config: no clock, no API
+// calls, so the same Pod always gives the same patch, a Pod that already
+// carries the sidecar gives none (reinvocation is safe), and dry-run
+// requests need no special care.
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Names from the Kubernetes contract (DESIGN.md).
+const (
+	// InjectLabel on a namespace (enabled) turns injection on; on a pod
+	// (disabled) it opts the pod out.
+	InjectLabel = "tether.dev/inject"
+
+	AnnotationExcludeInboundPorts  = "tether.dev/exclude-inbound-ports"
+	AnnotationExcludeOutboundPorts = "tether.dev/exclude-outbound-ports"
+	AnnotationExcludeOutboundCIDRs = "tether.dev/exclude-outbound-cidrs"
+	AnnotationInboundMode          = "tether.dev/inbound-mode"
+	AnnotationOutboundMode         = "tether.dev/outbound-mode"
+	AnnotationProxyCPU             = "tether.dev/proxy-cpu"
+	AnnotationProxyMemory          = "tether.dev/proxy-memory"
+	// AnnotationOriginalProbes is written by the injector: the app
+	// containers' probes as they were before the rewrite, as JSON
+	// {"<container>": {"livenessProbe": {...}, ...}}.
+	AnnotationOriginalProbes = "tether.dev/original-probes"
+
+	InitContainerName    = "tether-init"
+	SidecarContainerName = "tether-sidecar"
+
+	TokenVolume  = "tether-token"
+	BundleVolume = "tether-bundle"
+	SocketVolume = "tether-socket"
+
+	TokenDir     = "/var/run/secrets/tether"
+	TokenFile    = "token"
+	TokenPath    = TokenDir + "/" + TokenFile
+	TokenAud     = "tether-ca"
+	TokenSeconds = 3600
+	BundleDir    = "/etc/tether/bundle"
+	BundleConfig = "tether-trust-bundle"
+	SocketDir    = "/run/tether"
+	SocketPath   = SocketDir + "/workload.sock"
+	SocketEnv    = "SPIFFE_ENDPOINT_SOCKET"
+
+	// AppProbesEnv carries the rewritten probes' originals to the sidecar,
+	// which serves them under /app-health/<container>/<kind> (see
+	// internal/sidecar/probes.go).
+	AppProbesEnv = "TETHER_APP_PROBES"
+
+	ProxyUID  = 1337
+	AdminPort = 15020
+)
+
+// The control-plane namespaces are never injected, whatever their labels.
+var neverInjected = map[string]bool{"tether-system": true, "kube-system": true}
+
+// ErrInvalidAnnotation is wrapped by every error about a pod annotation; the
+// message names the annotation and its value.
+var ErrInvalidAnnotation = errors.New("invalid annotation")
+
+// Config is what the injector puts into every pod besides what the pod's
+// own annotations say.
+type Config struct {
+	// Image holds tether-sidecar (the one Tether image).
+	Image string
+	// ImagePullPolicy of the injected containers (default IfNotPresent).
+	ImagePullPolicy corev1.PullPolicy
+	// CAAddr is tether-ca's address as the sidecar dials it.
+	CAAddr      string
+	TrustDomain string
+	// ProxyCPU and ProxyMemory are the sidecar's default requests; memory
+	// is also its limit. Pods override them with annotations.
+	ProxyCPU    resource.Quantity
+	ProxyMemory resource.Quantity
+	// LogLevel of the injected sidecar.
+	LogLevel string
+}
+
+// DefaultConfig is the Config with every default filled in, for image.
+func DefaultConfig(image string) Config {
+	return Config{
+		Image:           image,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		CAAddr:          "tether-ca.tether-system.svc:8443",
+		TrustDomain:     "cluster.local",
+		ProxyCPU:        resource.MustParse("50m"),
+		ProxyMemory:     resource.MustParse("128Mi"),
+		LogLevel:        "info",
+	}
+}
+
+// Validate checks the Config and fills in defaults for empty fields.
+func (c *Config) Validate() error {
+	d := DefaultConfig(c.Image)
+	if c.Image == "" {
+		return errors.New("--image is required (the Tether image the sidecar runs from)")
+	}
+	if c.ImagePullPolicy == "" {
+		c.ImagePullPolicy = d.ImagePullPolicy
+	}
+	switch c.ImagePullPolicy {
+	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		return fmt.Errorf("--image-pull-policy %q: want Always, IfNotPresent or Never", c.ImagePullPolicy)
+	}
+	if c.CAAddr == "" {
+		c.CAAddr = d.CAAddr
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = d.TrustDomain
+	}
+	if td, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil || td.Name() != c.TrustDomain {
+		return fmt.Errorf("--trust-domain %q: want a bare trust domain name such as cluster.local", c.TrustDomain)
+	}
+	if c.ProxyCPU.IsZero() {
+		c.ProxyCPU = d.ProxyCPU
+	}
+	if c.ProxyMemory.IsZero() {
+		c.ProxyMemory = d.ProxyMemory
+	}
+	if c.ProxyCPU.Sign() < 0 || c.ProxyMemory.Sign() < 0 {
+		return errors.New("proxy CPU and memory must be positive")
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = d.LogLevel
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("--sidecar-log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// Result is the outcome of Mutate.
+type Result struct {
+	// Patch is the JSONPatch; empty when the pod is left as it is.
+	Patch Patch
+	// Skipped says why the pod is left as it is ("" when it is injected).
+	Skipped string
+	// Warnings are returned to the client (kubectl prints them).
+	Warnings []string
+}
+
+// Mutate returns the patch that injects Tether into pod, created in
+// namespace ns (the admission request's namespace: a pod created with
+// generateName may not carry it yet). A bad annotation is an error wrapping
+// ErrInvalidAnnotation; the pod must then be refused.
+func (c *Config) Mutate(pod *corev1.Pod, ns string) (Result, error) {
+	if ns == "" {
+		ns = pod.Namespace
+	}
+	switch {
+	case hasContainer(pod, SidecarContainerName):
+		return Result{Skipped: "already injected"}, nil
+	case pod.Labels[InjectLabel] == "disabled":
+		return Result{Skipped: "opted out with label " + InjectLabel + "=disabled"}, nil
+	case neverInjected[ns]:
+		return Result{Skipped: "namespace " + ns + " is never injected"}, nil
+	case pod.Spec.HostNetwork:
+		return Result{
+			Skipped:  "hostNetwork",
+			Warnings: []string{"tether: pod uses hostNetwork and is not injected (capture rules would apply to the node's network)"},
+		}, nil
+	}
+	opts, err := parseAnnotations(pod.Annotations)
+	if err != nil {
+		return Result{}, err
+	}
+	var res Result
+	res.Warnings = opts.warnings
+
+	probes, originals, warnings := rewriteProbes(pod)
+	res.Warnings = append(res.Warnings, warnings...)
+
+	p := &res.Patch
+	// Volumes.
+	vols := []corev1.Volume{c.tokenVolume(), bundleVolume(), socketVolume()}
+	addAll(p, "/spec/volumes", len(pod.Spec.Volumes) == 0, vols)
+	// Init step and sidecar go first, so the app's own init containers
+	// already run behind the capture rules and the sidecar.
+	initC := c.initContainer(opts)
+	side, err := c.sidecarContainer(opts, probes.env())
+	if err != nil {
+		return Result{}, err
+	}
+	if len(pod.Spec.InitContainers) == 0 {
+		p.add("/spec/initContainers", []corev1.Container{initC, side})
+	} else {
+		p.add("/spec/initContainers/0", initC)
+		p.add("/spec/initContainers/1", side)
+	}
+	for i := range pod.Spec.Containers {
+		ct := &pod.Spec.Containers[i]
+		base := fmt.Sprintf("/spec/containers/%d", i)
+		if !hasEnv(ct.Env, SocketEnv) {
+			addAll(p, base+"/env", len(ct.Env) == 0, []corev1.EnvVar{{Name: SocketEnv, Value: "unix://" + SocketPath}})
+		}
+		if !hasMountPath(ct.VolumeMounts, SocketDir) {
+			addAll(p, base+"/volumeMounts", len(ct.VolumeMounts) == 0, []corev1.VolumeMount{{Name: SocketVolume, MountPath: SocketDir, ReadOnly: true}})
+		}
+		for _, r := range probes.byContainer[ct.Name] {
+			p.replace(base+"/"+r.field, r.probe)
+		}
+	}
+	if originals != "" {
+		if len(pod.Annotations) == 0 {
+			p.add("/metadata/annotations", map[string]string{AnnotationOriginalProbes: originals})
+		} else {
+			p.add("/metadata/annotations/"+escapePointer(AnnotationOriginalProbes), originals)
+		}
+	}
+	return res, nil
+}
+
+// Injected reports whether pod already carries the sidecar.
+func Injected(pod *corev1.Pod) bool { return hasContainer(pod, SidecarContainerName) }
+
+func hasContainer(pod *corev1.Pod, name string) bool {
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range list {
+			if c.Name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasEnv(env []corev1.EnvVar, name string) bool {
+	for _, e := range env {
+		if e.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func hasMountPath(mounts []corev1.VolumeMount, path string) bool {
+	for _, m := range mounts {
+		if strings.TrimRight(m.MountPath, "/") == path {
+			return true
+		}
+	}
+	return false
+}
