@@ -20,24 +20,59 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 )
 
-// buildBinaries builds tether-ca, tether-sidecar and tether into a
-// directory other users can read (the sidecars run as UID 1337).
-func buildBinaries(t *testing.T) string {
+// buildBinaries builds the named binaries (tether-ca, tether-sidecar,
+// tether, ...) into a directory other users can read (the sidecars run as
+// UID 1337), removed when the test ends.
+func buildBinaries(t *testing.T, bins ...string) string {
+	t.Helper()
+	dir := binDir(t)
+	if err := goBuild(dir, bins...); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// binDir makes a directory every user can read and search, removed when
+// the test ends.
+func binDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tether-e2e-bin-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	for bin, pkg := range map[string]string{"tether-ca": "./cmd/ca", "tether-sidecar": "./cmd/sidecar", "tether": "./cmd/tether"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg)
-		cmd.Dir = "../.."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", bin, err, out)
-		}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	return dir
+}
+
+// goBuild builds the named binaries into dir with one `go build` (which
+// links them in parallel), honouring GOFLAGS. tether-X is ./cmd/X; tether
+// is ./cmd/tether.
+func goBuild(dir string, bins ...string) error {
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	for _, bin := range bins {
+		args = append(args, "./cmd/"+cmdOf(bin))
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", strings.Join(bins, " "), err, out)
+	}
+	for _, bin := range bins {
+		if err := os.Rename(filepath.Join(dir, cmdOf(bin)), filepath.Join(dir, bin)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func cmdOf(bin string) string {
+	if bin == "tether" {
+		return bin
+	}
+	return strings.TrimPrefix(bin, "tether-")
 }
 
 // serveHTTP serves a tiny app inside ns on port.
@@ -75,7 +110,7 @@ func TestTransparentCapture(t *testing.T) {
 		}
 		t.Skip("needs curl")
 	}
-	bin := buildBinaries(t)
+	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
 	a, b := netns.New(t, "pod-a"), netns.New(t, "pod-b")
 	netns.Link(t, a, b, netip.MustParsePrefix("10.211.0.1/24"), netip.MustParsePrefix("10.211.0.2/24"))
 
