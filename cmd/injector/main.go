@@ -46,6 +46,7 @@ func parseFlags(args []string) (injector.Config, error) {
 	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", 3<<20, "largest AdmissionReview accepted")
 	fs.StringVar(&c.Inject.Image, "image", os.Getenv("TETHER_IMAGE"), "image of the injected containers, holding tether-sidecar (env TETHER_IMAGE)")
 	pull := fs.String("image-pull-policy", "IfNotPresent", "pull policy of the injected containers")
+	fs.StringVar(&c.Inject.DiscoveryAddr, "discovery", env("TETHER_DISCOVERY_ADDR", "tether-discovery.tether-system.svc:15010"), "tether-discovery address the sidecars dial, or \"off\" (env TETHER_DISCOVERY_ADDR)")
 	fs.StringVar(&c.Inject.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address the sidecars dial (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.Inject.TrustDomain, "trust-domain", env("TETHER_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TETHER_TRUST_DOMAIN)")
 	cpu := fs.String("proxy-cpu", "50m", "default CPU request of the sidecar (annotation tether.dev/proxy-cpu overrides)")

@@ -42,6 +42,10 @@ func socketVolume() corev1.Volume {
 // file (/run/xtables.lock).
 func (c *Config) initContainer(o options) corev1.Container {
 	args := []string{"init"}
+	if c.DiscoveryAddr != DiscoveryOff {
+		// The sidecar answers DNS from discovery data on :15053.
+		args = append(args, "--capture-dns")
+	}
 	if o.excludeInbound != "" {
 		args = append(args, "--exclude-inbound-ports", o.excludeInbound)
 	}
@@ -101,6 +105,9 @@ func (c *Config) sidecarContainer(o options, appProbes string) (corev1.Container
 		"--outbound-mode", o.outboundMode,
 		"--log-level", c.LogLevel,
 		"--log-format", "json",
+	}
+	if c.DiscoveryAddr != DiscoveryOff {
+		args = append(args, "--discovery", c.DiscoveryAddr)
 	}
 	var env []corev1.EnvVar
 	if appProbes != "" {

@@ -11,6 +11,7 @@ package inject
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -78,8 +79,12 @@ type Config struct {
 	// ImagePullPolicy of the injected containers (default IfNotPresent).
 	ImagePullPolicy corev1.PullPolicy
 	// CAAddr is tether-ca's address as the sidecar dials it.
-	CAAddr      string
-	TrustDomain string
+	CAAddr string
+	// DiscoveryAddr is tether-discovery's address as the sidecar dials it;
+	// DiscoveryOff leaves discovery out (the sidecar then passes every
+	// outbound connection through and allows every mesh peer inbound).
+	DiscoveryAddr string
+	TrustDomain   string
 	// ProxyCPU and ProxyMemory are the sidecar's default requests; memory
 	// is also its limit. Pods override them with annotations.
 	ProxyCPU    resource.Quantity
@@ -88,12 +93,16 @@ type Config struct {
 	LogLevel string
 }
 
+// DiscoveryOff as Config.DiscoveryAddr injects sidecars without discovery.
+const DiscoveryOff = "off"
+
 // DefaultConfig is the Config with every default filled in, for image.
 func DefaultConfig(image string) Config {
 	return Config{
 		Image:           image,
 		ImagePullPolicy: corev1.PullIfNotPresent,
 		CAAddr:          "tether-ca.tether-system.svc:8443",
+		DiscoveryAddr:   "tether-discovery.tether-system.svc:15010",
 		TrustDomain:     "cluster.local",
 		ProxyCPU:        resource.MustParse("50m"),
 		ProxyMemory:     resource.MustParse("128Mi"),
@@ -117,6 +126,14 @@ func (c *Config) Validate() error {
 	}
 	if c.CAAddr == "" {
 		c.CAAddr = d.CAAddr
+	}
+	if c.DiscoveryAddr == "" {
+		c.DiscoveryAddr = d.DiscoveryAddr
+	}
+	if c.DiscoveryAddr != DiscoveryOff {
+		if _, _, err := net.SplitHostPort(c.DiscoveryAddr); err != nil {
+			return fmt.Errorf("--discovery %q: want HOST:PORT or %q: %v", c.DiscoveryAddr, DiscoveryOff, err)
+		}
 	}
 	if c.TrustDomain == "" {
 		c.TrustDomain = d.TrustDomain

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -176,6 +177,26 @@ func checkInjected(t *testing.T, orig, pod *corev1.Pod) {
 	}
 }
 
+// With discovery off the sidecar gets no --discovery and init does not
+// redirect DNS (nothing would answer on :15053).
+func TestMutateDiscoveryOff(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.DiscoveryAddr = DiscoveryOff
+	pod := apply(t, loadPod(t, "testdata/pods/annotated.yaml"), mustMutate(t, cfg, loadPod(t, "testdata/pods/annotated.yaml")))
+	init, side := pod.Spec.InitContainers[0], pod.Spec.InitContainers[1]
+	if slices.Contains(init.Args, "--capture-dns") || slices.Contains(side.Args, "--discovery") {
+		t.Fatalf("discovery off: init %q sidecar %q", init.Args, side.Args)
+	}
+}
+
+func TestConfigBadDiscoveryAddr(t *testing.T) {
+	cfg := DefaultConfig("tether:test")
+	cfg.DiscoveryAddr = "tether-discovery"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--discovery") {
+		t.Fatalf("Validate = %v, want an error naming --discovery", err)
+	}
+}
+
 func names(cs []corev1.Container) []string {
 	var out []string
 	for _, c := range cs {
@@ -188,12 +209,13 @@ func TestMutateArgsFromAnnotations(t *testing.T) {
 	cfg := testConfig(t)
 	pod := apply(t, loadPod(t, "testdata/pods/annotated.yaml"), mustMutate(t, cfg, loadPod(t, "testdata/pods/annotated.yaml")))
 	init, side := pod.Spec.InitContainers[0], pod.Spec.InitContainers[1]
-	wantInit := "init --exclude-inbound-ports 9090,9091 --exclude-outbound-ports 5432 --exclude-outbound-cidrs 10.0.0.0/8,169.254.169.254/32"
+	wantInit := "init --capture-dns --exclude-inbound-ports 9090,9091 --exclude-outbound-ports 5432 --exclude-outbound-cidrs 10.0.0.0/8,169.254.169.254/32"
 	if got := strings.Join(init.Args, " "); got != wantInit {
 		t.Errorf("init args\n got %s\nwant %s", got, wantInit)
 	}
 	args := strings.Join(side.Args, " ")
-	for _, want := range []string{"--inbound-mode permissive", "--outbound-mode registry-only", "--token-file " + TokenPath, "--transparent"} {
+	for _, want := range []string{"--inbound-mode permissive", "--outbound-mode registry-only", "--token-file " + TokenPath, "--transparent",
+		"--discovery tether-discovery.tether-system.svc:15010"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("sidecar args %q lack %q", args, want)
 		}
