@@ -73,7 +73,7 @@ type Config struct {
 
 	// ListenAddr serves ADS over gRPC with mTLS.
 	ListenAddr string
-	// AdminAddr serves /healthz, /readyz and /metrics.
+	// AdminAddr serves /healthz, /readyz, /metrics and /debug/sidecars.
 	AdminAddr string
 
 	// CAAddr is tether-ca; BundleFile verifies it at bootstrap. JoinToken
@@ -394,6 +394,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g := s.grpcServer()
 	s.xds.Register(g)
 	httpAdmin := admin.New(s.cfg.AdminAddr, s.Ready, s.registry, s.log)
+	httpAdmin.Mux.HandleFunc("GET /debug/sidecars", s.debugSidecars)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)

@@ -34,7 +34,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.StringVar(&c.DefaultPolicy, "default-policy", "", "mesh-wide default where no AccessPolicy names a service: allow-mesh, same-namespace or deny (default: the mesh file's defaultPolicy, else allow-mesh)")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", env("TETHER_CLUSTER_DOMAIN", DefaultClusterDomain), "cluster DNS domain of service names (<svc>.<ns>.svc.<domain>) (env TETHER_CLUSTER_DOMAIN)")
 	fs.StringVar(&c.ListenAddr, "listen", ":15010", "address of the xDS (ADS) gRPC port, mTLS")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz, /metrics and /debug/sidecars")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")
 	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token for discovery's own identity (standalone; env TETHER_JOIN_TOKEN)")

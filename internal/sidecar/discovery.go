@@ -121,6 +121,7 @@ func (s *Sidecar) followDiscovery(ctx context.Context, id spiffeid.ID) error {
 	c, err := xdsclient.New(xdsclient.Config{
 		Addr: s.cfg.DiscoveryAddr, ID: id, ServerID: s.cfg.DiscoveryID,
 		SVIDs: s.agent, Bundles: s.agent, Logger: s.log, Metrics: s.registry,
+		AdminAddr: s.adminAddr(), Version: buildVersion(),
 	})
 	if err != nil {
 		return fmt.Errorf("discovery client: %w", err)

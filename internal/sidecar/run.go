@@ -233,9 +233,15 @@ func (s *Sidecar) adminHandler() http.Handler {
 			http.Error(w, "not ready: no configuration from discovery at "+s.cfg.DiscoveryAddr+" yet", http.StatusServiceUnavailable)
 			return
 		}
+		if err := s.agent.Degraded(); err != nil {
+			// Still ready: traffic flows on the cached SVID until it expires.
+			fmt.Fprintln(w, "ready, degraded:", err)
+			return
+		}
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("GET /debug/discovery", s.debugDiscovery)
+	mux.HandleFunc("GET /debug/denials", s.debugDenials)
 	mux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, _ *http.Request) {

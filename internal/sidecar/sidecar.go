@@ -244,6 +244,8 @@ type Sidecar struct {
 	// first, or without discovery); dns is the DNS server, if on.
 	view atomic.Pointer[xdsclient.View]
 	dns  *dns.Server
+	// denials keeps the recent denials for GET /debug/denials.
+	denials *proxy.RecentDenials
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -287,6 +289,7 @@ func New(cfg Config) (*Sidecar, error) {
 		s.closers = append(s.closers, f)
 		accessLog = proxy.NewAccessLog(f, cfg.AccessLogSample)
 	}
+	s.denials = proxy.NewRecentDenials(proxy.DefaultRecentDenials, nil)
 	authorize := proxy.AllowAll
 	switch {
 	case cfg.DiscoveryAddr != "":
@@ -298,6 +301,7 @@ func New(cfg Config) (*Sidecar, error) {
 		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, InboundMode: cfg.InboundMode,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
 		AccessLog: accessLog, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,
+		Denials: s.denials,
 	})
 	if err != nil {
 		return nil, err

@@ -54,6 +54,14 @@ func NewDiskStore(dir string) (*DiskStore, error) {
 	}
 	probe.Close()
 	os.Remove(probe.Name())
+	// A crash between writing a temporary state file and renaming it
+	// leaves the file behind: a whole copy of the state, keys included,
+	// that no later retire would erase. Remove such leftovers.
+	if stale, err := filepath.Glob(filepath.Join(dir, "."+StateFile+".tmp-*")); err == nil {
+		for _, f := range stale {
+			os.Remove(f)
+		}
+	}
 	return &DiskStore{dir: dir}, nil
 }
 

@@ -165,6 +165,7 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	if err := p.cfg.Authorize(t.peer, appPort); err != nil {
 		e.Rule = ruleOf(err)
 		p.cfg.Metrics.denials.WithLabelValues("inbound", t.peer.String(), app, e.Rule).Inc()
+		p.cfg.Denials.Add(Denial{Direction: "inbound", Source: t.peer.String(), Destination: app, Rule: e.Rule, Reason: err.Error()})
 		p.cfg.Logger.Debug("inbound stream denied", slog.String("source_id", t.peer.String()), slog.Int("port", int(appPort)), slog.Any("reason", err))
 		return deny("denied", err.Error())
 	}

@@ -99,6 +99,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 			e.Rule = r.Deny
 		}
 		p.cfg.Metrics.denials.WithLabelValues("outbound", e.SourceID, r.Target, e.Rule).Inc()
+		p.cfg.Denials.Add(Denial{Direction: "outbound", Source: e.SourceID, Destination: r.Target, Rule: e.Rule, Reason: r.Deny})
 		p.cfg.Logger.Debug("outbound connection denied", slog.String("source_id", e.SourceID), slog.String("destination", r.Target), slog.String("reason", r.Deny))
 		p.refuse(c, "outbound", "denied", e)
 		return
@@ -183,6 +184,13 @@ func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 	if err != nil {
 		return nil, "upstream_error", fmt.Errorf("connect %s at %s: %w", d.Name, d.Addr, err)
 	}
+	// The peer refuses streams once the SVID we present now has expired:
+	// the tunnel is reusable only until then too. (Read before the
+	// handshake: a renewal in between only makes this conservative.)
+	var ownExpiry time.Time
+	if svid, err := p.cfg.Identity.GetX509SVID(); err == nil {
+		ownExpiry = svid.Certificates[0].NotAfter
+	}
 	start := time.Now()
 	tc := tls.Client(raw, p.clientTLS(d.IDs))
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -196,7 +204,11 @@ func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 		tc.Close()
 		return nil, "handshake_error", err
 	}
-	return newTunnel(tc, id, leaf.NotAfter), "", nil
+	expiry := leaf.NotAfter
+	if !ownExpiry.IsZero() && ownExpiry.Before(expiry) {
+		expiry = ownExpiry
+	}
+	return newTunnel(tc, id, expiry), "", nil
 }
 
 // open starts a stream: OPEN, then the server's OK or DENY. It returns the

@@ -18,6 +18,12 @@ type pool struct {
 	ttl time.Duration
 }
 
+// expiryMargin is how long before its expiry a tunnel stops being
+// reused: a stream started just before would reach the peer after it
+// (scheduling, network, clock skew), and the peer refuses streams from a
+// caller whose SVID has expired.
+const expiryMargin = 5 * time.Second
+
 func newPool(maxIdle int, ttl time.Duration) *pool {
 	return &pool{idle: map[string][]*tunnel{}, maxIdle: maxIdle, ttl: ttl}
 }
@@ -31,7 +37,7 @@ func (p *pool) get(key string) *tunnel {
 	for len(list) > 0 {
 		t := list[len(list)-1]
 		list = list[:len(list)-1]
-		if now.Sub(t.idleSince) < p.ttl && now.Before(t.peerExpiry) {
+		if now.Sub(t.idleSince) < p.ttl && now.Add(expiryMargin).Before(t.peerExpiry) {
 			p.idle[key] = list
 			return t
 		}
@@ -62,7 +68,7 @@ func (p *pool) sweep() {
 	for key, list := range p.idle {
 		keep := list[:0]
 		for _, t := range list {
-			if now.Sub(t.idleSince) < p.ttl && now.Before(t.peerExpiry) {
+			if now.Sub(t.idleSince) < p.ttl && now.Add(expiryMargin).Before(t.peerExpiry) {
 				keep = append(keep, t)
 			} else {
 				t.conn.Close()

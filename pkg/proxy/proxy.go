@@ -60,6 +60,10 @@ type Config struct {
 	AccessLog      *AccessLog
 	Metrics        *Metrics
 	Logger         *slog.Logger
+
+	// Denials, if set, keeps the most recent policy denials (the ones the
+	// denial metric counts).
+	Denials *RecentDenials
 }
 
 func (c *Config) fill() error {

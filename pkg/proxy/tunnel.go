@@ -57,7 +57,8 @@ type tunnel struct {
 	br   *bufio.Reader
 	wmu  sync.Mutex
 	// peer is the verified SPIFFE ID at the other end; peerExpiry the
-	// NotAfter of its SVID, after which no new stream is started.
+	// NotAfter of its SVID (on the client side, of ours if that is
+	// earlier), after which no new stream is started.
 	peer       spiffeid.ID
 	peerExpiry time.Time
 	idleSince  time.Time

@@ -1,8 +1,6 @@
 package xds
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
@@ -74,7 +72,9 @@ func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 	td := snap.TrustDomain()
 	eng := snap.Engine()
 	sources := snap.Sources()
-	for _, svc := range snap.Services() {
+	services := snap.Services()
+	namespaces := candidateNamespaces(snap, services)
+	for _, svc := range services {
 		reach := false
 		for _, p := range svc.Ports {
 			if eng.Decide(id, svc.Key.Namespace, svc.Key.Name, p.Port).Allowed {
@@ -94,7 +94,7 @@ func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 			}
 		}
 		if serves {
-			l, err := buildInbound(snap, &svc, sources)
+			l, err := buildInbound(snap, &svc, sources, namespaces)
 			if err != nil {
 				return nil, fmt.Errorf("inbound listener for %s: %w", svc.Key, err)
 			}
@@ -169,7 +169,7 @@ func buildCLA(svc *discovery.Service) *endpointv3.ClusterLoadAssignment {
 // buildInbound returns the inbound Listener of svc: one filter chain per
 // service port, matched on the target port, with an RBAC filter allowing
 // the principals the policy engine lets in, then a tcp_proxy to the app.
-func buildInbound(snap *discovery.Snapshot, svc *discovery.Service, sources []spiffeid.ID) (*listenerv3.Listener, error) {
+func buildInbound(snap *discovery.Snapshot, svc *discovery.Service, sources []spiffeid.ID, namespaces []string) (*listenerv3.Listener, error) {
 	tlsCtx := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapBool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -184,7 +184,7 @@ func buildInbound(snap *discovery.Snapshot, svc *discovery.Service, sources []sp
 		Address: socketAddress("0.0.0.0", InboundPort),
 	}
 	for _, p := range svc.Ports {
-		principals := allowedPrincipals(snap, svc, p.Port, sources)
+		principals := allowedPrincipals(snap, svc, p.Port, sources, namespaces)
 		stat := fmt.Sprintf("inbound_%s_%s_%d", svc.Key.Namespace, svc.Key.Name, p.Port)
 		rules := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}
 		if len(principals) > 0 {
@@ -221,9 +221,11 @@ func buildInbound(snap *discovery.Snapshot, svc *discovery.Service, sources []sp
 
 // allowedPrincipals asks the policy engine who may reach port of svc: the
 // whole mesh (a prefix spiffe://<td>/), whole namespaces (prefixes
-// spiffe://<td>/ns/<ns>/), and every known source identity not already
+// spiffe://<td>/ns/<ns>/) among the candidate namespaces (see
+// candidateNamespaces: those listed, those of services and sources, and
+// those policies name), and every known source identity not already
 // covered, exactly. Sorted: mesh, namespaces, identities.
-func allowedPrincipals(snap *discovery.Snapshot, svc *discovery.Service, port uint16, sources []spiffeid.ID) []*rbacv3.Principal {
+func allowedPrincipals(snap *discovery.Snapshot, svc *discovery.Service, port uint16, sources []spiffeid.ID, namespaces []string) []*rbacv3.Principal {
 	td := snap.TrustDomain()
 	eng := snap.Engine()
 	allowed := func(id spiffeid.ID) bool {
@@ -233,25 +235,9 @@ func allowedPrincipals(snap *discovery.Snapshot, svc *discovery.Service, port ui
 	if err == nil && allowed(meshID) {
 		return []*rbacv3.Principal{principal(prefix(td.IDString() + "/"))}
 	}
-	// Candidate namespaces: those listed, those of services and sources,
-	// and those policies name.
-	nsSet := map[string]bool{svc.Key.Namespace: true}
-	for _, ns := range snap.Namespaces() {
-		nsSet[ns.Name] = true
-	}
-	for _, s := range snap.Services() {
-		nsSet[s.Key.Namespace] = true
-	}
-	for _, p := range snap.Policies() {
-		for _, src := range p.Spec.Sources {
-			if src.Namespace != "" {
-				nsSet[src.Namespace] = true
-			}
-		}
-	}
 	var out []*rbacv3.Principal
 	var prefixes []string
-	for _, ns := range sortedKeys(nsSet) {
+	for _, ns := range namespaces {
 		id, err := discovery.WorkloadID(td, ns, probe)
 		if err != nil || !allowed(id) {
 			continue
@@ -261,7 +247,7 @@ func allowedPrincipals(snap *discovery.Snapshot, svc *discovery.Service, port ui
 		out = append(out, principal(prefix(p)))
 	}
 	for _, src := range sources {
-		if !allowed(src) || coveredByWorkloadPrefix(src, prefixes) {
+		if coveredByWorkloadPrefix(src, prefixes) || !allowed(src) {
 			continue
 		}
 		out = append(out, principal(exact(src.String())))
@@ -320,19 +306,3 @@ func transportSocket(name string, cfg proto.Message) *corev3.TransportSocket {
 
 func wrapBool(b bool) *wrapperspb.BoolValue       { return wrapperspb.Bool(b) }
 func wrapUint32(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }
-
-// contentVersion hashes resources, deterministically marshaled, so that an
-// unchanged view keeps its version and is not pushed again.
-func contentVersion(items []types.Resource) (string, error) {
-	h := sha256.New()
-	opts := proto.MarshalOptions{Deterministic: true}
-	for _, r := range items {
-		b, err := opts.Marshal(r)
-		if err != nil {
-			return "", fmt.Errorf("marshal resource: %w", err)
-		}
-		fmt.Fprintf(h, "%d:", len(b))
-		h.Write(b)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
-}

@@ -5,11 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -43,15 +48,32 @@ type Server struct {
 	xds   serverv3.Server
 
 	mu      sync.Mutex
-	streams map[int64]*stream // by stream ID
-	nodes   map[string]int    // node ID → open streams that have sent a request
+	streams map[int64]*stream     // by stream ID
+	nodes   map[string]int        // node ID → open streams that have sent a request
+	views   map[string]*nodeState // node ID → its view, while it has streams
 
-	buildMu sync.Mutex // serializes building and setting snapshots
+	idxMu sync.Mutex
+	idx   *index // of the newest snapshot seen
+}
+
+// nodeState is a connected node's current view; mu serializes building
+// and installing it.
+type nodeState struct {
+	mu   sync.Mutex
+	view *nodeView
+	snap *cachev3.Snapshot
 }
 
 type stream struct {
 	id   spiffeid.ID // the caller's verified identity
 	node string      // node ID once the first request is checked
+
+	// For Nodes (nodes.go): set at open; then only report changes.
+	peer       netip.AddrPort
+	since      time.Time
+	certExpiry time.Time
+	lastNode   *corev3.Node // only the stream's goroutine uses it
+	report     atomic.Pointer[nodeReport]
 }
 
 // ErrNoPeerID is returned (as PermissionDenied) to a caller without a
@@ -71,6 +93,7 @@ func (s *Server) init() {
 		}
 		s.streams = make(map[int64]*stream)
 		s.nodes = make(map[string]int)
+		s.views = make(map[string]*nodeState)
 		s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, nil)
 		s.xds = serverv3.NewServer(context.Background(), s.cache, serverv3.CallbackFuncs{
 			StreamOpenFunc:         s.open,
@@ -93,9 +116,12 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 }
 
 // Run keeps the snapshots of connected nodes current until ctx ends, then
-// returns nil.
+// returns nil. After a change it rebuilds the nodes' views on GOMAXPROCS
+// goroutines; a node whose view the change leaves as it was gets no new
+// snapshot.
 func (s *Server) Run(ctx context.Context) error {
 	s.init()
+	workers := runtime.GOMAXPROCS(0)
 	for {
 		snap := s.Registry.Snapshot()
 		s.mu.Lock()
@@ -104,11 +130,22 @@ func (s *Server) Run(ctx context.Context) error {
 			nodes = append(nodes, n)
 		}
 		s.mu.Unlock()
-		for _, n := range nodes {
-			if err := s.update(ctx, snap, n); err != nil {
-				s.Logger.Error("xds: update snapshot", slog.String("spiffe_id", n), slog.Any("error", err))
-			}
+		next := make(chan string)
+		var wg sync.WaitGroup
+		for range min(workers, len(nodes)) {
+			wg.Go(func() {
+				for n := range next {
+					if err := s.update(ctx, snap, n); err != nil {
+						s.Logger.Error("xds: update snapshot", slog.String("spiffe_id", n), slog.Any("error", err))
+					}
+				}
+			})
 		}
+		for _, n := range nodes {
+			next <- n
+		}
+		close(next)
+		wg.Wait()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -117,36 +154,79 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// update builds node's view of snap and installs it. Each resource type is
-// versioned by a hash of its contents, so an unchanged type is not pushed.
+// indexFor returns the index of the newest snapshot: snap's, or a newer
+// one's. An older view never replaces a newer one.
+func (s *Server) indexFor(snap *discovery.Snapshot) *index {
+	s.idxMu.Lock()
+	defer s.idxMu.Unlock()
+	if cur := s.Registry.Snapshot(); cur.Version() > snap.Version() {
+		snap = cur
+	}
+	if s.idx != nil && s.idx.snap.Version() >= snap.Version() {
+		return s.idx
+	}
+	x := newIndex(snap, s.idx, s.ClusterDomain)
+	if s.idx != nil {
+		s.idx.prev.Store(nil) // keep one index of history
+	}
+	s.idx = x
+	return x
+}
+
+// update builds node's view of snap (or of a newer snapshot) and installs
+// it. Each resource type is versioned by a hash of its contents, so an
+// unchanged type is not pushed; a node whose view is unchanged gets no new
+// snapshot.
 func (s *Server) update(ctx context.Context, snap *discovery.Snapshot, node string) error {
 	id, err := spiffeid.FromString(node)
 	if err != nil {
 		return fmt.Errorf("node %q: %w", node, err)
 	}
-	s.buildMu.Lock()
-	defer s.buildMu.Unlock()
-	// The registry may have moved on while we waited; always build the
-	// newest, so an older view never replaces a newer one.
-	if cur := s.Registry.Snapshot(); cur.Version() > snap.Version() {
-		snap = cur
+	s.mu.Lock()
+	ns, ok := s.views[node]
+	if !ok {
+		ns = &nodeState{}
+		s.views[node] = ns
 	}
-	res, err := BuildResources(snap, id, s.ClusterDomain)
-	if err != nil {
+	s.mu.Unlock()
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	x := s.indexFor(snap)
+	old := ns.view
+	if old != nil && old.idx.snap.Version() >= x.snap.Version() {
+		return nil // already current
+	}
+	v := x.view(id, old)
+	if err := x.setVersions(v); err != nil {
 		return err
 	}
 	var out cachev3.Snapshot
-	for typ, items := range res {
-		v, err := contentVersion(items)
+	changed := old == nil
+	for _, typ := range []resource.Type{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType} {
+		rt := cachev3.GetResponseType(typ)
+		if old != nil && old.versions[typ] == v.versions[typ] {
+			out.Resources[rt] = ns.snap.Resources[rt]
+			continue
+		}
+		changed = true
+		res, err := x.shared(v, typ)
 		if err != nil {
 			return err
 		}
-		out.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(v, items)
+		out.Resources[rt] = res
+	}
+	if !changed {
+		ns.view = v
+		return nil
 	}
 	if err := out.Consistent(); err != nil {
 		return fmt.Errorf("snapshot for %s: %w", node, err)
 	}
-	return s.cache.SetSnapshot(ctx, node, &out)
+	if err := s.cache.SetSnapshot(ctx, node, &out); err != nil {
+		return err
+	}
+	ns.view, ns.snap = v, &out
+	return nil
 }
 
 func (s *Server) open(ctx context.Context, streamID int64, _ string) error {
@@ -155,8 +235,9 @@ func (s *Server) open(ctx context.Context, streamID int64, _ string) error {
 		s.Logger.Warn("xds: refused stream", slog.Any("error", err))
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
+	addr, certExpiry := peerInfo(ctx)
 	s.mu.Lock()
-	s.streams[streamID] = &stream{id: id}
+	s.streams[streamID] = &stream{id: id, peer: addr, since: time.Now(), certExpiry: certExpiry}
 	s.mu.Unlock()
 	return nil
 }
@@ -174,6 +255,7 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 	}
 	if s.nodes[st.node]--; s.nodes[st.node] <= 0 {
 		delete(s.nodes, st.node)
+		delete(s.views, st.node)
 		s.cache.ClearSnapshot(st.node)
 	}
 }
@@ -192,6 +274,7 @@ func (s *Server) request(streamID int64, node *corev3.Node) error {
 		s.Logger.Warn("xds: refused request for another identity", slog.String("spiffe_id", want), slog.String("node_id", got))
 		return status.Errorf(codes.PermissionDenied, "node.id %q is not the caller's SPIFFE ID %s", got, want)
 	}
+	s.observeNode(st, node)
 	if st.node != "" { // only this stream's goroutine reads or writes st.node
 		return nil
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -41,6 +42,18 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between connection
 	// attempts (defaults 200ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
+
+	// AdminAddr and Version, if set, are reported to discovery in
+	// node.metadata (admin_addr, version; see xds.NodeMetadata), with the
+	// current SVID's expiry (svid_expiry), so that operators can find the
+	// sidecar (tether status). AdminAddr is host:port with an IP address,
+	// or an empty or unspecified host for the address the client connects
+	// from.
+	AdminAddr string
+	Version   string
+	// MetadataRefresh is how often the client checks whether the metadata
+	// changed and tells discovery (default DefaultMetadataRefresh).
+	MetadataRefresh time.Duration
 }
 
 // Client follows discovery over ADS and publishes consistent Views. Its
@@ -86,6 +99,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || (cfg.MaxBackoff > 0 && cfg.MinBackoff > cfg.MaxBackoff) {
 		errs = append(errs, fmt.Errorf("%w: backoff %s-%s is not a range", ErrBadConfig, cfg.MinBackoff, cfg.MaxBackoff))
 	}
+	if _, err := xds.ParseNodeMetadata(xds.NodeMetadata{AdminAddr: cfg.AdminAddr, Version: cfg.Version}.Struct()); err != nil {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrBadConfig, err))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -97,6 +113,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
+	}
+	if cfg.MetadataRefresh <= 0 {
+		cfg.MetadataRefresh = DefaultMetadataRefresh
 	}
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {

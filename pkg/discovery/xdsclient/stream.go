@@ -96,7 +96,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	s := &session{
 		c:      c,
 		stream: stream,
-		node:   &corev3.Node{Id: c.cfg.ID.String(), UserAgentName: "tether-sidecar"},
+		node:   c.node(),
 		types: map[resource.Type]*typeState{
 			resource.ClusterType:         {},
 			resource.ListenerType:        {},
@@ -107,6 +107,8 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		due:     make(chan *pendingNack, 16),
 	}
 	defer s.stopTimers()
+	refresh := time.NewTicker(c.cfg.MetadataRefresh)
+	defer refresh.Stop()
 	for _, t := range []resource.Type{resource.ClusterType, resource.ListenerType, resource.ExtensionConfigType} {
 		if err := s.send(t, nil); err != nil {
 			return false, err
@@ -126,6 +128,10 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 				c.log.Info("connected to discovery")
 			}
 			if err := s.handle(r); err != nil {
+				return true, err
+			}
+		case <-refresh.C:
+			if err := s.refreshMetadata(); err != nil {
 				return true, err
 			}
 		case p := <-s.due:

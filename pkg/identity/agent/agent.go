@@ -67,6 +67,17 @@ type Agent struct {
 
 	expiry prometheus.Gauge
 	events *prometheus.CounterVec
+
+	// caDown is set while the latest exchange with the CA (an SVID fetch,
+	// or the trust bundle stream) failed; nil while it succeeded.
+	caDown    atomic.Pointer[caFailure]
+	reachable prometheus.Gauge
+}
+
+// caFailure is why, and since when, the CA cannot be reached.
+type caFailure struct {
+	err   error
+	since time.Time
 }
 
 // ErrNoSVID means the agent holds no valid SVID yet (or any more).
@@ -111,10 +122,14 @@ func New(cfg Config) (*Agent, error) {
 			Name: "tether_sidecar_svid_fetches_total",
 			Help: "SVID fetches by kind (bootstrap, renew) and result.",
 		}, []string{"kind", "result"}),
+		reachable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_sidecar_ca_reachable",
+			Help: "1 while the latest exchange with tether-ca (SVID fetch or trust bundle stream) succeeded, 0 after one failed (and before the first): the SVID cannot be renewed now, the one held is served until it expires.",
+		}),
 	}
 	a.bundle.Store(spiffebundle.FromX509Bundle(cfg.Bundle))
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.expiry, a.events)
+		cfg.Registerer.MustRegister(a.expiry, a.events, a.reachable)
 	}
 	return a, nil
 }
@@ -174,6 +189,38 @@ func (a *Agent) Ready() error {
 		return fmt.Errorf("%w: SVID expired at %s", ErrNoSVID, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return nil
+}
+
+// Degraded returns nil while the latest exchange with the CA succeeded.
+// Otherwise it says since when the CA cannot be reached and until when
+// the SVID held stays valid: the agent serves it but cannot renew it.
+func (a *Agent) Degraded() error {
+	f := a.caDown.Load()
+	if f == nil {
+		return nil
+	}
+	left := "no SVID held"
+	if s := a.svid.Load(); s != nil {
+		left = "serving the cached SVID, valid until " + s.Certificates[0].NotAfter.UTC().Format(time.RFC3339)
+	}
+	return fmt.Errorf("cannot reach tether-ca at %s since %s (%v); %s", a.cfg.CAAddr, f.since.UTC().Format(time.RFC3339), f.err, left)
+}
+
+// noteCA records the outcome of an exchange with the CA.
+func (a *Agent) noteCA(err error) {
+	if err == nil {
+		if f := a.caDown.Swap(nil); f != nil {
+			a.log.Info("tether-ca reachable again", slog.Duration("after", a.cfg.Clock.Now().Sub(f.since).Round(time.Second)))
+		}
+		a.reachable.Set(1)
+		return
+	}
+	f := &caFailure{err: err, since: a.cfg.Clock.Now()}
+	if cur := a.caDown.Load(); cur != nil {
+		f.since = cur.since
+	}
+	a.caDown.Store(f)
+	a.reachable.Set(0)
 }
 
 // RenewNow asks Run to renew the SVID at once.
@@ -274,10 +321,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	failures := 0
 	for {
 		var wait time.Duration
-		if err := a.fetch(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
+		err := a.fetch(ctx)
+		if err != nil && ctx.Err() != nil {
+			return nil
+		}
+		a.noteCA(err)
+		if err != nil {
 			wait = a.backoff(failures)
 			failures++
 			left := "none"
@@ -315,6 +364,7 @@ func (a *Agent) watchBundle(ctx context.Context) {
 		if err == nil {
 			err = client.WatchBundle(ctx, func(b *spiffebundle.Bundle) {
 				failures = 0
+				a.noteCA(nil)
 				cur := a.bundle.Load()
 				if cur.Equal(b) {
 					return
@@ -330,6 +380,7 @@ func (a *Agent) watchBundle(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		a.noteCA(fmt.Errorf("trust bundle stream: %w", err))
 		wait := a.backoff(failures)
 		failures++
 		a.log.Warn("trust bundle stream broken; reconnecting", slog.Any("error", err), slog.Duration("retry_in", wait.Round(time.Millisecond)))

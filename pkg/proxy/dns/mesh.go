@@ -46,6 +46,11 @@ func (s *Server) candidates(name string) []string {
 
 // splitSRV splits "_port._proto.rest." into its parts.
 func splitSRV(name string) (base, port, proto string, ok bool) {
+	if !strings.HasPrefix(name, "_") {
+		// Not an SRV name; skip splitting it (an allocation per label), as
+		// every candidate of every query comes through here.
+		return name, "", "", false
+	}
 	labels := mdns.SplitDomainName(name)
 	if len(labels) < 3 || !strings.HasPrefix(labels[0], "_") || !strings.HasPrefix(labels[1], "_") {
 		return name, "", "", false

@@ -1,0 +1,58 @@
+package main
+
+import (
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
+)
+
+// The xDS types a client subscribes to.
+const (
+	typeCDS  = resource.ClusterType
+	typeEDS  = resource.EndpointType
+	typeLDS  = resource.ListenerType
+	typeECDS = resource.ExtensionConfigType
+)
+
+var allTypes = []string{typeCDS, typeEDS, typeLDS, typeECDS}
+
+// shortType names a type URL in tables.
+func shortType(t string) string {
+	switch t {
+	case typeCDS:
+		return "CDS"
+	case typeEDS:
+		return "EDS"
+	case typeLDS:
+		return "LDS"
+	case typeECDS:
+		return "ECDS"
+	}
+	return t
+}
+
+// nameTableOf unpacks the name table carried by r.
+func nameTableOf(r types.Resource) (*discoveryv1.NameTable, bool) {
+	tec, ok := r.(*corev3.TypedExtensionConfig)
+	if !ok || tec.GetName() != xds.NameTableName {
+		return nil, false
+	}
+	var nt discoveryv1.NameTable
+	if err := tec.GetTypedConfig().UnmarshalTo(&nt); err != nil {
+		return nil, false
+	}
+	return &nt, true
+}
+
+func protoSize(m proto.Message) int { return proto.Size(m) }
+
+// hashOf is what a name table holds for service i when it is unreachable.
+func hashOf(i int, m *mesh) []byte {
+	return xds.HashName(xds.FQDN(m.state.Services[i].Key, xds.DefaultClusterDomain))
+}
+
+func protoEqual(a, b types.Resource) bool { return proto.Equal(a, b) }

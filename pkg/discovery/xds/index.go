@@ -1,0 +1,513 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
+	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
+)
+
+// index is what every node's view of one registry snapshot shares: the
+// services with their Cluster, ClusterLoadAssignment and inbound Listener
+// (each built once, when first needed, and shared by every node), the
+// distinct per-port decision lists the nodes' name tables are made of, the
+// known sources and candidate namespaces of the RBAC principals, and which
+// identity serves which service.
+//
+// An index built from the previous one (see newIndex) reuses what a change
+// did not touch. It relies on the contract of policy.Engine.Decide: the
+// decision for a service depends only on the policies naming it or, when
+// none does, on its namespace's default (else the mesh default), besides
+// the source. (The mesh default and trust domain are the registry's, fixed.)
+// A service whose value, policies and default are unchanged is
+// "clean": every source gets the same decisions, Cluster and
+// ClusterLoadAssignment as before, and, if the known sources and candidate
+// namespaces are unchanged too, the same Listener.
+type index struct {
+	snap          *discovery.Snapshot
+	clusterDomain string
+	td            spiffeid.TrustDomain
+	eng           *policy.Engine
+
+	services   []discovery.Service // sorted by key, as the snapshot holds them
+	entries    []*entry            // one per service
+	sources    []spiffeid.ID       // snap.Sources()
+	namespaces []string            // candidate namespaces of RBAC prefixes, sorted
+	served     map[spiffeid.ID][]int
+	hashOrder  []int // service indexes sorted by HashName (the name table's unreachable order)
+
+	// prev is the index this one was diffed against, until the next index
+	// replaces this one; prevOf[i] is service i's index in prev (-1: new),
+	// and dirty lists the services that are not clean.
+	prev   atomic.Pointer[index]
+	prevOf []int
+	dirty  []int
+
+	sharedMu   sync.Mutex
+	sharedSets map[string]*sharedSet // by type and version
+}
+
+// entry is one service's shared resources.
+type entry struct {
+	svc  *discovery.Service
+	fqdn string
+	hash []byte
+	ids  []spiffeid.ID
+
+	res      *lazyResources
+	variants *variants
+	listener *lazyListener
+}
+
+// variants are the distinct decision lists sources got for a service
+// they may reach on some port, each with its ServiceName; a node's view
+// refers to them by number (1-based; 0 is unreachable). Append-only.
+type variants struct {
+	mu   sync.Mutex
+	list []*variant
+}
+
+type variant struct {
+	decisions []policy.Decision
+	sn        *discoveryv1.ServiceName
+	sumOnce   sync.Once
+	sum       [sha256.Size]byte // of sn, marshaled deterministically
+}
+
+func (v *variant) getSum() [sha256.Size]byte {
+	v.sumOnce.Do(func() { v.sum = resourceSum(v.sn) })
+	return v.sum
+}
+
+// lazyResources are a service's Cluster and ClusterLoadAssignment, built
+// when first needed; clean services share them with the previous index.
+type lazyResources struct {
+	once    sync.Once
+	cluster types.Resource
+	cla     types.Resource
+	sumOnce sync.Once
+	sums    [2][sha256.Size]byte // of cluster and cla
+}
+
+type lazyListener struct {
+	once sync.Once
+	l    types.Resource
+	sum  [sha256.Size]byte
+	err  error
+}
+
+// newIndex indexes snap; with prev (an index of an older snapshot of the
+// same registry) it reuses prev's work for the clean services.
+func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *index {
+	if clusterDomain == "" {
+		clusterDomain = DefaultClusterDomain
+	}
+	x := &index{
+		snap: snap, clusterDomain: clusterDomain, td: snap.TrustDomain(), eng: snap.Engine(),
+		services: snap.Services(), sources: snap.Sources(), served: map[spiffeid.ID][]int{},
+	}
+	x.namespaces = candidateNamespaces(snap, x.services)
+	if prev != nil && (prev.td != x.td || prev.clusterDomain != x.clusterDomain) {
+		prev = nil
+	}
+	var prevPol map[discovery.ServiceKey][]policy.AccessPolicy
+	var prevIdx map[discovery.ServiceKey]int
+	var prevDefs, defs map[string]policy.Default
+	listenersKept := false
+	pol := policiesByService(snap)
+	if prev != nil {
+		prevPol = policiesByService(prev.snap)
+		prevDefs, defs = prev.snap.NamespaceDefaults(), snap.NamespaceDefaults()
+		prevIdx = make(map[discovery.ServiceKey]int, len(prev.services))
+		for i := range prev.services {
+			prevIdx[prev.services[i].Key] = i
+		}
+		listenersKept = slices.Equal(prev.sources, x.sources) && slices.Equal(prev.namespaces, x.namespaces)
+		x.prevOf = make([]int, len(x.services))
+	}
+	x.entries = make([]*entry, len(x.services))
+	for i := range x.services {
+		svc := &x.services[i]
+		if prev != nil {
+			x.prevOf[i] = -1
+			if j, ok := prevIdx[svc.Key]; ok {
+				x.prevOf[i] = j
+				pe := prev.entries[j]
+				if sameService(pe.svc, svc) && reflect.DeepEqual(prevPol[svc.Key], pol[svc.Key]) &&
+					(len(pol[svc.Key]) > 0 || sameDefault(prevDefs, defs, svc.Key.Namespace)) {
+					e := &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, ids: pe.ids, res: pe.res, variants: pe.variants, listener: &lazyListener{}}
+					if listenersKept {
+						e.listener = pe.listener
+					}
+					x.entries[i] = e
+					x.addServed(i)
+					continue
+				}
+			}
+			x.dirty = append(x.dirty, i)
+		}
+		fqdn := FQDN(svc.Key, clusterDomain)
+		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), ids: svc.Identities(x.td),
+			res: &lazyResources{}, variants: &variants{}, listener: &lazyListener{}}
+		x.addServed(i)
+	}
+	x.hashOrder = make([]int, len(x.entries))
+	for i := range x.hashOrder {
+		x.hashOrder[i] = i
+	}
+	slices.SortFunc(x.hashOrder, func(a, b int) int { return strings.Compare(string(x.entries[a].hash), string(x.entries[b].hash)) })
+	if prev != nil {
+		x.prev.Store(prev)
+	}
+	return x
+}
+
+func (x *index) addServed(i int) {
+	for _, id := range x.entries[i].ids {
+		x.served[id] = append(x.served[id], i)
+	}
+}
+
+// sameDefault reports whether namespace ns has the same default override
+// (or none) in a and b: the rule text names an override even when it
+// equals the mesh default.
+func sameDefault(a, b map[string]policy.Default, ns string) bool {
+	da, oka := a[ns]
+	db, okb := b[ns]
+	return oka == okb && da == db
+}
+
+// sameService reports whether a and b are equal in every field.
+func sameService(a, b *discovery.Service) bool {
+	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) && slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
+}
+
+// policiesByService groups snap's policies by the service they name, in
+// the order reported.
+func policiesByService(snap *discovery.Snapshot) map[discovery.ServiceKey][]policy.AccessPolicy {
+	out := map[discovery.ServiceKey][]policy.AccessPolicy{}
+	for _, p := range snap.Policies() {
+		k := discovery.ServiceKey{Namespace: p.Namespace, Name: p.Spec.Destination.Service}
+		if k.Namespace == "" {
+			k.Namespace = "default"
+		}
+		out[k] = append(out[k], p)
+	}
+	return out
+}
+
+// candidateNamespaces are the namespaces an RBAC namespace prefix may be
+// for: those listed, those of services, and those policies name as
+// sources; sorted.
+func candidateNamespaces(snap *discovery.Snapshot, services []discovery.Service) []string {
+	set := map[string]bool{}
+	for _, ns := range snap.Namespaces() {
+		set[ns.Name] = true
+	}
+	for i := range services {
+		set[services[i].Key.Namespace] = true
+	}
+	for _, p := range snap.Policies() {
+		for _, src := range p.Spec.Sources {
+			if src.Namespace != "" {
+				set[src.Namespace] = true
+			}
+		}
+	}
+	return sortedKeys(set)
+}
+
+// resources returns service i's Cluster and ClusterLoadAssignment.
+func (x *index) resources(i int) *lazyResources {
+	e := x.entries[i]
+	r := e.res
+	r.once.Do(func() { r.cluster, r.cla = buildCluster(e.svc, x.td), buildCLA(e.svc) })
+	return r
+}
+
+// sums returns the sums of service i's Cluster and ClusterLoadAssignment.
+func (x *index) sums(i int) *[2][sha256.Size]byte {
+	r := x.resources(i)
+	r.sumOnce.Do(func() { r.sums[0], r.sums[1] = resourceSum(r.cluster), resourceSum(r.cla) })
+	return &r.sums
+}
+
+// listener returns service i's inbound Listener.
+func (x *index) listener(i int) (*lazyListener, error) {
+	ll := x.entries[i].listener
+	ll.once.Do(func() {
+		l, err := buildInbound(x.snap, x.entries[i].svc, x.sources, x.namespaces)
+		if err != nil {
+			ll.err = fmt.Errorf("inbound listener for %s: %w", x.entries[i].svc.Key, err)
+			return
+		}
+		ll.l, ll.sum = l, resourceSum(l)
+	})
+	return ll, ll.err
+}
+
+// decide returns id's variant of service i (0: unreachable).
+func (x *index) decide(id spiffeid.ID, i int) uint32 {
+	e := x.entries[i]
+	svc := e.svc
+	ds := make([]policy.Decision, len(svc.Ports))
+	reach := false
+	for k, p := range svc.Ports {
+		ds[k] = x.eng.Decide(id, svc.Key.Namespace, svc.Key.Name, p.Port)
+		reach = reach || ds[k].Allowed
+	}
+	if !reach {
+		return 0
+	}
+	vs := e.variants
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	for k, v := range vs.list {
+		if slices.Equal(v.decisions, ds) {
+			return uint32(k + 1)
+		}
+	}
+	sn := &discoveryv1.ServiceName{Namespace: svc.Key.Namespace, Name: svc.Key.Name, Fqdn: e.fqdn}
+	for k, p := range svc.Ports {
+		sn.Ports = append(sn.Ports, &discoveryv1.ServicePort{
+			Name: p.Name, Protocol: "tcp", Port: uint32(p.Port), TargetPort: uint32(p.TargetPort),
+			Allowed: ds[k].Allowed, Rule: ds[k].Rule,
+		})
+	}
+	for _, a := range svc.ClusterIPs {
+		sn.Addresses = append(sn.Addresses, a.String())
+	}
+	vs.list = append(vs.list, &variant{decisions: ds, sn: sn})
+	return uint32(len(vs.list))
+}
+
+func (e *entry) variant(v uint32) *variant {
+	e.variants.mu.Lock()
+	defer e.variants.mu.Unlock()
+	return e.variants.list[v-1]
+}
+
+// nodeView is one identity's view of an index: which variant of each
+// service it gets, and the version of each resource type.
+type nodeView struct {
+	idx      *index
+	id       spiffeid.ID
+	vid      []uint32 // per service of idx
+	versions map[resource.Type]string
+}
+
+// view computes id's view of x. With old, a view of x's previous index,
+// only the services that are not clean are decided again.
+func (x *index) view(id spiffeid.ID, old *nodeView) *nodeView {
+	v := &nodeView{idx: x, id: id, vid: make([]uint32, len(x.entries))}
+	if old != nil && old.id == id && x.prev.Load() == old.idx && old.idx != nil {
+		for i, p := range x.prevOf {
+			if p >= 0 {
+				v.vid[i] = old.vid[p]
+			}
+		}
+		for _, i := range x.dirty {
+			v.vid[i] = x.decide(id, i)
+		}
+	} else {
+		for i := range x.entries {
+			v.vid[i] = x.decide(id, i)
+		}
+	}
+	return v
+}
+
+// setVersions sets the version of each of v's resource types: a hash of
+// the contents, so an unchanged type keeps its version.
+func (x *index) setVersions(v *nodeView) error {
+	v.versions = map[resource.Type]string{
+		resource.ClusterType:         x.sumVersion(v, 0),
+		resource.EndpointType:        x.sumVersion(v, 1),
+		resource.ExtensionConfigType: x.nameTableVersion(v),
+	}
+	h := sha256.New()
+	for _, i := range x.served[v.id] {
+		ll, err := x.listener(i)
+		if err != nil {
+			return err
+		}
+		h.Write(ll.sum[:])
+	}
+	v.versions[resource.ListenerType] = hex.EncodeToString(h.Sum(nil))[:16]
+	return nil
+}
+
+// sumVersion hashes the sums of the clusters (k 0) or CLAs (k 1) in v.
+func (x *index) sumVersion(v *nodeView, k int) string {
+	h := sha256.New()
+	for i, n := range v.vid {
+		if n != 0 {
+			h.Write(x.sums(i)[k][:])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// nameTableVersion hashes what v's name table is made of.
+func (x *index) nameTableVersion(v *nodeView) string {
+	h := sha256.New()
+	def := x.inboundDefault(v.id)
+	fmt.Fprintf(h, "%d:%s%d:%s", len(x.clusterDomain), x.clusterDomain, len(def), def)
+	for i, n := range v.vid {
+		if n != 0 {
+			s := x.entries[i].variant(n).getSum()
+			h.Write([]byte{'r'})
+			h.Write(s[:])
+		}
+	}
+	for _, i := range x.hashOrder {
+		if v.vid[i] == 0 {
+			h.Write([]byte{'u'})
+			h.Write(x.entries[i].hash)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func (x *index) inboundDefault(id spiffeid.ID) string {
+	ns, _ := policy.WorkloadNamespace(id) // "" (the mesh default) for other IDs
+	return x.eng.DefaultFor(ns).String()
+}
+
+// listeners returns v's inbound Listeners.
+func (x *index) listeners(v *nodeView) ([]types.Resource, error) {
+	out := []types.Resource{}
+	for _, i := range x.served[v.id] {
+		ll, err := x.listener(i)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ll.l)
+	}
+	return out, nil
+}
+
+// items returns v's resources of type typ.
+func (x *index) items(v *nodeView, typ resource.Type) ([]types.Resource, error) {
+	switch typ {
+	case resource.ClusterType, resource.EndpointType:
+		out := []types.Resource{}
+		for i, n := range v.vid {
+			if n == 0 {
+				continue
+			}
+			e := x.resources(i)
+			if typ == resource.ClusterType {
+				out = append(out, e.cluster)
+			} else {
+				out = append(out, e.cla)
+			}
+		}
+		return out, nil
+	case resource.ListenerType:
+		return x.listeners(v)
+	case resource.ExtensionConfigType:
+		nt, err := x.nameTable(v)
+		if err != nil {
+			return nil, err
+		}
+		return []types.Resource{nt}, nil
+	}
+	return nil, fmt.Errorf("unknown resource type %s", typ)
+}
+
+// nameTable returns v's name table, as buildNameTable makes it: every
+// service it may reach on some port with its addresses and per-port
+// decisions, the hashes of the names of the others, and the default for
+// ports no service covers.
+func (x *index) nameTable(v *nodeView) (*corev3.TypedExtensionConfig, error) {
+	nt := &discoveryv1.NameTable{ClusterDomain: strings.Trim(x.clusterDomain, "."), InboundDefault: x.inboundDefault(v.id)}
+	for i, n := range v.vid {
+		if n != 0 {
+			nt.Services = append(nt.Services, x.entries[i].variant(n).sn)
+		}
+	}
+	for _, i := range x.hashOrder {
+		if v.vid[i] == 0 {
+			nt.UnreachableSha256 = append(nt.UnreachableSha256, x.entries[i].hash)
+		}
+	}
+	a, err := anypb.New(nt)
+	if err != nil {
+		return nil, fmt.Errorf("marshal name table: %w", err)
+	}
+	return &corev3.TypedExtensionConfig{Name: NameTableName, TypedConfig: a}, nil
+}
+
+// build returns every resource of v: what BuildResources returns for v's
+// identity (TestIncrementalViewsEqualFreshOnes checks they agree).
+func (x *index) build(v *nodeView) (map[resource.Type][]types.Resource, error) {
+	out := map[resource.Type][]types.Resource{}
+	for _, typ := range []resource.Type{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType} {
+		items, err := x.items(v, typ)
+		if err != nil {
+			return nil, err
+		}
+		out[typ] = items
+	}
+	return out, nil
+}
+
+// resourceSum is the SHA-256 of m marshaled deterministically.
+func resourceSum(m proto.Message) [sha256.Size]byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// Marshaling a well-formed generated message does not fail.
+		panic(fmt.Sprintf("marshal %T: %v", m, err))
+	}
+	return sha256.Sum256(b)
+}
+
+// sharedSet is one type's resources of some view, shared by every node
+// whose view of that type has the same version (the same contents).
+type sharedSet struct {
+	once sync.Once
+	res  cachev3.Resources
+	err  error
+}
+
+// shared returns v's resources of type typ, built once per index for all
+// the nodes whose resources of that type have the same version.
+func (x *index) shared(v *nodeView, typ resource.Type) (cachev3.Resources, error) {
+	key := typ + "\x00" + v.versions[typ]
+	x.sharedMu.Lock()
+	if x.sharedSets == nil {
+		x.sharedSets = map[string]*sharedSet{}
+	}
+	ss, ok := x.sharedSets[key]
+	if !ok {
+		ss = &sharedSet{}
+		x.sharedSets[key] = ss
+	}
+	x.sharedMu.Unlock()
+	ss.once.Do(func() {
+		items, err := x.items(v, typ)
+		if err != nil {
+			ss.err = err
+			return
+		}
+		ss.res = cachev3.NewResources(v.versions[typ], items)
+	})
+	return ss.res, ss.err
+}
