@@ -6,7 +6,7 @@ GO ?= go
 # every binary: the sidecar shrinks from 41 to 27 MB and its idle RSS by 6 MiB.
 export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 
-.PHONY: all build test unit proto deps kube-bins vet fmt bench bench-proxy bench-inject run clean
+.PHONY: all build test unit proto deps kube-bins vet fmt bench bench-proxy bench-inject bench-discovery run demo clean
 
 all: build
 
@@ -63,6 +63,12 @@ unit:
 run:
 	hack/run-local.sh
 
+# demo builds the binaries and runs the whole mesh on loopback until Ctrl-C
+# (docs/quickstart.md); DEMO_FLAGS=--rotate adds a root rotation under traffic.
+DEMO_FLAGS ?=
+demo: build
+	bin/tether demo $(DEMO_FLAGS)
+
 # bench runs the CA signing benchmark; bench-proxy the sidecar data path
 # against a relay, stunnel and HAProxy (about 17 minutes). Results and
 # exact commands: docs/BENCHMARKS.md.
@@ -75,6 +81,12 @@ bench-proxy:
 # bench-inject: the admission webhook against a fixed-answer baseline (about 2.5 minutes).
 bench-inject:
 	bash bench/inject/run.sh
+
+# bench-discovery: the sidecar DNS server against a minimal miekg/dns server
+# (dnsperf, installed as root), then discovery with 10,000 services served to
+# 1,000 ADS clients beside the same mesh at 1/10 scale (about 20 minutes).
+bench-discovery:
+	bash bench/discovery/run.sh
 
 clean:
 	rm -rf bin .tether

@@ -22,6 +22,8 @@ Usage:
   tether ca rotate prepare|activate|retire [--force] [--socket PATH]
   tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]
   tether policy graph [--mesh FILE | --kubeconfig PATH [--context NAME]] [--namespace NS] [--dot]
+  tether demo [--rotate] [--duration D] [--dir DIR] [--ports N] [--bin DIR] [--rate N]
+  tether status [--ca-socket PATH] [--discovery-admin URL] | [--kubeconfig PATH [--context NAME]] [--soon 10m] [--json]
 
 Run a command with -h for its flags.
 `
@@ -72,8 +74,12 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return a.policyCheck(ctx, args[2:])
 	case path == "policy graph":
 		return a.policyGraph(ctx, args[2:])
+	case args[0] == "status":
+		return a.status(ctx, args[1:])
 	case path == "ca token" && len(args) > 2 && args[2] == "create":
 		return a.caTokenCreate(ctx, args[3:])
+	case args[0] == "demo":
+		return a.demo(ctx, args[1:])
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		fmt.Fprint(a.Stdout, usage)
 		return nil
