@@ -31,9 +31,9 @@ import (
 )
 
 // This file is the test's stand-in for a node: a kubelet and container
-// runtime that run a stored Pod's containers (podRuntime), cluster DNS,
-// kube-proxy for one Service (relay), and the node's view of the pod
-// network (nodeClient).
+// runtime that run a stored Pod's containers (podRuntime), the pod network
+// (podNetwork), cluster DNS, kube-proxy (kubeProxy, and relay for the
+// kubernetes Service), and the node's view of the pod network (nodeClient).
 
 // The Dockerfile's runtime image: Debian's PATH, USER 65532:65532, and
 // ENTRYPOINT tether.
@@ -70,6 +70,31 @@ type cluster struct {
 	env        *kubetest.Env
 	bin        string     // the freshly built binaries
 	nameserver netip.Addr // cluster DNS, for every pod's resolv.conf
+	node       *netns.NS  // the node's network namespace
+
+	mu   sync.Mutex
+	pods int // pod networks made so far
+}
+
+// podNetwork makes a network namespace for one pod, as a CNI plugin would:
+// pod number n (from 1) gets 10.244.<n>.2/24 on a veth whose node end is
+// 10.244.<n>.1/24, and a default route through it. The node forwards
+// between pods (its ip_forward is set by startMesh).
+func (c *cluster) podNetwork(t *testing.T, name string) (*netns.NS, netip.Addr) {
+	t.Helper()
+	c.mu.Lock()
+	c.pods++
+	n := c.pods
+	c.mu.Unlock()
+	if n > 254 {
+		t.Fatal("more than 254 pods")
+	}
+	nodeEnd := netip.AddrFrom4([4]byte{10, 244, byte(n), 1})
+	podEnd := netip.AddrFrom4([4]byte{10, 244, byte(n), 2})
+	ns := netns.New(t, name)
+	netns.Link(t, c.node, ns, netip.PrefixFrom(nodeEnd, 24), netip.PrefixFrom(podEnd, 24))
+	ns.Run(t, "ip", "route", "add", "default", "via", nodeEnd.String())
+	return ns, podEnd
 }
 
 // newPodRuntime prepares the pod's volumes (as the kubelet does before
@@ -548,14 +573,23 @@ func checkCreds(t *testing.T, p *netns.Proc, uid int, capBnd string) {
 
 // serveClusterDNS stands for the cluster's DNS server on addr (UDP) inside
 // ns until the test ends: A records of <service>.<namespace>.svc.cluster.local
-// for the Services' ClusterIPs, NXDOMAIN for other names.
-func serveClusterDNS(t *testing.T, ns *netns.NS, addr netip.AddrPort, svcs []corev1.Service) {
+// for the ClusterIPs of the Services the API server holds at the time of
+// the query, NXDOMAIN for other names.
+func serveClusterDNS(t *testing.T, ns *netns.NS, addr netip.AddrPort, env *kubetest.Env) {
 	t.Helper()
-	records := map[string]net.IP{}
-	for _, svc := range svcs {
-		if ip := net.ParseIP(svc.Spec.ClusterIP); ip != nil {
-			records[fmt.Sprintf("%s.%s.svc.cluster.local.", svc.Name, svc.Namespace)] = ip
+	lookup := func(name string) (net.IP, bool) {
+		labels := strings.Split(strings.TrimSuffix(strings.ToLower(name), "."), ".")
+		if len(labels) != 5 || labels[2] != "svc" || labels[3] != "cluster" || labels[4] != "local" {
+			return nil, false
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		svc, err := env.Client.CoreV1().Services(labels[1]).Get(ctx, labels[0], metav1.GetOptions{})
+		if err != nil {
+			return nil, false
+		}
+		ip := net.ParseIP(svc.Spec.ClusterIP)
+		return ip, ip != nil
 	}
 	var pc net.PacketConn
 	if err := ns.Do(func() (err error) {
@@ -570,7 +604,7 @@ func serveClusterDNS(t *testing.T, ns *netns.NS, addr netip.AddrPort, svcs []cor
 		m.Authoritative = true
 		if len(req.Question) == 1 {
 			q := req.Question[0]
-			ip, ok := records[strings.ToLower(q.Name)]
+			ip, ok := lookup(q.Name)
 			switch {
 			case !ok:
 				m.Rcode = dns.RcodeNameError
@@ -694,8 +728,21 @@ func relay(t *testing.T, ns *netns.NS, listen, target string) {
 	})
 }
 
-// serveApp serves an HTTP app on port inside ns: 200 on every path.
-func serveApp(t *testing.T, ns *netns.NS, port int) {
+// kubeProxy stands for kube-proxy in iptables mode on the node: TCP to
+// the Service's ClusterIP and port, from pods (routed through the node) or
+// from the node itself, is DNATed to the endpoint. The rules go with the
+// node's namespace.
+func kubeProxy(t *testing.T, node *netns.NS, clusterIP string, port int, endpoint netip.AddrPort) {
+	t.Helper()
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		node.Run(t, "iptables", "-w", "-t", "nat", "-A", chain, "-d", clusterIP+"/32", "-p", "tcp", "--dport", strconv.Itoa(port),
+			"-j", "DNAT", "--to-destination", endpoint.String())
+	}
+}
+
+// serveApp serves an HTTP app named name on port inside ns: 200 on every
+// path, with a body naming the app and the path.
+func serveApp(t *testing.T, ns *netns.NS, port int, name string) {
 	t.Helper()
 	var l net.Listener
 	if err := ns.Do(func() (err error) {
@@ -705,7 +752,7 @@ func serveApp(t *testing.T, ns *netns.NS, port int) {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "app: %s\n", r.URL.Path)
+		fmt.Fprintf(w, "%s: %s\n", name, r.URL.Path)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
