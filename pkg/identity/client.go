@@ -36,7 +36,10 @@ func Dial(addr string, td spiffeid.TrustDomain, bundle x509bundle.Source, svid x
 	if svid != nil {
 		tc = tlsconfig.MTLSClientConfig(svid, bundle, authorize)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	// No service config is published in DNS for tether-ca: skip the
+	// _grpc_config TXT lookup, which stalls bootstrap for seconds where
+	// the resolver does not answer.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDisableServiceConfig())
 	if err != nil {
 		return nil, fmt.Errorf("CA client %s: %w", addr, err)
 	}

@@ -60,6 +60,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	conn, err := grpc.NewClient(c.cfg.Addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage)),
+		grpc.WithDisableServiceConfig(), // none is published in DNS; skip the TXT lookup
 	)
 	if err != nil {
 		return false, fmt.Errorf("dial: %w", err)

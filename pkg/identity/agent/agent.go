@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -276,7 +277,8 @@ func (a *Agent) fetch(ctx context.Context) error {
 	a.mergeBundle(bundle)
 	leaf := svid.Certificates[0]
 	a.expiry.Set(float64(leaf.NotAfter.Unix()))
-	a.log.Info("SVID "+kind+"ed", slog.String("spiffe_id", svid.ID.String()),
+	past := map[string]string{"bootstrap": "bootstrapped", "renew": "renewed"}[kind]
+	a.log.Info("SVID "+cmp.Or(past, kind), slog.String("spiffe_id", svid.ID.String()),
 		slog.String("serial", leaf.SerialNumber.Text(16)), slog.Time("not_after", leaf.NotAfter),
 		slog.Duration("valid_for", leaf.NotAfter.Sub(a.cfg.Clock.Now()).Round(time.Second)))
 	a.notify()
