@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -112,6 +113,7 @@ func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
 		return
 	}
 	t := newTunnel(tc, src, st.PeerCertificates[0].NotAfter)
+	t.anchors = []*x509.Certificate{p.anchorOf(st.PeerCertificates)}
 	// The first OPEN must follow the handshake promptly; later ones may
 	// wait as long as the client keeps the tunnel pooled.
 	for wait := p.cfg.HandshakeTimeout; p.serveStream(c, t, target, wait); wait = serverIdle {
@@ -155,6 +157,10 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	}
 	if !time.Now().Before(t.peerExpiry) {
 		deny("denied", "the caller's SVID expired at "+t.peerExpiry.UTC().Format(time.RFC3339))
+		return false
+	}
+	if !p.stillTrusted(t.anchors...) {
+		deny("denied", "the caller's SVID chains to a root that is no longer in the trust bundle")
 		return false
 	}
 	app, appPort, err := target(c, port)

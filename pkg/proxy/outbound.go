@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -123,7 +124,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 	e.Dest, e.Rule = d.Addr, d.Rule
 	key := d.key()
 	for attempt := 0; ; attempt++ {
-		t := p.pool.get(key)
+		t := p.pool.get(key, p.stillTrusted)
 		reused := t != nil
 		if t == nil {
 			var result string
@@ -188,8 +189,10 @@ func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 	// the tunnel is reusable only until then too. (Read before the
 	// handshake: a renewal in between only makes this conservative.)
 	var ownExpiry time.Time
+	var ownChain []*x509.Certificate
 	if svid, err := p.cfg.Identity.GetX509SVID(); err == nil {
 		ownExpiry = svid.Certificates[0].NotAfter
+		ownChain = svid.Certificates
 	}
 	start := time.Now()
 	tc := tls.Client(raw, p.clientTLS(d.IDs))
@@ -208,7 +211,9 @@ func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 	if !ownExpiry.IsZero() && ownExpiry.Before(expiry) {
 		expiry = ownExpiry
 	}
-	return newTunnel(tc, id, expiry), "", nil
+	t := newTunnel(tc, id, expiry)
+	t.anchors = []*x509.Certificate{p.anchorOf(tc.ConnectionState().PeerCertificates), p.anchorOf(ownChain)}
+	return t, "", nil
 }
 
 // open starts a stream: OPEN, then the server's OK or DENY. It returns the

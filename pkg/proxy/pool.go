@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/x509"
 	"sync"
 	"time"
 )
@@ -28,8 +29,9 @@ func newPool(maxIdle int, ttl time.Duration) *pool {
 	return &pool{idle: map[string][]*tunnel{}, maxIdle: maxIdle, ttl: ttl}
 }
 
-// get returns an idle tunnel for key whose peer SVID is still valid, or nil.
-func (p *pool) get(key string) *tunnel {
+// get returns an idle tunnel for key whose peer SVID is still valid and
+// whose anchors trusted still accepts (see anchor.go), or nil.
+func (p *pool) get(key string, trusted func(...*x509.Certificate) bool) *tunnel {
 	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -37,7 +39,7 @@ func (p *pool) get(key string) *tunnel {
 	for len(list) > 0 {
 		t := list[len(list)-1]
 		list = list[:len(list)-1]
-		if now.Sub(t.idleSince) < p.ttl && now.Add(expiryMargin).Before(t.peerExpiry) {
+		if now.Sub(t.idleSince) < p.ttl && now.Add(expiryMargin).Before(t.peerExpiry) && trusted(t.anchors...) {
 			p.idle[key] = list
 			return t
 		}

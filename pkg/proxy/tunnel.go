@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -62,6 +63,9 @@ type tunnel struct {
 	peer       spiffeid.ID
 	peerExpiry time.Time
 	idleSince  time.Time
+	// anchors are the bundle roots the peer's chain and (on the client
+	// side) our own chain ended at when the tunnel was made; see anchor.go.
+	anchors []*x509.Certificate
 }
 
 func newTunnel(c *tls.Conn, peer spiffeid.ID, expiry time.Time) *tunnel {
