@@ -76,7 +76,8 @@ func grant(ctx context.Context, t *testing.T, env *kubetest.Env, user string, ru
 //     Services api (http 80 -> 8080, grpc 9090) backed by pod api-1 (service
 //     account api) and db (pg 5432) backed by db-1 (db); namespace web with
 //     Service frontend (http 80) backed by front-1 (frontend); namespace ops
-//     with pod mon-1 (monitor) and no Service.
+//     with pod mon-1 (monitor) and no Service. Every pod carries the
+//     sidecar.
 //   - AccessPolicy shop/api-from-frontend: web/frontend and
 //     spiffe://cluster.local/vm/billing may reach api on port 80;
 //     AccessPolicy shop/api-from-ops: namespace ops may reach api.
@@ -88,10 +89,10 @@ func createMesh(ctx context.Context, t *testing.T, env *kubetest.Env) {
 	}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	env.EnsurePod(t, "shop", "api", "api-1")
-	env.EnsurePod(t, "shop", "db", "db-1")
-	env.EnsurePod(t, "web", "frontend", "front-1")
-	env.EnsurePod(t, "ops", "monitor", "mon-1")
+	env.EnsureMeshPod(t, "shop", "api", "api-1")
+	env.EnsureMeshPod(t, "shop", "db", "db-1")
+	env.EnsureMeshPod(t, "web", "frontend", "front-1")
+	env.EnsureMeshPod(t, "ops", "monitor", "mon-1")
 
 	services := []struct {
 		ns, name string
@@ -306,19 +307,15 @@ func TestPolicyKube(t *testing.T) {
 
 	// Sources: the endpoints' identities (shop/api, shop/db, web/frontend)
 	// and those the policies name (web/frontend, spiffe://cluster.local/vm/billing).
-	// The API server's own Service default/kubernetes (no endpoints here)
-	// is a destination like any other.
+	// The API server's own Service default/kubernetes is not a destination:
+	// no pod with the sidecar serves it, so it is not a mesh service.
 	allRows := []string{
-		"shop/api default/kubernetes 443 mesh default allow-mesh",
 		"shop/api shop/db 5432 " + shopDefault,
 		"shop/api web/frontend 80 mesh default allow-mesh",
-		"shop/db default/kubernetes 443 mesh default allow-mesh",
 		"shop/db shop/db 5432 " + shopDefault,
 		"shop/db web/frontend 80 mesh default allow-mesh",
-		"spiffe://cluster.local/vm/billing default/kubernetes 443 mesh default allow-mesh",
 		"spiffe://cluster.local/vm/billing shop/api 80 " + byFrontendPolicy,
 		"spiffe://cluster.local/vm/billing web/frontend 80 mesh default allow-mesh",
-		"web/frontend default/kubernetes 443 mesh default allow-mesh",
 		"web/frontend shop/api 80 " + byFrontendPolicy,
 		"web/frontend web/frontend 80 mesh default allow-mesh",
 	}
@@ -334,7 +331,6 @@ func TestPolicyKube(t *testing.T) {
 				"shop/api web/frontend 80 mesh default allow-mesh",
 				"shop/db web/frontend 80 mesh default allow-mesh",
 				"spiffe://cluster.local/vm/billing web/frontend 80 mesh default allow-mesh",
-				"web/frontend default/kubernetes 443 mesh default allow-mesh",
 				"web/frontend shop/api 80 " + byFrontendPolicy,
 				"web/frontend web/frontend 80 mesh default allow-mesh",
 			}, true},

@@ -43,18 +43,23 @@ func hostIP(t *testing.T) string {
 	return ""
 }
 
-// runningPod creates a pod and marks it Running at ip, as a kubelet would
-// (the test API server has none).
-func runningPod(ctx context.Context, t *testing.T, env *kubetest.Env, ns, name, sa string, labels map[string]string, adminPort int, ip string) {
+// runningPod creates a pod, with the sidecar if meshed (an app pod of the
+// mesh; the control plane has none), and marks it Running at ip, as a
+// kubelet would (the test API server has none).
+func runningPod(ctx context.Context, t *testing.T, env *kubetest.Env, ns, name, sa string, labels map[string]string, adminPort int, ip string, meshed bool) {
 	t.Helper()
 	env.EnsureServiceAccount(t, ns, sa)
 	c := corev1.Container{Name: "main", Image: "registry.invalid/tether:test"}
 	if adminPort > 0 {
 		c.Ports = []corev1.ContainerPort{{Name: "admin", ContainerPort: int32(adminPort)}}
 	}
+	spec := corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{c}}
+	if meshed {
+		spec.InitContainers = []corev1.Container{kubetest.MeshSidecar()}
+	}
 	pod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
-		Spec:       corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{c}},
+		Spec:       spec,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +105,7 @@ func TestStatusKubernetes(t *testing.T) {
 	}
 
 	// Pods that never started.
-	runningPod(ctx, t, env, "tether-system", "tether-ca-pending", "tether-ca", map[string]string{"app.kubernetes.io/name": "tether-ca"}, 15014, "")
+	runningPod(ctx, t, env, "tether-system", "tether-ca-pending", "tether-ca", map[string]string{"app.kubernetes.io/name": "tether-ca"}, 15014, "", false)
 	s, _, _ = statusOf(t, "--kubeconfig", admin)
 	if !strings.Contains(s.CA.Error, "no running pod labelled app.kubernetes.io/name=tether-ca in namespace tether-system: tether-ca-pending is Pending") {
 		t.Errorf("pending CA: %q", s.CA.Error)
@@ -120,10 +125,10 @@ func TestStatusKubernetes(t *testing.T) {
 	}
 	m := startStatusMesh(t, ip)
 	m.deny(t)
-	runningPod(ctx, t, env, "tether-system", "tether-ca-0", "tether-ca", map[string]string{"app.kubernetes.io/name": "tether-ca"}, port(t, m.caAdmin), ip)
-	runningPod(ctx, t, env, "tether-system", "tether-discovery-0", "tether-discovery", map[string]string{"app.kubernetes.io/name": "tether-discovery"}, port(t, m.discAdmin), ip)
+	runningPod(ctx, t, env, "tether-system", "tether-ca-0", "tether-ca", map[string]string{"app.kubernetes.io/name": "tether-ca"}, port(t, m.caAdmin), ip, false)
+	runningPod(ctx, t, env, "tether-system", "tether-discovery-0", "tether-discovery", map[string]string{"app.kubernetes.io/name": "tether-discovery"}, port(t, m.discAdmin), ip, false)
 	for _, name := range []string{"web", "db", "ghost"} {
-		runningPod(ctx, t, env, "default", name+"-7d9f", name, map[string]string{"app": name}, 0, ip)
+		runningPod(ctx, t, env, "default", name+"-7d9f", name, map[string]string{"app": name}, 0, ip, true)
 	}
 
 	web, db := "spiffe://cluster.local/ns/default/sa/web", "spiffe://cluster.local/ns/default/sa/db"

@@ -121,9 +121,9 @@ func TestKubeMode(t *testing.T) {
 	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
 	crdInstalled := time.Now()
 	core := env.Client.CoreV1()
-	env.EnsurePod(t, "shop", "api", "api-1")
-	env.EnsurePod(t, "shop", "api", "api-2")
-	env.EnsurePod(t, "shop", "web", "web-1")
+	env.EnsureMeshPod(t, "shop", "api", "api-1")
+	env.EnsureMeshPod(t, "shop", "api", "api-2")
+	env.EnsureMeshPod(t, "shop", "web", "web-1")
 	api, err := core.Services("shop").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "api"},
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},

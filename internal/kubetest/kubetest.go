@@ -54,6 +54,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
+
+	"github.com/tether-mesh/tether/pkg/inject"
 )
 
 const (
@@ -744,23 +746,54 @@ func (e *Env) EnsureServiceAccount(t testing.TB, ns, name string) *corev1.Servic
 // EnsurePod creates the namespace, the ServiceAccount and a Pod running as
 // that ServiceAccount, with one container, unless they exist. No kubelet
 // runs it: it stays Pending and unscheduled. An existing Pod with another
-// ServiceAccount fails the test.
+// ServiceAccount fails the test. The Pod is not in the mesh (it has no
+// sidecar); see EnsureMeshPod.
 func (e *Env) EnsurePod(t testing.TB, ns, sa, name string) *corev1.Pod {
+	t.Helper()
+	return e.ensurePod(t, ns, sa, name, false)
+}
+
+// EnsureMeshPod is EnsurePod for a Pod in the mesh: it also carries
+// MeshSidecar, as the injector would have added it, which is how
+// tether-discovery tells the Pods of the mesh from the others. An existing
+// Pod without the sidecar fails the test.
+func (e *Env) EnsureMeshPod(t testing.TB, ns, sa, name string) *corev1.Pod {
+	t.Helper()
+	return e.ensurePod(t, ns, sa, name, true)
+}
+
+// MeshSidecar is a stand-in for the container the injector adds to a Pod
+// of the mesh: a native sidecar (an init container that restarts always)
+// named inject.SidecarContainerName, whose image is never pulled.
+func MeshSidecar() corev1.Container {
+	always := corev1.ContainerRestartPolicyAlways
+	return corev1.Container{
+		Name:          inject.SidecarContainerName,
+		Image:         "registry.invalid/kubetest/tether:never-pulled",
+		RestartPolicy: &always,
+	}
+}
+
+func (e *Env) ensurePod(t testing.TB, ns, sa, name string, meshed bool) *corev1.Pod {
 	t.Helper()
 	e.EnsureServiceAccount(t, ns, sa)
 	c, cancel := opContext()
 	defer cancel()
 	pod, err := e.Client.CoreV1().Pods(ns).Get(c, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
+		spec := corev1.PodSpec{
+			ServiceAccountName: sa,
+			Containers: []corev1.Container{{
+				Name:  "main",
+				Image: "registry.invalid/kubetest/pause:never-pulled",
+			}},
+		}
+		if meshed {
+			spec.InitContainers = []corev1.Container{MeshSidecar()}
+		}
 		pod, err = e.Client.CoreV1().Pods(ns).Create(c, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}},
-			Spec: corev1.PodSpec{
-				ServiceAccountName: sa,
-				Containers: []corev1.Container{{
-					Name:  "main",
-					Image: "registry.invalid/kubetest/pause:never-pulled",
-				}},
-			},
+			Spec:       spec,
 		}, metav1.CreateOptions{})
 	}
 	if err != nil {
@@ -768,6 +801,9 @@ func (e *Env) EnsurePod(t testing.TB, ns, sa, name string) *corev1.Pod {
 	}
 	if pod.Spec.ServiceAccountName != sa {
 		t.Fatalf("kubetest: pod %s/%s exists with service account %q, not %q", ns, name, pod.Spec.ServiceAccountName, sa)
+	}
+	if meshed && !inject.Injected(pod) {
+		t.Fatalf("kubetest: pod %s/%s exists without the %s container", ns, name, inject.SidecarContainerName)
 	}
 	return pod
 }

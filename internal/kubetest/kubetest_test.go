@@ -7,11 +7,13 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tether-mesh/tether/internal/kubetest"
+	"github.com/tether-mesh/tether/pkg/inject"
 )
 
 func review(t *testing.T, client kubernetes.Interface, token string, audiences ...string) authenticationv1.TokenReviewStatus {
@@ -70,6 +72,19 @@ func TestPodBoundTokenReview(t *testing.T) {
 	// A second token for the same pod reuses the existing objects.
 	if again := env.PodToken(t, ns, sa, podName, "tether-ca", time.Hour); again == "" {
 		t.Error("second PodToken returned an empty token")
+	}
+	if inject.Injected(pod) {
+		t.Errorf("EnsurePod's pod carries the %s container", inject.SidecarContainerName)
+	}
+
+	// A pod of the mesh carries the sidecar, as the injector adds it.
+	for range 2 { // the second call finds it
+		mp := env.EnsureMeshPod(t, ns, sa, "mesh-0")
+		if ic := mp.Spec.InitContainers; !inject.Injected(mp) || len(ic) != 1 || ic[0].RestartPolicy == nil ||
+			*ic[0].RestartPolicy != corev1.ContainerRestartPolicyAlways || len(mp.Spec.Containers) != 1 {
+			t.Fatalf("EnsureMeshPod: init containers %+v, %d containers; want the native sidecar %s and one container",
+				ic, len(mp.Spec.Containers), inject.SidecarContainerName)
+		}
 	}
 }
 

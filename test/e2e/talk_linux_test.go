@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,9 @@ const appUID = 1000
 //   - by name and by ClusterIP, through web's and api's sidecars over mTLS:
 //     the name is answered by web's sidecar from discovery, and api's
 //     sidecar logs the call as allowed from spiffe://cluster.local/ns/shop/sa/web;
+//   - the Services with no sidecar behind them (the API server's kubernetes,
+//     tether-system's) are not in web's view, and a call to the API server
+//     by name passes through web's sidecar unchanged;
 //   - with an AccessPolicy letting only ServiceAccount batch reach api: the
 //     name is NXDOMAIN for web (cluster DNS still has it); a call by
 //     ClusterIP or to api-0's pod IP leaves web as plaintext (api is outside
@@ -119,6 +123,33 @@ func TestInjectedPodsTalk(t *testing.T) {
 	if body, err := api.curl(ctx, "http://web.shop.svc.cluster.local/"); err != nil || body != "web-0: /\n" {
 		t.Fatalf("api → web by name: %q, %v", body, err)
 	}
+	// Only the Services of pods with the sidecar are mesh services: the
+	// API server's (its endpoints have no targetRef) and the control
+	// plane's are not, so web's sidecar passes a call to the API server
+	// through as it is (kube-proxy's stand-in relays it).
+	var inView []string
+	for _, s := range web.view().Services {
+		inView = append(inView, s.Service)
+	}
+	if slices.Sort(inView); !slices.Equal(inView, []string{"shop/api", "shop/web"}) {
+		t.Fatalf("web's view holds services %v, want only shop/api and shop/web", inView)
+	}
+	kubeSvc, err := m.env.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeMark := web.logMark()
+	if body, err := web.curl(ctx, "https://kubernetes.default.svc.cluster.local/version", "-k"); err != nil || !strings.Contains(body, `"gitVersion"`) {
+		t.Fatalf("web → the API server: %q, %v", body, err)
+	}
+	pass := web.waitLog(kubeMark, "outbound to the API server", func(e accessEntry) bool {
+		return e.Direction == "outbound" && e.Destination == net.JoinHostPort(kubeSvc.Spec.ClusterIP, "443")
+	})
+	if pass.DestinationID != "" || !strings.Contains(pass.Reason, "passthrough") {
+		t.Fatalf("web → the API server: web's sidecar logged %+v, want a passthrough", pass)
+	}
+	t.Logf("web → https://kubernetes.default.svc.cluster.local/version: passed through by web's sidecar (%q)", pass.Reason)
+
 	// The test's own tether/1 client, with web's SVID from web's Workload
 	// API, is let in too (from the node, past web's sidecar): what it
 	// checks below is the policy, not the client.
@@ -352,13 +383,14 @@ func (m *mesh) policies(namespace string) dynamic.ResourceInterface {
 
 // curl runs curl in the pod's app container (kubectl exec): as its UID,
 // in its network namespace (so tether-init's rules capture its DNS and
-// connections) and with its resolv.conf. It returns the body, or an error
-// with curl's message.
-func (p *meshPod) curl(ctx context.Context, url string) (string, error) {
+// connections) and with its resolv.conf, with flags added. It returns the
+// body, or an error with curl's message.
+func (p *meshPod) curl(ctx context.Context, url string, flags ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// -sS: no progress meter, but curl's error message.
-	out, err := p.rt.exec(ctx, p.app, "curl", "-sS", "--max-time", "5", url)
+	cmd := append([]string{"curl", "-sS", "--max-time", "5"}, flags...)
+	out, err := p.rt.exec(ctx, p.app, append(cmd, url)...)
 	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
 		return "", fmt.Errorf("curl %s from %s: exit %d: %s", url, p.pod.Name, ee.ExitCode(), strings.TrimSpace(out))
 	}

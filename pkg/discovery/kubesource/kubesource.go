@@ -1,3 +1,6 @@
+// Package kubesource feeds a discovery.Registry from the Kubernetes API:
+// the Services whose endpoints run Tether's sidecar, their endpoints and
+// identities, the namespaces' default policies and the AccessPolicy objects.
 package kubesource
 
 import (
@@ -5,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tether-mesh/tether/pkg/discovery"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -28,7 +30,9 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/inject"
 )
 
 // DefaultPolicyAnnotation is the namespace annotation that overrides the
@@ -40,21 +44,32 @@ const DefaultKubeDebounce = 100 * time.Millisecond
 
 // KubeSource feeds a Registry from a Kubernetes API server: Services,
 // discovery.k8s.io/v1 EndpointSlices, the Pods behind their endpoints (for
-// their service accounts), Namespaces (for DefaultPolicyAnnotation) and
-// AccessPolicy objects. It watches them with informers and, after every
-// burst of changes, reports the whole State.
+// their sidecar and service account), Namespaces (for
+// DefaultPolicyAnnotation) and AccessPolicy objects. It watches them with
+// informers and, after every burst of changes, reports the whole State.
 //
 // Mapping:
-//   - every Service is one Service; ClusterIP "None" (headless) gives no
-//     ClusterIPs. Only TCP ports are kept (the mesh proxies TCP; a Service
-//     may list port 53 both as TCP and UDP).
+//   - a Pod is in the mesh when it carries Tether's sidecar: a container
+//     named inject.SidecarContainerName, as the injector adds it (a native
+//     sidecar in initContainers) or among the containers.
+//   - a mesh endpoint is an endpoint of the Service's EndpointSlices (label
+//     kubernetes.io/service-name) with an address and a targetRef to a Pod
+//     in the mesh. The Pod's spec.serviceAccountName gives the identity.
+//     Only ready ones are kept (a nil ready condition counts as ready). An
+//     endpoint whose Pod is not in the cache yet is skipped until it is.
+//   - a Service is a Service of the registry only if at least one of its
+//     endpoints, ready or not, is a mesh endpoint. Other Services (the API
+//     server's own "kubernetes", whose endpoints have no targetRef; those of
+//     Pods without the sidecar) are left out entirely, so that sidecars pass
+//     traffic to them through unchanged, as to any destination outside the
+//     mesh. A Service with endpoints both with and without the sidecar (a
+//     rollout that injects it in progress) keeps only the mesh endpoints,
+//     and says so in a Debug log: the others cannot terminate mTLS.
+//   - ClusterIP "None" (headless) gives no ClusterIPs. Only TCP ports are
+//     kept (the mesh proxies TCP; a Service may list port 53 both as TCP
+//     and UDP).
 //   - a named targetPort is resolved from the EndpointSlice port of the same
 //     name (the first slice that has it); unresolved, it stays 0 (= Port).
-//   - endpoints come from the Service's EndpointSlices (label
-//     kubernetes.io/service-name), ready ones only (a nil ready condition
-//     counts as ready), with an address and a targetRef to a Pod. The Pod's
-//     spec.serviceAccountName gives the identity. An endpoint whose Pod is
-//     not in the cache yet is skipped until it is.
 //
 // One bad object does not freeze the mesh: a namespace whose annotation is
 // not a known default keeps the mesh default, and an AccessPolicy that does
@@ -203,7 +218,8 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 			k.rejected(err)
 		} else {
 			log.Debug("registry updated", slog.Uint64("version", reg.Snapshot().Version()),
-				slog.Int("services", len(st.Services)), slog.Int("policies", len(st.Policies)))
+				slog.Int("services", len(st.Services)), slog.Int("services_outside_mesh", b.outside),
+				slog.Int("policies", len(st.Policies)))
 		}
 		select {
 		case <-ctx.Done():
@@ -220,19 +236,26 @@ func (k *KubeSource) rejected(err error) {
 	}
 }
 
-// trimPod is the Pod informer's transform: it keeps the name, namespace, UID
-// and service account. Other objects (tombstones) pass unchanged.
+// trimPod is the Pod informer's transform: it keeps the name, namespace, UID,
+// service account and, if the Pod carries the sidecar (inject.Injected),
+// an init container with the sidecar's name and nothing else, so that
+// inject.Injected still says so of the trimmed Pod. Other objects
+// (tombstones) pass unchanged.
 func trimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
-	return &corev1.Pod{
+	t := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 		},
 		Spec: corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName},
-	}, nil
+	}
+	if inject.Injected(p) {
+		t.Spec.InitContainers = []corev1.Container{{Name: inject.SidecarContainerName}}
+	}
+	return t, nil
 }
 
 // kubeBuilder turns the informer caches into a State.
@@ -245,6 +268,10 @@ type kubeBuilder struct {
 	pods       corev1listers.PodLister
 	namespaces corev1listers.NamespaceLister
 	policies   cache.GenericLister
+
+	// outside is the number of Services the last build left out because
+	// no endpoint of theirs is in the mesh.
+	outside int
 }
 
 // build reads the caches into a State, leaving out (and logging) what the
@@ -268,12 +295,17 @@ func (b *kubeBuilder) build() (discovery.State, error) {
 		k := discovery.ServiceKey{Namespace: es.Namespace, Name: name}
 		bySvc[k] = append(bySvc[k], es)
 	}
+	b.outside = 0
 	for _, svc := range svcs {
 		k := discovery.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
 		eps := bySvc[k]
 		// Stable order, so that "the first slice" means the same one every time.
 		slices.SortFunc(eps, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
-		st.Services = append(st.Services, b.service(svc, eps))
+		if s, ok := b.service(svc, eps); ok {
+			st.Services = append(st.Services, s)
+		} else {
+			b.outside++
+		}
 	}
 
 	nss, err := b.namespaces.List(labels.Everything())
@@ -323,9 +355,54 @@ func (b *kubeBuilder) build() (discovery.State, error) {
 	return st, nil
 }
 
-// service maps a Kubernetes Service and its EndpointSlices.
-func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) discovery.Service {
+// service maps a Kubernetes Service and its EndpointSlices. It returns
+// false if no endpoint, ready or not, is a Pod in the mesh: the Service is
+// not a mesh service.
+func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (discovery.Service, bool) {
 	s := discovery.Service{Key: discovery.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}}
+	seen := make(map[netip.Addr]bool)
+	meshed, plain := 0, 0
+	for _, es := range eps {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		for _, ep := range es.Endpoints {
+			pod, state := b.pod(s.Key, es.Namespace, ep)
+			switch state {
+			case podUnknown:
+				continue
+			case podPlain:
+				plain++
+				continue
+			}
+			meshed++
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			e, ok := b.endpoint(s.Key, pod)
+			if !ok {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil || seen[ip] {
+					continue
+				}
+				seen[ip] = true
+				e.Addr = ip
+				s.Endpoints = append(s.Endpoints, e)
+			}
+		}
+	}
+	if meshed == 0 {
+		return s, false
+	}
+	if plain > 0 {
+		b.log.Debug("service has endpoints without the sidecar; only those with it are mesh endpoints",
+			slog.String("service", s.Key.String()), slog.Int("with_sidecar", meshed), slog.Int("without_sidecar", plain))
+	}
+	slices.SortFunc(s.Endpoints, func(a, b discovery.Endpoint) int { return a.Addr.Compare(b.Addr) })
+
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
@@ -362,54 +439,45 @@ func (b *kubeBuilder) service(svc *corev1.Service, eps []*discoveryv1.EndpointSl
 		}
 		s.Ports = append(s.Ports, p)
 	}
-
-	seen := make(map[netip.Addr]bool)
-	for _, es := range eps {
-		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
-			continue
-		}
-		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			e, ok := b.endpoint(s.Key, es.Namespace, ep)
-			if !ok {
-				continue
-			}
-			for _, a := range ep.Addresses {
-				ip, err := netip.ParseAddr(a)
-				if err != nil || seen[ip] {
-					continue
-				}
-				seen[ip] = true
-				e.Addr = ip
-				s.Endpoints = append(s.Endpoints, e)
-			}
-		}
-	}
-	slices.SortFunc(s.Endpoints, func(a, b discovery.Endpoint) int { return a.Addr.Compare(b.Addr) })
-	return s
+	return s, true
 }
 
-// endpoint returns the Endpoint (without its address) for ep, or false if
-// its Pod is unknown.
-func (b *kubeBuilder) endpoint(key discovery.ServiceKey, sliceNS string, ep discoveryv1.Endpoint) (discovery.Endpoint, bool) {
+// podState is what an endpoint's targetRef leads to.
+type podState int
+
+const (
+	podUnknown podState = iota // a Pod that is not in the cache (yet)
+	podPlain                   // no Pod, or a Pod without the sidecar
+	podMeshed                  // a Pod with the sidecar
+)
+
+// pod returns the Pod behind ep (in the slice's namespace unless the
+// targetRef names another) and whether it is in the mesh.
+func (b *kubeBuilder) pod(key discovery.ServiceKey, sliceNS string, ep discoveryv1.Endpoint) (*corev1.Pod, podState) {
 	ref := ep.TargetRef
 	if ref == nil || ref.Kind != "Pod" || ref.Name == "" {
-		b.log.Debug("skipping endpoint without a Pod", slog.String("service", key.String()), slog.Any("addresses", ep.Addresses))
-		return discovery.Endpoint{}, false
+		return nil, podPlain
 	}
 	ns := cmp.Or(ref.Namespace, sliceNS)
 	pod, err := b.pods.Pods(ns).Get(ref.Name)
 	if err != nil {
 		b.log.Debug("skipping endpoint whose Pod is not known yet", slog.String("service", key.String()),
 			slog.String("pod", ns+"/"+ref.Name), slog.Any("error", err))
-		return discovery.Endpoint{}, false
+		return nil, podUnknown
 	}
+	if !inject.Injected(pod) {
+		return pod, podPlain
+	}
+	return pod, podMeshed
+}
+
+// endpoint returns the Endpoint (without its address) served by pod, a Pod
+// in the mesh, or false if its identity cannot be made.
+func (b *kubeBuilder) endpoint(key discovery.ServiceKey, pod *corev1.Pod) (discovery.Endpoint, bool) {
 	e := discovery.Endpoint{ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"), Pod: pod.Name}
-	if ns != key.Namespace {
+	if pod.Namespace != key.Namespace {
 		// The identity is the Pod's namespace's, not the Service's.
-		id, err := discovery.WorkloadID(b.td, ns, e.ServiceAccount)
+		id, err := discovery.WorkloadID(b.td, pod.Namespace, e.ServiceAccount)
 		if err != nil {
 			b.log.Debug("skipping endpoint", slog.String("service", key.String()), slog.Any("error", err))
 			return discovery.Endpoint{}, false

@@ -1,9 +1,9 @@
 package kubesource
 
 import (
+	"bytes"
 	"context"
 	"errors"
-	"github.com/tether-mesh/tether/pkg/discovery"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -22,23 +22,29 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/tether-mesh/tether/internal/kubetest"
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/inject"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
-// testLogWriter sends log lines to t.Log until the test stops it.
+// testLogWriter sends log lines to t.Log until the test stops it, and
+// keeps them for contains.
 type testLogWriter struct {
 	mu   sync.Mutex
 	t    *testing.T
 	done bool
+	all  bytes.Buffer
 }
 
 func (w *testLogWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.all.Write(p)
 	if !w.done {
 		w.t.Log(strings.TrimRight(string(p), "\n"))
 	}
@@ -46,6 +52,22 @@ func (w *testLogWriter) Write(p []byte) (int, error) {
 }
 
 func (w *testLogWriter) stop() { w.mu.Lock(); w.done = true; w.mu.Unlock() }
+
+// contains reports whether a line logged so far contains every one of parts.
+func (w *testLogWriter) contains(parts ...string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for line := range strings.Lines(w.all.String()) {
+		found := true
+		for _, p := range parts {
+			found = found && strings.Contains(line, p)
+		}
+		if found {
+			return true
+		}
+	}
+	return false
+}
 
 func ptr[T any](v T) *T { return &v }
 
@@ -68,8 +90,9 @@ func kubeEndpoint(addr, ns, pod string, ready *bool) discoveryv1.Endpoint {
 
 // TestKubeSource runs a KubeSource against a real kube-apiserver: it checks
 // that the first snapshot maps Services, EndpointSlices, Pods, Namespaces
-// and AccessPolicies, then that each change reaches a new snapshot in under
-// a second.
+// and AccessPolicies, keeping only the Services and endpoints of Pods with
+// the sidecar, then that each change reaches a new snapshot in under a
+// second.
 func TestKubeSource(t *testing.T) {
 	env := kubetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -106,10 +129,16 @@ func TestKubeSource(t *testing.T) {
 	}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	env.EnsurePod(t, "shop", "api", "api-1")
-	env.EnsurePod(t, "shop", "api", "api-2")
-	env.EnsurePod(t, "shop", "db", "db-1")
-	env.EnsurePod(t, "web", "frontend", "front-1")
+	env.EnsureMeshPod(t, "shop", "api", "api-1")
+	env.EnsureMeshPod(t, "shop", "api", "api-2")
+	env.EnsureMeshPod(t, "shop", "db", "db-1")
+	env.EnsureMeshPod(t, "web", "frontend", "front-1")
+	// Outside the mesh: legacy/plain's pod has no sidecar (an unlabelled
+	// namespace); shop/cart is being rolled out with the sidecar, cart-1 has
+	// it and cart-old not yet.
+	env.EnsurePod(t, "legacy", "plain", "plain-1")
+	env.EnsureMeshPod(t, "shop", "cart", "cart-1")
+	env.EnsurePod(t, "shop", "cart", "cart-old")
 
 	api, err := core.Services("shop").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "api"},
@@ -143,6 +172,32 @@ func TestKubeSource(t *testing.T) {
 		kubeEndpoint("10.1.0.3", "shop", "db-1", nil), // nil ready = ready
 	}, discoveryv1.EndpointPort{Name: ptr("pg"), Port: ptr[int32](5432)}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	httpPort := corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}
+	for _, svc := range []*corev1.Service{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "legacy", Name: "plain"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{httpPort}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{httpPort}}},
+	} {
+		if _, err := core.Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The API server's own Service: its endpoints have no targetRef. (The
+	// test API server does not write them: this is what a cluster's looks
+	// like.)
+	apiServerEndpoint := discoveryv1.Endpoint{Addresses: []string{"192.0.2.10"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}}
+	for _, es := range []*discoveryv1.EndpointSlice{
+		kubeSlice("default", "kubernetes", "kubernetes", []discoveryv1.Endpoint{apiServerEndpoint},
+			discoveryv1.EndpointPort{Name: ptr("https"), Port: ptr[int32](6443), Protocol: ptr(corev1.ProtocolTCP)}),
+		kubeSlice("legacy", "plain-1", "plain", []discoveryv1.Endpoint{kubeEndpoint("10.2.0.1", "legacy", "plain-1", ptr(true))}),
+		kubeSlice("shop", "cart-1", "cart", []discoveryv1.Endpoint{
+			kubeEndpoint("10.1.0.21", "shop", "cart-1", ptr(true)),
+			kubeEndpoint("10.1.0.20", "shop", "cart-old", ptr(true)),
+		}),
+	} {
+		if _, err := env.Client.DiscoveryV1().EndpointSlices(es.Namespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	policies := dc.Resource(policy.SchemeGroupVersionResource).Namespace("shop")
 	pol := &unstructured.Unstructured{Object: map[string]any{
@@ -195,6 +250,8 @@ func TestKubeSource(t *testing.T) {
 		return out
 	}
 	apiKey, dbKey := discovery.ServiceKey{Namespace: "shop", Name: "api"}, discovery.ServiceKey{Namespace: "shop", Name: "db"}
+	plainKey, cartKey := discovery.ServiceKey{Namespace: "legacy", Name: "plain"}, discovery.ServiceKey{Namespace: "shop", Name: "cart"}
+	kubernetesKey := discovery.ServiceKey{Namespace: "default", Name: "kubernetes"}
 	allowed := func(s *discovery.Snapshot, src spiffeid.ID, key discovery.ServiceKey, port uint16) bool {
 		return s.Engine().Decide(src, key.Namespace, key.Name, port).Allowed
 	}
@@ -256,6 +313,25 @@ func TestKubeSource(t *testing.T) {
 		if got := db.Identities(td); !reflect.DeepEqual(got, []spiffeid.ID{dbID}) {
 			t.Errorf("db identities = %v, want %v (nil ready counts as ready)", got, dbID)
 		}
+		// Only Services with a Pod of the mesh behind them are mesh services.
+		for _, key := range []discovery.ServiceKey{plainKey, kubernetesKey} {
+			if svc, ok := s.Service(key); ok {
+				t.Errorf("%s is in the registry (%+v), want it left out: no endpoint is a Pod with the sidecar", key, svc)
+			}
+		}
+		if got, want := addrs(s, cartKey), []string{"10.1.0.21=cart"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("cart endpoints = %v, want %v (cart-old has no sidecar)", got, want)
+		}
+		if !logw.contains("service has endpoints without the sidecar", "service=shop/cart", "with_sidecar=1", "without_sidecar=1") {
+			t.Errorf("no Debug line about shop/cart's endpoints without the sidecar")
+		}
+		var keys []discovery.ServiceKey
+		for _, svc := range s.Services() {
+			keys = append(keys, svc.Key)
+		}
+		if want := []discovery.ServiceKey{apiKey, cartKey, dbKey}; !reflect.DeepEqual(keys, want) {
+			t.Errorf("services = %v, want %v", keys, want)
+		}
 		if got := s.NamespaceDefaults(); !reflect.DeepEqual(got, map[string]policy.Default{"shop": policy.Deny}) {
 			t.Errorf("namespace defaults = %v", got)
 		}
@@ -292,7 +368,7 @@ func TestKubeSource(t *testing.T) {
 			return reflect.DeepEqual(addrs(s, apiKey), []string{"10.1.0.1=api", "10.1.0.2=api"})
 		}},
 		{"pod appears", func(t *testing.T) {
-			env.EnsurePod(t, "shop", "api", "ghost")
+			env.EnsureMeshPod(t, "shop", "api", "ghost")
 		}, func(s *discovery.Snapshot) bool {
 			return reflect.DeepEqual(addrs(s, apiKey), []string{"10.1.0.1=api", "10.1.0.2=api", "10.1.0.9=api"})
 		}},
@@ -328,13 +404,37 @@ func TestKubeSource(t *testing.T) {
 				_, set := s.NamespaceDefaults()["shop"]
 				return !set && allowed(s, frontend, apiKey, 80)
 			}},
+		// A Service whose Pods of the mesh are not ready is still a mesh
+		// service, without endpoints.
 		{"update after invalid annotation", func(t *testing.T) {
-			if err := slicesAPI.Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
+			es, err := slicesAPI.Get(ctx, "db-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			es.Endpoints[0].Conditions.Ready = ptr(false)
+			if _, err := slicesAPI.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}, func(s *discovery.Snapshot) bool {
 			db, ok := s.Service(dbKey)
 			return ok && len(db.Endpoints) == 0
+		}},
+		// Without any endpoint it is not.
+		{"last endpoint gone", func(t *testing.T) {
+			if err := slicesAPI.Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, func(s *discovery.Snapshot) bool {
+			_, ok := s.Service(dbKey)
+			return !ok
+		}},
+		// The pod behind legacy/plain is recreated with the sidecar (as
+		// after its namespace is labelled for injection): the Service
+		// joins the mesh.
+		{"pod gains the sidecar", func(t *testing.T) {
+			recreateWithSidecar(ctx, t, env, "legacy", "plain", "plain-1")
+		}, func(s *discovery.Snapshot) bool {
+			return reflect.DeepEqual(addrs(s, plainKey), []string{"10.2.0.1=plain"})
 		}},
 	}
 	for _, c := range changes {
@@ -353,6 +453,28 @@ func TestKubeSource(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recreateWithSidecar deletes the pod and creates it again with the
+// sidecar, as a rollout after injection was turned on does (with the same
+// name, as a StatefulSet would).
+func recreateWithSidecar(ctx context.Context, t *testing.T, env *kubetest.Env, ns, sa, name string) {
+	t.Helper()
+	pods := env.Client.CoreV1().Pods(ns)
+	if err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr[int64](0)}); err != nil {
+		t.Fatal(err)
+	}
+	for { // an unscheduled pod goes at once; be sure of it
+		_, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("pod %s/%s not deleted: %v", ns, name, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	env.EnsureMeshPod(t, ns, sa, name)
 }
 
 func setAnnotation(ctx context.Context, t *testing.T, env *kubetest.Env, value string) {
@@ -375,5 +497,52 @@ func TestKubeSourceNeedsClients(t *testing.T) {
 	}
 	if err := (&KubeSource{}).Run(context.Background(), reg); err == nil {
 		t.Fatal("Run without clients succeeded")
+	}
+}
+
+// TestTrimPod checks that the Pod informer's transform keeps whether the
+// Pod carries the sidecar, and little else.
+func TestTrimPod(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	sidecar := corev1.Container{Name: inject.SidecarContainerName, Image: "tether:1", Args: []string{"--transparent"}, RestartPolicy: &always}
+	app := corev1.Container{Name: "app", Image: "app:1"}
+	for _, c := range []struct {
+		name       string
+		init, main []corev1.Container
+		meshed     bool
+	}{
+		{"no sidecar", []corev1.Container{{Name: "migrate"}}, []corev1.Container{app}, false},
+		{"native sidecar", []corev1.Container{{Name: inject.InitContainerName}, sidecar, {Name: "migrate"}}, []corev1.Container{app}, true},
+		{"sidecar among the containers", nil, []corev1.Container{app, sidecar}, true},
+		{"another container named like it", nil, []corev1.Container{{Name: "tether-sidecar-old"}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "api-0", UID: "u1", ResourceVersion: "7", Labels: map[string]string{"app": "api"}},
+				Spec:       corev1.PodSpec{ServiceAccountName: "api", InitContainers: c.init, Containers: c.main, NodeName: "node-1"},
+				Status:     corev1.PodStatus{PodIP: "10.1.0.1"},
+			}
+			out, err := trimPod(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "api-0", UID: "u1", ResourceVersion: "7"},
+				Spec:       corev1.PodSpec{ServiceAccountName: "api"},
+			}
+			if c.meshed {
+				want.Spec.InitContainers = []corev1.Container{{Name: inject.SidecarContainerName}}
+			}
+			if !reflect.DeepEqual(out, want) {
+				t.Errorf("trimPod = %+v, want %+v", out, want)
+			}
+			if got := inject.Injected(out.(*corev1.Pod)); got != c.meshed {
+				t.Errorf("trimmed pod in the mesh = %v, want %v", got, c.meshed)
+			}
+		})
+	}
+	tomb := cache.DeletedFinalStateUnknown{Key: "shop/api-0"}
+	if out, err := trimPod(tomb); err != nil || out != tomb {
+		t.Errorf("trimPod(tombstone) = %v, %v; want it unchanged", out, err)
 	}
 }

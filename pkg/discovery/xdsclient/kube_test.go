@@ -59,8 +59,8 @@ func TestClientAgainstKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	env.EnsurePod(t, "shop", "web", "web-1")
-	env.EnsurePod(t, "shop", "api", "api-1")
+	env.EnsureMeshPod(t, "shop", "web", "web-1")
+	env.EnsureMeshPod(t, "shop", "api", "api-1")
 	core := env.Client.CoreV1()
 	svc := func(name string) *corev1.Service {
 		s, err := core.Services("shop").Create(ctx, &corev1.Service{
