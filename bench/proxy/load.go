@@ -38,9 +38,9 @@ type loadResult struct {
 	// (bulk) completed and checked inside the window.
 	Ops     int64
 	Elapsed time.Duration
-	// P50 and P99 are per-request latencies (new-connection: connect,
-	// echo and close).
-	P50, P99 time.Duration
+	// P50, P90, P99 and P999 (99.9th) are per-request latencies
+	// (new-connection: connect, echo and close).
+	P50, P90, P99, P999 time.Duration
 	// Errors counts failed operations, warmup included; FirstErr is one.
 	Errors   int64
 	FirstErr error
@@ -133,10 +133,18 @@ func drive(ctx context.Context, l load, n int, body func(ctx context.Context, ph
 	}
 	if len(lat) > 0 {
 		slices.Sort(lat)
-		res.P50 = lat[len(lat)*50/100]
-		res.P99 = lat[min(len(lat)*99/100, len(lat)-1)]
+		res.P50 = percentile(lat, 500)
+		res.P90 = percentile(lat, 900)
+		res.P99 = percentile(lat, 990)
+		res.P999 = percentile(lat, 999)
 	}
 	return res, nil
+}
+
+// percentile returns the element of sorted (not empty) below which
+// permille/1000 of them lie: 500 is the median, 999 the 99.9th percentile.
+func percentile(sorted []time.Duration, permille int) time.Duration {
+	return sorted[min(len(sorted)*permille/1000, len(sorted)-1)]
 }
 
 // opDeadline bounds one operation: a proxy that stalls shows as an error,

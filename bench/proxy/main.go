@@ -26,7 +26,9 @@
 // they used more than -max-others CPUs is measured again once the machine
 // is quiet. The proxies' peak RSS (VmHWM) is read at the end. Rounds
 // interleave the setups in a rotating order; the report gives medians over
-// rounds and the median per-round ratios to relay and direct.
+// rounds and the median per-round ratios to relay and direct. With -json
+// FILE it also writes every round's figures and latency percentiles (p50,
+// p90, p99, p99.9) as JSON, which bench/plot draws.
 // bench/proxy/run.sh builds everything and runs it.
 //
 // The subcommands echo and relay are the child processes a run starts.
@@ -94,6 +96,9 @@ type Config struct {
 	// WorkDir is for configs, certificates and logs (default: a temporary
 	// directory, removed at the end).
 	WorkDir string
+	// JSON, if set, is a file to write the results to as JSON (JSONReport),
+	// besides the markdown on standard output.
+	JSON string
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -112,6 +117,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.BoolVar(&c.Syscalls, "syscalls", false, "count the proxies' system calls per keep-alive request with `perf stat` (needs perf and tracepoint access)")
 	fs.StringVar(&c.BinDir, "bin", "bin", "directory holding tether-ca, tether and tether-sidecar")
 	fs.StringVar(&c.WorkDir, "workdir", "", "keep configs, certificates and logs here (default: a temporary directory, removed at exit)")
+	fs.StringVar(&c.JSON, "json", "", "also write the results, with latency percentiles p50/p90/p99/p99.9 per setup and round, as JSON to this `file` (bench/plot draws them)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -37,6 +37,13 @@ type measurement struct {
 }
 
 func run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
+	start := time.Now()
+	if cfg.JSON != "" {
+		// Fail now, not after the run, if the file's directory is missing.
+		if _, err := os.Stat(filepath.Dir(cfg.JSON)); err != nil {
+			return fmt.Errorf("-json: %w", err)
+		}
+	}
 	dir := cfg.WorkDir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "proxybench-")
@@ -82,7 +89,13 @@ func run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "round %d  %-16s %s\n", r+1, name, m.summary())
 		}
 	}
-	return writeReport(stdout, cfg, results)
+	if err := writeReport(stdout, cfg, results); err != nil {
+		return err
+	}
+	if cfg.JSON != "" {
+		return writeJSON(cfg.JSON, jsonReport(cfg, start, time.Now(), results))
+	}
+	return nil
 }
 
 // measureSetup starts the pair, reads its idle RSS, runs the four
