@@ -203,6 +203,7 @@ func (s *Service) Run(ctx context.Context) error {
 	// The bundle file exists before anything listens, so whoever sees the
 	// CA up can read it.
 	if s.cfg.BundleFile != "" {
+		identity.RemoveAtomicLeftovers(s.cfg.BundleFile) // from a crash mid-write
 		if err := identity.WriteBundlePEM(s.cfg.BundleFile, s.ca.Bundle().Bundle); err != nil {
 			return fmt.Errorf("write bundle file: %w", err)
 		}
@@ -263,6 +264,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.log.Error("tether-ca stopping after an error", slog.Any("error", runErr))
 	}
 	cancel()
+	server.Shutdown() // WatchBundle streams end now rather than at the 5s fallback below
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); adminGRPC.GracefulStop(); close(stopped) }()
 	select {

@@ -9,6 +9,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+
+	"github.com/tether-mesh/tether/pkg/identity"
 )
 
 func validConfig(t *testing.T) Config {
@@ -58,6 +63,11 @@ func TestUnwritableStore(t *testing.T) {
 
 func TestServiceServesAdminEndpoints(t *testing.T) {
 	c := validConfig(t)
+	// A temporary bundle file left by a crash mid-write is removed at start.
+	leftover := filepath.Join(c.StoreDir, ".bundle.pem.tmp-123")
+	if err := os.WriteFile(leftover, []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := New(ctx, c)
 	if err != nil {
@@ -116,5 +126,69 @@ func TestServiceServesAdminEndpoints(t *testing.T) {
 	}
 	if b, err := os.ReadFile(bundle); err != nil || strings.Count(string(b), "BEGIN CERTIFICATE") != 1 {
 		t.Fatalf("bundle file: %v, %d certs", err, strings.Count(string(b), "BEGIN CERTIFICATE"))
+	}
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("leftover temporary bundle file still there: %v", err)
+	}
+}
+
+// A client watching the bundle does not hold up shutdown: Run returns well
+// before the 5s fallback, and the watcher learns the CA is going away.
+func TestShutdownEndsBundleWatchers(t *testing.T) {
+	c := validConfig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := New(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	bundlePath := filepath.Join(c.StoreDir, "bundle.pem")
+	var bundle *x509bundle.Bundle
+	for range 250 {
+		if bundle, err = identity.LoadBundlePEM(bundlePath, c.TrustDomain); err == nil && svc.Addr("grpc") != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if bundle == nil {
+		t.Fatalf("no bundle file: %v", err)
+	}
+	cl, err := identity.Dial(svc.Addr("grpc").String(), bundle.TrustDomain(), bundle, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	got := make(chan struct{}, 1)
+	watchErr := make(chan error, 1)
+	go func() {
+		watchErr <- cl.WatchBundle(context.Background(), func(*spiffebundle.Bundle) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no bundle over WatchBundle")
+	}
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Run took %v to return with a bundle watcher connected, want well under the 5s fallback", d)
+	}
+	select {
+	case err := <-watchErr:
+		if err == nil || !strings.Contains(err.Error(), "shutting down") {
+			t.Fatalf("watcher ended with %v, want the CA's shutdown", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watcher was not ended")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,7 +40,16 @@ type Server struct {
 	// lastBundle caches the bundle message of the current version; it is
 	// shared by responses and never modified.
 	lastBundle atomic.Pointer[cav1.Bundle]
+	// shutdown is closed by Shutdown; it ends WatchBundle streams, which
+	// would otherwise hold a graceful stop until their clients leave.
+	shutdown     chan struct{}
+	shutdownOnce sync.Once
 }
+
+// Shutdown ends every WatchBundle stream with Unavailable (clients then
+// reconnect, to another replica or to this one when it is back). Call it
+// before grpc.Server.GracefulStop.
+func (s *Server) Shutdown() { s.shutdownOnce.Do(func() { close(s.shutdown) }) }
 
 // NewServer serves ca; attestors maps a credential kind (KindJoinToken,
 // KindK8sSAT, ...) to the attestor that verifies it.
@@ -47,7 +57,7 @@ func NewServer(ca *CA, attestors map[string]Attestor, log *slog.Logger) *Server 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{ca: ca, attestors: attestors, log: log}
+	return &Server{ca: ca, attestors: attestors, log: log, shutdown: make(chan struct{})}
 }
 
 // TLSConfig presents the CA's own SVID and accepts (without requiring) a
@@ -180,6 +190,8 @@ func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStrea
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-s.shutdown:
+			return status.Error(codes.Unavailable, "tether-ca is shutting down")
 		case <-v.Changed:
 		}
 	}

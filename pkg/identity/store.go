@@ -57,11 +57,7 @@ func NewDiskStore(dir string) (*DiskStore, error) {
 	// A crash between writing a temporary state file and renaming it
 	// leaves the file behind: a whole copy of the state, keys included,
 	// that no later retire would erase. Remove such leftovers.
-	if stale, err := filepath.Glob(filepath.Join(dir, "."+StateFile+".tmp-*")); err == nil {
-		for _, f := range stale {
-			os.Remove(f)
-		}
-	}
+	RemoveAtomicLeftovers(filepath.Join(dir, StateFile))
 	return &DiskStore{dir: dir}, nil
 }
 
@@ -120,6 +116,19 @@ func (d *DiskStore) Save(ctx context.Context, st *State, rev string) (string, er
 // revisionOf names a stored document by its content.
 func revisionOf(data []byte) string {
 	return Fingerprint(data)[:16]
+}
+
+// RemoveAtomicLeftovers removes the temporary files WriteFileAtomic(path,
+// ...) leaves behind when the process dies between creating and renaming
+// them. Call it at start, before anything writes path.
+func RemoveAtomicLeftovers(path string) {
+	stale, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
+	if err != nil {
+		return
+	}
+	for _, f := range stale {
+		os.Remove(f)
+	}
 }
 
 // WriteFileAtomic writes data to path so that a crash at any point leaves
