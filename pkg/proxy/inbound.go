@@ -155,12 +155,19 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		p.record(e, "inbound", result, "deny")
 		return t.writeFrame(frameDeny, []byte(reason)) == nil
 	}
+	// A tunnel whose credentials went stale (the caller's SVID expired, or
+	// a root either chain ends at was retired) takes no new stream. It is
+	// closed without a DENY: the caller then retries on a new handshake
+	// with its current SVID, as it does for a tunnel closed while idle.
+	stale := ""
 	if !time.Now().Before(t.peerExpiry) {
-		deny("denied", "the caller's SVID expired at "+t.peerExpiry.UTC().Format(time.RFC3339))
-		return false
+		stale = "the caller's SVID expired at " + t.peerExpiry.UTC().Format(time.RFC3339)
+	} else if !p.stillTrusted(t.anchors...) {
+		stale = "the caller's SVID chains to a root that is no longer in the trust bundle"
 	}
-	if !p.stillTrusted(t.anchors...) {
-		deny("denied", "the caller's SVID chains to a root that is no longer in the trust bundle")
+	if stale != "" {
+		e.Reason = stale + "; tunnel closed, a new handshake is needed"
+		p.record(e, "inbound", "denied", "deny")
 		return false
 	}
 	app, appPort, err := target(c, port)
