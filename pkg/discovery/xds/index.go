@@ -60,7 +60,7 @@ type index struct {
 	dirty  []int
 
 	sharedMu   sync.Mutex
-	sharedSets map[string]*sharedSet // by type and version
+	sharedSets map[string]*typeSet // by type and version
 }
 
 // entry is one service's shared resources.
@@ -103,12 +103,14 @@ type lazyResources struct {
 	cla     types.Resource
 	sumOnce sync.Once
 	sums    [2][sha256.Size]byte // of cluster and cla
+	anys    [2]*anypb.Any        // cluster and cla, marshaled once for every node
 }
 
 type lazyListener struct {
 	once sync.Once
 	l    types.Resource
 	sum  [sha256.Size]byte
+	any  *anypb.Any
 	err  error
 }
 
@@ -244,7 +246,10 @@ func (x *index) resources(i int) *lazyResources {
 // sums returns the sums of service i's Cluster and ClusterLoadAssignment.
 func (x *index) sums(i int) *[2][sha256.Size]byte {
 	r := x.resources(i)
-	r.sumOnce.Do(func() { r.sums[0], r.sums[1] = resourceSum(r.cluster), resourceSum(r.cla) })
+	r.sumOnce.Do(func() {
+		r.anys[0], r.sums[0] = marshalResource(r.cluster)
+		r.anys[1], r.sums[1] = marshalResource(r.cla)
+	})
 	return &r.sums
 }
 
@@ -257,7 +262,8 @@ func (x *index) listener(i int) (*lazyListener, error) {
 			ll.err = fmt.Errorf("inbound listener for %s: %w", x.entries[i].svc.Key, err)
 			return
 		}
-		ll.l, ll.sum = l, resourceSum(l)
+		ll.l = l
+		ll.any, ll.sum = marshalResource(l)
 	})
 	return ll, ll.err
 }
@@ -471,43 +477,131 @@ func (x *index) build(v *nodeView) (map[resource.Type][]types.Resource, error) {
 
 // resourceSum is the SHA-256 of m marshaled deterministically.
 func resourceSum(m proto.Message) [sha256.Size]byte {
+	_, sum := marshalResource(m)
+	return sum
+}
+
+// marshalResource marshals m deterministically, once, as it is sent to
+// every node that may see it, and returns it with its SHA-256.
+func marshalResource(m proto.Message) (*anypb.Any, [sha256.Size]byte) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		// Marshaling a well-formed generated message does not fail.
 		panic(fmt.Sprintf("marshal %T: %v", m, err))
 	}
-	return sha256.Sum256(b)
+	return &anypb.Any{TypeUrl: resource.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b}, sha256.Sum256(b)
 }
 
-// sharedSet is one type's resources of some view, shared by every node
-// whose view of that type has the same version (the same contents).
-type sharedSet struct {
+// typeSet is one type's resources of some view, marshaled, shared by
+// every node whose view of that type has the same version (the same
+// contents). It is immutable once built: responses for every node that
+// has it refer to the same *anypb.Any values.
+type typeSet struct {
+	typ     resource.Type
+	version string
+	names   []string     // sorted
+	anys    []*anypb.Any // anys[i] is resource names[i]
+	sums    [][sha256.Size]byte
+
 	once sync.Once
-	res  cachev3.Resources
 	err  error
+
+	versOnce sync.Once
+	vers     []string // per-resource versions, for delta xDS
+}
+
+// pos returns the position of resource name in s, or -1.
+func (s *typeSet) pos(name string) int {
+	if i, ok := slices.BinarySearch(s.names, name); ok {
+		return i
+	}
+	return -1
+}
+
+// resourceVersions returns the version of each resource, a prefix of its
+// sum, computed when a delta stream first needs them.
+func (s *typeSet) resourceVersions() []string {
+	s.versOnce.Do(func() {
+		s.vers = make([]string, len(s.sums))
+		for i := range s.sums {
+			s.vers[i] = hex.EncodeToString(s.sums[i][:8])
+		}
+	})
+	return s.vers
 }
 
 // shared returns v's resources of type typ, built once per index for all
 // the nodes whose resources of that type have the same version.
-func (x *index) shared(v *nodeView, typ resource.Type) (cachev3.Resources, error) {
+func (x *index) shared(v *nodeView, typ resource.Type) (*typeSet, error) {
 	key := typ + "\x00" + v.versions[typ]
 	x.sharedMu.Lock()
 	if x.sharedSets == nil {
-		x.sharedSets = map[string]*sharedSet{}
+		x.sharedSets = map[string]*typeSet{}
 	}
-	ss, ok := x.sharedSets[key]
+	ts, ok := x.sharedSets[key]
 	if !ok {
-		ss = &sharedSet{}
-		x.sharedSets[key] = ss
+		ts = &typeSet{typ: typ, version: v.versions[typ]}
+		x.sharedSets[key] = ts
 	}
 	x.sharedMu.Unlock()
-	ss.once.Do(func() {
-		items, err := x.items(v, typ)
-		if err != nil {
-			ss.err = err
-			return
+	ts.once.Do(func() { ts.err = x.fill(ts, v) })
+	return ts, ts.err
+}
+
+type namedAny struct {
+	name string
+	any  *anypb.Any
+	sum  [sha256.Size]byte
+}
+
+// fill sets ts's resources: v's resources of ts.typ, the ones every node
+// shares as the index holds them (marshaled once) and, for the name
+// table, v's own, marshaled once for all nodes of that version.
+func (x *index) fill(ts *typeSet, v *nodeView) error {
+	var items []namedAny
+	switch ts.typ {
+	case resource.ClusterType, resource.EndpointType:
+		k := 0
+		if ts.typ == resource.EndpointType {
+			k = 1
 		}
-		ss.res = cachev3.NewResources(v.versions[typ], items)
-	})
-	return ss.res, ss.err
+		for i, n := range v.vid {
+			if n == 0 {
+				continue
+			}
+			sums := x.sums(i)
+			r := x.entries[i].res
+			res := r.cluster
+			if k == 1 {
+				res = r.cla
+			}
+			items = append(items, namedAny{cachev3.GetResourceName(res), r.anys[k], sums[k]})
+		}
+	case resource.ListenerType:
+		for _, i := range x.served[v.id] {
+			ll, err := x.listener(i)
+			if err != nil {
+				return err
+			}
+			items = append(items, namedAny{cachev3.GetResourceName(ll.l), ll.any, ll.sum})
+		}
+	case resource.ExtensionConfigType:
+		nt, err := x.nameTable(v)
+		if err != nil {
+			return err
+		}
+		a, sum := marshalResource(nt)
+		items = append(items, namedAny{NameTableName, a, sum})
+	default:
+		return fmt.Errorf("unknown resource type %s", ts.typ)
+	}
+	slices.SortFunc(items, func(a, b namedAny) int { return strings.Compare(a.name, b.name) })
+	items = slices.CompactFunc(items, func(a, b namedAny) bool { return a.name == b.name })
+	ts.names = make([]string, len(items))
+	ts.anys = make([]*anypb.Any, len(items))
+	ts.sums = make([][sha256.Size]byte, len(items))
+	for i, it := range items {
+		ts.names[i], ts.anys[i], ts.sums[i] = it.name, it.any, it.sum
+	}
+	return nil
 }

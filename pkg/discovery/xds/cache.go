@@ -1,0 +1,287 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// scopedCache is the go-control-plane cache the Server answers from: per
+// node, the typeSets of its current view. go-control-plane's server runs
+// the protocol (streams, nonces, ACK and NACK); the cache supplies the
+// responses, built from the resources each typeSet holds already
+// marshaled, so a resource is marshaled once per version however many
+// nodes receive it. A node only ever receives resources of its own sets.
+//
+// It is safe for concurrent use.
+type scopedCache struct {
+	mu     sync.Mutex
+	nodes  map[string]*nodeCache
+	nextID int64
+}
+
+var _ cachev3.Cache = (*scopedCache)(nil)
+
+// errFetchUnsupported is returned by Fetch: discovery serves ADS only.
+var errFetchUnsupported = errors.New("fetch is not served; use ADS")
+
+// typeOrder is the order a change is pushed in (ADS: clusters before
+// their endpoints, listeners, then the name table).
+var typeOrder = []resource.Type{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType}
+
+type nodeCache struct {
+	sets    map[resource.Type]*typeSet
+	watches map[int64]*cacheWatch
+	sent    map[resource.Type]*sentSet // state of the world
+}
+
+// cacheWatch is an open request of one stream for one type. Exactly one
+// of sotw and delta is set.
+type cacheWatch struct {
+	typ   resource.Type
+	sub   cachev3.Subscription
+	sotw  chan cachev3.Response
+	delta chan cachev3.DeltaResponse
+	req   *discoveryv3.DiscoveryRequest      // sotw: without the resource names
+	dreq  *discoveryv3.DeltaDiscoveryRequest // delta: without the resource names
+}
+
+// sentSet is what a node was last sent of a type in state of the world:
+// the version, and the names when that was not the whole set.
+type sentSet struct {
+	version string
+	names   map[string]struct{} // nil: the whole set
+}
+
+func newScopedCache() *scopedCache {
+	return &scopedCache{nodes: map[string]*nodeCache{}}
+}
+
+// set installs node's sets (one per type in typeOrder; nil keeps none) and
+// answers the node's open watches whose type changed.
+func (c *scopedCache) set(node string, sets map[resource.Type]*typeSet) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	nc := c.node(node)
+	old := nc.sets
+	nc.sets = sets
+	ids := slices.Sorted(maps.Keys(nc.watches))
+	for _, typ := range typeOrder {
+		ts := sets[typ]
+		if ts == nil || (old[typ] != nil && old[typ].version == ts.version) {
+			continue
+		}
+		for _, id := range ids {
+			w := nc.watches[id]
+			if w == nil || w.typ != typ {
+				continue
+			}
+			if c.respond(nc, w, ts) {
+				delete(nc.watches, id)
+			}
+		}
+	}
+}
+
+// clear forgets node's sets; its open watches stay open.
+func (c *scopedCache) clear(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if nc, ok := c.nodes[node]; ok {
+		nc.sets, nc.sent = nil, map[resource.Type]*sentSet{}
+		if len(nc.watches) == 0 {
+			delete(c.nodes, node)
+		}
+	}
+}
+
+// node returns node's cache entry, creating it. c.mu must be held.
+func (c *scopedCache) node(node string) *nodeCache {
+	nc, ok := c.nodes[node]
+	if !ok {
+		nc = &nodeCache{watches: map[int64]*cacheWatch{}, sent: map[resource.Type]*sentSet{}}
+		c.nodes[node] = nc
+	}
+	return nc
+}
+
+// respond answers w from ts if w's client lacks something of ts, and
+// reports whether it did. c.mu must be held. The response channels have
+// room for one response per type, and a watch gets at most one.
+func (c *scopedCache) respond(nc *nodeCache, w *cacheWatch, ts *typeSet) bool {
+	if w.sotw != nil {
+		last := nc.sent[w.typ]
+		if last == nil {
+			last = &sentSet{}
+			nc.sent[w.typ] = last
+		}
+		resp := sotwResponse(w.req, w.sub, ts, last)
+		if resp == nil {
+			return false
+		}
+		w.sotw <- resp
+		return true
+	}
+	resp := deltaResponse(w.dreq, w.sub, ts)
+	if resp == nil {
+		return false
+	}
+	w.delta <- resp
+	return true
+}
+
+// watch registers w for node and returns its cancel function, unless the
+// node's current set answers it at once. c.mu must be held.
+func (c *scopedCache) watch(node string, w *cacheWatch) func() {
+	nc := c.node(node)
+	if ts := nc.sets[w.typ]; ts != nil && c.respond(nc, w, ts) {
+		return func() {}
+	}
+	c.nextID++
+	id := c.nextID
+	nc.watches[id] = w
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if nc, ok := c.nodes[node]; ok {
+			delete(nc.watches, id)
+			if nc.sets == nil && len(nc.watches) == 0 {
+				delete(c.nodes, node)
+			}
+		}
+	}
+}
+
+// CreateWatch answers a state-of-the-world request from the node's sets,
+// at once when the client lacks the current version (or a resource it
+// newly asks for), else when the node's set of that type changes.
+func (c *scopedCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	// Keep neither the resource names nor the node: the subscription has
+	// the names, and a watch may stay open for a long time.
+	short := &discoveryv3.DiscoveryRequest{
+		VersionInfo: req.GetVersionInfo(), TypeUrl: req.GetTypeUrl(),
+		ResponseNonce: req.GetResponseNonce(), ErrorDetail: req.GetErrorDetail(),
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watch(req.GetNode().GetId(), &cacheWatch{typ: req.GetTypeUrl(), sub: sub, sotw: ch, req: short}), nil
+}
+
+// CreateDeltaWatch answers an incremental request from the node's sets
+// with the resources whose version the client does not have and the
+// names it has that the set no longer holds.
+func (c *scopedCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	short := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: req.GetTypeUrl(), ResponseNonce: req.GetResponseNonce(), ErrorDetail: req.GetErrorDetail()}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watch(req.GetNode().GetId(), &cacheWatch{typ: req.GetTypeUrl(), sub: sub, delta: ch, dreq: short}), nil
+}
+
+// Fetch is not served.
+func (c *scopedCache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
+	return nil, errFetchUnsupported
+}
+
+// sotwResponse is the state-of-the-world response of ts for a client
+// whose last request was req with subscription sub and that was last sent
+// last, or nil when the client has all of it already (or NACKed this very
+// version: it gets the next one). It records what it sends in last.
+//
+// The returned-resources map of the responses is nil: go-control-plane's
+// server edits that map when a request changes the subscription, so it
+// cannot be shared, and a map of thousands of names per stream is what
+// the cache avoids keeping. What was sent is in last instead.
+func sotwResponse(req *discoveryv3.DiscoveryRequest, sub cachev3.Subscription, ts *typeSet, last *sentSet) cachev3.Response {
+	full := sub.IsWildcard() || cachev3.ResourceRequiresFullStateInSotw(ts.typ)
+	if req.GetVersionInfo() == ts.version || (req.GetErrorDetail() != nil && last.version == ts.version) {
+		// The client has (or refused) this version: answer only if it now
+		// asks for a resource of the set it was not sent.
+		if full || last.version != ts.version || last.names == nil {
+			return nil
+		}
+		missing := false
+		for name := range sub.SubscribedResources() {
+			if _, had := last.names[name]; !had && ts.pos(name) >= 0 {
+				missing = true
+				break
+			}
+		}
+		if !missing {
+			return nil
+		}
+	}
+	anys := ts.anys
+	*last = sentSet{version: ts.version}
+	if !full {
+		var pos []int
+		for name := range sub.SubscribedResources() {
+			if i := ts.pos(name); i >= 0 {
+				pos = append(pos, i)
+			}
+		}
+		if len(pos) < len(ts.names) {
+			slices.Sort(pos)
+			anys = make([]*anypb.Any, len(pos))
+			last.names = make(map[string]struct{}, len(pos))
+			for k, i := range pos {
+				anys[k] = ts.anys[i]
+				last.names[ts.names[i]] = struct{}{}
+			}
+		}
+	}
+	return &cachev3.PassthroughResponse{
+		Request: req,
+		// A new message per response (the server sets its nonce); the
+		// resources are the set's, shared.
+		DiscoveryResponse: &discoveryv3.DiscoveryResponse{VersionInfo: ts.version, Resources: anys, TypeUrl: ts.typ},
+	}
+}
+
+// deltaResponse is the incremental response of ts for a client that has
+// the resources sub returned (at their versions), or nil when it has them
+// all.
+func deltaResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.Subscription, ts *typeSet) cachev3.DeltaResponse {
+	vers := ts.resourceVersions()
+	returned := sub.ReturnedResources()
+	wildcard := sub.IsWildcard()
+	subscribed := sub.SubscribedResources()
+	next := maps.Clone(returned)
+	if next == nil {
+		next = map[string]string{}
+	}
+	var out []*discoveryv3.Resource
+	for i, name := range ts.names {
+		if _, ok := subscribed[name]; !wildcard && !ok {
+			continue
+		}
+		if v, had := returned[name]; had && v == vers[i] {
+			continue
+		}
+		out = append(out, &discoveryv3.Resource{Name: name, Version: vers[i], Resource: ts.anys[i]})
+		next[name] = vers[i]
+	}
+	var removed []string
+	for _, name := range slices.Sorted(maps.Keys(returned)) {
+		if ts.pos(name) < 0 {
+			removed = append(removed, name)
+			delete(next, name)
+		}
+	}
+	if len(out) == 0 && len(removed) == 0 && req.GetResponseNonce() != "" {
+		return nil // (the first request of a type is always answered)
+	}
+	return &cachev3.DeltaPassthroughResponse{
+		DeltaRequest:   req,
+		NextVersionMap: next,
+		DeltaDiscoveryResponse: &discoveryv3.DeltaDiscoveryResponse{
+			SystemVersionInfo: ts.version, Resources: out, RemovedResources: removed, TypeUrl: ts.typ,
+		},
+	}
+}
