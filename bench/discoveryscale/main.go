@@ -67,6 +67,7 @@ type Config struct {
 	Kinds       []string
 	Timeout     time.Duration // per change, for every client to receive it
 	Handshakes  int           // concurrent client connects
+	Delta       bool          // clients speak delta ADS
 	BuildRounds int
 	BuildNodes  int
 	CPUProfile  string // the full-scale server's profile over the changes
@@ -87,6 +88,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&kinds, "changes", strings.Join(changeKinds, ","), "change kinds to make")
 	fs.DurationVar(&c.Timeout, "timeout", 2*time.Minute, "how long a change may take to reach every client")
 	fs.IntVar(&c.Handshakes, "handshakes", 16, "clients connecting at once")
+	fs.BoolVar(&c.Delta, "delta", false, "clients speak incremental (delta) ADS instead of state of the world")
 	fs.IntVar(&c.BuildRounds, "build-rounds", 5, "timed Registry.Update calls before serving")
 	fs.IntVar(&c.BuildNodes, "build-nodes", 20, "clients whose BuildResources is timed before serving")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the full-scale server's CPU profile over the changes to this file")
