@@ -40,6 +40,10 @@ type nodeCache struct {
 	sets    map[resource.Type]*typeSet
 	watches map[int64]*cacheWatch
 	sent    map[resource.Type]*sentSet // state of the world
+	// synced is, per delta stream (known by its response channel) and
+	// type, the set a wildcard subscription was last brought up to date
+	// with. Entries go when the node's last stream closes.
+	synced map[chan cachev3.DeltaResponse]map[resource.Type]*typeSet
 }
 
 // cacheWatch is an open request of one stream for one type. Exactly one
@@ -96,6 +100,7 @@ func (c *scopedCache) clear(node string) {
 	defer c.mu.Unlock()
 	if nc, ok := c.nodes[node]; ok {
 		nc.sets, nc.sent = nil, map[resource.Type]*sentSet{}
+		nc.synced = map[chan cachev3.DeltaResponse]map[resource.Type]*typeSet{}
 		if len(nc.watches) == 0 {
 			delete(c.nodes, node)
 		}
@@ -106,7 +111,8 @@ func (c *scopedCache) clear(node string) {
 func (c *scopedCache) node(node string) *nodeCache {
 	nc, ok := c.nodes[node]
 	if !ok {
-		nc = &nodeCache{watches: map[int64]*cacheWatch{}, sent: map[resource.Type]*sentSet{}}
+		nc = &nodeCache{watches: map[int64]*cacheWatch{}, sent: map[resource.Type]*sentSet{},
+			synced: map[chan cachev3.DeltaResponse]map[resource.Type]*typeSet{}}
 		c.nodes[node] = nc
 	}
 	return nc
@@ -129,7 +135,21 @@ func (c *scopedCache) respond(nc *nodeCache, w *cacheWatch, ts *typeSet) bool {
 		w.sotw <- resp
 		return true
 	}
-	resp := deltaResponse(w.dreq, w.sub, ts)
+	synced := nc.synced[w.delta]
+	if synced == nil {
+		synced = map[resource.Type]*typeSet{}
+		nc.synced[w.delta] = synced
+	}
+	var resp cachev3.DeltaResponse
+	if w.sub.IsWildcard() {
+		resp = deltaWildcardResponse(w.dreq, w.sub, ts, synced[w.typ])
+		if resp != nil {
+			synced[w.typ] = ts
+		}
+	} else {
+		delete(synced, w.typ) // the returned-resources map tells what the client has
+		resp = deltaResponse(w.dreq, w.sub, ts)
+	}
 	if resp == nil {
 		return false
 	}
@@ -226,13 +246,13 @@ func sotwResponse(req *discoveryv3.DiscoveryRequest, sub cachev3.Subscription, t
 				pos = append(pos, i)
 			}
 		}
-		if len(pos) < len(ts.names) {
+		if len(pos) < len(ts.items) {
 			slices.Sort(pos)
 			anys = make([]*anypb.Any, len(pos))
 			last.names = make(map[string]struct{}, len(pos))
 			for k, i := range pos {
 				anys[k] = ts.anys[i]
-				last.names[ts.names[i]] = struct{}{}
+				last.names[ts.items[i].name] = struct{}{}
 			}
 		}
 	}
@@ -244,11 +264,73 @@ func sotwResponse(req *discoveryv3.DiscoveryRequest, sub cachev3.Subscription, t
 	}
 }
 
+// deltaWildcardResponse is the incremental response of ts for a wildcard
+// subscription that was brought up to date with base (nil: with nothing,
+// a new stream), or nil when the client has it all. What the client has
+// is base, overlaid with the subscription's returned resources: the
+// initial_resource_versions of a new stream, or the names the server
+// marked to be sent again. The response's returned-resources map is a
+// new empty map: the cache keeps base instead of a map of every name per
+// stream, and comparing two sorted sets of shared resources is cheap.
+func deltaWildcardResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.Subscription, ts, base *typeSet) cachev3.DeltaResponse {
+	overlay := sub.ReturnedResources()
+	if base == ts && len(overlay) == 0 {
+		return nil
+	}
+	var out []*discoveryv3.Resource
+	var removed []string
+	has := func(m *marshaled, baseVersion string, inBase bool) {
+		v, ok := overlay[m.name]
+		if !ok {
+			v, ok = baseVersion, inBase
+		}
+		if !ok || v != m.version {
+			out = append(out, &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: m.any})
+		}
+	}
+	var bItems []*marshaled
+	if base != nil {
+		bItems = base.items
+	}
+	i, j := 0, 0
+	for i < len(bItems) || j < len(ts.items) {
+		switch {
+		case j == len(ts.items) || (i < len(bItems) && bItems[i].name < ts.items[j].name):
+			removed = append(removed, bItems[i].name) // gone
+			i++
+		case i == len(bItems) || ts.items[j].name < bItems[i].name:
+			has(ts.items[j], "", false) // new
+			j++
+		default:
+			if bItems[i] != ts.items[j] || len(overlay) > 0 {
+				has(ts.items[j], bItems[i].version, true)
+			}
+			i++
+			j++
+		}
+	}
+	for name := range overlay {
+		if ts.pos(name) < 0 && (base == nil || base.pos(name) < 0) {
+			removed = append(removed, name)
+		}
+	}
+	slices.Sort(removed)
+	if len(out) == 0 && len(removed) == 0 && req.GetResponseNonce() != "" {
+		return nil
+	}
+	return &cachev3.DeltaPassthroughResponse{
+		DeltaRequest:   req,
+		NextVersionMap: map[string]string{},
+		DeltaDiscoveryResponse: &discoveryv3.DeltaDiscoveryResponse{
+			SystemVersionInfo: ts.version, Resources: out, RemovedResources: removed, TypeUrl: ts.typ,
+		},
+	}
+}
+
 // deltaResponse is the incremental response of ts for a client that has
 // the resources sub returned (at their versions), or nil when it has them
 // all.
 func deltaResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.Subscription, ts *typeSet) cachev3.DeltaResponse {
-	vers := ts.resourceVersions()
 	returned := sub.ReturnedResources()
 	wildcard := sub.IsWildcard()
 	subscribed := sub.SubscribedResources()
@@ -257,23 +339,24 @@ func deltaResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.Subscript
 		next = map[string]string{}
 	}
 	var out []*discoveryv3.Resource
-	for i, name := range ts.names {
-		if _, ok := subscribed[name]; !wildcard && !ok {
+	for _, m := range ts.items {
+		if _, ok := subscribed[m.name]; !wildcard && !ok {
 			continue
 		}
-		if v, had := returned[name]; had && v == vers[i] {
+		if v, had := returned[m.name]; had && v == m.version {
 			continue
 		}
-		out = append(out, &discoveryv3.Resource{Name: name, Version: vers[i], Resource: ts.anys[i]})
-		next[name] = vers[i]
+		out = append(out, &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: m.any})
+		next[m.name] = m.version
 	}
 	var removed []string
-	for _, name := range slices.Sorted(maps.Keys(returned)) {
+	for name := range returned {
 		if ts.pos(name) < 0 {
 			removed = append(removed, name)
 			delete(next, name)
 		}
 	}
+	slices.Sort(removed)
 	if len(out) == 0 && len(removed) == 0 && req.GetResponseNonce() != "" {
 		return nil // (the first request of a type is always answered)
 	}

@@ -279,3 +279,49 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 		}
 	}
 }
+
+// Delta xDS by name stays in the view; a new stream that says what it has
+// (initial_resource_versions) gets only what it lacks, and is told about
+// the names that are gone.
+func TestDeltaByNameAndResume(t *testing.T) {
+	m := newMesh(t)
+	web := m.connectDelta(webID)
+	web.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"default/api", "default/db"}})
+	r := web.recv(2 * time.Second)
+	if r == nil {
+		t.Fatal("no EDS response")
+	}
+	if got := deltaNames(r); !slices.Equal(got, []string{"default/api"}) {
+		t.Fatalf("web subscribed to api and db by name and got %v, want only default/api", got)
+	}
+	have := map[string]string{"default/api": r.Resources[0].Version, "default/gone": "x"}
+
+	again := m.connectDelta(webID)
+	again.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, InitialResourceVersions: have})
+	r = again.recv(2 * time.Second)
+	if r == nil {
+		t.Fatal("no EDS response on the new stream")
+	}
+	if len(r.Resources) != 0 || !slices.Equal(r.RemovedResources, []string{"default/gone"}) {
+		t.Fatalf("resumed stream got %v, removed %v; want nothing, removed default/gone", deltaNames(r), r.RemovedResources)
+	}
+	again.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
+	if r := again.recv(300 * time.Millisecond); r != nil {
+		t.Errorf("an ACK got a response: %v removed %v", deltaNames(r), r.RemovedResources)
+	}
+	// NACK: nothing is sent again until the next change.
+	nackOf := func(c *deltaClient, typ, nonce string) {
+		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: nonce, ErrorDetail: &statuspb.Status{Code: 3, Message: "refused"}})
+	}
+	if err := m.reg.Update(withWebToDB("10.0.0.4")); err != nil {
+		t.Fatal(err)
+	}
+	r = again.recv(2 * time.Second)
+	if r == nil || !slices.Equal(deltaNames(r), []string{"default/db"}) {
+		t.Fatalf("after web may reach db, the wildcard stream got %v", r)
+	}
+	nackOf(again, r.TypeUrl, r.Nonce)
+	if r := again.recv(300 * time.Millisecond); r != nil {
+		t.Errorf("a NACK got the same resources again: %v", deltaNames(r))
+	}
+}

@@ -58,6 +58,9 @@ type index struct {
 	prev   atomic.Pointer[index]
 	prevOf []int
 	dirty  []int
+	// sameServices: the services are prev's, in the same order (only
+	// their contents or policies may differ).
+	sameServices bool
 
 	sharedMu   sync.Mutex
 	sharedSets map[string]*typeSet // by type and version
@@ -103,14 +106,14 @@ type lazyResources struct {
 	cla     types.Resource
 	sumOnce sync.Once
 	sums    [2][sha256.Size]byte // of cluster and cla
-	anys    [2]*anypb.Any        // cluster and cla, marshaled once for every node
+	out     [2]*marshaled        // cluster and cla, marshaled once for every node
 }
 
 type lazyListener struct {
 	once sync.Once
 	l    types.Resource
 	sum  [sha256.Size]byte
-	any  *anypb.Any
+	out  *marshaled
 	err  error
 }
 
@@ -168,6 +171,12 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), ids: svc.Identities(x.td),
 			res: &lazyResources{}, variants: &variants{}, listener: &lazyListener{}}
 		x.addServed(i)
+	}
+	if prev != nil && len(prev.entries) == len(x.entries) {
+		x.sameServices = true
+		for i, p := range x.prevOf {
+			x.sameServices = x.sameServices && p == i
+		}
 	}
 	x.hashOrder = make([]int, len(x.entries))
 	for i := range x.hashOrder {
@@ -247,8 +256,8 @@ func (x *index) resources(i int) *lazyResources {
 func (x *index) sums(i int) *[2][sha256.Size]byte {
 	r := x.resources(i)
 	r.sumOnce.Do(func() {
-		r.anys[0], r.sums[0] = marshalResource(r.cluster)
-		r.anys[1], r.sums[1] = marshalResource(r.cla)
+		r.out[0], r.sums[0] = newMarshaled(r.cluster)
+		r.out[1], r.sums[1] = newMarshaled(r.cla)
 	})
 	return &r.sums
 }
@@ -263,7 +272,7 @@ func (x *index) listener(i int) (*lazyListener, error) {
 			return
 		}
 		ll.l = l
-		ll.any, ll.sum = marshalResource(l)
+		ll.out, ll.sum = newMarshaled(l)
 	})
 	return ll, ll.err
 }
@@ -347,6 +356,10 @@ func (x *index) setVersions(v *nodeView) error {
 		resource.EndpointType:        x.sumVersion(v, 1),
 		resource.ExtensionConfigType: x.nameTableVersion(v),
 	}
+	return x.setListenerVersion(v)
+}
+
+func (x *index) setListenerVersion(v *nodeView) error {
 	h := sha256.New()
 	for _, i := range x.served[v.id] {
 		ll, err := x.listener(i)
@@ -357,6 +370,44 @@ func (x *index) setVersions(v *nodeView) error {
 	}
 	v.versions[resource.ListenerType] = hex.EncodeToString(h.Sum(nil))[:16]
 	return nil
+}
+
+// setVersionsFrom sets v's versions as setVersions does, reusing old's
+// (a view of x's previous index) for each type the services that are not
+// clean leave as it was: same services, each reachable or not as before,
+// with the same Cluster, ClusterLoadAssignment or name-table entry, and
+// the same inbound default. (Hashing every service of every node's view
+// again is most of the work of a change that touches one service.)
+func (x *index) setVersionsFrom(v, old *nodeView) error {
+	if old == nil || old.versions == nil || old.id != v.id || !x.sameServices || x.prev.Load() != old.idx {
+		return x.setVersions(v)
+	}
+	keepCDS, keepEDS, keepNames := true, true, x.inboundDefault(v.id) == old.idx.inboundDefault(v.id)
+	for _, i := range x.dirty {
+		a, b := old.vid[i], v.vid[i]
+		if (a == 0) != (b == 0) {
+			return x.setVersions(v)
+		}
+		if b == 0 {
+			continue
+		}
+		os, ns := old.idx.sums(i), x.sums(i)
+		keepCDS = keepCDS && os[0] == ns[0]
+		keepEDS = keepEDS && os[1] == ns[1]
+		keepNames = keepNames && old.idx.entries[i].variant(a).getSum() == x.entries[i].variant(b).getSum()
+	}
+	pick := func(keep bool, typ resource.Type, fresh func() string) string {
+		if keep {
+			return old.versions[typ]
+		}
+		return fresh()
+	}
+	v.versions = map[resource.Type]string{
+		resource.ClusterType:         pick(keepCDS, resource.ClusterType, func() string { return x.sumVersion(v, 0) }),
+		resource.EndpointType:        pick(keepEDS, resource.EndpointType, func() string { return x.sumVersion(v, 1) }),
+		resource.ExtensionConfigType: pick(keepNames, resource.ExtensionConfigType, func() string { return x.nameTableVersion(v) }),
+	}
+	return x.setListenerVersion(v)
 }
 
 // sumVersion hashes the sums of the clusters (k 0) or CLAs (k 1) in v.
@@ -492,6 +543,20 @@ func marshalResource(m proto.Message) (*anypb.Any, [sha256.Size]byte) {
 	return &anypb.Any{TypeUrl: resource.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b}, sha256.Sum256(b)
 }
 
+// marshaled is one resource as it is sent: its name, its marshaled form
+// and its version (for delta xDS, a prefix of its SHA-256), made once and
+// shared by every set that holds it.
+type marshaled struct {
+	name    string
+	any     *anypb.Any
+	version string
+}
+
+func newMarshaled(m types.Resource) (*marshaled, [sha256.Size]byte) {
+	a, sum := marshalResource(m)
+	return &marshaled{name: cachev3.GetResourceName(m), any: a, version: hex.EncodeToString(sum[:8])}, sum
+}
+
 // typeSet is one type's resources of some view, marshaled, shared by
 // every node whose view of that type has the same version (the same
 // contents). It is immutable once built: responses for every node that
@@ -499,35 +564,19 @@ func marshalResource(m proto.Message) (*anypb.Any, [sha256.Size]byte) {
 type typeSet struct {
 	typ     resource.Type
 	version string
-	names   []string     // sorted
-	anys    []*anypb.Any // anys[i] is resource names[i]
-	sums    [][sha256.Size]byte
+	items   []*marshaled // sorted by name
+	anys    []*anypb.Any // anys[i] is items[i].any
 
 	once sync.Once
 	err  error
-
-	versOnce sync.Once
-	vers     []string // per-resource versions, for delta xDS
 }
 
 // pos returns the position of resource name in s, or -1.
 func (s *typeSet) pos(name string) int {
-	if i, ok := slices.BinarySearch(s.names, name); ok {
+	if i, ok := slices.BinarySearchFunc(s.items, name, func(m *marshaled, name string) int { return strings.Compare(m.name, name) }); ok {
 		return i
 	}
 	return -1
-}
-
-// resourceVersions returns the version of each resource, a prefix of its
-// sum, computed when a delta stream first needs them.
-func (s *typeSet) resourceVersions() []string {
-	s.versOnce.Do(func() {
-		s.vers = make([]string, len(s.sums))
-		for i := range s.sums {
-			s.vers[i] = hex.EncodeToString(s.sums[i][:8])
-		}
-	})
-	return s.vers
 }
 
 // shared returns v's resources of type typ, built once per index for all
@@ -548,17 +597,11 @@ func (x *index) shared(v *nodeView, typ resource.Type) (*typeSet, error) {
 	return ts, ts.err
 }
 
-type namedAny struct {
-	name string
-	any  *anypb.Any
-	sum  [sha256.Size]byte
-}
-
 // fill sets ts's resources: v's resources of ts.typ, the ones every node
 // shares as the index holds them (marshaled once) and, for the name
 // table, v's own, marshaled once for all nodes of that version.
 func (x *index) fill(ts *typeSet, v *nodeView) error {
-	var items []namedAny
+	var items []*marshaled
 	switch ts.typ {
 	case resource.ClusterType, resource.EndpointType:
 		k := 0
@@ -566,16 +609,10 @@ func (x *index) fill(ts *typeSet, v *nodeView) error {
 			k = 1
 		}
 		for i, n := range v.vid {
-			if n == 0 {
-				continue
+			if n != 0 {
+				x.sums(i) // marshals
+				items = append(items, x.entries[i].res.out[k])
 			}
-			sums := x.sums(i)
-			r := x.entries[i].res
-			res := r.cluster
-			if k == 1 {
-				res = r.cla
-			}
-			items = append(items, namedAny{cachev3.GetResourceName(res), r.anys[k], sums[k]})
 		}
 	case resource.ListenerType:
 		for _, i := range x.served[v.id] {
@@ -583,25 +620,23 @@ func (x *index) fill(ts *typeSet, v *nodeView) error {
 			if err != nil {
 				return err
 			}
-			items = append(items, namedAny{cachev3.GetResourceName(ll.l), ll.any, ll.sum})
+			items = append(items, ll.out)
 		}
 	case resource.ExtensionConfigType:
 		nt, err := x.nameTable(v)
 		if err != nil {
 			return err
 		}
-		a, sum := marshalResource(nt)
-		items = append(items, namedAny{NameTableName, a, sum})
+		m, _ := newMarshaled(nt)
+		items = append(items, m)
 	default:
 		return fmt.Errorf("unknown resource type %s", ts.typ)
 	}
-	slices.SortFunc(items, func(a, b namedAny) int { return strings.Compare(a.name, b.name) })
-	items = slices.CompactFunc(items, func(a, b namedAny) bool { return a.name == b.name })
-	ts.names = make([]string, len(items))
-	ts.anys = make([]*anypb.Any, len(items))
-	ts.sums = make([][sha256.Size]byte, len(items))
-	for i, it := range items {
-		ts.names[i], ts.anys[i], ts.sums[i] = it.name, it.any, it.sum
+	slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
+	ts.items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
+	ts.anys = make([]*anypb.Any, len(ts.items))
+	for i, m := range ts.items {
+		ts.anys[i] = m.any
 	}
 	return nil
 }

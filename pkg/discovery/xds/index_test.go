@@ -160,7 +160,7 @@ func TestIncrementalViewsEqualFreshOnes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := nx.setVersions(v); err != nil {
+				if err := nx.setVersionsFrom(v, views[id]); err != nil {
 					t.Fatal(err)
 				}
 				fv := fresh.view(id, nil)
@@ -214,7 +214,7 @@ func TestIncrementalViewsEqualFreshOnes(t *testing.T) {
 // checkSet checks that ts holds exactly want (in any order), marshaled.
 func checkSet(t *testing.T, ts *typeSet, want []types.Resource, what string) {
 	t.Helper()
-	if len(ts.anys) != len(want) || len(ts.names) != len(want) {
+	if len(ts.anys) != len(want) || len(ts.items) != len(want) {
 		t.Fatalf("%s: sent %d resources, want %d", what, len(ts.anys), len(want))
 	}
 	for _, w := range want {

@@ -190,7 +190,7 @@ func (s *Server) update(ctx context.Context, snap *discovery.Snapshot, node stri
 		return nil // already current
 	}
 	v := x.view(id, old)
-	if err := x.setVersions(v); err != nil {
+	if err := x.setVersionsFrom(v, old); err != nil {
 		return err
 	}
 	out := make(map[resource.Type]*typeSet, len(typeOrder))
