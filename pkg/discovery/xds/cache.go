@@ -39,7 +39,13 @@ var typeOrder = []resource.Type{resource.ClusterType, resource.EndpointType, res
 type nodeCache struct {
 	sets    map[resource.Type]*typeSet
 	watches map[int64]*cacheWatch
-	sent    map[resource.Type]*sentSet // state of the world
+	// sent is what the node was last sent of each type in state of the
+	// world. Per node, not per stream: go-control-plane's state-of-the-
+	// world server gives each watch a new channel, so a stream has no
+	// identity here. Two streams of one node (a reconnect that overlaps
+	// the old stream) share it; only requests at the current version for
+	// a subset of names consult it.
+	sent map[resource.Type]*sentSet
 	// synced is, per delta stream (known by its response channel) and
 	// type, the set a wildcard subscription was last brought up to date
 	// with. Entries go when the node's last stream closes.

@@ -325,3 +325,31 @@ func TestDeltaByNameAndResume(t *testing.T) {
 		t.Errorf("a NACK got the same resources again: %v", deltaNames(r))
 	}
 }
+
+// Two streams of one identity (a reconnect that overlaps the old stream)
+// each get the change, and each its own EDS by name.
+func TestTwoStreamsOfOneNode(t *testing.T) {
+	m := newMesh(t)
+	a := m.connect(webID, webID.String())
+	a.subscribe()
+	b := m.connect(webID, webID.String())
+	b.subscribe()
+	if err := m.reg.Update(withWebToDB("10.0.0.4")); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*client{"first": a, "second": b} {
+		var got []string
+		for got == nil {
+			r := c.recv(2 * time.Second)
+			if r == nil {
+				t.Fatalf("%s stream: no CDS push", name)
+			}
+			if r.TypeUrl == resource.ClusterType {
+				got = clusterNames(t, r)
+			}
+		}
+		if want := []string{"default/api", "default/db"}; !slices.Equal(got, want) {
+			t.Errorf("%s stream: clusters %v, want %v", name, got, want)
+		}
+	}
+}
