@@ -29,15 +29,18 @@ const maxRecv = 256 << 20
 // client is one simulated sidecar: an ADS stream (state of the world) on
 // its own mTLS connection, as the SPIFFE ID of its SVID. It subscribes to
 // clusters, listeners and its name table, then to the endpoints of every
-// cluster it is sent, and ACKs every response.
+// cluster it is sent, and ACKs every response. With delta it speaks
+// incremental ADS instead: every type wildcard (the name table by name),
+// each response ACKed.
 type client struct {
 	j    int
 	id   spiffeid.ID
 	conn *grpc.ClientConn
 	node *corev3.Node
 
-	sendMu sync.Mutex
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	sendMu  sync.Mutex
+	stream  discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	dstream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 
 	mu       sync.Mutex
 	versions map[string]string // last version received, by type
@@ -75,20 +78,86 @@ func typeIndex(t string) int {
 
 // dial connects client j as id with svid to addr, verifying the server as
 // serverID.
-func dial(ctx context.Context, j int, addr string, svid *x509svid.SVID, bundle *x509bundle.Bundle, serverID spiffeid.ID) (*client, error) {
+func dial(ctx context.Context, j int, addr string, svid *x509svid.SVID, bundle *x509bundle.Bundle, serverID spiffeid.ID, delta bool) (*client, error) {
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(serverID)))),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecv)))
 	if err != nil {
 		return nil, err
 	}
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	c := &client{j: j, id: svid.ID, conn: conn, node: &corev3.Node{Id: svid.ID.String()},
+		versions: map[string]string{}, haveAll: make(chan struct{})}
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	if delta {
+		c.dstream, err = ads.DeltaAggregatedResources(ctx)
+	} else {
+		c.stream, err = ads.StreamAggregatedResources(ctx)
+	}
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	return &client{j: j, id: svid.ID, conn: conn, node: &corev3.Node{Id: svid.ID.String()}, stream: stream,
-		versions: map[string]string{}, haveAll: make(chan struct{})}, nil
+	return c, nil
+}
+
+// sendDelta sends an incremental request (an ACK when nonce is set).
+func (c *client) sendDelta(typ string, subscribe []string, nonce string) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.dstream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: c.node, TypeUrl: typ, ResourceNamesSubscribe: subscribe, ResponseNonce: nonce})
+}
+
+// runDelta is run for an incremental stream: it counts and ACKs every
+// response.
+func (c *client) runDelta(f *fleet) {
+	closed := false
+	for {
+		r, err := c.dstream.Recv()
+		now := time.Now().UnixNano()
+		if err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+			return
+		}
+		if ti := typeIndex(r.TypeUrl); ti >= 0 {
+			f.resps[ti].Add(1)
+			var n int64
+			for _, res := range r.Resources {
+				n += int64(len(res.GetResource().GetValue()))
+			}
+			f.bytes[ti].Add(n)
+		}
+		c.mu.Lock()
+		c.versions[r.TypeUrl] = r.SystemVersionInfo
+		if w := c.watch; w != nil && w.at == 0 && r.TypeUrl == w.typ && r.SystemVersionInfo != w.base && hasMarkerDelta(r, w.markers) {
+			w.at = now
+			w.done()
+		}
+		all := !closed && len(c.versions) == len(allTypes)
+		c.mu.Unlock()
+		if all {
+			closed = true
+			close(c.haveAll)
+		}
+		if err := c.sendDelta(r.TypeUrl, nil, r.Nonce); err != nil {
+			return
+		}
+	}
+}
+
+func hasMarkerDelta(r *discoveryv3.DeltaDiscoveryResponse, markers [][]byte) bool {
+	if len(markers) == 0 {
+		return true
+	}
+	for _, res := range r.Resources {
+		for _, m := range markers {
+			if bytes.Contains(res.GetResource().GetValue(), m) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (c *client) send(typ string, names []string, ack *discoveryv3.DiscoveryResponse) error {
@@ -103,6 +172,14 @@ func (c *client) send(typ string, names []string, ack *discoveryv3.DiscoveryResp
 
 // subscribe sends the first requests; run receives.
 func (c *client) subscribe() error {
+	if c.dstream != nil {
+		for _, t := range []string{typeCDS, typeEDS, typeLDS} {
+			if err := c.sendDelta(t, nil, ""); err != nil {
+				return err
+			}
+		}
+		return c.sendDelta(typeECDS, []string{xds.NameTableName}, "")
+	}
 	for _, t := range []string{typeCDS, typeLDS} {
 		if err := c.send(t, nil, nil); err != nil {
 			return err
@@ -212,7 +289,7 @@ func hasMarker(r *discoveryv3.DiscoveryResponse, markers [][]byte) bool {
 
 // connect dials and subscribes every client, at most par handshakes at a
 // time, and waits until each has received every type.
-func connect(ctx context.Context, addr string, svids []*x509svid.SVID, bundle *x509bundle.Bundle, serverID spiffeid.ID, par int, timeout time.Duration) (*fleet, error) {
+func connect(ctx context.Context, addr string, svids []*x509svid.SVID, bundle *x509bundle.Bundle, serverID spiffeid.ID, par int, timeout time.Duration, delta bool) (*fleet, error) {
 	f := &fleet{clients: make([]*client, len(svids))}
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
@@ -224,7 +301,7 @@ func connect(ctx context.Context, addr string, svids []*x509svid.SVID, bundle *x
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := dial(ctx, j, addr, s, bundle, serverID)
+			c, err := dial(ctx, j, addr, s, bundle, serverID, delta)
 			if err == nil {
 				err = c.subscribe()
 			}
@@ -235,7 +312,11 @@ func connect(ctx context.Context, addr string, svids []*x509svid.SVID, bundle *x
 				return
 			}
 			f.clients[j] = c
-			go c.run(f)
+			if delta {
+				go c.runDelta(f)
+			} else {
+				go c.run(f)
+			}
 		}()
 	}
 	wg.Wait()

@@ -72,27 +72,35 @@ func TestChangesChangeTheExpectedViews(t *testing.T) {
 	}
 }
 
-// A whole run at a small scale: every change reaches its clients.
+// A whole run at a small scale, state of the world and delta: every
+// change reaches its clients.
 func TestSmallRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server process and 20 clients")
 	}
-	cfg, err := parseFlags([]string{"-services", "200", "-namespaces", "10", "-policies", "40", "-clients", "20",
-		"-baseline-div", "2", "-rounds", "1", "-build-rounds", "1", "-build-nodes", "2", "-timeout", "30s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var out, log bytes.Buffer
-	if err := run(ctx, cfg, &out, &log); err != nil {
-		t.Fatalf("run: %v\n%s", err, log.String())
-	}
-	if strings.Contains(log.String(), "missed") {
-		t.Errorf("some client missed a change:\n%s", log.String())
-	}
-	if !strings.Contains(out.String(), "| policy-edit | full | 1/1 |") {
-		t.Errorf("report lacks the policy-edit row:\n%s", out.String())
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{{"sotw", nil}, {"delta", []string{"-delta"}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseFlags(append([]string{"-services", "200", "-namespaces", "10", "-policies", "40", "-clients", "20",
+				"-baseline-div", "2", "-rounds", "1", "-build-rounds", "1", "-build-nodes", "2", "-timeout", "30s"}, tc.extra...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var out, log bytes.Buffer
+			if err := run(ctx, cfg, &out, &log); err != nil {
+				t.Fatalf("run: %v\n%s", err, log.String())
+			}
+			if strings.Contains(log.String(), "missed") {
+				t.Errorf("some client missed a change:\n%s", log.String())
+			}
+			if !strings.Contains(out.String(), "| policy-edit | full | 1/1 |") {
+				t.Errorf("report lacks the policy-edit row:\n%s", out.String())
+			}
+		})
 	}
 }
 

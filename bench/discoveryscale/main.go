@@ -67,10 +67,14 @@ type Config struct {
 	Kinds       []string
 	Timeout     time.Duration // per change, for every client to receive it
 	Handshakes  int           // concurrent client connects
-	BuildRounds int
-	BuildNodes  int
-	CPUProfile  string // the full-scale server's profile over the changes
-	MemProfile  string // the full-scale server's heap with every client served
+	Delta       bool          // clients speak delta ADS
+	// ServerMemLimit is the server process's GOMEMLIMIT ("": the
+	// environment's).
+	ServerMemLimit string
+	BuildRounds    int
+	BuildNodes     int
+	CPUProfile     string // the full-scale server's profile over the changes
+	MemProfile     string // the full-scale server's heap with every client served
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -87,6 +91,8 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&kinds, "changes", strings.Join(changeKinds, ","), "change kinds to make")
 	fs.DurationVar(&c.Timeout, "timeout", 2*time.Minute, "how long a change may take to reach every client")
 	fs.IntVar(&c.Handshakes, "handshakes", 16, "clients connecting at once")
+	fs.BoolVar(&c.Delta, "delta", false, "clients speak incremental (delta) ADS instead of state of the world")
+	fs.StringVar(&c.ServerMemLimit, "server-gomemlimit", "", "GOMEMLIMIT of the server process only (e.g. 900MiB), as a deployment would set it")
 	fs.IntVar(&c.BuildRounds, "build-rounds", 5, "timed Registry.Update calls before serving")
 	fs.IntVar(&c.BuildNodes, "build-nodes", 20, "clients whose BuildResources is timed before serving")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the full-scale server's CPU profile over the changes to this file")

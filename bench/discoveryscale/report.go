@@ -110,7 +110,7 @@ func runScale(ctx context.Context, cfg Config, name string, sc Scale, full bool,
 		return nil, err
 	}
 	start = time.Now()
-	f, err := connect(ctx, srv.ready.Addr, svids, ca.bundle(), serverID, cfg.Handshakes, cfg.Timeout)
+	f, err := connect(ctx, srv.ready.Addr, svids, ca.bundle(), serverID, cfg.Handshakes, cfg.Timeout, cfg.Delta)
 	if err != nil {
 		return nil, err
 	}

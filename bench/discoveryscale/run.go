@@ -127,6 +127,9 @@ func startServer(sc Scale, cfg Config, cert, key, bundle string, profile bool) (
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Stderr = os.Stderr
+	if cfg.ServerMemLimit != "" {
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+cfg.ServerMemLimit)
+	}
 	dieWithParent(cmd)
 	in, err := cmd.StdinPipe()
 	if err != nil {

@@ -58,9 +58,12 @@ type index struct {
 	prev   atomic.Pointer[index]
 	prevOf []int
 	dirty  []int
+	// sameServices: the services are prev's, in the same order (only
+	// their contents or policies may differ).
+	sameServices bool
 
 	sharedMu   sync.Mutex
-	sharedSets map[string]*sharedSet // by type and version
+	sharedSets map[string]*typeSet // by type and version
 }
 
 // entry is one service's shared resources.
@@ -103,12 +106,14 @@ type lazyResources struct {
 	cla     types.Resource
 	sumOnce sync.Once
 	sums    [2][sha256.Size]byte // of cluster and cla
+	out     [2]*marshaled        // cluster and cla, marshaled once for every node
 }
 
 type lazyListener struct {
 	once sync.Once
 	l    types.Resource
 	sum  [sha256.Size]byte
+	out  *marshaled
 	err  error
 }
 
@@ -166,6 +171,12 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), ids: svc.Identities(x.td),
 			res: &lazyResources{}, variants: &variants{}, listener: &lazyListener{}}
 		x.addServed(i)
+	}
+	if prev != nil && len(prev.entries) == len(x.entries) {
+		x.sameServices = true
+		for i, p := range x.prevOf {
+			x.sameServices = x.sameServices && p == i
+		}
 	}
 	x.hashOrder = make([]int, len(x.entries))
 	for i := range x.hashOrder {
@@ -244,7 +255,10 @@ func (x *index) resources(i int) *lazyResources {
 // sums returns the sums of service i's Cluster and ClusterLoadAssignment.
 func (x *index) sums(i int) *[2][sha256.Size]byte {
 	r := x.resources(i)
-	r.sumOnce.Do(func() { r.sums[0], r.sums[1] = resourceSum(r.cluster), resourceSum(r.cla) })
+	r.sumOnce.Do(func() {
+		r.out[0], r.sums[0] = newMarshaled(r.cluster)
+		r.out[1], r.sums[1] = newMarshaled(r.cla)
+	})
 	return &r.sums
 }
 
@@ -257,7 +271,8 @@ func (x *index) listener(i int) (*lazyListener, error) {
 			ll.err = fmt.Errorf("inbound listener for %s: %w", x.entries[i].svc.Key, err)
 			return
 		}
-		ll.l, ll.sum = l, resourceSum(l)
+		ll.l = l
+		ll.out, ll.sum = newMarshaled(l)
 	})
 	return ll, ll.err
 }
@@ -341,6 +356,10 @@ func (x *index) setVersions(v *nodeView) error {
 		resource.EndpointType:        x.sumVersion(v, 1),
 		resource.ExtensionConfigType: x.nameTableVersion(v),
 	}
+	return x.setListenerVersion(v)
+}
+
+func (x *index) setListenerVersion(v *nodeView) error {
 	h := sha256.New()
 	for _, i := range x.served[v.id] {
 		ll, err := x.listener(i)
@@ -351,6 +370,44 @@ func (x *index) setVersions(v *nodeView) error {
 	}
 	v.versions[resource.ListenerType] = hex.EncodeToString(h.Sum(nil))[:16]
 	return nil
+}
+
+// setVersionsFrom sets v's versions as setVersions does, reusing old's
+// (a view of x's previous index) for each type the services that are not
+// clean leave as it was: same services, each reachable or not as before,
+// with the same Cluster, ClusterLoadAssignment or name-table entry, and
+// the same inbound default. (Hashing every service of every node's view
+// again is most of the work of a change that touches one service.)
+func (x *index) setVersionsFrom(v, old *nodeView) error {
+	if old == nil || old.versions == nil || old.id != v.id || !x.sameServices || x.prev.Load() != old.idx {
+		return x.setVersions(v)
+	}
+	keepCDS, keepEDS, keepNames := true, true, x.inboundDefault(v.id) == old.idx.inboundDefault(v.id)
+	for _, i := range x.dirty {
+		a, b := old.vid[i], v.vid[i]
+		if (a == 0) != (b == 0) {
+			return x.setVersions(v)
+		}
+		if b == 0 {
+			continue
+		}
+		os, ns := old.idx.sums(i), x.sums(i)
+		keepCDS = keepCDS && os[0] == ns[0]
+		keepEDS = keepEDS && os[1] == ns[1]
+		keepNames = keepNames && old.idx.entries[i].variant(a).getSum() == x.entries[i].variant(b).getSum()
+	}
+	pick := func(keep bool, typ resource.Type, fresh func() string) string {
+		if keep {
+			return old.versions[typ]
+		}
+		return fresh()
+	}
+	v.versions = map[resource.Type]string{
+		resource.ClusterType:         pick(keepCDS, resource.ClusterType, func() string { return x.sumVersion(v, 0) }),
+		resource.EndpointType:        pick(keepEDS, resource.EndpointType, func() string { return x.sumVersion(v, 1) }),
+		resource.ExtensionConfigType: pick(keepNames, resource.ExtensionConfigType, func() string { return x.nameTableVersion(v) }),
+	}
+	return x.setListenerVersion(v)
 }
 
 // sumVersion hashes the sums of the clusters (k 0) or CLAs (k 1) in v.
@@ -471,43 +528,115 @@ func (x *index) build(v *nodeView) (map[resource.Type][]types.Resource, error) {
 
 // resourceSum is the SHA-256 of m marshaled deterministically.
 func resourceSum(m proto.Message) [sha256.Size]byte {
+	_, sum := marshalResource(m)
+	return sum
+}
+
+// marshalResource marshals m deterministically, once, as it is sent to
+// every node that may see it, and returns it with its SHA-256.
+func marshalResource(m proto.Message) (*anypb.Any, [sha256.Size]byte) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		// Marshaling a well-formed generated message does not fail.
 		panic(fmt.Sprintf("marshal %T: %v", m, err))
 	}
-	return sha256.Sum256(b)
+	return &anypb.Any{TypeUrl: resource.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b}, sha256.Sum256(b)
 }
 
-// sharedSet is one type's resources of some view, shared by every node
-// whose view of that type has the same version (the same contents).
-type sharedSet struct {
+// marshaled is one resource as it is sent: its name, its marshaled form
+// and its version (for delta xDS, a prefix of its SHA-256), made once and
+// shared by every set that holds it.
+type marshaled struct {
+	name    string
+	any     *anypb.Any
+	version string
+}
+
+func newMarshaled(m types.Resource) (*marshaled, [sha256.Size]byte) {
+	a, sum := marshalResource(m)
+	return &marshaled{name: cachev3.GetResourceName(m), any: a, version: hex.EncodeToString(sum[:8])}, sum
+}
+
+// typeSet is one type's resources of some view, marshaled, shared by
+// every node whose view of that type has the same version (the same
+// contents). It is immutable once built: responses for every node that
+// has it refer to the same *anypb.Any values.
+type typeSet struct {
+	typ     resource.Type
+	version string
+	items   []*marshaled // sorted by name
+	anys    []*anypb.Any // anys[i] is items[i].any
+
 	once sync.Once
-	res  cachev3.Resources
 	err  error
+}
+
+// pos returns the position of resource name in s, or -1.
+func (s *typeSet) pos(name string) int {
+	if i, ok := slices.BinarySearchFunc(s.items, name, func(m *marshaled, name string) int { return strings.Compare(m.name, name) }); ok {
+		return i
+	}
+	return -1
 }
 
 // shared returns v's resources of type typ, built once per index for all
 // the nodes whose resources of that type have the same version.
-func (x *index) shared(v *nodeView, typ resource.Type) (cachev3.Resources, error) {
+func (x *index) shared(v *nodeView, typ resource.Type) (*typeSet, error) {
 	key := typ + "\x00" + v.versions[typ]
 	x.sharedMu.Lock()
 	if x.sharedSets == nil {
-		x.sharedSets = map[string]*sharedSet{}
+		x.sharedSets = map[string]*typeSet{}
 	}
-	ss, ok := x.sharedSets[key]
+	ts, ok := x.sharedSets[key]
 	if !ok {
-		ss = &sharedSet{}
-		x.sharedSets[key] = ss
+		ts = &typeSet{typ: typ, version: v.versions[typ]}
+		x.sharedSets[key] = ts
 	}
 	x.sharedMu.Unlock()
-	ss.once.Do(func() {
-		items, err := x.items(v, typ)
-		if err != nil {
-			ss.err = err
-			return
+	ts.once.Do(func() { ts.err = x.fill(ts, v) })
+	return ts, ts.err
+}
+
+// fill sets ts's resources: v's resources of ts.typ, the ones every node
+// shares as the index holds them (marshaled once) and, for the name
+// table, v's own, marshaled once for all nodes of that version.
+func (x *index) fill(ts *typeSet, v *nodeView) error {
+	var items []*marshaled
+	switch ts.typ {
+	case resource.ClusterType, resource.EndpointType:
+		k := 0
+		if ts.typ == resource.EndpointType {
+			k = 1
 		}
-		ss.res = cachev3.NewResources(v.versions[typ], items)
-	})
-	return ss.res, ss.err
+		for i, n := range v.vid {
+			if n != 0 {
+				x.sums(i) // marshals
+				items = append(items, x.entries[i].res.out[k])
+			}
+		}
+	case resource.ListenerType:
+		for _, i := range x.served[v.id] {
+			ll, err := x.listener(i)
+			if err != nil {
+				return err
+			}
+			items = append(items, ll.out)
+		}
+	case resource.ExtensionConfigType:
+		nt, err := x.nameTable(v)
+		if err != nil {
+			return err
+		}
+		m, _ := newMarshaled(nt)
+		items = append(items, m)
+	default:
+		return fmt.Errorf("unknown resource type %s", ts.typ)
+	}
+	slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
+	ts.items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
+	ts.anys = make([]*anypb.Any, len(ts.items))
+	for i, m := range ts.items {
+		ts.anys[i] = m.any
+	}
+	return nil
 }

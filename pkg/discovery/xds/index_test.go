@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -158,7 +160,7 @@ func TestIncrementalViewsEqualFreshOnes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := nx.setVersions(v); err != nil {
+				if err := nx.setVersionsFrom(v, views[id]); err != nil {
 					t.Fatal(err)
 				}
 				fv := fresh.view(id, nil)
@@ -179,6 +181,12 @@ func TestIncrementalViewsEqualFreshOnes(t *testing.T) {
 							t.Fatalf("seed %d step %d %s %s[%d]:\n got %v\nwant %v", seed, step, id, typ, k, g[k], w[k])
 						}
 					}
+					// What is sent: the shared, marshaled set, by name.
+					ts, err := nx.shared(v, typ)
+					if err != nil {
+						t.Fatal(err)
+					}
+					checkSet(t, ts, w, fmt.Sprintf("seed %d step %d %s %s", seed, step, id, typ))
 					if v.versions[typ] != fv.versions[typ] {
 						t.Errorf("seed %d step %d %s %s: version %s, fresh %s", seed, step, id, typ, v.versions[typ], fv.versions[typ])
 					}
@@ -199,6 +207,30 @@ func TestIncrementalViewsEqualFreshOnes(t *testing.T) {
 				views[id] = v
 			}
 			x = nx
+		}
+	}
+}
+
+// checkSet checks that ts holds exactly want (in any order), marshaled.
+func checkSet(t *testing.T, ts *typeSet, want []types.Resource, what string) {
+	t.Helper()
+	if len(ts.anys) != len(want) || len(ts.items) != len(want) {
+		t.Fatalf("%s: sent %d resources, want %d", what, len(ts.anys), len(want))
+	}
+	for _, w := range want {
+		i := ts.pos(cachev3.GetResourceName(w))
+		if i < 0 {
+			t.Fatalf("%s: %s not sent", what, cachev3.GetResourceName(w))
+		}
+		m, err := ts.anys[i].UnmarshalNew()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if !proto.Equal(m, w) {
+			t.Fatalf("%s: sent %v\nwant %v", what, m, w)
+		}
+		if ts.anys[i].TypeUrl != ts.typ {
+			t.Fatalf("%s: type %s in a %s set", what, ts.anys[i].TypeUrl, ts.typ)
 		}
 	}
 }

@@ -13,7 +13,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -44,7 +43,7 @@ type Server struct {
 	Logger *slog.Logger
 
 	once  sync.Once
-	cache cachev3.SnapshotCache
+	cache *scopedCache
 	xds   serverv3.Server
 
 	mu      sync.Mutex
@@ -61,7 +60,7 @@ type Server struct {
 type nodeState struct {
 	mu   sync.Mutex
 	view *nodeView
-	snap *cachev3.Snapshot
+	sets map[resource.Type]*typeSet
 }
 
 type stream struct {
@@ -80,12 +79,6 @@ type stream struct {
 // verified X.509-SVID.
 var ErrNoPeerID = errors.New("caller presented no verified X.509-SVID")
 
-// nodeHash keys snapshots by node.id, which the callbacks have checked to
-// be the caller's SPIFFE ID.
-type nodeHash struct{}
-
-func (nodeHash) ID(node *corev3.Node) string { return node.GetId() }
-
 func (s *Server) init() {
 	s.once.Do(func() {
 		if s.Logger == nil {
@@ -94,7 +87,7 @@ func (s *Server) init() {
 		s.streams = make(map[int64]*stream)
 		s.nodes = make(map[string]int)
 		s.views = make(map[string]*nodeState)
-		s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, nil)
+		s.cache = newScopedCache() // keyed by node.id, which the callbacks check
 		s.xds = serverv3.NewServer(context.Background(), s.cache, serverv3.CallbackFuncs{
 			StreamOpenFunc:         s.open,
 			StreamClosedFunc:       s.closed,
@@ -197,35 +190,31 @@ func (s *Server) update(ctx context.Context, snap *discovery.Snapshot, node stri
 		return nil // already current
 	}
 	v := x.view(id, old)
-	if err := x.setVersions(v); err != nil {
+	if err := x.setVersionsFrom(v, old); err != nil {
 		return err
 	}
-	var out cachev3.Snapshot
+	out := make(map[resource.Type]*typeSet, len(typeOrder))
 	changed := old == nil
-	for _, typ := range []resource.Type{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType} {
-		rt := cachev3.GetResponseType(typ)
+	for _, typ := range typeOrder {
 		if old != nil && old.versions[typ] == v.versions[typ] {
-			out.Resources[rt] = ns.snap.Resources[rt]
+			out[typ] = ns.sets[typ]
 			continue
 		}
 		changed = true
-		res, err := x.shared(v, typ)
+		ts, err := x.shared(v, typ)
 		if err != nil {
 			return err
 		}
-		out.Resources[rt] = res
+		out[typ] = ts
 	}
 	if !changed {
 		ns.view = v
 		return nil
 	}
-	if err := out.Consistent(); err != nil {
-		return fmt.Errorf("snapshot for %s: %w", node, err)
-	}
-	if err := s.cache.SetSnapshot(ctx, node, &out); err != nil {
-		return err
-	}
-	ns.view, ns.snap = v, &out
+	// Clusters and endpoints come from the same view, so they are
+	// consistent (every CLA's cluster is sent) by construction.
+	s.cache.set(node, out)
+	ns.view, ns.sets = v, out
 	return nil
 }
 
@@ -256,7 +245,7 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 	if s.nodes[st.node]--; s.nodes[st.node] <= 0 {
 		delete(s.nodes, st.node)
 		delete(s.views, st.node)
-		s.cache.ClearSnapshot(st.node)
+		s.cache.clear(st.node)
 	}
 }
 

@@ -162,11 +162,12 @@ func (c *Client) publish(v *View) {
 }
 
 // Run connects to discovery (gRPC with mTLS from the sources), subscribes
-// over ADS (state of the world: CDS and LDS wildcard, EDS for the clusters
-// received, ECDS for the name table), ACKs good updates and NACKs bad ones,
-// publishes a new View whenever what it holds is consistent, keeps the
-// last good View while discovery is down, and reconnects with jittered
-// exponential backoff until ctx ends. It returns nil then.
+// over incremental (delta) ADS (CDS, EDS and LDS wildcard, ECDS for the
+// name table by name; discovery sends only what changed), ACKs good
+// updates and NACKs bad ones, publishes a new View whenever what it holds
+// is consistent, keeps the last good View while discovery is down, and
+// reconnects with jittered exponential backoff until ctx ends. It returns
+// nil then.
 func (c *Client) Run(ctx context.Context) error {
 	failures := 0
 	for {

@@ -493,7 +493,7 @@ type cacheServer struct {
 	addr  string
 	cache cachev3.SnapshotCache
 	mu    sync.Mutex
-	nacks []*discoveryv3.DiscoveryRequest
+	nacks []*discoveryv3.DeltaDiscoveryRequest
 }
 
 func startCacheServer(t *testing.T, p *pki) *cacheServer {
@@ -501,7 +501,7 @@ func startCacheServer(t *testing.T, p *pki) *cacheServer {
 	cs := &cacheServer{cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)}
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := serverv3.NewServer(ctx, cs.cache, serverv3.CallbackFuncs{
-		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
+		StreamDeltaRequestFunc: func(_ int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 			if req.GetErrorDetail() != nil {
 				cs.mu.Lock()
 				cs.nacks = append(cs.nacks, req)
@@ -531,7 +531,7 @@ func (cs *cacheServer) set(t *testing.T, node spiffeid.ID, version string, res m
 	}
 }
 
-func (cs *cacheServer) nacked() []*discoveryv3.DiscoveryRequest {
+func (cs *cacheServer) nacked() []*discoveryv3.DeltaDiscoveryRequest {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	return slices.Clone(cs.nacks)
@@ -557,13 +557,13 @@ func TestClientNACKsMalformedUpdates(t *testing.T) {
 	cs.set(t, webID, "2", bad)
 	testutil.Eventually(t, "a NACK", 2*time.Second, func() bool { return len(cs.nacked()) > 0 })
 	n := cs.nacked()[0]
-	if n.GetTypeUrl() != resource.ClusterType || n.GetVersionInfo() != "1" || n.GetResponseNonce() == "" ||
+	if n.GetTypeUrl() != resource.ClusterType || n.GetResponseNonce() == "" ||
 		!strings.Contains(n.GetErrorDetail().GetMessage(), "want URI") {
-		t.Errorf("NACK = type %s version %q nonce %q error %q; want CDS, version 1 (the last good), a nonce, and the reason",
-			n.GetTypeUrl(), n.GetVersionInfo(), n.GetResponseNonce(), n.GetErrorDetail().GetMessage())
+		t.Errorf("NACK = type %s nonce %q error %q; want CDS, the response's nonce, and the reason",
+			n.GetTypeUrl(), n.GetResponseNonce(), n.GetErrorDetail().GetMessage())
 	}
-	// The server answers a NACK with the same bad version at once; the
-	// client paces its repeated NACKs instead of trading them in a loop.
+	// Were the server to answer a NACK with the same update, the client
+	// would pace its repeated NACKs instead of trading them in a loop.
 	time.Sleep(500 * time.Millisecond)
 	if got := len(cs.nacked()); got > 2 {
 		t.Errorf("%d NACKs in half a second: no pacing", got)

@@ -26,9 +26,8 @@ func (c *Client) node() *corev3.Node {
 
 // refreshMetadata tells discovery the new metadata when it changed (an SVID
 // renewal changes svid_expiry): the next request carries it, and if the
-// stream is idle it re-sends its last ACK of one type, which a
-// state-of-the-world server takes as "nothing new" but which delivers the
-// node.
+// stream is idle it re-sends its last ACK of one type, which the server
+// takes as "nothing new" but which delivers the node.
 func (s *session) refreshMetadata() error {
 	n := s.c.node()
 	if proto.Equal(n.GetMetadata(), s.node.GetMetadata()) {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -30,12 +32,12 @@ import (
 const maxMessage = 64 << 20
 
 // nackRepeatDelay is how long the client waits before NACKing the same
-// bad version again. A state-of-the-world server answers a NACK by sending
-// its current version at once; without the pause a server stuck on a bad
-// version and its clients would trade it in a tight loop.
+// bad update again. Some servers answer a NACK by sending the same update
+// at once; without the pause a server stuck on a bad update and its
+// clients would trade it in a tight loop.
 const nackRepeatDelay = time.Second
 
-// subscribed lists the types of a session; EDS follows the clusters.
+// subscribed lists the types of a session.
 var subscribed = []resource.Type{resource.ClusterType, resource.ListenerType, resource.ExtensionConfigType, resource.EndpointType}
 
 func typeLabel(t resource.Type) string {
@@ -52,7 +54,10 @@ func typeLabel(t resource.Type) string {
 	return "other"
 }
 
-// session runs one connection and ADS stream until it fails or ctx ends.
+// session runs one connection and incremental (delta) ADS stream until it
+// fails or ctx ends. Every type is a wildcard subscription but the name
+// table, asked for by name: discovery scopes what each identity receives,
+// and sends only the resources that changed.
 // got reports whether discovery answered at all (which resets the
 // backoff). Every goroutine it starts has ended when it returns.
 func (c *Client) session(ctx context.Context) (got bool, err error) {
@@ -70,12 +75,12 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		return false, fmt.Errorf("open ADS stream: %w", err)
 	}
 
-	resps := make(chan *discoveryv3.DiscoveryResponse)
+	resps := make(chan *discoveryv3.DeltaDiscoveryResponse)
 	recvErr := make(chan error, 1)
 	wg.Add(1)
 	go func() {
@@ -110,8 +115,8 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	defer s.stopTimers()
 	refresh := time.NewTicker(c.cfg.MetadataRefresh)
 	defer refresh.Stop()
-	for _, t := range []resource.Type{resource.ClusterType, resource.ListenerType, resource.ExtensionConfigType} {
-		if err := s.send(t, nil); err != nil {
+	for _, t := range subscribed {
+		if err := s.subscribe(t); err != nil {
 			return false, err
 		}
 	}
@@ -150,12 +155,21 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 // typeState is what one subscription has accepted on this stream.
 type typeState struct {
 	received  bool
-	version   string // last accepted version
+	version   string // system version of the last accepted response (for logs)
 	nonce     string // last response nonce
-	resources []types.Resource
+	resources map[string]types.Resource
 	names     []string // subscribed resource names (nil: wildcard)
 
 	nackedVersion, nackedErr string // the last NACK, to pace repeats
+}
+
+// list returns the accepted resources, sorted by name.
+func (st *typeState) list() []types.Resource {
+	out := make([]types.Resource, 0, len(st.resources))
+	for _, name := range slices.Sorted(maps.Keys(st.resources)) {
+		out = append(out, st.resources[name])
+	}
+	return out
 }
 
 // pendingNack is a repeated NACK waiting for nackRepeatDelay.
@@ -169,7 +183,7 @@ type pendingNack struct {
 // receives everything again. Only the session goroutine uses it.
 type session struct {
 	c         *Client
-	stream    discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	stream    discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 	node      *corev3.Node
 	types     map[resource.Type]*typeState
 	pending   map[resource.Type]*pendingNack
@@ -183,16 +197,22 @@ func (s *session) stopTimers() {
 	}
 }
 
-// send requests typ: an ACK of the last accepted version or, with
-// nackErr, a NACK of the last response.
+// subscribe sends the first request for typ.
+func (s *session) subscribe(typ resource.Type) error {
+	req := &discoveryv3.DeltaDiscoveryRequest{Node: s.node, TypeUrl: typ, ResourceNamesSubscribe: s.types[typ].names}
+	if err := s.stream.Send(req); err != nil {
+		return fmt.Errorf("subscribe to %s: %w", typeLabel(typ), err)
+	}
+	return nil
+}
+
+// send answers the last response of typ: an ACK or, with nackErr, a NACK.
 func (s *session) send(typ resource.Type, nackErr error) error {
 	st := s.types[typ]
-	req := &discoveryv3.DiscoveryRequest{
+	req := &discoveryv3.DeltaDiscoveryRequest{
 		Node:          s.node,
 		TypeUrl:       typ,
-		VersionInfo:   st.version,
 		ResponseNonce: st.nonce,
-		ResourceNames: st.names,
 	}
 	if nackErr != nil {
 		req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: nackErr.Error()}
@@ -203,15 +223,14 @@ func (s *session) send(typ resource.Type, nackErr error) error {
 	return nil
 }
 
-// handle checks one response, publishes a view if the state is now
-// consistent, ACKs or NACKs the response, and follows the cluster list
-// with the EDS subscription.
-func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
+// handle checks one response, applies it to the type's resources, publishes
+// a view if the state is now consistent, and ACKs or NACKs the response.
+func (s *session) handle(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	typ := resp.GetTypeUrl()
 	st, ok := s.types[typ]
 	if !ok {
 		s.c.log.Warn("discovery sent a type that was not requested", slog.String("type", typ))
-		return s.stream.Send(&discoveryv3.DiscoveryRequest{
+		return s.stream.Send(&discoveryv3.DeltaDiscoveryRequest{
 			Node: s.node, TypeUrl: typ, ResponseNonce: resp.GetNonce(),
 			ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "type not requested"},
 		})
@@ -220,8 +239,10 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
 		p.timer.Stop()
 		delete(s.pending, typ)
 	}
-	items, err := decode(resp)
+	next, err := apply(st.resources, resp)
+	var items []types.Resource
 	if err == nil {
+		items = (&typeState{resources: next}).list()
 		err = check(typ, items)
 	}
 	var (
@@ -231,7 +252,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
 	if err == nil {
 		// Tentatively accept, and build a view if everything fits.
 		prev := *st
-		st.received, st.version, st.nonce, st.resources = true, resp.GetVersionInfo(), resp.GetNonce(), items
+		st.received, st.version, st.nonce, st.resources = true, resp.GetSystemVersionInfo(), resp.GetNonce(), next
 		view, fp, err = s.build()
 		if err != nil {
 			*st = prev
@@ -244,32 +265,27 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
 	label := typeLabel(typ)
 	s.c.metrics.updates.WithLabelValues(label, "ack").Inc()
 	s.c.metrics.lastUpdate.SetToCurrentTime()
-	s.c.log.Debug("accepted an update from discovery", slog.String("type", label), slog.String("version", resp.GetVersionInfo()), slog.Int("resources", len(items)))
+	s.c.log.Debug("accepted an update from discovery", slog.String("type", label), slog.String("version", resp.GetSystemVersionInfo()),
+		slog.Int("resources", len(items)), slog.Int("changed", len(resp.GetResources())), slog.Int("removed", len(resp.GetRemovedResources())))
 	// Apply, then ACK.
 	if view != nil {
 		s.c.fingerprint = fp
 		s.c.publish(view)
 		s.c.log.Debug("published a new view", slog.Int("services", len(view.services)))
 	}
-	if err := s.send(typ, nil); err != nil {
-		return err
-	}
-	if typ == resource.ClusterType {
-		return s.followClusters()
-	}
-	return nil
+	return s.send(typ, nil)
 }
 
 // nack rejects resp. The first rejection of a version is sent at once and
 // logged at Warn; the same rejection again waits nackRepeatDelay and is
 // logged at Debug.
-func (s *session) nack(st *typeState, typ resource.Type, resp *discoveryv3.DiscoveryResponse, err error) error {
+func (s *session) nack(st *typeState, typ resource.Type, resp *discoveryv3.DeltaDiscoveryResponse, err error) error {
 	label := typeLabel(typ)
 	st.nonce = resp.GetNonce()
 	s.c.metrics.updates.WithLabelValues(label, "nack").Inc()
-	attrs := []any{slog.String("type", label), slog.String("version", resp.GetVersionInfo()), slog.Any("error", err)}
-	if st.nackedVersion != resp.GetVersionInfo() || st.nackedErr != err.Error() {
-		st.nackedVersion, st.nackedErr = resp.GetVersionInfo(), err.Error()
+	attrs := []any{slog.String("type", label), slog.String("version", resp.GetSystemVersionInfo()), slog.Any("error", err)}
+	if st.nackedVersion != resp.GetSystemVersionInfo() || st.nackedErr != err.Error() {
+		st.nackedVersion, st.nackedErr = resp.GetSystemVersionInfo(), err.Error()
 		s.c.log.Warn("rejected an update from discovery; keeping the last good configuration", attrs...)
 		return s.send(typ, err)
 	}
@@ -285,23 +301,6 @@ func (s *session) nack(st *typeState, typ resource.Type, resp *discoveryv3.Disco
 	return nil
 }
 
-// followClusters subscribes EDS to the clusters just accepted.
-func (s *session) followClusters() error {
-	var names []string
-	for _, r := range s.types[resource.ClusterType].resources {
-		names = append(names, r.(*clusterv3.Cluster).GetName())
-	}
-	slices.Sort(names)
-	eds := s.types[resource.EndpointType]
-	if len(names) == 0 || slices.Equal(names, eds.names) {
-		// An empty EDS request would be a wildcard; the old
-		// subscription does no harm, as unused assignments are ignored.
-		return nil
-	}
-	eds.names = names
-	return s.send(resource.EndpointType, nil)
-}
-
 // build returns a new View if CDS, LDS and ECDS have arrived, EDS covers
 // the clusters and the name table names exactly the clusters. It returns a
 // nil View if the state is not consistent yet or is the current view's. An
@@ -313,13 +312,13 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 			return nil, fp, nil
 		}
 	}
-	clusters := s.types[resource.ClusterType].resources
+	clusters := s.types[resource.ClusterType].list()
 	want := make(map[string]bool, len(clusters))
 	for _, r := range clusters {
 		want[r.(*clusterv3.Cluster).GetName()] = true
 	}
 	var clas []types.Resource
-	for _, r := range s.types[resource.EndpointType].resources {
+	for _, r := range s.types[resource.EndpointType].list() {
 		if cla := r.(*endpointv3.ClusterLoadAssignment); want[cla.GetClusterName()] {
 			clas = append(clas, cla)
 		}
@@ -327,7 +326,8 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 	if len(clas) < len(want) {
 		return nil, fp, nil // EDS does not cover the clusters yet
 	}
-	nt, err := parseNameTables(s.types[resource.ExtensionConfigType].resources)
+	names := s.types[resource.ExtensionConfigType].list()
+	nt, err := parseNameTables(names)
 	if err != nil {
 		return nil, fp, err
 	}
@@ -342,8 +342,8 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 	res := map[resource.Type][]types.Resource{
 		resource.ClusterType:         clusters,
 		resource.EndpointType:        clas,
-		resource.ListenerType:        s.types[resource.ListenerType].resources,
-		resource.ExtensionConfigType: s.types[resource.ExtensionConfigType].resources,
+		resource.ListenerType:        s.types[resource.ListenerType].list(),
+		resource.ExtensionConfigType: names,
 	}
 	fp, err = fingerprint(res)
 	if err != nil {
@@ -384,10 +384,19 @@ func fingerprint(res map[resource.Type][]types.Resource) ([sha256.Size]byte, err
 	return [sha256.Size]byte(h.Sum(nil)), nil
 }
 
-// decode unpacks a response's resources, which must all be of its type.
-func decode(resp *discoveryv3.DiscoveryResponse) ([]types.Resource, error) {
-	items := make([]types.Resource, 0, len(resp.GetResources()))
-	for i, a := range resp.GetResources() {
+// apply returns have with resp applied: its resources added or replaced,
+// its removed names deleted. Each resource must be of the response's type
+// and carry its own name. have is not modified.
+func apply(have map[string]types.Resource, resp *discoveryv3.DeltaDiscoveryResponse) (map[string]types.Resource, error) {
+	next := maps.Clone(have)
+	if next == nil {
+		next = map[string]types.Resource{}
+	}
+	for _, name := range resp.GetRemovedResources() {
+		delete(next, name)
+	}
+	for i, r := range resp.GetResources() {
+		a := r.GetResource()
 		if a.GetTypeUrl() != resp.GetTypeUrl() {
 			return nil, fmt.Errorf("%w: resource %d is a %s in a %s response", ErrMalformed, i, a.GetTypeUrl(), resp.GetTypeUrl())
 		}
@@ -395,9 +404,12 @@ func decode(resp *discoveryv3.DiscoveryResponse) ([]types.Resource, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: resource %d: %w", ErrMalformed, i, err)
 		}
-		items = append(items, m)
+		if got := cachev3.GetResourceName(m); got != r.GetName() {
+			return nil, fmt.Errorf("%w: resource %d is named %q but sent as %q", ErrMalformed, i, got, r.GetName())
+		}
+		next[r.GetName()] = m
 	}
-	return items, nil
+	return next, nil
 }
 
 // check validates one type's resources on their own.
