@@ -73,6 +73,8 @@ type entry struct {
 	hash []byte
 	ids  []spiffeid.ID
 
+	hashEntry *lazyHash
+
 	res      *lazyResources
 	variants *variants
 	listener *lazyListener
@@ -91,6 +93,27 @@ type variant struct {
 	sn        *discoveryv1.ServiceName
 	sumOnce   sync.Once
 	sum       [sha256.Size]byte // of sn, marshaled deterministically
+	outOnce   sync.Once
+	tec       *corev3.TypedExtensionConfig // sn's name-table entry
+	out       *marshaled                   // tec, marshaled once for every node
+}
+
+// entryOut returns v's name-table entry, marshaled.
+func (v *variant) entryOut() *marshaled {
+	v.outOnce.Do(func() {
+		v.tec = serviceEntry(v.sn)
+		v.out, _ = newMarshaled(v.tec)
+	})
+	return v.out
+}
+
+// lazyHash is an unreachable service's name-table entry, built when first
+// needed and shared by every node and by the next indexes while the
+// service's name is the same.
+type lazyHash struct {
+	once sync.Once
+	tec  *corev3.TypedExtensionConfig
+	out  *marshaled
 }
 
 func (v *variant) getSum() [sha256.Size]byte {
@@ -156,7 +179,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 				pe := prev.entries[j]
 				if sameService(pe.svc, svc) && reflect.DeepEqual(prevPol[svc.Key], pol[svc.Key]) &&
 					(len(pol[svc.Key]) > 0 || sameDefault(prevDefs, defs, svc.Key.Namespace)) {
-					e := &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, ids: pe.ids, res: pe.res, variants: pe.variants, listener: &lazyListener{}}
+					e := &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, hashEntry: pe.hashEntry, ids: pe.ids, res: pe.res, variants: pe.variants, listener: &lazyListener{}}
 					if listenersKept {
 						e.listener = pe.listener
 					}
@@ -168,7 +191,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 			x.dirty = append(x.dirty, i)
 		}
 		fqdn := FQDN(svc.Key, clusterDomain)
-		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), ids: svc.Identities(x.td),
+		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), hashEntry: &lazyHash{}, ids: svc.Identities(x.td),
 			res: &lazyResources{}, variants: &variants{}, listener: &lazyListener{}}
 		x.addServed(i)
 	}
@@ -480,36 +503,53 @@ func (x *index) items(v *nodeView, typ resource.Type) ([]types.Resource, error) 
 	case resource.ListenerType:
 		return x.listeners(v)
 	case resource.ExtensionConfigType:
-		nt, err := x.nameTable(v)
-		if err != nil {
-			return nil, err
-		}
-		return []types.Resource{nt}, nil
+		nt, _ := x.nameTable(v)
+		return nt, nil
 	}
 	return nil, fmt.Errorf("unknown resource type %s", typ)
 }
 
-// nameTable returns v's name table, as buildNameTable makes it: every
-// service it may reach on some port with its addresses and per-port
-// decisions, the hashes of the names of the others, and the default for
-// ports no service covers.
-func (x *index) nameTable(v *nodeView) (*corev3.TypedExtensionConfig, error) {
-	nt := &discoveryv1.NameTable{ClusterDomain: strings.Trim(x.clusterDomain, "."), InboundDefault: x.inboundDefault(v.id)}
+// hashOut returns service i's unreachable-name entry, marshaled.
+func (x *index) hashOut(i int) *lazyHash {
+	h := x.entries[i].hashEntry
+	h.once.Do(func() {
+		h.tec = hashEntry(x.entries[i].hash)
+		h.out, _ = newMarshaled(h.tec)
+	})
+	return h
+}
+
+// nameTable returns v's name-table entries, as buildNameTable makes them,
+// sorted by name: the globals (the cluster domain and the default for
+// ports no service covers), every service it may reach on some port with
+// its addresses and per-port decisions (shared by every node with the
+// same decisions), and the hashes of the names of the others (shared by
+// every node). With marshaled, it returns them marshaled too.
+func (x *index) nameTable(v *nodeView) ([]types.Resource, []*marshaled) {
+	g := globalsEntry(x.clusterDomain, x.inboundDefault(v.id))
+	gm, _ := newMarshaled(g)
+	type item struct {
+		tec *corev3.TypedExtensionConfig
+		m   *marshaled
+	}
+	items := []item{{g, gm}}
 	for i, n := range v.vid {
 		if n != 0 {
-			nt.Services = append(nt.Services, x.entries[i].variant(n).sn)
+			vr := x.entries[i].variant(n)
+			m := vr.entryOut()
+			items = append(items, item{vr.tec, m})
+		} else {
+			h := x.hashOut(i)
+			items = append(items, item{h.tec, h.out})
 		}
 	}
-	for _, i := range x.hashOrder {
-		if v.vid[i] == 0 {
-			nt.UnreachableSha256 = append(nt.UnreachableSha256, x.entries[i].hash)
-		}
+	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.m.name, b.m.name) })
+	res := make([]types.Resource, len(items))
+	ms := make([]*marshaled, len(items))
+	for k, it := range items {
+		res[k], ms[k] = it.tec, it.m
 	}
-	a, err := anypb.New(nt)
-	if err != nil {
-		return nil, fmt.Errorf("marshal name table: %w", err)
-	}
-	return &corev3.TypedExtensionConfig{Name: NameTableName, TypedConfig: a}, nil
+	return res, ms
 }
 
 // build returns every resource of v: what BuildResources returns for v's
@@ -599,7 +639,8 @@ func (x *index) shared(v *nodeView, typ resource.Type) (*typeSet, error) {
 
 // fill sets ts's resources: v's resources of ts.typ, the ones every node
 // shares as the index holds them (marshaled once) and, for the name
-// table, v's own, marshaled once for all nodes of that version.
+// table, the globals, marshaled once for all nodes of that version, and
+// the per-service entries, marshaled once for every node.
 func (x *index) fill(ts *typeSet, v *nodeView) error {
 	var items []*marshaled
 	switch ts.typ {
@@ -623,12 +664,7 @@ func (x *index) fill(ts *typeSet, v *nodeView) error {
 			items = append(items, ll.out)
 		}
 	case resource.ExtensionConfigType:
-		nt, err := x.nameTable(v)
-		if err != nil {
-			return err
-		}
-		m, _ := newMarshaled(nt)
-		items = append(items, m)
+		_, items = x.nameTable(v)
 	default:
 		return fmt.Errorf("unknown resource type %s", ts.typ)
 	}
