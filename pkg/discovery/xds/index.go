@@ -51,6 +51,7 @@ type index struct {
 	namespaces []string            // candidate namespaces of RBAC prefixes, sorted
 	served     map[spiffeid.ID][]int
 	hashOrder  []int // service indexes sorted by HashName (the name table's unreachable order)
+	entryOrder []int // service indexes sorted by "<namespace>/<name>" (the order of the name-table entries)
 
 	// prev is the index this one was diffed against, until the next index
 	// replaces this one; prevOf[i] is service i's index in prev (-1: new),
@@ -206,6 +207,13 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 		x.hashOrder[i] = i
 	}
 	slices.SortFunc(x.hashOrder, func(a, b int) int { return strings.Compare(string(x.entries[a].hash), string(x.entries[b].hash)) })
+	x.entryOrder = make([]int, len(x.entries))
+	for i := range x.entryOrder {
+		x.entryOrder[i] = i
+	}
+	slices.SortFunc(x.entryOrder, func(a, b int) int {
+		return strings.Compare(x.services[a].Key.String(), x.services[b].Key.String())
+	})
 	if prev != nil {
 		x.prev.Store(prev)
 	}
@@ -521,33 +529,30 @@ func (x *index) hashOut(i int) *lazyHash {
 
 // nameTable returns v's name-table entries, as buildNameTable makes them,
 // sorted by name: the globals (the cluster domain and the default for
-// ports no service covers), every service it may reach on some port with
-// its addresses and per-port decisions (shared by every node with the
-// same decisions), and the hashes of the names of the others (shared by
-// every node). With marshaled, it returns them marshaled too.
+// ports no service covers), the hashes of the names of the services it may
+// not reach (shared by every node), and every service it may reach on some
+// port with its addresses and per-port decisions (shared by every node
+// with the same decisions), with their marshaled forms. The names sort in
+// that order ("global" < "hash/" < "svc/"; hex keeps the hashes' order),
+// so no node's list needs sorting.
 func (x *index) nameTable(v *nodeView) ([]types.Resource, []*marshaled) {
 	g := globalsEntry(x.clusterDomain, x.inboundDefault(v.id))
 	gm, _ := newMarshaled(g)
-	type item struct {
-		tec *corev3.TypedExtensionConfig
-		m   *marshaled
-	}
-	items := []item{{g, gm}}
-	for i, n := range v.vid {
-		if n != 0 {
-			vr := x.entries[i].variant(n)
-			m := vr.entryOut()
-			items = append(items, item{vr.tec, m})
-		} else {
+	res := make([]types.Resource, 1, len(v.vid)+1)
+	ms := make([]*marshaled, 1, len(v.vid)+1)
+	res[0], ms[0] = g, gm
+	for _, i := range x.hashOrder {
+		if v.vid[i] == 0 {
 			h := x.hashOut(i)
-			items = append(items, item{h.tec, h.out})
+			res, ms = append(res, h.tec), append(ms, h.out)
 		}
 	}
-	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.m.name, b.m.name) })
-	res := make([]types.Resource, len(items))
-	ms := make([]*marshaled, len(items))
-	for k, it := range items {
-		res[k], ms[k] = it.tec, it.m
+	for _, i := range x.entryOrder {
+		if n := v.vid[i]; n != 0 {
+			vr := x.entries[i].variant(n)
+			m := vr.entryOut()
+			res, ms = append(res, vr.tec), append(ms, m)
+		}
 	}
 	return res, ms
 }
@@ -664,12 +669,15 @@ func (x *index) fill(ts *typeSet, v *nodeView) error {
 			items = append(items, ll.out)
 		}
 	case resource.ExtensionConfigType:
-		_, items = x.nameTable(v)
+		_, items = x.nameTable(v) // sorted, one per name
 	default:
 		return fmt.Errorf("unknown resource type %s", ts.typ)
 	}
-	slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
-	ts.items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
+	if ts.typ != resource.ExtensionConfigType {
+		slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
+		items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
+	}
+	ts.items = items
 	ts.anys = make([]*anypb.Any, len(ts.items))
 	for i, m := range ts.items {
 		ts.anys[i] = m.any

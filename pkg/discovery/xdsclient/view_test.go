@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -821,5 +822,33 @@ func TestNilView(t *testing.T) {
 	var table dns.Table = v
 	if _, ok := table.Lookup("x."); ok {
 		t.Error("Lookup through the interface found a name")
+	}
+}
+
+// A View is the same from the split name table and from the unsplit one
+// ("tether.names", as discovery sent it before the split).
+func TestNewViewAcceptsUnsplitNameTable(t *testing.T) {
+	split := resources(t, shopRegistry(t).Snapshot(), webID)
+	whole := mutate(split, func(r map[resource.Type][]types.Resource) {
+		nt, err := xds.MergeNameTables(r[resource.ExtensionConfigType])
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := anypb.New(nt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r[resource.ExtensionConfigType] = []types.Resource{&corev3.TypedExtensionConfig{Name: xds.NameTableName, TypedConfig: a}}
+	})
+	vs, err := xdsclient.NewViewFor(webID, split)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vw, err := xdsclient.NewViewFor(webID, whole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs.Services()) == 0 || !reflect.DeepEqual(vs.Services(), vw.Services()) {
+		t.Errorf("services from the split table %v, from the whole one %v", vs.Services(), vw.Services())
 	}
 }
