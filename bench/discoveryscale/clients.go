@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protowire"
-
 )
 
 // maxRecv is the clients' receive limit: a CDS response for 10,000
