@@ -18,8 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protowire"
-
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
 // maxRecv is the clients' receive limit: a CDS response for 10,000
@@ -178,14 +176,14 @@ func (c *client) subscribe() error {
 				return err
 			}
 		}
-		return c.sendDelta(typeECDS, []string{xds.NameTableName}, "")
+		return c.sendDelta(typeECDS, nil, "") // wildcard: the name-table entries
 	}
 	for _, t := range []string{typeCDS, typeLDS} {
 		if err := c.send(t, nil, nil); err != nil {
 			return err
 		}
 	}
-	return c.send(typeECDS, []string{xds.NameTableName}, nil)
+	return c.send(typeECDS, nil, nil)
 }
 
 // run receives until the stream ends, ACKing each response and
@@ -216,7 +214,7 @@ func (c *client) run(f *fleet) {
 			w.at = now
 			w.done()
 		}
-		var names, edsNames []string // CDS and LDS stay wildcard
+		var names, edsNames []string // CDS, LDS and ECDS stay wildcard
 		var edsAck *discoveryv3.DiscoveryResponse
 		switch r.TypeUrl {
 		case typeCDS:
@@ -226,7 +224,7 @@ func (c *client) run(f *fleet) {
 			c.edsAck = r
 			names = c.edsNames
 		case typeECDS:
-			names = []string{xds.NameTableName}
+			names = nil // wildcard
 		}
 		all := !closed && len(c.versions) == len(allTypes)
 		c.mu.Unlock()

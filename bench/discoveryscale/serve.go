@@ -59,7 +59,7 @@ type ready struct {
 	Update       []time.Duration `json:"update"`        // Registry.Update of the whole State
 	BuildNode    []time.Duration `json:"build_node"`    // BuildResources for one client
 	BuildCounts  [4]int          `json:"build_counts"`  // median client's clusters, CLAs, listeners, name table services
-	NameTableLen int             `json:"nametable_len"` // bytes of that client's name table
+	NameTableLen int             `json:"nametable_len"` // bytes of that client's name-table entries
 }
 
 // memReport is the answer to mem.
@@ -246,11 +246,11 @@ func timeBuild(rd *ready, m *mesh, snap *discovery.Snapshot, n int) error {
 			return fmt.Errorf("BuildResources(%s): %w", id, err)
 		}
 		s := sample{d: d, counts: [4]int{len(res[typeCDS]), len(res[typeEDS]), len(res[typeLDS])}}
+		if nt, ok := nameTableOf(res[typeECDS]); ok {
+			s.counts[3] = len(nt.Services)
+		}
 		for _, r := range res[typeECDS] {
-			if nt, ok := nameTableOf(r); ok {
-				s.counts[3] = len(nt.Services)
-				s.ntLen = protoSize(nt)
-			}
+			s.ntLen += protoSize(r) // every entry, as sent
 		}
 		samples = append(samples, s)
 		rd.BuildNode = append(rd.BuildNode, d)

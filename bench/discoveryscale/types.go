@@ -1,7 +1,6 @@
 package main
 
 import (
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -35,17 +34,10 @@ func shortType(t string) string {
 	return t
 }
 
-// nameTableOf unpacks the name table carried by r.
-func nameTableOf(r types.Resource) (*discoveryv1.NameTable, bool) {
-	tec, ok := r.(*corev3.TypedExtensionConfig)
-	if !ok || tec.GetName() != xds.NameTableName {
-		return nil, false
-	}
-	var nt discoveryv1.NameTable
-	if err := tec.GetTypedConfig().UnmarshalTo(&nt); err != nil {
-		return nil, false
-	}
-	return &nt, true
+// nameTableOf merges the name-table entries among items.
+func nameTableOf(items []types.Resource) (*discoveryv1.NameTable, bool) {
+	nt, err := xds.MergeNameTables(items)
+	return nt, err == nil
 }
 
 func protoSize(m proto.Message) int { return proto.Size(m) }

@@ -24,6 +24,7 @@ import (
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -486,12 +487,13 @@ func (v view) principals(t *testing.T, name string) []string {
 func (v view) names(t *testing.T) *discoveryapi.NameTable {
 	t.Helper()
 	ecs := decode[*corev3.TypedExtensionConfig](t, v[resource.ExtensionConfigType])
-	if len(ecs) != 1 || ecs[0].Name != xds.NameTableName {
-		t.Fatalf("extension configs = %v, want one named %s", ecs, xds.NameTableName)
+	items := make([]types.Resource, len(ecs))
+	for i, ec := range ecs {
+		items[i] = ec
 	}
-	var nt discoveryapi.NameTable
-	if err := ecs[0].TypedConfig.UnmarshalTo(&nt); err != nil {
-		t.Fatal(err)
+	nt, err := xds.MergeNameTables(items)
+	if err != nil {
+		t.Fatalf("extension configs = %v: %v", ecs, err)
 	}
-	return &nt
+	return nt
 }

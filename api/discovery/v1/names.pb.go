@@ -1,9 +1,14 @@
 // Tether's one extra xDS resource: the DNS name table a sidecar answers
 // from, and the per-port outbound decisions for the services it may reach.
 //
-// Discovery sends it over ADS wrapped in an envoy.config.core.v3.TypedExtensionConfig
-// (type URL type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig) named
-// "tether.names", so that the standard snapshot cache and any xDS client can carry it.
+// Discovery sends it over ADS wrapped in envoy.config.core.v3.TypedExtensionConfigs
+// (type URL type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig), so that
+// the standard snapshot cache and any xDS client can carry it, split into entries
+// that are each a NameTable: "tether.names/global" (cluster_domain and
+// inbound_default only), "tether.names/svc/<namespace>/<name>" (exactly one of
+// services) and "tether.names/hash/<hex SHA-256>" (exactly one of
+// unreachable_sha256). The client merges them; a change to one service sends only
+// its entry. (Before the split, one whole table named "tether.names".)
 //
 // Regenerate the Go code with `make proto`.
 
@@ -35,10 +40,12 @@ type NameTable struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The cluster DNS domain the names below live in, e.g. "cluster.local".
 	ClusterDomain string `protobuf:"bytes,1,opt,name=cluster_domain,json=clusterDomain,proto3" json:"cluster_domain,omitempty"`
-	// Services the caller may reach on at least one port, sorted by namespace, name.
+	// Services the caller may reach on at least one port, sorted by namespace,
+	// name (in a split entry: exactly one).
 	Services []*ServiceName `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
 	// SHA-256 of the fully qualified, lower-case name of every mesh service
-	// the caller may reach on no port ("web.shop.svc.cluster.local."), sorted.
+	// the caller may reach on no port ("web.shop.svc.cluster.local."), sorted
+	// (in a split entry: exactly one).
 	// The sidecar answers NXDOMAIN for them without learning the names.
 	UnreachableSha256 [][]byte `protobuf:"bytes,3,rep,name=unreachable_sha256,json=unreachableSha256,proto3" json:"unreachable_sha256,omitempty"`
 	// The policy for inbound connections to a port of this workload that no

@@ -51,6 +51,7 @@ type index struct {
 	namespaces []string            // candidate namespaces of RBAC prefixes, sorted
 	served     map[spiffeid.ID][]int
 	hashOrder  []int // service indexes sorted by HashName (the name table's unreachable order)
+	entryOrder []int // service indexes sorted by "<namespace>/<name>" (the order of the name-table entries)
 
 	// prev is the index this one was diffed against, until the next index
 	// replaces this one; prevOf[i] is service i's index in prev (-1: new),
@@ -73,6 +74,8 @@ type entry struct {
 	hash []byte
 	ids  []spiffeid.ID
 
+	hashEntry *lazyHash
+
 	res      *lazyResources
 	variants *variants
 	listener *lazyListener
@@ -91,6 +94,27 @@ type variant struct {
 	sn        *discoveryv1.ServiceName
 	sumOnce   sync.Once
 	sum       [sha256.Size]byte // of sn, marshaled deterministically
+	outOnce   sync.Once
+	tec       *corev3.TypedExtensionConfig // sn's name-table entry
+	out       *marshaled                   // tec, marshaled once for every node
+}
+
+// entryOut returns v's name-table entry, marshaled.
+func (v *variant) entryOut() *marshaled {
+	v.outOnce.Do(func() {
+		v.tec = serviceEntry(v.sn)
+		v.out, _ = newMarshaled(v.tec)
+	})
+	return v.out
+}
+
+// lazyHash is an unreachable service's name-table entry, built when first
+// needed and shared by every node and by the next indexes while the
+// service's name is the same.
+type lazyHash struct {
+	once sync.Once
+	tec  *corev3.TypedExtensionConfig
+	out  *marshaled
 }
 
 func (v *variant) getSum() [sha256.Size]byte {
@@ -156,7 +180,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 				pe := prev.entries[j]
 				if sameService(pe.svc, svc) && reflect.DeepEqual(prevPol[svc.Key], pol[svc.Key]) &&
 					(len(pol[svc.Key]) > 0 || sameDefault(prevDefs, defs, svc.Key.Namespace)) {
-					e := &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, ids: pe.ids, res: pe.res, variants: pe.variants, listener: &lazyListener{}}
+					e := &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, hashEntry: pe.hashEntry, ids: pe.ids, res: pe.res, variants: pe.variants, listener: &lazyListener{}}
 					if listenersKept {
 						e.listener = pe.listener
 					}
@@ -168,7 +192,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 			x.dirty = append(x.dirty, i)
 		}
 		fqdn := FQDN(svc.Key, clusterDomain)
-		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), ids: svc.Identities(x.td),
+		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), hashEntry: &lazyHash{}, ids: svc.Identities(x.td),
 			res: &lazyResources{}, variants: &variants{}, listener: &lazyListener{}}
 		x.addServed(i)
 	}
@@ -183,6 +207,13 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 		x.hashOrder[i] = i
 	}
 	slices.SortFunc(x.hashOrder, func(a, b int) int { return strings.Compare(string(x.entries[a].hash), string(x.entries[b].hash)) })
+	x.entryOrder = make([]int, len(x.entries))
+	for i := range x.entryOrder {
+		x.entryOrder[i] = i
+	}
+	slices.SortFunc(x.entryOrder, func(a, b int) int {
+		return strings.Compare(x.services[a].Key.String(), x.services[b].Key.String())
+	})
 	if prev != nil {
 		x.prev.Store(prev)
 	}
@@ -480,36 +511,50 @@ func (x *index) items(v *nodeView, typ resource.Type) ([]types.Resource, error) 
 	case resource.ListenerType:
 		return x.listeners(v)
 	case resource.ExtensionConfigType:
-		nt, err := x.nameTable(v)
-		if err != nil {
-			return nil, err
-		}
-		return []types.Resource{nt}, nil
+		nt, _ := x.nameTable(v)
+		return nt, nil
 	}
 	return nil, fmt.Errorf("unknown resource type %s", typ)
 }
 
-// nameTable returns v's name table, as buildNameTable makes it: every
-// service it may reach on some port with its addresses and per-port
-// decisions, the hashes of the names of the others, and the default for
-// ports no service covers.
-func (x *index) nameTable(v *nodeView) (*corev3.TypedExtensionConfig, error) {
-	nt := &discoveryv1.NameTable{ClusterDomain: strings.Trim(x.clusterDomain, "."), InboundDefault: x.inboundDefault(v.id)}
-	for i, n := range v.vid {
-		if n != 0 {
-			nt.Services = append(nt.Services, x.entries[i].variant(n).sn)
-		}
-	}
+// hashOut returns service i's unreachable-name entry, marshaled.
+func (x *index) hashOut(i int) *lazyHash {
+	h := x.entries[i].hashEntry
+	h.once.Do(func() {
+		h.tec = hashEntry(x.entries[i].hash)
+		h.out, _ = newMarshaled(h.tec)
+	})
+	return h
+}
+
+// nameTable returns v's name-table entries, as buildNameTable makes them,
+// sorted by name: the globals (the cluster domain and the default for
+// ports no service covers), the hashes of the names of the services it may
+// not reach (shared by every node), and every service it may reach on some
+// port with its addresses and per-port decisions (shared by every node
+// with the same decisions), with their marshaled forms. The names sort in
+// that order ("global" < "hash/" < "svc/"; hex keeps the hashes' order),
+// so no node's list needs sorting.
+func (x *index) nameTable(v *nodeView) ([]types.Resource, []*marshaled) {
+	g := globalsEntry(x.clusterDomain, x.inboundDefault(v.id))
+	gm, _ := newMarshaled(g)
+	res := make([]types.Resource, 1, len(v.vid)+1)
+	ms := make([]*marshaled, 1, len(v.vid)+1)
+	res[0], ms[0] = g, gm
 	for _, i := range x.hashOrder {
 		if v.vid[i] == 0 {
-			nt.UnreachableSha256 = append(nt.UnreachableSha256, x.entries[i].hash)
+			h := x.hashOut(i)
+			res, ms = append(res, h.tec), append(ms, h.out)
 		}
 	}
-	a, err := anypb.New(nt)
-	if err != nil {
-		return nil, fmt.Errorf("marshal name table: %w", err)
+	for _, i := range x.entryOrder {
+		if n := v.vid[i]; n != 0 {
+			vr := x.entries[i].variant(n)
+			m := vr.entryOut()
+			res, ms = append(res, vr.tec), append(ms, m)
+		}
 	}
-	return &corev3.TypedExtensionConfig{Name: NameTableName, TypedConfig: a}, nil
+	return res, ms
 }
 
 // build returns every resource of v: what BuildResources returns for v's
@@ -599,7 +644,8 @@ func (x *index) shared(v *nodeView, typ resource.Type) (*typeSet, error) {
 
 // fill sets ts's resources: v's resources of ts.typ, the ones every node
 // shares as the index holds them (marshaled once) and, for the name
-// table, v's own, marshaled once for all nodes of that version.
+// table, the globals, marshaled once for all nodes of that version, and
+// the per-service entries, marshaled once for every node.
 func (x *index) fill(ts *typeSet, v *nodeView) error {
 	var items []*marshaled
 	switch ts.typ {
@@ -623,17 +669,15 @@ func (x *index) fill(ts *typeSet, v *nodeView) error {
 			items = append(items, ll.out)
 		}
 	case resource.ExtensionConfigType:
-		nt, err := x.nameTable(v)
-		if err != nil {
-			return err
-		}
-		m, _ := newMarshaled(nt)
-		items = append(items, m)
+		_, items = x.nameTable(v) // sorted, one per name
 	default:
 		return fmt.Errorf("unknown resource type %s", ts.typ)
 	}
-	slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
-	ts.items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
+	if ts.typ != resource.ExtensionConfigType {
+		slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
+		items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
+	}
+	ts.items = items
 	ts.anys = make([]*anypb.Any, len(ts.items))
 	for i, m := range ts.items {
 		ts.anys[i] = m.any

@@ -1,12 +1,15 @@
 package xds
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -15,9 +18,33 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
-// NameTableName is the name of the TypedExtensionConfig that carries a
-// sidecar's [discoveryv1.NameTable].
-const NameTableName = "tether.names"
+// A sidecar's name table is split into TypedExtensionConfigs, each
+// carrying a [discoveryv1.NameTable], so that a change to one service
+// sends only that service's entry:
+//
+//   - NameGlobalsName: the cluster domain and the inbound default, with no
+//     services and no hashes;
+//   - NameServicePrefix + "<namespace>/<name>": exactly one service the
+//     caller may reach on some port;
+//   - NameHashPrefix + "<hex SHA-256>": exactly one hash of the name of a
+//     service the caller may reach on no port.
+//
+// Entries of the same service with the same decisions are shared by every
+// node. A client subscribes to the extension configs as a wildcard and
+// merges the entries (see MergeNameTables).
+const (
+	// NameTableName is the name of the whole, unsplit name table that
+	// discovery sent before the split; MergeNameTables still reads it.
+	NameTableName = "tether.names"
+	// NameGlobalsName names the entry with the table's globals. (Not
+	// NameTableName: a sidecar that asks for the unsplit table by name
+	// must not take the globals alone for a whole, empty table.)
+	NameGlobalsName = "tether.names/global"
+	// NameServicePrefix starts the name of a reachable service's entry.
+	NameServicePrefix = "tether.names/svc/"
+	// NameHashPrefix starts the name of an unreachable name's entry.
+	NameHashPrefix = "tether.names/hash/"
+)
 
 // DefaultClusterDomain is the cluster DNS domain when none is configured.
 const DefaultClusterDomain = "cluster.local"
@@ -35,17 +62,47 @@ func HashName(fqdn string) []byte {
 	return h[:]
 }
 
-// buildNameTable returns id's name table: every service it may reach on
-// some port with its addresses and per-port decisions, the hashes of the
-// names of the others, and the default for ports no service covers.
-func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) (*corev3.TypedExtensionConfig, error) {
+// IsNameTableEntry reports whether name is the name of a name-table
+// entry (or of the unsplit table).
+func IsNameTableEntry(name string) bool {
+	return name == NameTableName || strings.HasPrefix(name, NameTableName+"/")
+}
+
+func nameTEC(name string, nt *discoveryv1.NameTable) *corev3.TypedExtensionConfig {
+	a, err := anypb.New(nt)
+	if err != nil {
+		// Marshaling a well-formed generated message does not fail.
+		panic(fmt.Sprintf("marshal name table: %v", err))
+	}
+	return &corev3.TypedExtensionConfig{Name: name, TypedConfig: a}
+}
+
+// globalsEntry is the entry with the cluster domain and inbound default.
+func globalsEntry(clusterDomain, inboundDefault string) *corev3.TypedExtensionConfig {
+	return nameTEC(NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: strings.Trim(clusterDomain, "."), InboundDefault: inboundDefault})
+}
+
+// serviceEntry is a reachable service's entry.
+func serviceEntry(sn *discoveryv1.ServiceName) *corev3.TypedExtensionConfig {
+	return nameTEC(NameServicePrefix+sn.GetNamespace()+"/"+sn.GetName(), &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}})
+}
+
+// hashEntry is an unreachable name's entry.
+func hashEntry(hash []byte) *corev3.TypedExtensionConfig {
+	return nameTEC(NameHashPrefix+hex.EncodeToString(hash), &discoveryv1.NameTable{UnreachableSha256: [][]byte{hash}})
+}
+
+// buildNameTable returns id's name table entries, sorted by name: the
+// globals (the cluster domain and the default for ports no service
+// covers), every service it may reach on some port with its addresses and
+// per-port decisions, and the hashes of the names of the others.
+func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) ([]types.Resource, error) {
 	if clusterDomain == "" {
 		clusterDomain = DefaultClusterDomain
 	}
 	eng := snap.Engine()
-	nt := &discoveryv1.NameTable{ClusterDomain: strings.Trim(clusterDomain, ".")}
 	ns, _ := policy.WorkloadNamespace(id) // "" (the mesh default) for other IDs
-	nt.InboundDefault = eng.DefaultFor(ns).String()
+	out := []*corev3.TypedExtensionConfig{globalsEntry(clusterDomain, eng.DefaultFor(ns).String())}
 	for _, svc := range snap.Services() {
 		fqdn := FQDN(svc.Key, clusterDomain)
 		sn := &discoveryv1.ServiceName{Namespace: svc.Key.Namespace, Name: svc.Key.Name, Fqdn: fqdn}
@@ -59,18 +116,102 @@ func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 			})
 		}
 		if !reach {
-			nt.UnreachableSha256 = append(nt.UnreachableSha256, HashName(fqdn))
+			out = append(out, hashEntry(HashName(fqdn)))
 			continue
 		}
 		for _, a := range svc.ClusterIPs {
 			sn.Addresses = append(sn.Addresses, a.String())
 		}
-		nt.Services = append(nt.Services, sn)
+		out = append(out, serviceEntry(sn))
 	}
-	slices.SortFunc(nt.UnreachableSha256, func(a, b []byte) int { return strings.Compare(string(a), string(b)) })
-	a, err := anypb.New(nt)
-	if err != nil {
-		return nil, fmt.Errorf("marshal name table: %w", err)
+	slices.SortFunc(out, func(a, b *corev3.TypedExtensionConfig) int { return strings.Compare(a.Name, b.Name) })
+	res := make([]types.Resource, len(out))
+	for i, t := range out {
+		res[i] = t
 	}
-	return &corev3.TypedExtensionConfig{Name: NameTableName, TypedConfig: a}, nil
+	return res, nil
+}
+
+// MergeNameTables checks the form of the name-table entries among items
+// (TypedExtensionConfigs; names that are not NameTableName or do not
+// start with it and a slash are ignored) and merges them into one table:
+// the globals of NameGlobalsName, the services sorted by namespace and
+// name, the hashes sorted. Each entry must hold exactly what its name
+// says. The unsplit form, one NameTableName, is accepted alone. It does
+// not check the table's contents beyond that.
+func MergeNameTables(items []types.Resource) (*discoveryv1.NameTable, error) {
+	var whole, globals *discoveryv1.NameTable
+	merged := &discoveryv1.NameTable{}
+	entries := 0
+	for i, r := range items {
+		tec, ok := r.(*corev3.TypedExtensionConfig)
+		if !ok {
+			return nil, fmt.Errorf("extension config %d is a %T, want a TypedExtensionConfig", i, r)
+		}
+		name := tec.GetName()
+		if !IsNameTableEntry(name) {
+			continue
+		}
+		if tec.GetTypedConfig() == nil {
+			return nil, fmt.Errorf("extension config %q has no typed_config", name)
+		}
+		m := new(discoveryv1.NameTable)
+		if err := tec.GetTypedConfig().UnmarshalTo(m); err != nil {
+			return nil, fmt.Errorf("extension config %q: %w", name, err)
+		}
+		switch {
+		case name == NameTableName:
+			if whole != nil {
+				return nil, fmt.Errorf("extension config %q is sent twice", name)
+			}
+			whole = m
+			continue
+		case name == NameGlobalsName:
+			if globals != nil {
+				return nil, fmt.Errorf("extension config %q is sent twice", name)
+			}
+			if len(m.GetServices()) != 0 || len(m.GetUnreachableSha256()) != 0 {
+				return nil, fmt.Errorf("extension config %q holds services or hashes", name)
+			}
+			globals = m
+		case strings.HasPrefix(name, NameServicePrefix):
+			if len(m.GetServices()) != 1 || len(m.GetUnreachableSha256()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
+				return nil, fmt.Errorf("extension config %q does not hold exactly one service", name)
+			}
+			sn := m.GetServices()[0]
+			if want := NameServicePrefix + sn.GetNamespace() + "/" + sn.GetName(); name != want {
+				return nil, fmt.Errorf("extension config %q holds service %s/%s", name, sn.GetNamespace(), sn.GetName())
+			}
+			merged.Services = append(merged.Services, sn)
+		case strings.HasPrefix(name, NameHashPrefix):
+			if len(m.GetUnreachableSha256()) != 1 || len(m.GetServices()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
+				return nil, fmt.Errorf("extension config %q does not hold exactly one hash", name)
+			}
+			h := m.GetUnreachableSha256()[0]
+			if want := NameHashPrefix + hex.EncodeToString(h); name != want {
+				return nil, fmt.Errorf("extension config %q holds hash %x", name, h)
+			}
+			merged.UnreachableSha256 = append(merged.UnreachableSha256, h)
+		default:
+			return nil, fmt.Errorf("extension config %q: unknown name-table entry", name)
+		}
+		entries++
+	}
+	switch {
+	case whole != nil && entries > 0:
+		return nil, fmt.Errorf("extension config %q is sent with split name-table entries", NameTableName)
+	case whole != nil:
+		return whole, nil
+	case globals == nil:
+		return nil, fmt.Errorf("no name table (extension config %q)", NameGlobalsName)
+	}
+	merged.ClusterDomain, merged.InboundDefault = globals.GetClusterDomain(), globals.GetInboundDefault()
+	slices.SortFunc(merged.Services, func(a, b *discoveryv1.ServiceName) int {
+		if c := strings.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.GetName(), b.GetName())
+	})
+	slices.SortFunc(merged.UnreachableSha256, bytes.Compare)
+	return merged, nil
 }

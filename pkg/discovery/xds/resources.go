@@ -54,10 +54,11 @@ const probe = "_tether_probe_"
 // URI SAN) and a ClusterLoadAssignment for every service id may reach on
 // at least one port, and an inbound Listener with the RBAC network filter
 // for every service id serves. Every type is present, possibly empty, and
-// resources are in a deterministic order. A TypedExtensionConfig named
-// NameTableName carries id's DNS name table and per-port outbound decisions
-// (see api/discovery/v1), with names in clusterDomain (default
-// cluster.local).
+// resources are in a deterministic order. TypedExtensionConfigs named
+// NameGlobalsName, NameServicePrefix+"<ns>/<name>" and
+// NameHashPrefix+"<hex>" carry id's DNS name table and per-port outbound
+// decisions, split by service (see api/discovery/v1 and MergeNameTables),
+// with names in clusterDomain (default cluster.local).
 func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) (map[resource.Type][]types.Resource, error) {
 	nt, err := buildNameTable(snap, id, clusterDomain)
 	if err != nil {
@@ -67,7 +68,7 @@ func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 		resource.ClusterType:         {},
 		resource.EndpointType:        {},
 		resource.ListenerType:        {},
-		resource.ExtensionConfigType: {nt},
+		resource.ExtensionConfigType: nt,
 	}
 	td := snap.TrustDomain()
 	eng := snap.Engine()

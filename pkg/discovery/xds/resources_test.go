@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"bytes"
+	"encoding/hex"
 	"net/netip"
 	"slices"
 	"testing"
@@ -10,8 +11,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
@@ -108,17 +107,19 @@ func TestBuildResourcesNameTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	ecs := res[resource.ExtensionConfigType]
-	if len(ecs) != 1 {
-		t.Fatalf("got %d extension configs, want 1", len(ecs))
+	var names []string
+	for _, r := range ecs {
+		names = append(names, r.(*corev3.TypedExtensionConfig).Name)
 	}
-	ec := ecs[0].(*corev3.TypedExtensionConfig)
-	if ec.Name != xds.NameTableName {
-		t.Fatalf("extension config %q, want %q", ec.Name, xds.NameTableName)
+	secrets := xds.NameHashPrefix + hex.EncodeToString(xds.HashName("secrets.vault.svc.example.org."))
+	if want := []string{xds.NameGlobalsName, secrets, xds.NameServicePrefix + "shop/cart"}; !slices.Equal(names, want) {
+		t.Fatalf("extension configs %q, want %q", names, want)
 	}
-	var nt discoveryv1.NameTable
-	if err := ec.TypedConfig.UnmarshalTo(&nt); err != nil {
+	merged, err := xds.MergeNameTables(ecs)
+	if err != nil {
 		t.Fatal(err)
 	}
+	nt := merged
 	if nt.ClusterDomain != "Example.org" || nt.InboundDefault != "allow-mesh" {
 		t.Errorf("cluster domain %q, inbound default %q", nt.ClusterDomain, nt.InboundDefault)
 	}
@@ -141,7 +142,7 @@ func TestBuildResourcesNameTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := res[resource.ExtensionConfigType][0].(*corev3.TypedExtensionConfig).TypedConfig.UnmarshalTo(&nt); err != nil {
+	if nt, err = xds.MergeNameTables(res[resource.ExtensionConfigType]); err != nil {
 		t.Fatal(err)
 	}
 	if nt.InboundDefault != "deny" || nt.ClusterDomain != "cluster.local" {

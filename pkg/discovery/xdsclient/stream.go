@@ -55,9 +55,9 @@ func typeLabel(t resource.Type) string {
 }
 
 // session runs one connection and incremental (delta) ADS stream until it
-// fails or ctx ends. Every type is a wildcard subscription but the name
-// table, asked for by name: discovery scopes what each identity receives,
-// and sends only the resources that changed.
+// fails or ctx ends. Every type is a wildcard subscription, the name
+// table's entries too (see xds.MergeNameTables): discovery scopes what
+// each identity receives, and sends only the resources that changed.
 // got reports whether discovery answered at all (which resets the
 // backoff). Every goroutine it starts has ended when it returns.
 func (c *Client) session(ctx context.Context) (got bool, err error) {
@@ -106,7 +106,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		types: map[resource.Type]*typeState{
 			resource.ClusterType:         {},
 			resource.ListenerType:        {},
-			resource.ExtensionConfigType: {names: []string{xds.NameTableName}},
+			resource.ExtensionConfigType: {},
 			resource.EndpointType:        {},
 		},
 		pending: make(map[resource.Type]*pendingNack),

@@ -513,33 +513,14 @@ type nameTable struct {
 	unreachable    map[[sha256.Size]byte]struct{}
 }
 
-// parseNameTables finds and checks the one TypedExtensionConfig named
-// xds.NameTableName; others are ignored.
+// parseNameTables merges and checks the name-table entries among the
+// TypedExtensionConfigs (see xds.MergeNameTables); others are ignored.
 func parseNameTables(items []types.Resource) (*nameTable, error) {
-	var found *discoveryv1.NameTable
-	for i, r := range items {
-		tec, ok := r.(*corev3.TypedExtensionConfig)
-		if !ok {
-			return nil, fmt.Errorf("extension config %d is a %T, want a TypedExtensionConfig", i, r)
-		}
-		if tec.GetName() != xds.NameTableName {
-			continue
-		}
-		if found != nil {
-			return nil, fmt.Errorf("extension config %q is sent twice", xds.NameTableName)
-		}
-		found = new(discoveryv1.NameTable)
-		if tec.GetTypedConfig() == nil {
-			return nil, fmt.Errorf("extension config %q has no typed_config", xds.NameTableName)
-		}
-		if err := tec.GetTypedConfig().UnmarshalTo(found); err != nil {
-			return nil, fmt.Errorf("extension config %q: %w", xds.NameTableName, err)
-		}
+	m, err := xds.MergeNameTables(items)
+	if err != nil {
+		return nil, err
 	}
-	if found == nil {
-		return nil, fmt.Errorf("no name table (extension config %q)", xds.NameTableName)
-	}
-	return checkNameTable(found)
+	return checkNameTable(m)
 }
 
 func checkNameTable(m *discoveryv1.NameTable) (*nameTable, error) {

@@ -1,8 +1,10 @@
 package xdsclient_test
 
 import (
+	"encoding/hex"
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -516,18 +518,34 @@ func setSAN(t *testing.T, c *clusterv3.Cluster, f func(*tlsv3.SubjectAltNameMatc
 	c.TransportSocket.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: a}
 }
 
+// editNameTable merges res's name-table entries, applies f, and splits
+// the table again, as discovery sends it.
 func editNameTable(t *testing.T, res map[resource.Type][]types.Resource, f func(*discoveryv1.NameTable)) {
-	tec := res[resource.ExtensionConfigType][0].(*corev3.TypedExtensionConfig)
-	var nt discoveryv1.NameTable
-	if err := tec.TypedConfig.UnmarshalTo(&nt); err != nil {
-		t.Fatal(err)
-	}
-	f(&nt)
-	a, err := anypb.New(&nt)
+	nt, err := xds.MergeNameTables(res[resource.ExtensionConfigType])
 	if err != nil {
 		t.Fatal(err)
 	}
-	tec.TypedConfig = a
+	f(nt)
+	tec := func(name string, m *discoveryv1.NameTable) types.Resource {
+		a, err := anypb.New(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &corev3.TypedExtensionConfig{Name: name, TypedConfig: a}
+	}
+	out := []types.Resource{tec(xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: nt.ClusterDomain, InboundDefault: nt.InboundDefault})}
+	for _, sn := range nt.Services {
+		out = append(out, tec(xds.NameServicePrefix+sn.Namespace+"/"+sn.Name, &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}}))
+	}
+	for _, h := range nt.UnreachableSha256 {
+		out = append(out, tec(xds.NameHashPrefix+hex.EncodeToString(h), &discoveryv1.NameTable{UnreachableSha256: [][]byte{h}}))
+	}
+	res[resource.ExtensionConfigType] = out
+}
+
+// nameEntry returns res's name-table entry called name.
+func nameEntry(res map[resource.Type][]types.Resource, name string) *corev3.TypedExtensionConfig {
+	return find(res, resource.ExtensionConfigType, (*corev3.TypedExtensionConfig).GetName, name)
 }
 
 func editRBAC(t *testing.T, res map[resource.Type][]types.Resource, f func(*rbacfilterv3.RBAC)) {
@@ -633,12 +651,59 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 		}, "sent twice"},
 		{"missing name table", func(r map[resource.Type][]types.Resource) { delete(r, resource.ExtensionConfigType) }, "no name table"},
 		{"name table under another name", func(r map[resource.Type][]types.Resource) {
-			r[resource.ExtensionConfigType][0].(*corev3.TypedExtensionConfig).Name = "other"
+			nameEntry(r, xds.NameGlobalsName).Name = "other"
 		}, "no name table"},
 		{"name table of the wrong message", func(r map[resource.Type][]types.Resource) {
 			a, _ := anypb.New(dbCluster(r))
-			r[resource.ExtensionConfigType][0].(*corev3.TypedExtensionConfig).TypedConfig = a
-		}, `extension config "tether.names"`},
+			nameEntry(r, xds.NameGlobalsName).TypedConfig = a
+		}, `extension config "tether.names/global"`},
+		{"service entry of the wrong message", func(r map[resource.Type][]types.Resource) {
+			a, _ := anypb.New(dbCluster(r))
+			nameEntry(r, xds.NameServicePrefix+"shop/db").TypedConfig = a
+		}, `extension config "tether.names/svc/shop/db"`},
+		{"service entry under another service's name", func(r map[resource.Type][]types.Resource) {
+			nameEntry(r, xds.NameServicePrefix+"shop/db").Name = xds.NameServicePrefix + "shop/dbx"
+		}, "holds service shop/db"},
+		{"service entry with globals", func(r map[resource.Type][]types.Resource) {
+			e := nameEntry(r, xds.NameServicePrefix+"shop/db")
+			var nt discoveryv1.NameTable
+			if err := e.TypedConfig.UnmarshalTo(&nt); err != nil {
+				t.Fatal(err)
+			}
+			nt.InboundDefault = "deny"
+			e.TypedConfig, _ = anypb.New(&nt)
+		}, "does not hold exactly one service"},
+		{"globals with a hash", func(r map[resource.Type][]types.Resource) {
+			e := nameEntry(r, xds.NameGlobalsName)
+			var nt discoveryv1.NameTable
+			if err := e.TypedConfig.UnmarshalTo(&nt); err != nil {
+				t.Fatal(err)
+			}
+			nt.UnreachableSha256 = [][]byte{xds.HashName("x.y.svc.cluster.local.")}
+			e.TypedConfig, _ = anypb.New(&nt)
+		}, "holds services or hashes"},
+		{"hash entry under another name", func(r map[resource.Type][]types.Resource) {
+			for _, x := range r[resource.ExtensionConfigType] {
+				if e := x.(*corev3.TypedExtensionConfig); strings.HasPrefix(e.Name, xds.NameHashPrefix) {
+					e.Name = xds.NameHashPrefix + "00"
+					return
+				}
+			}
+			t.Fatal("no hash entry")
+		}, "holds hash"},
+		{"unknown name-table entry", func(r map[resource.Type][]types.Resource) {
+			e := proto.Clone(nameEntry(r, xds.NameGlobalsName)).(*corev3.TypedExtensionConfig)
+			e.Name = "tether.names/other"
+			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], e)
+		}, "unknown name-table entry"},
+		{"globals sent twice", func(r map[resource.Type][]types.Resource) {
+			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], proto.Clone(nameEntry(r, xds.NameGlobalsName)))
+		}, "sent twice"},
+		{"whole table with split entries", func(r map[resource.Type][]types.Resource) {
+			e := proto.Clone(nameEntry(r, xds.NameGlobalsName)).(*corev3.TypedExtensionConfig)
+			e.Name = xds.NameTableName
+			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], e)
+		}, "sent with split name-table entries"},
 		{"bad ClusterIP in the name table", func(r map[resource.Type][]types.Resource) {
 			editNameTable(t, r, func(nt *discoveryv1.NameTable) { nt.Services[0].Addresses = []string{"bogus"} })
 		}, `bad address "bogus"`},
@@ -757,5 +822,33 @@ func TestNilView(t *testing.T) {
 	var table dns.Table = v
 	if _, ok := table.Lookup("x."); ok {
 		t.Error("Lookup through the interface found a name")
+	}
+}
+
+// A View is the same from the split name table and from the unsplit one
+// ("tether.names", as discovery sent it before the split).
+func TestNewViewAcceptsUnsplitNameTable(t *testing.T) {
+	split := resources(t, shopRegistry(t).Snapshot(), webID)
+	whole := mutate(split, func(r map[resource.Type][]types.Resource) {
+		nt, err := xds.MergeNameTables(r[resource.ExtensionConfigType])
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := anypb.New(nt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r[resource.ExtensionConfigType] = []types.Resource{&corev3.TypedExtensionConfig{Name: xds.NameTableName, TypedConfig: a}}
+	})
+	vs, err := xdsclient.NewViewFor(webID, split)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vw, err := xdsclient.NewViewFor(webID, whole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs.Services()) == 0 || !reflect.DeepEqual(vs.Services(), vw.Services()) {
+		t.Errorf("services from the split table %v, from the whole one %v", vs.Services(), vw.Services())
 	}
 }
