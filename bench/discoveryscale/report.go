@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/tether-mesh/tether/internal/procstat"
 )
 
 // scaleResult is what one scale measured.
@@ -162,9 +164,9 @@ func oneChange(m *mesh, f *fleet, srv *server, kind string, n int, timeout time.
 	}
 	wait := f.arm(ch)
 	r0, b0 := f.counts()
-	sys0, _ := systemBusy()
-	srv0, _ := procCPU(srv.pid())
-	self0, _ := procCPU(os.Getpid())
+	sys0, _ := procstat.SystemBusy()
+	srv0, _ := procstat.CPU(srv.pid())
+	self0, _ := procstat.CPU(os.Getpid())
 	var rep changeReport
 	if err := srv.call(fmt.Sprintf("change %s %d", kind, n), &rep); err != nil {
 		return cr, err
@@ -189,8 +191,8 @@ func oneChange(m *mesh, f *fleet, srv *server, kind string, n int, timeout time.
 	}
 	srv1, busyUntil := settle(srv.pid(), time.Minute)
 	cr.Busy = busyUntil.Sub(time.Unix(0, rep.Start))
-	self1, _ := procCPU(os.Getpid())
-	sys1, _ := systemBusy()
+	self1, _ := procstat.CPU(os.Getpid())
+	sys1, _ := procstat.SystemBusy()
 	cr.ServerCPU, cr.ClientCPU = srv1-srv0, self1-self0
 	cr.OtherCPU = max(0, sys1-sys0-cr.ServerCPU-cr.ClientCPU)
 	r1, b1 := f.counts()

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/tether-mesh/tether/internal/procstat"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -130,7 +131,7 @@ func startServer(sc Scale, cfg Config, cert, key, bundle string, profile bool) (
 	if cfg.ServerMemLimit != "" {
 		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+cfg.ServerMemLimit)
 	}
-	dieWithParent(cmd)
+	procstat.DieWithParent(cmd)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -189,12 +190,12 @@ func (s *server) stop() {
 // then and when it became quiet (or limit passed).
 func settle(pid int, limit time.Duration) (time.Duration, time.Time) {
 	deadline := time.Now().Add(limit)
-	last, _ := procCPU(pid)
+	last, _ := procstat.CPU(pid)
 	quiet := 0
 	lastBusy := time.Now()
 	for time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
-		cur, err := procCPU(pid)
+		cur, err := procstat.CPU(pid)
 		if err != nil {
 			return last, lastBusy
 		}

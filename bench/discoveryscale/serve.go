@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/tether-mesh/tether/internal/procstat"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
@@ -271,7 +272,7 @@ func readMem() memReport {
 	runtime.ReadMemStats(&ms)
 	rep := memReport{HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse, Sys: ms.Sys,
 		Goroutines: runtime.NumGoroutine()}
-	if pm, err := procMem(os.Getpid()); err == nil {
+	if pm, err := procstat.Memory(os.Getpid()); err == nil {
 		rep.RSS, rep.HWM = pm.RSS, pm.HWM
 	}
 	return rep

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tether-mesh/tether/internal/procstat"
 )
 
 // child is a process the run started. Every child is stopped by its PID
@@ -32,7 +34,7 @@ func startChild(dir, name, bin string, args ...string) (*child, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
-	dieWithParent(cmd)
+	procstat.DieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

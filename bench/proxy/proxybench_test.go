@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
+	"github.com/tether-mesh/tether/internal/procstat"
 	tu "github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
@@ -288,9 +289,9 @@ func BenchmarkPair(b *testing.B) {
 	// machine.
 	sub := func(name string, f func(b *testing.B)) {
 		b.Run(name, func(b *testing.B) {
-			cpu0, err := procCPU(os.Getpid())
+			cpu0, err := procstat.CPU(os.Getpid())
 			f(b)
-			if cpu1, err1 := procCPU(os.Getpid()); err == nil && err1 == nil {
+			if cpu1, err1 := procstat.CPU(os.Getpid()); err == nil && err1 == nil {
 				b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 			}
 		})
@@ -399,7 +400,7 @@ func BenchmarkHandshake(b *testing.B) {
 	})
 	b.SetParallelism(8)
 	b.ReportAllocs()
-	cpu0, err := procCPU(os.Getpid())
+	cpu0, err := procstat.CPU(os.Getpid())
 	pprof.Do(context.Background(), pprof.Labels("side", "client"), func(context.Context) {
 		b.RunParallel(func(pb *testing.PB) {
 			var one [1]byte
@@ -416,7 +417,7 @@ func BenchmarkHandshake(b *testing.B) {
 			}
 		})
 	})
-	if cpu1, err1 := procCPU(os.Getpid()); err == nil && err1 == nil {
+	if cpu1, err1 := procstat.CPU(os.Getpid()); err == nil && err1 == nil {
 		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 }

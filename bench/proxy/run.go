@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tether-mesh/tether/internal/procstat"
 )
 
 // measurement is one setup in one round.
@@ -120,7 +122,7 @@ func measureSetup(ctx context.Context, e *env, cfg Config, name, dir string) (me
 	cpuOf := func(pids []int) time.Duration {
 		var sum time.Duration
 		for _, pid := range pids {
-			d, _ := procCPU(pid)
+			d, _ := procstat.CPU(pid)
 			sum += d
 		}
 		return sum
@@ -137,7 +139,7 @@ func measureSetup(ctx context.Context, e *env, cfg Config, name, dir string) (me
 	l := load{addr: p.entry, conns: cfg.Conns, size: cfg.Size, warmup: cfg.Warmup, dur: cfg.Duration,
 		cpu: func() time.Duration { return cpuOf(proxies) },
 		others: func() time.Duration {
-			busy, err := systemBusy()
+			busy, err := procstat.SystemBusy()
 			if err != nil {
 				return 0
 			}
@@ -203,12 +205,12 @@ func measureSetup(ctx context.Context, e *env, cfg Config, name, dir string) (me
 	return m, nil
 }
 
-// memOf returns the memStat of the proc with the largest VmRSS, with the
+// memOf returns the procstat.Mem of the proc with the largest VmRSS, with the
 // largest VmHWM among procs.
-func memOf(procs []*child) (memStat, error) {
-	var out memStat
+func memOf(procs []*child) (procstat.Mem, error) {
+	var out procstat.Mem
 	for _, c := range procs {
-		m, err := procMem(c.pid())
+		m, err := procstat.Memory(c.pid())
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", c.name, err)
 		}

@@ -1,4 +1,7 @@
-package main
+// Package procstat reads a process's CPU time and memory, and the
+// machine's busy CPU time, from /proc, for the benchmarks. Linux only;
+// elsewhere every call fails with ErrNoProc.
+package procstat
 
 import (
 	"bufio"
@@ -16,8 +19,8 @@ import (
 // on every Linux architecture Go supports).
 const userHZ = 100
 
-// procCPU returns the user+system CPU time of every thread of pid so far.
-func procCPU(pid int) (time.Duration, error) {
+// CPU returns the user+system CPU time of every thread of pid so far.
+func CPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -40,15 +43,15 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / userHZ, nil
 }
 
-// memStat is a process's memory from /proc/PID/status, in bytes.
-type memStat struct {
+// Mem is a process's memory from /proc/PID/status, in bytes.
+type Mem struct {
 	RSS, HWM int64 // VmRSS (now), VmHWM (peak)
 	Anon     int64 // RssAnon: heap and stacks, not the mapped binary
 }
 
-// procMem reads pid's memStat.
-func procMem(pid int) (memStat, error) {
-	var m memStat
+// Memory reads pid's Mem.
+func Memory(pid int) (Mem, error) {
+	var m Mem
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return m, err
@@ -73,15 +76,15 @@ func procMem(pid int) (memStat, error) {
 	return m, s.Err()
 }
 
-// dieWithParent makes cmd's process get SIGKILL if this process dies
+// DieWithParent makes cmd's process get SIGKILL if this process dies
 // without stopping it.
-func dieWithParent(cmd *exec.Cmd) {
+func DieWithParent(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-// systemBusy returns the CPU time all CPUs have spent busy so far
+// SystemBusy returns the CPU time all CPUs have spent busy so far
 // (/proc/stat: user, nice, system, irq, softirq, steal).
-func systemBusy() (time.Duration, error) {
+func SystemBusy() (time.Duration, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0, err
