@@ -219,6 +219,11 @@ func (v *meshView) missingService(key discovery.ServiceKey) error {
 	default:
 		hint = fmt.Sprintf("namespace %s has no services", key.Namespace)
 	}
+	if v.kube {
+		// A Service no injected Pod serves is not a mesh service: its
+		// traffic passes through the sidecars, no policy applies to it.
+		hint += "; only Services with at least one Pod running tether-sidecar are mesh services"
+	}
 	return fmt.Errorf("service %s does not exist in %s; %s", key, v.where, hint)
 }
 

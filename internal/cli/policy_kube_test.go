@@ -395,7 +395,7 @@ func TestPolicyKube(t *testing.T) {
 			want string
 		}{
 			{"unknown service", []string{"policy", "check", "--from", "web/frontend", "--to", "shop/cart:80"}, 1,
-				"tether: service shop/cart does not exist in " + where + "; services in namespace shop: api, db\n"},
+				"tether: service shop/cart does not exist in " + where + "; services in namespace shop: api, db; only Services with at least one Pod running tether-sidecar are mesh services\n"},
 			{"unknown namespace", []string{"policy", "check", "--from", "web/frontend", "--to", "nowhere/cart"}, 1,
 				"service nowhere/cart does not exist in " + where + "; there is no namespace nowhere"},
 			{"namespace without services", []string{"policy", "check", "--from", "web/frontend", "--to", "ops/cart"}, 1,
