@@ -133,8 +133,8 @@ func serve(c serveConfig, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("bundle: %w", err)
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(
-		tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(trustDomain)))))
+	g := grpc.NewServer(append(xds.GRPCServerOptions(), grpc.Creds(credentials.NewTLS(
+		tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(trustDomain)))))...)
 	srv := &xds.Server{Registry: reg, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	srv.Register(g)
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -33,7 +34,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	want := Config{
 		TrustDomain: "cluster.local", Registry: RegistryFile, MeshFile: "mesh.yaml", MeshFileInterval: DefaultMeshFileInterval,
-		ClusterDomain: "cluster.local", ListenAddr: ":15010", AdminAddr: ":15014",
+		ClusterDomain: "cluster.local", ListenAddr: ":15010", AdminAddr: ":15014", MaxConcurrentSyncs: xds.DefaultMaxConcurrentSyncs,
 		CAAddr: "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
 	}
 	c.Logger = nil
@@ -82,6 +83,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{"negative interval", []string{"--mesh-file-interval", "-1s"}, "--mesh-file-interval -1s must be positive"},
 		{"unparsable interval", []string{"--mesh-file-interval", "soon"}, `invalid value "soon" for flag -mesh-file-interval`},
 		{"empty listen", []string{"--listen", ""}, "--listen is required"},
+		{"negative max syncs", []string{"--max-concurrent-syncs", "-1"}, "--max-concurrent-syncs -1: want at least 1"},
+		{"unparsable max syncs", []string{"--max-concurrent-syncs", "many"}, `invalid value "many" for flag -max-concurrent-syncs`},
 		{"empty admin listen", []string{"--admin-listen", ""}, "--admin-listen is required"},
 		{"empty CA", []string{"--ca", ""}, "--ca is required"},
 		{"empty bundle", []string{"--bundle", ""}, "--bundle is required"},

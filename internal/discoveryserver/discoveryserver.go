@@ -73,6 +73,10 @@ type Config struct {
 
 	// ListenAddr serves ADS over gRPC with mTLS.
 	ListenAddr string
+	// MaxConcurrentSyncs bounds the sidecars being sent their whole
+	// configuration at once (xds.Server.MaxConcurrentSyncs; default
+	// xds.DefaultMaxConcurrentSyncs).
+	MaxConcurrentSyncs int
 	// AdminAddr serves /healthz, /readyz, /metrics and /debug/sidecars.
 	AdminAddr string
 
@@ -116,6 +120,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MeshFileInterval == 0 {
 		c.MeshFileInterval = DefaultMeshFileInterval
+	}
+	if c.MaxConcurrentSyncs < 0 {
+		return fmt.Errorf("--max-concurrent-syncs %d: want at least 1 (0: the default, %d)", c.MaxConcurrentSyncs, xds.DefaultMaxConcurrentSyncs)
 	}
 	if c.DefaultPolicy != "" {
 		if _, err := policy.ParseDefault(c.DefaultPolicy); err != nil {
@@ -260,7 +267,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.registry.MustRegister(&registryCollector{reg: s.reg}, svidExpiry(s.agent))
-	s.xds = &xds.Server{Registry: s.reg, ClusterDomain: cfg.ClusterDomain, Logger: cfg.Logger}
+	s.xds = &xds.Server{Registry: s.reg, ClusterDomain: cfg.ClusterDomain, Logger: cfg.Logger, MaxConcurrentSyncs: cfg.MaxConcurrentSyncs}
+	s.registry.MustRegister(syncGauges(s.xds)...)
 	return s, nil
 }
 
@@ -451,13 +459,13 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) grpcServer() *grpc.Server {
 	tc := tlsconfig.MTLSServerConfig(s.agent, s.agent, tlsconfig.AuthorizeMemberOf(s.td))
 	tc.MinVersion = tls.VersionTLS13
-	return grpc.NewServer(
+	return grpc.NewServer(append(xds.GRPCServerOptions(),
 		grpc.Creds(credentials.NewTLS(tc)),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.StreamInterceptor(s.metrics.streamInterceptor),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 }
 
 // waitReady waits until Ready, logging why not every notReadyWarning. It

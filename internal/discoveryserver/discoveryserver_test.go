@@ -127,6 +127,10 @@ func TestFileMode(t *testing.T) {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
+	// Both have acknowledged everything: their sync slots are free.
+	testutil.Eventually(t, "sync slots freed", 5*time.Second, func() bool {
+		return s.metric(t, "tether_discovery_xds_syncs_in_progress") == 0 && s.metric(t, "tether_discovery_xds_syncs_waiting") == 0
+	})
 	if got := s.metric(t, "tether_discovery_svid_expiry_timestamp_seconds"); got < float64(time.Now().Unix()) {
 		t.Errorf("svid expiry = %v, want a time in the future", got)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/tether-mesh/tether/internal/logging"
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
 // ProjectedTokenPath is where tether-discovery's Deployment mounts its
@@ -34,6 +35,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.StringVar(&c.DefaultPolicy, "default-policy", "", "mesh-wide default where no AccessPolicy names a service: allow-mesh, same-namespace or deny (default: the mesh file's defaultPolicy, else allow-mesh)")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", env("TETHER_CLUSTER_DOMAIN", DefaultClusterDomain), "cluster DNS domain of service names (<svc>.<ns>.svc.<domain>) (env TETHER_CLUSTER_DOMAIN)")
 	fs.StringVar(&c.ListenAddr, "listen", ":15010", "address of the xDS (ADS) gRPC port, mTLS")
+	fs.IntVar(&c.MaxConcurrentSyncs, "max-concurrent-syncs", xds.DefaultMaxConcurrentSyncs, "sidecars sent their whole configuration at once; others wait their turn (bounds memory when many reconnect)")
 	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz, /metrics and /debug/sidecars")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")

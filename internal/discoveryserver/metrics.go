@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity/agent"
 )
 
@@ -56,6 +57,21 @@ func svidExpiry(a *agent.Agent) prometheus.Collector {
 		}
 		return float64(s.Certificates[0].NotAfter.Unix())
 	})
+}
+
+// syncGauges report the streams being sent their whole configuration and
+// those waiting for their turn (xds.Server.MaxConcurrentSyncs).
+func syncGauges(x *xds.Server) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tether_discovery_xds_syncs_in_progress",
+			Help: "ADS streams being sent their whole configuration (at most --max-concurrent-syncs), until the sidecar acknowledges it.",
+		}, func() float64 { n, _ := x.SyncStats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tether_discovery_xds_syncs_waiting",
+			Help: "New ADS streams waiting for one of the --max-concurrent-syncs slots.",
+		}, func() float64 { _, n := x.SyncStats(); return float64(n) }),
+	}
 }
 
 // registryCollector reports the counts of one snapshot per scrape, so

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -234,7 +235,7 @@ func sotwResponse(req *discoveryv3.DiscoveryRequest, sub cachev3.Subscription, t
 		}
 		missing := false
 		for name := range sub.SubscribedResources() {
-			if _, had := last.names[name]; !had && ts.pos(name) >= 0 {
+			if _, had := last.names[name]; !had && ts.has(name) {
 				missing = true
 				break
 			}
@@ -243,24 +244,29 @@ func sotwResponse(req *discoveryv3.DiscoveryRequest, sub cachev3.Subscription, t
 			return nil
 		}
 	}
-	anys := ts.anys
 	*last = sentSet{version: ts.version}
+	var anys []*anypb.Any
 	if !full {
-		var pos []int
+		var items []*marshaled
 		for name := range sub.SubscribedResources() {
-			if i := ts.pos(name); i >= 0 {
-				pos = append(pos, i)
+			if m := ts.get(name); m != nil {
+				items = append(items, m)
 			}
 		}
-		if len(pos) < len(ts.items) {
-			slices.Sort(pos)
-			anys = make([]*anypb.Any, len(pos))
-			last.names = make(map[string]struct{}, len(pos))
-			for k, i := range pos {
-				anys[k] = ts.anys[i]
-				last.names[ts.items[i].name] = struct{}{}
+		if len(items) < ts.n {
+			slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
+			anys = make([]*anypb.Any, len(items))
+			last.names = make(map[string]struct{}, len(items))
+			for k, m := range items {
+				anys[k] = m.any
+				last.names[m.name] = struct{}{}
 			}
+		} else {
+			full = true
 		}
+	}
+	if full {
+		anys = ts.anys()
 	}
 	return &cachev3.PassthroughResponse{
 		Request: req,
@@ -277,7 +283,9 @@ func sotwResponse(req *discoveryv3.DiscoveryRequest, sub cachev3.Subscription, t
 // initial_resource_versions of a new stream, or the names the server
 // marked to be sent again. The response's returned-resources map is a
 // new empty map: the cache keeps base instead of a map of every name per
-// stream, and comparing two sorted sets of shared resources is cheap.
+// stream. Two sets of the same layout are compared chunk by chunk, and
+// most of their chunks are the same shared ones, so a change costs what
+// it touched, not the size of the set.
 func deltaWildcardResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.Subscription, ts, base *typeSet) cachev3.DeltaResponse {
 	overlay := sub.ReturnedResources()
 	if base == ts && len(overlay) == 0 {
@@ -285,39 +293,54 @@ func deltaWildcardResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.S
 	}
 	var out []*discoveryv3.Resource
 	var removed []string
-	has := func(m *marshaled, baseVersion string, inBase bool) {
-		v, ok := overlay[m.name]
-		if !ok {
-			v, ok = baseVersion, inBase
-		}
-		if !ok || v != m.version {
-			out = append(out, &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: m.any})
-		}
+	send := func(m *marshaled) {
+		out = append(out, &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: m.any})
 	}
-	var bItems []*marshaled
-	if base != nil {
-		bItems = base.items
-	}
-	i, j := 0, 0
-	for i < len(bItems) || j < len(ts.items) {
-		switch {
-		case j == len(ts.items) || (i < len(bItems) && bItems[i].name < ts.items[j].name):
-			removed = append(removed, bItems[i].name) // gone
-			i++
-		case i == len(bItems) || ts.items[j].name < bItems[i].name:
-			has(ts.items[j], "", false) // new
-			j++
-		default:
-			if bItems[i] != ts.items[j] || len(overlay) > 0 {
-				has(ts.items[j], bItems[i].version, true)
+	if len(overlay) == 0 && base != nil && base.layout != nil && base.layout == ts.layout {
+		for pos, c := range ts.chunks {
+			if b := base.chunks[pos]; b != c {
+				removed = diffSorted(b.items, c.items, removed, send)
 			}
-			i++
-			j++
 		}
-	}
-	for name := range overlay {
-		if ts.pos(name) < 0 && (base == nil || base.pos(name) < 0) {
-			removed = append(removed, name)
+	} else {
+		var bItems []*marshaled
+		if base != nil {
+			bItems = base.flat()
+		}
+		if len(overlay) == 0 {
+			removed = diffSorted(bItems, ts.flat(), removed, send)
+		} else {
+			// What the client has: base, overlaid.
+			has := func(m *marshaled, baseVersion string, inBase bool) {
+				v, ok := overlay[m.name]
+				if !ok {
+					v, ok = baseVersion, inBase
+				}
+				if !ok || v != m.version {
+					send(m)
+				}
+			}
+			items := ts.flat()
+			i, j := 0, 0
+			for i < len(bItems) || j < len(items) {
+				switch {
+				case j == len(items) || (i < len(bItems) && bItems[i].name < items[j].name):
+					removed = append(removed, bItems[i].name) // gone
+					i++
+				case i == len(bItems) || items[j].name < bItems[i].name:
+					has(items[j], "", false) // new
+					j++
+				default:
+					has(items[j], bItems[i].version, true)
+					i++
+					j++
+				}
+			}
+			for name := range overlay {
+				if !ts.has(name) && (base == nil || !base.has(name)) {
+					removed = append(removed, name)
+				}
+			}
 		}
 	}
 	slices.Sort(removed)
@@ -333,6 +356,31 @@ func deltaWildcardResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.S
 	}
 }
 
+// diffSorted compares two runs of resources sorted by name, what the
+// client has and what it should have: it calls send with each resource of
+// want that is new or changed, and appends the names of have that want
+// lacks to removed.
+func diffSorted(have, want []*marshaled, removed []string, send func(*marshaled)) []string {
+	i, j := 0, 0
+	for i < len(have) || j < len(want) {
+		switch {
+		case j == len(want) || (i < len(have) && have[i].name < want[j].name):
+			removed = append(removed, have[i].name)
+			i++
+		case i == len(have) || want[j].name < have[i].name:
+			send(want[j])
+			j++
+		default:
+			if have[i] != want[j] && have[i].version != want[j].version {
+				send(want[j])
+			}
+			i++
+			j++
+		}
+	}
+	return removed
+}
+
 // deltaResponse is the incremental response of ts for a client that has
 // the resources sub returned (at their versions), or nil when it has them
 // all.
@@ -345,19 +393,26 @@ func deltaResponse(req *discoveryv3.DeltaDiscoveryRequest, sub cachev3.Subscript
 		next = map[string]string{}
 	}
 	var out []*discoveryv3.Resource
-	for _, m := range ts.items {
-		if _, ok := subscribed[m.name]; !wildcard && !ok {
-			continue
-		}
+	add := func(m *marshaled) {
 		if v, had := returned[m.name]; had && v == m.version {
-			continue
+			return
 		}
 		out = append(out, &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: m.any})
 		next[m.name] = m.version
 	}
+	if wildcard {
+		ts.each(add)
+	} else {
+		names := slices.Sorted(maps.Keys(subscribed))
+		for _, name := range names {
+			if m := ts.get(name); m != nil {
+				add(m)
+			}
+		}
+	}
 	var removed []string
 	for name := range returned {
-		if ts.pos(name) < 0 {
+		if !ts.has(name) {
 			removed = append(removed, name)
 			delete(next, name)
 		}

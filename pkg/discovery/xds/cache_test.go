@@ -139,6 +139,7 @@ type deltaClient struct {
 	node   *corev3.Node
 	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 	resps  chan *discoveryv3.DeltaDiscoveryResponse
+	close  func() // ends the stream and the connection
 }
 
 func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
@@ -154,7 +155,8 @@ func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	c := &deltaClient{t: m.t, node: &corev3.Node{Id: id.String()}, stream: stream, resps: make(chan *discoveryv3.DeltaDiscoveryResponse, 16)}
+	c := &deltaClient{t: m.t, node: &corev3.Node{Id: id.String()}, stream: stream, resps: make(chan *discoveryv3.DeltaDiscoveryResponse, 16),
+		close: func() { cancel(); conn.Close() }}
 	go func() {
 		for {
 			r, err := stream.Recv()

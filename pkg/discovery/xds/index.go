@@ -63,8 +63,11 @@ type index struct {
 	// their contents or policies may differ).
 	sameServices bool
 
-	sharedMu   sync.Mutex
-	sharedSets map[string]*typeSet // by type and version
+	// layouts cut the chunked types into chunks (prev's, when the
+	// services are the same), and chunks are the distinct chunks of the
+	// nodes' views of this index.
+	layouts [len(chunkedTypes)]*layout
+	chunks  chunkTable
 }
 
 // entry is one service's shared resources.
@@ -92,8 +95,6 @@ type variants struct {
 type variant struct {
 	decisions []policy.Decision
 	sn        *discoveryv1.ServiceName
-	sumOnce   sync.Once
-	sum       [sha256.Size]byte // of sn, marshaled deterministically
 	outOnce   sync.Once
 	tec       *corev3.TypedExtensionConfig // sn's name-table entry
 	out       *marshaled                   // tec, marshaled once for every node
@@ -117,26 +118,17 @@ type lazyHash struct {
 	out  *marshaled
 }
 
-func (v *variant) getSum() [sha256.Size]byte {
-	v.sumOnce.Do(func() { v.sum = resourceSum(v.sn) })
-	return v.sum
-}
-
 // lazyResources are a service's Cluster and ClusterLoadAssignment, built
-// when first needed; clean services share them with the previous index.
+// and marshaled when first needed; clean services share them with the
+// previous index.
 type lazyResources struct {
-	once    sync.Once
-	cluster types.Resource
-	cla     types.Resource
-	sumOnce sync.Once
-	sums    [2][sha256.Size]byte // of cluster and cla
-	out     [2]*marshaled        // cluster and cla, marshaled once for every node
+	once sync.Once
+	out  [2]*marshaled // cluster and cla, marshaled once for every node
 }
 
 type lazyListener struct {
 	once sync.Once
 	l    types.Resource
-	sum  [sha256.Size]byte
 	out  *marshaled
 	err  error
 }
@@ -214,6 +206,11 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 	slices.SortFunc(x.entryOrder, func(a, b int) int {
 		return strings.Compare(x.services[a].Key.String(), x.services[b].Key.String())
 	})
+	if x.sameServices {
+		x.layouts = prev.layouts
+	} else {
+		x.layouts = x.newLayouts()
+	}
 	if prev != nil {
 		x.prev.Store(prev)
 	}
@@ -275,22 +272,16 @@ func candidateNamespaces(snap *discovery.Snapshot, services []discovery.Service)
 	return sortedKeys(set)
 }
 
-// resources returns service i's Cluster and ClusterLoadAssignment.
-func (x *index) resources(i int) *lazyResources {
+// marshaled returns service i's Cluster and ClusterLoadAssignment,
+// marshaled. (Only the marshaled forms are kept: they are what is sent.)
+func (x *index) marshaled(i int) *[2]*marshaled {
 	e := x.entries[i]
 	r := e.res
-	r.once.Do(func() { r.cluster, r.cla = buildCluster(e.svc, x.td), buildCLA(e.svc) })
-	return r
-}
-
-// sums returns the sums of service i's Cluster and ClusterLoadAssignment.
-func (x *index) sums(i int) *[2][sha256.Size]byte {
-	r := x.resources(i)
-	r.sumOnce.Do(func() {
-		r.out[0], r.sums[0] = newMarshaled(r.cluster)
-		r.out[1], r.sums[1] = newMarshaled(r.cla)
+	r.once.Do(func() {
+		r.out[0], _ = newMarshaled(buildCluster(e.svc, x.td))
+		r.out[1], _ = newMarshaled(buildCLA(e.svc))
 	})
-	return &r.sums
+	return &r.out
 }
 
 // listener returns service i's inbound Listener.
@@ -303,7 +294,7 @@ func (x *index) listener(i int) (*lazyListener, error) {
 			return
 		}
 		ll.l = l
-		ll.out, ll.sum = newMarshaled(l)
+		ll.out, _ = newMarshaled(l)
 	})
 	return ll, ll.err
 }
@@ -350,127 +341,67 @@ func (e *entry) variant(v uint32) *variant {
 }
 
 // nodeView is one identity's view of an index: which variant of each
-// service it gets, and the version of each resource type.
+// service it gets, and (once x.sets has built them) its resources.
 type nodeView struct {
-	idx      *index
-	id       spiffeid.ID
-	vid      []uint32 // per service of idx
-	versions map[resource.Type]string
+	idx  *index
+	id   spiffeid.ID
+	vid  vidList // per service of idx
+	sets map[resource.Type]*typeSet
+}
+
+// vidList is a node's variant of each service (0: unreachable), a byte
+// each: a thousand nodes' views of ten thousand services are 10 MB, not
+// 40. The rare variant numbers from bigVid up are kept in a map.
+type vidList struct {
+	small []uint8
+	big   map[int]uint32
+}
+
+const bigVid = 255
+
+func newVidList(n int) vidList { return vidList{small: make([]uint8, n)} }
+
+func (l *vidList) len() int { return len(l.small) }
+
+func (l *vidList) get(i int) uint32 {
+	if n := l.small[i]; n != bigVid {
+		return uint32(n)
+	}
+	return l.big[i]
+}
+
+func (l *vidList) set(i int, n uint32) {
+	if n < bigVid {
+		l.small[i] = uint8(n)
+		delete(l.big, i)
+		return
+	}
+	l.small[i] = bigVid
+	if l.big == nil {
+		l.big = map[int]uint32{}
+	}
+	l.big[i] = n
 }
 
 // view computes id's view of x. With old, a view of x's previous index,
 // only the services that are not clean are decided again.
 func (x *index) view(id spiffeid.ID, old *nodeView) *nodeView {
-	v := &nodeView{idx: x, id: id, vid: make([]uint32, len(x.entries))}
+	v := &nodeView{idx: x, id: id, vid: newVidList(len(x.entries))}
 	if old != nil && old.id == id && x.prev.Load() == old.idx && old.idx != nil {
 		for i, p := range x.prevOf {
 			if p >= 0 {
-				v.vid[i] = old.vid[p]
+				v.vid.set(i, old.vid.get(p))
 			}
 		}
 		for _, i := range x.dirty {
-			v.vid[i] = x.decide(id, i)
+			v.vid.set(i, x.decide(id, i))
 		}
 	} else {
 		for i := range x.entries {
-			v.vid[i] = x.decide(id, i)
+			v.vid.set(i, x.decide(id, i))
 		}
 	}
 	return v
-}
-
-// setVersions sets the version of each of v's resource types: a hash of
-// the contents, so an unchanged type keeps its version.
-func (x *index) setVersions(v *nodeView) error {
-	v.versions = map[resource.Type]string{
-		resource.ClusterType:         x.sumVersion(v, 0),
-		resource.EndpointType:        x.sumVersion(v, 1),
-		resource.ExtensionConfigType: x.nameTableVersion(v),
-	}
-	return x.setListenerVersion(v)
-}
-
-func (x *index) setListenerVersion(v *nodeView) error {
-	h := sha256.New()
-	for _, i := range x.served[v.id] {
-		ll, err := x.listener(i)
-		if err != nil {
-			return err
-		}
-		h.Write(ll.sum[:])
-	}
-	v.versions[resource.ListenerType] = hex.EncodeToString(h.Sum(nil))[:16]
-	return nil
-}
-
-// setVersionsFrom sets v's versions as setVersions does, reusing old's
-// (a view of x's previous index) for each type the services that are not
-// clean leave as it was: same services, each reachable or not as before,
-// with the same Cluster, ClusterLoadAssignment or name-table entry, and
-// the same inbound default. (Hashing every service of every node's view
-// again is most of the work of a change that touches one service.)
-func (x *index) setVersionsFrom(v, old *nodeView) error {
-	if old == nil || old.versions == nil || old.id != v.id || !x.sameServices || x.prev.Load() != old.idx {
-		return x.setVersions(v)
-	}
-	keepCDS, keepEDS, keepNames := true, true, x.inboundDefault(v.id) == old.idx.inboundDefault(v.id)
-	for _, i := range x.dirty {
-		a, b := old.vid[i], v.vid[i]
-		if (a == 0) != (b == 0) {
-			return x.setVersions(v)
-		}
-		if b == 0 {
-			continue
-		}
-		os, ns := old.idx.sums(i), x.sums(i)
-		keepCDS = keepCDS && os[0] == ns[0]
-		keepEDS = keepEDS && os[1] == ns[1]
-		keepNames = keepNames && old.idx.entries[i].variant(a).getSum() == x.entries[i].variant(b).getSum()
-	}
-	pick := func(keep bool, typ resource.Type, fresh func() string) string {
-		if keep {
-			return old.versions[typ]
-		}
-		return fresh()
-	}
-	v.versions = map[resource.Type]string{
-		resource.ClusterType:         pick(keepCDS, resource.ClusterType, func() string { return x.sumVersion(v, 0) }),
-		resource.EndpointType:        pick(keepEDS, resource.EndpointType, func() string { return x.sumVersion(v, 1) }),
-		resource.ExtensionConfigType: pick(keepNames, resource.ExtensionConfigType, func() string { return x.nameTableVersion(v) }),
-	}
-	return x.setListenerVersion(v)
-}
-
-// sumVersion hashes the sums of the clusters (k 0) or CLAs (k 1) in v.
-func (x *index) sumVersion(v *nodeView, k int) string {
-	h := sha256.New()
-	for i, n := range v.vid {
-		if n != 0 {
-			h.Write(x.sums(i)[k][:])
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
-}
-
-// nameTableVersion hashes what v's name table is made of.
-func (x *index) nameTableVersion(v *nodeView) string {
-	h := sha256.New()
-	def := x.inboundDefault(v.id)
-	fmt.Fprintf(h, "%d:%s%d:%s", len(x.clusterDomain), x.clusterDomain, len(def), def)
-	for i, n := range v.vid {
-		if n != 0 {
-			s := x.entries[i].variant(n).getSum()
-			h.Write([]byte{'r'})
-			h.Write(s[:])
-		}
-	}
-	for _, i := range x.hashOrder {
-		if v.vid[i] == 0 {
-			h.Write([]byte{'u'})
-			h.Write(x.entries[i].hash)
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 func (x *index) inboundDefault(id spiffeid.ID) string {
@@ -495,17 +426,20 @@ func (x *index) listeners(v *nodeView) ([]types.Resource, error) {
 func (x *index) items(v *nodeView, typ resource.Type) ([]types.Resource, error) {
 	switch typ {
 	case resource.ClusterType, resource.EndpointType:
+		k := 0
+		if typ == resource.EndpointType {
+			k = 1
+		}
 		out := []types.Resource{}
-		for i, n := range v.vid {
-			if n == 0 {
+		for i := range v.vid.len() {
+			if v.vid.get(i) == 0 {
 				continue
 			}
-			e := x.resources(i)
-			if typ == resource.ClusterType {
-				out = append(out, e.cluster)
-			} else {
-				out = append(out, e.cla)
+			m, err := x.marshaled(i)[k].any.UnmarshalNew()
+			if err != nil {
+				return nil, err
 			}
+			out = append(out, m)
 		}
 		return out, nil
 	case resource.ListenerType:
@@ -538,17 +472,17 @@ func (x *index) hashOut(i int) *lazyHash {
 func (x *index) nameTable(v *nodeView) ([]types.Resource, []*marshaled) {
 	g := globalsEntry(x.clusterDomain, x.inboundDefault(v.id))
 	gm, _ := newMarshaled(g)
-	res := make([]types.Resource, 1, len(v.vid)+1)
-	ms := make([]*marshaled, 1, len(v.vid)+1)
+	res := make([]types.Resource, 1, v.vid.len()+1)
+	ms := make([]*marshaled, 1, v.vid.len()+1)
 	res[0], ms[0] = g, gm
 	for _, i := range x.hashOrder {
-		if v.vid[i] == 0 {
+		if v.vid.get(i) == 0 {
 			h := x.hashOut(i)
 			res, ms = append(res, h.tec), append(ms, h.out)
 		}
 	}
 	for _, i := range x.entryOrder {
-		if n := v.vid[i]; n != 0 {
+		if n := v.vid.get(i); n != 0 {
 			vr := x.entries[i].variant(n)
 			m := vr.entryOut()
 			res, ms = append(res, vr.tec), append(ms, m)
@@ -569,12 +503,6 @@ func (x *index) build(v *nodeView) (map[resource.Type][]types.Resource, error) {
 		out[typ] = items
 	}
 	return out, nil
-}
-
-// resourceSum is the SHA-256 of m marshaled deterministically.
-func resourceSum(m proto.Message) [sha256.Size]byte {
-	_, sum := marshalResource(m)
-	return sum
 }
 
 // marshalResource marshals m deterministically, once, as it is sent to
@@ -600,87 +528,4 @@ type marshaled struct {
 func newMarshaled(m types.Resource) (*marshaled, [sha256.Size]byte) {
 	a, sum := marshalResource(m)
 	return &marshaled{name: cachev3.GetResourceName(m), any: a, version: hex.EncodeToString(sum[:8])}, sum
-}
-
-// typeSet is one type's resources of some view, marshaled, shared by
-// every node whose view of that type has the same version (the same
-// contents). It is immutable once built: responses for every node that
-// has it refer to the same *anypb.Any values.
-type typeSet struct {
-	typ     resource.Type
-	version string
-	items   []*marshaled // sorted by name
-	anys    []*anypb.Any // anys[i] is items[i].any
-
-	once sync.Once
-	err  error
-}
-
-// pos returns the position of resource name in s, or -1.
-func (s *typeSet) pos(name string) int {
-	if i, ok := slices.BinarySearchFunc(s.items, name, func(m *marshaled, name string) int { return strings.Compare(m.name, name) }); ok {
-		return i
-	}
-	return -1
-}
-
-// shared returns v's resources of type typ, built once per index for all
-// the nodes whose resources of that type have the same version.
-func (x *index) shared(v *nodeView, typ resource.Type) (*typeSet, error) {
-	key := typ + "\x00" + v.versions[typ]
-	x.sharedMu.Lock()
-	if x.sharedSets == nil {
-		x.sharedSets = map[string]*typeSet{}
-	}
-	ts, ok := x.sharedSets[key]
-	if !ok {
-		ts = &typeSet{typ: typ, version: v.versions[typ]}
-		x.sharedSets[key] = ts
-	}
-	x.sharedMu.Unlock()
-	ts.once.Do(func() { ts.err = x.fill(ts, v) })
-	return ts, ts.err
-}
-
-// fill sets ts's resources: v's resources of ts.typ, the ones every node
-// shares as the index holds them (marshaled once) and, for the name
-// table, the globals, marshaled once for all nodes of that version, and
-// the per-service entries, marshaled once for every node.
-func (x *index) fill(ts *typeSet, v *nodeView) error {
-	var items []*marshaled
-	switch ts.typ {
-	case resource.ClusterType, resource.EndpointType:
-		k := 0
-		if ts.typ == resource.EndpointType {
-			k = 1
-		}
-		for i, n := range v.vid {
-			if n != 0 {
-				x.sums(i) // marshals
-				items = append(items, x.entries[i].res.out[k])
-			}
-		}
-	case resource.ListenerType:
-		for _, i := range x.served[v.id] {
-			ll, err := x.listener(i)
-			if err != nil {
-				return err
-			}
-			items = append(items, ll.out)
-		}
-	case resource.ExtensionConfigType:
-		_, items = x.nameTable(v) // sorted, one per name
-	default:
-		return fmt.Errorf("unknown resource type %s", ts.typ)
-	}
-	if ts.typ != resource.ExtensionConfigType {
-		slices.SortFunc(items, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
-		items = slices.CompactFunc(items, func(a, b *marshaled) bool { return a.name == b.name })
-	}
-	ts.items = items
-	ts.anys = make([]*anypb.Any, len(ts.items))
-	for i, m := range ts.items {
-		ts.anys[i] = m.any
-	}
-	return nil
 }

@@ -13,7 +13,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -41,10 +40,24 @@ type Server struct {
 	ClusterDomain string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// MaxConcurrentSyncs bounds the streams being brought up to date
+	// from nothing at once (default DefaultMaxConcurrentSyncs). A
+	// stream's first request waits for a slot; the slot is freed when the
+	// client has answered (ACK or NACK) every response sent to it
+	// meanwhile, or after SyncSlotTimeout, or when the stream ends. The
+	// first responses for a large mesh are megabytes per stream: without
+	// a bound, a thousand sidecars reconnecting at once (after discovery
+	// restarts) hold gigabytes of them in flight.
+	MaxConcurrentSyncs int
+	// SyncSlotTimeout is how long a stream may hold a slot (default
+	// DefaultSyncSlotTimeout).
+	SyncSlotTimeout time.Duration
 
-	once  sync.Once
-	cache *scopedCache
-	xds   serverv3.Server
+	once      sync.Once
+	syncSlots chan struct{}
+	syncWait  atomic.Int64 // streams waiting for a slot
+	cache     *scopedCache
+	xds       serverv3.Server
 
 	mu      sync.Mutex
 	streams map[int64]*stream     // by stream ID
@@ -55,17 +68,26 @@ type Server struct {
 	idx   *index // of the newest snapshot seen
 }
 
+// Defaults of Server's fields.
+const (
+	DefaultMaxConcurrentSyncs = 32
+	DefaultSyncSlotTimeout    = 10 * time.Second
+)
+
 // nodeState is a connected node's current view; mu serializes building
 // and installing it.
 type nodeState struct {
 	mu   sync.Mutex
 	view *nodeView
-	sets map[resource.Type]*typeSet
 }
 
 type stream struct {
+	ctx  context.Context
 	id   spiffeid.ID // the caller's verified identity
 	node string      // node ID once the first request is checked
+	// slot is the sync slot the stream holds, nil when none: only the
+	// stream's goroutine (its requests, responses and close) uses it.
+	slot *syncSlot
 
 	// For Nodes (nodes.go): set at open; then only report changes.
 	peer       netip.AddrPort
@@ -88,18 +110,44 @@ func (s *Server) init() {
 		s.nodes = make(map[string]int)
 		s.views = make(map[string]*nodeState)
 		s.cache = newScopedCache() // keyed by node.id, which the callbacks check
+		if s.MaxConcurrentSyncs <= 0 {
+			s.MaxConcurrentSyncs = DefaultMaxConcurrentSyncs
+		}
+		if s.SyncSlotTimeout <= 0 {
+			s.SyncSlotTimeout = DefaultSyncSlotTimeout
+		}
+		s.syncSlots = make(chan struct{}, s.MaxConcurrentSyncs)
 		s.xds = serverv3.NewServer(context.Background(), s.cache, serverv3.CallbackFuncs{
-			StreamOpenFunc:         s.open,
-			StreamClosedFunc:       s.closed,
-			DeltaStreamOpenFunc:    s.open,
-			DeltaStreamClosedFunc:  s.closed,
-			StreamRequestFunc:      func(id int64, req *discoveryv3.DiscoveryRequest) error { return s.request(id, req.GetNode()) },
-			StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error { return s.request(id, req.GetNode()) },
+			StreamOpenFunc:        s.open,
+			StreamClosedFunc:      s.closed,
+			DeltaStreamOpenFunc:   s.open,
+			DeltaStreamClosedFunc: s.closed,
+			StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
+				return s.request(id, req.GetNode(), req.GetResponseNonce())
+			},
+			StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+				return s.request(id, req.GetNode(), req.GetResponseNonce())
+			},
+			StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+				s.sent(id, resp.GetNonce())
+			},
+			StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+				s.sent(id, resp.GetNonce())
+			},
 			FetchRequestFunc: func(context.Context, *discoveryv3.DiscoveryRequest) error {
 				return status.Error(codes.Unimplemented, "fetch is not served; use ADS")
 			},
 		})
 	})
+}
+
+// GRPCServerOptions are the options for the gRPC server a Server is
+// registered on, besides credentials: small per-connection read buffers
+// (sidecars send small requests) and write buffers released between
+// writes, so that a thousand mostly idle streams do not hold 64 KiB of
+// buffers each.
+func GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.ReadBufferSize(4 << 10), grpc.SharedWriteBuffer(true)}
 }
 
 // Register registers the aggregated discovery service on g.
@@ -190,31 +238,21 @@ func (s *Server) update(ctx context.Context, snap *discovery.Snapshot, node stri
 		return nil // already current
 	}
 	v := x.view(id, old)
-	if err := x.setVersionsFrom(v, old); err != nil {
+	sets, err := x.sets(v, old)
+	if err != nil {
 		return err
 	}
-	out := make(map[resource.Type]*typeSet, len(typeOrder))
+	v.sets = sets
 	changed := old == nil
 	for _, typ := range typeOrder {
-		if old != nil && old.versions[typ] == v.versions[typ] {
-			out[typ] = ns.sets[typ]
-			continue
-		}
-		changed = true
-		ts, err := x.shared(v, typ)
-		if err != nil {
-			return err
-		}
-		out[typ] = ts
+		changed = changed || sets[typ] != old.sets[typ]
 	}
-	if !changed {
-		ns.view = v
-		return nil
+	if changed {
+		// Clusters and endpoints come from the same view, so they are
+		// consistent (every CLA's cluster is sent) by construction.
+		s.cache.set(node, sets)
 	}
-	// Clusters and endpoints come from the same view, so they are
-	// consistent (every CLA's cluster is sent) by construction.
-	s.cache.set(node, out)
-	ns.view, ns.sets = v, out
+	ns.view = v
 	return nil
 }
 
@@ -226,7 +264,7 @@ func (s *Server) open(ctx context.Context, streamID int64, _ string) error {
 	}
 	addr, certExpiry := peerInfo(ctx)
 	s.mu.Lock()
-	s.streams[streamID] = &stream{id: id, peer: addr, since: time.Now(), certExpiry: certExpiry}
+	s.streams[streamID] = &stream{ctx: ctx, id: id, peer: addr, since: time.Now(), certExpiry: certExpiry}
 	s.mu.Unlock()
 	return nil
 }
@@ -239,6 +277,10 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 		return
 	}
 	delete(s.streams, streamID)
+	if st.slot != nil {
+		st.slot.release()
+		st.slot = nil
+	}
 	if st.node == "" {
 		return
 	}
@@ -250,12 +292,11 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 }
 
 // request checks that node is the stream's verified identity and, on the
-// stream's first request, installs the node's snapshot.
-func (s *Server) request(streamID int64, node *corev3.Node) error {
-	s.mu.Lock()
-	st, ok := s.streams[streamID]
-	s.mu.Unlock()
-	if !ok {
+// stream's first request, waits for a sync slot and installs the node's
+// snapshot. A request that answers a response (nonce) may free the slot.
+func (s *Server) request(streamID int64, node *corev3.Node, nonce string) error {
+	st := s.stream(streamID)
+	if st == nil {
 		return status.Error(codes.PermissionDenied, "stream was not authenticated")
 	}
 	want := st.id.String()
@@ -265,8 +306,17 @@ func (s *Server) request(streamID int64, node *corev3.Node) error {
 	}
 	s.observeNode(st, node)
 	if st.node != "" { // only this stream's goroutine reads or writes st.node
+		if st.slot != nil && nonce != "" && st.slot.answered(nonce) {
+			st.slot.release()
+			st.slot = nil
+		}
 		return nil
 	}
+	slot, err := s.acquireSlot(st.ctx)
+	if err != nil {
+		return err
+	}
+	st.slot = slot
 	s.mu.Lock()
 	st.node = want
 	first := s.nodes[want] == 0
@@ -280,6 +330,60 @@ func (s *Server) request(streamID int64, node *corev3.Node) error {
 		return status.Error(codes.Internal, "cannot build the configuration for this identity")
 	}
 	return nil
+}
+
+func (s *Server) stream(streamID int64) *stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[streamID]
+}
+
+// sent records a response sent on a stream that holds a sync slot.
+func (s *Server) sent(streamID int64, nonce string) {
+	if st := s.stream(streamID); st != nil && st.slot != nil {
+		st.slot.outstanding[nonce] = true
+	}
+}
+
+// syncSlot is a stream's place among the MaxConcurrentSyncs streams
+// being brought up to date from nothing.
+type syncSlot struct {
+	outstanding map[string]bool // nonces of the responses not yet answered
+	release     func()          // frees the slot; safe to call more than once, from any goroutine
+}
+
+// answered records the client's answer to the response nonce and
+// reports whether every response sent is answered.
+func (sl *syncSlot) answered(nonce string) bool {
+	delete(sl.outstanding, nonce)
+	return len(sl.outstanding) == 0
+}
+
+// acquireSlot waits for a sync slot until ctx (the stream's) ends.
+func (s *Server) acquireSlot(ctx context.Context) (*syncSlot, error) {
+	select {
+	case s.syncSlots <- struct{}{}:
+	default:
+		s.syncWait.Add(1)
+		select {
+		case s.syncSlots <- struct{}{}:
+			s.syncWait.Add(-1)
+		case <-ctx.Done():
+			s.syncWait.Add(-1)
+			return nil, status.Error(codes.Canceled, "stream ended while waiting to be served")
+		}
+	}
+	// (The timer is not stopped on release: it then does nothing.)
+	sl := &syncSlot{outstanding: map[string]bool{}, release: sync.OnceFunc(func() { <-s.syncSlots })}
+	time.AfterFunc(s.SyncSlotTimeout, sl.release)
+	return sl, nil
+}
+
+// SyncStats reports the streams holding a sync slot and those waiting
+// for one (see MaxConcurrentSyncs).
+func (s *Server) SyncStats() (syncing, waiting int) {
+	s.init()
+	return len(s.syncSlots), int(s.syncWait.Load())
 }
 
 // peerID returns the SPIFFE ID of the client certificate of the gRPC call

@@ -86,7 +86,8 @@ type mesh struct {
 	addr string
 }
 
-func newMesh(t *testing.T) *mesh {
+// newMesh serves meshState; opts set fields of the xds.Server.
+func newMesh(t *testing.T, opts ...func(*xds.Server)) *mesh {
 	t.Helper()
 	ca := testutil.NewCA(t, identity.RealClock, nil)
 	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.Deny)
@@ -101,6 +102,9 @@ func newMesh(t *testing.T) *mesh {
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(
 		tlsconfig.MTLSServerConfig(m.svid(serverID), ca.Bundle().Bundle, tlsconfig.AuthorizeMemberOf(testutil.TrustDomain)))))
 	srv := &xds.Server{Registry: reg}
+	for _, o := range opts {
+		o(srv)
+	}
 	srv.Register(g)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
