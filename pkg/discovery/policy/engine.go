@@ -80,10 +80,19 @@ type Decision struct {
 type Engine struct {
 	td          spiffeid.TrustDomain
 	meshDefault Default
+	meshRule    string
 	nsDefaults  map[string]Default
-	// byService holds, per "namespace/service", the policies naming it,
-	// sorted by name.
-	byService map[string][]AccessPolicy
+	nsRules     map[string]string // the rule text of each namespace default
+	// byService holds, per service, the policies naming it, sorted by
+	// name, each with its rule text.
+	byService map[serviceKey][]namedPolicy
+}
+
+type serviceKey struct{ namespace, name string }
+
+type namedPolicy struct {
+	AccessPolicy
+	rule string // "AccessPolicy <namespace>/<name>"
 }
 
 // NewEngine checks cfg and builds an Engine from a copy of it. It fails if
@@ -100,14 +109,17 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e := &Engine{
 		td:          cfg.TrustDomain,
 		meshDefault: cfg.MeshDefault,
+		meshRule:    "mesh default " + cfg.MeshDefault.String(),
 		nsDefaults:  make(map[string]Default, len(cfg.NamespaceDefaults)),
-		byService:   make(map[string][]AccessPolicy),
+		nsRules:     make(map[string]string, len(cfg.NamespaceDefaults)),
+		byService:   make(map[serviceKey][]namedPolicy),
 	}
 	for ns, d := range cfg.NamespaceDefaults {
 		if _, ok := defaultNames[d]; !ok {
 			errs = append(errs, fmt.Errorf("policy engine: namespace %s default: %w %v", ns, ErrUnknownDefault, d))
 		}
 		e.nsDefaults[ns] = d
+		e.nsRules[ns] = fmt.Sprintf("namespace default %s (annotation %s on %s)", d, DefaultPolicyAnnotation, ns)
 	}
 	for i := range cfg.Policies {
 		p := cfg.Policies[i].DeepCopy()
@@ -118,14 +130,14 @@ func NewEngine(cfg Config) (*Engine, error) {
 		if p.Namespace == "" {
 			p.Namespace = "default"
 		}
-		key := p.Namespace + "/" + p.Spec.Destination.Service
-		e.byService[key] = append(e.byService[key], *p)
+		key := serviceKey{p.Namespace, p.Spec.Destination.Service}
+		e.byService[key] = append(e.byService[key], namedPolicy{AccessPolicy: *p, rule: "AccessPolicy " + p.Namespace + "/" + p.Name})
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	for _, ps := range e.byService {
-		slices.SortFunc(ps, func(a, b AccessPolicy) int { return strings.Compare(a.Name, b.Name) })
+		slices.SortFunc(ps, func(a, b namedPolicy) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return e, nil
 }
@@ -136,34 +148,52 @@ func NewEngine(cfg Config) (*Engine, error) {
 // policies decide; otherwise the namespace's default, or else the mesh
 // default, does.
 func (e *Engine) Decide(src spiffeid.ID, dstNamespace, dstService string, port uint16) Decision {
+	allowed, rule := e.decide(src, dstNamespace, dstService, port, true)
+	return Decision{Allowed: allowed, Rule: rule}
+}
+
+// Allowed is Decide without the rule: it allocates nothing, for callers
+// that ask about every pair of a large mesh.
+func (e *Engine) Allowed(src spiffeid.ID, dstNamespace, dstService string, port uint16) bool {
+	allowed, _ := e.decide(src, dstNamespace, dstService, port, false)
+	return allowed
+}
+
+// decide is Decide; the rules of denials are spelled out only if explain.
+func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port uint16, explain bool) (bool, string) {
 	if src.IsZero() {
-		return Decision{Rule: "source has no SPIFFE ID"}
+		return false, "source has no SPIFFE ID"
 	}
 	if src.TrustDomain() != e.td {
-		return Decision{Rule: fmt.Sprintf("source %s is outside trust domain %s", src, e.td.Name())}
+		if !explain {
+			return false, ""
+		}
+		return false, fmt.Sprintf("source %s is outside trust domain %s", src, e.td.Name())
 	}
 	srcNS, srcSA, isK8s := workload(src)
-	if ps, ok := e.byService[dstNamespace+"/"+dstService]; ok {
+	if ps, ok := e.byService[serviceKey{dstNamespace, dstService}]; ok {
 		for i := range ps {
-			if allows(&ps[i], src, srcNS, srcSA, isK8s, port) {
-				return Decision{Allowed: true, Rule: "AccessPolicy " + ps[i].Namespace + "/" + ps[i].Name}
+			if allows(&ps[i].AccessPolicy, src, srcNS, srcSA, isK8s, port) {
+				return true, ps[i].rule
 			}
 		}
-		return Decision{Rule: fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d", src, dstNamespace, dstService, port)}
+		if !explain {
+			return false, ""
+		}
+		return false, fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d", src, dstNamespace, dstService, port)
 	}
 
-	d, rule := e.meshDefault, "mesh default "+e.meshDefault.String()
+	d, rule := e.meshDefault, e.meshRule
 	if nd, ok := e.nsDefaults[dstNamespace]; ok {
-		d = nd
-		rule = fmt.Sprintf("namespace default %s (annotation %s on %s)", nd, DefaultPolicyAnnotation, dstNamespace)
+		d, rule = nd, e.nsRules[dstNamespace]
 	}
 	switch d {
 	case AllowMesh:
-		return Decision{Allowed: true, Rule: rule}
+		return true, rule
 	case SameNamespace:
-		return Decision{Allowed: isK8s && srcNS == dstNamespace, Rule: rule}
+		return isK8s && srcNS == dstNamespace, rule
 	default:
-		return Decision{Rule: rule}
+		return false, rule
 	}
 }
 
@@ -197,11 +227,15 @@ func allows(p *AccessPolicy, src spiffeid.ID, srcNS, srcSA string, isK8s bool, p
 
 // workload splits a Kubernetes workload ID's path, /ns/<namespace>/sa/<name>.
 func workload(id spiffeid.ID) (ns, sa string, ok bool) {
-	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "ns" || seg[2] != "sa" || seg[1] == "" || seg[3] == "" {
+	rest, ok := strings.CutPrefix(id.Path(), "/ns/")
+	if !ok {
 		return "", "", false
 	}
-	return seg[1], seg[3], true
+	ns, sa, ok = strings.Cut(rest, "/sa/")
+	if !ok || ns == "" || sa == "" || strings.Contains(ns, "/") || strings.Contains(sa, "/") {
+		return "", "", false
+	}
+	return ns, sa, true
 }
 
 // DefaultFor returns the default that applies in namespace: its annotation,

@@ -104,6 +104,10 @@ func TestDecide(t *testing.T) {
 		{"foreign trust domain, named service", foreign, "shop", "web", 8080, false, "outside trust domain example.org"},
 		{"foreign trust domain, default allow-mesh", foreign, "shop", "cart", 80, false, "outside trust domain example.org"},
 		{"zero ID", spiffeid.ID{}, "shop", "cart", 80, false, "no SPIFFE ID"},
+		{"SA path with an extra segment", id("/ns/private/sa/a/b"), "private", "svc", 80, false, "namespace default same-namespace"},
+		{"namespace path with a slash", id("/ns/private/x/sa/a"), "private", "svc", 80, false, "namespace default same-namespace"},
+		{"namespace named sa", sa("sa", "a"), "sa", "svc", 80, true, "mesh default allow-mesh"},
+		{"policy source, SA named sa", sa("shop", "sa"), "shop", "web", 8080, false, "no AccessPolicy allows"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,6 +115,9 @@ func TestDecide(t *testing.T) {
 			if d.Allowed != tc.allowed || !strings.Contains(d.Rule, tc.ruleHave) {
 				t.Fatalf("Decide(%s, %s/%s:%d) = %+v; want allowed=%v, rule containing %q",
 					tc.src, tc.ns, tc.svc, tc.port, d, tc.allowed, tc.ruleHave)
+			}
+			if got := e.Allowed(tc.src, tc.ns, tc.svc, tc.port); got != tc.allowed {
+				t.Fatalf("Allowed(%s, %s/%s:%d) = %v, Decide says %v", tc.src, tc.ns, tc.svc, tc.port, got, tc.allowed)
 			}
 		})
 	}

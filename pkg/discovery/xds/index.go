@@ -303,14 +303,19 @@ func (x *index) listener(i int) (*lazyListener, error) {
 func (x *index) decide(id spiffeid.ID, i int) uint32 {
 	e := x.entries[i]
 	svc := e.svc
-	ds := make([]policy.Decision, len(svc.Ports))
 	reach := false
-	for k, p := range svc.Ports {
-		ds[k] = x.eng.Decide(id, svc.Key.Namespace, svc.Key.Name, p.Port)
-		reach = reach || ds[k].Allowed
+	for _, p := range svc.Ports {
+		if x.eng.Allowed(id, svc.Key.Namespace, svc.Key.Name, p.Port) {
+			reach = true
+			break
+		}
 	}
 	if !reach {
-		return 0
+		return 0 // (without spelling out the rules)
+	}
+	ds := make([]policy.Decision, len(svc.Ports))
+	for k, p := range svc.Ports {
+		ds[k] = x.eng.Decide(id, svc.Key.Namespace, svc.Key.Name, p.Port)
 	}
 	vs := e.variants
 	vs.mu.Lock()

@@ -230,7 +230,7 @@ func allowedPrincipals(snap *discovery.Snapshot, svc *discovery.Service, port ui
 	td := snap.TrustDomain()
 	eng := snap.Engine()
 	allowed := func(id spiffeid.ID) bool {
-		return eng.Decide(id, svc.Key.Namespace, svc.Key.Name, port).Allowed
+		return eng.Allowed(id, svc.Key.Namespace, svc.Key.Name, port)
 	}
 	meshID, err := discovery.WorkloadID(td, probe, probe)
 	if err == nil && allowed(meshID) {
