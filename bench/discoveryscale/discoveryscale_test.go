@@ -12,6 +12,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 )
 
 // TestMain lets the test binary be the server child, as the benchmark
@@ -123,5 +124,24 @@ func BenchmarkBuildResources(b *testing.B) {
 			b.Fatal(err)
 		}
 		j += 97
+	}
+}
+
+// BenchmarkSidecarView is what a sidecar does with one client's whole
+// configuration at full scale: build its View (parse and check every
+// cluster, endpoint list, listener and name-table entry). The sidecar's
+// xDS client builds a new View from all its resources on each update.
+func BenchmarkSidecarView(b *testing.B) {
+	m := generate(fullScaleDefault)
+	snap := newRegistry(b, m).Snapshot()
+	id := m.clientID(0)
+	res, err := xds.BuildResources(snap, id, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := xdsclient.NewViewFor(id, res); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
