@@ -82,7 +82,7 @@ func newLayout(typ resource.Type, services int, runs ...[]int) *layout {
 	return l
 }
 
-// layouts returns the layouts of x's chunked types, in chunkedTypes order.
+// newLayouts cuts x's chunked types into chunks, in chunkedTypes order.
 func (x *index) newLayouts() [len(chunkedTypes)]*layout {
 	n := len(x.entries)
 	return [...]*layout{
