@@ -140,72 +140,146 @@ func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 // says. The unsplit form, one NameTableName, is accepted alone. It does
 // not check the table's contents beyond that.
 func MergeNameTables(items []types.Resource) (*discoveryv1.NameTable, error) {
-	var whole, globals *discoveryv1.NameTable
-	merged := &discoveryv1.NameTable{}
-	entries := 0
+	return MergeNameTableEntries(items, ParseNameTableEntry)
+}
+
+// MergeNameTableEntries is MergeNameTables with parse in place of
+// ParseNameTableEntry, for a caller that keeps the entries it parsed
+// before. parse must give what ParseNameTableEntry gives; the table
+// returned may share the parsed tables' messages, which must not be
+// modified.
+func MergeNameTableEntries(items []types.Resource, parse func(*corev3.TypedExtensionConfig) (NameTableEntry, error)) (*discoveryv1.NameTable, error) {
+	var m nameTableMerger
 	for i, r := range items {
 		tec, ok := r.(*corev3.TypedExtensionConfig)
 		if !ok {
 			return nil, fmt.Errorf("extension config %d is a %T, want a TypedExtensionConfig", i, r)
 		}
-		name := tec.GetName()
-		if !IsNameTableEntry(name) {
+		if !IsNameTableEntry(tec.GetName()) {
 			continue
 		}
-		if tec.GetTypedConfig() == nil {
-			return nil, fmt.Errorf("extension config %q has no typed_config", name)
+		e, err := parse(tec)
+		if err != nil {
+			return nil, err
 		}
-		m := new(discoveryv1.NameTable)
-		if err := tec.GetTypedConfig().UnmarshalTo(m); err != nil {
-			return nil, fmt.Errorf("extension config %q: %w", name, err)
+		if err := m.add(e); err != nil {
+			return nil, err
 		}
-		switch {
-		case name == NameTableName:
-			if whole != nil {
-				return nil, fmt.Errorf("extension config %q is sent twice", name)
-			}
-			whole = m
-			continue
-		case name == NameGlobalsName:
-			if globals != nil {
-				return nil, fmt.Errorf("extension config %q is sent twice", name)
-			}
-			if len(m.GetServices()) != 0 || len(m.GetUnreachableSha256()) != 0 {
-				return nil, fmt.Errorf("extension config %q holds services or hashes", name)
-			}
-			globals = m
-		case strings.HasPrefix(name, NameServicePrefix):
-			if len(m.GetServices()) != 1 || len(m.GetUnreachableSha256()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
-				return nil, fmt.Errorf("extension config %q does not hold exactly one service", name)
-			}
-			sn := m.GetServices()[0]
-			if want := NameServicePrefix + sn.GetNamespace() + "/" + sn.GetName(); name != want {
-				return nil, fmt.Errorf("extension config %q holds service %s/%s", name, sn.GetNamespace(), sn.GetName())
-			}
-			merged.Services = append(merged.Services, sn)
-		case strings.HasPrefix(name, NameHashPrefix):
-			if len(m.GetUnreachableSha256()) != 1 || len(m.GetServices()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
-				return nil, fmt.Errorf("extension config %q does not hold exactly one hash", name)
-			}
-			h := m.GetUnreachableSha256()[0]
-			if want := NameHashPrefix + hex.EncodeToString(h); name != want {
-				return nil, fmt.Errorf("extension config %q holds hash %x", name, h)
-			}
-			merged.UnreachableSha256 = append(merged.UnreachableSha256, h)
-		default:
-			return nil, fmt.Errorf("extension config %q: unknown name-table entry", name)
-		}
-		entries++
+	}
+	return m.table()
+}
+
+// NameTableEntryKind is what a name-table entry holds.
+type NameTableEntryKind int
+
+const (
+	// NameTableWhole is the unsplit table, NameTableName.
+	NameTableWhole NameTableEntryKind = iota + 1
+	// NameTableGlobals is the cluster domain and inbound default,
+	// NameGlobalsName.
+	NameTableGlobals
+	// NameTableService is one service, NameServicePrefix.
+	NameTableService
+	// NameTableHash is one unreachable name's hash, NameHashPrefix.
+	NameTableHash
+)
+
+// NameTableEntry is one name-table entry, parsed.
+type NameTableEntry struct {
+	Kind  NameTableEntryKind
+	Table *discoveryv1.NameTable
+}
+
+// ParseNameTableEntry parses the name-table entry tec (IsNameTableEntry
+// of its name must hold) and checks that a service or hash entry holds
+// exactly the service or hash its name says. That the globals entry holds
+// no services or hashes is checked when it is merged, after the check
+// that it is the only one, as MergeNameTables always did.
+func ParseNameTableEntry(tec *corev3.TypedExtensionConfig) (NameTableEntry, error) {
+	name := tec.GetName()
+	if tec.GetTypedConfig() == nil {
+		return NameTableEntry{}, fmt.Errorf("extension config %q has no typed_config", name)
+	}
+	m := new(discoveryv1.NameTable)
+	if err := tec.GetTypedConfig().UnmarshalTo(m); err != nil {
+		return NameTableEntry{}, fmt.Errorf("extension config %q: %w", name, err)
 	}
 	switch {
-	case whole != nil && entries > 0:
+	case name == NameTableName:
+		return NameTableEntry{Kind: NameTableWhole, Table: m}, nil
+	case name == NameGlobalsName:
+		return NameTableEntry{Kind: NameTableGlobals, Table: m}, nil
+	case strings.HasPrefix(name, NameServicePrefix):
+		if len(m.GetServices()) != 1 || len(m.GetUnreachableSha256()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
+			return NameTableEntry{}, fmt.Errorf("extension config %q does not hold exactly one service", name)
+		}
+		sn := m.GetServices()[0]
+		if want := NameServicePrefix + sn.GetNamespace() + "/" + sn.GetName(); name != want {
+			return NameTableEntry{}, fmt.Errorf("extension config %q holds service %s/%s", name, sn.GetNamespace(), sn.GetName())
+		}
+		return NameTableEntry{Kind: NameTableService, Table: m}, nil
+	case strings.HasPrefix(name, NameHashPrefix):
+		if len(m.GetUnreachableSha256()) != 1 || len(m.GetServices()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
+			return NameTableEntry{}, fmt.Errorf("extension config %q does not hold exactly one hash", name)
+		}
+		h := m.GetUnreachableSha256()[0]
+		if want := NameHashPrefix + hex.EncodeToString(h); name != want {
+			return NameTableEntry{}, fmt.Errorf("extension config %q holds hash %x", name, h)
+		}
+		return NameTableEntry{Kind: NameTableHash, Table: m}, nil
+	}
+	return NameTableEntry{}, fmt.Errorf("extension config %q: unknown name-table entry", name)
+}
+
+// nameTableMerger merges parsed entries, in the order of the items, into
+// one table.
+type nameTableMerger struct {
+	whole, globals *discoveryv1.NameTable
+	services       []*discoveryv1.ServiceName
+	hashes         [][]byte
+	entries        int // split entries
+}
+
+func (m *nameTableMerger) add(e NameTableEntry) error {
+	switch e.Kind {
+	case NameTableWhole:
+		if m.whole != nil {
+			return fmt.Errorf("extension config %q is sent twice", NameTableName)
+		}
+		m.whole = e.Table
+		return nil
+	case NameTableGlobals:
+		if m.globals != nil {
+			return fmt.Errorf("extension config %q is sent twice", NameGlobalsName)
+		}
+		if len(e.Table.GetServices()) != 0 || len(e.Table.GetUnreachableSha256()) != 0 {
+			return fmt.Errorf("extension config %q holds services or hashes", NameGlobalsName)
+		}
+		m.globals = e.Table
+	case NameTableService:
+		m.services = append(m.services, e.Table.GetServices()[0])
+	case NameTableHash:
+		m.hashes = append(m.hashes, e.Table.GetUnreachableSha256()[0])
+	}
+	m.entries++
+	return nil
+}
+
+func (m *nameTableMerger) table() (*discoveryv1.NameTable, error) {
+	switch {
+	case m.whole != nil && m.entries > 0:
 		return nil, fmt.Errorf("extension config %q is sent with split name-table entries", NameTableName)
-	case whole != nil:
-		return whole, nil
-	case globals == nil:
+	case m.whole != nil:
+		return m.whole, nil
+	case m.globals == nil:
 		return nil, fmt.Errorf("no name table (extension config %q)", NameGlobalsName)
 	}
-	merged.ClusterDomain, merged.InboundDefault = globals.GetClusterDomain(), globals.GetInboundDefault()
+	merged := &discoveryv1.NameTable{
+		ClusterDomain:     m.globals.GetClusterDomain(),
+		InboundDefault:    m.globals.GetInboundDefault(),
+		Services:          m.services,
+		UnreachableSha256: m.hashes,
+	}
 	slices.SortFunc(merged.Services, func(a, b *discoveryv1.ServiceName) int {
 		if c := strings.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
 			return c

@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -99,19 +98,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		}
 	}()
 
-	s := &session{
-		c:      c,
-		stream: stream,
-		node:   c.node(),
-		types: map[resource.Type]*typeState{
-			resource.ClusterType:         {},
-			resource.ListenerType:        {},
-			resource.ExtensionConfigType: {},
-			resource.EndpointType:        {},
-		},
-		pending: make(map[resource.Type]*pendingNack),
-		due:     make(chan *pendingNack, 16),
-	}
+	s := newSession(c, stream)
 	defer s.stopTimers()
 	refresh := time.NewTicker(c.cfg.MetadataRefresh)
 	defer refresh.Stop()
@@ -158,16 +145,18 @@ type typeState struct {
 	version   string // system version of the last accepted response (for logs)
 	nonce     string // last response nonce
 	resources map[string]types.Resource
-	names     []string // subscribed resource names (nil: wildcard)
+	items     []types.Resource // resources, sorted by name
+	names     []string         // subscribed resource names (nil: wildcard)
 
 	nackedVersion, nackedErr string // the last NACK, to pace repeats
 }
 
-// list returns the accepted resources, sorted by name.
-func (st *typeState) list() []types.Resource {
-	out := make([]types.Resource, 0, len(st.resources))
-	for _, name := range slices.Sorted(maps.Keys(st.resources)) {
-		out = append(out, st.resources[name])
+// sortedByName returns the resources of a name-to-resource map, sorted by
+// name.
+func sortedByName(resources map[string]types.Resource) []types.Resource {
+	out := make([]types.Resource, 0, len(resources))
+	for _, name := range slices.Sorted(maps.Keys(resources)) {
+		out = append(out, resources[name])
 	}
 	return out
 }
@@ -189,6 +178,27 @@ type session struct {
 	pending   map[resource.Type]*pendingNack
 	due       chan *pendingNack
 	connected bool
+	// memo holds what parsing the resources in types gave (and, while a
+	// response is handled, those of the tentative state).
+	memo *memo
+}
+
+// newSession returns c's session on stream, with nothing received yet.
+func newSession(c *Client, stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient) *session {
+	return &session{
+		c:      c,
+		stream: stream,
+		node:   c.node(),
+		types: map[resource.Type]*typeState{
+			resource.ClusterType:         {},
+			resource.ListenerType:        {},
+			resource.ExtensionConfigType: {},
+			resource.EndpointType:        {},
+		},
+		pending: make(map[resource.Type]*pendingNack),
+		due:     make(chan *pendingNack, 16),
+		memo:    newMemo(),
+	}
 }
 
 func (s *session) stopTimers() {
@@ -239,11 +249,12 @@ func (s *session) handle(resp *discoveryv3.DeltaDiscoveryResponse) error {
 		p.timer.Stop()
 		delete(s.pending, typ)
 	}
-	next, err := apply(st.resources, resp)
+	held := st.resources
+	next, err := apply(held, resp)
 	var items []types.Resource
 	if err == nil {
-		items = (&typeState{resources: next}).list()
-		err = check(typ, items)
+		items = sortedByName(next)
+		err = check(typ, items, s.memo)
 	}
 	var (
 		view *View
@@ -252,15 +263,17 @@ func (s *session) handle(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	if err == nil {
 		// Tentatively accept, and build a view if everything fits.
 		prev := *st
-		st.received, st.version, st.nonce, st.resources = true, resp.GetSystemVersionInfo(), resp.GetNonce(), next
+		st.received, st.version, st.nonce, st.resources, st.items = true, resp.GetSystemVersionInfo(), resp.GetNonce(), next, items
 		view, fp, err = s.build()
 		if err != nil {
 			*st = prev
 		}
 	}
 	if err != nil {
+		s.memo.prune(resp, next, held)
 		return s.nack(st, typ, resp, err)
 	}
+	s.memo.prune(resp, held, next)
 	st.nackedVersion, st.nackedErr = "", ""
 	label := typeLabel(typ)
 	s.c.metrics.updates.WithLabelValues(label, "ack").Inc()
@@ -312,13 +325,13 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 			return nil, fp, nil
 		}
 	}
-	clusters := s.types[resource.ClusterType].list()
+	clusters := s.types[resource.ClusterType].items
 	want := make(map[string]bool, len(clusters))
 	for _, r := range clusters {
 		want[r.(*clusterv3.Cluster).GetName()] = true
 	}
 	var clas []types.Resource
-	for _, r := range s.types[resource.EndpointType].list() {
+	for _, r := range s.types[resource.EndpointType].items {
 		if cla := r.(*endpointv3.ClusterLoadAssignment); want[cla.GetClusterName()] {
 			clas = append(clas, cla)
 		}
@@ -326,8 +339,8 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 	if len(clas) < len(want) {
 		return nil, fp, nil // EDS does not cover the clusters yet
 	}
-	names := s.types[resource.ExtensionConfigType].list()
-	nt, err := parseNameTables(names)
+	names := s.types[resource.ExtensionConfigType].items
+	nt, err := parseNameTables(names, s.memo)
 	if err != nil {
 		return nil, fp, err
 	}
@@ -342,46 +355,49 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 	res := map[resource.Type][]types.Resource{
 		resource.ClusterType:         clusters,
 		resource.EndpointType:        clas,
-		resource.ListenerType:        s.types[resource.ListenerType].list(),
+		resource.ListenerType:        s.types[resource.ListenerType].items,
 		resource.ExtensionConfigType: names,
 	}
-	fp, err = fingerprint(res)
+	fp, err = fingerprint(res, s.memo)
 	if err != nil {
 		return nil, fp, err
 	}
 	if fp == s.c.fingerprint && s.c.View() != nil {
 		return nil, fp, nil // the same configuration again (a reconnect, a version bump)
 	}
-	v, err := NewViewFor(s.c.cfg.ID, res)
+	v, err := newViewOf(s.c.cfg.ID, nt, res, s.memo)
 	if err != nil {
-		return nil, fp, err
+		return nil, fp, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return v, fp, nil
 }
 
-// fingerprint hashes resources, deterministically marshaled, in an
-// order of their own.
-func fingerprint(res map[resource.Type][]types.Resource) ([sha256.Size]byte, error) {
+// fingerprint hashes the digests of resources (see digest), each type's
+// in the order given. The lists are sorted by name and names are unique,
+// so the same resources give the same fingerprint in whatever order a
+// server sent them.
+func fingerprint(res map[resource.Type][]types.Resource, m *memo) ([sha256.Size]byte, error) {
 	h := sha256.New()
-	opts := proto.MarshalOptions{Deterministic: true}
 	for _, t := range subscribed {
-		// Servers may send resources in any order.
-		bs := make([][]byte, 0, len(res[t]))
+		fmt.Fprintf(h, "%s:%d;", t, len(res[t]))
 		for _, r := range res[t] {
-			b, err := opts.Marshal(r)
+			d, err := lookup(m.digests, r, digest)
 			if err != nil {
 				return [sha256.Size]byte{}, fmt.Errorf("marshal %s: %w", typeLabel(t), err)
 			}
-			bs = append(bs, b)
-		}
-		slices.SortFunc(bs, bytes.Compare)
-		fmt.Fprintf(h, "%s:%d;", t, len(bs))
-		for _, b := range bs {
-			fmt.Fprintf(h, "%d:", len(b))
-			h.Write(b)
+			h.Write(d[:])
 		}
 	}
 	return [sha256.Size]byte(h.Sum(nil)), nil
+}
+
+// digest is the SHA-256 of r, deterministically marshaled.
+func digest(r types.Resource) ([sha256.Size]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	return sha256.Sum256(b), nil
 }
 
 // apply returns have with resp applied: its resources added or replaced,
@@ -412,18 +428,19 @@ func apply(have map[string]types.Resource, resp *discoveryv3.DeltaDiscoveryRespo
 	return next, nil
 }
 
-// check validates one type's resources on their own.
-func check(typ resource.Type, items []types.Resource) error {
+// check validates one type's resources on their own, parsing them
+// through m.
+func check(typ resource.Type, items []types.Resource, m *memo) error {
 	var err error
 	switch typ {
 	case resource.ClusterType:
-		_, err = parseClusters(items)
+		_, err = parseClusters(items, m)
 	case resource.EndpointType:
-		_, err = parseCLAs(items)
+		_, err = parseCLAs(items, m)
 	case resource.ListenerType:
-		_, err = parseListeners(items)
+		_, err = parseListeners(items, m)
 	case resource.ExtensionConfigType:
-		_, err = parseNameTables(items)
+		_, err = parseNameTables(items, m)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)

@@ -157,14 +157,15 @@ func NewView(res map[resource.Type][]types.Resource) (*View, error) {
 // The identity gives the trust domain and namespace of the inbound
 // defaults and names the workload in errors.
 func NewViewFor(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, error) {
-	v, err := newView(id, res)
+	v, err := newView(id, res, &memo{})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return v, nil
 }
 
-func newView(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, error) {
+// newView is NewViewFor with the resources parsed through m.
+func newView(id spiffeid.ID, res map[resource.Type][]types.Resource, m *memo) (*View, error) {
 	for typ, items := range res {
 		switch typ {
 		case resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType:
@@ -174,19 +175,24 @@ func newView(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, err
 			}
 		}
 	}
-	nt, err := parseNameTables(res[resource.ExtensionConfigType])
+	nt, err := parseNameTables(res[resource.ExtensionConfigType], m)
 	if err != nil {
 		return nil, err
 	}
-	clusters, err := parseClusters(res[resource.ClusterType])
+	return newViewOf(id, nt, res, m)
+}
+
+// newViewOf is newView once the name table, nt, is parsed.
+func newViewOf(id spiffeid.ID, nt *nameTable, res map[resource.Type][]types.Resource, m *memo) (*View, error) {
+	clusters, err := parseClusters(res[resource.ClusterType], m)
 	if err != nil {
 		return nil, err
 	}
-	clas, err := parseCLAs(res[resource.EndpointType])
+	clas, err := parseCLAs(res[resource.EndpointType], m)
 	if err != nil {
 		return nil, err
 	}
-	chains, err := parseListeners(res[resource.ListenerType])
+	chains, err := parseListeners(res[resource.ListenerType], m)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +203,6 @@ func newView(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, err
 		meshSuffix:    ".svc." + nt.clusterDomain + ".",
 		byKey:         make(map[discovery.ServiceKey]*entry, len(nt.services)),
 		byFQDN:        make(map[string]*entry, len(nt.services)),
-		byAddr:        make(map[netip.AddrPort]addrRef),
 		unreachable:   nt.unreachable,
 		chains:        chains,
 	}
@@ -234,6 +239,14 @@ func newView(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, err
 	slices.SortFunc(v.services, func(a, b *entry) int { return compareKeys(a.svc.Key, b.svc.Key) })
 	// Address index: ClusterIP:port first, then endpoints; the first
 	// service in key order wins a shared address.
+	n := 0
+	for _, e := range v.services {
+		n += len(e.svc.Addrs) * len(e.svc.Ports)
+		for _, eps := range e.serving {
+			n += len(eps)
+		}
+	}
+	v.byAddr = make(map[netip.AddrPort]addrRef, n)
 	for _, e := range v.services {
 		for _, a := range e.svc.Addrs {
 			for i, p := range e.svc.Ports {
@@ -515,29 +528,30 @@ type nameTable struct {
 
 // parseNameTables merges and checks the name-table entries among the
 // TypedExtensionConfigs (see xds.MergeNameTables); others are ignored.
-func parseNameTables(items []types.Resource) (*nameTable, error) {
-	m, err := xds.MergeNameTables(items)
+func parseNameTables(items []types.Resource, m *memo) (*nameTable, error) {
+	t, err := xds.MergeNameTableEntries(items, m.nameEntry)
 	if err != nil {
 		return nil, err
 	}
-	return checkNameTable(m)
+	return checkNameTable(t, m)
 }
 
-func checkNameTable(m *discoveryv1.NameTable) (*nameTable, error) {
+func checkNameTable(t *discoveryv1.NameTable, m *memo) (*nameTable, error) {
 	nt := &nameTable{
-		clusterDomain: strings.Trim(m.GetClusterDomain(), "."),
-		unreachable:   make(map[[sha256.Size]byte]struct{}, len(m.GetUnreachableSha256())),
+		clusterDomain: strings.Trim(t.GetClusterDomain(), "."),
+		services:      make([]Service, 0, len(t.GetServices())),
+		unreachable:   make(map[[sha256.Size]byte]struct{}, len(t.GetUnreachableSha256())),
 	}
 	if nt.clusterDomain == "" {
 		return nil, errors.New("name table: cluster_domain is empty")
 	}
-	d, err := policy.ParseDefault(m.GetInboundDefault())
+	d, err := policy.ParseDefault(t.GetInboundDefault())
 	if err != nil {
 		return nil, fmt.Errorf("name table: inbound_default: %w", err)
 	}
 	nt.inboundDefault = d
-	seen := make(map[discovery.ServiceKey]bool)
-	for i, sn := range m.GetServices() {
+	seen := make(map[discovery.ServiceKey]bool, len(t.GetServices()))
+	for i, sn := range t.GetServices() {
 		key := discovery.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
 		if key.Namespace == "" || key.Name == "" || strings.ContainsAny(key.Namespace+key.Name, "/.") {
 			return nil, fmt.Errorf("name table: services[%d]: bad name %q", i, key)
@@ -546,44 +560,56 @@ func checkNameTable(m *discoveryv1.NameTable) (*nameTable, error) {
 			return nil, fmt.Errorf("name table: service %s is listed twice", key)
 		}
 		seen[key] = true
-		want := xds.FQDN(key, nt.clusterDomain)
-		if sn.GetFqdn() != want {
-			return nil, fmt.Errorf("name table: service %s: fqdn %q, want %q", key, sn.GetFqdn(), want)
-		}
-		s := Service{Key: key, FQDN: want}
-		for _, a := range sn.GetAddresses() {
-			ip, err := netip.ParseAddr(a)
-			if err != nil || ip.Zone() != "" {
-				return nil, fmt.Errorf("name table: service %s: bad address %q", key, a)
-			}
-			s.Addrs = append(s.Addrs, ip.Unmap())
-		}
-		ports := make(map[uint16]bool)
-		for _, p := range sn.GetPorts() {
-			if p.GetPort() == 0 || p.GetPort() > 65535 || p.GetTargetPort() == 0 || p.GetTargetPort() > 65535 {
-				return nil, fmt.Errorf("name table: service %s: port %d → %d is outside 1-65535", key, p.GetPort(), p.GetTargetPort())
-			}
-			if proto := p.GetProtocol(); proto != "" && !strings.EqualFold(proto, "tcp") {
-				return nil, fmt.Errorf("name table: service %s: port %d: protocol %q is not tcp", key, p.GetPort(), proto)
-			}
-			if ports[uint16(p.GetPort())] {
-				return nil, fmt.Errorf("name table: service %s: port %d is listed twice", key, p.GetPort())
-			}
-			ports[uint16(p.GetPort())] = true
-			s.Ports = append(s.Ports, Port{
-				Name: p.GetName(), Port: uint16(p.GetPort()), TargetPort: uint16(p.GetTargetPort()),
-				Allowed: p.GetAllowed(), Rule: p.GetRule(),
-			})
+		s, err := m.service(sn, nt.clusterDomain)
+		if err != nil {
+			return nil, err
 		}
 		nt.services = append(nt.services, s)
 	}
-	for i, h := range m.GetUnreachableSha256() {
+	for i, h := range t.GetUnreachableSha256() {
 		if len(h) != sha256.Size {
 			return nil, fmt.Errorf("name table: unreachable_sha256[%d] has %d bytes, want %d", i, len(h), sha256.Size)
 		}
 		nt.unreachable[[sha256.Size]byte(h)] = struct{}{}
 	}
 	return nt, nil
+}
+
+// parseService checks the FQDN, addresses and ports of one service of a
+// name table whose cluster domain is clusterDomain. (checkNameTable checks
+// its name, and that it is listed once, first.)
+func parseService(sn *discoveryv1.ServiceName, clusterDomain string) (Service, error) {
+	key := discovery.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
+	want := xds.FQDN(key, clusterDomain)
+	if sn.GetFqdn() != want {
+		return Service{}, fmt.Errorf("name table: service %s: fqdn %q, want %q", key, sn.GetFqdn(), want)
+	}
+	s := Service{Key: key, FQDN: want}
+	for _, a := range sn.GetAddresses() {
+		ip, err := netip.ParseAddr(a)
+		if err != nil || ip.Zone() != "" {
+			return Service{}, fmt.Errorf("name table: service %s: bad address %q", key, a)
+		}
+		s.Addrs = append(s.Addrs, ip.Unmap())
+	}
+	ports := make(map[uint16]bool)
+	for _, p := range sn.GetPorts() {
+		if p.GetPort() == 0 || p.GetPort() > 65535 || p.GetTargetPort() == 0 || p.GetTargetPort() > 65535 {
+			return Service{}, fmt.Errorf("name table: service %s: port %d → %d is outside 1-65535", key, p.GetPort(), p.GetTargetPort())
+		}
+		if proto := p.GetProtocol(); proto != "" && !strings.EqualFold(proto, "tcp") {
+			return Service{}, fmt.Errorf("name table: service %s: port %d: protocol %q is not tcp", key, p.GetPort(), proto)
+		}
+		if ports[uint16(p.GetPort())] {
+			return Service{}, fmt.Errorf("name table: service %s: port %d is listed twice", key, p.GetPort())
+		}
+		ports[uint16(p.GetPort())] = true
+		s.Ports = append(s.Ports, Port{
+			Name: p.GetName(), Port: uint16(p.GetPort()), TargetPort: uint16(p.GetTargetPort()),
+			Allowed: p.GetAllowed(), Rule: p.GetRule(),
+		})
+	}
+	return s, nil
 }
 
 func parseClusterName(name string) (discovery.ServiceKey, error) {
@@ -596,7 +622,7 @@ func parseClusterName(name string) (discovery.ServiceKey, error) {
 
 // parseClusters checks the Clusters and returns, by name, the identities
 // their URI SAN matchers name.
-func parseClusters(items []types.Resource) (map[string][]spiffeid.ID, error) {
+func parseClusters(items []types.Resource, m *memo) (map[string][]spiffeid.ID, error) {
 	out := make(map[string][]spiffeid.ID, len(items))
 	for i, r := range items {
 		c, ok := r.(*clusterv3.Cluster)
@@ -609,7 +635,7 @@ func parseClusters(items []types.Resource) (map[string][]spiffeid.ID, error) {
 		if _, dup := out[c.GetName()]; dup {
 			return nil, fmt.Errorf("cluster %q is sent twice", c.GetName())
 		}
-		ids, err := clusterIDs(c)
+		ids, err := lookup(m.clusters, c, clusterIDs)
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", c.GetName(), err)
 		}
@@ -657,8 +683,8 @@ func clusterIDs(c *clusterv3.Cluster) ([]spiffeid.ID, error) {
 }
 
 // parseCLAs checks the ClusterLoadAssignments and returns their endpoints
-// by cluster name, in the order sent, without duplicates.
-func parseCLAs(items []types.Resource) (map[string][]netip.AddrPort, error) {
+// by cluster name (see claEndpoints).
+func parseCLAs(items []types.Resource, m *memo) (map[string][]netip.AddrPort, error) {
 	out := make(map[string][]netip.AddrPort, len(items))
 	for i, r := range items {
 		cla, ok := r.(*endpointv3.ClusterLoadAssignment)
@@ -672,23 +698,33 @@ func parseCLAs(items []types.Resource) (map[string][]netip.AddrPort, error) {
 		if _, dup := out[name]; dup {
 			return nil, fmt.Errorf("ClusterLoadAssignment %q is sent twice", name)
 		}
-		eps := []netip.AddrPort{}
-		seen := make(map[netip.AddrPort]bool)
-		for _, l := range cla.GetEndpoints() {
-			for _, lb := range l.GetLbEndpoints() {
-				ap, err := endpointAddr(lb)
-				if err != nil {
-					return nil, fmt.Errorf("ClusterLoadAssignment %q: %w", name, err)
-				}
-				if !seen[ap] {
-					seen[ap] = true
-					eps = append(eps, ap)
-				}
-			}
+		eps, err := lookup(m.clas, cla, claEndpoints)
+		if err != nil {
+			return nil, err
 		}
 		out[name] = eps
 	}
 	return out, nil
+}
+
+// claEndpoints returns cla's endpoints in the order sent, without
+// duplicates.
+func claEndpoints(cla *endpointv3.ClusterLoadAssignment) ([]netip.AddrPort, error) {
+	eps := []netip.AddrPort{}
+	seen := make(map[netip.AddrPort]bool)
+	for _, l := range cla.GetEndpoints() {
+		for _, lb := range l.GetLbEndpoints() {
+			ap, err := endpointAddr(lb)
+			if err != nil {
+				return nil, fmt.Errorf("ClusterLoadAssignment %q: %w", cla.GetClusterName(), err)
+			}
+			if !seen[ap] {
+				seen[ap] = true
+				eps = append(eps, ap)
+			}
+		}
+	}
+	return eps, nil
 }
 
 func endpointAddr(lb *endpointv3.LbEndpoint) (netip.AddrPort, error) {
@@ -712,7 +748,7 @@ func endpointAddr(lb *endpointv3.LbEndpoint) (netip.AddrPort, error) {
 
 // parseListeners checks the inbound Listeners and returns their filter
 // chains by destination port.
-func parseListeners(items []types.Resource) (map[uint16][]*chain, error) {
+func parseListeners(items []types.Resource, m *memo) (map[uint16][]*chain, error) {
 	out := make(map[uint16][]*chain)
 	seen := make(map[string]bool)
 	for i, r := range items {
@@ -732,17 +768,38 @@ func parseListeners(items []types.Resource) (map[uint16][]*chain, error) {
 			return nil, fmt.Errorf("listener %q is sent twice", name)
 		}
 		seen[name] = true
-		for j, fc := range l.GetFilterChains() {
-			port, c, err := parseChain(fc)
-			if err != nil {
-				return nil, fmt.Errorf("listener %q: filter chain %d (%s): %w", name, j, fc.GetName(), err)
-			}
-			c.listener = name
-			out[port] = append(out[port], c)
+		chains, err := lookup(m.listeners, l, listenerChains)
+		if err != nil {
+			return nil, err
 		}
-		if l.GetDefaultFilterChain() != nil {
-			return nil, fmt.Errorf("listener %q: a default filter chain is not supported", name)
+		for _, pc := range chains {
+			out[pc.port] = append(out[pc.port], pc.chain)
 		}
+	}
+	return out, nil
+}
+
+// portChain is a filter chain and its destination port.
+type portChain struct {
+	port  uint16
+	chain *chain
+}
+
+// listenerChains checks the filter chains of l, an inbound listener, and
+// returns them in order.
+func listenerChains(l *listenerv3.Listener) ([]portChain, error) {
+	name := l.GetName()
+	var out []portChain
+	for j, fc := range l.GetFilterChains() {
+		port, c, err := parseChain(fc)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: filter chain %d (%s): %w", name, j, fc.GetName(), err)
+		}
+		c.listener = name
+		out = append(out, portChain{port, c})
+	}
+	if l.GetDefaultFilterChain() != nil {
+		return nil, fmt.Errorf("listener %q: a default filter chain is not supported", name)
 	}
 	return out, nil
 }
