@@ -54,7 +54,22 @@ type Config struct {
 	// MetadataRefresh is how often the client checks whether the metadata
 	// changed and tells discovery (default DefaultMetadataRefresh).
 	MetadataRefresh time.Duration
+	// KeepaliveTime and KeepaliveTimeout: the client pings discovery after
+	// KeepaliveTime without traffic and drops the connection (then
+	// reconnects) if no answer comes within KeepaliveTimeout (defaults
+	// DefaultKeepaliveTime and DefaultKeepaliveTimeout; gRPC pings no more
+	// often than every 10s). An ADS stream is idle while nothing changes:
+	// without pings a sidecar whose discovery vanished without closing the
+	// connection (its node died) would wait for it forever.
+	KeepaliveTime, KeepaliveTimeout time.Duration
 }
+
+// Keepalive defaults (see Config). tether-discovery accepts pings every 5s
+// or more.
+const (
+	DefaultKeepaliveTime    = 30 * time.Second
+	DefaultKeepaliveTimeout = 10 * time.Second
+)
 
 // Client follows discovery over ADS and publishes consistent Views. Its
 // methods are safe for concurrent use; Run must be called once.
@@ -96,6 +111,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.SVIDs == nil || cfg.Bundles == nil {
 		errs = append(errs, fmt.Errorf("%w: an SVID source and a bundle source are required", ErrBadConfig))
 	}
+	if cfg.KeepaliveTime < 0 || cfg.KeepaliveTimeout < 0 {
+		errs = append(errs, fmt.Errorf("%w: keepalive time %s and timeout %s must not be negative", ErrBadConfig, cfg.KeepaliveTime, cfg.KeepaliveTimeout))
+	}
 	if cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || (cfg.MaxBackoff > 0 && cfg.MinBackoff > cfg.MaxBackoff) {
 		errs = append(errs, fmt.Errorf("%w: backoff %s-%s is not a range", ErrBadConfig, cfg.MinBackoff, cfg.MaxBackoff))
 	}
@@ -116,6 +134,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.MetadataRefresh <= 0 {
 		cfg.MetadataRefresh = DefaultMetadataRefresh
+	}
+	if cfg.KeepaliveTime == 0 {
+		cfg.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if cfg.KeepaliveTimeout == 0 {
+		cfg.KeepaliveTimeout = DefaultKeepaliveTimeout
 	}
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {

@@ -707,6 +707,8 @@ func TestNewChecksConfig(t *testing.T) {
 		{"no SVIDs", func(c *xdsclient.Config) { c.SVIDs = nil }},
 		{"no bundles", func(c *xdsclient.Config) { c.Bundles = nil }},
 		{"inverted backoff", func(c *xdsclient.Config) { c.MinBackoff, c.MaxBackoff = time.Second, time.Millisecond }},
+		{"negative keepalive", func(c *xdsclient.Config) { c.KeepaliveTime = -time.Second }},
+		{"negative keepalive timeout", func(c *xdsclient.Config) { c.KeepaliveTimeout = -time.Second }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

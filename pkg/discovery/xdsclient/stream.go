@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
@@ -65,6 +66,9 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage)),
 		grpc.WithDisableServiceConfig(), // none is published in DNS; skip the TXT lookup
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: c.cfg.KeepaliveTime, Timeout: c.cfg.KeepaliveTimeout, PermitWithoutStream: true,
+		}),
 	)
 	if err != nil {
 		return false, fmt.Errorf("dial: %w", err)
