@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 )
@@ -28,9 +29,21 @@ type Client struct {
 	td   spiffeid.TrustDomain
 }
 
+// Keepalive of connections to the CA: a ping after this long without
+// traffic, and the connection dropped if no answer comes in
+// ClientKeepaliveTimeout. A WatchBundle stream is idle between bundle
+// changes: without pings, a client whose CA vanished without closing the
+// connection (its node died) would wait on it forever and miss the next
+// root rotation. tether-ca accepts pings every 10s or more.
+const (
+	ClientKeepaliveTime    = 30 * time.Second
+	ClientKeepaliveTimeout = 10 * time.Second
+)
+
 // Dial connects to the CA at addr (host:port). bundle verifies the CA; svid,
 // if not nil, is presented so that Sign renews it without a credential.
-func Dial(addr string, td spiffeid.TrustDomain, bundle x509bundle.Source, svid x509svid.Source) (*Client, error) {
+// opts are added to the defaults (tests shorten the keepalive with them).
+func Dial(addr string, td spiffeid.TrustDomain, bundle x509bundle.Source, svid x509svid.Source, opts ...grpc.DialOption) (*Client, error) {
 	authorize := tlsconfig.AuthorizeID(CAID(td))
 	var tc = tlsconfig.TLSClientConfig(bundle, authorize)
 	if svid != nil {
@@ -39,7 +52,12 @@ func Dial(addr string, td spiffeid.TrustDomain, bundle x509bundle.Source, svid x
 	// No service config is published in DNS for tether-ca: skip the
 	// _grpc_config TXT lookup, which stalls bootstrap for seconds where
 	// the resolver does not answer.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDisableServiceConfig())
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithDisableServiceConfig(),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ClientKeepaliveTime, Timeout: ClientKeepaliveTimeout, PermitWithoutStream: true}),
+	}, opts...)
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("CA client %s: %w", addr, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
@@ -214,5 +215,45 @@ func TestWatchBundle(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("no bundle update after prepare")
+	}
+}
+
+// A CA that stops answering without closing the connection ends a
+// WatchBundle stream through the keepalive pings, so the caller watches
+// again (the agent reconnects) instead of waiting forever. gRPC pings at
+// most every 10s: this test takes about 11s.
+func TestWatchBundleNoticesSilentCA(t *testing.T) {
+	ca := realCA(t)
+	f := testutil.StartFreezer(t, serve(t, ca, nil))
+	c, err := identity.Dial(f.Addr(), ca.TrustDomain(), ca, nil,
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: time.Second, PermitWithoutStream: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	got := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.WatchBundle(context.Background(), func(*spiffebundle.Bundle) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no first bundle")
+	}
+	f.Freeze()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("WatchBundle returned nil for a dead connection, want an error")
+		}
+		t.Logf("WatchBundle ended: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("WatchBundle still waiting 20s after the CA went silent")
 	}
 }
