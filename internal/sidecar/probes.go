@@ -3,12 +3,8 @@ package sidecar
 // The app probes: tether-injector rewrites an app container's HTTP, TCP
 // and gRPC probes to GET /app-health/<container>/<kind> on the admin port,
 // and passes the originals in TETHER_APP_PROBES. The sidecar runs them
-// against the app at the pod's IP (TETHER_POD_IP, from the downward API),
-// where the kubelet would have sent them, so the kubelet's probes pass in
-// strict mode, where the kubelet itself (outside the mesh) may not reach
-// the app. An app that listens on the pod IP only, not on 127.0.0.1, is
-// probed as without Tether. Without TETHER_POD_IP the sidecar probes
-// 127.0.0.1.
+// against the app on 127.0.0.1, so the kubelet's probes pass in strict
+// mode, where the kubelet itself (outside the mesh) may not reach the app.
 
 import (
 	"context"
@@ -19,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -34,14 +29,9 @@ import (
 // httpGet, tcpSocket or grpc, with a numeric port, and timeoutSeconds).
 const AppProbesEnv = "TETHER_APP_PROBES"
 
-// PodIPEnv names the environment variable with the pod's IP, where the
-// app probes are sent (see pkg/inject.PodIPEnv).
-const PodIPEnv = "TETHER_POD_IP"
-
 const appProbePrefix = "/app-health/"
 
 type appProbe struct {
-	host    string // where the app is probed; set by mountAppProbes
 	HTTPGet *struct {
 		Path        string `json:"path"`
 		Port        int    `json:"port"`
@@ -100,25 +90,10 @@ func parseAppProbes(spec string) (map[string]appProbe, error) {
 	return m, nil
 }
 
-// probeHost is where the app probes go: the pod IP podIP (the value of
-// PodIPEnv) or, when it is empty or not an IP address (logged), 127.0.0.1.
-func probeHost(podIP string, log *slog.Logger) string {
-	if podIP == "" {
-		return "127.0.0.1"
-	}
-	a, err := netip.ParseAddr(podIP)
-	if err != nil || a.Zone() != "" {
-		log.Warn("app probes go to 127.0.0.1: "+PodIPEnv+" is not an IP address", slog.String("value", podIP))
-		return "127.0.0.1"
-	}
-	return a.Unmap().String()
-}
-
-// mountAppProbes serves the app probes of spec on mux, sent to the app at
-// podIP (see probeHost). If spec is invalid it logs why and every
-// /app-health/ path answers 500 with the reason, so the pod's probes fail
-// visibly rather than pass without checking.
-func mountAppProbes(mux *http.ServeMux, spec, podIP string, log *slog.Logger) {
+// mountAppProbes serves the app probes of spec on mux. If spec is invalid
+// it logs why and every /app-health/ path answers 500 with the reason, so
+// the pod's probes fail visibly rather than pass without checking.
+func mountAppProbes(mux *http.ServeMux, spec string, log *slog.Logger) {
 	probes, err := parseAppProbes(spec)
 	if err != nil {
 		log.Error("app probes disabled", slog.Any("error", err))
@@ -127,9 +102,7 @@ func mountAppProbes(mux *http.ServeMux, spec, podIP string, log *slog.Logger) {
 		})
 		return
 	}
-	host := probeHost(podIP, log)
 	for path, p := range probes {
-		p.host = host
 		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
 			if err := p.run(r.Context()); err != nil {
 				http.Error(w, "probe failed: "+err.Error(), http.StatusServiceUnavailable)
@@ -140,8 +113,8 @@ func mountAppProbes(mux *http.ServeMux, spec, podIP string, log *slog.Logger) {
 	}
 }
 
-// run performs the probe against the app at p.host, as the kubelet would
-// against the pod: HTTP status 200-399, a TCP connect, or a gRPC
+// run performs the probe against the app on 127.0.0.1, as the kubelet
+// would against the pod: HTTP status 200-399, a TCP connect, or a gRPC
 // health check answering SERVING.
 func (p appProbe) run(ctx context.Context) error {
 	timeout := time.Duration(p.TimeoutSeconds) * time.Second
@@ -155,7 +128,7 @@ func (p appProbe) run(ctx context.Context) error {
 		return p.runHTTP(ctx)
 	case p.TCPSocket != nil:
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", p.addr(p.TCPSocket.Port))
+		c, err := d.DialContext(ctx, "tcp", loopback(p.TCPSocket.Port))
 		if err != nil {
 			return err
 		}
@@ -166,7 +139,7 @@ func (p appProbe) run(ctx context.Context) error {
 	return errors.New("empty probe")
 }
 
-func (p appProbe) addr(port int) string { return net.JoinHostPort(p.host, strconv.Itoa(port)) }
+func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 func (p appProbe) runHTTP(ctx context.Context) error {
 	h := p.HTTPGet
@@ -178,7 +151,7 @@ func (p appProbe) runHTTP(ctx context.Context) error {
 	if !strings.HasPrefix(path, "/") {
 		path = "/" + path
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+p.addr(h.Port)+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+loopback(h.Port)+path, nil)
 	if err != nil {
 		return err
 	}
@@ -208,7 +181,7 @@ func (p appProbe) runHTTP(ctx context.Context) error {
 }
 
 func (p appProbe) runGRPC(ctx context.Context) error {
-	conn, err := grpc.NewClient(p.addr(p.GRPC.Port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(loopback(p.GRPC.Port), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}

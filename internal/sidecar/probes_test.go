@@ -32,14 +32,14 @@ func port(t *testing.T, addr string) int {
 
 // probeMux serves the probes as the injector writes them (pkg/inject's
 // AppProbe), so the test also pins the format between the two.
-func probeMux(t *testing.T, probes map[string]inject.AppProbe, podIP string) *http.ServeMux {
+func probeMux(t *testing.T, probes map[string]inject.AppProbe) *http.ServeMux {
 	t.Helper()
 	spec, err := json.Marshal(probes)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mountAppProbes(mux, string(spec), podIP, slog.New(slog.DiscardHandler))
+	mountAppProbes(mux, string(spec), slog.New(slog.DiscardHandler))
 	return mux
 }
 
@@ -96,7 +96,7 @@ func TestAppProbes(t *testing.T) {
 		"/app-health/grpc/readyz":   {GRPC: &corev1.GRPCAction{Port: int32(port(t, gl.Addr().String())), Service: svc("sick")}},
 		"/app-health/grpc/startupz": {GRPC: &corev1.GRPCAction{Port: int32(closedPort)}, TimeoutSeconds: 1},
 	}
-	mux := probeMux(t, probes, "")
+	mux := probeMux(t, probes)
 	for _, tt := range []struct {
 		path string
 		code int
@@ -145,7 +145,7 @@ func TestAppProbesBadSpec(t *testing.T) {
 			}
 			// Served, a bad spec fails every app probe visibly.
 			mux := http.NewServeMux()
-			mountAppProbes(mux, tt.spec, "", slog.New(slog.DiscardHandler))
+			mountAppProbes(mux, tt.spec, slog.New(slog.DiscardHandler))
 			if rec := get(mux, "/app-health/a/livez"); rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "misconfigured") {
 				t.Errorf("HTTP %d %q, want 500 misconfigured", rec.Code, rec.Body)
 			}
@@ -153,44 +153,5 @@ func TestAppProbesBadSpec(t *testing.T) {
 	}
 	if m, err := parseAppProbes(" "); err != nil || m != nil {
 		t.Errorf("empty spec: %v %v", m, err)
-	}
-}
-
-// With the pod IP, the probes go there, as the kubelet's would: an app
-// that listens on the pod IP only passes them. (127.0.0.2 stands for the
-// pod IP: the app does not listen on 127.0.0.1.)
-func TestAppProbesGoToThePodIP(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		t.Skipf("cannot listen on 127.0.0.2 here: %v", err)
-	}
-	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "fine") })}
-	go app.Serve(l)
-	defer app.Close()
-	p := port(t, l.Addr().String())
-	if c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(p))); err == nil {
-		c.Close()
-		t.Skipf("something listens on 127.0.0.1:%d too", p)
-	}
-	probes := map[string]inject.AppProbe{
-		"/app-health/web/livez":  {HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt(p)}},
-		"/app-health/web/readyz": {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(p)}},
-	}
-	for _, tt := range []struct {
-		podIP string
-		code  int
-	}{
-		{"127.0.0.2", 200},
-		{"::ffff:127.0.0.2", 200}, // an IPv4-mapped address is the IPv4 one
-		{"", 503},                 // no pod IP: 127.0.0.1
-		{"not-an-ip", 503},        // a bad value: 127.0.0.1, logged
-		{"fe80::1%eth0", 503},     // a zone: refused, 127.0.0.1
-	} {
-		mux := probeMux(t, probes, tt.podIP)
-		for _, path := range []string{"/app-health/web/livez", "/app-health/web/readyz"} {
-			if rec := get(mux, path); rec.Code != tt.code {
-				t.Errorf("pod IP %q: %s: HTTP %d %q, want %d", tt.podIP, path, rec.Code, rec.Body, tt.code)
-			}
-		}
 	}
 }

@@ -59,9 +59,6 @@ const (
 	// which serves them under /app-health/<container>/<kind> (see
 	// internal/sidecar/probes.go).
 	AppProbesEnv = "TETHER_APP_PROBES"
-	// PodIPEnv gives the sidecar the pod's IP (downward API status.podIP),
-	// where it sends the app probes, as the kubelet would.
-	PodIPEnv = "TETHER_POD_IP"
 
 	ProxyUID  = 1337
 	AdminPort = 15020
