@@ -138,9 +138,12 @@ func (c client) do(ns *netns.NS, uid int, mode, addr string) string {
 	if uid == 0 {
 		var out string
 		err := ns.Do(func() (err error) {
-			if mode == "udp" {
+			switch mode {
+			case "udp":
 				out, err = exchangeUDPAddr(addr)
-			} else {
+			case "deliver":
+				out, err = deliverTCP(addr)
+			default:
 				out, err = dialTCP(addr)
 			}
 			return err
@@ -327,6 +330,7 @@ func TestOutboundCapture(t *testing.T) {
 		{"app to its own pod IP goes straight to the app", 0, "dial", "10.211.0.1:8080", "app-a"},
 		{"proxy to its own pod IP goes through inbound capture", proxyUID, "dial", "10.211.0.1:8080", "inbound 10.211.0.1:8080"},
 		{"proxy to its own pod IP on an excluded port", proxyUID, "dial", "10.211.0.1:15006", "inbound 10.211.0.1:15006"},
+		{"proxy to its own pod IP from the delivery source goes straight to the app", proxyUID, "deliver", "10.211.0.1:8080", "app-a"},
 		{"DNS over UDP goes to the sidecar", 0, "udp", "10.211.0.2:53", "sidecar-dns from 10.211.0.2:53"},
 		{"DNS over TCP goes to the sidecar", 0, "dial", "10.211.0.2:53", "sidecar-dns-tcp"},
 		{"the proxy's DNS over UDP is not captured", proxyUID, "udp", "10.211.0.2:53", "dns-b from 10.211.0.2:53"},

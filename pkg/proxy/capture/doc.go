@@ -14,7 +14,10 @@
 //
 // Not captured:
 //   - anything sent by the proxy's UID or GID (1337), so the sidecar's own
-//     upstream connections and DNS forwarding leave the pod as they are;
+//     upstream connections and DNS forwarding leave the pod as they are
+//     (but see the hairpin below);
+//   - connections from DeliverySource (127.0.0.6) out of lo: the sidecar's
+//     deliveries of inbound traffic to the application at the pod IP;
 //   - loopback: traffic out of lo or to 127.0.0.0/8 (::1 for IPv6);
 //   - inbound connections to the proxy's own ports (InboundPort, OutboundPort,
 //     DNSPort, AdminPort 15020), so kubelet probes, which the injector rewrites
@@ -26,9 +29,11 @@
 // The sidecar must therefore listen on 127.0.0.1:OutboundPort (REDIRECT in
 // OUTPUT rewrites the destination to the loopback address), on all addresses
 // (or the pod IP) at InboundPort (REDIRECT in PREROUTING rewrites it to the
-// address of the interface the packet came in on), on 127.0.0.1:DNSPort for
-// UDP and TCP, and it must forward inbound traffic to the application over
-// 127.0.0.1, not the pod IP.
+// address of the interface the packet came in on), and on 127.0.0.1:DNSPort
+// for UDP and TCP. It must deliver inbound traffic to the application either
+// over loopback or at the pod IP from DeliverySource: a connection of its own
+// to the pod IP from any other address is the hairpin below, and comes back
+// to the inbound listener.
 //
 // # Hairpin: a pod calling its own IP
 //
@@ -39,7 +44,13 @@
 // pod IP, which happens when a pod calls a service that it backs itself, the
 // connection is sent to TETHER_INBOUND, so it reaches the inbound listener and
 // gets the same mTLS termination and policy check as a call from another pod
-// (unless the port is excluded from inbound capture).
+// (unless the port is excluded from inbound capture). The proxy's deliveries
+// to the application at the pod IP are told apart by their source address,
+// DeliverySource, which the proxy binds for them: its other connections to
+// the pod IP come from the pod IP, the source the kernel picks. Without that,
+// an application that listens on its pod IP only could not be reached
+// through the sidecar. (For other processes the rule changes nothing: what
+// they send out of lo is not captured anyway.)
 //
 // # Applying and removing
 //
@@ -69,9 +80,11 @@
 // With Config.IPv6 set, the same chains are installed with ip6tables (loopback
 // ::1, IPv6 entries of ExcludeOutboundCIDRs), and the sidecar must also listen
 // on [::1]:OutboundPort, [::]:InboundPort and [::1]:DNSPort; OriginalDst
-// handles both families. IPv6 capture is off by default: in a dual-stack pod
-// without it, IPv6 traffic bypasses the sidecar. IPv6 entries of
-// ExcludeOutboundCIDRs are ignored while it is off.
+// handles both families. There is no IPv6 DeliverySource (an address in a
+// loopback range, which IPv6 does not have on lo), so inbound IPv6 traffic
+// is delivered over loopback. IPv6 capture is off by default: in a
+// dual-stack pod without it, IPv6 traffic bypasses the sidecar. IPv6 entries
+// of ExcludeOutboundCIDRs are ignored while it is off.
 //
 // # Privileges
 //

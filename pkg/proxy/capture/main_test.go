@@ -35,6 +35,10 @@ func helper(mode string, args []string) error {
 		reply, err := dialTCP(args[0])
 		fmt.Print(reply)
 		return err
+	case mode == "deliver" && len(args) == 1: // deliver ADDR: as dial, from capture.DeliverySource
+		reply, err := deliverTCP(args[0])
+		fmt.Print(reply)
+		return err
 	case mode == "udp" && len(args) == 1: // udp ADDR: send one datagram, print the reply and its source
 		reply, err := exchangeUDP(args[0])
 		fmt.Print(reply)
@@ -52,7 +56,18 @@ func helper(mode string, args []string) error {
 }
 
 func dialTCP(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	return read(net.DialTimeout("tcp", addr, 3*time.Second))
+}
+
+// deliverTCP connects as the sidecar delivers inbound traffic to the
+// application at the pod IP: from capture.DeliverySource.
+func deliverTCP(addr string) (string, error) {
+	d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(capture.DeliverySource, 0))}
+	return read(d.Dial("tcp", addr))
+}
+
+// read returns what the server sends until it closes c.
+func read(c net.Conn, err error) (string, error) {
 	if err != nil {
 		return "", err
 	}

@@ -22,16 +22,26 @@ const (
 	chainDNS        = "TETHER_DNS"         // DNS over UDP and TCP: REDIRECT to DNSPort
 )
 
+// DeliverySource is the address the sidecar connects to the application's
+// pod IP from when it delivers inbound traffic. Connections from it that
+// leave through lo are never captured, so they reach the application rather
+// than the inbound listener (see "Hairpin" in the package doc). IPv4 only:
+// Linux puts no IPv6 loopback range on lo, only ::1, so there is no such
+// address to bind for IPv6.
+var DeliverySource = netip.AddrFrom4([4]byte{127, 0, 0, 6})
+
 // family is what differs between the IPv4 and IPv6 rules.
 type family struct {
 	name          string // for errors
 	save, restore string // tools
 	loopback      string // the loopback range, as iptables-save prints it
+	delivery      string // DeliverySource as iptables-save prints it; none for IPv6
 	is6           bool
 }
 
 var (
-	ipv4 = family{name: "IPv4", save: "iptables-save", restore: "iptables-restore", loopback: "127.0.0.0/8"}
+	ipv4 = family{name: "IPv4", save: "iptables-save", restore: "iptables-restore", loopback: "127.0.0.0/8",
+		delivery: netip.PrefixFrom(DeliverySource, 32).String()}
 	ipv6 = family{name: "IPv6", save: "ip6tables-save", restore: "ip6tables-restore", loopback: "::1/128", is6: true}
 )
 
@@ -102,10 +112,15 @@ func build(c Config, f family) table {
 	add(chainInbound, "-p", "tcp", "-j", chainInRedirect)
 	add(chainInRedirect, "-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(c.InboundPort))
 
-	// Outbound TCP. The proxy's own connections leave as they are, except
-	// those to the pod's own IP (out of lo, not to loopback), which go through
-	// inbound capture like a call from another pod. Then loopback, DNS, and
-	// the exclusions; the rest goes to OutboundPort.
+	// Outbound TCP. The proxy's deliveries to the application at the pod IP
+	// (from DeliverySource, out of lo) are left alone. Its other connections
+	// leave as they are, except those to the pod's own IP (out of lo, not to
+	// loopback), which go through inbound capture like a call from another
+	// pod. Then loopback, DNS, and the exclusions; the rest goes to
+	// OutboundPort.
+	if f.delivery != "" {
+		add(chainOutput, "-s", f.delivery, "-o", "lo", "-j", "RETURN")
+	}
 	for _, o := range owners {
 		add(chainOutput, append(append([]string{"!", "-d", f.loopback, "-o", "lo"}, o...), "-j", chainInbound)...)
 		add(chainOutput, append(o, "-j", "RETURN")...)
