@@ -18,6 +18,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/workload"
 	"github.com/tether-mesh/tether/pkg/proxy"
+	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
 // Run serves until ctx ends or Quit is called, then stops accepting,
@@ -73,7 +74,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 	}
 	if t := s.cfg.Capture; t != nil {
-		target := proxy.LocalTarget(originalDst)
+		target := proxy.LocalTarget(originalDst, capture.DeliverySource)
 		lookup := meshLookup(t.staticLookup)
 		if s.cfg.DiscoveryAddr != "" {
 			lookup = s.viewLookup

@@ -23,9 +23,32 @@ const serverIdle = 5 * time.Minute
 
 // InboundTarget says where a stream goes: given the accepted connection and
 // the port the caller asked for (0 when unknown, as for plaintext in
-// permissive mode), it returns the app's address and the port that
-// authorization is checked for.
-type InboundTarget func(c net.Conn, port uint16) (app string, appPort uint16, err error)
+// permissive mode), it returns the app.
+type InboundTarget func(c net.Conn, port uint16) (App, error)
+
+// App is the app a stream goes to.
+type App struct {
+	// Addr is the app's address. LocalTarget leaves it empty: it chooses
+	// between the pod IP and loopback when it connects.
+	Addr string
+	// Port is the app's port, which authorization is checked for.
+	Port uint16
+
+	local *localApps // LocalTarget's
+	pod   netip.Addr // LocalTarget: the pod IP; the zero Addr to use loopback only
+}
+
+// String returns the app's address, for logs. For LocalTarget it is the pod
+// IP and port, or 127.0.0.1 and port when there is no pod IP to deliver to.
+func (a App) String() string {
+	switch {
+	case a.local == nil:
+		return a.Addr
+	case a.pod.IsValid():
+		return netip.AddrPortFrom(a.pod, a.Port).String()
+	}
+	return loopbackAddr(a.Port)
+}
 
 // FixedTarget sends every stream to app (explicit mode).
 func FixedTarget(app string) (InboundTarget, error) {
@@ -37,32 +60,12 @@ func FixedTarget(app string) (InboundTarget, error) {
 	if err != nil || port == 0 {
 		return nil, errors.New("app address " + app + " has no valid port")
 	}
-	return func(net.Conn, uint16) (string, uint16, error) { return app, uint16(port), nil }, nil
+	return func(net.Conn, uint16) (App, error) { return App{Addr: app, Port: uint16(port)}, nil }, nil
 }
 
 // OriginalDstFunc returns the destination a captured connection was
 // addressed to before iptables redirected it (SO_ORIGINAL_DST).
 type OriginalDstFunc func(c *net.TCPConn) (netip.AddrPort, error)
-
-// LocalTarget sends each stream to 127.0.0.1 on the port the caller asked
-// for, or, for plaintext, on the connection's original destination port
-// (transparent mode).
-func LocalTarget(originalDst OriginalDstFunc) InboundTarget {
-	return func(c net.Conn, port uint16) (string, uint16, error) {
-		if port == 0 {
-			tc, ok := underlyingTCP(c)
-			if !ok {
-				return "", 0, errors.New("not a TCP connection")
-			}
-			dst, err := originalDst(tc)
-			if err != nil {
-				return "", 0, err
-			}
-			port = dst.Port()
-		}
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))), port, nil
-	}
-}
 
 func underlyingTCP(c net.Conn) (*net.TCPConn, bool) {
 	switch v := c.(type) {
@@ -72,6 +75,16 @@ func underlyingTCP(c net.Conn) (*net.TCPConn, bool) {
 		return underlyingTCP(v.Conn)
 	}
 	return nil, false
+}
+
+// dialApp connects to the app of a stream. It returns the address it
+// connected to, or tried first, for logs.
+func (p *Proxy) dialApp(a App) (net.Conn, string, error) {
+	if a.local != nil {
+		return a.local.dial(p, a.pod, a.Port)
+	}
+	up, err := p.dialer.Dial("tcp", a.Addr)
+	return up, a.Addr, err
 }
 
 // ServeInbound terminates mesh mTLS on l and forwards streams to the app
@@ -170,21 +183,21 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		p.record(e, "inbound", "denied", "deny")
 		return false
 	}
-	app, appPort, err := target(c, port)
+	app, err := target(c, port)
 	if err != nil {
 		return deny("no_target", "no destination: "+err.Error())
 	}
-	e.Dest = app
-	if err := p.cfg.Authorize(t.peer, appPort); err != nil {
-		e.Rule = ruleOf(err)
-		p.cfg.Metrics.denials.WithLabelValues("inbound", t.peer.String(), app, e.Rule).Inc()
-		p.cfg.Denials.Add(Denial{Direction: "inbound", Source: t.peer.String(), Destination: app, Rule: e.Rule, Reason: err.Error()})
-		p.cfg.Logger.Debug("inbound stream denied", slog.String("source_id", t.peer.String()), slog.Int("port", int(appPort)), slog.Any("reason", err))
+	if err := p.cfg.Authorize(t.peer, app.Port); err != nil {
+		e.Dest, e.Rule = app.String(), ruleOf(err)
+		p.cfg.Metrics.denials.WithLabelValues("inbound", t.peer.String(), e.Dest, e.Rule).Inc()
+		p.cfg.Denials.Add(Denial{Direction: "inbound", Source: t.peer.String(), Destination: e.Dest, Rule: e.Rule, Reason: err.Error()})
+		p.cfg.Logger.Debug("inbound stream denied", slog.String("source_id", t.peer.String()), slog.Int("port", int(app.Port)), slog.Any("reason", err))
 		return deny("denied", err.Error())
 	}
-	up, err := p.dialer.Dial("tcp", app)
+	up, addr, err := p.dialApp(app)
+	e.Dest = addr
 	if err != nil {
-		e.Reason = "connect " + app + ": " + err.Error()
+		e.Reason = "connect " + addr + ": " + err.Error()
 		p.record(e, "inbound", "upstream_error", "error")
 		return t.writeFrame(frameDeny, []byte(e.Reason)) == nil
 	}
@@ -206,16 +219,16 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 // plaintextInbound passes a non-mesh connection to the app (permissive).
 func (p *Proxy) plaintextInbound(c net.Conn, target InboundTarget, kind Kind) {
 	e := &Entry{Direction: "inbound", Start: time.Now(), Source: c.RemoteAddr().String(), Reason: "permissive: " + kind.String() + " passed through"}
-	app, _, err := target(c, 0)
+	app, err := target(c, 0)
 	if err != nil {
 		e.Reason = "original destination: " + err.Error()
 		p.refuse(c, "inbound", "no_target", e)
 		return
 	}
-	e.Dest = app
-	up, err := p.dialer.Dial("tcp", app)
+	up, addr, err := p.dialApp(app)
+	e.Dest = addr
 	if err != nil {
-		e.Reason = "connect " + app + ": " + err.Error()
+		e.Reason = "connect " + addr + ": " + err.Error()
 		p.refuse(c, "inbound", "upstream_error", e)
 		return
 	}

@@ -110,6 +110,7 @@ type Proxy struct {
 	serverTLS *tls.Config
 	slots     map[string]chan struct{}
 	dialer    net.Dialer
+	appDialer net.Dialer // to the app from a source address (LocalTarget)
 	pool      *pool
 
 	mu     sync.Mutex
@@ -128,8 +129,9 @@ func New(cfg Config) (*Proxy, error) {
 	server.NextProtos = []string{ALPN}
 	return &Proxy{
 		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, pool: newPool(64, poolTTL),
-		slots:  map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
-		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+		slots:     map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
+		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
+		appDialer: net.Dialer{Timeout: cfg.DialTimeout, Control: bindAddressNoPort},
 	}, nil
 }
 

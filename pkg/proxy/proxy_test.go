@@ -103,6 +103,12 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 
 func start(t *testing.T, cfg proxy.Config, serve func(p *proxy.Proxy, ctx context.Context, l net.Listener) error) *side {
 	t.Helper()
+	return startOn(t, "127.0.0.1:0", cfg, serve)
+}
+
+// startOn is start with the listener on addr.
+func startOn(t *testing.T, addr string, cfg proxy.Config, serve func(p *proxy.Proxy, ctx context.Context, l net.Listener) error) *side {
+	t.Helper()
 	s := &side{reg: prometheus.NewRegistry(), log: &bytes.Buffer{}, logMu: &sync.Mutex{}, stopped: make(chan error, 1)}
 	cfg.TrustDomain = tu.TrustDomain
 	cfg.Metrics = proxy.NewMetrics(s.reg)
@@ -111,7 +117,7 @@ func start(t *testing.T, cfg proxy.Config, serve func(p *proxy.Proxy, ctx contex
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -179,8 +179,9 @@ func TestTransparentCapture(t *testing.T) {
 	if err != nil {
 		t.Fatalf("curl from pod A to pod B: %v", err)
 	}
-	// The app sees the connection come from B's sidecar on loopback.
-	if !strings.HasPrefix(out, "hello from b, you came from 127.0.0.1:") {
+	// The app (on all addresses) sees the connection come from B's sidecar,
+	// which delivers it at the pod IP from 127.0.0.6.
+	if !strings.HasPrefix(out, "hello from b, you came from 127.0.0.6:") {
 		t.Fatalf("curl got %q", out)
 	}
 	// The hop was mTLS between the two identities: B's sidecar logged it.

@@ -1,0 +1,182 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/pkg/proxy"
+)
+
+// In these tests 127.0.0.2 stands for the pod IP: an address other than
+// 127.0.0.1 that an app can listen on alone (Linux routes all of
+// 127.0.0.0/8 to lo). The sidecar delivers to it from 127.0.0.6, as
+// capture.DeliverySource.
+var (
+	testPodIP  = netip.MustParseAddr("127.0.0.2")
+	testSource = netip.MustParseAddr("127.0.0.6")
+)
+
+// namedApp serves an app on addr that answers every connection with its
+// name and the caller's address, then closes it. stop closes the listener.
+func namedApp(t *testing.T, addr, name string) (stop func()) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s from %s", name, c.RemoteAddr())
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return func() { l.Close() }
+}
+
+// podPort returns a port nothing listens on at 127.0.0.1 or at the pod IP,
+// or skips the test if the pod IP cannot be listened on here.
+func podPort(t *testing.T) uint16 {
+	t.Helper()
+	for range 10 {
+		l, err := net.Listen("tcp", netip.AddrPortFrom(testPodIP, 0).String())
+		if err != nil {
+			t.Skipf("cannot listen on %s here: %v", testPodIP, err)
+		}
+		port := uint16(l.Addr().(*net.TCPAddr).Port)
+		lo, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+		l.Close()
+		if err == nil {
+			lo.Close()
+			return port
+		}
+	}
+	t.Fatal("no port free at both 127.0.0.1 and the pod IP")
+	return 0
+}
+
+// localInbound is a transparent-mode inbound sidecar (LocalTarget)
+// listening on listen.
+func localInbound(t *testing.T, m *mesh, listen string, originalDst proxy.OriginalDstFunc, cfg proxy.Config) *side {
+	cfg.Identity = m.identity(serverID, false)
+	target := proxy.LocalTarget(originalDst, testSource)
+	return startOn(t, listen, cfg, func(p *proxy.Proxy, ctx context.Context, l net.Listener) error { return p.ServeInbound(ctx, l, target) })
+}
+
+func noOriginalDst(*net.TCPConn) (netip.AddrPort, error) {
+	return netip.AddrPort{}, errors.New("the test gives no original destination")
+}
+
+// read returns what the server at addr sends until it closes.
+func read(addr string) (string, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// TestLocalTargetDelivery: in transparent mode, a stream reaches an app
+// that listens on the pod IP only, connected from the delivery source, and
+// one that listens on 127.0.0.1 only. Which of the two a port answered on
+// is kept, and learnt again when it stops answering there.
+func TestLocalTargetDelivery(t *testing.T) {
+	m := newMesh(t)
+	// The sidecar accepts at the pod IP, as REDIRECT in PREROUTING makes it.
+	in := localInbound(t, m, netip.AddrPortFrom(testPodIP, 0).String(), noOriginalDst, proxy.Config{})
+	client := m.identity(clientID, false)
+	// call makes one stream to port through a client sidecar and returns
+	// what the app answered, up to " from ", and the caller it saw.
+	call := func(port uint16) (app, caller string) {
+		t.Helper()
+		out := outbound(t, client, proxy.Destination{Name: "app", Addr: in.addr, Port: port, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+		got, err := read(out.addr)
+		if err != nil {
+			t.Fatalf("stream to port %d: %v", port, err)
+		}
+		app, caller, _ = strings.Cut(got, " from ")
+		return app, caller
+	}
+	at := func(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+
+	pod := podPort(t)
+	namedApp(t, at(testPodIP, pod), "pod-only")
+	if app, caller := call(pod); app != "pod-only" || !strings.HasPrefix(caller, testSource.String()+":") {
+		t.Fatalf("app on the pod IP only: answered by %q, which saw the caller %s; want pod-only, from %s", app, caller, testSource)
+	}
+
+	lo := podPort(t)
+	stopLo := namedApp(t, at(loopback, lo), "loopback-only")
+	if app, _ := call(lo); app != "loopback-only" {
+		t.Fatalf("app on 127.0.0.1 only: answered by %q", app)
+	}
+	// Kept: with an app at the pod IP too, the port still goes to loopback.
+	namedApp(t, at(testPodIP, lo), "pod-later")
+	if app, _ := call(lo); app != "loopback-only" {
+		t.Fatalf("after a stream answered on loopback: answered by %q, want loopback-only again", app)
+	}
+	// Learnt again: loopback refuses, the pod IP answers, and is kept.
+	stopLo()
+	if app, _ := call(lo); app != "pod-later" {
+		t.Fatalf("once loopback refuses: answered by %q, want pod-later", app)
+	}
+	namedApp(t, at(loopback, lo), "loopback-again")
+	if app, _ := call(lo); app != "pod-later" {
+		t.Fatalf("after a stream answered at the pod IP: answered by %q, want pod-later again", app)
+	}
+	for _, want := range []string{`"destination":"` + at(testPodIP, pod) + `"`, `"destination":"` + at(loopback, lo) + `"`} {
+		if !strings.Contains(in.accessLog(), want) {
+			t.Errorf("access log lacks %s:\n%s", want, in.accessLog())
+		}
+	}
+
+	// Nothing on either: the stream is refused, saying where it was tried.
+	none := podPort(t)
+	out := outbound(t, client, proxy.Destination{Name: "none", Addr: in.addr, Port: none, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	if got, err := read(out.addr); err == nil && got != "" {
+		t.Fatalf("stream to a port nothing listens on: %q", got)
+	}
+	pa, la := at(testPodIP, none), at(loopback, none)
+	want := fmt.Sprintf(`"reason":"connect %s: dial tcp %s:0->%s: connect: connection refused; and at %s: dial tcp %s: connect: connection refused"`, pa, testSource, pa, la, la)
+	eventually(t, "the upstream error in the access log", func() bool { return strings.Contains(in.accessLog(), want) })
+}
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// TestLocalTargetOriginalDst: where the sidecar accepted on 127.0.0.1 (the
+// capture redirects its own calls to a service its pod backs there), and
+// for plaintext in permissive mode, the pod IP comes from the original
+// destination.
+func TestLocalTargetOriginalDst(t *testing.T) {
+	m := newMesh(t)
+	pod := podPort(t)
+	namedApp(t, netip.AddrPortFrom(testPodIP, pod).String(), "pod-only")
+	origDst := func(*net.TCPConn) (netip.AddrPort, error) { return netip.AddrPortFrom(testPodIP, pod), nil }
+	in := localInbound(t, m, "127.0.0.1:0", origDst, proxy.Config{InboundMode: proxy.Permissive})
+
+	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "app", Addr: in.addr, Port: pod, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	if got, err := read(out.addr); err != nil || !strings.HasPrefix(got, "pod-only from "+testSource.String()+":") {
+		t.Fatalf("mesh stream accepted on 127.0.0.1: %q, %v", got, err)
+	}
+	// A server-first app: plaintext is passed on once the peek times out.
+	if got, err := read(in.addr); err != nil || !strings.HasPrefix(got, "pod-only from "+testSource.String()+":") {
+		t.Fatalf("plaintext in permissive mode: %q, %v", got, err)
+	}
+}
