@@ -3,8 +3,11 @@ package sidecar
 // The app probes: tether-injector rewrites an app container's HTTP, TCP
 // and gRPC probes to GET /app-health/<container>/<kind> on the admin port,
 // and passes the originals in TETHER_APP_PROBES. The sidecar runs them
-// against the app on 127.0.0.1, so the kubelet's probes pass in strict
-// mode, where the kubelet itself (outside the mesh) may not reach the app.
+// against the app, so the kubelet's probes pass in strict mode, where the
+// kubelet itself (outside the mesh) may not reach the app. It reaches the
+// app as it delivers inbound traffic: at the pod IP (TETHER_POD_IP), where
+// the kubelet would have sent the probe, from capture.DeliverySource, and
+// if that is refused (an app listening on loopback only) on 127.0.0.1.
 
 import (
 	"context"
@@ -15,13 +18,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
 // AppProbesEnv names the environment variable holding the app probes, a
@@ -29,9 +36,14 @@ import (
 // httpGet, tcpSocket or grpc, with a numeric port, and timeoutSeconds).
 const AppProbesEnv = "TETHER_APP_PROBES"
 
+// PodIPEnv names the environment variable with the pod's IP, where the
+// app probes go (see pkg/inject.PodIPEnv).
+const PodIPEnv = "TETHER_POD_IP"
+
 const appProbePrefix = "/app-health/"
 
 type appProbe struct {
+	app     appAddr // where the app is; set by mountAppProbes
 	HTTPGet *struct {
 		Path        string `json:"path"`
 		Port        int    `json:"port"`
@@ -90,10 +102,66 @@ func parseAppProbes(spec string) (map[string]appProbe, error) {
 	return m, nil
 }
 
-// mountAppProbes serves the app probes of spec on mux. If spec is invalid
-// it logs why and every /app-health/ path answers 500 with the reason, so
-// the pod's probes fail visibly rather than pass without checking.
-func mountAppProbes(mux *http.ServeMux, spec string, log *slog.Logger) {
+// appAddr is where the probes reach the app: at the pod IP, from
+// capture.DeliverySource (the capture rules send the sidecar's other
+// connections to its pod IP back to its inbound listener), or on 127.0.0.1
+// if that is refused or there is no IPv4 pod IP (IPv6 has no address to
+// bind that the capture rules let through).
+type appAddr struct {
+	pod netip.Addr // the zero Addr: 127.0.0.1 only
+}
+
+// podAddr parses podIP, the value of PodIPEnv. Empty, or not an IP address
+// (logged), it gives 127.0.0.1 only.
+func podAddr(podIP string, log *slog.Logger) appAddr {
+	if podIP == "" {
+		return appAddr{}
+	}
+	a, err := netip.ParseAddr(podIP)
+	if err != nil {
+		log.Warn("app probes go to 127.0.0.1: "+PodIPEnv+" is not an IP address", slog.String("value", podIP))
+		return appAddr{}
+	}
+	if a = a.Unmap(); !a.Is4() {
+		return appAddr{}
+	}
+	return appAddr{pod: a}
+}
+
+// host is where a probe on port is addressed, as the kubelet's would be:
+// the pod IP (else 127.0.0.1) and port.
+func (a appAddr) host(port int) string {
+	if a.pod.IsValid() {
+		return netip.AddrPortFrom(a.pod, uint16(port)).String()
+	}
+	return loopback(port)
+}
+
+// dial connects to the app on port.
+func (a appAddr) dial(ctx context.Context, port int) (net.Conn, error) {
+	var d net.Dialer
+	if !a.pod.IsValid() {
+		return d.DialContext(ctx, "tcp", loopback(port))
+	}
+	from := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(capture.DeliverySource, 0))}
+	c, err := from.DialContext(ctx, "tcp", a.host(port))
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return c, err
+	}
+	c, err2 := d.DialContext(ctx, "tcp", loopback(port))
+	if err2 != nil {
+		return nil, fmt.Errorf("%w; and on loopback: %w", err, err2)
+	}
+	return c, nil
+}
+
+func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// mountAppProbes serves the app probes of spec on mux, run against the app
+// at podIP (see appAddr). If spec is invalid it logs why and every
+// /app-health/ path answers 500 with the reason, so the pod's probes fail
+// visibly rather than pass without checking.
+func mountAppProbes(mux *http.ServeMux, spec, podIP string, log *slog.Logger) {
 	probes, err := parseAppProbes(spec)
 	if err != nil {
 		log.Error("app probes disabled", slog.Any("error", err))
@@ -102,7 +170,9 @@ func mountAppProbes(mux *http.ServeMux, spec string, log *slog.Logger) {
 		})
 		return
 	}
+	app := podAddr(podIP, log)
 	for path, p := range probes {
+		p.app = app
 		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
 			if err := p.run(r.Context()); err != nil {
 				http.Error(w, "probe failed: "+err.Error(), http.StatusServiceUnavailable)
@@ -113,9 +183,9 @@ func mountAppProbes(mux *http.ServeMux, spec string, log *slog.Logger) {
 	}
 }
 
-// run performs the probe against the app on 127.0.0.1, as the kubelet
-// would against the pod: HTTP status 200-399, a TCP connect, or a gRPC
-// health check answering SERVING.
+// run performs the probe against the app, as the kubelet would against
+// the pod: HTTP status 200-399, a TCP connect, or a gRPC health check
+// answering SERVING.
 func (p appProbe) run(ctx context.Context) error {
 	timeout := time.Duration(p.TimeoutSeconds) * time.Second
 	if timeout <= 0 {
@@ -127,8 +197,7 @@ func (p appProbe) run(ctx context.Context) error {
 	case p.HTTPGet != nil:
 		return p.runHTTP(ctx)
 	case p.TCPSocket != nil:
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", loopback(p.TCPSocket.Port))
+		c, err := p.app.dial(ctx, p.TCPSocket.Port)
 		if err != nil {
 			return err
 		}
@@ -138,8 +207,6 @@ func (p appProbe) run(ctx context.Context) error {
 	}
 	return errors.New("empty probe")
 }
-
-func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 func (p appProbe) runHTTP(ctx context.Context) error {
 	h := p.HTTPGet
@@ -151,7 +218,7 @@ func (p appProbe) runHTTP(ctx context.Context) error {
 	if !strings.HasPrefix(path, "/") {
 		path = "/" + path
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+loopback(h.Port)+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+p.app.host(h.Port)+path, nil)
 	if err != nil {
 		return err
 	}
@@ -165,7 +232,8 @@ func (p appProbe) runHTTP(ctx context.Context) error {
 	}
 	client := &http.Client{
 		// The kubelet does not verify an app's certificate either.
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true},
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return p.app.dial(ctx, h.Port) }},
 		// A redirect is a success (the kubelet counts 3xx as one).
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -181,7 +249,8 @@ func (p appProbe) runHTTP(ctx context.Context) error {
 }
 
 func (p appProbe) runGRPC(ctx context.Context) error {
-	conn, err := grpc.NewClient(loopback(p.GRPC.Port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(p.app.host(p.GRPC.Port), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.app.dial(ctx, p.GRPC.Port) }))
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -17,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tether-mesh/tether/pkg/inject"
+	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
 func port(t *testing.T, addr string) int {
@@ -31,15 +34,16 @@ func port(t *testing.T, addr string) int {
 }
 
 // probeMux serves the probes as the injector writes them (pkg/inject's
-// AppProbe), so the test also pins the format between the two.
-func probeMux(t *testing.T, probes map[string]inject.AppProbe) *http.ServeMux {
+// AppProbe), so the test also pins the format between the two, with the
+// pod IP podIP.
+func probeMux(t *testing.T, probes map[string]inject.AppProbe, podIP string, log *slog.Logger) *http.ServeMux {
 	t.Helper()
 	spec, err := json.Marshal(probes)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mountAppProbes(mux, string(spec), slog.New(slog.DiscardHandler))
+	mountAppProbes(mux, string(spec), podIP, log)
 	return mux
 }
 
@@ -96,7 +100,7 @@ func TestAppProbes(t *testing.T) {
 		"/app-health/grpc/readyz":   {GRPC: &corev1.GRPCAction{Port: int32(port(t, gl.Addr().String())), Service: svc("sick")}},
 		"/app-health/grpc/startupz": {GRPC: &corev1.GRPCAction{Port: int32(closedPort)}, TimeoutSeconds: 1},
 	}
-	mux := probeMux(t, probes)
+	mux := probeMux(t, probes, "", slog.New(slog.DiscardHandler))
 	for _, tt := range []struct {
 		path string
 		code int
@@ -145,7 +149,7 @@ func TestAppProbesBadSpec(t *testing.T) {
 			}
 			// Served, a bad spec fails every app probe visibly.
 			mux := http.NewServeMux()
-			mountAppProbes(mux, tt.spec, slog.New(slog.DiscardHandler))
+			mountAppProbes(mux, tt.spec, "", slog.New(slog.DiscardHandler))
 			if rec := get(mux, "/app-health/a/livez"); rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "misconfigured") {
 				t.Errorf("HTTP %d %q, want 500 misconfigured", rec.Code, rec.Body)
 			}
@@ -153,5 +157,91 @@ func TestAppProbesBadSpec(t *testing.T) {
 	}
 	if m, err := parseAppProbes(" "); err != nil || m != nil {
 		t.Errorf("empty spec: %v %v", m, err)
+	}
+}
+
+// TestAppProbesAtThePodIP: with the pod IP, the probes reach the app there,
+// from the address the sidecar delivers inbound traffic from, as the
+// kubelet's probes would; an app on 127.0.0.1 only is probed there.
+// 127.0.0.2 stands for the pod IP.
+func TestAppProbesAtThePodIP(t *testing.T) {
+	listen := func(addr string) (net.Listener, int) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("cannot listen on %s here: %v", addr, err)
+		}
+		p := port(t, l.Addr().String())
+		if c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(p))); err == nil {
+			c.Close()
+			t.Skipf("something listens on 127.0.0.1:%d too", p)
+		}
+		return l, p
+	}
+	// The app on the pod IP only: HTTP, and gRPC health.
+	hl, podHTTP := listen("127.0.0.2:0")
+	var mu sync.Mutex
+	var caller, host string
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		caller, host = r.RemoteAddr, r.Host
+		mu.Unlock()
+	})}
+	go app.Serve(hl)
+	defer app.Close()
+	gl, podGRPC := listen("127.0.0.2:0")
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	hs.SetServingStatus("ready", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	go gs.Serve(gl)
+	defer gs.Stop()
+	// The app on 127.0.0.1 only.
+	lo := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer lo.Close()
+	loHTTP := port(t, lo.URL)
+
+	httpGet := func(p int) inject.AppProbe {
+		return inject.AppProbe{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt(p)}}
+	}
+	tcp := func(p int) inject.AppProbe {
+		return inject.AppProbe{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(p)}}
+	}
+	ready := "ready"
+	probes := map[string]inject.AppProbe{
+		"/app-health/pod/livez":    httpGet(podHTTP),
+		"/app-health/pod/readyz":   tcp(podHTTP),
+		"/app-health/pod/startupz": {GRPC: &corev1.GRPCAction{Port: int32(podGRPC), Service: &ready}},
+		"/app-health/lo/livez":     httpGet(loHTTP),
+		"/app-health/lo/readyz":    tcp(loHTTP),
+	}
+	for _, tt := range []struct {
+		podIP   string
+		pod, lo int // HTTP status of the probes of each app
+		log     string
+	}{
+		{"127.0.0.2", 200, 200, ""},
+		{"::ffff:127.0.0.2", 200, 200, ""}, // the IPv4 address
+		{"", 503, 200, ""},                 // no pod IP: 127.0.0.1 only
+		{"not-an-ip", 503, 200, "TETHER_POD_IP is not an IP address"},
+	} {
+		var log bytes.Buffer
+		mux := probeMux(t, probes, tt.podIP, slog.New(slog.NewTextHandler(&log, nil)))
+		for path := range probes {
+			want := tt.lo
+			if strings.HasPrefix(path, "/app-health/pod/") {
+				want = tt.pod
+			}
+			if rec := get(mux, path); rec.Code != want {
+				t.Errorf("pod IP %q: %s: HTTP %d %q, want %d", tt.podIP, path, rec.Code, rec.Body, want)
+			}
+		}
+		if !strings.Contains(log.String(), tt.log) || tt.log == "" && log.Len() > 0 {
+			t.Errorf("pod IP %q: log %q, want %q", tt.podIP, log.String(), tt.log)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.HasPrefix(caller, capture.DeliverySource.String()+":") || host != fmt.Sprintf("127.0.0.2:%d", podHTTP) {
+		t.Errorf("the app on the pod IP saw a probe from %s for Host %s, want one from %s for 127.0.0.2:%d", caller, host, capture.DeliverySource, podHTTP)
 	}
 }

@@ -277,7 +277,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 		})
 	})
 	// Probes rewritten by tether-injector (probes.go).
-	mountAppProbes(mux, os.Getenv(AppProbesEnv), s.log)
+	mountAppProbes(mux, os.Getenv(AppProbesEnv), os.Getenv(PodIPEnv), s.log)
 	return mux
 }
 

@@ -111,7 +111,8 @@ func (c *Config) sidecarContainer(o options, appProbes string) (corev1.Container
 	}
 	var env []corev1.EnvVar
 	if appProbes != "" {
-		env = append(env, corev1.EnvVar{Name: AppProbesEnv, Value: appProbes})
+		env = append(env, corev1.EnvVar{Name: AppProbesEnv, Value: appProbes},
+			corev1.EnvVar{Name: PodIPEnv, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}})
 	}
 	admin := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{

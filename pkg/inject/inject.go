@@ -59,6 +59,9 @@ const (
 	// which serves them under /app-health/<container>/<kind> (see
 	// internal/sidecar/probes.go).
 	AppProbesEnv = "TETHER_APP_PROBES"
+	// PodIPEnv gives the sidecar the pod's IP (downward API status.podIP),
+	// where it runs the app probes, as the kubelet would.
+	PodIPEnv = "TETHER_POD_IP"
 
 	ProxyUID  = 1337
 	AdminPort = 15020
