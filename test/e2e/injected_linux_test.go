@@ -80,7 +80,8 @@ var nodeIP = netip.MustParseAddr("10.244.0.1")
 //     kubernetes Service IP is relayed to the API server on the host's
 //     loopback;
 //   - the app container: its image does not exist here, so the test serves
-//     a small HTTP app on its declared port inside the pod's namespace.
+//     a small HTTP app on its declared port inside the pod's namespace, on
+//     the pod IP only (as its env asks), which the sidecar must reach.
 func TestInjectedPodRuns(t *testing.T) {
 	m := startMesh(t, "shop", "web")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -94,6 +95,9 @@ func TestInjectedPodRuns(t *testing.T) {
 			Containers: []corev1.Container{{
 				Name: "web", Image: "example.com/web:1",
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+				// The app listens on its pod IP only, as apps that bind
+				// $POD_IP do: not on 127.0.0.1.
+				Env: []corev1.EnvVar{listenOnPodIP},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
 					HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}},
 			}},
@@ -154,13 +158,18 @@ func TestInjectedPodRuns(t *testing.T) {
 	}
 
 	// Through the sidecar: the app's rewritten readiness probe passes
-	// (the sidecar runs the original against the app)...
+	// (the sidecar runs the original against the app, at the pod IP, the
+	// only address it listens on)...
+	appPort := uint16(app.Ports[0].ContainerPort)
+	if web.listensOn(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), appPort)) || !web.listensOn(netip.AddrPortFrom(web.ip, appPort)) {
+		t.Fatalf("the app does not listen on its pod IP %s only", web.ip)
+	}
 	if body, err := web.rt.probe(kubelet, app, app.ReadinessProbe); err != nil {
 		t.Fatalf("app readiness probe through the sidecar: %v %q", err, body)
 	}
 	// ...while plaintext to the app's port is captured, and refused by the
 	// strict sidecar.
-	if body, err := get(kubelet, fmt.Sprintf("http://%s/", netip.AddrPortFrom(web.ip, uint16(app.Ports[0].ContainerPort)))); err == nil {
+	if body, err := get(kubelet, fmt.Sprintf("http://%s/", netip.AddrPortFrom(web.ip, appPort))); err == nil {
 		t.Fatalf("plaintext reached the app past a strict sidecar: %q", body)
 	}
 	t.Logf("done %v after the test began", time.Since(m.began).Round(time.Millisecond))

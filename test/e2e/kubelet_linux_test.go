@@ -333,6 +333,17 @@ func (r *podRuntime) environment(c corev1.Container) []string {
 
 func envName(s string) string { return strings.ToUpper(strings.ReplaceAll(s, "-", "_")) }
 
+// getenv returns the value of variable name in container c's environment.
+func (r *podRuntime) getenv(c corev1.Container, name string) string {
+	r.t.Helper()
+	for _, kv := range r.environment(c) {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 // argv is the command line that runs container c: unshare, a shell script
 // that mounts the container's filesystem, setpriv with its security
 // context, and env -i with its environment, then its command and args.
@@ -740,13 +751,14 @@ func kubeProxy(t *testing.T, node *netns.NS, clusterIP string, port int, endpoin
 	}
 }
 
-// serveApp serves an HTTP app named name on port inside ns: 200 on every
-// path, with a body naming the app and the path.
-func serveApp(t *testing.T, ns *netns.NS, port int, name string) {
+// serveApp serves an HTTP app named name on host and port inside ns (on
+// all addresses if host is empty): 200 on every path, with a body naming
+// the app and the path.
+func serveApp(t *testing.T, ns *netns.NS, host string, port int, name string) {
 	t.Helper()
 	var l net.Listener
 	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		l, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 		return err
 	}); err != nil {
 		t.Fatal(err)

@@ -265,9 +265,33 @@ func (m *mesh) runPod(ctx context.Context, pod *corev1.Pod) *meshPod {
 		time.Since(sideStart).Round(time.Millisecond), time.Since(m.began).Round(time.Millisecond))
 
 	// The app container (its image does not exist here: a stand-in serves
-	// its declared port).
-	serveApp(t, p.ns, int(p.app.Ports[0].ContainerPort), stored.Name)
+	// its declared port, on the address its environment names).
+	serveApp(t, p.ns, p.rt.getenv(p.app, bindEnv), int(p.app.Ports[0].ContainerPort), stored.Name)
 	return p
+}
+
+// bindEnv, in an app container's env, is the address the stand-in app
+// listens on (all addresses if unset), as a real app is told its bind
+// address. listenOnPodIP and listenOnLoopback set it to the pod IP (from
+// the downward API, as apps that bind $POD_IP get it) and to 127.0.0.1.
+const bindEnv = "BIND_ADDRESS"
+
+var (
+	listenOnPodIP    = corev1.EnvVar{Name: bindEnv, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}
+	listenOnLoopback = corev1.EnvVar{Name: bindEnv, Value: "127.0.0.1"}
+)
+
+// listensOn reports whether something accepts TCP connections on addr
+// inside the pod.
+func (p *meshPod) listensOn(addr netip.AddrPort) bool {
+	err := p.ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr.String(), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	return err == nil
 }
 
 // admin is the URL of path on the sidecar's admin port.

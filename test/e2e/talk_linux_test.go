@@ -43,7 +43,9 @@ const appUID = 1000
 // TestInjectedPodsTalk runs two injected pods, web-0 (ServiceAccount web)
 // and api-0 (api), behind Services web and api, on the mesh of startMesh,
 // and calls api from web's app container (UID 1000, its traffic and DNS
-// captured by the stored tether-init rules):
+// captured by the stored tether-init rules). api's app listens on its pod
+// IP only, web's on 127.0.0.1 only: each sidecar delivers calls, and runs
+// the app's readiness probe, where its app listens.
 //
 //   - by name and by ClusterIP, through web's and api's sidecars over mTLS:
 //     the name is answered by web's sidecar from discovery, and api's
@@ -82,8 +84,13 @@ func TestInjectedPodsTalk(t *testing.T) {
 	adminPort := corev1.ServicePort{Name: "admin", Port: 9090, TargetPort: intstr.FromInt32(9090)}
 	apiSvc := m.createService(ctx, "shop", "api", httpPort, adminPort)
 	webSvc := m.createService(ctx, "shop", "web", httpPort)
-	web := m.runPod(ctx, appPod("shop", "web-0", "web"))
-	api := m.runPod(ctx, appPod("shop", "api-0", "api"))
+	web := m.runPod(ctx, appPod("shop", "web-0", "web", listenOnLoopback))
+	api := m.runPod(ctx, appPod("shop", "api-0", "api", listenOnPodIP))
+	for _, p := range []*meshPod{web, api} {
+		if body, err := p.rt.probe(m.kubelet, p.app, p.app.ReadinessProbe); err != nil {
+			t.Fatalf("%s: app readiness probe through the sidecar: %v %q", p.pod.Name, err, body)
+		}
+	}
 	m.publish(ctx, apiSvc, api)
 	m.publish(ctx, webSvc, web)
 	webID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
@@ -109,6 +116,9 @@ func TestInjectedPodsTalk(t *testing.T) {
 			in := api.waitLog(apiMark, "inbound from web allowed", func(e accessEntry) bool {
 				return e.Direction == "inbound" && e.Decision == "allow" && e.SourceID == webID.String()
 			})
+			if in.Destination != apiEndpoint.String() {
+				t.Fatalf("%s: web → %s: api's sidecar delivered the call to %s, want the pod IP %s", phase, url, in.Destination, apiEndpoint)
+			}
 			out := web.waitLog(webMark, "outbound to api allowed", func(e accessEntry) bool {
 				return e.Direction == "outbound" && e.Decision == "allow" && e.DestinationID == apiID.String()
 			})
@@ -120,8 +130,14 @@ func TestInjectedPodsTalk(t *testing.T) {
 	// 1. No AccessPolicy names api: the mesh default (allow-mesh) lets web in.
 	calls("allow-mesh")
 	web.checkDNSAnswered("mesh") // the name came from discovery's table
+	mark := web.logMark()
 	if body, err := api.curl(ctx, "http://web.shop.svc.cluster.local/"); err != nil || body != "web-0: /\n" {
 		t.Fatalf("api → web by name: %q, %v", body, err)
+	}
+	if in := web.waitLog(mark, "inbound from api allowed", func(e accessEntry) bool {
+		return e.Direction == "inbound" && e.Decision == "allow"
+	}); in.Destination != "127.0.0.1:8080" {
+		t.Fatalf("api → web: web's sidecar delivered the call to %s, want 127.0.0.1:8080 (web listens there only)", in.Destination)
 	}
 	// Only the Services of pods with the sidecar are mesh services: the
 	// API server's (its endpoints have no targetRef) and the control
@@ -279,8 +295,9 @@ func TestInjectedPodsTalk(t *testing.T) {
 }
 
 // appPod is a pod with one app container, named for its ServiceAccount,
-// serving HTTP on 8080 as UID 1000 with no capabilities.
-func appPod(namespace, name, sa string) *corev1.Pod {
+// serving HTTP on 8080 as UID 1000 with no capabilities, with env and a
+// readiness probe.
+func appPod(namespace, name, sa string, env ...corev1.EnvVar) *corev1.Pod {
 	no, uid := false, int64(appUID)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{"app": sa}},
@@ -289,6 +306,9 @@ func appPod(namespace, name, sa string) *corev1.Pod {
 			Containers: []corev1.Container{{
 				Name: sa, Image: "example.com/" + sa + ":1",
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+				Env:   env,
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+					HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}},
 				SecurityContext: &corev1.SecurityContext{
 					RunAsUser: &uid, RunAsGroup: &uid, AllowPrivilegeEscalation: &no,
 					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
