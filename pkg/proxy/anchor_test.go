@@ -121,3 +121,61 @@ func TestRetiredRootEndsTunnelReuse(t *testing.T) {
 		return strings.Contains(in2.accessLog(), "no longer in the trust bundle")
 	})
 }
+
+// When the server learns of a retire before the client, every tunnel in the
+// client's pool is stale to the server but still trusted by the client: the
+// server closes each one it gets a stream on. A call must not fail however
+// many of them are pooled: after the first, it retries on a new handshake.
+func TestRetireSeenFirstByServerWithManyPooledTunnels(t *testing.T) {
+	oldCA, newCA := newMesh(t), newMesh(t)
+	srvOld, cliOld := oldCA.identity(serverID, false), oldCA.identity(clientID, false)
+	srvNew, cliNew := newCA.identity(serverID, false), newCA.identity(clientID, false)
+	both := union(srvOld.bundle, srvNew.bundle)
+
+	// prepare: both roots trusted, old SVIDs.
+	srv, cli := newSwappable(static{svid: srvOld.svid, bundle: both}), newSwappable(static{svid: cliOld.svid, bundle: both})
+	in := serveWith(t, srv, "")
+	out := serveWith(t, cli, in.addr)
+
+	// Fill the client's pool with tunnels of the old generation: streams
+	// open at the same time take one tunnel each.
+	const pooled = 4
+	var conns []net.Conn
+	for range pooled {
+		c, err := net.Dial("tcp", out.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := roundTrip(c, "hello"); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	eventually(t, "the streams to end and their tunnels to be pooled", func() bool {
+		return counter(t, out.reg, "tether_sidecar_connections_total", "direction", "outbound") == pooled
+	})
+	if n := counter(t, out.reg, "tether_sidecar_outbound_streams_total", "reused", "false"); n != pooled {
+		t.Fatalf("%v handshakes for %d concurrent streams, want %d", n, pooled, pooled)
+	}
+
+	// activate + renewal on both sides; then the server, not yet the
+	// client, learns of the retire.
+	cli.set(static{svid: cliNew.svid, bundle: both})
+	srv.set(static{svid: srvNew.svid, bundle: srvNew.bundle})
+
+	c, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "hello"); err != nil {
+		t.Fatalf("call with %d stale tunnels pooled failed: %v", pooled, err)
+	}
+	if n := counter(t, out.reg, "tether_sidecar_outbound_streams_total", "reused", "false"); n != pooled+1 {
+		t.Fatalf("%v handshakes, want %d (one new one for the call)", n, pooled+1)
+	}
+}

@@ -123,8 +123,14 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 	d := r.Mesh
 	e.Dest, e.Rule = d.Addr, d.Rule
 	key := d.key()
-	for attempt := 0; ; attempt++ {
-		t := p.pool.get(key, p.stillTrusted)
+	for retry := false; ; retry = true {
+		// A retry never takes another pooled tunnel: when the peer closed
+		// one (idle, or stale after a retire it learned of before us), the
+		// others are likely closed too, and the stream must not fail for it.
+		var t *tunnel
+		if !retry {
+			t = p.pool.get(key, p.stillTrusted)
+		}
 		reused := t != nil
 		if t == nil {
 			var result string
@@ -143,8 +149,8 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		deny, err := t.open(d, p.cfg.HandshakeTimeout)
 		if err != nil {
 			t.conn.Close()
-			if reused && attempt < 2 {
-				continue // the peer closed the idle tunnel; take another
+			if reused {
+				continue // the peer closed the pooled tunnel: retry once on a new handshake
 			}
 			e.Reason = "open stream to " + d.Name + ": " + err.Error()
 			p.refuse(c, "outbound", "upstream_error", e)
