@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -15,111 +14,13 @@ import (
 	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
 var testTD = spiffeid.RequireTrustDomainFromString("cluster.local")
-
-// randomState is a small mesh with every kind of rule: namespace defaults,
-// policies with service account, namespace and SPIFFE ID sources, port
-// restrictions, endpoints with their own ports and explicit identities.
-func randomState(r *rand.Rand) discovery.State {
-	var st discovery.State
-	defaults := []string{"", "allow-mesh", "same-namespace", "deny"}
-	for n := range 4 {
-		st.Namespaces = append(st.Namespaces, discovery.Namespace{Name: fmt.Sprintf("ns%d", n), DefaultPolicy: defaults[r.IntN(len(defaults))]})
-	}
-	for i := range 12 {
-		svc := discovery.Service{Key: discovery.ServiceKey{Namespace: fmt.Sprintf("ns%d", i%4), Name: fmt.Sprintf("s%d", i)}}
-		if r.IntN(4) > 0 {
-			svc.ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})}
-		}
-		for p := range 1 + r.IntN(3) {
-			svc.Ports = append(svc.Ports, discovery.Port{Name: fmt.Sprintf("p%d", p), Port: uint16(80 + p), TargetPort: uint16(8080 + p)})
-		}
-		for e := range 1 + r.IntN(3) {
-			ep := discovery.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 0, byte(i), byte(e)}), ServiceAccount: fmt.Sprintf("s%d", i)}
-			switch r.IntN(5) {
-			case 0:
-				ep.Port = 15006
-			case 1:
-				ep.ID = spiffeid.RequireFromPath(testTD, fmt.Sprintf("/vm/s%d", i))
-			}
-			svc.Endpoints = append(svc.Endpoints, ep)
-		}
-		st.Services = append(st.Services, svc)
-	}
-	for k := range 6 {
-		st.Policies = append(st.Policies, randomPolicy(r, k))
-	}
-	return st
-}
-
-func randomPolicy(r *rand.Rand, k int) policy.AccessPolicy {
-	i := r.IntN(12)
-	p := policy.AccessPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%4)},
-		Spec:       policy.AccessPolicySpec{Destination: policy.Destination{Service: fmt.Sprintf("s%d", i)}},
-	}
-	if r.IntN(3) == 0 {
-		p.Spec.Destination.Ports = []int32{80}
-	}
-	for range 1 + r.IntN(2) {
-		switch r.IntN(3) {
-		case 0:
-			j := r.IntN(12)
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: fmt.Sprintf("s%d", j), Namespace: fmt.Sprintf("ns%d", j%4)}})
-		case 1:
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{Namespace: fmt.Sprintf("ns%d", r.IntN(4))})
-		default:
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{SpiffeID: fmt.Sprintf("spiffe://cluster.local/vm/s%d", r.IntN(12))})
-		}
-	}
-	return p
-}
-
-// mutate makes one random change of the kinds a registry sees.
-func mutate(r *rand.Rand, st *discovery.State) {
-	switch r.IntN(8) {
-	case 0: // endpoint added
-		s := &st.Services[r.IntN(len(st.Services))]
-		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, byte(r.IntN(256)), byte(r.IntN(256))}), ServiceAccount: s.Key.Name})
-	case 1: // endpoint removed
-		s := &st.Services[r.IntN(len(st.Services))]
-		if len(s.Endpoints) > 1 {
-			s.Endpoints = s.Endpoints[1:]
-		}
-	case 2: // policy added
-		st.Policies = append(st.Policies, randomPolicy(r, 100+r.IntN(1000)))
-	case 3: // policy removed
-		if len(st.Policies) > 0 {
-			st.Policies = slices.Delete(slices.Clone(st.Policies), 0, 1)
-		}
-	case 4: // policy edited
-		if len(st.Policies) > 0 {
-			k := r.IntN(len(st.Policies))
-			st.Policies[k].Spec.Sources = append(slices.Clone(st.Policies[k].Spec.Sources), policy.Source{Namespace: fmt.Sprintf("ns%d", r.IntN(4))})
-		}
-	case 5: // namespace default changed
-		defaults := []string{"", "allow-mesh", "same-namespace", "deny"}
-		st.Namespaces[r.IntN(len(st.Namespaces))].DefaultPolicy = defaults[r.IntN(len(defaults))]
-	case 6: // port added
-		s := &st.Services[r.IntN(len(st.Services))]
-		if len(s.Ports) < 4 {
-			s.Ports = append(slices.Clone(s.Ports), discovery.Port{Port: uint16(90 + len(s.Ports))})
-		}
-	case 7: // service removed or added back
-		if len(st.Services) > 8 {
-			st.Services = slices.Delete(slices.Clone(st.Services), 0, 1)
-		} else {
-			st.Services = append(st.Services, discovery.Service{Key: discovery.ServiceKey{Namespace: "ns1", Name: fmt.Sprintf("n%d", r.IntN(100))},
-				Ports: []discovery.Port{{Port: 80}}, Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddr("10.2.0.1"), ServiceAccount: "new"}}})
-		}
-	}
-}
 
 // The incremental views (an index built from the previous one, a view
 // and its chunked sets from the node's previous ones) equal views built
@@ -152,7 +53,7 @@ func testIncrementalViews(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := randomState(r)
+		st := discoverytest.RandomState(r, testTD)
 		if err := reg.Update(st); err != nil {
 			t.Fatal(err)
 		}
@@ -166,7 +67,7 @@ func testIncrementalViews(t *testing.T) {
 			views[id] = v
 		}
 		for step := range 30 {
-			mutate(r, &st)
+			discoverytest.Mutate(r, testTD, &st)
 			if err := reg.Update(st); err != nil {
 				t.Fatalf("seed %d step %d: %v", seed, step, err)
 			}

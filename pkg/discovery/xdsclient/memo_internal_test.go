@@ -3,7 +3,6 @@ package xdsclient
 import (
 	"fmt"
 	"math/rand/v2"
-	"net/netip"
 	"reflect"
 	"slices"
 	"testing"
@@ -19,110 +18,20 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
+	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
-// randomState is a small mesh: namespace defaults, headless services,
-// one to three ports, endpoints on their own ports, policies with service
-// account and namespace sources and port restrictions.
-func randomState(r *rand.Rand) discovery.State {
-	var st discovery.State
-	defaults := []string{"", "", "allow-mesh", "same-namespace", "deny"}
-	for n := range 4 {
-		st.Namespaces = append(st.Namespaces, discovery.Namespace{Name: fmt.Sprintf("ns%d", n), DefaultPolicy: defaults[r.IntN(len(defaults))]})
-	}
-	for i := range 12 {
-		svc := discovery.Service{Key: discovery.ServiceKey{Namespace: fmt.Sprintf("ns%d", i%4), Name: fmt.Sprintf("s%d", i)}}
-		if r.IntN(4) > 0 {
-			svc.ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})}
-		}
-		for p := range 1 + r.IntN(3) {
-			svc.Ports = append(svc.Ports, discovery.Port{Name: fmt.Sprintf("p%d", p), Port: uint16(80 + p), TargetPort: uint16(8080 + p)})
-		}
-		for e := range r.IntN(4) {
-			ep := discovery.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 0, byte(i), byte(e)}), ServiceAccount: fmt.Sprintf("s%d", i)}
-			if r.IntN(5) == 0 {
-				ep.Port = 15006
-			}
-			svc.Endpoints = append(svc.Endpoints, ep)
-		}
-		st.Services = append(st.Services, svc)
-	}
-	for k := range 6 {
-		st.Policies = append(st.Policies, randomPolicy(r, k))
-	}
-	return st
-}
-
-func randomPolicy(r *rand.Rand, k int) policy.AccessPolicy {
-	i := r.IntN(12)
-	p := policy.AccessPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%4)},
-		Spec:       policy.AccessPolicySpec{Destination: policy.Destination{Service: fmt.Sprintf("s%d", i)}},
-	}
-	if r.IntN(3) == 0 {
-		p.Spec.Destination.Ports = []int32{80}
-	}
-	for range 1 + r.IntN(2) {
-		if j := r.IntN(12); r.IntN(2) == 0 {
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: fmt.Sprintf("s%d", j), Namespace: fmt.Sprintf("ns%d", j%4)}})
-		} else {
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{Namespace: fmt.Sprintf("ns%d", j%4)})
-		}
-	}
-	return p
-}
-
-// change makes one random change of the kinds a registry sees.
-func change(r *rand.Rand, st *discovery.State) {
-	svc := &st.Services[r.IntN(len(st.Services))]
-	switch r.IntN(6) {
-	case 0:
-		svc.Endpoints = append(slices.Clone(svc.Endpoints), discovery.Endpoint{
-			Addr: netip.AddrFrom4([4]byte{10, 1, byte(r.IntN(256)), byte(r.IntN(256))}), ServiceAccount: svc.Key.Name,
-		})
-	case 1:
-		if len(svc.Endpoints) > 0 {
-			svc.Endpoints = slices.Clone(svc.Endpoints[1:])
-		}
-	case 2:
-		st.Policies = append(slices.Clone(st.Policies), randomPolicy(r, 100+r.IntN(1000)))
-	case 3:
-		if len(st.Policies) > 0 {
-			st.Policies = slices.Delete(slices.Clone(st.Policies), 0, 1)
-		}
-	case 4:
-		defaults := []string{"", "allow-mesh", "same-namespace", "deny"}
-		st.Namespaces = slices.Clone(st.Namespaces)
-		st.Namespaces[r.IntN(len(st.Namespaces))].DefaultPolicy = defaults[r.IntN(len(defaults))]
-	case 5:
-		key := discovery.ServiceKey{Namespace: fmt.Sprintf("ns%d", r.IntN(4)), Name: fmt.Sprintf("n%d", r.IntN(100))}
-		i := slices.IndexFunc(st.Services, func(s discovery.Service) bool { return s.Key == key })
-		switch {
-		case len(st.Services) > 6 && r.IntN(2) == 0:
-			i = r.IntN(len(st.Services))
-			st.Services = slices.Delete(slices.Clone(st.Services), i, i+1)
-		case i < 0:
-			st.Services = append(slices.Clone(st.Services), discovery.Service{
-				Key:       key,
-				Ports:     []discovery.Port{{Port: 80}},
-				Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddr("10.2.0.1"), ServiceAccount: "new"}},
-			})
-		}
-	}
-}
-
 // configurations returns n configurations for id from a random mesh that
 // changes between them; one in five is in another cluster domain.
 func configurations(t *testing.T, r *rand.Rand, id spiffeid.ID, n int) []map[resource.Type][]types.Resource {
 	t.Helper()
-	st := randomState(r)
+	st := discoverytest.RandomState(r, testutil.TrustDomain)
 	var out []map[resource.Type][]types.Resource
 	for range n {
 		reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
@@ -142,7 +51,7 @@ func configurations(t *testing.T, r *rand.Rand, id spiffeid.ID, n int) []map[res
 		}
 		out = append(out, res)
 		for range 1 + r.IntN(3) {
-			change(r, &st)
+			discoverytest.Mutate(r, testutil.TrustDomain, &st)
 		}
 	}
 	return out
@@ -368,7 +277,7 @@ func TestSessionMemoForgets(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := rand.New(rand.NewPCG(1, 2))
-	st := randomState(r)
+	st := discoverytest.RandomState(r, testutil.TrustDomain)
 	if err := reg.Update(st); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,142 @@
+// Package discoverytest makes random discovery states and changes, for the
+// tests that check what is computed incrementally (discovery's per-node
+// views, the sidecar's parse memo) against what is computed from scratch.
+package discoverytest
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
+)
+
+// Size of a RandomState: namespaces ns0..ns3, services s0..s11 (service i
+// in namespace i mod 4, run as service account s<i>).
+const (
+	namespaces = 4
+	services   = 12
+)
+
+// RandomState is a small mesh with every kind of rule: namespace
+// defaults, headless services, one to three ports, zero to three
+// endpoints (some on their own port, some with an explicit SPIFFE ID in
+// td), and policies with service account, namespace and SPIFFE ID sources
+// and port restrictions.
+func RandomState(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
+	var st discovery.State
+	defaults := []string{"", "", "allow-mesh", "same-namespace", "deny"}
+	for n := range namespaces {
+		st.Namespaces = append(st.Namespaces, discovery.Namespace{Name: fmt.Sprintf("ns%d", n), DefaultPolicy: defaults[r.IntN(len(defaults))]})
+	}
+	for i := range services {
+		svc := discovery.Service{Key: discovery.ServiceKey{Namespace: fmt.Sprintf("ns%d", i%namespaces), Name: fmt.Sprintf("s%d", i)}}
+		if r.IntN(4) > 0 {
+			svc.ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})}
+		}
+		for p := range 1 + r.IntN(3) {
+			svc.Ports = append(svc.Ports, discovery.Port{Name: fmt.Sprintf("p%d", p), Port: uint16(80 + p), TargetPort: uint16(8080 + p)})
+		}
+		for e := range r.IntN(4) {
+			ep := discovery.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 0, byte(i), byte(e)}), ServiceAccount: fmt.Sprintf("s%d", i)}
+			switch r.IntN(5) {
+			case 0:
+				ep.Port = 15006
+			case 1:
+				ep.ID = spiffeid.RequireFromPath(td, fmt.Sprintf("/vm/s%d", i))
+			}
+			svc.Endpoints = append(svc.Endpoints, ep)
+		}
+		st.Services = append(st.Services, svc)
+	}
+	for k := range 6 {
+		st.Policies = append(st.Policies, RandomPolicy(r, td, k))
+	}
+	return st
+}
+
+// RandomPolicy is a policy named p<k> on one of RandomState's services,
+// letting in one or two sources of any kind, sometimes on port 80 only.
+func RandomPolicy(r *rand.Rand, td spiffeid.TrustDomain, k int) policy.AccessPolicy {
+	i := r.IntN(services)
+	p := policy.AccessPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%namespaces)},
+		Spec:       policy.AccessPolicySpec{Destination: policy.Destination{Service: fmt.Sprintf("s%d", i)}},
+	}
+	if r.IntN(3) == 0 {
+		p.Spec.Destination.Ports = []int32{80}
+	}
+	for range 1 + r.IntN(2) {
+		switch j := r.IntN(services); r.IntN(3) {
+		case 0:
+			p.Spec.Sources = append(p.Spec.Sources, policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: fmt.Sprintf("s%d", j), Namespace: fmt.Sprintf("ns%d", j%namespaces)}})
+		case 1:
+			p.Spec.Sources = append(p.Spec.Sources, policy.Source{Namespace: fmt.Sprintf("ns%d", j%namespaces)})
+		default:
+			p.Spec.Sources = append(p.Spec.Sources, policy.Source{SpiffeID: spiffeid.RequireFromPath(td, fmt.Sprintf("/vm/s%d", j)).String()})
+		}
+	}
+	return p
+}
+
+// Mutate makes one random change of the kinds a registry sees: an
+// endpoint added or removed, a policy added, removed or edited, a
+// namespace default changed, a port added, a service removed or added. It
+// copies what it changes, so a State taken before (and handed to a
+// registry) stays as it was.
+func Mutate(r *rand.Rand, td spiffeid.TrustDomain, st *discovery.State) {
+	// service returns service i of a copy of the services, to change.
+	service := func(i int) *discovery.Service {
+		st.Services = slices.Clone(st.Services)
+		return &st.Services[i]
+	}
+	switch r.IntN(8) {
+	case 0: // endpoint added
+		s := service(r.IntN(len(st.Services)))
+		s.Endpoints = append(slices.Clone(s.Endpoints), discovery.Endpoint{
+			Addr: netip.AddrFrom4([4]byte{10, 1, byte(r.IntN(256)), byte(r.IntN(256))}), ServiceAccount: s.Key.Name,
+		})
+	case 1: // endpoint removed
+		if s := service(r.IntN(len(st.Services))); len(s.Endpoints) > 0 {
+			s.Endpoints = slices.Clone(s.Endpoints[1:])
+		}
+	case 2: // policy added
+		st.Policies = append(slices.Clone(st.Policies), RandomPolicy(r, td, 100+r.IntN(1000)))
+	case 3: // policy removed
+		if len(st.Policies) > 0 {
+			st.Policies = slices.Delete(slices.Clone(st.Policies), 0, 1)
+		}
+	case 4: // policy edited
+		if len(st.Policies) > 0 {
+			st.Policies = slices.Clone(st.Policies)
+			p := &st.Policies[r.IntN(len(st.Policies))]
+			p.Spec.Sources = append(slices.Clone(p.Spec.Sources), policy.Source{Namespace: fmt.Sprintf("ns%d", r.IntN(namespaces))})
+		}
+	case 5: // namespace default changed
+		defaults := []string{"", "allow-mesh", "same-namespace", "deny"}
+		st.Namespaces = slices.Clone(st.Namespaces)
+		st.Namespaces[r.IntN(len(st.Namespaces))].DefaultPolicy = defaults[r.IntN(len(defaults))]
+	case 6: // port added
+		if s := service(r.IntN(len(st.Services))); len(s.Ports) < 4 {
+			s.Ports = append(slices.Clone(s.Ports), discovery.Port{Port: uint16(90 + len(s.Ports))})
+		}
+	case 7: // a service removed, or a new one added
+		key := discovery.ServiceKey{Namespace: fmt.Sprintf("ns%d", r.IntN(namespaces)), Name: fmt.Sprintf("n%d", r.IntN(100))}
+		switch {
+		case len(st.Services) > 6 && r.IntN(2) == 0:
+			i := r.IntN(len(st.Services))
+			st.Services = slices.Delete(slices.Clone(st.Services), i, i+1)
+		case !slices.ContainsFunc(st.Services, func(s discovery.Service) bool { return s.Key == key }):
+			st.Services = append(slices.Clone(st.Services), discovery.Service{
+				Key:       key,
+				Ports:     []discovery.Port{{Port: 80}},
+				Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddr("10.2.0.1"), ServiceAccount: "new"}},
+			})
+		}
+	}
+}
