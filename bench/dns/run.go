@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tether-mesh/tether/internal/procstat"
 )
 
 // writeQueries writes n dnsperf query lines ("name type"), a fixed mix of
@@ -236,7 +238,7 @@ func dnsperf(ctx context.Context, argv []string, serverPID int) (result, error) 
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cpu0, err := procCPU(serverPID)
+	cpu0, err := procstat.CPU(serverPID)
 	if err != nil {
 		return r, err
 	}
@@ -245,7 +247,7 @@ func dnsperf(ctx context.Context, argv []string, serverPID int) (result, error) 
 		return r, fmt.Errorf("%s: %w\n%s", strings.Join(argv, " "), err, out.String())
 	}
 	r.Wall = time.Since(start)
-	cpu1, err := procCPU(serverPID)
+	cpu1, err := procstat.CPU(serverPID)
 	if err != nil {
 		return r, err
 	}
