@@ -1,7 +1,6 @@
 package xds_test
 
 import (
-	"context"
 	"slices"
 	"testing"
 	"time"
@@ -12,13 +11,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
@@ -144,19 +139,13 @@ type deltaClient struct {
 
 func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
 	m.t.Helper()
-	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(credentials.NewTLS(
-		tlsconfig.MTLSClientConfig(m.svid(id), m.ca.Bundle().Bundle, tlsconfig.AuthorizeID(testutil.ID("/discovery"))))))
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.t.Cleanup(func() { cancel(); conn.Close() })
+	conn, ctx, closeConn := m.dial(id)
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		m.t.Fatal(err)
 	}
 	c := &deltaClient{t: m.t, node: &corev3.Node{Id: id.String()}, stream: stream, resps: make(chan *discoveryv3.DeltaDiscoveryResponse, 16),
-		close: func() { cancel(); conn.Close() }}
+		close: closeConn}
 	go func() {
 		for {
 			r, err := stream.Recv()

@@ -156,7 +156,9 @@ type client struct {
 	err    chan error
 }
 
-func (m *mesh) connect(id spiffeid.ID, node string) *client {
+// dial connects to discovery as id over mTLS; closeConn (also run at the
+// end of the test) cancels ctx and closes the connection.
+func (m *mesh) dial(id spiffeid.ID) (conn *grpc.ClientConn, ctx context.Context, closeConn func()) {
 	m.t.Helper()
 	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(credentials.NewTLS(
 		tlsconfig.MTLSClientConfig(m.svid(id), m.ca.Bundle().Bundle, tlsconfig.AuthorizeID(testutil.ID("/discovery"))))))
@@ -164,7 +166,14 @@ func (m *mesh) connect(id spiffeid.ID, node string) *client {
 		m.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m.t.Cleanup(func() { cancel(); conn.Close() })
+	closeConn = func() { cancel(); conn.Close() }
+	m.t.Cleanup(closeConn)
+	return conn, ctx, closeConn
+}
+
+func (m *mesh) connect(id spiffeid.ID, node string) *client {
+	m.t.Helper()
+	conn, ctx, _ := m.dial(id)
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		m.t.Fatal(err)
