@@ -454,8 +454,8 @@ func (v view) sans(t *testing.T, name string) []string {
 	return out
 }
 
-// principals returns the RBAC principals of listener name, as "exact:<id>"
-// or "prefix:<id>", deduplicated and sorted.
+// principals returns the RBAC principals of listener name, as "exact:<id>",
+// "prefix:<id>" or "regex:<re>", deduplicated and sorted.
 func (v view) principals(t *testing.T, name string) []string {
 	var out []string
 	for _, l := range decode[*listenerv3.Listener](t, v[resource.ListenerType]) {
@@ -470,9 +470,12 @@ func (v view) principals(t *testing.T, name string) []string {
 			for _, p := range rb.Rules.GetPolicies() {
 				for _, pr := range p.Principals {
 					m := pr.GetAuthenticated().GetPrincipalName()
-					if m.GetExact() != "" {
+					switch {
+					case m.GetExact() != "":
 						out = append(out, "exact:"+m.GetExact())
-					} else {
+					case m.GetSafeRegex() != nil:
+						out = append(out, "regex:"+m.GetSafeRegex().GetRegex())
+					default:
 						out = append(out, "prefix:"+m.GetPrefix())
 					}
 				}

@@ -203,7 +203,7 @@ func TestKubeMode(t *testing.T) {
 		t.Errorf("web's name table services = %v, want api.shop.svc.cluster.local. at %v", nt.Services, api.Spec.ClusterIPs)
 	}
 	av := connect(t, s, ca, apiID).subscribe()
-	if got := av.principals(t, "inbound|shop/api"); !slices.Equal(got, []string{"exact:" + webID.String()}) {
+	if got := av.principals(t, "inbound|15006"); !slices.Equal(got, []string{"exact:" + webID.String()}) {
 		t.Errorf("api's inbound principals = %v, want only web", got)
 	}
 	other := connect(t, s, ca, otherID)

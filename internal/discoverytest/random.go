@@ -140,3 +140,73 @@ func Mutate(r *rand.Rand, td spiffeid.TrustDomain, st *discovery.State) {
 		}
 	}
 }
+
+// RandomPods is a mesh whose services share pods, accounts and ports, for
+// the inbound property test: pods p0..p11 (10.5.0.<n>, run as one of
+// three service accounts of their namespace, or an explicit /vm/ ID),
+// services each selecting a random subset of the pods of its namespace
+// (so a pod backs zero, one or several services, and services share
+// service accounts and target ports), ports whose target ports are drawn
+// from 8080, 8081 and 9090 (some ports of a pod are covered by no
+// service), some headless services, and policies as RandomPolicy makes
+// them, on these services.
+func RandomPods(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
+	const pods, svcs, nss = 12, 10, 2
+	var st discovery.State
+	defaults := []string{"", "allow-mesh", "same-namespace", "deny"}
+	for n := range nss {
+		st.Namespaces = append(st.Namespaces, discovery.Namespace{Name: fmt.Sprintf("ns%d", n), DefaultPolicy: defaults[r.IntN(len(defaults))]})
+	}
+	type pod struct {
+		ns string
+		ep discovery.Endpoint
+	}
+	var all []pod
+	for p := range pods {
+		ns := fmt.Sprintf("ns%d", p%nss)
+		ep := discovery.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 5, 0, byte(p)}), ServiceAccount: fmt.Sprintf("sa%d", r.IntN(3)), Pod: fmt.Sprintf("p%d", p)}
+		if r.IntN(8) == 0 {
+			ep.ID = spiffeid.RequireFromPath(td, fmt.Sprintf("/vm/sa%d", r.IntN(2)))
+		}
+		all = append(all, pod{ns, ep})
+	}
+	targets := []uint16{8080, 8081, 9090}
+	for i := range svcs {
+		ns := fmt.Sprintf("ns%d", i%nss)
+		svc := discovery.Service{Key: discovery.ServiceKey{Namespace: ns, Name: fmt.Sprintf("s%d", i)}}
+		if r.IntN(3) > 0 {
+			svc.ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 5, byte(i)})}
+		}
+		for p := range 1 + r.IntN(3) {
+			svc.Ports = append(svc.Ports, discovery.Port{Port: uint16(80 + p), TargetPort: targets[r.IntN(len(targets))]})
+		}
+		for _, p := range all {
+			if p.ns == ns && r.IntN(3) == 0 {
+				svc.Endpoints = append(svc.Endpoints, p.ep)
+			}
+		}
+		st.Services = append(st.Services, svc)
+	}
+	for k := range 5 {
+		i := r.IntN(svcs)
+		p := policy.AccessPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%nss)},
+			Spec:       policy.AccessPolicySpec{Destination: policy.Destination{Service: fmt.Sprintf("s%d", i)}},
+		}
+		if r.IntN(3) == 0 {
+			p.Spec.Destination.Ports = []int32{80}
+		}
+		for range 1 + r.IntN(2) {
+			switch n, a := fmt.Sprintf("ns%d", r.IntN(nss)), fmt.Sprintf("sa%d", r.IntN(3)); r.IntN(3) {
+			case 0:
+				p.Spec.Sources = append(p.Spec.Sources, policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: a, Namespace: n}})
+			case 1:
+				p.Spec.Sources = append(p.Spec.Sources, policy.Source{Namespace: n})
+			default:
+				p.Spec.Sources = append(p.Spec.Sources, policy.Source{SpiffeID: spiffeid.RequireFromPath(td, "/vm/"+a).String()})
+			}
+		}
+		st.Policies = append(st.Policies, p)
+	}
+	return st
+}

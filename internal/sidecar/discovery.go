@@ -45,6 +45,42 @@ func (s *Sidecar) authorize(src spiffeid.ID, port uint16) error {
 	return nil
 }
 
+// podAddrs returns the addresses of this sidecar's pod, whose inbound
+// decisions discovery's chains are matched against (see
+// xdsclient.NewViewForPod): podIP (the value of PodIPEnv) if it is an IP
+// address, and the global unicast addresses of the interfaces of the
+// network namespace the sidecar runs in (the pod's, one per IP family).
+// Loopback and link-local addresses are left out: no Service selects a
+// pod by them. With none, every chain of the identity applies (fail
+// closed); that is logged.
+func podAddrs(podIP string, interfaceAddrs func() ([]net.Addr, error), log *slog.Logger) []netip.Addr {
+	var out []netip.Addr
+	if a, err := netip.ParseAddr(podIP); err == nil && a.Zone() == "" {
+		out = append(out, a.Unmap())
+	} else if podIP != "" {
+		log.Warn("ignoring "+PodIPEnv+": not an IP address", slog.String("value", podIP))
+	}
+	addrs, err := interfaceAddrs()
+	if err != nil {
+		log.Warn("cannot list the pod's addresses", slog.Any("error", err))
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().IsGlobalUnicast() {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	out = slices.Compact(out)
+	if len(out) == 0 {
+		log.Warn("the pod's address is unknown: inbound connections must pass the rules of every pod of this identity")
+	} else {
+		log.Info("inbound decisions are this pod's", slog.Any("pod_addrs", out))
+	}
+	return out
+}
+
 // serviceRouter routes an explicit outbound listener to a mesh service
 // port, deciding every connection with the view current at accept.
 func (s *Sidecar) serviceRouter(key discovery.ServiceKey, port uint16) proxy.Router {
@@ -122,6 +158,7 @@ func (s *Sidecar) followDiscovery(ctx context.Context, id spiffeid.ID) error {
 		Addr: s.cfg.DiscoveryAddr, ID: id, ServerID: s.cfg.DiscoveryID,
 		SVIDs: s.agent, Bundles: s.agent, Logger: s.log, Metrics: s.registry,
 		AdminAddr: s.adminAddr(), Version: buildVersion(),
+		PodAddrs: podAddrs(os.Getenv(PodIPEnv), net.InterfaceAddrs, s.log),
 	})
 	if err != nil {
 		return fmt.Errorf("discovery client: %w", err)

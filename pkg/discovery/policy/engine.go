@@ -143,8 +143,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 }
 
 // Decide says whether src may reach port of the Service dstService in
-// dstNamespace, and which rule decided. A source outside the trust domain
-// is always denied. If any AccessPolicy names the service, only those
+// dstNamespace, and which rule decided. A source outside the trust domain,
+// or without a path (not a workload), is always denied. If any AccessPolicy names the service, only those
 // policies decide; otherwise the namespace's default, or else the mesh
 // default, does.
 func (e *Engine) Decide(src spiffeid.ID, dstNamespace, dstService string, port uint16) Decision {
@@ -169,6 +169,11 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 			return false, ""
 		}
 		return false, fmt.Sprintf("source %s is outside trust domain %s", src, e.td.Name())
+	}
+	if src.Path() == "" {
+		// Not a workload: and the RBAC prefix spiffe://<td>/ of an
+		// allow-mesh rule would not admit it either.
+		return false, fmt.Sprintf("source %s has no path: a trust domain ID is not a workload", src)
 	}
 	srcNS, srcSA, isK8s := workload(src)
 	if ps, ok := e.byService[serviceKey{dstNamespace, dstService}]; ok {
@@ -252,4 +257,130 @@ func (e *Engine) DefaultFor(namespace string) Default {
 func WorkloadNamespace(id spiffeid.ID) (string, bool) {
 	ns, _, ok := workload(id)
 	return ns, ok
+}
+
+// Restricted reports whether an AccessPolicy names the Service
+// dstService in dstNamespace: then only policies decide who reaches it.
+func (e *Engine) Restricted(dstNamespace, dstService string) bool {
+	_, ok := e.byService[serviceKey{dstNamespace, dstService}]
+	return ok
+}
+
+// DecideDefault decides src against the default of namespace (its
+// annotation, else the mesh default), as for a port no Service covers of a
+// workload in namespace. An empty namespace (a workload whose ID is not
+// /ns/<ns>/sa/<sa>) has the mesh default, and same-namespace admits nobody
+// there.
+func (e *Engine) DecideDefault(src spiffeid.ID, namespace string) Decision {
+	d := e.DefaultFor(namespace)
+	rule := e.meshRule
+	if _, ok := e.nsDefaults[namespace]; ok {
+		rule = e.nsRules[namespace]
+	}
+	if src.IsZero() {
+		return Decision{Rule: "source has no SPIFFE ID"}
+	}
+	if src.TrustDomain() != e.td {
+		return Decision{Rule: fmt.Sprintf("source %s is outside trust domain %s (%s)", src, e.td.Name(), rule)}
+	}
+	if src.Path() == "" {
+		return Decision{Rule: fmt.Sprintf("source %s has no path: a trust domain ID is not a workload", src)}
+	}
+	switch d {
+	case AllowMesh:
+		return Decision{Allowed: true, Rule: rule}
+	case SameNamespace:
+		ns, _, ok := workload(src)
+		return Decision{Allowed: ok && namespace != "" && ns == namespace, Rule: rule}
+	default:
+		return Decision{Rule: rule}
+	}
+}
+
+// Admission is, in closed form, the set of SPIFFE IDs that Decide allows
+// to one port of one Service: an ID is admitted if and only if Mesh is
+// set and it is in the trust domain with a non-empty path, or it is a workload ID
+// spiffe://<td>/ns/<ns>/sa/<sa> (exactly four path segments) with <ns> in
+// Namespaces, or it is one of IDs. Discovery turns it into RBAC
+// principals; TestAdmissionIsDecide checks it against Decide for every ID
+// shape.
+type Admission struct {
+	TrustDomain spiffeid.TrustDomain
+	// Mesh admits every ID of the trust domain.
+	Mesh bool
+	// Namespaces admits every workload ID of these namespaces. Sorted,
+	// without repeats.
+	Namespaces []string
+	// IDs admits exactly these IDs, all in the trust domain, none already
+	// admitted by Namespaces. Sorted by their string, without repeats.
+	IDs []spiffeid.ID
+}
+
+// Admits reports whether a admits id.
+func (a Admission) Admits(id spiffeid.ID) bool {
+	if id.IsZero() || id.TrustDomain() != a.TrustDomain || id.Path() == "" {
+		return false
+	}
+	if a.Mesh {
+		return true
+	}
+	if ns, _, ok := workload(id); ok {
+		if _, found := slices.BinarySearch(a.Namespaces, ns); found {
+			return true
+		}
+	}
+	return slices.Contains(a.IDs, id)
+}
+
+// Admitted returns who Decide allows to port of dstService in
+// dstNamespace, as an Admission.
+func (e *Engine) Admitted(dstNamespace, dstService string, port uint16) Admission {
+	a := Admission{TrustDomain: e.td}
+	ps, ok := e.byService[serviceKey{dstNamespace, dstService}]
+	if !ok {
+		switch e.DefaultFor(dstNamespace) {
+		case AllowMesh:
+			a.Mesh = true
+		case SameNamespace:
+			a.Namespaces = []string{dstNamespace}
+		}
+		return a
+	}
+	var ids []spiffeid.ID
+	for i := range ps {
+		p := &ps[i].AccessPolicy
+		if len(p.Spec.Destination.Ports) > 0 && !slices.Contains(p.Spec.Destination.Ports, int32(port)) {
+			continue
+		}
+		for _, s := range p.Spec.Sources {
+			switch {
+			case s.ServiceAccount != nil:
+				ns := s.ServiceAccount.Namespace
+				if ns == "" {
+					ns = p.Namespace
+				}
+				if id, err := spiffeid.FromSegments(e.td, "ns", ns, "sa", s.ServiceAccount.Name); err == nil {
+					ids = append(ids, id)
+				}
+			case s.Namespace != "":
+				a.Namespaces = append(a.Namespaces, s.Namespace)
+			case s.SpiffeID != "":
+				// Decide compares the source's string with the policy's,
+				// after refusing sources outside the trust domain.
+				if id, err := spiffeid.FromString(s.SpiffeID); err == nil && id.TrustDomain() == e.td && id.String() == s.SpiffeID {
+					ids = append(ids, id)
+				}
+			}
+		}
+	}
+	slices.Sort(a.Namespaces)
+	a.Namespaces = slices.Compact(a.Namespaces)
+	ids = slices.DeleteFunc(ids, func(id spiffeid.ID) bool {
+		ns, _, ok := workload(id)
+		_, covered := slices.BinarySearch(a.Namespaces, ns)
+		return ok && covered
+	})
+	slices.SortFunc(ids, func(x, y spiffeid.ID) int { return strings.Compare(x.String(), y.String()) })
+	a.IDs = slices.Compact(ids)
+	return a
 }

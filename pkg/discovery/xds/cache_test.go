@@ -221,7 +221,7 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	if got := held[resource.EndpointType]; !slices.Equal(got, []string{"default/api"}) {
 		t.Fatalf("web's CLAs = %v, want only default/api", got)
 	}
-	if got := held[resource.ListenerType]; !slices.Equal(got, []string{"inbound|default/web"}) {
+	if got := held[resource.ListenerType]; !slices.Equal(got, []string{"inbound|15006"}) {
 		t.Fatalf("web's listeners = %v", got)
 	}
 	if got := api.subscribe()[resource.ClusterType]; !slices.Equal(got, []string{"default/db"}) {

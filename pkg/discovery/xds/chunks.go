@@ -348,15 +348,13 @@ func (x *index) sets(v, old *nodeView) (map[resource.Type]*typeSet, error) {
 		out[l.typ] = keep(newTypeSet(l.typ, l, chunks))
 	}
 	var listeners []*marshaled
-	for _, i := range x.served[v.id] {
-		ll, err := x.listener(i)
-		if err != nil {
-			return nil, err
-		}
+	ll, err := x.listener(v.id)
+	if err != nil {
+		return nil, err
+	}
+	if ll.out != nil {
 		listeners = append(listeners, ll.out)
 	}
-	slices.SortFunc(listeners, func(a, b *marshaled) int { return strings.Compare(a.name, b.name) })
-	listeners = slices.CompactFunc(listeners, func(a, b *marshaled) bool { return a.name == b.name })
 	out[resource.ListenerType] = keep(newTypeSet(resource.ListenerType, nil, []*chunk{newChunk(listeners)}))
 	if len(out) != len(typeOrder) {
 		return nil, fmt.Errorf("built %d resource types, want %d", len(out), len(typeOrder))

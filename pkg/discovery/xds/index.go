@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -45,11 +46,12 @@ type index struct {
 	td            spiffeid.TrustDomain
 	eng           *policy.Engine
 
-	services   []discovery.Service // sorted by key, as the snapshot holds them
-	entries    []*entry            // one per service
-	sources    []spiffeid.ID       // snap.Sources()
-	namespaces []string            // candidate namespaces of RBAC prefixes, sorted
-	served     map[spiffeid.ID][]int
+	services []discovery.Service // sorted by key, as the snapshot holds them
+	entries  []*entry            // one per service
+	served   map[spiffeid.ID][]int
+	// inbound holds each identity's inbound Listener, built when first
+	// needed: spiffeid.ID → *lazyListener.
+	inbound    sync.Map
 	hashOrder  []int // service indexes sorted by HashName (the name table's unreachable order)
 	entryOrder []int // service indexes sorted by "<namespace>/<name>" (the order of the name-table entries)
 
@@ -81,7 +83,15 @@ type entry struct {
 
 	res      *lazyResources
 	variants *variants
-	listener *lazyListener
+	rbac     *lazyRBAC
+}
+
+// lazyRBAC is a service's RBAC filter config per port, built when first
+// needed; clean services share it with the previous index (it depends
+// only on the service's policies or default).
+type lazyRBAC struct {
+	mu     sync.Mutex
+	byPort map[uint16]*anypb.Any
 }
 
 // variants are the distinct decision lists sources got for a service
@@ -141,16 +151,14 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 	}
 	x := &index{
 		snap: snap, clusterDomain: clusterDomain, td: snap.TrustDomain(), eng: snap.Engine(),
-		services: snap.Services(), sources: snap.Sources(), served: map[spiffeid.ID][]int{},
+		services: snap.Services(), served: map[spiffeid.ID][]int{},
 	}
-	x.namespaces = candidateNamespaces(snap, x.services)
 	if prev != nil && (prev.td != x.td || prev.clusterDomain != x.clusterDomain) {
 		prev = nil
 	}
 	var prevPol map[discovery.ServiceKey][]policy.AccessPolicy
 	var prevIdx map[discovery.ServiceKey]int
 	var prevDefs, defs map[string]policy.Default
-	listenersKept := false
 	pol := policiesByService(snap)
 	if prev != nil {
 		prevPol = policiesByService(prev.snap)
@@ -159,7 +167,6 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 		for i := range prev.services {
 			prevIdx[prev.services[i].Key] = i
 		}
-		listenersKept = slices.Equal(prev.sources, x.sources) && slices.Equal(prev.namespaces, x.namespaces)
 		x.prevOf = make([]int, len(x.services))
 	}
 	x.entries = make([]*entry, len(x.services))
@@ -172,11 +179,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 				pe := prev.entries[j]
 				if sameService(pe.svc, svc) && reflect.DeepEqual(prevPol[svc.Key], pol[svc.Key]) &&
 					(len(pol[svc.Key]) > 0 || sameDefault(prevDefs, defs, svc.Key.Namespace)) {
-					e := &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, hashEntry: pe.hashEntry, ids: pe.ids, res: pe.res, variants: pe.variants, listener: &lazyListener{}}
-					if listenersKept {
-						e.listener = pe.listener
-					}
-					x.entries[i] = e
+					x.entries[i] = &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, hashEntry: pe.hashEntry, ids: pe.ids, res: pe.res, variants: pe.variants, rbac: pe.rbac}
 					x.addServed(i)
 					continue
 				}
@@ -185,7 +188,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 		}
 		fqdn := FQDN(svc.Key, clusterDomain)
 		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), hashEntry: &lazyHash{}, ids: svc.Identities(x.td),
-			res: &lazyResources{}, variants: &variants{}, listener: &lazyListener{}}
+			res: &lazyResources{}, variants: &variants{}, rbac: &lazyRBAC{}}
 		x.addServed(i)
 	}
 	if prev != nil && len(prev.entries) == len(x.entries) {
@@ -251,27 +254,6 @@ func policiesByService(snap *discovery.Snapshot) map[discovery.ServiceKey][]poli
 	return out
 }
 
-// candidateNamespaces are the namespaces an RBAC namespace prefix may be
-// for: those listed, those of services, and those policies name as
-// sources; sorted.
-func candidateNamespaces(snap *discovery.Snapshot, services []discovery.Service) []string {
-	set := map[string]bool{}
-	for _, ns := range snap.Namespaces() {
-		set[ns.Name] = true
-	}
-	for i := range services {
-		set[services[i].Key.Namespace] = true
-	}
-	for _, p := range snap.Policies() {
-		for _, src := range p.Spec.Sources {
-			if src.Namespace != "" {
-				set[src.Namespace] = true
-			}
-		}
-	}
-	return sortedKeys(set)
-}
-
 // marshaled returns service i's Cluster and ClusterLoadAssignment,
 // marshaled. (Only the marshaled forms are kept: they are what is sent.)
 func (x *index) marshaled(i int) *[2]*marshaled {
@@ -284,19 +266,54 @@ func (x *index) marshaled(i int) *[2]*marshaled {
 	return &r.out
 }
 
-// listener returns service i's inbound Listener.
-func (x *index) listener(i int) (*lazyListener, error) {
-	ll := x.entries[i].listener
+// listener returns id's inbound Listener (ll.l nil: id serves nothing).
+func (x *index) listener(id spiffeid.ID) (*lazyListener, error) {
+	v, _ := x.inbound.LoadOrStore(id, &lazyListener{})
+	ll := v.(*lazyListener)
 	ll.once.Do(func() {
-		l, err := buildInbound(x.snap, x.entries[i].svc, x.sources, x.namespaces)
+		svcs := make([]*discovery.Service, 0, len(x.served[id]))
+		for _, i := range x.served[id] {
+			svcs = append(svcs, x.entries[i].svc)
+		}
+		chains := discovery.InboundChains(x.eng, x.td, id, svcs)
+		if len(chains) == 0 {
+			return
+		}
+		l, err := buildInbound(chains, x.rbacFilter)
 		if err != nil {
-			ll.err = fmt.Errorf("inbound listener for %s: %w", x.entries[i].svc.Key, err)
+			ll.err = fmt.Errorf("inbound listener of %s: %w", id, err)
 			return
 		}
 		ll.l = l
 		ll.out, _ = newMarshaled(l)
 	})
 	return ll, ll.err
+}
+
+// rbacFilter returns the RBAC filter config of a service port, built once
+// per service and port.
+func (x *index) rbacFilter(sp discovery.ServicePort) (*anypb.Any, error) {
+	i, ok := slices.BinarySearchFunc(x.services, sp.Service, func(s discovery.Service, k discovery.ServiceKey) int {
+		return cmp.Or(strings.Compare(s.Key.Namespace, k.Namespace), strings.Compare(s.Key.Name, k.Name))
+	})
+	if !ok || x.services[i].Key != sp.Service {
+		return rbacFilter(x.eng, sp)
+	}
+	r := x.entries[i].rbac
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if a, ok := r.byPort[sp.Port]; ok {
+		return a, nil
+	}
+	a, err := rbacFilter(x.eng, sp)
+	if err != nil {
+		return nil, err
+	}
+	if r.byPort == nil {
+		r.byPort = map[uint16]*anypb.Any{}
+	}
+	r.byPort[sp.Port] = a
+	return a, nil
 }
 
 // decide returns id's variant of service i (0: unreachable).
@@ -417,11 +434,11 @@ func (x *index) inboundDefault(id spiffeid.ID) string {
 // listeners returns v's inbound Listeners.
 func (x *index) listeners(v *nodeView) ([]types.Resource, error) {
 	out := []types.Resource{}
-	for _, i := range x.served[v.id] {
-		ll, err := x.listener(i)
-		if err != nil {
-			return nil, err
-		}
+	ll, err := x.listener(v.id)
+	if err != nil {
+		return nil, err
+	}
+	if ll.l != nil {
 		out = append(out, ll.l)
 	}
 	return out, nil

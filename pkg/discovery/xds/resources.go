@@ -2,8 +2,6 @@ package xds
 
 import (
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -11,6 +9,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
 // Names the resources refer to but discovery does not send: the sidecar
@@ -36,24 +36,21 @@ const (
 	SecretBundle = "ROOTCA"
 	// InboundPort is the port of the sidecar's inbound listener.
 	InboundPort = 15006
-	// InboundPrefix starts the name of every inbound Listener:
-	// "inbound|<namespace>/<service>".
+	// InboundPrefix starts the name of the inbound Listener.
 	InboundPrefix = "inbound|"
+	// InboundListenerName is the name of the one inbound Listener a
+	// node gets: "inbound|15006".
+	InboundListenerName = "inbound|15006"
 	// LocalClusterPrefix starts the name of the cluster an inbound filter
 	// chain proxies to: "local|<target port>", the workload's app.
 	LocalClusterPrefix = "local|"
 )
 
-// probe is a path segment no Kubernetes namespace or service account can
-// have (underscores are not allowed there), used to ask the policy engine
-// whether whole namespaces or the whole mesh are let in.
-const probe = "_tether_probe_"
-
 // BuildResources returns what identity id may learn from snap: a Cluster
 // (EDS, named "<namespace>/<service>", verifying the serving identities by
 // URI SAN) and a ClusterLoadAssignment for every service id may reach on
-// at least one port, and an inbound Listener with the RBAC network filter
-// for every service id serves. Every type is present, possibly empty, and
+// at least one port, and, if id serves any service, the inbound Listener
+// of id's pods (see buildInbound and discovery.InboundChains). Every type is present, possibly empty, and
 // resources are in a deterministic order. TypedExtensionConfigs named
 // NameGlobalsName, NameServicePrefix+"<ns>/<name>" and
 // NameHashPrefix+"<hex>" carry id's DNS name table and per-port outbound
@@ -72,10 +69,7 @@ func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 	}
 	td := snap.TrustDomain()
 	eng := snap.Engine()
-	sources := snap.Sources()
-	services := snap.Services()
-	namespaces := candidateNamespaces(snap, services)
-	for _, svc := range services {
+	for _, svc := range snap.Services() {
 		reach := false
 		for _, p := range svc.Ports {
 			if eng.Decide(id, svc.Key.Namespace, svc.Key.Name, p.Port).Allowed {
@@ -87,20 +81,15 @@ func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 			out[resource.ClusterType] = append(out[resource.ClusterType], buildCluster(&svc, td))
 			out[resource.EndpointType] = append(out[resource.EndpointType], buildCLA(&svc))
 		}
-		serves := false
-		for _, sid := range svc.Identities(td) {
-			if sid == id {
-				serves = true
-				break
-			}
+	}
+	if chains := snap.InboundChains(id); len(chains) > 0 {
+		l, err := buildInbound(chains, func(sp discovery.ServicePort) (*anypb.Any, error) {
+			return rbacFilter(eng, sp)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("inbound listener of %s: %w", id, err)
 		}
-		if serves {
-			l, err := buildInbound(snap, &svc, sources, namespaces)
-			if err != nil {
-				return nil, fmt.Errorf("inbound listener for %s: %w", svc.Key, err)
-			}
-			out[resource.ListenerType] = append(out[resource.ListenerType], l)
-		}
+		out[resource.ListenerType] = append(out[resource.ListenerType], l)
 	}
 	return out, nil
 }
@@ -167,10 +156,14 @@ func buildCLA(svc *discovery.Service) *endpointv3.ClusterLoadAssignment {
 	return cla
 }
 
-// buildInbound returns the inbound Listener of svc: one filter chain per
-// service port, matched on the target port, with an RBAC filter allowing
-// the principals the policy engine lets in, then a tcp_proxy to the app.
-func buildInbound(snap *discovery.Snapshot, svc *discovery.Service, sources []spiffeid.ID, namespaces []string) (*listenerv3.Listener, error) {
+// buildInbound returns the inbound Listener of an identity's pods, from
+// their chains (see discovery.InboundChains): the listener filter
+// original_dst, so that a stock Envoy matches the captured destination
+// rather than port 15006, then one filter chain per chain, matched on the
+// target port and the pods' addresses, with one RBAC filter per decider
+// (Envoy runs them in turn, so a caller must pass every one) and a
+// tcp_proxy to the app. rbac returns a decider's RBAC filter config.
+func buildInbound(chains []discovery.InboundChain, rbac func(discovery.ServicePort) (*anypb.Any, error)) (*listenerv3.Listener, error) {
 	tlsCtx := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapBool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -180,93 +173,64 @@ func buildInbound(snap *discovery.Snapshot, svc *discovery.Service, sources []sp
 			},
 		},
 	}
-	l := &listenerv3.Listener{
-		Name:    InboundPrefix + svc.Key.String(),
-		Address: socketAddress("0.0.0.0", InboundPort),
+	odst, err := anypb.New(&originaldstv3.OriginalDst{})
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range svc.Ports {
-		principals := allowedPrincipals(snap, svc, p.Port, sources, namespaces)
-		stat := fmt.Sprintf("inbound_%s_%s_%d", svc.Key.Namespace, svc.Key.Name, p.Port)
-		rules := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}
-		if len(principals) > 0 {
-			rules.Policies = map[string]*rbacv3.Policy{
-				"allowed": {
-					Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
-					Principals:  principals,
-				},
+	l := &listenerv3.Listener{
+		Name:    InboundListenerName,
+		Address: socketAddress("0.0.0.0", InboundPort),
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       wellknown.OriginalDestination,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: odst},
+		}},
+	}
+	for _, c := range chains {
+		var filters []*listenerv3.Filter
+		for _, d := range c.Deciders {
+			cfg, err := rbac(d)
+			if err != nil {
+				return nil, err
 			}
-		}
-		rbac, err := anypb.New(&rbacfilterv3.RBAC{StatPrefix: stat, Rules: rules})
-		if err != nil {
-			return nil, err
+			filters = append(filters, &listenerv3.Filter{Name: wellknown.RoleBasedAccessControl, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: cfg}})
 		}
 		tcp, err := anypb.New(&tcpproxyv3.TcpProxy{
-			StatPrefix:       stat,
-			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: LocalClusterPrefix + strconv.Itoa(int(p.TargetPort))},
+			StatPrefix:       fmt.Sprintf("inbound_%d", c.TargetPort),
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: LocalClusterPrefix + strconv.Itoa(int(c.TargetPort))},
 		})
 		if err != nil {
 			return nil, err
 		}
+		filters = append(filters, &listenerv3.Filter{Name: wellknown.TCPProxy, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tcp}})
+		m := &listenerv3.FilterChainMatch{DestinationPort: wrapUint32(uint32(c.TargetPort))}
+		for _, a := range c.Addrs {
+			m.PrefixRanges = append(m.PrefixRanges, &corev3.CidrRange{AddressPrefix: a.String(), PrefixLen: wrapUint32(uint32(a.BitLen()))})
+		}
 		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{
-			Name:             fmt.Sprintf("%s|%d", svc.Key, p.Port),
-			FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapUint32(uint32(p.TargetPort))},
-			Filters: []*listenerv3.Filter{
-				{Name: wellknown.RoleBasedAccessControl, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: rbac}},
-				{Name: wellknown.TCPProxy, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tcp}},
-			},
-			TransportSocket: transportSocket(wellknown.TransportSocketTLS, tlsCtx),
+			Name:             c.Name(),
+			FilterChainMatch: m,
+			Filters:          filters,
+			TransportSocket:  transportSocket(wellknown.TransportSocketTLS, tlsCtx),
 		})
 	}
 	return l, nil
 }
 
-// allowedPrincipals asks the policy engine who may reach port of svc: the
-// whole mesh (a prefix spiffe://<td>/), whole namespaces (prefixes
-// spiffe://<td>/ns/<ns>/) among the candidate namespaces (see
-// candidateNamespaces: those listed, those of services and sources, and
-// those policies name), and every known source identity not already
-// covered, exactly. Sorted: mesh, namespaces, identities.
-func allowedPrincipals(snap *discovery.Snapshot, svc *discovery.Service, port uint16, sources []spiffeid.ID, namespaces []string) []*rbacv3.Principal {
-	td := snap.TrustDomain()
-	eng := snap.Engine()
-	allowed := func(id spiffeid.ID) bool {
-		return eng.Allowed(id, svc.Key.Namespace, svc.Key.Name, port)
-	}
-	meshID, err := discovery.WorkloadID(td, probe, probe)
-	if err == nil && allowed(meshID) {
-		return []*rbacv3.Principal{principal(prefix(td.IDString() + "/"))}
-	}
-	var out []*rbacv3.Principal
-	var prefixes []string
-	for _, ns := range namespaces {
-		id, err := discovery.WorkloadID(td, ns, probe)
-		if err != nil || !allowed(id) {
-			continue
-		}
-		p := td.IDString() + "/ns/" + ns + "/"
-		prefixes = append(prefixes, p)
-		out = append(out, principal(prefix(p)))
-	}
-	for _, src := range sources {
-		if coveredByWorkloadPrefix(src, prefixes) || !allowed(src) {
-			continue
-		}
-		out = append(out, principal(exact(src.String())))
-	}
-	return out
-}
-
-// coveredByWorkloadPrefix reports whether id starts with one of the
-// namespace prefixes already allowed. (A prefix is a little wider than the
-// engine's namespace rule, which admits only /ns/<ns>/sa/<sa> IDs.)
-func coveredByWorkloadPrefix(id spiffeid.ID, prefixes []string) bool {
-	s := id.String()
-	for _, p := range prefixes {
-		if len(s) > len(p) && s[:len(p)] == p {
-			return true
+// rbacFilter is the RBAC network filter config of one decider: an ALLOW
+// policy with the principals the policy engine admits to that service
+// port (see policy.Engine.Admitted); none lets nobody in.
+func rbacFilter(eng *policy.Engine, sp discovery.ServicePort) (*anypb.Any, error) {
+	rules := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}
+	if ps := admissionPrincipals(eng.Admitted(sp.Service.Namespace, sp.Service.Name, sp.Port)); len(ps) > 0 {
+		rules.Policies = map[string]*rbacv3.Policy{
+			"allowed": {
+				Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
+				Principals:  ps,
+			},
 		}
 	}
-	return false
+	stat := fmt.Sprintf("inbound_%s_%s_%d", sp.Service.Namespace, sp.Service.Name, sp.Port)
+	return anypb.New(&rbacfilterv3.RBAC{StatPrefix: stat, Rules: rules})
 }
 
 func principal(m *matcherv3.StringMatcher) *rbacv3.Principal {
@@ -281,12 +245,6 @@ func exact(s string) *matcherv3.StringMatcher {
 
 func prefix(s string) *matcherv3.StringMatcher {
 	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: s}}
-}
-
-func sortedKeys(m map[string]bool) []string {
-	keys := slices.Collect(maps.Keys(m))
-	slices.Sort(keys)
-	return keys
 }
 
 func socketAddress(addr string, port uint32) *corev3.Address {

@@ -18,7 +18,8 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
-// Defaults that let in whole namespaces or the mesh become URI prefixes.
+// Defaults that let in the mesh become a trust domain prefix; those that
+// let in a namespace, a regex for its workload IDs only (issue 11 item 6).
 func TestBuildResourcesDefaultsAsPrefixes(t *testing.T) {
 	td := "spiffe://" + testutil.TrustDomain.Name()
 	tests := []struct {
@@ -26,7 +27,7 @@ func TestBuildResourcesDefaultsAsPrefixes(t *testing.T) {
 		want            []string
 	}{
 		{"allow-mesh", "allow-mesh", []string{"prefix:" + td + "/"}},
-		{"same-namespace", "same-namespace", []string{"prefix:" + td + "/ns/shop/"}},
+		{"same-namespace", "same-namespace", []string{`regex:spiffe://cluster\.local/ns/shop/sa/[^/]+`}},
 		{"deny", "deny", nil},
 	}
 	for _, tt := range tests {

@@ -337,8 +337,8 @@ func TestClientSeesOnlyReachableServices(t *testing.T) {
 		t.Errorf("default/api endpoints = %v, want %v", got, want)
 	}
 	listeners := decode[*listenerv3.Listener](t, v[resource.ListenerType])
-	if len(listeners) != 1 || listeners[0].Name != "inbound|default/web" {
-		t.Fatalf("web's listeners = %v, want only inbound|default/web", listeners)
+	if len(listeners) != 1 || listeners[0].Name != xds.InboundListenerName {
+		t.Fatalf("web's listeners = %v, want only %s", listeners, xds.InboundListenerName)
 	}
 	if got := principals(t, listeners[0]); len(got) != 0 {
 		t.Errorf("nobody may reach web, but its RBAC allows %v", got)
@@ -346,16 +346,32 @@ func TestClientSeesOnlyReachableServices(t *testing.T) {
 }
 
 // principals returns the RBAC principals of every filter chain, as
-// "exact:<id>" or "prefix:<id>", deduplicated.
+// "exact:<id>", "prefix:<id>" or "regex:<re>", deduplicated.
 func principals(t *testing.T, l *listenerv3.Listener) []string {
 	t.Helper()
 	var out []string
 	for _, fc := range l.FilterChains {
-		if len(fc.Filters) != 2 || fc.Filters[0].Name != "envoy.filters.network.rbac" || fc.Filters[1].Name != "envoy.filters.network.tcp_proxy" {
-			t.Fatalf("filter chain %s: want rbac then tcp_proxy, got %v", fc.Name, fc.Filters)
+		n := len(fc.Filters)
+		if n < 2 || fc.Filters[n-1].Name != "envoy.filters.network.tcp_proxy" {
+			t.Fatalf("filter chain %s: want rbac filters then tcp_proxy, got %v", fc.Name, fc.Filters)
 		}
+		for _, f := range fc.Filters[:n-1] {
+			if f.Name != "envoy.filters.network.rbac" {
+				t.Fatalf("filter chain %s: want rbac filters then tcp_proxy, got %v", fc.Name, fc.Filters)
+			}
+			out = append(out, rbacPrincipals(t, f)...)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func rbacPrincipals(t *testing.T, f *listenerv3.Filter) []string {
+	t.Helper()
+	var out []string
+	{
 		var rb rbacfilterv3.RBAC
-		if err := fc.Filters[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
+		if err := f.GetTypedConfig().UnmarshalTo(&rb); err != nil {
 			t.Fatal(err)
 		}
 		if rb.Rules.GetAction().String() != "ALLOW" {
@@ -369,14 +385,15 @@ func principals(t *testing.T, l *listenerv3.Listener) []string {
 					out = append(out, "exact:"+m.GetExact())
 				case m.GetPrefix() != "":
 					out = append(out, "prefix:"+m.GetPrefix())
+				case m.GetSafeRegex() != nil:
+					out = append(out, "regex:"+m.GetSafeRegex().GetRegex())
 				default:
 					t.Errorf("unexpected principal %v", pr)
 				}
 			}
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	return out
 }
 
 func TestInboundListenerNamesAllowedSources(t *testing.T) {
@@ -384,11 +401,11 @@ func TestInboundListenerNamesAllowedSources(t *testing.T) {
 	v := m.connect(apiID, apiID.String()).subscribe()
 
 	listeners := decode[*listenerv3.Listener](t, v[resource.ListenerType])
-	if len(listeners) != 1 || listeners[0].Name != "inbound|default/api" {
-		t.Fatalf("api's listeners = %v, want only inbound|default/api", listeners)
+	if len(listeners) != 1 || listeners[0].Name != xds.InboundListenerName {
+		t.Fatalf("api's listeners = %v, want only %s", listeners, xds.InboundListenerName)
 	}
 	if n := len(listeners[0].FilterChains); n != 2 {
-		t.Errorf("inbound|default/api has %d filter chains, want one per port (2)", n)
+		t.Errorf("api's inbound listener has %d filter chains, want one per port (2)", n)
 	}
 	if got, want := principals(t, listeners[0]), []string{"exact:" + webID.String()}; !slices.Equal(got, want) {
 		t.Errorf("api's inbound principals = %v, want %v", got, want)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,11 @@ type Config struct {
 	// ID is this sidecar's SPIFFE ID, sent as node.id; it must be the ID
 	// of the SVIDs.
 	ID spiffeid.ID
+	// PodAddrs are the addresses of the pod this sidecar serves (one per
+	// IP family): its inbound decisions are that pod's (see
+	// NewViewForPod). Without them, every inbound chain of the identity
+	// applies to the pod (fail closed).
+	PodAddrs []netip.Addr
 	// ServerID is discovery's expected SPIFFE ID; zero accepts any ID of
 	// ID's trust domain.
 	ServerID spiffeid.ID

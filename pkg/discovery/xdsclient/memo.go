@@ -27,7 +27,7 @@ import (
 type memo struct {
 	clusters  map[*clusterv3.Cluster][]spiffeid.ID
 	clas      map[*endpointv3.ClusterLoadAssignment][]netip.AddrPort
-	listeners map[*listenerv3.Listener][]portChain
+	listeners map[*listenerv3.Listener][]*chain
 	names     map[*corev3.TypedExtensionConfig]xds.NameTableEntry
 	// services is keyed by the messages of the tables in names; a service
 	// is checked against the cluster domain of the table it is in.
@@ -44,7 +44,7 @@ func newMemo() *memo {
 	return &memo{
 		clusters:  make(map[*clusterv3.Cluster][]spiffeid.ID),
 		clas:      make(map[*endpointv3.ClusterLoadAssignment][]netip.AddrPort),
-		listeners: make(map[*listenerv3.Listener][]portChain),
+		listeners: make(map[*listenerv3.Listener][]*chain),
 		names:     make(map[*corev3.TypedExtensionConfig]xds.NameTableEntry),
 		services:  make(map[*discoveryv1.ServiceName]domainService),
 		digests:   make(map[types.Resource][sha256.Size]byte),

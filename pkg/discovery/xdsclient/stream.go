@@ -369,7 +369,7 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 	if fp == s.c.fingerprint && s.c.View() != nil {
 		return nil, fp, nil // the same configuration again (a reconnect, a version bump)
 	}
-	v, err := newViewOf(s.c.cfg.ID, nt, res, s.memo)
+	v, err := newViewOf(s.c.cfg.ID, s.c.cfg.PodAddrs, nt, res, s.memo)
 	if err != nil {
 		return nil, fp, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}

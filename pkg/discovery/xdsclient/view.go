@@ -16,6 +16,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -69,7 +70,8 @@ type View struct {
 	byFQDN      map[string]*entry
 	byAddr      map[netip.AddrPort]addrRef
 	unreachable map[[sha256.Size]byte]struct{}
-	chains      map[uint16][]*chain // inbound filter chains by destination (target) port
+	podAddrs    []netip.Addr        // this pod's addresses, if known (see NewViewForPod)
+	chains      map[uint16][]*chain // this pod's inbound filter chains by destination (target) port
 }
 
 // entry is one reachable service with what Outbound and Lookup need.
@@ -85,28 +87,52 @@ type addrRef struct {
 	port int // index in e.svc.Ports
 }
 
-// chain is one inbound filter chain and the principals its RBAC filter
-// allows.
+// chain is one inbound filter chain: the pods' addresses and the target
+// port it matches, and its RBAC filters, each of which must admit a
+// caller.
 type chain struct {
 	listener, name string
-	principals     []principal
+	port           uint16
+	addrs          []netip.Addr // sorted
+	rbacs          []rbacRules
 }
 
+// rbacRules are the principals one RBAC filter allows.
+type rbacRules struct {
+	stat       string
+	principals []principal
+}
+
+type principalKind uint8
+
+const (
+	principalExact     principalKind = iota
+	principalPrefix                  // the whole trust domain: spiffe://<td>/
+	principalNamespace               // spiffe://<td>/ns/<ns>/sa/<one segment>
+)
+
 type principal struct {
-	prefix bool
-	value  string
+	kind  principalKind
+	value string // the ID, the trust domain prefix, or spiffe://<td>/ns/<ns>/sa/
 }
 
 func (p principal) String() string {
-	if p.prefix {
+	switch p.kind {
+	case principalPrefix:
 		return "prefix:" + p.value
+	case principalNamespace:
+		return "regex:" + p.value + "[^/]+"
 	}
 	return "exact:" + p.value
 }
 
 func (p principal) matches(id string) bool {
-	if p.prefix {
+	switch p.kind {
+	case principalPrefix:
 		return strings.HasPrefix(id, p.value)
+	case principalNamespace:
+		rest, ok := strings.CutPrefix(id, p.value)
+		return ok && rest != "" && !strings.Contains(rest, "/")
 	}
 	return id == p.value
 }
@@ -157,7 +183,18 @@ func NewView(res map[resource.Type][]types.Resource) (*View, error) {
 // The identity gives the trust domain and namespace of the inbound
 // defaults and names the workload in errors.
 func NewViewFor(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, error) {
-	v, err := newView(id, res, &memo{})
+	return NewViewForPod(id, nil, res)
+}
+
+// NewViewForPod is NewViewFor for the pod of workload id at podAddrs (its
+// addresses, one per IP family). Its inbound decisions are the pod's: the
+// filter chains whose addresses include one of podAddrs decide. Without
+// addresses, or if no chain lists them (discovery does not count the pod
+// as an endpoint of any Service, for instance while it is not ready),
+// every chain of the identity applies (fail closed; see
+// discovery.PodChains).
+func NewViewForPod(id spiffeid.ID, podAddrs []netip.Addr, res map[resource.Type][]types.Resource) (*View, error) {
+	v, err := newView(id, podAddrs, res, &memo{})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
@@ -165,7 +202,7 @@ func NewViewFor(id spiffeid.ID, res map[resource.Type][]types.Resource) (*View, 
 }
 
 // newView is NewViewFor with the resources parsed through m.
-func newView(id spiffeid.ID, res map[resource.Type][]types.Resource, m *memo) (*View, error) {
+func newView(id spiffeid.ID, podAddrs []netip.Addr, res map[resource.Type][]types.Resource, m *memo) (*View, error) {
 	for typ, items := range res {
 		switch typ {
 		case resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.ExtensionConfigType:
@@ -179,11 +216,11 @@ func newView(id spiffeid.ID, res map[resource.Type][]types.Resource, m *memo) (*
 	if err != nil {
 		return nil, err
 	}
-	return newViewOf(id, nt, res, m)
+	return newViewOf(id, podAddrs, nt, res, m)
 }
 
 // newViewOf is newView once the name table, nt, is parsed.
-func newViewOf(id spiffeid.ID, nt *nameTable, res map[resource.Type][]types.Resource, m *memo) (*View, error) {
+func newViewOf(id spiffeid.ID, podAddrs []netip.Addr, nt *nameTable, res map[resource.Type][]types.Resource, m *memo) (*View, error) {
 	clusters, err := parseClusters(res[resource.ClusterType], m)
 	if err != nil {
 		return nil, err
@@ -204,7 +241,8 @@ func newViewOf(id spiffeid.ID, nt *nameTable, res map[resource.Type][]types.Reso
 		byKey:         make(map[discovery.ServiceKey]*entry, len(nt.services)),
 		byFQDN:        make(map[string]*entry, len(nt.services)),
 		unreachable:   nt.unreachable,
-		chains:        chains,
+		podAddrs:      podAddrs,
+		chains:        podChains(chains, podAddrs),
 	}
 	v.inboundDefault = nt.inboundDefault
 
@@ -430,12 +468,37 @@ func (v *View) LookupAddr(dst netip.AddrPort) (Service, Port, bool) {
 	return r.e.svc, r.e.svc.Ports[r.port], true
 }
 
+// podChains returns, by target port, the chains among all (the inbound
+// Listener's) that list one of addrs, or all of them if none does: the
+// same choice as discovery.PodChains.
+func podChains(all []*chain, addrs []netip.Addr) map[uint16][]*chain {
+	var mine []*chain
+	for _, c := range all {
+		if slices.ContainsFunc(addrs, func(a netip.Addr) bool {
+			_, ok := slices.BinarySearchFunc(c.addrs, a.Unmap(), netip.Addr.Compare)
+			return ok
+		}) {
+			mine = append(mine, c)
+		}
+	}
+	if len(mine) == 0 {
+		mine = all
+	}
+	out := make(map[uint16][]*chain)
+	for _, c := range mine {
+		out[c.port] = append(out[c.port], c)
+	}
+	return out
+}
+
 // Authorize is the inbound (authoritative) check: may src reach this
-// workload's local target port? The inbound Listeners' filter chains whose
-// DestinationPort is port decide (allowed if any of them has an RBAC
-// principal matching src); for a port no chain covers, the name table's
-// inbound default does (allow-mesh: any ID of this workload's trust
-// domain; same-namespace: spiffe://<td>/ns/<this namespace>/sa/...; deny).
+// pod's local target port? The inbound Listener's filter chains for this
+// pod (see NewViewForPod) whose DestinationPort is port decide: src must
+// match a principal of every RBAC filter of every one of them (each
+// filter is one Service port that restricts the pod's port). For a port
+// no chain covers, the name table's inbound default does (allow-mesh: any
+// ID of this workload's trust domain; same-namespace:
+// spiffe://<td>/ns/<this namespace>/sa/<sa>; deny).
 func (v *View) Authorize(src spiffeid.ID, port uint16) policy.Decision {
 	if v == nil {
 		return policy.Decision{Rule: ErrNoView.Error()}
@@ -446,18 +509,21 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) policy.Decision {
 	s := src.String()
 	chains := v.chains[port]
 	if len(chains) > 0 {
+		var rules []string
 		for _, c := range chains {
-			for _, p := range c.principals {
-				if p.matches(s) {
-					return policy.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s principal %s", c.listener, c.name, p)}
+			for _, r := range c.rbacs {
+				k := slices.IndexFunc(r.principals, func(p principal) bool { return p.matches(s) })
+				if k < 0 {
+					return policy.Decision{Rule: fmt.Sprintf("no principal of %s chain %s (%s) admits %s", c.listener, c.name, r.stat, src)}
 				}
+				rules = append(rules, fmt.Sprintf("%s principal %s", r.stat, r.principals[k]))
 			}
 		}
 		names := make([]string, len(chains))
 		for i, c := range chains {
-			names[i] = c.listener + " chain " + c.name
+			names[i] = c.name
 		}
-		return policy.Decision{Rule: fmt.Sprintf("no principal of %s admits %s", strings.Join(names, ", "), src)}
+		return policy.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s: %s", chains[0].listener, strings.Join(names, ", "), strings.Join(rules, ", "))}
 	}
 	rule := fmt.Sprintf("inbound default %s (no Service covers port %d)", v.inboundDefault, port)
 	switch v.inboundDefault {
@@ -746,109 +812,131 @@ func endpointAddr(lb *endpointv3.LbEndpoint) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(port.PortValue)), nil
 }
 
-// parseListeners checks the inbound Listeners and returns their filter
-// chains by destination port.
-func parseListeners(items []types.Resource, m *memo) (map[uint16][]*chain, error) {
-	out := make(map[uint16][]*chain)
-	seen := make(map[string]bool)
+// parseListeners checks the inbound Listener (at most one, named
+// xds.InboundListenerName) and returns its filter chains.
+func parseListeners(items []types.Resource, m *memo) ([]*chain, error) {
+	var out []*chain
 	for i, r := range items {
 		l, ok := r.(*listenerv3.Listener)
 		if !ok {
 			return nil, fmt.Errorf("listener %d is a %T, want a Listener", i, r)
 		}
-		name := l.GetName()
-		rest, ok := strings.CutPrefix(name, xds.InboundPrefix)
-		if !ok {
-			return nil, fmt.Errorf("listener %q: not an inbound listener (%s<namespace>/<service>)", name, xds.InboundPrefix)
+		if name := l.GetName(); name != xds.InboundListenerName {
+			return nil, fmt.Errorf("listener %q: not the inbound listener %q", name, xds.InboundListenerName)
 		}
-		if _, err := parseClusterName(rest); err != nil {
-			return nil, fmt.Errorf("listener %q: %w", name, err)
+		if i > 0 {
+			return nil, fmt.Errorf("listener %q is sent twice", l.GetName())
 		}
-		if seen[name] {
-			return nil, fmt.Errorf("listener %q is sent twice", name)
-		}
-		seen[name] = true
 		chains, err := lookup(m.listeners, l, listenerChains)
 		if err != nil {
 			return nil, err
 		}
-		for _, pc := range chains {
-			out[pc.port] = append(out[pc.port], pc.chain)
-		}
+		out = chains
 	}
 	return out, nil
 }
 
-// portChain is a filter chain and its destination port.
-type portChain struct {
-	port  uint16
-	chain *chain
-}
-
-// listenerChains checks the filter chains of l, an inbound listener, and
-// returns them in order.
-func listenerChains(l *listenerv3.Listener) ([]portChain, error) {
+// listenerChains checks the inbound listener l and returns its filter
+// chains in order.
+func listenerChains(l *listenerv3.Listener) ([]*chain, error) {
 	name := l.GetName()
-	var out []portChain
-	for j, fc := range l.GetFilterChains() {
-		port, c, err := parseChain(fc)
-		if err != nil {
-			return nil, fmt.Errorf("listener %q: filter chain %d (%s): %w", name, j, fc.GetName(), err)
-		}
-		c.listener = name
-		out = append(out, portChain{port, c})
-	}
 	if l.GetDefaultFilterChain() != nil {
 		return nil, fmt.Errorf("listener %q: a default filter chain is not supported", name)
 	}
+	lfs := l.GetListenerFilters()
+	if len(lfs) != 1 || lfs[0].GetName() != wellknown.OriginalDestination || lfs[0].GetTypedConfig() == nil {
+		return nil, fmt.Errorf("listener %q: want exactly the listener filter %s (chains match the original destination)", name, wellknown.OriginalDestination)
+	}
+	var od originaldstv3.OriginalDst
+	if err := lfs[0].GetTypedConfig().UnmarshalTo(&od); err != nil {
+		return nil, fmt.Errorf("listener %q: %s: %w", name, wellknown.OriginalDestination, err)
+	}
+	var out []*chain
+	seen := make(map[string]bool)
+	for j, fc := range l.GetFilterChains() {
+		c, err := parseChain(fc)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: filter chain %d (%s): %w", name, j, fc.GetName(), err)
+		}
+		for _, a := range c.addrs {
+			k := strconv.Itoa(int(c.port)) + " " + a.String()
+			if seen[k] {
+				return nil, fmt.Errorf("listener %q: filter chain %d (%s): a chain before it matches %s port %d too", name, j, fc.GetName(), a, c.port)
+			}
+			seen[k] = true
+		}
+		c.listener = name
+		out = append(out, c)
+	}
 	return out, nil
 }
 
-func parseChain(fc *listenerv3.FilterChain) (uint16, *chain, error) {
+func parseChain(fc *listenerv3.FilterChain) (*chain, error) {
 	m := fc.GetFilterChainMatch()
 	dp := m.GetDestinationPort()
 	if dp == nil || dp.GetValue() == 0 || dp.GetValue() > 65535 {
-		return 0, nil, errors.New("filter chain match has no destination port in 1-65535")
+		return nil, errors.New("filter chain match has no destination port in 1-65535")
 	}
-	if len(m.GetPrefixRanges()) > 0 || len(m.GetSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 ||
-		len(m.GetServerNames()) > 0 || len(m.GetApplicationProtocols()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 {
-		return 0, nil, errors.New("filter chain match uses fields other than destination_port")
+	if len(m.GetSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 || len(m.GetServerNames()) > 0 ||
+		len(m.GetApplicationProtocols()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 || m.GetTransportProtocol() != "" {
+		return nil, errors.New("filter chain match uses fields other than destination_port and prefix_ranges")
 	}
+	if m.GetSourceType() != listenerv3.FilterChainMatch_ANY {
+		return nil, errors.New("filter chain match uses source_type")
+	}
+	c := &chain{name: fc.GetName(), port: uint16(dp.GetValue())}
+	if len(m.GetPrefixRanges()) == 0 {
+		return nil, errors.New("filter chain match has no prefix_ranges (the pods it is for)")
+	}
+	for _, pr := range m.GetPrefixRanges() {
+		a, err := netip.ParseAddr(pr.GetAddressPrefix())
+		if err != nil || a.Zone() != "" || pr.GetPrefixLen() == nil || int(pr.GetPrefixLen().GetValue()) != a.BitLen() {
+			return nil, fmt.Errorf("prefix range %s/%d is not one address", pr.GetAddressPrefix(), pr.GetPrefixLen().GetValue())
+		}
+		c.addrs = append(c.addrs, a.Unmap())
+	}
+	slices.SortFunc(c.addrs, netip.Addr.Compare)
+	c.addrs = slices.Compact(c.addrs)
 	fs := fc.GetFilters()
-	if len(fs) != 2 || fs[0].GetName() != wellknown.RoleBasedAccessControl || fs[1].GetName() != wellknown.TCPProxy {
-		return 0, nil, fmt.Errorf("want filters %s then %s", wellknown.RoleBasedAccessControl, wellknown.TCPProxy)
+	if len(fs) < 2 || fs[len(fs)-1].GetName() != wellknown.TCPProxy {
+		return nil, fmt.Errorf("want one or more %s filters then %s", wellknown.RoleBasedAccessControl, wellknown.TCPProxy)
 	}
-	var rb rbacfilterv3.RBAC
-	if fs[0].GetTypedConfig() == nil {
-		return 0, nil, errors.New("RBAC filter has no typed_config")
+	for k, f := range fs[:len(fs)-1] {
+		if f.GetName() != wellknown.RoleBasedAccessControl {
+			return nil, fmt.Errorf("filter %d is %q, want %s filters then %s", k, f.GetName(), wellknown.RoleBasedAccessControl, wellknown.TCPProxy)
+		}
+		var rb rbacfilterv3.RBAC
+		if f.GetTypedConfig() == nil {
+			return nil, fmt.Errorf("RBAC filter %d has no typed_config", k)
+		}
+		if err := f.GetTypedConfig().UnmarshalTo(&rb); err != nil {
+			return nil, fmt.Errorf("RBAC filter %d: %w", k, err)
+		}
+		ps, err := principals(&rb)
+		if err != nil {
+			return nil, fmt.Errorf("RBAC filter %d: %w", k, err)
+		}
+		c.rbacs = append(c.rbacs, rbacRules{stat: rb.GetStatPrefix(), principals: ps})
 	}
-	if err := fs[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
-		return 0, nil, fmt.Errorf("RBAC filter: %w", err)
-	}
-	c := &chain{name: fc.GetName()}
-	ps, err := principals(&rb)
-	if err != nil {
-		return 0, nil, fmt.Errorf("RBAC filter: %w", err)
-	}
-	c.principals = ps
 	var tp tcpproxyv3.TcpProxy
-	if fs[1].GetTypedConfig() == nil {
-		return 0, nil, errors.New("tcp_proxy filter has no typed_config")
+	last := fs[len(fs)-1]
+	if last.GetTypedConfig() == nil {
+		return nil, errors.New("tcp_proxy filter has no typed_config")
 	}
-	if err := fs[1].GetTypedConfig().UnmarshalTo(&tp); err != nil {
-		return 0, nil, fmt.Errorf("tcp_proxy filter: %w", err)
+	if err := last.GetTypedConfig().UnmarshalTo(&tp); err != nil {
+		return nil, fmt.Errorf("tcp_proxy filter: %w", err)
 	}
-	local, ok := strings.CutPrefix(tp.GetCluster(), xds.LocalClusterPrefix)
-	if n, err := strconv.ParseUint(local, 10, 16); !ok || err != nil || n == 0 {
-		return 0, nil, fmt.Errorf("tcp_proxy cluster %q is not %s<port>", tp.GetCluster(), xds.LocalClusterPrefix)
+	if want := xds.LocalClusterPrefix + strconv.Itoa(int(c.port)); tp.GetCluster() != want {
+		return nil, fmt.Errorf("tcp_proxy cluster %q, want %q (the app on the chain's port)", tp.GetCluster(), want)
 	}
-	return uint16(dp.GetValue()), c, nil
+	return c, nil
 }
 
 // principals returns what an ALLOW RBAC filter lets in. Only what the
 // server sends is understood (any permission; authenticated principal
-// names matched exactly or by a SPIFFE ID prefix ending in "/"); anything
-// else is an error rather than a guess.
+// names matched exactly, by a trust domain prefix spiffe://<td>/, or by a
+// namespace regex of xds.NamespaceRegex); anything else is an error
+// rather than a guess.
 func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
 	if rb.GetShadowRules() != nil || rb.GetMatcher() != nil || rb.GetShadowMatcher() != nil {
 		return nil, errors.New("only rules are supported (no matcher or shadow rules)")
@@ -895,26 +983,38 @@ func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
 				}
 				out = append(out, principal{value: pat.Exact})
 			case *matcherv3.StringMatcher_Prefix:
-				if err := checkIDPrefix(pat.Prefix); err != nil {
+				if err := checkTrustDomainPrefix(pat.Prefix); err != nil {
 					return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
 				}
-				out = append(out, principal{prefix: true, value: pat.Prefix})
+				out = append(out, principal{kind: principalPrefix, value: pat.Prefix})
+			case *matcherv3.StringMatcher_SafeRegex:
+				if pat.SafeRegex.GetEngineType() != nil {
+					return nil, fmt.Errorf("policy %q: principal %d: a regex engine other than the default is not supported", n, k)
+				}
+				p, err := xds.ParseNamespaceRegex(pat.SafeRegex.GetRegex())
+				if err != nil {
+					return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
+				}
+				out = append(out, principal{kind: principalNamespace, value: p})
 			default:
-				return nil, fmt.Errorf("policy %q: principal %d: want an exact or prefix match", n, k)
+				return nil, fmt.Errorf("policy %q: principal %d: want an exact, trust domain prefix or namespace regex match", n, k)
 			}
 		}
 	}
 	return out, nil
 }
 
-// checkIDPrefix accepts "spiffe://<td>/" and "spiffe://<td>/<path>/":
-// prefixes that end at a path segment boundary.
-func checkIDPrefix(p string) error {
-	if !strings.HasSuffix(p, "/") {
-		return fmt.Errorf("prefix %q does not end in /", p)
+// checkTrustDomainPrefix accepts "spiffe://<td>/", every ID of a trust
+// domain. Longer prefixes are refused: a prefix such as
+// spiffe://<td>/ns/<ns>/ also admits IDs like spiffe://<td>/ns/<ns>/batch/job1
+// that no policy rule admits.
+func checkTrustDomainPrefix(p string) error {
+	td, ok := strings.CutSuffix(strings.TrimPrefix(p, "spiffe://"), "/")
+	if !ok || !strings.HasPrefix(p, "spiffe://") {
+		return fmt.Errorf("prefix %q is not spiffe://<trust domain>/", p)
 	}
-	if _, err := spiffeid.FromString(strings.TrimSuffix(p, "/")); err != nil {
-		return fmt.Errorf("prefix %q is not a SPIFFE ID prefix: %w", p, err)
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil || strings.Contains(td, "/") {
+		return fmt.Errorf("prefix %q is not spiffe://<trust domain>/ (only whole trust domains are matched by prefix)", p)
 	}
 	return nil
 }

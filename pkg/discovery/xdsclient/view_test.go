@@ -394,12 +394,12 @@ func TestViewAuthorize(t *testing.T) {
 	}{
 		// api: chains for 8080 (web, exact), 9090 (web), 7000 (nobody).
 		{"exact principal", apiID, webID, 8080, true, "exact:" + webID.String()},
-		{"exact principal names the listener and chain", apiID, webID, 9090, true, "listener inbound|shop/api chain shop/api|9090"},
+		{"exact principal names the listener and chain", apiID, webID, 9090, true, "listener inbound|15006 chain 9090|shop/api:9090"},
 		{"not the principal", apiID, dbID, 8080, false, "admits " + dbID.String()},
-		{"chain with no principals", apiID, webID, 7000, false, "inbound|shop/api chain shop/api|7000"},
+		{"chain with no principals", apiID, webID, 7000, false, "inbound|15006 chain 7000|shop/api:7000"},
 		{"foreign trust domain, same path", apiID, foreign, 8080, false, "admits"},
 		// db: api exactly, namespace batch by prefix.
-		{"namespace prefix", dbID, batchID, 5432, true, "prefix:" + td + "/ns/batch/"},
+		{"namespace prefix", dbID, batchID, 5432, true, "regex:" + td + "/ns/batch/sa/[^/]+"},
 		{"exact next to prefix", dbID, apiID, 5432, true, "exact:" + apiID.String()},
 		{"outside the prefix", dbID, webID, 5432, false, "admits " + webID.String()},
 		{"prefix is a path boundary", dbID, testutil.ID("/ns/batchx/sa/job"), 5432, false, "admits"},
@@ -414,7 +414,7 @@ func TestViewAuthorize(t *testing.T) {
 		{"default same-namespace, not a workload ID", reportID, testutil.ID("/other"), 9999, false, "inbound default same-namespace"},
 		{"default same-namespace, foreign", reportID, spiffeid.RequireFromString("spiffe://evil.example/ns/other/sa/x"), 9999, false, "same-namespace"},
 		{"default deny", vaultID, testutil.ID("/ns/locked/sa/friend"), 9999, false, "inbound default deny"},
-		{"covered port under default deny", vaultID, testutil.ID("/ns/locked/sa/friend"), 8200, false, "inbound|locked/vault chain locked/vault|8200"},
+		{"covered port under default deny", vaultID, testutil.ID("/ns/locked/sa/friend"), 8200, false, "inbound|15006 chain 8200|locked/vault:8200"},
 		{"zero source", apiID, spiffeid.ID{}, 8080, false, "no SPIFFE ID"},
 	}
 	views := map[spiffeid.ID]*xdsclient.View{}
@@ -548,12 +548,20 @@ func nameEntry(res map[resource.Type][]types.Resource, name string) *corev3.Type
 	return find(res, resource.ExtensionConfigType, (*corev3.TypedExtensionConfig).GetName, name)
 }
 
+// editRBAC applies f to the first RBAC filter of the inbound listener
+// that lets someone in.
 func editRBAC(t *testing.T, res map[resource.Type][]types.Resource, f func(*rbacfilterv3.RBAC)) {
 	l := res[resource.ListenerType][0].(*listenerv3.Listener)
-	fl := l.FilterChains[0].Filters[0]
+	var fl *listenerv3.Filter
 	var rb rbacfilterv3.RBAC
-	if err := fl.GetTypedConfig().UnmarshalTo(&rb); err != nil {
-		t.Fatal(err)
+	for _, fc := range l.FilterChains {
+		fl = fc.Filters[0]
+		if err := fl.GetTypedConfig().UnmarshalTo(&rb); err != nil {
+			t.Fatal(err)
+		}
+		if len(rb.Rules.GetPolicies()) > 0 {
+			break
+		}
 	}
 	f(&rb)
 	a, err := anypb.New(&rb)
@@ -729,7 +737,53 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
 					&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://cluster.local/ns/sh"}}
 			})
-		}, "does not end in /"},
+		}, "is not spiffe://<trust domain>/"},
+		// Issue 11 item 6: a namespace prefix admits more than the engine.
+		{"principal prefix narrower than a trust domain", func(r map[resource.Type][]types.Resource) {
+			editRBAC(t, r, func(rb *rbacfilterv3.RBAC) {
+				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
+					&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://cluster.local/ns/shop/"}}
+			})
+		}, "only whole trust domains are matched by prefix"},
+		{"principal regex of another shape", func(r map[resource.Type][]types.Resource) {
+			editRBAC(t, r, func(rb *rbacfilterv3.RBAC) {
+				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
+					&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "spiffe://cluster.local/ns/shop/.*"}}}
+			})
+		}, "is not a namespace principal"},
+		{"principal regex with an unescaped dot", func(r map[resource.Type][]types.Resource) {
+			editRBAC(t, r, func(rb *rbacfilterv3.RBAC) {
+				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
+					&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "spiffe://cluster.local/ns/shop/sa/[^/]+"}}}
+			})
+		}, "unescaped metacharacters"},
+		{"principal regex with extra segments", func(r map[resource.Type][]types.Resource) {
+			editRBAC(t, r, func(rb *rbacfilterv3.RBAC) {
+				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
+					&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: `spiffe://cluster\.local/ns/shop/x/sa/[^/]+`}}}
+			})
+		}, "want the prefix"},
+		// Issue 11 item 14: without original_dst, chains match port 15006.
+		{"listener without original_dst", func(r map[resource.Type][]types.Resource) {
+			r[resource.ListenerType][0].(*listenerv3.Listener).ListenerFilters = nil
+		}, "envoy.filters.listener.original_dst"},
+		{"chain without pod addresses", func(r map[resource.Type][]types.Resource) {
+			r[resource.ListenerType][0].(*listenerv3.Listener).FilterChains[0].FilterChainMatch.PrefixRanges = nil
+		}, "no prefix_ranges"},
+		{"chain for a subnet", func(r map[resource.Type][]types.Resource) {
+			r[resource.ListenerType][0].(*listenerv3.Listener).FilterChains[0].FilterChainMatch.PrefixRanges[0].PrefixLen.Value = 24
+		}, "is not one address"},
+		{"two chains for one pod port", func(r map[resource.Type][]types.Resource) {
+			l := r[resource.ListenerType][0].(*listenerv3.Listener)
+			l.FilterChains = append(l.FilterChains, proto.Clone(l.FilterChains[0]).(*listenerv3.FilterChain))
+		}, "matches"},
+		{"tcp_proxy to another port", func(r map[resource.Type][]types.Resource) {
+			l := r[resource.ListenerType][0].(*listenerv3.Listener)
+			l.FilterChains[0].FilterChainMatch.DestinationPort.Value = 1234
+		}, "the app on the chain's port"},
+		{"listener sent twice", func(r map[resource.Type][]types.Resource) {
+			r[resource.ListenerType] = append(r[resource.ListenerType], proto.Clone(r[resource.ListenerType][0]))
+		}, "sent twice"},
 		{"principal exact not a SPIFFE ID", func(r map[resource.Type][]types.Resource) {
 			editRBAC(t, r, func(rb *rbacfilterv3.RBAC) {
 				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
@@ -741,7 +795,7 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 				rb.Rules.Policies["allowed"].Principals[0].GetAuthenticated().PrincipalName =
 					&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: "/sa/web"}}
 			})
-		}, "want an exact or prefix match"},
+		}, "want an exact, trust domain prefix or namespace regex match"},
 		{"principal not authenticated", func(r map[resource.Type][]types.Resource) {
 			editRBAC(t, r, func(rb *rbacfilterv3.RBAC) {
 				rb.Rules.Policies["allowed"].Principals[0] = &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}
@@ -756,10 +810,10 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 		{"chain without RBAC", func(r map[resource.Type][]types.Resource) {
 			fc := r[resource.ListenerType][0].(*listenerv3.Listener).FilterChains[0]
 			fc.Filters = fc.Filters[1:]
-		}, "want filters"},
-		{"not an inbound listener", func(r map[resource.Type][]types.Resource) {
+		}, "want one or more"},
+		{"not the inbound listener", func(r map[resource.Type][]types.Resource) {
 			r[resource.ListenerType][0].(*listenerv3.Listener).Name = "outbound"
-		}, "not an inbound listener"},
+		}, "not the inbound listener"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
