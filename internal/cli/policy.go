@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,13 +34,21 @@ cluster: without --default-policy the command assumes tether-discovery's
 default, allow-mesh, and says so when an answer depends on it.
 `
 
-const policyCheckHelp = `Usage: tether policy check --from NS/SA --to NS/SERVICE[:PORT] [--mesh FILE | --kubeconfig PATH] [flags]
+const policyCheckHelp = `Usage: tether policy check --from NS/SA --to NS/SERVICE[:PORT]|POD-IP:PORT [--mesh FILE | --kubeconfig PATH] [flags]
 
 Answers whether the workload running as service account SA in namespace NS
 (or an exact SPIFFE ID, --from spiffe://...) may reach SERVICE, and which
 rule decided. PORT is a service port number or name; without it every port
 of the service is checked, one line per port. A SERVICE that does not exist
-is an error.
+is an error. A port is allowed only if the policy engine allows it and the
+sidecar of every pod behind the service admits the caller on its target
+port: a pod that another Service selects on the same target port admits
+only callers every AccessPolicy on those Services allows (see
+docs/sidecar.md, "Services that share pods, accounts or ports").
+
+With --to POD-IP:PORT ([IPv6]:PORT), answers what the sidecar of the pod
+at that address decides for a connection straight to its target port PORT
+(the route around a Service: the pod IP, a headless name).
 
 ` + policySourceHelp + `
 Exit status: 0 allowed (on every port checked), 1 denied (on any port) or
@@ -249,7 +259,7 @@ type checkResult struct {
 func (a *App) policyCheck(ctx context.Context, args []string) error {
 	fs, src := a.policyFlags("policy check", policyCheckHelp)
 	from := fs.String("from", "", "source: NS/SA (namespace/service account) or a SPIFFE ID (required)")
-	to := fs.String("to", "", "destination: NS/SERVICE[:PORT], PORT a number or a port name (required)")
+	to := fs.String("to", "", "destination: NS/SERVICE[:PORT], PORT a number or a port name, or POD-IP:PORT (required)")
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -257,10 +267,11 @@ func (a *App) policyCheck(ctx context.Context, args []string) error {
 	if *from == "" || *to == "" {
 		return fmt.Errorf("%w: --from and --to are required", errUsage)
 	}
-	dst, portArg, err := parseDestination(*to)
+	dst, err := parseDestination(*to)
 	if err != nil {
 		return err
 	}
+	portArg := dst.port
 	srcArg, err := parseSource(*from)
 	if err != nil {
 		return err
@@ -279,28 +290,34 @@ func (a *App) policyCheck(ctx context.Context, args []string) error {
 		fmt.Fprintf(a.Stderr, "tether: note: namespace %s does not exist in %s; deciding for %s anyway\n", srcArg.namespace, view.where, srcID)
 	}
 
-	svc, ok := snap.Service(dst)
+	if dst.pod.IsValid() {
+		return a.policyCheckPod(view, srcID, dst.pod, dst.port, *asJSON)
+	}
+	svc, ok := snap.Service(dst.key)
 	if !ok {
-		return view.missingService(dst)
+		return view.missingService(dst.key)
 	}
 	var ports []discovery.Port
 	if portArg == "" {
 		ports = svc.Ports
 		if len(ports) == 0 {
-			return fmt.Errorf("service %s has no TCP ports in %s", dst, view.where)
+			return fmt.Errorf("service %s has no TCP ports in %s", dst.key, view.where)
 		}
 	} else {
 		p, ok := findPort(svc, portArg)
 		if !ok {
-			return fmt.Errorf("service %s has no port %q in %s (ports: %s)", dst, portArg, view.where, portList(svc))
+			return fmt.Errorf("service %s has no port %q in %s (ports: %s)", dst.key, portArg, view.where, portList(svc))
 		}
 		ports = []discovery.Port{p}
 	}
 
-	res := checkResult{Source: srcID.String(), Destination: dst.String(), Allowed: true}
+	res := checkResult{Source: srcID.String(), Destination: dst.key.String(), Allowed: true}
 	denied := 0
 	for _, p := range ports {
-		d := snap.Engine().Decide(srcID, dst.Namespace, dst.Name, p.Port)
+		d := snap.Engine().Decide(srcID, dst.key.Namespace, dst.key.Name, p.Port)
+		if d.Allowed {
+			d = podsAdmit(snap, svc, srcID, p, td)
+		}
 		if !d.Allowed {
 			denied++
 			res.Allowed = false
@@ -324,11 +341,104 @@ func (a *App) policyCheck(ctx context.Context, args []string) error {
 			if !d.Allowed {
 				verdict = "denied"
 			}
-			fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict, shortID(srcID, td), dst, d.Port, d.Rule)
+			fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict, shortID(srcID, td), dst.key, d.Port, d.Rule)
 		}
 	}
 	if denied > 0 {
-		return fmt.Errorf("%w: %s may not reach %s on %d of %d port(s)", errDenied, shortID(srcID, td), dst, denied, len(ports))
+		return fmt.Errorf("%w: %s may not reach %s on %d of %d port(s)", errDenied, shortID(srcID, td), dst.key, denied, len(ports))
+	}
+	return nil
+}
+
+// podsAdmit is the decision of the sidecars of svc's pods for a caller
+// the policy engine lets reach port p of svc: the first pod (by address)
+// whose sidecar refuses it on p's target port denies, with that pod's
+// rule (discovery.Snapshot.Inbound, what the sidecar decides); if every
+// pod admits it, the engine's rule stands.
+func podsAdmit(snap *discovery.Snapshot, svc *discovery.Service, src spiffeid.ID, p discovery.Port, td spiffeid.TrustDomain) policy.Decision {
+	allowed := snap.Engine().Decide(src, svc.Key.Namespace, svc.Key.Name, p.Port)
+	type pod struct {
+		addr netip.Addr
+		id   spiffeid.ID
+	}
+	var pods []pod
+	for _, e := range svc.Endpoints {
+		if id, err := e.Identity(td, svc.Key.Namespace); err == nil {
+			pods = append(pods, pod{e.Addr.Unmap(), id})
+		}
+	}
+	slices.SortFunc(pods, func(a, b pod) int {
+		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.id.String(), b.id.String()))
+	})
+	for _, pd := range slices.Compact(pods) {
+		if d := snap.Inbound(src, pd.id, []netip.Addr{pd.addr}, p.TargetPort); !d.Allowed {
+			return policy.Decision{Rule: fmt.Sprintf("%s allows it, but the sidecar of pod %s (%s) refuses it on port %d: %s",
+				allowed.Rule, pd.addr, shortID(pd.id, td), p.TargetPort, d.Rule)}
+		}
+	}
+	return allowed
+}
+
+// policyCheckPod answers --to POD-IP:PORT: what the sidecar of every
+// workload the mesh lists at addr decides for src on port.
+func (a *App) policyCheckPod(view *meshView, src spiffeid.ID, addr netip.Addr, portArg string, asJSON bool) error {
+	snap := view.snap
+	td := snap.TrustDomain()
+	n, err := strconv.ParseUint(portArg, 10, 16)
+	if err != nil || n == 0 {
+		return fmt.Errorf("%w: --to %s:%s: a pod's port must be a number in 1-65535", errUsage, addr, portArg)
+	}
+	port := uint16(n)
+	var ids []spiffeid.ID
+	var services []string
+	for _, svc := range snap.Services() {
+		for _, e := range svc.Endpoints {
+			if e.Addr.Unmap() != addr {
+				continue
+			}
+			if id, err := e.Identity(td, svc.Key.Namespace); err == nil {
+				ids = append(ids, id)
+				services = append(services, svc.Key.String())
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return fmt.Errorf("no mesh endpoint has address %s in %s: its sidecar, if any, holds it to the rules of every pod of its identity; "+
+			"check a Service with --to NAMESPACE/SERVICE", addr, view.where)
+	}
+	slices.SortFunc(ids, func(a, b spiffeid.ID) int { return strings.Compare(a.String(), b.String()) })
+	ids = slices.Compact(ids)
+	slices.Sort(services)
+	services = slices.Compact(services)
+	res := checkResult{Source: src.String(), Destination: netip.AddrPortFrom(addr, port).String(), Allowed: true}
+	var rules []string
+	for _, id := range ids {
+		d := snap.Inbound(src, id, []netip.Addr{addr}, port)
+		if len(ids) > 1 {
+			d.Rule = "pod of " + shortID(id, td) + ": " + d.Rule
+		}
+		res.Allowed = res.Allowed && d.Allowed
+		res.Ports = append(res.Ports, portDecision{Port: port, Allowed: d.Allowed, Rule: d.Rule})
+		rules = append(rules, d.Rule)
+	}
+	view.noteAssumedDefault(a.Stderr, rules)
+	if asJSON {
+		enc := json.NewEncoder(a.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else {
+		for _, d := range res.Ports {
+			verdict := "allowed"
+			if !d.Allowed {
+				verdict = "denied"
+			}
+			fmt.Fprintf(a.Stdout, "%s %s -> pod %s (%s): %s\n", verdict, shortID(src, td), res.Destination, strings.Join(services, ", "), d.Rule)
+		}
+	}
+	if !res.Allowed {
+		return fmt.Errorf("%w: %s may not reach pod %s", errDenied, shortID(src, td), res.Destination)
 	}
 	return nil
 }
@@ -398,17 +508,36 @@ func writeDOT(w io.Writer, pairs []discovery.Pair, td spiffeid.TrustDomain) erro
 	return err
 }
 
-// parseDestination parses NS/SERVICE[:PORT].
-func parseDestination(s string) (discovery.ServiceKey, string, error) {
+// destination is a parsed --to: a service and an optional port, or a pod
+// address and a port.
+type destination struct {
+	key  discovery.ServiceKey
+	pod  netip.Addr
+	port string
+}
+
+// parseDestination parses NS/SERVICE[:PORT] or POD-IP:PORT.
+func parseDestination(s string) (destination, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if ap.Addr().Zone() != "" {
+			return destination{}, fmt.Errorf("%w: --to %q: a pod address has no zone", errUsage, s)
+		}
+		return destination{pod: ap.Addr().Unmap(), port: strconv.Itoa(int(ap.Port()))}, nil
+	}
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		if _, err := netip.ParseAddr(host); err == nil {
+			return destination{}, fmt.Errorf("%w: --to %q: want POD-IP:PORT with a port in 1-65535", errUsage, s)
+		}
+	}
 	name, port, _ := strings.Cut(s, ":")
 	ns, svc, ok := strings.Cut(name, "/")
 	if !ok || ns == "" || svc == "" || strings.Contains(svc, "/") {
-		return discovery.ServiceKey{}, "", fmt.Errorf("%w: --to %q: want NAMESPACE/SERVICE[:PORT]", errUsage, s)
+		return destination{}, fmt.Errorf("%w: --to %q: want NAMESPACE/SERVICE[:PORT] or POD-IP:PORT", errUsage, s)
 	}
 	if strings.HasSuffix(s, ":") {
-		return discovery.ServiceKey{}, "", fmt.Errorf("%w: --to %q: empty port", errUsage, s)
+		return destination{}, fmt.Errorf("%w: --to %q: empty port", errUsage, s)
 	}
-	return discovery.ServiceKey{Namespace: ns, Name: svc}, port, nil
+	return destination{key: discovery.ServiceKey{Namespace: ns, Name: svc}, port: port}, nil
 }
 
 // sourceArg is a parsed --from: an exact SPIFFE ID, or a namespace and a
