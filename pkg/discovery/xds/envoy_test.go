@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -24,7 +23,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
@@ -188,8 +186,6 @@ func checkEnvoySemantics(res map[resource.Type][]types.Resource) error {
 // depth, typed configs included) and fits together as a stock Envoy
 // needs, for every identity of random meshes.
 func TestResourcesAreWhatEnvoyWouldRun(t *testing.T) {
-	var _ = corev3.Node{}
-	var _ = discoveryv1.NameTable{}
 	for seed := range uint64(20) {
 		r := rand.New(rand.NewPCG(seed, 14))
 		reg, err := discovery.NewRegistry(testutil.TrustDomain, []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3])
