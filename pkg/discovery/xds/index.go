@@ -25,11 +25,11 @@ import (
 )
 
 // index is what every node's view of one registry snapshot shares: the
-// services with their Cluster, ClusterLoadAssignment and inbound Listener
-// (each built once, when first needed, and shared by every node), the
-// distinct per-port decision lists the nodes' name tables are made of, the
-// known sources and candidate namespaces of the RBAC principals, and which
-// identity serves which service.
+// services with their Cluster, ClusterLoadAssignment and per-port RBAC
+// filter (each built once, when first needed, and shared by every node),
+// each identity's inbound Listener (built from its pods' chains, see
+// discovery.InboundChains), the distinct per-port decision lists the
+// nodes' name tables are made of, and which identity serves which service.
 //
 // An index built from the previous one (see newIndex) reuses what a change
 // did not touch. It relies on the contract of policy.Engine.Decide: the
@@ -38,8 +38,9 @@ import (
 // the source. (The mesh default and trust domain are the registry's, fixed.)
 // A service whose value, policies and default are unchanged is
 // "clean": every source gets the same decisions, Cluster and
-// ClusterLoadAssignment as before, and, if the known sources and candidate
-// namespaces are unchanged too, the same Listener.
+// ClusterLoadAssignment as before, and its ports the same RBAC filters
+// (policy.Engine.Admitted depends on nothing else). Listeners are built
+// again for each index, from those shared filters.
 type index struct {
 	snap          *discovery.Snapshot
 	clusterDomain string
