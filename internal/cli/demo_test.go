@@ -276,7 +276,8 @@ func TestDemoDuration(t *testing.T) {
 		`"decision":"deny", "destination":"default/db:5432", "rule":"policy allows no port of default/db"`,
 		`tether_sidecar_authz_denials_total{direction="outbound",destination="default/db:5432",reason="policy allows no port of default/db"} 1`,
 		"denied default/web -> default/db:5432: no AccessPolicy allows spiffe://cluster.local/ns/default/sa/web to default/db:5432",
-		`"rule":"no principal of inbound|15006 chain 5432|default/db:5432 (inbound_default_db_5432) admits spiffe://cluster.local/ns/default/sa/web"`,
+		`"rule":"no principal of inbound|15006 chain `, // then db's app port, the chain's target port
+		`|default/db:5432 (inbound_default_db_5432) admits spiffe://cluster.local/ns/default/sa/web"`,
 		" identity --socket ", " policy graph --mesh ", " policy check --mesh ", "/metrics",
 		"Stopping (--duration 4s is over)", ", 0 failed; web → db tried ",
 		"Stopped 8 processes", "nothing is left running", "Removed ")
