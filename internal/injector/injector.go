@@ -179,7 +179,7 @@ func (i *Injector) Serve(ctx context.Context, webhookL, adminL net.Listener) err
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(i.log.Handler(), slog.LevelDebug),
 	}
-	adm := admin.New(i.cfg.AdminAddr, i.certs.Ready, i.registry, i.log)
+	adm := admin.New(i.cfg.AdminAddr, i.certs.Ready, i.registry, i.log, admin.WithMetrics("injector", i.registry))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
