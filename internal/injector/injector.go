@@ -161,6 +161,7 @@ func (i *Injector) Serve(ctx context.Context, webhookL, adminL net.Listener) err
 
 	mux := http.NewServeMux()
 	mux.Handle("/mutate", i.webhook)
+	mux.Handle("/mutate-required", i.webhook.Required())
 	srv := &http.Server{
 		Handler: mux,
 		TLSConfig: &tls.Config{
