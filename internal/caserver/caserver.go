@@ -230,7 +230,7 @@ func (s *Service) Run(ctx context.Context) error {
 	server := identity.NewServer(s.ca, s.attestors, s.log)
 	g := server.GRPCServer()
 	adminGRPC := identity.NewAdminServer(s.ca, s.log).GRPCServer()
-	httpAdmin := admin.New(s.cfg.AdminAddr, s.ca.Ready, s.registry, s.log)
+	httpAdmin := admin.New(s.cfg.AdminAddr, s.ca.Ready, s.registry, s.log, admin.WithMetrics("ca", s.registry))
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)

@@ -216,25 +216,16 @@ func (k *kubeTargets) discovery(ctx context.Context) []discoveryStatus {
 	if err != nil {
 		return []discoveryStatus{{Source: "pods " + appLabelKey + "=" + discoveryAppLabel + " in " + k.opts.namespace, Error: err.Error()}}
 	}
+	// The API server's pod proxy reaches the pod IP, where /debug/sidecars
+	// is refused: it answers only on the pod's loopback (docs/sidecar.md,
+	// Security model: Admin ports).
 	out := make([]discoveryStatus, len(pods))
-	var wg sync.WaitGroup
-	for i := range pods {
-		p := &pods[i]
-		wg.Go(func() {
-			out[i] = discoveryStatus{Source: "pod " + p.Namespace + "/" + p.Name}
-			pctx, cancel := context.WithTimeout(ctx, k.opts.timeout)
-			defer cancel()
-			var body sidecarsBody
-			if err := k.proxyGet(pctx, p, adminPort(p), "/debug/sidecars", maxSidecarsBody, func(r io.Reader) error {
-				return decodeBody(r, maxSidecarsBody, &body)
-			}); err != nil {
-				out[i].Error = err.Error()
-				return
-			}
-			out[i].nodes, out[i].Sidecars = body.Sidecars, len(body.Sidecars)
-		})
+	for i, p := range pods {
+		port := adminPort(&p)
+		out[i] = discoveryStatus{Source: "pod " + p.Namespace + "/" + p.Name, Error: fmt.Sprintf(
+			"tether-discovery serves the list of sidecars (/debug/sidecars) only on its pod's loopback, which the API server's pod proxy cannot reach: "+
+				"run kubectl port-forward -n %s pod/%s %s and tether status --discovery-admin http://127.0.0.1:%s", p.Namespace, p.Name, port, port)}
 	}
-	wg.Wait()
 	return out
 }
 

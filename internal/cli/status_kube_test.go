@@ -124,32 +124,27 @@ func TestStatusKubernetes(t *testing.T) {
 		t.Skip("this machine has no non-loopback IPv4 address; the API server's pod proxy refuses loopback pod IPs, so the end-to-end part is skipped")
 	}
 	m := startStatusMesh(t, ip)
-	m.deny(t)
 	runningPod(ctx, t, env, "tether-system", "tether-ca-0", "tether-ca", map[string]string{"app.kubernetes.io/name": "tether-ca"}, port(t, m.caAdmin), ip, false)
 	runningPod(ctx, t, env, "tether-system", "tether-discovery-0", "tether-discovery", map[string]string{"app.kubernetes.io/name": "tether-discovery"}, port(t, m.discAdmin), ip, false)
-	for _, name := range []string{"web", "db", "ghost"} {
-		runningPod(ctx, t, env, "default", name+"-7d9f", name, map[string]string{"app": name}, 0, ip, true)
-	}
 
-	web, db := "spiffe://cluster.local/ns/default/sa/web", "spiffe://cluster.local/ns/default/sa/db"
-	eventuallyNoFatal(t, "the mesh through the pod proxy", 30*time.Second, func() bool {
+	eventuallyNoFatal(t, "the CA through the pod proxy", 30*time.Second, func() bool {
 		s, errOut, code = statusOf(t, "--kubeconfig", admin)
-		return len(s.Sidecars) == 3 && hasDenial(s, web, "outbound", "policy allows no port") && hasDenial(s, db, "inbound", "admits "+web)
+		return s.CA != nil && s.CA.Error == ""
 	})
 	if s.CA == nil || s.CA.Error != "" || s.CA.Source != "pod tether-system/tether-ca-0 /metrics" || s.CA.BundleSequence != 1 ||
 		len(s.CA.Generations) != 1 || s.CA.Generations[0].State != "active" || time.Until(s.CA.Generations[0].RootExpires) < 360*24*time.Hour {
 		t.Errorf("CA through the pod proxy: %+v", s.CA)
 	}
-	if len(s.Discovery) != 1 || s.Discovery[0].Source != "pod tether-system/tether-discovery-0" || s.Discovery[0].Sidecars != 3 {
+	// Discovery's list of sidecars answers only on its pod's loopback
+	// (issue 11 item 4), which the pod proxy cannot reach: the status
+	// says so and how to reach it.
+	if len(s.Discovery) != 1 || s.Discovery[0].Source != "pod tether-system/tether-discovery-0" || s.Discovery[0].Sidecars != 0 ||
+		!strings.Contains(s.Discovery[0].Error, "only on its pod's loopback") ||
+		!strings.Contains(s.Discovery[0].Error, "kubectl port-forward -n tether-system pod/tether-discovery-0 "+strconv.Itoa(port(t, m.discAdmin))) {
 		t.Errorf("discovery through the pod proxy: %+v", s.Discovery)
 	}
-	for i, want := range []string{"default/db-7d9f", "default/ghost-7d9f", "default/web-7d9f"} {
-		if i < len(s.Sidecars) && s.Sidecars[i].Pod != want {
-			t.Errorf("sidecar %s found as pod %q, want %s", s.Sidecars[i].SpiffeID, s.Sidecars[i].Pod, want)
-		}
-	}
-	if code != 1 || len(s.Problems) != 1 || !strings.Contains(s.Problems[0], "ghost") || !strings.Contains(s.Problems[0], "through the API server's pod proxy") {
-		t.Errorf("exit %d, problems %q (want the ghost's admin port, which nobody answers)", code, s.Problems)
+	if code != 1 || len(s.Problems) != 1 {
+		t.Errorf("exit %d, problems %q (want discovery's)", code, s.Problems)
 	}
 	out, _, _ := run(t, "status", "--kubeconfig", admin)
 	t.Logf("tether status --kubeconfig:\n%s", out)

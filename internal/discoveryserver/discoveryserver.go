@@ -77,7 +77,8 @@ type Config struct {
 	// configuration at once (xds.Server.MaxConcurrentSyncs; default
 	// xds.DefaultMaxConcurrentSyncs).
 	MaxConcurrentSyncs int
-	// AdminAddr serves /healthz, /readyz, /metrics and /debug/sidecars.
+	// AdminAddr serves /healthz, /readyz and /metrics to every caller, and
+	// /debug/sidecars only to callers on loopback.
 	AdminAddr string
 
 	// CAAddr is tether-ca; BundleFile verifies it at bootstrap. JoinToken
@@ -401,8 +402,8 @@ func (s *Server) Run(ctx context.Context) error {
 
 	g := s.grpcServer()
 	s.xds.Register(g)
-	httpAdmin := admin.New(s.cfg.AdminAddr, s.Ready, s.registry, s.log)
-	httpAdmin.Mux.HandleFunc("GET /debug/sidecars", s.debugSidecars)
+	httpAdmin := admin.New(s.cfg.AdminAddr, s.Ready, s.registry, s.log, admin.WithMetrics("discovery", s.registry))
+	httpAdmin.HandleLocal("GET /debug/sidecars", s.debugSidecars)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)

@@ -161,6 +161,7 @@ func (i *Injector) Serve(ctx context.Context, webhookL, adminL net.Listener) err
 
 	mux := http.NewServeMux()
 	mux.Handle("/mutate", i.webhook)
+	mux.Handle("/mutate-required", i.webhook.Required())
 	srv := &http.Server{
 		Handler: mux,
 		TLSConfig: &tls.Config{
@@ -179,7 +180,7 @@ func (i *Injector) Serve(ctx context.Context, webhookL, adminL net.Listener) err
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(i.log.Handler(), slog.LevelDebug),
 	}
-	adm := admin.New(i.cfg.AdminAddr, i.certs.Ready, i.registry, i.log)
+	adm := admin.New(i.cfg.AdminAddr, i.certs.Ready, i.registry, i.log, admin.WithMetrics("injector", i.registry))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

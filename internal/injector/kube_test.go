@@ -66,8 +66,10 @@ func startKubeInjector(t *testing.T) *kubeInjector {
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := "https://" + wl.Addr().String() + "/mutate"
-	mwc.Webhooks[0].ClientConfig = admissionregv1.WebhookClientConfig{URL: &url}
+	for i := range mwc.Webhooks {
+		url := "https://" + wl.Addr().String() + *mwc.Webhooks[i].ClientConfig.Service.Path
+		mwc.Webhooks[i].ClientConfig = admissionregv1.WebhookClientConfig{URL: &url}
+	}
 	if _, err := mwcs.Update(ctx, mwc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -259,6 +261,57 @@ func TestWebhookOnAPIServer(t *testing.T) {
 		assertInjected(t, a)
 		if injectedPart(a) != injectedPart(b) {
 			t.Errorf("two pods of one spec were injected differently:\n%s\n%s", injectedPart(a), injectedPart(b))
+		}
+	})
+	t.Run("decoy sidecar refused", func(t *testing.T) {
+		// A pod that brings its own tether-sidecar is not taken as
+		// injected: it is refused, saying why.
+		p := appPod("decoy")
+		p.Spec.InitContainers = []corev1.Container{{Name: inject.SidecarContainerName, Image: "busybox", Command: []string{"sleep", "infinity"},
+			RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)}}
+		_, err := env.Client.CoreV1().Pods("meshed").Create(ctx, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "not what tether-injector adds") {
+			t.Fatalf("err %v, want a refusal saying the containers are not what tether-injector adds", err)
+		}
+		p = appPod("decoy-app")
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: inject.SidecarContainerName, Image: "busybox"})
+		if _, err := env.Client.CoreV1().Pods("meshed").Create(ctx, p, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "reserved") {
+			t.Fatalf("app container named %s: err %v, want a refusal", inject.SidecarContainerName, err)
+		}
+	})
+	t.Run("stored injected spec created again", func(t *testing.T) {
+		// What the API server stored (with its defaults) is what the
+		// injector made: verified, left as it is.
+		a := create(t, env, "meshed", appPod("first"))
+		b := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "copy", Labels: a.Labels, Annotations: a.Annotations}, Spec: *a.Spec.DeepCopy()}
+		b.Spec.NodeName = ""
+		got := create(t, env, "meshed", b)
+		assertInjected(t, got)
+		if injectedPart(a) != injectedPart(got) {
+			t.Errorf("the copy differs:\n%s\n%s", injectedPart(a), injectedPart(got))
+		}
+		// The same with its sidecar's image swapped is refused.
+		c := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "tampered", Labels: a.Labels, Annotations: a.Annotations}, Spec: *a.Spec.DeepCopy()}
+		c.Spec.InitContainers[1].Image = "busybox"
+		if _, err := env.Client.CoreV1().Pods("meshed").Create(ctx, c, metav1.CreateOptions{}); err == nil ||
+			!strings.Contains(err.Error(), "tether-sidecar's Image is not what this injector sets") {
+			t.Fatalf("tampered copy: err %v, want a refusal naming the sidecar's Image", err)
+		}
+	})
+	t.Run("required namespace", func(t *testing.T) {
+		namespace(t, env, "locked", map[string]string{inject.InjectLabel: inject.RequiredValue})
+		assertInjected(t, create(t, env, "locked", appPod("web-1")))
+		p := appPod("opted-out")
+		p.Labels[inject.InjectLabel] = "disabled"
+		if _, err := env.Client.CoreV1().Pods("locked").Create(ctx, p, metav1.CreateOptions{}); err == nil ||
+			!strings.Contains(err.Error(), "opt-out label tether.dev/inject=disabled is refused") {
+			t.Fatalf("opt-out in a required namespace: err %v, want a refusal", err)
+		}
+		p = appPod("host")
+		p.Spec.HostNetwork = true
+		if _, err := env.Client.CoreV1().Pods("locked").Create(ctx, p, metav1.CreateOptions{}); err == nil ||
+			!strings.Contains(err.Error(), "requires injection") {
+			t.Fatalf("hostNetwork in a required namespace: err %v, want a refusal", err)
 		}
 	})
 	t.Run("bad annotation refused", func(t *testing.T) {

@@ -175,6 +175,18 @@ func TestManifestsRender(t *testing.T) {
 			t.Errorf("namespaceSelector %s lacks %s", sel, want)
 		}
 	}
+	// tether.dev/inject=required: every pod (no objectSelector) goes to
+	// /mutate-required, which refuses opt-outs; failing closed.
+	if len(hooks) != 2 {
+		t.Fatalf("%d webhooks, want inject and inject-required", len(hooks))
+	}
+	r := hooks[1].(map[string]any)
+	rsel, _ := json.Marshal(r["namespaceSelector"])
+	path, _, _ := unstructured.NestedString(r, "clientConfig", "service", "path")
+	if r["objectSelector"] != nil || path != "/mutate-required" || fmt.Sprint(r["failurePolicy"]) != "Fail" ||
+		!strings.Contains(string(rsel), `"required"`) || !strings.Contains(string(rsel), `"kube-system"`) {
+		t.Errorf("required webhook: path %q, selectors %s / %v, failurePolicy %v", path, rsel, r["objectSelector"], r["failurePolicy"])
+	}
 	// The injector injects the image it runs from.
 	inj := find(base, "Deployment", "tether-injector")
 	ctrs, _, _ := unstructured.NestedSlice(inj.Object, "spec", "template", "spec", "containers")

@@ -34,7 +34,7 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")
 	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token (standalone; env TETHER_JOIN_TOKEN)")
 	fs.StringVar(&c.TokenFile, "token-file", "", "projected ServiceAccount token (default "+ProjectedTokenPath+" when it exists and no join token is given)")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15020", "admin address: /healthz/ready, /metrics, /debug/identity, /debug/discovery, /debug/denials, POST /quitquitquit")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15020", "admin address: /healthz/ready, /healthz/live, /app-health/..., /metrics to every caller; /debug/identity, /debug/discovery, /debug/denials, POST /quitquitquit only to callers on loopback")
 	fs.StringVar(&c.WorkloadSocket, "workload-socket", "/run/tether/workload.sock", "SPIFFE Workload API unix socket (empty: off)")
 	fs.Func("inbound", "explicit inbound listener LISTEN=APP, e.g. 127.0.0.1:15006=127.0.0.1:8080 (repeatable)", func(v string) error {
 		l, app, ok := strings.Cut(v, "=")

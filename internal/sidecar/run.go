@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	tadmin "github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/workload"
@@ -138,8 +139,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); s.agent.Run(agentCtx) }()
 
-	admin := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
-	go admin.Serve(adminL)
+	admin := s.cfg.AdminLimits.HTTPServer(s.adminHandler(), s.log)
+	go admin.Serve(s.cfg.AdminLimits.Listener(adminL, s.adminMetrics, s.log))
 
 	if s.cfg.WorkloadSocket != "" {
 		wl, err := workload.Listen(s.cfg.WorkloadSocket)
@@ -222,8 +223,11 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	return runErr
 }
 
-// adminHandler serves the admin port (:15020).
+// adminHandler serves the admin port (:15020): what the kubelet and
+// Prometheus need to every caller, the rest (which says what the pod may
+// reach, or stops the sidecar) only to callers on the pod's loopback.
 func (s *Sidecar) adminHandler() http.Handler {
+	local := func(h http.HandlerFunc) http.Handler { return tadmin.LocalOnly(h, s.adminMetrics) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if err := s.agent.Ready(); err != nil {
@@ -241,15 +245,15 @@ func (s *Sidecar) adminHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("GET /debug/discovery", s.debugDiscovery)
-	mux.HandleFunc("GET /debug/denials", s.debugDenials)
+	mux.Handle("GET /debug/discovery", local(s.debugDiscovery))
+	mux.Handle("GET /debug/denials", local(s.debugDenials))
 	mux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, _ *http.Request) {
+	mux.Handle("POST /quitquitquit", local(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "draining and exiting")
 		s.Quit()
-	})
-	mux.HandleFunc("GET /debug/identity", func(w http.ResponseWriter, _ *http.Request) {
+	}))
+	mux.Handle("GET /debug/identity", local(func(w http.ResponseWriter, _ *http.Request) {
 		svid, err := s.agent.GetX509SVID()
 		if err != nil {
 			http.Error(w, "no identity yet: "+err.Error(), http.StatusServiceUnavailable)
@@ -275,7 +279,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 			"roots_sha256":       roots,
 			"jwt_key_ids":        keys(b.JWTAuthorities()),
 		})
-	})
+	}))
 	// Probes rewritten by tether-injector (probes.go).
 	mountAppProbes(mux, os.Getenv(AppProbesEnv), os.Getenv(PodIPEnv), s.log)
 	return mux

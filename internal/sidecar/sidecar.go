@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -86,7 +87,13 @@ type Config struct {
 	JoinToken string
 	TokenFile string
 
-	AdminAddr      string
+	// AdminAddr serves the kubelet and Prometheus (/healthz/ready,
+	// /healthz/live, /app-health/..., /metrics) to every caller, and
+	// /debug/... and POST /quitquitquit only to callers on loopback.
+	AdminAddr string
+	// AdminLimits bound the admin port's connections (zero:
+	// admin.DefaultLimits).
+	AdminLimits    admin.Limits
 	WorkloadSocket string
 
 	// Explicit mode listeners.
@@ -237,9 +244,11 @@ type Sidecar struct {
 	cfg      Config
 	log      *slog.Logger
 	registry *prometheus.Registry
-	agent    *agent.Agent
-	proxy    *proxy.Proxy
-	closers  []io.Closer
+	// adminMetrics count what the admin port refuses.
+	adminMetrics *admin.Metrics
+	agent        *agent.Agent
+	proxy        *proxy.Proxy
+	closers      []io.Closer
 	// view is discovery's current view of this identity (nil before the
 	// first, or without discovery); dns is the DNS server, if on.
 	view atomic.Pointer[xdsclient.View]
@@ -260,6 +269,7 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, registry: prometheus.NewRegistry(), addrs: map[string]net.Addr{}, quit: make(chan struct{})}
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.adminMetrics = admin.NewMetrics("sidecar", s.registry)
 	bundle, err := identity.LoadBundlePEM(cfg.BundleFile, cfg.TrustDomain)
 	if err != nil {
 		return nil, err

@@ -22,8 +22,10 @@ import (
 // Names from the Kubernetes contract (DESIGN.md).
 const (
 	// InjectLabel on a namespace (enabled) turns injection on; on a pod
-	// (disabled) it opts the pod out.
-	InjectLabel = "tether.dev/inject"
+	// (disabled) it opts the pod out. A namespace labelled required
+	// (RequiredValue) is injected and refuses pods that opt out.
+	InjectLabel   = "tether.dev/inject"
+	RequiredValue = "required"
 
 	AnnotationExcludeInboundPorts  = "tether.dev/exclude-inbound-ports"
 	AnnotationExcludeOutboundPorts = "tether.dev/exclude-outbound-ports"
@@ -178,17 +180,55 @@ type Result struct {
 // namespace ns (the admission request's namespace: a pod created with
 // generateName may not carry it yet). A bad annotation is an error wrapping
 // ErrInvalidAnnotation; the pod must then be refused.
+//
+// A pod that already carries tether-init or tether-sidecar is left as it
+// is only if they are exactly what this injector adds for it
+// (reinvocation, or a stored injected spec created again); otherwise it
+// is refused with an error wrapping ErrNotOurInjection.
 func (c *Config) Mutate(pod *corev1.Pod, ns string) (Result, error) {
+	return c.mutate(pod, ns, false)
+}
+
+// MutateRequired is Mutate for a namespace labelled
+// tether.dev/inject=required (RequiredValue): a pod that opts out or
+// cannot be injected (hostNetwork) is refused with an error wrapping
+// ErrInjectionRequired, so no pod of the namespace runs without a
+// sidecar.
+func (c *Config) MutateRequired(pod *corev1.Pod, ns string) (Result, error) {
+	return c.mutate(pod, ns, true)
+}
+
+func (c *Config) mutate(pod *corev1.Pod, ns string, required bool) (Result, error) {
 	if ns == "" {
 		ns = pod.Namespace
 	}
+	if neverInjected[ns] {
+		return Result{Skipped: "namespace " + ns + " is never injected"}, nil
+	}
+	if required {
+		switch {
+		case pod.Labels[InjectLabel] == "disabled":
+			return Result{}, fmt.Errorf("%w: namespace %s is labelled %s=%s, so the pod's opt-out label %s=disabled is refused",
+				ErrInjectionRequired, ns, InjectLabel, RequiredValue, InjectLabel)
+		case pod.Spec.HostNetwork:
+			return Result{}, fmt.Errorf("%w: namespace %s is labelled %s=%s and a hostNetwork pod cannot be injected (capture rules would apply to the node's network)",
+				ErrInjectionRequired, ns, InjectLabel, RequiredValue)
+		}
+	}
 	switch {
-	case hasContainer(pod, SidecarContainerName):
-		return Result{Skipped: "already injected"}, nil
+	case hasContainer(pod, SidecarContainerName) || hasContainer(pod, InitContainerName):
+		// Checked before the opt-out: a pod that opts out must not also
+		// pass for an injected one.
+		opts, err := parseAnnotations(pod.Annotations)
+		if err != nil {
+			return Result{}, err
+		}
+		if err := c.verifyInjected(pod, opts); err != nil {
+			return Result{}, err
+		}
+		return Result{Skipped: "already injected (verified)"}, nil
 	case pod.Labels[InjectLabel] == "disabled":
 		return Result{Skipped: "opted out with label " + InjectLabel + "=disabled"}, nil
-	case neverInjected[ns]:
-		return Result{Skipped: "namespace " + ns + " is never injected"}, nil
 	case pod.Spec.HostNetwork:
 		return Result{
 			Skipped:  "hostNetwork",
@@ -245,7 +285,9 @@ func (c *Config) Mutate(pod *corev1.Pod, ns string) (Result, error) {
 	return res, nil
 }
 
-// Injected reports whether pod already carries the sidecar.
+// Injected reports whether pod carries a container named tether-sidecar
+// (for readers of stored pods; admission decides with Mutate, which
+// verifies the containers themselves).
 func Injected(pod *corev1.Pod) bool { return hasContainer(pod, SidecarContainerName) }
 
 func hasContainer(pod *corev1.Pod, name string) bool {

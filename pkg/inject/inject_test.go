@@ -106,7 +106,7 @@ func TestGolden(t *testing.T) {
 			injected := apply(t, pod, res.Patch)
 			checkInjected(t, pod, injected)
 			again, err := cfg.Mutate(injected, injected.Namespace)
-			if err != nil || !again.Patch.Empty() || again.Skipped != "already injected" {
+			if err != nil || !again.Patch.Empty() || again.Skipped != "already injected (verified)" {
 				t.Errorf("second injection: patch %v skipped %q err %v, want nothing", again.Patch, again.Skipped, err)
 			}
 		})
@@ -251,9 +251,6 @@ func TestMutateSkips(t *testing.T) {
 		{"hostNetwork", func(p *corev1.Pod) { p.Spec.HostNetwork = true }, "shop", "hostNetwork", true},
 		{"tether-system", func(p *corev1.Pod) {}, "tether-system", "never injected", false},
 		{"kube-system", func(p *corev1.Pod) {}, "kube-system", "never injected", false},
-		{"sidecar present", func(p *corev1.Pod) {
-			p.Spec.InitContainers = []corev1.Container{{Name: SidecarContainerName}}
-		}, "shop", "already injected", false},
 		// Annotations are not even parsed on a pod that is skipped.
 		{"opt-out with bad annotation", func(p *corev1.Pod) {
 			p.Labels = map[string]string{InjectLabel: "disabled"}

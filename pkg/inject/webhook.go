@@ -39,6 +39,18 @@ type Webhook struct {
 	log      *slog.Logger
 	results  *prometheus.CounterVec
 	duration prometheus.Histogram
+	// required: the namespaces this handler is called for are labelled
+	// tether.dev/inject=required (MutateRequired).
+	required bool
+}
+
+// Required returns the handler for namespaces labelled
+// tether.dev/inject=required: the same webhook, which refuses pods that
+// opt out (Config.MutateRequired). It shares the metrics.
+func (w *Webhook) Required() *Webhook {
+	r := *w
+	r.required = true
+	return &r
 }
 
 // NewWebhook returns the webhook for a validated cfg. maxBytes ≤ 0 means
@@ -171,7 +183,11 @@ func (w *Webhook) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissi
 	}
 	log := w.log.With(slog.String("uid", string(req.UID)), slog.String("namespace", req.Namespace),
 		slog.String("pod", name), slog.Bool("dry_run", req.DryRun != nil && *req.DryRun))
-	res, err := w.cfg.Mutate(&pod, req.Namespace)
+	mutate := w.cfg.Mutate
+	if w.required {
+		mutate = w.cfg.MutateRequired
+	}
+	res, err := mutate(&pod, req.Namespace)
 	if err != nil {
 		log.Info("pod refused", slog.Any("error", err))
 		return deny(http.StatusBadRequest, "tether-injector: "+err.Error()), ResultRejected

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -106,12 +107,13 @@ func TestInjectedPodRuns(t *testing.T) {
 	checkCreds(t, web.proc, inject.ProxyUID, "0000000000000000")
 	app, kubelet := web.app, m.kubelet
 
-	// The identity: on the admin port, and through the Workload API socket
-	// at the path the app container's SPIFFE_ENDPOINT_SOCKET names.
+	// The identity: on the admin port (from inside the pod, on loopback),
+	// and through the Workload API socket at the path the app container's
+	// SPIFFE_ENDPOINT_SOCKET names.
 	want := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
-	body, err := get(kubelet, web.admin("/debug/identity"))
-	if err != nil {
-		t.Fatal(err)
+	code, body := web.local("GET", "/debug/identity")
+	if code != http.StatusOK {
+		t.Fatalf("GET /debug/identity on the pod's loopback: %d %s", code, body)
 	}
 	var ident struct {
 		SPIFFEID string `json:"spiffe_id"`
@@ -153,8 +155,27 @@ func TestInjectedPodRuns(t *testing.T) {
 	if view.SpiffeID != want.String() || view.Discovery != "tether-discovery.tether-system.svc:15010" {
 		t.Fatalf("sidecar's /debug/discovery: %+v", view)
 	}
-	if body, err := get(kubelet, m.discoveryAdmin("/debug/sidecars")); err != nil || !strings.Contains(body, want.String()) {
-		t.Fatalf("discovery's /debug/sidecars does not list %s: %v\n%s", want, err, body)
+	if code, body := m.discoveryLocal("/debug/sidecars"); code != http.StatusOK || !strings.Contains(body, want.String()) {
+		t.Fatalf("discovery's /debug/sidecars (on its loopback) does not list %s: %d\n%s", want, code, body)
+	}
+
+	// From the node (or any other pod), at the pod IPs, the admin ports
+	// answer only what the kubelet and Prometheus need (issue 11 item 4).
+	for _, path := range []string{"/debug/identity", "/debug/discovery", "/debug/denials"} {
+		if body, err := get(kubelet, web.admin(path)); err == nil || !strings.Contains(body, "served only to callers on loopback") {
+			t.Errorf("GET %s at the pod IP: %v %q, want 403", path, err, body)
+		}
+	}
+	if body, err := get(kubelet, m.discoveryAdmin("/debug/sidecars")); err == nil || !strings.Contains(body, "served only to callers on loopback") {
+		t.Errorf("discovery's /debug/sidecars at its pod IP: %v %q, want 403", err, body)
+	}
+	if resp, err := kubelet.Post(web.admin("/quitquitquit"), "", nil); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("POST /quitquitquit at the pod IP: %v %v, want 403", err, resp)
+	} else {
+		resp.Body.Close()
+	}
+	if _, err := get(kubelet, web.admin("/healthz/ready")); err != nil {
+		t.Errorf("the sidecar is not ready after the refused /quitquitquit: %v", err)
 	}
 
 	// Through the sidecar: the app's rewritten readiness probe passes
@@ -324,8 +345,10 @@ func startInjector(t *testing.T, env *kubetest.Env) *lockedBuffer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hook := "https://" + wl.Addr().String() + "/mutate"
-	mwc.Webhooks[0].ClientConfig = admissionregv1.WebhookClientConfig{URL: &hook}
+	for i := range mwc.Webhooks {
+		hook := "https://" + wl.Addr().String() + *mwc.Webhooks[i].ClientConfig.Service.Path
+		mwc.Webhooks[i].ClientConfig = admissionregv1.WebhookClientConfig{URL: &hook}
+	}
 	if _, err := mwcs.Update(ctx, mwc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

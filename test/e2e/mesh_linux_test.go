@@ -41,6 +41,7 @@ type mesh struct {
 	began   time.Time
 
 	caAdminAddr, discAdminAddr netip.AddrPort
+	discNS                     *netns.NS // tether-discovery's pod network
 }
 
 // startMesh builds the binaries, starts the API server, applies
@@ -167,6 +168,7 @@ func startMesh(t *testing.T, namespace string, serviceAccounts ...string) *mesh 
 	})
 	disc.waitProbe(m.kubelet, discCtr, discCtr.ReadinessProbe, discProc, 30*time.Second)
 	m.discAdminAddr = netip.AddrPortFrom(discIP, uint16(disc.port(discCtr, discCtr.ReadinessProbe.HTTPGet.Port)))
+	m.discNS = discNet
 	// kube-proxy: the Service's ClusterIP and ports lead to the ready pod.
 	for _, p := range discSvc.Spec.Ports {
 		kubeProxy(t, node, discSvc.Spec.ClusterIP, int(p.Port), netip.AddrPortFrom(discIP, uint16(disc.port(discCtr, p.TargetPort))))
@@ -195,6 +197,13 @@ func checkSelects(t *testing.T, svc *corev1.Service, pod *corev1.Pod) {
 
 func (m *mesh) caAdmin(path string) string        { return "http://" + m.caAdminAddr.String() + path }
 func (m *mesh) discoveryAdmin(path string) string { return "http://" + m.discAdminAddr.String() + path }
+
+// discoveryLocal GETs path on discovery's admin port from inside its pod,
+// on loopback (as kubectl exec would), where /debug/sidecars answers.
+func (m *mesh) discoveryLocal(path string) (int, string) {
+	m.t.Helper()
+	return m.discNS.HTTP(m.t, netip.Addr{}, "GET", "http://"+netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), m.discAdminAddr.Port()).String()+path)
+}
 
 // meshPod is an injected pod running on the node.
 type meshPod struct {
@@ -300,6 +309,14 @@ func (p *meshPod) admin(path string) string {
 	return fmt.Sprintf("http://%s%s", netip.AddrPortFrom(p.ip, uint16(port)), path)
 }
 
+// local makes a request to the sidecar's admin port from inside the pod,
+// on loopback, where /debug/... and /quitquitquit answer.
+func (p *meshPod) local(method, path string) (int, string) {
+	p.m.t.Helper()
+	port := p.rt.port(p.sidecar, p.sidecar.ReadinessProbe.HTTPGet.Port)
+	return p.ns.HTTP(p.m.t, netip.Addr{}, method, fmt.Sprintf("http://%s%s", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), path))
+}
+
 // sidecarView is the sidecar's GET /debug/discovery.
 type sidecarView struct {
 	Discovery string `json:"discovery"`
@@ -345,9 +362,9 @@ func (v sidecarView) endpoints(service string) []string {
 
 func (p *meshPod) view() sidecarView {
 	p.m.t.Helper()
-	body, err := get(p.m.kubelet, p.admin("/debug/discovery"))
-	if err != nil {
-		p.m.t.Fatalf("%s: %v", p.pod.Name, err)
+	code, body := p.local("GET", "/debug/discovery")
+	if code != http.StatusOK {
+		p.m.t.Fatalf("%s: GET /debug/discovery on loopback: %d %s", p.pod.Name, code, body)
 	}
 	var v sidecarView
 	if err := json.Unmarshal([]byte(body), &v); err != nil {
