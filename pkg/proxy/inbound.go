@@ -107,7 +107,7 @@ func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
 		}
 	}
 	hctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
-	tc := tls.Server(conn, p.serverTLS)
+	tc := tls.Server(&alertConn{Conn: conn}, p.serverTLS)
 	start := time.Now()
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -122,7 +122,8 @@ func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
 		err = fmt.Errorf("client did not negotiate ALPN %s", ALPN)
 	}
 	if err != nil {
-		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: err.Error()})
+		// The handshake verified the caller's SVID: name it.
+		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), SourceID: src.String(), Reason: err.Error()})
 		return
 	}
 	t := newTunnel(tc, src, st.PeerCertificates[0].NotAfter)

@@ -127,6 +127,7 @@ func New(cfg Config) (*Proxy, error) {
 	server := tlsconfig.MTLSServerConfig(cfg.Identity, cfg.Identity, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain))
 	server.MinVersion = tls.VersionTLS13
 	server.NextProtos = []string{ALPN}
+	server.GetConfigForClient = refuseWithoutALPN
 	return &Proxy{
 		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, pool: newPool(64, poolTTL),
 		slots:     map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
