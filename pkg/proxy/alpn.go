@@ -30,6 +30,9 @@ var alertNoApplicationProtocol = []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 120}
 type alertConn struct {
 	net.Conn
 	refused atomic.Bool
+	// gate and pd, if set, learn when the ClientHello has arrived.
+	gate *pendingGate
+	pd   *pending
 }
 
 func (c *alertConn) Write(b []byte) (int, error) {
@@ -43,10 +46,14 @@ func (c *alertConn) Write(b []byte) (int, error) {
 // config) for a ClientHello offering tether/1, else it sends the
 // no_application_protocol alert and fails the handshake.
 func refuseWithoutALPN(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+	ac, _ := chi.Conn.(*alertConn)
 	if slices.Contains(chi.SupportedProtos, ALPN) {
+		if ac != nil && ac.gate != nil && ac.pd != nil {
+			ac.gate.hello(ac.pd)
+		}
 		return nil, nil
 	}
-	if ac, ok := chi.Conn.(*alertConn); ok && ac.refused.CompareAndSwap(false, true) {
+	if ac != nil && ac.refused.CompareAndSwap(false, true) {
 		ac.Conn.Write(alertNoApplicationProtocol)
 	}
 	return nil, fmt.Errorf("the client does not offer ALPN %s (it offers %q, server name %q): refused with no_application_protocol", ALPN, chi.SupportedProtos, chi.ServerName)
