@@ -47,7 +47,10 @@ type setup struct {
 // pair is a started setup: the client connects to entry.
 type pair struct {
 	entry string
-	procs []*child // A, then B
+	// target is the server-side proxy's listener (tether: sidecar B's
+	// inbound), which the flood subcommand attacks.
+	target string
+	procs  []*child // A, then B
 	// note, if set, says something about the run after the workloads.
 	note func() string
 }
@@ -233,6 +236,7 @@ func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
 		return nil, err
 	}
 	p.note = func() string { return tetherNote(ctx, "http://"+a[2]+"/metrics") }
+	p.target = a[1]
 	return p, nil
 }
 
