@@ -1,17 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -80,6 +83,8 @@ type floodResult struct {
 	legit          loadResult
 	rssMax, hwm    int64 // B's, bytes
 	held, attempts int64 // attacker connections open at the end; dials
+	// counters are the sidecars' connection results, for the log.
+	counters string
 }
 
 func flood(ctx context.Context, cfg floodConfig) error {
@@ -125,8 +130,8 @@ func flood(ctx context.Context, cfg floodConfig) error {
 				return fmt.Errorf("round %d, %s: %w", r+1, v, err)
 			}
 			results[v] = append(results[v], res)
-			fmt.Fprintf(os.Stderr, "round %d  %-13s legit %8.0f conn/s, %d errors (first: %v), p99 %.2fms; B RSS max %.1f MiB, HWM %.1f MiB; attackers held %d of %d dials\n",
-				r+1, v, res.legit.Rate(), res.legit.Errors, res.legit.FirstErr, us(res.legit.P99)/1000, mib(res.rssMax), mib(res.hwm), res.held, res.attempts)
+			fmt.Fprintf(os.Stderr, "round %d  %-13s legit %8.0f conn/s, %d errors (first: %v), p99 %.2fms; B RSS max %.1f MiB, HWM %.1f MiB; attackers held %d of %d dials;%s\n",
+				r+1, v, res.legit.Rate(), res.legit.Errors, res.legit.FirstErr, us(res.legit.P99)/1000, mib(res.rssMax), mib(res.hwm), res.held, res.attempts, res.counters)
 		}
 	}
 	fmt.Printf("| variant | legit conn/s | vs baseline | legit errors | p99 ms | B RSS max MiB | B VmHWM MiB | attackers held at end |\n|---|---|---|---|---|---|---|---|\n")
@@ -203,6 +208,9 @@ func floodRound(ctx context.Context, e *env, cfg floodConfig, flooded bool, dir 
 	l := cfg.legit
 	l.addr = p.entry
 	res.legit, err = newConns(ctx, l)
+	for i, side := range []string{"A", "B"} {
+		res.counters += " " + side + ":" + sidecarCounters(ctx, p.admins[i])
+	}
 	for _, a := range attackers {
 		a.stop()
 		held, attempts, err := attackResult(a)
@@ -366,4 +374,31 @@ func startAttack(ctx context.Context, target string, first, n, perSource int) *a
 func (a *attack) stop() {
 	a.cancel()
 	a.wg.Wait()
+}
+
+// sidecarCounters reads a tether sidecar's connection results and
+// unauthenticated rejections from its /metrics, as "name{labels}=value"
+// pairs.
+func sidecarCounters(ctx context.Context, admin string) string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/metrics", nil)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "metrics: " + err.Error()
+	}
+	defer resp.Body.Close()
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		for _, name := range []string{"tether_sidecar_connections_total", "tether_sidecar_unauthenticated_rejections_total", "tether_sidecar_connection_limit_rejections_total"} {
+			if rest, ok := strings.CutPrefix(sc.Text(), name); ok {
+				out = append(out, strings.TrimPrefix(name, "tether_sidecar_")+strings.Replace(rest, " ", "=", 1))
+			}
+		}
+	}
+	return strings.Join(out, " ")
 }

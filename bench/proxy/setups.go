@@ -48,8 +48,10 @@ type setup struct {
 type pair struct {
 	entry string
 	// target is the server-side proxy's listener (tether: sidecar B's
-	// inbound), which the flood subcommand attacks.
+	// inbound), which the flood subcommand attacks; admins are the tether
+	// sidecars' admin addresses (A, then B).
 	target string
+	admins []string
 	procs  []*child // A, then B
 	// note, if set, says something about the run after the workloads.
 	note func() string
@@ -236,7 +238,7 @@ func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
 		return nil, err
 	}
 	p.note = func() string { return tetherNote(ctx, "http://"+a[2]+"/metrics") }
-	p.target = a[1]
+	p.target, p.admins = a[1], []string{a[2], a[3]}
 	return p, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"sync/atomic"
+	"time"
 )
 
 // A client that offers ALPN protocols none of which is tether/1 is refused
@@ -30,9 +31,12 @@ var alertNoApplicationProtocol = []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 120}
 type alertConn struct {
 	net.Conn
 	refused atomic.Bool
-	// gate and pd, if set, learn when the ClientHello has arrived.
-	gate *pendingGate
-	pd   *pending
+	// gate and pd, if set, learn when the ClientHello has arrived; the
+	// handshake's deadline is then moved to helloDeadline (if set): a
+	// caller that speaks gets the full handshake time even under pressure.
+	gate          *pendingGate
+	pd            *pending
+	helloDeadline time.Time
 }
 
 func (c *alertConn) Write(b []byte) (int, error) {
@@ -50,6 +54,9 @@ func refuseWithoutALPN(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 	if slices.Contains(chi.SupportedProtos, ALPN) {
 		if ac != nil && ac.gate != nil && ac.pd != nil {
 			ac.gate.hello(ac.pd)
+		}
+		if ac != nil && !ac.helloDeadline.IsZero() {
+			ac.Conn.SetDeadline(ac.helloDeadline)
 		}
 		return nil, nil
 	}

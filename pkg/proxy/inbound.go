@@ -97,11 +97,12 @@ func (p *Proxy) inbound(c net.Conn, pd *pending, target InboundTarget) {
 	conn := c
 	// Unauthenticated until the handshake completes: a short deadline,
 	// shorter still while many such connections are open (pending.go).
-	timeout := p.cfg.HandshakeTimeout
-	if p.pending.pressure() {
-		timeout = min(timeout, p.cfg.PressureHandshakeTimeout)
+	full := time.Now().Add(p.cfg.HandshakeTimeout)
+	deadline, helloDeadline := full, time.Time{}
+	if p.pending.pressure() && p.cfg.PressureHandshakeTimeout < p.cfg.HandshakeTimeout {
+		// Until its ClientHello arrives; then the full time.
+		deadline, helloDeadline = time.Now().Add(p.cfg.PressureHandshakeTimeout), full
 	}
-	deadline := time.Now().Add(timeout)
 	if p.cfg.InboundMode == Permissive {
 		br := bufio.NewReaderSize(c, maxHello+5)
 		peek := time.Now().Add(p.cfg.PeekTimeout)
@@ -118,7 +119,7 @@ func (p *Proxy) inbound(c net.Conn, pd *pending, target InboundTarget) {
 		}
 	}
 	c.SetDeadline(deadline)
-	tc := tls.Server(&alertConn{Conn: conn, gate: p.pending, pd: pd}, p.serverTLS)
+	tc := tls.Server(&alertConn{Conn: conn, gate: p.pending, pd: pd, helloDeadline: helloDeadline}, p.serverTLS)
 	start := time.Now()
 	err := tc.Handshake()
 	c.SetDeadline(time.Time{})

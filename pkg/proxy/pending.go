@@ -21,9 +21,9 @@ import (
 //     sent its ClientHello is reset to make room (or, if all have, the
 //     oldest), so idle sockets cannot keep a caller that speaks at once
 //     from getting in;
-//   - the handshake deadline is HandshakeTimeout, cut to
-//     PressureHandshakeTimeout while more than half of MaxPending is in
-//     use.
+//   - the handshake deadline is HandshakeTimeout; while more than half
+//     of MaxPending is in use, a new connection must send its ClientHello
+//     within PressureHandshakeTimeout (then it gets the full time).
 //
 // What one costs is bounded (a goroutine, the TLS state, in permissive mode
 // the ClientHello peek buffer), and so is their number: that bounds the

@@ -77,8 +77,9 @@ type Config struct {
 	// MaxPendingPerSource bounds them per source IP address (default
 	// 256); over it, new ones from that address are reset at accept.
 	MaxPendingPerSource int
-	// PressureHandshakeTimeout replaces HandshakeTimeout, when shorter,
-	// while more than half of MaxPending is in use (default 1s).
+	// PressureHandshakeTimeout bounds the wait for the ClientHello, when
+	// shorter than HandshakeTimeout, while more than half of MaxPending is
+	// in use (default 1s).
 	PressureHandshakeTimeout time.Duration
 	AccessLog                *AccessLog
 	Metrics                  *Metrics
