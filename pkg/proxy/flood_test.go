@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -86,4 +87,66 @@ func TestUnauthenticatedLimits(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("a silent connection was held %s under pressure", d)
 	}
+}
+
+// TestPressureDeadlineSparesCallersThatSpeak: while the unauthenticated
+// table is more than half full, a silent connection must send its
+// ClientHello within PressureHandshakeTimeout; one that has sent it keeps
+// the full HandshakeTimeout, so a handshake slowed by a loaded machine is
+// not cut.
+func TestPressureDeadlineSparesCallersThatSpeak(t *testing.T) {
+	m := newMesh(t)
+	app := echo(t, "")
+	in := inbound(t, m.identity(serverID, false), app, proxy.Config{MaxPending: 4,
+		HandshakeTimeout: 3 * time.Second, PressureHandshakeTimeout: 300 * time.Millisecond})
+	idleFlood(t, in.addr, 10, 3, 3) // 3 of 4: pressure
+	eventually(t, "the flood to be accepted", func() bool {
+		return gauge(t, in.reg, "tether_sidecar_unauthenticated_connections") == 3
+	})
+	closedAfter := func(c net.Conn) time.Duration {
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return time.Since(start)
+			}
+		}
+	}
+	silent, err := net.Dial("tcp", in.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	slow, err := net.Dial("tcp", in.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := slow.Write(clientHello(t, []string{proxy.ALPN})); err != nil {
+		t.Fatal(err)
+	}
+	silentDone := make(chan time.Duration, 1)
+	go func() { silentDone <- closedAfter(silent) }()
+	if d := closedAfter(slow); d < time.Second {
+		t.Errorf("a caller that sent its ClientHello was cut after %s under pressure; want the full handshake timeout", d)
+	}
+	if d := <-silentDone; d > 2*time.Second {
+		t.Errorf("a silent connection was held %s under pressure; want about 300ms", d)
+	}
+}
+
+// gauge reads a gauge without labels.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
 }
