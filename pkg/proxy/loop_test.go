@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/pkg/proxy"
+	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
 // countingListener counts the connections the sidecar accepts.
@@ -31,9 +32,19 @@ func (l countingListener) Accept() (net.Conn, error) {
 }
 
 // selfOriginalDst is SO_ORIGINAL_DST of a connection no rule redirected:
-// the address it was accepted on.
-func selfOriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	return c.LocalAddr().(*net.TCPAddr).AddrPort(), nil
+// the address it was accepted on. The kernel's answer (capture.OriginalDst)
+// is used when it has one (conntrack loaded); without conntrack the test
+// stands in for it with that address.
+func selfOriginalDst(t *testing.T) proxy.OriginalDstFunc {
+	var logged atomic.Bool
+	return func(c *net.TCPConn) (netip.AddrPort, error) {
+		if a, err := capture.OriginalDst(c); err == nil {
+			return a, nil
+		} else if logged.CompareAndSwap(false, true) {
+			t.Logf("SO_ORIGINAL_DST unavailable here (%v): using the accepted address, as the kernel would answer", err)
+		}
+		return c.LocalAddr().(*net.TCPAddr).AddrPort(), nil
+	}
 }
 
 // TestConnectionToTheSidecarItselfDoesNotLoop: plaintext sent straight to
@@ -45,7 +56,7 @@ func TestConnectionToTheSidecarItselfDoesNotLoop(t *testing.T) {
 	m := newMesh(t)
 	var accepted atomic.Int64
 	cfg := proxy.Config{Identity: m.identity(serverID, false), InboundMode: proxy.Permissive, MaxConnections: 64, PeekTimeout: 50 * time.Millisecond}
-	target := proxy.LocalTarget(selfOriginalDst, testSource)
+	target := proxy.LocalTarget(selfOriginalDst(t), testSource)
 	// The sidecar listens on the pod IP, as the capture port does.
 	l, err := net.Listen("tcp", netip.AddrPortFrom(testPodIP, 0).String())
 	if err != nil {
