@@ -125,7 +125,7 @@ func (p *Proxy) inbound(c net.Conn, pd *pending, target InboundTarget) {
 	c.SetDeadline(time.Time{})
 	if err != nil {
 		reason := "mTLS handshake: " + err.Error()
-		if p.authenticated(pd); pd.evicted {
+		if p.authenticated(pd); pd.wasEvicted {
 			reason += " (reset to make room: too many unauthenticated connections)"
 		}
 		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: reason})

@@ -47,8 +47,10 @@ type pending struct {
 	elem *list.Element // in silent or spoke; nil once passed or evicted
 	in   *list.List
 	done bool // passed: no longer counted
-	// evicted is set when the connection was reset to make room.
-	evicted bool
+	// evicted is set (under the gate's lock) when the connection was
+	// reset to make room; wasEvicted is what pass found, for the
+	// connection's own goroutine.
+	evicted, wasEvicted bool
 	// slot is set once the connection holds an inbound connection slot
 	// (owned by its goroutine).
 	slot bool

@@ -267,7 +267,7 @@ func (p *Proxy) serve(ctx context.Context, l net.Listener, direction string, han
 // holds a connection slot (taken by takeSlot).
 func (p *Proxy) authenticated(pd *pending) bool {
 	if !pd.done {
-		p.pending.pass(pd)
+		pd.wasEvicted = p.pending.pass(pd)
 		p.cfg.Metrics.unauth.Dec()
 	}
 	return pd.slot
