@@ -53,6 +53,10 @@ func main() {
 			os.Exit(childMain("echo", os.Args[2:]))
 		case "relay":
 			os.Exit(childMain("relay", os.Args[2:]))
+		case "flood":
+			os.Exit(floodMain(os.Args[2:]))
+		case "attack":
+			os.Exit(attackMain(os.Args[2:]))
 		}
 	}
 	cfg, err := parseFlags(os.Args[1:])

@@ -47,7 +47,12 @@ type setup struct {
 // pair is a started setup: the client connects to entry.
 type pair struct {
 	entry string
-	procs []*child // A, then B
+	// target is the server-side proxy's listener (tether: sidecar B's
+	// inbound), which the flood subcommand attacks; admins are the tether
+	// sidecars' admin addresses (A, then B).
+	target string
+	admins []string
+	procs  []*child // A, then B
 	// note, if set, says something about the run after the workloads.
 	note func() string
 }
@@ -233,6 +238,7 @@ func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
 		return nil, err
 	}
 	p.note = func() string { return tetherNote(ctx, "http://"+a[2]+"/metrics") }
+	p.target, p.admins = a[1], []string{a[2], a[3]}
 	return p, nil
 }
 

@@ -81,6 +81,20 @@ func podAddrs(podIP string, interfaceAddrs func() ([]net.Addr, error), log *slog
 	return out
 }
 
+// authorizeUnauthenticated decides a caller without identity (permissive
+// mode) with the current view: only ports no policy restricts, nothing
+// before the first view.
+func (s *Sidecar) authorizeUnauthenticated(port uint16) error {
+	v := s.view.Load()
+	if v == nil {
+		return &proxy.DeniedError{Rule: ruleNoView}
+	}
+	if d := v.AuthorizeUnauthenticated(port); !d.Allowed {
+		return &proxy.DeniedError{Rule: d.Rule}
+	}
+	return nil
+}
+
 // serviceRouter routes an explicit outbound listener to a mesh service
 // port, deciding every connection with the view current at accept.
 func (s *Sidecar) serviceRouter(key discovery.ServiceKey, port uint16) proxy.Router {
@@ -89,7 +103,7 @@ func (s *Sidecar) serviceRouter(key discovery.ServiceKey, port uint16) proxy.Rou
 		if v == nil {
 			return proxy.Route{Deny: ruleNoView, Target: serviceTarget(key, port), Rule: ruleNoView}
 		}
-		return outboundRoute(v, key, port)
+		return s.outboundRoute(v, key, port)
 	}
 }
 
@@ -100,7 +114,7 @@ func serviceTarget(key discovery.ServiceKey, port uint16) string {
 // outboundRoute decides a call to port of service key with view v: a mesh
 // destination (an endpoint chosen round-robin, and the identities that
 // must serve it), or a denial that names the rule.
-func outboundRoute(v *xdsclient.View, key discovery.ServiceKey, port uint16) proxy.Route {
+func (s *Sidecar) outboundRoute(v *xdsclient.View, key discovery.ServiceKey, port uint16) proxy.Route {
 	d, err := v.Outbound(key, port)
 	if err == nil {
 		if svc, ok := v.Service(key); ok {
@@ -108,6 +122,7 @@ func outboundRoute(v *xdsclient.View, key discovery.ServiceKey, port uint16) pro
 				d.Rule = p.Rule
 			}
 		}
+		d.Recheck = func() error { return stillAllowed(s.view.Load(), key, port) }
 		return proxy.Route{Mesh: &d}
 	}
 	r := proxy.Route{Deny: err.Error(), Target: serviceTarget(key, port)}
@@ -129,6 +144,27 @@ func outboundRoute(v *xdsclient.View, key discovery.ServiceKey, port uint16) pro
 	return r
 }
 
+// stillAllowed re-decides an open call to port of service key with view
+// v, for Revalidate: a denial when policy now refuses the port or the
+// whole service; nil otherwise (no view, or a service that left the view
+// without a policy decision: not a revocation).
+func stillAllowed(v *xdsclient.View, key discovery.ServiceKey, port uint16) error {
+	if v == nil {
+		return nil
+	}
+	svc, ok := v.Service(key)
+	if !ok {
+		if v.Unreachable(key) {
+			return &proxy.DeniedError{Rule: "policy allows no port of " + key.String()}
+		}
+		return nil
+	}
+	if p, ok := svc.Port(port); ok && !p.Allowed {
+		return &proxy.DeniedError{Rule: p.Rule, Detail: fmt.Sprintf("%s may no longer reach %s", v.ID(), serviceTarget(key, port))}
+	}
+	return nil
+}
+
 // viewLookup decides a captured outbound destination with the current
 // view: a ClusterIP:port or endpoint of a mesh service goes through
 // Outbound (policy, expected identities); anything else is not in the
@@ -143,7 +179,7 @@ func (s *Sidecar) viewLookup(dst netip.AddrPort) (proxy.Route, bool) {
 	if !ok {
 		return proxy.Route{}, false
 	}
-	r := outboundRoute(v, svc.Key, port.Port)
+	r := s.outboundRoute(v, svc.Key, port.Port)
 	if r.Mesh != nil && slices.Contains(svc.Endpoints, netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())) {
 		r.Mesh.Addr, r.Mesh.Port = dst.String(), dst.Port()
 	}
@@ -198,6 +234,12 @@ func (s *Sidecar) setView(v *xdsclient.View, first bool) {
 		}
 	}
 	s.log.Log(context.Background(), level, msg, slog.Int("services", len(v.Services())), slog.String("inbound_default", v.InboundDefault().String()))
+	// Open streams the new policy denies are closed now, both ways.
+	if s.proxy != nil && !first {
+		if n := s.proxy.Revalidate(); n > 0 {
+			s.log.Info("closed open connections the new policy denies", slog.Int("connections", n))
+		}
+	}
 }
 
 // newDNS builds the DNS server from cfg.DNS: upstreams and search rules

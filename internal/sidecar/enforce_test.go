@@ -189,6 +189,44 @@ func TestInboundFromView(t *testing.T) {
 	}
 }
 
+// TestUnauthenticatedInboundFromView: in permissive mode, a caller with no
+// identity reaches only the ports of this pod no AccessPolicy restricts.
+func TestUnauthenticatedInboundFromView(t *testing.T) {
+	const mesh = `
+defaultPolicy: allow-mesh
+services:
+  - name: api
+    clusterIPs: [10.96.0.11]
+    ports: [{name: http, port: 8080}]
+    endpoints: [{address: 10.0.0.2, serviceAccount: api}]
+  - name: status
+    clusterIPs: [10.96.0.14]
+    ports: [{name: metrics, port: 9090}]
+    endpoints: [{address: 10.0.0.2, serviceAccount: api}]
+policies:
+  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: web-to-api, namespace: default}
+    spec:
+      destination: {service: api, ports: [8080]}
+      sources: [{serviceAccount: {name: web}}]
+`
+	s := testSidecar(viewOf(t, mesh, apiID))
+	if err := s.authorizeUnauthenticated(9090); err != nil {
+		t.Errorf("plaintext → status:9090 (no policy): %v", err)
+	}
+	if err := s.authorizeUnauthenticated(12345); err != nil {
+		t.Errorf("plaintext → a port no Service covers (allow-mesh): %v", err)
+	}
+	err := s.authorizeUnauthenticated(8080)
+	if de, ok := errors.AsType[*proxy.DeniedError](err); !ok || !strings.Contains(de.Rule, "restricts port 8080") {
+		t.Errorf("plaintext → api:8080 (web-to-api): %v, want a denial naming the restriction", err)
+	}
+	if err := testSidecar(nil).authorizeUnauthenticated(9090); err == nil {
+		t.Error("without a view: plaintext allowed")
+	}
+}
+
 // tcpConn is a real TCP connection for routers that need one.
 func tcpConn(t *testing.T) net.Conn {
 	t.Helper()

@@ -102,6 +102,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.addrs["admin"] = adminL.Addr()
 	s.mu.Unlock()
+	s.proxy.Reserve(uint16(adminL.Addr().(*net.TCPAddr).Port))
 
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	serveCtx, stopServing := context.WithCancel(context.Background())
@@ -124,6 +125,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			return fmt.Errorf("DNS server: %w", err)
 		}
 		if ap, err := netip.ParseAddrPort(s.dns.Addr()); err == nil {
+			s.proxy.Reserve(ap.Port())
 			s.mu.Lock()
 			s.addrs["dns"] = net.TCPAddrFromAddrPort(ap)
 			s.mu.Unlock()

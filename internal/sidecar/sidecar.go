@@ -26,6 +26,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/agent"
 	"github.com/tether-mesh/tether/pkg/proxy"
+	"github.com/tether-mesh/tether/pkg/proxy/capture"
 	"github.com/tether-mesh/tether/pkg/proxy/dns"
 )
 
@@ -300,15 +301,23 @@ func New(cfg Config) (*Sidecar, error) {
 		accessLog = proxy.NewAccessLog(f, cfg.AccessLogSample)
 	}
 	s.denials = proxy.NewRecentDenials(proxy.DefaultRecentDenials, nil)
-	authorize := proxy.AllowAll
+	// Callers without identity (permissive mode) reach only ports no
+	// policy restricts: with the static allow-list, none.
+	authorize, unauthenticated := proxy.AllowAll, proxy.AllowUnauthenticated
 	switch {
 	case cfg.DiscoveryAddr != "":
-		authorize = s.authorize
+		authorize, unauthenticated = s.authorize, s.authorizeUnauthenticated
 	case len(cfg.Allow) > 0:
-		authorize = cfg.Allow.Authorizer()
+		authorize, unauthenticated = cfg.Allow.Authorizer(), proxy.DenyUnauthenticated
+	}
+	var reserved []uint16
+	if cfg.Capture != nil {
+		// The capture contract's ports, whatever this sidecar binds.
+		reserved = []uint16{capture.DefaultOutboundPort, capture.DefaultInboundPort, capture.DefaultAdminPort, capture.DefaultDNSPort}
 	}
 	s.proxy, err = proxy.New(proxy.Config{
 		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, InboundMode: cfg.InboundMode,
+		AuthorizeUnauthenticated: unauthenticated, ReservedPorts: reserved,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
 		AccessLog: accessLog, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,
 		Denials: s.denials,

@@ -90,29 +90,45 @@ func (p *Proxy) dialApp(a App) (net.Conn, string, error) {
 // ServeInbound terminates mesh mTLS on l and forwards streams to the app
 // until ctx ends.
 func (p *Proxy) ServeInbound(ctx context.Context, l net.Listener, target InboundTarget) error {
-	return p.serve(ctx, l, "inbound", func(c net.Conn) { p.inbound(c, target) })
+	return p.serve(ctx, l, "inbound", func(c net.Conn, pd *pending) { p.inbound(c, pd, target) })
 }
 
-func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
+func (p *Proxy) inbound(c net.Conn, pd *pending, target InboundTarget) {
 	conn := c
+	// Unauthenticated until the handshake completes: a short deadline,
+	// shorter still while many such connections are open (pending.go).
+	full := time.Now().Add(p.cfg.HandshakeTimeout)
+	deadline, helloDeadline := full, time.Time{}
+	if p.pending.pressure() && p.cfg.PressureHandshakeTimeout < p.cfg.HandshakeTimeout {
+		// Until its ClientHello arrives; then the full time.
+		deadline, helloDeadline = time.Now().Add(p.cfg.PressureHandshakeTimeout), full
+	}
 	if p.cfg.InboundMode == Permissive {
 		br := bufio.NewReaderSize(c, maxHello+5)
-		c.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout))
+		peek := time.Now().Add(p.cfg.PeekTimeout)
+		if deadline.Before(peek) {
+			peek = deadline
+		}
+		c.SetReadDeadline(peek)
 		kind := Detect(br)
 		c.SetReadDeadline(time.Time{})
 		conn = &peekedConn{Conn: c, r: br}
 		if kind != MeshTLS {
-			p.plaintextInbound(conn, target, kind)
+			p.plaintextInbound(conn, pd, target, kind)
 			return
 		}
 	}
-	hctx, cancel := context.WithTimeout(context.Background(), p.cfg.HandshakeTimeout)
-	tc := tls.Server(conn, p.serverTLS)
+	c.SetDeadline(deadline)
+	tc := tls.Server(&alertConn{Conn: conn, gate: p.pending, pd: pd, helloDeadline: helloDeadline}, p.serverTLS)
 	start := time.Now()
-	err := tc.HandshakeContext(hctx)
-	cancel()
+	err := tc.Handshake()
+	c.SetDeadline(time.Time{})
 	if err != nil {
-		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: "mTLS handshake: " + err.Error()})
+		reason := "mTLS handshake: " + err.Error()
+		if p.authenticated(pd); pd.wasEvicted {
+			reason += " (reset to make room: too many unauthenticated connections)"
+		}
+		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: reason})
 		return
 	}
 	p.cfg.Metrics.handshake.WithLabelValues("inbound").Observe(time.Since(start).Seconds())
@@ -122,7 +138,13 @@ func (p *Proxy) inbound(c net.Conn, target InboundTarget) {
 		err = fmt.Errorf("client did not negotiate ALPN %s", ALPN)
 	}
 	if err != nil {
-		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: err.Error()})
+		// The handshake verified the caller's SVID: name it.
+		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), SourceID: src.String(), Reason: err.Error()})
+		return
+	}
+	if !p.takeSlot(pd) {
+		p.refuse(c, "inbound", "over_limit", &Entry{Source: c.RemoteAddr().String(), SourceID: src.String(),
+			Reason: fmt.Sprintf("over the limit of %d inbound connections", p.cfg.MaxConnections)})
 		return
 	}
 	t := newTunnel(tc, src, st.PeerCertificates[0].NotAfter)
@@ -187,6 +209,10 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	if err != nil {
 		return deny("no_target", "no destination: "+err.Error())
 	}
+	if err := p.checkLoop(c.LocalAddr().String(), app); err != nil {
+		e.Dest = app.String()
+		return deny("loop", err.Error())
+	}
 	if err := p.cfg.Authorize(t.peer, app.Port); err != nil {
 		e.Dest, e.Rule = app.String(), ruleOf(err)
 		p.cfg.Metrics.denials.WithLabelValues("inbound", t.peer.String(), e.Dest, e.Rule).Inc()
@@ -206,23 +232,58 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		return false
 	}
 	e.Decision = "allow"
+	peer, appPort := t.peer, app.Port
+	ls := &liveStream{direction: "inbound", peer: peer, source: e.Source, dest: e.Dest,
+		check: func() error { return p.cfg.Authorize(peer, appPort) },
+		kill:  func() { c.Close(); up.Close() }}
+	untrack := p.trackStream(ls, t.peerExpiry)
 	var aborted, reusable bool
 	e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(up, p.cfg.IdleTimeout)
+	untrack()
 	result := "ok"
 	if aborted {
 		result, e.Reason = "reset", "connection reset"
+	}
+	if r, d, ok := ls.finish(e); ok {
+		p.record(e, "inbound", r, d)
+		return false
 	}
 	p.record(e, "inbound", result, "allow")
 	return reusable
 }
 
-// plaintextInbound passes a non-mesh connection to the app (permissive).
-func (p *Proxy) plaintextInbound(c net.Conn, target InboundTarget, kind Kind) {
+// unauthenticated stands for the caller's SPIFFE ID in the denial metric
+// and /debug/denials when it has none (permissive mode).
+const unauthenticated = "unauthenticated"
+
+// plaintextInbound passes a non-mesh connection to the app (permissive),
+// on a port no policy restricts and that is not the sidecar's own.
+func (p *Proxy) plaintextInbound(c net.Conn, pd *pending, target InboundTarget, kind Kind) {
 	e := &Entry{Direction: "inbound", Start: time.Now(), Source: c.RemoteAddr().String(), Reason: "permissive: " + kind.String() + " passed through"}
 	app, err := target(c, 0)
 	if err != nil {
 		e.Reason = "original destination: " + err.Error()
 		p.refuse(c, "inbound", "no_target", e)
+		return
+	}
+	e.Dest = app.String()
+	if err := p.checkLoop(c.LocalAddr().String(), app); err != nil {
+		e.Reason = kind.String() + " " + err.Error()
+		p.refuse(c, "inbound", "loop", e)
+		return
+	}
+	if err := p.cfg.AuthorizeUnauthenticated(app.Port); err != nil {
+		// Plaintext has no identity: only ports no policy restricts.
+		e.Reason, e.Rule = "permissive: "+kind.String()+" refused: "+err.Error(), ruleOf(err)
+		p.cfg.Metrics.denials.WithLabelValues("inbound", unauthenticated, e.Dest, e.Rule).Inc()
+		p.cfg.Denials.Add(Denial{Direction: "inbound", Source: unauthenticated, Destination: e.Dest, Rule: e.Rule, Reason: err.Error()})
+		p.cfg.Logger.Debug("inbound connection without identity denied", slog.String("source", e.Source), slog.Int("port", int(app.Port)), slog.Any("reason", err))
+		p.refuse(c, "inbound", "denied", e)
+		return
+	}
+	if !p.takeSlot(pd) {
+		e.Reason = fmt.Sprintf("over the limit of %d inbound connections", p.cfg.MaxConnections)
+		p.refuse(c, "inbound", "over_limit", e)
 		return
 	}
 	up, addr, err := p.dialApp(app)
@@ -232,7 +293,17 @@ func (p *Proxy) plaintextInbound(c net.Conn, target InboundTarget, kind Kind) {
 		p.refuse(c, "inbound", "upstream_error", e)
 		return
 	}
+	port := app.Port
+	ls := &liveStream{direction: "inbound", source: e.Source, dest: e.Dest,
+		check: func() error { return p.cfg.AuthorizeUnauthenticated(port) },
+		kill:  func() { c.Close(); up.Close() }}
+	untrack := p.trackStream(ls, time.Time{})
 	e.BytesReceived, e.BytesSent = pipe(c, up, p.cfg.IdleTimeout)
+	untrack()
+	if r, d, ok := ls.finish(e); ok {
+		p.record(e, "inbound", r, d)
+		return
+	}
 	p.record(e, "inbound", "ok", "allow")
 }
 

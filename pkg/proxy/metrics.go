@@ -11,6 +11,10 @@ type Metrics struct {
 	denials    *prometheus.CounterVec
 	overLimits *prometheus.CounterVec
 	streams    *prometheus.CounterVec
+	revoked    *prometheus.CounterVec
+
+	unauth         prometheus.Gauge
+	unauthRejected *prometheus.CounterVec
 }
 
 // NewMetrics registers the data path metrics with reg (nil: not registered).
@@ -45,9 +49,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_sidecar_outbound_streams_total",
 			Help: "Outbound streams opened to peer sidecars, by whether they reused a pooled mTLS connection.",
 		}, []string{"reused"}),
+		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_connections_revoked_total",
+			Help: "Open streams closed because they were no longer authorized, by direction and reason (policy: a policy change denies the pair now; svid_expired: the SVID the tunnel was authenticated with expired).",
+		}, []string{"direction", "reason"}),
+		unauth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_sidecar_unauthenticated_connections",
+			Help: "Inbound connections accepted and not yet authenticated (mTLS handshake, or permissive-mode detection, in progress).",
+		}),
+		unauthRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_unauthenticated_rejections_total",
+			Help: "Unauthenticated inbound connections reset by the limits on them, by reason (per_source: over the per-address limit at accept; evicted: the oldest silent one, reset to make room).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.overLimits, m.streams)
+		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.overLimits, m.streams, m.revoked, m.unauth, m.unauthRejected)
 	}
 	return m
 }

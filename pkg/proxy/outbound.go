@@ -32,6 +32,10 @@ type Destination struct {
 	// Rule is the policy rule that allowed the call, for the access log;
 	// optional.
 	Rule string
+	// Recheck, if set, decides the call again after a policy change
+	// (Proxy.Revalidate): nil to keep an open stream, or an error wrapping
+	// ErrDenied (a *DeniedError names the rule) to close it.
+	Recheck func() error
 }
 
 func (d *Destination) key() string {
@@ -84,7 +88,7 @@ func (p *Proxy) ServeOutbound(ctx context.Context, l net.Listener, route Router)
 			}
 		}
 	}()
-	return p.serve(ctx, l, "outbound", func(c net.Conn) { p.outbound(c, route) })
+	return p.serve(ctx, l, "outbound", func(c net.Conn, _ *pending) { p.outbound(c, route) })
 }
 
 func (p *Proxy) outbound(c net.Conn, route Router) {
@@ -166,11 +170,21 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		e.Decision = "allow"
 		var aborted, reusable bool
 		p.using(t, true)
+		tun := t
+		ls := &liveStream{direction: "outbound", peer: t.peer, source: e.SourceID, dest: d.Name + " at " + d.Addr,
+			check: d.Recheck, kill: func() { tun.conn.Close(); c.Close() }}
+		untrack := p.trackStream(ls, t.peerExpiry)
 		e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(c, p.cfg.IdleTimeout)
+		untrack()
 		p.using(t, false)
 		result := "ok"
 		if aborted {
 			result, e.Reason = "reset", "connection reset"
+		}
+		if r, dec, ok := ls.finish(e); ok {
+			t.conn.Close()
+			p.record(e, "outbound", r, dec)
+			return
 		}
 		if reusable {
 			p.pool.put(key, t)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -41,8 +42,20 @@ type Config struct {
 	Identity    Identity
 	TrustDomain spiffeid.TrustDomain
 	// Authorize decides inbound connections (nil: AllowAll).
-	Authorize   Authorizer
-	InboundMode Mode
+	Authorize Authorizer
+	// AuthorizeUnauthenticated decides whether a caller with no identity
+	// (plaintext or TLS without tether/1, permissive mode) may reach the
+	// app's port: nil to allow, or an error wrapping ErrDenied. Default:
+	// allow every port when Authorize is nil (nothing is restricted), else
+	// deny every port (a policy that cannot say which ports it leaves open
+	// restricts them all).
+	AuthorizeUnauthenticated func(port uint16) error
+	// ReservedPorts are the sidecar's own ports besides the listeners the
+	// proxy serves (which are reserved as they start): no stream or
+	// plaintext connection is delivered to them, so a connection addressed
+	// to the sidecar itself cannot loop through it.
+	ReservedPorts []uint16
+	InboundMode   Mode
 	// HandshakeTimeout bounds the mTLS handshake (default 10s).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no bytes either way for this
@@ -55,11 +68,22 @@ type Config struct {
 	// (default 200ms).
 	PeekTimeout time.Duration
 	// MaxConnections bounds concurrent connections per direction
-	// (default 16384).
+	// (default 16384): inbound, authenticated tunnels and plaintext passed
+	// to the app; unauthenticated ones are bounded apart (pending.go).
 	MaxConnections int
-	AccessLog      *AccessLog
-	Metrics        *Metrics
-	Logger         *slog.Logger
+	// MaxPending bounds the inbound connections not yet authenticated
+	// (default 1024); over it, the oldest silent one is reset.
+	MaxPending int
+	// MaxPendingPerSource bounds them per source IP address (default
+	// 256); over it, new ones from that address are reset at accept.
+	MaxPendingPerSource int
+	// PressureHandshakeTimeout bounds the wait for the ClientHello, when
+	// shorter than HandshakeTimeout, while more than half of MaxPending is
+	// in use (default 1s).
+	PressureHandshakeTimeout time.Duration
+	AccessLog                *AccessLog
+	Metrics                  *Metrics
+	Logger                   *slog.Logger
 
 	// Denials, if set, keeps the most recent policy denials (the ones the
 	// denial metric counts).
@@ -72,6 +96,12 @@ func (c *Config) fill() error {
 	}
 	if c.TrustDomain.IsZero() {
 		return errors.New("proxy: no trust domain")
+	}
+	if c.AuthorizeUnauthenticated == nil {
+		c.AuthorizeUnauthenticated = AllowUnauthenticated
+		if c.Authorize != nil {
+			c.AuthorizeUnauthenticated = DenyUnauthenticated
+		}
 	}
 	if c.Authorize == nil {
 		c.Authorize = AllowAll
@@ -92,8 +122,15 @@ func (c *Config) fill() error {
 	def(&c.IdleTimeout, time.Hour)
 	def(&c.DialTimeout, 5*time.Second)
 	def(&c.PeekTimeout, 200*time.Millisecond)
+	def(&c.PressureHandshakeTimeout, time.Second)
 	if c.MaxConnections <= 0 {
 		c.MaxConnections = 16384
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1024
+	}
+	if c.MaxPendingPerSource <= 0 {
+		c.MaxPendingPerSource = 256
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)
@@ -112,11 +149,18 @@ type Proxy struct {
 	dialer    net.Dialer
 	appDialer net.Dialer // to the app from a source address (LocalTarget)
 	pool      *pool
+	pending   *pendingGate
 
-	mu     sync.Mutex
-	conns  map[net.Conn]bool // value: idle between streams
-	inUse  map[*tunnel]struct{}
-	active sync.WaitGroup
+	// own has bit p set for every port of this sidecar (ReservedPorts and
+	// the listeners it serves): see loop.go.
+	own [1 << 16 / 64]atomic.Uint64
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool // value: idle between streams
+	inUse map[*tunnel]struct{}
+	// streams are the open streams Revalidate re-checks (revoke.go).
+	streams map[*liveStream]struct{}
+	active  sync.WaitGroup
 }
 
 // New validates cfg and builds the proxy.
@@ -127,12 +171,16 @@ func New(cfg Config) (*Proxy, error) {
 	server := tlsconfig.MTLSServerConfig(cfg.Identity, cfg.Identity, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain))
 	server.MinVersion = tls.VersionTLS13
 	server.NextProtos = []string{ALPN}
-	return &Proxy{
-		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, pool: newPool(64, poolTTL),
+	server.GetConfigForClient = refuseWithoutALPN
+	p := &Proxy{
+		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, streams: map[*liveStream]struct{}{}, pool: newPool(64, poolTTL),
 		slots:     map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
 		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
 		appDialer: net.Dialer{Timeout: cfg.DialTimeout, Control: bindAddressNoPort},
-	}, nil
+		pending:   newPendingGate(cfg.MaxPending, cfg.MaxPendingPerSource),
+	}
+	p.Reserve(cfg.ReservedPorts...)
+	return p, nil
 }
 
 // clientTLS is the config for originating mTLS to a server that must be
@@ -145,10 +193,15 @@ func (p *Proxy) clientTLS(ids []spiffeid.ID) *tls.Config {
 }
 
 // serve accepts on l until ctx ends, handing each connection to handle in
-// its own goroutine, within the direction's connection limit.
-func (p *Proxy) serve(ctx context.Context, l net.Listener, direction string, handle func(net.Conn)) error {
+// its own goroutine. Outbound connections take a slot of the connection
+// limit at accept; inbound ones are admitted as unauthenticated (pd) and
+// take a slot once authenticated (takeSlot).
+func (p *Proxy) serve(ctx context.Context, l net.Listener, direction string, handle func(c net.Conn, pd *pending)) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
+	if a, ok := l.Addr().(*net.TCPAddr); ok {
+		p.Reserve(uint16(a.Port))
+	}
 	slots := p.slots[direction]
 	var tempDelay time.Duration
 	for {
@@ -167,24 +220,71 @@ func (p *Proxy) serve(ctx context.Context, l net.Listener, direction string, han
 			return fmt.Errorf("%s accept: %w", direction, err)
 		}
 		tempDelay = 0
-		select {
-		case slots <- struct{}{}:
-		default:
-			p.cfg.Metrics.overLimits.WithLabelValues(direction).Inc()
-			reset(c)
-			continue
+		var pd *pending
+		if direction == "inbound" {
+			var evicted *pending
+			var refused string
+			if pd, evicted, refused = p.pending.admit(c); pd == nil {
+				p.cfg.Metrics.unauthRejected.WithLabelValues(refused).Inc()
+				reset(c)
+				continue
+			}
+			if evicted != nil {
+				p.cfg.Metrics.unauthRejected.WithLabelValues("evicted").Inc()
+				reset(evicted.c)
+			}
+			p.cfg.Metrics.unauth.Inc()
+		} else {
+			select {
+			case slots <- struct{}{}:
+			default:
+				p.cfg.Metrics.overLimits.WithLabelValues(direction).Inc()
+				reset(c)
+				continue
+			}
 		}
 		p.track(c, true)
 		active := p.cfg.Metrics.active.WithLabelValues(direction)
 		active.Inc()
 		go func() {
+			slot := pd == nil
 			defer func() {
 				active.Dec()
 				p.track(c, false)
-				<-slots
+				if pd != nil {
+					slot = p.authenticated(pd)
+				}
+				if slot {
+					<-slots
+				}
 			}()
-			handle(c)
+			handle(c, pd)
 		}()
+	}
+}
+
+// authenticated ends pd's unauthenticated phase and reports whether it
+// holds a connection slot (taken by takeSlot).
+func (p *Proxy) authenticated(pd *pending) bool {
+	if !pd.done {
+		pd.wasEvicted = p.pending.pass(pd)
+		p.cfg.Metrics.unauth.Dec()
+	}
+	return pd.slot
+}
+
+// takeSlot ends pd's unauthenticated phase and takes an inbound
+// connection slot. When none is free, it counts the rejection and returns
+// false: the caller must refuse the connection.
+func (p *Proxy) takeSlot(pd *pending) bool {
+	p.authenticated(pd)
+	select {
+	case p.slots["inbound"] <- struct{}{}:
+		pd.slot = true
+		return true
+	default:
+		p.cfg.Metrics.overLimits.WithLabelValues("inbound").Inc()
+		return false
 	}
 }
 

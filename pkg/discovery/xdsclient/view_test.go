@@ -437,6 +437,38 @@ func TestViewAuthorize(t *testing.T) {
 	}
 }
 
+// TestViewAuthorizeUnauthenticated: a caller with no identity (plaintext
+// in permissive mode) reaches only ports no policy restricts.
+func TestViewAuthorizeUnauthenticated(t *testing.T) {
+	tests := []struct {
+		name    string
+		view    spiffeid.ID
+		port    uint16
+		allowed bool
+		ruleHas string
+	}{
+		{"port restricted to exact principals", apiID, 8080, false, "restricts port 8080"},
+		{"port restricted to nobody", apiID, 7000, false, "restricts port 7000"},
+		{"port restricted to a namespace", dbID, 5432, false, "restricts port 5432"},
+		{"port open to the mesh", webID, 8080, true, "no policy restricts port 8080"},
+		{"uncovered port, default allow-mesh", apiID, 12345, true, "inbound default allow-mesh"},
+		{"uncovered port, default same-namespace", reportID, 9999, false, "inbound default same-namespace"},
+		{"uncovered port, default deny", vaultID, 9999, false, "inbound default deny"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := viewFor(t, tt.view).AuthorizeUnauthenticated(tt.port)
+			if d.Allowed != tt.allowed || !strings.Contains(d.Rule, tt.ruleHas) {
+				t.Errorf("AuthorizeUnauthenticated(%d) = %+v, want allowed %v with a rule saying %q", tt.port, d, tt.allowed, tt.ruleHas)
+			}
+		})
+	}
+	var nilView *xdsclient.View
+	if d := nilView.AuthorizeUnauthenticated(8080); d.Allowed {
+		t.Errorf("nil view: %+v, want denied", d)
+	}
+}
+
 // A View from NewView does not know its identity: defaults that depend on
 // it fail closed, and errors speak of "this workload".
 func TestNewViewWithoutIdentity(t *testing.T) {

@@ -1,0 +1,52 @@
+package xdsclient
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
+)
+
+// AuthorizeUnauthenticated is the inbound check for a caller with no
+// SPIFFE ID (plaintext, or TLS without tether/1, in permissive mode): may
+// it reach this workload's local target port? Only if no policy restricts
+// the port: every inbound filter chain for it admits the whole trust
+// domain (a principal prefix spiffe://<td>/, what discovery sends when
+// nothing narrower than allow-mesh applies), or, for a port no chain
+// covers, the inbound default is allow-mesh. A nil View denies.
+func (v *View) AuthorizeUnauthenticated(port uint16) policy.Decision {
+	if v == nil {
+		return policy.Decision{Rule: ErrNoView.Error()}
+	}
+	chains := v.chains[port]
+	if len(chains) == 0 {
+		rule := fmt.Sprintf("inbound default %s (no Service covers port %d)", v.inboundDefault, port)
+		return policy.Decision{Allowed: v.inboundDefault == policy.AllowMesh, Rule: rule}
+	}
+	for _, c := range chains {
+		if !v.admitsTrustDomain(c) {
+			return policy.Decision{Rule: fmt.Sprintf("listener %s chain %s restricts port %d to named identities; the caller has none", c.listener, c.name, port)}
+		}
+	}
+	return policy.Decision{Allowed: true, Rule: fmt.Sprintf("no policy restricts port %d (every chain admits the whole trust domain)", port)}
+}
+
+// admitsTrustDomain reports whether c has a principal that admits every
+// ID of a trust domain (this workload's, when the view knows it).
+func (v *View) admitsTrustDomain(c *chain) bool {
+	for _, p := range c.principals {
+		if !p.prefix || !strings.HasSuffix(p.value, "/") {
+			continue
+		}
+		id, err := spiffeid.FromString(strings.TrimSuffix(p.value, "/"))
+		if err != nil || id.Path() != "" {
+			continue
+		}
+		if v.id.IsZero() || id.TrustDomain() == v.id.TrustDomain() {
+			return true
+		}
+	}
+	return false
+}

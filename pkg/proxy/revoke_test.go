@@ -1,0 +1,154 @@
+package proxy_test
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/pkg/proxy"
+)
+
+// revalidate asks p to re-check its open streams, as the sidecar does
+// when discovery's policy changes.
+func revalidate(t *testing.T, p *proxy.Proxy) {
+	t.Helper()
+	r, ok := any(p).(interface{ Revalidate() int })
+	if !ok {
+		t.Error("the proxy cannot re-check open streams after a policy change")
+		return
+	}
+	r.Revalidate()
+}
+
+// switchable is an Authorizer a test flips from allow to deny.
+func switchable(id spiffeid.ID, allowed *atomic.Bool) proxy.Authorizer {
+	return func(src spiffeid.ID, port uint16) error {
+		if src == id && allowed.Load() {
+			return nil
+		}
+		return &proxy.DeniedError{Rule: "test policy: " + src.String() + " revoked"}
+	}
+}
+
+// closedWithin reports whether c is closed by the far end within d.
+func closedWithin(c net.Conn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 64)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			var ne net.Error
+			return !(errorsAs(err, &ne) && ne.Timeout())
+		}
+	}
+}
+
+// TestPolicyChangeClosesOpenInboundStreams: a stream open when the
+// destination's policy stops allowing its caller is closed at once, on
+// the policy change, not when the caller hangs up; the closure is counted
+// and logged with the rule.
+func TestPolicyChangeClosesOpenInboundStreams(t *testing.T) {
+	m := newMesh(t)
+	app := echo(t, "")
+	var allowed atomic.Bool
+	allowed.Store(true)
+	in := inbound(t, m.identity(serverID, false), app, proxy.Config{Authorize: switchable(clientID, &allowed)})
+	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	c, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	allowed.Store(false)
+	revalidate(t, in.p)
+	if !closedWithin(c, 3*time.Second) {
+		t.Fatal("the stream is still open 3s after the policy stopped allowing its caller")
+	}
+	if got := counter(t, in.reg, "tether_sidecar_connections_revoked_total", "direction", "inbound", "reason", "policy"); got != 1 {
+		t.Errorf("revoked inbound streams counted: %v, want 1", got)
+	}
+	eventually(t, "the access log to name the rule", func() bool {
+		return strings.Contains(in.accessLog(), `"rule":"test policy: `+clientID.String()+` revoked"`) && strings.Contains(in.accessLog(), "revoked: ")
+	})
+	// A new stream of the pair is refused as before.
+	if err := dialRoundTrip(out.addr, "after"); err == nil {
+		t.Fatal("a new stream went through after the revocation")
+	}
+}
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// TestPolicyChangeClosesOpenOutboundStreams: at the caller, a stream whose
+// destination the new policy denies is closed too, with its tunnel.
+func TestPolicyChangeClosesOpenOutboundStreams(t *testing.T) {
+	m := newMesh(t)
+	app := echo(t, "")
+	in := inbound(t, m.identity(serverID, false), app, proxy.Config{})
+	var allowed atomic.Bool
+	allowed.Store(true)
+	recheck := func() error {
+		if allowed.Load() {
+			return nil
+		}
+		return &proxy.DeniedError{Rule: "test policy: server revoked"}
+	}
+	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}, Recheck: recheck}, proxy.Config{})
+	c, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	if n := out.p.Revalidate(); n != 0 {
+		t.Fatalf("Revalidate closed %d streams while the policy allows them", n)
+	}
+	allowed.Store(false)
+	if n := out.p.Revalidate(); n != 1 {
+		t.Errorf("Revalidate closed %d streams, want 1", n)
+	}
+	if !closedWithin(c, 3*time.Second) {
+		t.Fatal("the outbound stream is still open after the policy denied its destination")
+	}
+	if got := counter(t, out.reg, "tether_sidecar_connections_revoked_total", "direction", "outbound", "reason", "policy"); got != 1 {
+		t.Errorf("revoked outbound streams counted: %v, want 1", got)
+	}
+	eventually(t, "the access log to name the rule", func() bool {
+		return strings.Contains(out.accessLog(), `"rule":"test policy: server revoked"`)
+	})
+}
+
+// TestStreamEndsWhenCallerSVIDExpires: a stream is cut when the SVID its
+// tunnel was authenticated with expires, on both sides.
+func TestStreamEndsWhenCallerSVIDExpires(t *testing.T) {
+	m := newMesh(t)
+	app := echo(t, "")
+	in := inbound(t, m.identity(serverID, false), app, proxy.Config{})
+	// An SVID that expires in 3 seconds (the CA issues for an hour).
+	m.clock.Set(time.Now().Add(-time.Hour + 3*time.Second))
+	short := m.identityAtClock(clientID)
+	out := outbound(t, short, proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	c, err := net.Dial("tcp", out.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "before expiry"); err != nil {
+		t.Fatal(err)
+	}
+	if !closedWithin(c, 10*time.Second) {
+		t.Fatal("the stream outlived the caller's SVID")
+	}
+	eventually(t, "both sides to count the expiry", func() bool {
+		return counter(t, in.reg, "tether_sidecar_connections_revoked_total", "direction", "inbound", "reason", "svid_expired") == 1 &&
+			counter(t, out.reg, "tether_sidecar_connections_revoked_total", "direction", "outbound", "reason", "svid_expired") == 1
+	})
+}
