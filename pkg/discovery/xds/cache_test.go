@@ -135,6 +135,11 @@ type deltaClient struct {
 	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 	resps  chan *discoveryv3.DeltaDiscoveryResponse
 	close  func() // ends the stream and the connection
+	// nodeOnce sends node on the stream's first request only, as Envoy
+	// with set_node_on_first_message_only does.
+	nodeOnce bool
+	sent     bool
+	end      error // why the stream ended; read it after resps is closed
 }
 
 func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
@@ -150,6 +155,7 @@ func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
 		for {
 			r, err := stream.Recv()
 			if err != nil {
+				c.end = err
 				close(c.resps)
 				return
 			}
@@ -161,7 +167,10 @@ func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
 
 func (c *deltaClient) send(req *discoveryv3.DeltaDiscoveryRequest) {
 	c.t.Helper()
-	req.Node = c.node
+	if !c.nodeOnce || !c.sent {
+		req.Node = c.node
+	}
+	c.sent = true
 	if err := c.stream.Send(req); err != nil {
 		c.t.Fatal(err)
 	}

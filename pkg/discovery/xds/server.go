@@ -294,14 +294,26 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 // request checks that node is the stream's verified identity and, on the
 // stream's first request, waits for a sync slot and installs the node's
 // snapshot. A request that answers a response (nonce) may free the slot.
+//
+// Only a stream's first request must carry node: Envoy
+// (set_node_on_first_message_only) and grpc-go send it on the first
+// request only, and a later request without node means the stream's node.
+// (The state-of-the-world server of go-control-plane fills it in before
+// calling back; the delta server does not.)
 func (s *Server) request(streamID int64, node *corev3.Node, nonce string) error {
 	st := s.stream(streamID)
 	if st == nil {
 		return status.Error(codes.PermissionDenied, "stream was not authenticated")
 	}
 	want := st.id.String()
+	if node == nil && st.node != "" { // only this stream's goroutine reads or writes st.node
+		node = st.lastNode
+	}
 	if got := node.GetId(); got != want {
 		s.Logger.Warn("xds: refused request for another identity", slog.String("spiffe_id", want), slog.String("node_id", got))
+		if node == nil {
+			return status.Errorf(codes.PermissionDenied, "the stream's first request has no node; node.id must be the caller's SPIFFE ID %s", want)
+		}
 		return status.Errorf(codes.PermissionDenied, "node.id %q is not the caller's SPIFFE ID %s", got, want)
 	}
 	s.observeNode(st, node)
