@@ -150,10 +150,12 @@ func GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.ReadBufferSize(4 << 10), grpc.SharedWriteBuffer(true)}
 }
 
-// Register registers the aggregated discovery service on g.
+// Register registers the aggregated discovery service on g. Its streams
+// end, with Unauthenticated, when the client certificate they were opened
+// with expires.
 func (s *Server) Register(g grpc.ServiceRegistrar) {
 	s.init()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, certBound{Server: s.xds, log: s.Logger})
 }
 
 // Run keeps the snapshots of connected nodes current until ctx ends, then
