@@ -101,8 +101,8 @@ func TestFileMode(t *testing.T) {
 		!slices.Equal(nt.Services[0].Addresses, []string{"10.96.0.20"}) {
 		t.Errorf("web's name table: domain %q, services %v; want example.org and only api at 10.96.0.20", nt.ClusterDomain, nt.Services)
 	}
-	if len(nt.UnreachableSha256) != 2 {
-		t.Errorf("web's name table hides %d names, want 2 (web, db)", len(nt.UnreachableSha256))
+	if len(nt.UnreachableAddresses) != 2 {
+		t.Errorf("web's name table hides %q, want the addresses of web and db", nt.UnreachableAddresses)
 	}
 
 	api := connect(t, s, ca, apiID)

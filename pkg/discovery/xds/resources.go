@@ -56,7 +56,7 @@ const probe = "_tether_probe_"
 // for every service id serves. Every type is present, possibly empty, and
 // resources are in a deterministic order. TypedExtensionConfigs named
 // NameGlobalsName, NameServicePrefix+"<ns>/<name>" and
-// NameHashPrefix+"<hex>" carry id's DNS name table and per-port outbound
+// NameHiddenPrefix+"<hex id>" carry id's DNS name table and per-port outbound
 // decisions, split by service (see api/discovery/v1 and MergeNameTables),
 // with names in clusterDomain (default cluster.local).
 func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) (map[resource.Type][]types.Resource, error) {
