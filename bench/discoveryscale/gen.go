@@ -230,8 +230,8 @@ func (m *mesh) apply(kind string, n int) (change, error) {
 		}
 		m.state.Policies = append(m.state.Policies, p)
 		m.policied[i] = true
-		// Allowed clients see the new rule; the others see the name's hash.
-		marker := []string{"AccessPolicy " + ns + "/" + p.Name, string(hashOf(i, m))}
+		// Allowed clients see the new rule; the others see its hidden entry.
+		marker := []string{"AccessPolicy " + ns + "/" + p.Name, string(hiddenOf(i, m))}
 		return change{Kind: kind, N: n, Type: typeECDS, Marker: marker, Expect: all}, nil
 	case changeEdit:
 		// Client j gains service account access to a policied service

@@ -42,9 +42,15 @@ func nameTableOf(items []types.Resource) (*discoveryv1.NameTable, bool) {
 
 func protoSize(m proto.Message) int { return proto.Size(m) }
 
-// hashOf is what a name table holds for service i when it is unreachable.
-func hashOf(i int, m *mesh) []byte {
-	return xds.HashName(xds.FQDN(m.state.Services[i].Key, xds.DefaultClusterDomain))
+// hiddenOf is what a name table holds for service i when it is
+// unreachable, besides an id keyed by the serving process: its first
+// address (a ClusterIP, or a headless service's endpoint).
+func hiddenOf(i int, m *mesh) []byte {
+	s := m.state.Services[i]
+	if len(s.ClusterIPs) > 0 {
+		return []byte(s.ClusterIPs[0].String())
+	}
+	return []byte(s.Endpoints[0].Addr.String())
 }
 
 func protoEqual(a, b types.Resource) bool { return proto.Equal(a, b) }

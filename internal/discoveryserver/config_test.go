@@ -35,7 +35,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 	want := Config{
 		TrustDomain: "cluster.local", Registry: RegistryFile, MeshFile: "mesh.yaml", MeshFileInterval: DefaultMeshFileInterval,
 		ClusterDomain: "cluster.local", ListenAddr: ":15010", AdminAddr: ":15014", MaxConcurrentSyncs: xds.DefaultMaxConcurrentSyncs,
-		CAAddr: "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
+		MaxStreamsPerIdentity: xds.DefaultMaxStreamsPerIdentity,
+		CAAddr:                "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
 	}
 	c.Logger = nil
 	if c != want {

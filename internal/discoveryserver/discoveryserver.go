@@ -77,6 +77,13 @@ type Config struct {
 	// configuration at once (xds.Server.MaxConcurrentSyncs; default
 	// xds.DefaultMaxConcurrentSyncs).
 	MaxConcurrentSyncs int
+	// MaxSyncsPerIdentity bounds the slots of one SPIFFE ID
+	// (xds.Server.MaxSyncsPerIdentity; 0: a quarter of MaxConcurrentSyncs).
+	MaxSyncsPerIdentity int
+	// MaxStreamsPerIdentity bounds the open ADS streams of one SPIFFE ID
+	// (xds.Server.MaxStreamsPerIdentity; default
+	// xds.DefaultMaxStreamsPerIdentity).
+	MaxStreamsPerIdentity int
 	// AdminAddr serves /healthz, /readyz and /metrics to every caller, and
 	// /debug/sidecars only to callers on loopback.
 	AdminAddr string
@@ -124,6 +131,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConcurrentSyncs < 0 {
 		return fmt.Errorf("--max-concurrent-syncs %d: want at least 1 (0: the default, %d)", c.MaxConcurrentSyncs, xds.DefaultMaxConcurrentSyncs)
+	}
+	if c.MaxSyncsPerIdentity < 0 {
+		return fmt.Errorf("--max-syncs-per-identity %d: want at least 1 (0: a quarter of --max-concurrent-syncs)", c.MaxSyncsPerIdentity)
+	}
+	if c.MaxStreamsPerIdentity < 0 {
+		return fmt.Errorf("--max-streams-per-identity %d: want at least 1 (0: the default, %d)", c.MaxStreamsPerIdentity, xds.DefaultMaxStreamsPerIdentity)
 	}
 	if c.DefaultPolicy != "" {
 		if _, err := policy.ParseDefault(c.DefaultPolicy); err != nil {
@@ -268,7 +281,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.registry.MustRegister(&registryCollector{reg: s.reg}, svidExpiry(s.agent))
-	s.xds = &xds.Server{Registry: s.reg, ClusterDomain: cfg.ClusterDomain, Logger: cfg.Logger, MaxConcurrentSyncs: cfg.MaxConcurrentSyncs}
+	s.xds = &xds.Server{Registry: s.reg, ClusterDomain: cfg.ClusterDomain, Logger: cfg.Logger, MaxConcurrentSyncs: cfg.MaxConcurrentSyncs,
+		MaxSyncsPerIdentity: cfg.MaxSyncsPerIdentity, MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity}
 	s.registry.MustRegister(syncGauges(s.xds)...)
 	return s, nil
 }

@@ -101,8 +101,8 @@ func TestFileMode(t *testing.T) {
 		!slices.Equal(nt.Services[0].Addresses, []string{"10.96.0.20"}) {
 		t.Errorf("web's name table: domain %q, services %v; want example.org and only api at 10.96.0.20", nt.ClusterDomain, nt.Services)
 	}
-	if len(nt.UnreachableSha256) != 2 {
-		t.Errorf("web's name table hides %d names, want 2 (web, db)", len(nt.UnreachableSha256))
+	if len(nt.UnreachableAddresses) != 2 {
+		t.Errorf("web's name table hides %q, want the addresses of web and db", nt.UnreachableAddresses)
 	}
 
 	api := connect(t, s, ca, apiID)
@@ -187,6 +187,29 @@ func TestFileMode(t *testing.T) {
 	if got := s.metric(t, "tether_discovery_registry_policies"); got != 1 {
 		t.Errorf("policies = %v, want 1", got)
 	}
+}
+
+// TestStreamsPerIdentityFlag: --max-streams-per-identity refuses the
+// streams of one identity over it with ResourceExhausted, counted in
+// tether_discovery_xds_streams_over_limit_total; others are served.
+func TestStreamsPerIdentityFlag(t *testing.T) {
+	ca := startCA(t)
+	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
+	writeFile(t, mesh, meshYAML("127.0.0.2", true))
+	cfg := baseConfig(t, ca, mesh)
+	cfg.MaxStreamsPerIdentity = 1
+	s := start(t, cfg)
+	connect(t, s, ca, webID).subscribe()
+	over := connect(t, s, ca, webID)
+	over.send(resource.ClusterType, nil, nil)
+	err := over.streamErr(5 * time.Second)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--max-streams-per-identity") {
+		t.Fatalf("second stream of web: err = %v, want ResourceExhausted naming the flag", err)
+	}
+	testutil.Eventually(t, "refusal counted", 5*time.Second, func() bool {
+		return s.metric(t, "tether_discovery_xds_streams_over_limit_total") == 1
+	})
+	connect(t, s, ca, apiID).subscribe()
 }
 
 // TestRefusals checks who cannot get configuration.

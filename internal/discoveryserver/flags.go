@@ -36,6 +36,8 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", env("TETHER_CLUSTER_DOMAIN", DefaultClusterDomain), "cluster DNS domain of service names (<svc>.<ns>.svc.<domain>) (env TETHER_CLUSTER_DOMAIN)")
 	fs.StringVar(&c.ListenAddr, "listen", ":15010", "address of the xDS (ADS) gRPC port, mTLS")
 	fs.IntVar(&c.MaxConcurrentSyncs, "max-concurrent-syncs", xds.DefaultMaxConcurrentSyncs, "sidecars sent their whole configuration at once; others wait their turn (bounds memory when many reconnect)")
+	fs.IntVar(&c.MaxSyncsPerIdentity, "max-syncs-per-identity", 0, "of those, the most one SPIFFE ID's streams hold at once; waiting identities take turns (0: a quarter of --max-concurrent-syncs)")
+	fs.IntVar(&c.MaxStreamsPerIdentity, "max-streams-per-identity", xds.DefaultMaxStreamsPerIdentity, "open ADS streams one SPIFFE ID may have; more are refused with ResourceExhausted (set above the replicas of the largest workload, twice over)")
 	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics (to every caller) and /debug/sidecars (to callers on loopback only)")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")

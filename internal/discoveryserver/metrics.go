@@ -71,6 +71,10 @@ func syncGauges(x *xds.Server) []prometheus.Collector {
 			Name: "tether_discovery_xds_syncs_waiting",
 			Help: "New ADS streams waiting for one of the --max-concurrent-syncs slots.",
 		}, func() float64 { _, n := x.SyncStats(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tether_discovery_xds_streams_over_limit_total",
+			Help: "ADS streams refused with ResourceExhausted: their SPIFFE ID already had --max-streams-per-identity open.",
+		}, func() float64 { return float64(x.StreamsOverLimit()) }),
 	}
 }
 

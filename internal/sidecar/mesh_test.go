@@ -262,7 +262,9 @@ func TestLoopbackMeshEnforcesDiscoveryPolicy(t *testing.T) {
 	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	upstream := fakeResolver(t, map[string]string{"example.com.": "203.0.113.7"})
+	// The upstream knows db, as kube-dns knows every Service: web's
+	// sidecar refuses the answer (db's address is hidden from web).
+	upstream := fakeResolver(t, map[string]string{"example.com.": "203.0.113.7", "db.default.svc.cluster.local.": "10.96.0.12"})
 	start := func(a *meshApp, outbound ...OutboundListener) {
 		a.log = filepath.Join(dir, a.name+".access.log")
 		cfg := Config{
@@ -300,7 +302,7 @@ func TestLoopbackMeshEnforcesDiscoveryPolicy(t *testing.T) {
 	waitView(t, "web to learn api's endpoint", web.sidecar, hasEndpoints("api"))
 	waitView(t, "api to learn db's endpoint", api.sidecar, hasEndpoints("db"))
 	waitView(t, "db to learn its inbound policy", db.sidecar, func(v *xdsclient.View) bool { return !v.Authorize(webID, mustPort(db.port())).Allowed })
-	waitView(t, "web to learn db is out of reach", web.sidecar, func(v *xdsclient.View) bool { return v.Unreachable(key("db")) })
+	waitView(t, "web to learn db is out of reach", web.sidecar, func(v *xdsclient.View) bool { _, ok := v.Service(key("db")); return v != nil && !ok })
 
 	// Allowed pairs work.
 	if err := call(webToAPI, "web to api"); err != nil {
@@ -313,11 +315,11 @@ func TestLoopbackMeshEnforcesDiscoveryPolicy(t *testing.T) {
 	// web → db by service: refused at web's outbound, naming the rule;
 	// db never sees it.
 	refused(t, webToDB)
-	denyByView := map[string]string{"direction": "outbound", "source_id": webID.String(), "destination": "default/db:5432", "reason": "policy allows no port of default/db"}
+	denyByView := map[string]string{"direction": "outbound", "source_id": webID.String(), "destination": "default/db:5432", "reason": ruleUnknownService}
 	waitFor(t, "web's outbound denial metric", func() bool { return web.denials(t, denyByView) == 1 })
 	waitFor(t, "web's access log to name the denial", func() bool {
 		l := web.accessLog(t)
-		return strings.Contains(l, `"destination":"default/db:5432"`) && strings.Contains(l, `"rule":"policy allows no port of default/db"`) &&
+		return strings.Contains(l, `"destination":"default/db:5432"`) && strings.Contains(l, `"rule":"`+ruleUnknownService+`"`) &&
 			strings.Contains(l, `"decision":"deny"`)
 	})
 	if n := db.denials(t, nil); n != 0 {
@@ -356,7 +358,7 @@ func TestLoopbackMeshEnforcesDiscoveryPolicy(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, m := range []string{`tether_sidecar_dns_queries_total{result="unreachable",type="A"} 1`, "tether_sidecar_xds_connected 1",
-		`tether_sidecar_authz_denials_total{destination="default/db:5432",direction="outbound",reason="policy allows no port of default/db",source_id="` + webID.String() + `"} 1`} {
+		`tether_sidecar_authz_denials_total{destination="default/db:5432",direction="outbound",reason="` + ruleUnknownService + `",source_id="` + webID.String() + `"} 1`} {
 		if !strings.Contains(string(metrics), m) {
 			t.Errorf("web's /metrics lacks %s", m)
 		}
@@ -386,7 +388,7 @@ func TestLoopbackMeshEnforcesDiscoveryPolicy(t *testing.T) {
 
 	// And back: denied again at both sides.
 	disc.write(t, meshYAML(web, api, db, "api"))
-	waitView(t, "web to lose db", web.sidecar, func(v *xdsclient.View) bool { return v.Unreachable(key("db")) })
+	waitView(t, "web to lose db", web.sidecar, func(v *xdsclient.View) bool { _, ok := v.Service(key("db")); return v != nil && !ok })
 	waitView(t, "db to refuse web", db.sidecar, func(v *xdsclient.View) bool { return !v.Authorize(webID, mustPort(db.port())).Allowed })
 	refused(t, webToDB)
 	refused(t, webToDBDirect)

@@ -55,7 +55,7 @@ func TestDebugDenials(t *testing.T) {
 	}
 	start(web, out("127.0.0.1:0=default/db:5432"), out("127.0.0.1:0="+db.sidecar.Addr("inbound/0").String()+"@"+dbID.String()))
 	disc.write(t, meshYAML(web, api, db, "api"))
-	waitView(t, "web to learn db is out of reach", web.sidecar, func(v *xdsclient.View) bool { return v.Unreachable(key("db")) })
+	waitView(t, "web to learn db is out of reach", web.sidecar, func(v *xdsclient.View) bool { _, ok := v.Service(key("db")); return v != nil && !ok })
 	waitView(t, "db to learn its inbound policy", db.sidecar, func(v *xdsclient.View) bool { return !v.Authorize(webID, mustPort(db.port())).Allowed })
 
 	began := time.Now().Add(-time.Second)
@@ -73,7 +73,7 @@ func TestDebugDenials(t *testing.T) {
 	}
 	for _, x := range w.Denials {
 		if x.Direction != "outbound" || x.Source != webID.String() || x.Destination != "default/db:5432" ||
-			x.Rule != "policy allows no port of default/db" || x.Time.Before(began) || x.Time.After(time.Now()) {
+			x.Rule != ruleUnknownService || x.Time.Before(began) || x.Time.After(time.Now()) {
 			t.Errorf("web's denial: %+v", x)
 		}
 	}

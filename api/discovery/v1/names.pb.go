@@ -6,9 +6,10 @@
 // the standard snapshot cache and any xDS client can carry it, split into entries
 // that are each a NameTable: "tether.names/global" (cluster_domain and
 // inbound_default only), "tether.names/svc/<namespace>/<name>" (exactly one of
-// services) and "tether.names/hash/<hex SHA-256>" (exactly one of
-// unreachable_sha256). The client merges them; a change to one service sends only
-// its entry. (Before the split, one whole table named "tether.names".)
+// services) and "tether.names/hidden/<hex id>" (the unreachable_addresses of one
+// service the caller may not reach). The client merges them; a change to one
+// service sends only its entry. (Before the split, one whole table named
+// "tether.names".)
 //
 // Regenerate the Go code with `make proto`.
 
@@ -43,17 +44,19 @@ type NameTable struct {
 	// Services the caller may reach on at least one port, sorted by namespace,
 	// name (in a split entry: exactly one).
 	Services []*ServiceName `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
-	// SHA-256 of the fully qualified, lower-case name of every mesh service
-	// the caller may reach on no port ("web.shop.svc.cluster.local."), sorted
-	// (in a split entry: exactly one).
-	// The sidecar answers NXDOMAIN for them without learning the names.
-	UnreachableSha256 [][]byte `protobuf:"bytes,3,rep,name=unreachable_sha256,json=unreachableSha256,proto3" json:"unreachable_sha256,omitempty"`
 	// The policy for inbound connections to a port of this workload that no
 	// Service covers: "allow-mesh", "same-namespace" or "deny" (the default of
 	// the workload's namespace).
 	InboundDefault string `protobuf:"bytes,4,opt,name=inbound_default,json=inboundDefault,proto3" json:"inbound_default,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Addresses (ClusterIPs; a headless service's endpoint addresses) of the
+	// mesh services the caller may reach on no port, as IP literals (in a
+	// split "tether.names/hidden/<id>" entry: those of one service, whose id
+	// is keyed with a secret only discovery holds). The sidecar forwards
+	// other names to the upstream resolvers and answers NXDOMAIN when the
+	// answer holds one of these addresses, and for their reverse (PTR) names.
+	UnreachableAddresses []string `protobuf:"bytes,5,rep,name=unreachable_addresses,json=unreachableAddresses,proto3" json:"unreachable_addresses,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *NameTable) Reset() {
@@ -100,18 +103,18 @@ func (x *NameTable) GetServices() []*ServiceName {
 	return nil
 }
 
-func (x *NameTable) GetUnreachableSha256() [][]byte {
-	if x != nil {
-		return x.UnreachableSha256
-	}
-	return nil
-}
-
 func (x *NameTable) GetInboundDefault() string {
 	if x != nil {
 		return x.InboundDefault
 	}
 	return ""
+}
+
+func (x *NameTable) GetUnreachableAddresses() []string {
+	if x != nil {
+		return x.UnreachableAddresses
+	}
+	return nil
 }
 
 // ServiceName is one reachable service.
@@ -283,12 +286,12 @@ var File_discovery_v1_names_proto protoreflect.FileDescriptor
 
 const file_discovery_v1_names_proto_rawDesc = "" +
 	"\n" +
-	"\x18discovery/v1/names.proto\x12\x13tether.discovery.v1\"\xc8\x01\n" +
+	"\x18discovery/v1/names.proto\x12\x13tether.discovery.v1\"\xe8\x01\n" +
 	"\tNameTable\x12%\n" +
 	"\x0ecluster_domain\x18\x01 \x01(\tR\rclusterDomain\x12<\n" +
-	"\bservices\x18\x02 \x03(\v2 .tether.discovery.v1.ServiceNameR\bservices\x12-\n" +
-	"\x12unreachable_sha256\x18\x03 \x03(\fR\x11unreachableSha256\x12'\n" +
-	"\x0finbound_default\x18\x04 \x01(\tR\x0einboundDefault\"\xa9\x01\n" +
+	"\bservices\x18\x02 \x03(\v2 .tether.discovery.v1.ServiceNameR\bservices\x12'\n" +
+	"\x0finbound_default\x18\x04 \x01(\tR\x0einboundDefault\x123\n" +
+	"\x15unreachable_addresses\x18\x05 \x03(\tR\x14unreachableAddressesJ\x04\b\x03\x10\x04R\x12unreachable_sha256\"\xa9\x01\n" +
 	"\vServiceName\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +

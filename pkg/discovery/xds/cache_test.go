@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
 // withWebToDB is meshState plus a policy that lets web reach db.
@@ -135,6 +137,11 @@ type deltaClient struct {
 	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 	resps  chan *discoveryv3.DeltaDiscoveryResponse
 	close  func() // ends the stream and the connection
+	// nodeOnce sends node on the stream's first request only, as Envoy
+	// with set_node_on_first_message_only does.
+	nodeOnce bool
+	sent     bool
+	end      error // why the stream ended; read it after resps is closed
 }
 
 func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
@@ -150,6 +157,7 @@ func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
 		for {
 			r, err := stream.Recv()
 			if err != nil {
+				c.end = err
 				close(c.resps)
 				return
 			}
@@ -161,7 +169,10 @@ func (m *mesh) connectDelta(id spiffeid.ID) *deltaClient {
 
 func (c *deltaClient) send(req *discoveryv3.DeltaDiscoveryRequest) {
 	c.t.Helper()
-	req.Node = c.node
+	if !c.nodeOnce || !c.sent {
+		req.Node = c.node
+	}
+	c.sent = true
 	if err := c.stream.Send(req); err != nil {
 		c.t.Fatal(err)
 	}
@@ -242,6 +253,14 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	api.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
 	if r := api.recv(200 * time.Millisecond); r != nil {
 		t.Errorf("api got a second push (%s %v) for one change", r.TypeUrl, deltaNames(r))
+	}
+	// db is headless and hidden from web: web gets the new address of its
+	// hidden entry (so that its DNS server refuses it) and nothing else.
+	if r := web.recv(2 * time.Second); r == nil || r.TypeUrl != resource.ExtensionConfigType || len(r.Resources) != 1 ||
+		!strings.HasPrefix(r.Resources[0].Name, xds.NameHiddenPrefix) || len(r.RemovedResources) != 0 {
+		t.Errorf("web got %v for db's move, want only db's hidden entry", r)
+	} else {
+		web.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
 	}
 	if r := web.recv(300 * time.Millisecond); r != nil {
 		t.Errorf("web got a push (%s %v) for a service it may not reach", r.TypeUrl, deltaNames(r))

@@ -32,7 +32,7 @@ type slotKind uint8
 const (
 	slotCluster slotKind = iota // the Cluster of each service the node may reach
 	slotCLA                     // the ClusterLoadAssignment of each, likewise
-	slotHash                    // the name-hash entry of each service it may not reach
+	slotHash                    // the hidden entry of each service it may not reach
 	slotName                    // the name-table entry of each service it may reach
 	slotGlobals                 // the name table's globals entry (no services)
 )
@@ -74,7 +74,7 @@ func newLayout(typ resource.Type, services int, runs ...[]int) *layout {
 	case resource.EndpointType:
 		add(slotCLA, runs[0])
 	case resource.ExtensionConfigType:
-		// NameGlobalsName < NameHashPrefix... < NameServicePrefix...
+		// NameGlobalsName < NameHiddenPrefix... < NameServicePrefix...
 		l.specs = append(l.specs, chunkSpec{kind: slotGlobals})
 		add(slotHash, runs[0])
 		add(slotName, runs[1])

@@ -53,7 +53,7 @@ type index struct {
 	// inbound holds each identity's inbound Listener, built when first
 	// needed: spiffeid.ID → *lazyListener.
 	inbound    sync.Map
-	hashOrder  []int // service indexes sorted by HashName (the name table's unreachable order)
+	hashOrder  []int // service indexes sorted by HiddenID (the order of the name table's hidden entries)
 	entryOrder []int // service indexes sorted by "<namespace>/<name>" (the order of the name-table entries)
 
 	// prev is the index this one was diffed against, until the next index
@@ -120,9 +120,9 @@ func (v *variant) entryOut() *marshaled {
 	return v.out
 }
 
-// lazyHash is an unreachable service's name-table entry, built when first
-// needed and shared by every node and by the next indexes while the
-// service's name is the same.
+// lazyHash is an unreachable service's name-table entry (NameHiddenPrefix),
+// built when first needed and shared by every node and by the next
+// indexes while the service is the same.
 type lazyHash struct {
 	once sync.Once
 	tec  *corev3.TypedExtensionConfig
@@ -188,7 +188,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 			x.dirty = append(x.dirty, i)
 		}
 		fqdn := FQDN(svc.Key, clusterDomain)
-		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HashName(fqdn), hashEntry: &lazyHash{}, ids: svc.Identities(x.td),
+		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HiddenID(svc.Key), hashEntry: &lazyHash{}, ids: svc.Identities(x.td),
 			res: &lazyResources{}, variants: &variants{}, rbac: &lazyRBAC{}}
 		x.addServed(i)
 	}
@@ -478,7 +478,7 @@ func (x *index) items(v *nodeView, typ resource.Type) ([]types.Resource, error) 
 func (x *index) hashOut(i int) *lazyHash {
 	h := x.entries[i].hashEntry
 	h.once.Do(func() {
-		h.tec = hashEntry(x.entries[i].hash)
+		h.tec = hiddenEntry(x.entries[i].hash, hiddenAddrs(x.entries[i].svc))
 		h.out, _ = newMarshaled(h.tec)
 	})
 	return h
@@ -486,11 +486,11 @@ func (x *index) hashOut(i int) *lazyHash {
 
 // nameTable returns v's name-table entries, as buildNameTable makes them,
 // sorted by name: the globals (the cluster domain and the default for
-// ports no service covers), the hashes of the names of the services it may
+// ports no service covers), the hidden entries of the services it may
 // not reach (shared by every node), and every service it may reach on some
 // port with its addresses and per-port decisions (shared by every node
 // with the same decisions), with their marshaled forms. The names sort in
-// that order ("global" < "hash/" < "svc/"; hex keeps the hashes' order),
+// that order ("global" < "hidden/" < "svc/"; hex keeps the ids' order),
 // so no node's list needs sorting.
 func (x *index) nameTable(v *nodeView) ([]types.Resource, []*marshaled) {
 	g := globalsEntry(x.clusterDomain, x.inboundDefault(v.id))

@@ -1,7 +1,8 @@
 package xds
 
 import (
-	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -26,8 +27,12 @@ import (
 //     services and no hashes;
 //   - NameServicePrefix + "<namespace>/<name>": exactly one service the
 //     caller may reach on some port;
-//   - NameHashPrefix + "<hex SHA-256>": exactly one hash of the name of a
-//     service the caller may reach on no port.
+//   - NameHiddenPrefix + "<hex id>": the addresses of one service the
+//     caller may reach on no port. The id is an HMAC of the service's
+//     namespace and name under a secret that only this discovery process
+//     holds (see HiddenID): a workload, which can fetch its own name table
+//     with its SVID, learns how many services are hidden from it and their
+//     addresses, but cannot confirm a guessed name offline.
 //
 // Entries of the same service with the same decisions are shared by every
 // node. A client subscribes to the extension configs as a wildcard and
@@ -42,8 +47,10 @@ const (
 	NameGlobalsName = "tether.names/global"
 	// NameServicePrefix starts the name of a reachable service's entry.
 	NameServicePrefix = "tether.names/svc/"
-	// NameHashPrefix starts the name of an unreachable name's entry.
-	NameHashPrefix = "tether.names/hash/"
+	// NameHiddenPrefix starts the name of an unreachable service's entry.
+	NameHiddenPrefix = "tether.names/hidden/"
+	// hiddenIDLen is the length of a hidden entry's id, in bytes.
+	hiddenIDLen = 16
 )
 
 // DefaultClusterDomain is the cluster DNS domain when none is configured.
@@ -55,11 +62,42 @@ func FQDN(key discovery.ServiceKey, clusterDomain string) string {
 	return strings.ToLower(key.Name + "." + key.Namespace + ".svc." + strings.Trim(clusterDomain, ".") + ".")
 }
 
-// HashName is how a NameTable names a service the caller may not reach:
-// the SHA-256 of its FQDN (see FQDN).
-func HashName(fqdn string) []byte {
-	h := sha256.Sum256([]byte(strings.ToLower(fqdn)))
-	return h[:]
+// hiddenKey keys HiddenID. It never leaves the process: the ids of a
+// discovery replica are its own, and a restart changes them (sidecars
+// then reconnect and get the whole table anyway).
+var hiddenKey = func() []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic(fmt.Sprintf("xds: random key for hidden names: %v", err))
+	}
+	return k
+}()
+
+// HiddenID is the id of the name-table entry of service key when a caller
+// may reach it on no port: an HMAC-SHA-256 of "<namespace>/<name>" under a
+// per-process secret, truncated to 16 bytes. Unlike a plain hash of the
+// name, it cannot be computed from a guessed name without the secret.
+func HiddenID(key discovery.ServiceKey) []byte {
+	m := hmac.New(sha256.New, hiddenKey)
+	m.Write([]byte(key.Namespace + "/" + key.Name))
+	return m.Sum(nil)[:hiddenIDLen]
+}
+
+// hiddenAddrs are the addresses a hidden entry of svc carries: its
+// ClusterIPs, or a headless service's endpoint addresses, as sorted
+// unique IP literals.
+func hiddenAddrs(svc *discovery.Service) []string {
+	var out []string
+	for _, a := range svc.ClusterIPs {
+		out = append(out, a.String())
+	}
+	if len(svc.ClusterIPs) == 0 {
+		for _, e := range svc.Endpoints {
+			out = append(out, e.Addr.String())
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // IsNameTableEntry reports whether name is the name of a name-table
@@ -87,15 +125,16 @@ func serviceEntry(sn *discoveryv1.ServiceName) *corev3.TypedExtensionConfig {
 	return nameTEC(NameServicePrefix+sn.GetNamespace()+"/"+sn.GetName(), &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}})
 }
 
-// hashEntry is an unreachable name's entry.
-func hashEntry(hash []byte) *corev3.TypedExtensionConfig {
-	return nameTEC(NameHashPrefix+hex.EncodeToString(hash), &discoveryv1.NameTable{UnreachableSha256: [][]byte{hash}})
+// hiddenEntry is an unreachable service's entry: its id and addresses.
+func hiddenEntry(id []byte, addrs []string) *corev3.TypedExtensionConfig {
+	return nameTEC(NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: addrs})
 }
 
 // buildNameTable returns id's name table entries, sorted by name: the
 // globals (the cluster domain and the default for ports no service
 // covers), every service it may reach on some port with its addresses and
-// per-port decisions, and the hashes of the names of the others.
+// per-port decisions, and, for each of the others, an entry with a keyed id
+// and its addresses (see HiddenID).
 func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) ([]types.Resource, error) {
 	if clusterDomain == "" {
 		clusterDomain = DefaultClusterDomain
@@ -116,7 +155,7 @@ func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 			})
 		}
 		if !reach {
-			out = append(out, hashEntry(HashName(fqdn)))
+			out = append(out, hiddenEntry(HiddenID(svc.Key), hiddenAddrs(&svc)))
 			continue
 		}
 		for _, a := range svc.ClusterIPs {
@@ -136,7 +175,7 @@ func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 // (TypedExtensionConfigs; names that are not NameTableName or do not
 // start with it and a slash are ignored) and merges them into one table:
 // the globals of NameGlobalsName, the services sorted by namespace and
-// name, the hashes sorted. Each entry must hold exactly what its name
+// name, the hidden addresses sorted and unique. Each entry must hold exactly what its name
 // says. The unsplit form, one NameTableName, is accepted alone. It does
 // not check the table's contents beyond that.
 func MergeNameTables(items []types.Resource) (*discoveryv1.NameTable, error) {
@@ -180,8 +219,9 @@ const (
 	NameTableGlobals
 	// NameTableService is one service, NameServicePrefix.
 	NameTableService
-	// NameTableHash is one unreachable name's hash, NameHashPrefix.
-	NameTableHash
+	// NameTableHidden is one unreachable service's addresses,
+	// NameHiddenPrefix.
+	NameTableHidden
 )
 
 // NameTableEntry is one name-table entry, parsed.
@@ -210,7 +250,7 @@ func ParseNameTableEntry(tec *corev3.TypedExtensionConfig) (NameTableEntry, erro
 	case name == NameGlobalsName:
 		return NameTableEntry{Kind: NameTableGlobals, Table: m}, nil
 	case strings.HasPrefix(name, NameServicePrefix):
-		if len(m.GetServices()) != 1 || len(m.GetUnreachableSha256()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
+		if len(m.GetServices()) != 1 || len(m.GetUnreachableAddresses()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
 			return NameTableEntry{}, fmt.Errorf("extension config %q does not hold exactly one service", name)
 		}
 		sn := m.GetServices()[0]
@@ -218,15 +258,14 @@ func ParseNameTableEntry(tec *corev3.TypedExtensionConfig) (NameTableEntry, erro
 			return NameTableEntry{}, fmt.Errorf("extension config %q holds service %s/%s", name, sn.GetNamespace(), sn.GetName())
 		}
 		return NameTableEntry{Kind: NameTableService, Table: m}, nil
-	case strings.HasPrefix(name, NameHashPrefix):
-		if len(m.GetUnreachableSha256()) != 1 || len(m.GetServices()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
-			return NameTableEntry{}, fmt.Errorf("extension config %q does not hold exactly one hash", name)
+	case strings.HasPrefix(name, NameHiddenPrefix):
+		if len(m.GetServices()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
+			return NameTableEntry{}, fmt.Errorf("extension config %q holds more than addresses", name)
 		}
-		h := m.GetUnreachableSha256()[0]
-		if want := NameHashPrefix + hex.EncodeToString(h); name != want {
-			return NameTableEntry{}, fmt.Errorf("extension config %q holds hash %x", name, h)
+		if id, err := hex.DecodeString(strings.TrimPrefix(name, NameHiddenPrefix)); err != nil || len(id) != hiddenIDLen {
+			return NameTableEntry{}, fmt.Errorf("extension config %q: want %d bytes of hex after %q", name, hiddenIDLen, NameHiddenPrefix)
 		}
-		return NameTableEntry{Kind: NameTableHash, Table: m}, nil
+		return NameTableEntry{Kind: NameTableHidden, Table: m}, nil
 	}
 	return NameTableEntry{}, fmt.Errorf("extension config %q: unknown name-table entry", name)
 }
@@ -236,7 +275,7 @@ func ParseNameTableEntry(tec *corev3.TypedExtensionConfig) (NameTableEntry, erro
 type nameTableMerger struct {
 	whole, globals *discoveryv1.NameTable
 	services       []*discoveryv1.ServiceName
-	hashes         [][]byte
+	hidden         []string
 	entries        int // split entries
 }
 
@@ -252,14 +291,14 @@ func (m *nameTableMerger) add(e NameTableEntry) error {
 		if m.globals != nil {
 			return fmt.Errorf("extension config %q is sent twice", NameGlobalsName)
 		}
-		if len(e.Table.GetServices()) != 0 || len(e.Table.GetUnreachableSha256()) != 0 {
-			return fmt.Errorf("extension config %q holds services or hashes", NameGlobalsName)
+		if len(e.Table.GetServices()) != 0 || len(e.Table.GetUnreachableAddresses()) != 0 {
+			return fmt.Errorf("extension config %q holds services or addresses", NameGlobalsName)
 		}
 		m.globals = e.Table
 	case NameTableService:
 		m.services = append(m.services, e.Table.GetServices()[0])
-	case NameTableHash:
-		m.hashes = append(m.hashes, e.Table.GetUnreachableSha256()[0])
+	case NameTableHidden:
+		m.hidden = append(m.hidden, e.Table.GetUnreachableAddresses()...)
 	}
 	m.entries++
 	return nil
@@ -275,10 +314,10 @@ func (m *nameTableMerger) table() (*discoveryv1.NameTable, error) {
 		return nil, fmt.Errorf("no name table (extension config %q)", NameGlobalsName)
 	}
 	merged := &discoveryv1.NameTable{
-		ClusterDomain:     m.globals.GetClusterDomain(),
-		InboundDefault:    m.globals.GetInboundDefault(),
-		Services:          m.services,
-		UnreachableSha256: m.hashes,
+		ClusterDomain:        m.globals.GetClusterDomain(),
+		InboundDefault:       m.globals.GetInboundDefault(),
+		Services:             m.services,
+		UnreachableAddresses: m.hidden,
 	}
 	slices.SortFunc(merged.Services, func(a, b *discoveryv1.ServiceName) int {
 		if c := strings.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
@@ -286,6 +325,7 @@ func (m *nameTableMerger) table() (*discoveryv1.NameTable, error) {
 		}
 		return strings.Compare(a.GetName(), b.GetName())
 	})
-	slices.SortFunc(merged.UnreachableSha256, bytes.Compare)
+	slices.Sort(merged.UnreachableAddresses)
+	merged.UnreachableAddresses = slices.Compact(merged.UnreachableAddresses)
 	return merged, nil
 }

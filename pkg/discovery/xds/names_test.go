@@ -1,8 +1,8 @@
 package xds_test
 
 import (
-	"bytes"
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -29,15 +30,15 @@ func nameTEC(t *testing.T, name string, m proto.Message) *corev3.TypedExtensionC
 // a second globals entry is reported as sent twice before its contents
 // are looked at.
 func TestMergeNameTablesErrors(t *testing.T) {
-	h1, h2 := xds.HashName("a.ns.svc.cluster.local."), xds.HashName("b.ns.svc.cluster.local.")
+	id := hex.EncodeToString(xds.HiddenID(discovery.ServiceKey{Namespace: "ns", Name: "a"}))
 	globals := nameTEC(t, xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", InboundDefault: "deny"})
 	svc := func(name string, sns ...*discoveryv1.ServiceName) *corev3.TypedExtensionConfig {
 		return nameTEC(t, xds.NameServicePrefix+name, &discoveryv1.NameTable{Services: sns})
 	}
 	web := &discoveryv1.ServiceName{Namespace: "shop", Name: "web"}
 	api := &discoveryv1.ServiceName{Namespace: "shop", Name: "api"}
-	hash := func(name string, hs ...[]byte) *corev3.TypedExtensionConfig {
-		return nameTEC(t, xds.NameHashPrefix+name, &discoveryv1.NameTable{UnreachableSha256: hs})
+	hidden := func(name string, nt *discoveryv1.NameTable) *corev3.TypedExtensionConfig {
+		return nameTEC(t, xds.NameHiddenPrefix+name, nt)
 	}
 	withServices := nameTEC(t, xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", Services: []*discoveryv1.ServiceName{web}})
 	whole := nameTEC(t, xds.NameTableName, &discoveryv1.NameTable{ClusterDomain: "cluster.local"})
@@ -54,17 +55,21 @@ func TestMergeNameTablesErrors(t *testing.T) {
 			`extension config "tether.names/global": `}, // and protobuf's error, whose text varies
 		{"globals twice", []types.Resource{globals, globals}, `extension config "tether.names/global" is sent twice`},
 		{"globals twice, the second with services", []types.Resource{globals, withServices}, `extension config "tether.names/global" is sent twice`},
-		{"globals with services", []types.Resource{withServices}, `extension config "tether.names/global" holds services or hashes`},
+		{"globals with services", []types.Resource{withServices}, `extension config "tether.names/global" holds services or addresses`},
 		{"globals twice before a bad entry", []types.Resource{globals, globals, svc("shop/web")},
 			`extension config "tether.names/global" is sent twice`},
 		{"two services in an entry", []types.Resource{globals, svc("shop/web", web, api)},
 			`extension config "tether.names/svc/shop/web" does not hold exactly one service`},
 		{"another service's entry", []types.Resource{globals, svc("shop/web", api)},
 			`extension config "tether.names/svc/shop/web" holds service shop/api`},
-		{"two hashes in an entry", []types.Resource{globals, hash(hex.EncodeToString(h1), h1, h2)},
-			`extension config "tether.names/hash/` + hex.EncodeToString(h1) + `" does not hold exactly one hash`},
-		{"another hash's entry", []types.Resource{globals, hash(hex.EncodeToString(h1), h2)},
-			`extension config "tether.names/hash/` + hex.EncodeToString(h1) + `" holds hash ` + hex.EncodeToString(h2)},
+		{"hidden entry with a service", []types.Resource{globals, hidden(id, &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{web}})},
+			`extension config "tether.names/hidden/` + id + `" holds more than addresses`},
+		{"hidden entry with a short id", []types.Resource{globals, hidden("00", &discoveryv1.NameTable{UnreachableAddresses: []string{"10.0.0.1"}})},
+			`extension config "tether.names/hidden/00": want 16 bytes of hex after "tether.names/hidden/"`},
+		{"hidden entry with a name for an id", []types.Resource{globals, hidden("a.ns.svc.cluster.local.", &discoveryv1.NameTable{})},
+			`extension config "tether.names/hidden/a.ns.svc.cluster.local.": want 16 bytes of hex after "tether.names/hidden/"`},
+		{"the old hash entry", []types.Resource{globals, nameTEC(t, "tether.names/hash/00", &discoveryv1.NameTable{})},
+			`extension config "tether.names/hash/00": unknown name-table entry`},
 		{"unknown entry", []types.Resource{globals, nameTEC(t, "tether.names/other", &discoveryv1.NameTable{})},
 			`extension config "tether.names/other": unknown name-table entry`},
 		{"whole twice", []types.Resource{whole, whole}, `extension config "tether.names" is sent twice`},
@@ -84,10 +89,10 @@ func TestMergeNameTablesErrors(t *testing.T) {
 // MergeNameTableEntries merges what its parse gives, which it calls once
 // for each name-table entry and for nothing else.
 func TestMergeNameTableEntries(t *testing.T) {
-	h := xds.HashName("a.ns.svc.cluster.local.")
+	h := xds.HiddenID(discovery.ServiceKey{Namespace: "ns", Name: "a"})
 	items := []types.Resource{
 		nameTEC(t, xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", InboundDefault: "deny"}),
-		nameTEC(t, xds.NameHashPrefix+hex.EncodeToString(h), &discoveryv1.NameTable{UnreachableSha256: [][]byte{h}}),
+		nameTEC(t, xds.NameHiddenPrefix+hex.EncodeToString(h), &discoveryv1.NameTable{UnreachableAddresses: []string{"fd00::1", "10.0.0.1"}}),
 		nameTEC(t, xds.NameServicePrefix+"shop/web", &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{{Namespace: "shop", Name: "web"}}}),
 		nameTEC(t, xds.NameServicePrefix+"a-b/c", &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{{Namespace: "a-b", Name: "c"}}}),
 		nameTEC(t, "some.other.config", &clusterv3.Cluster{}),
@@ -107,8 +112,8 @@ func TestMergeNameTableEntries(t *testing.T) {
 	if !proto.Equal(got, want) {
 		t.Errorf("MergeNameTableEntries = %v, MergeNameTables = %v", got, want)
 	}
-	if len(got.Services) != 2 || got.Services[0].Namespace != "a-b" || len(got.UnreachableSha256) != 1 || !bytes.Equal(got.UnreachableSha256[0], h) {
-		t.Errorf("merged %v, want services a-b/c and shop/web, and the hash", got)
+	if len(got.Services) != 2 || got.Services[0].Namespace != "a-b" || !slices.Equal(got.UnreachableAddresses, []string{"10.0.0.1", "fd00::1"}) {
+		t.Errorf("merged %v, want services a-b/c and shop/web, and the hidden addresses sorted", got)
 	}
 	if len(parsed) != 4 || parsed["some.other.config"] != 0 {
 		t.Errorf("parsed %v, want each of the four name-table entries once", parsed)

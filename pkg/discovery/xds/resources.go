@@ -53,7 +53,7 @@ const (
 // of id's pods (see buildInbound and discovery.InboundChains). Every type is present, possibly empty, and
 // resources are in a deterministic order. TypedExtensionConfigs named
 // NameGlobalsName, NameServicePrefix+"<ns>/<name>" and
-// NameHashPrefix+"<hex>" carry id's DNS name table and per-port outbound
+// NameHiddenPrefix+"<hex id>" carry id's DNS name table and per-port outbound
 // decisions, split by service (see api/discovery/v1 and MergeNameTables),
 // with names in clusterDomain (default cluster.local).
 func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) (map[resource.Type][]types.Resource, error) {

@@ -1,7 +1,6 @@
 package xds_test
 
 import (
-	"bytes"
 	"encoding/hex"
 	"net/netip"
 	"slices"
@@ -70,7 +69,7 @@ func TestBuildResourcesDefaultsAsPrefixes(t *testing.T) {
 }
 
 // The name table lists what the caller may reach with per-port decisions,
-// and only hashes of the names it may not reach.
+// and of the services it may not reach only keyed ids and addresses.
 func TestBuildResourcesNameTable(t *testing.T) {
 	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
 	if err != nil {
@@ -112,7 +111,7 @@ func TestBuildResourcesNameTable(t *testing.T) {
 	for _, r := range ecs {
 		names = append(names, r.(*corev3.TypedExtensionConfig).Name)
 	}
-	secrets := xds.NameHashPrefix + hex.EncodeToString(xds.HashName("secrets.vault.svc.example.org."))
+	secrets := xds.NameHiddenPrefix + hex.EncodeToString(xds.HiddenID(discovery.ServiceKey{Namespace: "vault", Name: "secrets"}))
 	if want := []string{xds.NameGlobalsName, secrets, xds.NameServicePrefix + "shop/cart"}; !slices.Equal(names, want) {
 		t.Fatalf("extension configs %q, want %q", names, want)
 	}
@@ -135,8 +134,8 @@ func TestBuildResourcesNameTable(t *testing.T) {
 		s.Ports[0].TargetPort != 8080 || s.Ports[1].Allowed {
 		t.Errorf("ports = %v, want 80 allowed by shop/cart-http and 9000 denied", s.Ports)
 	}
-	if want := xds.HashName("secrets.vault.svc.example.org."); len(nt.UnreachableSha256) != 1 || !bytes.Equal(nt.UnreachableSha256[0], want) {
-		t.Errorf("unreachable hashes = %x, want only %x", nt.UnreachableSha256, want)
+	if want := []string{"10.1.0.9"}; !slices.Equal(nt.UnreachableAddresses, want) { // headless: its endpoints
+		t.Errorf("unreachable addresses = %q, want %q", nt.UnreachableAddresses, want)
 	}
 	// The vault workload's own namespace denies by default.
 	res, err = xds.BuildResources(reg.Snapshot(), testutil.ID("/ns/vault/sa/secrets"), "")

@@ -52,12 +52,25 @@ type Server struct {
 	// SyncSlotTimeout is how long a stream may hold a slot (default
 	// DefaultSyncSlotTimeout).
 	SyncSlotTimeout time.Duration
+	// MaxSyncsPerIdentity bounds the slots the streams of one SPIFFE ID
+	// hold at once (default MaxConcurrentSyncs/4, at least 1). Waiting
+	// streams are served one identity after another, so that one
+	// identity's streams, answering or not, cannot make another's first
+	// sync wait for the slots.
+	MaxSyncsPerIdentity int
+	// MaxStreamsPerIdentity bounds the open streams of one SPIFFE ID
+	// (default DefaultMaxStreamsPerIdentity); more are refused with
+	// ResourceExhausted. Every replica of a workload shares its identity:
+	// set it above the replicas of the largest workload, twice over for
+	// reconnects.
+	MaxStreamsPerIdentity int
 
-	once      sync.Once
-	syncSlots chan struct{}
-	syncWait  atomic.Int64 // streams waiting for a slot
-	cache     *scopedCache
-	xds       serverv3.Server
+	once    sync.Once
+	slots   *slotQueue
+	cache   *scopedCache
+	xds     serverv3.Server
+	perID   map[spiffeid.ID]int // open streams by caller identity, under mu
+	refused atomic.Int64        // streams refused by MaxStreamsPerIdentity
 
 	mu      sync.Mutex
 	streams map[int64]*stream     // by stream ID
@@ -70,8 +83,9 @@ type Server struct {
 
 // Defaults of Server's fields.
 const (
-	DefaultMaxConcurrentSyncs = 32
-	DefaultSyncSlotTimeout    = 10 * time.Second
+	DefaultMaxConcurrentSyncs    = 32
+	DefaultSyncSlotTimeout       = 5 * time.Second
+	DefaultMaxStreamsPerIdentity = 1024
 )
 
 // nodeState is a connected node's current view; mu serializes building
@@ -116,7 +130,14 @@ func (s *Server) init() {
 		if s.SyncSlotTimeout <= 0 {
 			s.SyncSlotTimeout = DefaultSyncSlotTimeout
 		}
-		s.syncSlots = make(chan struct{}, s.MaxConcurrentSyncs)
+		if s.MaxSyncsPerIdentity <= 0 {
+			s.MaxSyncsPerIdentity = max(1, s.MaxConcurrentSyncs/4)
+		}
+		if s.MaxStreamsPerIdentity <= 0 {
+			s.MaxStreamsPerIdentity = DefaultMaxStreamsPerIdentity
+		}
+		s.slots = newSlotQueue(s.MaxConcurrentSyncs, s.MaxSyncsPerIdentity)
+		s.perID = make(map[spiffeid.ID]int)
 		s.xds = serverv3.NewServer(context.Background(), s.cache, serverv3.CallbackFuncs{
 			StreamOpenFunc:        s.open,
 			StreamClosedFunc:      s.closed,
@@ -150,10 +171,12 @@ func GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.ReadBufferSize(4 << 10), grpc.SharedWriteBuffer(true)}
 }
 
-// Register registers the aggregated discovery service on g.
+// Register registers the aggregated discovery service on g. Its streams
+// end, with Unauthenticated, when the client certificate they were opened
+// with expires.
 func (s *Server) Register(g grpc.ServiceRegistrar) {
 	s.init()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, certBound{Server: s.xds, log: s.Logger})
 }
 
 // Run keeps the snapshots of connected nodes current until ctx ends, then
@@ -264,9 +287,24 @@ func (s *Server) open(ctx context.Context, streamID int64, _ string) error {
 	}
 	addr, certExpiry := peerInfo(ctx)
 	s.mu.Lock()
+	if n := s.perID[id]; n >= s.MaxStreamsPerIdentity {
+		s.mu.Unlock()
+		s.refused.Add(1)
+		s.Logger.Warn("xds: refused stream over the per-identity limit", slog.String("spiffe_id", id.String()),
+			slog.String("peer", addr.String()), slog.Int("open", n))
+		return status.Errorf(codes.ResourceExhausted, "%s already has %d open ADS streams, the most one identity may have (--max-streams-per-identity)", id, n)
+	}
+	s.perID[id]++
 	s.streams[streamID] = &stream{ctx: ctx, id: id, peer: addr, since: time.Now(), certExpiry: certExpiry}
 	s.mu.Unlock()
 	return nil
+}
+
+// StreamsOverLimit reports the streams refused so far because their
+// identity had MaxStreamsPerIdentity open.
+func (s *Server) StreamsOverLimit() int64 {
+	s.init()
+	return s.refused.Load()
 }
 
 func (s *Server) closed(streamID int64, _ *corev3.Node) {
@@ -277,6 +315,9 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 		return
 	}
 	delete(s.streams, streamID)
+	if s.perID[st.id]--; s.perID[st.id] <= 0 {
+		delete(s.perID, st.id)
+	}
 	if st.slot != nil {
 		st.slot.release()
 		st.slot = nil
@@ -294,14 +335,26 @@ func (s *Server) closed(streamID int64, _ *corev3.Node) {
 // request checks that node is the stream's verified identity and, on the
 // stream's first request, waits for a sync slot and installs the node's
 // snapshot. A request that answers a response (nonce) may free the slot.
+//
+// Only a stream's first request must carry node: Envoy
+// (set_node_on_first_message_only) and grpc-go send it on the first
+// request only, and a later request without node means the stream's node.
+// (The state-of-the-world server of go-control-plane fills it in before
+// calling back; the delta server does not.)
 func (s *Server) request(streamID int64, node *corev3.Node, nonce string) error {
 	st := s.stream(streamID)
 	if st == nil {
 		return status.Error(codes.PermissionDenied, "stream was not authenticated")
 	}
 	want := st.id.String()
+	if node == nil && st.node != "" { // only this stream's goroutine reads or writes st.node
+		node = st.lastNode
+	}
 	if got := node.GetId(); got != want {
 		s.Logger.Warn("xds: refused request for another identity", slog.String("spiffe_id", want), slog.String("node_id", got))
+		if node == nil {
+			return status.Errorf(codes.PermissionDenied, "the stream's first request has no node; node.id must be the caller's SPIFFE ID %s", want)
+		}
 		return status.Errorf(codes.PermissionDenied, "node.id %q is not the caller's SPIFFE ID %s", got, want)
 	}
 	s.observeNode(st, node)
@@ -312,7 +365,7 @@ func (s *Server) request(streamID int64, node *corev3.Node, nonce string) error 
 		}
 		return nil
 	}
-	slot, err := s.acquireSlot(st.ctx)
+	slot, err := s.acquireSlot(st.ctx, want)
 	if err != nil {
 		return err
 	}
@@ -359,22 +412,15 @@ func (sl *syncSlot) answered(nonce string) bool {
 	return len(sl.outstanding) == 0
 }
 
-// acquireSlot waits for a sync slot until ctx (the stream's) ends.
-func (s *Server) acquireSlot(ctx context.Context) (*syncSlot, error) {
-	select {
-	case s.syncSlots <- struct{}{}:
-	default:
-		s.syncWait.Add(1)
-		select {
-		case s.syncSlots <- struct{}{}:
-			s.syncWait.Add(-1)
-		case <-ctx.Done():
-			s.syncWait.Add(-1)
-			return nil, status.Error(codes.Canceled, "stream ended while waiting to be served")
-		}
+// acquireSlot waits for a sync slot for identity id until ctx (the
+// stream's) ends.
+func (s *Server) acquireSlot(ctx context.Context, id string) (*syncSlot, error) {
+	release, err := s.slots.acquire(ctx, id)
+	if err != nil {
+		return nil, err
 	}
 	// (The timer is not stopped on release: it then does nothing.)
-	sl := &syncSlot{outstanding: map[string]bool{}, release: sync.OnceFunc(func() { <-s.syncSlots })}
+	sl := &syncSlot{outstanding: map[string]bool{}, release: release}
 	time.AfterFunc(s.SyncSlotTimeout, sl.release)
 	return sl, nil
 }
@@ -383,7 +429,7 @@ func (s *Server) acquireSlot(ctx context.Context) (*syncSlot, error) {
 // for one (see MaxConcurrentSyncs).
 func (s *Server) SyncStats() (syncing, waiting int) {
 	s.init()
-	return len(s.syncSlots), int(s.syncWait.Load())
+	return s.slots.stats(s.MaxConcurrentSyncs)
 }
 
 // peerID returns the SPIFFE ID of the client certificate of the gRPC call

@@ -1,12 +1,18 @@
 package xds_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -69,4 +75,88 @@ func TestSyncSlotTimesOut(t *testing.T) {
 	if d := time.Since(start); d < 100*time.Millisecond {
 		t.Fatalf("api was served after %s, before web's slot could time out", d)
 	}
+}
+
+// attackStreams opens n delta streams as id over conns connections; each
+// sends its first request and never answers. It returns once discovery
+// has seen every first request (each holds a slot or waits for one).
+func attackStreams(t *testing.T, m *mesh, srv *xds.Server, id spiffeid.ID, conns, n int) {
+	t.Helper()
+	for i := range conns {
+		conn, ctx, _ := m.dial(id)
+		for range n / conns {
+			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+			if err != nil {
+				t.Fatalf("connection %d: %v", i, err)
+			}
+			err = st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: id.String()}, TypeUrl: resource.ClusterType})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Read nothing, answer nothing: the stream's window and the
+			// slot stay taken.
+		}
+	}
+	testutil.Eventually(t, "every attacking stream to ask", 30*time.Second, func() bool {
+		syncing, waiting := srv.SyncStats()
+		return syncing+waiting >= n
+	})
+}
+
+// The attack of issue 11 item 11: one mesh identity holds a few hundred
+// ADS streams that never ACK. A new sidecar of another identity still
+// gets its first view in under a second, with the default limits.
+func TestOneIdentityCannotStarveFirstSyncs(t *testing.T) {
+	var srv *xds.Server
+	m := newMesh(t, func(s *xds.Server) { srv = s })
+	attacker := testutil.ID("/ns/default/sa/attacker")
+	attackStreams(t, m, srv, attacker, 3, 300)
+	syncing, waiting := srv.SyncStats()
+	t.Logf("attacker: %d streams syncing, %d waiting", syncing, waiting)
+
+	start := time.Now()
+	api := m.connectDelta(apiID)
+	r := firstSync(api, 5*time.Second)
+	took := time.Since(start)
+	if r == nil {
+		t.Fatalf("api got no first view within 5s while %s held %d streams", attacker, 300)
+	}
+	if took >= time.Second {
+		t.Fatalf("api's first view took %s, want under 1s", took)
+	}
+	t.Logf("api's first view after %s", took)
+}
+
+// The streams of one identity are capped: the one over the limit is
+// refused with ResourceExhausted and counted; another identity is not
+// affected, and a freed place can be taken again.
+func TestStreamsPerIdentityCap(t *testing.T) {
+	var srv *xds.Server
+	m := newMesh(t, func(s *xds.Server) { srv = s; s.MaxStreamsPerIdentity = 3 })
+	var webs []*deltaClient
+	for range 3 {
+		c := m.connectDelta(webID)
+		if firstSync(c, 2*time.Second) == nil {
+			t.Fatal("web: no first response within the limit")
+		}
+		webs = append(webs, c)
+	}
+	over := m.connectDelta(webID)
+	over.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType})
+	err := streamEnd(over, 2*time.Second)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "max-streams-per-identity") {
+		t.Fatalf("4th stream of web ended with %v, want ResourceExhausted naming the limit", err)
+	}
+	if got := srv.StreamsOverLimit(); got != 1 {
+		t.Errorf("StreamsOverLimit = %d, want 1", got)
+	}
+	if firstSync(m.connectDelta(apiID), 2*time.Second) == nil {
+		t.Error("api refused while web is at its limit")
+	}
+	webs[0].close()
+	testutil.Eventually(t, "a new web stream to be served after one closed", 5*time.Second, func() bool {
+		c := m.connectDelta(webID)
+		defer c.close()
+		return firstSync(c, time.Second) != nil
+	})
 }

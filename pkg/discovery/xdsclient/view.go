@@ -2,7 +2,6 @@ package xdsclient
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -38,8 +37,10 @@ var (
 	// ErrMalformed wraps every error NewView returns for resources it
 	// cannot use; the client NACKs them.
 	ErrMalformed = errors.New("malformed discovery resources")
-	// ErrUnknownService is returned by Outbound for a service discovery
-	// does not know (neither reachable nor in the unreachable list).
+	// ErrUnknownService is returned by Outbound for a service this
+	// workload may not reach on any port, or that discovery does not know
+	// (the view cannot tell them apart: the names of unreachable services
+	// are not sent).
 	ErrUnknownService = errors.New("unknown service")
 	// ErrUnknownPort is returned by Outbound for a port the service does
 	// not have.
@@ -62,16 +63,15 @@ var (
 type View struct {
 	id             spiffeid.ID // zero when built with NewView
 	clusterDomain  string      // without dots at the ends, e.g. "cluster.local"
-	meshSuffix     string      // ".svc.<cluster domain>."
 	inboundDefault policy.Default
 
-	services    []*entry // sorted by key
-	byKey       map[discovery.ServiceKey]*entry
-	byFQDN      map[string]*entry
-	byAddr      map[netip.AddrPort]addrRef
-	unreachable map[[sha256.Size]byte]struct{}
-	podAddrs    []netip.Addr        // this pod's addresses, if known (see NewViewForPod)
-	chains      map[uint16][]*chain // this pod's inbound filter chains by destination (target) port
+	services []*entry // sorted by key
+	byKey    map[discovery.ServiceKey]*entry
+	byFQDN   map[string]*entry
+	byAddr   map[netip.AddrPort]addrRef
+	hidden   map[netip.Addr]struct{} // addresses of mesh services this workload may reach on no port
+	podAddrs []netip.Addr            // this pod's addresses, if known (see NewViewForPod)
+	chains   map[uint16][]*chain     // this pod's inbound filter chains by destination (target) port
 }
 
 // entry is one reachable service with what Outbound and Lookup need.
@@ -237,10 +237,9 @@ func newViewOf(id spiffeid.ID, podAddrs []netip.Addr, nt *nameTable, res map[res
 	v := &View{
 		id:            id,
 		clusterDomain: nt.clusterDomain,
-		meshSuffix:    ".svc." + nt.clusterDomain + ".",
 		byKey:         make(map[discovery.ServiceKey]*entry, len(nt.services)),
 		byFQDN:        make(map[string]*entry, len(nt.services)),
-		unreachable:   nt.unreachable,
+		hidden:        nt.hidden,
 		podAddrs:      podAddrs,
 		chains:        podChains(chains, podAddrs),
 	}
@@ -403,13 +402,15 @@ func (v *View) me() string {
 	return v.id.String()
 }
 
-// Unreachable reports whether key is a mesh service this workload may
-// reach on no port.
-func (v *View) Unreachable(key discovery.ServiceKey) bool {
+// HiddenAddr implements dns.HiddenTable: whether a is an address
+// (ClusterIP, or a headless service's endpoint) of a mesh service this
+// workload may reach on no port. The sidecar's DNS server answers NXDOMAIN
+// rather than an upstream answer that holds one.
+func (v *View) HiddenAddr(a netip.Addr) bool {
 	if v == nil {
 		return false
 	}
-	_, ok := v.unreachable[sha256.Sum256([]byte(xds.FQDN(key, v.clusterDomain)))]
+	_, ok := v.hidden[a.Unmap()]
 	return ok
 }
 
@@ -427,10 +428,7 @@ func (v *View) Outbound(key discovery.ServiceKey, port uint16) (proxy.Destinatio
 	}
 	e, ok := v.byKey[key]
 	if !ok {
-		if v.Unreachable(key) {
-			return proxy.Destination{}, fmt.Errorf("%w: policy lets %s reach no port of %s", proxy.ErrDenied, v.me(), key)
-		}
-		return proxy.Destination{}, fmt.Errorf("%w: discovery does not know %s", ErrUnknownService, key)
+		return proxy.Destination{}, fmt.Errorf("%w: %s is not a mesh service %s may reach (policy lets it reach no port, or discovery does not know it)", ErrUnknownService, key, v.me())
 	}
 	i := slices.IndexFunc(e.svc.Ports, func(p Port) bool { return p.Port == port })
 	if i < 0 {
@@ -558,12 +556,16 @@ func (v *View) authorize(src spiffeid.ID, port uint16) error {
 	return fmt.Errorf("%w: %s", proxy.ErrDenied, d.Rule)
 }
 
-var _ dns.Table = (*View)(nil)
+var (
+	_ dns.Table       = (*View)(nil)
+	_ dns.HiddenTable = (*View)(nil)
+)
 
 // Lookup implements dns.Table: a mesh service name this workload may reach
 // gives its ClusterIPs (or, headless, its endpoints' addresses) and named
-// ports, Reachable; the name of a service it may not reach gives
-// Reachable false; anything else is not a mesh name.
+// ports, Reachable; anything else is not a mesh name here. (The view does
+// not know the names of the services it may not reach: the DNS server
+// forwards them, and refuses an answer that holds a HiddenAddr.)
 func (v *View) Lookup(fqdn string) (dns.Record, bool) {
 	if v == nil {
 		return dns.Record{}, false
@@ -575,12 +577,6 @@ func (v *View) Lookup(fqdn string) (dns.Record, bool) {
 	if e, ok := v.byFQDN[fqdn]; ok {
 		return e.record, true
 	}
-	if !strings.HasSuffix(fqdn, v.meshSuffix) {
-		return dns.Record{}, false
-	}
-	if _, ok := v.unreachable[sha256.Sum256([]byte(fqdn))]; ok {
-		return dns.Record{Reachable: false}, true
-	}
 	return dns.Record{}, false
 }
 
@@ -589,7 +585,7 @@ type nameTable struct {
 	clusterDomain  string
 	inboundDefault policy.Default
 	services       []Service // without Endpoints and IDs
-	unreachable    map[[sha256.Size]byte]struct{}
+	hidden         map[netip.Addr]struct{}
 }
 
 // parseNameTables merges and checks the name-table entries among the
@@ -606,7 +602,7 @@ func checkNameTable(t *discoveryv1.NameTable, m *memo) (*nameTable, error) {
 	nt := &nameTable{
 		clusterDomain: strings.Trim(t.GetClusterDomain(), "."),
 		services:      make([]Service, 0, len(t.GetServices())),
-		unreachable:   make(map[[sha256.Size]byte]struct{}, len(t.GetUnreachableSha256())),
+		hidden:        make(map[netip.Addr]struct{}, len(t.GetUnreachableAddresses())),
 	}
 	if nt.clusterDomain == "" {
 		return nil, errors.New("name table: cluster_domain is empty")
@@ -632,11 +628,12 @@ func checkNameTable(t *discoveryv1.NameTable, m *memo) (*nameTable, error) {
 		}
 		nt.services = append(nt.services, s)
 	}
-	for i, h := range t.GetUnreachableSha256() {
-		if len(h) != sha256.Size {
-			return nil, fmt.Errorf("name table: unreachable_sha256[%d] has %d bytes, want %d", i, len(h), sha256.Size)
+	for i, s := range t.GetUnreachableAddresses() {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("name table: unreachable_addresses[%d] %q is not an IP address", i, s)
 		}
-		nt.unreachable[[sha256.Size]byte(h)] = struct{}{}
+		nt.hidden[a.Unmap()] = struct{}{}
 	}
 	return nt, nil
 }

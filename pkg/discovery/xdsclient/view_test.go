@@ -227,8 +227,20 @@ func TestViewServices(t *testing.T) {
 		if _, ok := v.Service(k); ok {
 			t.Errorf("web's view has %s, which it may not reach", k)
 		}
-		if !v.Unreachable(k) {
-			t.Errorf("Unreachable(%s) = false", k)
+		if rec, ok := v.Lookup(k.Name + "." + k.Namespace + ".svc.cluster.local."); ok {
+			t.Errorf("Lookup(%s) = %+v: the view knows the name of a service web may not reach", k, rec)
+		}
+	}
+	// It knows their addresses (db is headless: its endpoints), and only
+	// theirs.
+	for _, a := range []string{"10.1.0.5", "10.1.0.6", "10.96.0.13", "10.96.1.1"} {
+		if !v.HiddenAddr(ip(a)) {
+			t.Errorf("HiddenAddr(%s) = false", a)
+		}
+	}
+	for _, a := range []string{"10.96.0.11", "10.1.0.3", "10.96.0.10"} {
+		if v.HiddenAddr(ip(a)) {
+			t.Errorf("HiddenAddr(%s) = true for a service web may reach", a)
 		}
 	}
 	if v.ID() != webID || v.ClusterDomain() != "cluster.local" || v.InboundDefault() != policy.AllowMesh {
@@ -255,8 +267,8 @@ func TestViewOutbound(t *testing.T) {
 			addrs: []string{"10.1.0.8:7946", "10.1.0.7:7946"}, ids: []spiffeid.ID{testutil.ID("/ns/shop/sa/peers")}},
 		{name: "denied port", key: apiKey, port: 7000, wantErr: proxy.ErrDenied,
 			errHas: "no AccessPolicy allows " + webID.String() + " to shop/api:7000"},
-		{name: "unreachable service", key: dbKey, port: 5432, wantErr: proxy.ErrDenied,
-			errHas: "policy lets " + webID.String() + " reach no port of shop/db"},
+		{name: "unreachable service", key: dbKey, port: 5432, wantErr: xdsclient.ErrUnknownService,
+			errHas: "shop/db is not a mesh service " + webID.String() + " may reach"},
 		{name: "unknown service", key: discovery.ServiceKey{Namespace: "shop", Name: "nope"}, port: 80, wantErr: xdsclient.ErrUnknownService},
 		{name: "unknown port", key: apiKey, port: 1234, wantErr: xdsclient.ErrUnknownPort},
 		{name: "no endpoints", key: cacheKey, port: 6379, wantErr: xdsclient.ErrNoEndpoints},
@@ -325,9 +337,11 @@ func TestViewLookup(t *testing.T) {
 		{fqdn: "cache.shop.svc.cluster.local.", ok: true, detail: "unnamed port: no SRV", want: dns.Record{
 			Addrs: []netip.Addr{ip("10.96.0.12")}, Reachable: true,
 		}},
-		{fqdn: "db.shop.svc.cluster.local.", ok: true, want: dns.Record{Reachable: false}},
-		{fqdn: "report.other.svc.cluster.local.", ok: true, want: dns.Record{Reachable: false}},
-		{fqdn: "vault.locked.svc.cluster.local.", ok: true, want: dns.Record{Reachable: false}},
+		// The names of services web may not reach are not in its view at
+		// all (the DNS server refuses upstream answers by address).
+		{fqdn: "db.shop.svc.cluster.local.", ok: false},
+		{fqdn: "report.other.svc.cluster.local.", ok: false},
+		{fqdn: "vault.locked.svc.cluster.local.", ok: false},
 		{fqdn: "nope.shop.svc.cluster.local.", ok: false},
 		{fqdn: "example.com.", ok: false},
 		{fqdn: "db.shop.svc.other.domain.", ok: false},
@@ -482,7 +496,7 @@ func TestNewViewWithoutIdentity(t *testing.T) {
 	if d := v.Authorize(webID, 12345); d.Allowed || !strings.Contains(d.Rule, "does not know its own trust domain") {
 		t.Errorf("uncovered port: %+v, want denied: unknown trust domain", d)
 	}
-	if _, err := v.Outbound(secretKey, 443); !errors.Is(err, proxy.ErrDenied) || !strings.Contains(err.Error(), "policy lets this workload reach no port of shop/secret") {
+	if _, err := v.Outbound(secretKey, 443); !errors.Is(err, xdsclient.ErrUnknownService) || !strings.Contains(err.Error(), "shop/secret is not a mesh service this workload may reach") {
 		t.Errorf("Outbound(secret) = %v", err)
 	}
 }
@@ -505,8 +519,11 @@ func TestViewEmpty(t *testing.T) {
 	if got := keys(v.Services()); len(got) != 0 {
 		t.Errorf("lonely reaches %v under mesh default deny", got)
 	}
-	if rec, ok := v.Lookup("api.shop.svc.cluster.local."); !ok || rec.Reachable {
-		t.Errorf("Lookup(api) = %+v, %v, want unreachable", rec, ok)
+	if rec, ok := v.Lookup("api.shop.svc.cluster.local."); ok {
+		t.Errorf("Lookup(api) = %+v, want not a name the view knows", rec)
+	}
+	if !v.HiddenAddr(netip.MustParseAddr("10.96.0.11")) {
+		t.Error("HiddenAddr(api's ClusterIP) = false")
 	}
 	if d := v.Authorize(webID, 80); d.Allowed || !strings.Contains(d.Rule, "inbound default deny") {
 		t.Errorf("Authorize = %+v, want the mesh default deny", d)
@@ -569,8 +586,10 @@ func editNameTable(t *testing.T, res map[resource.Type][]types.Resource, f func(
 	for _, sn := range nt.Services {
 		out = append(out, tec(xds.NameServicePrefix+sn.Namespace+"/"+sn.Name, &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}}))
 	}
-	for _, h := range nt.UnreachableSha256 {
-		out = append(out, tec(xds.NameHashPrefix+hex.EncodeToString(h), &discoveryv1.NameTable{UnreachableSha256: [][]byte{h}}))
+	for i, a := range nt.UnreachableAddresses {
+		id := make([]byte, 16)
+		id[15] = byte(i)
+		out = append(out, tec(xds.NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: []string{a}}))
 	}
 	res[resource.ExtensionConfigType] = out
 }
@@ -713,24 +732,24 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 			nt.InboundDefault = "deny"
 			e.TypedConfig, _ = anypb.New(&nt)
 		}, "does not hold exactly one service"},
-		{"globals with a hash", func(r map[resource.Type][]types.Resource) {
+		{"globals with addresses", func(r map[resource.Type][]types.Resource) {
 			e := nameEntry(r, xds.NameGlobalsName)
 			var nt discoveryv1.NameTable
 			if err := e.TypedConfig.UnmarshalTo(&nt); err != nil {
 				t.Fatal(err)
 			}
-			nt.UnreachableSha256 = [][]byte{xds.HashName("x.y.svc.cluster.local.")}
+			nt.UnreachableAddresses = []string{"10.96.9.9"}
 			e.TypedConfig, _ = anypb.New(&nt)
-		}, "holds services or hashes"},
-		{"hash entry under another name", func(r map[resource.Type][]types.Resource) {
+		}, "holds services or addresses"},
+		{"hidden entry with a short id", func(r map[resource.Type][]types.Resource) {
 			for _, x := range r[resource.ExtensionConfigType] {
-				if e := x.(*corev3.TypedExtensionConfig); strings.HasPrefix(e.Name, xds.NameHashPrefix) {
-					e.Name = xds.NameHashPrefix + "00"
+				if e := x.(*corev3.TypedExtensionConfig); strings.HasPrefix(e.Name, xds.NameHiddenPrefix) {
+					e.Name = xds.NameHiddenPrefix + "00"
 					return
 				}
 			}
-			t.Fatal("no hash entry")
-		}, "holds hash"},
+			t.Fatal("no hidden entry")
+		}, "want 16 bytes of hex"},
 		{"unknown name-table entry", func(r map[resource.Type][]types.Resource) {
 			e := proto.Clone(nameEntry(r, xds.NameGlobalsName)).(*corev3.TypedExtensionConfig)
 			e.Name = "tether.names/other"
@@ -750,9 +769,9 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 		{"bad inbound default", func(r map[resource.Type][]types.Resource) {
 			editNameTable(t, r, func(nt *discoveryv1.NameTable) { nt.InboundDefault = "allow-all" })
 		}, "inbound_default"},
-		{"short unreachable hash", func(r map[resource.Type][]types.Resource) {
-			editNameTable(t, r, func(nt *discoveryv1.NameTable) { nt.UnreachableSha256[0] = nt.UnreachableSha256[0][:8] })
-		}, "unreachable_sha256[0]"},
+		{"bad unreachable address", func(r map[resource.Type][]types.Resource) {
+			editNameTable(t, r, func(nt *discoveryv1.NameTable) { nt.UnreachableAddresses[0] = "db.shop" })
+		}, `"db.shop" is not an IP address`},
 		{"wrong fqdn", func(r map[resource.Type][]types.Resource) {
 			editNameTable(t, r, func(nt *discoveryv1.NameTable) { nt.Services[0].Fqdn = "db.example.com." })
 		}, "fqdn"},

@@ -57,7 +57,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.exchange = s.exchangeUpstream
 	s.table.store(cfg.Table)
-	s.chain = []handler{s.checkQuery, s.meshNames, s.recordEgress(s.forward)}
+	s.chain = []handler{s.checkQuery, s.meshNames, s.recordEgress(s.hideUnreachable(s.forward))}
 	return s, nil
 }
 

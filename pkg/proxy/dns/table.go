@@ -19,6 +19,16 @@ type Table interface {
 	Lookup(fqdn string) (rec Record, ok bool)
 }
 
+// HiddenTable is implemented by a Table that also knows the addresses of
+// the mesh services this pod may reach on no port (but not their names:
+// those are not sent to the pod, see api/discovery/v1). The server then
+// answers NXDOMAIN instead of an upstream answer that holds such an
+// address, and for the reverse (PTR) name of one. HiddenAddr is called
+// concurrently and must not block.
+type HiddenTable interface {
+	HiddenAddr(a netip.Addr) bool
+}
+
 // Record is what the mesh knows about one service name.
 type Record struct {
 	// Addrs are the service's addresses; A answers take the IPv4 ones and
@@ -80,6 +90,15 @@ func (r *tableRef) lookup(fqdn string) (Record, bool) {
 		return Record{}, false
 	}
 	return b.t.Lookup(fqdn)
+}
+
+func (r *tableRef) hidden(a netip.Addr) bool {
+	b := r.p.Load()
+	if b == nil || b.t == nil {
+		return false
+	}
+	h, ok := b.t.(HiddenTable)
+	return ok && h.HiddenAddr(a)
 }
 
 // canonical lower-cases name and makes it fully qualified.
