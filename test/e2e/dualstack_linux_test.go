@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/tether-mesh/tether/internal/netns"
 )
 
@@ -37,7 +39,9 @@ import (
 //   - X (no sidecar) gets nothing from B's app in plaintext over IPv6 (nor
 //     IPv4): B's strict inbound refuses it;
 //   - A's app (registry-only) reaches nothing of X over IPv6 (nor IPv4):
-//     TCP is refused by A's sidecar, UDP by A's capture rules.
+//     TCP is refused by A's sidecar, UDP by A's capture rules;
+//   - A's DNS to X's IPv6 resolver is captured to A's sidecar on [::1]
+//     and forwarded: name resolution keeps working over IPv6.
 func TestDualStackCapture(t *testing.T) {
 	netns.RequireRoot(t)
 	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
@@ -66,10 +70,11 @@ func TestDualStackCapture(t *testing.T) {
 	serveHTTP(t, b, 9090, "b-admin-app")
 	serveHTTP(t, x, 8080, "outside")
 	serveUDPEcho(t, x, ":9999")
+	serveDNS(t, x, "[fd00:213::2]:53", "192.0.2.53")
 
 	init := filepath.Join(bin, "tether-sidecar")
 	t.Logf("B: %s", strings.TrimSpace(b.Run(t, init, "init", "--exclude-inbound-ports", "8443")))
-	t.Logf("A: %s", strings.TrimSpace(a.Run(t, init, "init", "--outbound-mode", "registry-only")))
+	t.Logf("A: %s", strings.TrimSpace(a.Run(t, init, "init", "--outbound-mode", "registry-only", "--capture-dns")))
 	for _, ns := range []*netns.NS{a, b} {
 		if rules := ns.Run(t, "ip6tables-save", "-t", "nat"); !strings.Contains(rules, "-j TETHER_INBOUND") || !strings.Contains(rules, "-s ::6/128 -o lo -j RETURN") {
 			t.Fatalf("no IPv6 capture rules in %s after init:\n%s", ns.Name(), rules)
@@ -81,6 +86,7 @@ func TestDualStackCapture(t *testing.T) {
 
 	const bID = "spiffe://cluster.local/ns/default/sa/b"
 	sa := startSidecar(t, bin, a, "10.212.0.2:8443", bundle, token("a"), "--outbound-mode", "registry-only",
+		"--dns-listen", "127.0.0.1:15053", "--dns-upstream", "[fd00:213::2]:53",
 		"--mesh-endpoint", "[fd00:212::2]:8080="+bID, "--mesh-endpoint", "[fd00:212::2]:9090="+bID)
 	sb := startSidecar(t, bin, b, "10.212.0.2:8443", bundle, token("b"), "--allow", "spiffe://cluster.local/ns/default/sa/a=8080")
 	waitFor(t, "sidecar A ready", 20*time.Second, sidecarReady(a, curl))
@@ -141,6 +147,14 @@ func TestDualStackCapture(t *testing.T) {
 			return strings.Contains(sa.Output(), "registry-only: [fd00:213::2]:8080 is not a mesh destination")
 		})
 	}
+	// DNS to an IPv6 resolver (an IPv6-only cluster's) is captured to A's
+	// sidecar on [::1]:15053, which forwards it: it still works.
+	if ip, err := lookupA(a, "[fd00:213::2]:53", "api.example.com."); err != nil || ip != "192.0.2.53" {
+		t.Errorf("A's app: DNS over IPv6 through the sidecar: %q, %v", ip, err)
+	}
+	waitFor(t, "A's sidecar serving DNS on [::1]", 5*time.Second, func() bool {
+		return strings.Contains(sa.Output(), "also=[::1]:15053")
+	})
 	// ...and UDP by A's capture rules.
 	for _, addr := range []string{"[fd00:213::2]:9999", "10.213.0.2:9999"} {
 		if reply, err := udpExchange(a, addr); err == nil {
@@ -149,6 +163,52 @@ func TestDualStackCapture(t *testing.T) {
 			t.Errorf("A's app → X udp %s: %v, want the write refused (EPERM)", addr, err)
 		}
 	}
+}
+
+// serveDNS answers every A query to addr inside ns with ip.
+func serveDNS(t *testing.T, ns *netns.NS, addr, ip string) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeA {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A: net.ParseIP(ip)})
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+}
+
+// lookupA asks server for name's A record from inside ns as root (an app
+// process, captured) and returns the first address.
+func lookupA(ns *netns.NS, server, name string) (string, error) {
+	var ip string
+	err := ns.Do(func() error {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		c := &dns.Client{Timeout: 3 * time.Second}
+		r, _, err := c.Exchange(m, server)
+		if err != nil {
+			return err
+		}
+		for _, rr := range r.Answer {
+			if a, ok := rr.(*dns.A); ok {
+				ip = a.A.String()
+				return nil
+			}
+		}
+		return fmt.Errorf("no A record in %v", r)
+	})
+	return ip, err
 }
 
 // serveUDPEcho answers every datagram to addr inside ns with "echo".
