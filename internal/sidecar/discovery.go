@@ -252,6 +252,10 @@ func newDNS(cfg Config, reg prometheus.Registerer) (*dns.Server, error) {
 		AnswerUnreachable: d.AnswerUnreachable, EgressAllow: d.EgressAllow,
 		Logger: cfg.Logger, Registerer: reg,
 	}
+	if cfg.Capture != nil {
+		// The IPv6 capture rules send DNS to an IPv6 resolver to [::1].
+		c.AlsoListen, _ = loopback6(d.Listen)
+	}
 	if d.ResolvConf != "" {
 		servers, search, ndots, err := readResolvConf(d.ResolvConf)
 		if err != nil {

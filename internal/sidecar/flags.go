@@ -14,6 +14,7 @@ import (
 	"github.com/tether-mesh/tether/internal/logging"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/proxy"
+	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
 // ProjectedTokenPath is where the injector mounts the projected token.
@@ -59,6 +60,7 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&t.InboundAddr, "capture-inbound-listen", ":15006", "transparent mode: inbound capture listener")
 	fs.StringVar(&t.OutboundAddr, "capture-outbound-listen", "127.0.0.1:15001", "transparent mode: outbound capture listener (loopback only: on the pod IP it would be an open proxy with the pod's identity)")
 	fs.StringVar(&t.OutboundMode, "outbound-mode", env("TETHER_OUTBOUND_MODE", Passthrough), "transparent mode, destinations outside the mesh: passthrough, or registry-only (only mesh services and --egress-allow names)")
+	loopbackPorts := fs.String("localhost-inbound-ports", "", "transparent mode: comma-separated app ports that inbound traffic may reach on 127.0.0.1 when the app does not listen on the pod IP (the pod's tether.dev/localhost-inbound-ports); other ports are reached at the pod IP only")
 	fs.Func("mesh-endpoint", "transparent mode without discovery: a mesh endpoint and who serves it, IP:PORT=SPIFFE_ID[,SPIFFE_ID] (repeatable)", func(v string) error {
 		return ParseEndpoint(t.Endpoints, v)
 	})
@@ -107,6 +109,18 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	c.InboundMode = proxy.Mode(*mode)
 	if *transparent {
 		c.Capture = &t
+	}
+	if *loopbackPorts != "" {
+		if c.Capture == nil {
+			return c, fmt.Errorf("--localhost-inbound-ports needs --transparent (explicit mode delivers to the --inbound app address)")
+		}
+		ports, err := capture.ParsePorts(*loopbackPorts)
+		if err != nil {
+			return c, fmt.Errorf("--localhost-inbound-ports: %w", err)
+		}
+		for _, p := range ports {
+			t.LoopbackPorts = append(t.LoopbackPorts, uint16(p))
+		}
 	}
 	if *discoveryID != "" {
 		id, err := spiffeid.FromString(*discoveryID)

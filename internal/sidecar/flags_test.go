@@ -192,3 +192,34 @@ func TestNewDNSReadsResolvConf(t *testing.T) {
 		})
 	}
 }
+
+// TestParseFlagsLocalhostInboundPorts: --localhost-inbound-ports (from the
+// pod's tether.dev/localhost-inbound-ports) names the only ports delivered
+// to 127.0.0.1; the sidecar's own listening ports and bad lists are refused.
+func TestParseFlagsLocalhostInboundPorts(t *testing.T) {
+	transparent := []string{"--ca", "x:1", "--bundle", "b.pem", "--join-token", "t", "--transparent"}
+	c, err := ParseFlags(withArgs(transparent, "--localhost-inbound-ports", "9090, 8081"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Capture.LoopbackPorts; !slices.Equal(got, []uint16{9090, 8081}) {
+		t.Fatalf("loopback ports %v, want [9090 8081]", got)
+	}
+	if c, err := ParseFlags(transparent, noEnv); err != nil || len(c.Capture.LoopbackPorts) != 0 {
+		t.Fatalf("without the flag: loopback ports %v, %v; want none", c.Capture.LoopbackPorts, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{withArgs(transparent, "--localhost-inbound-ports", "http"), "not a number"},
+		{withArgs(transparent, "--localhost-inbound-ports", "15001"), "15001 is where the sidecar listens (capture outbound)"},
+		{withArgs(transparent, "--localhost-inbound-ports", "8080,15020"), "15020 is where the sidecar listens (admin)"},
+		{withArgs(transparent, "--capture-outbound-listen", "127.0.0.1:16001", "--localhost-inbound-ports", "16001"), "16001 is where the sidecar listens (capture outbound)"},
+		{withArgs(explicit, "--localhost-inbound-ports", "8080"), "needs --transparent"},
+	} {
+		if _, err := ParseFlags(tc.args, noEnv); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}

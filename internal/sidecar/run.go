@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -75,7 +77,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 	}
 	if t := s.cfg.Capture; t != nil {
-		target := proxy.LocalTarget(originalDst, capture.DeliverySource)
+		target := proxy.LocalTarget(originalDst, capture.DeliverySource,
+			proxy.DeliverySource6(capture.DeliverySource6), proxy.LoopbackPorts(t.LoopbackPorts...))
 		lookup := meshLookup(t.staticLookup)
 		if s.cfg.DiscoveryAddr != "" {
 			lookup = s.viewLookup
@@ -92,6 +95,21 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}); err != nil {
 			closeAll()
 			return err
+		}
+		// The IPv6 rules redirect outbound IPv6 to [::1] (REDIRECT in
+		// OUTPUT points at the loopback address of the family).
+		if addr6, ok := loopback6(t.OutboundAddr); ok {
+			err := listen("capture/outbound6", addr6, func(ctx context.Context, l net.Listener) error {
+				return s.proxy.ServeOutbound(ctx, l, route)
+			})
+			switch {
+			case errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT):
+				// No IPv6 in the pod: nothing to capture.
+				s.log.Debug("no IPv6 outbound capture listener: the pod has no ::1", slog.Any("error", err))
+			case err != nil:
+				closeAll()
+				return err
+			}
 		}
 	}
 	adminL, err := net.Listen("tcp", s.cfg.AdminAddr)
@@ -293,4 +311,13 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// loopback6 returns [::1]:PORT for a capture listener on 127.0.0.1:PORT.
+func loopback6(addr string) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" {
+		return "", false
+	}
+	return net.JoinHostPort("::1", port), true
 }

@@ -177,6 +177,11 @@ func (c *Config) Validate() error {
 	if c.AdminAddr == "" {
 		c.AdminAddr = ":15020"
 	}
+	if c.Capture != nil {
+		if err := c.Capture.checkLoopbackPorts(c); err != nil {
+			return err
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

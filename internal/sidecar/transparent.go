@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -28,6 +29,30 @@ type Transparent struct {
 	Endpoints map[netip.AddrPort][]spiffeid.ID
 	// OutboundMode is Passthrough or RegistryOnly.
 	OutboundMode string
+	// LoopbackPorts are the app ports inbound streams may be delivered to
+	// on 127.0.0.1 when the app does not listen on the pod IP; the others
+	// are delivered at the pod IP only (proxy.LoopbackPorts).
+	LoopbackPorts []uint16
+}
+
+// checkLoopbackPorts refuses a loopback port the sidecar itself listens
+// on: delivering a mesh caller to 127.0.0.1:15001 would hand it the
+// outbound listener, an open proxy with the pod's identity.
+func (t *Transparent) checkLoopbackPorts(c *Config) error {
+	own := []struct{ name, addr string }{
+		{"capture inbound", t.InboundAddr}, {"capture outbound", t.OutboundAddr}, {"admin", c.AdminAddr},
+	}
+	if c.DNS != nil {
+		own = append(own, struct{ name, addr string }{"DNS", c.DNS.Listen})
+	}
+	for _, p := range t.LoopbackPorts {
+		for _, o := range own {
+			if _, port, err := net.SplitHostPort(o.addr); err == nil && port == strconv.Itoa(int(p)) {
+				return fmt.Errorf("--localhost-inbound-ports: %d is where the sidecar listens (%s), never an app port", p, o.name)
+			}
+		}
+	}
+	return nil
 }
 
 // ParseEndpoint parses IP:PORT=SPIFFE_ID[,SPIFFE_ID...] into eps.

@@ -2,6 +2,7 @@ package inject
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ type options struct {
 	excludeInbound  string // normalized, "" for none
 	excludeOutbound string
 	excludeCIDRs    string
+	localhostPorts  string // ports the sidecar may deliver to 127.0.0.1
 	inboundMode     string
 	outboundMode    string
 	cpu, memory     *resource.Quantity
@@ -34,6 +36,16 @@ var known = map[string]bool{
 	AnnotationProxyCPU:             true,
 	AnnotationProxyMemory:          true,
 	AnnotationOriginalProbes:       true,
+
+	AnnotationLocalhostInboundPorts: true,
+}
+
+// sidecarPorts are the ports the sidecar itself listens on in the pod.
+var sidecarPorts = map[int]string{
+	capture.DefaultOutboundPort: "the sidecar's outbound capture port",
+	capture.DefaultInboundPort:  "the sidecar's inbound capture port",
+	capture.DefaultAdminPort:    "the sidecar's admin port",
+	capture.DefaultDNSPort:      "the sidecar's DNS port",
 }
 
 // parseAnnotations validates the pod's tether.dev/ annotations. Unknown
@@ -68,6 +80,24 @@ func parseAnnotations(a map[string]string) (options, error) {
 			s[i] = c.String()
 		}
 		o.excludeCIDRs = strings.Join(s, ",")
+	}
+	if v, ok := a[AnnotationLocalhostInboundPorts]; ok {
+		ports, err := capture.ParsePorts(v)
+		if err != nil {
+			return o, bad(AnnotationLocalhostInboundPorts, err)
+		}
+		excluded, _ := capture.ParsePorts(o.excludeInbound)
+		for _, p := range ports {
+			// Delivering a mesh caller to 127.0.0.1:15001 would hand it
+			// the outbound listener: an open proxy with the pod's identity.
+			if what, ok := sidecarPorts[p]; ok {
+				return o, bad(AnnotationLocalhostInboundPorts, fmt.Errorf("port %d is %s, never an app port", p, what))
+			}
+			if slices.Contains(excluded, p) {
+				return o, bad(AnnotationLocalhostInboundPorts, fmt.Errorf("port %d is also in %s: its inbound traffic skips the sidecar", p, AnnotationExcludeInboundPorts))
+			}
+		}
+		o.localhostPorts = joinInts(ports)
 	}
 	if v, ok := a[AnnotationInboundMode]; ok {
 		switch v {

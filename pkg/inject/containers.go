@@ -46,6 +46,10 @@ func (c *Config) initContainer(o options) corev1.Container {
 		// The sidecar answers DNS from discovery data on :15053.
 		args = append(args, "--capture-dns")
 	}
+	if o.outboundMode == "registry-only" {
+		// The sidecar proxies TCP only: init rejects the app's other UDP.
+		args = append(args, "--outbound-mode", o.outboundMode)
+	}
 	if o.excludeInbound != "" {
 		args = append(args, "--exclude-inbound-ports", o.excludeInbound)
 	}
@@ -108,6 +112,9 @@ func (c *Config) sidecarContainer(o options, appProbes string) (corev1.Container
 	}
 	if c.DiscoveryAddr != DiscoveryOff {
 		args = append(args, "--discovery", c.DiscoveryAddr)
+	}
+	if o.localhostPorts != "" {
+		args = append(args, "--localhost-inbound-ports", o.localhostPorts)
 	}
 	var env []corev1.EnvVar
 	if appProbes != "" {

@@ -34,6 +34,10 @@ const (
 	AnnotationOutboundMode         = "tether.dev/outbound-mode"
 	AnnotationProxyCPU             = "tether.dev/proxy-cpu"
 	AnnotationProxyMemory          = "tether.dev/proxy-memory"
+	// AnnotationLocalhostInboundPorts lists the app ports that inbound mesh
+	// traffic may be delivered to on 127.0.0.1 when the app does not listen
+	// on the pod IP. Other ports are reached at the pod IP only.
+	AnnotationLocalhostInboundPorts = "tether.dev/localhost-inbound-ports"
 	// AnnotationOriginalProbes is written by the injector: the app
 	// containers' probes as they were before the rewrite, as JSON
 	// {"<container>": {"livenessProbe": {...}, ...}}.
@@ -75,6 +79,10 @@ var neverInjected = map[string]bool{"tether-system": true, "kube-system": true}
 // ErrInvalidAnnotation is wrapped by every error about a pod annotation; the
 // message names the annotation and its value.
 var ErrInvalidAnnotation = errors.New("invalid annotation")
+
+// ErrProxyIdentity is wrapped by the error about a container that runs as
+// the sidecar's UID or GID; the pod must then be refused.
+var ErrProxyIdentity = errors.New("runs as the sidecar's user or group")
 
 // Config is what the injector puts into every pod besides what the pod's
 // own annotations say.
@@ -239,6 +247,9 @@ func (c *Config) mutate(pod *corev1.Pod, ns string, required bool) (Result, erro
 	if err != nil {
 		return Result{}, err
 	}
+	if err := checkProxyIdentity(pod); err != nil {
+		return Result{}, err
+	}
 	var res Result
 	res.Warnings = opts.warnings
 
@@ -283,6 +294,60 @@ func (c *Config) mutate(pod *corev1.Pod, ns string, required bool) (Result, erro
 		}
 	}
 	return res, nil
+}
+
+// checkProxyIdentity refuses a pod with a container that runs as the
+// sidecar's UID or GID: the capture rules exempt that owner, so such a
+// container's traffic would skip the sidecar (inbound policy on its
+// connections to its own pod, registry-only egress, UDP rules). Istio
+// refuses these pods too. The image's own USER cannot be seen here.
+func checkProxyIdentity(pod *corev1.Pod) error {
+	var podUID, podGID *int64
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		podUID, podGID = sc.RunAsUser, sc.RunAsGroup
+	}
+	check := func(kind, name string, sc *corev1.SecurityContext) error {
+		for _, id := range []struct {
+			what, field  string
+			own, inherit *int64
+		}{
+			{"UID", "runAsUser", nil, podUID},
+			{"GID", "runAsGroup", nil, podGID},
+		} {
+			if sc != nil {
+				if id.field == "runAsUser" {
+					id.own = sc.RunAsUser
+				} else {
+					id.own = sc.RunAsGroup
+				}
+			}
+			where, v := "securityContext."+id.field, id.own
+			if v == nil {
+				where, v = "the pod's securityContext."+id.field, id.inherit
+			}
+			if v != nil && *v == ProxyUID {
+				return fmt.Errorf("%w: %s %q runs as %s %d (%s), the sidecar's: the capture rules exempt that %s, so its traffic would skip the sidecar and its policy; run it as another %s",
+					ErrProxyIdentity, kind, name, id.what, ProxyUID, where, id.what, id.what)
+			}
+		}
+		return nil
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if err := check("init container", c.Name, c.SecurityContext); err != nil {
+			return err
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		if err := check("container", c.Name, c.SecurityContext); err != nil {
+			return err
+		}
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		if err := check("ephemeral container", c.Name, c.SecurityContext); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Injected reports whether pod carries a container named tether-sidecar

@@ -209,7 +209,7 @@ func TestMutateArgsFromAnnotations(t *testing.T) {
 	cfg := testConfig(t)
 	pod := apply(t, loadPod(t, "testdata/pods/annotated.yaml"), mustMutate(t, cfg, loadPod(t, "testdata/pods/annotated.yaml")))
 	init, side := pod.Spec.InitContainers[0], pod.Spec.InitContainers[1]
-	wantInit := "init --capture-dns --exclude-inbound-ports 9090,9091 --exclude-outbound-ports 5432 --exclude-outbound-cidrs 10.0.0.0/8,169.254.169.254/32"
+	wantInit := "init --capture-dns --outbound-mode registry-only --exclude-inbound-ports 9090,9091 --exclude-outbound-ports 5432 --exclude-outbound-cidrs 10.0.0.0/8,169.254.169.254/32"
 	if got := strings.Join(init.Args, " "); got != wantInit {
 		t.Errorf("init args\n got %s\nwant %s", got, wantInit)
 	}
@@ -437,3 +437,112 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func intstrString(s string) intstr.IntOrString { return intstr.FromString(s) }
+
+// TestRefusesProxyUIDAndGID: an app container that runs as the sidecar's
+// UID or GID (1337) would skip the capture rules, which exempt the
+// sidecar's traffic by owner: the pod is refused, with a message naming the
+// container and the field, whether the ID is set on the container or
+// inherited from the pod, in an app, init or ephemeral container.
+func TestRefusesProxyUIDAndGID(t *testing.T) {
+	cfg := testConfig(t)
+	id, other := int64(ProxyUID), int64(1000)
+	tests := []struct {
+		name string
+		mod  func(*corev1.Pod)
+		want string
+	}{
+		{"container runAsUser", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: &id}
+		}, `container "app" runs as UID 1337 (securityContext.runAsUser)`},
+		{"container runAsGroup", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: &other, RunAsGroup: &id}
+		}, `container "app" runs as GID 1337 (securityContext.runAsGroup)`},
+		{"pod runAsUser", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &id}
+		}, `container "app" runs as UID 1337 (the pod's securityContext.runAsUser)`},
+		{"pod runAsGroup", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsGroup: &id}
+		}, `container "app" runs as GID 1337 (the pod's securityContext.runAsGroup)`},
+		{"app init container", func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "migrate", SecurityContext: &corev1.SecurityContext{RunAsUser: &id}}}
+		}, `init container "migrate" runs as UID 1337`},
+		{"ephemeral container", func(p *corev1.Pod) {
+			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+				Name: "debug", SecurityContext: &corev1.SecurityContext{RunAsGroup: &id}}}}
+		}, `ephemeral container "debug" runs as GID 1337`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := loadPod(t, "testdata/pods/minimal.yaml")
+			tt.mod(pod)
+			res, err := cfg.Mutate(pod, "shop")
+			if !errors.Is(err, ErrProxyIdentity) {
+				t.Fatalf("err %v (patch of %d operations), want ErrProxyIdentity", err, len(res.Patch))
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "skip") {
+				t.Errorf("error %q should say %q and why", err, tt.want)
+			}
+		})
+	}
+	// A container's own ID overrides the pod's: not refused.
+	pod := loadPod(t, "testdata/pods/minimal.yaml")
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &id, RunAsGroup: &id}
+	pod.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: &other, RunAsGroup: &other}
+	if _, err := cfg.Mutate(pod, "shop"); err != nil {
+		t.Fatalf("pod whose only container overrides the pod's 1337 with 1000: %v", err)
+	}
+	// Through the webhook: the API server gets a refusal with the reason.
+	w, _ := newWebhook(t, 0)
+	bad := loadPod(t, "testdata/pods/minimal.yaml")
+	bad.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: &id}
+	out, _, err := w.Review(review(t, bad, "shop", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"allowed":false`) || !strings.Contains(string(out), "runs as UID 1337") {
+		t.Fatalf("webhook answer to a pod running as 1337: %.300s", out)
+	}
+}
+
+// TestLocalhostInboundPorts: tether.dev/localhost-inbound-ports is
+// normalized and passed to the sidecar; ports the sidecar itself listens on
+// are refused (delivering a caller to 127.0.0.1:15001 would hand it the
+// outbound listener, an open proxy with the pod's identity), as are ports
+// whose inbound traffic is excluded from capture.
+func TestLocalhostInboundPorts(t *testing.T) {
+	cfg := testConfig(t)
+	pod := loadPod(t, "testdata/pods/minimal.yaml")
+	pod.Annotations = map[string]string{AnnotationLocalhostInboundPorts: " 9090,8081, 9090"}
+	got := apply(t, pod, mustMutate(t, cfg, pod))
+	if args := strings.Join(got.Spec.InitContainers[1].Args, " "); !strings.Contains(args, "--localhost-inbound-ports 9090,8081") {
+		t.Fatalf("sidecar args %q lack --localhost-inbound-ports 9090,8081", args)
+	}
+	none := loadPod(t, "testdata/pods/minimal.yaml")
+	if args := strings.Join(apply(t, none, mustMutate(t, cfg, none)).Spec.InitContainers[1].Args, " "); strings.Contains(args, "localhost") {
+		t.Fatalf("sidecar args %q of a pod without the annotation mention localhost", args)
+	}
+	for _, tc := range []struct{ value, excluded, want string }{
+		{"http", "", "not a number"},
+		{"0", "", "out of range"},
+		{"8080,15001", "", "15001 is the sidecar's outbound capture port"},
+		{"15006", "", "15006 is the sidecar's inbound capture port"},
+		{"15020", "", "15020 is the sidecar's admin port"},
+		{"15053", "", "15053 is the sidecar's DNS port"},
+		{"9090", "9090", "9090 is also in " + AnnotationExcludeInboundPorts},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			pod := loadPod(t, "testdata/pods/minimal.yaml")
+			pod.Annotations = map[string]string{AnnotationLocalhostInboundPorts: tc.value}
+			if tc.excluded != "" {
+				pod.Annotations[AnnotationExcludeInboundPorts] = tc.excluded
+			}
+			res, err := cfg.Mutate(pod, "shop")
+			if !errors.Is(err, ErrInvalidAnnotation) {
+				t.Fatalf("err %v (patch of %d operations), want ErrInvalidAnnotation", err, len(res.Patch))
+			}
+			if !strings.Contains(err.Error(), AnnotationLocalhostInboundPorts) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q should name %s and say %q", err, AnnotationLocalhostInboundPorts, tc.want)
+			}
+		})
+	}
+}

@@ -95,7 +95,8 @@ func TestDeliveryPicksSourcePortAtConnect(t *testing.T) {
 
 // BenchmarkDialApp is the cost of connecting a stream to the app: explicit
 // mode, and transparent mode to an app at the pod IP and to one on
-// loopback only (whose port is known to answer there).
+// loopback only (on a port opted in to loopback delivery, known to answer
+// there).
 func BenchmarkDialApp(b *testing.B) {
 	p := testProxy(b)
 	source := netip.MustParseAddr("127.0.0.6")
@@ -122,7 +123,8 @@ func BenchmarkDialApp(b *testing.B) {
 	b.Run("local/loopback", func(b *testing.B) {
 		l, _ := appAt(b, "127.0.0.1:0")
 		_, c := appAt(b, "127.0.0.2:0")
-		app, _ := LocalTarget(nil, source)(c, uint16(l.Addr().(*net.TCPAddr).Port))
+		port := uint16(l.Addr().(*net.TCPAddr).Port)
+		app, _ := LocalTarget(nil, source, LoopbackPorts(port))(c, port)
 		if up, _, err := p.dialApp(app); err != nil { // learns the port is on loopback
 			b.Fatal(err)
 		} else {

@@ -71,9 +71,9 @@ func podPort(t *testing.T) uint16 {
 
 // localInbound is a transparent-mode inbound sidecar (LocalTarget)
 // listening on listen.
-func localInbound(t *testing.T, m *mesh, listen string, originalDst proxy.OriginalDstFunc, cfg proxy.Config) *side {
+func localInbound(t *testing.T, m *mesh, listen string, originalDst proxy.OriginalDstFunc, cfg proxy.Config, opts ...proxy.LocalOption) *side {
 	cfg.Identity = m.identity(serverID, false)
-	target := proxy.LocalTarget(originalDst, testSource)
+	target := proxy.LocalTarget(originalDst, testSource, opts...)
 	return startOn(t, listen, cfg, func(p *proxy.Proxy, ctx context.Context, l net.Listener) error { return p.ServeInbound(ctx, l, target) })
 }
 
@@ -94,13 +94,17 @@ func read(addr string) (string, error) {
 }
 
 // TestLocalTargetDelivery: in transparent mode, a stream reaches an app
-// that listens on the pod IP only, connected from the delivery source, and
-// one that listens on 127.0.0.1 only. Which of the two a port answered on
-// is kept, and learnt again when it stops answering there.
+// that listens on the pod IP only, connected from the delivery source, as
+// another pod would reach it. On a port the pod opted in to loopback
+// delivery (tether.dev/localhost-inbound-ports), it also reaches an app
+// listening on 127.0.0.1 only; which of the two a port answered on is kept,
+// and learnt again when it stops answering there.
 func TestLocalTargetDelivery(t *testing.T) {
 	m := newMesh(t)
+	pod, lo, none := podPort(t), podPort(t), podPort(t)
 	// The sidecar accepts at the pod IP, as REDIRECT in PREROUTING makes it.
-	in := localInbound(t, m, netip.AddrPortFrom(testPodIP, 0).String(), noOriginalDst, proxy.Config{})
+	in := localInbound(t, m, netip.AddrPortFrom(testPodIP, 0).String(), noOriginalDst, proxy.Config{},
+		proxy.LoopbackPorts(lo, none))
 	client := m.identity(clientID, false)
 	// call makes one stream to port through a client sidecar and returns
 	// what the app answered, up to " from ", and the caller it saw.
@@ -116,16 +120,14 @@ func TestLocalTargetDelivery(t *testing.T) {
 	}
 	at := func(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
 
-	pod := podPort(t)
 	namedApp(t, at(testPodIP, pod), "pod-only")
 	if app, caller := call(pod); app != "pod-only" || !strings.HasPrefix(caller, testSource.String()+":") {
 		t.Fatalf("app on the pod IP only: answered by %q, which saw the caller %s; want pod-only, from %s", app, caller, testSource)
 	}
 
-	lo := podPort(t)
 	stopLo := namedApp(t, at(loopback, lo), "loopback-only")
 	if app, _ := call(lo); app != "loopback-only" {
-		t.Fatalf("app on 127.0.0.1 only: answered by %q", app)
+		t.Fatalf("app on 127.0.0.1 only, on an opted-in port: answered by %q", app)
 	}
 	// Kept: with an app at the pod IP too, the port still goes to loopback.
 	namedApp(t, at(testPodIP, lo), "pod-later")
@@ -148,7 +150,6 @@ func TestLocalTargetDelivery(t *testing.T) {
 	}
 
 	// Nothing on either: the stream is refused, saying where it was tried.
-	none := podPort(t)
 	out := outbound(t, client, proxy.Destination{Name: "none", Addr: in.addr, Port: none, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
 	if got, err := read(out.addr); err == nil && got != "" {
 		t.Fatalf("stream to a port nothing listens on: %q", got)
@@ -156,6 +157,57 @@ func TestLocalTargetDelivery(t *testing.T) {
 	pa, la := at(testPodIP, none), at(loopback, none)
 	want := fmt.Sprintf(`"reason":"connect %s: dial tcp %s:0->%s: connect: connection refused; and at %s: dial tcp %s: connect: connection refused"`, pa, testSource, pa, la, la)
 	eventually(t, "the upstream error in the access log", func() bool { return strings.Contains(in.accessLog(), want) })
+}
+
+// TestLocalTargetLoopbackOnlyNotReached is the attack on a loopback-only
+// listener (a debug or admin port the app binds to 127.0.0.1 so that only
+// the pod itself reaches it): a mesh caller naming that port, and plaintext
+// in permissive mode, are refused, because the sidecar delivers at the pod
+// IP only unless the pod opted the port in. The app sees nothing.
+func TestLocalTargetLoopbackOnlyNotReached(t *testing.T) {
+	m := newMesh(t)
+	admin, other := podPort(t), podPort(t)
+	reached := make(chan string, 4)
+	l, err := net.Listen("tcp", netip.AddrPortFrom(loopback, admin).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			reached <- c.RemoteAddr().String()
+			io.WriteString(c, "admin secrets")
+			c.Close()
+		}
+	}()
+	origDst := func(*net.TCPConn) (netip.AddrPort, error) { return netip.AddrPortFrom(testPodIP, admin), nil }
+	// Another port is opted in: that does not open this one.
+	in := localInbound(t, m, netip.AddrPortFrom(testPodIP, 0).String(), origDst, proxy.Config{InboundMode: proxy.Permissive},
+		proxy.LoopbackPorts(other))
+
+	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "app", Addr: in.addr, Port: admin, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	if got, err := read(out.addr); got != "" {
+		t.Fatalf("mesh stream to the loopback-only port %d: got %q (%v)", admin, got, err)
+	}
+	pa := netip.AddrPortFrom(testPodIP, admin).String()
+	want := fmt.Sprintf(`"reason":"connect %s: dial tcp %s:0->%s: connect: connection refused`, pa, testSource, pa)
+	eventually(t, "the refusal in the access log", func() bool { return strings.Contains(in.accessLog(), want) })
+	if strings.Contains(in.accessLog(), `"destination":"127.0.0.1:`) {
+		t.Fatalf("the sidecar tried loopback for a port the pod did not opt in:\n%s", in.accessLog())
+	}
+	// Plaintext in permissive mode, to the same port.
+	if got, _ := read(in.addr); got != "" {
+		t.Fatalf("plaintext to the loopback-only port %d in permissive mode: got %q", admin, got)
+	}
+	select {
+	case from := <-reached:
+		t.Fatalf("the loopback-only listener was reached from %s", from)
+	case <-time.After(100 * time.Millisecond):
+	}
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")

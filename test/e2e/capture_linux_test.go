@@ -75,12 +75,13 @@ func cmdOf(bin string) string {
 	return strings.TrimPrefix(bin, "tether-")
 }
 
-// serveHTTP serves a tiny app inside ns on port.
+// serveHTTP serves a tiny app inside ns on port, on all addresses of both
+// families.
 func serveHTTP(t *testing.T, ns *netns.NS, port int, name string) {
 	t.Helper()
 	var l net.Listener
 	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", port))
+		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -90,6 +91,60 @@ func serveHTTP(t *testing.T, ns *netns.NS, port int, name string) {
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
+}
+
+// startCA runs tether-ca in ns, listening on listen, and returns the trust
+// bundle's path, a function that makes a join token for a ServiceAccount of
+// namespace default, and the process.
+func startCA(t *testing.T, bin string, ns *netns.NS, listen string) (bundle string, token func(sa string) string, ca *netns.Proc) {
+	t.Helper()
+	state, err := os.MkdirTemp("", "tether-e2e-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	os.Chmod(state, 0o755)
+	caDir := filepath.Join(state, "ca")
+	ca = ns.Start(t, 0, filepath.Join(bin, "tether-ca"), "--store-dir", caDir, "--listen", listen, "--admin-listen", "127.0.0.1:15914")
+	waitFor(t, "tether-ca", 15*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(caDir, "admin.sock"))
+		return err == nil
+	})
+	bundle = filepath.Join(state, "bundle.pem")
+	data, err := os.ReadFile(filepath.Join(caDir, "bundle.pem"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, ca.Output())
+	}
+	os.WriteFile(bundle, data, 0o644)
+	token = func(sa string) string {
+		out, err := exec.Command(filepath.Join(bin, "tether"), "ca", "token", "create", "--socket", filepath.Join(caDir, "admin.sock"),
+			"--spiffe-id", "spiffe://cluster.local/ns/default/sa/"+sa, "--ttl", "10m").Output()
+		if err != nil {
+			t.Fatalf("token: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	return bundle, token, ca
+}
+
+// startSidecar runs tether-sidecar --transparent in ns as UID 1337 with a
+// join token, without discovery, logging at debug level.
+func startSidecar(t *testing.T, bin string, ns *netns.NS, caAddr, bundle, token string, extra ...string) *netns.Proc {
+	t.Helper()
+	args := append([]string{filepath.Join(bin, "tether-sidecar"), "--transparent", "--ca", caAddr, "--bundle", bundle,
+		"--join-token", token, "--workload-socket", "", "--log-level", "debug"}, extra...)
+	return ns.Start(t, 1337, args...)
+}
+
+// sidecarReady reports whether the sidecar in ns answers ready on its
+// admin port.
+func sidecarReady(ns *netns.NS, curl string) func() bool {
+	return func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		out, err := ns.Output(ctx, 0, curl, "-sf", "http://127.0.0.1:15020/healthz/ready")
+		return err == nil && strings.Contains(out, "ready")
+	}
 }
 
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
@@ -115,32 +170,7 @@ func TestTransparentCapture(t *testing.T) {
 	netns.Link(t, a, b, netip.MustParsePrefix("10.211.0.1/24"), netip.MustParsePrefix("10.211.0.2/24"))
 
 	// tether-ca runs in pod B on 8443, which B's capture excludes.
-	state, err := os.MkdirTemp("", "tether-e2e-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	os.Chmod(state, 0o755)
-	caDir := filepath.Join(state, "ca")
-	ca := b.Start(t, 0, filepath.Join(bin, "tether-ca"), "--store-dir", caDir, "--listen", "10.211.0.2:8443", "--admin-listen", "127.0.0.1:15914")
-	waitFor(t, "tether-ca", 15*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(caDir, "admin.sock"))
-		return err == nil
-	})
-	bundle := filepath.Join(state, "bundle.pem")
-	data, err := os.ReadFile(filepath.Join(caDir, "bundle.pem"))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, ca.Output())
-	}
-	os.WriteFile(bundle, data, 0o644)
-	token := func(sa string) string {
-		out, err := exec.Command(filepath.Join(bin, "tether"), "ca", "token", "create", "--socket", filepath.Join(caDir, "admin.sock"),
-			"--spiffe-id", "spiffe://cluster.local/ns/default/sa/"+sa, "--ttl", "10m").Output()
-		if err != nil {
-			t.Fatalf("token: %v", err)
-		}
-		return strings.TrimSpace(string(out))
-	}
+	bundle, token, ca := startCA(t, bin, b, "10.211.0.2:8443")
 
 	serveHTTP(t, b, 8080, "b")
 	serveHTTP(t, b, 9090, "b-admin-app")
@@ -150,23 +180,13 @@ func TestTransparentCapture(t *testing.T) {
 	a.Run(t, filepath.Join(bin, "tether-sidecar"), "init")
 
 	sidecar := func(ns *netns.NS, sa string, extra ...string) *netns.Proc {
-		args := append([]string{filepath.Join(bin, "tether-sidecar"), "--transparent", "--ca", "10.211.0.2:8443", "--bundle", bundle,
-			"--join-token", token(sa), "--workload-socket", "", "--log-level", "debug"}, extra...)
-		return ns.Start(t, 1337, args...)
+		return startSidecar(t, bin, ns, "10.211.0.2:8443", bundle, token(sa), extra...)
 	}
 	sa := sidecar(a, "a", "--mesh-endpoint", "10.211.0.2:8080=spiffe://cluster.local/ns/default/sa/b",
 		"--mesh-endpoint", "10.211.0.2:9090=spiffe://cluster.local/ns/default/sa/b")
 	sb := sidecar(b, "b", "--allow", "spiffe://cluster.local/ns/default/sa/a=8080")
-	ready := func(ns *netns.NS) func() bool {
-		return func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			out, err := ns.Output(ctx, 0, curl, "-sf", "http://127.0.0.1:15020/healthz/ready")
-			return err == nil && strings.Contains(out, "ready")
-		}
-	}
-	waitFor(t, "sidecar A ready", 20*time.Second, ready(a))
-	waitFor(t, "sidecar B ready", 20*time.Second, ready(b))
+	waitFor(t, "sidecar A ready", 20*time.Second, sidecarReady(a, curl))
+	waitFor(t, "sidecar B ready", 20*time.Second, sidecarReady(b, curl))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("sidecar A:\n%s\nsidecar B:\n%s\nCA:\n%s", sa.Output(), sb.Output(), ca.Output())

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -44,12 +45,16 @@ const appUID = 1000
 // and api-0 (api), behind Services web and api, on the mesh of startMesh,
 // and calls api from web's app container (UID 1000, its traffic and DNS
 // captured by the stored tether-init rules). api's app listens on its pod
-// IP only, web's on 127.0.0.1 only: each sidecar delivers calls, and runs
-// the app's readiness probe, where its app listens.
+// IP only, web's on 127.0.0.1 only (its pod opts port 8080 in with
+// tether.dev/localhost-inbound-ports): each sidecar delivers calls, and
+// runs the app's readiness probe, where its app listens.
 //
 //   - by name and by ClusterIP, through web's and api's sidecars over mTLS:
 //     the name is answered by web's sidecar from discovery, and api's
 //     sidecar logs the call as allowed from spiffe://cluster.local/ns/shop/sa/web;
+//   - web's loopback-only admin listener (127.0.0.1:9091, not opted in)
+//     is not reached by a tether/1 stream from api, a mesh identity web
+//     admits: web's sidecar tries the pod IP only, and refuses;
 //   - the Services with no sidecar behind them (the API server's kubernetes,
 //     tether-system's) are not in web's view, and a call to the API server
 //     by name passes through web's sidecar unchanged;
@@ -84,7 +89,16 @@ func TestInjectedPodsTalk(t *testing.T) {
 	adminPort := corev1.ServicePort{Name: "admin", Port: 9090, TargetPort: intstr.FromInt32(9090)}
 	apiSvc := m.createService(ctx, "shop", "api", httpPort, adminPort)
 	webSvc := m.createService(ctx, "shop", "web", httpPort)
-	web := m.runPod(ctx, appPod("shop", "web-0", "web", listenOnLoopback))
+	// web's app listens on 127.0.0.1 only, so its pod opts its port in to
+	// loopback delivery; its loopback-only admin listener (9091) is not.
+	webPod := appPod("shop", "web-0", "web", listenOnLoopback)
+	webPod.Annotations = map[string]string{inject.AnnotationLocalhostInboundPorts: "8080"}
+	web := m.runPod(ctx, webPod)
+	if args := strings.Join(web.sidecar.Args, " "); !strings.Contains(args, "--localhost-inbound-ports 8080") {
+		t.Fatalf("web's injected sidecar args lack --localhost-inbound-ports 8080: %s", args)
+	}
+	webAdmin := make(chan string, 8)
+	serveLoopbackAdmin(t, web, 9091, webAdmin)
 	api := m.runPod(ctx, appPod("shop", "api-0", "api", listenOnPodIP))
 	for _, p := range []*meshPod{web, api} {
 		if body, err := p.rt.probe(m.kubelet, p.app, p.app.ReadinessProbe); err != nil {
@@ -137,7 +151,7 @@ func TestInjectedPodsTalk(t *testing.T) {
 	if in := web.waitLog(mark, "inbound from api allowed", func(e accessEntry) bool {
 		return e.Direction == "inbound" && e.Decision == "allow"
 	}); in.Destination != "127.0.0.1:8080" {
-		t.Fatalf("api → web: web's sidecar delivered the call to %s, want 127.0.0.1:8080 (web listens there only)", in.Destination)
+		t.Fatalf("api → web: web's sidecar delivered the call to %s, want 127.0.0.1:8080 (web listens there only, and opted 8080 in)", in.Destination)
 	}
 	// Only the Services of pods with the sidecar are mesh services: the
 	// API server's (its endpoints have no targetRef) and the control
@@ -165,6 +179,31 @@ func TestInjectedPodsTalk(t *testing.T) {
 		t.Fatalf("web → the API server: web's sidecar logged %+v, want a passthrough", pass)
 	}
 	t.Logf("web → https://kubernetes.default.svc.cluster.local/version: passed through by web's sidecar (%q)", pass.Reason)
+
+	// The loopback-only listener attack: api, a mesh identity web's
+	// policy admits, opens a tether/1 stream to web's pod IP naming port
+	// 9091, where web's app listens on 127.0.0.1 only. web's sidecar
+	// delivers at the pod IP only on that port (not opted in), so it is
+	// refused there and the admin listener sees nothing.
+	apiSVIDs := api.x509Source(ctx)
+	webAdminAddr := netip.AddrPortFrom(web.ip, 9091)
+	mark = web.logMark()
+	adminDeny, err := meshOpen(m.node, apiSVIDs, webAdminAddr, webID)
+	if err != nil || adminDeny == "" {
+		t.Fatalf("tether/1 stream from api to web's loopback-only port 9091: deny %q, %v; want a refusal", adminDeny, err)
+	}
+	refusedAdmin := web.waitLog(mark, "web's refusal of port 9091", func(e accessEntry) bool {
+		return e.Direction == "inbound" && e.SourceID == apiID.String() && strings.HasSuffix(e.Destination, ":9091")
+	})
+	if refusedAdmin.Destination != webAdminAddr.String() || !strings.Contains(refusedAdmin.Reason, "connection refused") {
+		t.Fatalf("web's sidecar logged %+v for port 9091, want delivery tried at the pod IP %s only, refused", refusedAdmin, webAdminAddr)
+	}
+	select {
+	case from := <-webAdmin:
+		t.Fatalf("web's loopback-only admin listener was reached from %s", from)
+	default:
+	}
+	t.Logf("api → web:9091 (loopback-only admin listener): refused by web's sidecar, %q", adminDeny)
 
 	// The test's own tether/1 client, with web's SVID from web's Workload
 	// API, is let in too (from the node, past web's sidecar): what it
@@ -292,6 +331,35 @@ func TestInjectedPodsTalk(t *testing.T) {
 		}
 	}
 	t.Logf("done %v after the test began", time.Since(m.began).Round(time.Millisecond))
+}
+
+// serveLoopbackAdmin serves a stand-in admin listener on 127.0.0.1:port in
+// the pod, as an app's debug or admin port; each connection's source goes
+// to reached.
+func serveLoopbackAdmin(t *testing.T, p *meshPod, port int, reached chan<- string) {
+	t.Helper()
+	var l net.Listener
+	if err := p.ns.Do(func() (err error) {
+		l, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case reached <- c.RemoteAddr().String():
+			default:
+			}
+			io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nadmin secrets\n")
+			c.Close()
+		}
+	}()
 }
 
 // appPod is a pod with one app container, named for its ServiceAccount,

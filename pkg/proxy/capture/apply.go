@@ -68,13 +68,22 @@ func Apply(ctx context.Context, c Config, r Runner) error {
 	if r == nil {
 		r = ExecRunner{}
 	}
-	if err := applyFamily(ctx, r, ipv4, build(c, ipv4)); err != nil {
+	if err := applyFamily(ctx, r, ipv4, tables(c, ipv4)); err != nil {
 		return err
 	}
 	if c.IPv6 {
-		return applyFamily(ctx, r, ipv6, build(c, ipv6))
+		return applyFamily(ctx, r, ipv6, tables(c, ipv6))
 	}
 	return cleanupOptional(ctx, r, ipv6)
+}
+
+// emptyTables are the tables with nothing of this package's in them.
+func emptyTables() []table {
+	var ts []table
+	for _, n := range tableNames {
+		ts = append(ts, table{name: n})
+	}
+	return ts
 }
 
 // Cleanup removes every TETHER_* chain and every jump into one from the nat
@@ -84,7 +93,7 @@ func Cleanup(ctx context.Context, r Runner) error {
 	if r == nil {
 		r = ExecRunner{}
 	}
-	if err := applyFamily(ctx, r, ipv4, table{}); err != nil {
+	if err := applyFamily(ctx, r, ipv4, emptyTables()); err != nil {
 		return err
 	}
 	return cleanupOptional(ctx, r, ipv6)
@@ -94,33 +103,46 @@ func Cleanup(ctx context.Context, r Runner) error {
 // usable at all (no ip6tables, no IPv6 nat in the kernel). If its table
 // cannot be read, nothing of ours can be in it.
 func cleanupOptional(ctx context.Context, r Runner, f family) error {
-	out, err := r.Run(ctx, nil, f.save, "-t", "nat")
-	if err != nil {
+	var input strings.Builder
+	for _, t := range emptyTables() {
+		out, err := r.Run(ctx, nil, f.save, "-t", t.name)
+		if err != nil {
+			continue
+		}
+		if cur := parseSave(string(out), t.name); !cur.empty() {
+			input.WriteString(t.restoreInput(cur))
+		}
+	}
+	if input.Len() == 0 {
 		return nil
 	}
-	cur := parseSave(string(out))
-	if cur.empty() {
-		return nil
-	}
-	return restore(ctx, r, f, table{}.restoreInput(cur))
+	return restore(ctx, r, f, input.String())
 }
 
-// applyFamily makes f's nat table hold exactly t of this package's rules.
-func applyFamily(ctx context.Context, r Runner, f family, t table) error {
-	out, err := r.Run(ctx, nil, f.save, "-t", "nat")
-	if err != nil {
-		return fmt.Errorf("read %s nat table: %w", f.name, classify(err))
+// applyFamily makes f's tables hold exactly ts of this package's rules, in
+// one iptables-restore run (each table is one transaction).
+func applyFamily(ctx context.Context, r Runner, f family, ts []table) error {
+	var input strings.Builder
+	for _, t := range ts {
+		out, err := r.Run(ctx, nil, f.save, "-t", t.name)
+		if err != nil {
+			return fmt.Errorf("read %s %s table: %w", f.name, t.name, classify(err))
+		}
+		cur := parseSave(string(out), t.name)
+		if len(t.rules) == 0 && cur.empty() {
+			continue
+		}
+		input.WriteString(t.restoreInput(cur))
 	}
-	cur := parseSave(string(out))
-	if len(t.rules) == 0 && cur.empty() {
+	if input.Len() == 0 {
 		return nil
 	}
-	return restore(ctx, r, f, t.restoreInput(cur))
+	return restore(ctx, r, f, input.String())
 }
 
 func restore(ctx context.Context, r Runner, f family, input string) error {
 	if _, err := r.Run(ctx, []byte(input), f.restore, "--noflush"); err != nil {
-		return fmt.Errorf("write %s nat table: %w", f.name, classify(err))
+		return fmt.Errorf("write %s tables: %w", f.name, classify(err))
 	}
 	return nil
 }

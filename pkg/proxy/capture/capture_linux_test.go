@@ -143,6 +143,8 @@ func (c client) do(ns *netns.NS, uid int, mode, addr string) string {
 				out, err = exchangeUDPAddr(addr)
 			case "deliver":
 				out, err = deliverTCP(addr)
+			case "udpc":
+				out, err = connectedUDP(addr)
 			default:
 				out, err = dialTCP(addr)
 			}
@@ -425,6 +427,113 @@ func TestIPv6Capture(t *testing.T) {
 	}
 	if got, want := cl.do(a, proxyUID, "dial", "[fd00:211::2]:8080"), "inbound [fd00:211::2]:8080"; got != want {
 		t.Errorf("proxy in A to B: got %q, want %q", got, want)
+	}
+
+	// The sidecar's deliveries to the app at the IPv6 pod IP come from ::6,
+	// which init puts on lo (twice: it is idempotent) and the rules exempt;
+	// its other connections to its own pod IP go to the inbound listener.
+	for range 2 {
+		if err := b.Do(capture.AddDeliverySource6); err != nil {
+			t.Fatalf("AddDeliverySource6: %v", err)
+		}
+	}
+	if out := b.Run(t, "ip", "-6", "addr", "show", "dev", "lo"); !strings.Contains(out, "::6/128") {
+		t.Fatalf("no ::6/128 on lo:\n%s", out)
+	}
+	listen(t, b, "[fd00:211::2]:8080", func(c *net.TCPConn) string { return "app-b from " + c.RemoteAddr().String() })
+	if got := cl.do(b, proxyUID, "deliver", "[fd00:211::2]:8080"); !strings.HasPrefix(got, "app-b from [::6]:") {
+		t.Errorf("proxy in B delivering from ::6 to its IPv6 pod IP: got %q, want the app", got)
+	}
+	if got, want := cl.do(b, proxyUID, "dial", "[fd00:211::2]:8080"), "inbound [fd00:211::2]:8080"; got != want {
+		t.Errorf("proxy in B to its own IPv6 pod IP (not from ::6): got %q, want %q", got, want)
+	}
+	// Plaintext from A's proxy UID (not captured in A) to B's app port
+	// lands on B's inbound listener, never on the app.
+	if got, want := cl.do(a, proxyUID, "dial", "[fd00:211::2]:8080"), "inbound [fd00:211::2]:8080"; got != want {
+		t.Errorf("plaintext over IPv6 to B's app port: got %q, want %q", got, want)
+	}
+}
+
+// TestRejectUDP: with RejectUDP (registry-only), the app's UDP leaving the
+// pod is refused at once (the write fails with EPERM), over IPv4 and IPv6, while DNS still reaches the
+// sidecar, the sidecar's own UDP leaves, and excluded destinations stay
+// reachable. Without it, the same datagram gets its answer (the bypass).
+func TestRejectUDP(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		t.Skip("the kernel has no IPv6")
+	}
+	a, b := pods(t)
+	a.AddAddr(t, "eth0", podA6)
+	b.AddAddr(t, "eth0", podB6)
+	b.AddAddr(t, "eth0", podB2)
+	listenUDP(t, b, ":9999", "echo-b")
+	listenUDP(t, b, ":53", "dns-b")
+	listenUDP(t, a, "127.0.0.1:15053", "sidecar-dns")
+	cl := newClient(t)
+	waitDAD(t, a, b)
+
+	// Passthrough: nothing restricts UDP.
+	apply(t, a, capture.Config{ProxyUID: proxyUID, ProxyGID: proxyUID, OutboundPort: 15001, InboundPort: 15006, DNSPort: 15053, AdminPort: 15020,
+		CaptureDNS: true, IPv6: true})
+	if got := cl.do(a, 1000, "udpc", "10.211.0.2:9999"); got != "echo-b" {
+		t.Fatalf("passthrough: UDP from the app: got %q, want echo-b", got)
+	}
+
+	cfg := capture.DefaultConfig()
+	cfg.IPv6, cfg.RejectUDP = true, true
+	cfg.ExcludeOutboundCIDRs = []netip.Prefix{netip.PrefixFrom(podB2.Addr(), 32)}
+	apply(t, a, cfg)
+	for _, tc := range []struct {
+		name string
+		uid  int
+		mode string
+		addr string
+		want string
+	}{
+		// REJECT in OUTPUT fails the sender's write at once with EPERM.
+		{"app UDP over IPv4 is refused", 1000, "udpc", "10.211.0.2:9999", "operation not permitted"},
+		{"app UDP over IPv6 is refused", 1000, "udpc", "[fd00:211::2]:9999", "operation not permitted"},
+		{"root in the app is refused too", 0, "udpc", "10.211.0.2:9999", "operation not permitted"},
+		{"app DNS goes to the sidecar", 1000, "udp", "10.211.0.2:53", "sidecar-dns from 10.211.0.2:53"},
+		{"the sidecar's own UDP leaves", proxyUID, "udpc", "10.211.0.2:9999", "echo-b"},
+		{"an excluded CIDR is reachable", 1000, "udp", "10.211.0.3:9999", "echo-b from "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cl.do(a, tc.uid, tc.mode, tc.addr); !strings.Contains(got, tc.want) {
+				t.Fatalf("uid %d %s %s: got %q, want %q", tc.uid, tc.mode, tc.addr, got, tc.want)
+			}
+		})
+	}
+	// Apply is exact for the filter table too: the saved rules are the ruleset's.
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		if saved := a.Run(t, tool, "-t", "filter"); !strings.Contains(saved, "-A OUTPUT -p udp -j TETHER_UDP") {
+			t.Fatalf("%s filter table after Apply:\n%s", tool, saved)
+		}
+	}
+	if err := capture.Cleanup(context.Background(), runner(a)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		for _, table := range []string{"nat", "filter"} {
+			if saved := a.Run(t, tool, "-t", table); strings.Contains(saved, "TETHER_") {
+				t.Fatalf("%s -t %s after Cleanup:\n%s", tool, table, saved)
+			}
+		}
+	}
+}
+
+// waitDAD waits until the IPv6 addresses of the namespaces are usable
+// (duplicate address detection done).
+func waitDAD(t *testing.T, nss ...*netns.NS) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, ns := range nss {
+		for strings.Contains(ns.Run(t, "ip", "-6", "addr"), "tentative") {
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 addresses of %s still tentative", ns.Name())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 

@@ -39,6 +39,11 @@ type Config struct {
 	// IPv6 installs the same rules with ip6tables. See the package doc.
 	IPv6 bool
 
+	// RejectUDP rejects the application's UDP that leaves the pod (filter
+	// table), except DNS and the excluded destinations: the sidecar proxies
+	// TCP only, so registry-only egress needs it to hold for UDP too.
+	RejectUDP bool
+
 	// ExcludeInboundPorts are pod ports whose inbound connections reach the
 	// application directly (annotation tether.dev/exclude-inbound-ports).
 	ExcludeInboundPorts []int

@@ -16,8 +16,9 @@
 //   - anything sent by the proxy's UID or GID (1337), so the sidecar's own
 //     upstream connections and DNS forwarding leave the pod as they are
 //     (but see the hairpin below);
-//   - connections from DeliverySource (127.0.0.6) out of lo: the sidecar's
-//     deliveries of inbound traffic to the application at the pod IP;
+//   - connections from DeliverySource (127.0.0.6; DeliverySource6, ::6, for
+//     IPv6) out of lo: the sidecar's deliveries of inbound traffic to the
+//     application at the pod IP;
 //   - loopback: traffic out of lo or to 127.0.0.0/8 (::1 for IPv6);
 //   - inbound connections to the proxy's own ports (InboundPort, OutboundPort,
 //     DNSPort, AdminPort 15020), so kubelet probes, which the injector rewrites
@@ -80,11 +81,22 @@
 // With Config.IPv6 set, the same chains are installed with ip6tables (loopback
 // ::1, IPv6 entries of ExcludeOutboundCIDRs), and the sidecar must also listen
 // on [::1]:OutboundPort, [::]:InboundPort and [::1]:DNSPort; OriginalDst
-// handles both families. There is no IPv6 DeliverySource (an address in a
-// loopback range, which IPv6 does not have on lo), so inbound IPv6 traffic
-// is delivered over loopback. IPv6 capture is off by default: in a
-// dual-stack pod without it, IPv6 traffic bypasses the sidecar. IPv6 entries
-// of ExcludeOutboundCIDRs are ignored while it is off.
+// handles both families. The IPv6 delivery source is DeliverySource6 (::6),
+// which AddDeliverySource6 puts on lo (Linux has no IPv6 loopback range, so
+// Istio does the same). `tether-sidecar init` sets IPv6 whenever the pod has
+// IPv6 (PodIPv6, IPv6Enabled) and fails when the pod has an address other
+// than link-local and the rules cannot be installed. IPv6 entries of
+// ExcludeOutboundCIDRs are ignored while it is off.
+//
+// # UDP
+//
+// With Config.RejectUDP (registry-only egress), the filter table gets a chain
+// TETHER_UDP, reached from OUTPUT for UDP, that rejects the application's UDP
+// leaving the pod (the sender's write fails with EPERM): the sidecar proxies
+// TCP only. The proxy's own UDP, traffic out of lo or to loopback (which
+// includes DNS that the nat rules sent to DNSPort), DNS to port 53 when
+// CaptureDNS is off, and ExcludeOutboundCIDRs and ExcludeOutboundPorts are let
+// through. Apply and Cleanup manage the filter chain like the nat ones.
 //
 // # Privileges
 //

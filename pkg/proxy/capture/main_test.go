@@ -39,6 +39,10 @@ func helper(mode string, args []string) error {
 		reply, err := deliverTCP(args[0])
 		fmt.Print(reply)
 		return err
+	case mode == "udpc" && len(args) == 1: // udpc ADDR: one datagram on a connected socket, print the reply
+		reply, err := connectedUDP(args[0])
+		fmt.Print(reply)
+		return err
 	case mode == "udp" && len(args) == 1: // udp ADDR: send one datagram, print the reply and its source
 		reply, err := exchangeUDP(args[0])
 		fmt.Print(reply)
@@ -60,10 +64,36 @@ func dialTCP(addr string) (string, error) {
 }
 
 // deliverTCP connects as the sidecar delivers inbound traffic to the
-// application at the pod IP: from capture.DeliverySource.
+// application at the pod IP: from capture.DeliverySource, or
+// capture.DeliverySource6 for an IPv6 address.
 func deliverTCP(addr string) (string, error) {
-	d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(capture.DeliverySource, 0))}
+	src := capture.DeliverySource
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() {
+		src = capture.DeliverySource6
+	}
+	d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
 	return read(d.Dial("tcp", addr))
+}
+
+// connectedUDP sends one datagram on a connected socket, which reports an
+// ICMP port unreachable (a REJECT) as "connection refused", and returns the
+// reply.
+func connectedUDP(addr string) (string, error) {
+	c, err := net.DialTimeout("udp", addr, 3*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("query")); err != nil {
+		return "", err
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
 }
 
 // read returns what the server sends until it closes c.

@@ -20,6 +20,7 @@ const (
 	chainOutput     = "TETHER_OUTPUT"      // outbound TCP: exclusions, then TETHER_REDIRECT
 	chainRedirect   = "TETHER_REDIRECT"    // REDIRECT to OutboundPort
 	chainDNS        = "TETHER_DNS"         // DNS over UDP and TCP: REDIRECT to DNSPort
+	chainUDP        = "TETHER_UDP"         // filter table, with RejectUDP: the app's UDP egress
 )
 
 // DeliverySource is the address the sidecar connects to the application's
@@ -30,23 +31,35 @@ const (
 // address to bind for IPv6.
 var DeliverySource = netip.AddrFrom4([4]byte{127, 0, 0, 6})
 
+// DeliverySource6 is DeliverySource for IPv6. Linux has no IPv6 loopback
+// range on lo, only ::1, so `tether-sidecar init` adds ::6/128 to lo when
+// it installs the IPv6 rules (as Istio does); the IPv6 rules exempt it.
+var DeliverySource6 = netip.MustParseAddr("::6")
+
 // family is what differs between the IPv4 and IPv6 rules.
 type family struct {
 	name          string // for errors
 	save, restore string // tools
 	loopback      string // the loopback range, as iptables-save prints it
-	delivery      string // DeliverySource as iptables-save prints it; none for IPv6
+	delivery      string // DeliverySource (or DeliverySource6) as iptables-save prints it
+	reject        string // REJECT's --reject-with for UDP
 	is6           bool
 }
 
 var (
 	ipv4 = family{name: "IPv4", save: "iptables-save", restore: "iptables-restore", loopback: "127.0.0.0/8",
-		delivery: netip.PrefixFrom(DeliverySource, 32).String()}
-	ipv6 = family{name: "IPv6", save: "ip6tables-save", restore: "ip6tables-restore", loopback: "::1/128", is6: true}
+		delivery: netip.PrefixFrom(DeliverySource, 32).String(), reject: "icmp-port-unreachable"}
+	ipv6 = family{name: "IPv6", save: "ip6tables-save", restore: "ip6tables-restore", loopback: "::1/128",
+		delivery: netip.PrefixFrom(DeliverySource6, 128).String(), reject: "icmp6-port-unreachable", is6: true}
 )
 
-// table is the part of the nat table this package owns for one family.
+// The tables this package writes to, in the order it writes them.
+var tableNames = []string{"nat", "filter"}
+
+// table is the part of one table (nat or filter) this package owns for one
+// family.
 type table struct {
+	name   string   // nat or filter
 	chains []string // TETHER chains, declared in this order
 	rules  []string // "-A CHAIN ..." lines: TETHER chains first, then the jumps into them
 }
@@ -77,16 +90,68 @@ func Rules(c Config) (Ruleset, error) {
 	if err := c.Validate(); err != nil {
 		return Ruleset{}, err
 	}
-	rs := Ruleset{IPv4: build(c, ipv4).restoreInput(savedTable{})}
+	input := func(f family) string {
+		var b strings.Builder
+		for _, t := range tables(c, f) {
+			if len(t.rules) > 0 {
+				b.WriteString(t.restoreInput(savedTable{}))
+			}
+		}
+		return b.String()
+	}
+	rs := Ruleset{IPv4: input(ipv4)}
 	if c.IPv6 {
-		rs.IPv6 = build(c, ipv6).restoreInput(savedTable{})
+		rs.IPv6 = input(ipv6)
 	}
 	return rs, nil
 }
 
-// build lays out the chains for one family. c must be valid.
+// tables lays out every table for one family, in tableNames order. c must
+// be valid.
+func tables(c Config, f family) []table {
+	return []table{build(c, f), buildFilter(c, f)}
+}
+
+// buildFilter lays out the filter table for one family: with RejectUDP,
+// the app's UDP leaving the pod is rejected, except DNS (captured, or to
+// the resolver when DNS is not captured) and the excluded destinations.
+// c must be valid.
+func buildFilter(c Config, f family) table {
+	t := table{name: "filter"}
+	if !c.RejectUDP {
+		return t
+	}
+	add := func(chain string, spec ...string) {
+		t.rules = append(t.rules, "-A "+chain+" "+strings.Join(spec, " "))
+	}
+	dport := func(port int) []string {
+		return []string{"-p", "udp", "-m", "udp", "--dport", strconv.Itoa(port)}
+	}
+	t.chains = []string{chainUDP}
+	add(chainUDP, "-m", "owner", "--uid-owner", strconv.Itoa(c.ProxyUID), "-j", "RETURN")
+	add(chainUDP, "-m", "owner", "--gid-owner", strconv.Itoa(c.ProxyGID), "-j", "RETURN")
+	// Within the pod, and DNS that nat already sent to the sidecar.
+	add(chainUDP, "-o", "lo", "-j", "RETURN")
+	add(chainUDP, "-d", f.loopback, "-j", "RETURN")
+	if !c.CaptureDNS {
+		// The pod must still resolve names; with DNS captured, queries
+		// reach the sidecar over lo instead.
+		add(chainUDP, append(dport(53), "-j", "RETURN")...)
+	}
+	for _, p := range cidrs(c.ExcludeOutboundCIDRs, f) {
+		add(chainUDP, "-d", p.String(), "-j", "RETURN")
+	}
+	for _, p := range sortedUnique(c.ExcludeOutboundPorts) {
+		add(chainUDP, append(dport(p), "-j", "RETURN")...)
+	}
+	add(chainUDP, "-j", "REJECT", "--reject-with", f.reject)
+	add("OUTPUT", "-p", "udp", "-j", chainUDP)
+	return t
+}
+
+// build lays out the nat table for one family. c must be valid.
 func build(c Config, f family) table {
-	var t table
+	t := table{name: "nat"}
 	add := func(chain string, spec ...string) {
 		t.rules = append(t.rules, "-A "+chain+" "+strings.Join(spec, " "))
 	}
@@ -113,14 +178,12 @@ func build(c Config, f family) table {
 	add(chainInRedirect, "-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(c.InboundPort))
 
 	// Outbound TCP. The proxy's deliveries to the application at the pod IP
-	// (from DeliverySource, out of lo) are left alone. Its other connections
+	// (from DeliverySource or DeliverySource6, out of lo) are left alone. Its other connections
 	// leave as they are, except those to the pod's own IP (out of lo, not to
 	// loopback), which go through inbound capture like a call from another
 	// pod. Then loopback, DNS, and the exclusions; the rest goes to
 	// OutboundPort.
-	if f.delivery != "" {
-		add(chainOutput, "-s", f.delivery, "-o", "lo", "-j", "RETURN")
-	}
+	add(chainOutput, "-s", f.delivery, "-o", "lo", "-j", "RETURN")
 	for _, o := range owners {
 		add(chainOutput, append(append([]string{"!", "-d", f.loopback, "-o", "lo"}, o...), "-j", chainInbound)...)
 		add(chainOutput, append(o, "-j", "RETURN")...)
@@ -182,7 +245,7 @@ func cidrs(ps []netip.Prefix, f family) []netip.Prefix {
 }
 
 // restoreInput is the iptables-restore --noflush transaction that turns the
-// nat table cur into one holding exactly t (and everything cur holds outside
+// table cur (of t's name) into one holding exactly t (and everything cur holds outside
 // the TETHER chains and the jumps into them):
 //
 //  1. declare t's chains, which creates them or flushes them if they exist,
@@ -195,7 +258,7 @@ func cidrs(ps []netip.Prefix, f family) []netip.Prefix {
 // An empty t gives the Cleanup transaction.
 func (t table) restoreInput(cur savedTable) string {
 	var b strings.Builder
-	b.WriteString("*nat\n")
+	b.WriteString("*" + t.name + "\n")
 	var stale []string
 	for _, ch := range cur.chains {
 		if !slices.Contains(t.chains, ch) {
@@ -218,7 +281,7 @@ func (t table) restoreInput(cur savedTable) string {
 	return b.String()
 }
 
-// savedTable is what this package owns in a nat table read by iptables-save.
+// savedTable is what this package owns in a table read by iptables-save.
 type savedTable struct {
 	chains []string // chains named TETHER_*
 	jumps  []string // rules of other chains that jump into them, without the leading "-A "
@@ -227,9 +290,9 @@ type savedTable struct {
 func (s savedTable) empty() bool { return len(s.chains) == 0 && len(s.jumps) == 0 }
 
 // parseSave picks this package's chains and the jumps into them out of
-// `iptables-save -t nat` output. Comments, counters and other tables are
-// ignored.
-func parseSave(out string) savedTable {
+// the section of `iptables-save -t <name>` output for table name.
+// Comments, counters and other tables are ignored.
+func parseSave(out, name string) savedTable {
 	var s savedTable
 	inNat := false
 	for line := range strings.Lines(out) {
@@ -237,7 +300,7 @@ func parseSave(out string) savedTable {
 		switch {
 		case line == "" || strings.HasPrefix(line, "#"):
 		case strings.HasPrefix(line, "*"):
-			inNat = line == "*nat"
+			inNat = line == "*"+name
 		case !inNat:
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")

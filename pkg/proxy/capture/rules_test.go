@@ -28,6 +28,12 @@ func TestRulesGolden(t *testing.T) {
 	dual := custom
 	dual.IPv6 = true
 
+	// Registry-only: UDP rejected, both families; with and without DNS capture.
+	registryOnly := dual
+	registryOnly.RejectUDP = true
+	registryOnlyNoDNS := registryOnly
+	registryOnlyNoDNS.CaptureDNS = false
+
 	for _, tc := range []struct {
 		name string
 		cfg  Config
@@ -36,6 +42,8 @@ func TestRulesGolden(t *testing.T) {
 		{"custom", custom},
 		{"nodns", noDNS},
 		{"ipv6", dual},
+		{"registry-only", registryOnly},
+		{"registry-only-nodns", registryOnlyNoDNS},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs, err := Rules(tc.cfg)

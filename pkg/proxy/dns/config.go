@@ -32,6 +32,11 @@ type Config struct {
 	// Listen is the UDP and TCP address (default 127.0.0.1:15053). Port 0
 	// picks a free port shared by both; see [Server.Addr].
 	Listen string
+	// AlsoListen, if set, is a second UDP and TCP address served the same
+	// way, when it can be bound: the sidecar's [::1]:15053, where the IPv6
+	// capture rules send the pod's DNS to an IPv6 resolver. An address the
+	// namespace does not have (no IPv6) is skipped, with a debug log.
+	AlsoListen string
 	// ClusterDomain is the Kubernetes cluster domain (default cluster.local).
 	ClusterDomain string
 	// Search and Ndots are the pod's resolv.conf search rules
@@ -72,6 +77,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return c, fmt.Errorf("dns: listen address %q: %w", c.Listen, err)
+	}
+	if c.AlsoListen != "" {
+		if _, _, err := net.SplitHostPort(c.AlsoListen); err != nil {
+			return c, fmt.Errorf("dns: second listen address %q: %w", c.AlsoListen, err)
+		}
 	}
 	if c.ClusterDomain == "" {
 		c.ClusterDomain = DefaultClusterDomain

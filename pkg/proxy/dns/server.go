@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -36,6 +38,7 @@ type Server struct {
 	baseCtx context.Context // set by Run before serving starts
 	ready   chan struct{}
 	addr    string // set before ready is closed
+	addr2   string // AlsoListen's bound address, if any; set before ready is closed
 }
 
 var _ mdns.Handler = (*Server)(nil)
@@ -80,6 +83,13 @@ func (s *Server) Addr() string {
 	return s.addr
 }
 
+// AlsoAddr is the address Run listens on for Config.AlsoListen, or "" if
+// it is not set or could not be bound; valid after Ready is closed.
+func (s *Server) AlsoAddr() string {
+	<-s.ready
+	return s.addr2
+}
+
 // Run serves DNS on UDP and TCP until ctx ends, then drains in-flight TCP
 // exchanges for up to 5 seconds. It returns nil after ctx ends, or the error
 // that stopped a listener. Run may be called once.
@@ -97,13 +107,29 @@ func (s *Server) Run(ctx context.Context) error {
 		{PacketConn: pc, Net: "udp", Handler: s},
 		{Listener: ln, Net: "tcp", Handler: s},
 	}
+	closers := []io.Closer{pc, ln}
+	if s.cfg.AlsoListen != "" {
+		pc2, ln2, err := listen(s.cfg.AlsoListen)
+		switch {
+		case errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT):
+			s.log.Debug("dns: second address not available here; not served", slog.String("addr", s.cfg.AlsoListen), slog.Any("error", err))
+		case err != nil:
+			_ = pc.Close()
+			_ = ln.Close()
+			return err
+		default:
+			s.addr2 = pc2.LocalAddr().String()
+			servers = append(servers, &mdns.Server{PacketConn: pc2, Net: "udp", Handler: s}, &mdns.Server{Listener: ln2, Net: "tcp", Handler: s})
+			closers = append(closers, pc2, ln2)
+		}
+	}
 	errc := make(chan error, len(servers))
 	var wg sync.WaitGroup
 	for _, srv := range servers {
 		wg.Go(func() { errc <- srv.ActivateAndServe() })
 	}
 	close(s.ready)
-	s.log.Info("dns listening", slog.String("addr", s.addr))
+	s.log.Info("dns listening", slog.String("addr", s.addr), slog.String("also", s.addr2))
 
 	var runErr error
 	select {
@@ -118,8 +144,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	// Closing the sockets ourselves also stops a server that had not
 	// started yet when Shutdown ran.
-	_ = pc.Close()
-	_ = ln.Close()
+	for _, c := range closers {
+		_ = c.Close()
+	}
 	wg.Wait()
 	return runErr
 }

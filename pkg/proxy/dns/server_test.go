@@ -441,3 +441,28 @@ func counterValue(t *testing.T, c prometheus.Collector) float64 {
 	}
 	return out.GetCounter().GetValue()
 }
+
+// TestAlsoListen: the server answers on its second address too (the
+// sidecar's [::1]:15053, where the IPv6 capture rules send DNS queries to
+// an IPv6 resolver), over UDP and TCP, the same as on the first.
+func TestAlsoListen(t *testing.T) {
+	if l, err := net.ListenPacket("udp", "[::1]:0"); err != nil {
+		t.Skipf("no ::1 here: %v", err)
+	} else {
+		l.Close()
+	}
+	up := startUpstream(t, answerA("192.0.2.1", 60))
+	s := startServer(t, Config{AlsoListen: "[::1]:0", Search: podSearch, Ndots: 5, Upstreams: []string{up.addr}, Table: meshTable()})
+	if !strings.HasPrefix(s.AlsoAddr(), "[::1]:") {
+		t.Fatalf("AlsoAddr %q, want [::1]:port", s.AlsoAddr())
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		m := exchange(t, network, s.AlsoAddr(), "web.shop.svc.cluster.local.", mdns.TypeA, false)
+		if len(m.Answer) != 1 || !strings.Contains(m.Answer[0].String(), "10.0.0.1") {
+			t.Fatalf("%s query on %s: %v", network, s.AlsoAddr(), m.Answer)
+		}
+	}
+	if _, err := New(Config{AlsoListen: "::1", Upstreams: []string{up.addr}}); err == nil || !strings.Contains(err.Error(), "second listen address") {
+		t.Fatalf("AlsoListen without a port: %v", err)
+	}
+}
