@@ -18,11 +18,12 @@ import (
 // The setups, in report order. extraSetups run only when named in -setups.
 var (
 	allSetups   = []string{"direct", "relay", "tether", "stunnel", "haproxy"}
-	extraSetups = []string{"stunnel-noresume", "haproxy-noresume"}
+	extraSetups = []string{"tether-base", "stunnel-noresume", "haproxy-noresume"}
 	setupByName = map[string]setup{
 		"direct":           {start: startDirect},
 		"relay":            {start: startRelay},
-		"tether":           {start: startTether, needsCA: true},
+		"tether":           {start: tetherSetup(func(e *env) string { return e.bins }), needsCA: true},
+		"tether-base":      {start: tetherSetup(func(e *env) string { return e.baseBins }), needsCA: true},
 		"stunnel":          {start: stunnelPair(true), needsCerts: true},
 		"haproxy":          {start: haproxyPair(true), needsCerts: true},
 		"stunnel-noresume": {start: stunnelPair(false), needsCerts: true},
@@ -63,6 +64,11 @@ type env struct {
 	ca    *tetherCA
 	// long-lived children: echo server, tether-ca.
 	children []*child
+	// baseBins holds the tether-sidecar of the tether-base setup
+	// (-baseline-bin); empty when not given.
+	baseBins string
+	// sidecarFlags caches the flags each tether-sidecar binary has.
+	sidecarFlags map[string]map[string]string
 }
 
 type certFiles struct {
@@ -73,6 +79,7 @@ type certFiles struct {
 
 type tetherCA struct {
 	addr, bundle   string
+	sock           string // admin socket: join tokens
 	tokenA, tokenB string
 }
 
@@ -128,14 +135,14 @@ func (e *env) startTetherCA(ctx context.Context) error {
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 	}
-	e.ca = &tetherCA{addr: addrs[0], bundle: bundle}
+	e.ca = &tetherCA{addr: addrs[0], bundle: bundle, sock: sock}
 	tether := filepath.Join(e.bins, "tether")
 	for _, t := range []struct {
 		id  string
 		tok *string
 		out string
 	}{{idA, &e.ca.tokenA, "svid-a"}, {idB, &e.ca.tokenB, "svid-b"}} {
-		tok, err := output(ctx, tether, "ca", "token", "create", "--socket", sock, "--spiffe-id", t.id, "--ttl", "12h", "--reusable")
+		tok, err := e.joinToken(ctx, t.id)
 		if err != nil {
 			return err
 		}
@@ -158,6 +165,11 @@ func (e *env) startTetherCA(ctx context.Context) error {
 		bundle: filepath.Join(e.dir, "svid-a", "bundle.pem"),
 	}
 	return nil
+}
+
+// joinToken creates a reusable join token for id at the running tether-ca.
+func (e *env) joinToken(ctx context.Context, id string) (string, error) {
+	return output(ctx, filepath.Join(e.bins, "tether"), "ca", "token", "create", "--socket", e.ca.sock, "--spiffe-id", id, "--ttl", "12h", "--reusable")
 }
 
 // output runs a short command and returns its trimmed standard output.
@@ -213,27 +225,38 @@ func startRelay(ctx context.Context, e *env, dir string) (*pair, error) {
 		[]string{"relay-b", e.self, "relay", "-listen", a[1], "-to", e.echo})
 }
 
-func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
-	if e.ca == nil {
-		return nil, errors.New("tether: no tether-ca")
+// tetherSetup starts two tether-sidecar processes from the directory bins
+// returns: the tether setup (-bin) and tether-base (-baseline-bin).
+func tetherSetup(bins func(*env) string) func(ctx context.Context, e *env, dir string) (*pair, error) {
+	return func(ctx context.Context, e *env, dir string) (*pair, error) {
+		if e.ca == nil {
+			return nil, errors.New("tether: no tether-ca")
+		}
+		if bins(e) == "" {
+			return nil, errors.New("tether-base: no -baseline-bin given")
+		}
+		a, err := freeAddrs(2)
+		if err != nil {
+			return nil, err
+		}
+		sidecar := filepath.Join(bins(e), "tether-sidecar")
+		ca, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-a", e.ca.tokenA)
+		if err != nil {
+			return nil, err
+		}
+		cb, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-b", e.ca.tokenB)
+		if err != nil {
+			return nil, err
+		}
+		p, err := startPair(ctx, dir, a[0],
+			append([]string{"sidecar-a", sidecar, "--outbound", a[0] + "=" + a[1] + "@" + idB}, ca.args...),
+			append([]string{"sidecar-b", sidecar, "--inbound", a[1] + "=" + e.echo, "--allow", idA}, cb.args...))
+		if err != nil {
+			return nil, err
+		}
+		p.note = func() string { return tetherNote(ctx, "http://"+ca.admin+"/metrics") }
+		return p, nil
 	}
-	a, err := freeAddrs(4)
-	if err != nil {
-		return nil, err
-	}
-	sidecar := filepath.Join(e.bins, "tether-sidecar")
-	common := func(token, admin, sock string) []string {
-		return []string{"--ca", e.ca.addr, "--bundle", e.ca.bundle, "--join-token", token,
-			"--access-log", "off", "--admin-listen", admin, "--workload-socket", filepath.Join(dir, sock), "--log-level", "warn"}
-	}
-	p, err := startPair(ctx, dir, a[0],
-		append([]string{"sidecar-a", sidecar, "--outbound", a[0] + "=" + a[1] + "@" + idB}, common(e.ca.tokenA, a[2], "a.sock")...),
-		append([]string{"sidecar-b", sidecar, "--inbound", a[1] + "=" + e.echo, "--allow", idA}, common(e.ca.tokenB, a[3], "b.sock")...))
-	if err != nil {
-		return nil, err
-	}
-	p.note = func() string { return tetherNote(ctx, "http://"+a[2]+"/metrics") }
-	return p, nil
 }
 
 // tetherNote reads sidecar A's stream and handshake counters: how many
