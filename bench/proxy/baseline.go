@@ -81,6 +81,6 @@ func writeBaseline(b *strings.Builder, cfg Config, results map[string][]measurem
 	if len(worse) == 0 {
 		b.WriteString("\nNo figure is worse for tether than for tether-base in every round.\n")
 	} else {
-		fmt.Fprintf(b, "\nWorse for tether than for tether-base in every round (%d rounds): %s.\n", min(len(t), len(base)), strings.Join(worse, "; "))
+		fmt.Fprintf(b, "\nWorse for tether than for tether-base in every round (%d round(s)): %s.\n", min(len(t), len(base)), strings.Join(worse, "; "))
 	}
 }

@@ -216,19 +216,8 @@ func (r *ring) prepare(ctx context.Context) error {
 				return fmt.Errorf("relay binary: %w", err)
 			}
 		default:
-			if r.e.ca != nil {
-				continue
-			}
-			if err := r.e.startTetherCA(ctx); err != nil {
-				return fmt.Errorf("tether-ca: %w", err)
-			}
-			for i := range r.cfg.N {
-				id := fmt.Sprintf("spiffe://cluster.local/ns/default/sa/proxybench-mem-%d", i)
-				tok, err := r.e.joinToken(ctx, id)
-				if err != nil {
-					return err
-				}
-				r.ids, r.tokens = append(r.ids, id), append(r.tokens, tok)
+			if err := r.startCA(ctx); err != nil {
+				return err
 			}
 		}
 		fi, err := os.Stat(r.bin(s))
@@ -236,6 +225,26 @@ func (r *ring) prepare(ctx context.Context) error {
 			return err
 		}
 		r.binSizes[s] = fi.Size()
+	}
+	return nil
+}
+
+// startCA starts the tether-ca, once, and makes a join token for each
+// ring position: each sidecar has an identity of its own.
+func (r *ring) startCA(ctx context.Context) error {
+	if r.e.ca != nil {
+		return nil
+	}
+	if err := r.e.startTetherCA(ctx); err != nil {
+		return fmt.Errorf("tether-ca: %w", err)
+	}
+	for i := range r.cfg.N {
+		id := fmt.Sprintf("spiffe://cluster.local/ns/default/sa/proxybench-mem-%d", i)
+		tok, err := r.e.joinToken(ctx, id)
+		if err != nil {
+			return err
+		}
+		r.ids, r.tokens = append(r.ids, id), append(r.tokens, tok)
 	}
 	return nil
 }
