@@ -84,7 +84,7 @@ fi
 echo "# $(date -u +%FT%TZ); $cpus CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); load average $load"
 echo "# $(go version | cut -d' ' -f3-); commit $rev"
 [ -z "$base_rev" ] || echo "# tether-base: $base_rev = commit $(git rev-parse --short "$base_rev")"
-echo "# Debian: stunnel4 $(version stunnel4), haproxy $(version haproxy), libssl3 $(version libssl3)"
+[ ${#sub[@]} != 0 ] || echo "# Debian: stunnel4 $(version stunnel4), haproxy $(version haproxy), libssl3 $(version libssl3)"
 if awk -v l="${load%% *}" -v n="$cpus" 'BEGIN { exit !(l > n / 2) }'; then
   echo "# warning: load average ${load%% *} on $cpus CPUs; other work will skew the figures" >&2
 fi
