@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # build-base.sh REV DIR builds the tether-sidecar of git revision REV (a
-# commit, branch or tag of this repository) into DIR, for
-# proxybench's tether-base setup (-baseline-bin DIR) and `proxybench mem
-# -baseline-bin DIR`: the older sidecar measured side by side with the
-# current one in the same run (both get their SVIDs from the current
-# tether-ca, so only the sidecar is built). It checks REV out in a temporary git
-# worktree, builds with the Makefile's tags (GOFLAGS=-tags=grpcnotrace),
-# writes DIR/REVISION (the full commit) and removes the worktree, also when
-# the build fails or is interrupted. bench/proxy/run.sh -baseline-rev REV
-# runs it for you.
+# commit, branch or tag of this repository) into DIR, for proxybench's
+# tether-base setup (-baseline-bin DIR) and `proxybench mem -baseline-bin
+# DIR`: the older sidecar measured side by side with the current one in
+# the same run (both get their SVIDs from the current tether-ca, so only
+# the sidecar is built). It checks REV out in a temporary git worktree,
+# builds with the Makefile's tags (GOFLAGS=-tags=grpcnotrace), writes
+# DIR/REVISION (the full commit) and removes the worktree, also when the
+# build fails or is interrupted. bench/proxy/run.sh -baseline-rev REV runs
+# it for you.
 set -euo pipefail
 if [ $# -ne 2 ] || [ -z "$1" ] || [ -z "$2" ]; then
   echo "usage: bench/proxy/build-base.sh REV DIR  (e.g. bench/proxy/build-base.sh main /tmp/tether-base)" >&2

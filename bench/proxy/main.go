@@ -12,6 +12,10 @@
 //	tether   two tether-sidecar processes, SVIDs from a tether-ca
 //	stunnel  two stunnel processes, mutual TLS, chain verified both ways
 //	haproxy  two haproxy processes in TCP mode, mutual TLS, verify required
+//	tether-base  the tether pair with an older tether-sidecar
+//	         (-baseline-bin DIR; bench/proxy/build-base.sh REV DIR builds
+//	         one): the report adds tether ÷ tether-base per round and the
+//	         spread of those ratios
 //
 // stunnel and haproxy use the SVIDs tether-ca issued to the two sidecars'
 // identities (ECDSA P-256), fetched as files with `tether svid fetch`.
@@ -31,7 +35,8 @@
 // p90, p99, p99.9) as JSON, which bench/plot draws.
 // bench/proxy/run.sh builds everything and runs it.
 //
-// The subcommands echo and relay are the child processes a run starts.
+// The subcommands echo and relay are the child processes a run starts. The
+// subcommand mem measures memory per extra sidecar instead (see mem.go).
 package main
 
 import (
