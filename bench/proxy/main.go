@@ -54,12 +54,12 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
+		case "mem":
+			os.Exit(memMain(os.Args[2:]))
 		case "echo":
 			os.Exit(childMain("echo", os.Args[2:]))
 		case "relay":
 			os.Exit(childMain("relay", os.Args[2:]))
-		case "mem":
-			os.Exit(memMain(os.Args[2:]))
 		}
 	}
 	cfg, err := parseFlags(os.Args[1:])

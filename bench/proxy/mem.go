@@ -281,13 +281,18 @@ func (r *ring) start(ctx context.Context, setup, dir string) ([]*child, []string
 		if setup == "relay" {
 			args = []string{"relay", "-listen", out[i] + "," + in[i], "-to", in[next] + "," + r.e.echo}
 		} else {
-			common, err := r.e.sidecarArgs(ctx, r.bin(setup), dir, name, r.tokens[i])
+			admin, err := freeAddr()
+			if err != nil {
+				stopAll(procs)
+				return nil, nil, err
+			}
+			common, err := r.e.sidecarArgs(ctx, r.bin(setup), dir, name, r.tokens[i], admin)
 			if err != nil {
 				stopAll(procs)
 				return nil, nil, err
 			}
 			args = append([]string{"--outbound", out[i] + "=" + in[next] + "@" + r.ids[next],
-				"--inbound", in[i] + "=" + r.e.echo, "--allow", r.ids[prev]}, common.args...)
+				"--inbound", in[i] + "=" + r.e.echo, "--allow", r.ids[prev]}, common...)
 		}
 		c, err := startChild(dir, name, r.bin(setup), args...)
 		if err != nil {

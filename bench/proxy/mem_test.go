@@ -183,12 +183,12 @@ func TestSidecarArgs(t *testing.T) {
 		return p
 	}
 	e := &env{ca: &tetherCA{addr: "127.0.0.1:1", bundle: "/b.pem"}}
-	cmd, err := e.sidecarArgs(t.Context(), write("new", usage), dir, "s-1", "tok")
+	cmd, err := e.sidecarArgs(t.Context(), write("new", usage), dir, "s-1", "tok", "127.0.0.1:2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := strings.Join(cmd.args, " ")
-	for _, want := range []string{"--ca 127.0.0.1:1 ", "--join-token tok ", "--access-log off ", "--admin-listen " + cmd.admin + " ",
+	args := strings.Join(cmd, " ")
+	for _, want := range []string{"--ca 127.0.0.1:1 ", "--join-token tok ", "--access-log off ", "--admin-listen 127.0.0.1:2 ",
 		"--workload-socket " + filepath.Join(dir, "s-1.sock"), "--debug-socket " + filepath.Join(dir, "s-1-debug-socket.sock"), "--admin-local-listen 127.0.0.1:"} {
 		if !strings.Contains(args+" ", want) {
 			t.Errorf("args %q lack %q", args, want)
@@ -200,19 +200,19 @@ func TestSidecarArgs(t *testing.T) {
 		}
 	}
 	// Each sidecar gets addresses of its own.
-	cmd2, err := e.sidecarArgs(t.Context(), write("new", usage), dir, "s-2", "tok")
+	cmd2, err := e.sidecarArgs(t.Context(), write("new", usage), dir, "s-2", "tok", "127.0.0.1:3")
 	if err != nil {
 		t.Fatal(err)
 	}
 	local := func(args []string) string { return args[slices.Index(args, "--admin-local-listen")+1] }
-	if cmd2.admin == cmd.admin || local(cmd.args) == local(cmd2.args) {
-		t.Errorf("two sidecars share an address: %q and %q", cmd.args, cmd2.args)
+	if local(cmd) == local(cmd2) {
+		t.Errorf("two sidecars share an address: %q and %q", cmd, cmd2)
 	}
 	old := strings.Replace(usage, "  -workload-socket string\n", "  -other string\n", 1)
-	if _, err := e.sidecarArgs(t.Context(), write("old", old), dir, "s-3", "tok"); err == nil || !strings.Contains(err.Error(), "no --workload-socket flag") {
+	if _, err := e.sidecarArgs(t.Context(), write("old", old), dir, "s-3", "tok", "127.0.0.1:4"); err == nil || !strings.Contains(err.Error(), "no --workload-socket flag") {
 		t.Errorf("binary without --workload-socket: %v; want an error naming the flag", err)
 	}
-	if _, err := e.sidecarArgs(t.Context(), write("none", "no usage here\n"), dir, "s-4", "tok"); err == nil || !strings.Contains(err.Error(), "-admin-listen") {
+	if _, err := e.sidecarArgs(t.Context(), write("none", "no usage here\n"), dir, "s-4", "tok", "127.0.0.1:5"); err == nil || !strings.Contains(err.Error(), "-admin-listen") {
 		t.Errorf("binary without usage: %v", err)
 	}
 }

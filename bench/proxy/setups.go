@@ -22,8 +22,8 @@ var (
 	setupByName = map[string]setup{
 		"direct":           {start: startDirect},
 		"relay":            {start: startRelay},
-		"tether":           {start: tetherSetup(func(e *env) string { return e.bins }), needsCA: true},
-		"tether-base":      {start: tetherSetup(func(e *env) string { return e.baseBins }), needsCA: true},
+		"tether":           {start: startTether, needsCA: true},
+		"tether-base":      {start: startTetherBase, needsCA: true},
 		"stunnel":          {start: stunnelPair(true), needsCerts: true},
 		"haproxy":          {start: haproxyPair(true), needsCerts: true},
 		"stunnel-noresume": {start: stunnelPair(false), needsCerts: true},
@@ -225,38 +225,46 @@ func startRelay(ctx context.Context, e *env, dir string) (*pair, error) {
 		[]string{"relay-b", e.self, "relay", "-listen", a[1], "-to", e.echo})
 }
 
-// tetherSetup starts two tether-sidecar processes from the directory bins
-// returns: the tether setup (-bin) and tether-base (-baseline-bin).
-func tetherSetup(bins func(*env) string) func(ctx context.Context, e *env, dir string) (*pair, error) {
-	return func(ctx context.Context, e *env, dir string) (*pair, error) {
-		if e.ca == nil {
-			return nil, errors.New("tether: no tether-ca")
-		}
-		if bins(e) == "" {
-			return nil, errors.New("tether-base: no -baseline-bin given")
-		}
-		a, err := freeAddrs(2)
-		if err != nil {
-			return nil, err
-		}
-		sidecar := filepath.Join(bins(e), "tether-sidecar")
-		ca, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-a", e.ca.tokenA)
-		if err != nil {
-			return nil, err
-		}
-		cb, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-b", e.ca.tokenB)
-		if err != nil {
-			return nil, err
-		}
-		p, err := startPair(ctx, dir, a[0],
-			append([]string{"sidecar-a", sidecar, "--outbound", a[0] + "=" + a[1] + "@" + idB}, ca.args...),
-			append([]string{"sidecar-b", sidecar, "--inbound", a[1] + "=" + e.echo, "--allow", idA}, cb.args...))
-		if err != nil {
-			return nil, err
-		}
-		p.note = func() string { return tetherNote(ctx, "http://"+ca.admin+"/metrics") }
-		return p, nil
+func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
+	return startTetherFrom(ctx, e, dir, e.bins)
+}
+
+// startTetherBase is the tether pair with the older tether-sidecar of
+// -baseline-bin.
+func startTetherBase(ctx context.Context, e *env, dir string) (*pair, error) {
+	if e.baseBins == "" {
+		return nil, errors.New("tether-base: no -baseline-bin given")
 	}
+	return startTetherFrom(ctx, e, dir, e.baseBins)
+}
+
+// startTetherFrom starts two tether-sidecar processes from the directory
+// bins.
+func startTetherFrom(ctx context.Context, e *env, dir, bins string) (*pair, error) {
+	if e.ca == nil {
+		return nil, errors.New("tether: no tether-ca")
+	}
+	a, err := freeAddrs(4)
+	if err != nil {
+		return nil, err
+	}
+	sidecar := filepath.Join(bins, "tether-sidecar")
+	ca, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-a", e.ca.tokenA, a[2])
+	if err != nil {
+		return nil, err
+	}
+	cb, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-b", e.ca.tokenB, a[3])
+	if err != nil {
+		return nil, err
+	}
+	p, err := startPair(ctx, dir, a[0],
+		append([]string{"sidecar-a", sidecar, "--outbound", a[0] + "=" + a[1] + "@" + idB}, ca...),
+		append([]string{"sidecar-b", sidecar, "--inbound", a[1] + "=" + e.echo, "--allow", idA}, cb...))
+	if err != nil {
+		return nil, err
+	}
+	p.note = func() string { return tetherNote(ctx, "http://"+a[2]+"/metrics") }
+	return p, nil
 }
 
 // tetherNote reads sidecar A's stream and handshake counters: how many

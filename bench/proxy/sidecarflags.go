@@ -13,49 +13,37 @@ import (
 	"time"
 )
 
-// sidecarCmd is how one tether-sidecar process of a run is started, beside
-// its --inbound, --outbound and --allow flags.
-type sidecarCmd struct {
-	args  []string
-	admin string // its admin address (/metrics)
-}
-
-// sidecarArgs returns the flags every tether-sidecar of a run gets: the CA,
-// its join token, no access log, its own admin port and Workload API socket
-// in dir, and warnings only. Several sidecars run on one host here, so a
+// sidecarArgs returns the flags every tether-sidecar of a run gets, beside
+// its --inbound, --outbound and --allow: the CA, its join token, no access
+// log, its admin address, its own Workload API socket in dir, and warnings
+// only. Several sidecars run on one host here, so a
 // flag the binary has that listens on a fixed address or socket by default
 // (an admin or debug listener added after this tool was written, say) gets
 // an address or socket of its own too; which flags a binary has is read
 // from its -help, so that an older binary (-baseline-bin) and a newer one
 // both start. A binary that lacks one of the flags set here is refused with
 // the flag's name.
-func (e *env) sidecarArgs(ctx context.Context, bin, dir, name, token string) (sidecarCmd, error) {
+func (e *env) sidecarArgs(ctx context.Context, bin, dir, name, token, admin string) ([]string, error) {
 	flags, err := e.flagsOf(ctx, bin)
 	if err != nil {
-		return sidecarCmd{}, err
-	}
-	admin, err := freeAddr()
-	if err != nil {
-		return sidecarCmd{}, err
+		return nil, err
 	}
 	set := [][2]string{
 		{"ca", e.ca.addr}, {"bundle", e.ca.bundle}, {"join-token", token}, {"access-log", "off"},
 		{"admin-listen", admin}, {"workload-socket", filepath.Join(dir, name+".sock")}, {"log-level", "warn"},
 	}
-	var cmd sidecarCmd
+	var args []string
 	for _, f := range set {
 		if _, ok := flags[f[0]]; !ok {
-			return cmd, fmt.Errorf("%s has no --%s flag, which this benchmark sets", bin, f[0])
+			return nil, fmt.Errorf("%s has no --%s flag, which this benchmark sets", bin, f[0])
 		}
-		cmd.args = append(cmd.args, "--"+f[0], f[1])
+		args = append(args, "--"+f[0], f[1])
 	}
 	extra, err := extraListeners(flags, dir, name)
 	if err != nil {
-		return cmd, err
+		return nil, err
 	}
-	cmd.args = append(cmd.args, extra...)
-	cmd.admin = admin
-	return cmd, nil
+	return append(args, extra...), nil
 }
 
 // notExplicit are the sidecar's listeners of transparent mode and of its
