@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -125,14 +126,26 @@ func waitEcho(ctx context.Context, addr string, timeout time.Duration, cs []*chi
 	}
 }
 
-// freeAddr returns a 127.0.0.1 address with a port free right now.
+// handedOut holds every address freeAddr returned: the kernel may give a
+// port just closed to the next bind, and two processes of a run must not
+// get the same one.
+var handedOut sync.Map
+
+// freeAddr returns a 127.0.0.1 address with a port free right now, one it
+// has not returned before.
 func freeAddr() (string, error) {
-	l, err := listenTCP("127.0.0.1:0")
-	if err != nil {
-		return "", err
+	for range 100 {
+		l, err := listenTCP("127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		a := l.Addr().String()
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(a, true); !dup {
+			return a, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return "", fmt.Errorf("no loopback port free that was not handed out before, in 100 tries")
 }
 
 func freeAddrs(n int) ([]string, error) {

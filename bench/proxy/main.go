@@ -12,6 +12,10 @@
 //	tether   two tether-sidecar processes, SVIDs from a tether-ca
 //	stunnel  two stunnel processes, mutual TLS, chain verified both ways
 //	haproxy  two haproxy processes in TCP mode, mutual TLS, verify required
+//	tether-base  the tether pair with an older tether-sidecar
+//	         (-baseline-bin DIR; bench/proxy/build-base.sh REV DIR builds
+//	         one): the report adds tether ÷ tether-base per round and the
+//	         spread of those ratios
 //
 // stunnel and haproxy use the SVIDs tether-ca issued to the two sidecars'
 // identities (ECDSA P-256), fetched as files with `tether svid fetch`.
@@ -31,7 +35,8 @@
 // p90, p99, p99.9) as JSON, which bench/plot draws.
 // bench/proxy/run.sh builds everything and runs it.
 //
-// The subcommands echo and relay are the child processes a run starts.
+// The subcommands echo and relay are the child processes a run starts. The
+// subcommand mem measures memory per extra sidecar instead (see mem.go).
 package main
 
 import (
@@ -49,6 +54,8 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
+		case "mem":
+			os.Exit(memMain(os.Args[2:]))
 		case "echo":
 			os.Exit(childMain("echo", os.Args[2:]))
 		case "relay":
@@ -97,6 +104,9 @@ type Config struct {
 	Syscalls bool
 	// BinDir holds tether-ca, tether and tether-sidecar.
 	BinDir string
+	// BaseBinDir, if set, holds the tether-sidecar of the tether-base
+	// setup: an older build to compare with (bench/proxy/build-base.sh).
+	BaseBinDir string
 	// WorkDir is for configs, certificates and logs (default: a temporary
 	// directory, removed at the end).
 	WorkDir string
@@ -120,6 +130,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.Retries, "retries", 3, "how many times a workload is measured again (see -max-others)")
 	fs.BoolVar(&c.Syscalls, "syscalls", false, "count the proxies' system calls per keep-alive request with `perf stat` (needs perf and tracepoint access)")
 	fs.StringVar(&c.BinDir, "bin", "bin", "directory holding tether-ca, tether and tether-sidecar")
+	fs.StringVar(&c.BaseBinDir, "baseline-bin", "", "directory holding the tether-sidecar of setup tether-base, an older build run side by side with tether (bench/proxy/build-base.sh REV DIR builds one); adds tether-base to -setups")
 	fs.StringVar(&c.WorkDir, "workdir", "", "keep configs, certificates and logs here (default: a temporary directory, removed at exit)")
 	fs.StringVar(&c.JSON, "json", "", "also write the results, with latency percentiles p50/p90/p99/p99.9 per setup and round, as JSON to this `file` (bench/plot draws them)")
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +147,9 @@ func parseFlags(args []string) (Config, error) {
 			return c, fmt.Errorf("-setups: unknown setup %q (want %s)", s, strings.Join(append(allSetups, extraSetups...), ", "))
 		}
 		c.Setups = append(c.Setups, s)
+	}
+	if err := baselineSetups(&c); err != nil {
+		return c, err
 	}
 	switch {
 	case len(c.Setups) == 0:
@@ -156,34 +170,51 @@ func parseFlags(args []string) (Config, error) {
 	return c, nil
 }
 
-// childMain runs the echo or relay subcommand until SIGTERM.
+// childMain runs the echo or relay subcommand until SIGTERM. A relay may
+// serve several routes: -listen A,B -to X,Y relays A to X and B to Y (the
+// relay ring of the mem subcommand, an outbound and an inbound per process).
 func childMain(name string, args []string) int {
 	fs := flag.NewFlagSet("proxybench "+name, flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
-	to := fs.String("to", "", "upstream address (relay)")
+	listen := fs.String("listen", "127.0.0.1:0", "address to listen on (relay: comma-separated, one per -to address)")
+	to := fs.String("to", "", "upstream address (relay; comma-separated, one per -listen address)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if name == "relay" && *to == "" {
+	listens, tos := strings.Split(*listen, ","), strings.Split(*to, ",")
+	switch {
+	case name == "relay" && *to == "":
 		fmt.Fprintln(os.Stderr, "proxybench relay: -to is required")
+		return 2
+	case name == "relay" && len(tos) != len(listens):
+		fmt.Fprintf(os.Stderr, "proxybench relay: %d -listen addresses but %d -to addresses; want one upstream per listener\n", len(listens), len(tos))
+		return 2
+	case name == "echo" && len(listens) != 1:
+		fmt.Fprintln(os.Stderr, "proxybench echo: want one -listen address")
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := listenTCP(*listen)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "proxybench %s: %v\n", name, err)
-		return 1
+	errs := make(chan error, len(listens))
+	for i, addr := range listens {
+		l, err := listenTCP(addr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "proxybench %s: %v\n", name, err)
+			return 1
+		}
+		context.AfterFunc(ctx, func() { l.Close() })
+		go func() {
+			if name == "echo" {
+				errs <- serveEcho(l)
+			} else {
+				errs <- serveRelay(l, tos[i])
+			}
+		}()
 	}
-	context.AfterFunc(ctx, func() { l.Close() })
-	if name == "echo" {
-		err = serveEcho(l)
-	} else {
-		err = serveRelay(l, *to)
-	}
-	if err != nil && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "proxybench %s: %v\n", name, err)
-		return 1
+	for range listens {
+		if err := <-errs; err != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "proxybench %s: %v\n", name, err)
+			return 1
+		}
 	}
 	return 0
 }

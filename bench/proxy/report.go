@@ -170,6 +170,7 @@ func writeReport(w io.Writer, cfg Config, results map[string][]measurement) erro
 	}
 	fmt.Fprintf(&b, "\n%d measured windows; %d measured again because processes outside the benchmark used more than %.2f CPUs; %d still over after %d tries.\n",
 		windows, retried, cfg.MaxOthers, noisy, cfg.Retries+1)
+	writeBaseline(&b, cfg, results)
 	writeTargets(&b, results)
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -66,6 +66,11 @@ func run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		return err
 	}
 	e := &env{dir: dir, self: self, bins: bins}
+	if cfg.BaseBinDir != "" {
+		if e.baseBins, err = filepath.Abs(cfg.BaseBinDir); err != nil {
+			return err
+		}
+	}
 	defer e.close()
 	if err := e.startEcho(ctx); err != nil {
 		return err

@@ -18,11 +18,12 @@ import (
 // The setups, in report order. extraSetups run only when named in -setups.
 var (
 	allSetups   = []string{"direct", "relay", "tether", "stunnel", "haproxy"}
-	extraSetups = []string{"stunnel-noresume", "haproxy-noresume"}
+	extraSetups = []string{"tether-base", "stunnel-noresume", "haproxy-noresume"}
 	setupByName = map[string]setup{
 		"direct":           {start: startDirect},
 		"relay":            {start: startRelay},
 		"tether":           {start: startTether, needsCA: true},
+		"tether-base":      {start: startTetherBase, needsCA: true},
 		"stunnel":          {start: stunnelPair(true), needsCerts: true},
 		"haproxy":          {start: haproxyPair(true), needsCerts: true},
 		"stunnel-noresume": {start: stunnelPair(false), needsCerts: true},
@@ -68,6 +69,11 @@ type env struct {
 	ca    *tetherCA
 	// long-lived children: echo server, tether-ca.
 	children []*child
+	// baseBins holds the tether-sidecar of the tether-base setup
+	// (-baseline-bin); empty when not given.
+	baseBins string
+	// sidecarFlags caches the flags each tether-sidecar binary has.
+	sidecarFlags map[string]map[string]string
 }
 
 type certFiles struct {
@@ -78,6 +84,7 @@ type certFiles struct {
 
 type tetherCA struct {
 	addr, bundle   string
+	sock           string // admin socket: join tokens
 	tokenA, tokenB string
 }
 
@@ -133,14 +140,14 @@ func (e *env) startTetherCA(ctx context.Context) error {
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 	}
-	e.ca = &tetherCA{addr: addrs[0], bundle: bundle}
+	e.ca = &tetherCA{addr: addrs[0], bundle: bundle, sock: sock}
 	tether := filepath.Join(e.bins, "tether")
 	for _, t := range []struct {
 		id  string
 		tok *string
 		out string
 	}{{idA, &e.ca.tokenA, "svid-a"}, {idB, &e.ca.tokenB, "svid-b"}} {
-		tok, err := output(ctx, tether, "ca", "token", "create", "--socket", sock, "--spiffe-id", t.id, "--ttl", "12h", "--reusable")
+		tok, err := e.joinToken(ctx, t.id)
 		if err != nil {
 			return err
 		}
@@ -163,6 +170,11 @@ func (e *env) startTetherCA(ctx context.Context) error {
 		bundle: filepath.Join(e.dir, "svid-a", "bundle.pem"),
 	}
 	return nil
+}
+
+// joinToken creates a reusable join token for id at the running tether-ca.
+func (e *env) joinToken(ctx context.Context, id string) (string, error) {
+	return output(ctx, filepath.Join(e.bins, "tether"), "ca", "token", "create", "--socket", e.ca.sock, "--spiffe-id", id, "--ttl", "12h", "--reusable")
 }
 
 // output runs a short command and returns its trimmed standard output.
@@ -219,6 +231,21 @@ func startRelay(ctx context.Context, e *env, dir string) (*pair, error) {
 }
 
 func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
+	return startTetherFrom(ctx, e, dir, e.bins)
+}
+
+// startTetherBase is the tether pair with the older tether-sidecar of
+// -baseline-bin.
+func startTetherBase(ctx context.Context, e *env, dir string) (*pair, error) {
+	if e.baseBins == "" {
+		return nil, errors.New("tether-base: no -baseline-bin given")
+	}
+	return startTetherFrom(ctx, e, dir, e.baseBins)
+}
+
+// startTetherFrom starts two tether-sidecar processes from the directory
+// bins.
+func startTetherFrom(ctx context.Context, e *env, dir, bins string) (*pair, error) {
 	if e.ca == nil {
 		return nil, errors.New("tether: no tether-ca")
 	}
@@ -226,14 +253,18 @@ func startTether(ctx context.Context, e *env, dir string) (*pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	sidecar := filepath.Join(e.bins, "tether-sidecar")
-	common := func(token, admin, sock string) []string {
-		return []string{"--ca", e.ca.addr, "--bundle", e.ca.bundle, "--join-token", token,
-			"--access-log", "off", "--admin-listen", admin, "--workload-socket", filepath.Join(dir, sock), "--log-level", "warn"}
+	sidecar := filepath.Join(bins, "tether-sidecar")
+	ca, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-a", e.ca.tokenA, a[2])
+	if err != nil {
+		return nil, err
+	}
+	cb, err := e.sidecarArgs(ctx, sidecar, dir, "sidecar-b", e.ca.tokenB, a[3])
+	if err != nil {
+		return nil, err
 	}
 	p, err := startPair(ctx, dir, a[0],
-		append([]string{"sidecar-a", sidecar, "--outbound", a[0] + "=" + a[1] + "@" + idB}, common(e.ca.tokenA, a[2], "a.sock")...),
-		append([]string{"sidecar-b", sidecar, "--inbound", a[1] + "=" + e.echo, "--allow", idA}, common(e.ca.tokenB, a[3], "b.sock")...))
+		append([]string{"sidecar-a", sidecar, "--outbound", a[0] + "=" + a[1] + "@" + idB}, ca...),
+		append([]string{"sidecar-b", sidecar, "--inbound", a[1] + "=" + e.echo, "--allow", idA}, cb...))
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // userHZ is the unit of utime and stime in /proc/PID/stat (USER_HZ, 100
@@ -103,4 +105,44 @@ func SystemBusy() (time.Duration, error) {
 		busy += v
 	}
 	return time.Duration(busy) * time.Second / userHZ, nil
+}
+
+// Smaps is a process's memory from /proc/PID/smaps_rollup, in bytes: how
+// much of its resident memory it shares with other processes.
+type Smaps struct {
+	// RSS counts every resident page the process maps; PSS divides each
+	// page by the number of processes that map it, so the PSS of a group
+	// of processes adds up to the memory they use together.
+	RSS, PSS int64
+	// PrivateClean and PrivateDirty are pages only this process maps:
+	// clean ones (file pages it alone has touched) and dirty ones (its
+	// heap, stacks and written data).
+	PrivateClean, PrivateDirty int64
+	// Anonymous is memory that belongs to no file: heap, stacks and the
+	// copied-on-write pages of private file mappings.
+	Anonymous int64
+}
+
+// Private is what the process costs on its own, beyond the pages it
+// shares: the larger of PrivateDirty and Anonymous. Without fork or swap
+// the two cover the same pages (an anonymous page mapped by one process
+// is private dirty); the larger is taken so that neither is understated.
+func (s Smaps) Private() int64 { return max(s.PrivateDirty, s.Anonymous) }
+
+// SmapsRollup reads pid's Smaps (github.com/prometheus/procfs, which sums
+// /proc/PID/smaps where the kernel has no smaps_rollup).
+func SmapsRollup(pid int) (Smaps, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return Smaps{}, fmt.Errorf("smaps of pid %d: %w", pid, err)
+	}
+	r, err := p.ProcSMapsRollup()
+	if err != nil {
+		return Smaps{}, fmt.Errorf("smaps of pid %d: %w", pid, err)
+	}
+	if r.Rss == 0 {
+		return Smaps{}, fmt.Errorf("/proc/%d/smaps_rollup: no Rss (a kernel thread, or a process that is exiting)", pid)
+	}
+	return Smaps{RSS: int64(r.Rss), PSS: int64(r.Pss), PrivateClean: int64(r.PrivateClean),
+		PrivateDirty: int64(r.PrivateDirty), Anonymous: int64(r.Anonymous)}, nil
 }

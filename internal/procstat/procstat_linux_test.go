@@ -2,6 +2,7 @@ package procstat
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -29,5 +30,50 @@ func TestMissingProcess(t *testing.T) {
 	}
 	if _, err := Memory(pid); err == nil {
 		t.Error("Memory of a process that does not exist: no error")
+	}
+}
+
+// TestSmapsRollup: this process's smaps add up (PSS and the private pages
+// within RSS), and two processes of one binary share its pages: their PSS
+// is below their RSS.
+func TestSmapsRollup(t *testing.T) {
+	s, err := SmapsRollup(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RSS <= 0 || s.PSS <= 0 || s.PSS > s.RSS || s.PrivateClean+s.PrivateDirty > s.RSS || s.Anonymous <= 0 || s.Private() <= 0 || s.Private() > s.RSS {
+		t.Fatalf("SmapsRollup(self) = %+v", s)
+	}
+	var cmds []*exec.Cmd
+	for range 2 {
+		cmd := exec.Command("sleep", "30")
+		DieWithParent(cmd)
+		if err := cmd.Start(); err != nil {
+			t.Skipf("no sleep to start: %v", err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	t.Cleanup(func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	})
+	for _, c := range cmds {
+		var s Smaps
+		var err error
+		// The child maps its binary and libc right after exec.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			s, err = SmapsRollup(c.Process.Pid)
+			if err == nil && s.PSS < s.RSS || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil || s.PSS >= s.RSS {
+			t.Errorf("sleep (pid %d), one of two of the same binary: %+v, %v; want PSS < RSS", c.Process.Pid, s, err)
+		}
+	}
+	if _, err := SmapsRollup(1 << 30); err == nil {
+		t.Error("SmapsRollup of a process that does not exist: no error")
 	}
 }

@@ -25,3 +25,12 @@ func DieWithParent(*exec.Cmd) {}
 
 // SystemBusy is not available here.
 func SystemBusy() (time.Duration, error) { return 0, ErrNoProc }
+
+// Smaps is a process's memory from /proc/PID/smaps_rollup, in bytes.
+type Smaps struct{ RSS, PSS, PrivateClean, PrivateDirty, Anonymous int64 }
+
+// Private is the larger of PrivateDirty and Anonymous.
+func (s Smaps) Private() int64 { return max(s.PrivateDirty, s.Anonymous) }
+
+// SmapsRollup is not available here.
+func SmapsRollup(int) (Smaps, error) { return Smaps{}, ErrNoProc }
