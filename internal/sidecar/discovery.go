@@ -117,12 +117,19 @@ func serviceTarget(key discovery.ServiceKey, port uint16) string {
 func (s *Sidecar) outboundRoute(v *xdsclient.View, key discovery.ServiceKey, port uint16) proxy.Route {
 	d, err := v.Outbound(key, port)
 	if err == nil {
+		var addrs []netip.Addr
 		if svc, ok := v.Service(key); ok {
 			if p, ok := svc.Port(port); ok {
 				d.Rule = p.Rule
 			}
+			// A headless service has no ClusterIP: its endpoints are
+			// what the name table hides once it is out of reach.
+			addrs = svc.Addrs
+			for _, e := range svc.Endpoints {
+				addrs = append(addrs, e.Addr())
+			}
 		}
-		d.Recheck = func() error { return stillAllowed(s.view.Load(), key, port) }
+		d.Recheck = func() error { return stillAllowed(s.view.Load(), key, port, addrs) }
 		return proxy.Route{Mesh: &d}
 	}
 	r := proxy.Route{Deny: err.Error(), Target: serviceTarget(key, port)}
@@ -147,14 +154,18 @@ func (s *Sidecar) outboundRoute(v *xdsclient.View, key discovery.ServiceKey, por
 // stillAllowed re-decides an open call to port of service key with view
 // v, for Revalidate: a denial when policy now refuses the port or the
 // whole service; nil otherwise (no view, or a service that left the view
-// without a policy decision: not a revocation).
-func stillAllowed(v *xdsclient.View, key discovery.ServiceKey, port uint16) error {
+// without a policy decision: not a revocation). The view does not know
+// the names of services this workload may not reach, only their
+// addresses: addrs are the service's addresses (ClusterIPs and
+// endpoints) when the call was routed, and one of them now hidden means
+// policy took the whole service away.
+func stillAllowed(v *xdsclient.View, key discovery.ServiceKey, port uint16, addrs []netip.Addr) error {
 	if v == nil {
 		return nil
 	}
 	svc, ok := v.Service(key)
 	if !ok {
-		if v.Unreachable(key) {
+		if slices.ContainsFunc(addrs, v.HiddenAddr) {
 			return &proxy.DeniedError{Rule: "policy allows no port of " + key.String()}
 		}
 		return nil

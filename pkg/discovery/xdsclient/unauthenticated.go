@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -33,20 +34,31 @@ func (v *View) AuthorizeUnauthenticated(port uint16) policy.Decision {
 	return policy.Decision{Allowed: true, Rule: fmt.Sprintf("no policy restricts port %d (every chain admits the whole trust domain)", port)}
 }
 
-// admitsTrustDomain reports whether c has a principal that admits every
-// ID of a trust domain (this workload's, when the view knows it).
+// admitsTrustDomain reports whether every RBAC filter of c has a
+// principal that admits every ID of a trust domain (this workload's, when
+// the view knows it): a caller without identity passes c only if no
+// Service port behind it restricts who may call.
 func (v *View) admitsTrustDomain(c *chain) bool {
-	for _, p := range c.principals {
-		if !p.prefix || !strings.HasSuffix(p.value, "/") {
-			continue
-		}
-		id, err := spiffeid.FromString(strings.TrimSuffix(p.value, "/"))
-		if err != nil || id.Path() != "" {
-			continue
-		}
-		if v.id.IsZero() || id.TrustDomain() == v.id.TrustDomain() {
-			return true
+	if len(c.rbacs) == 0 {
+		return false
+	}
+	for _, r := range c.rbacs {
+		if !slices.ContainsFunc(r.principals, v.isTrustDomainPrefix) {
+			return false
 		}
 	}
-	return false
+	return true
+}
+
+// isTrustDomainPrefix reports whether p is the principal of a whole trust
+// domain (spiffe://<td>/), this workload's when the view knows it.
+func (v *View) isTrustDomainPrefix(p principal) bool {
+	if p.kind != principalPrefix || !strings.HasSuffix(p.value, "/") {
+		return false
+	}
+	id, err := spiffeid.FromString(strings.TrimSuffix(p.value, "/"))
+	if err != nil || id.Path() != "" {
+		return false
+	}
+	return v.id.IsZero() || id.TrustDomain() == v.id.TrustDomain()
 }
