@@ -25,7 +25,6 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
-	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -75,7 +74,7 @@ func TestClientAgainstKubernetes(t *testing.T) {
 		return s
 	}
 	apiSvc := svc("api")
-	svc("web")
+	webSvc := svc("web")
 	slice := func(name, addr, pod string) {
 		_, err := env.Client.DiscoveryV1().EndpointSlices("shop").Create(ctx, &discoveryv1.EndpointSlice{
 			ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
@@ -168,8 +167,13 @@ func TestClientAgainstKubernetes(t *testing.T) {
 		}
 		// web itself: no policy names it and shop has no default, so the
 		// mesh default deny lets nobody in, and web may not call itself.
-		if rec, ok := v.Lookup("web.shop.svc.cluster.local."); !ok || rec.Reachable {
-			t.Errorf("Lookup(web) = %+v, %v, want unreachable", rec, ok)
+		// The view holds no form of a hidden service's name, only its
+		// addresses.
+		if rec, ok := v.Lookup("web.shop.svc.cluster.local."); ok {
+			t.Errorf("Lookup(web) = %+v, want no entry (hidden)", rec)
+		}
+		if ip := netip.MustParseAddr(webSvc.Spec.ClusterIP); !v.HiddenAddr(ip) {
+			t.Errorf("HiddenAddr(web's ClusterIP %s) = false, want true", ip)
 		}
 		if d := v.Authorize(apiID, 8080); d.Allowed {
 			t.Errorf("web's inbound lets api in under deny: %+v", d)
@@ -190,8 +194,8 @@ func TestClientAgainstKubernetes(t *testing.T) {
 	}
 	c.waitView(t, 5*time.Second, "shop/api unreachable", func(v *xdsclient.View) bool {
 		_, err := v.Outbound(apiKey, 80)
-		rec, ok := v.Lookup("api.shop.svc.cluster.local.")
-		return errors.Is(err, proxy.ErrDenied) && ok && !rec.Reachable
+		_, ok := v.Lookup("api.shop.svc.cluster.local.")
+		return errors.Is(err, xdsclient.ErrUnknownService) && !ok && v.HiddenAddr(netip.MustParseAddr(apiSvc.Spec.ClusterIP))
 	})
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("the policy change took %s to reach the view, want < 1s", took)
