@@ -82,24 +82,28 @@ type Metrics struct {
 	refused *prometheus.CounterVec
 }
 
-// Refusal reasons, the reason label of tether_<part>_admin_refused_total.
+// Refusal reasons, the reason label of tether_admin_refused_total.
 const (
 	ReasonConnectionCap = "connection_cap"
 	ReasonNotLoopback   = "not_loopback"
 )
 
-// NewMetrics registers tether_<part>_admin_connections (open now) and
-// tether_<part>_admin_refused_total{reason} (connections over the cap,
-// requests for loopback-only paths from elsewhere) with reg.
+// NewMetrics registers tether_admin_connections (open now) and
+// tether_admin_refused_total{reason} (connections over the cap, requests
+// for loopback-only paths from elsewhere) with reg, labelled
+// component=part (sidecar, discovery, ca, injector).
 func NewMetrics(part string, reg prometheus.Registerer) *Metrics {
+	component := prometheus.Labels{"component": part}
 	m := &Metrics{
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tether_" + part + "_admin_connections",
-			Help: "Connections open on the admin port.",
+			Name:        "tether_admin_connections",
+			Help:        "Connections open on the admin port.",
+			ConstLabels: component,
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_" + part + "_admin_refused_total",
-			Help: "Admin connections closed because the connection cap was reached (connection_cap), and requests for a loopback-only path from another address (not_loopback).",
+			Name:        "tether_admin_refused_total",
+			Help:        "Admin connections closed because the connection cap was reached (connection_cap), and requests for a loopback-only path from another address (not_loopback).",
+			ConstLabels: component,
 		}, []string{"reason"}),
 	}
 	m.refused.WithLabelValues(ReasonConnectionCap)

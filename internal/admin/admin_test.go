@@ -115,7 +115,7 @@ func TestConnectionCapHolds(t *testing.T) {
 		held = append(held, c)
 	}
 	open := func() float64 {
-		return metric(t, reg, "tether_test_admin_connections", "")
+		return metric(t, reg, "tether_admin_connections", "")
 	}
 	testutil.Eventually(t, "the held connections to be accepted", 5*time.Second, func() bool { return open() == max })
 
@@ -170,7 +170,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name, reason string) float64
 
 func refused(t *testing.T, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
-	return metric(t, reg, "tether_test_admin_refused_total", reason)
+	return metric(t, reg, "tether_admin_refused_total", reason)
 }
 
 func TestLoopbackCallerReachesLocalOnlyPaths(t *testing.T) {

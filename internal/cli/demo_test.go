@@ -273,8 +273,8 @@ func TestDemoDuration(t *testing.T) {
 		`allowed  you → web → api → db: web answered "web → api → db"`,
 		`rule "AccessPolicy default/api-from-web"`, `rule "AccessPolicy default/db-from-api"`,
 		"denied   web → db: web's sidecar reset the call",
-		`"decision":"deny", "destination":"default/db:5432", "rule":"policy allows no port of default/db"`,
-		`tether_sidecar_authz_denials_total{direction="outbound",destination="default/db:5432",reason="policy allows no port of default/db"} 1`,
+		`"decision":"deny", "destination":"default/db:5432", "rule":"unknown service, or policy allows none of its ports"`,
+		`tether_sidecar_authz_denials_total{direction="outbound",destination="default/db:5432",reason="unknown service, or policy allows none of its ports"} 1`,
 		"denied default/web -> default/db:5432: no AccessPolicy allows spiffe://cluster.local/ns/default/sa/web to default/db:5432",
 		`"rule":"no principal of inbound|15006 chain `, // then db's app port, the chain's target port
 		`|default/db:5432 (inbound_default_db_5432) admits spiffe://cluster.local/ns/default/sa/web"`,

@@ -279,7 +279,7 @@ func TestStatusStandalone(t *testing.T) {
 	var code int
 	eventuallyNoFatal(t, "all three sidecars and both denials", 15*time.Second, func() bool {
 		s, errOut, code = statusOf(t, append(args, "--soon", "2h")...)
-		return len(s.Sidecars) == 3 && hasDenial(s, web, "outbound", "policy allows no port of default/db") && hasDenial(s, db, "inbound", "admits "+web)
+		return len(s.Sidecars) == 3 && hasDenial(s, web, "outbound", "unknown service, or policy allows none of its ports") && hasDenial(s, db, "inbound", "admits "+web)
 	})
 	if t.Failed() {
 		b, _ := json.MarshalIndent(s, "", "  ")

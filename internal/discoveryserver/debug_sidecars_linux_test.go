@@ -69,7 +69,7 @@ func TestDebugSidecarsOnlyOnLoopback(t *testing.T) {
 		t.Errorf("pod loopback: GET /debug/sidecars = %d %q", code, body)
 	}
 	_, metrics := pod.HTTP(t, netip.Addr{}, "GET", url(netip.MustParseAddr("127.0.0.1"), "/metrics"))
-	if !strings.Contains(metrics, `tether_discovery_admin_refused_total{reason="not_loopback"} 1`) {
+	if !strings.Contains(metrics, `tether_admin_refused_total{component="discovery",reason="not_loopback"} 1`) {
 		t.Errorf("the refusal is not counted:\n%s", metrics)
 	}
 }

@@ -32,7 +32,7 @@ func TestAdminPortClosesIdleConnections(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, m := range []string{"tether_sidecar_admin_connections ", `tether_sidecar_admin_refused_total{reason="connection_cap"} 0`} {
+	for _, m := range []string{`tether_admin_connections{component="sidecar"} `, `tether_admin_refused_total{component="sidecar",reason="connection_cap"} 0`} {
 		if !strings.Contains(string(body), m) {
 			t.Errorf("/metrics lacks %s", m)
 		}

@@ -27,7 +27,7 @@ import (
 const (
 	ruleNoView         = "no configuration from discovery yet"
 	ruleRegistryOnly   = "registry-only"
-	ruleUnknownService = "unknown service"
+	ruleUnknownService = "unknown service, or policy allows none of its ports"
 	ruleUnknownPort    = "unknown service port"
 	ruleNoEndpoints    = "no endpoints"
 )
