@@ -592,8 +592,20 @@ func TestClientNACKsMalformedUpdates(t *testing.T) {
 	if c.View() != v {
 		t.Error("a NACKed name table replaced the view")
 	}
-	if last := cs.nacked(); !strings.Contains(last[len(last)-1].GetErrorDetail().GetMessage(), "inbound_default") {
-		t.Errorf("ECDS NACK says %q", last[len(last)-1].GetErrorDetail().GetMessage())
+	// The client counts its NACK before the server reads it: wait for the
+	// server to have it.
+	var ecdsNACK string
+	testutil.Eventually(t, "the server to receive the ECDS NACK", 2*time.Second, func() bool {
+		for _, n := range cs.nacked() {
+			if n.GetTypeUrl() == resource.ExtensionConfigType {
+				ecdsNACK = n.GetErrorDetail().GetMessage()
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(ecdsNACK, "inbound_default") {
+		t.Errorf("ECDS NACK says %q", ecdsNACK)
 	}
 
 	// Version 4: a good update (api moved) is taken.
