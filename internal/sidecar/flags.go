@@ -96,6 +96,7 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 0, "close connections idle this long (default 1h)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "concurrent connections per direction (default 16384)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 0, "on SIGTERM, how long open connections may finish (default 20s)")
+	fs.BoolVar(&c.EndStreamsAtSVIDExpiry, "end-streams-at-svid-expiry", false, "close an open connection when an SVID its mTLS tunnel was authenticated with expires (cuts long-lived connections once per SVID lifetime)")
 	fs.StringVar(&c.AccessLog, "access-log", "-", "JSON access log file, - for standard output, off to disable")
 	fs.Float64Var(&c.AccessLogSample, "access-log-sample", 1, "fraction of allowed connections logged (denials are always logged)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")

@@ -126,6 +126,8 @@ type Config struct {
 	IdleTimeout      time.Duration
 	MaxConnections   int
 	DrainTimeout     time.Duration
+	// EndStreamsAtSVIDExpiry: see proxy.Config.EndStreamsAtSVIDExpiry.
+	EndStreamsAtSVIDExpiry bool
 
 	// AccessLog is a file path, or "-" for standard output.
 	AccessLog       string
@@ -322,7 +324,7 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s.proxy, err = proxy.New(proxy.Config{
 		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, InboundMode: cfg.InboundMode,
-		AuthorizeUnauthenticated: unauthenticated, ReservedPorts: reserved,
+		AuthorizeUnauthenticated: unauthenticated, ReservedPorts: reserved, EndStreamsAtSVIDExpiry: cfg.EndStreamsAtSVIDExpiry,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
 		AccessLog: accessLog, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,
 		Denials: s.denials,

@@ -236,7 +236,7 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	ls := &liveStream{direction: "inbound", peer: peer, source: e.Source, dest: e.Dest,
 		check: func() error { return p.cfg.Authorize(peer, appPort) },
 		kill:  func() { c.Close(); up.Close() }}
-	untrack := p.trackStream(ls, t.peerExpiry)
+	untrack := p.trackStream(ls, p.streamExpiry(t.peerExpiry))
 	var aborted, reusable bool
 	e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(up, p.cfg.IdleTimeout)
 	untrack()

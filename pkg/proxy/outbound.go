@@ -173,7 +173,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		tun := t
 		ls := &liveStream{direction: "outbound", peer: t.peer, source: e.SourceID, dest: d.Name + " at " + d.Addr,
 			check: d.Recheck, kill: func() { tun.conn.Close(); c.Close() }}
-		untrack := p.trackStream(ls, t.peerExpiry)
+		untrack := p.trackStream(ls, p.streamExpiry(t.peerExpiry))
 		e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(c, p.cfg.IdleTimeout)
 		untrack()
 		p.using(t, false)

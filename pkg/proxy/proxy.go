@@ -55,7 +55,13 @@ type Config struct {
 	// plaintext connection is delivered to them, so a connection addressed
 	// to the sidecar itself cannot loop through it.
 	ReservedPorts []uint16
-	InboundMode   Mode
+	// EndStreamsAtSVIDExpiry closes an open stream when an SVID its tunnel
+	// was authenticated with expires (the caller's at the destination; the
+	// peer's or our own at the caller), counted as reason svid_expired.
+	// Off by default: it cuts every long-lived app connection once per
+	// SVID lifetime, though both sides hold renewed SVIDs by then.
+	EndStreamsAtSVIDExpiry bool
+	InboundMode            Mode
 	// HandshakeTimeout bounds the mTLS handshake (default 10s).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no bytes either way for this

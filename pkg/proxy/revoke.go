@@ -48,7 +48,17 @@ type revocation struct {
 }
 
 // track registers s while it is open, with a timer that closes it when
-// expires passes (if not zero). The returned func unregisters it.
+// expires passes (if not zero; see streamExpiry). The returned func unregisters it.
+// streamExpiry is when a stream on a tunnel authenticated until
+// tunnelExpiry must end: then with Config.EndStreamsAtSVIDExpiry, never
+// (zero) without.
+func (p *Proxy) streamExpiry(tunnelExpiry time.Time) time.Time {
+	if !p.cfg.EndStreamsAtSVIDExpiry {
+		return time.Time{}
+	}
+	return tunnelExpiry
+}
+
 func (p *Proxy) trackStream(s *liveStream, expires time.Time) (untrack func()) {
 	p.mu.Lock()
 	p.streams[s] = struct{}{}

@@ -131,11 +131,11 @@ func TestPolicyChangeClosesOpenOutboundStreams(t *testing.T) {
 func TestStreamEndsWhenCallerSVIDExpires(t *testing.T) {
 	m := newMesh(t)
 	app := echo(t, "")
-	in := inbound(t, m.identity(serverID, false), app, proxy.Config{})
+	in := inbound(t, m.identity(serverID, false), app, proxy.Config{EndStreamsAtSVIDExpiry: true})
 	// An SVID that expires in 3 seconds (the CA issues for an hour).
 	m.clock.Set(time.Now().Add(-time.Hour + 3*time.Second))
 	short := m.identityAtClock(clientID)
-	out := outbound(t, short, proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
+	out := outbound(t, short, proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{EndStreamsAtSVIDExpiry: true})
 	c, err := net.Dial("tcp", out.addr)
 	if err != nil {
 		t.Fatal(err)
