@@ -93,6 +93,20 @@ func serveHTTP(t *testing.T, ns *netns.NS, port int, name string) {
 	t.Cleanup(func() { srv.Close() })
 }
 
+// needCurl returns curl's path; without curl the test is skipped, or
+// fails on CI.
+func needCurl(t *testing.T) string {
+	t.Helper()
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("curl not installed (make deps installs it)")
+		}
+		t.Skip("needs curl")
+	}
+	return curl
+}
+
 // startCA runs tether-ca in ns, listening on listen, and returns the trust
 // bundle's path, a function that makes a join token for a ServiceAccount of
 // namespace default, and the process.
@@ -158,13 +172,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // policy does not allow is refused.
 func TestTransparentCapture(t *testing.T) {
 	netns.RequireRoot(t)
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("curl not installed (make deps installs it)")
-		}
-		t.Skip("needs curl")
-	}
+	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
 	a, b := netns.New(t, "pod-a"), netns.New(t, "pod-b")
 	netns.Link(t, a, b, netip.MustParsePrefix("10.211.0.1/24"), netip.MustParsePrefix("10.211.0.2/24"))

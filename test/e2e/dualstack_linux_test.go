@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -47,13 +46,7 @@ func TestDualStackCapture(t *testing.T) {
 	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
 		t.Skip("the kernel has no IPv6")
 	}
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("curl not installed (make deps installs it)")
-		}
-		t.Skip("needs curl")
-	}
+	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
 	a, b, x := netns.New(t, "pod-a6"), netns.New(t, "pod-b6"), netns.New(t, "outside6")
 	link := func(p, q *netns.NS, n int) {
