@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/tether-mesh/tether/internal/netns"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/inject"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -345,21 +346,14 @@ func serveLoopbackAdmin(t *testing.T, p *meshPod, port int, reached chan<- strin
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			select {
-			case reached <- c.RemoteAddr().String():
-			default:
-			}
-			io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nadmin secrets\n")
-			c.Close()
+	testutil.Serve(t, l, func(c net.Conn) {
+		select {
+		case reached <- c.RemoteAddr().String():
+		default:
 		}
-	}()
+		io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nadmin secrets\n")
+		c.Close()
+	})
 }
 
 // appPod is a pod with one app container, named for its ServiceAccount,

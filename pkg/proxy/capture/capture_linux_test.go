@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tether-mesh/tether/internal/netns"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
@@ -64,19 +65,12 @@ func listen(t *testing.T, ns *netns.NS, addr string, reply func(*net.TCPConn) st
 	}); err != nil {
 		t.Fatalf("listen on %s in %s: %v", addr, ns.Name(), err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, reply(c.(*net.TCPConn)))
-			}()
-		}
-	}()
+	testutil.Serve(t, l, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			io.WriteString(c, reply(c.(*net.TCPConn)))
+		}()
+	})
 }
 
 // text is a reply that is always s.
