@@ -161,11 +161,8 @@ func TestDualStackCapture(t *testing.T) {
 // serveDNS answers every A query to addr inside ns with ip.
 func serveDNS(t *testing.T, ns *netns.NS, addr, ip string) {
 	t.Helper()
-	var pc net.PacketConn
-	if err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
+	pc, err := ns.ListenPacket("udp", addr)
+	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -207,11 +204,8 @@ func lookupA(ns *netns.NS, server, name string) (string, error) {
 // serveUDPEcho answers every datagram to addr inside ns with "echo".
 func serveUDPEcho(t *testing.T, ns *netns.NS, addr string) {
 	t.Helper()
-	var c net.PacketConn
-	if err := ns.Do(func() (err error) {
-		c, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
+	c, err := ns.ListenPacket("udp", addr)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })

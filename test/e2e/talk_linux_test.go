@@ -339,11 +339,8 @@ func TestInjectedPodsTalk(t *testing.T) {
 // to reached.
 func serveLoopbackAdmin(t *testing.T, p *meshPod, port int, reached chan<- string) {
 	t.Helper()
-	var l net.Listener
-	if err := p.ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		return err
-	}); err != nil {
+	l, err := p.ns.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
 		t.Fatal(err)
 	}
 	testutil.Serve(t, l, func(c net.Conn) {

@@ -58,11 +58,8 @@ func apply(t *testing.T, ns *netns.NS, c capture.Config) {
 // listen opens a listener inside ns and serves each connection with reply.
 func listen(t *testing.T, ns *netns.NS, addr string, reply func(*net.TCPConn) string) {
 	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
+	l, err := ns.Listen("tcp", addr)
+	if err != nil {
 		t.Fatalf("listen on %s in %s: %v", addr, ns.Name(), err)
 	}
 	testutil.Serve(t, l, func(c net.Conn) {
@@ -93,11 +90,8 @@ func origDst(label string) func(*net.TCPConn) string {
 // listenUDP answers every datagram to addr inside ns with reply.
 func listenUDP(t *testing.T, ns *netns.NS, addr, reply string) {
 	t.Helper()
-	var c net.PacketConn
-	if err := ns.Do(func() (err error) {
-		c, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
+	c, err := ns.ListenPacket("udp", addr)
+	if err != nil {
 		t.Fatalf("listen on udp %s in %s: %v", addr, ns.Name(), err)
 	}
 	t.Cleanup(func() { c.Close() })
