@@ -62,7 +62,7 @@ func TestDualStackCapture(t *testing.T) {
 	serveHTTP(t, b, 8080, "b")
 	serveHTTP(t, b, 9090, "b-admin-app")
 	serveHTTP(t, x, 8080, "outside")
-	serveUDPEcho(t, x, ":9999")
+	x.ServeUDP(t, ":9999", "echo")
 	serveDNS(t, x, "[fd00:213::2]:53", "192.0.2.53")
 
 	init := filepath.Join(bin, "tether-sidecar")
@@ -199,26 +199,6 @@ func lookupA(ns *netns.NS, server, name string) (string, error) {
 		return fmt.Errorf("no A record in %v", r)
 	})
 	return ip, err
-}
-
-// serveUDPEcho answers every datagram to addr inside ns with "echo".
-func serveUDPEcho(t *testing.T, ns *netns.NS, addr string) {
-	t.Helper()
-	c, err := ns.ListenPacket("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_, from, err := c.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			c.WriteTo([]byte("echo"), from)
-		}
-	}()
 }
 
 // udpExchange sends one datagram to addr from inside ns as root (the test
