@@ -65,23 +65,9 @@ func parseMemFlags(args []string) (memConfig, error) {
 	fs.StringVar(&c.BinDir, "bin", "bin", "directory holding tether-ca, tether and tether-sidecar")
 	fs.StringVar(&c.BaseBinDir, "baseline-bin", "", "directory holding an older tether-sidecar, run as setup tether-base (bench/proxy/build-base.sh REV DIR builds one)")
 	fs.StringVar(&c.WorkDir, "workdir", "", "keep configs, logs and sockets here (default: a temporary directory, removed at exit)")
-	if err := fs.Parse(args); err != nil {
+	var err error
+	if c.Setups, err = parseSetupFlags(fs, args, &setups, memSetups, true); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	for _, s := range strings.Split(setups, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		if !slices.Contains(memSetups, s) {
-			return c, fmt.Errorf("-setups: unknown setup %q (want %s)", s, strings.Join(memSetups, ", "))
-		}
-		if slices.Contains(c.Setups, s) {
-			return c, fmt.Errorf("-setups: %q named twice", s)
-		}
-		c.Setups = append(c.Setups, s)
 	}
 	// The same rules as the speed benchmark's -baseline-bin.
 	bc := Config{Setups: c.Setups, BaseBinDir: c.BaseBinDir}
