@@ -6,7 +6,6 @@ import (
 	"context"
 	"net/netip"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -36,12 +35,9 @@ func TestPermissiveModeKeepsPolicyAndRefusesLoops(t *testing.T) {
 			t.Logf("sidecar B:\n%s\nCA:\n%s", sb.Output(), ca.Output())
 		}
 	})
+	waitFor(t, "sidecar B ready", 20*time.Second, sidecarReady(b, curl))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	waitFor(t, "sidecar B ready", 20*time.Second, func() bool {
-		out, err := b.Output(ctx, 0, curl, "-sf", "--max-time", "2", "http://127.0.0.1:15020/healthz/ready")
-		return err == nil && strings.Contains(out, "ready")
-	})
 	metric := func(series string) float64 {
 		m, err := b.Output(ctx, 0, curl, "-sf", "--max-time", "5", "http://127.0.0.1:15020/metrics")
 		if err != nil {
