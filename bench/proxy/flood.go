@@ -88,29 +88,16 @@ type floodResult struct {
 }
 
 func flood(ctx context.Context, cfg floodConfig) error {
-	dir, err := os.MkdirTemp("", "proxybench-flood-")
+	e, done, err := newEnv(ctx, "", "proxybench-flood-", cfg.bin, "")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	bins, err := filepath.Abs(cfg.bin)
-	if err != nil {
-		return err
-	}
-	e := &env{dir: dir, self: self, bins: bins}
-	defer e.close()
-	if err := e.startEcho(ctx); err != nil {
-		return err
-	}
+	defer done()
 	if err := e.startTetherCA(ctx); err != nil {
 		return fmt.Errorf("tether-ca: %w", err)
 	}
 	variants := []string{"baseline", "flood"}
-	binOf := map[string]string{"baseline": bins, "flood": bins}
+	binOf := map[string]string{"baseline": e.bins, "flood": e.bins}
 	if cfg.oldBin != "" {
 		old, err := filepath.Abs(cfg.oldBin)
 		if err != nil {
@@ -125,7 +112,7 @@ func flood(ctx context.Context, cfg floodConfig) error {
 		for _, v := range order {
 			ve := *e
 			ve.bins = binOf[v]
-			res, err := floodRound(ctx, &ve, cfg, v == "flood" || v == "old flood", filepath.Join(dir, fmt.Sprintf("r%d-%s", r+1, v)))
+			res, err := floodRound(ctx, &ve, cfg, v == "flood" || v == "old flood", filepath.Join(e.dir, fmt.Sprintf("r%d-%s", r+1, v)))
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", r+1, v, err)
 			}

@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -115,6 +116,32 @@ type Config struct {
 	JSON string
 }
 
+// parseSetupFlags parses args with fs, which takes no positional
+// arguments, and returns the setups the comma-separated list names, each
+// one of known and, when unique, named once.
+func parseSetupFlags(fs *flag.FlagSet, args []string, list *string, known []string, unique bool) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var setups []string
+	for _, s := range strings.Split(*list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if !slices.Contains(known, s) {
+			return nil, fmt.Errorf("-setups: unknown setup %q (want %s)", s, strings.Join(known, ", "))
+		}
+		if unique && slices.Contains(setups, s) {
+			return nil, fmt.Errorf("-setups: %q named twice", s)
+		}
+		setups = append(setups, s)
+	}
+	return setups, nil
+}
+
 func parseFlags(args []string) (Config, error) {
 	c := Config{}
 	var setups string
@@ -133,20 +160,9 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&c.BaseBinDir, "baseline-bin", "", "directory holding the tether-sidecar of setup tether-base, an older build run side by side with tether (bench/proxy/build-base.sh REV DIR builds one); adds tether-base to -setups")
 	fs.StringVar(&c.WorkDir, "workdir", "", "keep configs, certificates and logs here (default: a temporary directory, removed at exit)")
 	fs.StringVar(&c.JSON, "json", "", "also write the results, with latency percentiles p50/p90/p99/p99.9 per setup and round, as JSON to this `file` (bench/plot draws them)")
-	if err := fs.Parse(args); err != nil {
+	var err error
+	if c.Setups, err = parseSetupFlags(fs, args, &setups, append(allSetups, extraSetups...), false); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	for _, s := range strings.Split(setups, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		if _, ok := setupByName[s]; !ok {
-			return c, fmt.Errorf("-setups: unknown setup %q (want %s)", s, strings.Join(append(allSetups, extraSetups...), ", "))
-		}
-		c.Setups = append(c.Setups, s)
 	}
 	if err := baselineSetups(&c); err != nil {
 		return c, err

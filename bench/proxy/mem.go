@@ -65,23 +65,9 @@ func parseMemFlags(args []string) (memConfig, error) {
 	fs.StringVar(&c.BinDir, "bin", "bin", "directory holding tether-ca, tether and tether-sidecar")
 	fs.StringVar(&c.BaseBinDir, "baseline-bin", "", "directory holding an older tether-sidecar, run as setup tether-base (bench/proxy/build-base.sh REV DIR builds one)")
 	fs.StringVar(&c.WorkDir, "workdir", "", "keep configs, logs and sockets here (default: a temporary directory, removed at exit)")
-	if err := fs.Parse(args); err != nil {
+	var err error
+	if c.Setups, err = parseSetupFlags(fs, args, &setups, memSetups, true); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	for _, s := range strings.Split(setups, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		if !slices.Contains(memSetups, s) {
-			return c, fmt.Errorf("-setups: unknown setup %q (want %s)", s, strings.Join(memSetups, ", "))
-		}
-		if slices.Contains(c.Setups, s) {
-			return c, fmt.Errorf("-setups: %q named twice", s)
-		}
-		c.Setups = append(c.Setups, s)
 	}
 	// The same rules as the speed benchmark's -baseline-bin.
 	bc := Config{Setups: c.Setups, BaseBinDir: c.BaseBinDir}
@@ -143,35 +129,11 @@ type memRound struct {
 }
 
 func runMem(ctx context.Context, cfg memConfig, stdout, stderr io.Writer) error {
-	dir := cfg.WorkDir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "proxybench-mem-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		dir = d
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	self, err := os.Executable()
+	e, done, err := newEnv(ctx, cfg.WorkDir, "proxybench-mem-", cfg.BinDir, cfg.BaseBinDir)
 	if err != nil {
 		return err
 	}
-	bins, err := filepath.Abs(cfg.BinDir)
-	if err != nil {
-		return err
-	}
-	e := &env{dir: dir, self: self, bins: bins}
-	if cfg.BaseBinDir != "" {
-		if e.baseBins, err = filepath.Abs(cfg.BaseBinDir); err != nil {
-			return err
-		}
-	}
-	defer e.close()
-	if err := e.startEcho(ctx); err != nil {
-		return err
-	}
+	defer done()
 	r := &ring{e: e, cfg: cfg}
 	if err := r.prepare(ctx); err != nil {
 		return err
@@ -180,7 +142,7 @@ func runMem(ctx context.Context, cfg memConfig, stdout, stderr io.Writer) error 
 	for round := range cfg.Rounds {
 		order := slices.Concat(cfg.Setups[round%len(cfg.Setups):], cfg.Setups[:round%len(cfg.Setups)])
 		for _, name := range order {
-			m, err := r.measure(ctx, name, filepath.Join(dir, fmt.Sprintf("r%d-%s", round+1, name)))
+			m, err := r.measure(ctx, name, filepath.Join(e.dir, fmt.Sprintf("r%d-%s", round+1, name)))
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", round+1, name, err)
 			}

@@ -21,17 +21,8 @@ func TestMemRelayRing(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("reads /proc")
 	}
-	t.Setenv(childEnv, "1")
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := t.Context()
-	e := &env{dir: t.TempDir(), self: self}
-	t.Cleanup(e.close)
-	if err := e.startEcho(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e := echoEnv(t)
 	cfg := memConfig{Setups: []string{"relay"}, N: 3, Rounds: 1, Conns: 2, Size: 1024,
 		Settle: 100 * time.Millisecond, Load: 300 * time.Millisecond, Warmup: 50 * time.Millisecond}
 	r := &ring{e: e, cfg: cfg}

@@ -35,22 +35,30 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestSetupsMoveTheBytes runs each workload briefly through each setup and
-// checks that echoes came back intact: relay and echo as child processes,
-// the tether pair in process (pkg/proxy, as the sidecars run it), stunnel
-// and haproxy as processes when installed.
-func TestSetupsMoveTheBytes(t *testing.T) {
+// echoEnv is an env in a temporary directory whose children are this
+// test binary, with its echo server started; the test ends it.
+func echoEnv(t *testing.T) *env {
+	t.Helper()
 	t.Setenv(childEnv, "1")
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := t.Context()
 	e := &env{dir: t.TempDir(), self: self}
 	t.Cleanup(e.close)
-	if err := e.startEcho(ctx); err != nil {
+	if err := e.startEcho(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	return e
+}
+
+// TestSetupsMoveTheBytes runs each workload briefly through each setup and
+// checks that echoes came back intact: relay and echo as child processes,
+// the tether pair in process (pkg/proxy, as the sidecars run it), stunnel
+// and haproxy as processes when installed.
+func TestSetupsMoveTheBytes(t *testing.T) {
+	ctx := t.Context()
+	e := echoEnv(t)
 	a, b := testIdentities(t)
 	e.certs = writeCerts(t, e.dir, a, b)
 	for _, tc := range []struct {

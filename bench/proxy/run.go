@@ -46,35 +46,11 @@ func run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-json: %w", err)
 		}
 	}
-	dir := cfg.WorkDir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "proxybench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		dir = d
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	self, err := os.Executable()
+	e, done, err := newEnv(ctx, cfg.WorkDir, "proxybench-", cfg.BinDir, cfg.BaseBinDir)
 	if err != nil {
 		return err
 	}
-	bins, err := filepath.Abs(cfg.BinDir)
-	if err != nil {
-		return err
-	}
-	e := &env{dir: dir, self: self, bins: bins}
-	if cfg.BaseBinDir != "" {
-		if e.baseBins, err = filepath.Abs(cfg.BaseBinDir); err != nil {
-			return err
-		}
-	}
-	defer e.close()
-	if err := e.startEcho(ctx); err != nil {
-		return err
-	}
+	defer done()
 	for _, s := range cfg.Setups {
 		if st := setupByName[s]; st.needsCA || st.needsCerts {
 			if err := e.startTetherCA(ctx); err != nil {
@@ -88,7 +64,7 @@ func run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		// Rotate the order so no setup always runs first or last.
 		order := slices.Concat(cfg.Setups[r%len(cfg.Setups):], cfg.Setups[:r%len(cfg.Setups)])
 		for _, name := range order {
-			m, err := measureSetup(ctx, e, cfg, name, filepath.Join(dir, fmt.Sprintf("r%d-%s", r+1, name)))
+			m, err := measureSetup(ctx, e, cfg, name, filepath.Join(e.dir, fmt.Sprintf("r%d-%s", r+1, name)))
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", r+1, name, err)
 			}

@@ -90,6 +90,47 @@ type tetherCA struct {
 
 func (e *env) close() { stopAll(e.children) }
 
+// newEnv makes an env in workDir, created if missing, or in a temporary
+// directory named for tmpPrefix when workDir is empty, with the binaries
+// of binDir and baseBinDir (none when empty), and starts its echo server.
+// done stops the env's children and removes a temporary directory.
+func newEnv(ctx context.Context, workDir, tmpPrefix, binDir, baseBinDir string) (e *env, done func(), err error) {
+	e = &env{dir: workDir}
+	removeDir := func() {}
+	if e.dir == "" {
+		d, err := os.MkdirTemp("", tmpPrefix)
+		if err != nil {
+			return nil, nil, err
+		}
+		e.dir, removeDir = d, func() { os.RemoveAll(d) }
+	} else if err := os.MkdirAll(e.dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	done = func() {
+		e.close()
+		removeDir()
+	}
+	defer func() {
+		if err != nil {
+			done()
+			e, done = nil, nil
+		}
+	}()
+	if e.self, err = os.Executable(); err != nil {
+		return
+	}
+	if e.bins, err = filepath.Abs(binDir); err != nil {
+		return
+	}
+	if baseBinDir != "" {
+		if e.baseBins, err = filepath.Abs(baseBinDir); err != nil {
+			return
+		}
+	}
+	err = e.startEcho(ctx)
+	return
+}
+
 // startEcho starts the echo server all setups share.
 func (e *env) startEcho(ctx context.Context) error {
 	addr, err := freeAddr()

@@ -26,8 +26,8 @@ func TestLocalOnlyPathsRefuseThePodIP(t *testing.T) {
 	podIP := netip.MustParsePrefix("10.213.0.2/24")
 	netns.Link(t, pod, other, podIP, netip.MustParsePrefix("10.213.0.3/24"))
 
-	var l net.Listener
-	if err := pod.Do(func() (err error) { l, err = net.Listen("tcp", ":0"); return err }); err != nil {
+	l, err := pod.Listen("tcp", ":0")
+	if err != nil {
 		t.Fatal(err)
 	}
 	s := admin.New("", func() error { return nil }, prometheus.NewRegistry(), quiet)

@@ -330,18 +330,12 @@ func (a *App) policyCheck(ctx context.Context, args []string) error {
 	}
 	view.noteAssumedDefault(a.Stderr, rules)
 	if *asJSON {
-		enc := json.NewEncoder(a.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+		if err := writeJSON(a.Stdout, res); err != nil {
 			return err
 		}
 	} else {
 		for _, d := range res.Ports {
-			verdict := "allowed"
-			if !d.Allowed {
-				verdict = "denied"
-			}
-			fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict, shortID(srcID, td), dst.key, d.Port, d.Rule)
+			fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict(d.Allowed), shortID(srcID, td), dst.key, d.Port, d.Rule)
 		}
 	}
 	if denied > 0 {
@@ -423,18 +417,12 @@ func (a *App) policyCheckPod(view *meshView, src spiffeid.ID, addr netip.Addr, p
 	}
 	view.noteAssumedDefault(a.Stderr, rules)
 	if asJSON {
-		enc := json.NewEncoder(a.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+		if err := writeJSON(a.Stdout, res); err != nil {
 			return err
 		}
 	} else {
 		for _, d := range res.Ports {
-			verdict := "allowed"
-			if !d.Allowed {
-				verdict = "denied"
-			}
-			fmt.Fprintf(a.Stdout, "%s %s -> pod %s (%s): %s\n", verdict, shortID(src, td), res.Destination, strings.Join(services, ", "), d.Rule)
+			fmt.Fprintf(a.Stdout, "%s %s -> pod %s (%s): %s\n", verdict(d.Allowed), shortID(src, td), res.Destination, strings.Join(services, ", "), d.Rule)
 		}
 	}
 	if !res.Allowed {
@@ -635,4 +623,19 @@ func shortID(id spiffeid.ID, td spiffeid.TrustDomain) string {
 		return ns + "/" + sa
 	}
 	return id.String()
+}
+
+// writeJSON writes v to w as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// verdict names a decision as policy check prints it.
+func verdict(allowed bool) string {
+	if allowed {
+		return "allowed"
+	}
+	return "denied"
 }

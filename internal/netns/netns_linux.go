@@ -313,6 +313,45 @@ func (ns *NS) Do(fn func() error) error {
 	return <-errc
 }
 
+// Listen opens a listener inside ns, as net.Listen does.
+func (ns *NS) Listen(network, addr string) (l net.Listener, err error) {
+	err = ns.Do(func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+// ListenPacket opens a packet socket inside ns, as net.ListenPacket does.
+func (ns *NS) ListenPacket(network, addr string) (c net.PacketConn, err error) {
+	err = ns.Do(func() (err error) {
+		c, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return c, err
+}
+
+// ServeUDP answers every datagram to addr inside ns with reply until the
+// test ends.
+func (ns *NS) ServeUDP(t testing.TB, addr, reply string) {
+	t.Helper()
+	c, err := ns.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatalf("listen on udp %s in %s: %v", addr, ns.name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			c.WriteTo([]byte(reply), from)
+		}
+	}()
+}
+
 // StartCmd starts cmd inside ns: the child is forked from a thread in ns, so
 // it runs there (its UID is whatever cmd.SysProcAttr says). The caller waits
 // for it.

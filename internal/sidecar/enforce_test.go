@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -73,6 +75,16 @@ policies:
 // the same code discovery serves it with (xds.BuildResources).
 func viewOf(t *testing.T, meshYAML string, id spiffeid.ID) *xdsclient.View {
 	t.Helper()
+	v, err := xdsclient.NewViewFor(id, resourcesOf(t, meshYAML, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// resourcesOf is what discovery serves id for the mesh file meshYAML.
+func resourcesOf(t *testing.T, meshYAML string, id spiffeid.ID) map[resource.Type][]types.Resource {
+	t.Helper()
 	mf, err := discovery.ParseMeshFile([]byte(meshYAML))
 	if err != nil {
 		t.Fatal(err)
@@ -92,11 +104,7 @@ func viewOf(t *testing.T, meshYAML string, id spiffeid.ID) *xdsclient.View {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := xdsclient.NewViewFor(id, res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
+	return res
 }
 
 // testSidecar is a Sidecar with only what the decisions need.

@@ -9,9 +9,6 @@ import (
 	"testing"
 
 	"github.com/tether-mesh/tether/internal/testutil"
-	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
@@ -42,22 +39,8 @@ policies:
 // not name, though a status pod of the same service account admits it;
 // the sidecar of a status pod admits it (status is open to the mesh).
 func TestInboundDecisionIsThePods(t *testing.T) {
-	mf, err := discovery.ParseMeshFile([]byte(sharedMesh))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Update(mf.State); err != nil {
-		t.Fatal(err)
-	}
 	shared := testutil.ID("/ns/default/sa/shared")
-	res, err := xds.BuildResources(reg.Snapshot(), shared, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := resourcesOf(t, sharedMesh, shared)
 	intruder, frontend := testutil.ID("/ns/default/sa/intruder"), testutil.ID("/ns/default/sa/frontend")
 	for _, tc := range []struct {
 		pod             string

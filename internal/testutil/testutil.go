@@ -121,6 +121,22 @@ func EchoServer(t testing.TB, banner string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	Serve(t, l, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			if banner != "" {
+				io.WriteString(c, banner)
+			}
+			io.Copy(c, c)
+		}()
+	})
+	return l.Addr().String()
+}
+
+// Serve closes l when the test ends and, until then, calls handle with
+// every connection l accepts, one at a time, in a goroutine of its own.
+// A handle that serves for long starts a goroutine.
+func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -128,14 +144,7 @@ func EchoServer(t testing.TB, banner string) string {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				if banner != "" {
-					io.WriteString(c, banner)
-				}
-				io.Copy(c, c)
-			}()
+			handle(c)
 		}
 	}()
-	return l.Addr().String()
 }

@@ -121,10 +121,17 @@ func compareServicePorts(a, b ServicePort) int {
 // is not ready, or its addresses are unknown), all of them apply: the pod
 // is held to every pod of its identity at once (fail closed).
 func PodChains(chains []InboundChain, addrs []netip.Addr) []InboundChain {
-	var mine []InboundChain
+	return ChooseForPod(chains, func(c InboundChain) []netip.Addr { return c.Addrs }, addrs)
+}
+
+// ChooseForPod makes PodChains' choice among chains of any type: those
+// whose sorted addresses (chainAddrs) list one of addrs, or all of them if
+// none does.
+func ChooseForPod[C any](chains []C, chainAddrs func(C) []netip.Addr, addrs []netip.Addr) []C {
+	var mine []C
 	for _, c := range chains {
 		if slices.ContainsFunc(addrs, func(a netip.Addr) bool {
-			_, ok := slices.BinarySearchFunc(c.Addrs, a.Unmap(), netip.Addr.Compare)
+			_, ok := slices.BinarySearchFunc(chainAddrs(c), a.Unmap(), netip.Addr.Compare)
 			return ok
 		}) {
 			mine = append(mine, c)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	tu "github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -22,26 +23,19 @@ func TestStreamEndsWhenClientLeavesAfterHalfClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { // an app that streams until its peer goes away
-				open.Add(1)
-				defer open.Add(-1)
-				defer c.Close()
-				buf := make([]byte, 16<<10)
-				for {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
+	tu.Serve(t, l, func(c net.Conn) {
+		go func() { // an app that streams until its peer goes away
+			open.Add(1)
+			defer open.Add(-1)
+			defer c.Close()
+			buf := make([]byte, 16<<10)
+			for {
+				if _, err := c.Write(buf); err != nil {
+					return
 				}
-			}()
-		}
-	}()
+			}
+		}()
+	})
 	in := inbound(t, m.identity(serverID, false), l.Addr().String(), proxy.Config{})
 	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
 	c, err := net.Dial("tcp", out.addr)

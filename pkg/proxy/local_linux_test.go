@@ -10,6 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 // noIdentity lets New build a proxy that makes no handshake.
@@ -29,21 +31,14 @@ func appAt(tb testing.TB, addr string) (l net.Listener, accepted net.Conn) {
 	if err != nil {
 		tb.Skipf("cannot listen on %s here: %v", addr, err)
 	}
-	tb.Cleanup(func() { l.Close() })
 	first := make(chan net.Conn, 1)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			select {
-			case first <- c:
-			default:
-				c.Close()
-			}
+	testutil.Serve(tb, l, func(c net.Conn) {
+		select {
+		case first <- c:
+		default:
+			c.Close()
 		}
-	}()
+	})
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		tb.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	tu "github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -172,18 +173,11 @@ func TestLocalTargetLoopbackOnlyNotReached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			reached <- c.RemoteAddr().String()
-			io.WriteString(c, "admin secrets")
-			c.Close()
-		}
-	}()
+	tu.Serve(t, l, func(c net.Conn) {
+		reached <- c.RemoteAddr().String()
+		io.WriteString(c, "admin secrets")
+		c.Close()
+	})
 	origDst := func(*net.TCPConn) (netip.AddrPort, error) { return netip.AddrPortFrom(testPodIP, admin), nil }
 	// Another port is opted in: that does not open this one.
 	in := localInbound(t, m, netip.AddrPortFrom(testPodIP, 0).String(), origDst, proxy.Config{InboundMode: proxy.Permissive},

@@ -47,6 +47,21 @@ func closedWithin(c net.Conn, d time.Duration) bool {
 	}
 }
 
+// openStream dials addr and echoes msg over the stream, which stays open
+// until the test ends.
+func openStream(t *testing.T, addr, msg string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := roundTrip(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // TestPolicyChangeClosesOpenInboundStreams: a stream open when the
 // destination's policy stops allowing its caller is closed at once, on
 // the policy change, not when the caller hangs up; the closure is counted
@@ -58,14 +73,7 @@ func TestPolicyChangeClosesOpenInboundStreams(t *testing.T) {
 	allowed.Store(true)
 	in := inbound(t, m.identity(serverID, false), app, proxy.Config{Authorize: switchable(clientID, &allowed)})
 	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{})
-	c, err := net.Dial("tcp", out.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, "before"); err != nil {
-		t.Fatal(err)
-	}
+	c := openStream(t, out.addr, "before")
 	allowed.Store(false)
 	revalidate(t, in.p)
 	if !closedWithin(c, 3*time.Second) {
@@ -100,14 +108,7 @@ func TestPolicyChangeClosesOpenOutboundStreams(t *testing.T) {
 		return &proxy.DeniedError{Rule: "test policy: server revoked"}
 	}
 	out := outbound(t, m.identity(clientID, false), proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}, Recheck: recheck}, proxy.Config{})
-	c, err := net.Dial("tcp", out.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, "before"); err != nil {
-		t.Fatal(err)
-	}
+	c := openStream(t, out.addr, "before")
 	if n := out.p.Revalidate(); n != 0 {
 		t.Fatalf("Revalidate closed %d streams while the policy allows them", n)
 	}
@@ -136,14 +137,7 @@ func TestStreamEndsWhenCallerSVIDExpires(t *testing.T) {
 	m.clock.Set(time.Now().Add(-time.Hour + 3*time.Second))
 	short := m.identityAtClock(clientID)
 	out := outbound(t, short, proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{EndStreamsAtSVIDExpiry: true})
-	c, err := net.Dial("tcp", out.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, "before expiry"); err != nil {
-		t.Fatal(err)
-	}
+	c := openStream(t, out.addr, "before expiry")
 	if !closedWithin(c, 10*time.Second) {
 		t.Fatal("the stream outlived the caller's SVID")
 	}

@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -79,11 +78,8 @@ func cmdOf(bin string) string {
 // families.
 func serveHTTP(t *testing.T, ns *netns.NS, port int, name string) {
 	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
+	l, err := ns.Listen("tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,6 +87,20 @@ func serveHTTP(t *testing.T, ns *netns.NS, port int, name string) {
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
+}
+
+// needCurl returns curl's path; without curl the test is skipped, or
+// fails on CI.
+func needCurl(t *testing.T) string {
+	t.Helper()
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("curl not installed (make deps installs it)")
+		}
+		t.Skip("needs curl")
+	}
+	return curl
 }
 
 // startCA runs tether-ca in ns, listening on listen, and returns the trust
@@ -158,13 +168,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // policy does not allow is refused.
 func TestTransparentCapture(t *testing.T) {
 	netns.RequireRoot(t)
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("curl not installed (make deps installs it)")
-		}
-		t.Skip("needs curl")
-	}
+	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
 	a, b := netns.New(t, "pod-a"), netns.New(t, "pod-b")
 	netns.Link(t, a, b, netip.MustParsePrefix("10.211.0.1/24"), netip.MustParsePrefix("10.211.0.2/24"))

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -47,13 +46,7 @@ func TestDualStackCapture(t *testing.T) {
 	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
 		t.Skip("the kernel has no IPv6")
 	}
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("curl not installed (make deps installs it)")
-		}
-		t.Skip("needs curl")
-	}
+	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
 	a, b, x := netns.New(t, "pod-a6"), netns.New(t, "pod-b6"), netns.New(t, "outside6")
 	link := func(p, q *netns.NS, n int) {
@@ -69,7 +62,7 @@ func TestDualStackCapture(t *testing.T) {
 	serveHTTP(t, b, 8080, "b")
 	serveHTTP(t, b, 9090, "b-admin-app")
 	serveHTTP(t, x, 8080, "outside")
-	serveUDPEcho(t, x, ":9999")
+	x.ServeUDP(t, ":9999", "echo")
 	serveDNS(t, x, "[fd00:213::2]:53", "192.0.2.53")
 
 	init := filepath.Join(bin, "tether-sidecar")
@@ -168,11 +161,8 @@ func TestDualStackCapture(t *testing.T) {
 // serveDNS answers every A query to addr inside ns with ip.
 func serveDNS(t *testing.T, ns *netns.NS, addr, ip string) {
 	t.Helper()
-	var pc net.PacketConn
-	if err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
+	pc, err := ns.ListenPacket("udp", addr)
+	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -209,29 +199,6 @@ func lookupA(ns *netns.NS, server, name string) (string, error) {
 		return fmt.Errorf("no A record in %v", r)
 	})
 	return ip, err
-}
-
-// serveUDPEcho answers every datagram to addr inside ns with "echo".
-func serveUDPEcho(t *testing.T, ns *netns.NS, addr string) {
-	t.Helper()
-	var c net.PacketConn
-	if err := ns.Do(func() (err error) {
-		c, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_, from, err := c.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			c.WriteTo([]byte("echo"), from)
-		}
-	}()
 }
 
 // udpExchange sends one datagram to addr from inside ns as root (the test

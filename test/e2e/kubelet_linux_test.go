@@ -602,11 +602,8 @@ func serveClusterDNS(t *testing.T, ns *netns.NS, addr netip.AddrPort, env *kubet
 		ip := net.ParseIP(svc.Spec.ClusterIP)
 		return ip, ip != nil
 	}
-	var pc net.PacketConn
-	if err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp", addr.String())
-		return err
-	}); err != nil {
+	pc, err := ns.ListenPacket("udp", addr.String())
+	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
@@ -676,11 +673,8 @@ func get(c *http.Client, url string) (string, error) {
 // target in the test's own network namespace, until the test ends.
 func relay(t *testing.T, ns *netns.NS, listen, target string) {
 	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", listen)
-		return err
-	}); err != nil {
+	l, err := ns.Listen("tcp", listen)
+	if err != nil {
 		t.Fatal(err)
 	}
 	var (
@@ -756,11 +750,8 @@ func kubeProxy(t *testing.T, node *netns.NS, clusterIP string, port int, endpoin
 // the app and the path.
 func serveApp(t *testing.T, ns *netns.NS, host string, port int, name string) {
 	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-		return err
-	}); err != nil {
+	l, err := ns.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -5,10 +5,7 @@ package e2e
 import (
 	"context"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,55 +21,23 @@ import (
 // accepting that one connection only.
 func TestPermissiveModeKeepsPolicyAndRefusesLoops(t *testing.T) {
 	netns.RequireRoot(t)
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("curl not installed (make deps installs it)")
-		}
-		t.Skip("needs curl")
-	}
+	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
 	a, b := netns.New(t, "perm-a"), netns.New(t, "perm-b")
 	netns.Link(t, a, b, netip.MustParsePrefix("10.212.0.1/24"), netip.MustParsePrefix("10.212.0.2/24"))
-	state, err := os.MkdirTemp("", "tether-e2e-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	os.Chmod(state, 0o755)
-	caDir := filepath.Join(state, "ca")
-	ca := b.Start(t, 0, filepath.Join(bin, "tether-ca"), "--store-dir", caDir, "--listen", "10.212.0.2:8443", "--admin-listen", "127.0.0.1:15914")
-	waitFor(t, "tether-ca", 15*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(caDir, "admin.sock"))
-		return err == nil
-	})
-	bundle := filepath.Join(state, "bundle.pem")
-	data, err := os.ReadFile(filepath.Join(caDir, "bundle.pem"))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, ca.Output())
-	}
-	os.WriteFile(bundle, data, 0o644)
-	out, err := exec.Command(filepath.Join(bin, "tether"), "ca", "token", "create", "--socket", filepath.Join(caDir, "admin.sock"),
-		"--spiffe-id", "spiffe://cluster.local/ns/default/sa/b", "--ttl", "10m").Output()
-	if err != nil {
-		t.Fatalf("token: %v", err)
-	}
+	bundle, token, ca := startCA(t, bin, b, "10.212.0.2:8443")
 	serveHTTP(t, b, 8080, "b")
 	b.Run(t, filepath.Join(bin, "tether-sidecar"), "init", "--exclude-inbound-ports", "8443")
-	sb := b.Start(t, 1337, filepath.Join(bin, "tether-sidecar"), "--transparent", "--inbound-mode", "permissive", "--ca", "10.212.0.2:8443",
-		"--bundle", bundle, "--join-token", strings.TrimSpace(string(out)), "--workload-socket", "", "--log-level", "debug",
+	sb := startSidecar(t, bin, b, "10.212.0.2:8443", bundle, token("b"), "--inbound-mode", "permissive",
 		"--allow", "spiffe://cluster.local/ns/default/sa/a=8080")
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("sidecar B:\n%s\nCA:\n%s", sb.Output(), ca.Output())
 		}
 	})
+	waitFor(t, "sidecar B ready", 20*time.Second, sidecarReady(b, curl))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	waitFor(t, "sidecar B ready", 20*time.Second, func() bool {
-		out, err := b.Output(ctx, 0, curl, "-sf", "--max-time", "2", "http://127.0.0.1:15020/healthz/ready")
-		return err == nil && strings.Contains(out, "ready")
-	})
 	metric := func(series string) float64 {
 		m, err := b.Output(ctx, 0, curl, "-sf", "--max-time", "5", "http://127.0.0.1:15020/metrics")
 		if err != nil {

@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/tether-mesh/tether/internal/netns"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/inject"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -338,28 +339,18 @@ func TestInjectedPodsTalk(t *testing.T) {
 // to reached.
 func serveLoopbackAdmin(t *testing.T, p *meshPod, port int, reached chan<- string) {
 	t.Helper()
-	var l net.Listener
-	if err := p.ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		return err
-	}); err != nil {
+	l, err := p.ns.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			select {
-			case reached <- c.RemoteAddr().String():
-			default:
-			}
-			io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nadmin secrets\n")
-			c.Close()
+	testutil.Serve(t, l, func(c net.Conn) {
+		select {
+		case reached <- c.RemoteAddr().String():
+		default:
 		}
-	}()
+		io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nadmin secrets\n")
+		c.Close()
+	})
 }
 
 // appPod is a pod with one app container, named for its ServiceAccount,

@@ -202,18 +202,30 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 	}
 }
 
+// coversPort reports whether p's destination ports, when it names any,
+// include port.
+func coversPort(p *AccessPolicy, port uint16) bool {
+	return len(p.Spec.Destination.Ports) == 0 || slices.Contains(p.Spec.Destination.Ports, int32(port))
+}
+
+// sourceNamespace is the namespace of a ServiceAccount source of p: its
+// own, else p's.
+func sourceNamespace(p *AccessPolicy, sa *ServiceAccountSource) string {
+	if sa.Namespace != "" {
+		return sa.Namespace
+	}
+	return p.Namespace
+}
+
 // allows reports whether p covers port and one of its sources matches src.
 func allows(p *AccessPolicy, src spiffeid.ID, srcNS, srcSA string, isK8s bool, port uint16) bool {
-	if len(p.Spec.Destination.Ports) > 0 && !slices.Contains(p.Spec.Destination.Ports, int32(port)) {
+	if !coversPort(p, port) {
 		return false
 	}
 	for _, s := range p.Spec.Sources {
 		switch {
 		case s.ServiceAccount != nil:
-			ns := s.ServiceAccount.Namespace
-			if ns == "" {
-				ns = p.Namespace
-			}
+			ns := sourceNamespace(p, s.ServiceAccount)
 			if isK8s && srcNS == ns && srcSA == s.ServiceAccount.Name {
 				return true
 			}
@@ -349,16 +361,13 @@ func (e *Engine) Admitted(dstNamespace, dstService string, port uint16) Admissio
 	var ids []spiffeid.ID
 	for i := range ps {
 		p := &ps[i].AccessPolicy
-		if len(p.Spec.Destination.Ports) > 0 && !slices.Contains(p.Spec.Destination.Ports, int32(port)) {
+		if !coversPort(p, port) {
 			continue
 		}
 		for _, s := range p.Spec.Sources {
 			switch {
 			case s.ServiceAccount != nil:
-				ns := s.ServiceAccount.Namespace
-				if ns == "" {
-					ns = p.Namespace
-				}
+				ns := sourceNamespace(p, s.ServiceAccount)
 				if id, err := spiffeid.FromSegments(e.td, "ns", ns, "sa", s.ServiceAccount.Name); err == nil {
 					ids = append(ids, id)
 				}

@@ -470,18 +470,7 @@ func (v *View) LookupAddr(dst netip.AddrPort) (Service, Port, bool) {
 // Listener's) that list one of addrs, or all of them if none does: the
 // same choice as discovery.PodChains.
 func podChains(all []*chain, addrs []netip.Addr) map[uint16][]*chain {
-	var mine []*chain
-	for _, c := range all {
-		if slices.ContainsFunc(addrs, func(a netip.Addr) bool {
-			_, ok := slices.BinarySearchFunc(c.addrs, a.Unmap(), netip.Addr.Compare)
-			return ok
-		}) {
-			mine = append(mine, c)
-		}
-	}
-	if len(mine) == 0 {
-		mine = all
-	}
+	mine := discovery.ChooseForPod(all, func(c *chain) []netip.Addr { return c.addrs }, addrs)
 	out := make(map[uint16][]*chain)
 	for _, c := range mine {
 		out[c.port] = append(out[c.port], c)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tether-mesh/tether/internal/netns"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
@@ -57,26 +58,16 @@ func apply(t *testing.T, ns *netns.NS, c capture.Config) {
 // listen opens a listener inside ns and serves each connection with reply.
 func listen(t *testing.T, ns *netns.NS, addr string, reply func(*net.TCPConn) string) {
 	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
+	l, err := ns.Listen("tcp", addr)
+	if err != nil {
 		t.Fatalf("listen on %s in %s: %v", addr, ns.Name(), err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, reply(c.(*net.TCPConn)))
-			}()
-		}
-	}()
+	testutil.Serve(t, l, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			io.WriteString(c, reply(c.(*net.TCPConn)))
+		}()
+	})
 }
 
 // text is a reply that is always s.
@@ -94,29 +85,6 @@ func origDst(label string) func(*net.TCPConn) string {
 		}
 		return label + " " + dst.String()
 	}
-}
-
-// listenUDP answers every datagram to addr inside ns with reply.
-func listenUDP(t *testing.T, ns *netns.NS, addr, reply string) {
-	t.Helper()
-	var c net.PacketConn
-	if err := ns.Do(func() (err error) {
-		c, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
-		t.Fatalf("listen on udp %s in %s: %v", addr, ns.Name(), err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_, from, err := c.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			c.WriteTo([]byte(reply), from)
-		}
-	}()
 }
 
 // client makes one connection from inside a pod, as uid, and returns what it
@@ -308,11 +276,11 @@ func TestOutboundCapture(t *testing.T) {
 	listen(t, a, "127.0.0.1:15001", origDst("outbound"))
 	listen(t, a, ":15006", origDst("inbound"))
 	listen(t, a, ":8080", text("app-a"))
-	listenUDP(t, a, "127.0.0.1:15053", "sidecar-dns")
+	a.ServeUDP(t, "127.0.0.1:15053", "sidecar-dns")
 	listen(t, a, "127.0.0.1:15053", text("sidecar-dns-tcp"))
 	listen(t, b, ":8080", text("app-b"))
 	listen(t, b, ":9090", text("app-b-9090"))
-	listenUDP(t, b, ":53", "dns-b")
+	b.ServeUDP(t, ":53", "dns-b")
 	listen(t, b, ":53", text("dns-b-tcp"))
 
 	cl := newClient(t)
@@ -466,9 +434,9 @@ func TestRejectUDP(t *testing.T) {
 	a.AddAddr(t, "eth0", podA6)
 	b.AddAddr(t, "eth0", podB6)
 	b.AddAddr(t, "eth0", podB2)
-	listenUDP(t, b, ":9999", "echo-b")
-	listenUDP(t, b, ":53", "dns-b")
-	listenUDP(t, a, "127.0.0.1:15053", "sidecar-dns")
+	b.ServeUDP(t, ":9999", "echo-b")
+	b.ServeUDP(t, ":53", "dns-b")
+	a.ServeUDP(t, "127.0.0.1:15053", "sidecar-dns")
 	cl := newClient(t)
 	waitDAD(t, a, b)
 
