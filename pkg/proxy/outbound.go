@@ -171,7 +171,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		var aborted, reusable bool
 		p.using(t, true)
 		tun := t
-		ls := &liveStream{direction: "outbound", peer: t.peer, source: e.SourceID, dest: d.Name + " at " + d.Addr,
+		ls := &liveStream{direction: "outbound", peer: t.peer, source: e.SourceID, dest: d.Name, destAddr: d.Addr,
 			check: d.Recheck, kill: func() { tun.conn.Close(); c.Close() }}
 		untrack := p.trackStream(ls, p.streamExpiry(t.peerExpiry))
 		e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(c, p.cfg.IdleTimeout)

@@ -29,8 +29,9 @@ type liveStream struct {
 	// peer is the caller (inbound) or the server (outbound); zero for a
 	// caller without identity (permissive mode).
 	peer spiffeid.ID
-	// source and dest are for the log.
-	source, dest string
+	// source, dest and destAddr are for the log (dest "at" destAddr when
+	// destAddr is set, joined only if the stream is revoked).
+	source, dest, destAddr string
 	// check decides the stream again: nil to keep it, or a denial.
 	check func() error
 	// kill closes the stream's connections.
@@ -47,8 +48,6 @@ type revocation struct {
 	detail string
 }
 
-// track registers s while it is open, with a timer that closes it when
-// expires passes (if not zero; see streamExpiry). The returned func unregisters it.
 // streamExpiry is when a stream on a tunnel authenticated until
 // tunnelExpiry must end: then with Config.EndStreamsAtSVIDExpiry, never
 // (zero) without.
@@ -59,6 +58,9 @@ func (p *Proxy) streamExpiry(tunnelExpiry time.Time) time.Time {
 	return tunnelExpiry
 }
 
+// trackStream registers s while it is open, with a timer that closes it
+// when expires passes (if not zero; see streamExpiry). The returned func
+// unregisters it.
 func (p *Proxy) trackStream(s *liveStream, expires time.Time) (untrack func()) {
 	p.mu.Lock()
 	p.streams[s] = struct{}{}
@@ -109,10 +111,17 @@ func (p *Proxy) revoke(s *liveStream, r *revocation) bool {
 	p.cfg.Metrics.revoked.WithLabelValues(s.direction, r.reason).Inc()
 	p.cfg.Logger.Info("open connection closed: no longer authorized",
 		slog.String("direction", s.direction), slog.String("peer_id", s.peer.String()),
-		slog.String("source", s.source), slog.String("destination", s.dest),
+		slog.String("source", s.source), slog.String("destination", s.destination()),
 		slog.String("reason", r.reason), slog.String("rule", r.rule), slog.String("detail", r.detail))
 	s.kill()
 	return true
+}
+
+func (s *liveStream) destination() string {
+	if s.destAddr == "" {
+		return s.dest
+	}
+	return s.dest + " at " + s.destAddr
 }
 
 // finish fills the access log entry of a stream that was revoked.
