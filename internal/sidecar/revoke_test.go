@@ -97,8 +97,11 @@ func TestPolicyRevocationClosesOpenConnections(t *testing.T) {
 	revoked := func(a *meshApp, direction string) float64 {
 		return gatherCounter(t, a.sidecar.registry, "tether_sidecar_connections_revoked_total", map[string]string{"direction": direction, "reason": "policy"})
 	}
+	// db closes the direct stream (web does not re-check a fixed peer);
+	// the stream by service is closed by web, by db, or by both, each
+	// counting it if it re-checked the stream before the other closed it.
 	waitFor(t, "db to count its inbound revocation", func() bool { return revoked(db, "inbound") >= 1 })
-	waitFor(t, "web to count its outbound revocation", func() bool { return revoked(web, "outbound") >= 1 })
+	waitFor(t, "web and db to count both streams", func() bool { return revoked(db, "inbound")+revoked(web, "outbound") >= 2 })
 	if n := revoked(api, "outbound") + revoked(db, "inbound"); n > 2 {
 		t.Errorf("%v revocations at api and db; want at most 2 (web's two streams)", n)
 	}
@@ -106,8 +109,10 @@ func TestPolicyRevocationClosesOpenConnections(t *testing.T) {
 		l := db.accessLog(t)
 		return strings.Contains(l, "revoked: ") && strings.Contains(l, "admits "+webID.String())
 	})
-	waitFor(t, "web's access log to name the rule", func() bool {
-		l := web.accessLog(t)
-		return strings.Contains(l, "revoked: ") && strings.Contains(l, `"rule":"policy allows no port of default/db"`)
-	})
+	if revoked(web, "outbound") >= 1 {
+		waitFor(t, "web's access log to name the rule", func() bool {
+			l := web.accessLog(t)
+			return strings.Contains(l, "revoked: ") && strings.Contains(l, `"rule":"policy allows no port of default/db"`)
+		})
+	}
 }
