@@ -9,6 +9,7 @@ import (
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // trustDomain is the benchmark mesh's trust domain.
@@ -150,7 +151,7 @@ func (m *mesh) policyFor(k, dst int) policy.AccessPolicy {
 
 // clientID is the SPIFFE ID of client j.
 func (m *mesh) clientID(j int) spiffeid.ID {
-	id, err := discovery.WorkloadID(trustDomain, nsName(m.svcNS(m.clients[j])), svcName(m.clients[j]))
+	id, err := wire.WorkloadID(trustDomain, nsName(m.svcNS(m.clients[j])), svcName(m.clients[j]))
 	if err != nil {
 		panic(err) // the names are generated valid
 	}

@@ -6,7 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // The xDS types a client subscribes to.
@@ -36,7 +36,7 @@ func shortType(t string) string {
 
 // nameTableOf merges the name-table entries among items.
 func nameTableOf(items []types.Resource) (*discoveryv1.NameTable, bool) {
-	nt, err := xds.MergeNameTables(items)
+	nt, err := wire.MergeNameTables(items)
 	return nt, err == nil
 }
 

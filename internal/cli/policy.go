@@ -20,6 +20,7 @@ import (
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // policySourceHelp says where the policy commands read the mesh from.
@@ -143,7 +144,7 @@ func (p *policySource) check() error {
 		}
 	}
 	if p.defaultPolicy != "" {
-		if _, err := policy.ParseDefault(p.defaultPolicy); err != nil {
+		if _, err := wire.ParseDefault(p.defaultPolicy); err != nil {
 			return fmt.Errorf("%w: --default-policy: %v", errUsage, err)
 		}
 	}
@@ -163,7 +164,7 @@ func (p *policySource) settings(fileTD spiffeid.TrustDomain, fileDefault policy.
 	def := defaultPolicyDefault
 	switch {
 	case p.defaultPolicy != "":
-		def, _ = policy.ParseDefault(p.defaultPolicy) // checked by check
+		def, _ = wire.ParseDefault(p.defaultPolicy) // checked by check
 	case fileDefault != 0:
 		def = fileDefault
 	}
@@ -549,7 +550,7 @@ func parseSource(s string) (sourceArg, error) {
 		return sourceArg{}, fmt.Errorf("%w: --from %q: want NAMESPACE/SERVICEACCOUNT or spiffe://...", errUsage, s)
 	}
 	// The segments' syntax does not depend on the trust domain.
-	if _, err := discovery.WorkloadID(spiffeid.RequireTrustDomainFromString(defaultTrustDomain), ns, sa); err != nil {
+	if _, err := wire.WorkloadID(spiffeid.RequireTrustDomainFromString(defaultTrustDomain), ns, sa); err != nil {
 		return sourceArg{}, fmt.Errorf("%w: --from: %v", errUsage, err)
 	}
 	return sourceArg{namespace: ns, serviceAccount: sa}, nil
@@ -560,7 +561,7 @@ func (s sourceArg) identity(td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	if !s.id.IsZero() {
 		return s.id, nil
 	}
-	id, err := discovery.WorkloadID(td, s.namespace, s.serviceAccount)
+	id, err := wire.WorkloadID(td, s.namespace, s.serviceAccount)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: --from: %v", errUsage, err)
 	}

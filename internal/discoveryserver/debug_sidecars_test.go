@@ -11,7 +11,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/tether-mesh/tether/internal/testutil"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // TestDebugSidecars: GET /debug/sidecars lists the connected sidecars with
@@ -40,17 +40,17 @@ func TestDebugSidecars(t *testing.T) {
 
 	expiry := time.Now().Add(42 * time.Minute).UTC().Truncate(time.Second)
 	web := connect(t, s, ca, webID)
-	web.node.Metadata = xds.NodeMetadata{AdminAddr: ":15020", SVIDExpiry: expiry, Version: "v1.0.0"}.Struct()
+	web.node.Metadata = wire.NodeMetadata{AdminAddr: ":15020", SVIDExpiry: expiry, Version: "v1.0.0"}.Struct()
 	web.subscribe()
 	api := connect(t, s, ca, apiID)
-	api.node.Metadata = xds.NodeMetadata{AdminAddr: "192.0.2.77:15020"}.Struct()
+	api.node.Metadata = wire.NodeMetadata{AdminAddr: "192.0.2.77:15020"}.Struct()
 	api.send(resource.ClusterType, nil, nil)
 	api.recv(5 * time.Second)
 
 	var got SidecarsResponse
 	testutil.Eventually(t, "both sidecars listed", 10*time.Second, func() bool { got = sidecars(); return len(got.Sidecars) == 2 })
 	a, w := got.Sidecars[0], got.Sidecars[1] // by SPIFFE ID
-	if w.ID != webID.String() || w.Metadata != (xds.NodeMetadata{AdminAddr: "127.0.0.1:15020", SVIDExpiry: expiry, Version: "v1.0.0"}) ||
+	if w.ID != webID.String() || w.Metadata != (wire.NodeMetadata{AdminAddr: "127.0.0.1:15020", SVIDExpiry: expiry, Version: "v1.0.0"}) ||
 		w.MetadataError != "" || !strings.HasPrefix(w.Peer, "127.0.0.1:") || w.ConnectionSVIDExpiry.IsZero() {
 		t.Errorf("web: %+v", w)
 	}

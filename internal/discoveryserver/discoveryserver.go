@@ -36,6 +36,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/agent"
@@ -139,7 +140,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--max-streams-per-identity %d: want at least 1 (0: the default, %d)", c.MaxStreamsPerIdentity, xds.DefaultMaxStreamsPerIdentity)
 	}
 	if c.DefaultPolicy != "" {
-		if _, err := policy.ParseDefault(c.DefaultPolicy); err != nil {
+		if _, err := wire.ParseDefault(c.DefaultPolicy); err != nil {
 			return fmt.Errorf("--default-policy: %v", err)
 		}
 	}
@@ -246,7 +247,7 @@ func New(cfg Config) (*Server, error) {
 
 	def := policy.AllowMesh
 	if cfg.DefaultPolicy != "" {
-		def, _ = policy.ParseDefault(cfg.DefaultPolicy) // checked by Validate
+		def, _ = wire.ParseDefault(cfg.DefaultPolicy) // checked by Validate
 	}
 	s.metrics = newMetrics(s.registry)
 	rejected := func(error) { s.metrics.reloadErrors.Inc() }

@@ -37,7 +37,7 @@ import (
 	discoveryapi "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/internal/testutil"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -494,7 +494,7 @@ func (v view) names(t *testing.T) *discoveryapi.NameTable {
 	for i, ec := range ecs {
 		items[i] = ec
 	}
-	nt, err := xds.MergeNameTables(items)
+	nt, err := wire.MergeNameTables(items)
 	if err != nil {
 		t.Fatalf("extension configs = %v: %v", ecs, err)
 	}

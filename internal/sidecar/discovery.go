@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/proxy"
 	"github.com/tether-mesh/tether/pkg/proxy/dns"
@@ -97,7 +97,7 @@ func (s *Sidecar) authorizeUnauthenticated(port uint16) error {
 
 // serviceRouter routes an explicit outbound listener to a mesh service
 // port, deciding every connection with the view current at accept.
-func (s *Sidecar) serviceRouter(key discovery.ServiceKey, port uint16) proxy.Router {
+func (s *Sidecar) serviceRouter(key wire.ServiceKey, port uint16) proxy.Router {
 	return func(net.Conn) proxy.Route {
 		v := s.view.Load()
 		if v == nil {
@@ -107,14 +107,14 @@ func (s *Sidecar) serviceRouter(key discovery.ServiceKey, port uint16) proxy.Rou
 	}
 }
 
-func serviceTarget(key discovery.ServiceKey, port uint16) string {
+func serviceTarget(key wire.ServiceKey, port uint16) string {
 	return key.String() + ":" + strconv.Itoa(int(port))
 }
 
 // outboundRoute decides a call to port of service key with view v: a mesh
 // destination (an endpoint chosen round-robin, and the identities that
 // must serve it), or a denial that names the rule.
-func (s *Sidecar) outboundRoute(v *xdsclient.View, key discovery.ServiceKey, port uint16) proxy.Route {
+func (s *Sidecar) outboundRoute(v *xdsclient.View, key wire.ServiceKey, port uint16) proxy.Route {
 	d, err := v.Outbound(key, port)
 	if err == nil {
 		var addrs []netip.Addr
@@ -159,7 +159,7 @@ func (s *Sidecar) outboundRoute(v *xdsclient.View, key discovery.ServiceKey, por
 // addresses: addrs are the service's addresses (ClusterIPs and
 // endpoints) when the call was routed, and one of them now hidden means
 // policy took the whole service away.
-func stillAllowed(v *xdsclient.View, key discovery.ServiceKey, port uint16, addrs []netip.Addr) error {
+func stillAllowed(v *xdsclient.View, key wire.ServiceKey, port uint16, addrs []netip.Addr) error {
 	if v == nil {
 		return nil
 	}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -91,7 +91,7 @@ func resourcesOf(t *testing.T, meshYAML string, id spiffeid.ID) map[resource.Typ
 	}
 	def := mf.DefaultPolicy
 	if def == 0 {
-		def = policy.AllowMesh
+		def = wire.AllowMesh
 	}
 	reg, err := discovery.NewRegistry(testutil.TrustDomain, def)
 	if err != nil {
@@ -116,8 +116,8 @@ func testSidecar(v *xdsclient.View) *Sidecar {
 	return s
 }
 
-func key(name string) discovery.ServiceKey {
-	return discovery.ServiceKey{Namespace: "default", Name: name}
+func key(name string) wire.ServiceKey {
+	return wire.ServiceKey{Namespace: "default", Name: name}
 }
 
 func TestOutboundFromView(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/internal/logging"
-	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/proxy"
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
@@ -189,21 +189,21 @@ var (
 )
 
 // ParseServicePort parses NAMESPACE/SERVICE:PORT, e.g. default/api:8080.
-func ParseServicePort(s string) (discovery.ServiceKey, uint16, error) {
+func ParseServicePort(s string) (wire.ServiceKey, uint16, error) {
 	ns, rest, ok := strings.Cut(s, "/")
 	name, ps, ok2 := strings.Cut(rest, ":")
 	if !ok || !ok2 {
-		return discovery.ServiceKey{}, 0, fmt.Errorf("want NAMESPACE/SERVICE:PORT, got %q", s)
+		return wire.ServiceKey{}, 0, fmt.Errorf("want NAMESPACE/SERVICE:PORT, got %q", s)
 	}
 	if len(ns) > 63 || !namespaceRE.MatchString(ns) {
-		return discovery.ServiceKey{}, 0, fmt.Errorf("namespace %q is not a lower-case DNS label", ns)
+		return wire.ServiceKey{}, 0, fmt.Errorf("namespace %q is not a lower-case DNS label", ns)
 	}
 	if len(name) > 63 || !serviceRE.MatchString(name) {
-		return discovery.ServiceKey{}, 0, fmt.Errorf("service %q is not a lower-case DNS label starting with a letter", name)
+		return wire.ServiceKey{}, 0, fmt.Errorf("service %q is not a lower-case DNS label starting with a letter", name)
 	}
 	port, err := strconv.ParseUint(ps, 10, 16)
 	if err != nil || port == 0 {
-		return discovery.ServiceKey{}, 0, fmt.Errorf("port %q: want a number from 1 to 65535", ps)
+		return wire.ServiceKey{}, 0, fmt.Errorf("port %q: want a number from 1 to 65535", ps)
 	}
-	return discovery.ServiceKey{Namespace: ns, Name: name}, uint16(port), nil
+	return wire.ServiceKey{Namespace: ns, Name: name}, uint16(port), nil
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 func noEnv(string) string { return "" }
@@ -51,10 +51,10 @@ func TestParseFlagsDiscovery(t *testing.T) {
 			if len(c.Outbound) != 2 {
 				t.Fatalf("outbound %+v", c.Outbound)
 			}
-			if o := c.Outbound[0]; o.Service != (discovery.ServiceKey{Namespace: "default", Name: "api"}) || o.Port != 8080 || o.Listen != "127.0.0.1:9000" {
+			if o := c.Outbound[0]; o.Service != (wire.ServiceKey{Namespace: "default", Name: "api"}) || o.Port != 8080 || o.Listen != "127.0.0.1:9000" {
 				t.Errorf("service outbound %+v", o)
 			}
-			if o := c.Outbound[1]; o.Service != (discovery.ServiceKey{}) || o.Dest.Addr != "127.0.0.1:7" || len(o.Dest.IDs) != 1 {
+			if o := c.Outbound[1]; o.Service != (wire.ServiceKey{}) || o.Dest.Addr != "127.0.0.1:7" || len(o.Dest.IDs) != 1 {
 				t.Errorf("peer outbound %+v", o)
 			}
 		}},

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -26,7 +26,7 @@ func FuzzListenerFlags(f *testing.F) {
 			t.Fatalf("ParseAllow(%q) accepted but added %d entries", v, len(l))
 		}
 		if o, err := ParseOutbound(v); err == nil {
-			service := o.Service != (discovery.ServiceKey{})
+			service := o.Service != (wire.ServiceKey{})
 			if o.Listen == "" || (service && (o.Port == 0 || o.Service.Namespace == "" || o.Service.Name == "" || len(o.Dest.IDs) > 0)) ||
 				(!service && (len(o.Dest.IDs) == 0 || o.Dest.Addr == "")) {
 				t.Fatalf("ParseOutbound(%q) = %+v", v, o)

@@ -24,7 +24,7 @@ import (
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -59,7 +59,7 @@ func startDiscovery(t *testing.T, ca *testCA, meshYAML string) *testDiscovery {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.AllowMesh)
 	if err != nil {
 		t.Fatal(err)
 	}

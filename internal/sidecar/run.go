@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	tadmin "github.com/tether-mesh/tether/internal/admin"
-	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/workload"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -66,7 +66,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	for i, out := range s.cfg.Outbound {
 		route := proxy.FixedRoute(out.Dest)
-		if out.Service != (discovery.ServiceKey{}) {
+		if out.Service != (wire.ServiceKey{}) {
 			route = s.serviceRouter(out.Service, out.Port)
 		}
 		if err := listen(fmt.Sprintf("outbound/%d", i), out.Listen, func(ctx context.Context, l net.Listener) error {

@@ -21,7 +21,7 @@ import (
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/internal/admin"
-	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/agent"
@@ -41,7 +41,7 @@ type (
 	OutboundListener struct {
 		Listen  string
 		Dest    proxy.Destination
-		Service discovery.ServiceKey
+		Service wire.ServiceKey
 		Port    uint16
 	}
 )
@@ -202,7 +202,7 @@ func (c *Config) validateDiscovery() error {
 	c.ClusterDomain = strings.ToLower(strings.Trim(c.ClusterDomain, "."))
 	if c.DiscoveryAddr == "" {
 		for _, o := range c.Outbound {
-			if o.Service != (discovery.ServiceKey{}) {
+			if o.Service != (wire.ServiceKey{}) {
 				return fmt.Errorf("--outbound %s=%s:%d names a mesh service, which needs --discovery (or give a fixed peer, LISTEN=PEER@SPIFFE_ID)", o.Listen, o.Service, o.Port)
 			}
 		}
@@ -221,7 +221,7 @@ func (c *Config) validateDiscovery() error {
 		}
 		td, _ := spiffeid.TrustDomainFromString(c.TrustDomain)
 		if c.DiscoveryID.IsZero() {
-			id, err := discovery.WorkloadID(td, DefaultDiscoveryNamespace, DefaultDiscoveryServiceAccount)
+			id, err := wire.WorkloadID(td, DefaultDiscoveryNamespace, DefaultDiscoveryServiceAccount)
 			if err != nil {
 				return err
 			}

@@ -112,7 +112,7 @@ func TestExampleFile(t *testing.T) {
 	if got := strings.Join(keys, " "); got != "default/api default/web payments/ledger" {
 		t.Errorf("services sorted: %s", got)
 	}
-	web, ok := snap.Service(ServiceKey{"default", "web"})
+	web, ok := snap.Service(ServiceKey{Namespace: "default", Name: "web"})
 	if !ok {
 		t.Fatal("no default/web")
 	}
@@ -125,7 +125,7 @@ func TestExampleFile(t *testing.T) {
 	if ids := web.Identities(td); len(ids) != 1 || ids[0] != id("/ns/default/sa/web") {
 		t.Errorf("web identities %v", ids)
 	}
-	api, _ := snap.Service(ServiceKey{"default", "api"})
+	api, _ := snap.Service(ServiceKey{Namespace: "default", Name: "api"})
 	if ids := api.Identities(td); len(ids) != 1 || ids[0] != id("/ns/default/sa/api") {
 		t.Errorf("api identities %v", ids)
 	}
@@ -154,7 +154,7 @@ func TestExampleFile(t *testing.T) {
 		}
 	}
 
-	if got := snap.Reachable(id("/ns/default/sa/web")); len(got) != 2 || got[0] != (ServiceKey{"default", "api"}) || got[1] != (ServiceKey{"default", "web"}) {
+	if got := snap.Reachable(id("/ns/default/sa/web")); len(got) != 2 || got[0] != (ServiceKey{Namespace: "default", Name: "api"}) || got[1] != (ServiceKey{Namespace: "default", Name: "web"}) {
 		t.Errorf("web reaches %v", got)
 	}
 	var srcs []string
@@ -171,7 +171,7 @@ func TestExampleFile(t *testing.T) {
 		t.Errorf("%d pairs: %+v", len(pairs), pairs)
 	}
 	for _, p := range pairs {
-		if p.Service == (ServiceKey{"default", "api"}) && (p.Source == id("/ns/default/sa/api") || p.Rule != "AccessPolicy default/api-from-web") {
+		if p.Service == (ServiceKey{Namespace: "default", Name: "api"}) && (p.Source == id("/ns/default/sa/api") || p.Rule != "AccessPolicy default/api-from-web") {
 			t.Errorf("unexpected pair %+v", p)
 		}
 	}
@@ -247,7 +247,7 @@ func TestRegistryVersionsAndChanged(t *testing.T) {
 	// The registry owns a copy: changing the caller's state changes nothing.
 	st.Services[0].Ports[0].Port = 2
 	s1 := r.Snapshot()
-	if svc, ok := s1.Service(ServiceKey{"default", "a"}); !ok || svc.Ports[0].Port != 1 || svc.Ports[0].TargetPort != 1 {
+	if svc, ok := s1.Service(ServiceKey{Namespace: "default", Name: "a"}); !ok || svc.Ports[0].Port != 1 || svc.Ports[0].TargetPort != 1 {
 		t.Errorf("snapshot service %+v %v", svc, ok)
 	}
 	if err := r.Update(st); err != nil {

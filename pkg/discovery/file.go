@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // ErrBadFile marks every error about the content of a mesh.yaml file.
@@ -94,7 +95,7 @@ func ParseMeshFile(data []byte) (*MeshFile, error) {
 		mf.TrustDomain = td
 	}
 	if doc.DefaultPolicy != "" {
-		d, err := policy.ParseDefault(doc.DefaultPolicy)
+		d, err := wire.ParseDefault(doc.DefaultPolicy)
 		if err != nil {
 			bad("defaultPolicy: %v", err)
 		}

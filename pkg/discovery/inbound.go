@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // ServicePort names one port of one service.
@@ -121,26 +122,7 @@ func compareServicePorts(a, b ServicePort) int {
 // is not ready, or its addresses are unknown), all of them apply: the pod
 // is held to every pod of its identity at once (fail closed).
 func PodChains(chains []InboundChain, addrs []netip.Addr) []InboundChain {
-	return ChooseForPod(chains, func(c InboundChain) []netip.Addr { return c.Addrs }, addrs)
-}
-
-// ChooseForPod makes PodChains' choice among chains of any type: those
-// whose sorted addresses (chainAddrs) list one of addrs, or all of them if
-// none does.
-func ChooseForPod[C any](chains []C, chainAddrs func(C) []netip.Addr, addrs []netip.Addr) []C {
-	var mine []C
-	for _, c := range chains {
-		if slices.ContainsFunc(addrs, func(a netip.Addr) bool {
-			_, ok := slices.BinarySearchFunc(chainAddrs(c), a.Unmap(), netip.Addr.Compare)
-			return ok
-		}) {
-			mine = append(mine, c)
-		}
-	}
-	if len(mine) == 0 {
-		return chains
-	}
-	return mine
+	return wire.ChooseForPod(chains, func(c InboundChain) []netip.Addr { return c.Addrs }, addrs)
 }
 
 // InboundChains is InboundChains for the services of s.
@@ -176,7 +158,7 @@ func (s *Snapshot) Inbound(src, id spiffeid.ID, addrs []netip.Addr, targetPort u
 		slices.Sort(allowed)
 		return policy.Decision{Allowed: true, Rule: strings.Join(slices.Compact(allowed), " and ")}
 	}
-	ns, _ := policy.WorkloadNamespace(id)
+	ns, _ := wire.WorkloadNamespace(id)
 	d := s.engine.DecideDefault(src, ns)
 	d.Rule = fmt.Sprintf("no Service covers port %d: %s", targetPort, d.Rule)
 	return d

@@ -3,7 +3,6 @@ package discovery
 import (
 	"cmp"
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,15 +10,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // ServiceKey names a service: its namespace and name.
-type ServiceKey struct {
-	Namespace, Name string
-}
-
-// String returns "namespace/name".
-func (k ServiceKey) String() string { return k.Namespace + "/" + k.Name }
+type ServiceKey = wire.ServiceKey
 
 func compareKeys(a, b ServiceKey) int {
 	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
@@ -66,17 +61,7 @@ func (e Endpoint) Identity(td spiffeid.TrustDomain, namespace string) (spiffeid.
 	if e.ServiceAccount == "" {
 		return spiffeid.ID{}, ErrNoIdentity
 	}
-	return WorkloadID(td, namespace, e.ServiceAccount)
-}
-
-// WorkloadID returns spiffe://<td>/ns/<namespace>/sa/<serviceAccount>, the
-// identity of a Kubernetes-style workload.
-func WorkloadID(td spiffeid.TrustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
-	id, err := spiffeid.FromSegments(td, "ns", namespace, "sa", serviceAccount)
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("identity of %s/%s: %w", namespace, serviceAccount, err)
-	}
-	return id, nil
+	return wire.WorkloadID(td, namespace, e.ServiceAccount)
 }
 
 // Service is a mesh service and its endpoints.

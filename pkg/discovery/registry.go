@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // ErrInvalidState marks every error returned by Registry.Update for a State
@@ -102,7 +103,7 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 		}
 		seenNS[ns.Name] = true
 		if ns.DefaultPolicy != "" {
-			d, err := policy.ParseDefault(ns.DefaultPolicy)
+			d, err := wire.ParseDefault(ns.DefaultPolicy)
 			if err != nil {
 				bad("namespace %s: defaultPolicy: %v", ns.Name, err)
 				continue
@@ -302,7 +303,7 @@ func (s *Snapshot) Sources() []spiffeid.ID {
 			switch {
 			case src.ServiceAccount != nil:
 				ns := cmpOr(src.ServiceAccount.Namespace, cmpOr(p.Namespace, "default"))
-				if id, err := WorkloadID(s.td, ns, src.ServiceAccount.Name); err == nil {
+				if id, err := wire.WorkloadID(s.td, ns, src.ServiceAccount.Name); err == nil {
 					ids = append(ids, id)
 				}
 			case src.SpiffeID != "":

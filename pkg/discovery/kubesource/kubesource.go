@@ -32,6 +32,7 @@ import (
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/inject"
 )
 
@@ -315,7 +316,7 @@ func (b *kubeBuilder) build() (discovery.State, error) {
 	for _, ns := range nss {
 		n := discovery.Namespace{Name: ns.Name}
 		if v, ok := ns.Annotations[DefaultPolicyAnnotation]; ok && v != "" {
-			if _, err := policy.ParseDefault(v); err != nil {
+			if _, err := wire.ParseDefault(v); err != nil {
 				b.log.Warn("ignoring namespace default policy; the mesh default applies",
 					slog.String("namespace", ns.Name), slog.String("annotation", DefaultPolicyAnnotation), slog.Any("error", err))
 			} else {
@@ -477,7 +478,7 @@ func (b *kubeBuilder) endpoint(key discovery.ServiceKey, pod *corev1.Pod) (disco
 	e := discovery.Endpoint{ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"), Pod: pod.Name}
 	if pod.Namespace != key.Namespace {
 		// The identity is the Pod's namespace's, not the Service's.
-		id, err := discovery.WorkloadID(b.td, pod.Namespace, e.ServiceAccount)
+		id, err := wire.WorkloadID(b.td, pod.Namespace, e.ServiceAccount)
 		if err != nil {
 			b.log.Debug("skipping endpoint", slog.String("service", key.String()), slog.Any("error", err))
 			return discovery.Endpoint{}, false

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // DefaultPolicyAnnotation is the namespace annotation that overrides the
@@ -14,43 +16,14 @@ import (
 const DefaultPolicyAnnotation = "tether.dev/default-policy"
 
 // Default is what applies to a service that no AccessPolicy names.
-type Default int
+type Default = wire.Default
 
+// The defaults.
 const (
-	// AllowMesh lets every workload of the trust domain in.
-	AllowMesh Default = iota + 1
-	// SameNamespace lets in only the workloads of the service's namespace.
-	SameNamespace
-	// Deny lets nobody in.
-	Deny
+	AllowMesh     = wire.AllowMesh
+	SameNamespace = wire.SameNamespace
+	Deny          = wire.Deny
 )
-
-var defaultNames = map[Default]string{
-	AllowMesh:     "allow-mesh",
-	SameNamespace: "same-namespace",
-	Deny:          "deny",
-}
-
-// String returns the flag and annotation spelling of d.
-func (d Default) String() string {
-	if s, ok := defaultNames[d]; ok {
-		return s
-	}
-	return fmt.Sprintf("Default(%d)", int(d))
-}
-
-// ErrUnknownDefault is returned by ParseDefault for a value it does not know.
-var ErrUnknownDefault = errors.New("unknown default policy")
-
-// ParseDefault parses "allow-mesh", "same-namespace" or "deny".
-func ParseDefault(s string) (Default, error) {
-	for d, name := range defaultNames {
-		if s == name {
-			return d, nil
-		}
-	}
-	return 0, fmt.Errorf("%w %q: use allow-mesh, same-namespace or deny", ErrUnknownDefault, s)
-}
 
 // Config is what an Engine decides from.
 type Config struct {
@@ -69,10 +42,7 @@ type Config struct {
 
 // Decision is the outcome of Engine.Decide and the rule that produced it,
 // worded for logs.
-type Decision struct {
-	Allowed bool
-	Rule    string
-}
+type Decision = wire.Decision
 
 // Engine decides whether an identity may reach a service. It is immutable:
 // build a new one when the policies or defaults change. An Engine is safe
@@ -103,8 +73,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.TrustDomain.IsZero() {
 		errs = append(errs, errors.New("policy engine: trust domain is required"))
 	}
-	if _, ok := defaultNames[cfg.MeshDefault]; !ok {
-		errs = append(errs, fmt.Errorf("policy engine: mesh default: %w %v", ErrUnknownDefault, cfg.MeshDefault))
+	if !cfg.MeshDefault.Valid() {
+		errs = append(errs, fmt.Errorf("policy engine: mesh default: %w %v", wire.ErrUnknownDefault, cfg.MeshDefault))
 	}
 	e := &Engine{
 		td:          cfg.TrustDomain,
@@ -115,8 +85,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 		byService:   make(map[serviceKey][]namedPolicy),
 	}
 	for ns, d := range cfg.NamespaceDefaults {
-		if _, ok := defaultNames[d]; !ok {
-			errs = append(errs, fmt.Errorf("policy engine: namespace %s default: %w %v", ns, ErrUnknownDefault, d))
+		if !d.Valid() {
+			errs = append(errs, fmt.Errorf("policy engine: namespace %s default: %w %v", ns, wire.ErrUnknownDefault, d))
 		}
 		e.nsDefaults[ns] = d
 		e.nsRules[ns] = fmt.Sprintf("namespace default %s (annotation %s on %s)", d, DefaultPolicyAnnotation, ns)
@@ -175,7 +145,7 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 		// allow-mesh rule would not admit it either.
 		return false, fmt.Sprintf("source %s has no path: a trust domain ID is not a workload", src)
 	}
-	srcNS, srcSA, isK8s := workload(src)
+	srcNS, srcSA, isK8s := wire.ParseWorkloadID(src)
 	if ps, ok := e.byService[serviceKey{dstNamespace, dstService}]; ok {
 		for i := range ps {
 			if allows(&ps[i].AccessPolicy, src, srcNS, srcSA, isK8s, port) {
@@ -242,19 +212,6 @@ func allows(p *AccessPolicy, src spiffeid.ID, srcNS, srcSA string, isK8s bool, p
 	return false
 }
 
-// workload splits a Kubernetes workload ID's path, /ns/<namespace>/sa/<name>.
-func workload(id spiffeid.ID) (ns, sa string, ok bool) {
-	rest, ok := strings.CutPrefix(id.Path(), "/ns/")
-	if !ok {
-		return "", "", false
-	}
-	ns, sa, ok = strings.Cut(rest, "/sa/")
-	if !ok || ns == "" || sa == "" || strings.Contains(ns, "/") || strings.Contains(sa, "/") {
-		return "", "", false
-	}
-	return ns, sa, true
-}
-
 // DefaultFor returns the default that applies in namespace: its annotation,
 // or else the mesh default.
 func (e *Engine) DefaultFor(namespace string) Default {
@@ -262,13 +219,6 @@ func (e *Engine) DefaultFor(namespace string) Default {
 		return d
 	}
 	return e.meshDefault
-}
-
-// WorkloadNamespace returns the namespace of a Kubernetes workload ID
-// (spiffe://<td>/ns/<ns>/sa/<sa>), and false for any other ID.
-func WorkloadNamespace(id spiffeid.ID) (string, bool) {
-	ns, _, ok := workload(id)
-	return ns, ok
 }
 
 // Restricted reports whether an AccessPolicy names the Service
@@ -302,7 +252,7 @@ func (e *Engine) DecideDefault(src spiffeid.ID, namespace string) Decision {
 	case AllowMesh:
 		return Decision{Allowed: true, Rule: rule}
 	case SameNamespace:
-		ns, _, ok := workload(src)
+		ns, _, ok := wire.ParseWorkloadID(src)
 		return Decision{Allowed: ok && namespace != "" && ns == namespace, Rule: rule}
 	default:
 		return Decision{Rule: rule}
@@ -336,7 +286,7 @@ func (a Admission) Admits(id spiffeid.ID) bool {
 	if a.Mesh {
 		return true
 	}
-	if ns, _, ok := workload(id); ok {
+	if ns, _, ok := wire.ParseWorkloadID(id); ok {
 		if _, found := slices.BinarySearch(a.Namespaces, ns); found {
 			return true
 		}
@@ -385,7 +335,7 @@ func (e *Engine) Admitted(dstNamespace, dstService string, port uint16) Admissio
 	slices.Sort(a.Namespaces)
 	a.Namespaces = slices.Compact(a.Namespaces)
 	ids = slices.DeleteFunc(ids, func(id spiffeid.ID) bool {
-		ns, _, ok := workload(id)
+		ns, _, ok := wire.ParseWorkloadID(id)
 		_, covered := slices.BinarySearch(a.Namespaces, ns)
 		return ok && covered
 	})

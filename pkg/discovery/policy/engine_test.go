@@ -8,6 +8,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -34,15 +36,15 @@ func fromID(id string) Source { return Source{SpiffeID: id} }
 
 func TestParseDefault(t *testing.T) {
 	for _, d := range []Default{AllowMesh, SameNamespace, Deny} {
-		got, err := ParseDefault(d.String())
+		got, err := wire.ParseDefault(d.String())
 		if err != nil || got != d {
-			t.Errorf("ParseDefault(%q) = %v, %v; want %v", d.String(), got, err, d)
+			t.Errorf("wire.ParseDefault(%q) = %v, %v; want %v", d.String(), got, err, d)
 		}
 	}
 	for _, s := range []string{"", "allow", "Deny", "same_namespace"} {
-		_, err := ParseDefault(s)
-		if !errors.Is(err, ErrUnknownDefault) || !strings.Contains(err.Error(), "allow-mesh, same-namespace or deny") {
-			t.Errorf("ParseDefault(%q) error = %v; want ErrUnknownDefault naming the choices", s, err)
+		_, err := wire.ParseDefault(s)
+		if !errors.Is(err, wire.ErrUnknownDefault) || !strings.Contains(err.Error(), "allow-mesh, same-namespace or deny") {
+			t.Errorf("wire.ParseDefault(%q) error = %v; want wire.ErrUnknownDefault naming the choices", s, err)
 		}
 	}
 }

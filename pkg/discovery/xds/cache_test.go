@@ -17,7 +17,7 @@ import (
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // withWebToDB is meshState plus a policy that lets web reach db.
@@ -257,7 +257,7 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	// db is headless and hidden from web: web gets the new address of its
 	// hidden entry (so that its DNS server refuses it) and nothing else.
 	if r := web.recv(2 * time.Second); r == nil || r.TypeUrl != resource.ExtensionConfigType || len(r.Resources) != 1 ||
-		!strings.HasPrefix(r.Resources[0].Name, xds.NameHiddenPrefix) || len(r.RemovedResources) != 0 {
+		!strings.HasPrefix(r.Resources[0].Name, wire.NameHiddenPrefix) || len(r.RemovedResources) != 0 {
 		t.Errorf("web got %v for db's move, want only db's hidden entry", r)
 	} else {
 		web.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})

@@ -74,7 +74,7 @@ func newLayout(typ resource.Type, services int, runs ...[]int) *layout {
 	case resource.EndpointType:
 		add(slotCLA, runs[0])
 	case resource.ExtensionConfigType:
-		// NameGlobalsName < NameHiddenPrefix... < NameServicePrefix...
+		// wire.NameGlobalsName < wire.NameHiddenPrefix... < wire.NameServicePrefix...
 		l.specs = append(l.specs, chunkSpec{kind: slotGlobals})
 		add(slotHash, runs[0])
 		add(slotName, runs[1])
@@ -86,7 +86,7 @@ func newLayout(typ resource.Type, services int, runs ...[]int) *layout {
 func (x *index) newLayouts() [len(chunkedTypes)]*layout {
 	n := len(x.entries)
 	return [...]*layout{
-		newLayout(resource.ClusterType, n, x.entryOrder), // ClusterName is "<namespace>/<name>"
+		newLayout(resource.ClusterType, n, x.entryOrder), // wire.ClusterName is "<namespace>/<name>"
 		newLayout(resource.EndpointType, n, x.entryOrder),
 		newLayout(resource.ExtensionConfigType, n, x.hashOrder, x.entryOrder),
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -114,7 +115,7 @@ func checkEnvoySemantics(res map[resource.Type][]types.Resource) error {
 			return fmt.Errorf("cluster %q has no ClusterLoadAssignment: Envoy would wait for it", name)
 		}
 	}
-	nt, err := xds.MergeNameTables(res[resource.ExtensionConfigType])
+	nt, err := wire.MergeNameTables(res[resource.ExtensionConfigType])
 	if err != nil {
 		return err
 	}
@@ -171,7 +172,7 @@ func checkEnvoySemantics(res map[resource.Type][]types.Resource) error {
 			if err := fs[len(fs)-1].GetTypedConfig().UnmarshalTo(&tp); err != nil {
 				return err
 			}
-			if want := xds.LocalClusterPrefix + strconv.Itoa(int(port)); tp.GetCluster() != want {
+			if want := wire.LocalClusterPrefix + strconv.Itoa(int(port)); tp.GetCluster() != want {
 				return fmt.Errorf("listener %q chain %q: tcp_proxy to %q, want %q", l.GetName(), fc.GetName(), tp.GetCluster(), want)
 			}
 			if fc.GetTransportSocket().GetName() != wellknown.TransportSocketTLS {

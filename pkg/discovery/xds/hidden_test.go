@@ -15,7 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // The attack of issue 11 item 9: a workload holds its SVID (the Workload
@@ -32,7 +32,7 @@ func TestHiddenNamesCannotBeGuessedOffline(t *testing.T) {
 	for _, typ := range typeURLs {
 		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ})
 	}
-	var wire [][]byte // everything web's stream carried, as sent
+	var sent [][]byte // everything web's stream carried, as sent
 	var ecs []types.Resource
 	for range typeURLs {
 		r := c.recv(5 * time.Second)
@@ -40,7 +40,7 @@ func TestHiddenNamesCannotBeGuessedOffline(t *testing.T) {
 			t.Fatal("web: timed out subscribing")
 		}
 		for _, res := range r.Resources {
-			wire = append(wire, []byte(res.Name), res.Resource.GetValue())
+			sent = append(sent, []byte(res.Name), res.Resource.GetValue())
 			if r.TypeUrl == resource.ExtensionConfigType {
 				tec := new(corev3.TypedExtensionConfig)
 				if err := res.Resource.UnmarshalTo(tec); err != nil {
@@ -51,13 +51,13 @@ func TestHiddenNamesCannotBeGuessedOffline(t *testing.T) {
 		}
 		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
 	}
-	all := bytes.Join(wire, nil)
+	all := bytes.Join(sent, nil)
 
 	// What an attacker would test a guess against, for the hidden service
 	// db, in every form we know of. (web is hidden from itself too, but
 	// its own inbound listener names it.)
 	for _, key := range []discovery.ServiceKey{{Namespace: "default", Name: "db"}} {
-		fqdn := xds.FQDN(key, xds.DefaultClusterDomain)
+		fqdn := wire.FQDN(key, wire.DefaultClusterDomain)
 		var guesses [][]byte
 		for _, s := range []string{fqdn, strings.TrimSuffix(fqdn, "."), key.String(), key.Namespace + "/" + key.Name} {
 			h := sha256.Sum256([]byte(s))
@@ -70,7 +70,7 @@ func TestHiddenNamesCannotBeGuessedOffline(t *testing.T) {
 		}
 	}
 
-	nt, err := xds.MergeNameTables(ecs)
+	nt, err := wire.MergeNameTables(ecs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestHiddenNamesCannotBeGuessedOffline(t *testing.T) {
 	}
 	var hidden []string
 	for _, r := range ecs {
-		if n := r.(*corev3.TypedExtensionConfig).Name; strings.HasPrefix(n, xds.NameHiddenPrefix) {
+		if n := r.(*corev3.TypedExtensionConfig).Name; strings.HasPrefix(n, wire.NameHiddenPrefix) {
 			hidden = append(hidden, n)
 		}
 	}

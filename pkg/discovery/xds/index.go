@@ -22,6 +22,7 @@ import (
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // index is what every node's view of one registry snapshot shares: the
@@ -120,7 +121,7 @@ func (v *variant) entryOut() *marshaled {
 	return v.out
 }
 
-// lazyHash is an unreachable service's name-table entry (NameHiddenPrefix),
+// lazyHash is an unreachable service's name-table entry (wire.NameHiddenPrefix),
 // built when first needed and shared by every node and by the next
 // indexes while the service is the same.
 type lazyHash struct {
@@ -148,7 +149,7 @@ type lazyListener struct {
 // same registry) it reuses prev's work for the clean services.
 func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *index {
 	if clusterDomain == "" {
-		clusterDomain = DefaultClusterDomain
+		clusterDomain = wire.DefaultClusterDomain
 	}
 	x := &index{
 		snap: snap, clusterDomain: clusterDomain, td: snap.TrustDomain(), eng: snap.Engine(),
@@ -187,7 +188,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 			}
 			x.dirty = append(x.dirty, i)
 		}
-		fqdn := FQDN(svc.Key, clusterDomain)
+		fqdn := wire.FQDN(svc.Key, clusterDomain)
 		x.entries[i] = &entry{svc: svc, fqdn: fqdn, hash: HiddenID(svc.Key), hashEntry: &lazyHash{}, ids: svc.Identities(x.td),
 			res: &lazyResources{}, variants: &variants{}, rbac: &lazyRBAC{}}
 		x.addServed(i)
@@ -428,7 +429,7 @@ func (x *index) view(id spiffeid.ID, old *nodeView) *nodeView {
 }
 
 func (x *index) inboundDefault(id spiffeid.ID) string {
-	ns, _ := policy.WorkloadNamespace(id) // "" (the mesh default) for other IDs
+	ns, _ := wire.WorkloadNamespace(id) // "" (the mesh default) for other IDs
 	return x.eng.DefaultFor(ns).String()
 }
 

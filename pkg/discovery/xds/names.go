@@ -16,51 +16,8 @@ import (
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
-
-// A sidecar's name table is split into TypedExtensionConfigs, each
-// carrying a [discoveryv1.NameTable], so that a change to one service
-// sends only that service's entry:
-//
-//   - NameGlobalsName: the cluster domain and the inbound default, with no
-//     services and no hashes;
-//   - NameServicePrefix + "<namespace>/<name>": exactly one service the
-//     caller may reach on some port;
-//   - NameHiddenPrefix + "<hex id>": the addresses of one service the
-//     caller may reach on no port. The id is an HMAC of the service's
-//     namespace and name under a secret that only this discovery process
-//     holds (see HiddenID): a workload, which can fetch its own name table
-//     with its SVID, learns how many services are hidden from it and their
-//     addresses, but cannot confirm a guessed name offline.
-//
-// Entries of the same service with the same decisions are shared by every
-// node. A client subscribes to the extension configs as a wildcard and
-// merges the entries (see MergeNameTables).
-const (
-	// NameTableName is the name of the whole, unsplit name table that
-	// discovery sent before the split; MergeNameTables still reads it.
-	NameTableName = "tether.names"
-	// NameGlobalsName names the entry with the table's globals. (Not
-	// NameTableName: a sidecar that asks for the unsplit table by name
-	// must not take the globals alone for a whole, empty table.)
-	NameGlobalsName = "tether.names/global"
-	// NameServicePrefix starts the name of a reachable service's entry.
-	NameServicePrefix = "tether.names/svc/"
-	// NameHiddenPrefix starts the name of an unreachable service's entry.
-	NameHiddenPrefix = "tether.names/hidden/"
-	// hiddenIDLen is the length of a hidden entry's id, in bytes.
-	hiddenIDLen = 16
-)
-
-// DefaultClusterDomain is the cluster DNS domain when none is configured.
-const DefaultClusterDomain = "cluster.local"
-
-// FQDN returns the fully qualified, lower-case DNS name of key in
-// clusterDomain, with the trailing dot: "web.shop.svc.cluster.local.".
-func FQDN(key discovery.ServiceKey, clusterDomain string) string {
-	return strings.ToLower(key.Name + "." + key.Namespace + ".svc." + strings.Trim(clusterDomain, ".") + ".")
-}
 
 // hiddenKey keys HiddenID. It never leaves the process: the ids of a
 // discovery replica are its own, and a restart changes them (sidecars
@@ -80,7 +37,7 @@ var hiddenKey = func() []byte {
 func HiddenID(key discovery.ServiceKey) []byte {
 	m := hmac.New(sha256.New, hiddenKey)
 	m.Write([]byte(key.Namespace + "/" + key.Name))
-	return m.Sum(nil)[:hiddenIDLen]
+	return m.Sum(nil)[:wire.HiddenIDLen]
 }
 
 // hiddenAddrs are the addresses a hidden entry of svc carries: its
@@ -100,12 +57,6 @@ func hiddenAddrs(svc *discovery.Service) []string {
 	return slices.Compact(out)
 }
 
-// IsNameTableEntry reports whether name is the name of a name-table
-// entry (or of the unsplit table).
-func IsNameTableEntry(name string) bool {
-	return name == NameTableName || strings.HasPrefix(name, NameTableName+"/")
-}
-
 func nameTEC(name string, nt *discoveryv1.NameTable) *corev3.TypedExtensionConfig {
 	a, err := anypb.New(nt)
 	if err != nil {
@@ -117,17 +68,17 @@ func nameTEC(name string, nt *discoveryv1.NameTable) *corev3.TypedExtensionConfi
 
 // globalsEntry is the entry with the cluster domain and inbound default.
 func globalsEntry(clusterDomain, inboundDefault string) *corev3.TypedExtensionConfig {
-	return nameTEC(NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: strings.Trim(clusterDomain, "."), InboundDefault: inboundDefault})
+	return nameTEC(wire.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: strings.Trim(clusterDomain, "."), InboundDefault: inboundDefault})
 }
 
 // serviceEntry is a reachable service's entry.
 func serviceEntry(sn *discoveryv1.ServiceName) *corev3.TypedExtensionConfig {
-	return nameTEC(NameServicePrefix+sn.GetNamespace()+"/"+sn.GetName(), &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}})
+	return nameTEC(wire.NameServicePrefix+sn.GetNamespace()+"/"+sn.GetName(), &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}})
 }
 
 // hiddenEntry is an unreachable service's entry: its id and addresses.
 func hiddenEntry(id []byte, addrs []string) *corev3.TypedExtensionConfig {
-	return nameTEC(NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: addrs})
+	return nameTEC(wire.NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: addrs})
 }
 
 // buildNameTable returns id's name table entries, sorted by name: the
@@ -137,13 +88,13 @@ func hiddenEntry(id []byte, addrs []string) *corev3.TypedExtensionConfig {
 // and its addresses (see HiddenID).
 func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) ([]types.Resource, error) {
 	if clusterDomain == "" {
-		clusterDomain = DefaultClusterDomain
+		clusterDomain = wire.DefaultClusterDomain
 	}
 	eng := snap.Engine()
-	ns, _ := policy.WorkloadNamespace(id) // "" (the mesh default) for other IDs
+	ns, _ := wire.WorkloadNamespace(id) // "" (the mesh default) for other IDs
 	out := []*corev3.TypedExtensionConfig{globalsEntry(clusterDomain, eng.DefaultFor(ns).String())}
 	for _, svc := range snap.Services() {
-		fqdn := FQDN(svc.Key, clusterDomain)
+		fqdn := wire.FQDN(svc.Key, clusterDomain)
 		sn := &discoveryv1.ServiceName{Namespace: svc.Key.Namespace, Name: svc.Key.Name, Fqdn: fqdn}
 		reach := false
 		for _, p := range svc.Ports {
@@ -169,163 +120,4 @@ func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 		res[i] = t
 	}
 	return res, nil
-}
-
-// MergeNameTables checks the form of the name-table entries among items
-// (TypedExtensionConfigs; names that are not NameTableName or do not
-// start with it and a slash are ignored) and merges them into one table:
-// the globals of NameGlobalsName, the services sorted by namespace and
-// name, the hidden addresses sorted and unique. Each entry must hold exactly what its name
-// says. The unsplit form, one NameTableName, is accepted alone. It does
-// not check the table's contents beyond that.
-func MergeNameTables(items []types.Resource) (*discoveryv1.NameTable, error) {
-	return MergeNameTableEntries(items, ParseNameTableEntry)
-}
-
-// MergeNameTableEntries is MergeNameTables with parse in place of
-// ParseNameTableEntry, for a caller that keeps the entries it parsed
-// before. parse must give what ParseNameTableEntry gives; the table
-// returned may share the parsed tables' messages, which must not be
-// modified.
-func MergeNameTableEntries(items []types.Resource, parse func(*corev3.TypedExtensionConfig) (NameTableEntry, error)) (*discoveryv1.NameTable, error) {
-	var m nameTableMerger
-	for i, r := range items {
-		tec, ok := r.(*corev3.TypedExtensionConfig)
-		if !ok {
-			return nil, fmt.Errorf("extension config %d is a %T, want a TypedExtensionConfig", i, r)
-		}
-		if !IsNameTableEntry(tec.GetName()) {
-			continue
-		}
-		e, err := parse(tec)
-		if err != nil {
-			return nil, err
-		}
-		if err := m.add(e); err != nil {
-			return nil, err
-		}
-	}
-	return m.table()
-}
-
-// NameTableEntryKind is what a name-table entry holds.
-type NameTableEntryKind int
-
-const (
-	// NameTableWhole is the unsplit table, NameTableName.
-	NameTableWhole NameTableEntryKind = iota + 1
-	// NameTableGlobals is the cluster domain and inbound default,
-	// NameGlobalsName.
-	NameTableGlobals
-	// NameTableService is one service, NameServicePrefix.
-	NameTableService
-	// NameTableHidden is one unreachable service's addresses,
-	// NameHiddenPrefix.
-	NameTableHidden
-)
-
-// NameTableEntry is one name-table entry, parsed.
-type NameTableEntry struct {
-	Kind  NameTableEntryKind
-	Table *discoveryv1.NameTable
-}
-
-// ParseNameTableEntry parses the name-table entry tec (IsNameTableEntry
-// of its name must hold) and checks that a service or hash entry holds
-// exactly the service or hash its name says. That the globals entry holds
-// no services or hashes is checked when it is merged, after the check
-// that it is the only one, as MergeNameTables always did.
-func ParseNameTableEntry(tec *corev3.TypedExtensionConfig) (NameTableEntry, error) {
-	name := tec.GetName()
-	if tec.GetTypedConfig() == nil {
-		return NameTableEntry{}, fmt.Errorf("extension config %q has no typed_config", name)
-	}
-	m := new(discoveryv1.NameTable)
-	if err := tec.GetTypedConfig().UnmarshalTo(m); err != nil {
-		return NameTableEntry{}, fmt.Errorf("extension config %q: %w", name, err)
-	}
-	switch {
-	case name == NameTableName:
-		return NameTableEntry{Kind: NameTableWhole, Table: m}, nil
-	case name == NameGlobalsName:
-		return NameTableEntry{Kind: NameTableGlobals, Table: m}, nil
-	case strings.HasPrefix(name, NameServicePrefix):
-		if len(m.GetServices()) != 1 || len(m.GetUnreachableAddresses()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
-			return NameTableEntry{}, fmt.Errorf("extension config %q does not hold exactly one service", name)
-		}
-		sn := m.GetServices()[0]
-		if want := NameServicePrefix + sn.GetNamespace() + "/" + sn.GetName(); name != want {
-			return NameTableEntry{}, fmt.Errorf("extension config %q holds service %s/%s", name, sn.GetNamespace(), sn.GetName())
-		}
-		return NameTableEntry{Kind: NameTableService, Table: m}, nil
-	case strings.HasPrefix(name, NameHiddenPrefix):
-		if len(m.GetServices()) != 0 || m.GetClusterDomain() != "" || m.GetInboundDefault() != "" {
-			return NameTableEntry{}, fmt.Errorf("extension config %q holds more than addresses", name)
-		}
-		if id, err := hex.DecodeString(strings.TrimPrefix(name, NameHiddenPrefix)); err != nil || len(id) != hiddenIDLen {
-			return NameTableEntry{}, fmt.Errorf("extension config %q: want %d bytes of hex after %q", name, hiddenIDLen, NameHiddenPrefix)
-		}
-		return NameTableEntry{Kind: NameTableHidden, Table: m}, nil
-	}
-	return NameTableEntry{}, fmt.Errorf("extension config %q: unknown name-table entry", name)
-}
-
-// nameTableMerger merges parsed entries, in the order of the items, into
-// one table.
-type nameTableMerger struct {
-	whole, globals *discoveryv1.NameTable
-	services       []*discoveryv1.ServiceName
-	hidden         []string
-	entries        int // split entries
-}
-
-func (m *nameTableMerger) add(e NameTableEntry) error {
-	switch e.Kind {
-	case NameTableWhole:
-		if m.whole != nil {
-			return fmt.Errorf("extension config %q is sent twice", NameTableName)
-		}
-		m.whole = e.Table
-		return nil
-	case NameTableGlobals:
-		if m.globals != nil {
-			return fmt.Errorf("extension config %q is sent twice", NameGlobalsName)
-		}
-		if len(e.Table.GetServices()) != 0 || len(e.Table.GetUnreachableAddresses()) != 0 {
-			return fmt.Errorf("extension config %q holds services or addresses", NameGlobalsName)
-		}
-		m.globals = e.Table
-	case NameTableService:
-		m.services = append(m.services, e.Table.GetServices()[0])
-	case NameTableHidden:
-		m.hidden = append(m.hidden, e.Table.GetUnreachableAddresses()...)
-	}
-	m.entries++
-	return nil
-}
-
-func (m *nameTableMerger) table() (*discoveryv1.NameTable, error) {
-	switch {
-	case m.whole != nil && m.entries > 0:
-		return nil, fmt.Errorf("extension config %q is sent with split name-table entries", NameTableName)
-	case m.whole != nil:
-		return m.whole, nil
-	case m.globals == nil:
-		return nil, fmt.Errorf("no name table (extension config %q)", NameGlobalsName)
-	}
-	merged := &discoveryv1.NameTable{
-		ClusterDomain:        m.globals.GetClusterDomain(),
-		InboundDefault:       m.globals.GetInboundDefault(),
-		Services:             m.services,
-		UnreachableAddresses: m.hidden,
-	}
-	slices.SortFunc(merged.Services, func(a, b *discoveryv1.ServiceName) int {
-		if c := strings.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
-			return c
-		}
-		return strings.Compare(a.GetName(), b.GetName())
-	})
-	slices.Sort(merged.UnreachableAddresses)
-	merged.UnreachableAddresses = slices.Compact(merged.UnreachableAddresses)
-	return merged, nil
 }

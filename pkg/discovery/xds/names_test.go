@@ -14,6 +14,7 @@ import (
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -31,17 +32,17 @@ func nameTEC(t *testing.T, name string, m proto.Message) *corev3.TypedExtensionC
 // are looked at.
 func TestMergeNameTablesErrors(t *testing.T) {
 	id := hex.EncodeToString(xds.HiddenID(discovery.ServiceKey{Namespace: "ns", Name: "a"}))
-	globals := nameTEC(t, xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", InboundDefault: "deny"})
+	globals := nameTEC(t, wire.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", InboundDefault: "deny"})
 	svc := func(name string, sns ...*discoveryv1.ServiceName) *corev3.TypedExtensionConfig {
-		return nameTEC(t, xds.NameServicePrefix+name, &discoveryv1.NameTable{Services: sns})
+		return nameTEC(t, wire.NameServicePrefix+name, &discoveryv1.NameTable{Services: sns})
 	}
 	web := &discoveryv1.ServiceName{Namespace: "shop", Name: "web"}
 	api := &discoveryv1.ServiceName{Namespace: "shop", Name: "api"}
 	hidden := func(name string, nt *discoveryv1.NameTable) *corev3.TypedExtensionConfig {
-		return nameTEC(t, xds.NameHiddenPrefix+name, nt)
+		return nameTEC(t, wire.NameHiddenPrefix+name, nt)
 	}
-	withServices := nameTEC(t, xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", Services: []*discoveryv1.ServiceName{web}})
-	whole := nameTEC(t, xds.NameTableName, &discoveryv1.NameTable{ClusterDomain: "cluster.local"})
+	withServices := nameTEC(t, wire.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", Services: []*discoveryv1.ServiceName{web}})
+	whole := nameTEC(t, wire.NameTableName, &discoveryv1.NameTable{ClusterDomain: "cluster.local"})
 	tests := []struct {
 		name  string
 		items []types.Resource
@@ -49,9 +50,9 @@ func TestMergeNameTablesErrors(t *testing.T) {
 	}{
 		{"not an extension config", []types.Resource{globals, &clusterv3.Cluster{}},
 			"extension config 1 is a *clusterv3.Cluster, want a TypedExtensionConfig"},
-		{"no typed_config", []types.Resource{globals, &corev3.TypedExtensionConfig{Name: xds.NameServicePrefix + "shop/web"}},
+		{"no typed_config", []types.Resource{globals, &corev3.TypedExtensionConfig{Name: wire.NameServicePrefix + "shop/web"}},
 			`extension config "tether.names/svc/shop/web" has no typed_config`},
-		{"another message", []types.Resource{nameTEC(t, xds.NameGlobalsName, &clusterv3.Cluster{})},
+		{"another message", []types.Resource{nameTEC(t, wire.NameGlobalsName, &clusterv3.Cluster{})},
 			`extension config "tether.names/global": `}, // and protobuf's error, whose text varies
 		{"globals twice", []types.Resource{globals, globals}, `extension config "tether.names/global" is sent twice`},
 		{"globals twice, the second with services", []types.Resource{globals, withServices}, `extension config "tether.names/global" is sent twice`},
@@ -78,7 +79,7 @@ func TestMergeNameTablesErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			nt, err := xds.MergeNameTables(tt.items)
+			nt, err := wire.MergeNameTables(tt.items)
 			if err == nil || err.Error() != tt.want && !(strings.HasSuffix(tt.want, ": ") && strings.HasPrefix(err.Error(), tt.want)) {
 				t.Errorf("MergeNameTables = %v, %v; want error %q", nt, err, tt.want)
 			}
@@ -91,21 +92,21 @@ func TestMergeNameTablesErrors(t *testing.T) {
 func TestMergeNameTableEntries(t *testing.T) {
 	h := xds.HiddenID(discovery.ServiceKey{Namespace: "ns", Name: "a"})
 	items := []types.Resource{
-		nameTEC(t, xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", InboundDefault: "deny"}),
-		nameTEC(t, xds.NameHiddenPrefix+hex.EncodeToString(h), &discoveryv1.NameTable{UnreachableAddresses: []string{"fd00::1", "10.0.0.1"}}),
-		nameTEC(t, xds.NameServicePrefix+"shop/web", &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{{Namespace: "shop", Name: "web"}}}),
-		nameTEC(t, xds.NameServicePrefix+"a-b/c", &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{{Namespace: "a-b", Name: "c"}}}),
+		nameTEC(t, wire.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: "cluster.local", InboundDefault: "deny"}),
+		nameTEC(t, wire.NameHiddenPrefix+hex.EncodeToString(h), &discoveryv1.NameTable{UnreachableAddresses: []string{"fd00::1", "10.0.0.1"}}),
+		nameTEC(t, wire.NameServicePrefix+"shop/web", &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{{Namespace: "shop", Name: "web"}}}),
+		nameTEC(t, wire.NameServicePrefix+"a-b/c", &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{{Namespace: "a-b", Name: "c"}}}),
 		nameTEC(t, "some.other.config", &clusterv3.Cluster{}),
 	}
 	parsed := map[string]int{}
-	got, err := xds.MergeNameTableEntries(items, func(tec *corev3.TypedExtensionConfig) (xds.NameTableEntry, error) {
+	got, err := wire.MergeNameTableEntries(items, func(tec *corev3.TypedExtensionConfig) (wire.NameTableEntry, error) {
 		parsed[tec.GetName()]++
-		return xds.ParseNameTableEntry(tec)
+		return wire.ParseNameTableEntry(tec)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := xds.MergeNameTables(items)
+	want, err := wire.MergeNameTables(items)
 	if err != nil {
 		t.Fatal(err)
 	}

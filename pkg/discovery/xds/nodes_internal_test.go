@@ -7,6 +7,8 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 func TestResolveAdminAddr(t *testing.T) {
@@ -45,7 +47,7 @@ func BenchmarkObserveNode(b *testing.B) {
 	s := &Server{}
 	s.init()
 	st := &stream{peer: netip.MustParseAddrPort("10.244.1.7:41000")}
-	md := NodeMetadata{AdminAddr: ":15020", SVIDExpiry: time.Now(), Version: "v1.2.3"}.Struct()
+	md := wire.NodeMetadata{AdminAddr: ":15020", SVIDExpiry: time.Now(), Version: "v1.2.3"}.Struct()
 	b.Run("new node", func(b *testing.B) {
 		for range b.N {
 			s.observeNode(st, &corev3.Node{Id: "spiffe://cluster.local/ns/default/sa/web", Metadata: md})

@@ -22,6 +22,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 )
@@ -36,14 +37,14 @@ func TestParseNodeMetadata(t *testing.T) {
 		return s
 	}
 	manyFields := md()
-	for i := range xds.MaxMetadataFields + 1 {
+	for i := range wire.MaxMetadataFields + 1 {
 		manyFields.Fields[string(rune('a'+i))] = str("x")
 	}
 	expiry := time.Date(2026, 7, 1, 10, 30, 0, 0, time.UTC)
 	for _, tc := range []struct {
 		name    string
 		in      *structpb.Struct
-		want    xds.NodeMetadata
+		want    wire.NodeMetadata
 		wantErr []string // substrings; nil: no error
 	}{
 		{name: "nil", in: nil},
@@ -51,11 +52,11 @@ func TestParseNodeMetadata(t *testing.T) {
 		{
 			name: "all valid",
 			in:   md("admin_addr", str("10.1.2.3:15020"), "svid_expiry", str("2026-07-01T12:30:00+02:00"), "version", str("v1.2.3+dirty")),
-			want: xds.NodeMetadata{AdminAddr: "10.1.2.3:15020", SVIDExpiry: expiry, Version: "v1.2.3+dirty"},
+			want: wire.NodeMetadata{AdminAddr: "10.1.2.3:15020", SVIDExpiry: expiry, Version: "v1.2.3+dirty"},
 		},
-		{name: "no host", in: md("admin_addr", str(":15020")), want: xds.NodeMetadata{AdminAddr: ":15020"}},
-		{name: "ipv6", in: md("admin_addr", str("[fd00::2]:15020")), want: xds.NodeMetadata{AdminAddr: "[fd00::2]:15020"}},
-		{name: "unknown keys are ignored", in: md("zone", str("eu"), "nested", structpb.NewStructValue(md("a", str("b")))), want: xds.NodeMetadata{}},
+		{name: "no host", in: md("admin_addr", str(":15020")), want: wire.NodeMetadata{AdminAddr: ":15020"}},
+		{name: "ipv6", in: md("admin_addr", str("[fd00::2]:15020")), want: wire.NodeMetadata{AdminAddr: "[fd00::2]:15020"}},
+		{name: "unknown keys are ignored", in: md("zone", str("eu"), "nested", structpb.NewStructValue(md("a", str("b")))), want: wire.NodeMetadata{}},
 		{name: "a name, not an address", in: md("admin_addr", str("evil.example.com:80")), wantErr: []string{"admin_addr", "not a name"}},
 		{name: "no port", in: md("admin_addr", str("10.1.2.3")), wantErr: []string{"host:port"}},
 		{name: "port 0", in: md("admin_addr", str("10.1.2.3:0")), wantErr: []string{"port from 1 to 65535"}},
@@ -72,18 +73,18 @@ func TestParseNodeMetadata(t *testing.T) {
 		{
 			name:    "valid fields stay when others are bad",
 			in:      md("admin_addr", str("10.1.2.3:15020"), "svid_expiry", str("soon"), "version", structpb.NewBoolValue(true)),
-			want:    xds.NodeMetadata{AdminAddr: "10.1.2.3:15020"},
+			want:    wire.NodeMetadata{AdminAddr: "10.1.2.3:15020"},
 			wantErr: []string{"svid_expiry", "version: want a string"},
 		},
 		{name: "too many fields", in: manyFields, wantErr: []string{"17 fields"}},
 		{
 			name:    "too large: refused whole",
-			in:      md("version", str("v1"), "padding", str(strings.Repeat("x", xds.MaxMetadataBytes))),
+			in:      md("version", str("v1"), "padding", str(strings.Repeat("x", wire.MaxMetadataBytes))),
 			wantErr: []string{"bytes, more than 4096"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := xds.ParseNodeMetadata(tc.in)
+			got, err := wire.ParseNodeMetadata(tc.in)
 			if got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
@@ -93,7 +94,7 @@ func TestParseNodeMetadata(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, xds.ErrBadMetadata) {
+			if !errors.Is(err, wire.ErrBadMetadata) {
 				t.Fatalf("error %v, want ErrBadMetadata", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
@@ -112,7 +113,7 @@ func TestParseNodeMetadata(t *testing.T) {
 // and what it keeps is within the limits.
 func FuzzParseNodeMetadata(f *testing.F) {
 	for _, s := range []*structpb.Struct{
-		xds.NodeMetadata{AdminAddr: "10.0.0.1:15020", SVIDExpiry: time.Now(), Version: "v1"}.Struct(),
+		wire.NodeMetadata{AdminAddr: "10.0.0.1:15020", SVIDExpiry: time.Now(), Version: "v1"}.Struct(),
 		{Fields: map[string]*structpb.Value{"admin_addr": structpb.NewNumberValue(1)}},
 	} {
 		b, _ := proto.Marshal(s)
@@ -123,8 +124,8 @@ func FuzzParseNodeMetadata(f *testing.F) {
 		if proto.Unmarshal(b, &s) != nil {
 			return
 		}
-		m, err := xds.ParseNodeMetadata(&s)
-		if err != nil && !errors.Is(err, xds.ErrBadMetadata) {
+		m, err := wire.ParseNodeMetadata(&s)
+		if err != nil && !errors.Is(err, wire.ErrBadMetadata) {
 			t.Fatalf("error %v does not wrap ErrBadMetadata", err)
 		}
 		if len(m.AdminAddr) > 64 || len(m.Version) > 64 {
@@ -235,7 +236,7 @@ func TestNodesReportSidecarMetadata(t *testing.T) {
 	if n.ID != webID.String() || !strings.HasPrefix(n.Peer, "127.0.0.1:") || time.Since(n.ConnectedSince) > time.Minute || n.MetadataError != "" {
 		t.Errorf("node %+v", n)
 	}
-	want := xds.NodeMetadata{AdminAddr: "127.0.0.1:15020", SVIDExpiry: first.UTC().Truncate(time.Second), Version: "v0.9.0-test"}
+	want := wire.NodeMetadata{AdminAddr: "127.0.0.1:15020", SVIDExpiry: first.UTC().Truncate(time.Second), Version: "v0.9.0-test"}
 	if n.Metadata != want {
 		t.Errorf("metadata %+v, want %+v", n.Metadata, want)
 	}
@@ -276,20 +277,20 @@ func TestNodesRefuseBadMetadata(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		md      *structpb.Struct
-		want    xds.NodeMetadata
+		want    wire.NodeMetadata
 		wantErr string
 	}{
 		{
 			name: "another host's address",
-			md:   xds.NodeMetadata{AdminAddr: "10.9.9.9:15020", Version: "v1"}.Struct(),
-			want: xds.NodeMetadata{Version: "v1"}, wantErr: "host 10.9.9.9 is not the address the sidecar connected from (127.0.0.1)",
+			md:   wire.NodeMetadata{AdminAddr: "10.9.9.9:15020", Version: "v1"}.Struct(),
+			want: wire.NodeMetadata{Version: "v1"}, wantErr: "host 10.9.9.9 is not the address the sidecar connected from (127.0.0.1)",
 		},
 		{
 			name: "a name and a wrong type",
 			md: &structpb.Struct{Fields: map[string]*structpb.Value{
 				"admin_addr": structpb.NewStringValue("metadata.google.internal:80"), "svid_expiry": structpb.NewNumberValue(42), "version": structpb.NewStringValue("v2"),
 			}},
-			want: xds.NodeMetadata{Version: "v2"}, wantErr: "not a name",
+			want: wire.NodeMetadata{Version: "v2"}, wantErr: "not a name",
 		},
 		{
 			name:    "too large",

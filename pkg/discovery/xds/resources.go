@@ -25,6 +25,7 @@ import (
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // Names the resources refer to but discovery does not send: the sidecar
@@ -38,12 +39,6 @@ const (
 	InboundPort = 15006
 	// InboundPrefix starts the name of the inbound Listener.
 	InboundPrefix = "inbound|"
-	// InboundListenerName is the name of the one inbound Listener a
-	// node gets: "inbound|15006".
-	InboundListenerName = "inbound|15006"
-	// LocalClusterPrefix starts the name of the cluster an inbound filter
-	// chain proxies to: "local|<target port>", the workload's app.
-	LocalClusterPrefix = "local|"
 )
 
 // BuildResources returns what identity id may learn from snap: a Cluster
@@ -52,9 +47,9 @@ const (
 // at least one port, and, if id serves any service, the inbound Listener
 // of id's pods (see buildInbound and discovery.InboundChains). Every type is present, possibly empty, and
 // resources are in a deterministic order. TypedExtensionConfigs named
-// NameGlobalsName, NameServicePrefix+"<ns>/<name>" and
-// NameHiddenPrefix+"<hex id>" carry id's DNS name table and per-port outbound
-// decisions, split by service (see api/discovery/v1 and MergeNameTables),
+// wire.NameGlobalsName, wire.NameServicePrefix+"<ns>/<name>" and
+// wire.NameHiddenPrefix+"<hex id>" carry id's DNS name table and per-port outbound
+// decisions, split by service (see api/discovery/v1 and wire.MergeNameTables),
 // with names in clusterDomain (default cluster.local).
 func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain string) (map[resource.Type][]types.Resource, error) {
 	nt, err := buildNameTable(snap, id, clusterDomain)
@@ -94,9 +89,6 @@ func BuildResources(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 	return out, nil
 }
 
-// ClusterName is the name of the Cluster and ClusterLoadAssignment of key.
-func ClusterName(key discovery.ServiceKey) string { return key.String() }
-
 func buildCluster(svc *discovery.Service, td spiffeid.TrustDomain) *clusterv3.Cluster {
 	var sans []*tlsv3.SubjectAltNameMatcher
 	for _, sid := range svc.Identities(td) {
@@ -117,7 +109,7 @@ func buildCluster(svc *discovery.Service, td spiffeid.TrustDomain) *clusterv3.Cl
 		},
 	}
 	return &clusterv3.Cluster{
-		Name:                 ClusterName(svc.Key),
+		Name:                 wire.ClusterName(svc.Key),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
 			EdsConfig: &corev3.ConfigSource{
@@ -149,7 +141,7 @@ func buildCLA(svc *discovery.Service) *endpointv3.ClusterLoadAssignment {
 			}
 		}
 	}
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: ClusterName(svc.Key)}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: wire.ClusterName(svc.Key)}
 	if len(lbs) > 0 {
 		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
 	}
@@ -178,7 +170,7 @@ func buildInbound(chains []discovery.InboundChain, rbac func(discovery.ServicePo
 		return nil, err
 	}
 	l := &listenerv3.Listener{
-		Name:    InboundListenerName,
+		Name:    wire.InboundListenerName,
 		Address: socketAddress("0.0.0.0", InboundPort),
 		ListenerFilters: []*listenerv3.ListenerFilter{{
 			Name:       wellknown.OriginalDestination,
@@ -196,7 +188,7 @@ func buildInbound(chains []discovery.InboundChain, rbac func(discovery.ServicePo
 		}
 		tcp, err := anypb.New(&tcpproxyv3.TcpProxy{
 			StatPrefix:       fmt.Sprintf("inbound_%d", c.TargetPort),
-			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: LocalClusterPrefix + strconv.Itoa(int(c.TargetPort))},
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: wire.LocalClusterPrefix + strconv.Itoa(int(c.TargetPort))},
 		})
 		if err != nil {
 			return nil, err

@@ -14,6 +14,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -111,11 +112,11 @@ func TestBuildResourcesNameTable(t *testing.T) {
 	for _, r := range ecs {
 		names = append(names, r.(*corev3.TypedExtensionConfig).Name)
 	}
-	secrets := xds.NameHiddenPrefix + hex.EncodeToString(xds.HiddenID(discovery.ServiceKey{Namespace: "vault", Name: "secrets"}))
-	if want := []string{xds.NameGlobalsName, secrets, xds.NameServicePrefix + "shop/cart"}; !slices.Equal(names, want) {
+	secrets := wire.NameHiddenPrefix + hex.EncodeToString(xds.HiddenID(discovery.ServiceKey{Namespace: "vault", Name: "secrets"}))
+	if want := []string{wire.NameGlobalsName, secrets, wire.NameServicePrefix + "shop/cart"}; !slices.Equal(names, want) {
 		t.Fatalf("extension configs %q, want %q", names, want)
 	}
-	merged, err := xds.MergeNameTables(ecs)
+	merged, err := wire.MergeNameTables(ecs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +143,7 @@ func TestBuildResourcesNameTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if nt, err = xds.MergeNameTables(res[resource.ExtensionConfigType]); err != nil {
+	if nt, err = wire.MergeNameTables(res[resource.ExtensionConfigType]); err != nil {
 		t.Fatal(err)
 	}
 	if nt.InboundDefault != "deny" || nt.ClusterDomain != "cluster.local" {

@@ -31,6 +31,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
@@ -337,8 +338,8 @@ func TestClientSeesOnlyReachableServices(t *testing.T) {
 		t.Errorf("default/api endpoints = %v, want %v", got, want)
 	}
 	listeners := decode[*listenerv3.Listener](t, v[resource.ListenerType])
-	if len(listeners) != 1 || listeners[0].Name != xds.InboundListenerName {
-		t.Fatalf("web's listeners = %v, want only %s", listeners, xds.InboundListenerName)
+	if len(listeners) != 1 || listeners[0].Name != wire.InboundListenerName {
+		t.Fatalf("web's listeners = %v, want only %s", listeners, wire.InboundListenerName)
 	}
 	if got := principals(t, listeners[0]); len(got) != 0 {
 		t.Errorf("nobody may reach web, but its RBAC allows %v", got)
@@ -401,8 +402,8 @@ func TestInboundListenerNamesAllowedSources(t *testing.T) {
 	v := m.connect(apiID, apiID.String()).subscribe()
 
 	listeners := decode[*listenerv3.Listener](t, v[resource.ListenerType])
-	if len(listeners) != 1 || listeners[0].Name != xds.InboundListenerName {
-		t.Fatalf("api's listeners = %v, want only %s", listeners, xds.InboundListenerName)
+	if len(listeners) != 1 || listeners[0].Name != wire.InboundListenerName {
+		t.Fatalf("api's listeners = %v, want only %s", listeners, wire.InboundListenerName)
 	}
 	if n := len(listeners[0].FilterChains); n != 2 {
 		t.Errorf("api's inbound listener has %d filter chains, want one per port (2)", n)

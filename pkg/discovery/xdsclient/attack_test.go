@@ -9,6 +9,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 )
 
@@ -17,9 +18,9 @@ import (
 // service account on the same target port. Today a payments pod admits
 // any mesh identity on 8080 (status's chain), though policy check denies.
 func TestSecondServiceDoesNotOpenProtectedOne(t *testing.T) {
-	payments := discovery.ServiceKey{Namespace: "shop", Name: "payments"}
-	status := discovery.ServiceKey{Namespace: "shop", Name: "status"}
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+	payments := wire.ServiceKey{Namespace: "shop", Name: "payments"}
+	status := wire.ServiceKey{Namespace: "shop", Name: "status"}
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.AllowMesh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +31,7 @@ func TestSecondServiceDoesNotOpenProtectedOne(t *testing.T) {
 			{Key: status, ClusterIPs: []netip.Addr{ip("10.96.0.2")}, Ports: []discovery.Port{{Port: 80, TargetPort: 8080}},
 				Endpoints: []discovery.Endpoint{{Addr: ip("10.1.0.2"), ServiceAccount: "shared"}, {Addr: ip("10.1.0.3"), ServiceAccount: "shared"}}},
 			// A headless service selecting a payments pod and the pod 10.1.0.3.
-			{Key: discovery.ServiceKey{Namespace: "shop", Name: "peers"}, Ports: []discovery.Port{{Port: 8080}},
+			{Key: wire.ServiceKey{Namespace: "shop", Name: "peers"}, Ports: []discovery.Port{{Port: 8080}},
 				Endpoints: []discovery.Endpoint{{Addr: ip("10.1.0.1"), ServiceAccount: "shared"}, {Addr: ip("10.1.0.3"), ServiceAccount: "shared"}}},
 		},
 		Policies: []policy.AccessPolicy{allow("shop", "payments-from-frontend", "payments", nil, saSource("frontend"))},

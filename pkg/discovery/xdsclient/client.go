@@ -18,7 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -50,7 +50,7 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 
 	// AdminAddr and Version, if set, are reported to discovery in
-	// node.metadata (admin_addr, version; see xds.NodeMetadata), with the
+	// node.metadata (admin_addr, version; see wire.NodeMetadata), with the
 	// current SVID's expiry (svid_expiry), so that operators can find the
 	// sidecar (tether status). AdminAddr is host:port with an IP address,
 	// or an empty or unspecified host for the address the client connects
@@ -123,7 +123,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || (cfg.MaxBackoff > 0 && cfg.MinBackoff > cfg.MaxBackoff) {
 		errs = append(errs, fmt.Errorf("%w: backoff %s-%s is not a range", ErrBadConfig, cfg.MinBackoff, cfg.MaxBackoff))
 	}
-	if _, err := xds.ParseNodeMetadata(xds.NodeMetadata{AdminAddr: cfg.AdminAddr, Version: cfg.Version}.Struct()); err != nil {
+	if _, err := wire.ParseNodeMetadata(wire.NodeMetadata{AdminAddr: cfg.AdminAddr, Version: cfg.Version}.Struct()); err != nil {
 		errs = append(errs, fmt.Errorf("%w: %w", ErrBadConfig, err))
 	}
 	if err := errors.Join(errs...); err != nil {

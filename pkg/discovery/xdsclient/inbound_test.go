@@ -10,7 +10,7 @@ import (
 	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 )
 
@@ -41,7 +41,7 @@ func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 	checked, denied := 0, 0
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 2))
-		reg, err := discovery.NewRegistry(testutil.TrustDomain, []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3])
+		reg, err := discovery.NewRegistry(testutil.TrustDomain, []wire.Default{wire.AllowMesh, wire.SameNamespace, wire.Deny}[seed%3])
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 )
 
@@ -105,7 +106,7 @@ func TestClientAgainstKubernetes(t *testing.T) {
 	}
 
 	// KubeSource → Registry (mesh default deny) → xDS server → client.
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.Deny)
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.Deny)
 	if err != nil {
 		t.Fatal(err)
 	}

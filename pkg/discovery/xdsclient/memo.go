@@ -13,7 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // memo keeps what parsing each resource gave, so that an update costs
@@ -28,7 +28,7 @@ type memo struct {
 	clusters  map[*clusterv3.Cluster][]spiffeid.ID
 	clas      map[*endpointv3.ClusterLoadAssignment][]netip.AddrPort
 	listeners map[*listenerv3.Listener][]*chain
-	names     map[*corev3.TypedExtensionConfig]xds.NameTableEntry
+	names     map[*corev3.TypedExtensionConfig]wire.NameTableEntry
 	// services is keyed by the messages of the tables in names; a service
 	// is checked against the cluster domain of the table it is in.
 	services map[*discoveryv1.ServiceName]domainService
@@ -45,7 +45,7 @@ func newMemo() *memo {
 		clusters:  make(map[*clusterv3.Cluster][]spiffeid.ID),
 		clas:      make(map[*endpointv3.ClusterLoadAssignment][]netip.AddrPort),
 		listeners: make(map[*listenerv3.Listener][]*chain),
-		names:     make(map[*corev3.TypedExtensionConfig]xds.NameTableEntry),
+		names:     make(map[*corev3.TypedExtensionConfig]wire.NameTableEntry),
 		services:  make(map[*discoveryv1.ServiceName]domainService),
 		digests:   make(map[types.Resource][sha256.Size]byte),
 	}
@@ -64,8 +64,8 @@ func lookup[K comparable, V any](results map[K]V, k K, parse func(K) (V, error))
 	return v, err
 }
 
-func (m *memo) nameEntry(tec *corev3.TypedExtensionConfig) (xds.NameTableEntry, error) {
-	return lookup(m.names, tec, xds.ParseNameTableEntry)
+func (m *memo) nameEntry(tec *corev3.TypedExtensionConfig) (wire.NameTableEntry, error) {
+	return lookup(m.names, tec, wire.ParseNameTableEntry)
 }
 
 func (m *memo) service(sn *discoveryv1.ServiceName, clusterDomain string) (Service, error) {

@@ -23,7 +23,7 @@ import (
 	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -34,7 +34,7 @@ func configurations(t *testing.T, r *rand.Rand, id spiffeid.ID, n int) []map[res
 	st := discoverytest.RandomState(r, testutil.TrustDomain)
 	var out []map[resource.Type][]types.Resource
 	for range n {
-		reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+		reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.AllowMesh)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +87,7 @@ func breakOne(r *rand.Rand, res types.Resource) types.Resource {
 			panic(err)
 		}
 		switch {
-		case m.Name == xds.NameGlobalsName:
+		case m.Name == wire.NameGlobalsName:
 			nt.InboundDefault = "allow-all"
 		case len(nt.Services) == 1 && r.IntN(2) == 0:
 			nt.Services[0].Addresses = append(nt.Services[0].Addresses, "bogus")
@@ -272,7 +272,7 @@ func randomUpdate(t *testing.T, r *rand.Rand, held map[string]types.Resource, ta
 // The memo keeps only what the session holds: what an update replaces or
 // removes, and what a rejected update brought, is forgotten.
 func TestSessionMemoForgets(t *testing.T) {
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.AllowMesh)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // DefaultMetadataRefresh is how often a session checks whether its node
@@ -17,7 +17,7 @@ const DefaultMetadataRefresh = 30 * time.Second
 // node is the Node a session sends: node.id, and node.metadata with the
 // admin address, the version and the current SVID's expiry.
 func (c *Client) node() *corev3.Node {
-	md := xds.NodeMetadata{AdminAddr: c.cfg.AdminAddr, Version: c.cfg.Version}
+	md := wire.NodeMetadata{AdminAddr: c.cfg.AdminAddr, Version: c.cfg.Version}
 	if svid, err := c.cfg.SVIDs.GetX509SVID(); err == nil && svid != nil && len(svid.Certificates) > 0 {
 		md.SVIDExpiry = svid.Certificates[0].NotAfter
 	}

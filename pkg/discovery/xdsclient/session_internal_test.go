@@ -23,6 +23,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 )
 
@@ -87,16 +88,16 @@ func largeResources(tb testing.TB) (spiffeid.ID, map[resource.Type][]types.Resou
 		def := ""
 		switch {
 		case i%10 == 9:
-			def = policy.Deny.String()
+			def = wire.Deny.String()
 		case i%10 >= 4:
-			def = policy.SameNamespace.String()
+			def = wire.SameNamespace.String()
 		}
 		st.Namespaces = append(st.Namespaces, discovery.Namespace{Name: fmt.Sprintf("team-%03d", i), DefaultPolicy: def})
 	}
 	pod := 1 << 16
 	for i := range services {
 		svc := discovery.Service{
-			Key:        discovery.ServiceKey{Namespace: fmt.Sprintf("team-%03d", i%namespaces), Name: fmt.Sprintf("svc-%05d", i)},
+			Key:        wire.ServiceKey{Namespace: fmt.Sprintf("team-%03d", i%namespaces), Name: fmt.Sprintf("svc-%05d", i)},
 			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, byte(96 + i>>16), byte(i >> 8), byte(i)})},
 		}
 		for p := range 1 + i%3 {
@@ -119,14 +120,14 @@ func largeResources(tb testing.TB) (spiffeid.ID, map[resource.Type][]types.Resou
 			})
 		}
 	}
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.AllowMesh)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if err := reg.Update(st); err != nil {
 		tb.Fatal(err)
 	}
-	id, err := discovery.WorkloadID(testutil.TrustDomain, "team-000", "svc-00000")
+	id, err := wire.WorkloadID(testutil.TrustDomain, "team-000", "svc-00000")
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // maxMessage bounds a response: a large mesh's view is megabytes.
@@ -56,7 +56,7 @@ func typeLabel(t resource.Type) string {
 
 // session runs one connection and incremental (delta) ADS stream until it
 // fails or ctx ends. Every type is a wildcard subscription, the name
-// table's entries too (see xds.MergeNameTables): discovery scopes what
+// table's entries too (see wire.MergeNameTables): discovery scopes what
 // each identity receives, and sends only the resources that changed.
 // got reports whether discovery answered at all (which resets the
 // backoff). Every goroutine it starts has ended when it returns.
@@ -352,7 +352,7 @@ func (s *session) build() (*View, [sha256.Size]byte, error) {
 		return nil, fp, nil // the name table and the clusters are from different moments
 	}
 	for _, svc := range nt.services {
-		if !want[xds.ClusterName(svc.Key)] {
+		if !want[wire.ClusterName(svc.Key)] {
 			return nil, fp, nil
 		}
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // AuthorizeUnauthenticated is the inbound check for a caller with no
@@ -17,21 +17,21 @@ import (
 // domain (a principal prefix spiffe://<td>/, what discovery sends when
 // nothing narrower than allow-mesh applies), or, for a port no chain
 // covers, the inbound default is allow-mesh. A nil View denies.
-func (v *View) AuthorizeUnauthenticated(port uint16) policy.Decision {
+func (v *View) AuthorizeUnauthenticated(port uint16) wire.Decision {
 	if v == nil {
-		return policy.Decision{Rule: ErrNoView.Error()}
+		return wire.Decision{Rule: ErrNoView.Error()}
 	}
 	chains := v.chains[port]
 	if len(chains) == 0 {
 		rule := fmt.Sprintf("inbound default %s (no Service covers port %d)", v.inboundDefault, port)
-		return policy.Decision{Allowed: v.inboundDefault == policy.AllowMesh, Rule: rule}
+		return wire.Decision{Allowed: v.inboundDefault == wire.AllowMesh, Rule: rule}
 	}
 	for _, c := range chains {
 		if !v.admitsTrustDomain(c) {
-			return policy.Decision{Rule: fmt.Sprintf("listener %s chain %s restricts port %d to named identities; the caller has none", c.listener, c.name, port)}
+			return wire.Decision{Rule: fmt.Sprintf("listener %s chain %s restricts port %d to named identities; the caller has none", c.listener, c.name, port)}
 		}
 	}
-	return policy.Decision{Allowed: true, Rule: fmt.Sprintf("no policy restricts port %d (every chain admits the whole trust domain)", port)}
+	return wire.Decision{Allowed: true, Rule: fmt.Sprintf("no policy restricts port %d (every chain admits the whole trust domain)", port)}
 }
 
 // admitsTrustDomain reports whether every RBAC filter of c has a

@@ -26,9 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
-	"github.com/tether-mesh/tether/pkg/discovery"
-	"github.com/tether-mesh/tether/pkg/discovery/policy"
-	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/proxy"
 	"github.com/tether-mesh/tether/pkg/proxy/dns"
 )
@@ -63,10 +61,10 @@ var (
 type View struct {
 	id             spiffeid.ID // zero when built with NewView
 	clusterDomain  string      // without dots at the ends, e.g. "cluster.local"
-	inboundDefault policy.Default
+	inboundDefault wire.Default
 
 	services []*entry // sorted by key
-	byKey    map[discovery.ServiceKey]*entry
+	byKey    map[wire.ServiceKey]*entry
 	byFQDN   map[string]*entry
 	byAddr   map[netip.AddrPort]addrRef
 	hidden   map[netip.Addr]struct{} // addresses of mesh services this workload may reach on no port
@@ -139,7 +137,7 @@ func (p principal) matches(id string) bool {
 
 // Service is a service this workload may reach on at least one port.
 type Service struct {
-	Key       discovery.ServiceKey
+	Key       wire.ServiceKey
 	FQDN      string           // "web.shop.svc.cluster.local."
 	Addrs     []netip.Addr     // ClusterIPs (empty for headless)
 	Ports     []Port           // in the order discovery sent them
@@ -237,7 +235,7 @@ func newViewOf(id spiffeid.ID, podAddrs []netip.Addr, nt *nameTable, res map[res
 	v := &View{
 		id:            id,
 		clusterDomain: nt.clusterDomain,
-		byKey:         make(map[discovery.ServiceKey]*entry, len(nt.services)),
+		byKey:         make(map[wire.ServiceKey]*entry, len(nt.services)),
 		byFQDN:        make(map[string]*entry, len(nt.services)),
 		hidden:        nt.hidden,
 		podAddrs:      podAddrs,
@@ -246,7 +244,7 @@ func newViewOf(id spiffeid.ID, podAddrs []netip.Addr, nt *nameTable, res map[res
 	v.inboundDefault = nt.inboundDefault
 
 	for _, s := range nt.services {
-		name := xds.ClusterName(s.Key)
+		name := wire.ClusterName(s.Key)
 		ids, ok := clusters[name]
 		if !ok {
 			return nil, fmt.Errorf("name table lists %s but there is no Cluster %q", s.Key, name)
@@ -306,7 +304,7 @@ func newViewOf(id spiffeid.ID, podAddrs []netip.Addr, nt *nameTable, res map[res
 	return v, nil
 }
 
-func compareKeys(a, b discovery.ServiceKey) int {
+func compareKeys(a, b wire.ServiceKey) int {
 	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
@@ -363,9 +361,9 @@ func (v *View) ClusterDomain() string {
 
 // InboundDefault returns the policy for local ports no Service covers
 // (Deny on a nil View).
-func (v *View) InboundDefault() policy.Default {
+func (v *View) InboundDefault() wire.Default {
 	if v == nil {
-		return policy.Deny
+		return wire.Deny
 	}
 	return v.inboundDefault
 }
@@ -384,7 +382,7 @@ func (v *View) Services() []Service {
 }
 
 // Service returns the reachable service key.
-func (v *View) Service(key discovery.ServiceKey) (Service, bool) {
+func (v *View) Service(key wire.ServiceKey) (Service, bool) {
 	if v == nil {
 		return Service{}, false
 	}
@@ -422,7 +420,7 @@ func (v *View) HiddenAddr(a netip.Addr) bool {
 // port or the whole service; ErrUnknownService when discovery does not
 // know it; ErrUnknownPort when the service has no such port;
 // ErrNoEndpoints when nothing serves it.
-func (v *View) Outbound(key discovery.ServiceKey, port uint16) (proxy.Destination, error) {
+func (v *View) Outbound(key wire.ServiceKey, port uint16) (proxy.Destination, error) {
 	if v == nil {
 		return proxy.Destination{}, ErrNoView
 	}
@@ -470,7 +468,7 @@ func (v *View) LookupAddr(dst netip.AddrPort) (Service, Port, bool) {
 // Listener's) that list one of addrs, or all of them if none does: the
 // same choice as discovery.PodChains.
 func podChains(all []*chain, addrs []netip.Addr) map[uint16][]*chain {
-	mine := discovery.ChooseForPod(all, func(c *chain) []netip.Addr { return c.addrs }, addrs)
+	mine := wire.ChooseForPod(all, func(c *chain) []netip.Addr { return c.addrs }, addrs)
 	out := make(map[uint16][]*chain)
 	for _, c := range mine {
 		out[c.port] = append(out[c.port], c)
@@ -486,12 +484,12 @@ func podChains(all []*chain, addrs []netip.Addr) map[uint16][]*chain {
 // no chain covers, the name table's inbound default does (allow-mesh: any
 // ID of this workload's trust domain; same-namespace:
 // spiffe://<td>/ns/<this namespace>/sa/<sa>; deny).
-func (v *View) Authorize(src spiffeid.ID, port uint16) policy.Decision {
+func (v *View) Authorize(src spiffeid.ID, port uint16) wire.Decision {
 	if v == nil {
-		return policy.Decision{Rule: ErrNoView.Error()}
+		return wire.Decision{Rule: ErrNoView.Error()}
 	}
 	if src.IsZero() {
-		return policy.Decision{Rule: "source has no SPIFFE ID"}
+		return wire.Decision{Rule: "source has no SPIFFE ID"}
 	}
 	s := src.String()
 	chains := v.chains[port]
@@ -501,7 +499,7 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) policy.Decision {
 			for _, r := range c.rbacs {
 				k := slices.IndexFunc(r.principals, func(p principal) bool { return p.matches(s) })
 				if k < 0 {
-					return policy.Decision{Rule: fmt.Sprintf("no principal of %s chain %s (%s) admits %s", c.listener, c.name, r.stat, src)}
+					return wire.Decision{Rule: fmt.Sprintf("no principal of %s chain %s (%s) admits %s", c.listener, c.name, r.stat, src)}
 				}
 				rules = append(rules, fmt.Sprintf("%s principal %s", r.stat, r.principals[k]))
 			}
@@ -510,24 +508,24 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) policy.Decision {
 		for i, c := range chains {
 			names[i] = c.name
 		}
-		return policy.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s: %s", chains[0].listener, strings.Join(names, ", "), strings.Join(rules, ", "))}
+		return wire.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s: %s", chains[0].listener, strings.Join(names, ", "), strings.Join(rules, ", "))}
 	}
 	rule := fmt.Sprintf("inbound default %s (no Service covers port %d)", v.inboundDefault, port)
 	switch v.inboundDefault {
-	case policy.AllowMesh:
+	case wire.AllowMesh:
 		if v.id.IsZero() {
-			return policy.Decision{Rule: rule + ": the view does not know its own trust domain"}
+			return wire.Decision{Rule: rule + ": the view does not know its own trust domain"}
 		}
-		return policy.Decision{Allowed: src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
-	case policy.SameNamespace:
-		mine, ok := policy.WorkloadNamespace(v.id)
+		return wire.Decision{Allowed: src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
+	case wire.SameNamespace:
+		mine, ok := wire.WorkloadNamespace(v.id)
 		if v.id.IsZero() || !ok {
-			return policy.Decision{Rule: rule + ": this workload has no namespace"}
+			return wire.Decision{Rule: rule + ": this workload has no namespace"}
 		}
-		theirs, ok := policy.WorkloadNamespace(src)
-		return policy.Decision{Allowed: ok && theirs == mine && src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
+		theirs, ok := wire.WorkloadNamespace(src)
+		return wire.Decision{Allowed: ok && theirs == mine && src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
 	default:
-		return policy.Decision{Rule: rule}
+		return wire.Decision{Rule: rule}
 	}
 }
 
@@ -572,15 +570,15 @@ func (v *View) Lookup(fqdn string) (dns.Record, bool) {
 // nameTable is a checked NameTable.
 type nameTable struct {
 	clusterDomain  string
-	inboundDefault policy.Default
+	inboundDefault wire.Default
 	services       []Service // without Endpoints and IDs
 	hidden         map[netip.Addr]struct{}
 }
 
 // parseNameTables merges and checks the name-table entries among the
-// TypedExtensionConfigs (see xds.MergeNameTables); others are ignored.
+// TypedExtensionConfigs (see wire.MergeNameTables); others are ignored.
 func parseNameTables(items []types.Resource, m *memo) (*nameTable, error) {
-	t, err := xds.MergeNameTableEntries(items, m.nameEntry)
+	t, err := wire.MergeNameTableEntries(items, m.nameEntry)
 	if err != nil {
 		return nil, err
 	}
@@ -596,14 +594,14 @@ func checkNameTable(t *discoveryv1.NameTable, m *memo) (*nameTable, error) {
 	if nt.clusterDomain == "" {
 		return nil, errors.New("name table: cluster_domain is empty")
 	}
-	d, err := policy.ParseDefault(t.GetInboundDefault())
+	d, err := wire.ParseDefault(t.GetInboundDefault())
 	if err != nil {
 		return nil, fmt.Errorf("name table: inbound_default: %w", err)
 	}
 	nt.inboundDefault = d
-	seen := make(map[discovery.ServiceKey]bool, len(t.GetServices()))
+	seen := make(map[wire.ServiceKey]bool, len(t.GetServices()))
 	for i, sn := range t.GetServices() {
-		key := discovery.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
+		key := wire.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
 		if key.Namespace == "" || key.Name == "" || strings.ContainsAny(key.Namespace+key.Name, "/.") {
 			return nil, fmt.Errorf("name table: services[%d]: bad name %q", i, key)
 		}
@@ -631,8 +629,8 @@ func checkNameTable(t *discoveryv1.NameTable, m *memo) (*nameTable, error) {
 // name table whose cluster domain is clusterDomain. (checkNameTable checks
 // its name, and that it is listed once, first.)
 func parseService(sn *discoveryv1.ServiceName, clusterDomain string) (Service, error) {
-	key := discovery.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
-	want := xds.FQDN(key, clusterDomain)
+	key := wire.ServiceKey{Namespace: sn.GetNamespace(), Name: sn.GetName()}
+	want := wire.FQDN(key, clusterDomain)
 	if sn.GetFqdn() != want {
 		return Service{}, fmt.Errorf("name table: service %s: fqdn %q, want %q", key, sn.GetFqdn(), want)
 	}
@@ -664,12 +662,12 @@ func parseService(sn *discoveryv1.ServiceName, clusterDomain string) (Service, e
 	return s, nil
 }
 
-func parseClusterName(name string) (discovery.ServiceKey, error) {
+func parseClusterName(name string) (wire.ServiceKey, error) {
 	ns, svc, ok := strings.Cut(name, "/")
 	if !ok || ns == "" || svc == "" || strings.Contains(svc, "/") {
-		return discovery.ServiceKey{}, fmt.Errorf("cluster name %q is not <namespace>/<service>", name)
+		return wire.ServiceKey{}, fmt.Errorf("cluster name %q is not <namespace>/<service>", name)
 	}
-	return discovery.ServiceKey{Namespace: ns, Name: svc}, nil
+	return wire.ServiceKey{Namespace: ns, Name: svc}, nil
 }
 
 // parseClusters checks the Clusters and returns, by name, the identities
@@ -799,7 +797,7 @@ func endpointAddr(lb *endpointv3.LbEndpoint) (netip.AddrPort, error) {
 }
 
 // parseListeners checks the inbound Listener (at most one, named
-// xds.InboundListenerName) and returns its filter chains.
+// wire.InboundListenerName) and returns its filter chains.
 func parseListeners(items []types.Resource, m *memo) ([]*chain, error) {
 	var out []*chain
 	for i, r := range items {
@@ -807,8 +805,8 @@ func parseListeners(items []types.Resource, m *memo) ([]*chain, error) {
 		if !ok {
 			return nil, fmt.Errorf("listener %d is a %T, want a Listener", i, r)
 		}
-		if name := l.GetName(); name != xds.InboundListenerName {
-			return nil, fmt.Errorf("listener %q: not the inbound listener %q", name, xds.InboundListenerName)
+		if name := l.GetName(); name != wire.InboundListenerName {
+			return nil, fmt.Errorf("listener %q: not the inbound listener %q", name, wire.InboundListenerName)
 		}
 		if i > 0 {
 			return nil, fmt.Errorf("listener %q is sent twice", l.GetName())
@@ -912,7 +910,7 @@ func parseChain(fc *listenerv3.FilterChain) (*chain, error) {
 	if err := last.GetTypedConfig().UnmarshalTo(&tp); err != nil {
 		return nil, fmt.Errorf("tcp_proxy filter: %w", err)
 	}
-	if want := xds.LocalClusterPrefix + strconv.Itoa(int(c.port)); tp.GetCluster() != want {
+	if want := wire.LocalClusterPrefix + strconv.Itoa(int(c.port)); tp.GetCluster() != want {
 		return nil, fmt.Errorf("tcp_proxy cluster %q, want %q (the app on the chain's port)", tp.GetCluster(), want)
 	}
 	return c, nil
@@ -921,7 +919,7 @@ func parseChain(fc *listenerv3.FilterChain) (*chain, error) {
 // principals returns what an ALLOW RBAC filter lets in. Only what the
 // server sends is understood (any permission; authenticated principal
 // names matched exactly, by a trust domain prefix spiffe://<td>/, or by a
-// namespace regex of xds.NamespaceRegex); anything else is an error
+// namespace regex of wire.NamespaceRegex); anything else is an error
 // rather than a guess.
 func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
 	if rb.GetShadowRules() != nil || rb.GetMatcher() != nil || rb.GetShadowMatcher() != nil {
@@ -977,7 +975,7 @@ func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
 				if pat.SafeRegex.GetEngineType() != nil {
 					return nil, fmt.Errorf("policy %q: principal %d: a regex engine other than the default is not supported", n, k)
 				}
-				p, err := xds.ParseNamespaceRegex(pat.SafeRegex.GetRegex())
+				p, err := wire.ParseNamespaceRegex(pat.SafeRegex.GetRegex())
 				if err != nil {
 					return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
 				}

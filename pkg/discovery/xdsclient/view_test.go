@@ -29,6 +29,7 @@ import (
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/proxy"
@@ -44,13 +45,13 @@ var (
 	batchID  = testutil.ID("/ns/batch/sa/job")
 	foreign  = spiffeid.RequireFromString("spiffe://evil.example/ns/shop/sa/web")
 
-	apiKey    = discovery.ServiceKey{Namespace: "shop", Name: "api"}
-	webKey    = discovery.ServiceKey{Namespace: "shop", Name: "web"}
-	dbKey     = discovery.ServiceKey{Namespace: "shop", Name: "db"}
-	cacheKey  = discovery.ServiceKey{Namespace: "shop", Name: "cache"}
-	peersKey  = discovery.ServiceKey{Namespace: "shop", Name: "peers"}
-	secretKey = discovery.ServiceKey{Namespace: "shop", Name: "secret"}
-	reportKey = discovery.ServiceKey{Namespace: "other", Name: "report"}
+	apiKey    = wire.ServiceKey{Namespace: "shop", Name: "api"}
+	webKey    = wire.ServiceKey{Namespace: "shop", Name: "web"}
+	dbKey     = wire.ServiceKey{Namespace: "shop", Name: "db"}
+	cacheKey  = wire.ServiceKey{Namespace: "shop", Name: "cache"}
+	peersKey  = wire.ServiceKey{Namespace: "shop", Name: "peers"}
+	secretKey = wire.ServiceKey{Namespace: "shop", Name: "secret"}
+	reportKey = wire.ServiceKey{Namespace: "other", Name: "report"}
 )
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
@@ -135,7 +136,7 @@ func shopState() discovery.State {
 				Endpoints: []discovery.Endpoint{{Addr: ip("10.2.0.1"), ServiceAccount: "report"}},
 			},
 			{
-				Key: discovery.ServiceKey{Namespace: "locked", Name: "vault"}, ClusterIPs: []netip.Addr{ip("10.96.2.1")},
+				Key: wire.ServiceKey{Namespace: "locked", Name: "vault"}, ClusterIPs: []netip.Addr{ip("10.96.2.1")},
 				Ports:     []discovery.Port{{Port: 8200}},
 				Endpoints: []discovery.Endpoint{{Addr: ip("10.3.0.1"), ServiceAccount: "vault"}},
 			},
@@ -150,7 +151,7 @@ func shopState() discovery.State {
 
 func shopRegistry(t testing.TB) *discovery.Registry {
 	t.Helper()
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.AllowMesh)
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.AllowMesh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +224,7 @@ func TestViewServices(t *testing.T) {
 	if len(web.Ports) != 1 || !web.Ports[0].Allowed || web.Ports[0].Rule != "mesh default allow-mesh" {
 		t.Errorf("web's own service ports = %+v, want allowed by mesh default allow-mesh", web.Ports)
 	}
-	for _, k := range []discovery.ServiceKey{dbKey, secretKey, reportKey} {
+	for _, k := range []wire.ServiceKey{dbKey, secretKey, reportKey} {
 		if _, ok := v.Service(k); ok {
 			t.Errorf("web's view has %s, which it may not reach", k)
 		}
@@ -243,7 +244,7 @@ func TestViewServices(t *testing.T) {
 			t.Errorf("HiddenAddr(%s) = true for a service web may reach", a)
 		}
 	}
-	if v.ID() != webID || v.ClusterDomain() != "cluster.local" || v.InboundDefault() != policy.AllowMesh {
+	if v.ID() != webID || v.ClusterDomain() != "cluster.local" || v.InboundDefault() != wire.AllowMesh {
 		t.Errorf("ID, ClusterDomain, InboundDefault = %s, %s, %s", v.ID(), v.ClusterDomain(), v.InboundDefault())
 	}
 }
@@ -252,7 +253,7 @@ func TestViewOutbound(t *testing.T) {
 	v := viewFor(t, webID)
 	tests := []struct {
 		name    string
-		key     discovery.ServiceKey
+		key     wire.ServiceKey
 		port    uint16
 		addrs   []string // the endpoints round robin goes through, in order
 		ids     []spiffeid.ID
@@ -269,7 +270,7 @@ func TestViewOutbound(t *testing.T) {
 			errHas: "no AccessPolicy allows " + webID.String() + " to shop/api:7000"},
 		{name: "unreachable service", key: dbKey, port: 5432, wantErr: xdsclient.ErrUnknownService,
 			errHas: "shop/db is not a mesh service " + webID.String() + " may reach"},
-		{name: "unknown service", key: discovery.ServiceKey{Namespace: "shop", Name: "nope"}, port: 80, wantErr: xdsclient.ErrUnknownService},
+		{name: "unknown service", key: wire.ServiceKey{Namespace: "shop", Name: "nope"}, port: 80, wantErr: xdsclient.ErrUnknownService},
 		{name: "unknown port", key: apiKey, port: 1234, wantErr: xdsclient.ErrUnknownPort},
 		{name: "no endpoints", key: cacheKey, port: 6379, wantErr: xdsclient.ErrNoEndpoints},
 	}
@@ -364,7 +365,7 @@ func TestViewLookupAddr(t *testing.T) {
 	tests := []struct {
 		dst       string
 		ok        bool
-		key       discovery.ServiceKey
+		key       wire.ServiceKey
 		port, tgt uint16
 		allowed   bool
 	}{
@@ -375,10 +376,10 @@ func TestViewLookupAddr(t *testing.T) {
 		{"[::ffff:10.1.0.3]:9090", true, apiKey, 9090, 9090, true},
 		{"10.1.0.7:7946", true, peersKey, 7946, 7946, true},
 		{"10.96.0.10:80", true, webKey, 80, 8080, true},
-		{"10.96.0.11:8080", false, discovery.ServiceKey{}, 0, 0, false}, // a ClusterIP on a target port
-		{"10.1.0.3:9999", false, discovery.ServiceKey{}, 0, 0, false},
-		{"10.1.0.5:5432", false, discovery.ServiceKey{}, 0, 0, false},  // db: unreachable, not in the view
-		{"10.96.0.13:443", false, discovery.ServiceKey{}, 0, 0, false}, // secret
+		{"10.96.0.11:8080", false, wire.ServiceKey{}, 0, 0, false}, // a ClusterIP on a target port
+		{"10.1.0.3:9999", false, wire.ServiceKey{}, 0, 0, false},
+		{"10.1.0.5:5432", false, wire.ServiceKey{}, 0, 0, false},  // db: unreachable, not in the view
+		{"10.96.0.13:443", false, wire.ServiceKey{}, 0, 0, false}, // secret
 	}
 	for _, tt := range tests {
 		t.Run(tt.dst, func(t *testing.T) {
@@ -504,7 +505,7 @@ func TestNewViewWithoutIdentity(t *testing.T) {
 // A workload that serves nothing and reaches nothing still gets a view
 // (the name table with every service unreachable).
 func TestViewEmpty(t *testing.T) {
-	reg, err := discovery.NewRegistry(testutil.TrustDomain, policy.Deny)
+	reg, err := discovery.NewRegistry(testutil.TrustDomain, wire.Deny)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -570,7 +571,7 @@ func setSAN(t *testing.T, c *clusterv3.Cluster, f func(*tlsv3.SubjectAltNameMatc
 // editNameTable merges res's name-table entries, applies f, and splits
 // the table again, as discovery sends it.
 func editNameTable(t *testing.T, res map[resource.Type][]types.Resource, f func(*discoveryv1.NameTable)) {
-	nt, err := xds.MergeNameTables(res[resource.ExtensionConfigType])
+	nt, err := wire.MergeNameTables(res[resource.ExtensionConfigType])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -582,14 +583,14 @@ func editNameTable(t *testing.T, res map[resource.Type][]types.Resource, f func(
 		}
 		return &corev3.TypedExtensionConfig{Name: name, TypedConfig: a}
 	}
-	out := []types.Resource{tec(xds.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: nt.ClusterDomain, InboundDefault: nt.InboundDefault})}
+	out := []types.Resource{tec(wire.NameGlobalsName, &discoveryv1.NameTable{ClusterDomain: nt.ClusterDomain, InboundDefault: nt.InboundDefault})}
 	for _, sn := range nt.Services {
-		out = append(out, tec(xds.NameServicePrefix+sn.Namespace+"/"+sn.Name, &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}}))
+		out = append(out, tec(wire.NameServicePrefix+sn.Namespace+"/"+sn.Name, &discoveryv1.NameTable{Services: []*discoveryv1.ServiceName{sn}}))
 	}
 	for i, a := range nt.UnreachableAddresses {
 		id := make([]byte, 16)
 		id[15] = byte(i)
-		out = append(out, tec(xds.NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: []string{a}}))
+		out = append(out, tec(wire.NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: []string{a}}))
 	}
 	res[resource.ExtensionConfigType] = out
 }
@@ -710,21 +711,21 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 		}, "sent twice"},
 		{"missing name table", func(r map[resource.Type][]types.Resource) { delete(r, resource.ExtensionConfigType) }, "no name table"},
 		{"name table under another name", func(r map[resource.Type][]types.Resource) {
-			nameEntry(r, xds.NameGlobalsName).Name = "other"
+			nameEntry(r, wire.NameGlobalsName).Name = "other"
 		}, "no name table"},
 		{"name table of the wrong message", func(r map[resource.Type][]types.Resource) {
 			a, _ := anypb.New(dbCluster(r))
-			nameEntry(r, xds.NameGlobalsName).TypedConfig = a
+			nameEntry(r, wire.NameGlobalsName).TypedConfig = a
 		}, `extension config "tether.names/global"`},
 		{"service entry of the wrong message", func(r map[resource.Type][]types.Resource) {
 			a, _ := anypb.New(dbCluster(r))
-			nameEntry(r, xds.NameServicePrefix+"shop/db").TypedConfig = a
+			nameEntry(r, wire.NameServicePrefix+"shop/db").TypedConfig = a
 		}, `extension config "tether.names/svc/shop/db"`},
 		{"service entry under another service's name", func(r map[resource.Type][]types.Resource) {
-			nameEntry(r, xds.NameServicePrefix+"shop/db").Name = xds.NameServicePrefix + "shop/dbx"
+			nameEntry(r, wire.NameServicePrefix+"shop/db").Name = wire.NameServicePrefix + "shop/dbx"
 		}, "holds service shop/db"},
 		{"service entry with globals", func(r map[resource.Type][]types.Resource) {
-			e := nameEntry(r, xds.NameServicePrefix+"shop/db")
+			e := nameEntry(r, wire.NameServicePrefix+"shop/db")
 			var nt discoveryv1.NameTable
 			if err := e.TypedConfig.UnmarshalTo(&nt); err != nil {
 				t.Fatal(err)
@@ -733,7 +734,7 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 			e.TypedConfig, _ = anypb.New(&nt)
 		}, "does not hold exactly one service"},
 		{"globals with addresses", func(r map[resource.Type][]types.Resource) {
-			e := nameEntry(r, xds.NameGlobalsName)
+			e := nameEntry(r, wire.NameGlobalsName)
 			var nt discoveryv1.NameTable
 			if err := e.TypedConfig.UnmarshalTo(&nt); err != nil {
 				t.Fatal(err)
@@ -743,24 +744,24 @@ func TestNewViewRejectsMalformed(t *testing.T) {
 		}, "holds services or addresses"},
 		{"hidden entry with a short id", func(r map[resource.Type][]types.Resource) {
 			for _, x := range r[resource.ExtensionConfigType] {
-				if e := x.(*corev3.TypedExtensionConfig); strings.HasPrefix(e.Name, xds.NameHiddenPrefix) {
-					e.Name = xds.NameHiddenPrefix + "00"
+				if e := x.(*corev3.TypedExtensionConfig); strings.HasPrefix(e.Name, wire.NameHiddenPrefix) {
+					e.Name = wire.NameHiddenPrefix + "00"
 					return
 				}
 			}
 			t.Fatal("no hidden entry")
 		}, "want 16 bytes of hex"},
 		{"unknown name-table entry", func(r map[resource.Type][]types.Resource) {
-			e := proto.Clone(nameEntry(r, xds.NameGlobalsName)).(*corev3.TypedExtensionConfig)
+			e := proto.Clone(nameEntry(r, wire.NameGlobalsName)).(*corev3.TypedExtensionConfig)
 			e.Name = "tether.names/other"
 			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], e)
 		}, "unknown name-table entry"},
 		{"globals sent twice", func(r map[resource.Type][]types.Resource) {
-			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], proto.Clone(nameEntry(r, xds.NameGlobalsName)))
+			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], proto.Clone(nameEntry(r, wire.NameGlobalsName)))
 		}, "sent twice"},
 		{"whole table with split entries", func(r map[resource.Type][]types.Resource) {
-			e := proto.Clone(nameEntry(r, xds.NameGlobalsName)).(*corev3.TypedExtensionConfig)
-			e.Name = xds.NameTableName
+			e := proto.Clone(nameEntry(r, wire.NameGlobalsName)).(*corev3.TypedExtensionConfig)
+			e.Name = wire.NameTableName
 			r[resource.ExtensionConfigType] = append(r[resource.ExtensionConfigType], e)
 		}, "sent with split name-table entries"},
 		{"bad ClusterIP in the name table", func(r map[resource.Type][]types.Resource) {
@@ -935,7 +936,7 @@ func TestNilView(t *testing.T) {
 func TestNewViewAcceptsUnsplitNameTable(t *testing.T) {
 	split := resources(t, shopRegistry(t).Snapshot(), webID)
 	whole := mutate(split, func(r map[resource.Type][]types.Resource) {
-		nt, err := xds.MergeNameTables(r[resource.ExtensionConfigType])
+		nt, err := wire.MergeNameTables(r[resource.ExtensionConfigType])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -943,7 +944,7 @@ func TestNewViewAcceptsUnsplitNameTable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r[resource.ExtensionConfigType] = []types.Resource{&corev3.TypedExtensionConfig{Name: xds.NameTableName, TypedConfig: a}}
+		r[resource.ExtensionConfigType] = []types.Resource{&corev3.TypedExtensionConfig{Name: wire.NameTableName, TypedConfig: a}}
 	})
 	vs, err := xdsclient.NewViewFor(webID, split)
 	if err != nil {
