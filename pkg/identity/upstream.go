@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -88,11 +90,37 @@ func (c *CA) signUpstream(ctx context.Context) (*upstreamSigned, error) {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: c.cfg.Clock.Now()}); err != nil {
 		return nil, fmt.Errorf("upstream %s: the signed intermediate does not chain to its CA: %w", name, err)
 	}
+	// The intermediate is a trust anchor (Generation.anchors): a new one
+	// is published a propagation delay before it signs, and renewed with a
+	// third of its life left, so it must live longer than three delays.
+	if life, need := cert.NotAfter.Sub(c.cfg.Clock.Now()), 3*c.cfg.PropagationDelay; life <= need {
+		return nil, fmt.Errorf("upstream %s signed an intermediate valid for only %s (until %s); it must be valid for more than %s, three times the propagation delay, "+
+			"to be published before it signs: have the issuer sign for longer (cert-manager caps it at the issuer's own CA expiry) or lower the propagation delay",
+			name, life.Round(time.Second), cert.NotAfter.UTC().Format(time.RFC3339), need)
+	}
 	pk, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, err
 	}
 	return &upstreamSigned{key: pk, res: res}, nil
+}
+
+// republishUpstreamAnchors gives a state written while the bundle still
+// trusted the upstream's roots a new bundle sequence, now that it holds the
+// upstream generations' own intermediates instead.
+func (c *CA) republishUpstreamAnchors(ctx context.Context) error {
+	return c.mutate(ctx, func(st *State, _ time.Time) (bool, error) {
+		if st.UpstreamAnchors == AnchorsIntermediates || !slices.ContainsFunc(st.Generations, func(g Generation) bool {
+			return g.Upstream != "" && g.State != Retired
+		}) {
+			return false, nil
+		}
+		st.UpstreamAnchors = AnchorsIntermediates
+		st.BundleSequence++
+		c.log.Warn("the trust bundle now holds the CA's own upstream-signed intermediates instead of the upstream's roots; certificates the upstream signed for anyone else no longer authenticate in the mesh",
+			slog.Uint64("bundle_sequence", st.BundleSequence))
+		return true, nil
+	})
 }
 
 // presign gets the next upstream intermediate before the state lock is
