@@ -460,3 +460,37 @@ func TestUpstreamAnchorsRepublishedOnUpgrade(t *testing.T) {
 		t.Fatalf("bundle sequence %d on the next start, want it unchanged at %d", got, st.BundleSequence+1)
 	}
 }
+
+// TestUpstreamLeakedIntermediateCanBeEvicted: since the anchor is the
+// intermediate, a manual rotation removes a leaked one from the mesh; an
+// SVID its key signs after retirement verifies nowhere.
+func TestUpstreamLeakedIntermediateCanBeEvicted(t *testing.T) {
+	ctx := context.Background()
+	clock := testutil.NewFakeClock()
+	u := newFakeUpstream(t, clock)
+	ca := upstreamCA(t, clock, u)
+	leaked := tetherSVID(t, ca, "/ns/default/sa/web")
+	for _, step := range []identity.Step{identity.StepPrepare, identity.StepActivate, identity.StepRetire} {
+		if err := ca.Rotate(ctx, step, false); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		switch step {
+		case identity.StepPrepare:
+			clock.Add(identity.DefaultPropagationDelay)
+		case identity.StepActivate:
+			clock.Add(identity.DefaultSVIDTTL + identity.DefaultBackdate)
+		}
+	}
+	for _, a := range ca.Bundle().Bundle.X509Authorities() {
+		if a.Equal(leaked.Certificates[1]) {
+			t.Fatal("the leaked intermediate is still trusted after prepare, activate, retire")
+		}
+	}
+	// An SVID signed with the leaked key is refused, even while valid.
+	if _, _, err := x509svid.Verify(leaked.Certificates, ca.Bundle().Bundle, x509svid.WithTime(leaked.Certificates[0].NotBefore.Add(time.Second))); err == nil {
+		t.Fatal("an SVID of the evicted intermediate still verifies")
+	}
+	if _, _, err := x509svid.Verify(tetherSVID(t, ca, "/ns/default/sa/web").Certificates, ca.Bundle().Bundle, x509svid.WithTime(clock.Now())); err != nil {
+		t.Fatalf("the new intermediate's SVID: %v", err)
+	}
+}
