@@ -256,7 +256,11 @@ func rootsOf(st *State) []*x509.Certificate {
 		if g.State == Retired {
 			continue
 		}
-		for _, der := range g.anchors() {
+		ders := g.anchors()
+		if g.Upstream != "" && !st.UpstreamRootsUntil.IsZero() {
+			ders = append(slices.Clone(ders), g.Roots...)
+		}
+		for _, der := range ders {
 			if slices.ContainsFunc(seen, func(s []byte) bool { return bytes.Equal(s, der) }) {
 				continue
 			}
@@ -478,6 +482,9 @@ func (c *CA) Tick(ctx context.Context) error {
 	err := c.reloadLocked(ctx)
 	c.mu.Unlock()
 	if err != nil {
+		return err
+	}
+	if err := c.maintainUpstreamAnchors(ctx); err != nil {
 		return err
 	}
 	if c.cfg.AutoRotate && (c.cfg.IsLeader == nil || c.cfg.IsLeader()) {

@@ -40,6 +40,11 @@ type State struct {
 	// gets a new bundle sequence once, so that no two bundles with the same
 	// sequence differ.
 	UpstreamAnchors string `json:"upstream_anchors,omitempty"`
+	// UpstreamRootsUntil, while set, keeps the upstream's roots in the
+	// bundle next to the intermediates: a state written before may hold an
+	// intermediate renewed in place, and what the replaced one signed is
+	// valid until then. The CA clears it at that time.
+	UpstreamRootsUntil time.Time `json:"upstream_roots_until,omitzero"`
 }
 
 // AnchorsIntermediates is State.UpstreamAnchors for a state whose upstream

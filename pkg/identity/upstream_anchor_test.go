@@ -459,6 +459,27 @@ func TestUpstreamAnchorsRepublishedOnUpgrade(t *testing.T) {
 	if got := ca.Bundle().Sequence; got != st.BundleSequence+1 {
 		t.Fatalf("bundle sequence %d on the next start, want it unchanged at %d", got, st.BundleSequence+1)
 	}
+	if err := ca.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ca.Bundle().Sequence; got != st.BundleSequence+1 {
+		t.Fatalf("bundle sequence %d after a tick, want it unchanged at %d", got, st.BundleSequence+1)
+	}
+	// During a rolling upgrade a replica of the previous version writes the
+	// state (with its root-based bundle at the next sequence) and drops the
+	// field: the next tick publishes the intermediates under a new sequence.
+	again.UpstreamAnchors = ""
+	again.BundleSequence++
+	_, rev, _ = store.Load(ctx)
+	if _, err := store.Save(ctx, again, rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ca.Bundle().Sequence; got != again.BundleSequence+1 {
+		t.Fatalf("bundle sequence %d after a previous-version replica wrote %d, want %d", got, again.BundleSequence, again.BundleSequence+1)
+	}
 }
 
 // TestUpstreamLeakedIntermediateCanBeEvicted: since the anchor is the
@@ -492,5 +513,85 @@ func TestUpstreamLeakedIntermediateCanBeEvicted(t *testing.T) {
 	}
 	if _, _, err := x509svid.Verify(tetherSVID(t, ca, "/ns/default/sa/web").Certificates, ca.Bundle().Bundle, x509svid.WithTime(clock.Now())); err != nil {
 		t.Fatalf("the new intermediate's SVID: %v", err)
+	}
+}
+
+// TestUpstreamUpgradeAfterInPlaceRenewal: the previous version renewed an
+// upstream intermediate in place, dropping the old one. If it did so less
+// than an SVID lifetime before the upgrade, the upstream's roots stay in
+// the bundle until the old intermediate's SVIDs have expired, so that no
+// workload loses its identity, and then leave it.
+func TestUpstreamUpgradeAfterInPlaceRenewal(t *testing.T) {
+	ctx := context.Background()
+	clock := testutil.NewFakeClock()
+	u := newFakeUpstream(t, clock)
+	store, err := identity.NewDiskStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := identity.Config{TrustDomain: testutil.TrustDomain, Store: store, Clock: clock, Upstream: u, IntermediateTTL: 30 * time.Hour}
+	ca, err := identity.NewCA(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(21 * time.Hour)
+	id := testutil.ID("/ns/default/sa/web")
+	csr, key := testutil.NewCSR(t, nil, nil)
+	old, err := ca.Sign(id, csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the previous version did at renewal: a new intermediate in the
+	// same generation, the old one gone; and no UpstreamAnchors.
+	clock.Add(10 * time.Minute)
+	interKey, _ := identity.NewKey()
+	interCSR, _ := testutil.NewCSR(t, interKey, &x509.CertificateRequest{URIs: []*url.URL{testutil.TrustDomain.ID().URL()}})
+	res, err := u.SignIntermediate(ctx, interCSR, 30*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, rev, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, _ := x509.MarshalPKCS8PrivateKey(interKey)
+	st.Generations[0].Chain, st.Generations[0].ChainKey = res.Chain, pk
+	st.UpstreamAnchors = ""
+	if _, err := store.Save(ctx, st, rev); err != nil {
+		t.Fatal(err)
+	}
+
+	ca, err = identity.NewCA(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := ca.Bundle().Sequence
+	checkSVID(t, old.Chain, key, ca.Bundle().Bundle, id, clock.Now())
+	clock.Set(old.NotAfter.Add(-time.Second))
+	if err := ca.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkSVID(t, old.Chain, key, ca.Bundle().Bundle, id, clock.Now())
+	st, _, err = store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.UpstreamRootsUntil.Before(old.NotAfter) || st.UpstreamRootsUntil.After(old.NotAfter.Add(time.Hour)) {
+		t.Fatalf("the upstream roots are kept until %v; the last SVID of the replaced intermediate expires at %v", st.UpstreamRootsUntil, old.NotAfter)
+	}
+	clock.Set(st.UpstreamRootsUntil)
+	if err := ca.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range ca.Bundle().Bundle.X509Authorities() {
+		if a.Equal(u.root) {
+			t.Fatal("the upstream root is still trusted after the last SVID of the replaced intermediate expired")
+		}
+	}
+	if ca.Bundle().Sequence != seq+1 {
+		t.Fatalf("bundle sequence %d after the roots left, want %d", ca.Bundle().Sequence, seq+1)
+	}
+	if n := len(ca.Bundle().Bundle.X509Authorities()); n != 1 {
+		t.Fatalf("%d anchors, want the intermediate only", n)
 	}
 }
