@@ -49,7 +49,7 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.DurationVar(&c.IntermediateTTL, "intermediate-ttl", identity.DefaultIntermediateTTL, "lifetime of the signing intermediate")
 	fs.DurationVar(&c.RootTTL, "root-ttl", identity.DefaultRootTTL, "lifetime of a root")
 	fs.DurationVar(&c.Backdate, "backdate", identity.DefaultBackdate, "how far NotBefore is set in the past")
-	fs.DurationVar(&c.PropagationDelay, "propagation-delay", identity.DefaultPropagationDelay, "how long a prepared root must be in the bundle before it may sign")
+	fs.DurationVar(&c.PropagationDelay, "propagation-delay", identity.DefaultPropagationDelay, "how long a prepared root (in upstream mode, a new intermediate) must be in the bundle before it may sign")
 	fs.DurationVar(&c.TickInterval, "tick", 10*time.Second, "how often the CA reloads its store and checks the rotation schedule")
 	fs.BoolVar(&c.AutoRotate, "auto-rotate", true, "take rotation steps on schedule")
 	fs.StringVar(&c.Kube.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster (env KUBECONFIG)")

@@ -3,6 +3,7 @@
 package caserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,6 +117,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kube.UpstreamIssuer == "" && c.IntermediateTTL > c.RootTTL {
 		return fmt.Errorf("--intermediate-ttl %s is longer than --root-ttl %s", c.IntermediateTTL, c.RootTTL)
+	}
+	if delay := cmp.Or(c.PropagationDelay, identity.DefaultPropagationDelay); c.Kube.UpstreamIssuer != "" && delay*3 >= c.IntermediateTTL {
+		return fmt.Errorf("--propagation-delay %s must be less than a third of --intermediate-ttl %s in upstream mode: each new intermediate is a trust anchor, published that long before it signs, and renewed with a third of its life left", delay, c.IntermediateTTL)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -38,6 +38,9 @@ func TestConfigValidation(t *testing.T) {
 		{"zero ttl", func(c *Config) { c.RootTTL = 0 }, "must be positive"},
 		{"intermediate longer than root", func(c *Config) { c.IntermediateTTL = 9000 * time.Hour }, "longer than --root-ttl"},
 		{"bad upstream", func(c *Config) { c.Kube.UpstreamIssuer = "corp-ca" }, "Issuer/NAME"},
+		{"upstream intermediate shorter than three propagation delays", func(c *Config) {
+			c.Kube.UpstreamIssuer, c.IntermediateTTL, c.PropagationDelay = "ClusterIssuer/corp-ca", 2*time.Hour, time.Hour
+		}, "--propagation-delay 1h0m0s must be less than a third of --intermediate-ttl"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

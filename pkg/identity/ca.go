@@ -96,6 +96,9 @@ func (c *Config) fill() error {
 		return fmt.Errorf("%w: SVID lifetime %s must be at most half the intermediate lifetime %s", ErrConfig, c.SVIDTTL, c.IntermediateTTL)
 	case c.Upstream == nil && c.IntermediateTTL > c.RootTTL:
 		return fmt.Errorf("%w: intermediate lifetime %s is longer than the root lifetime %s", ErrConfig, c.IntermediateTTL, c.RootTTL)
+	case c.Upstream != nil && c.PropagationDelay*3 >= c.IntermediateTTL:
+		return fmt.Errorf("%w: propagation delay %s must be less than a third of the intermediate lifetime %s: in upstream mode each new intermediate is a trust anchor, published that long before it signs, and it is renewed with a third of its life left",
+			ErrConfig, c.PropagationDelay, c.IntermediateTTL)
 	}
 	return nil
 }
@@ -167,6 +170,9 @@ func NewCA(ctx context.Context, cfg Config) (*CA, error) {
 	if err := c.load(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.republishUpstreamAnchors(ctx); err != nil {
+		return nil, err
+	}
 	if err := c.renewSelf(); err != nil {
 		return nil, err
 	}
@@ -192,7 +198,7 @@ func (c *CA) load(ctx context.Context) error {
 
 func (c *CA) bootstrapLocked(ctx context.Context) error {
 	now := c.cfg.Clock.Now()
-	st := &State{Version: StateVersion, TrustDomain: c.cfg.TrustDomain.Name(), BundleSequence: 1}
+	st := &State{Version: StateVersion, TrustDomain: c.cfg.TrustDomain.Name(), BundleSequence: 1, UpstreamAnchors: AnchorsIntermediates}
 	g, err := c.newGeneration(ctx, st, Active, now)
 	if err != nil {
 		return fmt.Errorf("create first CA generation: %w", err)
@@ -240,7 +246,9 @@ func (c *CA) applyLocked(st *State, rev string) error {
 	return nil
 }
 
-// rootsOf returns the distinct roots of every generation still trusted.
+// rootsOf returns the distinct trust anchors of every generation still
+// trusted: self-made roots, and in upstream mode Tether's own intermediates
+// (Generation.anchors).
 func rootsOf(st *State) []*x509.Certificate {
 	var roots []*x509.Certificate
 	var seen [][]byte
@@ -248,7 +256,11 @@ func rootsOf(st *State) []*x509.Certificate {
 		if g.State == Retired {
 			continue
 		}
-		for _, der := range g.Roots {
+		ders := g.anchors()
+		if g.Upstream != "" && !st.UpstreamRootsUntil.IsZero() {
+			ders = append(slices.Clone(ders), g.Roots...)
+		}
+		for _, der := range ders {
 			if slices.ContainsFunc(seen, func(s []byte) bool { return bytes.Equal(s, der) }) {
 				continue
 			}
@@ -470,6 +482,9 @@ func (c *CA) Tick(ctx context.Context) error {
 	err := c.reloadLocked(ctx)
 	c.mu.Unlock()
 	if err != nil {
+		return err
+	}
+	if err := c.maintainUpstreamAnchors(ctx); err != nil {
 		return err
 	}
 	if c.cfg.AutoRotate && (c.cfg.IsLeader == nil || c.cfg.IsLeader()) {

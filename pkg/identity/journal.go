@@ -304,9 +304,13 @@ func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time
 		if err := c.renewIntermediate(ctx, &renewed, now); err != nil {
 			return err
 		}
-		if g.State == Active && !sameDERs(renewed.Roots, g.Roots) {
-			// The upstream changed its roots: trust the new ones first
-			// (prepared), sign with them only after they have spread.
+		if g.State == Prepared && c.cfg.Upstream != nil {
+			renewed.CreatedAt = now // a new anchor: it spreads again before it signs
+		}
+		if g.State == Active && (c.cfg.Upstream != nil || !sameDERs(renewed.Roots, g.Roots)) {
+			// A new trust anchor (in upstream mode the intermediate is
+			// one): trust it first (prepared), sign with it only after it
+			// has spread.
 			renewed.ID, st.NextGeneration = st.NextGeneration+1, st.NextGeneration+1
 			renewed.State, renewed.CreatedAt, renewed.ActivatedAt = Prepared, now, time.Time{}
 			st.Generations = append(st.Generations, renewed)

@@ -34,15 +34,34 @@ type State struct {
 	NextGeneration uint64       `json:"next_generation"`
 	Generations    []Generation `json:"generations"`
 	JoinTokens     []JoinToken  `json:"join_tokens,omitempty"`
+	// UpstreamAnchors is AnchorsIntermediates once the bundle published for
+	// this state trusts upstream generations' own intermediates rather than
+	// the upstream's roots. A state written before (which trusted the roots)
+	// gets a new bundle sequence once, so that no two bundles with the same
+	// sequence differ.
+	UpstreamAnchors string `json:"upstream_anchors,omitempty"`
+	// UpstreamRootsUntil, while set, keeps the upstream's roots in the
+	// bundle next to the intermediates: a state written before may hold an
+	// intermediate renewed in place, and what the replaced one signed is
+	// valid until then. The CA clears it at that time.
+	UpstreamRootsUntil time.Time `json:"upstream_roots_until,omitzero"`
 }
 
+// AnchorsIntermediates is State.UpstreamAnchors for a state whose upstream
+// generations are trusted through their own intermediates.
+const AnchorsIntermediates = "intermediates"
+
 // Generation is one CA generation: a root (or, in upstream mode, the
-// upstream's roots) and the intermediate that signs SVIDs.
+// upstream's roots) and the intermediate that signs SVIDs. Its trust anchor
+// in the bundle is the root, or in upstream mode the intermediate itself
+// (see anchors).
 type Generation struct {
 	ID    uint64          `json:"id"`
 	State GenerationState `json:"state"`
-	// Roots are the trust anchors of this generation (DER): one self-made
-	// root, or the roots an upstream issuer returned.
+	// Roots are the roots of this generation (DER): one self-made root (the
+	// generation's trust anchor), or the roots an upstream issuer returned
+	// (kept for information and to check the chain, never trusted: the
+	// upstream signs for others too).
 	Roots [][]byte `json:"roots"`
 	// RootKey is the PKCS#8 key of a self-made root; empty in upstream mode.
 	RootKey []byte `json:"root_key,omitempty"`
@@ -122,6 +141,17 @@ func (s *State) validate() error {
 		return fmt.Errorf("%d active generations, want exactly 1", active)
 	}
 	return nil
+}
+
+// anchors returns the certificates (DER) the bundle trusts for g: its own
+// root, or for an upstream-signed generation its intermediate, since the
+// upstream's roots also vouch for every certificate the upstream signed for
+// anyone else.
+func (g *Generation) anchors() [][]byte {
+	if g.Upstream != "" {
+		return g.Chain[:min(1, len(g.Chain))]
+	}
+	return g.Roots
 }
 
 // clone returns a deep-enough copy: slices are copied, certificate bytes

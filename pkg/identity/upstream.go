@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -88,11 +90,79 @@ func (c *CA) signUpstream(ctx context.Context) (*upstreamSigned, error) {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: c.cfg.Clock.Now()}); err != nil {
 		return nil, fmt.Errorf("upstream %s: the signed intermediate does not chain to its CA: %w", name, err)
 	}
+	// The intermediate is a trust anchor (Generation.anchors): a new one
+	// is published a propagation delay before it signs, and renewed with a
+	// third of its life left, so it must live longer than three delays.
+	if life, need := cert.NotAfter.Sub(c.cfg.Clock.Now()), 3*c.cfg.PropagationDelay; life <= need {
+		return nil, fmt.Errorf("upstream %s signed an intermediate valid for only %s (until %s); it must be valid for more than %s, three times the propagation delay, "+
+			"to be published before it signs: have the issuer sign for longer (cert-manager caps it at the issuer's own CA expiry) or lower the propagation delay",
+			name, life.Round(time.Second), cert.NotAfter.UTC().Format(time.RFC3339), need)
+	}
 	pk, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, err
 	}
 	return &upstreamSigned{key: pk, res: res}, nil
+}
+
+// republishUpstreamAnchors gives a state written while the bundle still
+// trusted the upstream's roots a new bundle sequence, now that it holds the
+// upstream generations' own intermediates instead.
+//
+// That version renewed upstream intermediates in place, dropping the
+// previous one: if it did so less than an SVID lifetime ago, the SVIDs the
+// previous intermediate signed chain only to the upstream's roots, so those
+// stay in the bundle until the last of them has expired
+// (UpstreamRootsUntil).
+func (c *CA) republishUpstreamAnchors(ctx context.Context) error {
+	return c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
+		if st.UpstreamAnchors == AnchorsIntermediates || !slices.ContainsFunc(st.Generations, func(g Generation) bool {
+			return g.Upstream != "" && g.State != Retired
+		}) {
+			return false, nil
+		}
+		st.UpstreamAnchors = AnchorsIntermediates
+		st.BundleSequence++
+		for _, g := range st.Generations {
+			if g.Upstream == "" || g.State == Retired || len(g.Chain) == 0 {
+				continue
+			}
+			inter, err := x509.ParseCertificate(g.Chain[0])
+			// Signed after its generation was made: renewed in place,
+			// at about its NotBefore.
+			if err != nil || !inter.NotBefore.After(g.CreatedAt.Add(time.Minute)) {
+				continue
+			}
+			if until := inter.NotBefore.Add(c.cfg.SVIDTTL + c.cfg.Backdate + time.Minute); until.After(now) && until.After(st.UpstreamRootsUntil) {
+				st.UpstreamRootsUntil = until
+			}
+		}
+		c.log.Warn("the trust bundle now holds the CA's own upstream-signed intermediates instead of the upstream's roots; certificates the upstream signed for anyone else no longer authenticate in the mesh",
+			slog.Uint64("bundle_sequence", st.BundleSequence))
+		if !st.UpstreamRootsUntil.IsZero() {
+			c.log.Warn("the upstream's roots stay in the bundle until the SVIDs of an intermediate renewed in place by the previous version have expired",
+				slog.Time("until", st.UpstreamRootsUntil))
+		}
+		return true, nil
+	})
+}
+
+// maintainUpstreamAnchors runs on every tick: it republishes a state that a
+// replica of the previous version wrote during a rolling upgrade (dropping
+// UpstreamAnchors), and drops the upstream's roots from the bundle once
+// UpstreamRootsUntil has passed.
+func (c *CA) maintainUpstreamAnchors(ctx context.Context) error {
+	if err := c.republishUpstreamAnchors(ctx); err != nil {
+		return err
+	}
+	return c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
+		if st.UpstreamRootsUntil.IsZero() || now.Before(st.UpstreamRootsUntil) {
+			return false, nil
+		}
+		st.UpstreamRootsUntil = time.Time{}
+		c.log.Info("the upstream's roots left the trust bundle; it trusts only the CA's own intermediates")
+		return true, nil
+	})
 }
 
 // presign gets the next upstream intermediate before the state lock is

@@ -26,6 +26,9 @@ type fakeUpstream struct {
 	gate  chan struct{} // if not nil, SignIntermediate waits for it
 	calls int
 	wrong bool // sign with a key that is not the root's
+	// shorten, if set, caps the lifetime of what it signs, as an issuer
+	// may regardless of what was asked for.
+	shorten time.Duration
 }
 
 func newFakeUpstream(t *testing.T, clock *testutil.FakeClock) *fakeUpstream {
@@ -69,6 +72,9 @@ func (u *fakeUpstream) SignIntermediate(ctx context.Context, csrDER []byte, ttl 
 	if err != nil {
 		return nil, err
 	}
+	if u.shorten > 0 {
+		ttl = min(ttl, u.shorten)
+	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: csr.Subject, URIs: csr.URIs,
 		NotBefore: u.clock.Now().Add(-time.Minute), NotAfter: u.clock.Now().Add(ttl),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
@@ -95,14 +101,19 @@ func TestUpstreamIssuesUnderTheOrganisationsRoot(t *testing.T) {
 	clock := testutil.NewFakeClock()
 	u := newFakeUpstream(t, clock)
 	ca := upstreamCA(t, clock, u)
-	roots := ca.Bundle().Bundle.X509Authorities()
-	if len(roots) != 1 || !roots[0].Equal(u.root) {
-		t.Fatalf("bundle holds %d roots, want just the upstream root", len(roots))
-	}
 	csr, key := testutil.NewCSR(t, nil, nil)
 	iss, err := ca.Sign(testutil.ID("/x"), csr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The bundle trusts the CA's own intermediate, which the organisation's
+	// root signed; not the root, which signs for others too.
+	anchors := ca.Bundle().Bundle.X509Authorities()
+	if len(anchors) != 1 || string(anchors[0].Raw) != string(iss.Chain[1]) {
+		t.Fatalf("bundle holds %d anchors, want just the CA's upstream-signed intermediate", len(anchors))
+	}
+	if _, err := anchors[0].Verify(x509.VerifyOptions{Roots: certPool(u.root), CurrentTime: clock.Now()}); err != nil {
+		t.Fatalf("the intermediate does not chain to the organisation's root: %v", err)
 	}
 	checkSVID(t, iss.Chain, key, ca.Bundle().Bundle, testutil.ID("/x"), clock.Now())
 	if ca.Status().Generations[0].Upstream != "fake Issuer/corp" {
@@ -151,8 +162,9 @@ func TestUpstreamWaitBlocksNoOne(t *testing.T) {
 	if err := <-tickDone; err != nil {
 		t.Fatal(err)
 	}
-	if after := ca.Status().Generations[0].IntermediateNotAfter; !after.After(before) {
-		t.Fatalf("intermediate not renewed: %s", after)
+	gens := ca.Status().Generations
+	if after := gens[len(gens)-1]; after.State != identity.Prepared || !after.IntermediateNotAfter.After(before) {
+		t.Fatalf("intermediate not renewed: %+v", after)
 	}
 }
 
@@ -177,7 +189,7 @@ func TestUpstreamRootChange(t *testing.T) {
 		t.Fatalf("after a root change: %v, want the new chain prepared", got)
 	}
 	if n := len(ca.Bundle().Bundle.X509Authorities()); n != 2 {
-		t.Fatalf("bundle has %d roots, want old and new", n)
+		t.Fatalf("bundle has %d anchors, want the intermediates under the old and the new root", n)
 	}
 	// Still signing under the old root until activation.
 	if iss, _ := ca.Sign(testutil.ID("/x"), csr); !strings.Contains(string(iss.Chain[1]), string(oldSVID.Chain[1])) {
@@ -200,9 +212,12 @@ func TestUpstreamRootChange(t *testing.T) {
 	if err := ca.Tick(ctx); err != nil {
 		t.Fatal(err)
 	}
-	roots := ca.Bundle().Bundle.X509Authorities()
-	if len(roots) != 1 || roots[0].Equal(old) {
-		t.Fatal("the old upstream root was not retired")
+	anchors := ca.Bundle().Bundle.X509Authorities()
+	if len(anchors) != 1 || string(anchors[0].Raw) != string(iss.Chain[1]) {
+		t.Fatal("the intermediate under the old upstream root was not retired")
+	}
+	if _, err := anchors[0].Verify(x509.VerifyOptions{Roots: certPool(u.root), CurrentTime: clock.Now()}); err != nil || u.root.Equal(old) {
+		t.Fatalf("the remaining anchor is not under the new upstream root: %v", err)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -21,6 +22,8 @@ import (
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/typed/certmanager/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -69,19 +72,25 @@ func TestCertManagerUpstream(t *testing.T) {
 					c.Upstream = up
 					c.IntermediateTTL = 24 * time.Hour
 				})
-				if roots := ca.Bundle().Bundle.X509Authorities(); len(roots) != 1 || !roots[0].Equal(root.cert) {
-					t.Fatalf("the CA's bundle holds %d roots, not the upstream root", len(roots))
-				}
 				csr, _ := testutil.NewCSR(t, nil, nil)
 				id := testutil.ID("/ns/team-a/sa/web")
 				iss, err := ca.Sign(id, csr)
 				if err != nil {
 					t.Fatal(err)
 				}
+				// The mesh trusts the intermediate cert-manager signed for
+				// tether-ca, not the issuer's root (which signs for others).
+				if anchors := ca.Bundle().Bundle.X509Authorities(); len(anchors) != 1 || !bytes.Equal(anchors[0].Raw, iss.Chain[1]) {
+					t.Fatalf("the CA's bundle holds %d anchors, not just its own intermediate", len(anchors))
+				}
+				got, chains, err := x509svid.ParseAndVerify(iss.Chain, ca.Bundle().Bundle)
+				if err != nil || got != id || len(chains[0]) != 2 {
+					t.Fatalf("SVID against the CA's bundle: %s, %v", got, err)
+				}
 				bundle := x509bundle.FromX509Authorities(testutil.TrustDomain, []*x509.Certificate{root.cert})
-				got, chains, err := x509svid.ParseAndVerify(iss.Chain, bundle)
+				got, chains, err = x509svid.ParseAndVerify(iss.Chain, bundle)
 				if err != nil {
-					t.Fatalf("SVID does not verify against the upstream root: %v", err)
+					t.Fatalf("SVID does not chain up to the upstream root: %v", err)
 				}
 				if got != id || len(chains[0]) != 3 {
 					t.Fatalf("verified %s through %d certificates", got, len(chains[0]))
@@ -94,6 +103,70 @@ func TestCertManagerUpstream(t *testing.T) {
 					t.Fatalf("intermediate lives %v, want the 24h asked for", life)
 				}
 			})
+		}
+	})
+
+	// Another cluster on the same corporate PKI, with the default trust
+	// domain, has its tether-ca signed by the same ClusterIssuer: its SVIDs
+	// are the upstream's, but not this mesh's.
+	t.Run("another Tether CA under the same issuer is not trusted", func(t *testing.T) {
+		newCA := func() *identity.CA {
+			return testutil.NewCA(t, identity.RealClock, func(c *identity.Config) {
+				c.Upstream = newUpstream(t, "with-ca", nil)
+				c.IntermediateTTL = 24 * time.Hour
+			})
+		}
+		ca, other := newCA(), newCA()
+		id := testutil.ID("/ns/team-a/sa/web")
+		csr, key := testutil.NewCSR(t, nil, nil)
+		iss, err := other.Sign(id, csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		foreign := &x509svid.SVID{ID: id, PrivateKey: key}
+		for _, der := range iss.Chain {
+			c, _ := x509.ParseCertificate(der)
+			foreign.Certificates = append(foreign.Certificates, c)
+		}
+		if _, _, err := x509svid.Verify(foreign.Certificates, x509bundle.FromX509Authorities(testutil.TrustDomain, []*x509.Certificate{root.cert})); err != nil {
+			t.Fatalf("the other cluster's SVID does not chain to the shared issuer: %v", err)
+		}
+		if _, _, err := x509svid.Verify(foreign.Certificates, ca.Bundle().Bundle); err == nil {
+			t.Fatal("the other cluster's SVID verifies against this mesh's bundle")
+		}
+		// Nor does it renew at this CA over mTLS (a real server on loopback).
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := identity.NewServer(ca, nil, nil).GRPCServer()
+		go g.Serve(l)
+		t.Cleanup(g.Stop)
+		renew := func(s *x509svid.SVID) error {
+			client, err := identity.Dial(l.Addr().String(), ca.TrustDomain(), ca, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			_, _, err = client.FetchSVID(ctx, nil)
+			return err
+		}
+		own, err := ca.GetX509SVID() // control: an SVID of this mesh renews
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, key = testutil.NewCSR(t, nil, nil)
+		mine, err := ca.Sign(id, csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := renew(&x509svid.SVID{ID: id, PrivateKey: key, Certificates: append([]*x509.Certificate{mustParse(t, mine.Chain[0])}, own.Certificates[1:]...)}); err != nil {
+			t.Fatalf("this mesh's own SVID does not renew: %v", err)
+		}
+		// Refused at the TLS handshake (the client sees "bad certificate"
+		// or, if the alert loses the race, a broken connection).
+		if err := renew(foreign); status.Code(errors.Unwrap(err)) != codes.Unavailable {
+			t.Fatalf("renewing the other cluster's SVID at this CA: %v; want the handshake refused", err)
 		}
 	})
 
@@ -357,4 +430,13 @@ func answer(t *testing.T, crs cmclient.CertificateRequestInterface, cr *cmapi.Ce
 	time.Sleep(50 * time.Millisecond)
 	_, err = crs.UpdateStatus(ctx, cr, metav1.UpdateOptions{})
 	return err
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
