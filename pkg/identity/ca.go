@@ -110,7 +110,7 @@ func (c *Config) fill() error {
 	case c.MaxRenewalAge < time.Minute:
 		return fmt.Errorf("%w: max renewal age %s is shorter than a minute", ErrConfig, c.MaxRenewalAge)
 	}
-	rules, err := checkPrefixTTLs(c.TTLByPrefix, c.SVIDTTL)
+	rules, err := CheckPrefixTTLs(c.TTLByPrefix, c.SVIDTTL)
 	if err != nil {
 		return err
 	}

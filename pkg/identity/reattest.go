@@ -140,8 +140,9 @@ func ParsePrefixTTL(s string) (PrefixTTL, error) {
 	return PrefixTTL{Prefix: prefix, TTL: d}, nil
 }
 
-// checkPrefixTTLs validates and normalizes (no trailing slash) the rules.
-func checkPrefixTTLs(rules []PrefixTTL, svidTTL time.Duration) ([]PrefixTTL, error) {
+// CheckPrefixTTLs validates rules against the SVID lifetime and returns
+// them normalized (no trailing slash), longest prefix first.
+func CheckPrefixTTLs(rules []PrefixTTL, svidTTL time.Duration) ([]PrefixTTL, error) {
 	out := make([]PrefixTTL, 0, len(rules))
 	for _, r := range rules {
 		if !strings.HasPrefix(r.Prefix, "/") {
