@@ -102,6 +102,11 @@ func TestDeletedPodIdentityEnds(t *testing.T) {
 	// Nor does the token bootstrap a new SVID.
 	_, err = fetch(nil, cred)
 	refused(err, "bootstrap with the deleted Pod's token")
+	// A new Pod of the same name (a StatefulSet's) has a new UID: the old
+	// Pod's token stays refused.
+	env.EnsurePod(t, "shop", "web", "web-0")
+	_, err = fetch(svid, cred)
+	refused(err, "the deleted Pod's token once a Pod of the same name exists again")
 }
 
 // TestReviewCacheTTLCapped: a review cache long enough to keep a deleted
