@@ -1,8 +1,11 @@
 package kube
 
 import (
+	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +21,7 @@ import (
 	"github.com/tether-mesh/tether/internal/kubetest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/identity/agent"
 )
 
 // TestDeletedPodIdentityEnds: against a real API server, a Pod's SVID
@@ -123,5 +127,88 @@ func TestReviewCacheTTLCapped(t *testing.T) {
 	a, err := NewTokenReviewAttestor(TokenReviewConfig{Client: client.AuthenticationV1(), TrustDomain: testutil.TrustDomain})
 	if err != nil || a.ttl != 10*time.Second {
 		t.Fatalf("default cache TTL %v (err %v), want 10s", a.ttl, err)
+	}
+}
+
+// TestAgentRenewsWithRotatedToken: the agent, as the sidecar runs it, reads
+// its projected token file on every renewal. Against a real API server: a
+// rotated token renews the Pod's identity; once the Pod is deleted the agent
+// cannot renew any more (it keeps the SVID it holds until that expires).
+func TestAgentRenewsWithRotatedToken(t *testing.T) {
+	env := kubetest.Start(t)
+	att, calls := newAttestor(t, env.Config, identity.RealClock)
+	ca := testutil.NewCA(t, identity.RealClock, nil)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := identity.NewServer(ca, map[string]identity.Attestor{identity.KindK8sSAT: att}, testLogger(t)).GRPCServer()
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	writeToken := func() {
+		tok := env.PodToken(t, "shop", "api", "api-0", DefaultAudience, 0)
+		if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeToken()
+	a, err := agent.New(agent.Config{CAAddr: l.Addr().String(), Bundle: ca.Bundle().Bundle,
+		Credential: func() (*cav1.Credential, error) {
+			b, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return nil, err
+			}
+			return &cav1.Credential{Kind: identity.KindK8sSAT, Token: strings.TrimSpace(string(b))}, nil
+		},
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	serial := func() string {
+		s, err := a.GetX509SVID()
+		if err != nil {
+			return ""
+		}
+		return s.Certificates[0].SerialNumber.String()
+	}
+	eventually(t, 10*time.Second, "first SVID", func() error { return a.Ready() })
+	first, reviews := serial(), calls.count()
+
+	writeToken() // the kubelet rotated the token
+	a.RenewNow()
+	eventually(t, 10*time.Second, "renewal with the rotated token", func() error {
+		if serial() == first {
+			return errors.New("same SVID")
+		}
+		return nil
+	})
+	if calls.count() != reviews+1 {
+		t.Fatalf("%d TokenReviews for the renewal, want 1 (the rotated token, reviewed)", calls.count()-reviews)
+	}
+
+	if err := env.Client.CoreV1().Pods("shop").Delete(testContext(t, time.Minute), "api-0", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	// Renew until refused (within the API server's and the attestor's
+	// caches, 10 s each, plus slack).
+	eventually(t, 25*time.Second, "renewal refused after the Pod was deleted", func() error {
+		held := serial()
+		a.RenewNow()
+		time.Sleep(300 * time.Millisecond)
+		if a.Degraded() == nil || serial() != held {
+			return errors.New("the agent still renews")
+		}
+		return nil
+	})
+	t.Logf("the agent's renewals were refused %s after the Pod was deleted: %v", time.Since(deleted).Round(100*time.Millisecond), a.Degraded())
+	if !strings.Contains(a.Degraded().Error(), "refused the token") {
+		t.Fatalf("agent degraded for another reason: %v", a.Degraded())
 	}
 }
