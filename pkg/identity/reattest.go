@@ -15,7 +15,9 @@ import (
 // OIDAttestation identifies the X.509 extension in which the CA records,
 // in every SVID it signs, how and when the SVID's chain of renewals was
 // last attested. It is non-critical (verifiers that do not know it ignore
-// it) and is under Tether's private arc. The CA reads it only from a
+// it) and is under a private arc not yet registered with IANA for
+// Tether (to be replaced by Tether's PEN when it has one; the CA would then
+// read both for one MaxRenewalAge). The CA reads it only from a
 // client certificate that verified against its own bundle, so only records
 // the CA itself signed are believed.
 var OIDAttestation = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 65312, 1, 1}
