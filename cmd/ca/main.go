@@ -46,6 +46,12 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.StringVar(&c.StoreDir, "store-dir", "", "directory of the dir store")
 	fs.StringVar(&c.BundleFile, "bundle-file", "", "write the trust bundle (PEM) here on every change (default <store-dir>/bundle.pem)")
 	fs.DurationVar(&c.SVIDTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued SVIDs")
+	fs.Func("svid-ttl-for", "PATH-PREFIX=TTL: a shorter SVID lifetime for IDs under a SPIFFE ID path prefix, e.g. /ns/payments=10m (repeatable; the longest prefix wins)", func(s string) error {
+		r, err := identity.ParsePrefixTTL(s)
+		c.SVIDTTLFor = append(c.SVIDTTLFor, r)
+		return err
+	})
+	fs.DurationVar(&c.MaxRenewalAge, "max-renewal-age", identity.DefaultMaxRenewalAge, "how long after its join token (or other non-Kubernetes credential) an SVID may still be renewed over mTLS alone; then a new join token is needed")
 	fs.DurationVar(&c.IntermediateTTL, "intermediate-ttl", identity.DefaultIntermediateTTL, "lifetime of the signing intermediate")
 	fs.DurationVar(&c.RootTTL, "root-ttl", identity.DefaultRootTTL, "lifetime of a root")
 	fs.DurationVar(&c.Backdate, "backdate", identity.DefaultBackdate, "how far NotBefore is set in the past")

@@ -50,6 +50,13 @@ type Config struct {
 	TickInterval     time.Duration
 	AutoRotate       bool
 
+	// SVIDTTLFor shortens the SVID lifetime of IDs under path prefixes
+	// (--svid-ttl-for PREFIX=TTL).
+	SVIDTTLFor []identity.PrefixTTL
+	// MaxRenewalAge bounds a renewal chain over mTLS since its last
+	// attestation (--max-renewal-age; zero means the default, 7 days).
+	MaxRenewalAge time.Duration
+
 	Kube KubeConfig
 
 	Logger *slog.Logger
@@ -121,6 +128,14 @@ func (c *Config) Validate() error {
 	if delay := cmp.Or(c.PropagationDelay, identity.DefaultPropagationDelay); c.Kube.UpstreamIssuer != "" && delay*3 >= c.IntermediateTTL {
 		return fmt.Errorf("--propagation-delay %s must be less than a third of --intermediate-ttl %s in upstream mode: each new intermediate is a trust anchor, published that long before it signs, and renewed with a third of its life left", delay, c.IntermediateTTL)
 	}
+	if c.MaxRenewalAge < 0 || (c.MaxRenewalAge > 0 && c.MaxRenewalAge < time.Minute) {
+		return fmt.Errorf("--max-renewal-age %s must be at least a minute", c.MaxRenewalAge)
+	}
+	rules, err := identity.CheckPrefixTTLs(c.SVIDTTLFor, c.SVIDTTL)
+	if err != nil {
+		return fmt.Errorf("--svid-ttl-for: %w", err)
+	}
+	c.SVIDTTLFor = rules
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -154,7 +169,8 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	caCfg := identity.Config{
-		TrustDomain: td, SVIDTTL: cfg.SVIDTTL, IntermediateTTL: cfg.IntermediateTTL, RootTTL: cfg.RootTTL,
+		TrustDomain: td, SVIDTTL: cfg.SVIDTTL, TTLByPrefix: cfg.SVIDTTLFor, MaxRenewalAge: cfg.MaxRenewalAge,
+		IntermediateTTL: cfg.IntermediateTTL, RootTTL: cfg.RootTTL,
 		Backdate: cfg.Backdate, PropagationDelay: cfg.PropagationDelay, TickInterval: cfg.TickInterval,
 		AutoRotate: cfg.AutoRotate, Logger: cfg.Logger, Registerer: s.registry,
 	}

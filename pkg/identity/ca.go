@@ -28,6 +28,14 @@ type Config struct {
 	Store       Store
 	// SVIDTTL is the lifetime of issued SVIDs (default 1h).
 	SVIDTTL time.Duration
+	// TTLByPrefix shortens the lifetime of the SVIDs of IDs under some
+	// path prefixes (high-value identities); the longest prefix wins.
+	TTLByPrefix []PrefixTTL
+	// MaxRenewalAge is how long after its last attestation an SVID chain
+	// may still be renewed over mTLS alone (default 7 days); then a new
+	// credential is needed. Kubernetes identities present a fresh token on
+	// every renewal instead (see ReattestsOnRenewal).
+	MaxRenewalAge time.Duration
 	// IntermediateTTL is the lifetime of the signing CA (default 30 days).
 	IntermediateTTL time.Duration
 	// RootTTL is the lifetime of a root (default 1 year).
@@ -77,6 +85,7 @@ func (c *Config) fill() error {
 	def(&c.Backdate, DefaultBackdate)
 	def(&c.PropagationDelay, DefaultPropagationDelay)
 	def(&c.TickInterval, 10*time.Second)
+	def(&c.MaxRenewalAge, DefaultMaxRenewalAge)
 	if c.Clock == nil {
 		c.Clock = RealClock
 	}
@@ -99,7 +108,16 @@ func (c *Config) fill() error {
 	case c.Upstream != nil && c.PropagationDelay*3 >= c.IntermediateTTL:
 		return fmt.Errorf("%w: propagation delay %s must be less than a third of the intermediate lifetime %s: in upstream mode each new intermediate is a trust anchor, published that long before it signs, and it is renewed with a third of its life left",
 			ErrConfig, c.PropagationDelay, c.IntermediateTTL)
+	case c.MaxRenewalAge < 0:
+		return fmt.Errorf("%w: max renewal age %s must be positive", ErrConfig, c.MaxRenewalAge)
+	case c.MaxRenewalAge < time.Minute:
+		return fmt.Errorf("%w: max renewal age %s is shorter than a minute", ErrConfig, c.MaxRenewalAge)
 	}
+	rules, err := CheckPrefixTTLs(c.TTLByPrefix, c.SVIDTTL)
+	if err != nil {
+		return err
+	}
+	c.TTLByPrefix = rules
 	return nil
 }
 
@@ -353,8 +371,24 @@ func (c *CA) reloadLocked(ctx context.Context) error {
 }
 
 // Sign issues an X.509-SVID for id, which the caller has authenticated, with
-// the public key of csrDER. Every name in the CSR is ignored.
+// the public key of csrDER. Every name in the CSR is ignored. The SVID
+// records an attestation of kind KindLocal, now.
 func (c *CA) Sign(id spiffeid.ID, csrDER []byte) (*Issued, error) {
+	return c.sign(id, csrDER, &Attestation{Kind: KindLocal, At: c.cfg.Clock.Now()})
+}
+
+// SignAttested is Sign recording att, how and when id's chain was last
+// attested, in the SVID (see OIDAttestation).
+func (c *CA) SignAttested(id spiffeid.ID, csrDER []byte, att Attestation) (*Issued, error) {
+	if att.Kind == "" || att.At.IsZero() {
+		return nil, fmt.Errorf("%w: no attestation to record for %s", ErrPermissionDenied, id)
+	}
+	return c.sign(id, csrDER, &att)
+}
+
+// sign issues the SVID; a nil att records none (only tests do that, to
+// make the SVIDs of earlier versions).
+func (c *CA) sign(id spiffeid.ID, csrDER []byte, att *Attestation) (*Issued, error) {
 	if id.TrustDomain() != c.cfg.TrustDomain {
 		return nil, fmt.Errorf("%w: %s is not in trust domain %s", ErrPermissionDenied, id, c.cfg.TrustDomain)
 	}
@@ -365,13 +399,20 @@ func (c *CA) Sign(id spiffeid.ID, csrDER []byte) (*Issued, error) {
 	a := c.auth.Load()
 	now := c.cfg.Clock.Now()
 	signer := a.chain[0]
-	notAfter := minTime(now.Add(c.cfg.SVIDTTL), signer.NotAfter)
+	notAfter := minTime(now.Add(c.svidTTL(id)), signer.NotAfter)
 	if !notAfter.After(now) {
 		return nil, fmt.Errorf("%w: signing CA expired at %s", ErrNotReady, signer.NotAfter.UTC().Format(time.RFC3339))
 	}
 	tmpl, err := leafTemplate(id, now.Add(-c.cfg.Backdate), notAfter)
 	if err != nil {
 		return nil, err
+	}
+	if att != nil {
+		ext, err := att.extension()
+		if err != nil {
+			return nil, err
+		}
+		tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, ext)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, pub, a.key)
 	if err != nil {

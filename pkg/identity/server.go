@@ -94,13 +94,13 @@ func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // Sign implements cav1.CAServer.
 func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignResponse, error) {
 	start := s.ca.cfg.Clock.Now()
-	kind, id, err := s.authenticate(ctx, req.GetCredential())
+	kind, id, att, err := s.authenticate(ctx, req.GetCredential())
 	var iss *Issued
 	if err == nil && id == s.ca.selfID {
 		err = fmt.Errorf("%w: %s is reserved for the CA itself", ErrPermissionDenied, id)
 	}
 	if err == nil {
-		iss, err = s.ca.Sign(id, req.GetCsr())
+		iss, err = s.ca.SignAttested(id, req.GetCsr(), att)
 	}
 	s.ca.metrics.issuance(kind, err, s.ca.cfg.Clock.Now().Sub(start))
 	if err != nil {
@@ -115,16 +115,20 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 	return &cav1.SignResponse{CertChain: iss.Chain, SpiffeId: id.String(), Bundle: s.bundleMessage(s.ca.Bundle())}, nil
 }
 
-// authenticate returns the caller's identity: from its credential, or from
-// the SVID it presented. When it did both they must agree, so an SVID can
-// only ever renew itself.
-func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (string, spiffeid.ID, error) {
-	peerID, hasPeer := s.peerSVID(ctx)
+// authenticate returns the caller's identity, and how and when it was
+// last attested (recorded in the SVID issued): from its credential (now),
+// or from the SVID it presented (copied forward, within the limits of
+// CA.renewal: Kubernetes identities always need a fresh token, others a
+// credential every MaxRenewalAge). When it did both they must agree, so
+// an SVID can only ever renew itself.
+func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (string, spiffeid.ID, Attestation, error) {
+	leaf, peerID, hasPeer := s.peerCert(ctx)
 	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
 		if !hasPeer {
-			return "none", spiffeid.ID{}, fmt.Errorf("%w: no credential; send a join token or a Kubernetes token, or renew over mTLS with a current SVID", ErrUnauthenticated)
+			return "none", spiffeid.ID{}, Attestation{}, fmt.Errorf("%w: no credential; send a join token or a Kubernetes token, or renew over mTLS with a current SVID", ErrUnauthenticated)
 		}
-		return "mtls", peerID, nil
+		att, err := s.ca.renewal(leaf, peerID)
+		return "mtls", peerID, att, err
 	}
 	kind := cred.GetKind()
 	att, ok := s.attestors[kind]
@@ -134,36 +138,43 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 			kinds = append(kinds, k)
 		}
 		slices.Sort(kinds)
-		return "unknown", spiffeid.ID{}, fmt.Errorf("%w: credential kind %q is not accepted here (accepted: %s)", ErrUnauthenticated, kind, strings.Join(kinds, ", "))
+		return "unknown", spiffeid.ID{}, Attestation{}, fmt.Errorf("%w: credential kind %q is not accepted here (accepted: %s)", ErrUnauthenticated, kind, strings.Join(kinds, ", "))
 	}
 	id, err := att.Attest(ctx, cred.GetToken())
 	if err != nil {
-		return kind, spiffeid.ID{}, err
+		return kind, spiffeid.ID{}, Attestation{}, err
 	}
 	if hasPeer && peerID != id {
-		return kind, id, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
+		return kind, id, Attestation{}, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
 	}
-	return kind, id, nil
+	return kind, id, Attestation{Kind: kind, At: s.ca.cfg.Clock.Now()}, nil
 }
 
 // peerSVID returns the SPIFFE ID of the client certificate, which the TLS
 // layer has already verified against the bundle.
 func (s *Server) peerSVID(ctx context.Context) (spiffeid.ID, bool) {
+	_, id, ok := s.peerCert(ctx)
+	return id, ok
+}
+
+// peerCert returns the client's leaf certificate and its SPIFFE ID, while
+// the leaf is valid.
+func (s *Server) peerCert(ctx context.Context) (*x509.Certificate, spiffeid.ID, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return spiffeid.ID{}, false
+		return nil, spiffeid.ID{}, false
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.PeerCertificates) == 0 {
-		return spiffeid.ID{}, false
+		return nil, spiffeid.ID{}, false
 	}
 	leaf := info.State.PeerCertificates[0]
 	if s.ca.cfg.Clock.Now().After(leaf.NotAfter) {
 		// The connection outlived the SVID it was opened with.
-		return spiffeid.ID{}, false
+		return nil, spiffeid.ID{}, false
 	}
 	id, err := x509svid.IDFromCert(leaf)
-	return id, err == nil
+	return leaf, id, err == nil
 }
 
 func peerAddr(ctx context.Context) string {

@@ -23,6 +23,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -36,7 +38,8 @@ type Config struct {
 	// (the mounted tether-trust-bundle, or the standalone bundle.pem).
 	Bundle *x509bundle.Bundle
 	// Credential returns the bootstrap credential; it is called for every
-	// bootstrap, so a projected token file is read fresh each time.
+	// bootstrap and every renewal that re-attests (a Kubernetes identity's,
+	// each time), so a projected token file must be read fresh each time.
 	Credential func() (*cav1.Credential, error)
 	// RenewFraction of the SVID's life after which it is renewed (default 0.5);
 	// Jitter spreads renewals by up to that fraction of the life either way
@@ -73,6 +76,9 @@ type Agent struct {
 	// or the trust bundle stream) failed; nil while it succeeded.
 	caDown    atomic.Pointer[caFailure]
 	reachable prometheus.Gauge
+	// reattest is set when the CA refused to renew on the SVID alone; the
+	// next fetch sends the credential too.
+	reattest atomic.Bool
 }
 
 // caFailure is why, and since when, the CA cannot be reached.
@@ -243,17 +249,22 @@ func (a *Agent) dial(withSVID bool) (*identity.Client, error) {
 }
 
 // fetch gets a new SVID: over mTLS when the current one is valid,
-// otherwise with the bootstrap credential.
+// otherwise with the bootstrap credential. A renewal also sends the
+// credential, read fresh, when the CA requires re-attestation: always for
+// an SVID the CA recorded as attested with a Kubernetes token (see
+// identity.ReattestsOnRenewal), and after the CA refused to renew on the
+// SVID alone (its renewal chain is too old).
 func (a *Agent) fetch(ctx context.Context) error {
 	kind, renew := "bootstrap", a.Ready() == nil
 	var cred *cav1.Credential
 	if renew {
 		kind = "renew"
-	} else {
+	}
+	if !renew || a.reattest.Load() || a.renewsWithCredential() {
 		c, err := a.cfg.Credential()
 		if err != nil {
 			a.events.WithLabelValues(kind, "error").Inc()
-			return fmt.Errorf("bootstrap credential: %w", err)
+			return fmt.Errorf("%s credential: %w", kind, err)
 		}
 		cred = c
 	}
@@ -267,8 +278,13 @@ func (a *Agent) fetch(ctx context.Context) error {
 	svid, bundle, err := client.FetchSVID(ctx, cred)
 	if err != nil {
 		a.events.WithLabelValues(kind, "error").Inc()
+		if renew && cred == nil && status.Code(err) == codes.Unauthenticated {
+			// The CA wants a credential, not just the SVID: send it next time.
+			a.reattest.Store(true)
+		}
 		return err
 	}
+	a.reattest.Store(false)
 	a.events.WithLabelValues(kind, "ok").Inc()
 	a.svid.Store(svid)
 	a.mu.Lock()
@@ -283,6 +299,18 @@ func (a *Agent) fetch(ctx context.Context) error {
 		slog.Duration("valid_for", leaf.NotAfter.Sub(a.cfg.Clock.Now()).Round(time.Second)))
 	a.notify()
 	return nil
+}
+
+// renewsWithCredential reports whether the current SVID is renewed only
+// with a fresh credential: the CA recorded it as attested with one whose
+// kind re-attests on renewal (a Kubernetes token).
+func (a *Agent) renewsWithCredential() bool {
+	s := a.svid.Load()
+	if s == nil {
+		return false
+	}
+	att, ok, err := identity.AttestationOf(s.Certificates[0])
+	return ok && err == nil && identity.ReattestsOnRenewal(att.Kind)
 }
 
 // mergeBundle takes the bundle that came with a Sign response unless

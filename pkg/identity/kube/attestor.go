@@ -30,9 +30,14 @@ const (
 // serviceAccountPrefix starts the username of every ServiceAccount.
 const serviceAccountPrefix = "system:serviceaccount:"
 
-// Cache defaults of TokenReviewConfig.
+// Cache defaults and limits of TokenReviewConfig. A cached review is what
+// lets a deleted Pod's token keep attesting after the deletion, so its
+// lifetime is kept short: DefaultReviewCacheTTL matches the API server's
+// own cache of successful token authentications (10 s), and no setting may
+// exceed MaxReviewCacheTTL.
 const (
-	DefaultReviewCacheTTL  = time.Minute
+	DefaultReviewCacheTTL  = 10 * time.Second
+	MaxReviewCacheTTL      = time.Minute
 	DefaultReviewCacheSize = 4096
 )
 
@@ -47,8 +52,9 @@ type TokenReviewConfig struct {
 	TrustDomain spiffeid.TrustDomain
 	// Audiences the token must be for (default ["tether-ca"]).
 	Audiences []string
-	// CacheTTL caps how long a positive review is reused (default 1m; it
-	// is never reused past the token's expiry). Negative disables the cache.
+	// CacheTTL caps how long a positive review is reused (default 10s, at
+	// most MaxReviewCacheTTL; it is never reused past the token's expiry).
+	// Negative disables the cache.
 	CacheTTL time.Duration
 	// CacheSize bounds the number of cached reviews (default 4096).
 	CacheSize int
@@ -63,7 +69,9 @@ type TokenReviewConfig struct {
 //
 // Positive reviews are cached, keyed by the token's SHA-256, for at most
 // CacheTTL and never past the token's expiry; so a token whose Pod was
-// deleted may be accepted for up to CacheTTL more. Refusals are not cached.
+// deleted may be accepted for up to CacheTTL more (10 s by default, never
+// more than MaxReviewCacheTTL), on top of the API server's own 10 s cache.
+// Refusals are not cached.
 // It is safe for concurrent use.
 type TokenReviewAttestor struct {
 	client    authenticationv1client.TokenReviewsGetter
@@ -93,6 +101,9 @@ func NewTokenReviewAttestor(cfg TokenReviewConfig) (*TokenReviewAttestor, error)
 	}
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = DefaultReviewCacheTTL
+	}
+	if cfg.CacheTTL > MaxReviewCacheTTL {
+		return nil, fmt.Errorf("token review attestor: cache TTL %s is longer than %s (a deleted Pod's token would keep attesting that long)", cfg.CacheTTL, MaxReviewCacheTTL)
 	}
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = DefaultReviewCacheSize
