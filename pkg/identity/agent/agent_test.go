@@ -268,26 +268,17 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 }
 
-// offsetClock is the wall clock moved by an offset, so a test can make a CA
-// whose intermediate, created "in the past", really expires in a few seconds
-// of wall time: the certificates it issues are then checked by TLS (which
-// uses the wall clock) exactly as in production.
-type offsetClock struct{ off atomic.Int64 }
-
-func (c *offsetClock) Now() time.Time { return time.Now().Add(time.Duration(c.off.Load())) }
-
 // shortIntermediateCA returns a CA whose signing intermediate expires left
 // from now (wall time), together with its root, so nothing the CA does
 // can extend it: every SVID it issues is clamped to that end.
 func shortIntermediateCA(t *testing.T, left time.Duration) *identity.CA {
 	t.Helper()
 	const ttl = 2 * time.Minute
-	clock := &offsetClock{}
-	clock.off.Store(int64(left - ttl))
+	clock := testutil.NewOffsetClock(left - ttl)
 	ca := testutil.NewCA(t, clock, func(c *identity.Config) {
 		c.RootTTL, c.IntermediateTTL, c.SVIDTTL = ttl, ttl, time.Minute
 	})
-	clock.off.Store(0)
+	clock.Set(0)
 	// The CA's own serving SVID was issued "in the past": renew it now.
 	if err := ca.Tick(context.Background()); err != nil {
 		t.Fatal(err)
