@@ -32,7 +32,7 @@ proto:
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
-	  for p in openssl:openssl protoc:protobuf-compiler iptables-restore:iptables ip:iproute2 curl:curl dig:bind9-dnsutils; do \
+	  for p in openssl:openssl protoc:protobuf-compiler iptables-restore:iptables ip:iproute2 curl:curl dig:bind9-dnsutils promtool:prometheus; do \
 	    command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; \
 	  done; \
 	  if [ -n "$$missing" ]; then \

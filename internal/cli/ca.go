@@ -113,16 +113,16 @@ func (a *App) caRotate(ctx context.Context, args []string) error {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return parse(fs, args, 1)
 		}
-		return fmt.Errorf("%w: ca rotate needs a step: prepare, activate or retire", errUsage)
+		return fmt.Errorf("%w: ca rotate needs a step: prepare, activate, retire or renew-intermediate", errUsage)
 	}
 	step := args[0]
 	if err := parse(fs, args[1:], 0); err != nil {
 		return err
 	}
 	switch step {
-	case "prepare", "activate", "retire":
+	case "prepare", "activate", "retire", "renew-intermediate":
 	default:
-		return fmt.Errorf("%w: unknown rotation step %q (want prepare, activate or retire)", errUsage, step)
+		return fmt.Errorf("%w: unknown rotation step %q (want prepare, activate, retire or renew-intermediate)", errUsage, step)
 	}
 	api, done, err := dialAdmin(socket)
 	if err != nil {
@@ -140,8 +140,22 @@ func (a *App) caRotate(ctx context.Context, args []string) error {
 
 func (a *App) printStatus(st *cav1.StatusResponse) {
 	fmt.Fprintf(a.Stdout, "trust domain: %s\nbundle sequence: %d\n", st.GetTrustDomain(), st.GetBundleSequence())
-	if st.GetNextStep() != "" {
-		fmt.Fprintf(a.Stdout, "next scheduled step: %s at %s\n", st.GetNextStep(), unixTime(st.GetNextStepAtUnix()))
+	if step := st.GetNextStep(); step != "" {
+		at := unixTime(st.GetNextStepAtUnix())
+		switch {
+		case st.GetNextStepOverdue() && st.GetNextStepManual():
+			fmt.Fprintf(a.Stdout, "next step: %s OVERDUE since %s (automatic rotation is off: run `tether ca rotate %s`)\n", step, at, step)
+		case st.GetNextStepOverdue():
+			fmt.Fprintf(a.Stdout, "next step: %s OVERDUE since %s (the CA retries every tick; its log says why it fails; `tether ca rotate %s` tries now)\n", step, at, step)
+		case st.GetNextStepManual():
+			fmt.Fprintf(a.Stdout, "next step: %s due at %s (automatic rotation is off: run `tether ca rotate %s` then)\n", step, at, step)
+		default:
+			fmt.Fprintf(a.Stdout, "next scheduled step: %s at %s\n", step, at)
+		}
+	}
+	if st.GetIntermediateRenewalOverdue() && st.GetNextStep() != "renew-intermediate" {
+		fmt.Fprintf(a.Stdout, "intermediate renewal: OVERDUE since %s (SVIDs are cut short to the intermediate's end; `tether ca rotate renew-intermediate` tries now)\n",
+			unixTime(st.GetIntermediateRenewalAtUnix()))
 	}
 	fmt.Fprintln(a.Stdout)
 	tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)

@@ -19,7 +19,7 @@ Usage:
   tether svid fetch --ca ADDR --bundle FILE (--token TOKEN | --k8s-token-file FILE) --out DIR
   tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
   tether ca status [--socket PATH]
-  tether ca rotate prepare|activate|retire [--force] [--socket PATH]
+  tether ca rotate prepare|activate|retire|renew-intermediate [--force] [--socket PATH]
   tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]
   tether policy graph [--mesh FILE | --kubeconfig PATH [--context NAME]] [--namespace NS] [--dot]
   tether demo [--rotate] [--duration D] [--dir DIR] [--ports N] [--bin DIR] [--rate N]

@@ -23,7 +23,7 @@ import (
 )
 
 // Lifetimes of tether-ca with --rotate: SVIDs live a minute, the least
-// tether-ca allows (+1s backdating), so sidecars renew every 24 to 37s; a
+// tether-ca allows (+1s backdating), so sidecars renew every 30 to 36s; a
 // prepared root must be in the bundle 3s before it signs.
 const (
 	demoSVIDTTL     = time.Minute

@@ -116,6 +116,14 @@ type caStatus struct {
 	Generations    []generationStatus `json:"generations"`
 	// Note qualifies what the source can tell (a cluster's /metrics).
 	Note string `json:"note,omitempty"`
+
+	// NextStepOverdue: NextStepAt is past and the step not taken;
+	// NextStepManual: the CA will not take it itself (--auto-rotate=false).
+	NextStepOverdue bool `json:"next_step_overdue,omitempty"`
+	NextStepManual  bool `json:"next_step_manual,omitempty"`
+	// IntermediateRenewalOverdue: the signing intermediate is past its
+	// renewal time and not renewed (the upstream fails).
+	IntermediateRenewalOverdue bool `json:"intermediate_renewal_overdue,omitempty"`
 }
 
 type generationStatus struct {
@@ -392,7 +400,17 @@ func printStatus(w io.Writer, r *statusReport) {
 		}
 		fmt.Fprintf(w, "bundle sequence %d", c.BundleSequence)
 		if c.NextStep != "" {
-			fmt.Fprintf(w, ", next step %s at %s", c.NextStep, when(c.NextStepAt, r.Time))
+			if c.NextStepOverdue {
+				fmt.Fprintf(w, ", next step %s OVERDUE since %s", c.NextStep, when(c.NextStepAt, r.Time))
+			} else {
+				fmt.Fprintf(w, ", next step %s at %s", c.NextStep, when(c.NextStepAt, r.Time))
+			}
+			if c.NextStepManual {
+				fmt.Fprintf(w, " (manual: run `tether ca rotate %s`)", c.NextStep)
+			}
+		}
+		if c.IntermediateRenewalOverdue && c.NextStep != "renew-intermediate" {
+			fmt.Fprint(w, ", intermediate renewal OVERDUE")
 		}
 		fmt.Fprintln(w)
 		if c.Note != "" {

@@ -180,6 +180,9 @@ func caFromMetrics(r io.Reader) (*caStatus, error) {
 		return nil, errors.New("/metrics has no tether_ca_bundle_sequence: is this tether-ca?")
 	}
 	c.BundleSequence = uint64(seq.GetMetric()[0].GetGauge().GetValue())
+	if o := mfs["tether_ca_intermediate_renewal_overdue"].GetMetric(); len(o) > 0 && o[0].GetGauge().GetValue() > 0 {
+		c.IntermediateRenewalOverdue = true
+	}
 	gens := map[uint64]*generationStatus{}
 	for name, set := range map[string]func(*generationStatus, float64){
 		"tether_ca_root_expiry_timestamp_seconds":         func(g *generationStatus, v float64) { g.RootExpires = unix(int64(v)) },

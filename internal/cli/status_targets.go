@@ -72,7 +72,8 @@ func decodeBody(r io.Reader, limit int64, v any) error {
 // caFromStatus is the CA's Status RPC answer in the report.
 func caFromStatus(source string, st *cav1.StatusResponse) *caStatus {
 	c := &caStatus{Source: source, TrustDomain: st.GetTrustDomain(), BundleSequence: st.GetBundleSequence(),
-		NextStep: st.GetNextStep(), NextStepAt: unix(st.GetNextStepAtUnix()), Generations: []generationStatus{}}
+		NextStep: st.GetNextStep(), NextStepAt: unix(st.GetNextStepAtUnix()), Generations: []generationStatus{},
+		NextStepOverdue: st.GetNextStepOverdue(), NextStepManual: st.GetNextStepManual(), IntermediateRenewalOverdue: st.GetIntermediateRenewalOverdue()}
 	for _, g := range st.GetGenerations() {
 		c.Generations = append(c.Generations, generationStatus{
 			ID: g.GetId(), State: g.GetState(), RootSHA256: g.GetRootFingerprint(), Upstream: g.GetUpstream(),

@@ -48,7 +48,11 @@ type Config struct {
 	// TickInterval is how often Run reloads the store and takes due
 	// rotation steps (default 10s).
 	TickInterval time.Duration
-	// AutoRotate lets Run take rotation steps on schedule.
+	// AutoRotate lets Run take root-rotation steps (prepare, activate,
+	// retire of self-managed roots) on schedule. Intermediates are renewed
+	// on schedule regardless: that is routine, not rotation. In upstream
+	// mode every step follows from an intermediate renewal, so all are
+	// taken regardless.
 	AutoRotate bool
 	// Upstream, if set, signs the intermediate instead of an own root.
 	Upstream Upstream
@@ -190,6 +194,15 @@ func NewCA(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	if err := c.republishUpstreamAnchors(ctx); err != nil {
 		return nil, err
+	}
+	if err := c.Ready(); err != nil {
+		// The intermediate ended while no CA ran, or while renewing it
+		// failed: nothing can be signed, not even this CA's serving SVID,
+		// and no operator command can reach a CA that does not start.
+		c.log.Warn("the signing intermediate is not valid; renewing it before starting", slog.Any("reason", err))
+		if err := c.Rotate(ctx, StepRenewIntermediate, false); err != nil {
+			return nil, fmt.Errorf("the signing intermediate is not valid and could not be renewed: %w", err)
+		}
 	}
 	if err := c.renewSelf(); err != nil {
 		return nil, err
@@ -488,9 +501,10 @@ func (c *CA) renewSelf() error {
 	return nil
 }
 
-// Rotate takes one manual rotation step.
+// Rotate takes one manual rotation step, or renews the intermediate now
+// (StepRenewIntermediate).
 func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
-	if step == StepPrepare {
+	if step == StepPrepare || step == StepRenewIntermediate {
 		if err := c.presign(ctx); err != nil {
 			c.metrics.rotation(step, err)
 			return err
@@ -504,8 +518,10 @@ func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
 			return true, c.activate(st, now, force)
 		case StepRetire:
 			return true, c.retire(st, now, force)
+		case StepRenewIntermediate:
+			return true, c.renewIntermediateNow(ctx, st, now)
 		default:
-			return false, fmt.Errorf("%w: unknown step %q (want prepare, activate or retire)", ErrRotation, step)
+			return false, fmt.Errorf("%w: unknown step %q (want prepare, activate, retire or renew-intermediate)", ErrRotation, step)
 		}
 	})
 	c.metrics.rotation(step, err)
@@ -516,8 +532,9 @@ func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
 	return c.renewSelf()
 }
 
-// Tick reloads the state written by other replicas, takes due rotation
-// steps (on the leader, with AutoRotate) and renews the CA's own SVID.
+// Tick reloads the state written by other replicas, takes due steps (on
+// the leader: intermediate renewal always, root rotation with AutoRotate)
+// and renews the CA's own SVID.
 func (c *CA) Tick(ctx context.Context) error {
 	c.mu.Lock()
 	err := c.reloadLocked(ctx)
@@ -525,33 +542,44 @@ func (c *CA) Tick(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := c.maintainUpstreamAnchors(ctx); err != nil {
-		return err
+	err = c.maintainUpstreamAnchors(ctx)
+	if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
+		err = errors.Join(err, c.scheduledSteps(ctx))
 	}
-	if c.cfg.AutoRotate && (c.cfg.IsLeader == nil || c.cfg.IsLeader()) {
-		c.mu.Lock()
-		step, at := c.due(c.state)
-		c.mu.Unlock()
-		if step == StepRenewIntermediate && !c.cfg.Clock.Now().Before(at) {
-			if err := c.presign(ctx); err != nil {
-				return fmt.Errorf("renew intermediate: %w", err)
-			}
-		}
-		var taken []Step
-		err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
-			var err error
-			taken, err = c.autoStep(ctx, st, now)
-			return len(taken) > 0, err
-		})
-		for _, s := range taken {
-			c.metrics.rotation(s, err)
-			c.log.Info("scheduled rotation step taken", slog.String("step", string(s)))
-		}
-		if err != nil {
-			return err
+	// A failed step must not keep the CA's own SVID from being renewed.
+	return errors.Join(err, c.renewSelf())
+}
+
+// automatic reports whether Tick takes step on schedule.
+func (c *CA) automatic(step Step) bool {
+	return c.cfg.AutoRotate || step == StepRenewIntermediate || c.cfg.Upstream != nil
+}
+
+// scheduledSteps takes every automatic step that is due.
+func (c *CA) scheduledSteps(ctx context.Context) error {
+	c.mu.Lock()
+	step, at := c.due(c.state, c.automatic)
+	c.mu.Unlock()
+	if step == StepRenewIntermediate && !c.cfg.Clock.Now().Before(at) {
+		if err := c.presign(ctx); err != nil {
+			c.metrics.rotation(step, err)
+			return fmt.Errorf("renew intermediate: %w", err)
 		}
 	}
-	return c.renewSelf()
+	var taken []Step
+	err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
+		var err error
+		taken, err = c.autoStep(ctx, st, now)
+		return len(taken) > 0, err
+	})
+	for _, s := range taken {
+		c.metrics.rotation(s, err)
+		c.log.Info("scheduled rotation step taken", slog.String("step", string(s)))
+	}
+	if err != nil && len(taken) == 0 && step != "" {
+		c.metrics.rotation(step, err) // the due step failed
+	}
+	return err
 }
 
 // Run ticks until ctx ends. Errors are logged and retried on the next tick.

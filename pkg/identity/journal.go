@@ -190,13 +190,17 @@ func pruneRetired(st *State) {
 // due returns the next automatic step and when it is due. Self-managed roots:
 // prepare when the active root has 1/2 of its life left, activate at 1/6,
 // retire once nothing the superseded generation signed is still valid.
-// Intermediates are renewed when 1/3 of their life is left.
-func (c *CA) due(st *State) (Step, time.Time) {
+// Intermediates are renewed when 1/3 of their life is left. Only the steps
+// allow accepts are considered (nil: all).
+func (c *CA) due(st *State, allow func(Step) bool) (Step, time.Time) {
 	var (
 		step Step
 		at   time.Time
 	)
 	consider := func(s Step, t time.Time) {
+		if allow != nil && !allow(s) {
+			return
+		}
 		if step == "" || t.Before(at) {
 			step, at = s, t
 		}
@@ -260,7 +264,7 @@ func maxTime(a, b time.Time) time.Time {
 func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, error) {
 	var taken []Step
 	for range 8 { // each step changes what is due; 8 bounds a pathological loop
-		step, at := c.due(st)
+		step, at := c.due(st, c.automatic)
 		if step == "" || now.Before(at) {
 			return taken, nil
 		}
@@ -273,7 +277,7 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, er
 		case StepRetire:
 			err = c.retire(st, now, false)
 		case StepRenewIntermediate:
-			err = c.renewDueIntermediates(ctx, st, now)
+			err = c.renewDueIntermediates(ctx, st, now, false)
 		}
 		if err != nil {
 			return taken, fmt.Errorf("automatic %s: %w", step, err)
@@ -283,7 +287,32 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, er
 	return taken, nil
 }
 
-func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time) error {
+// renewIntermediateNow is the manual step renew-intermediate: it renews
+// the intermediates of the active and prepared generations whether due or
+// not. It refuses when renewing cannot extend the active intermediate.
+func (c *CA) renewIntermediateNow(ctx context.Context, st *State, now time.Time) error {
+	act := st.active()
+	if act == nil {
+		return fmt.Errorf("%w: no active generation", ErrCorruptState)
+	}
+	a, err := act.authority()
+	if err != nil {
+		return fmt.Errorf("%w: generation %d: %v", ErrCorruptState, act.ID, err)
+	}
+	if root := a.roots[0]; c.cfg.Upstream == nil && !now.Before(root.NotAfter) {
+		return fmt.Errorf("%w: the root of generation %d ended at %s: no intermediate it signs can be valid, and every SVID it signed has expired; start from a new CA state (and give every sidecar the new bundle)",
+			ErrRotation, act.ID, root.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if inter, root := a.chain[0], a.roots[0]; c.cfg.Upstream == nil && !inter.NotAfter.Before(root.NotAfter) {
+		return fmt.Errorf("%w: the intermediate of generation %d already ends with its root, at %s; renewing it cannot extend it: rotate the root (`tether ca rotate prepare`, then `activate`)",
+			ErrRotation, act.ID, root.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return c.renewDueIntermediates(ctx, st, now, true)
+}
+
+// renewDueIntermediates renews the intermediates of the active and prepared
+// generations that are due (all of them with force).
+func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time, force bool) error {
 	for i := range st.Generations {
 		g := &st.Generations[i]
 		if g.State != Active && g.State != Prepared {
@@ -294,7 +323,7 @@ func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time
 			return err
 		}
 		inter := a.chain[0]
-		if now.Before(fraction(inter.NotBefore, inter.NotAfter, 1, 3)) {
+		if now.Before(fraction(inter.NotBefore, inter.NotAfter, 1, 3)) && !force {
 			continue
 		}
 		if c.cfg.Upstream != nil && g.State == Active && st.find(Prepared) != nil {

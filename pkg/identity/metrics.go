@@ -16,9 +16,10 @@ type metrics struct {
 	intermediateExp *prometheus.GaugeVec
 	bundleSequence  prometheus.Gauge
 	rotations       *prometheus.CounterVec
+	renewalOverdue  prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer, _ *CA) *metrics {
+func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
 	m := &metrics{
 		issuances: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_ca_issuances_total",
@@ -45,9 +46,18 @@ func newMetrics(reg prometheus.Registerer, _ *CA) *metrics {
 			Name: "tether_ca_rotation_steps_total",
 			Help: "Rotation journal steps by step and result.",
 		}, []string{"step", "result"}),
+		renewalOverdue: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tether_ca_intermediate_renewal_overdue",
+			Help: "1 while a signing intermediate is past its renewal time (1/3 of its life left) and not renewed: the upstream fails or the state cannot be written. SVIDs are cut short to the intermediate's end.",
+		}, func() float64 {
+			if c.intermediateRenewalOverdue() {
+				return 1
+			}
+			return 0
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations)
+		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.renewalOverdue)
 	}
 	return m
 }

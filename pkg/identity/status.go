@@ -13,6 +13,17 @@ type Status struct {
 	// NextStep is the next scheduled step and when it is due.
 	NextStep   Step
 	NextStepAt time.Time
+	// NextStepOverdue: NextStepAt is past and the step has not been taken
+	// (the upstream failed, or the step is the operator's to take).
+	NextStepOverdue bool
+	// NextStepManual: the CA does not take this step itself (a root
+	// rotation step with AutoRotate off); run `tether ca rotate <step>`.
+	NextStepManual bool
+	// IntermediateRenewalAt is when the earliest intermediate renewal is
+	// due (zero if none can help: the intermediate ends with its root);
+	// IntermediateRenewalOverdue says that time is past.
+	IntermediateRenewalAt      time.Time
+	IntermediateRenewalOverdue bool
 }
 
 // GenerationStatus describes one generation.
@@ -47,6 +58,29 @@ func (c *CA) Status() Status {
 		}
 		s.Generations = append(s.Generations, gs)
 	}
-	s.NextStep, s.NextStepAt = c.due(st)
+	now := c.cfg.Clock.Now()
+	s.NextStep, s.NextStepAt = c.due(st, nil)
+	if s.NextStep != "" {
+		s.NextStepOverdue = !now.Before(s.NextStepAt)
+		s.NextStepManual = !c.automatic(s.NextStep)
+	}
+	if step, at := c.due(st, isRenewal); step != "" {
+		s.IntermediateRenewalAt, s.IntermediateRenewalOverdue = at, !now.Before(at)
+	}
 	return s
+}
+
+func isRenewal(s Step) bool { return s == StepRenewIntermediate }
+
+// intermediateRenewalOverdue reports whether an intermediate renewal is due
+// and not done: the upstream fails, or this CA cannot write its state.
+func (c *CA) intermediateRenewalOverdue() bool {
+	c.mu.Lock()
+	st := c.state
+	c.mu.Unlock()
+	if st == nil {
+		return false
+	}
+	step, at := c.due(st, isRenewal)
+	return step != "" && !c.cfg.Clock.Now().Before(at)
 }

@@ -731,11 +731,22 @@ type StatusResponse struct {
 	TrustDomain    string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	BundleSequence uint64                 `protobuf:"varint,2,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
 	Generations    []*Generation          `protobuf:"bytes,3,rep,name=generations,proto3" json:"generations,omitempty"`
-	// The next automatic rotation step and when it is due.
+	// The next rotation step and when it is due.
 	NextStep       string `protobuf:"bytes,4,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
 	NextStepAtUnix int64  `protobuf:"varint,5,opt,name=next_step_at_unix,json=nextStepAtUnix,proto3" json:"next_step_at_unix,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// next_step_at is past and the step has not been taken (the upstream
+	// fails, or the step is the operator's to take).
+	NextStepOverdue bool `protobuf:"varint,20,opt,name=next_step_overdue,json=nextStepOverdue,proto3" json:"next_step_overdue,omitempty"`
+	// The CA does not take next_step itself (a root-rotation step with
+	// --auto-rotate=false): the operator runs `tether ca rotate <step>`.
+	NextStepManual bool `protobuf:"varint,21,opt,name=next_step_manual,json=nextStepManual,proto3" json:"next_step_manual,omitempty"`
+	// When the earliest intermediate renewal is due (0 if renewing cannot
+	// extend the intermediate: it ends with its root), and whether that is
+	// past without the renewal done.
+	IntermediateRenewalAtUnix  int64 `protobuf:"varint,22,opt,name=intermediate_renewal_at_unix,json=intermediateRenewalAtUnix,proto3" json:"intermediate_renewal_at_unix,omitempty"`
+	IntermediateRenewalOverdue bool  `protobuf:"varint,23,opt,name=intermediate_renewal_overdue,json=intermediateRenewalOverdue,proto3" json:"intermediate_renewal_overdue,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -803,9 +814,37 @@ func (x *StatusResponse) GetNextStepAtUnix() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetNextStepOverdue() bool {
+	if x != nil {
+		return x.NextStepOverdue
+	}
+	return false
+}
+
+func (x *StatusResponse) GetNextStepManual() bool {
+	if x != nil {
+		return x.NextStepManual
+	}
+	return false
+}
+
+func (x *StatusResponse) GetIntermediateRenewalAtUnix() int64 {
+	if x != nil {
+		return x.IntermediateRenewalAtUnix
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetIntermediateRenewalOverdue() bool {
+	if x != nil {
+		return x.IntermediateRenewalOverdue
+	}
+	return false
+}
+
 type RotateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// prepare, activate or retire.
+	// prepare, activate, retire or renew-intermediate.
 	Step string `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
 	// Retire even though SVIDs signed by the retired root may still be valid.
 	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
@@ -912,13 +951,17 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x13root_not_after_unix\x18\x04 \x01(\x03R\x10rootNotAfterUnix\x12=\n" +
 	"\x1bintermediate_not_after_unix\x18\x05 \x01(\x03R\x18intermediateNotAfterUnix\x12*\n" +
 	"\x11retire_after_unix\x18\x06 \x01(\x03R\x0fretireAfterUnix\x12\x1a\n" +
-	"\bupstream\x18\a \x01(\tR\bupstream\"\xe0\x01\n" +
+	"\bupstream\x18\a \x01(\tR\bupstream\"\xb9\x03\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12:\n" +
 	"\vgenerations\x18\x03 \x03(\v2\x18.tether.ca.v1.GenerationR\vgenerations\x12\x1b\n" +
 	"\tnext_step\x18\x04 \x01(\tR\bnextStep\x12)\n" +
-	"\x11next_step_at_unix\x18\x05 \x01(\x03R\x0enextStepAtUnix\"9\n" +
+	"\x11next_step_at_unix\x18\x05 \x01(\x03R\x0enextStepAtUnix\x12*\n" +
+	"\x11next_step_overdue\x18\x14 \x01(\bR\x0fnextStepOverdue\x12(\n" +
+	"\x10next_step_manual\x18\x15 \x01(\bR\x0enextStepManual\x12?\n" +
+	"\x1cintermediate_renewal_at_unix\x18\x16 \x01(\x03R\x19intermediateRenewalAtUnix\x12@\n" +
+	"\x1cintermediate_renewal_overdue\x18\x17 \x01(\bR\x1aintermediateRenewalOverdue\"9\n" +
 	"\rRotateRequest\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force2\xd4\x01\n" +

@@ -41,10 +41,21 @@ type Config struct {
 	// bootstrap and every renewal that re-attests (a Kubernetes identity's,
 	// each time), so a projected token file must be read fresh each time.
 	Credential func() (*cav1.Credential, error)
-	// RenewFraction of the SVID's life after which it is renewed (default 0.5);
-	// Jitter spreads renewals by up to that fraction of the life either way
-	// (default 0.1).
+	// RenewFraction of the SVID's remaining life, counted from when it was
+	// received, after which it is renewed (default 0.5); Jitter spreads
+	// renewals by up to that fraction of the life either way (default 0.1).
 	RenewFraction, Jitter float64
+	// MinRenewInterval is the least time between two successful SVID
+	// fetches, whatever the SVID's life (default 30s): an SVID the CA had to
+	// cut short (its intermediate or root ends soon) is not renewed in a
+	// loop. An SVID with less than this left when it arrives may expire
+	// before the next attempt.
+	MinRenewInterval time.Duration
+	// MaxRenewBackoff caps the wait after renewals that did not extend the
+	// SVID (default 5m). Each such renewal doubles the wait from
+	// MinRenewInterval, with jitter, but the agent still tries once before
+	// its SVID expires.
+	MaxRenewBackoff time.Duration
 	// MinBackoff and MaxBackoff bound the wait between failed attempts
 	// (defaults 500ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
@@ -87,6 +98,12 @@ type caFailure struct {
 	since time.Time
 }
 
+// Renewal pacing defaults (Config.MinRenewInterval, Config.MaxRenewBackoff).
+const (
+	DefaultMinRenewInterval = 30 * time.Second
+	DefaultMaxRenewBackoff  = 5 * time.Minute
+)
+
 // ErrNoSVID means the agent holds no valid SVID yet (or any more).
 var ErrNoSVID = errors.New("no SVID yet")
 
@@ -105,6 +122,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Jitter <= 0 || cfg.Jitter >= cfg.RenewFraction {
 		cfg.Jitter = 0.1
+	}
+	if cfg.MinRenewInterval <= 0 {
+		cfg.MinRenewInterval = DefaultMinRenewInterval
+	}
+	if cfg.MaxRenewBackoff < cfg.MinRenewInterval {
+		cfg.MaxRenewBackoff = max(DefaultMaxRenewBackoff, cfg.MinRenewInterval)
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 500 * time.Millisecond
@@ -230,7 +253,8 @@ func (a *Agent) noteCA(err error) {
 	a.reachable.Set(0)
 }
 
-// RenewNow asks Run to renew the SVID at once.
+// RenewNow asks Run to renew the SVID at once, even sooner than
+// MinRenewInterval.
 func (a *Agent) RenewNow() {
 	select {
 	case a.renew <- struct{}{}:
@@ -323,13 +347,32 @@ func (a *Agent) mergeBundle(b *spiffebundle.Bundle) {
 	a.bundle.Store(b)
 }
 
-// nextRenewal is when an SVID should be renewed: RenewFraction of its
-// life, moved by up to ±Jitter of its life.
-func (a *Agent) nextRenewal(svid *x509svid.SVID) time.Time {
-	leaf := svid.Certificates[0]
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
+// nextRenewal is when an SVID received now should be renewed:
+// RenewFraction of the life it has left, moved by up to ±Jitter of that
+// life, and never sooner than MinRenewInterval. The life counted is what is
+// left now, not NotAfter-NotBefore: an SVID the CA clamped to the end of its
+// intermediate is backdated, so half its nominal life may be already past.
+// stalls is how many renewals in a row did not extend the SVID (the CA keeps
+// returning the same end); each doubles the wait from MinRenewInterval (with
+// jitter, up to MaxRenewBackoff), but the agent still tries once before the
+// SVID expires, in case the CA has renewed its intermediate meanwhile.
+func (a *Agent) nextRenewal(svid *x509svid.SVID, stalls int) time.Time {
+	now := a.cfg.Clock.Now()
+	left := svid.Certificates[0].NotAfter.Sub(now)
 	f := a.cfg.RenewFraction + (rand.Float64()*2-1)*a.cfg.Jitter
-	return leaf.NotBefore.Add(time.Duration(float64(life) * f))
+	wait := time.Duration(float64(left) * f)
+	if stalls > 0 {
+		d := a.cfg.MinRenewInterval << min(stalls, 16)
+		if d <= 0 || d > a.cfg.MaxRenewBackoff {
+			d = a.cfg.MaxRenewBackoff
+		}
+		backoff := d/2 + rand.N(d/2+1)
+		if backoff >= left {
+			backoff = left * 9 / 10 // one last try before it expires
+		}
+		wait = max(wait, backoff)
+	}
+	return now.Add(max(wait, a.cfg.MinRenewInterval))
 }
 
 // backoff returns the wait before attempt n (from 0), with full jitter.
@@ -348,7 +391,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	watching := false
-	failures := 0
+	failures, stalls := 0, 0
+	var lastEnd time.Time // NotAfter of the SVID before the latest fetch
 	for {
 		var wait time.Duration
 		err := a.fetch(ctx)
@@ -367,7 +411,20 @@ func (a *Agent) Run(ctx context.Context) error {
 				slog.Any("error", err), slog.Duration("retry_in", wait.Round(time.Millisecond)), slog.String("current_svid_left", left))
 		} else {
 			failures = 0
-			wait = a.nextRenewal(a.svid.Load()).Sub(a.cfg.Clock.Now())
+			svid := a.svid.Load()
+			end := svid.Certificates[0].NotAfter
+			if !lastEnd.IsZero() && !end.After(lastEnd) {
+				stalls++
+			} else {
+				stalls = 0
+			}
+			lastEnd = end
+			at := a.nextRenewal(svid, stalls)
+			wait = at.Sub(a.cfg.Clock.Now())
+			if stalls > 0 {
+				a.log.Warn("the CA issued an SVID that ends no later than the previous one (its signing intermediate or root ends soon, and has not been renewed); renewing less often",
+					slog.Time("not_after", end), slog.Int("renewals_without_progress", stalls), slog.Time("next_renewal", at))
+			}
 			if !watching {
 				watching = true
 				wg.Add(1)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -158,11 +159,14 @@ func TestNextRenewalIsHalfLifeWithJitter(t *testing.T) {
 		t.Fatal(err)
 	}
 	svid := &x509svid.SVID{ID: iss.ID, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	lo, hi := leaf.NotBefore.Add(life*4/10), leaf.NotBefore.Add(life*6/10)
 	seen := map[time.Time]bool{}
 	for range 200 {
-		at := a.nextRenewal(svid)
+		before := time.Now()
+		at := a.nextRenewal(svid, 0)
+		after := time.Now()
+		// 0.5 ± 0.1 of the life left when received (not of NotAfter-NotBefore).
+		lo := before.Add(leaf.NotAfter.Sub(before) * 4 / 10)
+		hi := after.Add(leaf.NotAfter.Sub(after) * 6 / 10)
 		if at.Before(lo) || at.After(hi) {
 			t.Fatalf("renewal at %s, want within [%s, %s]", at, lo, hi)
 		}
@@ -171,6 +175,63 @@ func TestNextRenewalIsHalfLifeWithJitter(t *testing.T) {
 	if len(seen) < 10 {
 		t.Fatalf("only %d distinct renewal times in 200 draws: no jitter", len(seen))
 	}
+}
+
+// TestNextRenewalFloorAndBackoff: an SVID cut short by the CA is renewed no
+// sooner than MinRenewInterval, and renewals that did not extend the SVID
+// back off exponentially (with jitter) but still try once before it expires.
+func TestNextRenewalFloorAndBackoff(t *testing.T) {
+	clock := testutil.NewFakeClock()
+	ca := testutil.NewCA(t, clock, func(c *identity.Config) { c.IntermediateTTL, c.SVIDTTL = 2*time.Hour, time.Hour })
+	sign := func(left time.Duration) *x509svid.SVID {
+		t.Helper()
+		inter := ca.Status().Generations[0].IntermediateNotAfter
+		clock.Set(inter.Add(-left))
+		csr, key := testutil.NewCSR(t, nil, nil)
+		iss, err := ca.Sign(testutil.ID("/x"), csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ := iss.Leaf()
+		if got := leaf.NotAfter.Sub(clock.Now()); got != left {
+			t.Fatalf("SVID has %s left, want %s (clamped to the intermediate)", got, left)
+		}
+		return &x509svid.SVID{ID: iss.ID, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}
+	}
+	newAgent := func(floor time.Duration) *Agent {
+		a, err := New(Config{CAAddr: "127.0.0.1:1", Bundle: ca.Bundle().Bundle, Credential: func() (*cav1.Credential, error) { return nil, nil },
+			MinRenewInterval: floor, MaxRenewBackoff: time.Hour, Clock: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	check := func(what string, a *Agent, svid *x509svid.SVID, stalls int, lo, hi time.Duration) {
+		t.Helper()
+		seen := map[time.Duration]bool{}
+		for range 200 {
+			wait := a.nextRenewal(svid, stalls).Sub(clock.Now())
+			if wait < lo || wait > hi {
+				t.Fatalf("%s: renewal in %s, want within [%s, %s]", what, wait, lo, hi)
+			}
+			seen[wait] = true
+		}
+		if hi > lo && len(seen) < 10 {
+			t.Fatalf("%s: only %d distinct waits in 200 draws: no jitter", what, len(seen))
+		}
+	}
+	// Default floor: an SVID with 5s left (before: renewed at once, since
+	// half of its backdated life was already past) waits 30s.
+	check("5s left, default floor", newAgent(0), sign(5*time.Second), 0, DefaultMinRenewInterval, DefaultMinRenewInterval)
+	a := newAgent(time.Second)
+	// 6 renewals without progress: 1s<<6 = 64s, jittered to [32s, 64s];
+	// the SVID has 40s left, so a draw past it becomes 36s (0.9 of it).
+	// Without the backoff it would be 0.5±0.1 of 40s, 16s to 24s.
+	check("40s left, 6 stalls", a, sign(40*time.Second), 6, 32*time.Second, 40*time.Second)
+	// A long SVID is still renewed at half its life, stalls or not.
+	check("50m left, 3 stalls", a, sign(50*time.Minute), 3, 20*time.Minute, 30*time.Minute)
+	// Whatever the backoff, one try before the SVID ends: at 0.9 of 3s.
+	check("3s left, 20 stalls", a, sign(3*time.Second), 20, 2700*time.Millisecond, 2700*time.Millisecond)
 }
 
 func TestFetchJWTSVID(t *testing.T) {
@@ -204,5 +265,106 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: New succeeded", name)
 		}
+	}
+}
+
+// shortIntermediateCA returns a CA whose signing intermediate expires left
+// from now (wall time), together with its root, so nothing the CA does
+// can extend it: every SVID it issues is clamped to that end.
+func shortIntermediateCA(t *testing.T, left time.Duration) *identity.CA {
+	t.Helper()
+	const ttl = 2 * time.Minute
+	clock := testutil.NewOffsetClock(left - ttl)
+	ca := testutil.NewCA(t, clock, func(c *identity.Config) {
+		c.RootTTL, c.IntermediateTTL, c.SVIDTTL = ttl, ttl, time.Minute
+	})
+	clock.Set(0)
+	// The CA's own serving SVID was issued "in the past": renew it now.
+	if err := ca.Tick(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// renewals is how many SVIDs the agent's renewals obtained.
+func renewals(reg *prometheus.Registry) int {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "tether_sidecar_svid_fetches_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["kind"] == "renew" && labels["result"] == "ok" {
+				return int(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return 0
+}
+
+// TestNoRenewalStormNearIntermediateExpiry: the CA's intermediate (and
+// root: the root was not rotated in time) expires in 4s, so every SVID is clamped to it. Before the fix
+// each agent renewed as fast as the CA answered (hundreds of SVIDs a second,
+// as the issue saw: 1,725 renewals by one sidecar); now an agent never
+// renews sooner than MinRenewInterval after the last SVID, so two agents get
+// at most a handful over the window.
+func TestNoRenewalStormNearIntermediateExpiry(t *testing.T) {
+	const left = 4 * time.Second
+	ca := shortIntermediateCA(t, left)
+	c := startCA(t, ca, "127.0.0.1:0")
+	var regs []*prometheus.Registry
+	for _, path := range []string{"/ns/default/sa/web", "/ns/default/sa/db"} {
+		reg := prometheus.NewRegistry()
+		a, err := New(Config{CAAddr: c.addr, Bundle: ca.Bundle().Bundle, Credential: tokenCred(t, ca, path, nil),
+			MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { a.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
+		regs = append(regs, reg)
+	}
+	time.Sleep(left + time.Second) // the whole window, and past the intermediate's end
+	for i, reg := range regs {
+		n := renewals(reg)
+		t.Logf("agent %d: %d renewals in the last %s of the intermediate", i, n, left)
+		// MinRenewInterval (default 30s) is longer than the window: the
+		// SVID from the bootstrap is never renewed before it ends.
+		if n > 0 {
+			t.Errorf("agent %d renewed %d times in %s: a renewal storm", i, n, left+time.Second)
+		}
+	}
+}
+
+// TestRenewalFloorPacesRenewalsOfShortSVIDs: with a short floor the agent
+// does keep renewing an SVID clamped to an intermediate that ends in 4s (in
+// case the CA renews it), but at most once per MinRenewInterval.
+func TestRenewalFloorPacesRenewalsOfShortSVIDs(t *testing.T) {
+	const left, floor = 4 * time.Second, 500 * time.Millisecond
+	ca := shortIntermediateCA(t, left)
+	c := startCA(t, ca, "127.0.0.1:0")
+	reg := prometheus.NewRegistry()
+	a, err := New(Config{CAAddr: c.addr, Bundle: ca.Bundle().Bundle, Credential: tokenCred(t, ca, "/ns/default/sa/web", nil),
+		MinRenewInterval: floor, MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
+	time.Sleep(left + time.Second)
+	n := renewals(reg)
+	t.Logf("%d renewals in the last %s of the intermediate, floor %s", n, left, floor)
+	if n < 1 || n > int(left/floor) {
+		t.Errorf("%d renewals in %s with a %s floor, want 1 to %d", n, left, floor, left/floor)
 	}
 }
