@@ -472,6 +472,9 @@ func (c *CA) Tick(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := c.tickRevocations(ctx); err != nil {
+		return fmt.Errorf("prune revocations: %w", err)
+	}
 	if c.cfg.AutoRotate && (c.cfg.IsLeader == nil || c.cfg.IsLeader()) {
 		c.mu.Lock()
 		step, at := c.due(c.state)

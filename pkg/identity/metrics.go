@@ -16,6 +16,7 @@ type metrics struct {
 	intermediateExp *prometheus.GaugeVec
 	bundleSequence  prometheus.Gauge
 	rotations       *prometheus.CounterVec
+	revocations     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, _ *CA) *metrics {
@@ -45,15 +46,20 @@ func newMetrics(reg prometheus.Registerer, _ *CA) *metrics {
 			Name: "tether_ca_rotation_steps_total",
 			Help: "Rotation journal steps by step and result.",
 		}, []string{"step", "result"}),
+		revocations: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_revocations",
+			Help: "Revocation entries in the CA state, by kind (spiffe_id, serial, join_token).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations)
+		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.revocations)
 	}
 	return m
 }
 
 func (m *metrics) observeState(st *State) {
 	m.bundleSequence.Set(float64(st.BundleSequence))
+	m.observeRevocations(st.Revocations)
 	m.rootExpiry.Reset()
 	m.intermediateExp.Reset()
 	for _, g := range st.Generations {
@@ -93,6 +99,8 @@ func resultOf(err error) string {
 		return "bad_csr"
 	case errors.Is(err, ErrUnauthenticated):
 		return "unauthenticated"
+	case errors.Is(err, ErrRevoked):
+		return "revoked"
 	case errors.Is(err, ErrPermissionDenied):
 		return "denied"
 	case errors.Is(err, ErrUnavailable):
@@ -101,5 +109,17 @@ func resultOf(err error) string {
 		return "refused"
 	default:
 		return "error"
+	}
+}
+
+func (m *metrics) observeRevocations(rs []Revocation) {
+	for _, k := range []RevocationKind{RevokedID, RevokedSerial, RevokedJoinToken} {
+		n := 0
+		for _, r := range rs {
+			if r.Kind == k {
+				n++
+			}
+		}
+		m.revocations.WithLabelValues(string(k)).Set(float64(n))
 	}
 }

@@ -120,6 +120,11 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 // only ever renew itself.
 func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (string, spiffeid.ID, error) {
 	peerID, hasPeer := s.peerSVID(ctx)
+	if hasPeer {
+		if err := s.refuseRevokedPeer(ctx, peerID); err != nil {
+			return "mtls", peerID, err
+		}
+	}
 	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
 		if !hasPeer {
 			return "none", spiffeid.ID{}, fmt.Errorf("%w: no credential; send a join token or a Kubernetes token, or renew over mTLS with a current SVID", ErrUnauthenticated)
@@ -139,6 +144,9 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 	id, err := att.Attest(ctx, cred.GetToken())
 	if err != nil {
 		return kind, spiffeid.ID{}, err
+	}
+	if err := s.ca.CheckAttestation(id); err != nil {
+		return kind, id, err
 	}
 	if hasPeer && peerID != id {
 		return kind, id, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
@@ -231,7 +239,11 @@ func (s *Server) SignJWT(ctx context.Context, req *cav1.SignJWTRequest) (*cav1.S
 	if !ok {
 		return nil, grpcError(fmt.Errorf("%w: JWT-SVIDs are issued only over mTLS with the caller's X509-SVID", ErrUnauthenticated))
 	}
-	j, err := s.ca.SignJWT(id, req.GetAudience(), time.Duration(req.GetTtlSeconds())*time.Second)
+	var j *JWTSVID
+	err := s.refuseRevokedPeer(ctx, id) // a revoked SVID gets no JWT-SVID either
+	if err == nil {
+		j, err = s.ca.SignJWT(id, req.GetAudience(), time.Duration(req.GetTtlSeconds())*time.Second)
+	}
 	s.ca.metrics.issuances.WithLabelValues("jwt", resultOf(err)).Inc()
 	if err != nil {
 		return nil, grpcError(err)

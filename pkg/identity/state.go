@@ -34,6 +34,9 @@ type State struct {
 	NextGeneration uint64       `json:"next_generation"`
 	Generations    []Generation `json:"generations"`
 	JoinTokens     []JoinToken  `json:"join_tokens,omitempty"`
+	// Revocations are the SPIFFE IDs, serials and join tokens the CA
+	// refuses to renew or accept (see revoke.go).
+	Revocations []Revocation `json:"revocations,omitempty"`
 }
 
 // Generation is one CA generation: a root (or, in upstream mode, the
@@ -121,7 +124,7 @@ func (s *State) validate() error {
 	if len(s.Generations) > 0 && active != 1 {
 		return fmt.Errorf("%d active generations, want exactly 1", active)
 	}
-	return nil
+	return validateRevocations(s.Revocations)
 }
 
 // clone returns a deep-enough copy: slices are copied, certificate bytes
@@ -130,6 +133,7 @@ func (s *State) clone() *State {
 	c := *s
 	c.Generations = append([]Generation(nil), s.Generations...)
 	c.JoinTokens = append([]JoinToken(nil), s.JoinTokens...)
+	c.Revocations = append([]Revocation(nil), s.Revocations...)
 	return &c
 }
 

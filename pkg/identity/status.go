@@ -13,6 +13,8 @@ type Status struct {
 	// NextStep is the next scheduled step and when it is due.
 	NextStep   Step
 	NextStepAt time.Time
+	// Revocations are the revocation entries in force.
+	Revocations []Revocation
 }
 
 // GenerationStatus describes one generation.
@@ -48,5 +50,6 @@ func (c *CA) Status() Status {
 		s.Generations = append(s.Generations, gs)
 	}
 	s.NextStep, s.NextStepAt = c.due(st)
+	s.Revocations = c.Revocations()
 	return s
 }
