@@ -101,6 +101,9 @@ func (a *AdminServer) Rotate(ctx context.Context, req *cav1.RotateRequest) (*cav
 
 func statusMessage(s Status) *cav1.StatusResponse {
 	m := &cav1.StatusResponse{TrustDomain: s.TrustDomain, BundleSequence: s.BundleSequence, NextStep: string(s.NextStep), NextStepAtUnix: unixOrZero(s.NextStepAt)}
+	for _, r := range s.Revocations {
+		m.Revocations = append(m.Revocations, revocationMessage(r))
+	}
 	for _, g := range s.Generations {
 		m.Generations = append(m.Generations, &cav1.Generation{
 			Id: g.ID, State: string(g.State), RootFingerprint: g.RootFingerprint,

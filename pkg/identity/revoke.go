@@ -293,14 +293,29 @@ func (c *CA) RevokeJoinToken(ctx context.Context, hashPrefix string, revokeSVIDs
 	return out, nil
 }
 
+// RevocationStatus is a revocation entry in force, as status shows it.
+type RevocationStatus struct {
+	Revocation
+	// Blocking: new attestation of the SPIFFE ID is refused now.
+	Blocking bool
+	// PruneAfter is when the entry goes; zero while it blocks until
+	// unrevoked.
+	PruneAfter time.Time
+}
+
 // Revocations returns the entries in force, oldest first.
-func (c *CA) Revocations() []Revocation {
+func (c *CA) Revocations() []RevocationStatus {
 	c.mu.Lock()
 	rs := slices.Clone(c.state.Revocations)
 	c.mu.Unlock()
-	rs = c.pruneRevocations(rs, c.cfg.Clock.Now())
+	now := c.cfg.Clock.Now()
+	rs = c.pruneRevocations(rs, now)
 	slices.SortStableFunc(rs, func(a, b Revocation) int { return a.RevokedAt.Compare(b.RevokedAt) })
-	return rs
+	out := make([]RevocationStatus, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, RevocationStatus{Revocation: r, Blocking: r.Blocking(now), PruneAfter: r.PruneAfter(c.maxSVIDLife())})
+	}
+	return out
 }
 
 // LiveJoinTokens returns the join tokens that may still be used, by expiry.

@@ -14,7 +14,7 @@ type Status struct {
 	NextStep   Step
 	NextStepAt time.Time
 	// Revocations are the revocation entries in force.
-	Revocations []Revocation
+	Revocations []RevocationStatus
 }
 
 // GenerationStatus describes one generation.
