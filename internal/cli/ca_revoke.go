@@ -61,7 +61,7 @@ func (a *App) caRevoke(ctx context.Context, args []string) error {
 	for _, r := range resp.GetRevocations() {
 		fmt.Fprintln(a.Stdout, describeRevocation(r))
 	}
-	fmt.Fprintln(a.Stdout, "Every CA replica refuses from its next store reload (--tick-interval). SVIDs already issued stay valid until they expire (at most the SVID lifetime).")
+	fmt.Fprintln(a.Stdout, "Every CA replica refuses from its next store reload (tether-ca --tick, default 10s). SVIDs already issued stay valid until they expire (at most the SVID lifetime).")
 	return nil
 }
 
