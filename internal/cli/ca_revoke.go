@@ -18,7 +18,7 @@ func (a *App) caRevoke(ctx context.Context, args []string) error {
 	serial := fs.String("serial", "", "revoke the one SVID with this serial number (hex, as `tether identity` shows it)")
 	tokenFile := fs.String("join-token-file", "", "revoke the join token in this file (- reads standard input)")
 	tokenHash := fs.String("join-token-hash", "", "revoke the join token whose hash starts with this (as `tether ca token list` shows it)")
-	reattest := fs.Bool("allow-reattest", false, "with --spiffe-id: refuse only the SVIDs issued before now; a fresh credential may attest the ID at once")
+	reattest := fs.Bool("allow-reattest", false, "with --spiffe-id: refuse only the SVIDs issued until every replica has the revocation (2 x tether-ca --tick); after that a fresh credential may attest the ID")
 	blockFor := fs.Duration("block-for", 0, "with --spiffe-id: refuse attestation for this long instead of until `tether ca unrevoke`")
 	keepSVIDs := fs.Bool("keep-svids", false, "with a join token: delete only the token; keep renewing the SVIDs of its SPIFFE ID")
 	reason := fs.String("reason", "", "why, recorded with the revocation and shown by `tether ca status`")
@@ -132,7 +132,7 @@ func describeRevocation(r *cav1.Revocation) string {
 		case r.GetBlocking():
 			return fmt.Sprintf("revoked %s: its SVIDs issued before %s are refused renewal, and it blocks attestation until then", r.GetValue(), unixTime(r.GetUntilUnix()))
 		default:
-			return fmt.Sprintf("revoked %s: its SVIDs issued before %s are refused renewal; a fresh credential may attest it", r.GetValue(), unixTime(r.GetUntilUnix()))
+			return fmt.Sprintf("revoked %s: its SVIDs issued before %s are refused renewal; a fresh credential may attest it from then", r.GetValue(), unixTime(r.GetUntilUnix()))
 		}
 	case "serial":
 		return fmt.Sprintf("revoked the SVID with serial %s: refused renewal (entry dropped after %s)", r.GetValue(), unixTime(r.GetPruneAfterUnix()))

@@ -249,7 +249,7 @@ func TestRevokeCommands(t *testing.T) {
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-hash", "abc"}, 1, "at least 8"},
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", filepath.Join(dir, "none")}, 1, "join token file"},
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", bundle}, 1, "not a join token"},
-		{[]string{"ca", "unrevoke", "--socket", sock, "--spiffe-id", web}, 1, "not blocked"},
+		{[]string{"ca", "unrevoke", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/never"}, 1, "not revoked"},
 		{[]string{"ca", "unrevoke", "--socket", sock}, 2, "--spiffe-id is required"},
 		{[]string{"svid", "fetch", "--ca", addr, "--bundle", bundle, "--out", svidDir, "--token", "t", "--join-token-file", tokFile}, 2, "exactly one"},
 	} {

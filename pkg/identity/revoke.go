@@ -101,6 +101,11 @@ func validateRevocations(rs []Revocation) error {
 	return nil
 }
 
+// reloadMargin is how long after a revocation every replica is assumed to
+// have loaded it: twice the store reload interval. An SVID a lagging replica
+// issued (renewed) meanwhile is covered by an entry that reaches this far.
+func (c *CA) reloadMargin() time.Duration { return 2 * c.cfg.TickInterval }
+
 // maxSVIDLife bounds how long after its issuance an SVID is valid, with the
 // backdate as a margin for clocks that differ between replicas.
 func (c *CA) maxSVIDLife() time.Duration { return c.cfg.SVIDTTL + c.cfg.Backdate }
@@ -115,8 +120,9 @@ func (c *CA) pruneRevocations(rs []Revocation, now time.Time) []Revocation {
 
 // IDRevocation says how a SPIFFE ID is revoked.
 type IDRevocation struct {
-	// AllowReattest refuses only the SVIDs issued before now: a workload
-	// that attests again with a fresh credential gets a new SVID at once.
+	// AllowReattest refuses only the SVIDs issued until every replica has
+	// loaded the revocation (two store reload intervals): a workload that
+	// attests again with a fresh credential after that gets a new SVID.
 	AllowReattest bool
 	// For, if set, blocks attestation for this long instead of until
 	// Unrevoke. Not with AllowReattest.
@@ -146,9 +152,9 @@ func (c *CA) RevokeID(ctx context.Context, id spiffeid.ID, how IDRevocation) (Re
 		r := Revocation{Kind: RevokedID, Value: id.String(), RevokedAt: now, Reason: how.Reason}
 		switch {
 		case how.AllowReattest:
-			r.Until = now
+			r.Until = now.Add(c.reloadMargin())
 		case how.For > 0:
-			r.Until = now.Add(how.For)
+			r.Until = now.Add(max(how.For, c.reloadMargin()))
 		}
 		st.Revocations = c.pruneRevocations(st.Revocations, now)
 		out = addRevocation(st, r)
@@ -282,7 +288,7 @@ func (c *CA) RevokeJoinToken(ctx context.Context, hashPrefix string, revokeSVIDs
 			if reason != "" {
 				why += ": " + reason
 			}
-			out = append(out, addRevocation(st, Revocation{Kind: RevokedID, Value: t.SPIFFEID, RevokedAt: now, Until: now, Reason: why}))
+			out = append(out, addRevocation(st, Revocation{Kind: RevokedID, Value: t.SPIFFEID, RevokedAt: now, Until: now.Add(c.reloadMargin()), Reason: why}))
 		}
 		return true, nil
 	})

@@ -140,10 +140,11 @@ func TestRevokeSPIFFEID(t *testing.T) {
 }
 
 // TestRevokeSPIFFEIDAllowReattest: with AllowReattest the SVIDs issued
-// before are refused but a fresh credential works at once.
+// before are refused but a fresh credential works once every replica has
+// loaded the revocation (two ticks).
 func TestRevokeSPIFFEIDAllowReattest(t *testing.T) {
 	ctx := context.Background()
-	ca := realCA(t)
+	ca := testutil.NewCA(t, identity.RealClock, func(c *identity.Config) { c.TickInterval = 500 * time.Millisecond })
 	addr := serve(t, ca, nil)
 	web := testutil.ID("/ns/default/sa/web")
 	old, _, err := dial(t, addr, ca, nil).FetchSVID(ctx, joinToken(t, ca, web))
@@ -158,7 +159,9 @@ func TestRevokeSPIFFEIDAllowReattest(t *testing.T) {
 	}
 	_, err = renew(t, addr, ca, old)
 	wantRevoked(t, "renewal of an SVID issued before the revocation", err)
-	time.Sleep(1100 * time.Millisecond)
+	_, _, err = dial(t, addr, ca, nil).FetchSVID(ctx, joinToken(t, ca, web))
+	wantRevoked(t, "re-attestation before every replica can have loaded the revocation", err)
+	time.Sleep(2100 * time.Millisecond) // two ticks, and NotBefore has a one-second resolution
 	fresh, _, err := dial(t, addr, ca, nil).FetchSVID(ctx, joinToken(t, ca, web))
 	if err != nil {
 		t.Fatalf("re-attestation: %v", err)
@@ -238,7 +241,7 @@ func TestRevokeJoinToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 2 || rs[0].Kind != identity.RevokedJoinToken || rs[1].Kind != identity.RevokedID || rs[1].Blocking(time.Now().Add(time.Second)) {
+	if len(rs) != 2 || rs[0].Kind != identity.RevokedJoinToken || rs[1].Kind != identity.RevokedID || rs[1].Blocking(time.Now().Add(21*time.Second)) {
 		t.Fatalf("revocations %+v", rs)
 	}
 	_, _, err = dial(t, addr, ca, nil).FetchSVID(ctx, cred)
@@ -398,5 +401,66 @@ func TestRevokeRefusals(t *testing.T) {
 	}
 	if n := len(ca.Revocations()); n != 1 {
 		t.Fatalf("%d entries, want 1", n)
+	}
+}
+
+// TestRevokeCoversLaggingReplicas: until every replica has reloaded the
+// store, a lagging one still renews the revoked SVID. With --allow-reattest
+// that fresh SVID (issued after the revocation) must be refused too, or the
+// thief keeps the identity for ever.
+func TestRevokeCoversLaggingReplicas(t *testing.T) {
+	ctx := context.Background()
+	clock := testutil.NewFakeClock()
+	ca := testutil.NewCA(t, clock, func(c *identity.Config) { c.TickInterval = 10 * time.Second })
+	web := testutil.ID("/ns/default/sa/web")
+	for _, revoke := range []func() error{
+		func() error {
+			_, err := ca.RevokeID(ctx, web, identity.IDRevocation{AllowReattest: true})
+			return err
+		},
+		func() error {
+			tok, _, err := ca.CreateJoinToken(ctx, web, time.Hour, true)
+			if err != nil {
+				return err
+			}
+			h, _ := identity.HashJoinToken(tok)
+			_, err = ca.RevokeJoinToken(ctx, h, true, "")
+			return err
+		},
+	} {
+		clock.Add(2 * time.Hour) // past the previous entry
+		if err := ca.Tick(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := revoke(); err != nil {
+			t.Fatal(err)
+		}
+		// A replica that has not reloaded yet renews the stolen SVID a tick later.
+		clock.Add(10 * time.Second)
+		csr, _ := testutil.NewCSR(t, nil, nil)
+		iss, err := ca.Sign(web, csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := iss.Leaf()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ca.CheckRenewal(web, leaf); !errors.Is(err, identity.ErrRevoked) {
+			t.Fatalf("an SVID a lagging replica renewed one tick after the revocation: %v, want ErrRevoked", err)
+		}
+		// After two ticks every replica has the entry: a fresh credential works.
+		clock.Add(11 * time.Second)
+		if err := ca.CheckAttestation(web); err != nil {
+			t.Fatalf("attestation two ticks after an allow-reattest revocation: %v", err)
+		}
+		iss, err = ca.Sign(web, csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ = iss.Leaf()
+		if err := ca.CheckRenewal(web, leaf); err != nil {
+			t.Fatalf("renewal of the re-attested SVID: %v", err)
+		}
 	}
 }
