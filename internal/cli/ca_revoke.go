@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -24,6 +25,9 @@ func (a *App) caRevoke(ctx context.Context, args []string) error {
 	reason := fs.String("reason", "", "why, recorded with the revocation and shown by `tether ca status`")
 	if err := parse(fs, args, 0); err != nil {
 		return err
+	}
+	if *blockFor < 0 || (*blockFor > 0 && *blockFor < time.Second) {
+		return fmt.Errorf("%w: --block-for %s: give at least 1s (or leave it out to block until `tether ca unrevoke`)", errUsage, *blockFor)
 	}
 	req := &cav1.RevokeRequest{AllowReattest: *reattest, BlockSeconds: int64(blockFor.Seconds()), KeepSvids: *keepSVIDs, Reason: *reason}
 	n := 0

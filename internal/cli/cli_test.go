@@ -246,6 +246,8 @@ func TestRevokeCommands(t *testing.T) {
 		{[]string{"ca", "revoke", "--socket", sock, "--spiffe-id", web, "--serial", "1"}, 2, "exactly one of"},
 		{[]string{"ca", "revoke", "--socket", sock, "--serial", "1", "--allow-reattest"}, 1, "SPIFFE ID only"},
 		{[]string{"ca", "revoke", "--socket", sock, "--serial", "nothex"}, 1, "hexadecimal"},
+		{[]string{"ca", "revoke", "--socket", sock, "--spiffe-id", web, "--block-for", "500ms"}, 2, "at least 1s"},
+		{[]string{"ca", "revoke", "--socket", sock, "--spiffe-id", "spiffe://other.org/x"}, 1, "not in trust domain"},
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-hash", "abc"}, 1, "at least 8"},
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", filepath.Join(dir, "none")}, 1, "join token file"},
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", bundle}, 1, "not a join token"},
