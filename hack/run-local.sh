@@ -32,10 +32,11 @@ done
 export TETHER_CA_ADMIN_SOCKET="$home/ca/admin.sock"
 
 echo "== creating a join token for $id"
-token=$(bin/tether ca token create --spiffe-id "$id" --ttl 10m)
+rm -f "$home/join.token"
+bin/tether ca token create --spiffe-id "$id" --ttl 10m --out "$home/join.token"
 
-echo "== fetching an SVID with it"
-bin/tether svid fetch --ca "$ca_addr" --bundle "$home/ca/bundle.pem" --token "$token" --out "$home/svid"
+echo "== fetching an SVID with it (read from the 0600 file, not the command line)"
+bin/tether svid fetch --ca "$ca_addr" --bundle "$home/ca/bundle.pem" --join-token-file "$home/join.token" --out "$home/svid"
 
 if command -v openssl >/dev/null; then
   echo "== openssl verify"

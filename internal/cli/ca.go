@@ -62,6 +62,7 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 	fs.StringVar(&id, "spiffe-id", "", "SPIFFE ID the token proves (required)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	reusable := fs.Bool("reusable", false, "allow the token to be used more than once")
+	outPath := fs.String("out", "", "write the token to this new file (mode 0600) instead of standard output")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -73,13 +74,35 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 		return err
 	}
 	defer done()
+	// The file is made first, so that a token is never created and lost.
+	var out *os.File
+	if *outPath != "" {
+		if out, err = os.OpenFile(*outPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+			return fmt.Errorf("--out: %w (the token file must not exist yet)", err)
+		}
+		defer out.Close()
+	}
 	resp, err := api.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: int64(ttl.Seconds()), Reusable: *reusable})
 	if err != nil {
+		if out != nil {
+			os.Remove(*outPath)
+		}
 		return rpcError("create join token", err)
 	}
-	fmt.Fprintln(a.Stdout, resp.GetToken())
-	fmt.Fprintf(a.Stderr, "join token for %s, valid until %s%s\n", id,
-		time.Unix(resp.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), map[bool]string{true: ", reusable", false: ", single use"}[*reusable])
+	where := ""
+	if out != nil {
+		if _, err := fmt.Fprintln(out, resp.GetToken()); err != nil {
+			return fmt.Errorf("write the token to %s: %w", *outPath, err)
+		}
+		if err := out.Close(); err != nil {
+			return fmt.Errorf("write the token to %s: %w", *outPath, err)
+		}
+		where = ", written to " + *outPath
+	} else {
+		fmt.Fprintln(a.Stdout, resp.GetToken())
+	}
+	fmt.Fprintf(a.Stderr, "join token for %s, valid until %s%s%s\n", id,
+		time.Unix(resp.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), map[bool]string{true: ", reusable", false: ", single use"}[*reusable], where)
 	return nil
 }
 
@@ -169,6 +192,7 @@ func (a *App) printStatus(st *cav1.StatusResponse) {
 			unixTime(g.GetRootNotAfterUnix()), unixTime(g.GetIntermediateNotAfterUnix()), unixTime(g.GetRetireAfterUnix()))
 	}
 	tw.Flush()
+	a.printRevocations(st.GetRevocations())
 }
 
 func unixTime(s int64) string {

@@ -16,8 +16,11 @@ const usage = `tether: the Tether service mesh command line
 
 Usage:
   tether identity [--socket unix:///run/tether/workload.sock] [--json] [--write DIR]
-  tether svid fetch --ca ADDR --bundle FILE (--token TOKEN | --k8s-token-file FILE) --out DIR
-  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
+  tether svid fetch --ca ADDR --bundle FILE (--join-token-file FILE|- | --token TOKEN | --k8s-token-file FILE) --out DIR
+  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--out FILE] [--socket PATH]
+  tether ca token list [--socket PATH]
+  tether ca revoke (--spiffe-id ID [--allow-reattest | --block-for D] | --serial HEX | --join-token-file FILE|- | --join-token-hash HASH) [--keep-svids] [--reason TEXT] [--socket PATH]
+  tether ca unrevoke --spiffe-id ID [--socket PATH]
   tether ca status [--socket PATH]
   tether ca rotate prepare|activate|retire|renew-intermediate [--force] [--socket PATH]
   tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]
@@ -30,6 +33,8 @@ Run a command with -h for its flags.
 
 // App is the CLI with its outputs.
 type App struct {
+	// Stdin is read by the flags that take "-" (nil: os.Stdin).
+	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 }
 
@@ -78,6 +83,12 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return a.status(ctx, args[1:])
 	case path == "ca token" && len(args) > 2 && args[2] == "create":
 		return a.caTokenCreate(ctx, args[3:])
+	case path == "ca token" && len(args) > 2 && args[2] == "list":
+		return a.caTokenList(ctx, args[3:])
+	case path == "ca revoke":
+		return a.caRevoke(ctx, args[2:])
+	case path == "ca unrevoke":
+		return a.caUnrevoke(ctx, args[2:])
 	case args[0] == "demo":
 		return a.demo(ctx, args[1:])
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":

@@ -163,3 +163,123 @@ func TestRelativeAdminSocket(t *testing.T) {
 		t.Fatalf("status with a relative socket: code %d out %q err %q", code, out, errOut)
 	}
 }
+
+// TestRevokeCommands: the operator revokes by SPIFFE ID, by serial and by
+// join token (read from a file or stdin, never argv), sees the entries in
+// `tether ca status`, lists live tokens without their secret, and the CA
+// refuses the revoked SVID's renewal.
+func TestRevokeCommands(t *testing.T) {
+	addr, sock, dir := startCA(t)
+	bundle := filepath.Join(dir, "bundle.pem")
+	web := "spiffe://cluster.local/ns/default/sa/web"
+
+	// token create --out writes the token to a new 0600 file, not stdout.
+	tokFile := filepath.Join(t.TempDir(), "web.token")
+	out, errOut, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", web, "--reusable", "--out", tokFile)
+	if code != 0 || out != "" || !strings.Contains(errOut, tokFile) {
+		t.Fatalf("token create --out: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	fi, err := os.Stat(tokFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	tokBytes, _ := os.ReadFile(tokFile)
+	token := strings.TrimSpace(string(tokBytes))
+	if _, _, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", web, "--out", tokFile); code != 1 {
+		t.Fatalf("token create --out over an existing file: code %d, want 1", code)
+	}
+
+	// The SVID is fetched with the token from the file.
+	svidDir := filepath.Join(t.TempDir(), "svid")
+	if _, errOut, code := run(t, "svid", "fetch", "--ca", addr, "--bundle", bundle, "--join-token-file", tokFile, "--out", svidDir); code != 0 {
+		t.Fatalf("svid fetch --join-token-file: code %d, %s", code, errOut)
+	}
+	svid, err := x509svid.Load(filepath.Join(svidDir, "svid.pem"), filepath.Join(svidDir, "svid.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// token list shows the hash prefix, ID, expiry, reusable; never the token.
+	out, errOut, code = run(t, "ca", "token", "list", "--socket", sock)
+	hash, _ := identity.HashJoinToken(token)
+	if code != 0 || strings.Contains(out, token) || strings.Contains(out, token[4:]) || !strings.Contains(out, hash[:16]) || !strings.Contains(out, web) || !strings.Contains(out, "reusable") {
+		t.Fatalf("token list: code %d, out %q, err %q", code, out, errOut)
+	}
+
+	// Revoke the token read from stdin: it is deleted, its SVIDs refused.
+	out, errOut, code = runStdin(t, token+"\n", "ca", "revoke", "--socket", sock, "--join-token-file", "-", "--reason", "leaked")
+	if code != 0 || !strings.Contains(out, hash[:16]) || !strings.Contains(out, web) {
+		t.Fatalf("revoke --join-token-file -: code %d, out %q, err %q", code, out, errOut)
+	}
+	if out, _, _ := run(t, "ca", "token", "list", "--socket", sock); strings.Contains(out, hash[:16]) {
+		t.Fatalf("revoked token still listed: %q", out)
+	}
+	ca := renewer(t, addr, bundle, svid)
+	if _, _, err := ca.FetchSVID(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("renewal of an SVID of the revoked token: %v, want refused as revoked", err)
+	}
+
+	// By ID and by serial; status lists them.
+	if out, errOut, code = run(t, "ca", "revoke", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/db", "--block-for", "2h"); code != 0 || !strings.Contains(out, "blocks attestation until") {
+		t.Fatalf("revoke --spiffe-id: code %d, out %q, err %q", code, out, errOut)
+	}
+	if out, errOut, code = run(t, "ca", "revoke", "--socket", sock, "--serial", "0A:BC:DE"); code != 0 || !strings.Contains(out, "abcde") {
+		t.Fatalf("revoke --serial: code %d, out %q, err %q", code, out, errOut)
+	}
+	out, _, code = run(t, "ca", "status", "--socket", sock)
+	t.Logf("tether ca status:\n%s", out)
+	for _, want := range []string{"revocations: 4", "spiffe://cluster.local/ns/default/sa/db", "abcde", hash[:16], "leaked"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("status does not show %q: %q", want, out)
+		}
+	}
+	if out, errOut, code = run(t, "ca", "unrevoke", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/db"); code != 0 || !strings.Contains(out, "may be attested again") {
+		t.Fatalf("unrevoke: code %d, out %q, err %q", code, out, errOut)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"ca", "revoke", "--socket", sock}, 2, "exactly one of"},
+		{[]string{"ca", "revoke", "--socket", sock, "--spiffe-id", web, "--serial", "1"}, 2, "exactly one of"},
+		{[]string{"ca", "revoke", "--socket", sock, "--serial", "1", "--allow-reattest"}, 1, "SPIFFE ID only"},
+		{[]string{"ca", "revoke", "--socket", sock, "--serial", "nothex"}, 1, "hexadecimal"},
+		{[]string{"ca", "revoke", "--socket", sock, "--spiffe-id", web, "--block-for", "500ms"}, 2, "at least 1s"},
+		{[]string{"ca", "revoke", "--socket", sock, "--spiffe-id", "spiffe://other.org/x"}, 1, "not in trust domain"},
+		{[]string{"ca", "revoke", "--socket", sock, "--join-token-hash", "abc"}, 1, "at least 8"},
+		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", filepath.Join(dir, "none")}, 1, "join token file"},
+		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", bundle}, 1, "not a join token"},
+		{[]string{"ca", "unrevoke", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/never"}, 1, "not revoked"},
+		{[]string{"ca", "unrevoke", "--socket", sock}, 2, "--spiffe-id is required"},
+		{[]string{"svid", "fetch", "--ca", addr, "--bundle", bundle, "--out", svidDir, "--token", "t", "--join-token-file", tokFile}, 2, "exactly one"},
+	} {
+		_, errOut, code := run(t, tt.args...)
+		if code != tt.code || !strings.Contains(errOut, tt.want) {
+			t.Errorf("%q: code %d (want %d), stderr %q (want %q)", tt.args, code, tt.code, errOut, tt.want)
+		}
+	}
+}
+
+func runStdin(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = (&cli.App{Stdin: strings.NewReader(stdin), Stdout: &o, Stderr: &e}).Main(context.Background(), args)
+	return o.String(), e.String(), code
+}
+
+// renewer dials the CA presenting svid, as a sidecar renewing it would.
+func renewer(t *testing.T, addr, bundlePath string, svid *x509svid.SVID) *identity.Client {
+	t.Helper()
+	b, err := identity.LoadBundlePEM(bundlePath, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := identity.Dial(addr, b.TrustDomain(), b, svid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

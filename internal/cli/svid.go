@@ -19,7 +19,8 @@ func (a *App) svidFetch(ctx context.Context, args []string) error {
 	fs := a.flags("svid fetch")
 	caAddr := fs.String("ca", "", "tether-ca address, host:port (required)")
 	bundlePath := fs.String("bundle", "", "PEM trust bundle that verifies the CA (required)")
-	token := fs.String("token", "", "join token")
+	token := fs.String("token", "", "join token (visible to local users in /proc/PID/cmdline: prefer --join-token-file)")
+	tokenFile := fs.String("join-token-file", "", "file holding the join token (- reads standard input)")
 	k8sTokenFile := fs.String("k8s-token-file", "", "projected ServiceAccount token file (audience tether-ca)")
 	out := fs.String("out", "", "directory to write svid.pem, svid.key and bundle.pem (required)")
 	tdFlag := fs.String("trust-domain", "", "trust domain (default: read from the bundle's root)")
@@ -30,8 +31,15 @@ func (a *App) svidFetch(ctx context.Context, args []string) error {
 	switch {
 	case *caAddr == "" || *bundlePath == "" || *out == "":
 		return fmt.Errorf("%w: --ca, --bundle and --out are required", errUsage)
-	case (*token == "") == (*k8sTokenFile == ""):
-		return fmt.Errorf("%w: give exactly one of --token and --k8s-token-file", errUsage)
+	case btoi(*token != "")+btoi(*tokenFile != "")+btoi(*k8sTokenFile != "") != 1:
+		return fmt.Errorf("%w: give exactly one of --join-token-file, --token and --k8s-token-file", errUsage)
+	}
+	if *tokenFile != "" {
+		t, err := identity.ReadJoinTokenFile(*tokenFile, a.Stdin)
+		if err != nil {
+			return err
+		}
+		*token = t
 	}
 	cred := &cav1.Credential{Kind: identity.KindJoinToken, Token: *token}
 	if *k8sTokenFile != "" {
@@ -90,4 +98,11 @@ func WriteSVID(dir string, svid *x509svid.SVID, bundle *x509bundle.Bundle) error
 		}
 	}
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

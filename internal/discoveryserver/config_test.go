@@ -225,3 +225,22 @@ func TestDefaultPolicyChoice(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinTokenFile: discovery's join token comes from a file, not argv.
+func TestJoinTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "token")
+	if err := os.WriteFile(good, []byte(validToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseFlags([]string{"--mesh-file", "mesh.yaml", "--join-token-file", good}, noEnv, io.Discard)
+	if err != nil || c.JoinToken != validToken {
+		t.Fatalf("--join-token-file: token %q, %v", c.JoinToken, err)
+	}
+	if _, err := ParseFlags([]string{"--mesh-file", "mesh.yaml", "--join-token-file", good, "--join-token", validToken}, noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("both: %v", err)
+	}
+	if _, err := ParseFlags([]string{"--mesh-file", "mesh.yaml", "--join-token-file", filepath.Join(dir, "none")}, noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), "join token file") {
+		t.Fatalf("missing file: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/logging"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
+	"github.com/tether-mesh/tether/pkg/identity"
 )
 
 // ProjectedTokenPath is where tether-discovery's Deployment mounts its
@@ -41,7 +42,8 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics (to every caller) and /debug/sidecars (to callers on loopback only)")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")
-	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token for discovery's own identity (standalone; env TETHER_JOIN_TOKEN)")
+	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token for discovery's own identity (standalone; env TETHER_JOIN_TOKEN); on the command line every local user reads it in /proc/PID/cmdline: prefer --join-token-file)")
+	joinTokenFile := fs.String("join-token-file", getenv("TETHER_JOIN_TOKEN_FILE"), "file holding the join token, - for standard input (standalone; env TETHER_JOIN_TOKEN_FILE)")
 	fs.StringVar(&c.TokenFile, "token-file", "", "projected ServiceAccount token (default "+ProjectedTokenPath+" when it exists and no join token is given)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -50,6 +52,16 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *joinTokenFile != "" {
+		if c.JoinToken != "" {
+			return c, fmt.Errorf("give --join-token (or TETHER_JOIN_TOKEN) or --join-token-file, not both")
+		}
+		tok, err := identity.ReadJoinTokenFile(*joinTokenFile, os.Stdin)
+		if err != nil {
+			return c, fmt.Errorf("--join-token-file: %w", err)
+		}
+		c.JoinToken = tok
 	}
 	if c.JoinToken == "" && c.TokenFile == "" {
 		if _, err := os.Stat(ProjectedTokenPath); err == nil {

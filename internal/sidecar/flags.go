@@ -13,6 +13,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/logging"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
+	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/proxy"
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
@@ -33,7 +34,8 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.TrustDomain, "trust-domain", env("TETHER_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TETHER_TRUST_DOMAIN)")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")
-	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token (standalone; env TETHER_JOIN_TOKEN)")
+	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token (standalone; env TETHER_JOIN_TOKEN); on the command line every local user reads it in /proc/PID/cmdline: prefer --join-token-file)")
+	joinTokenFile := fs.String("join-token-file", getenv("TETHER_JOIN_TOKEN_FILE"), "file holding the join token, - for standard input (standalone; env TETHER_JOIN_TOKEN_FILE)")
 	fs.StringVar(&c.TokenFile, "token-file", "", "projected ServiceAccount token (default "+ProjectedTokenPath+" when it exists and no join token is given)")
 	fs.StringVar(&c.AdminAddr, "admin-listen", ":15020", "admin address: /healthz/ready, /healthz/live, /app-health/..., /metrics to every caller; /debug/identity, /debug/discovery, /debug/denials, POST /quitquitquit only to callers on loopback")
 	fs.StringVar(&c.WorkloadSocket, "workload-socket", "/run/tether/workload.sock", "SPIFFE Workload API unix socket (empty: off)")
@@ -138,6 +140,16 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 		c.DNS = &dnsCfg
 	} else if len(dnsCfg.EgressAllow) > 0 {
 		return c, fmt.Errorf("--egress-allow needs the DNS server, which records the addresses of allowed names: give --dns-listen (it is on by default only with --transparent and --discovery)")
+	}
+	if *joinTokenFile != "" {
+		if c.JoinToken != "" {
+			return c, fmt.Errorf("give --join-token (or TETHER_JOIN_TOKEN) or --join-token-file, not both")
+		}
+		tok, err := identity.ReadJoinTokenFile(*joinTokenFile, os.Stdin)
+		if err != nil {
+			return c, fmt.Errorf("--join-token-file: %w", err)
+		}
+		c.JoinToken = tok
 	}
 	if c.JoinToken == "" && c.TokenFile == "" {
 		if _, err := os.Stat(ProjectedTokenPath); err == nil {

@@ -223,3 +223,40 @@ func TestParseFlagsLocalhostInboundPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinTokenFile: the join token comes from a file (or stdin), so that
+// it is not in /proc/PID/cmdline for every local user to read.
+func TestJoinTokenFile(t *testing.T) {
+	const tok = "tjt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	dir := t.TempDir()
+	good := filepath.Join(dir, "token")
+	if err := os.WriteFile(good, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad")
+	if err := os.WriteFile(bad, []byte("hunter2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--ca", "x:1", "--bundle", "b.pem", "--inbound", "127.0.0.1:1=127.0.0.1:2"}
+	c, err := ParseFlags(withArgs(base, "--join-token-file", good), noEnv)
+	if err != nil || c.JoinToken != tok {
+		t.Fatalf("--join-token-file: token %q, %v", c.JoinToken, err)
+	}
+	c, err = ParseFlags(base, func(k string) string { return map[string]string{"TETHER_JOIN_TOKEN_FILE": good}[k] })
+	if err != nil || c.JoinToken != tok {
+		t.Fatalf("TETHER_JOIN_TOKEN_FILE: token %q, %v", c.JoinToken, err)
+	}
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"both":     {withArgs(base, "--join-token", tok, "--join-token-file", good), "not both"},
+		"missing":  {withArgs(base, "--join-token-file", filepath.Join(dir, "none")), "join token file"},
+		"not one":  {withArgs(base, "--join-token-file", bad), "not a join token"},
+		"and file": {withArgs(base, "--join-token-file", good, "--token-file", good), "exactly one"},
+	} {
+		if _, err := ParseFlags(tc.args, noEnv); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", name, err, tc.want)
+		}
+	}
+}

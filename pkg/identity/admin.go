@@ -103,6 +103,9 @@ func statusMessage(s Status) *cav1.StatusResponse {
 	m := &cav1.StatusResponse{TrustDomain: s.TrustDomain, BundleSequence: s.BundleSequence, NextStep: string(s.NextStep), NextStepAtUnix: unixOrZero(s.NextStepAt),
 		NextStepOverdue: s.NextStepOverdue, NextStepManual: s.NextStepManual,
 		IntermediateRenewalAtUnix: unixOrZero(s.IntermediateRenewalAt), IntermediateRenewalOverdue: s.IntermediateRenewalOverdue}
+	for _, r := range s.Revocations {
+		m.Revocations = append(m.Revocations, revocationMessage(r))
+	}
 	for _, g := range s.Generations {
 		m.Generations = append(m.Generations, &cav1.Generation{
 			Id: g.ID, State: string(g.State), RootFingerprint: g.RootFingerprint,

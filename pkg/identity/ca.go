@@ -543,6 +543,9 @@ func (c *CA) Tick(ctx context.Context) error {
 		return err
 	}
 	err = c.maintainUpstreamAnchors(ctx)
+	if perr := c.tickRevocations(ctx); perr != nil {
+		err = errors.Join(err, fmt.Errorf("prune revocations: %w", perr))
+	}
 	if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
 		err = errors.Join(err, c.scheduledSteps(ctx))
 	}

@@ -17,6 +17,7 @@ type metrics struct {
 	bundleSequence  prometheus.Gauge
 	rotations       *prometheus.CounterVec
 	renewalOverdue  prometheus.GaugeFunc
+	revocations     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
@@ -55,15 +56,20 @@ func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
 			}
 			return 0
 		}),
+		revocations: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_revocations",
+			Help: "Revocation entries in the CA state, by kind (spiffe_id, serial, join_token).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.renewalOverdue)
+		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.renewalOverdue, m.revocations)
 	}
 	return m
 }
 
 func (m *metrics) observeState(st *State) {
 	m.bundleSequence.Set(float64(st.BundleSequence))
+	m.observeRevocations(st.Revocations)
 	m.rootExpiry.Reset()
 	m.intermediateExp.Reset()
 	for _, g := range st.Generations {
@@ -103,6 +109,8 @@ func resultOf(err error) string {
 		return "bad_csr"
 	case errors.Is(err, ErrUnauthenticated):
 		return "unauthenticated"
+	case errors.Is(err, ErrRevoked):
+		return "revoked"
 	case errors.Is(err, ErrPermissionDenied):
 		return "denied"
 	case errors.Is(err, ErrUnavailable):
@@ -111,5 +119,17 @@ func resultOf(err error) string {
 		return "refused"
 	default:
 		return "error"
+	}
+}
+
+func (m *metrics) observeRevocations(rs []Revocation) {
+	for _, k := range []RevocationKind{RevokedID, RevokedSerial, RevokedJoinToken} {
+		n := 0
+		for _, r := range rs {
+			if r.Kind == k {
+				n++
+			}
+		}
+		m.revocations.WithLabelValues(string(k)).Set(float64(n))
 	}
 }

@@ -123,6 +123,11 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 // an SVID can only ever renew itself.
 func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (string, spiffeid.ID, Attestation, error) {
 	leaf, peerID, hasPeer := s.peerCert(ctx)
+	if hasPeer {
+		if err := s.refuseRevokedPeer(ctx, peerID); err != nil {
+			return "mtls", peerID, Attestation{}, err
+		}
+	}
 	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
 		if !hasPeer {
 			return "none", spiffeid.ID{}, Attestation{}, fmt.Errorf("%w: no credential; send a join token or a Kubernetes token, or renew over mTLS with a current SVID", ErrUnauthenticated)
@@ -143,6 +148,9 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 	id, err := att.Attest(ctx, cred.GetToken())
 	if err != nil {
 		return kind, spiffeid.ID{}, Attestation{}, err
+	}
+	if err := s.ca.CheckAttestation(id); err != nil {
+		return kind, id, Attestation{}, err
 	}
 	if hasPeer && peerID != id {
 		return kind, id, Attestation{}, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
@@ -242,7 +250,11 @@ func (s *Server) SignJWT(ctx context.Context, req *cav1.SignJWTRequest) (*cav1.S
 	if !ok {
 		return nil, grpcError(fmt.Errorf("%w: JWT-SVIDs are issued only over mTLS with the caller's X509-SVID", ErrUnauthenticated))
 	}
-	j, err := s.ca.SignJWT(id, req.GetAudience(), time.Duration(req.GetTtlSeconds())*time.Second)
+	var j *JWTSVID
+	err := s.refuseRevokedPeer(ctx, id) // a revoked SVID gets no JWT-SVID either
+	if err == nil {
+		j, err = s.ca.SignJWT(id, req.GetAudience(), time.Duration(req.GetTtlSeconds())*time.Second)
+	}
 	s.ca.metrics.issuances.WithLabelValues("jwt", resultOf(err)).Inc()
 	if err != nil {
 		return nil, grpcError(err)

@@ -45,6 +45,9 @@ type State struct {
 	// intermediate renewed in place, and what the replaced one signed is
 	// valid until then. The CA clears it at that time.
 	UpstreamRootsUntil time.Time `json:"upstream_roots_until,omitzero"`
+	// Revocations are the SPIFFE IDs, serials and join tokens the CA
+	// refuses to renew or accept (see revoke.go).
+	Revocations []Revocation `json:"revocations,omitempty"`
 }
 
 // AnchorsIntermediates is State.UpstreamAnchors for a state whose upstream
@@ -140,7 +143,7 @@ func (s *State) validate() error {
 	if len(s.Generations) > 0 && active != 1 {
 		return fmt.Errorf("%d active generations, want exactly 1", active)
 	}
-	return nil
+	return validateRevocations(s.Revocations)
 }
 
 // anchors returns the certificates (DER) the bundle trusts for g: its own
@@ -160,6 +163,7 @@ func (s *State) clone() *State {
 	c := *s
 	c.Generations = append([]Generation(nil), s.Generations...)
 	c.JoinTokens = append([]JoinToken(nil), s.JoinTokens...)
+	c.Revocations = append([]Revocation(nil), s.Revocations...)
 	return &c
 }
 

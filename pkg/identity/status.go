@@ -24,6 +24,8 @@ type Status struct {
 	// IntermediateRenewalOverdue says that time is past.
 	IntermediateRenewalAt      time.Time
 	IntermediateRenewalOverdue bool
+	// Revocations are the revocation entries in force.
+	Revocations []RevocationStatus
 }
 
 // GenerationStatus describes one generation.
@@ -67,6 +69,7 @@ func (c *CA) Status() Status {
 	if step, at := c.due(st, isRenewal); step != "" {
 		s.IntermediateRenewalAt, s.IntermediateRenewalOverdue = at, !now.Before(at)
 	}
+	s.Revocations = c.Revocations()
 	return s
 }
 

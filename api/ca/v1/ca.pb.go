@@ -734,6 +734,8 @@ type StatusResponse struct {
 	// The next rotation step and when it is due.
 	NextStep       string `protobuf:"bytes,4,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
 	NextStepAtUnix int64  `protobuf:"varint,5,opt,name=next_step_at_unix,json=nextStepAtUnix,proto3" json:"next_step_at_unix,omitempty"`
+	// The revocations in force.
+	Revocations []*Revocation `protobuf:"bytes,16,rep,name=revocations,proto3" json:"revocations,omitempty"`
 	// next_step_at is past and the step has not been taken (the upstream
 	// fails, or the step is the operator's to take).
 	NextStepOverdue bool `protobuf:"varint,20,opt,name=next_step_overdue,json=nextStepOverdue,proto3" json:"next_step_overdue,omitempty"`
@@ -812,6 +814,13 @@ func (x *StatusResponse) GetNextStepAtUnix() int64 {
 		return x.NextStepAtUnix
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
 }
 
 func (x *StatusResponse) GetNextStepOverdue() bool {
@@ -896,6 +905,514 @@ func (x *RotateRequest) GetForce() bool {
 	return false
 }
 
+type RevokeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to revoke: exactly one.
+	//
+	// Types that are valid to be assigned to Target:
+	//
+	//	*RevokeRequest_SpiffeId
+	//	*RevokeRequest_Serial
+	//	*RevokeRequest_JoinToken
+	//	*RevokeRequest_JoinTokenHash
+	Target isRevokeRequest_Target `protobuf_oneof:"target"`
+	// spiffe_id only: refuse only the SVIDs issued before now; a fresh
+	// credential may attest the ID at once.
+	AllowReattest bool `protobuf:"varint,5,opt,name=allow_reattest,json=allowReattest,proto3" json:"allow_reattest,omitempty"`
+	// spiffe_id only: block attestation for this long instead of until
+	// Unrevoke.
+	BlockSeconds int64 `protobuf:"varint,6,opt,name=block_seconds,json=blockSeconds,proto3" json:"block_seconds,omitempty"`
+	// join token only: delete the token but keep renewing the SVIDs of its
+	// SPIFFE ID issued before (by default they are revoked too).
+	KeepSvids bool `protobuf:"varint,7,opt,name=keep_svids,json=keepSvids,proto3" json:"keep_svids,omitempty"`
+	// Free text recorded with the revocation.
+	Reason        string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRequest) Reset() {
+	*x = RevokeRequest{}
+	mi := &file_ca_v1_ca_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRequest) ProtoMessage() {}
+
+func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRequest) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *RevokeRequest) GetSpiffeId() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_SpiffeId); ok {
+			return x.SpiffeId
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetSerial() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_Serial); ok {
+			return x.Serial
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetJoinToken() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_JoinToken); ok {
+			return x.JoinToken
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetJoinTokenHash() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_JoinTokenHash); ok {
+			return x.JoinTokenHash
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetAllowReattest() bool {
+	if x != nil {
+		return x.AllowReattest
+	}
+	return false
+}
+
+func (x *RevokeRequest) GetBlockSeconds() int64 {
+	if x != nil {
+		return x.BlockSeconds
+	}
+	return 0
+}
+
+func (x *RevokeRequest) GetKeepSvids() bool {
+	if x != nil {
+		return x.KeepSvids
+	}
+	return false
+}
+
+func (x *RevokeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type isRevokeRequest_Target interface {
+	isRevokeRequest_Target()
+}
+
+type RevokeRequest_SpiffeId struct {
+	// Every SVID of this ID issued until now; by default also new
+	// attestation of it until Unrevoke.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3,oneof"`
+}
+
+type RevokeRequest_Serial struct {
+	// One SVID, by serial number (hex).
+	Serial string `protobuf:"bytes,2,opt,name=serial,proto3,oneof"`
+}
+
+type RevokeRequest_JoinToken struct {
+	// A join token, by its value.
+	JoinToken string `protobuf:"bytes,3,opt,name=join_token,json=joinToken,proto3,oneof"`
+}
+
+type RevokeRequest_JoinTokenHash struct {
+	// A join token, by (a prefix of at least 8 characters of) the SHA-256
+	// hash ListJoinTokens shows.
+	JoinTokenHash string `protobuf:"bytes,4,opt,name=join_token_hash,json=joinTokenHash,proto3,oneof"`
+}
+
+func (*RevokeRequest_SpiffeId) isRevokeRequest_Target() {}
+
+func (*RevokeRequest_Serial) isRevokeRequest_Target() {}
+
+func (*RevokeRequest_JoinToken) isRevokeRequest_Target() {}
+
+func (*RevokeRequest_JoinTokenHash) isRevokeRequest_Target() {}
+
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spiffe_id, serial or join_token.
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The SPIFFE ID, the serial (hex), or the join token's SHA-256 (hex).
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// For a join token: the SPIFFE ID it proved.
+	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	RevokedAtUnix int64  `protobuf:"varint,4,opt,name=revoked_at_unix,json=revokedAtUnix,proto3" json:"revoked_at_unix,omitempty"`
+	// spiffe_id: SVIDs issued before this time are refused, and until then
+	// no credential may attest the ID; 0 means until Unrevoke. join_token:
+	// when the token would have expired.
+	UntilUnix int64 `protobuf:"varint,5,opt,name=until_unix,json=untilUnix,proto3" json:"until_unix,omitempty"`
+	// Whether new attestation of the SPIFFE ID is refused now.
+	Blocking bool `protobuf:"varint,6,opt,name=blocking,proto3" json:"blocking,omitempty"`
+	// When the entry is dropped (nothing it matches is valid any more);
+	// 0 while it blocks until Unrevoke.
+	PruneAfterUnix int64  `protobuf:"varint,7,opt,name=prune_after_unix,json=pruneAfterUnix,proto3" json:"prune_after_unix,omitempty"`
+	Reason         string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Revocation) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Revocation) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *Revocation) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedAtUnix() int64 {
+	if x != nil {
+		return x.RevokedAtUnix
+	}
+	return 0
+}
+
+func (x *Revocation) GetUntilUnix() int64 {
+	if x != nil {
+		return x.UntilUnix
+	}
+	return 0
+}
+
+func (x *Revocation) GetBlocking() bool {
+	if x != nil {
+		return x.Blocking
+	}
+	return false
+}
+
+func (x *Revocation) GetPruneAfterUnix() int64 {
+	if x != nil {
+		return x.PruneAfterUnix
+	}
+	return 0
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries the request added or changed.
+	Revocations   []*Revocation `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeResponse) Reset() {
+	*x = RevokeResponse{}
+	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeResponse) ProtoMessage() {}
+
+func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeResponse) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RevokeResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+type UnrevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnrevokeRequest) Reset() {
+	*x = UnrevokeRequest{}
+	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnrevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnrevokeRequest) ProtoMessage() {}
+
+func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
+func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UnrevokeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type ListJoinTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensRequest) Reset() {
+	*x = ListJoinTokensRequest{}
+	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensRequest) ProtoMessage() {}
+
+func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+}
+
+type JoinTokenInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SHA-256 of the token, hex. The token itself is never stored.
+	Hash          string `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	SpiffeId      string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ExpiresAtUnix int64  `protobuf:"varint,3,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	Reusable      bool   `protobuf:"varint,4,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinTokenInfo) Reset() {
+	*x = JoinTokenInfo{}
+	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinTokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinTokenInfo) ProtoMessage() {}
+
+func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinTokenInfo.ProtoReflect.Descriptor instead.
+func (*JoinTokenInfo) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *JoinTokenInfo) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *JoinTokenInfo) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *JoinTokenInfo) GetExpiresAtUnix() int64 {
+	if x != nil {
+		return x.ExpiresAtUnix
+	}
+	return 0
+}
+
+func (x *JoinTokenInfo) GetReusable() bool {
+	if x != nil {
+		return x.Reusable
+	}
+	return false
+}
+
+type ListJoinTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*JoinTokenInfo       `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensResponse) Reset() {
+	*x = ListJoinTokensResponse{}
+	mi := &file_ca_v1_ca_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensResponse) ProtoMessage() {}
+
+func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListJoinTokensResponse) GetTokens() []*JoinTokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
 var File_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_ca_v1_ca_proto_rawDesc = "" +
@@ -951,28 +1468,67 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x13root_not_after_unix\x18\x04 \x01(\x03R\x10rootNotAfterUnix\x12=\n" +
 	"\x1bintermediate_not_after_unix\x18\x05 \x01(\x03R\x18intermediateNotAfterUnix\x12*\n" +
 	"\x11retire_after_unix\x18\x06 \x01(\x03R\x0fretireAfterUnix\x12\x1a\n" +
-	"\bupstream\x18\a \x01(\tR\bupstream\"\xb9\x03\n" +
+	"\bupstream\x18\a \x01(\tR\bupstream\"\xf5\x03\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12:\n" +
 	"\vgenerations\x18\x03 \x03(\v2\x18.tether.ca.v1.GenerationR\vgenerations\x12\x1b\n" +
 	"\tnext_step\x18\x04 \x01(\tR\bnextStep\x12)\n" +
-	"\x11next_step_at_unix\x18\x05 \x01(\x03R\x0enextStepAtUnix\x12*\n" +
+	"\x11next_step_at_unix\x18\x05 \x01(\x03R\x0enextStepAtUnix\x12:\n" +
+	"\vrevocations\x18\x10 \x03(\v2\x18.tether.ca.v1.RevocationR\vrevocations\x12*\n" +
 	"\x11next_step_overdue\x18\x14 \x01(\bR\x0fnextStepOverdue\x12(\n" +
 	"\x10next_step_manual\x18\x15 \x01(\bR\x0enextStepManual\x12?\n" +
 	"\x1cintermediate_renewal_at_unix\x18\x16 \x01(\x03R\x19intermediateRenewalAtUnix\x12@\n" +
 	"\x1cintermediate_renewal_overdue\x18\x17 \x01(\bR\x1aintermediateRenewalOverdue\"9\n" +
 	"\rRotateRequest\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force2\xd4\x01\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\xa0\x02\n" +
+	"\rRevokeRequest\x12\x1d\n" +
+	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x18\n" +
+	"\x06serial\x18\x02 \x01(\tH\x00R\x06serial\x12\x1f\n" +
+	"\n" +
+	"join_token\x18\x03 \x01(\tH\x00R\tjoinToken\x12(\n" +
+	"\x0fjoin_token_hash\x18\x04 \x01(\tH\x00R\rjoinTokenHash\x12%\n" +
+	"\x0eallow_reattest\x18\x05 \x01(\bR\rallowReattest\x12#\n" +
+	"\rblock_seconds\x18\x06 \x01(\x03R\fblockSeconds\x12\x1d\n" +
+	"\n" +
+	"keep_svids\x18\a \x01(\bR\tkeepSvids\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reasonB\b\n" +
+	"\x06target\"\xf8\x01\n" +
+	"\n" +
+	"Revocation\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0frevoked_at_unix\x18\x04 \x01(\x03R\rrevokedAtUnix\x12\x1d\n" +
+	"\n" +
+	"until_unix\x18\x05 \x01(\x03R\tuntilUnix\x12\x1a\n" +
+	"\bblocking\x18\x06 \x01(\bR\bblocking\x12(\n" +
+	"\x10prune_after_unix\x18\a \x01(\x03R\x0epruneAfterUnix\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"L\n" +
+	"\x0eRevokeResponse\x12:\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x18.tether.ca.v1.RevocationR\vrevocations\".\n" +
+	"\x0fUnrevokeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x17\n" +
+	"\x15ListJoinTokensRequest\"\x84\x01\n" +
+	"\rJoinTokenInfo\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12&\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\x12\x1a\n" +
+	"\breusable\x18\x04 \x01(\bR\breusable\"M\n" +
+	"\x16ListJoinTokensResponse\x123\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1b.tether.ca.v1.JoinTokenInfoR\x06tokens2\xd4\x01\n" +
 	"\x02CA\x12=\n" +
 	"\x04Sign\x12\x19.tether.ca.v1.SignRequest\x1a\x1a.tether.ca.v1.SignResponse\x12G\n" +
 	"\vWatchBundle\x12 .tether.ca.v1.WatchBundleRequest\x1a\x14.tether.ca.v1.Bundle0\x01\x12F\n" +
-	"\aSignJWT\x12\x1c.tether.ca.v1.SignJWTRequest\x1a\x1d.tether.ca.v1.SignJWTResponse2\xf1\x01\n" +
+	"\aSignJWT\x12\x1c.tether.ca.v1.SignJWTRequest\x1a\x1d.tether.ca.v1.SignJWTResponse2\xdc\x03\n" +
 	"\x05Admin\x12^\n" +
 	"\x0fCreateJoinToken\x12$.tether.ca.v1.CreateJoinTokenRequest\x1a%.tether.ca.v1.CreateJoinTokenResponse\x12C\n" +
 	"\x06Status\x12\x1b.tether.ca.v1.StatusRequest\x1a\x1c.tether.ca.v1.StatusResponse\x12C\n" +
-	"\x06Rotate\x12\x1b.tether.ca.v1.RotateRequest\x1a\x1c.tether.ca.v1.StatusResponseB.Z,github.com/tether-mesh/tether/api/ca/v1;cav1b\x06proto3"
+	"\x06Rotate\x12\x1b.tether.ca.v1.RotateRequest\x1a\x1c.tether.ca.v1.StatusResponse\x12C\n" +
+	"\x06Revoke\x12\x1b.tether.ca.v1.RevokeRequest\x1a\x1c.tether.ca.v1.RevokeResponse\x12G\n" +
+	"\bUnrevoke\x12\x1d.tether.ca.v1.UnrevokeRequest\x1a\x1c.tether.ca.v1.RevokeResponse\x12[\n" +
+	"\x0eListJoinTokens\x12#.tether.ca.v1.ListJoinTokensRequest\x1a$.tether.ca.v1.ListJoinTokensResponseB.Z,github.com/tether-mesh/tether/api/ca/v1;cav1b\x06proto3"
 
 var (
 	file_ca_v1_ca_proto_rawDescOnce sync.Once
@@ -986,7 +1542,7 @@ func file_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_ca_v1_ca_proto_rawDescData
 }
 
-var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ca_v1_ca_proto_goTypes = []any{
 	(*Credential)(nil),              // 0: tether.ca.v1.Credential
 	(*SignRequest)(nil),             // 1: tether.ca.v1.SignRequest
@@ -1002,29 +1558,45 @@ var file_ca_v1_ca_proto_goTypes = []any{
 	(*Generation)(nil),              // 11: tether.ca.v1.Generation
 	(*StatusResponse)(nil),          // 12: tether.ca.v1.StatusResponse
 	(*RotateRequest)(nil),           // 13: tether.ca.v1.RotateRequest
+	(*RevokeRequest)(nil),           // 14: tether.ca.v1.RevokeRequest
+	(*Revocation)(nil),              // 15: tether.ca.v1.Revocation
+	(*RevokeResponse)(nil),          // 16: tether.ca.v1.RevokeResponse
+	(*UnrevokeRequest)(nil),         // 17: tether.ca.v1.UnrevokeRequest
+	(*ListJoinTokensRequest)(nil),   // 18: tether.ca.v1.ListJoinTokensRequest
+	(*JoinTokenInfo)(nil),           // 19: tether.ca.v1.JoinTokenInfo
+	(*ListJoinTokensResponse)(nil),  // 20: tether.ca.v1.ListJoinTokensResponse
 }
 var file_ca_v1_ca_proto_depIdxs = []int32{
 	0,  // 0: tether.ca.v1.SignRequest.credential:type_name -> tether.ca.v1.Credential
 	4,  // 1: tether.ca.v1.SignResponse.bundle:type_name -> tether.ca.v1.Bundle
 	5,  // 2: tether.ca.v1.Bundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
 	11, // 3: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
-	1,  // 4: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
-	3,  // 5: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
-	6,  // 6: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
-	8,  // 7: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
-	10, // 8: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
-	13, // 9: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
-	2,  // 10: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
-	4,  // 11: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
-	7,  // 12: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
-	9,  // 13: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
-	12, // 14: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
-	12, // 15: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	15, // 4: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
+	15, // 5: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
+	19, // 6: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
+	1,  // 7: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
+	3,  // 8: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
+	6,  // 9: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
+	8,  // 10: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
+	10, // 11: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
+	13, // 12: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
+	14, // 13: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
+	17, // 14: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
+	18, // 15: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
+	2,  // 16: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
+	4,  // 17: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
+	7,  // 18: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
+	9,  // 19: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
+	12, // 20: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
+	12, // 21: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
+	16, // 22: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
+	16, // 23: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
+	20, // 24: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
+	16, // [16:25] is the sub-list for method output_type
+	7,  // [7:16] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_ca_v1_ca_proto_init() }
@@ -1032,13 +1604,19 @@ func file_ca_v1_ca_proto_init() {
 	if File_ca_v1_ca_proto != nil {
 		return
 	}
+	file_ca_v1_ca_proto_msgTypes[14].OneofWrappers = []any{
+		(*RevokeRequest_SpiffeId)(nil),
+		(*RevokeRequest_Serial)(nil),
+		(*RevokeRequest_JoinToken)(nil),
+		(*RevokeRequest_JoinTokenHash)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_v1_ca_proto_rawDesc), len(file_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -229,6 +229,9 @@ const (
 	Admin_CreateJoinToken_FullMethodName = "/tether.ca.v1.Admin/CreateJoinToken"
 	Admin_Status_FullMethodName          = "/tether.ca.v1.Admin/Status"
 	Admin_Rotate_FullMethodName          = "/tether.ca.v1.Admin/Rotate"
+	Admin_Revoke_FullMethodName          = "/tether.ca.v1.Admin/Revoke"
+	Admin_Unrevoke_FullMethodName        = "/tether.ca.v1.Admin/Unrevoke"
+	Admin_ListJoinTokens_FullMethodName  = "/tether.ca.v1.Admin/ListJoinTokens"
 )
 
 // AdminClient is the client API for Admin service.
@@ -242,6 +245,16 @@ type AdminClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Rotate moves the root-rotation journal one step.
 	Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Revoke makes every replica refuse, once it has reloaded the store, the
+	// renewal of the SVIDs named (by SPIFFE ID or serial), new attestation of
+	// a revoked SPIFFE ID, or a join token. SVIDs already issued stay valid
+	// until they expire.
+	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// Unrevoke lets a revoked SPIFFE ID be attested again; its SVIDs issued
+	// before stay refused.
+	Unrevoke(ctx context.Context, in *UnrevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// ListJoinTokens lists the live join tokens: hashes, never the tokens.
+	ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error)
 }
 
 type adminClient struct {
@@ -282,6 +295,36 @@ func (c *adminClient) Rotate(ctx context.Context, in *RotateRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, Admin_Revoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Unrevoke(ctx context.Context, in *UnrevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, Admin_Unrevoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJoinTokensResponse)
+	err := c.cc.Invoke(ctx, Admin_ListJoinTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -293,6 +336,16 @@ type AdminServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Rotate moves the root-rotation journal one step.
 	Rotate(context.Context, *RotateRequest) (*StatusResponse, error)
+	// Revoke makes every replica refuse, once it has reloaded the store, the
+	// renewal of the SVIDs named (by SPIFFE ID or serial), new attestation of
+	// a revoked SPIFFE ID, or a join token. SVIDs already issued stay valid
+	// until they expire.
+	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// Unrevoke lets a revoked SPIFFE ID be attested again; its SVIDs issued
+	// before stay refused.
+	Unrevoke(context.Context, *UnrevokeRequest) (*RevokeResponse, error)
+	// ListJoinTokens lists the live join tokens: hashes, never the tokens.
+	ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -311,6 +364,15 @@ func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*Status
 }
 func (UnimplementedAdminServer) Rotate(context.Context, *RotateRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rotate not implemented")
+}
+func (UnimplementedAdminServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedAdminServer) Unrevoke(context.Context, *UnrevokeRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unrevoke not implemented")
+}
+func (UnimplementedAdminServer) ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJoinTokens not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -387,6 +449,60 @@ func _Admin_Rotate_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Revoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Revoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Revoke(ctx, req.(*RevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Unrevoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnrevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Unrevoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Unrevoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Unrevoke(ctx, req.(*UnrevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListJoinTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJoinTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListJoinTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListJoinTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListJoinTokens(ctx, req.(*ListJoinTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -405,6 +521,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rotate",
 			Handler:    _Admin_Rotate_Handler,
+		},
+		{
+			MethodName: "Revoke",
+			Handler:    _Admin_Revoke_Handler,
+		},
+		{
+			MethodName: "Unrevoke",
+			Handler:    _Admin_Unrevoke_Handler,
+		},
+		{
+			MethodName: "ListJoinTokens",
+			Handler:    _Admin_ListJoinTokens_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
