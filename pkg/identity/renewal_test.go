@@ -14,8 +14,8 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
-// gauge reads an unlabelled gauge (or the counter with the given labels)
-// from reg; -1 if absent.
+// metricValue reads the gauge or counter name from reg, the first series
+// whose labels include labels; -1 if there is none.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()

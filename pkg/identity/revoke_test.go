@@ -19,38 +19,6 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
-// gauge returns the value of the metric name whose labels include want,
-// summed over the series that match.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for k, val := range want {
-				found := false
-				for _, l := range m.GetLabel() {
-					if l.GetName() == k && l.GetValue() == val {
-						found = true
-					}
-				}
-				if !found {
-					continue series
-				}
-			}
-			v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return v
-}
-
 // renew renews svid over mTLS with no credential.
 func renew(t *testing.T, addr string, ca *identity.CA, svid *x509svid.SVID) (*x509svid.SVID, error) {
 	t.Helper()
