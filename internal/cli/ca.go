@@ -62,6 +62,7 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 	fs.StringVar(&id, "spiffe-id", "", "SPIFFE ID the token proves (required)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	reusable := fs.Bool("reusable", false, "allow the token to be used more than once")
+	allowReserved := fs.Bool("allow-reserved", false, "allow an ID under ns/tether-system (a mesh component run outside Kubernetes)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -73,9 +74,12 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := api.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: int64(ttl.Seconds()), Reusable: *reusable})
+	resp, err := api.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: int64(ttl.Seconds()), Reusable: *reusable, AllowReserved: *allowReserved})
 	if err != nil {
 		return rpcError("create join token", err)
+	}
+	if *allowReserved {
+		fmt.Fprintf(a.Stderr, "warning: %s is an identity of the mesh's own components; whoever holds this token can act as that component\n", id)
 	}
 	fmt.Fprintln(a.Stdout, resp.GetToken())
 	fmt.Fprintf(a.Stderr, "join token for %s, valid until %s%s\n", id,

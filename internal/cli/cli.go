@@ -17,7 +17,7 @@ const usage = `tether: the Tether service mesh command line
 Usage:
   tether identity [--socket unix:///run/tether/workload.sock] [--json] [--write DIR]
   tether svid fetch --ca ADDR --bundle FILE (--token TOKEN | --k8s-token-file FILE) --out DIR
-  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--socket PATH]
+  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--allow-reserved] [--socket PATH]
   tether ca status [--socket PATH]
   tether ca rotate prepare|activate|retire [--force] [--socket PATH]
   tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]

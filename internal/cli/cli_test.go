@@ -136,6 +136,9 @@ func TestBadInvocations(t *testing.T) {
 		{"token without id", []string{"ca", "token", "create", "--socket", sock}, 2, "--spiffe-id is required"},
 		{"token bad id", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "not-a-spiffe-id"}, 1, "SPIFFE ID"},
 		{"token bad ttl", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/x", "--ttl", "-1h"}, 1, "lifetime"},
+		{"token bare trust domain", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local"}, 1, "has no path"},
+		{"token reserved", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/tether-system/sa/tether-discovery"}, 1, "--allow-reserved"},
+		{"token for the CA", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/tether-system/sa/tether-ca", "--allow-reserved"}, 1, "reserved for the CA itself"},
 		{"no socket", []string{"ca", "status", "--socket", filepath.Join(dir, "nope.sock")}, 1, "is tether-ca running"},
 		{"fetch without flags", []string{"svid", "fetch"}, 2, "required"},
 		{"fetch both tokens", []string{"svid", "fetch", "--ca", "x:1", "--bundle", "b", "--out", "o", "--token", "t", "--k8s-token-file", "f"}, 2, "exactly one"},
@@ -150,6 +153,26 @@ func TestBadInvocations(t *testing.T) {
 				t.Fatalf("code %d (want %d), stderr %q (want it to contain %q)", code, tt.code, errOut, tt.want)
 			}
 		})
+	}
+}
+
+// TestReservedTokenNeedsAllowReserved: a mesh component run outside
+// Kubernetes gets a token for its reserved ID only with --allow-reserved,
+// with a warning, and the token works.
+func TestReservedTokenNeedsAllowReserved(t *testing.T) {
+	addr, sock, dir := startCA(t)
+	disc := "spiffe://cluster.local/ns/tether-system/sa/tether-discovery"
+	out, errOut, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", disc, "--allow-reserved")
+	if code != 0 || !strings.Contains(errOut, "warning: "+disc+" is an identity of the mesh's own components") {
+		t.Fatalf("code %d, stderr %q", code, errOut)
+	}
+	outDir := t.TempDir()
+	if _, errOut, code := run(t, "svid", "fetch", "--ca", addr, "--bundle", filepath.Join(dir, "bundle.pem"), "--token", strings.TrimSpace(out), "--out", outDir); code != 0 {
+		t.Fatalf("fetch with the reserved token: %s", errOut)
+	}
+	svid, err := x509svid.Load(filepath.Join(outDir, "svid.pem"), filepath.Join(outDir, "svid.key"))
+	if err != nil || svid.ID.String() != disc {
+		t.Fatalf("SVID %v, %v; want %s", svid, err, disc)
 	}
 }
 

@@ -75,11 +75,20 @@ func (a *AdminServer) CreateJoinToken(ctx context.Context, req *cav1.CreateJoinT
 	if id == a.ca.selfID {
 		return nil, grpcError(fmt.Errorf("%w: %s is reserved for the CA itself", ErrConfig, id))
 	}
-	tok, exp, err := a.ca.CreateJoinToken(ctx, id, time.Duration(req.GetTtlSeconds())*time.Second, req.GetReusable())
+	create := a.ca.CreateJoinToken
+	if req.GetAllowReserved() {
+		create = a.ca.CreateReservedJoinToken
+	}
+	tok, exp, err := create(ctx, id, time.Duration(req.GetTtlSeconds())*time.Second, req.GetReusable())
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	a.log.Info("join token created", slog.String("spiffe_id", id.String()), slog.Time("expires_at", exp), slog.Bool("reusable", req.GetReusable()))
+	if IsReserved(id) {
+		a.log.Warn("join token created for a reserved identity of the mesh's own components", slog.String("spiffe_id", id.String()),
+			slog.Time("expires_at", exp), slog.Bool("reusable", req.GetReusable()))
+	} else {
+		a.log.Info("join token created", slog.String("spiffe_id", id.String()), slog.Time("expires_at", exp), slog.Bool("reusable", req.GetReusable()))
+	}
 	return &cav1.CreateJoinTokenResponse{Token: tok, ExpiresAtUnix: exp.Unix()}, nil
 }
 

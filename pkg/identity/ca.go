@@ -346,6 +346,9 @@ func (c *CA) Sign(id spiffeid.ID, csrDER []byte) (*Issued, error) {
 	if id.TrustDomain() != c.cfg.TrustDomain {
 		return nil, fmt.Errorf("%w: %s is not in trust domain %s", ErrPermissionDenied, id, c.cfg.TrustDomain)
 	}
+	if id.Path() == "" {
+		return nil, errNoPath(id)
+	}
 	pub, err := ParseCSR(csrDER)
 	if err != nil {
 		return nil, err

@@ -94,7 +94,10 @@ func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // Sign implements cav1.CAServer.
 func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignResponse, error) {
 	start := s.ca.cfg.Clock.Now()
-	kind, id, err := s.authenticate(ctx, req.GetCredential())
+	kind, id, err := s.kindLabel(req.GetCredential()), spiffeid.ID{}, s.checkBeforeSpending(req)
+	if err == nil {
+		kind, id, err = s.authenticate(ctx, req.GetCredential())
+	}
 	var iss *Issued
 	if err == nil && id == s.ca.selfID {
 		err = fmt.Errorf("%w: %s is reserved for the CA itself", ErrPermissionDenied, id)
@@ -113,6 +116,31 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 			slog.String("serial", iss.Serial.Text(16)), slog.Time("not_after", iss.NotAfter))
 	}
 	return &cav1.SignResponse{CertChain: iss.Chain, SpiffeId: id.String(), Bundle: s.bundleMessage(s.ca.Bundle())}, nil
+}
+
+// checkBeforeSpending checks what can refuse a request that carries a
+// credential before the attestor sees it, since attesting may spend the
+// credential (a single-use join token): the CSR, and that the CA can sign.
+// The identity is checked by the attestor before it spends anything.
+func (s *Server) checkBeforeSpending(req *cav1.SignRequest) error {
+	if cred := req.GetCredential(); cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
+		return nil // a renewal spends nothing; CA.Sign checks the CSR
+	}
+	if _, err := ParseCSR(req.GetCsr()); err != nil {
+		return err
+	}
+	return s.ca.Ready()
+}
+
+// kindLabel is the metric label of a credential's kind, from a fixed set.
+func (s *Server) kindLabel(cred *cav1.Credential) string {
+	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
+		return "mtls"
+	}
+	if _, ok := s.attestors[cred.GetKind()]; ok {
+		return cred.GetKind()
+	}
+	return "unknown"
 }
 
 // authenticate returns the caller's identity: from its credential, or from

@@ -482,10 +482,14 @@ func (x *SignJWTResponse) GetExpiresAtUnix() int64 {
 }
 
 type CreateJoinTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	Reusable      bool                   `protobuf:"varint,3,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId   string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	Reusable   bool                   `protobuf:"varint,3,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	// allow_reserved permits an ID under /ns/tether-system/ (the mesh's own
+	// components, e.g. tether-discovery run outside Kubernetes). Never the
+	// CA's own ID.
+	AllowReserved bool `protobuf:"varint,4,opt,name=allow_reserved,json=allowReserved,proto3" json:"allow_reserved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -537,6 +541,13 @@ func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
 func (x *CreateJoinTokenRequest) GetReusable() bool {
 	if x != nil {
 		return x.Reusable
+	}
+	return false
+}
+
+func (x *CreateJoinTokenRequest) GetAllowReserved() bool {
+	if x != nil {
+		return x.AllowReserved
 	}
 	return false
 }
@@ -894,12 +905,13 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x0fSignJWTResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12&\n" +
-	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"r\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"\x99\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1a\n" +
-	"\breusable\x18\x03 \x01(\bR\breusable\"W\n" +
+	"\breusable\x18\x03 \x01(\bR\breusable\x12%\n" +
+	"\x0eallow_reserved\x18\x04 \x01(\bR\rallowReserved\"W\n" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
 	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\"\x0f\n" +
