@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/unixsock"
 )
 
 // AdminServer is the operator API (join tokens, status, rotation). It is
@@ -33,27 +32,12 @@ func NewAdminServer(ca *CA, log *slog.Logger) *AdminServer {
 	return &AdminServer{ca: ca, log: log}
 }
 
-// ListenUnix listens on path with mode 0600, replacing a stale socket file.
+// ListenUnix listens on path with mode 0600 from the moment the socket can
+// be reached (see package unixsock), replacing a stale socket file. Its
+// directory is created with mode 0700 if needed.
 func ListenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin socket: %s exists and is not a socket; refusing to remove it", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("admin socket: %s is in use by another process", path)
-		}
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, 0o600, -1, 0o700)
 	if err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	return l, nil
