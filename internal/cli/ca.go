@@ -159,6 +159,12 @@ func (a *App) printStatus(st *cav1.StatusResponse) {
 			unixTime(g.GetRootNotAfterUnix()), unixTime(g.GetIntermediateNotAfterUnix()), unixTime(g.GetRetireAfterUnix()))
 	}
 	tw.Flush()
+	for _, g := range st.GetGenerations() {
+		if g.GetRootOffline() && g.GetState() == "active" {
+			fmt.Fprintf(a.Stdout, "\nroot key: offline. This CA cannot rotate its root nor renew its intermediate (valid until %s);\n"+
+				"sign a new one with `tether ca offline-root sign-intermediate` and restart tether-ca with it.\n", unixTime(g.GetIntermediateNotAfterUnix()))
+		}
+	}
 }
 
 func unixTime(s int64) string {

@@ -20,6 +20,8 @@ Usage:
   tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--allow-reserved] [--socket PATH]
   tether ca status [--socket PATH]
   tether ca rotate prepare|activate|retire [--force] [--socket PATH]
+  tether ca offline-root init --dir DIR [--trust-domain TD] [--ttl 43800h]
+  tether ca offline-root sign-intermediate --dir DIR --out DIR [--ttl 720h]
   tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]
   tether policy graph [--mesh FILE | --kubeconfig PATH [--context NAME]] [--namespace NS] [--dot]
   tether demo [--rotate] [--duration D] [--dir DIR] [--ports N] [--bin DIR] [--rate N]
@@ -68,6 +70,8 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return a.svidFetch(ctx, args[2:])
 	case path == "ca status":
 		return a.caStatus(ctx, args[2:])
+	case path == "ca offline-root":
+		return a.caOfflineRoot(ctx, args[2:])
 	case path == "ca rotate":
 		return a.caRotate(ctx, args[2:])
 	case path == "policy check":

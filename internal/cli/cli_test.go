@@ -186,3 +186,78 @@ func TestRelativeAdminSocket(t *testing.T) {
 		t.Fatalf("status with a relative socket: code %d out %q err %q", code, out, errOut)
 	}
 }
+
+// TestOfflineRoot: the root is made and kept where the CLI runs; tether-ca
+// starts on the intermediate signed with it, holds no root key, says so
+// in `tether ca status`, refuses to prepare a root, and the SVIDs it
+// issues verify against the offline root (openssl as the stock client).
+func TestOfflineRoot(t *testing.T) {
+	rootDir, interDir := filepath.Join(t.TempDir(), "root"), filepath.Join(t.TempDir(), "inter")
+	if out, errOut, code := run(t, "ca", "offline-root", "init", "--dir", rootDir); code != 0 || !strings.Contains(out, "offline root for cluster.local") {
+		t.Fatalf("init: %d %s %s", code, out, errOut)
+	}
+	if fi, err := os.Stat(filepath.Join(rootDir, "root.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("root key: %v %v", fi, err)
+	}
+	if _, errOut, code := run(t, "ca", "offline-root", "init", "--dir", rootDir); code != 1 || !strings.Contains(errOut, "refusing to overwrite a root key") {
+		t.Fatalf("second init over the same root: %d %s", code, errOut)
+	}
+	if out, errOut, code := run(t, "ca", "offline-root", "sign-intermediate", "--dir", rootDir, "--out", interDir, "--ttl", "720h"); code != 0 || !strings.Contains(out, "replace it before") {
+		t.Fatalf("sign-intermediate: %d %s %s", code, out, errOut)
+	}
+
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := caserver.New(ctx, caserver.Config{
+		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
+		PropagationDelay: time.Minute, TickInterval: time.Second, OfflineIntermediate: interDir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	sock := filepath.Join(dir, "admin.sock")
+	for i := 0; svc.Addr("grpc") == nil || !exists(sock); i++ {
+		if i > 200 {
+			t.Fatal("CA did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	state, err := os.ReadFile(filepath.Join(dir, identity.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(state), `"root_key"`) {
+		t.Error("the CA's state holds a root key")
+	}
+	if out, _, code := run(t, "ca", "status", "--socket", sock); code != 0 || !strings.Contains(out, "root key: offline") {
+		t.Errorf("status does not say the root key is offline:\n%s", out)
+	}
+	if _, errOut, code := run(t, "ca", "rotate", "prepare", "--socket", sock); code != 1 || !strings.Contains(errOut, "root key is offline") {
+		t.Errorf("prepare: code %d, %s", code, errOut)
+	}
+
+	tok, errOut, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/web")
+	if code != 0 {
+		t.Fatal(errOut)
+	}
+	out := t.TempDir()
+	if _, errOut, code := run(t, "svid", "fetch", "--ca", svc.Addr("grpc").String(), "--bundle", filepath.Join(interDir, "root.pem"),
+		"--token", strings.TrimSpace(tok), "--out", out); code != 0 {
+		t.Fatalf("fetch: %s", errOut)
+	}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed (make deps)")
+	}
+	cmd := exec.Command("openssl", "verify", "-CAfile", filepath.Join(rootDir, "root.pem"), "-untrusted", filepath.Join(interDir, "intermediate.pem"),
+		"-purpose", "sslclient", filepath.Join(out, "svid.pem"))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("openssl verify against the offline root: %v\n%s", err, b)
+	}
+}
+
+func exists(path string) bool { _, err := os.Stat(path); return err == nil }

@@ -99,6 +99,7 @@ func statusMessage(s Status) *cav1.StatusResponse {
 			Id: g.ID, State: string(g.State), RootFingerprint: g.RootFingerprint,
 			RootNotAfterUnix: unixOrZero(g.RootNotAfter), IntermediateNotAfterUnix: unixOrZero(g.IntermediateNotAfter),
 			RetireAfterUnix: unixOrZero(g.RetireAfter), Upstream: g.Upstream,
+			RootOffline: g.RootOffline,
 		})
 	}
 	return m

@@ -653,7 +653,11 @@ type Generation struct {
 	// signed is still valid, so it may be retired.
 	RetireAfterUnix int64 `protobuf:"varint,6,opt,name=retire_after_unix,json=retireAfterUnix,proto3" json:"retire_after_unix,omitempty"`
 	// Upstream issuer, when the signing CA comes from cert-manager.
-	Upstream      string `protobuf:"bytes,7,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Upstream string `protobuf:"bytes,7,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	// The root key is offline (not in the CA's state): this CA cannot
+	// prepare a new root nor renew the intermediate; the operator signs a new
+	// intermediate with `tether ca offline-root sign-intermediate`.
+	RootOffline   bool `protobuf:"varint,16,opt,name=root_offline,json=rootOffline,proto3" json:"root_offline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -735,6 +739,13 @@ func (x *Generation) GetUpstream() string {
 		return x.Upstream
 	}
 	return ""
+}
+
+func (x *Generation) GetRootOffline() bool {
+	if x != nil {
+		return x.RootOffline
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -915,7 +926,7 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
 	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\"\x0f\n" +
-	"\rStatusRequest\"\x93\x02\n" +
+	"\rStatusRequest\"\xb6\x02\n" +
 	"\n" +
 	"Generation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
@@ -924,7 +935,8 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x13root_not_after_unix\x18\x04 \x01(\x03R\x10rootNotAfterUnix\x12=\n" +
 	"\x1bintermediate_not_after_unix\x18\x05 \x01(\x03R\x18intermediateNotAfterUnix\x12*\n" +
 	"\x11retire_after_unix\x18\x06 \x01(\x03R\x0fretireAfterUnix\x12\x1a\n" +
-	"\bupstream\x18\a \x01(\tR\bupstream\"\xe0\x01\n" +
+	"\bupstream\x18\a \x01(\tR\bupstream\x12!\n" +
+	"\froot_offline\x18\x10 \x01(\bR\vrootOffline\"\xe0\x01\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12:\n" +
