@@ -135,6 +135,9 @@ func (c *CA) attestJoinToken(ctx context.Context, token string) (spiffeid.ID, er
 	if err := c.checkIssuable(id); err != nil {
 		return spiffeid.ID{}, fmt.Errorf("join token: %w", err)
 	}
+	if peer, ok := presentedSVID(ctx); ok && peer != id {
+		return spiffeid.ID{}, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peer, id)
+	}
 	if !found.Reusable {
 		err = c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
 			if err := lookup(st, now); err != nil {

@@ -164,6 +164,9 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 		slices.Sort(kinds)
 		return "unknown", spiffeid.ID{}, fmt.Errorf("%w: credential kind %q is not accepted here (accepted: %s)", ErrUnauthenticated, kind, strings.Join(kinds, ", "))
 	}
+	if hasPeer {
+		ctx = context.WithValue(ctx, renewingKey{}, peerID)
+	}
 	id, err := att.Attest(ctx, cred.GetToken())
 	if err != nil {
 		return kind, spiffeid.ID{}, err
@@ -172,6 +175,17 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 		return kind, id, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
 	}
 	return kind, id, nil
+}
+
+// renewingKey carries, in an Attest context, the ID of the SVID the caller
+// presented: a credential for another ID is refused, and an attestor that
+// spends credentials refuses before spending.
+type renewingKey struct{}
+
+// presentedSVID returns the ID of the SVID presented with a credential.
+func presentedSVID(ctx context.Context) (spiffeid.ID, bool) {
+	id, ok := ctx.Value(renewingKey{}).(spiffeid.ID)
+	return id, ok
 }
 
 // peerSVID returns the SPIFFE ID of the client certificate, which the TLS

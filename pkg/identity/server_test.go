@@ -299,4 +299,13 @@ func TestServerRefusedCSRDoesNotSpendToken(t *testing.T) {
 	// Spent now: a second good request is refused.
 	_, _, err = dial(t, addr, ca, nil).FetchSVID(ctx, cred)
 	wantCode(t, err, codes.Unauthenticated)
+
+	// A token for db presented with web's SVID is refused, and not spent.
+	db := testutil.ID("/ns/default/sa/db")
+	dbCred := joinToken(t, ca, db)
+	_, _, err = dial(t, addr, ca, svid).FetchSVID(ctx, dbCred)
+	wantCode(t, err, codes.PermissionDenied)
+	if got, _, err := dial(t, addr, ca, nil).FetchSVID(ctx, dbCred); err != nil || got.ID != db {
+		t.Fatalf("the token refused with another SVID was spent: %v", err)
+	}
 }
