@@ -12,9 +12,11 @@ import (
 // /ns/tether-system/ is reserved for them.
 const ReservedNamespace = "tether-system"
 
-// IsReserved reports whether id is one of the mesh's own identities.
+// IsReserved reports whether id is one of the mesh's own identities: the
+// path /ns/tether-system or anything under it.
 func IsReserved(id spiffeid.ID) bool {
-	return strings.HasPrefix(id.Path(), "/ns/"+ReservedNamespace+"/")
+	p := "/ns/" + ReservedNamespace
+	return id.Path() == p || strings.HasPrefix(id.Path(), p+"/")
 }
 
 func reservedPrefix(td spiffeid.TrustDomain) string {

@@ -124,6 +124,7 @@ func TestCreateJoinTokenRefusesBadInput(t *testing.T) {
 		"the CA's own ID":    {"spiffe://cluster.local/ns/tether-system/sa/tether-ca", time.Hour},
 		"reserved component": {"spiffe://cluster.local/ns/tether-system/sa/tether-discovery", time.Hour},
 		"reserved namespace": {"spiffe://cluster.local/ns/tether-system/sa/anything", time.Hour},
+		"the namespace path": {"spiffe://cluster.local/ns/tether-system", time.Hour},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := ca.CreateJoinToken(ctx, spiffeidMust(t, tc.id), tc.ttl, false)
