@@ -58,6 +58,7 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.DurationVar(&c.PropagationDelay, "propagation-delay", identity.DefaultPropagationDelay, "how long a prepared root (in upstream mode, a new intermediate) must be in the bundle before it may sign")
 	fs.DurationVar(&c.TickInterval, "tick", 10*time.Second, "how often the CA reloads its store and checks the rotation schedule")
 	fs.BoolVar(&c.AutoRotate, "auto-rotate", true, "take root rotation steps (prepare, activate, retire) on schedule; intermediates are renewed on schedule regardless")
+	fs.StringVar(&c.OfflineIntermediate, "offline-intermediate", "", "offline-root mode: directory with intermediate.pem, intermediate.key and root.pem from `tether ca offline-root sign-intermediate`; the CA never holds the root key")
 	fs.StringVar(&c.Kube.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster (env KUBECONFIG)")
 	fs.StringVar(&c.Kube.Namespace, "namespace", env("POD_NAMESPACE", "tether-system"), "namespace of the Secret and Lease (env POD_NAMESPACE)")
 	fs.StringVar(&c.Kube.SecretName, "secret-name", "tether-ca", "Secret of the kubernetes store")

@@ -49,6 +49,10 @@ type Config struct {
 	PropagationDelay time.Duration
 	TickInterval     time.Duration
 	AutoRotate       bool
+	// OfflineIntermediate is a directory with intermediate.pem,
+	// intermediate.key and root.pem from `tether ca offline-root
+	// sign-intermediate`: the CA signs with it and never holds the root key.
+	OfflineIntermediate string
 
 	// SVIDTTLFor shortens the SVID lifetime of IDs under path prefixes
 	// (--svid-ttl-for PREFIX=TTL).
@@ -122,6 +126,9 @@ func (c *Config) Validate() error {
 	if c.SVIDTTL*2 > c.IntermediateTTL {
 		return fmt.Errorf("--svid-ttl %s must be at most half of --intermediate-ttl %s", c.SVIDTTL, c.IntermediateTTL)
 	}
+	if c.OfflineIntermediate != "" && c.Kube.UpstreamIssuer != "" {
+		return errors.New("--offline-intermediate and --upstream-issuer exclude each other: the intermediate comes from one or the other")
+	}
 	if c.Kube.UpstreamIssuer == "" && c.IntermediateTTL > c.RootTTL {
 		return fmt.Errorf("--intermediate-ttl %s is longer than --root-ttl %s", c.IntermediateTTL, c.RootTTL)
 	}
@@ -173,6 +180,13 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		IntermediateTTL: cfg.IntermediateTTL, RootTTL: cfg.RootTTL,
 		Backdate: cfg.Backdate, PropagationDelay: cfg.PropagationDelay, TickInterval: cfg.TickInterval,
 		AutoRotate: cfg.AutoRotate, Logger: cfg.Logger, Registerer: s.registry,
+	}
+	if cfg.OfflineIntermediate != "" {
+		o, err := identity.LoadOfflineIntermediate(cfg.OfflineIntermediate)
+		if err != nil {
+			return nil, fmt.Errorf("--offline-intermediate: %w", err)
+		}
+		caCfg.OfflineIntermediate = o
 	}
 	s.attestors = map[string]identity.Attestor{}
 	switch cfg.Store {

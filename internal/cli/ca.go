@@ -63,6 +63,7 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	reusable := fs.Bool("reusable", false, "allow the token to be used more than once")
 	outPath := fs.String("out", "", "write the token to this new file (mode 0600) instead of standard output")
+	allowReserved := fs.Bool("allow-reserved", false, "allow an ID under ns/tether-system (a mesh component run outside Kubernetes)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -82,12 +83,15 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 		}
 		defer out.Close()
 	}
-	resp, err := api.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: int64(ttl.Seconds()), Reusable: *reusable})
+	resp, err := api.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: int64(ttl.Seconds()), Reusable: *reusable, AllowReserved: *allowReserved})
 	if err != nil {
 		if out != nil {
 			os.Remove(*outPath)
 		}
 		return rpcError("create join token", err)
+	}
+	if *allowReserved {
+		fmt.Fprintf(a.Stderr, "warning: %s is an identity of the mesh's own components; whoever holds this token can act as that component\n", id)
 	}
 	where := ""
 	if out != nil {
@@ -193,6 +197,12 @@ func (a *App) printStatus(st *cav1.StatusResponse) {
 	}
 	tw.Flush()
 	a.printRevocations(st.GetRevocations())
+	for _, g := range st.GetGenerations() {
+		if g.GetRootOffline() && g.GetState() == "active" {
+			fmt.Fprintf(a.Stdout, "\nroot key: offline. This CA cannot rotate its root nor renew its intermediate (valid until %s);\n"+
+				"sign a new one with `tether ca offline-root sign-intermediate` and restart tether-ca with it.\n", unixTime(g.GetIntermediateNotAfterUnix()))
+		}
+	}
 }
 
 func unixTime(s int64) string {

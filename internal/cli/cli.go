@@ -17,12 +17,14 @@ const usage = `tether: the Tether service mesh command line
 Usage:
   tether identity [--socket unix:///run/tether/workload.sock] [--json] [--write DIR]
   tether svid fetch --ca ADDR --bundle FILE (--join-token-file FILE|- | --token TOKEN | --k8s-token-file FILE) --out DIR
-  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--out FILE] [--socket PATH]
+  tether ca token create --spiffe-id ID [--ttl 1h] [--reusable] [--allow-reserved] [--out FILE] [--socket PATH]
   tether ca token list [--socket PATH]
   tether ca revoke (--spiffe-id ID [--allow-reattest | --block-for D] | --serial HEX | --join-token-file FILE|- | --join-token-hash HASH) [--keep-svids] [--reason TEXT] [--socket PATH]
   tether ca unrevoke --spiffe-id ID [--socket PATH]
   tether ca status [--socket PATH]
   tether ca rotate prepare|activate|retire|renew-intermediate [--force] [--socket PATH]
+  tether ca offline-root init --dir DIR [--trust-domain TD] [--ttl 43800h]
+  tether ca offline-root sign-intermediate --dir DIR --out DIR [--ttl 720h]
   tether policy check [--mesh FILE | --kubeconfig PATH [--context NAME]] --from NS/SA|SPIFFE_ID --to NS/SERVICE[:PORT] [--json]
   tether policy graph [--mesh FILE | --kubeconfig PATH [--context NAME]] [--namespace NS] [--dot]
   tether demo [--rotate] [--duration D] [--dir DIR] [--ports N] [--bin DIR] [--rate N]
@@ -73,6 +75,8 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return a.svidFetch(ctx, args[2:])
 	case path == "ca status":
 		return a.caStatus(ctx, args[2:])
+	case path == "ca offline-root":
+		return a.caOfflineRoot(ctx, args[2:])
 	case path == "ca rotate":
 		return a.caRotate(ctx, args[2:])
 	case path == "policy check":

@@ -136,6 +136,9 @@ func TestBadInvocations(t *testing.T) {
 		{"token without id", []string{"ca", "token", "create", "--socket", sock}, 2, "--spiffe-id is required"},
 		{"token bad id", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "not-a-spiffe-id"}, 1, "SPIFFE ID"},
 		{"token bad ttl", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/x", "--ttl", "-1h"}, 1, "lifetime"},
+		{"token bare trust domain", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local"}, 1, "has no path"},
+		{"token reserved", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/tether-system/sa/tether-discovery"}, 1, "--allow-reserved"},
+		{"token for the CA", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/tether-system/sa/tether-ca", "--allow-reserved"}, 1, "reserved for the CA itself"},
 		{"no socket", []string{"ca", "status", "--socket", filepath.Join(dir, "nope.sock")}, 1, "is tether-ca running"},
 		{"fetch without flags", []string{"svid", "fetch"}, 2, "required"},
 		{"fetch both tokens", []string{"svid", "fetch", "--ca", "x:1", "--bundle", "b", "--out", "o", "--token", "t", "--k8s-token-file", "f"}, 2, "exactly one"},
@@ -150,6 +153,26 @@ func TestBadInvocations(t *testing.T) {
 				t.Fatalf("code %d (want %d), stderr %q (want it to contain %q)", code, tt.code, errOut, tt.want)
 			}
 		})
+	}
+}
+
+// TestReservedTokenNeedsAllowReserved: a mesh component run outside
+// Kubernetes gets a token for its reserved ID only with --allow-reserved,
+// with a warning, and the token works.
+func TestReservedTokenNeedsAllowReserved(t *testing.T) {
+	addr, sock, dir := startCA(t)
+	disc := "spiffe://cluster.local/ns/tether-system/sa/tether-discovery"
+	out, errOut, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", disc, "--allow-reserved")
+	if code != 0 || !strings.Contains(errOut, "warning: "+disc+" is an identity of the mesh's own components") {
+		t.Fatalf("code %d, stderr %q", code, errOut)
+	}
+	outDir := t.TempDir()
+	if _, errOut, code := run(t, "svid", "fetch", "--ca", addr, "--bundle", filepath.Join(dir, "bundle.pem"), "--token", strings.TrimSpace(out), "--out", outDir); code != 0 {
+		t.Fatalf("fetch with the reserved token: %s", errOut)
+	}
+	svid, err := x509svid.Load(filepath.Join(outDir, "svid.pem"), filepath.Join(outDir, "svid.key"))
+	if err != nil || svid.ID.String() != disc {
+		t.Fatalf("SVID %v, %v; want %s", svid, err, disc)
 	}
 }
 
@@ -283,3 +306,77 @@ func renewer(t *testing.T, addr, bundlePath string, svid *x509svid.SVID) *identi
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+// TestOfflineRoot: the root is made and kept where the CLI runs; tether-ca
+// starts on the intermediate signed with it, holds no root key, says so
+// in `tether ca status`, refuses to prepare a root, and the SVIDs it
+// issues verify against the offline root (openssl as the stock client).
+func TestOfflineRoot(t *testing.T) {
+	rootDir, interDir := filepath.Join(t.TempDir(), "root"), filepath.Join(t.TempDir(), "inter")
+	if out, errOut, code := run(t, "ca", "offline-root", "init", "--dir", rootDir); code != 0 || !strings.Contains(out, "offline root for cluster.local") {
+		t.Fatalf("init: %d %s %s", code, out, errOut)
+	}
+	if fi, err := os.Stat(filepath.Join(rootDir, "root.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("root key: %v %v", fi, err)
+	}
+	if _, errOut, code := run(t, "ca", "offline-root", "init", "--dir", rootDir); code != 1 || !strings.Contains(errOut, "refusing to overwrite a root key") {
+		t.Fatalf("second init over the same root: %d %s", code, errOut)
+	}
+	if out, errOut, code := run(t, "ca", "offline-root", "sign-intermediate", "--dir", rootDir, "--out", interDir, "--ttl", "720h"); code != 0 || !strings.Contains(out, "replace it before") {
+		t.Fatalf("sign-intermediate: %d %s %s", code, out, errOut)
+	}
+
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := caserver.New(ctx, caserver.Config{
+		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
+		PropagationDelay: time.Minute, TickInterval: time.Second, OfflineIntermediate: interDir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	sock := filepath.Join(dir, "admin.sock")
+	for i := 0; svc.Addr("grpc") == nil || !exists(sock); i++ {
+		if i > 200 {
+			t.Fatal("CA did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	state, err := os.ReadFile(filepath.Join(dir, identity.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(state), `"root_key"`) {
+		t.Error("the CA's state holds a root key")
+	}
+	if out, _, code := run(t, "ca", "status", "--socket", sock); code != 0 || !strings.Contains(out, "root key: offline") {
+		t.Errorf("status does not say the root key is offline:\n%s", out)
+	}
+	if _, errOut, code := run(t, "ca", "rotate", "prepare", "--socket", sock); code != 1 || !strings.Contains(errOut, "root key is offline") {
+		t.Errorf("prepare: code %d, %s", code, errOut)
+	}
+
+	tok, errOut, code := run(t, "ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/web")
+	if code != 0 {
+		t.Fatal(errOut)
+	}
+	out := t.TempDir()
+	if _, errOut, code := run(t, "svid", "fetch", "--ca", svc.Addr("grpc").String(), "--bundle", filepath.Join(interDir, "root.pem"),
+		"--token", strings.TrimSpace(tok), "--out", out); code != 0 {
+		t.Fatalf("fetch: %s", errOut)
+	}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed (make deps)")
+	}
+	cmd := exec.Command("openssl", "verify", "-CAfile", filepath.Join(rootDir, "root.pem"), "-untrusted", filepath.Join(interDir, "intermediate.pem"),
+		"-purpose", "sslclient", filepath.Join(out, "svid.pem"))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("openssl verify against the offline root: %v\n%s", err, b)
+	}
+}
+
+func exists(path string) bool { _, err := os.Stat(path); return err == nil }

@@ -224,9 +224,10 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 	return nil
 }
 
-// joinToken creates a single-use join token for id, valid 10 minutes.
+// joinToken creates a single-use join token for id, valid 10 minutes
+// (tether-discovery's ID is reserved: the demo runs it outside Kubernetes).
 func (d *demo) joinToken(ctx context.Context, id string) (string, error) {
-	resp, err := d.admin.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: 600})
+	resp, err := d.admin.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: 600, AllowReserved: id == demoDiscoveryID})
 	if err != nil {
 		return "", rpcError("create a join token for "+id, err)
 	}

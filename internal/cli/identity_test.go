@@ -55,7 +55,7 @@ func startSidecar(t *testing.T, ready bool) (string, *agent.Agent, *identity.CA)
 		running = append(running, done)
 	}
 	socket := filepath.Join(t.TempDir(), "workload.sock")
-	wl, err := workload.Listen(socket)
+	wl, err := workload.Listen(socket, workload.Access{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,7 +122,7 @@ func startFiles(t *testing.T) (bundle, token string) {
 	if err := identity.WriteBundlePEM(bundle, ca.Bundle().Bundle); err != nil {
 		t.Fatal(err)
 	}
-	token, _, err := ca.CreateJoinToken(context.Background(), discoveryID, time.Hour, false)
+	token, _, err := ca.CreateReservedJoinToken(context.Background(), discoveryID, time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/tether-mesh/tether/internal/logging"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/identity/workload"
 	"github.com/tether-mesh/tether/pkg/proxy"
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
@@ -39,6 +40,8 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.TokenFile, "token-file", "", "projected ServiceAccount token (default "+ProjectedTokenPath+" when it exists and no join token is given)")
 	fs.StringVar(&c.AdminAddr, "admin-listen", ":15020", "admin address: /healthz/ready, /healthz/live, /app-health/..., /metrics to every caller; /debug/identity, /debug/discovery, /debug/denials, POST /quitquitquit only to callers on loopback")
 	fs.StringVar(&c.WorkloadSocket, "workload-socket", "/run/tether/workload.sock", "SPIFFE Workload API unix socket (empty: off)")
+	socketMode := fs.String("workload-socket-mode", "0600", "who may fetch the SVID's private key from --workload-socket: 0600 (the sidecar's user), 0660 (and --workload-socket-group) or 0666 (anyone who reaches its directory: only in a pod's emptyDir, as the injector sets it)")
+	socketGroup := fs.String("workload-socket-group", "", "group (name or GID) that may connect to --workload-socket, with --workload-socket-mode 0660")
 	fs.Func("inbound", "explicit inbound listener LISTEN=APP, e.g. 127.0.0.1:15006=127.0.0.1:8080 (repeatable)", func(v string) error {
 		l, app, ok := strings.Cut(v, "=")
 		if !ok || l == "" || app == "" {
@@ -110,6 +113,11 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	c.InboundMode = proxy.Mode(*mode)
+	access, err := workload.ParseAccess(*socketMode, *socketGroup)
+	if err != nil {
+		return c, fmt.Errorf("--workload-socket-mode/--workload-socket-group: %w", err)
+	}
+	c.WorkloadSocketAccess = access
 	if *transparent {
 		c.Capture = &t
 	}

@@ -257,6 +257,32 @@ func TestJoinTokenFile(t *testing.T) {
 	} {
 		if _, err := ParseFlags(tc.args, noEnv); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error saying %q", name, err, tc.want)
+// TestParseFlagsWorkloadSocketAccess: the Workload API socket is 0600 unless
+// told otherwise; a group needs 0660; other modes are refused.
+func TestParseFlagsWorkloadSocketAccess(t *testing.T) {
+	c, err := ParseFlags(explicit, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.WorkloadSocketAccess.Mode != 0o600 || c.WorkloadSocketAccess.Group != "" {
+		t.Errorf("default access %+v, want mode 0600 and no group", c.WorkloadSocketAccess)
+	}
+	c, err = ParseFlags(withArgs(explicit, "--workload-socket-mode", "0660", "--workload-socket-group", "65533"), noEnv)
+	if err != nil || c.WorkloadSocketAccess.Mode != 0o660 || c.WorkloadSocketAccess.Group != "65533" {
+		t.Errorf("group access: %+v, %v", c.WorkloadSocketAccess, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--workload-socket-mode", "0644"}, "want 0600"},
+		{[]string{"--workload-socket-mode", "0777"}, "want 0600"},
+		{[]string{"--workload-socket-mode", "rw"}, "octal"},
+		{[]string{"--workload-socket-group", "65533"}, "needs socket mode 0660"},
+		{[]string{"--workload-socket-mode", "0660", "--workload-socket-group", "no-such-group-xyz"}, "socket group"},
+	} {
+		if _, err := ParseFlags(withArgs(explicit, tc.args...), noEnv); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to mention %q", tc.args, err, tc.want)
 		}
 	}
 }

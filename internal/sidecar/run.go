@@ -163,7 +163,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	go admin.Serve(s.cfg.AdminLimits.Listener(adminL, s.adminMetrics, s.log))
 
 	if s.cfg.WorkloadSocket != "" {
-		wl, err := workload.Listen(s.cfg.WorkloadSocket)
+		wl, err := workload.Listen(s.cfg.WorkloadSocket, s.cfg.WorkloadSocketAccess)
 		if err != nil {
 			stopAgent()
 			stopServing()

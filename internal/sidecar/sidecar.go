@@ -25,6 +25,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/identity"
 	"github.com/tether-mesh/tether/pkg/identity/agent"
+	"github.com/tether-mesh/tether/pkg/identity/workload"
 	"github.com/tether-mesh/tether/pkg/proxy"
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 	"github.com/tether-mesh/tether/pkg/proxy/dns"
@@ -96,6 +97,9 @@ type Config struct {
 	// admin.DefaultLimits).
 	AdminLimits    admin.Limits
 	WorkloadSocket string
+	// WorkloadSocketAccess says who may connect to WorkloadSocket (default:
+	// the sidecar's user only).
+	WorkloadSocketAccess workload.Access
 
 	// Explicit mode listeners.
 	Inbound  []InboundListener

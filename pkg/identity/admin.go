@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/unixsock"
 )
 
 // AdminServer is the operator API (join tokens, status, rotation). It is
@@ -33,27 +32,12 @@ func NewAdminServer(ca *CA, log *slog.Logger) *AdminServer {
 	return &AdminServer{ca: ca, log: log}
 }
 
-// ListenUnix listens on path with mode 0600, replacing a stale socket file.
+// ListenUnix listens on path with mode 0600 from the moment the socket can
+// be reached (see package unixsock), replacing a stale socket file. Its
+// directory is created with mode 0700 if needed.
 func ListenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin socket: %s exists and is not a socket; refusing to remove it", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("admin socket: %s is in use by another process", path)
-		}
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, 0o600, -1, 0o700)
 	if err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	return l, nil
@@ -75,11 +59,20 @@ func (a *AdminServer) CreateJoinToken(ctx context.Context, req *cav1.CreateJoinT
 	if id == a.ca.selfID {
 		return nil, grpcError(fmt.Errorf("%w: %s is reserved for the CA itself", ErrConfig, id))
 	}
-	tok, exp, err := a.ca.CreateJoinToken(ctx, id, time.Duration(req.GetTtlSeconds())*time.Second, req.GetReusable())
+	create := a.ca.CreateJoinToken
+	if req.GetAllowReserved() {
+		create = a.ca.CreateReservedJoinToken
+	}
+	tok, exp, err := create(ctx, id, time.Duration(req.GetTtlSeconds())*time.Second, req.GetReusable())
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	a.log.Info("join token created", slog.String("spiffe_id", id.String()), slog.Time("expires_at", exp), slog.Bool("reusable", req.GetReusable()))
+	if IsReserved(id) {
+		a.log.Warn("join token created for a reserved identity of the mesh's own components", slog.String("spiffe_id", id.String()),
+			slog.Time("expires_at", exp), slog.Bool("reusable", req.GetReusable()))
+	} else {
+		a.log.Info("join token created", slog.String("spiffe_id", id.String()), slog.Time("expires_at", exp), slog.Bool("reusable", req.GetReusable()))
+	}
 	return &cav1.CreateJoinTokenResponse{Token: tok, ExpiresAtUnix: exp.Unix()}, nil
 }
 
@@ -111,6 +104,7 @@ func statusMessage(s Status) *cav1.StatusResponse {
 			Id: g.ID, State: string(g.State), RootFingerprint: g.RootFingerprint,
 			RootNotAfterUnix: unixOrZero(g.RootNotAfter), IntermediateNotAfterUnix: unixOrZero(g.IntermediateNotAfter),
 			RetireAfterUnix: unixOrZero(g.RetireAfter), Upstream: g.Upstream,
+			RootOffline: g.RootOffline,
 		})
 	}
 	return m

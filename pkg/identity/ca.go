@@ -56,6 +56,9 @@ type Config struct {
 	AutoRotate bool
 	// Upstream, if set, signs the intermediate instead of an own root.
 	Upstream Upstream
+	// OfflineIntermediate, if set, is the signing intermediate of a root
+	// whose key the CA never holds (offline-root mode).
+	OfflineIntermediate *OfflineIntermediate
 	// IsLeader reports whether this replica takes scheduled rotation steps.
 	// Nil means always (a single replica).
 	IsLeader func() bool
@@ -107,6 +110,8 @@ func (c *Config) fill() error {
 		return fmt.Errorf("%w: SVID lifetime %s is shorter than a minute", ErrConfig, c.SVIDTTL)
 	case c.SVIDTTL*2 > c.IntermediateTTL:
 		return fmt.Errorf("%w: SVID lifetime %s must be at most half the intermediate lifetime %s", ErrConfig, c.SVIDTTL, c.IntermediateTTL)
+	case c.Upstream != nil && c.OfflineIntermediate != nil:
+		return fmt.Errorf("%w: an upstream issuer and an offline root exclude each other", ErrConfig)
 	case c.Upstream == nil && c.IntermediateTTL > c.RootTTL:
 		return fmt.Errorf("%w: intermediate lifetime %s is longer than the root lifetime %s", ErrConfig, c.IntermediateTTL, c.RootTTL)
 	case c.Upstream != nil && c.PropagationDelay*3 >= c.IntermediateTTL:
@@ -142,6 +147,8 @@ type CA struct {
 	self   atomic.Pointer[selfSVID]
 	// presigned is an upstream intermediate obtained ahead of a state change.
 	presigned atomic.Pointer[upstreamSigned]
+	// offlineWarned is when warnOffline last logged.
+	offlineWarned atomic.Int64
 }
 
 // BundleVersion is one version of the trust bundle.
@@ -192,6 +199,11 @@ func NewCA(ctx context.Context, cfg Config) (*CA, error) {
 	if err := c.load(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.OfflineIntermediate != nil {
+		if err := c.installOffline(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.republishUpstreamAnchors(ctx); err != nil {
 		return nil, err
 	}
@@ -230,7 +242,15 @@ func (c *CA) load(ctx context.Context) error {
 func (c *CA) bootstrapLocked(ctx context.Context) error {
 	now := c.cfg.Clock.Now()
 	st := &State{Version: StateVersion, TrustDomain: c.cfg.TrustDomain.Name(), BundleSequence: 1, UpstreamAnchors: AnchorsIntermediates}
-	g, err := c.newGeneration(ctx, st, Active, now)
+	var (
+		g   Generation
+		err error
+	)
+	if c.cfg.OfflineIntermediate != nil {
+		g, err = c.offlineGeneration(st, now)
+	} else {
+		g, err = c.newGeneration(ctx, st, Active, now)
+	}
 	if err != nil {
 		return fmt.Errorf("create first CA generation: %w", err)
 	}
@@ -405,6 +425,9 @@ func (c *CA) sign(id spiffeid.ID, csrDER []byte, att *Attestation) (*Issued, err
 	if id.TrustDomain() != c.cfg.TrustDomain {
 		return nil, fmt.Errorf("%w: %s is not in trust domain %s", ErrPermissionDenied, id, c.cfg.TrustDomain)
 	}
+	if id.Path() == "" {
+		return nil, errNoPath(id)
+	}
 	pub, err := ParseCSR(csrDER)
 	if err != nil {
 		return nil, err
@@ -473,6 +496,7 @@ func (c *CA) Ready() error {
 func (c *CA) renewSelf() error {
 	a := c.auth.Load()
 	now := c.cfg.Clock.Now()
+	c.warnOffline(a, now)
 	if cur := c.self.Load(); cur != nil && cur.gen == a.gen {
 		leaf := cur.svid.Certificates[0]
 		if now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)) {

@@ -235,3 +235,29 @@ func TestStoreKeepsTrustDomain(t *testing.T) {
 		t.Fatalf("opening a cluster.local store as other.example: err = %v, want a clear refusal", err)
 	}
 }
+
+// TestSignRefusesBareTrustDomain: an X509-SVID's ID must have a path
+// (go-spiffe is the spec); the CA refuses to sign the trust domain's own ID.
+func TestSignRefusesBareTrustDomain(t *testing.T) {
+	ca := testutil.NewCA(t, nil, nil)
+	csr, key := testutil.NewCSR(t, nil, nil)
+	iss, err := ca.Sign(testutil.TrustDomain.ID(), csr)
+	if err == nil {
+		var certPEM []byte
+		for _, der := range iss.Chain {
+			certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		}
+		keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+		_, perr := x509svid.Parse(certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+		t.Fatalf("the CA signed %s; go-spiffe says of that leaf: %v", testutil.TrustDomain.ID(), perr)
+	}
+	if !errors.Is(err, identity.ErrPermissionDenied) || !strings.Contains(err.Error(), "path") {
+		t.Fatalf("err = %v, want ErrPermissionDenied saying the ID has no path", err)
+	}
+	// The same CA still issues an ID with a path, which go-spiffe accepts.
+	iss, err = ca.Sign(testutil.ID("/ns/default/sa/web"), csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSVID(t, iss.Chain, key, ca.Bundle().Bundle, testutil.ID("/ns/default/sa/web"), iss.NotAfter.Add(-time.Minute))
+}

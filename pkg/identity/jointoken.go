@@ -22,10 +22,27 @@ const (
 )
 
 // CreateJoinToken makes a join token bound to id, valid for ttl. Only its
-// hash is stored; the token itself is returned once.
+// hash is stored; the token itself is returned once. It refuses the trust
+// domain's bare ID and the mesh's reserved identities (IsReserved): see
+// CreateReservedJoinToken.
 func (c *CA) CreateJoinToken(ctx context.Context, id spiffeid.ID, ttl time.Duration, reusable bool) (string, time.Time, error) {
-	if id.TrustDomain() != c.cfg.TrustDomain {
-		return "", time.Time{}, fmt.Errorf("%w: %q is not in trust domain %s", ErrConfig, id, c.cfg.TrustDomain)
+	return c.createJoinToken(ctx, id, ttl, reusable, false)
+}
+
+// CreateReservedJoinToken is CreateJoinToken for one of the mesh's own
+// components (an ID under /ns/tether-system/, such as tether-discovery run
+// outside Kubernetes). The CA's own ID is refused even so.
+func (c *CA) CreateReservedJoinToken(ctx context.Context, id spiffeid.ID, ttl time.Duration, reusable bool) (string, time.Time, error) {
+	return c.createJoinToken(ctx, id, ttl, reusable, true)
+}
+
+func (c *CA) createJoinToken(ctx context.Context, id spiffeid.ID, ttl time.Duration, reusable, allowReserved bool) (string, time.Time, error) {
+	if err := c.checkIssuable(id); err != nil {
+		return "", time.Time{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if IsReserved(id) && !allowReserved {
+		return "", time.Time{}, fmt.Errorf("%w: %s is reserved for the mesh's own components (everything under %s); "+
+			"create a token for it only to run that component outside Kubernetes, with --allow-reserved", ErrConfig, id, reservedPrefix(c.cfg.TrustDomain))
 	}
 	if ttl <= 0 || ttl > MaxJoinTokenTTL {
 		return "", time.Time{}, fmt.Errorf("%w: join token lifetime %s must be between 1s and %s", ErrConfig, ttl, MaxJoinTokenTTL)
@@ -109,6 +126,18 @@ func (c *CA) attestJoinToken(ctx context.Context, token string) (spiffeid.ID, er
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
+	// Everything that can refuse the request is checked before a
+	// single-use token is spent.
+	id, err := spiffeid.FromString(found.SPIFFEID)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: stored join token names a bad SPIFFE ID: %v", ErrCorruptState, err)
+	}
+	if err := c.checkIssuable(id); err != nil {
+		return spiffeid.ID{}, fmt.Errorf("join token: %w", err)
+	}
+	if peer, ok := presentedSVID(ctx); ok && peer != id {
+		return spiffeid.ID{}, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peer, id)
+	}
 	if !found.Reusable {
 		err = c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
 			if err := lookup(st, now); err != nil {
@@ -126,10 +155,6 @@ func (c *CA) attestJoinToken(ctx context.Context, token string) (spiffeid.ID, er
 		if err != nil {
 			return spiffeid.ID{}, err
 		}
-	}
-	id, err := spiffeid.FromString(found.SPIFFEID)
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: stored join token names a bad SPIFFE ID: %v", ErrCorruptState, err)
 	}
 	return id, nil
 }

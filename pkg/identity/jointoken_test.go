@@ -120,6 +120,11 @@ func TestCreateJoinTokenRefusesBadInput(t *testing.T) {
 		"negative ttl":       {"spiffe://cluster.local/x", -time.Hour},
 		"ttl too long":       {"spiffe://cluster.local/x", 365 * 24 * time.Hour},
 		"other trust domain": {"spiffe://evil.example/x", time.Hour},
+		"bare trust domain":  {"spiffe://cluster.local", time.Hour},
+		"the CA's own ID":    {"spiffe://cluster.local/ns/tether-system/sa/tether-ca", time.Hour},
+		"reserved component": {"spiffe://cluster.local/ns/tether-system/sa/tether-discovery", time.Hour},
+		"reserved namespace": {"spiffe://cluster.local/ns/tether-system/sa/anything", time.Hour},
+		"the namespace path": {"spiffe://cluster.local/ns/tether-system", time.Hour},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := ca.CreateJoinToken(ctx, spiffeidMust(t, tc.id), tc.ttl, false)
@@ -127,5 +132,29 @@ func TestCreateJoinTokenRefusesBadInput(t *testing.T) {
 				t.Fatalf("err = %v, want ErrConfig", err)
 			}
 		})
+	}
+}
+
+// TestReservedJoinTokens: the mesh's own identities (ns/tether-system) get a
+// join token only when asked for explicitly, and the CA's own never.
+func TestReservedJoinTokens(t *testing.T) {
+	ctx := context.Background()
+	ca := testutil.NewCA(t, nil, nil)
+	disc := testutil.ID("/ns/tether-system/sa/tether-discovery")
+	tok, _, err := ca.CreateReservedJoinToken(ctx, disc, time.Hour, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ca.JoinTokens().Attest(ctx, tok); err != nil || got != disc {
+		t.Fatalf("reserved token: %v, %v; want %s", got, err, disc)
+	}
+	for _, id := range []string{"spiffe://cluster.local/ns/tether-system/sa/tether-ca", "spiffe://cluster.local"} {
+		if _, _, err := ca.CreateReservedJoinToken(ctx, spiffeidMust(t, id), time.Hour, false); !errors.Is(err, identity.ErrConfig) {
+			t.Errorf("reserved token for %s: err = %v, want ErrConfig", id, err)
+		}
+	}
+	// Other namespaces merely starting with the same letters are not reserved.
+	if _, _, err := ca.CreateJoinToken(ctx, testutil.ID("/ns/tether-system-apps/sa/web"), time.Hour, false); err != nil {
+		t.Errorf("ns/tether-system-apps: %v", err)
 	}
 }

@@ -72,6 +72,9 @@ func (c *CA) newGeneration(ctx context.Context, st *State, state GenerationState
 // renewIntermediate gives g a new signing intermediate, signed by its own
 // root or by the upstream issuer.
 func (c *CA) renewIntermediate(ctx context.Context, g *Generation, now time.Time) error {
+	if g.OfflineRoot {
+		return fmt.Errorf("%w: generation %d's intermediate can be renewed only with the root key: %s", ErrOfflineRoot, g.ID, offlineAdvice)
+	}
 	if c.cfg.Upstream != nil {
 		// Normally signed before the state lock was taken (presign);
 		// otherwise (first start) now, with a deadline.
@@ -120,6 +123,9 @@ func (c *CA) renewIntermediate(ctx context.Context, g *Generation, now time.Time
 func (c *CA) prepare(ctx context.Context, st *State, now time.Time) error {
 	if p := st.find(Prepared); p != nil {
 		return fmt.Errorf("%w: generation %d is already prepared; activate it first", ErrRotation, p.ID)
+	}
+	if a := st.active(); a != nil && a.OfflineRoot {
+		return fmt.Errorf("%w: this CA cannot make a new root; rotating an offline root is not supported yet", ErrOfflineRoot)
 	}
 	g, err := c.newGeneration(ctx, st, Prepared, now)
 	if err != nil {
@@ -218,6 +224,9 @@ func (c *CA) due(st *State, allow func(Step) bool) (Step, time.Time) {
 		if c.cfg.Upstream != nil && g.State == Active && st.find(Prepared) != nil {
 			continue
 		}
+		if g.OfflineRoot {
+			continue // only the operator can renew it (warnOffline)
+		}
 		// Renewing cannot help when the intermediate already lives as long as its root.
 		if c.cfg.Upstream != nil || inter.NotAfter.Before(a.roots[0].NotAfter) {
 			consider(StepRenewIntermediate, fraction(inter.NotBefore, inter.NotAfter, 1, 3))
@@ -230,7 +239,7 @@ func (c *CA) due(st *State, allow func(Step) bool) (Step, time.Time) {
 		consider(StepActivate, p.CreatedAt.Add(c.cfg.PropagationDelay))
 	}
 	if c.cfg.Upstream == nil {
-		if act := st.active(); act != nil {
+		if act := st.active(); act != nil && !act.OfflineRoot {
 			if a, err := act.authority(); err == nil {
 				root := a.roots[0]
 				if p := st.find(Prepared); p == nil {

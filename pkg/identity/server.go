@@ -94,7 +94,10 @@ func (s *Server) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 // Sign implements cav1.CAServer.
 func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignResponse, error) {
 	start := s.ca.cfg.Clock.Now()
-	kind, id, att, err := s.authenticate(ctx, req.GetCredential())
+	kind, id, att, err := s.kindLabel(req.GetCredential()), spiffeid.ID{}, Attestation{}, s.checkBeforeSpending(req)
+	if err == nil {
+		kind, id, att, err = s.authenticate(ctx, req.GetCredential())
+	}
 	var iss *Issued
 	if err == nil && id == s.ca.selfID {
 		err = fmt.Errorf("%w: %s is reserved for the CA itself", ErrPermissionDenied, id)
@@ -113,6 +116,31 @@ func (s *Server) Sign(ctx context.Context, req *cav1.SignRequest) (*cav1.SignRes
 			slog.String("serial", iss.Serial.Text(16)), slog.Time("not_after", iss.NotAfter))
 	}
 	return &cav1.SignResponse{CertChain: iss.Chain, SpiffeId: id.String(), Bundle: s.bundleMessage(s.ca.Bundle())}, nil
+}
+
+// checkBeforeSpending checks what can refuse a request that carries a
+// credential before the attestor sees it, since attesting may spend the
+// credential (a single-use join token): the CSR, and that the CA can sign.
+// The identity is checked by the attestor before it spends anything.
+func (s *Server) checkBeforeSpending(req *cav1.SignRequest) error {
+	if cred := req.GetCredential(); cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
+		return nil // a renewal spends nothing; CA.Sign checks the CSR
+	}
+	if _, err := ParseCSR(req.GetCsr()); err != nil {
+		return err
+	}
+	return s.ca.Ready()
+}
+
+// kindLabel is the metric label of a credential's kind, from a fixed set.
+func (s *Server) kindLabel(cred *cav1.Credential) string {
+	if cred == nil || (cred.GetKind() == "" && cred.GetToken() == "") {
+		return "mtls"
+	}
+	if _, ok := s.attestors[cred.GetKind()]; ok {
+		return cred.GetKind()
+	}
+	return "unknown"
 }
 
 // authenticate returns the caller's identity, and how and when it was
@@ -145,6 +173,9 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 		slices.Sort(kinds)
 		return "unknown", spiffeid.ID{}, Attestation{}, fmt.Errorf("%w: credential kind %q is not accepted here (accepted: %s)", ErrUnauthenticated, kind, strings.Join(kinds, ", "))
 	}
+	if hasPeer {
+		ctx = context.WithValue(ctx, renewingKey{}, peerID)
+	}
 	id, err := att.Attest(ctx, cred.GetToken())
 	if err != nil {
 		return kind, spiffeid.ID{}, Attestation{}, err
@@ -156,6 +187,17 @@ func (s *Server) authenticate(ctx context.Context, cred *cav1.Credential) (strin
 		return kind, id, Attestation{}, fmt.Errorf("%w: the presented SVID %s may only renew itself, not %s", ErrPermissionDenied, peerID, id)
 	}
 	return kind, id, Attestation{Kind: kind, At: s.ca.cfg.Clock.Now()}, nil
+}
+
+// renewingKey carries, in an Attest context, the ID of the SVID the caller
+// presented: a credential for another ID is refused, and an attestor that
+// spends credentials refuses before spending.
+type renewingKey struct{}
+
+// presentedSVID returns the ID of the SVID presented with a credential.
+func presentedSVID(ctx context.Context) (spiffeid.ID, bool) {
+	id, ok := ctx.Value(renewingKey{}).(spiffeid.ID)
+	return id, ok
 }
 
 // peerSVID returns the SPIFFE ID of the client certificate, which the TLS

@@ -1,7 +1,11 @@
 package identity_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"net"
@@ -127,7 +131,11 @@ func TestServerRefusals(t *testing.T) {
 	wantCode(t, err, codes.Unauthenticated)
 
 	// The CA's own identity is never issued, whatever the credential says.
-	_, _, err = client.FetchSVID(ctx, joinToken(t, ca, identity.CAID(ca.TrustDomain())))
+	// No join token can name the CA; an attestor that did (a Kubernetes
+	// token of tether-system/tether-ca) is refused at Sign.
+	caAttestor := identity.AttestorFunc(func(context.Context, string) (spiffeid.ID, error) { return identity.CAID(ca.TrustDomain()), nil })
+	_, _, err = dial(t, serve(t, ca, map[string]identity.Attestor{identity.KindK8sSAT: caAttestor}), ca, nil).
+		FetchSVID(ctx, &cav1.Credential{Kind: identity.KindK8sSAT, Token: "x"})
 	wantCode(t, err, codes.PermissionDenied)
 }
 
@@ -255,5 +263,49 @@ func TestWatchBundleNoticesSilentCA(t *testing.T) {
 		t.Logf("WatchBundle ended: %v", err)
 	case <-time.After(20 * time.Second):
 		t.Fatal("WatchBundle still waiting 20s after the CA went silent")
+	}
+}
+
+// TestServerRefusedCSRDoesNotSpendToken: a request refused for its CSR
+// leaves its single-use token unspent; the same token then works.
+func TestServerRefusedCSRDoesNotSpendToken(t *testing.T) {
+	ctx := context.Background()
+	ca := realCA(t)
+	addr := serve(t, ca, nil)
+	web := testutil.ID("/ns/default/sa/web")
+	cred := joinToken(t, ca, web)
+	p224, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weak, _ := testutil.NewCSR(t, p224, nil)
+	good, _ := testutil.NewCSR(t, nil, nil)
+	badSig := bytes.Clone(good)
+	badSig[len(badSig)-1] ^= 0xff
+	for name, csr := range map[string][]byte{"empty": nil, "garbage": []byte("garbage"), "P-224 key": weak, "bad signature": badSig} {
+		err := rawSign(t, addr, ca, &cav1.SignRequest{Csr: csr, Credential: cred})
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(err.Error(), "certificate signing request") {
+			t.Errorf("%s CSR: %v, want an error about the CSR", name, err)
+		}
+	}
+	svid, _, err := dial(t, addr, ca, nil).FetchSVID(ctx, cred)
+	if err != nil {
+		t.Fatalf("the token was spent by refused requests: %v", err)
+	}
+	if svid.ID != web {
+		t.Fatalf("SVID %s, want %s", svid.ID, web)
+	}
+	// Spent now: a second good request is refused.
+	_, _, err = dial(t, addr, ca, nil).FetchSVID(ctx, cred)
+	wantCode(t, err, codes.Unauthenticated)
+
+	// A token for db presented with web's SVID is refused, and not spent.
+	db := testutil.ID("/ns/default/sa/db")
+	dbCred := joinToken(t, ca, db)
+	_, _, err = dial(t, addr, ca, svid).FetchSVID(ctx, dbCred)
+	wantCode(t, err, codes.PermissionDenied)
+	if got, _, err := dial(t, addr, ca, nil).FetchSVID(ctx, dbCred); err != nil || got.ID != db {
+		t.Fatalf("the token refused with another SVID was spent: %v", err)
 	}
 }

@@ -78,7 +78,10 @@ type Generation struct {
 	JWTKeyID string `json:"jwt_key_id,omitempty"`
 	JWTKey   []byte `json:"jwt_key,omitempty"`
 	// Upstream names the cert-manager issuer that signed Chain, if any.
-	Upstream    string    `json:"upstream,omitempty"`
+	Upstream string `json:"upstream,omitempty"`
+	// OfflineRoot: Chain was signed by a root whose key the CA does not
+	// hold (offline-root mode); RootKey is empty.
+	OfflineRoot bool      `json:"offline_root,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	// RetireAfter is set when the generation stops signing: nothing it

@@ -37,6 +37,8 @@ type GenerationStatus struct {
 	IntermediateNotAfter time.Time
 	RetireAfter          time.Time
 	Upstream             string
+	// RootOffline: the root key is not in the state (offline-root mode).
+	RootOffline bool
 }
 
 // Status reports the journal's generations and the next scheduled step.
@@ -46,7 +48,7 @@ func (c *CA) Status() Status {
 	c.mu.Unlock()
 	s := Status{TrustDomain: st.TrustDomain, BundleSequence: st.BundleSequence}
 	for _, g := range st.Generations {
-		gs := GenerationStatus{ID: g.ID, State: g.State, RetireAfter: g.RetireAfter, Upstream: g.Upstream}
+		gs := GenerationStatus{ID: g.ID, State: g.State, RetireAfter: g.RetireAfter, Upstream: g.Upstream, RootOffline: g.OfflineRoot}
 		if len(g.Roots) > 0 {
 			gs.RootFingerprint = Fingerprint(g.Roots[0])
 			if root, err := x509.ParseCertificate(g.Roots[0]); err == nil {

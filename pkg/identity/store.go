@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // Store keeps the CA's state durably.
@@ -29,6 +31,11 @@ var (
 
 // DiskStore keeps the state in one file in a directory, written atomically
 // (temporary file, fsync, rename, fsync of the directory) with mode 0600.
+//
+// Several processes may share one directory (two tether-ca on one host
+// path): Save holds an exclusive flock(2) on LockFile while it compares the
+// stored revision and writes, so the compare-and-swap holds across
+// processes, not only across goroutines.
 type DiskStore struct {
 	dir string
 	mu  sync.Mutex
@@ -38,6 +45,9 @@ var _ Store = (*DiskStore)(nil)
 
 // StateFile is the name of the state file inside a DiskStore's directory.
 const StateFile = "ca-state.json"
+
+// LockFile is the name of the file a DiskStore locks while it writes.
+const LockFile = "ca-state.lock"
 
 // NewDiskStore opens (creating it with mode 0700 if needed) a state directory
 // and checks that it can be written.
@@ -93,6 +103,11 @@ func (d *DiskStore) load() (*State, string, error) {
 func (d *DiskStore) Save(ctx context.Context, st *State, rev string) (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	lock, err := d.lockFile(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
 	_, cur, err := d.load()
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -111,6 +126,32 @@ func (d *DiskStore) Save(ctx context.Context, st *State, rev string) (string, er
 		return "", fmt.Errorf("disk store: %w", err)
 	}
 	return revisionOf(data), nil
+}
+
+// lockFile takes the exclusive cross-process lock of the directory, waiting
+// for another process's write to finish (or ctx to end). The lock is
+// released when the returned file is closed, or when the process dies.
+func (d *DiskStore) lockFile(ctx context.Context) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(d.dir, LockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("disk store: open lock file: %w", err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
+			f.Close()
+			return nil, fmt.Errorf("disk store: lock %s: %w", f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("disk store: waiting for another process to finish writing %s: %w", d.dir, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // revisionOf names a stored document by its content.

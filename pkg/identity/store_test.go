@@ -1,12 +1,18 @@
 package identity_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -26,8 +32,15 @@ func TestDiskStoreFilesArePrivate(t *testing.T) {
 		t.Errorf("state file mode %v, want 0600", fi.Mode().Perm())
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Errorf("store dir holds %d entries, want only the state file (no temp files left)", len(entries))
+	for _, e := range entries {
+		if e.Name() != identity.StateFile && e.Name() != identity.LockFile {
+			t.Errorf("store dir holds %s, want only the state and lock files (no temp files left)", e.Name())
+		}
+		if fi, err := e.Info(); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", e.Name(), fi.Mode().Perm())
+		}
 	}
 }
 
@@ -118,4 +131,98 @@ func TestDiskStoreDirIsAFile(t *testing.T) {
 	if _, err := identity.NewDiskStore(f); err == nil {
 		t.Fatal("NewDiskStore on a regular file succeeded")
 	}
+}
+
+// TestDiskStoreSingleUseTokenAcrossProcesses races two real tether-ca
+// processes (this test binary, re-executed) sharing one store directory to
+// spend the same single-use join token. Exactly one may win, every round.
+func TestDiskStoreSingleUseTokenAcrossProcesses(t *testing.T) {
+	if os.Getenv("TETHER_TEST_SPEND_CHILD") != "" {
+		spendTokenChild()
+		return
+	}
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := identity.NewDiskStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := identity.NewCA(ctx, identity.Config{TrustDomain: testutil.TrustDomain, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 12
+	for round := range rounds {
+		token, _, err := ca.CreateJoinToken(ctx, testutil.ID("/race"), time.Hour, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type child struct {
+			cmd   *exec.Cmd
+			stdin io.WriteCloser
+			out   *bufio.Reader
+		}
+		var children []child
+		for range 2 {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestDiskStoreSingleUseTokenAcrossProcesses$")
+			cmd.Env = append(os.Environ(), "TETHER_TEST_SPEND_CHILD=1", "TETHER_TEST_STORE_DIR="+dir, "TETHER_TEST_TOKEN="+token)
+			cmd.Stderr = os.Stderr
+			stdin, _ := cmd.StdinPipe()
+			stdout, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			c := child{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
+			t.Cleanup(func() { c.cmd.Process.Kill(); c.cmd.Wait() })
+			if line, err := c.out.ReadString('\n'); err != nil || line != "READY\n" {
+				t.Fatalf("round %d: child did not start: %q %v", round, line, err)
+			}
+			children = append(children, c)
+		}
+		for _, c := range children { // both spend at once
+			c.stdin.Write([]byte("go\n"))
+		}
+		won := 0
+		var results []string
+		for _, c := range children {
+			line, _ := c.out.ReadString('\n')
+			results = append(results, strings.TrimSpace(line))
+			if strings.HasPrefix(line, "ISSUED") {
+				won++
+			}
+			c.cmd.Wait()
+		}
+		if won != 1 {
+			t.Errorf("round %d: the single-use token was spent %d times, want exactly once: %q", round, won, results)
+		}
+	}
+}
+
+// spendTokenChild is the child process of
+// TestDiskStoreSingleUseTokenAcrossProcesses: a CA on the shared directory
+// that spends the token when told to.
+func spendTokenChild() {
+	ctx := context.Background()
+	store, err := identity.NewDiskStore(os.Getenv("TETHER_TEST_STORE_DIR"))
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	ca, err := identity.NewCA(ctx, identity.Config{TrustDomain: testutil.TrustDomain, Store: store})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	fmt.Println("READY")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	id, err := ca.JoinTokens().Attest(ctx, os.Getenv("TETHER_TEST_TOKEN"))
+	if err != nil {
+		fmt.Println("REFUSED", err)
+	} else {
+		fmt.Println("ISSUED", id)
+	}
+	os.Exit(0)
 }

@@ -104,6 +104,9 @@ func (c *Config) sidecarContainer(o options, appProbes string) (corev1.Container
 		"--token-file", TokenPath,
 		"--bundle", BundleDir + "/bundle.pem",
 		"--workload-socket", SocketPath,
+		// The pod's emptyDir is the boundary: the app containers, whatever
+		// their UIDs, and nothing outside the pod.
+		"--workload-socket-mode", "0666",
 		"--admin-listen", ":" + strconv.Itoa(AdminPort),
 		"--inbound-mode", o.inboundMode,
 		"--outbound-mode", o.outboundMode,

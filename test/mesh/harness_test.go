@@ -458,7 +458,11 @@ func (c *caProc) cli(args ...string) (string, error) {
 // namespace ns.
 func (c *caProc) token(t *testing.T, ns, sa string) string {
 	t.Helper()
-	out, err := c.cli("ca", "token", "create", "--spiffe-id", workloadID(ns, sa).String(), "--ttl", "2h", "--reusable")
+	args := []string{"ca", "token", "create", "--spiffe-id", workloadID(ns, sa).String(), "--ttl", "2h", "--reusable"}
+	if ns == identity.ReservedNamespace {
+		args = append(args, "--allow-reserved")
+	}
+	out, err := c.cli(args...)
 	if err != nil {
 		t.Fatal(err)
 	}

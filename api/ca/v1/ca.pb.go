@@ -482,10 +482,14 @@ func (x *SignJWTResponse) GetExpiresAtUnix() int64 {
 }
 
 type CreateJoinTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	Reusable      bool                   `protobuf:"varint,3,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId   string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	Reusable   bool                   `protobuf:"varint,3,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	// allow_reserved permits an ID under /ns/tether-system/ (the mesh's own
+	// components, e.g. tether-discovery run outside Kubernetes). Never the
+	// CA's own ID.
+	AllowReserved bool `protobuf:"varint,4,opt,name=allow_reserved,json=allowReserved,proto3" json:"allow_reserved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -537,6 +541,13 @@ func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
 func (x *CreateJoinTokenRequest) GetReusable() bool {
 	if x != nil {
 		return x.Reusable
+	}
+	return false
+}
+
+func (x *CreateJoinTokenRequest) GetAllowReserved() bool {
+	if x != nil {
+		return x.AllowReserved
 	}
 	return false
 }
@@ -642,7 +653,11 @@ type Generation struct {
 	// signed is still valid, so it may be retired.
 	RetireAfterUnix int64 `protobuf:"varint,6,opt,name=retire_after_unix,json=retireAfterUnix,proto3" json:"retire_after_unix,omitempty"`
 	// Upstream issuer, when the signing CA comes from cert-manager.
-	Upstream      string `protobuf:"bytes,7,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Upstream string `protobuf:"bytes,7,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	// The root key is offline (not in the CA's state): this CA cannot
+	// prepare a new root nor renew the intermediate; the operator signs a new
+	// intermediate with `tether ca offline-root sign-intermediate`.
+	RootOffline   bool `protobuf:"varint,16,opt,name=root_offline,json=rootOffline,proto3" json:"root_offline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -724,6 +739,13 @@ func (x *Generation) GetUpstream() string {
 		return x.Upstream
 	}
 	return ""
+}
+
+func (x *Generation) GetRootOffline() bool {
+	if x != nil {
+		return x.RootOffline
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -1450,16 +1472,17 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x0fSignJWTResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12&\n" +
-	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"r\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"\x99\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1a\n" +
-	"\breusable\x18\x03 \x01(\bR\breusable\"W\n" +
+	"\breusable\x18\x03 \x01(\bR\breusable\x12%\n" +
+	"\x0eallow_reserved\x18\x04 \x01(\bR\rallowReserved\"W\n" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
 	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\"\x0f\n" +
-	"\rStatusRequest\"\x93\x02\n" +
+	"\rStatusRequest\"\xb6\x02\n" +
 	"\n" +
 	"Generation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
@@ -1468,7 +1491,8 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x13root_not_after_unix\x18\x04 \x01(\x03R\x10rootNotAfterUnix\x12=\n" +
 	"\x1bintermediate_not_after_unix\x18\x05 \x01(\x03R\x18intermediateNotAfterUnix\x12*\n" +
 	"\x11retire_after_unix\x18\x06 \x01(\x03R\x0fretireAfterUnix\x12\x1a\n" +
-	"\bupstream\x18\a \x01(\tR\bupstream\"\xf5\x03\n" +
+	"\bupstream\x18\a \x01(\tR\bupstream\x12!\n" +
+	"\froot_offline\x18\x10 \x01(\bR\vrootOffline\"\xf5\x03\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12:\n" +

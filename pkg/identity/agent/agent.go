@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -485,7 +487,7 @@ func (a *Agent) FetchJWTSVID(ctx context.Context, audience []string) (*jwtsvid.S
 	if len(audience) == 0 {
 		return nil, errors.New("a JWT-SVID needs at least one audience")
 	}
-	key := fmt.Sprint(audience)
+	key := jwtCacheKey(audience)
 	now := a.cfg.Clock.Now()
 	a.mu.Lock()
 	if j, ok := a.jwts[key]; ok && now.Before(j.Expiry.Add(-time.Duration(a.cfg.RenewFraction*float64(j.Expiry.Sub(issuedAt(j)))))) {
@@ -513,6 +515,19 @@ func (a *Agent) FetchJWTSVID(ctx context.Context, audience []string) (*jwtsvid.S
 	a.jwts[key] = j
 	a.mu.Unlock()
 	return j, nil
+}
+
+// jwtCacheKey encodes an audience list unambiguously: each audience
+// length-prefixed, so that ["a b"] and ["a", "b"] (which fmt.Sprint prints
+// alike) have different keys.
+func jwtCacheKey(audience []string) string {
+	var b strings.Builder
+	for _, a := range audience {
+		b.WriteString(strconv.Itoa(len(a)))
+		b.WriteByte(':')
+		b.WriteString(a)
+	}
+	return b.String()
 }
 
 func issuedAt(j *jwtsvid.SVID) time.Time {

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -251,6 +252,36 @@ func TestFetchJWTSVID(t *testing.T) {
 	}
 	if _, err := a.FetchJWTSVID(context.Background(), nil); err == nil {
 		t.Error("JWT-SVID without audience")
+	}
+}
+
+// TestJWTCacheKeepsAudiencesApart: audiences ["a b"] and ["a", "b"] are
+// different requests; the cache must not answer one with the other's
+// token (whose aud claim a verifier for "a" would accept or refuse wrongly).
+func TestJWTCacheKeepsAudiencesApart(t *testing.T) {
+	c := startCA(t, nil, "127.0.0.1:0")
+	a, _ := newAgent(t, c, tokenCred(t, c.ca, "/ns/default/sa/web", nil))
+	waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
+	for _, pair := range [][2][]string{
+		{{"a b"}, {"a", "b"}},
+		{{"a", "b"}, {"a b"}},
+		{{"a,b"}, {"a", "b"}},
+		{{"b", "a"}, {"a,b"}},
+	} {
+		first, err := a.FetchJWTSVID(context.Background(), pair[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := a.FetchJWTSVID(context.Background(), pair[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(first.Audience, pair[0]) {
+			t.Errorf("audience %q: token for %q", pair[0], first.Audience)
+		}
+		if second == first || !slices.Equal(second.Audience, pair[1]) {
+			t.Errorf("audience %q answered from the cache entry of %q: token for %q", pair[1], pair[0], second.Audience)
+		}
 	}
 }
 

@@ -91,8 +91,8 @@ func New(src Source, log *slog.Logger) *Server {
 
 // ListenAndServe listens on the unix socket at path (see Listen) and serves
 // until ctx ends.
-func (s *Server) ListenAndServe(ctx context.Context, path string) error {
-	l, err := Listen(path)
+func (s *Server) ListenAndServe(ctx context.Context, path string, access Access) error {
+	l, err := Listen(path, access)
 	if err != nil {
 		return err
 	}

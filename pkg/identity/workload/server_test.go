@@ -78,7 +78,7 @@ func newAgent(t *testing.T, ca *identity.CA, addr, path string) (a *agent.Agent,
 func serve(t *testing.T, src workload.Source) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "wl", "workload.sock")
-	l, err := workload.Listen(path)
+	l, err := workload.Listen(path, workload.Access{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +470,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "workload.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- workload.New(a, nil).ListenAndServe(ctx, path) }()
+	go func() { done <- workload.New(a, nil).ListenAndServe(ctx, path, workload.Access{}) }()
 	waitFor(t, "the socket", func() bool { _, err := os.Stat(path); return err == nil })
 
 	s, err := rawClient(t, path).FetchX509SVID(withHeader(testContext(t)), &workloadpb.X509SVIDRequest{})
@@ -495,7 +495,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("socket file left behind after shutdown: %v", err)
 	}
-	if l, err := workload.Listen(path); err != nil {
+	if l, err := workload.Listen(path, workload.Access{}); err != nil {
 		t.Errorf("cannot listen again after shutdown: %v", err)
 	} else {
 		l.Close()
