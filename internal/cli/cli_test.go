@@ -306,6 +306,7 @@ func renewer(t *testing.T, addr, bundlePath string, svid *x509svid.SVID) *identi
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
 // TestOfflineRoot: the root is made and kept where the CLI runs; tether-ca
 // starts on the intermediate signed with it, holds no root key, says so
 // in `tether ca status`, refuses to prepare a root, and the SVIDs it

@@ -257,6 +257,10 @@ func TestJoinTokenFile(t *testing.T) {
 	} {
 		if _, err := ParseFlags(tc.args, noEnv); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error saying %q", name, err, tc.want)
+		}
+	}
+}
+
 // TestParseFlagsWorkloadSocketAccess: the Workload API socket is 0600 unless
 // told otherwise; a group needs 0660; other modes are refused.
 func TestParseFlagsWorkloadSocketAccess(t *testing.T) {
