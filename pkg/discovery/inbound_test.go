@@ -22,14 +22,7 @@ func TestInboundChains(t *testing.T) {
 		t.Fatal(err)
 	}
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	reg, err := discovery.NewRegistry(td, policy.AllowMesh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Update(mf.State); err != nil {
-		t.Fatal(err)
-	}
-	snap := reg.Snapshot()
+	snap := discoverytest.Snapshot(t, td, policy.AllowMesh, mf.State)
 	shared := spiffeid.RequireFromPath(td, "/ns/default/sa/shared")
 	var got []string
 	for _, c := range snap.InboundChains(shared) {
