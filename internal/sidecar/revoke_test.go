@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -24,18 +23,6 @@ func openStream(t *testing.T, addr, what string) net.Conn {
 		t.Fatalf("%s: %v", what, err)
 	}
 	return c
-}
-
-// closedBy reports whether the far end closes c before d passes.
-func closedBy(c net.Conn, d time.Duration) bool {
-	c.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 64)
-	for {
-		if _, err := c.Read(buf); err != nil {
-			var ne net.Error
-			return !errors.As(err, &ne) || !ne.Timeout()
-		}
-	}
 }
 
 // TestPolicyRevocationClosesOpenConnections: when discovery's policy stops
@@ -84,10 +71,10 @@ func TestPolicyRevocationClosesOpenConnections(t *testing.T) {
 
 	disc.write(t, meshYAML(web, api, db, "api"))
 	began := time.Now()
-	if !closedBy(byService, 5*time.Second) {
+	if !testutil.ClosedWithin(byService, 5*time.Second) {
 		t.Error("web's open connection to db by service outlived the revocation by 5s")
 	}
-	if !closedBy(direct, 5*time.Second-time.Since(began)) {
+	if !testutil.ClosedWithin(direct, 5*time.Second-time.Since(began)) {
 		t.Error("web's open connection to db's sidecar outlived the revocation by 5s")
 	}
 	t.Logf("both closed %s after the policy file changed", time.Since(began))
