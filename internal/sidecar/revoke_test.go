@@ -33,9 +33,7 @@ func openStream(t *testing.T, addr, what string) net.Conn {
 // and log the closures with the rule.
 func TestPolicyRevocationClosesOpenConnections(t *testing.T) {
 	ca := startCA(t)
-	web := &meshApp{name: "web", app: echoApp(t)}
-	api := &meshApp{name: "api", app: echoApp(t)}
-	db := &meshApp{name: "db", app: echoApp(t)}
+	web, api, db := webAPIDB(t)
 	disc := startDiscovery(t, ca, meshYAML(web, api, db, "api", "web"))
 	dir := t.TempDir()
 	start := func(a *meshApp, outbound ...string) {
