@@ -50,11 +50,7 @@ func TestMemRelayRing(t *testing.T) {
 	if err := writeMemReport(&out, cfg, r.binSizes, map[string][]memRound{"relay": {m}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| relay | idle |", "| relay | load |"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("report lacks %q:\n%s", want, out.String())
-		}
-	}
+	reportHas(t, out.String(), "| relay | idle |", "| relay | load |")
 }
 
 func TestMemReport(t *testing.T) {
@@ -81,7 +77,7 @@ func TestMemReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := out.String()
-	for _, want := range []string{
+	reportHas(t, s,
 		"relay 10.0 MB, tether 27.0 MB",
 		// median over rounds of the per-round medians: RSS (20, 22) → 21,
 		// PSS (6, 8) → 7, private (4, 4.5) → 4.25; the largest private
@@ -93,11 +89,7 @@ func TestMemReport(t *testing.T) {
 		// tether ÷ relay, per round: PSS 6/2 and 8/2 → median 3.5, spread 3–4.
 		"| idle | 2.62× (2.50–2.75) | 3.50× (3.00–4.00) |",
 		"| private memory < 5 MiB per sidecar, idle | median 4.25 MiB, largest 5.05 MiB | **no** |",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("report lacks %q:\n%s", want, s)
-		}
-	}
+	)
 }
 
 func TestParseMemFlags(t *testing.T) {
@@ -265,25 +257,19 @@ func TestBaselineReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := out.String()
-	for _, want := range []string{
+	reportHas(t, s,
 		"tether ÷ tether-base (/tmp/base,",
 		"| keep-alive req/s | 10000 | 10000 | 1.000× | 0.900–1.050× | 0.900, 1.050, 1.000 |",
 		"| p50 µs | 500 | 500 | 1.000× | 0.960–1.040× | 1.000, 1.040, 0.960 |",
 		"| RSS idle MiB | 20.0 | 20.0 | 1.000× | 1.000–1.000× | 1.000, 1.000, 1.000 |",
 		"No figure is worse for tether than for tether-base in every round.",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("report lacks %q:\n%s", want, s)
-		}
-	}
+	)
 	results["tether"] = []measurement{m(9000, 510), m(9500, 520), m(9900, 480)}
 	out.Reset()
 	if err := writeReport(&out, cfg, results); err != nil {
 		t.Fatal(err)
 	}
-	if want := "Worse for tether than for tether-base in every round (3 round(s)): keep-alive req/s; CPU s/1k req."; !strings.Contains(out.String(), want) {
-		t.Errorf("report lacks %q:\n%s", want, out.String())
-	}
+	reportHas(t, out.String(), "Worse for tether than for tether-base in every round (3 round(s)): keep-alive req/s; CPU s/1k req.")
 }
 
 // TestRelayRoutes: a relay wants one upstream per listener (that it serves

@@ -53,27 +53,25 @@ var DefaultLimits = Limits{
 	MaxHeaderBytes:    16 << 10,
 }
 
+// withDefaults is l with each field that is not positive taken from
+// DefaultLimits.
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits
-	if l.ReadHeaderTimeout > 0 {
-		d.ReadHeaderTimeout = l.ReadHeaderTimeout
-	}
-	if l.ReadTimeout > 0 {
-		d.ReadTimeout = l.ReadTimeout
-	}
-	if l.WriteTimeout > 0 {
-		d.WriteTimeout = l.WriteTimeout
-	}
-	if l.IdleTimeout > 0 {
-		d.IdleTimeout = l.IdleTimeout
-	}
-	if l.MaxConns > 0 {
-		d.MaxConns = l.MaxConns
-	}
-	if l.MaxHeaderBytes > 0 {
-		d.MaxHeaderBytes = l.MaxHeaderBytes
-	}
+	d.ReadHeaderTimeout = positiveOr(l.ReadHeaderTimeout, d.ReadHeaderTimeout)
+	d.ReadTimeout = positiveOr(l.ReadTimeout, d.ReadTimeout)
+	d.WriteTimeout = positiveOr(l.WriteTimeout, d.WriteTimeout)
+	d.IdleTimeout = positiveOr(l.IdleTimeout, d.IdleTimeout)
+	d.MaxConns = positiveOr(l.MaxConns, d.MaxConns)
+	d.MaxHeaderBytes = positiveOr(l.MaxHeaderBytes, d.MaxHeaderBytes)
 	return d
+}
+
+// positiveOr is v if it is positive, else def.
+func positiveOr[T time.Duration | int](v, def T) T {
+	if v > 0 {
+		return v
+	}
+	return def
 }
 
 // Metrics count what the admin bounds refuse.

@@ -22,9 +22,7 @@ import (
 // veth, at the pod IP), as a process in the pod would (loopback), and as
 // a proxy acting for a remote caller would (loopback from 127.0.0.6).
 func TestLocalOnlyPathsRefuseThePodIP(t *testing.T) {
-	pod, other := netns.New(t, "admin-pod"), netns.New(t, "admin-other")
-	podIP := netip.MustParsePrefix("10.213.0.2/24")
-	netns.Link(t, pod, other, podIP, netip.MustParsePrefix("10.213.0.3/24"))
+	pod, other, podIP := netns.PodPair(t, "admin", netip.MustParsePrefix("10.213.0.0/24"))
 
 	l, err := pod.Listen("tcp", ":0")
 	if err != nil {

@@ -3,38 +3,14 @@ package cli_test
 import (
 	"strings"
 	"testing"
-)
 
-// sharedPodsMesh (issue 11 item 2): payments (only frontend) and status
-// (no policy) are backed by different pods of one service account on one
-// target port; the headless Service all selects both pods.
-const sharedPodsMesh = `
-trustDomain: cluster.local
-services:
-  - name: payments
-    clusterIPs: [10.96.0.20]
-    ports: [{port: 80, targetPort: 8080}]
-    endpoints: [{address: 10.0.1.1, serviceAccount: shared}]
-  - name: status
-    clusterIPs: [10.96.0.21]
-    ports: [{port: 80, targetPort: 8080}]
-    endpoints: [{address: 10.0.1.2, serviceAccount: shared}]
-  - name: all
-    ports: [{port: 8080}]
-    endpoints: [{address: 10.0.1.1, serviceAccount: shared}, {address: 10.0.1.2, serviceAccount: shared}]
-policies:
-  - apiVersion: tether.dev/v1alpha1
-    kind: AccessPolicy
-    metadata: {name: payments-from-frontend, namespace: default}
-    spec:
-      destination: {service: payments}
-      sources: [{serviceAccount: {name: frontend}}]
-`
+	"github.com/tether-mesh/tether/internal/discoverytest"
+)
 
 // policy check answers what the pods' sidecars decide: through another
 // Service, and straight to a pod's address.
 func TestPolicyCheckSharedPods(t *testing.T) {
-	mesh := meshFile(t, sharedPodsMesh)
+	mesh := meshFile(t, discoverytest.SharedPodsMesh)
 	noPolicy := "no AccessPolicy allows spiffe://cluster.local/ns/default/sa/intruder to default/payments:80"
 	for _, c := range []struct {
 		name     string
@@ -46,7 +22,8 @@ func TestPolicyCheckSharedPods(t *testing.T) {
 		{"protected service", []string{"--from", "default/intruder", "--to", "default/payments"}, 1,
 			"denied default/intruder -> default/payments:80: " + noPolicy + "\n", ""},
 		{"other service, other pods", []string{"--from", "default/intruder", "--to", "default/status"}, 0,
-			"allowed default/intruder -> default/status:80: mesh default allow-mesh\n", ""},
+			"allowed default/intruder -> default/status:80: mesh default allow-mesh\n" +
+				"allowed default/intruder -> default/status:81: mesh default allow-mesh\n", ""},
 		{"other service over a protected pod", []string{"--from", "default/intruder", "--to", "default/all:8080"}, 1,
 			"denied default/intruder -> default/all:8080: mesh default allow-mesh allows it, but the sidecar of pod 10.0.1.1 (default/shared) " +
 				"refuses it on port 8080: pod port 8080 is default/payments's port 80: " + noPolicy + "\n", ""},

@@ -22,9 +22,7 @@ import (
 // sidecar's identity, IP and admin address: refused, while the kubelet's
 // and Prometheus's paths answer. On the pod's loopback the list answers.
 func TestDebugSidecarsOnlyOnLoopback(t *testing.T) {
-	pod, other := netns.New(t, "disc-admin-pod"), netns.New(t, "disc-admin-other")
-	podIP := netip.MustParsePrefix("10.215.0.2/24")
-	netns.Link(t, pod, other, podIP, netip.MustParsePrefix("10.215.0.3/24"))
+	pod, other, podIP := netns.PodPair(t, "disc-admin", netip.MustParsePrefix("10.215.0.0/24"))
 
 	ca := startCA(t)
 	mesh := filepath.Join(t.TempDir(), "mesh.yaml")

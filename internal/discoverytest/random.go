@@ -63,23 +63,32 @@ func RandomState(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
 // RandomPolicy is a policy named p<k> on one of RandomState's services,
 // letting in one or two sources of any kind, sometimes on port 80 only.
 func RandomPolicy(r *rand.Rand, td spiffeid.TrustDomain, k int) policy.AccessPolicy {
-	i := r.IntN(services)
+	return randomPolicy(r, k, services, namespaces, func() policy.Source {
+		switch j := r.IntN(services); r.IntN(3) {
+		case 0:
+			return policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: fmt.Sprintf("s%d", j), Namespace: fmt.Sprintf("ns%d", j%namespaces)}}
+		case 1:
+			return policy.Source{Namespace: fmt.Sprintf("ns%d", j%namespaces)}
+		default:
+			return policy.Source{SpiffeID: spiffeid.RequireFromPath(td, fmt.Sprintf("/vm/s%d", j)).String()}
+		}
+	})
+}
+
+// randomPolicy is a policy named p<k> on one of services s0..s<svcs-1>
+// (service i in namespace i mod nss), sometimes on port 80 only, letting
+// in one or two sources that source draws.
+func randomPolicy(r *rand.Rand, k, svcs, nss int, source func() policy.Source) policy.AccessPolicy {
+	i := r.IntN(svcs)
 	p := policy.AccessPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%namespaces)},
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%nss)},
 		Spec:       policy.AccessPolicySpec{Destination: policy.Destination{Service: fmt.Sprintf("s%d", i)}},
 	}
 	if r.IntN(3) == 0 {
 		p.Spec.Destination.Ports = []int32{80}
 	}
 	for range 1 + r.IntN(2) {
-		switch j := r.IntN(services); r.IntN(3) {
-		case 0:
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: fmt.Sprintf("s%d", j), Namespace: fmt.Sprintf("ns%d", j%namespaces)}})
-		case 1:
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{Namespace: fmt.Sprintf("ns%d", j%namespaces)})
-		default:
-			p.Spec.Sources = append(p.Spec.Sources, policy.Source{SpiffeID: spiffeid.RequireFromPath(td, fmt.Sprintf("/vm/s%d", j)).String()})
-		}
+		p.Spec.Sources = append(p.Spec.Sources, source())
 	}
 	return p
 }
@@ -188,25 +197,16 @@ func RandomPods(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
 		st.Services = append(st.Services, svc)
 	}
 	for k := range 5 {
-		i := r.IntN(svcs)
-		p := policy.AccessPolicy{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", k), Namespace: fmt.Sprintf("ns%d", i%nss)},
-			Spec:       policy.AccessPolicySpec{Destination: policy.Destination{Service: fmt.Sprintf("s%d", i)}},
-		}
-		if r.IntN(3) == 0 {
-			p.Spec.Destination.Ports = []int32{80}
-		}
-		for range 1 + r.IntN(2) {
+		st.Policies = append(st.Policies, randomPolicy(r, k, svcs, nss, func() policy.Source {
 			switch n, a := fmt.Sprintf("ns%d", r.IntN(nss)), fmt.Sprintf("sa%d", r.IntN(3)); r.IntN(3) {
 			case 0:
-				p.Spec.Sources = append(p.Spec.Sources, policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: a, Namespace: n}})
+				return policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: a, Namespace: n}}
 			case 1:
-				p.Spec.Sources = append(p.Spec.Sources, policy.Source{Namespace: n})
+				return policy.Source{Namespace: n}
 			default:
-				p.Spec.Sources = append(p.Spec.Sources, policy.Source{SpiffeID: spiffeid.RequireFromPath(td, "/vm/"+a).String()})
+				return policy.Source{SpiffeID: spiffeid.RequireFromPath(td, "/vm/"+a).String()}
 			}
-		}
-		st.Policies = append(st.Policies, p)
+		}))
 	}
 	return st
 }

@@ -244,6 +244,19 @@ func Link(t testing.TB, a, b *NS, ipA, ipB netip.Prefix) (ifA, ifB string) {
 	return ifA, ifB
 }
 
+// PodPair makes two namespaces, named name-pod and name-other, as two pods
+// on one node network: a veth pair joins them, pod at the address .2 of
+// subnet (such as 10.213.0.0/24) and other at .3. podIP is pod's address
+// with subnet's prefix length: where other pods call it.
+func PodPair(t testing.TB, name string, subnet netip.Prefix) (pod, other *NS, podIP netip.Prefix) {
+	t.Helper()
+	pod, other = New(t, name+"-pod"), New(t, name+"-other")
+	podAddr := subnet.Masked().Addr().Next().Next()
+	podIP = netip.PrefixFrom(podAddr, subnet.Bits())
+	Link(t, pod, other, podIP, netip.PrefixFrom(podAddr.Next(), subnet.Bits()))
+	return pod, other, podIP
+}
+
 // mac returns the hardware address of interface ifname in ns.
 func (ns *NS) mac(t testing.TB, ifname string) string {
 	t.Helper()

@@ -77,6 +77,38 @@ func TestLinkDoAndProcesses(t *testing.T) {
 	}
 }
 
+func TestPodPair(t *testing.T) {
+	pod, other, podIP := netns.PodPair(t, "pair", netip.MustParsePrefix("10.211.10.0/24"))
+	if podIP != netip.MustParsePrefix("10.211.10.2/24") {
+		t.Fatalf("podIP = %s, want 10.211.10.2/24", podIP)
+	}
+	if out := pod.Run(t, "ip", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(out, "10.211.10.2/24") {
+		t.Errorf("ip addr in pod: %s", out)
+	}
+	if out := other.Run(t, "ip", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(out, "10.211.10.3/24") {
+		t.Errorf("ip addr in other: %s", out)
+	}
+	l, err := pod.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	if err := other.Do(func() error {
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(podIP.Addr(), uint16(l.Addr().(*net.TCPAddr).Port)).String(), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		t.Errorf("other cannot reach pod at %s: %v", podIP.Addr(), err)
+	}
+}
+
 func TestNamesAreUnique(t *testing.T) {
 	a, b := netns.New(t, "same"), netns.New(t, "same")
 	if a.Name() == b.Name() {

@@ -24,9 +24,7 @@ import (
 // /quitquitquit are refused and the sidecar keeps running. From the pod's
 // own loopback everything answers, and /quitquitquit stops the sidecar.
 func TestAdminPortAnswersOtherPodsOnlyProbesAndMetrics(t *testing.T) {
-	pod, other := netns.New(t, "sc-admin-pod"), netns.New(t, "sc-admin-other")
-	podIP := netip.MustParsePrefix("10.214.0.2/24")
-	netns.Link(t, pod, other, podIP, netip.MustParsePrefix("10.214.0.3/24"))
+	pod, other, podIP := netns.PodPair(t, "sc-admin", netip.MustParsePrefix("10.214.0.0/24"))
 
 	ca := startCA(t)
 	s, err := New(Config{TrustDomain: "cluster.local", CAAddr: ca.addr, BundleFile: ca.bundle, JoinToken: ca.token(t, serverID),

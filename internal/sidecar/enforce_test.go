@@ -51,12 +51,7 @@ services:
     clusterIPs: [10.96.0.13]
     ports: [{port: 6379}]
 policies:
-  - apiVersion: tether.dev/v1alpha1
-    kind: AccessPolicy
-    metadata: {name: web-to-api, namespace: default}
-    spec:
-      destination: {service: api, ports: [8080]}
-      sources: [{serviceAccount: {name: web}}]
+` + webToAPIPolicy + `
   - apiVersion: tether.dev/v1alpha1
     kind: AccessPolicy
     metadata: {name: api-to-db, namespace: default}
@@ -70,6 +65,16 @@ policies:
       destination: {service: cache}
       sources: [{serviceAccount: {name: web}}]
 `
+
+// webToAPIPolicy is the AccessPolicy both enforceMesh and the permissive
+// mesh of TestUnauthenticatedInboundFromView hold: web may reach api on
+// port 8080 only.
+const webToAPIPolicy = `  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: web-to-api, namespace: default}
+    spec:
+      destination: {service: api, ports: [8080]}
+      sources: [{serviceAccount: {name: web}}]`
 
 // viewOf builds id's view of the registry described by meshYAML, through
 // the same code discovery serves it with (xds.BuildResources).
@@ -212,13 +217,7 @@ services:
     ports: [{name: metrics, port: 9090}]
     endpoints: [{address: 10.0.0.2, serviceAccount: api}]
 policies:
-  - apiVersion: tether.dev/v1alpha1
-    kind: AccessPolicy
-    metadata: {name: web-to-api, namespace: default}
-    spec:
-      destination: {service: api, ports: [8080]}
-      sources: [{serviceAccount: {name: web}}]
-`
+` + webToAPIPolicy
 	s := testSidecar(viewOf(t, mesh, apiID))
 	if err := s.authorizeUnauthenticated(9090); err != nil {
 		t.Errorf("plaintext → status:9090 (no policy): %v", err)

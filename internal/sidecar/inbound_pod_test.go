@@ -8,39 +8,18 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
-
-// sharedMesh (issue 11 item 2): payments (only frontend) and status (no
-// policy, allow-mesh) are backed by different pods running as the same
-// service account, on the same target port.
-const sharedMesh = `
-services:
-  - name: payments
-    clusterIPs: [10.96.0.20]
-    ports: [{port: 80, targetPort: 8080}]
-    endpoints: [{address: 10.0.1.1, serviceAccount: shared}]
-  - name: status
-    clusterIPs: [10.96.0.21]
-    ports: [{port: 80, targetPort: 8080}]
-    endpoints: [{address: 10.0.1.2, serviceAccount: shared}]
-policies:
-  - apiVersion: tether.dev/v1alpha1
-    kind: AccessPolicy
-    metadata: {name: payments-from-frontend, namespace: default}
-    spec:
-      destination: {service: payments}
-      sources: [{serviceAccount: {name: frontend}}]
-`
 
 // The sidecar of a payments pod refuses an identity payments' policy does
 // not name, though a status pod of the same service account admits it;
 // the sidecar of a status pod admits it (status is open to the mesh).
 func TestInboundDecisionIsThePods(t *testing.T) {
 	shared := testutil.ID("/ns/default/sa/shared")
-	res := resourcesOf(t, sharedMesh, shared)
+	res := resourcesOf(t, discoverytest.SharedPodsMesh, shared)
 	intruder, frontend := testutil.ID("/ns/default/sa/intruder"), testutil.ID("/ns/default/sa/frontend")
 	for _, tc := range []struct {
 		pod             string

@@ -133,6 +133,13 @@ type meshApp struct {
 	log     string // access log path
 }
 
+// webAPIDB is the loopback mesh's three workloads, web, api and db, each
+// with its echo app running and no sidecar yet.
+func webAPIDB(t *testing.T) (web, api, db *meshApp) {
+	t.Helper()
+	return &meshApp{name: "web", app: echoApp(t)}, &meshApp{name: "api", app: echoApp(t)}, &meshApp{name: "db", app: echoApp(t)}
+}
+
 func (a *meshApp) port() string {
 	_, p, _ := net.SplitHostPort(a.app)
 	return p
@@ -252,9 +259,7 @@ func refused(t *testing.T, addr string) {
 // behind explicit-mode sidecars. db's AccessPolicy lets api in, not web.
 func TestLoopbackMeshEnforcesDiscoveryPolicy(t *testing.T) {
 	ca := startCA(t)
-	web := &meshApp{name: "web", app: echoApp(t)}
-	api := &meshApp{name: "api", app: echoApp(t)}
-	db := &meshApp{name: "db", app: echoApp(t)}
+	web, api, db := webAPIDB(t)
 	disc := startDiscovery(t, ca, meshYAML(web, api, db, "api"))
 
 	dir := t.TempDir()

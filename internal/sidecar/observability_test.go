@@ -32,9 +32,7 @@ func getDenials(t *testing.T, s *Sidecar) DenialsResponse {
 // denials of both directions, newest first, with the rule that decided.
 func TestDebugDenials(t *testing.T) {
 	ca := startCA(t)
-	web := &meshApp{name: "web", app: echoApp(t)}
-	api := &meshApp{name: "api", app: echoApp(t)}
-	db := &meshApp{name: "db", app: echoApp(t)}
+	web, api, db := webAPIDB(t)
 	disc := startDiscovery(t, ca, meshYAML(web, api, db, "api"))
 	start := func(a *meshApp, outbound ...OutboundListener) {
 		a.sidecar, a.done = startSidecar(t, Config{

@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -26,18 +25,6 @@ func openStream(t *testing.T, addr, what string) net.Conn {
 	return c
 }
 
-// closedBy reports whether the far end closes c before d passes.
-func closedBy(c net.Conn, d time.Duration) bool {
-	c.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 64)
-	for {
-		if _, err := c.Read(buf); err != nil {
-			var ne net.Error
-			return !errors.As(err, &ne) || !ne.Timeout()
-		}
-	}
-}
-
 // TestPolicyRevocationClosesOpenConnections: when discovery's policy stops
 // allowing web → db, web's open connections to db are closed within a few
 // seconds, both the one web's own view routed (closed at web, outbound)
@@ -46,9 +33,7 @@ func closedBy(c net.Conn, d time.Duration) bool {
 // and log the closures with the rule.
 func TestPolicyRevocationClosesOpenConnections(t *testing.T) {
 	ca := startCA(t)
-	web := &meshApp{name: "web", app: echoApp(t)}
-	api := &meshApp{name: "api", app: echoApp(t)}
-	db := &meshApp{name: "db", app: echoApp(t)}
+	web, api, db := webAPIDB(t)
 	disc := startDiscovery(t, ca, meshYAML(web, api, db, "api", "web"))
 	dir := t.TempDir()
 	start := func(a *meshApp, outbound ...string) {
@@ -84,10 +69,10 @@ func TestPolicyRevocationClosesOpenConnections(t *testing.T) {
 
 	disc.write(t, meshYAML(web, api, db, "api"))
 	began := time.Now()
-	if !closedBy(byService, 5*time.Second) {
+	if !testutil.ClosedWithin(byService, 5*time.Second) {
 		t.Error("web's open connection to db by service outlived the revocation by 5s")
 	}
-	if !closedBy(direct, 5*time.Second-time.Since(began)) {
+	if !testutil.ClosedWithin(direct, 5*time.Second-time.Since(began)) {
 		t.Error("web's open connection to db's sidecar outlived the revocation by 5s")
 	}
 	t.Logf("both closed %s after the policy file changed", time.Since(began))

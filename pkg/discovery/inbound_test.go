@@ -1,4 +1,4 @@
-package discovery
+package discovery_test
 
 import (
 	"net/netip"
@@ -8,46 +8,21 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/tether-mesh/tether/internal/discoverytest"
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
-
-const sharedPodsYAML = `
-services:
-  - name: payments
-    ports: [{port: 80, targetPort: 8080}]
-    endpoints: [{address: 10.0.1.1, serviceAccount: shared}]
-  - name: status
-    ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: 8081}]
-    endpoints: [{address: 10.0.1.2, serviceAccount: shared}, {address: 10.0.1.3, serviceAccount: shared}]
-  - name: all
-    ports: [{port: 8080}]
-    endpoints: [{address: 10.0.1.1, serviceAccount: shared}, {address: 10.0.1.2, serviceAccount: shared}, {address: 10.0.1.9, serviceAccount: other}]
-policies:
-  - apiVersion: tether.dev/v1alpha1
-    kind: AccessPolicy
-    metadata: {name: payments-from-frontend, namespace: default}
-    spec:
-      destination: {service: payments}
-      sources: [{serviceAccount: {name: frontend}}]
-`
 
 // An identity's pods are grouped by target port and deciders: the
 // restricting Services' ports where one selects the pod, else every
 // Service's; other identities' pods are left out.
 func TestInboundChains(t *testing.T) {
-	mf, err := ParseMeshFile([]byte(sharedPodsYAML))
+	mf, err := discovery.ParseMeshFile([]byte(discoverytest.SharedPodsMesh))
 	if err != nil {
 		t.Fatal(err)
 	}
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	reg, err := NewRegistry(td, policy.AllowMesh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Update(mf.State); err != nil {
-		t.Fatal(err)
-	}
-	snap := reg.Snapshot()
+	snap := discoverytest.Snapshot(t, td, policy.AllowMesh, mf.State)
 	shared := spiffeid.RequireFromPath(td, "/ns/default/sa/shared")
 	var got []string
 	for _, c := range snap.InboundChains(shared) {
@@ -67,10 +42,10 @@ func TestInboundChains(t *testing.T) {
 		t.Errorf("chains:\n got %q\nwant %q", got, want)
 	}
 	chains := snap.InboundChains(shared)
-	if n := len(PodChains(chains, []netip.Addr{netip.MustParseAddr("10.0.1.1")})); n != 1 {
+	if n := len(discovery.PodChains(chains, []netip.Addr{netip.MustParseAddr("10.0.1.1")})); n != 1 {
 		t.Errorf("pod 10.0.1.1 has %d chains, want 1", n)
 	}
-	if n := len(PodChains(chains, []netip.Addr{netip.MustParseAddr("10.0.9.9")})); n != len(chains) {
+	if n := len(discovery.PodChains(chains, []netip.Addr{netip.MustParseAddr("10.0.9.9")})); n != len(chains) {
 		t.Errorf("an unlisted pod has %d chains, want all %d", n, len(chains))
 	}
 	intruder := spiffeid.RequireFromPath(td, "/ns/default/sa/intruder")

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"errors"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -32,18 +32,6 @@ func switchable(id spiffeid.ID, allowed *atomic.Bool) proxy.Authorizer {
 			return nil
 		}
 		return &proxy.DeniedError{Rule: "test policy: " + src.String() + " revoked"}
-	}
-}
-
-// closedWithin reports whether c is closed by the far end within d.
-func closedWithin(c net.Conn, d time.Duration) bool {
-	c.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 64)
-	for {
-		if _, err := c.Read(buf); err != nil {
-			var ne net.Error
-			return !(errorsAs(err, &ne) && ne.Timeout())
-		}
 	}
 }
 
@@ -76,7 +64,7 @@ func TestPolicyChangeClosesOpenInboundStreams(t *testing.T) {
 	c := openStream(t, out.addr, "before")
 	allowed.Store(false)
 	revalidate(t, in.p)
-	if !closedWithin(c, 3*time.Second) {
+	if !testutil.ClosedWithin(c, 3*time.Second) {
 		t.Fatal("the stream is still open 3s after the policy stopped allowing its caller")
 	}
 	if got := counter(t, in.reg, "tether_sidecar_connections_revoked_total", "direction", "inbound", "reason", "policy"); got != 1 {
@@ -90,8 +78,6 @@ func TestPolicyChangeClosesOpenInboundStreams(t *testing.T) {
 		t.Fatal("a new stream went through after the revocation")
 	}
 }
-
-func errorsAs(err error, target any) bool { return errors.As(err, target) }
 
 // TestPolicyChangeClosesOpenOutboundStreams: at the caller, a stream whose
 // destination the new policy denies is closed too, with its tunnel.
@@ -116,7 +102,7 @@ func TestPolicyChangeClosesOpenOutboundStreams(t *testing.T) {
 	if n := out.p.Revalidate(); n != 1 {
 		t.Errorf("Revalidate closed %d streams, want 1", n)
 	}
-	if !closedWithin(c, 3*time.Second) {
+	if !testutil.ClosedWithin(c, 3*time.Second) {
 		t.Fatal("the outbound stream is still open after the policy denied its destination")
 	}
 	if got := counter(t, out.reg, "tether_sidecar_connections_revoked_total", "direction", "outbound", "reason", "policy"); got != 1 {
@@ -152,7 +138,7 @@ func TestStreamEndsWhenCallerSVIDExpires(t *testing.T) {
 			out := outbound(t, short, proxy.Destination{Name: "server", Addr: in.addr, IDs: []spiffeid.ID{serverID}}, proxy.Config{EndStreamsAtSVIDExpiry: tc.outb})
 			c := openStream(t, out.addr, "before expiry")
 			if tc.direction == "" {
-				if closedWithin(c, 6*time.Second) {
+				if testutil.ClosedWithin(c, 6*time.Second) {
 					t.Fatal("the stream was cut at the SVID's expiry without EndStreamsAtSVIDExpiry")
 				}
 				c.SetReadDeadline(time.Time{})
@@ -161,7 +147,7 @@ func TestStreamEndsWhenCallerSVIDExpires(t *testing.T) {
 				}
 				return
 			}
-			if !closedWithin(c, 10*time.Second) {
+			if !testutil.ClosedWithin(c, 10*time.Second) {
 				t.Fatal("the stream outlived the caller's SVID")
 			}
 			reg := in.reg

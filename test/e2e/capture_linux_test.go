@@ -162,6 +162,36 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 	testutil.Eventually(t, what, timeout, cond)
 }
 
+// twoPods makes pods A and B, named name-a and name-b, joined by a veth:
+// A at 10.n.0.1/24, B at 10.n.0.2/24.
+func twoPods(t *testing.T, name string, n int) (a, b *netns.NS) {
+	t.Helper()
+	a, b = netns.New(t, name+"-a"), netns.New(t, name+"-b")
+	netns.Link(t, a, b, netip.MustParsePrefix(fmt.Sprintf("10.%d.0.1/24", n)), netip.MustParsePrefix(fmt.Sprintf("10.%d.0.2/24", n)))
+	return a, b
+}
+
+// namedProc is a process and what a failed test's log calls it.
+type namedProc struct {
+	name string
+	proc *netns.Proc
+}
+
+// logOnFailure logs what each process wrote, under its name, when the
+// test ends failed.
+func logOnFailure(t *testing.T, procs ...namedProc) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		outputs := make([]string, len(procs))
+		for i, p := range procs {
+			outputs[i] = p.name + ":\n" + p.proc.Output()
+		}
+		t.Log(strings.Join(outputs, "\n"))
+	})
+}
+
 // TestTransparentCapture: two pods joined by veth, each with the capture
 // rules of `tether-sidecar init` and a sidecar running as UID 1337. A plain
 // curl from pod A to pod B's IP reaches B's app over mTLS; a port B's
@@ -170,8 +200,7 @@ func TestTransparentCapture(t *testing.T) {
 	netns.RequireRoot(t)
 	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
-	a, b := netns.New(t, "pod-a"), netns.New(t, "pod-b")
-	netns.Link(t, a, b, netip.MustParsePrefix("10.211.0.1/24"), netip.MustParsePrefix("10.211.0.2/24"))
+	a, b := twoPods(t, "pod", 211)
 
 	// tether-ca runs in pod B on 8443, which B's capture excludes.
 	bundle, token, ca := startCA(t, bin, b, "10.211.0.2:8443")
@@ -191,11 +220,7 @@ func TestTransparentCapture(t *testing.T) {
 	sb := sidecar(b, "b", "--allow", "spiffe://cluster.local/ns/default/sa/a=8080")
 	waitFor(t, "sidecar A ready", 20*time.Second, sidecarReady(a, curl))
 	waitFor(t, "sidecar B ready", 20*time.Second, sidecarReady(b, curl))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sidecar A:\n%s\nsidecar B:\n%s\nCA:\n%s", sa.Output(), sb.Output(), ca.Output())
-		}
-	})
+	logOnFailure(t, namedProc{"sidecar A", sa}, namedProc{"sidecar B", sb}, namedProc{"CA", ca})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

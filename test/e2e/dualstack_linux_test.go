@@ -84,11 +84,7 @@ func TestDualStackCapture(t *testing.T) {
 	sb := startSidecar(t, bin, b, "10.212.0.2:8443", bundle, token("b"), "--allow", "spiffe://cluster.local/ns/default/sa/a=8080")
 	waitFor(t, "sidecar A ready", 20*time.Second, sidecarReady(a, curl))
 	waitFor(t, "sidecar B ready", 20*time.Second, sidecarReady(b, curl))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sidecar A:\n%s\nsidecar B:\n%s\nCA:\n%s", sa.Output(), sb.Output(), ca.Output())
-		}
-	})
+	logOnFailure(t, namedProc{"sidecar A", sa}, namedProc{"sidecar B", sb}, namedProc{"CA", ca})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	get := func(ns *netns.NS, url string) (string, error) {

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
@@ -23,18 +22,13 @@ func TestPermissiveModeKeepsPolicyAndRefusesLoops(t *testing.T) {
 	netns.RequireRoot(t)
 	curl := needCurl(t)
 	bin := buildBinaries(t, "tether-ca", "tether-sidecar", "tether")
-	a, b := netns.New(t, "perm-a"), netns.New(t, "perm-b")
-	netns.Link(t, a, b, netip.MustParsePrefix("10.212.0.1/24"), netip.MustParsePrefix("10.212.0.2/24"))
+	a, b := twoPods(t, "perm", 212)
 	bundle, token, ca := startCA(t, bin, b, "10.212.0.2:8443")
 	serveHTTP(t, b, 8080, "b")
 	b.Run(t, filepath.Join(bin, "tether-sidecar"), "init", "--exclude-inbound-ports", "8443")
 	sb := startSidecar(t, bin, b, "10.212.0.2:8443", bundle, token("b"), "--inbound-mode", "permissive",
 		"--allow", "spiffe://cluster.local/ns/default/sa/a=8080")
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sidecar B:\n%s\nCA:\n%s", sb.Output(), ca.Output())
-		}
-	})
+	logOnFailure(t, namedProc{"sidecar B", sb}, namedProc{"CA", ca})
 	waitFor(t, "sidecar B ready", 20*time.Second, sidecarReady(b, curl))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -25,7 +25,6 @@ import (
 
 	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
-	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
@@ -189,14 +188,8 @@ func checkEnvoySemantics(res map[resource.Type][]types.Resource) error {
 func TestResourcesAreWhatEnvoyWouldRun(t *testing.T) {
 	for seed := range uint64(20) {
 		r := rand.New(rand.NewPCG(seed, 14))
-		reg, err := discovery.NewRegistry(testutil.TrustDomain, []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := reg.Update(discoverytest.RandomState(r, testutil.TrustDomain)); err != nil {
-			t.Fatal(err)
-		}
-		snap := reg.Snapshot()
+		def := []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3]
+		snap := discoverytest.Snapshot(t, testutil.TrustDomain, def, discoverytest.RandomState(r, testutil.TrustDomain))
 		ids := append(snap.Sources(), spiffeid.RequireFromPath(testutil.TrustDomain, "/ns/nobody/sa/nobody"))
 		for _, id := range ids {
 			res, err := xds.BuildResources(snap, id, "")

@@ -41,14 +41,8 @@ func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 	checked, denied := 0, 0
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 2))
-		reg, err := discovery.NewRegistry(testutil.TrustDomain, []wire.Default{wire.AllowMesh, wire.SameNamespace, wire.Deny}[seed%3])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := reg.Update(discoverytest.RandomPods(r, testutil.TrustDomain)); err != nil {
-			t.Fatal(err)
-		}
-		snap := reg.Snapshot()
+		def := []wire.Default{wire.AllowMesh, wire.SameNamespace, wire.Deny}[seed%3]
+		snap := discoverytest.Snapshot(t, testutil.TrustDomain, def, discoverytest.RandomPods(r, testutil.TrustDomain))
 		eng := snap.Engine()
 		cs := callers(snap)
 		// Every pod of every identity: its address, and an address

@@ -74,40 +74,44 @@ func (s *Server) revealsHidden(resp *mdns.Msg) bool {
 	return false
 }
 
+// reverseZones are the reverse-lookup forms: an IPv4 address's 4 bytes
+// as decimal labels, or an IPv6 address's 32 nibbles as one hex digit
+// each, least significant first.
+var reverseZones = []struct {
+	suffix string
+	labels int // how many labels a whole address has
+	base   int // each label's digits
+	bits   int // each label's width
+	digits int // how many digits a label has; 0: any
+}{
+	{".in-addr.arpa.", 4, 10, 8, 0},
+	{".ip6.arpa.", 32, 16, 4, 1},
+}
+
 // reverseAddr parses a reverse-lookup name ("4.3.2.1.in-addr.arpa.", or
 // 32 nibbles then "ip6.arpa.").
 func reverseAddr(name string) (netip.Addr, bool) {
 	name = strings.ToLower(name)
-	if rest, ok := strings.CutSuffix(name, ".in-addr.arpa."); ok {
-		labels := strings.Split(rest, ".")
-		if len(labels) != 4 {
-			return netip.Addr{}, false
+	for _, z := range reverseZones {
+		rest, ok := strings.CutSuffix(name, z.suffix)
+		if !ok {
+			continue
 		}
-		var b [4]byte
-		for i, l := range labels {
-			n, err := strconv.ParseUint(l, 10, 8)
-			if err != nil {
-				return netip.Addr{}, false
-			}
-			b[3-i] = byte(n)
-		}
-		return netip.AddrFrom4(b), true
-	}
-	if rest, ok := strings.CutSuffix(name, ".ip6.arpa."); ok {
 		labels := strings.Split(rest, ".")
-		if len(labels) != 32 {
+		if len(labels) != z.labels {
 			return netip.Addr{}, false
 		}
 		var b [16]byte
 		for i, l := range labels {
-			n, err := strconv.ParseUint(l, 16, 4)
-			if err != nil || len(l) != 1 {
+			n, err := strconv.ParseUint(l, z.base, z.bits)
+			if err != nil || (z.digits > 0 && len(l) != z.digits) {
 				return netip.Addr{}, false
 			}
-			j := 31 - i // nibble position, most significant first
-			b[j/2] |= byte(n) << (4 * (1 - j%2))
+			bit := (z.labels - 1 - i) * z.bits // the label's first bit, most significant first
+			b[bit/8] |= byte(n) << (8 - z.bits - bit%8)
 		}
-		return netip.AddrFrom16(b).Unmap(), true
+		a, _ := netip.AddrFromSlice(b[:z.labels*z.bits/8])
+		return a.Unmap(), true
 	}
 	return netip.Addr{}, false
 }
