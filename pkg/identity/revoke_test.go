@@ -74,6 +74,9 @@ func TestRevokeSPIFFEID(t *testing.T) {
 	wantRevoked(t, "JWT-SVID for a revoked ID", err)
 	_, _, err = dial(t, addr, ca, nil).FetchSVID(ctx, webToken)
 	wantRevoked(t, "attestation of a revoked ID", err)
+	if _, _, err := ca.CreateJoinToken(ctx, web, time.Hour, false); !errors.Is(err, identity.ErrRevoked) {
+		t.Fatalf("a new join token for a revoked ID: %v, want refused as revoked", err)
+	}
 	if _, err := renew(t, addr, ca, other); err != nil {
 		t.Fatalf("another ID's renewal: %v", err)
 	}
