@@ -196,6 +196,11 @@ func (a *App) printStatus(st *cav1.StatusResponse) {
 			unixTime(g.GetRootNotAfterUnix()), unixTime(g.GetIntermediateNotAfterUnix()), unixTime(g.GetRetireAfterUnix()))
 	}
 	tw.Flush()
+	for _, g := range st.GetGenerations() {
+		if g.GetAnchorIsIntermediate() {
+			fmt.Fprintf(a.Stdout, "generation %d: the trust bundle holds its intermediate (SHA-256 %s), not the upstream's root\n", g.GetId(), g.GetAnchorFingerprint())
+		}
+	}
 	a.printRevocations(st.GetRevocations())
 	for _, g := range st.GetGenerations() {
 		if g.GetRootOffline() && g.GetState() == "active" {

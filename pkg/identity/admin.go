@@ -101,7 +101,7 @@ func statusMessage(s Status) *cav1.StatusResponse {
 	}
 	for _, g := range s.Generations {
 		m.Generations = append(m.Generations, &cav1.Generation{
-			Id: g.ID, State: string(g.State), RootFingerprint: g.RootFingerprint,
+			Id: g.ID, State: string(g.State), RootFingerprint: g.RootFingerprint, AnchorFingerprint: g.AnchorFingerprint, AnchorIsIntermediate: g.AnchorIsIntermediate,
 			RootNotAfterUnix: unixOrZero(g.RootNotAfter), IntermediateNotAfterUnix: unixOrZero(g.IntermediateNotAfter),
 			RetireAfterUnix: unixOrZero(g.RetireAfter), Upstream: g.Upstream,
 			RootOffline: g.RootOffline,

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"crypto/x509"
 	"time"
 )
@@ -39,6 +40,11 @@ type GenerationStatus struct {
 	Upstream             string
 	// RootOffline: the root key is not in the state (offline-root mode).
 	RootOffline bool
+	// AnchorFingerprint is the SHA-256 of the certificate the trust bundle
+	// holds for this generation: its root, or in upstream mode the
+	// intermediate the upstream signed for tether-ca (AnchorIsIntermediate).
+	AnchorFingerprint    string
+	AnchorIsIntermediate bool
 }
 
 // Status reports the journal's generations and the next scheduled step.
@@ -54,6 +60,10 @@ func (c *CA) Status() Status {
 			if root, err := x509.ParseCertificate(g.Roots[0]); err == nil {
 				gs.RootNotAfter = root.NotAfter
 			}
+		}
+		if a := g.anchors(); len(a) > 0 {
+			gs.AnchorFingerprint = Fingerprint(a[0])
+			gs.AnchorIsIntermediate = len(g.Chain) > 0 && bytes.Equal(a[0], g.Chain[0])
 		}
 		if len(g.Chain) > 0 {
 			if inter, err := x509.ParseCertificate(g.Chain[0]); err == nil {

@@ -125,6 +125,11 @@ func TestUpstreamBundleTrustsOnlyTether(t *testing.T) {
 	if len(anchors) != 1 || !anchors[0].Equal(own.Certificates[1]) {
 		t.Errorf("the bundle holds %d anchors, want exactly the intermediate the upstream signed for tether-ca", len(anchors))
 	}
+	// Status names what the bundle trusts: the intermediate, not the root.
+	if gs := ca.Status().Generations; len(gs) != 1 || gs[0].AnchorFingerprint != identity.Fingerprint(own.Certificates[1].Raw) ||
+		!gs[0].AnchorIsIntermediate || gs[0].AnchorFingerprint == gs[0].RootFingerprint {
+		t.Errorf("status generations %+v: want the anchor to be the intermediate %s", gs, identity.Fingerprint(own.Certificates[1].Raw))
+	}
 	foreign := foreignSVIDs(t, u)
 
 	t.Run("go-spiffe verification", func(t *testing.T) {

@@ -657,9 +657,14 @@ type Generation struct {
 	// The root key is offline (not in the CA's state): this CA cannot
 	// prepare a new root nor renew the intermediate; the operator signs a new
 	// intermediate with `tether ca offline-root sign-intermediate`.
-	RootOffline   bool `protobuf:"varint,16,opt,name=root_offline,json=rootOffline,proto3" json:"root_offline,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RootOffline bool `protobuf:"varint,16,opt,name=root_offline,json=rootOffline,proto3" json:"root_offline,omitempty"`
+	// SHA-256 of the certificate the trust bundle holds for this generation,
+	// hex: the root, or in upstream mode the intermediate the upstream signed
+	// for tether-ca (anchor_is_intermediate), never the upstream's root.
+	AnchorFingerprint    string `protobuf:"bytes,17,opt,name=anchor_fingerprint,json=anchorFingerprint,proto3" json:"anchor_fingerprint,omitempty"`
+	AnchorIsIntermediate bool   `protobuf:"varint,18,opt,name=anchor_is_intermediate,json=anchorIsIntermediate,proto3" json:"anchor_is_intermediate,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Generation) Reset() {
@@ -744,6 +749,20 @@ func (x *Generation) GetUpstream() string {
 func (x *Generation) GetRootOffline() bool {
 	if x != nil {
 		return x.RootOffline
+	}
+	return false
+}
+
+func (x *Generation) GetAnchorFingerprint() string {
+	if x != nil {
+		return x.AnchorFingerprint
+	}
+	return ""
+}
+
+func (x *Generation) GetAnchorIsIntermediate() bool {
+	if x != nil {
+		return x.AnchorIsIntermediate
 	}
 	return false
 }
@@ -1482,7 +1501,7 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
 	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\"\x0f\n" +
-	"\rStatusRequest\"\xb6\x02\n" +
+	"\rStatusRequest\"\x9b\x03\n" +
 	"\n" +
 	"Generation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
@@ -1492,7 +1511,9 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x1bintermediate_not_after_unix\x18\x05 \x01(\x03R\x18intermediateNotAfterUnix\x12*\n" +
 	"\x11retire_after_unix\x18\x06 \x01(\x03R\x0fretireAfterUnix\x12\x1a\n" +
 	"\bupstream\x18\a \x01(\tR\bupstream\x12!\n" +
-	"\froot_offline\x18\x10 \x01(\bR\vrootOffline\"\xf5\x03\n" +
+	"\froot_offline\x18\x10 \x01(\bR\vrootOffline\x12-\n" +
+	"\x12anchor_fingerprint\x18\x11 \x01(\tR\x11anchorFingerprint\x124\n" +
+	"\x16anchor_is_intermediate\x18\x12 \x01(\bR\x14anchorIsIntermediate\"\xf5\x03\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12:\n" +
