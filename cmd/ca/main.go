@@ -62,6 +62,12 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.BoolVar(&c.Kube.PublishBundle, "publish-bundle", false, "write ConfigMap tether-trust-bundle in every namespace with injection enabled; default on with --store=kubernetes")
 	fs.StringVar(&c.Kube.UpstreamIssuer, "upstream-issuer", "", "take the signing intermediate from this cert-manager issuer (Issuer/NAME or ClusterIssuer/NAME)")
 	fs.StringVar(&c.Kube.UpstreamNamespace, "upstream-namespace", "", "namespace of the CertificateRequests (default --namespace)")
+	fs.IntVar(&c.ConnLimits.MaxConns, "max-conns", identity.DefaultMaxConns, "connections the CA port holds; when full, a new one evicts the oldest unauthenticated one")
+	fs.IntVar(&c.ConnLimits.MaxConnsPerSource, "max-conns-per-source", identity.DefaultMaxConnsPerSource, "unauthenticated connections one source IP address may hold")
+	fs.DurationVar(&c.ConnLimits.HandshakeTimeout, "handshake-timeout", identity.DefaultHandshakeTimeout, "time a new connection has to complete its TLS handshake")
+	fs.DurationVar(&c.ConnLimits.PressureHandshakeTimeout, "pressure-handshake-timeout", identity.DefaultPressureHandshakeTimeout, "the handshake timeout while more than half of --max-conns is in use")
+	fs.DurationVar(&c.ConnLimits.IdleTimeout, "unauthenticated-idle-timeout", identity.DefaultUnauthIdleTimeout, "close a connection without an SVID after this long with no RPC in progress")
+	fs.DurationVar(&c.ConnLimits.MaxConnectionIdle, "max-connection-idle", identity.DefaultMaxConnectionIdle, "close a connection with an SVID after this long with no RPC in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {

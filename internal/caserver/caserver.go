@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -50,6 +51,10 @@ type Config struct {
 	AutoRotate       bool
 
 	Kube KubeConfig
+
+	// ConnLimits bound the connections on ListenAddr (zero fields: the
+	// defaults of identity.ConnLimits).
+	ConnLimits identity.ConnLimits
 
 	Logger *slog.Logger
 }
@@ -116,6 +121,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kube.UpstreamIssuer == "" && c.IntermediateTTL > c.RootTTL {
 		return fmt.Errorf("--intermediate-ttl %s is longer than --root-ttl %s", c.IntermediateTTL, c.RootTTL)
+	}
+	if err := c.ConnLimits.Validate(); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -228,7 +236,8 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Unlock()
 
 	server := identity.NewServer(s.ca, s.attestors, s.log)
-	g := server.GRPCServer()
+	gate := identity.NewConnGate(s.cfg.ConnLimits, s.registry, s.log)
+	g := server.GRPCServer(gate.ServerOptions(credentials.NewTLS(server.TLSConfig()))...)
 	adminGRPC := identity.NewAdminServer(s.ca, s.log).GRPCServer()
 	httpAdmin := admin.New(s.cfg.AdminAddr, s.ca.Ready, s.registry, s.log, admin.WithMetrics("ca", s.registry))
 
@@ -243,7 +252,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	run("grpc", func() error { return g.Serve(grpcL) })
+	run("grpc", func() error { return g.Serve(gate.Listener(grpcL)) })
 	run("admin socket", func() error { return adminGRPC.Serve(sockL) })
 	run("admin http", func() error { return httpAdmin.Serve(ctx, adminL) })
 	run("ca", func() error { return s.ca.Run(ctx) })
