@@ -59,6 +59,13 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.StringVar(&c.Kube.Identity, "replica-name", env("POD_NAME", hostname()), "this replica's name in the Lease (env POD_NAME)")
 	fs.BoolVar(&c.Kube.TokenReview, "k8s-tokens", false, "accept projected ServiceAccount tokens (TokenReview); default on with --store=kubernetes")
 	fs.StringVar(&c.Kube.Audience, "token-audience", "tether-ca", "audience projected tokens must carry")
+	fs.Func("token-extra-issuer", "also accept projected tokens from this issuer (repeat; while the cluster migrates --service-account-issuer)", func(v string) error {
+		if v == "" {
+			return fmt.Errorf("empty issuer")
+		}
+		c.Kube.ExtraIssuers = append(c.Kube.ExtraIssuers, v)
+		return nil
+	})
 	fs.BoolVar(&c.Kube.PublishBundle, "publish-bundle", false, "write ConfigMap tether-trust-bundle in every namespace with injection enabled; default on with --store=kubernetes")
 	fs.StringVar(&c.Kube.UpstreamIssuer, "upstream-issuer", "", "take the signing intermediate from this cert-manager issuer (Issuer/NAME or ClusterIssuer/NAME)")
 	fs.StringVar(&c.Kube.UpstreamNamespace, "upstream-namespace", "", "namespace of the CertificateRequests (default --namespace)")

@@ -70,6 +70,9 @@ type KubeConfig struct {
 	// TokenReview accepts projected ServiceAccount tokens.
 	TokenReview bool
 	Audience    string
+	// ExtraIssuers are token issuers accepted besides the one the API
+	// server publishes (while the cluster migrates its issuer).
+	ExtraIssuers []string
 	// PublishBundle writes the tether-trust-bundle ConfigMaps.
 	PublishBundle bool
 	// UpstreamIssuer is "Issuer/NAME" or "ClusterIssuer/NAME" of cert-manager.
