@@ -72,7 +72,7 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.IntVar(&c.ConnLimits.MaxConns, "max-conns", identity.DefaultMaxConns, "connections the CA port holds; when full, a new one evicts the oldest unauthenticated one")
 	fs.IntVar(&c.ConnLimits.MaxConnsPerSource, "max-conns-per-source", identity.DefaultMaxConnsPerSource, "unauthenticated connections one source IP address may hold")
 	fs.DurationVar(&c.ConnLimits.HandshakeTimeout, "handshake-timeout", identity.DefaultHandshakeTimeout, "time a new connection has to complete its TLS handshake")
-	fs.DurationVar(&c.ConnLimits.PressureHandshakeTimeout, "pressure-handshake-timeout", identity.DefaultPressureHandshakeTimeout, "the handshake timeout while more than half of --max-conns is in use")
+	fs.DurationVar(&c.ConnLimits.PressureHandshakeTimeout, "pressure-handshake-timeout", identity.DefaultPressureHandshakeTimeout, "while more than half of --max-conns is in use, the time a new connection has to send its ClientHello (then it gets --handshake-timeout)")
 	fs.DurationVar(&c.ConnLimits.IdleTimeout, "unauthenticated-idle-timeout", identity.DefaultUnauthIdleTimeout, "close a connection without an SVID after this long with no RPC in progress")
 	fs.DurationVar(&c.ConnLimits.MaxConnectionIdle, "max-connection-idle", identity.DefaultMaxConnectionIdle, "close a connection with an SVID after this long with no RPC in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")

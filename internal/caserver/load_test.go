@@ -262,3 +262,42 @@ func TestHandshakeDeadline(t *testing.T) {
 		return metricValue(t, svc, "tether_ca_connections_refused_total", `{reason="handshake_timeout"}`) == 1
 	})
 }
+
+// TestPressureHandshakeDeadline: while more than half of the table is in
+// use, a connection must start its handshake within the short deadline,
+// but one that has sent its first bytes gets the full time.
+func TestPressureHandshakeDeadline(t *testing.T) {
+	c := validConfig(t)
+	c.ConnLimits = identity.ConnLimits{MaxConns: 4, HandshakeTimeout: 3 * time.Second, PressureHandshakeTimeout: 300 * time.Millisecond}
+	svc, _ := startService(t, c)
+	addr := svc.Addr("grpc").String()
+	closedAfter := func(conn net.Conn, start time.Time, res chan<- time.Duration) {
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, conn)
+		res <- time.Since(start)
+	}
+	var conns []net.Conn
+	for range 4 {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+	}
+	start := time.Now()
+	// The last one speaks: the start of a TLS record, as a slow client's
+	// ClientHello would begin.
+	if _, err := conns[3].Write([]byte{0x16, 0x03, 0x01}); err != nil {
+		t.Fatal(err)
+	}
+	silent, speaking := make(chan time.Duration, 1), make(chan time.Duration, 1)
+	go closedAfter(conns[2], start, silent) // admitted under pressure
+	go closedAfter(conns[3], start, speaking)
+	if d := <-silent; d > 1500*time.Millisecond {
+		t.Errorf("silent connection under pressure closed after %v, want about 300ms", d)
+	}
+	if d := <-speaking; d < 2*time.Second || d > 5*time.Second {
+		t.Errorf("connection that sent its first bytes under pressure closed after %v, want about 3s", d)
+	}
+}

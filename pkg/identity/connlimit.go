@@ -37,8 +37,9 @@ import (
 //     all slots hold such connections is a new one closed at accept. So
 //     idle attackers cannot keep a caller that speaks at once out;
 //   - the TLS handshake (and the HTTP/2 preface) must complete within
-//     HandshakeTimeout, or PressureHandshakeTimeout while more than half
-//     of the slots are taken;
+//     HandshakeTimeout; while more than half of the slots are taken, the
+//     ClientHello must arrive within PressureHandshakeTimeout (then the
+//     handshake gets the full time);
 //   - an unauthenticated connection with no RPC in progress for
 //     IdleTimeout is closed; an authenticated one after MaxConnectionIdle
 //     (gRPC keepalive: a GOAWAY, the client reconnects when it needs to).
@@ -412,13 +413,20 @@ func (c *gateCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInf
 	if !ok {
 		return c.TransportCredentials.ServerHandshake(raw)
 	}
-	timeout := c.g.lim.HandshakeTimeout
-	if c.g.pressure() && c.g.lim.PressureHandshakeTimeout < timeout {
-		timeout = c.g.lim.PressureHandshakeTimeout
-	}
 	// gRPC clears the deadline once the HTTP/2 preface is read too.
-	raw.SetDeadline(time.Now().Add(timeout))
-	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	start := time.Now()
+	full := start.Add(c.g.lim.HandshakeTimeout)
+	var tlsRaw net.Conn = raw
+	if c.g.pressure() && c.g.lim.PressureHandshakeTimeout < c.g.lim.HandshakeTimeout {
+		// Under pressure the ClientHello must come soon; then the
+		// handshake gets the full time, so that a legitimate one slowed
+		// by the load (or by the flood itself) is not cut.
+		raw.SetDeadline(start.Add(c.g.lim.PressureHandshakeTimeout))
+		tlsRaw = &helloConn{Conn: raw, full: full}
+	} else {
+		raw.SetDeadline(full)
+	}
+	conn, info, err := c.TransportCredentials.ServerHandshake(tlsRaw)
 	if err != nil {
 		var ne net.Error
 		c.g.mu.Lock()
@@ -437,6 +445,23 @@ func (c *gateCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInf
 	c.g.moveLocked(gc, to)
 	c.g.mu.Unlock()
 	return conn, info, nil
+}
+
+// helloConn extends the deadline to full once the first bytes (the
+// ClientHello) arrive.
+type helloConn struct {
+	net.Conn
+	full  time.Time
+	heard bool
+}
+
+func (c *helloConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.heard {
+		c.heard = true
+		c.Conn.SetDeadline(c.full)
+	}
+	return n, err
 }
 
 func (c *gateCreds) Clone() credentials.TransportCredentials {
