@@ -38,6 +38,8 @@ func TestConfigValidation(t *testing.T) {
 		{"zero ttl", func(c *Config) { c.RootTTL = 0 }, "must be positive"},
 		{"intermediate longer than root", func(c *Config) { c.IntermediateTTL = 9000 * time.Hour }, "longer than --root-ttl"},
 		{"bad upstream", func(c *Config) { c.Kube.UpstreamIssuer = "corp-ca" }, "Issuer/NAME"},
+		{"negative connection cap", func(c *Config) { c.ConnLimits.MaxConns = -1 }, "connection caps must not be negative"},
+		{"negative idle timeout", func(c *Config) { c.ConnLimits.IdleTimeout = -time.Second }, "connection timeouts must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
