@@ -31,8 +31,9 @@ import (
 //     against MaxConnsPerSource of its source IP address, and one over
 //     that is closed at accept;
 //   - when all slots are taken, a new connection evicts the oldest
-//     unauthenticated one: first those still in their TLS handshake, then
-//     those idle (no RPC in progress), then those with an RPC in progress.
+//     unauthenticated one: first those that have sent nothing, then those
+//     idle after their handshake (no RPC in progress), then those in their
+//     TLS handshake, then those with an RPC in progress.
 //     Connections authenticated by an SVID are never evicted; only when
 //     all slots hold such connections is a new one closed at accept. So
 //     idle attackers cannot keep a caller that speaks at once out;
@@ -120,14 +121,20 @@ func (l ConnLimits) Validate() error {
 type connState int
 
 const (
-	stHandshake connState = iota // TLS handshake not done
-	stIdle                       // unauthenticated, no RPC in progress
-	stBusy                       // unauthenticated, an RPC in progress
-	stAuth                       // presented a verified SVID
-	stGone                       // released
+	stSilent connState = iota // nothing received yet
+	stHello                   // TLS handshake under way (bytes received)
+	stIdle                    // unauthenticated, no RPC in progress
+	stBusy                    // unauthenticated, an RPC in progress
+	stAuth                    // presented a verified SVID
+	stGone                    // released
 )
 
-var stateNames = [...]string{"handshake", "unauthenticated", "unauthenticated", "authenticated"}
+var stateNames = [...]string{"handshake", "handshake", "unauthenticated", "unauthenticated", "authenticated"}
+
+// evictionOrder: who makes room first. Silent connections and idle ones
+// are what an idle flood holds; a caller that speaks at once is in a
+// handshake or an RPC.
+var evictionOrder = [...]connState{stSilent, stIdle, stHello, stBusy}
 
 // ConnGate enforces ConnLimits; see the comment at the top of this file.
 type ConnGate struct {
@@ -140,9 +147,9 @@ type ConnGate struct {
 	mu       sync.Mutex
 	bySource map[netip.Addr]int
 	byAddr   map[string]*gatedConn
-	// lists holds the unauthenticated connections by state (stHandshake,
-	// stIdle, stBusy), oldest first: the eviction order.
-	lists      [3]list.List
+	// lists holds the unauthenticated connections by state (stSilent,
+	// stHello, stIdle, stBusy), oldest first.
+	lists      [4]list.List
 	auth       int
 	lastWarned time.Time
 }
@@ -205,14 +212,14 @@ func (g *ConnGate) Count() map[string]int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return map[string]int{
-		"handshake":       g.lists[stHandshake].Len(),
+		"handshake":       g.lists[stSilent].Len() + g.lists[stHello].Len(),
 		"unauthenticated": g.lists[stIdle].Len() + g.lists[stBusy].Len(),
 		"authenticated":   g.auth,
 	}
 }
 
 func (g *ConnGate) totalLocked() int {
-	return g.lists[stHandshake].Len() + g.lists[stIdle].Len() + g.lists[stBusy].Len() + g.auth
+	return g.lists[stSilent].Len() + g.lists[stHello].Len() + g.lists[stIdle].Len() + g.lists[stBusy].Len() + g.auth
 }
 
 func sourceAddr(a net.Addr) netip.Addr {
@@ -233,7 +240,7 @@ func (g *ConnGate) admit(c net.Conn) (gc, evicted *gatedConn, refused string) {
 		return nil, nil, RefusedPerSource
 	}
 	if g.totalLocked() >= g.lim.MaxConns {
-		for st := stHandshake; st <= stBusy; st++ {
+		for _, st := range evictionOrder {
 			if l := &g.lists[st]; l.Len() > 0 {
 				evicted = l.Front().Value.(*gatedConn)
 				evicted.evicted = true
@@ -245,8 +252,8 @@ func (g *ConnGate) admit(c net.Conn) (gc, evicted *gatedConn, refused string) {
 			return nil, nil, RefusedFull
 		}
 	}
-	gc = &gatedConn{Conn: c, g: g, src: src, key: c.RemoteAddr().String(), state: stHandshake}
-	gc.elem = g.lists[stHandshake].PushBack(gc)
+	gc = &gatedConn{Conn: c, g: g, src: src, key: c.RemoteAddr().String(), state: stSilent}
+	gc.elem = g.lists[stSilent].PushBack(gc)
 	g.bySource[src]++
 	g.byAddr[gc.key] = gc
 	g.conns.WithLabelValues("handshake").Inc()
@@ -416,18 +423,16 @@ func (c *gateCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInf
 	}
 	// gRPC clears the deadline once the HTTP/2 preface is read too.
 	start := time.Now()
-	full := start.Add(c.g.lim.HandshakeTimeout)
-	var tlsRaw net.Conn = raw
+	hc := &helloConn{Conn: raw, gc: gc, full: start.Add(c.g.lim.HandshakeTimeout)}
 	if c.g.pressure() && c.g.lim.PressureHandshakeTimeout < c.g.lim.HandshakeTimeout {
 		// Under pressure the ClientHello must come soon; then the
 		// handshake gets the full time, so that a legitimate one slowed
 		// by the load (or by the flood itself) is not cut.
 		raw.SetDeadline(start.Add(c.g.lim.PressureHandshakeTimeout))
-		tlsRaw = &helloConn{Conn: raw, full: full}
 	} else {
-		raw.SetDeadline(full)
+		raw.SetDeadline(hc.full)
 	}
-	conn, info, err := c.TransportCredentials.ServerHandshake(tlsRaw)
+	conn, info, err := c.TransportCredentials.ServerHandshake(hc)
 	if err != nil {
 		var ne net.Error
 		c.g.mu.Lock()
@@ -448,10 +453,11 @@ func (c *gateCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInf
 	return conn, info, nil
 }
 
-// helloConn extends the deadline to full once the first bytes (the
-// ClientHello) arrive.
+// helloConn notes the first bytes (the ClientHello): the connection is
+// then no longer silent, and gets the full handshake deadline.
 type helloConn struct {
 	net.Conn
+	gc    *gatedConn
 	full  time.Time
 	heard bool
 }
@@ -461,6 +467,12 @@ func (c *helloConn) Read(p []byte) (int, error) {
 	if n > 0 && !c.heard {
 		c.heard = true
 		c.Conn.SetDeadline(c.full)
+		g := c.gc.g
+		g.mu.Lock()
+		if c.gc.state == stSilent {
+			g.moveLocked(c.gc, stHello)
+		}
+		g.mu.Unlock()
 	}
 	return n, err
 }
