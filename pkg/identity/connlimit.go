@@ -280,7 +280,9 @@ func (g *ConnGate) moveLocked(gc *gatedConn, to connState) {
 	gc.state = to
 	switch to {
 	case stGone:
-		delete(g.byAddr, gc.key)
+		if g.byAddr[gc.key] == gc { // a new connection may reuse the address
+			delete(g.byAddr, gc.key)
+		}
 		gc.stopIdleLocked()
 		return
 	case stAuth:

@@ -204,6 +204,34 @@ func TestTokenPrecheck(t *testing.T) {
 		})
 	}
 
+	t.Run("keys unreadable: claims still checked, signatures left to the TokenReview", func(t *testing.T) {
+		att, reviews := newAttestor(t, env.Config, clock)
+		// A user no RBAC rule grants anything: issuer discovery is 403.
+		client, err := kubernetes.NewForConfig(env.UserConfig(t, "nobody"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blind, err := NewTokenPrecheck(TokenPrecheckConfig{Next: att, Client: client.Discovery().RESTClient(), Clock: clock, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := blind.Attest(ctx, env.PodToken(t, "team-a", "web", "web-0", "vault", 0)); err == nil || !strings.Contains(err.Error(), `audience "vault"`) {
+			t.Fatalf("wrong audience without keys: %v", err)
+		}
+		if reviews.count() != 0 {
+			t.Fatalf("%d TokenReviews for a wrong-audience token", reviews.count())
+		}
+		if _, err := blind.Attest(ctx, forge(t, kid, claims(nil))); !errors.Is(err, identity.ErrUnauthenticated) || !strings.Contains(err.Error(), "refused the token") {
+			t.Fatalf("forged token without keys: %v, want the API server's refusal", err)
+		}
+		if reviews.count() != 1 {
+			t.Fatalf("%d TokenReviews for a forged token without keys, want 1", reviews.count())
+		}
+		if id, err := blind.Attest(ctx, env.PodToken(t, "team-a", "web", "web-0", DefaultAudience, 0)); err != nil || id.String() != "spiffe://cluster.local/ns/team-a/sa/web" {
+			t.Fatalf("good token without keys: %v, %v", id, err)
+		}
+	})
+
 	t.Run("unknown key IDs fetch keys at most once per interval", func(t *testing.T) {
 		clock.Set(time.Now().Add(time.Hour)) // past the last fetch's interval
 		defer clock.Set(time.Now())
