@@ -66,9 +66,22 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.StringVar(&c.Kube.Identity, "replica-name", env("POD_NAME", hostname()), "this replica's name in the Lease (env POD_NAME)")
 	fs.BoolVar(&c.Kube.TokenReview, "k8s-tokens", false, "accept projected ServiceAccount tokens (TokenReview); default on with --store=kubernetes")
 	fs.StringVar(&c.Kube.Audience, "token-audience", "tether-ca", "audience projected tokens must carry")
+	fs.Func("token-extra-issuer", "also accept projected tokens from this issuer (repeat; while the cluster migrates --service-account-issuer)", func(v string) error {
+		if v == "" {
+			return fmt.Errorf("empty issuer")
+		}
+		c.Kube.ExtraIssuers = append(c.Kube.ExtraIssuers, v)
+		return nil
+	})
 	fs.BoolVar(&c.Kube.PublishBundle, "publish-bundle", false, "write ConfigMap tether-trust-bundle in every namespace with injection enabled; default on with --store=kubernetes")
 	fs.StringVar(&c.Kube.UpstreamIssuer, "upstream-issuer", "", "take the signing intermediate from this cert-manager issuer (Issuer/NAME or ClusterIssuer/NAME)")
 	fs.StringVar(&c.Kube.UpstreamNamespace, "upstream-namespace", "", "namespace of the CertificateRequests (default --namespace)")
+	fs.IntVar(&c.ConnLimits.MaxConns, "max-conns", identity.DefaultMaxConns, "connections the CA port holds; when full, a new one evicts the oldest unauthenticated one")
+	fs.IntVar(&c.ConnLimits.MaxConnsPerSource, "max-conns-per-source", identity.DefaultMaxConnsPerSource, "unauthenticated connections one source IP address may hold")
+	fs.DurationVar(&c.ConnLimits.HandshakeTimeout, "handshake-timeout", identity.DefaultHandshakeTimeout, "time a new connection has to complete its TLS handshake")
+	fs.DurationVar(&c.ConnLimits.PressureHandshakeTimeout, "pressure-handshake-timeout", identity.DefaultPressureHandshakeTimeout, "while more than half of --max-conns is in use, the time a new connection has to send its ClientHello (then it gets --handshake-timeout)")
+	fs.DurationVar(&c.ConnLimits.IdleTimeout, "unauthenticated-idle-timeout", identity.DefaultUnauthIdleTimeout, "close a connection without an SVID after this long with no RPC in progress")
+	fs.DurationVar(&c.ConnLimits.MaxConnectionIdle, "max-connection-idle", identity.DefaultMaxConnectionIdle, "close a connection with an SVID after this long with no RPC in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -63,6 +64,10 @@ type Config struct {
 
 	Kube KubeConfig
 
+	// ConnLimits bound the connections on ListenAddr (zero fields: the
+	// defaults of identity.ConnLimits).
+	ConnLimits identity.ConnLimits
+
 	Logger *slog.Logger
 }
 
@@ -77,6 +82,9 @@ type KubeConfig struct {
 	// TokenReview accepts projected ServiceAccount tokens.
 	TokenReview bool
 	Audience    string
+	// ExtraIssuers are token issuers accepted besides the one the API
+	// server publishes (while the cluster migrates its issuer).
+	ExtraIssuers []string
 	// PublishBundle writes the tether-trust-bundle ConfigMaps.
 	PublishBundle bool
 	// UpstreamIssuer is "Issuer/NAME" or "ClusterIssuer/NAME" of cert-manager.
@@ -143,6 +151,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--svid-ttl-for: %w", err)
 	}
 	c.SVIDTTLFor = rules
+	if err := c.ConnLimits.Validate(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -262,7 +273,8 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Unlock()
 
 	server := identity.NewServer(s.ca, s.attestors, s.log)
-	g := server.GRPCServer()
+	gate := identity.NewConnGate(s.cfg.ConnLimits, s.registry, s.log)
+	g := server.GRPCServer(gate.ServerOptions(credentials.NewTLS(server.TLSConfig()))...)
 	adminGRPC := identity.NewAdminServer(s.ca, s.log).GRPCServer()
 	httpAdmin := admin.New(s.cfg.AdminAddr, s.ca.Ready, s.registry, s.log, admin.WithMetrics("ca", s.registry))
 
@@ -277,7 +289,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	run("grpc", func() error { return g.Serve(grpcL) })
+	run("grpc", func() error { return g.Serve(gate.Listener(grpcL)) })
 	run("admin socket", func() error { return adminGRPC.Serve(sockL) })
 	run("admin http", func() error { return httpAdmin.Serve(ctx, adminL) })
 	run("ca", func() error { return s.ca.Run(ctx) })

@@ -41,6 +41,8 @@ func TestConfigValidation(t *testing.T) {
 		{"upstream intermediate shorter than three propagation delays", func(c *Config) {
 			c.Kube.UpstreamIssuer, c.IntermediateTTL, c.PropagationDelay = "ClusterIssuer/corp-ca", 2*time.Hour, time.Hour
 		}, "--propagation-delay 1h0m0s must be less than a third of --intermediate-ttl"},
+		{"negative connection cap", func(c *Config) { c.ConnLimits.MaxConns = -1 }, "connection caps must not be negative"},
+		{"negative idle timeout", func(c *Config) { c.ConnLimits.IdleTimeout = -time.Second }, "connection timeouts must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -85,7 +85,8 @@ func (s *Service) setupKube(ctx context.Context, caCfg *identity.Config) error {
 	return nil
 }
 
-// setupAttestors adds TokenReview attestation when enabled.
+// setupAttestors adds TokenReview attestation, behind a local precheck,
+// when enabled.
 func (s *Service) setupAttestors(td identity.Config) error {
 	if !s.cfg.Kube.TokenReview {
 		return nil
@@ -98,7 +99,16 @@ func (s *Service) setupAttestors(td identity.Config) error {
 	if err != nil {
 		return err
 	}
-	s.attestors[identity.KindK8sSAT] = att
+	// Tokens the API server would refuse are refused here first, so that
+	// invalid tokens do not each cost a TokenReview.
+	pre, err := kube.NewTokenPrecheck(kube.TokenPrecheckConfig{
+		Next: att, Client: cs.Discovery().RESTClient(), Audiences: []string{s.cfg.Kube.Audience},
+		ExtraIssuers: s.cfg.Kube.ExtraIssuers, Registerer: s.registry, Logger: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	s.attestors[identity.KindK8sSAT] = pre
 	return nil
 }
 
