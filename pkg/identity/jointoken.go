@@ -47,8 +47,8 @@ func (c *CA) createJoinToken(ctx context.Context, id spiffeid.ID, ttl time.Durat
 	if ttl <= 0 || ttl > MaxJoinTokenTTL {
 		return "", time.Time{}, fmt.Errorf("%w: join token lifetime %s must be between 1s and %s", ErrConfig, ttl, MaxJoinTokenTTL)
 	}
-	if err := c.CheckAttestation(id); err != nil {
-		return "", time.Time{}, fmt.Errorf("%w; no join token is made for it", err)
+	if err := c.checkTokenFor(id); err != nil {
+		return "", time.Time{}, err
 	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {

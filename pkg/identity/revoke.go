@@ -396,6 +396,23 @@ func (c *CA) CheckAttestation(id spiffeid.ID) error {
 	return nil
 }
 
+// checkTokenFor refuses a join token for id while a revocation blocks the
+// ID until `tether ca unrevoke`: no such token could ever be used. (A
+// token for an ID blocked for a while, or only for the replicas to catch
+// up, may be used once the block ends.)
+func (c *CA) checkTokenFor(id spiffeid.ID) error {
+	ids := id.String()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range c.state.Revocations {
+		if r.Kind == RevokedID && r.Value == ids && r.Until.IsZero() {
+			return fmt.Errorf("%w: %s was revoked at %s and may not be attested until an operator runs `tether ca unrevoke`; no join token is made for it",
+				ErrRevoked, id, r.RevokedAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
+}
+
 // refuseRevokedPeer checks the SVID the caller presented, if any.
 func (s *Server) refuseRevokedPeer(ctx context.Context, id spiffeid.ID) error {
 	p, ok := peer.FromContext(ctx)

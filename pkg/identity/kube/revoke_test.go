@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -130,6 +131,14 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 		return revoked(err)
 	})
 	t.Logf("replica B refused the revoked ID %s after the revocation on A (tick %s)", time.Since(start).Round(time.Millisecond), tick)
+	// The three revocations are three writes: B may have reloaded between
+	// them. Once it shows all of them, each must be enforced.
+	eventually(t, 10*time.Second, "replica B shows all the revocations", func() error {
+		if n := len(caB.Status().Revocations); n != 4 {
+			return fmt.Errorf("%d revocations, want 4", n)
+		}
+		return nil
+	})
 	if err := revoked(func() error { _, err := fetch(addrB, caB, api, nil); return err }()); err != nil {
 		t.Fatalf("replica B, renewal of a revoked serial: %v", err)
 	}
