@@ -22,9 +22,8 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
-// startService runs a tether-ca from c until the test ends and returns it
-// with the trust bundle it wrote.
-func startService(t *testing.T, c Config) (*Service, *x509bundle.Bundle) {
+// runService runs a tether-ca from c until the test ends.
+func runService(t *testing.T, c Config) *Service {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := New(ctx, c)
@@ -40,7 +39,16 @@ func startService(t *testing.T, c Config) (*Service, *x509bundle.Bundle) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	return svc
+}
+
+// startService runs a tether-ca from c until the test ends and returns it
+// with the trust bundle it wrote.
+func startService(t *testing.T, c Config) (*Service, *x509bundle.Bundle) {
+	t.Helper()
+	svc := runService(t, c)
 	var bundle *x509bundle.Bundle
+	var err error
 	testutil.Eventually(t, "CA serving", 10*time.Second, func() bool {
 		bundle, err = identity.LoadBundlePEM(filepath.Join(c.StoreDir, "bundle.pem"), c.TrustDomain)
 		return err == nil && svc.Addr("grpc") != nil && svc.Addr("admin") != nil
