@@ -162,3 +162,14 @@ func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) {
 		}
 	}()
 }
+
+// Go runs run in a goroutine until the test ends, when its context is
+// cancelled and run is waited for; the returned cancel stops it sooner.
+// What run returns is ignored.
+func Go(t testing.TB, run func(context.Context) error) context.CancelFunc {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return cancel
+}
