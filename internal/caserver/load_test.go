@@ -25,21 +25,7 @@ import (
 // runService runs a tether-ca from c until the test ends.
 func runService(t *testing.T, c Config) *Service {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := New(ctx, c)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return svc
+	return testutil.Start(t, "Run", func(ctx context.Context) (*Service, error) { return New(ctx, c) }, (*Service).Run)
 }
 
 // startService runs a tether-ca from c until the test ends and returns it

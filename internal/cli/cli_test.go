@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/internal/cli"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -30,21 +31,7 @@ func caConfig(dir string) caserver.Config {
 // runCA runs a tether-ca service from c until the test ends.
 func runCA(t *testing.T, c caserver.Config) *caserver.Service {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := caserver.New(ctx, c)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("CA run: %v", err)
-		}
-	})
-	return svc
+	return testutil.Start(t, "CA run", func(ctx context.Context) (*caserver.Service, error) { return caserver.New(ctx, c) }, (*caserver.Service).Run)
 }
 
 // startCA runs a real tether-ca service on loopback with a disk store.
