@@ -10,16 +10,9 @@ import (
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
-func medianInt(xs []int64) int64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func medianF(xs []float64) float64 {
+// median is the middle value of xs (the upper one of an even count), 0 for
+// none.
+func median[T int64 | float64](xs []T) T {
 	if len(xs) == 0 {
 		return 0
 	}
@@ -83,8 +76,8 @@ func report(w io.Writer, c config, results []result) {
 				continue
 			}
 			agg[b] = figures{peak, rss, p50, rate}
-			fmt.Fprintf(w, "| %s | %s | %s | %.0f / %d | %d | %d / %d | %s | %s | %s |\n", b, mib(medianInt(peak)), mib(medianInt(rss)),
-				medianF(held), medianInt(heldMax), medianInt(attempts), ok, tried, ms(quantile(lat, 0.5)), ms(quantile(lat, 0.99)), strings.Join(refused, "; "))
+			fmt.Fprintf(w, "| %s | %s | %s | %.0f / %d | %d | %d / %d | %s | %s | %s |\n", b, mib(median(peak)), mib(median(rss)),
+				median(held), median(heldMax), median(attempts), ok, tried, ms(quantile(lat, 0.5)), ms(quantile(lat, 0.99)), strings.Join(refused, "; "))
 		}
 		t, base := agg["tether"], agg["tether-base"]
 		if len(t.peak) > 0 && len(base.peak) > 0 {
@@ -95,10 +88,10 @@ func report(w io.Writer, c config, results []result) {
 				return fmt.Sprintf("%.2f×", a/b)
 			}
 			fmt.Fprintf(w, "\ntether ÷ tether-base: peak RSS %s, RSS during the flood %s, issuance p50 %s, issuance success rate %s\n",
-				ratio(float64(medianInt(t.peak)), float64(medianInt(base.peak))),
-				ratio(float64(medianInt(t.rss)), float64(medianInt(base.rss))),
-				ratio(medianF(t.p50), medianF(base.p50)),
-				ratio(medianF(t.rate), medianF(base.rate)))
+				ratio(float64(median(t.peak)), float64(median(base.peak))),
+				ratio(float64(median(t.rss)), float64(median(base.rss))),
+				ratio(median(t.p50), median(base.p50)),
+				ratio(median(t.rate), median(base.rate)))
 		}
 	}
 }

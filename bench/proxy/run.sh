@@ -22,22 +22,14 @@ set -euo pipefail
 # Same build tags as the Makefile (see its GOFLAGS comment).
 [[ " ${GOFLAGS:-} " == *grpcnotrace* ]] || export GOFLAGS="${GOFLAGS:-} -tags=grpcnotrace"
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 
-sub=() base_rev="" args=()
+sub=()
 if [ "${1:-}" = mem ]; then
   sub=(mem)
   shift
 fi
-while [ $# -gt 0 ]; do
-  case $1 in
-    -baseline-rev | --baseline-rev)
-      [ $# -ge 2 ] || { echo "bench/proxy/run.sh: -baseline-rev needs a git revision, e.g. -baseline-rev main" >&2; exit 2; }
-      base_rev=$2; shift ;;
-    -baseline-rev=* | --baseline-rev=*) base_rev=${1#*=} ;;
-    *) args+=("$1") ;;
-  esac
-  shift
-done
+bench_args bench/proxy/run.sh "$@"
 set -- ${args[@]+"${args[@]}"}
 
 if [ ${#sub[@]} = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -50,19 +42,9 @@ if [ ${#sub[@]} = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; th
   fi
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/proxybench.XXXXXX")
-pid=""
-cleanup() {
-  # proxybench stops its children (echo, tether-ca, the pairs) on SIGTERM;
-  # they also get SIGKILL if it dies first.
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# proxybench stops its children (echo, tether-ca, the pairs) on SIGTERM;
+# they also get SIGKILL if it dies first.
+bench_workdir proxybench
 
 go build -o "$work/bin/tether-ca" ./cmd/ca
 go build -o "$work/bin/tether-sidecar" ./cmd/sidecar
@@ -75,22 +57,10 @@ if [ -n "$base_rev" ]; then
 fi
 
 version() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo "not installed"; }
-cpus=$(nproc)
-load=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if ! git diff --quiet HEAD -- pkg/proxy internal/sidecar cmd/sidecar 2>/dev/null; then
-  rev="$rev + uncommitted changes in the data path"
-fi
-echo "# $(date -u +%FT%TZ); $cpus CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); load average $load"
-echo "# $(go version | cut -d' ' -f3-); commit $rev"
-[ -z "$base_rev" ] || echo "# tether-base: $base_rev = commit $(git rev-parse --short "$base_rev")"
+bench_machine "the data path" pkg/proxy internal/sidecar cmd/sidecar
 [ ${#sub[@]} != 0 ] || echo "# Debian: stunnel4 $(version stunnel4), haproxy $(version haproxy), libssl3 $(version libssl3)"
-if awk -v l="${load%% *}" -v n="$cpus" 'BEGIN { exit !(l > n / 2) }'; then
-  echo "# warning: load average ${load%% *} on $cpus CPUs; other work will skew the figures" >&2
-fi
+bench_load_warning
 echo "# bench/proxy/run.sh ${sub[*]:+${sub[*]} }${base_rev:+-baseline-rev $base_rev }$*"
 echo "# = proxybench ${sub[*]:+${sub[*]} }-bin <tmp>/bin ${base_rev:+-baseline-bin <tmp>/base }$*"
 echo
-"$work/bin/proxybench" ${sub[@]+"${sub[@]}"} -bin "$work/bin" ${base[@]+"${base[@]}"} "$@" &
-pid=$!
-wait "$pid"
+bench_run "$work/bin/proxybench" ${sub[@]+"${sub[@]}"} -bin "$work/bin" ${base[@]+"${base[@]}"} "$@"

@@ -35,18 +35,7 @@ func TestKubernetesMode(t *testing.T) {
 	c.BundleFile = filepath.Join(t.TempDir(), "bundle.pem")
 	c.Kube = KubeConfig{Kubeconfig: env.Kubeconfig(t), Namespace: "tether-system", SecretName: "tether-ca", LeaseName: "tether-ca",
 		Identity: "ca-0", TokenReview: true, Audience: "tether-ca", PublishBundle: true}
-	svc, err := New(ctx, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	svc := runService(t, c)
 	wait := func(what string, cond func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(30 * time.Second); !cond(); {

@@ -22,25 +22,19 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
+// runService runs a tether-ca from c until the test ends.
+func runService(t *testing.T, c Config) *Service {
+	t.Helper()
+	return testutil.Start(t, "Run", func(ctx context.Context) (*Service, error) { return New(ctx, c) }, (*Service).Run)
+}
+
 // startService runs a tether-ca from c until the test ends and returns it
 // with the trust bundle it wrote.
 func startService(t *testing.T, c Config) (*Service, *x509bundle.Bundle) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := New(ctx, c)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	svc := runService(t, c)
 	var bundle *x509bundle.Bundle
+	var err error
 	testutil.Eventually(t, "CA serving", 10*time.Second, func() bool {
 		bundle, err = identity.LoadBundlePEM(filepath.Join(c.StoreDir, "bundle.pem"), c.TrustDomain)
 		return err == nil && svc.Addr("grpc") != nil && svc.Addr("admin") != nil

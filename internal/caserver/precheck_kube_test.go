@@ -57,20 +57,7 @@ func TestInvalidTokensCostNoTokenReview(t *testing.T) {
 	c.BundleFile = filepath.Join(t.TempDir(), "bundle.pem")
 	c.Kube = KubeConfig{Kubeconfig: env.Kubeconfig(t), Namespace: "tether-system", SecretName: "tether-ca", LeaseName: "tether-ca",
 		Identity: "ca-0", TokenReview: true, Audience: "tether-ca"}
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := New(ctx, c)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	svc := runService(t, c)
 	testutil.Eventually(t, "CA serving", 30*time.Second, func() bool {
 		_, err := identity.LoadBundlePEM(c.BundleFile, c.TrustDomain)
 		return err == nil && svc.Addr("grpc") != nil
@@ -85,7 +72,7 @@ func TestInvalidTokensCostNoTokenReview(t *testing.T) {
 	}
 	defer cl.Close()
 	sign := func(token string) error {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_, _, err := cl.FetchSVID(rctx, &cav1.Credential{Kind: identity.KindK8sSAT, Token: token})
 		return err

@@ -110,14 +110,20 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (a *App) caStatus(ctx context.Context, args []string) error {
-	fs := a.flags("ca status")
+// dialAdminCmd parses the arguments of a CA command whose only flag is
+// --socket and dials the CA operator socket it names.
+func (a *App) dialAdminCmd(name string, args []string) (cav1.AdminClient, func(), error) {
+	fs := a.flags(name)
 	var socket string
 	socketFlag(fs, &socket)
 	if err := parse(fs, args, 0); err != nil {
-		return err
+		return nil, nil, err
 	}
-	api, done, err := dialAdmin(socket)
+	return dialAdmin(socket)
+}
+
+func (a *App) caStatus(ctx context.Context, args []string) error {
+	api, done, err := a.dialAdminCmd("ca status", args)
 	if err != nil {
 		return err
 	}

@@ -99,13 +99,7 @@ func (a *App) caUnrevoke(ctx context.Context, args []string) error {
 
 // caTokenList is `tether ca token list`.
 func (a *App) caTokenList(ctx context.Context, args []string) error {
-	fs := a.flags("ca token list")
-	var socket string
-	socketFlag(fs, &socket)
-	if err := parse(fs, args, 0); err != nil {
-		return err
-	}
-	api, done, err := dialAdmin(socket)
+	api, done, err := a.dialAdminCmd("ca token list", args)
 	if err != nil {
 		return err
 	}

@@ -14,30 +14,31 @@ import (
 
 	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/internal/cli"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
+
+// caConfig is the configuration of a test tether-ca on loopback with a
+// disk store in dir.
+func caConfig(dir string) caserver.Config {
+	return caserver.Config{
+		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
+		PropagationDelay: time.Minute, TickInterval: time.Second,
+	}
+}
+
+// runCA runs a tether-ca service from c until the test ends.
+func runCA(t *testing.T, c caserver.Config) *caserver.Service {
+	t.Helper()
+	return testutil.Start(t, "CA run", func(ctx context.Context) (*caserver.Service, error) { return caserver.New(ctx, c) }, (*caserver.Service).Run)
+}
 
 // startCA runs a real tether-ca service on loopback with a disk store.
 func startCA(t *testing.T) (grpcAddr, socket, dir string) {
 	t.Helper()
 	dir = t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := caserver.New(ctx, caserver.Config{
-		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
-		PropagationDelay: time.Minute, TickInterval: time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("CA run: %v", err)
-		}
-	})
+	svc := runCA(t, caConfig(dir))
 	for range 100 {
 		if a := svc.Addr("grpc"); a != nil {
 			if _, err := os.Stat(filepath.Join(dir, "bundle.pem")); err == nil {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
@@ -71,24 +70,9 @@ func TestStatusSaysOverdue(t *testing.T) {
 	if st := old.Status(); !st.IntermediateRenewalAt.Before(time.Now()) || !st.Generations[0].IntermediateNotAfter.After(time.Now()) {
 		t.Fatalf("setup: intermediate renewal due %s, intermediate valid until %s: want overdue, still valid", st.IntermediateRenewalAt, st.Generations[0].IntermediateNotAfter)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := caserver.New(ctx, caserver.Config{
-		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: interTTL, RootTTL: rootTTL,
-		PropagationDelay: time.Minute, TickInterval: 200 * time.Millisecond, AutoRotate: false,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("CA run: %v", err)
-		}
-	})
+	c := caConfig(dir)
+	c.IntermediateTTL, c.RootTTL, c.TickInterval, c.AutoRotate = interTTL, rootTTL, 200*time.Millisecond, false
+	runCA(t, c)
 	sock := filepath.Join(dir, "admin.sock")
 	testutil.Eventually(t, "admin socket", 10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
 	var out string

@@ -149,20 +149,8 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	} else if len(dnsCfg.EgressAllow) > 0 {
 		return c, fmt.Errorf("--egress-allow needs the DNS server, which records the addresses of allowed names: give --dns-listen (it is on by default only with --transparent and --discovery)")
 	}
-	if *joinTokenFile != "" {
-		if c.JoinToken != "" {
-			return c, fmt.Errorf("give --join-token (or TETHER_JOIN_TOKEN) or --join-token-file, not both")
-		}
-		tok, err := identity.ReadJoinTokenFile(*joinTokenFile, os.Stdin)
-		if err != nil {
-			return c, fmt.Errorf("--join-token-file: %w", err)
-		}
-		c.JoinToken = tok
-	}
-	if c.JoinToken == "" && c.TokenFile == "" {
-		if _, err := os.Stat(ProjectedTokenPath); err == nil {
-			c.TokenFile = ProjectedTokenPath
-		}
+	if err := identity.ResolveJoinTokenFlags(&c.JoinToken, &c.TokenFile, *joinTokenFile, ProjectedTokenPath, os.Stdin); err != nil {
+		return c, err
 	}
 	log, err := logging.New(os.Stderr, *logLevel, *logFormat)
 	if err != nil {

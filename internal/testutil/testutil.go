@@ -162,3 +162,37 @@ func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) {
 		}
 	}()
 }
+
+// Go runs run in a goroutine until the test ends, when its context is
+// cancelled and run is waited for; the returned cancel stops it sooner.
+// What run returns is ignored.
+func Go(t testing.TB, run func(context.Context) error) context.CancelFunc {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return cancel
+}
+
+// Start calls start with a context that ends with the test, and runs run
+// on what it returned and that context in a goroutine until the test ends,
+// when the context is cancelled, run is waited for and an error it returns
+// fails the test, after what. An error from start fails the test at once.
+func Start[T any](t testing.TB, what string, start func(context.Context) (T, error), run func(T, context.Context) error) T {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := start(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- run(s, ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	})
+	return s
+}

@@ -1,14 +1,12 @@
 package identity_test
 
 import (
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -18,33 +16,11 @@ import (
 func TestAdminSocketModeFromTheStart(t *testing.T) {
 	for range 20 {
 		path := filepath.Join(t.TempDir(), "admin.sock")
-		stop, saw := make(chan struct{}), make(chan struct{})
-		var seen []fs.FileMode
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				if fi, err := os.Lstat(path); err == nil {
-					seen = append(seen, fi.Mode())
-					if len(seen) == 1 {
-						close(saw)
-					}
-				}
-				select {
-				case <-stop:
-					return
-				default:
-				}
-			}
-		}()
-		l, err := identity.ListenUnix(path)
-		select { // the watcher has seen the socket, or it never appeared
-		case <-saw:
-		case <-time.After(time.Second):
-		}
-		close(stop)
-		wg.Wait()
+		var l net.Listener
+		seen, err := testutil.WatchModes(path, func() (err error) {
+			l, err = identity.ListenUnix(path)
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,14 +30,7 @@ func TestAdminSocketModeFromTheStart(t *testing.T) {
 			c.Close()
 		}
 		l.Close()
-		if len(seen) == 0 {
-			t.Fatal("the watcher never saw the socket")
-		}
-		for _, m := range seen {
-			if m != fs.ModeSocket|0o600 {
-				t.Fatalf("the admin socket existed with mode %v, want only %v", m, fs.ModeSocket|0o600)
-			}
-		}
+		testutil.CheckSocketModes(t, seen, 0o600, "admin socket")
 		if _, err := os.Lstat(path); err == nil {
 			t.Fatal("admin socket left behind after Close")
 		}

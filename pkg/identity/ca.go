@@ -270,13 +270,9 @@ func (c *CA) bootstrapLocked(ctx context.Context) error {
 // applyLocked makes st the CA's state: it swaps in the signing authority and
 // publishes a new bundle version if the roots changed.
 func (c *CA) applyLocked(st *State, rev string) error {
-	act := st.active()
-	if act == nil {
-		return fmt.Errorf("%w: no active generation", ErrCorruptState)
-	}
-	a, err := act.authority()
+	_, a, err := st.activeAuthority()
 	if err != nil {
-		return fmt.Errorf("%w: generation %d: %v", ErrCorruptState, act.ID, err)
+		return err
 	}
 	c.state, c.rev = st, rev
 	c.auth.Store(a)

@@ -56,17 +56,21 @@ func (c *CA) newGeneration(ctx context.Context, st *State, state GenerationState
 	if err := c.renewIntermediate(ctx, &g, now); err != nil {
 		return g, err
 	}
+	err := g.newJWTKey()
+	return g, err
+}
+
+// newJWTKey gives g a new JWT-SVID signing key and key ID.
+func (g *Generation) newJWTKey() error {
 	jwtKey, err := NewKey()
 	if err != nil {
-		return g, err
+		return err
 	}
 	if g.JWTKey, err = x509.MarshalPKCS8PrivateKey(jwtKey); err != nil {
-		return g, err
+		return err
 	}
-	if g.JWTKeyID, err = newKeyID(); err != nil {
-		return g, err
-	}
-	return g, nil
+	g.JWTKeyID, err = newKeyID()
+	return err
 }
 
 // renewIntermediate gives g a new signing intermediate, signed by its own
@@ -300,13 +304,9 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, er
 // the intermediates of the active and prepared generations whether due or
 // not. It refuses when renewing cannot extend the active intermediate.
 func (c *CA) renewIntermediateNow(ctx context.Context, st *State, now time.Time) error {
-	act := st.active()
-	if act == nil {
-		return fmt.Errorf("%w: no active generation", ErrCorruptState)
-	}
-	a, err := act.authority()
+	act, a, err := st.activeAuthority()
 	if err != nil {
-		return fmt.Errorf("%w: generation %d: %v", ErrCorruptState, act.ID, err)
+		return err
 	}
 	if root := a.roots[0]; c.cfg.Upstream == nil && !now.Before(root.NotAfter) {
 		return fmt.Errorf("%w: the root of generation %d ended at %s: no intermediate it signs can be valid, and every SVID it signed has expired; start from a new CA state (and give every sidecar the new bundle)",

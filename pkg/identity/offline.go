@@ -85,17 +85,8 @@ func (c *CA) offlineGeneration(st *State, now time.Time) (Generation, error) {
 	}
 	st.NextGeneration++
 	g := Generation{ID: st.NextGeneration, State: Active, CreatedAt: now, Roots: o.Roots, Chain: o.Chain, ChainKey: o.Key, OfflineRoot: true}
-	jwtKey, err := NewKey()
-	if err != nil {
-		return g, err
-	}
-	if g.JWTKey, err = x509.MarshalPKCS8PrivateKey(jwtKey); err != nil {
-		return g, err
-	}
-	if g.JWTKeyID, err = newKeyID(); err != nil {
-		return g, err
-	}
-	return g, nil
+	err := g.newJWTKey()
+	return g, err
 }
 
 // installOffline puts the operator's intermediate in place of the active

@@ -3,11 +3,8 @@ package identity_test
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -117,20 +114,9 @@ func opensslVerify(t *testing.T, svid *x509svid.SVID, roots []*x509.Certificate)
 		return
 	}
 	dir := t.TempDir()
-	write := func(name string, certs []*x509.Certificate) string {
-		var b []byte
-		for _, c := range certs {
-			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	out, err := exec.Command(openssl, "verify", "-x509_strict", "-purpose", "sslclient",
-		"-CAfile", write("roots.pem", roots), "-untrusted", write("chain.pem", svid.Certificates[1:]),
-		write("leaf.pem", svid.Certificates[:1])).CombinedOutput()
+		"-CAfile", writePEM(t, dir, "roots.pem", roots...), "-untrusted", writePEM(t, dir, "chain.pem", svid.Certificates[1:]...),
+		writePEM(t, dir, "leaf.pem", svid.Certificates[:1]...)).CombinedOutput()
 	if err != nil {
 		t.Fatalf("openssl verify: %v\n%s", err, out)
 	}

@@ -175,6 +175,20 @@ func (s *State) active() *Generation {
 	return s.find(Active)
 }
 
+// activeAuthority returns the active generation and its parsed authority;
+// an error (ErrCorruptState) when there is none or it does not parse.
+func (s *State) activeAuthority() (*Generation, *authority, error) {
+	act := s.active()
+	if act == nil {
+		return nil, nil, fmt.Errorf("%w: no active generation", ErrCorruptState)
+	}
+	a, err := act.authority()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: generation %d: %v", ErrCorruptState, act.ID, err)
+	}
+	return act, a, nil
+}
+
 func (s *State) find(state GenerationState) *Generation {
 	for i := range s.Generations {
 		if s.Generations[i].State == state {

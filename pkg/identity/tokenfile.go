@@ -37,3 +37,27 @@ func ReadJoinTokenFile(path string, stdin io.Reader) (string, error) {
 	}
 	return tok, nil
 }
+
+// ResolveJoinTokenFlags settles a command's join token from its flags:
+// joinTokenFile (--join-token-file, or its environment variable), when
+// given, is read with ReadJoinTokenFile into *joinToken, which must then be
+// empty; with neither a join token nor *tokenFile, *tokenFile becomes
+// projected when that file exists.
+func ResolveJoinTokenFlags(joinToken, tokenFile *string, joinTokenFile, projected string, stdin io.Reader) error {
+	if joinTokenFile != "" {
+		if *joinToken != "" {
+			return fmt.Errorf("give --join-token (or TETHER_JOIN_TOKEN) or --join-token-file, not both")
+		}
+		tok, err := ReadJoinTokenFile(joinTokenFile, stdin)
+		if err != nil {
+			return fmt.Errorf("--join-token-file: %w", err)
+		}
+		*joinToken = tok
+	}
+	if *joinToken == "" && *tokenFile == "" {
+		if _, err := os.Stat(projected); err == nil {
+			*tokenFile = projected
+		}
+	}
+	return nil
+}

@@ -60,11 +60,7 @@ func newAgent(t *testing.T, c *testCA, cred func() (*cav1.Credential, error)) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return a, cancel
+	return a, testutil.Go(t, a.Run)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -355,10 +351,7 @@ func TestNoRenewalStormNearIntermediateExpiry(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { a.Run(ctx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
+		testutil.Go(t, a.Run)
 		waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
 		regs = append(regs, reg)
 	}
@@ -387,10 +380,7 @@ func TestRenewalFloorPacesRenewalsOfShortSVIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testutil.Go(t, a.Run)
 	waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
 	time.Sleep(left + time.Second)
 	n := renewals(reg)

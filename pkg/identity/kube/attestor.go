@@ -108,12 +108,7 @@ func NewTokenReviewAttestor(cfg TokenReviewConfig) (*TokenReviewAttestor, error)
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = DefaultReviewCacheSize
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = identity.RealClock
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Clock, cfg.Logger = clockAndLogger(cfg.Clock, cfg.Logger)
 	a := &TokenReviewAttestor{
 		client:    cfg.Client,
 		td:        cfg.TrustDomain,
@@ -287,4 +282,16 @@ func (c *reviewCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// clockAndLogger returns clock and log, with the real clock in place of a
+// nil clock and a logger that discards in place of a nil one.
+func clockAndLogger(clock identity.Clock, log *slog.Logger) (identity.Clock, *slog.Logger) {
+	if clock == nil {
+		clock = identity.RealClock
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return clock, log
 }

@@ -101,12 +101,7 @@ func NewLeaderElector(cfg LeaderElectorConfig) (*LeaderElector, error) {
 	if cfg.LeaseDuration < time.Second {
 		return nil, fmt.Errorf("leader election: lease duration %s is shorter than a second, the Lease's unit", cfg.LeaseDuration)
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = identity.RealClock
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Clock, cfg.Logger = clockAndLogger(cfg.Clock, cfg.Logger)
 	l := &LeaderElector{cfg: cfg, log: cfg.Logger.With(
 		slog.String("lease", cfg.Namespace+"/"+cfg.Name), slog.String("identity", cfg.Identity))}
 	if _, err := l.elector(0); err != nil { // validates the durations

@@ -147,12 +147,7 @@ func NewTokenPrecheck(cfg TokenPrecheckConfig) (*TokenPrecheck, error) {
 	if cfg.KeyMaxAge <= 0 {
 		cfg.KeyMaxAge = DefaultKeyMaxAge
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = identity.RealClock
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Clock, cfg.Logger = clockAndLogger(cfg.Clock, cfg.Logger)
 	p := &TokenPrecheck{
 		cfg: cfg,
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{

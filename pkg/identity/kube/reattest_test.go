@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"context"
 	"errors"
 	"net"
 	"os"
@@ -24,14 +23,10 @@ import (
 	"github.com/tether-mesh/tether/pkg/identity/agent"
 )
 
-// TestDeletedPodIdentityEnds: against a real API server, a Pod's SVID
-// obtained with its pod-bound token stops renewing once the Pod is deleted:
-// over mTLS alone it never renews, and with the token it is refused within
-// the API server's token cache (10 s) plus the attestor's review cache.
-func TestDeletedPodIdentityEnds(t *testing.T) {
-	env := kubetest.Start(t)
-	ctx := testContext(t, 2*time.Minute)
-	att, _ := newAttestor(t, env.Config, identity.RealClock)
+// serveCA serves a test CA on loopback, with att for Kubernetes tokens,
+// until the test ends.
+func serveCA(t *testing.T, att identity.Attestor) (*identity.CA, net.Listener) {
+	t.Helper()
 	ca := testutil.NewCA(t, identity.RealClock, nil)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -40,6 +35,18 @@ func TestDeletedPodIdentityEnds(t *testing.T) {
 	g := identity.NewServer(ca, map[string]identity.Attestor{identity.KindK8sSAT: att}, testLogger(t)).GRPCServer()
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
+	return ca, l
+}
+
+// TestDeletedPodIdentityEnds: against a real API server, a Pod's SVID
+// obtained with its pod-bound token stops renewing once the Pod is deleted:
+// over mTLS alone it never renews, and with the token it is refused within
+// the API server's token cache (10 s) plus the attestor's review cache.
+func TestDeletedPodIdentityEnds(t *testing.T) {
+	env := kubetest.Start(t)
+	ctx := testContext(t, 2*time.Minute)
+	att, _ := newAttestor(t, env.Config, identity.RealClock)
+	ca, l := serveCA(t, att)
 	fetch := func(svid *x509svid.SVID, cred *cav1.Credential) (*x509svid.SVID, error) {
 		var src x509svid.Source
 		if svid != nil {
@@ -137,14 +144,7 @@ func TestReviewCacheTTLCapped(t *testing.T) {
 func TestAgentRenewsWithRotatedToken(t *testing.T) {
 	env := kubetest.Start(t)
 	att, calls := newAttestor(t, env.Config, identity.RealClock)
-	ca := testutil.NewCA(t, identity.RealClock, nil)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := identity.NewServer(ca, map[string]identity.Attestor{identity.KindK8sSAT: att}, testLogger(t)).GRPCServer()
-	go g.Serve(l)
-	t.Cleanup(g.Stop)
+	ca, l := serveCA(t, att)
 
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	writeToken := func() {
@@ -166,10 +166,7 @@ func TestAgentRenewsWithRotatedToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testutil.Go(t, a.Run)
 	serial := func() string {
 		s, err := a.GetX509SVID()
 		if err != nil {

@@ -114,12 +114,7 @@ func NewCertManagerUpstream(cfg CertManagerConfig) (*CertManagerUpstream, error)
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultRequestTimeout
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = identity.RealClock
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Clock, cfg.Logger = clockAndLogger(cfg.Clock, cfg.Logger)
 	u := &CertManagerUpstream{cfg: cfg}
 	u.log = cfg.Logger.With(slog.String("upstream", u.Name()))
 	return u, nil

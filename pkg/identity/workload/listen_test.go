@@ -10,11 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity/workload"
 )
 
@@ -128,45 +127,16 @@ func TestSocketModeFromTheStart(t *testing.T) {
 		t.Run(fmt.Sprintf("%04o", tc.want), func(t *testing.T) {
 			for range 20 {
 				path := filepath.Join(t.TempDir(), "workload.sock")
-				stop, saw := make(chan struct{}), make(chan struct{})
-				var seen []fs.FileMode
-				var wg sync.WaitGroup
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						if fi, err := os.Lstat(path); err == nil {
-							seen = append(seen, fi.Mode())
-							if len(seen) == 1 {
-								close(saw)
-							}
-						}
-						select {
-						case <-stop:
-							return
-						default:
-						}
-					}
-				}()
-				l, err := workload.Listen(path, tc.access)
-				select { // the watcher has seen the socket, or it never appeared
-				case <-saw:
-				case <-time.After(time.Second):
-				}
-				close(stop)
-				wg.Wait()
+				var l net.Listener
+				seen, err := testutil.WatchModes(path, func() (err error) {
+					l, err = workload.Listen(path, tc.access)
+					return err
+				})
 				if err != nil {
 					t.Fatal(err)
 				}
 				l.Close()
-				if len(seen) == 0 {
-					t.Fatal("the watcher never saw the socket")
-				}
-				for _, m := range seen {
-					if m != fs.ModeSocket|tc.want {
-						t.Fatalf("the socket existed with mode %v, want only %v", m, fs.ModeSocket|tc.want)
-					}
-				}
+				testutil.CheckSocketModes(t, seen, tc.want, "socket")
 			}
 		})
 	}
