@@ -41,6 +41,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/freeport"
 	"github.com/tether-mesh/tether/internal/procstat"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
@@ -163,7 +164,7 @@ func run(ctx context.Context, c config) error {
 // startCA starts tether-ca from bin with a fresh directory store and
 // returns it once its bundle and admin socket exist.
 func startCA(ctx context.Context, dir, bin string, extra []string) (*exec.Cmd, string, string, error) {
-	ports, err := freePorts(2)
+	ports, err := freeport.Ports(2)
 	if err != nil {
 		return nil, "", "", err
 	}
@@ -208,25 +209,6 @@ func stopCmd(cmd *exec.Cmd) {
 		cmd.Process.Kill()
 		<-done
 	}
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func scenario(ctx context.Context, c config, build, bin string, sources int) (result, error) {

@@ -5,8 +5,6 @@ package cli_test
 import (
 	"bytes"
 	"errors"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-mesh/tether/internal/freeport"
 )
 
 // The tests below run `tether demo` as a user does: the real binaries,
@@ -93,32 +93,16 @@ func (s *syncBuffer) String() string {
 }
 
 // freePortRange returns a base port N such that N to N+32 are free now,
-// below the kernel's ephemeral ports (32768 and up): there no client
-// connection takes one of them between this check and the demo's start,
-// as could happen to ports the kernel picked with --ports 0.
+// below the ephemeral ports: there no client connection takes one of them
+// between this check and the demo's start, as could happen to ports the
+// kernel picked with --ports 0.
 func freePortRange(t *testing.T) int {
 	t.Helper()
-next:
-	for range 100 {
-		base := 20000 + rand.IntN(12000-32)
-		var held []net.Listener
-		for p := base; p <= base+32; p++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				for _, h := range held {
-					h.Close()
-				}
-				continue next
-			}
-			held = append(held, l)
-		}
-		for _, h := range held {
-			h.Close()
-		}
-		return base
+	base, err := freeport.Range(33)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free range of 33 loopback ports")
-	return 0
+	return base
 }
 
 // demoRun is a `tether demo` process.

@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -55,6 +54,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tether-mesh/tether/internal/freeport"
 	"github.com/tether-mesh/tether/pkg/inject"
 )
 
@@ -237,7 +237,7 @@ func start(t testing.TB, binDir string) (*Env, error) {
 	if err := env.writePKI(); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	ports, err := freeport.Ports(3)
 	if err != nil {
 		return nil, err
 	}
@@ -530,54 +530,6 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// ----------------------------------------------------------------------------
-// Ports
-
-var (
-	portMu    sync.Mutex
-	portsUsed = map[int]bool{}
-)
-
-// freePorts returns n distinct free loopback TCP ports. They are drawn at
-// random below Linux's ephemeral range (32768-60999), so that outgoing
-// connections cannot take them between now and their use, and never twice
-// in one test binary. Another process may still take one; Start retries once.
-func freePorts(n int) ([]int, error) {
-	portMu.Lock()
-	defer portMu.Unlock()
-	var ports []int
-	for tries := 0; len(ports) < n; tries++ {
-		var port int
-		if tries < 200 {
-			port = 20000 + mathrand.IntN(12000)
-			if portsUsed[port] {
-				continue
-			}
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-			if err != nil {
-				continue
-			}
-			l.Close()
-		} else {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				return nil, fmt.Errorf("finding a free port: %w", err)
-			}
-			port = l.Addr().(*net.TCPAddr).Port
-			l.Close()
-			if portsUsed[port] {
-				if tries > 400 {
-					return nil, errors.New("finding a free port: none left")
-				}
-				continue
-			}
-		}
-		portsUsed[port] = true
-		ports = append(ports, port)
-	}
-	return ports, nil
 }
 
 // ----------------------------------------------------------------------------

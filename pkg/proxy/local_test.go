@@ -7,13 +7,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/tether-mesh/tether/internal/freeport"
 	tu "github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
@@ -53,21 +53,16 @@ func namedApp(t *testing.T, addr, name string) (stop func()) {
 // or skips the test if the pod IP cannot be listened on here.
 func podPort(t *testing.T) uint16 {
 	t.Helper()
-	for range 10 {
-		l, err := net.Listen("tcp", netip.AddrPortFrom(testPodIP, 0).String())
-		if err != nil {
-			t.Skipf("cannot listen on %s here: %v", testPodIP, err)
-		}
-		port := uint16(l.Addr().(*net.TCPAddr).Port)
-		lo, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	if l, err := net.Listen("tcp", netip.AddrPortFrom(testPodIP, 0).String()); err != nil {
+		t.Skipf("cannot listen on %s here: %v", testPodIP, err)
+	} else {
 		l.Close()
-		if err == nil {
-			lo.Close()
-			return port
-		}
 	}
-	t.Fatal("no port free at both 127.0.0.1 and the pod IP")
-	return 0
+	port, err := freeport.Range(1, testPodIP.String(), loopback.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint16(port)
 }
 
 // localInbound is a transparent-mode inbound sidecar (LocalTarget)
