@@ -27,9 +27,20 @@ type entry struct {
 // no user or group names, and every parent directory present (0755).
 type tree map[string]entry
 
-func (t tree) file(p string, mode int64, data []byte) { t[clean(p)] = entry{typ: tar.TypeReg, mode: mode, data: data} }
-func (t tree) symlink(p, target string)             { t[clean(p)] = entry{typ: tar.TypeSymlink, mode: 0o777, link: target} }
-func (t tree) dir(p string, mode int64)              { t[clean(p)] = entry{typ: tar.TypeDir, mode: mode} }
+// file adds a regular file.
+func (t tree) file(p string, mode int64, data []byte) {
+	t[clean(p)] = entry{typ: tar.TypeReg, mode: mode, data: data}
+}
+
+// symlink adds a symbolic link to target.
+func (t tree) symlink(p, target string) {
+	t[clean(p)] = entry{typ: tar.TypeSymlink, mode: 0o777, link: target}
+}
+
+// dir adds a directory.
+func (t tree) dir(p string, mode int64) {
+	t[clean(p)] = entry{typ: tar.TypeDir, mode: mode}
+}
 
 // clean makes p absolute and clean.
 func clean(p string) string { return path.Clean("/" + p) }
