@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -37,12 +36,11 @@ func fetchDebs(dir string, pkgs []string) ([]*deb, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the package cache: %w", err)
 	}
-	var debs []*deb
-	for _, p := range pkgs {
-		d, err := candidate(p)
-		if err != nil {
-			return nil, err
-		}
+	debs, err := candidates(pkgs)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range debs {
 		d.file = filepath.Join(dir, fmt.Sprintf("%s_%s_%s.deb", d.pkg, strings.ReplaceAll(d.version, ":", "%3a"), d.arch))
 		if _, err := os.Stat(d.file); errors.Is(err, os.ErrNotExist) {
 			cmd := exec.Command("apt-get", "download", "-q", d.pkg+"="+d.version)
@@ -54,36 +52,46 @@ func fetchDebs(dir string, pkgs []string) ([]*deb, error) {
 		if _, err := os.Stat(d.file); err != nil {
 			return nil, fmt.Errorf("package %s: %w", d.pkg, err)
 		}
-		debs = append(debs, d)
 	}
 	return debs, nil
 }
 
-// candidate asks apt-cache for the version apt would install of pkg.
-func candidate(pkg string) (*deb, error) {
-	out, err := exec.Command("apt-cache", "show", "--no-all-versions", pkg).CombinedOutput()
+// candidates asks apt-cache, in one run, for the version apt would install
+// of each package.
+func candidates(pkgs []string) ([]*deb, error) {
+	args := append([]string{"show", "--no-all-versions"}, pkgs...)
+	out, err := exec.Command("apt-cache", args...).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("apt-cache show %s: %w: %s (are apt's package lists there? `apt-get update`, which `make deps` runs)",
-			pkg, err, bytes.TrimSpace(out))
+			strings.Join(pkgs, " "), err, bytes.TrimSpace(out))
 	}
-	d := &deb{pkg: pkg}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ": ")
-		switch k {
-		case "Version":
-			d.version = v
-		case "Architecture":
-			d.arch = v
+	found := map[string]*deb{}
+	for _, stanza := range strings.Split(string(out), "\n\n") {
+		d := &deb{}
+		for _, line := range strings.Split(stanza, "\n") {
+			k, v, _ := strings.Cut(line, ": ")
+			switch k {
+			case "Package":
+				d.pkg = v
+			case "Version":
+				d.version = v
+			case "Architecture":
+				d.arch = v
+			}
 		}
-		if sc.Text() == "" {
-			break
+		if d.pkg != "" && found[d.pkg] == nil {
+			found[d.pkg] = d
 		}
 	}
-	if d.version == "" || d.arch == "" {
-		return nil, fmt.Errorf("apt-cache show %s: no Version or Architecture", pkg)
+	debs := make([]*deb, 0, len(pkgs))
+	for _, p := range pkgs {
+		d := found[p]
+		if d == nil || d.version == "" || d.arch == "" {
+			return nil, fmt.Errorf("apt-cache show %s: no Package, Version and Architecture for it", p)
+		}
+		debs = append(debs, d)
 	}
-	return d, nil
+	return debs, nil
 }
 
 // extract reads the file systems of debs (dpkg-deb --fsys-tarfile) into one
