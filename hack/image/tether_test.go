@@ -92,7 +92,29 @@ func TestTetherImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		importIntoContainerd(t, out, cfg.String())
+		ctr := privateContainerd(t)
+		importIntoContainerd(t, ctr, out, cfg.String())
+
+		// Pulled through `serve` as the cluster's containerd does: the
+		// registry is its mirror for docker.io and registry.k8s.io.
+		pauseTar := filepath.Join(dir, "pause.tar")
+		build(t, "pause", "--src", repoRoot(t), "--out", pauseTar)
+		addr := serve(t, out, pauseTar)
+		hosts := filepath.Join(dir, "hosts")
+		for _, reg := range []string{"docker.io", "registry.k8s.io"} {
+			write(t, filepath.Join(hosts, reg, "hosts.toml"), fmt.Sprintf("[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+addr))
+		}
+		for ref, img := range map[string]string{"docker.io/library/tether:latest": out, "registry.k8s.io/pause:3.10": pauseTar} {
+			if o, err := ctr("images", "rm", ref); err != nil && !strings.Contains(o, "not found") {
+				t.Fatalf("ctr images rm %s: %v\n%s", ref, err, o)
+			}
+			if o, err := ctr("images", "pull", "--hosts-dir", hosts, ref); err != nil {
+				t.Fatalf("ctr images pull %s through the mirror: %v\n%s", ref, err, o)
+			}
+			if got, want := listedDigest(t, ctr, ref), digest(t, readImage(t, img)).String(); got != want {
+				t.Errorf("pulled %s: digest %s, built %s", ref, got, want)
+			}
+		}
 	})
 }
 
@@ -167,11 +189,12 @@ func chrootRuns(t *testing.T, root string) {
 	}
 }
 
-// importIntoContainerd starts a private containerd, imports the tarball as
-// docs/install.md says (ctr -n k8s.io images import) and finds the image
-// listed, with the built config (image ID). containerd writes its own
-// manifest for a docker-archive, so the manifest digest is not the built one.
-func importIntoContainerd(t *testing.T, tarPath, wantConfig string) {
+// ctrFunc runs ctr against one containerd, in namespace k8s.io.
+type ctrFunc func(args ...string) (string, error)
+
+// privateContainerd starts a containerd of its own (temporary root, state
+// and socket; no CRI) for the test and returns a ctr for it.
+func privateContainerd(t *testing.T) ctrFunc {
 	for _, tool := range []string{"containerd", "ctr"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s (Debian package containerd): %v", tool, err)
@@ -193,14 +216,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
+	t.Cleanup(func() { logf.Close() })
 	cmd := exec.Command("containerd", "--config", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer stopProcess(t, cmd)
+	t.Cleanup(func() { stopProcess(t, cmd) })
 	ctr := func(args ...string) (string, error) {
 		out, err := exec.Command("ctr", append([]string{"--address", sock, "-n", "k8s.io"}, args...)...).CombinedOutput()
 		return string(out), err
@@ -208,7 +231,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := ctr("version"); err == nil {
-			break
+			return ctr
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(logf.Name())
@@ -216,22 +239,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// importIntoContainerd imports the tarball as docs/install.md says (ctr -n
+// k8s.io images import) and finds the image listed, with the built config
+// (image ID). containerd writes its own manifest for a docker-archive, so
+// the manifest digest is not the built one.
+func importIntoContainerd(t *testing.T, ctr ctrFunc, tarPath, wantConfig string) {
 	if out, err := ctr("images", "import", tarPath); err != nil {
 		t.Fatalf("ctr images import: %v\n%s", err, out)
 	}
-	out, err := ctr("images", "ls")
-	if err != nil {
-		t.Fatalf("ctr images ls: %v\n%s", err, out)
-	}
-	var manifest string
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 2 && f[0] == "docker.io/library/tether:latest" {
-			manifest = f[2]
-		}
-	}
-	if manifest == "" {
-		t.Fatalf("ctr images ls does not list docker.io/library/tether:latest:\n%s", out)
-	}
+	manifest := listedDigest(t, ctr, "docker.io/library/tether:latest")
 	raw, err := ctr("content", "get", manifest)
 	if err != nil {
 		t.Fatalf("ctr content get %s: %v\n%s", manifest, err, raw)
@@ -245,6 +263,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if m.Config.Digest != wantConfig {
 		t.Errorf("containerd's image has config %s, built %s", m.Config.Digest, wantConfig)
 	}
+}
+
+// listedDigest returns the digest `ctr images ls` shows for ref.
+func listedDigest(t *testing.T, ctr ctrFunc, ref string) string {
+	t.Helper()
+	out, err := ctr("images", "ls")
+	if err != nil {
+		t.Fatalf("ctr images ls: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == ref {
+			return f[2]
+		}
+	}
+	t.Fatalf("ctr images ls does not list %s:\n%s", ref, out)
+	return ""
 }
 
 // stopProcess stops a process this test started: SIGTERM, then SIGKILL after 10 s.
