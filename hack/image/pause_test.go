@@ -73,11 +73,11 @@ func TestPauseReaps(t *testing.T) {
 	}
 	defer syscall.Kill(pid, syscall.SIGTERM) // unshare exits with it
 	// sh exits at once, so its background sleep is reparented to pause.
-	out, err := exec.Command("nsenter", "--target", strconv.Itoa(pid), "--pid", "--", "sh", "-c", "sleep 0.3 & echo $!").CombinedOutput()
+	out, err := exec.Command("nsenter", "--target", strconv.Itoa(pid), "--pid", "--", "sh", "-c", "sleep 1 </dev/null >/dev/null 2>&1 & echo $!").CombinedOutput()
 	if err != nil {
 		t.Fatalf("nsenter: %v\n%s", err, out)
 	}
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	sawChild := false
 	for time.Now().Before(deadline) {
 		kids := children(pid)
@@ -88,7 +88,7 @@ func TestPauseReaps(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Errorf("pause's children after 3 s: %v (saw the orphan: %v); a zombie was not reaped", children(pid), sawChild)
+	t.Errorf("pause's children after 5 s: %v (saw the orphan: %v); a zombie was not reaped", children(pid), sawChild)
 }
 
 // firstChild returns the first child of pid, or 0.

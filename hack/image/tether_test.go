@@ -168,7 +168,7 @@ func chrootRuns(t *testing.T, root string) {
 		{[]string{"/usr/sbin/iptables-save", "--version"}, "", "nf_tables"},
 		{[]string{"/usr/sbin/iptables-legacy-save", "--version"}, "", "legacy"},
 		{[]string{"/usr/sbin/iptables-restore", "--test"}, rules, ""},
-		{[]string{"/usr/sbin/ip6tables-restore", "--test"}, strings.ReplaceAll(rules, "--to-ports", "--to-ports"), ""},
+		{[]string{"/usr/sbin/ip6tables-restore", "--test"}, rules, ""},
 		{[]string{"/usr/local/bin/tether-sidecar", "-help"}, "", "init"},
 		{[]string{"/usr/local/bin/tether", "--help"}, "", "tether"},
 	} {
