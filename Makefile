@@ -10,12 +10,17 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 
 all: build
 
-# Binaries are named as DESIGN.md names them: tether-ca, tether-discovery,
-# tether-injector, tether-sidecar, and the CLI tether.
+# Binaries are named as docs/architecture.md ("Parts") names them:
+# tether-ca, tether-discovery, tether-injector, tether-sidecar, and the CLI
+# tether. The first build compiles every dependency and takes minutes, so it
+# says what it builds, a line per binary.
 build:
 	@mkdir -p bin
-	for c in ca discovery injector sidecar; do $(GO) build -o bin/tether-$$c ./cmd/$$c || exit 1; done
-	$(GO) build -o bin/tether ./cmd/tether
+	@echo "building the binaries into bin/ (a few minutes the first time)…"
+	@for c in ca discovery injector sidecar; do \
+	  echo "  bin/tether-$$c"; $(GO) build -o bin/tether-$$c ./cmd/$$c || exit 1; \
+	done
+	@echo "  bin/tether"; $(GO) build -o bin/tether ./cmd/tether
 
 # image builds the container images without Docker (hack/image,
 # docs/install.md "The image") into .cache/image/: tether.tar, pause.tar and,

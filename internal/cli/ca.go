@@ -2,18 +2,13 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/caadmin"
 )
 
 // defaultSocket is where the CA's operator API listens in a cluster.
@@ -27,32 +22,6 @@ func socketFlag(fs interface {
 		def = defaultSocket
 	}
 	fs.StringVar(p, "socket", def, "the CA's operator socket (env TETHER_CA_ADMIN_SOCKET)")
-}
-
-func dialAdmin(socket string) (cav1.AdminClient, func(), error) {
-	if _, err := os.Stat(socket); err != nil {
-		return nil, nil, fmt.Errorf("CA operator socket %s: %w (is tether-ca running? pass --socket or set TETHER_CA_ADMIN_SOCKET)", socket, err)
-	}
-	// "unix://" needs an absolute path: a relative one would parse as a host.
-	abs, err := filepath.Abs(socket)
-	if err != nil {
-		return nil, nil, fmt.Errorf("CA operator socket %s: %w", socket, err)
-	}
-	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, err
-	}
-	return cav1.NewAdminClient(conn), func() { conn.Close() }, nil
-}
-
-// rpcError turns a gRPC error into the CA's own message.
-func rpcError(what string, err error) error {
-	var se interface{ GRPCStatus() *status.Status }
-	if errors.As(err, &se) {
-		s := se.GRPCStatus()
-		return fmt.Errorf("%s: %s (%s)", what, s.Message(), s.Code())
-	}
-	return fmt.Errorf("%s: %w", what, err)
 }
 
 func (a *App) caTokenCreate(ctx context.Context, args []string) error {
@@ -70,7 +39,7 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 	if id == "" {
 		return fmt.Errorf("%w: --spiffe-id is required", errUsage)
 	}
-	api, done, err := dialAdmin(socket)
+	api, done, err := caadmin.Dial(socket)
 	if err != nil {
 		return err
 	}
@@ -88,7 +57,7 @@ func (a *App) caTokenCreate(ctx context.Context, args []string) error {
 		if out != nil {
 			os.Remove(*outPath)
 		}
-		return rpcError("create join token", err)
+		return caadmin.RPCError("create join token", err)
 	}
 	if *allowReserved {
 		fmt.Fprintf(a.Stderr, "warning: %s is an identity of the mesh's own components; whoever holds this token can act as that component\n", id)
@@ -119,7 +88,7 @@ func (a *App) dialAdminCmd(name string, args []string) (cav1.AdminClient, func()
 	if err := parse(fs, args, 0); err != nil {
 		return nil, nil, err
 	}
-	return dialAdmin(socket)
+	return caadmin.Dial(socket)
 }
 
 func (a *App) caStatus(ctx context.Context, args []string) error {
@@ -130,7 +99,7 @@ func (a *App) caStatus(ctx context.Context, args []string) error {
 	defer done()
 	st, err := api.Status(ctx, &cav1.StatusRequest{})
 	if err != nil {
-		return rpcError("status", err)
+		return caadmin.RPCError("status", err)
 	}
 	a.printStatus(st)
 	return nil
@@ -157,14 +126,14 @@ func (a *App) caRotate(ctx context.Context, args []string) error {
 	default:
 		return fmt.Errorf("%w: unknown rotation step %q (want prepare, activate, retire or renew-intermediate)", errUsage, step)
 	}
-	api, done, err := dialAdmin(socket)
+	api, done, err := caadmin.Dial(socket)
 	if err != nil {
 		return err
 	}
 	defer done()
 	st, err := api.Rotate(ctx, &cav1.RotateRequest{Step: step, Force: *force})
 	if err != nil {
-		return rpcError("rotate "+step, err)
+		return caadmin.RPCError("rotate "+step, err)
 	}
 	fmt.Fprintf(a.Stdout, "%s: done\n", step)
 	a.printStatus(st)

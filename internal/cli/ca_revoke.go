@@ -7,6 +7,7 @@ import (
 	"time"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/caadmin"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -53,14 +54,14 @@ func (a *App) caRevoke(ctx context.Context, args []string) error {
 		}
 		req.Target = &cav1.RevokeRequest_JoinToken{JoinToken: tok}
 	}
-	api, done, err := dialAdmin(socket)
+	api, done, err := caadmin.Dial(socket)
 	if err != nil {
 		return err
 	}
 	defer done()
 	resp, err := api.Revoke(ctx, req)
 	if err != nil {
-		return rpcError("revoke", err)
+		return caadmin.RPCError("revoke", err)
 	}
 	for _, r := range resp.GetRevocations() {
 		fmt.Fprintln(a.Stdout, describeRevocation(r))
@@ -81,14 +82,14 @@ func (a *App) caUnrevoke(ctx context.Context, args []string) error {
 	if *id == "" {
 		return fmt.Errorf("%w: --spiffe-id is required", errUsage)
 	}
-	api, done, err := dialAdmin(socket)
+	api, done, err := caadmin.Dial(socket)
 	if err != nil {
 		return err
 	}
 	defer done()
 	resp, err := api.Unrevoke(ctx, &cav1.UnrevokeRequest{SpiffeId: *id})
 	if err != nil {
-		return rpcError("unrevoke", err)
+		return caadmin.RPCError("unrevoke", err)
 	}
 	for _, r := range resp.GetRevocations() {
 		fmt.Fprintf(a.Stdout, "%s may be attested again; its SVIDs issued before %s stay refused (entry dropped after %s)\n",
@@ -106,7 +107,7 @@ func (a *App) caTokenList(ctx context.Context, args []string) error {
 	defer done()
 	resp, err := api.ListJoinTokens(ctx, &cav1.ListJoinTokensRequest{})
 	if err != nil {
-		return rpcError("list join tokens", err)
+		return caadmin.RPCError("list join tokens", err)
 	}
 	tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HASH\tSPIFFE ID\tEXPIRES\tUSE")

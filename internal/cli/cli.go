@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/tether-mesh/tether/internal/cliflag"
+	"github.com/tether-mesh/tether/internal/demo"
 )
 
 // usage is the top-level help.
@@ -41,7 +44,7 @@ type App struct {
 }
 
 // errUsage marks errors that should print usage.
-var errUsage = errors.New("usage")
+var errUsage = cliflag.ErrUsage
 
 // Main runs the CLI and returns the process exit code.
 func (a *App) Main(ctx context.Context, args []string) int {
@@ -94,7 +97,7 @@ func (a *App) run(ctx context.Context, args []string) error {
 	case path == "ca unrevoke":
 		return a.caUnrevoke(ctx, args[2:])
 	case args[0] == "demo":
-		return a.demo(ctx, args[1:])
+		return (&demo.Command{Stdout: a.Stdout, Stderr: a.Stderr, Tether: a.sub}).Run(ctx, args[1:])
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		fmt.Fprint(a.Stdout, usage)
 		return nil
@@ -103,22 +106,18 @@ func (a *App) run(ctx context.Context, args []string) error {
 	}
 }
 
-// flags returns a flag set that reports errors instead of exiting.
-func (a *App) flags(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet("tether "+name, flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	return fs
+// sub runs another command with its own outputs (tether demo shows what
+// some commands say).
+func (a *App) sub(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return (&App{Stdin: a.Stdin, Stdout: stdout, Stderr: stderr}).run(ctx, args)
 }
 
+// flags returns a flag set that reports errors instead of exiting.
+func (a *App) flags(name string) *flag.FlagSet {
+	return cliflag.New(name, a.Stderr)
+}
+
+// parse parses args and checks that exactly positional arguments remain.
 func parse(fs *flag.FlagSet, args []string, positional int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if fs.NArg() != positional {
-		return fmt.Errorf("%w: %s takes %d argument(s), got %q", errUsage, fs.Name(), positional, fs.Args())
-	}
-	return nil
+	return cliflag.Parse(fs, args, positional)
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tether-mesh/tether/internal/caadmin"
 )
 
 // defaultWorkloadSocket is where the sidecar serves the Workload API in a pod.
@@ -131,7 +133,7 @@ func workloadError(addr string, timeout time.Duration, err error) error {
 	case codes.PermissionDenied:
 		return fmt.Errorf("the Workload API at %s issues no identity to this process: %s", addr, status.Convert(err).Message())
 	}
-	return rpcError("fetch identity from the Workload API at "+addr, err)
+	return caadmin.RPCError("fetch identity from the Workload API at "+addr, err)
 }
 
 func describeSVID(svid *x509svid.SVID, x *workloadapi.X509Context, now time.Time) identityInfo {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/caadmin"
 )
 
 // Bodies larger than these are refused: they come from the mesh's own
@@ -106,7 +107,7 @@ func (d *directTargets) ca(ctx context.Context) *caStatus {
 		return nil
 	}
 	source := "operator socket " + d.opts.caSocket
-	api, done, err := dialAdmin(d.opts.caSocket)
+	api, done, err := caadmin.Dial(d.opts.caSocket)
 	if err != nil {
 		return &caStatus{Source: source, Error: err.Error()}
 	}
@@ -115,7 +116,7 @@ func (d *directTargets) ca(ctx context.Context) *caStatus {
 	defer cancel()
 	st, err := api.Status(ctx, &cav1.StatusRequest{})
 	if err != nil {
-		return &caStatus{Source: source, Error: rpcError("status", err).Error()}
+		return &caStatus{Source: source, Error: caadmin.RPCError("status", err).Error()}
 	}
 	return caFromStatus(source, st)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/caadmin"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -62,7 +63,7 @@ func (a *App) svidFetch(ctx context.Context, args []string) error {
 	defer client.Close()
 	svid, newBundle, err := client.FetchSVID(ctx, cred)
 	if err != nil {
-		return rpcError("fetch SVID from "+*caAddr, err)
+		return caadmin.RPCError("fetch SVID from "+*caAddr, err)
 	}
 	if err := WriteSVID(*out, svid, newBundle.X509Bundle()); err != nil {
 		return err

@@ -1,4 +1,8 @@
-package cli
+// Package demo is `tether demo`: Tether's standalone default run on this
+// machine, on loopback and without root (tether-ca, tether-discovery, three
+// sample services each behind its own tether-sidecar, and traffic), telling
+// what happens; with --rotate, a root rotation under that traffic.
+package demo
 
 import (
 	"context"
@@ -14,6 +18,7 @@ import (
 	"time"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/cliflag"
 )
 
 const demoHelp = `Usage: tether demo [--rotate] [--duration D] [--dir DIR] [--ports N] [--bin DIR] [--rate N]
@@ -76,11 +81,25 @@ type demoConfig struct {
 	self string
 }
 
-func (a *App) demo(ctx context.Context, args []string) error {
+// Command is `tether demo` with its outputs.
+type Command struct {
+	// Stdout gets the demo's story; Stderr flag errors, help and the
+	// sample app's log.
+	Stdout, Stderr io.Writer
+	// Tether runs another tether command (args without "tether") with the
+	// given outputs: the demo shows what `tether ca status`, `tether policy
+	// graph` and `tether policy check` say.
+	Tether func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+// Run runs `tether demo ARGS`, or, when the first argument is "app", the
+// sample app the demo runs behind each sidecar. Usage errors wrap
+// cliflag.ErrUsage; -h returns flag.ErrHelp.
+func (c *Command) Run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "app" {
-		return a.demoApp(ctx, args[1:])
+		return runApp(ctx, args[1:], c.Stderr)
 	}
-	cfg, err := a.demoFlags(args)
+	cfg, err := demoFlags(args, c.Stderr)
 	if err != nil {
 		return err
 	}
@@ -91,13 +110,13 @@ func (a *App) demo(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	d := &demo{cfg: cfg, out: a.Stdout, app: a, ports: ports}
+	d := &demo{cfg: cfg, out: c.Stdout, tether: c.Tether, ports: ports}
 	return d.run(ctx)
 }
 
-func (a *App) demoFlags(args []string) (demoConfig, error) {
+func demoFlags(args []string, stderr io.Writer) (demoConfig, error) {
 	var c demoConfig
-	fs := a.flags("demo")
+	fs := cliflag.New("demo", stderr)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), demoHelp)
 		fs.PrintDefaults()
@@ -108,16 +127,16 @@ func (a *App) demoFlags(args []string) (demoConfig, error) {
 	fs.IntVar(&c.ports, "ports", demoDefaultPorts, fmt.Sprintf("first of the loopback ports N to N+%d the demo listens on; 0: any free ports", demoPortSpan))
 	fs.StringVar(&c.bin, "bin", "", "directory holding tether-ca, tether-discovery and tether-sidecar (default: the directory of this tether binary)")
 	fs.Float64Var(&c.rate, "rate", 5, "calls web → api → db per second in the traffic loop (the denied web → db call is tried every 2 seconds)")
-	if err := parse(fs, args, 0); err != nil {
+	if err := cliflag.Parse(fs, args, 0); err != nil {
 		return c, err
 	}
 	switch {
 	case c.duration < 0:
-		return c, fmt.Errorf("%w: --duration %s: must not be negative", errUsage, c.duration)
+		return c, fmt.Errorf("%w: --duration %s: must not be negative", cliflag.ErrUsage, c.duration)
 	case c.rate <= 0 || c.rate > 200:
-		return c, fmt.Errorf("%w: --rate %g: want a number of calls per second from above 0 to 200", errUsage, c.rate)
+		return c, fmt.Errorf("%w: --rate %g: want a number of calls per second from above 0 to 200", cliflag.ErrUsage, c.rate)
 	case c.ports != 0 && (c.ports < 1024 || c.ports+demoPortSpan > 65535):
-		return c, fmt.Errorf("%w: --ports %d: want 0 (any free ports) or a first port from 1024 to %d", errUsage, c.ports, 65535-demoPortSpan)
+		return c, fmt.Errorf("%w: --ports %d: want 0 (any free ports) or a first port from 1024 to %d", cliflag.ErrUsage, c.ports, 65535-demoPortSpan)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -133,7 +152,7 @@ func (a *App) demoFlags(args []string) (demoConfig, error) {
 	if c.dir != "" {
 		abs, err := filepath.Abs(c.dir)
 		if err != nil {
-			return c, fmt.Errorf("%w: --dir %q: %v", errUsage, c.dir, err)
+			return c, fmt.Errorf("%w: --dir %q: %v", cliflag.ErrUsage, c.dir, err)
 		}
 		c.dir, c.keep = abs, true
 	}
@@ -236,8 +255,9 @@ func planDemoPorts(base int) (demoAddrs, error) {
 // demo is one run of tether demo.
 type demo struct {
 	cfg   demoConfig
-	app   *App
 	ports demoAddrs
+	// tether runs another tether command (Command.Tether).
+	tether func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	outMu sync.Mutex
 	out   io.Writer

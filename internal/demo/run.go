@@ -1,4 +1,4 @@
-package cli
+package demo
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/caadmin"
 )
 
 // Timeouts of the start: each component gets this long to become ready.
@@ -197,7 +198,7 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	d.admin, d.closeAdmin, err = dialAdmin(socket)
+	d.admin, d.closeAdmin, err = caadmin.Dial(socket)
 	if err != nil {
 		return err
 	}
@@ -229,7 +230,7 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 func (d *demo) joinToken(ctx context.Context, id string) (string, error) {
 	resp, err := d.admin.CreateJoinToken(ctx, &cav1.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: 600, AllowReserved: id == demoDiscoveryID})
 	if err != nil {
-		return "", rpcError("create a join token for "+id, err)
+		return "", caadmin.RPCError("create a join token for "+id, err)
 	}
 	return resp.GetToken(), nil
 }
@@ -321,9 +322,8 @@ func (d *demo) tellIdentities(ctx context.Context) error {
 // tellPolicy shows who may call whom, as `tether policy graph` says it.
 func (d *demo) tellPolicy(ctx context.Context) {
 	var out, errOut bytes.Buffer
-	sub := &App{Stdout: &out, Stderr: &errOut}
 	d.say("\nPolicy: mesh.yaml says defaultPolicy deny, and two AccessPolicies (tether policy graph --mesh %s):", d.meshFile)
-	if err := sub.policyGraph(ctx, []string{"--mesh", d.meshFile}); err != nil {
+	if err := d.tether(ctx, []string{"policy", "graph", "--mesh", d.meshFile}, &out, &errOut); err != nil {
 		d.say("  (policy graph: %v %s)", err, strings.TrimSpace(errOut.String()))
 		return
 	}
@@ -398,9 +398,8 @@ func (d *demo) tellCalls(ctx context.Context) error {
 		d.say("           web's sidecar metrics: tether_sidecar_authz_denials_total{direction=\"outbound\",destination=%q,reason=%q} %g", deny.Destination, deny.Rule, n)
 	}
 	var out, errOut bytes.Buffer
-	sub := &App{Stdout: &out, Stderr: &errOut}
 	checkArgs := []string{"--mesh", d.meshFile, "--from", demoNamespace + "/web", "--to", demoNamespace + "/db:5432"}
-	sub.policyCheck(ctx, checkArgs)
+	d.tether(ctx, append([]string{"policy", "check"}, checkArgs...), &out, &errOut)
 	if why := strings.TrimSpace(out.String()); why != "" {
 		d.say("           why (tether policy check %s):\n             %s", strings.Join(checkArgs, " "), why)
 	}

@@ -1,4 +1,4 @@
-package cli
+package demo
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	"github.com/tether-mesh/tether/internal/caadmin"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -77,7 +78,7 @@ func (d *demo) rotate(ctx context.Context) (err error) {
 
 	st, err := d.admin.Status(ctx, &cav1.StatusRequest{})
 	if err != nil {
-		return rpcError("CA status", err)
+		return caadmin.RPCError("CA status", err)
 	}
 	old := generation(st, "active")
 	if old == nil || generation(st, "prepared") != nil || generation(st, "superseded") != nil {
@@ -92,7 +93,7 @@ func (d *demo) rotate(ctx context.Context) (err error) {
 
 	st, err = d.admin.Rotate(ctx, &cav1.RotateRequest{Step: "prepare"})
 	if err != nil {
-		return rpcError("rotate prepare", err)
+		return caadmin.RPCError("rotate prepare", err)
 	}
 	preparedAt := time.Now()
 	next := generation(st, "prepared")
@@ -114,7 +115,7 @@ func (d *demo) rotate(ctx context.Context) (err error) {
 	}
 	st, err = d.admin.Rotate(ctx, &cav1.RotateRequest{Step: "activate"})
 	if err != nil {
-		return rpcError("rotate activate", err)
+		return caadmin.RPCError("rotate activate", err)
 	}
 	activatedAt := time.Now()
 	t.setPhase(fmt.Sprintf("activated: generation %d signs, %d still trusted", next.GetId(), old.GetId()))
@@ -139,7 +140,7 @@ func (d *demo) rotate(ctx context.Context) (err error) {
 	// breaks nothing; without --force the CA waits until the last SVID
 	// it signed has expired, which nobody uses any more.
 	if _, err := d.admin.Rotate(ctx, &cav1.RotateRequest{Step: "retire", Force: time.Now().Before(retireAfter)}); err != nil {
-		return rpcError("rotate retire", err)
+		return caadmin.RPCError("rotate retire", err)
 	}
 	retiredAt := time.Now()
 	t.setPhase(fmt.Sprintf("retired: only generation %d trusted", next.GetId()))
@@ -205,7 +206,7 @@ func (d *demo) rotate(ctx context.Context) (err error) {
 		strings.Join(proof, ", "), next.GetId())
 	var out, errOut bytes.Buffer
 	sock := filepath.Join(d.caDir, "admin.sock")
-	if err := (&App{Stdout: &out, Stderr: &errOut}).caStatus(ctx, []string{"--socket", sock}); err == nil {
+	if err := d.tether(ctx, []string{"ca", "status", "--socket", sock}, &out, &errOut); err == nil {
 		d.say("\n  tether ca status --socket %s:\n%s", sock, indent(strings.TrimRight(out.String(), "\n"), "    "))
 	}
 	return nil

@@ -1,4 +1,4 @@
-package cli
+package demo
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/tether-mesh/tether/internal/cliflag"
 )
 
 // demoAppHelp documents the hidden `tether demo app`: the sample service
@@ -27,8 +29,9 @@ error.
 Flags:
 `
 
-func (a *App) demoApp(ctx context.Context, args []string) error {
-	fs := a.flags("demo app")
+// runApp runs `tether demo app ARGS` until ctx ends.
+func runApp(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := cliflag.New("demo app", stderr)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), demoAppHelp)
 		fs.PrintDefaults()
@@ -47,13 +50,13 @@ func (a *App) demoApp(ctx context.Context, args []string) error {
 		calls = append(calls, demoCall{name: n, target: addr})
 		return nil
 	})
-	if err := parse(fs, args, 0); err != nil {
+	if err := cliflag.Parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *name == "" || *listen == "" {
-		return fmt.Errorf("%w: --name and --listen are required", errUsage)
+		return fmt.Errorf("%w: --name and --listen are required", cliflag.ErrUsage)
 	}
-	log := slog.New(slog.NewTextHandler(a.Stderr, nil)).With(slog.String("app", *name))
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With(slog.String("app", *name))
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	call := func(w http.ResponseWriter, r *http.Request, c demoCall) {
 		body, err := demoGet(r.Context(), client, "http://"+c.target+"/")

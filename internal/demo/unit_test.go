@@ -1,4 +1,4 @@
-package cli
+package demo
 
 import (
 	"bytes"
@@ -10,12 +10,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/tether-mesh/tether/pkg/discovery"
 )
 
 func TestMetricSum(t *testing.T) {
@@ -100,45 +97,6 @@ func holdPortRange(t *testing.T, offset int) (net.Listener, int) {
 	return nil, 0
 }
 
-// TestDemoMeshYAML: the generated mesh.yaml is valid and says what the
-// demo promises: web → api and api → db allowed, nothing else.
-func TestDemoMeshYAML(t *testing.T) {
-	addrs, err := planDemoPorts(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &demo{cfg: demoConfig{dir: t.TempDir(), keep: true}, ports: addrs}
-	if err := d.plan(); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(d.meshFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := discovery.ParseMeshFile(b); err != nil {
-		t.Fatalf("mesh.yaml does not parse: %v\n%s", err, b)
-	}
-	for _, tc := range []struct {
-		from, to string
-		allowed  bool
-	}{
-		{"default/web", "default/api:80", true},
-		{"default/api", "default/db:5432", true},
-		{"default/web", "default/db:5432", false},
-		{"default/db", "default/api:80", false},
-		{"default/api", "default/web:80", false},
-		{"default/db", "default/db:5432", false},
-	} {
-		t.Run(tc.from+"->"+tc.to, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			code := (&App{Stdout: &out, Stderr: &errOut}).Main(context.Background(), []string{"policy", "check", "--mesh", d.meshFile, "--from", tc.from, "--to", tc.to})
-			if got := code == 0; got != tc.allowed {
-				t.Errorf("allowed = %v, want %v: %s%s", got, tc.allowed, out.String(), errOut.String())
-			}
-		})
-	}
-}
-
 // fakeBinaries makes a directory with executables of the components'
 // names, which must never run.
 func fakeBinaries(t *testing.T) string {
@@ -150,55 +108,6 @@ func fakeBinaries(t *testing.T) string {
 		}
 	}
 	return dir
-}
-
-func TestDemoBadInput(t *testing.T) {
-	empty := t.TempDir()
-	partial := t.TempDir()
-	os.WriteFile(filepath.Join(partial, "tether-ca"), []byte("#!/bin/sh\n"), 0o755)
-	os.WriteFile(filepath.Join(partial, "tether-sidecar"), []byte("not executable"), 0o644)
-	held, base := holdPortRange(t, 1)
-	defer held.Close()
-	fakes := fakeBinaries(t)
-	for _, tc := range []struct {
-		name string
-		args []string
-		code int
-		want []string
-	}{
-		{"unknown flag", []string{"demo", "--rotat"}, 2, []string{"flag provided but not defined: -rotat"}},
-		{"argument", []string{"demo", "now"}, 2, []string{"takes 0 argument(s)"}},
-		{"negative duration", []string{"demo", "--duration", "-1s"}, 2, []string{"--duration -1s: must not be negative"}},
-		{"bad duration", []string{"demo", "--duration", "soon"}, 2, []string{`invalid value "soon" for flag -duration`}},
-		{"zero rate", []string{"demo", "--rate", "0"}, 2, []string{"--rate 0: want a number of calls per second"}},
-		{"privileged ports", []string{"demo", "--ports", "80"}, 2, []string{"--ports 80: want 0 (any free ports) or a first port from 1024"}},
-		{"ports past the end", []string{"demo", "--ports", "65530"}, 2, []string{"--ports 65530"}},
-		{"no binaries", []string{"demo", "--bin", empty}, 1, []string{
-			"tether-ca, tether-discovery, tether-sidecar are not there", "make build",
-			"go build -o " + filepath.Join(empty, "tether-ca") + " ./cmd/ca",
-			"go build -o " + filepath.Join(empty, "tether-discovery") + " ./cmd/discovery",
-			"go build -o " + filepath.Join(empty, "tether-sidecar") + " ./cmd/sidecar",
-		}},
-		{"some binaries", []string{"demo", "--bin", partial}, 1, []string{"tether-discovery, tether-sidecar are not there (or not executable)"}},
-		{"busy port", []string{"demo", "--bin", fakes, "--ports", strconv.Itoa(base)}, 1, []string{
-			"port in use: " + held.Addr().String() + " (for tether-ca's metrics) cannot be bound", "--ports 0"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			code := (&App{Stdout: &out, Stderr: &errOut}).Main(context.Background(), tc.args)
-			if code != tc.code {
-				t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, out.String(), errOut.String())
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(errOut.String(), w) {
-					t.Errorf("stderr does not say %q:\n%s", w, errOut.String())
-				}
-			}
-			if out.Len() != 0 {
-				t.Errorf("nothing should start, but stdout says:\n%s", out.String())
-			}
-		})
-	}
 }
 
 // TestDemoApp runs two sample apps in process: api calls db.
@@ -219,7 +128,7 @@ func TestDemoApp(t *testing.T) {
 		{"--name", "db", "--listen", dbAddr},
 		{"--name", "api", "--listen", apiAddr, "--call", "db=" + dbAddr, "--call", "gone=" + dead},
 	} {
-		go func() { errs <- (&App{Stdout: os.Stderr, Stderr: &bytes.Buffer{}}).demoApp(ctx, args) }()
+		go func() { errs <- runApp(ctx, args, &bytes.Buffer{}) }()
 	}
 	defer func() {
 		cancel()
@@ -257,19 +166,6 @@ func TestDemoApp(t *testing.T) {
 	} {
 		if code, body := get(tc.url); code != tc.code || body != tc.body {
 			t.Errorf("GET %s = %d %q, want %d %q", tc.url, code, body, tc.code, tc.body)
-		}
-	}
-}
-
-func TestDemoAppBadFlags(t *testing.T) {
-	for _, args := range [][]string{
-		{"demo", "app", "--listen", "127.0.0.1:0"},
-		{"demo", "app", "--name", "x", "--listen", "127.0.0.1:0", "--call", "db"},
-		{"demo", "app", "--name", "x", "--listen", "127.0.0.1:0", "--call", "db=nowhere"},
-	} {
-		var out, errOut bytes.Buffer
-		if code := (&App{Stdout: &out, Stderr: &errOut}).Main(context.Background(), args); code != 2 {
-			t.Errorf("%q: exit code %d, want 2: %s", args, code, errOut.String())
 		}
 	}
 }
