@@ -22,7 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// Config configures a CA. Zero durations take the defaults of DESIGN.md.
+// Config configures a CA. Zero durations take the defaults of
+// docs/architecture.md ("Lifetimes and renewal").
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	Store       Store
@@ -68,7 +69,7 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-// Default lifetimes, per DESIGN.md.
+// Default lifetimes, per docs/architecture.md ("Lifetimes and renewal").
 const (
 	DefaultSVIDTTL          = time.Hour
 	DefaultIntermediateTTL  = 30 * 24 * time.Hour

@@ -19,7 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-// Names from the Kubernetes contract (DESIGN.md).
+// Names from the Kubernetes contract (docs/architecture.md,
+// "Kubernetes contract").
 const (
 	// InjectLabel on a namespace (enabled) turns injection on; on a pod
 	// (disabled) it opts the pod out. A namespace labelled required

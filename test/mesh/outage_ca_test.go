@@ -195,8 +195,9 @@ func TestCAOutage(t *testing.T) {
 	if n := metric(server.metrics(t), "tether_sidecar_connections_total", `direction="inbound"`, `result="handshake_error"`) - serverHS; n < 3 {
 		t.Errorf("%s counted %v inbound handshake errors", server.name, n)
 	}
-	// A connection opened before expiry is not cut (DESIGN.md: certificates
-	// rotate under live traffic; existing connections are not cut).
+	// A connection opened before expiry is not cut (docs/architecture.md,
+	// "Lifetimes and renewal": certificates rotate under live traffic;
+	// existing connections are not cut).
 	kept.SetDeadline(time.Now().Add(5 * time.Second))
 	if err := exchange(kept, keptR, r.want); err != nil {
 		t.Logf("the connection opened before expiry ended with it: %v", err)

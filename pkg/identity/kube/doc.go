@@ -1,7 +1,7 @@
 // Package kube connects Tether's CA (package identity) to Kubernetes.
 //
 // Each piece implements one contract of the CA core or serves one row of the
-// Kubernetes contract in DESIGN.md:
+// Kubernetes contract in docs/architecture.md:
 //   - TokenReviewAttestor attests sidecars by their projected ServiceAccount
 //     token (identity.Attestor for identity.KindK8sSAT);
 //   - SecretStore keeps the CA state in the Secret tether-system/tether-ca
@@ -17,7 +17,7 @@
 // missing permissions say which one to grant.
 package kube
 
-// Names from the Kubernetes contract in DESIGN.md.
+// Names from the Kubernetes contract in docs/architecture.md.
 const (
 	// DefaultNamespace is the control plane namespace.
 	DefaultNamespace = "tether-system"

@@ -9,7 +9,8 @@ import (
 	"strings"
 )
 
-// Defaults, from the data-path contract in DESIGN.md.
+// Defaults, from the contract in docs/architecture.md ("Ports" and
+// "Data path").
 const (
 	DefaultProxyUID     = 1337
 	DefaultOutboundPort = 15001
