@@ -29,9 +29,11 @@ const (
 	DefaultAudience = "tether-ca"
 	// BundleConfigMapName names the ConfigMap holding the trust bundle.
 	BundleConfigMapName = "tether-trust-bundle"
-	// InjectLabel and InjectEnabled select the namespaces with injection.
-	InjectLabel   = "tether.dev/inject"
-	InjectEnabled = "enabled"
+	// InjectLabel with InjectEnabled or InjectRequired selects the
+	// namespaces with injection (pkg/inject's webhooks).
+	InjectLabel    = "tether.dev/inject"
+	InjectEnabled  = "enabled"
+	InjectRequired = "required"
 	// PartOfLabel and PartOfValue mark every object Tether writes.
 	PartOfLabel = "app.kubernetes.io/part-of"
 	PartOfValue = "tether"

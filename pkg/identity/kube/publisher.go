@@ -55,7 +55,7 @@ type BundlePublisherConfig struct {
 	// Name of the ConfigMap (default tether-trust-bundle).
 	Name string
 	// Selector picks the namespaces to publish to (default
-	// tether.dev/inject=enabled).
+	// tether.dev/inject in (enabled,required)).
 	Selector string
 	// Namespaces are published to whatever their labels: the CA's own
 	// namespace, where tether-discovery and tether-injector bootstrap trust.
@@ -94,7 +94,9 @@ func NewBundlePublisher(cfg BundlePublisherConfig) (*BundlePublisher, error) {
 		cfg.Name = BundleConfigMapName
 	}
 	if cfg.Selector == "" {
-		cfg.Selector = InjectLabel + "=" + InjectEnabled
+		// Both injecting webhooks mount the bundle into every pod they
+		// inject: a namespace without it would hold pods that never start.
+		cfg.Selector = InjectLabel + " in (" + InjectEnabled + "," + InjectRequired + ")"
 	}
 	sel, err := labels.Parse(cfg.Selector)
 	if err != nil {

@@ -37,6 +37,7 @@ func TestBundlePublisher(t *testing.T) {
 	labelled := map[string]string{InjectLabel: InjectEnabled}
 	for name, lbls := range map[string]map[string]string{
 		"inj-a":    labelled,
+		"inj-req":  {InjectLabel: InjectRequired}, // the webhook injects every pod there too
 		"plain":    nil,
 		"disabled": {InjectLabel: "disabled"},
 		"own":      nil, // the CA's namespace, published to without the label
@@ -106,6 +107,7 @@ func TestBundlePublisher(t *testing.T) {
 		}
 		leading.Store(true)
 		published(t, "inj-a")
+		published(t, "inj-req")
 		published(t, "own")
 	})
 
