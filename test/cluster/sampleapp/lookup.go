@@ -22,6 +22,7 @@ func lookup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "resolver configuration: nameservers, search list, ndots")
 	server := fs.String("server", "", "ask this server (IP:PORT) instead of resolv.conf's nameservers")
 	timeout := fs.Duration("timeout", 5*time.Second, "timeout of each query")
+	qtype := fs.String("type", "A,AAAA", "record types to ask for: A, AAAA or A,AAAA (NXDOMAIN only if every one says so)")
 	rest, err := parse(fs, args, 1, "one NAME")
 	if err != nil {
 		return err
@@ -29,6 +30,17 @@ func lookup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	name := rest[0]
 	if _, ok := dns.IsDomainName(name); !ok || strings.Trim(name, ".") == "" {
 		return fmt.Errorf("%w: %q is not a domain name", errUsage, name)
+	}
+	var qtypes []uint16
+	switch *qtype {
+	case "A":
+		qtypes = []uint16{dns.TypeA}
+	case "AAAA":
+		qtypes = []uint16{dns.TypeAAAA}
+	case "A,AAAA", "AAAA,A":
+		qtypes = []uint16{dns.TypeA, dns.TypeAAAA}
+	default:
+		return fmt.Errorf("%w: --type %q: want A, AAAA or A,AAAA", errUsage, *qtype)
 	}
 	conf, err := dns.ClientConfigFromFile(*resolvConf)
 	if err != nil {
@@ -47,7 +59,7 @@ func lookup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(servers) == 0 {
 		return fmt.Errorf("%s names no nameserver", *resolvConf)
 	}
-	r := resolver{servers: servers, client: &dns.Client{Timeout: *timeout}}
+	r := resolver{servers: servers, qtypes: qtypes, client: &dns.Client{Timeout: *timeout}}
 	addrs, err := r.resolve(ctx, conf.NameList(name))
 	if errors.Is(err, errNXDomain) {
 		fmt.Fprintln(stdout, "NXDOMAIN")
@@ -66,6 +78,7 @@ var errNXDomain = errors.New("NXDOMAIN: no such domain")
 
 type resolver struct {
 	servers []string
+	qtypes  []uint16 // asked for each name
 	client  *dns.Client
 }
 
@@ -90,39 +103,47 @@ func (r resolver) resolve(ctx context.Context, names []string) ([]string, error)
 	return nil, errors.Join(errs...)
 }
 
-// resolveName asks for the A and AAAA records of one fully qualified name.
+// resolveName asks for the records of r.qtypes of one fully qualified name.
+// The name is NXDOMAIN only if every answer says so; otherwise the error
+// tells what each answer was.
 func (r resolver) resolveName(ctx context.Context, name string) ([]string, error) {
-	var addrs []string
+	var addrs, answers []string
 	nx := 0
-	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+	for _, qtype := range r.qtypes {
 		in, err := r.exchange(ctx, name, qtype)
 		if err != nil {
 			return nil, err
 		}
-		switch in.Rcode {
-		case dns.RcodeSuccess:
-		case dns.RcodeNameError:
-			nx++
-			continue
-		default:
-			return nil, fmt.Errorf("%s %s: %s", name, dns.TypeToString[qtype], dns.RcodeToString[in.Rcode])
-		}
+		n := 0
 		for _, rr := range in.Answer {
 			switch rr := rr.(type) {
 			case *dns.A:
 				addrs = append(addrs, rr.A.String())
+				n++
 			case *dns.AAAA:
 				addrs = append(addrs, rr.AAAA.String())
+				n++
 			}
+		}
+		answers = append(answers, fmt.Sprintf("%s: %s with %d addresses", dns.TypeToString[qtype], dns.RcodeToString[in.Rcode], n))
+		switch in.Rcode {
+		case dns.RcodeSuccess:
+		case dns.RcodeNameError:
+			nx++
+		default:
+			return nil, fmt.Errorf("%s %s: %s", name, dns.TypeToString[qtype], dns.RcodeToString[in.Rcode])
 		}
 	}
 	switch {
+	case nx == len(r.qtypes):
+		return nil, fmt.Errorf("%s: %w", name, errNXDomain)
+	case nx > 0:
+		// One type says the name does not exist, the other that it does.
+		return nil, fmt.Errorf("%s: inconsistent answers (%s)", name, strings.Join(answers, "; "))
 	case len(addrs) > 0:
 		return addrs, nil
-	case nx == 2:
-		return nil, fmt.Errorf("%s: %w", name, errNXDomain)
 	default:
-		return nil, fmt.Errorf("%s: the name exists but has no A or AAAA records", name)
+		return nil, fmt.Errorf("%s: the name exists but has no addresses (%s)", name, strings.Join(answers, "; "))
 	}
 }
 

@@ -342,6 +342,7 @@ func TestDial(t *testing.T) {
 
 // dnsServer answers on a loopback UDP port from a fixed table: names in
 // addrs get their A record, "nodata.test." exists without addresses,
+// "half.test." is NXDOMAIN for A only,
 // "fail.test." gets SERVFAIL, everything else NXDOMAIN.
 func dnsServer(t *testing.T, addrs map[string]string) string {
 	t.Helper()
@@ -359,6 +360,9 @@ func dnsServer(t *testing.T, addrs map[string]string) string {
 				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.ParseIP(ip)})
 			}
 		case q.Name == "nodata.test.":
+		case q.Name == "half.test." && q.Qtype == dns.TypeA:
+			m.Rcode = dns.RcodeNameError
+		case q.Name == "half.test.":
 		case q.Name == "fail.test.":
 			m.Rcode = dns.RcodeServerFailure
 		default:
@@ -399,7 +403,21 @@ func TestLookup(t *testing.T) {
 	}
 	lookup(exitNXDomain, "api.story.svc.cluster.local.")
 	_, errOut := lookup(exitFailed, "nodata.test.")
-	wantContains(t, "stderr", errOut, "exists but has no A or AAAA records")
+	wantContains(t, "stderr", errOut, "exists but has no addresses (A: NOERROR with 0 addresses; AAAA: NOERROR with 0 addresses)")
+	// NXDOMAIN for A but the name exists for AAAA: not NXDOMAIN.
+	_, errOut = lookup(exitFailed, "half.test.")
+	wantContains(t, "stderr", errOut, "inconsistent answers (A: NXDOMAIN with 0 addresses; AAAA: NOERROR with 0 addresses)")
+	out, _ = wantExit(t, exitNXDomain, "lookup", "--resolv-conf", conf, "--server", server, "--type", "A", "half.test.")
+	if out != "NXDOMAIN\n" {
+		t.Errorf("lookup --type A half.test. = %q, want NXDOMAIN", out)
+	}
+	_, errOut = wantExit(t, exitFailed, "lookup", "--resolv-conf", conf, "--server", server, "--type", "AAAA", "half.test.")
+	wantContains(t, "stderr", errOut, "exists but has no addresses (AAAA: NOERROR with 0 addresses)")
+	out, _ = wantExit(t, exitOK, "lookup", "--resolv-conf", conf, "--server", server, "--type", "A", "db")
+	if out != "10.96.0.20\n" {
+		t.Errorf("lookup --type A db = %q", out)
+	}
+	wantExit(t, exitUsage, "lookup", "--resolv-conf", conf, "--type", "MX", "db.")
 	_, errOut = lookup(exitFailed, "fail.test.")
 	wantContains(t, "stderr", errOut, "SERVFAIL")
 
