@@ -40,6 +40,7 @@ type storyRun struct {
 
 	mu     sync.Mutex
 	stages []string // "name: duration" in order
+	dumped bool     // the cluster's state was logged at the first failure
 }
 
 // TestUserStory installs Tether on the real node and runs the user story of
@@ -72,7 +73,6 @@ func TestUserStory(t *testing.T) {
 	start := time.Now()
 	t.Cleanup(func() {
 		if t.Failed() {
-			s.dump(t)
 			t.Logf("namespaces %s and %s are left for inspection; the next run deletes them", story, plain)
 		} else {
 			n.kubectl(time.Minute, "delete", "namespace", story, plain, "--ignore-not-found", "--wait=false")
@@ -114,7 +114,13 @@ func (s *storyRun) stage(t *testing.T, name string, f func(*testing.T)) bool {
 	t.Logf("stage %s: %s in %s", name, result, d)
 	s.mu.Lock()
 	s.stages = append(s.stages, fmt.Sprintf("%-14s %-6s %s", name, result, d))
+	first := !ok && !s.dumped
+	s.dumped = s.dumped || !ok
 	s.mu.Unlock()
+	if first {
+		// The state as the first failure left it, before later stages change it.
+		s.dump(t)
+	}
 	return ok
 }
 
@@ -480,6 +486,9 @@ func (s *storyRun) policy(t *testing.T) {
 
 	s.n.mustIn(t, time.Minute, template(t, "deny-web-to-db.yaml"), "apply", "-f", "-")
 	applied := time.Now()
+	t.Cleanup(func() {
+		s.n.kubectl(time.Minute, "-n", story, "delete", "accesspolicy", "db-from-api-only", "--ignore-not-found")
+	})
 	// The address query: the sidecar answers NXDOMAIN for it. (A query
 	// that finds no address, AAAA of this IPv4-only Service, is answered
 	// by kube-dns as for any name: sidecar.md names that oracle.)
