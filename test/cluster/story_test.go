@@ -516,7 +516,8 @@ func (s *storyRun) policy(t *testing.T) {
 		t.Errorf("api no longer reaches db under a policy that allows it: %q, %v", out, err)
 	}
 	s.findAccess(t, "web", "the denial of db", func(e accessEntry) bool {
-		return e.Direction == "outbound" && e.Decision == "deny" && e.SourceID == "spiffe://cluster.local/ns/story/sa/web" && strings.Contains(e.Rule, "db")
+		return e.Direction == "outbound" && e.Decision == "deny" && e.SourceID == "spiffe://cluster.local/ns/story/sa/web" &&
+			(strings.Contains(e.Rule, "db") || strings.Contains(e.Destination, "db") || e.Destination == svcAddr || e.Destination == podAddr)
 	})
 
 	s.n.must(t, time.Minute, "-n", story, "delete", "accesspolicy", "db-from-api-only")
