@@ -3,6 +3,13 @@
 # (internal/kubetest) into <repo root>/.cache/kube/bin, or into
 # $TETHER_KUBE_BIN_DIR when that is set.
 #
+#   build.sh [-f] [NAME...]
+#
+# NAME is a command under cmd/ (kube-apiserver, etcd, kubelet,
+# kube-controller-manager, kube-scheduler, kube-proxy, kubectl), "node" for
+# everything a real single-node cluster needs (hack/cluster), or "all".
+# Without a name: kube-apiserver and etcd, what the API-server tests need.
+#
 # A binary is reused when it exists and is newer than this module's go.mod,
 # go.sum, its cmd/<name>/main.go and this script, so repeated runs take ~0 s.
 # A cold build takes about 4.5 minutes on 2 cores (about 15 s when the Go
@@ -18,6 +25,23 @@ out="${TETHER_KUBE_BIN_DIR:-$root/.cache/kube/bin}"
 force=0
 if [[ "${1:-}" == "-f" ]]; then
 	force=1
+	shift
+fi
+names=()
+for arg in "$@"; do
+	case "$arg" in
+	node | all) names+=(kube-apiserver etcd kubelet kube-controller-manager kube-scheduler kube-proxy kubectl) ;;
+	*)
+		if [[ ! -f "$here/cmd/$arg/main.go" ]]; then
+			echo "hack/kube/build.sh: no command $arg under $here/cmd (want one of: $(ls "$here/cmd" | tr '\n' ' ')node, all)" >&2
+			exit 2
+		fi
+		names+=("$arg")
+		;;
+	esac
+done
+if [[ ${#names[@]} -eq 0 ]]; then
+	names=(kube-apiserver etcd)
 fi
 
 # Version stamp, as k8s.io/kubernetes/hack/lib/version.sh does, so that the
@@ -38,7 +62,7 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
 done
 
 stale=()
-for name in kube-apiserver etcd; do
+for name in "${names[@]}"; do
 	bin="$out/$name"
 	if [[ $force -eq 0 && -x "$bin" && "$bin" -nt "$here/go.mod" && "$bin" -nt "$here/go.sum" && "$bin" -nt "$here/cmd/$name/main.go" && "$bin" -nt "$here/build.sh" ]]; then
 		echo "kube-bins: $bin is up to date"

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tether-mesh/tether/internal/freeport"
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 // The tests below run `tether demo` as a user does: the real binaries,
@@ -74,24 +75,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // freePortRange returns a base port N such that N to N+32 are free now,
 // below the ephemeral ports: there no client connection takes one of them
 // between this check and the demo's start, as could happen to ports the
@@ -108,8 +91,8 @@ func freePortRange(t *testing.T) int {
 // demoRun is a `tether demo` process.
 type demoRun struct {
 	cmd    *exec.Cmd
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout testutil.SyncBuffer
+	stderr testutil.SyncBuffer
 	done   chan struct{}
 	err    error
 }

@@ -17,17 +17,10 @@ package kubetest
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -55,6 +48,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tether-mesh/tether/internal/freeport"
+	"github.com/tether-mesh/tether/internal/kubepki"
 	"github.com/tether-mesh/tether/pkg/inject"
 )
 
@@ -107,8 +101,7 @@ type Env struct {
 	// server's first passing /readyz (the successful attempt only).
 	ReadyAfter time.Duration
 
-	ca      *x509.Certificate
-	caKey   *ecdsa.PrivateKey
+	ca      *kubepki.CA
 	etcd    *process
 	apiSrv  *process
 	etcdURL string
@@ -291,7 +284,7 @@ func start(t testing.TB, binDir string) (*Env, error) {
 		return nil, err
 	}
 
-	adminCert, adminKey, err := env.clientCert("kubetest-admin", "system:masters")
+	adminCert, adminKey, err := env.ca.Client("kubetest-admin", "system:masters")
 	if err != nil {
 		env.stop()
 		return nil, err
@@ -299,7 +292,7 @@ func start(t testing.TB, binDir string) (*Env, error) {
 	env.Config = &rest.Config{
 		Host: fmt.Sprintf("https://127.0.0.1:%d", apiPort),
 		TLSClientConfig: rest.TLSClientConfig{
-			CAData:   pemCert(env.ca),
+			CAData:   env.ca.CertPEM(),
 			CertData: adminCert,
 			KeyData:  adminKey,
 		},
@@ -543,68 +536,28 @@ func (e *Env) writePKI() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := kubepki.NewCA("kubetest-ca", 10*24*time.Hour)
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "kubetest-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	e.ca = ca
+	servingCert, servingKey, err := ca.Serving("kube-apiserver",
+		[]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 1)},
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"})
 	if err != nil {
 		return err
 	}
-	if e.ca, err = x509.ParseCertificate(caDER); err != nil {
-		return err
-	}
-	e.caKey = caKey
-
-	servingKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	servingDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(10 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 1)},
-		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-			"kubernetes.default.svc.cluster.local"},
-	}, e.ca, &servingKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	servingKeyDER, err := x509.MarshalPKCS8PrivateKey(servingKey)
-	if err != nil {
-		return err
-	}
-
-	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	saKey, saKeyPEM, saPubPEM, err := kubepki.ServiceAccountKey()
 	if err != nil {
 		return err
 	}
 	e.ServiceAccountSigningKey = saKey
-	saPub, err := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
-	if err != nil {
-		return err
-	}
-
 	files := map[string][]byte{
-		"ca.crt":      pemCert(e.ca),
-		"serving.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: servingDER}),
-		"serving.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: servingKeyDER}),
-		"sa.key":      pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
-		"sa.pub":      pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
+		"ca.crt":      ca.CertPEM(),
+		"serving.crt": servingCert,
+		"serving.key": servingKey,
+		"sa.key":      saKeyPEM,
+		"sa.pub":      saPubPEM,
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
@@ -612,45 +565,6 @@ func (e *Env) writePKI() error {
 		}
 	}
 	return nil
-}
-
-// clientCert issues a client certificate (PEM cert and key) signed by the
-// API server's client CA.
-func (e *Env) clientCert(user string, groups ...string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: user, Organization: groups},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(10 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, e.ca, &key.PublicKey, e.caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic(err)
-	}
-	return n
-}
-
-func pemCert(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
 
 // ----------------------------------------------------------------------------
@@ -818,7 +732,7 @@ func (e *Env) ServiceAccountConfig(t testing.TB, ns, sa string) *rest.Config {
 	token := e.ServiceAccountToken(t, ns, sa, time.Hour)
 	return &rest.Config{
 		Host:            e.Config.Host,
-		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(e.ca)},
+		TLSClientConfig: rest.TLSClientConfig{CAData: e.ca.CertPEM()},
 		BearerToken:     token,
 		QPS:             e.Config.QPS,
 		Burst:           e.Config.Burst,
@@ -830,13 +744,13 @@ func (e *Env) ServiceAccountConfig(t testing.TB, ns, sa string) *rest.Config {
 // "system:masters", which bypasses RBAC).
 func (e *Env) UserConfig(t testing.TB, user string, groups ...string) *rest.Config {
 	t.Helper()
-	certPEM, keyPEM, err := e.clientCert(user, groups...)
+	certPEM, keyPEM, err := e.ca.Client(user, groups...)
 	if err != nil {
 		t.Fatalf("kubetest: client certificate for %s: %v", user, err)
 	}
 	return &rest.Config{
 		Host:            e.Config.Host,
-		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(e.ca), CertData: certPEM, KeyData: keyPEM},
+		TLSClientConfig: rest.TLSClientConfig{CAData: e.ca.CertPEM(), CertData: certPEM, KeyData: keyPEM},
 		QPS:             e.Config.QPS,
 		Burst:           e.Config.Burst,
 	}

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 // RequireEnv, when set to 1 or true (like CI=true), turns a missing
@@ -416,7 +418,7 @@ func (ns *NS) Run(t testing.TB, args ...string) string {
 // Proc is a long-running process started by Start.
 type Proc struct {
 	cmd  *exec.Cmd
-	out  syncBuffer
+	out  testutil.SyncBuffer
 	done chan struct{}
 	err  error // set before done is closed
 }
@@ -463,23 +465,6 @@ func (p *Proc) Err() error {
 
 // Output is what the process has written to stdout and stderr so far.
 func (p *Proc) Output() string { return p.out.String() }
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // Executable returns a copy of the running test binary that any UID may
 // execute (the original sits in a 0700 build directory), so a test can re-run

@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +39,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/injector"
 	"github.com/tether-mesh/tether/internal/kubetest"
+	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/inject"
 )
 
@@ -329,7 +329,7 @@ func applyManifests(t *testing.T, env *kubetest.Env, dir string) {
 // MutatingWebhookConfiguration at it (no Service routing exists here: the
 // loopback URL stands for it, as for an injector run outside the cluster).
 // It returns the injector's log.
-func startInjector(t *testing.T, env *kubetest.Env) *lockedBuffer {
+func startInjector(t *testing.T, env *kubetest.Env) *testutil.SyncBuffer {
 	t.Helper()
 	ctx := context.Background()
 	wl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -363,7 +363,7 @@ func startInjector(t *testing.T, env *kubetest.Env) *lockedBuffer {
 		t.Fatal(err)
 	}
 	image := envValue(dep.Spec.Template.Spec.Containers[0], "TETHER_IMAGE")
-	log := &lockedBuffer{}
+	log := &testutil.SyncBuffer{}
 	inj, err := injector.New(injector.Config{
 		Inject: inject.DefaultConfig(image),
 		Certs: injector.CertsConfig{Client: client, Namespace: "tether-system", SecretName: "tether-injector-tls",
@@ -447,22 +447,4 @@ func grep(text, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
-}
-
-// lockedBuffer is an io.Writer safe for concurrent use.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

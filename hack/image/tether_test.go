@@ -1,0 +1,297 @@
+package main
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestTetherImage builds the real tether image (a minute or more: five
+// binaries and the iptables layer) twice, and checks it, runs its iptables
+// and binaries in a chroot, and imports it into a private containerd.
+func TestTetherImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the tether image takes minutes to build")
+	}
+	for _, tool := range []string{"apt-get", "apt-cache", "dpkg-deb"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the iptables layer needs Debian's %s: %v", tool, err)
+		}
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "tether.tar")
+	start := time.Now()
+	t.Log(build(t, "tether", "--src", repoRoot(t), "--out", out))
+	t.Logf("first build: %v", time.Since(start))
+	img := readImage(t, out)
+
+	t.Run("config", func(t *testing.T) {
+		cfg := configOf(t, img)
+		if cfg.Config.User != "65532:65532" || !slices.Equal(cfg.Config.Entrypoint, []string{"/usr/local/bin/tether"}) {
+			t.Errorf("user %q entrypoint %q", cfg.Config.User, cfg.Config.Entrypoint)
+		}
+		if l := cfg.Config.Labels["dev.tether.iptables-packages"]; !strings.Contains(l, "iptables 1.8") || !strings.Contains(l, "libc6 ") {
+			t.Errorf("label dev.tether.iptables-packages = %q", l)
+		}
+		if got := repoTags(t, out); !slices.Equal(got, []string{"docker.io/library/tether:latest"}) {
+			t.Errorf("tags %q", got)
+		}
+	})
+	fs := files(t, img)
+	t.Run("files", func(t *testing.T) {
+		checkOwners(t, fs)
+		for _, b := range presets["tether"].binaries {
+			checkFile(t, fs, "/usr/local/bin/"+b.name, 0o755)
+		}
+		checkFile(t, fs, "/usr/sbin/xtables-nft-multi", 0o755)
+		checkFile(t, fs, "/usr/sbin/xtables-legacy-multi", 0o755)
+		checkFile(t, fs, packagesFile, 0o644)
+		for name, target := range iptablesNames {
+			if f := fs["/usr/sbin/"+name]; f.hdr == nil || f.hdr.Typeflag != tar.TypeSymlink || f.hdr.Linkname != target {
+				t.Errorf("/usr/sbin/%s: want a symlink to %s", name, target)
+			}
+		}
+		for _, p := range []string{"/usr/lib/x86_64-linux-gnu/xtables/libxt_REDIRECT.so", "/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"} {
+			if _, ok := fs[p]; !ok {
+				t.Errorf("%s missing", p)
+			}
+		}
+		// Nothing of the packages beyond what iptables runs with.
+		for _, p := range []string{"/bin/sh", "/usr/bin/apt", "/usr/sbin/iptables-apply", "/usr/share/doc", "/usr/lib/x86_64-linux-gnu/gconv", "/sbin/ldconfig"} {
+			if _, ok := fs[p]; ok {
+				t.Errorf("%s is in the image", p)
+			}
+		}
+	})
+	t.Run("reproducible", func(t *testing.T) {
+		start := time.Now()
+		out2 := filepath.Join(dir, "again.tar")
+		build(t, "tether", "--src", repoRoot(t), "--out", out2)
+		t.Logf("second build: %v", time.Since(start))
+		if a, b := digest(t, img), digest(t, readImage(t, out2)); a != b {
+			t.Errorf("digests differ: %s, then %s", a, b)
+		}
+	})
+	t.Run("chroot", func(t *testing.T) {
+		requireRoot(t)
+		root := filepath.Join(dir, "rootfs")
+		extractTo(t, fs, root)
+		chrootRuns(t, root)
+	})
+	t.Run("containerd", func(t *testing.T) {
+		requireRoot(t)
+		cfg, err := img.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctr := privateContainerd(t)
+		importIntoContainerd(t, ctr, out, cfg.String())
+
+		// Pulled through `serve` as the cluster's containerd does: the
+		// registry is its mirror for docker.io and registry.k8s.io.
+		pauseTar := filepath.Join(dir, "pause.tar")
+		build(t, "pause", "--src", repoRoot(t), "--out", pauseTar)
+		addr := serve(t, out, pauseTar)
+		hosts := filepath.Join(dir, "hosts")
+		for _, reg := range []string{"docker.io", "registry.k8s.io"} {
+			write(t, filepath.Join(hosts, reg, "hosts.toml"), fmt.Sprintf("[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+addr))
+		}
+		for ref, img := range map[string]string{"docker.io/library/tether:latest": out, "registry.k8s.io/pause:3.10": pauseTar} {
+			if o, err := ctr("images", "rm", ref); err != nil && !strings.Contains(o, "not found") {
+				t.Fatalf("ctr images rm %s: %v\n%s", ref, err, o)
+			}
+			if o, err := ctr("images", "pull", "--hosts-dir", hosts, ref); err != nil {
+				t.Fatalf("ctr images pull %s through the mirror: %v\n%s", ref, err, o)
+			}
+			if got, want := listedDigest(t, ctr, ref), digest(t, readImage(t, img)).String(); got != want {
+				t.Errorf("pulled %s: digest %s, built %s", ref, got, want)
+			}
+		}
+	})
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+// extractTo writes the files of an image into dir.
+func extractTo(t *testing.T, fs map[string]file, dir string) {
+	t.Helper()
+	paths := make([]string, 0, len(fs))
+	for p := range fs {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	for _, p := range paths {
+		f, dst := fs[p], filepath.Join(dir, p)
+		var err error
+		switch f.hdr.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(dst, 0o755)
+		case tar.TypeSymlink:
+			err = os.Symlink(f.hdr.Linkname, dst)
+		case tar.TypeReg:
+			err = os.WriteFile(dst, f.data, 0o600)
+		}
+		if err == nil && f.hdr.Typeflag != tar.TypeSymlink {
+			err = os.Chmod(dst, f.hdr.FileInfo().Mode())
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// chrootRuns runs the image's iptables and binaries in a chroot of it, in a
+// network namespace of their own.
+func chrootRuns(t *testing.T, root string) {
+	rules := "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n" +
+		":TETHER_TEST - [0:0]\n-A OUTPUT -p tcp -j TETHER_TEST\n" +
+		"-A TETHER_TEST -p tcp -m owner --uid-owner 1337 -j RETURN\n" +
+		"-A TETHER_TEST -p tcp --dport 80 -j REDIRECT --to-ports 15001\nCOMMIT\n"
+	for _, c := range []struct {
+		args  []string
+		stdin string
+		want  string
+	}{
+		{[]string{"/usr/sbin/iptables-save", "--version"}, "", "nf_tables"},
+		{[]string{"/usr/sbin/iptables-legacy-save", "--version"}, "", "legacy"},
+		{[]string{"/usr/sbin/iptables-restore", "--test"}, rules, ""},
+		{[]string{"/usr/sbin/ip6tables-restore", "--test"}, rules, ""},
+		{[]string{"/usr/local/bin/tether-sidecar", "-help"}, "", "init"},
+		{[]string{"/usr/local/bin/tether", "--help"}, "", "tether"},
+	} {
+		cmd := exec.Command("unshare", append([]string{"--net", "chroot", root}, c.args...)...)
+		cmd.Stdin = strings.NewReader(c.stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("chroot %v: %v, output %q, want %q in it", c.args, err, out, c.want)
+		}
+	}
+	// The rules really load, extensions (owner, REDIRECT) included, and read back.
+	script := fmt.Sprintf("chroot %s /usr/sbin/iptables-restore && chroot %s /usr/sbin/iptables-save -t nat", root, root)
+	cmd := exec.Command("unshare", "--net", "sh", "-ec", script)
+	cmd.Stdin = strings.NewReader(rules)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "-A TETHER_TEST -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 15001") {
+		t.Errorf("iptables-restore then iptables-save in the chroot: %v\n%s", err, out)
+	}
+}
+
+// ctrFunc runs ctr against one containerd, in namespace k8s.io.
+type ctrFunc func(args ...string) (string, error)
+
+// privateContainerd starts a containerd of its own (temporary root, state
+// and socket; no CRI) for the test and returns a ctr for it.
+func privateContainerd(t *testing.T) ctrFunc {
+	for _, tool := range []string{"containerd", "ctr"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (Debian package containerd): %v", tool, err)
+		}
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "c.sock")
+	cfg := filepath.Join(dir, "config.toml")
+	write(t, cfg, fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc"))
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	cmd := exec.Command("containerd", "--config", cfg)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopProcess(t, cmd) })
+	ctr := func(args ...string) (string, error) {
+		out, err := exec.Command("ctr", append([]string{"--address", sock, "-n", "k8s.io"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := ctr("version"); err == nil {
+			return ctr
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logf.Name())
+			t.Fatalf("containerd not answering after 30 s:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// importIntoContainerd imports the tarball as docs/install.md says (ctr -n
+// k8s.io images import) and finds the image listed, with the built config
+// (image ID). containerd writes its own manifest for a docker-archive, so
+// the manifest digest is not the built one.
+func importIntoContainerd(t *testing.T, ctr ctrFunc, tarPath, wantConfig string) {
+	if out, err := ctr("images", "import", tarPath); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+	manifest := listedDigest(t, ctr, "docker.io/library/tether:latest")
+	raw, err := ctr("content", "get", manifest)
+	if err != nil {
+		t.Fatalf("ctr content get %s: %v\n%s", manifest, err, raw)
+	}
+	var m struct {
+		Config struct{ Digest string }
+	}
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		t.Fatalf("manifest %s: %v", manifest, err)
+	}
+	if m.Config.Digest != wantConfig {
+		t.Errorf("containerd's image has config %s, built %s", m.Config.Digest, wantConfig)
+	}
+}
+
+// listedDigest returns the digest `ctr images ls` shows for ref.
+func listedDigest(t *testing.T, ctr ctrFunc, ref string) string {
+	t.Helper()
+	out, err := ctr("images", "ls")
+	if err != nil {
+		t.Fatalf("ctr images ls: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == ref {
+			return f[2]
+		}
+	}
+	t.Fatalf("ctr images ls does not list %s:\n%s", ref, out)
+	return ""
+}
+
+// stopProcess stops a process this test started: SIGTERM, then SIGKILL after 10 s.
+func stopProcess(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Errorf("process %d did not stop on SIGTERM", cmd.Process.Pid)
+	}
+}

@@ -1,0 +1,20 @@
+// Command kube-proxy is the upstream Kubernetes kube-proxy (k8s.io/kubernetes v1.37.2),
+// built here for the real-node cluster (hack/cluster). It mirrors
+// k8s.io/kubernetes/cmd/kube-proxy/proxy.go.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // for client metric registration
+	_ "k8s.io/component-base/metrics/prometheus/version"  // for version metric registration
+	"k8s.io/kubernetes/cmd/kube-proxy/app"
+)
+
+func main() {
+	command := app.NewProxyCommand()
+	code := cli.Run(command)
+	os.Exit(code)
+}
