@@ -223,11 +223,19 @@ func eventually(t *testing.T, what string, timeout, interval time.Duration, chec
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	start := time.Now()
-	for {
+	var first error
+	for attempt := 1; ; attempt++ {
 		err := check()
 		if err == nil {
-			t.Logf("%s: after %s", what, time.Since(start).Round(100*time.Millisecond))
+			if first != nil {
+				t.Logf("%s: after %s, attempt %d (the first said: %v)", what, time.Since(start).Round(100*time.Millisecond), attempt, first)
+			} else {
+				t.Logf("%s: after %s", what, time.Since(start).Round(100*time.Millisecond))
+			}
 			return
+		}
+		if first == nil {
+			first = err
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %s: %v", what, timeout, err)
