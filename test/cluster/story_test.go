@@ -709,8 +709,8 @@ func (s *storyRun) rotation(t *testing.T) {
 	t.Logf("retire %s after prepare:\n%s", retired.Sub(prepared).Round(time.Second), out)
 	gens = s.caStatus(t)
 	active := byState(gens, "active")
-	if active == nil || active.root == old.root {
-		t.Fatalf("after the rotation: %+v", gens)
+	if active == nil || active.root == old.root || byState(gens, "superseded") != nil || byState(gens, "prepared") != nil {
+		t.Fatalf("after the rotation, want one active generation with a new root and nothing superseded or prepared: %+v", gens)
 	}
 	for _, a := range apps {
 		eventually(t, a+"'s sidecar trusts the new root alone", time.Minute, 3*time.Second, func() error {
