@@ -178,7 +178,8 @@ func stillAllowed(v *xdsclient.View, key wire.ServiceKey, port uint16, addrs []n
 
 // viewLookup decides a captured outbound destination with the current
 // view: a ClusterIP:port or endpoint of a mesh service goes through
-// Outbound (policy, expected identities); anything else is not in the
+// Outbound (policy, expected identities); an address of a service this
+// workload may not reach at all is denied; anything else is not in the
 // mesh (ok false). A call to one endpoint goes to that endpoint; a call
 // to a ClusterIP goes to an endpoint chosen round-robin.
 func (s *Sidecar) viewLookup(dst netip.AddrPort) (proxy.Route, bool) {
@@ -188,6 +189,13 @@ func (s *Sidecar) viewLookup(dst netip.AddrPort) (proxy.Route, bool) {
 	}
 	svc, port, ok := v.LookupAddr(dst)
 	if !ok {
+		// The address of a mesh service this workload may reach on no
+		// port: discovery sends it (for DNS) without the service's name,
+		// so it is refused as an unknown service, never passed through in
+		// plaintext.
+		if v.HiddenAddr(dst.Addr()) {
+			return proxy.Route{Deny: "not a service this workload may reach", Target: dst.String(), Rule: ruleUnknownService}, true
+		}
 		return proxy.Route{}, false
 	}
 	r := s.outboundRoute(v, svc.Key, port.Port)

@@ -285,9 +285,17 @@ func TestTransparentFromView(t *testing.T) {
 		{RegistryOnly, "10.96.0.11:8080", []string{"mesh 10.0.0.2:8080", "mesh 10.0.0.3:8080"}},
 		{Passthrough, "203.0.113.7:443", []string{"passthrough 203.0.113.7:443"}},
 		{RegistryOnly, "203.0.113.7:443", []string{"deny registry-only"}},
-		// db is unreachable: web does not even learn its address, so it is
-		// outside the mesh for web's sidecar (db's inbound refuses it).
-		{RegistryOnly, "10.96.0.12:5432", []string{"deny registry-only"}},
+		// db is unreachable: web learns only its ClusterIP (for DNS), which
+		// is refused at once on any port and in either mode, rather than
+		// passed through in plaintext (found on the real node by
+		// test/cluster). Its endpoints' addresses are not sent: a call to
+		// them leaves as any non-mesh destination, and db's inbound
+		// refuses it.
+		{Passthrough, "10.96.0.12:5432", []string{"deny " + ruleUnknownService}},
+		{Passthrough, "10.96.0.12:80", []string{"deny " + ruleUnknownService}},
+		{RegistryOnly, "10.96.0.12:5432", []string{"deny " + ruleUnknownService}},
+		{Passthrough, "10.0.0.4:5432", []string{"passthrough 10.0.0.4:5432"}},
+		{RegistryOnly, "10.0.0.4:5432", []string{"deny registry-only"}},
 	} {
 		got := describe(route(tc.mode, tc.dst, nil))
 		ok := false

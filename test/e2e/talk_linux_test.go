@@ -60,9 +60,11 @@ const appUID = 1000
 //     tether-system's) are not in web's view, and a call to the API server
 //     by name passes through web's sidecar unchanged;
 //   - with an AccessPolicy letting only ServiceAccount batch reach api: the
-//     name is NXDOMAIN for web (cluster DNS still has it); a call by
-//     ClusterIP or to api-0's pod IP leaves web as plaintext (api is outside
-//     the mesh for web, docs/sidecar.md) and api's strict inbound refuses it;
+//     name is NXDOMAIN for web (cluster DNS still has it); a call to api's
+//     ClusterIP is refused by web's own sidecar at once (it knows that
+//     address only as hidden, docs/sidecar.md) and api sees nothing of it;
+//     a call to api-0's pod IP leaves web as plaintext (api is outside
+//     the mesh for web) and api's strict inbound refuses it;
 //     and mTLS with web's own SVID (from web's Workload API) is denied by
 //     api's authoritative inbound check, which names the policy;
 //   - with a second AccessPolicy letting web reach api on port 9090 only:
@@ -234,10 +236,35 @@ func TestInjectedPodsTalk(t *testing.T) {
 		t.Fatalf("web → %s under the policy: %q, %v (want: could not resolve)", byName, body, err)
 	}
 	t.Logf("web → %s under the policy: unresolved in %v", byName, time.Since(start).Round(time.Millisecond))
-	// ...and calls api's ClusterIP or pod IP as a destination outside the
-	// mesh (it is not told api's addresses): they leave as plaintext, and
-	// api's strict inbound refuses them.
-	for _, url := range []string{byIP, toPod} {
+	// ...refuses a call to api's ClusterIP itself, at once: discovery sends
+	// that address (without the name) for its DNS server, and it must not
+	// leave as plaintext (test/cluster found it did)...
+	{
+		webMark, apiMark := web.logMark(), api.logMark()
+		start := time.Now()
+		if body, err := web.curl(ctx, byIP); err == nil {
+			t.Fatalf("web → %s under the policy: %q", byIP, body)
+		}
+		took := time.Since(start)
+		early := web.waitLog(webMark, "outbound denial of api's ClusterIP", func(e accessEntry) bool {
+			return e.Direction == "outbound" && e.Decision == "deny"
+		})
+		if !strings.Contains(early.Rule, "unknown service") || early.Destination != apiSvc.Spec.ClusterIP+":80" {
+			t.Fatalf("web → %s under the policy: web's sidecar logged %+v, want a denial of %s:80 as an unknown service", byIP, early, apiSvc.Spec.ClusterIP)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("web → %s under the policy took %v to be refused", byIP, took)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if e, ok := api.findLog(apiMark, func(e accessEntry) bool { return e.Direction == "inbound" }); ok {
+			t.Fatalf("web → %s under the policy reached api's sidecar: %+v", byIP, e)
+		}
+		t.Logf("web → %s under the policy: refused by web's sidecar in %v (%s)", byIP, took.Round(time.Millisecond), early.Rule)
+	}
+	// ...and calls api's pod IP as a destination outside the mesh (it is
+	// not told the endpoints of a service it may not reach): it leaves as
+	// plaintext, and api's strict inbound refuses it.
+	for _, url := range []string{toPod} {
 		webMark, apiMark := web.logMark(), api.logMark()
 		start := time.Now()
 		if body, err := web.curl(ctx, url); err == nil {
