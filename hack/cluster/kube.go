@@ -98,12 +98,18 @@ func (c *Cluster) createDNSService(ctx context.Context) error {
 		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: "system:coredns"}},
 	}
 	for _, create := range []func() error{
-		func() error { _, err := cs.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); return err },
+		func() error {
+			_, err := cs.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{})
+			return err
+		},
 		func() error {
 			_, err := cs.DiscoveryV1().EndpointSlices("kube-system").Create(ctx, slice, metav1.CreateOptions{})
 			return err
 		},
-		func() error { _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); return err },
+		func() error {
+			_, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{})
+			return err
+		},
 		func() error {
 			_, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{})
 			return err
