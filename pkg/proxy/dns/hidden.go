@@ -29,11 +29,68 @@ func (s *Server) hideUnreachable(next handler) handler {
 			return s.negative(req.msg, mdns.RcodeNameError), resultUnreachable
 		}
 		resp, result := next(ctx, req)
-		if resp != nil && s.revealsHidden(resp) {
+		if resp == nil {
+			return resp, result
+		}
+		if s.revealsHidden(resp) {
 			return s.negative(req.msg, mdns.RcodeNameError), resultUnreachable
+		}
+		if s.mayNameHidden(req, resp) {
+			switch hidden, ok := s.addressesHidden(ctx, req, next); {
+			case !ok:
+				return reply(req.msg, mdns.RcodeServerFailure), resultServfail
+			case hidden:
+				return s.negative(req.msg, mdns.RcodeNameError), resultUnreachable
+			}
 		}
 		return resp, result
 	}
+}
+
+// mayNameHidden reports whether resp says that a name exists without
+// showing its addresses (NODATA for AAAA of an IPv4-only service, or
+// records of another type), for a name of the cluster's services or an
+// alias of one: the name could be a hidden service's, which only an
+// address query shows.
+func (s *Server) mayNameHidden(req *request, resp *mdns.Msg) bool {
+	if resp.Rcode != mdns.RcodeSuccess {
+		return false
+	}
+	if _, ok := reverseAddr(req.name); ok {
+		return false
+	}
+	svc := ".svc." + s.cfg.ClusterDomain
+	inCluster := strings.HasSuffix(req.name, svc)
+	for _, rr := range resp.Answer {
+		switch rr := rr.(type) {
+		case *mdns.A, *mdns.AAAA:
+			return false // revealsHidden has checked them
+		case *mdns.CNAME:
+			inCluster = inCluster || strings.HasSuffix(strings.ToLower(rr.Target), svc)
+		}
+	}
+	return inCluster
+}
+
+// addressesHidden asks next for the A and AAAA records of the request's
+// name (those it did not ask for itself) and reports whether one is
+// hidden; ok is false when an answer could not be had.
+func (s *Server) addressesHidden(ctx context.Context, req *request, next handler) (hidden, ok bool) {
+	for _, qtype := range []uint16{mdns.TypeA, mdns.TypeAAAA} {
+		if qtype == req.q.Qtype {
+			continue
+		}
+		m := new(mdns.Msg).SetQuestion(req.q.Name, qtype)
+		probe := &request{msg: m, q: m.Question[0], name: req.name}
+		resp, _ := next(ctx, probe)
+		if resp == nil || (resp.Rcode != mdns.RcodeSuccess && resp.Rcode != mdns.RcodeNameError) {
+			return false, false
+		}
+		if s.revealsHidden(resp) {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 // revealsHidden reports whether resp holds a hidden address, or an SRV

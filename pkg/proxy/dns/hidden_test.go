@@ -117,3 +117,90 @@ func TestReverseAddr(t *testing.T) {
 		}
 	}
 }
+
+// A hidden service's name exists upstream for every query type, but only
+// its addresses show that it is hidden: an AAAA query for an IPv4-only
+// hidden service, or a TXT query, got the upstream's empty NOERROR
+// (NODATA), telling the pod that the name it was answered NXDOMAIN for
+// exists (the A query for a denied db said NXDOMAIN, the AAAA query
+// NOERROR, in the real-node test's story). Such answers are now checked
+// against the name's addresses and hidden the same way; names without a
+// hidden address keep their NODATA.
+func TestHiddenServicesNotRevealedByOtherTypes(t *testing.T) {
+	var mu sync.Mutex
+	asked := map[string]int{}
+	failProbe := false
+	up := startUpstream(t, func(r *mdns.Msg, _ bool) *mdns.Msg {
+		q := r.Question[0]
+		mu.Lock()
+		asked[mdns.TypeToString[q.Qtype]+" "+q.Name]++
+		fail := failProbe
+		mu.Unlock()
+		m := new(mdns.Msg).SetReply(r)
+		switch {
+		case q.Name == "secret.vault.svc.cluster.local." && q.Qtype == mdns.TypeA:
+			m.Answer = []mdns.RR{rr("secret.vault.svc.cluster.local. 5 IN A 10.96.0.9")}
+		case q.Name == "secret6.vault.svc.cluster.local." && q.Qtype == mdns.TypeAAAA:
+			m.Answer = []mdns.RR{rr("secret6.vault.svc.cluster.local. 5 IN AAAA fd00::9")}
+		case q.Name == "alias.example.com.":
+			m.Answer = []mdns.RR{rr("alias.example.com. 5 IN CNAME secret.vault.svc.cluster.local.")}
+			if q.Qtype == mdns.TypeA {
+				m.Answer = append(m.Answer, rr("secret.vault.svc.cluster.local. 5 IN A 10.96.0.9"))
+			}
+		case q.Name == "plain.shop.svc.cluster.local." && q.Qtype == mdns.TypeA:
+			m.Answer = []mdns.RR{rr("plain.shop.svc.cluster.local. 5 IN A 10.96.0.20")}
+		case q.Name == "flaky.shop.svc.cluster.local." && q.Qtype != mdns.TypeAAAA && fail:
+			m.Rcode = mdns.RcodeServerFailure
+		case strings.HasSuffix(q.Name, ".svc.cluster.local."), q.Name == "nov6.example.com.":
+			// exists, no record of this type: NODATA
+		default:
+			m.Rcode = mdns.RcodeNameError
+		}
+		return m
+	})
+	table := hiddenTable{StaticTable: NewStaticTable(nil), addrs: []netip.Addr{mustAddr("10.96.0.9"), mustAddr("fd00::9")}}
+	s := startServer(t, Config{Upstreams: []string{up.addr}, Table: table})
+
+	for _, c := range []struct {
+		name  string
+		qtype uint16
+	}{
+		{"secret.vault.svc.cluster.local.", mdns.TypeAAAA},
+		{"secret.vault.svc.cluster.local.", mdns.TypeTXT},
+		{"secret.vault.svc.cluster.local.", mdns.TypeMX},
+		{"secret6.vault.svc.cluster.local.", mdns.TypeA},
+		{"alias.example.com.", mdns.TypeAAAA},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			resp := exchange(t, network, s.Addr(), c.name, c.qtype, false)
+			if resp.Rcode != mdns.RcodeNameError || len(resp.Answer) != 0 || len(resp.Extra) != 0 {
+				t.Errorf("%s %s over %s: %s %q, want NXDOMAIN and nothing else", mdns.TypeToString[c.qtype], c.name, network,
+					mdns.RcodeToString[resp.Rcode], answers(resp))
+			}
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		qtype uint16
+	}{
+		{"plain.shop.svc.cluster.local.", mdns.TypeAAAA},
+		{"plain.shop.svc.cluster.local.", mdns.TypeTXT},
+		{"nov6.example.com.", mdns.TypeAAAA},
+	} {
+		resp := exchange(t, "udp", s.Addr(), c.name, c.qtype, false)
+		if resp.Rcode != mdns.RcodeSuccess || len(resp.Answer) != 0 {
+			t.Errorf("%s %s: %s %q, want the upstream's NODATA", mdns.TypeToString[c.qtype], c.name, mdns.RcodeToString[resp.Rcode], answers(resp))
+		}
+	}
+	mu.Lock()
+	if asked["A nov6.example.com."] != 0 {
+		t.Errorf("a NODATA answer for a name outside the cluster's services was checked upstream: %v", asked)
+	}
+	failProbe = true
+	mu.Unlock()
+	// When the addresses cannot be checked, the pod is not told the name exists.
+	resp := exchange(t, "udp", s.Addr(), "flaky.shop.svc.cluster.local.", mdns.TypeAAAA, false)
+	if resp.Rcode != mdns.RcodeServerFailure || len(resp.Answer) != 0 {
+		t.Errorf("AAAA flaky.shop.svc.cluster.local. with its A query failing: %s %q, want SERVFAIL", mdns.RcodeToString[resp.Rcode], answers(resp))
+	}
+}
