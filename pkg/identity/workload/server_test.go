@@ -73,27 +73,6 @@ func newAgent(t *testing.T, ca *identity.CA, addr, path string) (a *agent.Agent,
 	}
 }
 
-// serve runs a Workload API server for src on a socket in a temporary
-// directory and returns the socket's path.
-func serve(t *testing.T, src workload.Source) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "wl", "workload.sock")
-	l, err := workload.Listen(path, workload.Access{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- workload.New(src, nil).Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return path
-}
-
 func addr(path string) workloadapi.ClientOption { return workloadapi.WithAddr("unix://" + path) }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -119,7 +98,7 @@ func TestStockClient(t *testing.T) {
 	ca, caAddr := startCA(t)
 	a, run := newAgent(t, ca, caAddr, "/ns/default/sa/web")
 	run()
-	path := serve(t, a)
+	path := testutil.ServeWorkloadAPI(t, a)
 	ctx := testContext(t)
 	web := testutil.ID("/ns/default/sa/web")
 
@@ -235,7 +214,7 @@ func TestStockClient(t *testing.T) {
 func TestWaitsForTheFirstSVID(t *testing.T) {
 	ca, caAddr := startCA(t)
 	a, run := newAgent(t, ca, caAddr, "/late")
-	path := serve(t, a)
+	path := testutil.ServeWorkloadAPI(t, a)
 	ctx := testContext(t)
 
 	// A one-shot fetch waits; it does not fail with PermissionDenied.
@@ -280,7 +259,7 @@ func TestMTLSBetweenWorkloads(t *testing.T) {
 	for _, p := range []string{"/ns/shop/sa/api", "/ns/shop/sa/web"} {
 		a, run := newAgent(t, ca, caAddr, p)
 		run()
-		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(addr(serve(t, a))))
+		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(addr(testutil.ServeWorkloadAPI(t, a))))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -359,7 +338,7 @@ func TestBadRequests(t *testing.T) {
 	a, run := newAgent(t, ca, caAddr, "/ns/default/sa/web")
 	run()
 	waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
-	c := rawClient(t, serve(t, a))
+	c := rawClient(t, testutil.ServeWorkloadAPI(t, a))
 	ctx := testContext(t)
 	j, err := a.FetchJWTSVID(ctx, []string{"db"})
 	if err != nil {
@@ -454,7 +433,7 @@ func TestBadRequests(t *testing.T) {
 func TestNoIdentityYet(t *testing.T) {
 	ca, caAddr := startCA(t)
 	a, _ := newAgent(t, ca, caAddr, "/never")
-	c := rawClient(t, serve(t, a))
+	c := rawClient(t, testutil.ServeWorkloadAPI(t, a))
 	_, err := c.FetchJWTSVID(withHeader(testContext(t)), &workloadpb.JWTSVIDRequest{Audience: []string{"db"}})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no identity yet") {
 		t.Fatalf("FetchJWTSVID before the first SVID: %v", err)
@@ -509,7 +488,7 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 	a, run := newAgent(t, ca, caAddr, "/x")
 	run()
 	waitFor(t, "first SVID", func() bool { return a.Ready() == nil })
-	c := rawClient(t, serve(t, a))
+	c := rawClient(t, testutil.ServeWorkloadAPI(t, a))
 	ctx, cancel := context.WithCancel(withHeader(testContext(t)))
 	defer cancel()
 	x509s, err := c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})

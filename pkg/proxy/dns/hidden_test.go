@@ -67,13 +67,7 @@ func TestHiddenServicesNotRevealedByUpstream(t *testing.T) {
 		{"9.0.96.10.in-addr.arpa.", mdns.TypePTR},
 		{"9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.", mdns.TypePTR},
 	} {
-		for _, network := range []string{"udp", "tcp"} {
-			resp := exchange(t, network, s.Addr(), c.name, c.qtype, false)
-			if resp.Rcode != mdns.RcodeNameError || len(resp.Answer) != 0 || len(resp.Extra) != 0 {
-				t.Errorf("%s %s over %s: %s %q, want NXDOMAIN and nothing else", mdns.TypeToString[c.qtype], c.name, network,
-					mdns.RcodeToString[resp.Rcode], answers(resp))
-			}
-		}
+		wantNXDOMAIN(t, s.Addr(), c.name, c.qtype)
 	}
 	for _, c := range []struct {
 		name  string
@@ -171,13 +165,7 @@ func TestHiddenServicesNotRevealedByOtherTypes(t *testing.T) {
 		{"secret6.vault.svc.cluster.local.", mdns.TypeA},
 		{"alias.example.com.", mdns.TypeAAAA},
 	} {
-		for _, network := range []string{"udp", "tcp"} {
-			resp := exchange(t, network, s.Addr(), c.name, c.qtype, false)
-			if resp.Rcode != mdns.RcodeNameError || len(resp.Answer) != 0 || len(resp.Extra) != 0 {
-				t.Errorf("%s %s over %s: %s %q, want NXDOMAIN and nothing else", mdns.TypeToString[c.qtype], c.name, network,
-					mdns.RcodeToString[resp.Rcode], answers(resp))
-			}
-		}
+		wantNXDOMAIN(t, s.Addr(), c.name, c.qtype)
 	}
 	for _, c := range []struct {
 		name  string
@@ -202,5 +190,18 @@ func TestHiddenServicesNotRevealedByOtherTypes(t *testing.T) {
 	resp := exchange(t, "udp", s.Addr(), "flaky.shop.svc.cluster.local.", mdns.TypeAAAA, false)
 	if resp.Rcode != mdns.RcodeServerFailure || len(resp.Answer) != 0 {
 		t.Errorf("AAAA flaky.shop.svc.cluster.local. with its A query failing: %s %q, want SERVFAIL", mdns.RcodeToString[resp.Rcode], answers(resp))
+	}
+}
+
+// wantNXDOMAIN asks the server at addr for name over UDP and TCP and fails
+// unless each answer is NXDOMAIN with no records.
+func wantNXDOMAIN(t *testing.T, addr, name string, qtype uint16) {
+	t.Helper()
+	for _, network := range []string{"udp", "tcp"} {
+		resp := exchange(t, network, addr, name, qtype, false)
+		if resp.Rcode != mdns.RcodeNameError || len(resp.Answer) != 0 || len(resp.Extra) != 0 {
+			t.Errorf("%s %s over %s: %s %q, want NXDOMAIN and nothing else", mdns.TypeToString[qtype], name, network,
+				mdns.RcodeToString[resp.Rcode], answers(resp))
+		}
 	}
 }

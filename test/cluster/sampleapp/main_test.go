@@ -31,7 +31,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/tether-mesh/tether/pkg/identity/workload"
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 // runCmd runs the binary's run with args and returns its exit code,
@@ -499,30 +499,9 @@ func newSVID(t *testing.T, id spiffeid.ID) staticSource {
 	}
 }
 
-// serveWorkloadAPI runs Tether's Workload API server for src on a unix
-// socket until the test ends and returns the socket's path.
-func serveWorkloadAPI(t *testing.T, src workload.Source) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "wl", "workload.sock")
-	l, err := workload.Listen(path, workload.Access{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- workload.New(src, nil).Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Workload API: %v", err)
-		}
-	})
-	return path
-}
-
 func TestSVID(t *testing.T) {
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/story/sa/web")
-	path := serveWorkloadAPI(t, newSVID(t, id))
+	path := testutil.ServeWorkloadAPI(t, newSVID(t, id))
 
 	t.Setenv("SPIFFE_ENDPOINT_SOCKET", "unix://"+path)
 	out, _ := wantExit(t, exitOK, "svid")
@@ -556,7 +535,7 @@ func TestSVID(t *testing.T) {
 
 // TestSVIDNoSVID: a Workload API that has no SVID to give is an error.
 func TestSVIDNoSVID(t *testing.T) {
-	path := serveWorkloadAPI(t, noSVID{})
+	path := testutil.ServeWorkloadAPI(t, noSVID{})
 	_, errOut := wantExit(t, exitFailed, "svid", "--timeout", "2s", "--socket", "unix://"+path)
 	wantContains(t, "stderr", errOut, "fetching the X.509-SVID")
 }
