@@ -147,7 +147,9 @@ func TestCorruptionIsCaught(t *testing.T) {
 			}
 		}
 	})
-	l := load{addr: bad, conns: 2, size: 1024, dur: 50 * time.Millisecond}
+	// A second: bulk must read past the first, clean, 64 KB chunk, which
+	// on a loaded machine took more than the 50 ms this test once gave it.
+	l := load{addr: bad, conns: 2, size: 1024, dur: time.Second}
 	for name, fn := range map[string]func(context.Context, load) (loadResult, error){"keep-alive": keepAlive, "new-conn": newConns, "bulk": bulk} {
 		r, err := fn(t.Context(), l)
 		if err != nil {
