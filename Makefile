@@ -103,7 +103,7 @@ vet:
 
 # test runs every test. Kubernetes tests use the binaries from kube-bins.
 test: deps kube-bins vet
-	TETHER_REQUIRE_KUBE=1 $(GO) test -race -count=1 -timeout 20m ./...
+	TETHER_REQUIRE_KUBE=1 $(GO) test -race -count=1 -timeout 30m ./...
 
 # unit runs the tests without building Kubernetes (those tests skip).
 unit:
