@@ -3,9 +3,8 @@ package sidecar
 import (
 	"encoding/json"
 	"net/http"
-	"runtime/debug"
-	"sync"
 
+	"github.com/tether-mesh/tether/internal/version"
 	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
@@ -48,33 +47,6 @@ func (s *Sidecar) adminAddr() string {
 	return ""
 }
 
-// buildVersion is the sidecar's build: the module version and, when the build
-// recorded it, the VCS revision.
-var buildVersion = sync.OnceValue(func() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	if v == "" {
-		v = "(devel)"
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
-	if rev != "" && (v == "(devel)" || v == "") {
-		v = rev[:min(len(rev), 12)] + dirty
-	}
-	if len(v) > 64 {
-		v = v[:64]
-	}
-	return v
-})
+// buildVersion is the sidecar's build as it reports it to discovery
+// (internal/version).
+func buildVersion() string { return version.String() }
