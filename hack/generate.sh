@@ -16,6 +16,8 @@ GO=${GO:-go}
 # What to generate, from which packages: the same for both forms.
 gen=(object crd "paths=./api/tether/...")
 
+# With -o, the deep copies of every API package go into the one directory
+# DIR/object: right while api/tether/ holds one package (v1alpha1).
 if [ "${1:-}" = "-o" ]; then
   [ $# -eq 2 ] || { echo "usage: hack/generate.sh [-o DIR]" >&2; exit 2; }
   exec "$GO" tool controller-gen "${gen[@]}" "output:object:dir=$2/object" "output:crd:dir=$2/crd"
