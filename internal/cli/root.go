@@ -259,7 +259,7 @@ func groupArgs(cmd *cobra.Command, args []string) error {
 // value. In a group, the mistyped command that came before the flag is
 // the error: `tether ca rotate sideways --force`.
 func flagError(cmd *cobra.Command, err error) error {
-	if cmd.HasSubCommands() {
+	if cmd.HasAvailableSubCommands() {
 		if args := cmd.Flags().Args(); len(args) > 0 {
 			return groupArgs(cmd, args)
 		}
