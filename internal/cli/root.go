@@ -305,6 +305,7 @@ func (a *App) newHelpCmd() *cobra.Command {
 				}
 				return usagef("unknown help topic %q (tether's commands: %s)", unknown, strings.Join(subcommandNames(cmd.Root()), ", "))
 			}
+			target.InitDefaultHelpFlag() // as when it runs with --help
 			return target.Help()
 		},
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
