@@ -191,7 +191,7 @@ Exit status: 0 success, 1 failure (the command says why on stderr),
 	root.SetHelpCommand(a.newHelpCmd())
 	for _, c := range []*cobra.Command{
 		a.newIdentityCmd(), a.newSVIDCmd(), a.newCACmd(), a.newPolicyCmd(),
-		a.newStatusCmd(), a.newDemoCmd(), a.newCompletionCmd(),
+		a.newStatusCmd(), a.newVersionCmd(), a.newDemoCmd(), a.newCompletionCmd(),
 	} {
 		root.AddCommand(c)
 	}
