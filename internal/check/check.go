@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -196,16 +195,13 @@ func WriteText(w io.Writer, r *Report) error {
 	}
 	fmt.Fprintln(w)
 	category := ""
-	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	for _, c := range r.Checks {
 		if c.Category != category {
-			tw.Flush()
 			category = c.Category
 			fmt.Fprintf(w, "\n%s\n", category)
 		}
 		mark := map[Result]string{OK: "[ok]  ", Warn: "[warn]", Fail: "[FAIL]"}[c.Result]
-		fmt.Fprintf(tw, "  %s %s\t%s\n", mark, c.Name, clean(c.Message))
-		tw.Flush()
+		fmt.Fprintf(w, "  %s %s: %s\n", mark, c.Name, clean(c.Message))
 		for _, d := range c.Details {
 			fmt.Fprintf(w, "           %s\n", clean(d))
 		}
@@ -213,7 +209,6 @@ func WriteText(w io.Writer, r *Report) error {
 			fmt.Fprintf(w, "           hint: %s\n", clean(c.Hint))
 		}
 	}
-	tw.Flush()
 	status := "passed"
 	if r.Failed() {
 		status = "FAILED"

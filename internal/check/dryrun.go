@@ -40,7 +40,8 @@ func (r *runner) labelledNamespaces(ctx context.Context) ([]corev1.Namespace, er
 	}
 	var out []corev1.Namespace
 	for _, ns := range list.Items {
-		if ns.Name != r.o.Namespace && ns.Name != "kube-system" {
+		// Pods cannot be created in a namespace being deleted.
+		if ns.Name != r.o.Namespace && ns.Name != "kube-system" && ns.Status.Phase != corev1.NamespaceTerminating {
 			out = append(out, ns)
 		}
 	}
@@ -164,7 +165,7 @@ func podSecurityCheck(runs []dryRun, listErr error) Check {
 		case d.err == nil:
 			good = append(good, d.ns.Name)
 		case d.kind == "pod-security":
-			bad = append(bad, fmt.Sprintf("%s: %s; fix: %s", d.ns.Name, firstLine(d.err.Error()), fix))
+			bad = append(bad, fmt.Sprintf("%s: %s; fix: %s", d.ns.Name, violation(d.err), fix))
 		case level == privileged:
 			good = append(good, d.ns.Name+" (by its label; the dry run could not tell: "+firstLine(d.err.Error())+")")
 		case level == "":
@@ -205,6 +206,15 @@ func (r *runner) podSecurity(ctx context.Context) Check {
 		runs = append(runs, r.tryPod(ctx, ns, pod))
 	}
 	return podSecurityCheck(runs, nil)
+}
+
+// violation is Pod Security's refusal without the generated pod name.
+func violation(err error) string {
+	msg := firstLine(err.Error())
+	if i := strings.Index(msg, "violates PodSecurity"); i >= 0 {
+		return msg[i:]
+	}
+	return msg
 }
 
 func firstLine(s string) string {

@@ -210,7 +210,10 @@ func (r *runner) roots(ctx context.Context) Check {
 	}
 	roots, err := parseCerts([]byte(cm.Data["bundle.pem"]))
 	if err != nil || len(roots) == 0 {
-		c.Result, c.Message = Fail, fmt.Sprintf("ConfigMap %s/%s has no root certificate in bundle.pem (%v)", r.o.Namespace, bundleMap, err)
+		c.Result, c.Message = Fail, fmt.Sprintf("ConfigMap %s/%s has no root certificate in bundle.pem", r.o.Namespace, bundleMap)
+		if err != nil {
+			c.Message += ": " + err.Error()
+		}
 		c.Hint = "tether-ca rewrites it; see kubectl -n " + r.o.Namespace + " logs deploy/tether-ca"
 		return c
 	}

@@ -205,7 +205,7 @@ func (r *runner) forwardGet(ctx context.Context, p *corev1.Pod, port int, path s
 	select {
 	case <-ready:
 	case err := <-done:
-		return nil, apiError(what, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	case <-cctx.Done():
 		return nil, fmt.Errorf("%s: no answer within --timeout", what)
 	}
@@ -372,7 +372,7 @@ func (r *runner) versions(ctx context.Context, rep *sidecarReport) Check {
 	}
 	if rep.nodesErr != nil {
 		c.Result, c.Message = Warn, "the sidecars' versions could not be read from discovery: "+rep.nodesErr.Error()
-		c.Hint = "the versions come from tether-discovery's /debug/sidecars, which answers on its pod's loopback only: the caller needs create on pods/portforward in " + r.o.Namespace
+		c.Hint = "the versions come from tether-discovery's /debug/sidecars, which answers on its pod's loopback only, through a port-forward: the caller needs create on pods/portforward in " + r.o.Namespace + " and a running tether-discovery pod"
 		return c
 	}
 	cp, cpFrom := r.controlPlaneVersion(ctx)

@@ -126,12 +126,16 @@ func (r *runner) injection(ctx context.Context) (Check, Check) {
 	c := Check{Name: "webhook-injects", Category: catInject}
 	nss, err := r.labelledNamespaces(ctx)
 	if err != nil {
-		return r.cannot(c, err), podSecurityCheck(nil, err)
+		ps := podSecurityCheck(nil, err)
+		ps.Category = catInject
+		return r.cannot(c, err), ps
 	}
 	if len(nss) == 0 {
 		c.Result, c.Message = Warn, "no namespace is labelled "+inject.InjectLabel+"=enabled or required, so no pod is injected and the webhook could not be tried"
 		c.Hint = "label the namespaces to mesh: kubectl label namespace NS " + inject.InjectLabel + "=enabled"
-		return c, podSecurityCheck(nil, nil)
+		ps := podSecurityCheck(nil, nil)
+		ps.Category = catInject
+		return c, ps
 	}
 	var runs []dryRun
 	var failed, notInjected, unsure, ok []string
@@ -168,7 +172,9 @@ func (r *runner) injection(ctx context.Context) (Check, Check) {
 		c.Result, c.Details = OK, ok
 		c.Message = fmt.Sprintf("the webhook injects a dry-run pod in all %d labelled namespace(s)", len(runs))
 	}
-	return c, podSecurityCheck(runs, nil)
+	ps := podSecurityCheck(runs, nil)
+	ps.Category = catInject
+	return c, ps
 }
 
 // webhookHint reads the API server's error for the likely cause.
