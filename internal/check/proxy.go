@@ -131,7 +131,7 @@ func identityCheck(rep *sidecarReport) Check {
 		want := "/ns/" + sc.pod.Namespace + "/sa/" + sa
 		switch {
 		case sc.node == nil:
-			unknown = append(unknown, podName(&sc.pod)+": not connected to discovery ("+rep.discoveryPod+")")
+			unknown = append(unknown, podName(&sc.pod)+": not connected to discovery (discovery "+rep.discoveryPod+")")
 		case !strings.HasPrefix(sc.node.ID, "spiffe://") || !strings.HasSuffix(sc.node.ID, want) || strings.Count(strings.TrimPrefix(sc.node.ID, "spiffe://"), "/") != 4:
 			bad = append(bad, fmt.Sprintf("%s: %s, want …%s", podName(&sc.pod), clean(sc.node.ID), want))
 		default:

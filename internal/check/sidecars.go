@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -98,7 +99,8 @@ func sidecarAdminPort(p *corev1.Pod) string {
 type sidecarReport struct {
 	sidecars []sidecar
 	nodesErr error
-	// discoveryPod is the replica whose list was read.
+	// discoveryPod says which discovery replicas were read and what they
+	// listed, for messages.
 	discoveryPod string
 }
 
@@ -146,34 +148,58 @@ func (r *runner) readSidecars(ctx context.Context, pods []corev1.Pod) *sidecarRe
 	for i := range rep.sidecars {
 		rep.sidecars[i].node = byIP[rep.sidecars[i].pod.Status.PodIP]
 	}
+	if len(nodes) > 0 {
+		var peers []string
+		for _, n := range nodes[:min(len(nodes), 8)] {
+			peers = append(peers, n.ID+" from "+n.Peer)
+		}
+		rep.discoveryPod += "; streams: " + strings.Join(peers, ", ")
+	}
 	return rep
 }
 
-// discoveryNodes reads GET /debug/sidecars of a tether-discovery replica.
-// Discovery answers it on its pod's loopback only, which the pod proxy
-// cannot reach, so it goes through a port-forward (pods/portforward).
+// discoveryNodes reads GET /debug/sidecars of every tether-discovery
+// replica (each sidecar is connected to one). Discovery answers it on its
+// pod's loopback only, which the pod proxy cannot reach, so it goes
+// through a port-forward (pods/portforward). It fails only when no
+// replica could be read; where names the replicas read.
 func (r *runner) discoveryNodes(ctx context.Context) ([]xds.NodeInfo, string, error) {
 	pods, err := meshkube.ControlPods(ctx, r.client, r.o.Namespace, meshkube.DiscoveryApp, r.o.Timeout, need)
 	if err != nil {
 		return nil, "", err
 	}
-	p := &pods[0]
-	where := podName(p)
-	port, err := strconv.Atoi(meshkube.AdminPort(p))
-	if err != nil {
-		return nil, where, err
+	var nodes []xds.NodeInfo
+	var read, errs []string
+	for i := range pods {
+		p := &pods[i]
+		port, err := strconv.Atoi(meshkube.AdminPort(p))
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		body, err := r.forwardGet(ctx, p, port, "/debug/sidecars")
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		var list struct {
+			Sidecars []xds.NodeInfo `json:"sidecars"`
+		}
+		if err := json.Unmarshal(body, &list); err != nil {
+			errs = append(errs, fmt.Sprintf("GET /debug/sidecars of pod %s: not the expected JSON: %v", podName(p), err))
+			continue
+		}
+		nodes = append(nodes, list.Sidecars...)
+		read = append(read, fmt.Sprintf("%s: %d sidecar stream(s)", podName(p), len(list.Sidecars)))
 	}
-	body, err := r.forwardGet(ctx, p, port, "/debug/sidecars")
-	if err != nil {
-		return nil, where, err
+	where := strings.Join(read, ", ")
+	if len(errs) > 0 {
+		if len(read) == 0 {
+			return nil, "", errors.New(strings.Join(errs, "; "))
+		}
+		where += "; not read: " + strings.Join(errs, "; ")
 	}
-	var list struct {
-		Sidecars []xds.NodeInfo `json:"sidecars"`
-	}
-	if err := json.Unmarshal(body, &list); err != nil {
-		return nil, where, fmt.Errorf("GET /debug/sidecars of pod %s: not the expected JSON: %w", where, err)
-	}
-	return list.Sidecars, where, nil
+	return nodes, where, nil
 }
 
 // forwardGet port-forwards to the pod's port, as kubectl port-forward
@@ -381,7 +407,7 @@ func (r *runner) versions(ctx context.Context, rep *sidecarReport) Check {
 	for _, sc := range rep.sidecars {
 		name := podName(&sc.pod)
 		if sc.node == nil || sc.node.Metadata.Version == "" {
-			unknown = append(unknown, name+": not connected to discovery ("+rep.discoveryPod+"), or reported no version")
+			unknown = append(unknown, name+": not connected to discovery, or reported no version (discovery "+rep.discoveryPod+")")
 			continue
 		}
 		rel := version.Release(sc.node.Metadata.Version)

@@ -70,6 +70,22 @@ func (s *storyRun) tetherCheck(t *testing.T, args ...string) (*check.Report, int
 	return &rep, code
 }
 
+// logCheck runs `tether check ARGS...` on the node and logs what it
+// prints for people (docs/check.md shows it).
+func (s *storyRun) logCheck(t *testing.T, args ...string) {
+	t.Helper()
+	bin, err := tetherBin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(s.n.root, ".cache", "cluster", "run", "kubeconfig")
+	if dir := os.Getenv("TETHER_CLUSTER_DIR"); dir != "" {
+		kubeconfig = filepath.Join(dir, "kubeconfig")
+	}
+	out, err := s.n.run(3*time.Minute, "", "exec.sh", append([]string{bin, "check", "--kubeconfig", kubeconfig}, args...)...)
+	t.Logf("$ tether check %s\n%s(%v)", strings.Join(args, " "), out, err)
+}
+
 // wantChecks checks the exit code and each named check's result.
 func wantChecks(t *testing.T, what string, rep *check.Report, code, wantCode int, want map[string]check.Result) {
 	t.Helper()
@@ -95,6 +111,7 @@ func wantChecks(t *testing.T, what string, rep *check.Report, code, wantCode int
 // Kubernetes has native sidecars, the test's admin may install, no
 // labelled namespace refuses tether-init, nothing is installed.
 func (s *storyRun) checkPre(t *testing.T) {
+	s.logCheck(t, "--pre")
 	rep, code := s.tetherCheck(t, "--pre")
 	wantChecks(t, "tether check --pre", rep, code, 0, map[string]check.Result{
 		"kubernetes-version": check.OK, "permissions": check.OK, "pod-security": check.OK, "existing-install": check.OK,
@@ -121,6 +138,7 @@ func (s *storyRun) checkInstalled(t *testing.T) {
 		return nil
 	})
 	wantChecks(t, "tether check", rep, code, 0, all)
+	s.logCheck(t)
 	if c := rep.Find("pods-without-sidecar"); c != nil && !strings.Contains(strings.Join(c.Details, "\n"), story+"/optout: opted out") {
 		t.Errorf("pods-without-sidecar does not list the opted-out pod: %q", c.Details)
 	}
@@ -133,6 +151,7 @@ func (s *storyRun) checkInstalled(t *testing.T) {
 		"namespace-labelled": check.OK, "pods-without-sidecar": check.OK, "sidecar-ready": check.OK, "sidecar-svids": check.OK,
 		"sidecar-identity": check.OK, "sidecar-versions": check.OK,
 	})
+	s.logCheck(t, "--proxy", "-n", story)
 	if c := rep.Find("sidecar-identity"); c != nil {
 		for _, a := range apps {
 			if !strings.Contains(strings.Join(c.Details, "\n"), "spiffe://cluster.local/ns/story/sa/"+a) {
@@ -160,6 +179,7 @@ func (s *storyRun) checkEscaped(t *testing.T) {
 	if c != nil {
 		t.Logf("pods-without-sidecar: %s\n  %s\n  hint: %s", c.Message, strings.Join(c.Details, "\n  "), c.Hint)
 	}
+	s.logCheck(t)
 	rep, code = s.tetherCheck(t, "--proxy", "-n", plain)
 	wantChecks(t, "tether check --proxy -n "+plain, rep, code, 1, map[string]check.Result{"pods-without-sidecar": check.Fail})
 	s.n.must(t, time.Minute, "label", "namespace", plain, inject.InjectLabel+"-")
@@ -187,6 +207,8 @@ func (s *storyRun) checkBroken(t *testing.T) {
 		return nil
 	})
 	wantChecks(t, "tether check with a corrupt caBundle", rep, code, 1, map[string]check.Result{"webhook-ca-bundle": check.Fail})
+	s.n.must(t, time.Minute, "patch", "mutatingwebhookconfiguration", "tether-injector", "--type=json", "-p", patch)
+	s.logCheck(t)
 	c := rep.Find("webhook-ca-bundle")
 	if !strings.Contains(strings.Join(c.Details, "\n"), "caBundle does not verify the injector's serving certificate") ||
 		!strings.Contains(c.Hint, "kubectl -n tether-system rollout restart deploy/tether-injector") {
