@@ -74,7 +74,7 @@ func (k *kubeTargets) controlPods(ctx context.Context, app string) ([]corev1.Pod
 		return nil, kubeError(fmt.Sprintf("list pods %s in namespace %s", sel, k.opts.namespace), err)
 	}
 	if len(list.Items) == 0 {
-		return nil, fmt.Errorf("no pods labelled %s in namespace %s (is Tether installed? see docs/install.md; --namespace names the control plane's namespace)", sel, k.opts.namespace)
+		return nil, &noPodsError{fmt.Sprintf("no pods labelled %s in namespace %s (is Tether installed? see docs/install.md; --namespace names the control plane's namespace)", sel, k.opts.namespace)}
 	}
 	var running []corev1.Pod
 	var idle []string
@@ -86,11 +86,17 @@ func (k *kubeTargets) controlPods(ctx context.Context, app string) ([]corev1.Pod
 		}
 	}
 	if len(running) == 0 {
-		return nil, fmt.Errorf("no running pod labelled %s in namespace %s: %s", sel, k.opts.namespace, strings.Join(idle, ", "))
+		return nil, &noPodsError{fmt.Sprintf("no running pod labelled %s in namespace %s: %s", sel, k.opts.namespace, strings.Join(idle, ", "))}
 	}
 	slices.SortFunc(running, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
 	return running, nil
 }
+
+// noPodsError is controlPods' error when the API server answered but no
+// pod is running: other components may still have pods.
+type noPodsError struct{ msg string }
+
+func (e *noPodsError) Error() string { return e.msg }
 
 // adminPort is the pod's container port named "admin", else 15014.
 func adminPort(p *corev1.Pod) string {
@@ -119,7 +125,7 @@ func kubeError(what string, err error) error {
 	var st apierrors.APIStatus
 	switch {
 	case apierrors.IsForbidden(err):
-		return fmt.Errorf("%s: RBAC forbids it: %s (tether status needs list on pods and get on pods/proxy)", what, apiMessage(err))
+		return fmt.Errorf("%s: RBAC forbids it: %s (tether status and tether version need list on pods and get on pods/proxy)", what, apiMessage(err))
 	case apierrors.IsUnauthorized(err):
 		return fmt.Errorf("%s: the API server rejected the credentials: %w", what, err)
 	case errors.Is(err, context.DeadlineExceeded):
