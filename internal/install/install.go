@@ -58,6 +58,8 @@ type Values struct {
 	Files     []string // -f FILE (a path, or "-" for standard input)
 	Set       []string // --set k=v[,k=v]
 	SetString []string // --set-string k=v[,k=v]
+	// Stdin is what `-f -` reads (nil: os.Stdin).
+	Stdin io.Reader
 }
 
 // Options say what to render.
@@ -70,6 +72,14 @@ type Options struct {
 	// adds them, last (`tether uninstall --crds`).
 	CRDs bool
 }
+
+// InputError is an error caused by the values or options given (a
+// malformed --set, an unreadable -f file, values the schema refuses, another
+// namespace): the caller's to fix, a usage error for the CLI.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
 
 // Defaults are the values `tether install` layers over the chart's
 // values.yaml (under the user's): the Namespace object is rendered, so the
@@ -113,24 +123,24 @@ func Chart() (*chart.Chart, error) {
 func MergeValues(v Values) (map[string]any, error) {
 	user := map[string]any{}
 	for _, f := range v.Files {
-		data, err := readValuesFile(f)
+		data, err := readValuesFile(f, v.Stdin)
 		if err != nil {
 			return nil, err
 		}
 		m, err := loader.LoadValues(bytes.NewReader(data))
 		if err != nil {
-			return nil, fmt.Errorf("values file %s: not a YAML map of values: %w", f, err)
+			return nil, &InputError{fmt.Errorf("values file %s: not a YAML map of values: %w", f, err)}
 		}
 		user = loader.MergeMaps(user, m)
 	}
 	for _, s := range v.Set {
 		if err := strvals.ParseInto(s, user); err != nil {
-			return nil, fmt.Errorf("--set %q: %w (want key=value[,key=value], e.g. --set ca.replicas=3)", s, err)
+			return nil, &InputError{fmt.Errorf("--set %q: %w (want key=value[,key=value], e.g. --set ca.replicas=3)", s, err)}
 		}
 	}
 	for _, s := range v.SetString {
 		if err := strvals.ParseIntoString(s, user); err != nil {
-			return nil, fmt.Errorf("--set-string %q: %w (want key=value[,key=value], e.g. --set-string image.tag=0.1.0)", s, err)
+			return nil, &InputError{fmt.Errorf("--set-string %q: %w (want key=value[,key=value], e.g. --set-string image.tag=0.1.0)", s, err)}
 		}
 	}
 	return loader.MergeMaps(Defaults(), user), nil
@@ -138,11 +148,14 @@ func MergeValues(v Values) (map[string]any, error) {
 
 // readValuesFile reads a -f argument: a local file, or "-" for standard
 // input (never a URL).
-func readValuesFile(f string) ([]byte, error) {
+func readValuesFile(f string, stdin io.Reader) ([]byte, error) {
 	if strings.TrimSpace(f) == "-" {
-		data, err := io.ReadAll(os.Stdin)
+		if stdin == nil {
+			stdin = os.Stdin
+		}
+		data, err := io.ReadAll(stdin)
 		if err != nil {
-			return nil, fmt.Errorf("reading values from standard input: %w", err)
+			return nil, &InputError{fmt.Errorf("reading values from standard input: %w", err)}
 		}
 		return data, nil
 	}
@@ -152,7 +165,7 @@ func readValuesFile(f string) ([]byte, error) {
 		if errors.As(err, &pe) {
 			err = pe.Err
 		}
-		return nil, fmt.Errorf("values file %s: %w", f, err)
+		return nil, &InputError{fmt.Errorf("values file %s: %w", f, err)}
 	}
 	return data, nil
 }
@@ -166,7 +179,7 @@ func Template(vals map[string]any, namespace string, includeCRDs bool) ([]*unstr
 		namespace = Namespace
 	}
 	if namespace != Namespace {
-		return nil, fmt.Errorf("namespace %q: Tether's control plane runs only in %s (tether-ca, the injector and the sidecars name it); leave --namespace out or give %s", namespace, Namespace, Namespace)
+		return nil, &InputError{fmt.Errorf("namespace %q: Tether's control plane runs only in %s (tether-ca, the injector and the sidecars name it); leave --namespace out or give %s", namespace, Namespace, Namespace)}
 	}
 	ch, err := Chart()
 	if err != nil {
@@ -174,7 +187,8 @@ func Template(vals map[string]any, namespace string, includeCRDs bool) ([]*unstr
 	}
 	manifest, err := render(ch, vals, namespace, includeCRDs)
 	if err != nil {
-		return nil, fmt.Errorf("rendering the chart: %w", err)
+		// The chart is fixed and tested: what fails to render is the values.
+		return nil, &InputError{fmt.Errorf("rendering the chart: %w", err)}
 	}
 	return Decode(manifest)
 }

@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -272,6 +273,10 @@ func TestBadInput(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q lacks %q", err, w)
 				}
+			}
+			var ie *InputError
+			if !errors.As(err, &ie) {
+				t.Errorf("%v is not an InputError", err)
 			}
 			if _, err := Uninstall(c.o); err == nil {
 				t.Errorf("Uninstall(%+v) succeeded", c.o)
