@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -40,10 +38,6 @@ var apps = []string{"web", "api", "db"}
 type storyRun struct {
 	n      *node
 	marker string // in every request and answer of the apps
-
-	buildCLI sync.Once
-	cli      string // the tether CLI built from this tree
-	cliErr   error
 
 	mu     sync.Mutex
 	stages []string // "name: duration" in order
@@ -79,9 +73,6 @@ func TestUserStory(t *testing.T) {
 	t.Logf("marker of this run: %s", s.marker)
 	start := time.Now()
 	t.Cleanup(func() {
-		if s.cli != "" {
-			os.Remove(s.cli)
-		}
 		if t.Failed() {
 			t.Logf("namespaces %s and %s are left for inspection; the next run deletes them", story, plain)
 		} else {
@@ -155,47 +146,19 @@ func (s *storyRun) removeLeftovers(t *testing.T) {
 	mwc := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name")
 	if strings.Contains(out, "namespace/tether-system\n") || strings.Contains(mwc, "tether-injector") {
 		t.Log("removing the Tether install an earlier run left")
-		s.n.mustIn(t, 5*time.Minute, s.tether(t, "uninstall", "--crds"), "delete", "--ignore-not-found", "--timeout=4m", "-f", "-")
+		s.sh(t, 5*time.Minute, "tether uninstall --crds | kubectl delete --ignore-not-found --timeout=4m -f -")
 	}
 }
 
-// tether runs the tether CLI built from this tree (built once per run) and
-// returns its standard output.
-func (s *storyRun) tether(t *testing.T, args ...string) string {
+// sh runs a shell line as docs/install.md writes it (tether and kubectl
+// on PATH, in the node's namespaces; node.shell), failing the test on error.
+func (s *storyRun) sh(t *testing.T, timeout time.Duration, line string) string {
 	t.Helper()
-	s.buildCLI.Do(func() {
-		s.cli = filepath.Join(os.TempDir(), fmt.Sprintf("tether-story-%d", os.Getpid()))
-		cmd := exec.Command(goTool(), "build", "-o", s.cli, "./cmd/tether")
-		cmd.Dir = s.n.root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			s.cliErr = fmt.Errorf("go build ./cmd/tether: %v: %s", err, out)
-		}
-	})
-	if s.cliErr != nil {
-		t.Fatal(s.cliErr)
-	}
-	cmd := exec.Command(s.cli, args...)
-	cmd.Dir = s.n.root
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := s.n.shell(t, timeout, line)
 	if err != nil {
-		t.Fatalf("tether %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+		t.Fatalf("%s: %v", line, err)
 	}
-	return string(out)
-}
-
-// goTool is the go command of the toolchain running the test.
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
+	return out
 }
 
 // install installs Tether as docs/install.md says: the CRDs, then the
@@ -206,9 +169,9 @@ func fileExists(p string) bool {
 //	tether install --crds | kubectl apply -f -
 //	tether install -f test/cluster/testdata/values.yaml | kubectl apply --server-side -f -
 func (s *storyRun) install(t *testing.T) {
-	s.n.mustIn(t, 2*time.Minute, s.tether(t, "install", "--crds"), "apply", "-f", "-")
+	s.sh(t, 2*time.Minute, "tether install --crds | kubectl apply -f -")
 	s.n.must(t, 2*time.Minute, "wait", "--for=condition=Established", "crd/accesspolicies.tether.dev", "--timeout=90s")
-	s.n.mustIn(t, 3*time.Minute, s.tether(t, "install", "-f", "test/cluster/testdata/values.yaml"), "apply", "--server-side", "-f", "-")
+	s.sh(t, 3*time.Minute, "tether install -f "+filepath.Join(s.n.root, "test/cluster/testdata/values.yaml")+" | kubectl apply --server-side -f -")
 	for _, d := range []string{"tether-ca", "tether-discovery", "tether-injector"} {
 		s.n.must(t, 6*time.Minute, "-n", "tether-system", "rollout", "status", "deploy/"+d, "--timeout=5m")
 	}
@@ -888,7 +851,7 @@ func lastStderrLine(err error) string {
 // sidecar; the CRD (and the AccessPolicies) stay until `tether uninstall
 // --crds`.
 func (s *storyRun) uninstall(t *testing.T) {
-	s.n.mustIn(t, 6*time.Minute, s.tether(t, "uninstall"), "delete", "--timeout=5m", "-f", "-")
+	s.sh(t, 6*time.Minute, "tether uninstall | kubectl delete --timeout=5m -f -")
 	if out := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name"); strings.Contains(out, "tether") {
 		t.Errorf("after uninstall: %s", out)
 	}
@@ -902,7 +865,7 @@ func (s *storyRun) uninstall(t *testing.T) {
 	if out := s.n.must(t, time.Minute, "get", "crd", "-o", "name"); !strings.Contains(out, "accesspolicies.tether.dev") {
 		t.Errorf("tether uninstall without --crds deleted the CRD: %s", out)
 	}
-	s.n.mustIn(t, 3*time.Minute, s.tether(t, "uninstall", "--crds"), "delete", "--ignore-not-found", "--timeout=2m", "-f", "-")
+	s.sh(t, 3*time.Minute, "tether uninstall --crds | kubectl delete --ignore-not-found --timeout=2m -f -")
 	if out := s.n.must(t, time.Minute, "get", "crd", "-o", "name"); strings.Contains(out, "tether.dev") {
 		t.Errorf("after uninstall --crds, CRDs left: %s", out)
 	}
