@@ -34,7 +34,9 @@
 //		return cmd
 //	}
 //
-// Rules: Short, Long and Example are required (a test walks the tree).
+// Rules: Short, Long and Example are required (a test walks the tree);
+// then regenerate the command reference in docs/cli.md with
+// go test ./internal/cli -run TestCLIReference -update (a test compares it).
 // Write output to a.Stdout and notes to a.Stderr (never os.Stdout), and
 // take the context from cmd.Context(). Declare required flags with
 // cmd.MarkFlagRequired. Errors: cobra's own (unknown command or flag,
