@@ -52,7 +52,7 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.TrustDomain, "trust-domain", env("TETHER_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TETHER_TRUST_DOMAIN)")
 	fs.StringVar(&c.ListenAddr, "listen", ":8443", "address of the CA gRPC API (TLS)")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz, /metrics and /version")
 	fs.StringVar(&c.AdminSocket, "admin-socket", "", "unix socket of the operator API (default <store-dir>/admin.sock, or /run/tether-ca/admin.sock)")
 	fs.StringVar(&c.Store, "store", "dir", "where the CA keeps its state: dir or kubernetes")
 	fs.StringVar(&c.StoreDir, "store-dir", "", "directory of the dir store")

@@ -54,7 +54,7 @@ func parseFlags(args []string) (injector.Config, error) {
 	// flags on stdout.
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.WebhookAddr, "listen", ":9443", "address of the webhook (HTTPS, POST /mutate)")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz, /metrics and /version")
 	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", 3<<20, "largest AdmissionReview accepted")
 	fs.StringVar(&c.Inject.Image, "image", os.Getenv("TETHER_IMAGE"), "image of the injected containers, holding tether-sidecar (env TETHER_IMAGE)")
 	pull := fs.String("image-pull-policy", "IfNotPresent", "pull policy of the injected containers")

@@ -182,8 +182,9 @@ Exit status: 0 success, 1 failure (the command says why on stderr),
   tether demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		// Completions of flags named like files are the shell's.
-		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+		// tether completion (completion.go) replaces cobra's own, to
+		// document how to install each script.
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.SetIn(a.Stdin)
 	root.SetOut(a.Stdout)
