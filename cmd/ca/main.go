@@ -100,8 +100,7 @@ func parseFlags(args []string) (caserver.Config, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(os.Stdout, "Usage of tether-ca:\n")
-			fs.SetOutput(os.Stdout)
-			fs.PrintDefaults()
+			cliflag.PrintFlags(os.Stdout, fs)
 		}
 		return c, err
 	}

@@ -80,8 +80,7 @@ func parseFlags(args []string) (injector.Config, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(os.Stdout, "Usage of tether-injector:\n")
-			fs.SetOutput(os.Stdout)
-			fs.PrintDefaults()
+			cliflag.PrintFlags(os.Stdout, fs)
 		}
 		return c, err
 	}

@@ -10,8 +10,10 @@ package cliflag
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/tether-mesh/tether/internal/version"
 )
@@ -23,7 +25,7 @@ var ErrUsage = errors.New("usage")
 
 // VersionUsage documents --version in the help of a component binary
 // whose flag set does not list it.
-const VersionUsage = "  -version\n    \tprint the version and exit\n"
+const VersionUsage = "  --version\n    \tprint the version and exit\n"
 
 // PrintVersion answers --version for a component binary (tether-ca,
 // tether-discovery, tether-injector, tether-sidecar), whose flags are Go's
@@ -41,4 +43,26 @@ func PrintVersion(args []string, stdout io.Writer) bool {
 		}
 	}
 	return false
+}
+
+// PrintFlags writes the flags of fs as flag.PrintDefaults does, but spelled
+// --flag, as the documentation and the tether command spell them (Go's
+// flag package accepts both).
+func PrintFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if name != "" {
+			line += " " + name
+		}
+		usage = strings.ReplaceAll(usage, "\n", "\n    \t")
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
+			if name == "string" {
+				usage += fmt.Sprintf(" (default %q)", f.DefValue)
+			} else {
+				usage += " (default " + f.DefValue + ")"
+			}
+		}
+		fmt.Fprintf(w, "%s\n    \t%s\n", line, usage)
+	})
 }

@@ -3,10 +3,12 @@ package cliflag_test
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-mesh/tether/internal/cliflag"
 	"github.com/tether-mesh/tether/internal/version"
@@ -30,6 +32,25 @@ func TestPrintVersion(t *testing.T) {
 		if got := cliflag.PrintVersion(tc.args, &out); got != tc.want || (got && out.String() != version.String()+"\n") || (!got && out.Len() > 0) {
 			t.Errorf("%q: %v, printed %q; want %v", tc.args, got, out.String(), tc.want)
 		}
+	}
+}
+
+func TestPrintFlags(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.String("listen", ":8443", "address of the `API`")
+	fs.String("dir", "", "a directory")
+	fs.Bool("auto", true, "do it\non two lines")
+	fs.Bool("quiet", false, "say less")
+	fs.Duration("tick", 10*time.Second, "how often")
+	var b bytes.Buffer
+	cliflag.PrintFlags(&b, fs)
+	want := "  --auto\n    \tdo it\n    \ton two lines (default true)\n" +
+		"  --dir string\n    \ta directory\n" +
+		"  --listen API\n    \taddress of the API (default :8443)\n" +
+		"  --quiet\n    \tsay less\n" +
+		"  --tick duration\n    \thow often (default 10s)\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
 
