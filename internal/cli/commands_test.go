@@ -152,6 +152,11 @@ func TestUsageErrors(t *testing.T) {
 		slices.Sort(n)
 		return strings.Join(n, ", ")
 	}
+	for _, want := range []string{"ca", "check", "completion", "identity", "policy", "status", "svid", "version"} {
+		if !slices.Contains(strings.Split(names(""), ", "), want) {
+			t.Errorf("tether has no command %q (commands: %s)", want, names(""))
+		}
+	}
 	for _, tc := range []struct {
 		args []string
 		want string

@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-mesh/tether/internal/meshkube"
+
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 
@@ -120,7 +122,7 @@ func serverVersionsOf(ctx context.Context, o versionOptions, stderr io.Writer) (
 	sv := &serverVersions{Where: k.where, Namespace: o.ns, Components: []componentVersion{}}
 	for _, app := range []string{caAppLabel, discoveryAppLabel, injectorAppLabel} {
 		pods, err := k.controlPods(ctx, app)
-		var none *noPodsError
+		var none *meshkube.NoPodsError
 		switch {
 		case errors.As(err, &none):
 			sv.Components = append(sv.Components, componentVersion{Component: app, Error: err.Error()})

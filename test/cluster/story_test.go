@@ -89,11 +89,13 @@ func TestUserStory(t *testing.T) {
 	if !s.stage(t, "guide", s.guide) {
 		t.FailNow()
 	}
+	s.stage(t, "check-pre", s.checkPre)
 	if !s.stage(t, "install", s.install) || !s.stage(t, "deploy", s.deploy) {
 		t.FailNow()
 	}
 	s.stage(t, "injected", s.injected)
 	s.stage(t, "svid", s.svids)
+	s.stage(t, "check", s.checkInstalled)
 	if !s.stage(t, "chain", s.chain) {
 		t.FailNow()
 	}
@@ -101,6 +103,8 @@ func TestUserStory(t *testing.T) {
 	s.stage(t, "policy", s.policy)
 	s.stage(t, "unlabelled", s.unlabelled)
 	s.stage(t, "opt-out", s.optOut)
+	s.stage(t, "check-escaped", s.checkEscaped)
+	s.stage(t, "check-broken", s.checkBroken)
 	s.stage(t, "job", s.job)
 	s.stage(t, "rotation", s.rotation)
 	s.stage(t, "injector-down", s.injectorDown)
