@@ -34,14 +34,19 @@
 //		return cmd
 //	}
 //
-// Rules: Short, Long and Example are required (a test walks the tree).
+// Rules: Short, Long and Example are required (a test walks the tree);
+// then regenerate the command reference in docs/cli.md with
+// go test ./internal/cli -run TestCLIReference -update (a test compares it).
 // Write output to a.Stdout and notes to a.Stderr (never os.Stdout), and
 // take the context from cmd.Context(). Declare required flags with
-// cmd.MarkFlagRequired. Errors: cobra's own (unknown command or flag,
+// cmd.MarkFlagRequired. Spell flags --long; the only shorthands are the
+// conventional -o (--output), -n (--namespace), -f (--filename or
+// --values) and -h (a test checks). Errors: cobra's own (unknown command or flag,
 // bad flag value, missing required flag, wrong arguments) are usage
 // errors; inside RunE return usagef(...) for bad input that flag parsing
 // could not catch (exit 2, with "Run 'tether ... --help' for usage."),
-// any other error for a failure (exit 1). Main prints the error once, as
+// any other error for a failure (exit 1); a package behind a command may
+// wrap cliflag.ErrUsage instead of calling usagef. Main prints the error once, as
 // "tether: <error>"; never print it yourself. A command that must exit
 // 1 after printing its answer (a denied check) returns an error that says
 // why, like errDenied.
@@ -180,8 +185,9 @@ Exit status: 0 success, 1 failure (the command says why on stderr),
   tether demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		// Completions of flags named like files are the shell's.
-		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+		// tether completion (completion.go) replaces cobra's own, to
+		// document how to install each script.
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.SetIn(a.Stdin)
 	root.SetOut(a.Stdout)
