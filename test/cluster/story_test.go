@@ -291,7 +291,7 @@ type identity struct {
 // sidecarIdentity runs `tether identity --json` in an app's sidecar.
 func (s *storyRun) sidecarIdentity(t *testing.T, app string) (identity, error) {
 	t.Helper()
-	out, err := s.n.kubectl(time.Minute, "-n", story, "exec", "deploy/"+app, "-c", inject.SidecarContainerName, "--", "tether", "identity", "--json")
+	out, err := s.n.kubectl(time.Minute, "-n", story, "exec", "deploy/"+app, "-c", inject.SidecarContainerName, "--", "tether", "identity", "-o", "json")
 	if err != nil {
 		return identity{}, err
 	}
