@@ -44,7 +44,7 @@ func (r *reporter) request(ca *identity.CA, instance string) *cav1.ReportRequest
 func reports(t *testing.T, ca *identity.CA) map[string]identity.SidecarReport {
 	t.Helper()
 	out := map[string]identity.SidecarReport{}
-	for _, r := range identity.ReportsOf(ca).Reports {
+	for _, r := range ca.LocalReports().Reports {
 		out[r.ID+" "+r.Instance] = r
 	}
 	return out

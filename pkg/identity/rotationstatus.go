@@ -254,3 +254,14 @@ func (c *CA) forced(gv *gateView, step Step, err error) {
 	}
 	c.log.Warn("rotation gate overridden with --force", slog.String("step", string(step)), slog.String("refusal", err.Error()))
 }
+
+// LocalReports returns the reports this replica received that count now.
+func (c *CA) LocalReports() ReportSnapshot { return c.reports.Snapshot() }
+
+// LocalReportsChanged returns a channel closed at the next change of
+// LocalReports (other than report times).
+func (c *CA) LocalReportsChanged() <-chan struct{} { return c.reports.Changed() }
+
+// ReportTTL is how long after its last report a sidecar counts as
+// reporting.
+func (c *CA) ReportTTL() time.Duration { return c.reports.TTL() }
