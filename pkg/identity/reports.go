@@ -118,12 +118,12 @@ type Reports struct {
 	max        int
 	clock      Clock
 
-	mu       sync.Mutex
-	entries  map[string]*SidecarReport
-	byConn   map[string]string // connection → report key
-	watches  map[string]*NotReportingConn
-	refused  time.Time // when a report over the bound was last refused
-	changed  chan struct{}
+	mu      sync.Mutex
+	entries map[string]*SidecarReport
+	byConn  map[string]string // connection → report key
+	watches map[string]*NotReportingConn
+	refused time.Time // when a report over the bound was last refused
+	changed chan struct{}
 }
 
 // ReportsConfig configures Reports.
