@@ -130,11 +130,11 @@ func TestBadInvocations(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no command", nil, 2, "no command"},
+		{"no command", nil, 2, "tether needs a command: ca, "},
 		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
-		{"rotate without step", []string{"ca", "rotate"}, 2, "needs a step"},
-		{"rotate bad step", []string{"ca", "rotate", "sideways", "--socket", sock}, 2, "unknown rotation step"},
-		{"token without id", []string{"ca", "token", "create", "--socket", sock}, 2, "--spiffe-id is required"},
+		{"rotate without step", []string{"ca", "rotate"}, 2, "tether ca rotate needs a command: activate, prepare, renew-intermediate, retire"},
+		{"rotate bad step", []string{"ca", "rotate", "sideways", "--socket", sock}, 2, `unknown command "sideways" for "tether ca rotate"`},
+		{"token without id", []string{"ca", "token", "create", "--socket", sock}, 2, `required flag(s) "spiffe-id" not set`},
 		{"token bad id", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "not-a-spiffe-id"}, 1, "SPIFFE ID"},
 		{"token bad ttl", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/x", "--ttl", "-1h"}, 1, "lifetime"},
 		{"token bare trust domain", []string{"ca", "token", "create", "--socket", sock, "--spiffe-id", "spiffe://cluster.local"}, 1, "has no path"},
@@ -276,7 +276,7 @@ func TestRevokeCommands(t *testing.T) {
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", filepath.Join(dir, "none")}, 1, "join token file"},
 		{[]string{"ca", "revoke", "--socket", sock, "--join-token-file", bundle}, 1, "not a join token"},
 		{[]string{"ca", "unrevoke", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/never"}, 1, "not revoked"},
-		{[]string{"ca", "unrevoke", "--socket", sock}, 2, "--spiffe-id is required"},
+		{[]string{"ca", "unrevoke", "--socket", sock}, 2, `required flag(s) "spiffe-id" not set`},
 		{[]string{"svid", "fetch", "--ca", addr, "--bundle", bundle, "--out", svidDir, "--token", "t", "--join-token-file", tokFile}, 2, "exactly one"},
 	} {
 		_, errOut, code := run(t, tt.args...)

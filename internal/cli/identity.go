@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -52,28 +53,59 @@ type bundleInfo struct {
 	Roots       []certInfo `json:"roots"`
 }
 
-func (a *App) identity(ctx context.Context, args []string) error {
-	fs := a.flags("identity")
+// newIdentityCmd is `tether identity`.
+func (a *App) newIdentityCmd() *cobra.Command {
+	var (
+		socket, dir string
+		timeout     time.Duration
+		out         Output
+	)
+	cmd := &cobra.Command{
+		Use:   "identity",
+		Short: "Show this workload's SPIFFE identity, from its sidecar's Workload API",
+		Long: `Shows the X.509-SVID the sidecar issues to this workload over the SPIFFE
+Workload API: its SPIFFE ID, serial, validity and chain, and the trust
+bundles. With --write, also saves svid.pem, svid.key (mode 0600) and
+bundle.pem in a directory, for tools that read certificate files.
+
+Run it in the workload's pod (kubectl exec), or where the sidecar's
+Workload API socket is reachable.`,
+		Example: `  # In a pod with a sidecar
+  kubectl exec deploy/web -c app -- tether identity
+
+  # As JSON, for scripts
+  tether identity -o json
+
+  # Save the SVID and bundle as files
+  tether identity --write ./svid`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.identity(cmd.Context(), socket, dir, timeout, &out)
+		},
+	}
 	def := os.Getenv(workloadapi.SocketEnv)
 	if def == "" {
 		def = defaultWorkloadSocket
 	}
-	socket := fs.String("socket", def, "the Workload API address, unix:///PATH or a path (env "+workloadapi.SocketEnv+")")
-	asJSON := fs.Bool("json", false, "print as JSON")
-	dir := fs.String("write", "", "also save svid.pem, svid.key (0600) and bundle.pem in this directory")
-	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
-	if err := parse(fs, args, 0); err != nil {
-		return err
-	}
-	addr, err := workloadAddr(*socket)
+	f := cmd.Flags()
+	f.StringVar(&socket, "socket", def, "the Workload API address, unix:///PATH or a path (env "+workloadapi.SocketEnv+")")
+	f.StringVar(&dir, "write", "", "also save svid.pem, svid.key (0600) and bundle.pem in this directory")
+	f.DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
+	out.AddFlag(cmd)
+	out.AddJSONAlias(cmd)
+	return cmd
+}
+
+func (a *App) identity(ctx context.Context, socket, dir string, timeout time.Duration, out *Output) error {
+	addr, err := workloadAddr(socket)
 	if err != nil {
 		return err
 	}
-	fctx, cancel := context.WithTimeout(ctx, *timeout)
+	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	x, err := workloadapi.FetchX509Context(fctx, workloadapi.WithAddr(addr))
 	if err != nil {
-		return workloadError(addr, *timeout, err)
+		return workloadError(addr, timeout, err)
 	}
 	svid := x.DefaultSVID()
 	bundle, err := x.Bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
@@ -81,21 +113,18 @@ func (a *App) identity(ctx context.Context, args []string) error {
 		return fmt.Errorf("the Workload API at %s sent no trust bundle for %s", addr, svid.ID.TrustDomain())
 	}
 	info := describeSVID(svid, x, time.Now())
-	if *dir != "" {
-		if err := WriteSVID(*dir, svid, bundle); err != nil {
+	if dir != "" {
+		if err := WriteSVID(dir, svid, bundle); err != nil {
 			return err
 		}
 		for _, f := range []string{"svid.pem", "svid.key", "bundle.pem"} {
-			info.Written = append(info.Written, filepath.Join(*dir, f))
+			info.Written = append(info.Written, filepath.Join(dir, f))
 		}
 	}
-	if *asJSON {
-		enc := json.NewEncoder(a.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(info)
-	}
-	a.printIdentity(info)
-	return nil
+	return out.Print(a.Stdout, info, func(w io.Writer) error {
+		printIdentity(w, info)
+		return nil
+	})
 }
 
 // workloadAddr turns --socket into a Workload API address and, for a unix
@@ -105,12 +134,12 @@ func workloadAddr(socket string) (string, error) {
 		// A plain path, absolute or relative to the working directory.
 		abs, err := filepath.Abs(socket)
 		if err != nil {
-			return "", fmt.Errorf("%w: --socket %q: %v", errUsage, socket, err)
+			return "", usagef("--socket %q: %v", socket, err)
 		}
 		socket = "unix://" + abs
 	}
 	if err := workloadapi.ValidateAddress(socket); err != nil {
-		return "", fmt.Errorf("%w: --socket %q: %v", errUsage, socket, err)
+		return "", usagef("--socket %q: %v", socket, err)
 	}
 	u, _ := url.Parse(socket)
 	if u.Scheme == "unix" {
@@ -170,34 +199,34 @@ func describeCert(c *x509.Certificate) certInfo {
 
 func serial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
-func (a *App) printIdentity(info identityInfo) {
+func printIdentity(out io.Writer, info identityInfo) {
 	left := time.Duration(info.ExpiresInSeconds) * time.Second
 	leftText := left.String() + " left"
 	if left <= 0 {
 		leftText = "EXPIRED " + (-left).String() + " ago"
 	}
-	w := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "SPIFFE ID:\t%s\n", info.SPIFFEID)
 	fmt.Fprintf(w, "Serial:\t%s\n", info.Serial)
 	fmt.Fprintf(w, "Not before:\t%s\n", info.NotBefore.Format(time.RFC3339))
 	fmt.Fprintf(w, "Not after:\t%s (%s)\n", info.NotAfter.Format(time.RFC3339), leftText)
 	w.Flush()
-	fmt.Fprintln(a.Stdout, "Chain:")
+	fmt.Fprintln(out, "Chain:")
 	for i, c := range info.Chain {
-		fmt.Fprintf(a.Stdout, "  [%d] subject %q\n      issuer  %q\n", i, orEmpty(c.Subject), orEmpty(c.Issuer))
+		fmt.Fprintf(out, "  [%d] subject %q\n      issuer  %q\n", i, orEmpty(c.Subject), orEmpty(c.Issuer))
 	}
 	for _, b := range info.Bundles {
 		plural := "s"
 		if len(b.Roots) == 1 {
 			plural = ""
 		}
-		fmt.Fprintf(a.Stdout, "Trust bundle for %s (%d root%s):\n", b.TrustDomain, len(b.Roots), plural)
+		fmt.Fprintf(out, "Trust bundle for %s (%d root%s):\n", b.TrustDomain, len(b.Roots), plural)
 		for _, r := range b.Roots {
-			fmt.Fprintf(a.Stdout, "  %q, expires %s\n    SHA-256 %s\n", orEmpty(r.Subject), r.NotAfter.Format(time.RFC3339), r.SHA256)
+			fmt.Fprintf(out, "  %q, expires %s\n    SHA-256 %s\n", orEmpty(r.Subject), r.NotAfter.Format(time.RFC3339), r.SHA256)
 		}
 	}
 	if len(info.Written) > 0 {
-		fmt.Fprintf(a.Stdout, "wrote %s\n", strings.Join(info.Written, ", "))
+		fmt.Fprintf(out, "wrote %s\n", strings.Join(info.Written, ", "))
 	}
 }
 

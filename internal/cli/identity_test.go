@@ -177,7 +177,7 @@ func TestIdentityErrors(t *testing.T) {
 		{"sidecar not ready", []string{"--socket", notReady, "--timeout", "300ms"}, 1, "the sidecar has no identity yet"},
 		{"nobody listening", []string{"--socket", stale, "--timeout", "2s"}, 1, "is the sidecar running?"},
 		{"bad address", []string{"--socket", "http://x"}, 2, "--socket"},
-		{"positional argument", []string{"extra"}, 2, "takes 0 argument"},
+		{"positional argument", []string{"extra"}, 2, `tether identity takes no arguments, got ["extra"]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

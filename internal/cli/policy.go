@@ -3,9 +3,7 @@ package cli
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/pkg/discovery"
@@ -35,9 +34,7 @@ cluster: without --default-policy the command assumes tether-discovery's
 default, allow-mesh, and says so when an answer depends on it.
 `
 
-const policyCheckHelp = `Usage: tether policy check --from NS/SA --to NS/SERVICE[:PORT]|POD-IP:PORT [--mesh FILE | --kubeconfig PATH] [flags]
-
-Answers whether the workload running as service account SA in namespace NS
+const policyCheckHelp = `Answers whether the workload running as service account SA in namespace NS
 (or an exact SPIFFE ID, --from spiffe://...) may reach SERVICE, and which
 rule decided. PORT is a service port number or name; without it every port
 of the service is checked, one line per port. A SERVICE that does not exist
@@ -53,22 +50,16 @@ at that address decides for a connection straight to its target port PORT
 
 ` + policySourceHelp + `
 Exit status: 0 allowed (on every port checked), 1 denied (on any port) or
-the check could not be made (see stderr), 2 usage error.
+the check could not be made (see stderr), 2 usage error.`
 
-Flags:
-`
-
-const policyGraphHelp = `Usage: tether policy graph [--mesh FILE | --kubeconfig PATH] [--namespace NS] [--dot] [flags]
-
-Prints who may reach what: for every identity the mesh knows (the
+const policyGraphHelp = `Prints who may reach what: for every identity the mesh knows (the
 endpoints' identities and the service accounts and SPIFFE IDs policies name),
 the services and ports it is allowed to reach and the rule that allows it.
-As a text table, or as a Graphviz digraph with --dot. With --namespace, only
-the pairs whose service or whose source workload is in that namespace.
+As a text table, as a Graphviz digraph with -o dot (or --dot), or as JSON
+or YAML with -o json|yaml. With --namespace, only the pairs whose service or
+whose source workload is in that namespace.
 
-` + policySourceHelp + `
-Flags:
-`
+` + policySourceHelp
 
 // errDenied makes `policy check` exit 1 after printing its answer.
 var errDenied = errors.New("denied")
@@ -89,20 +80,20 @@ type policySource struct {
 	timeout                       time.Duration
 }
 
-func (a *App) policyFlags(name, help string) (*flag.FlagSet, *policySource) {
-	fs := a.flags(name)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), help)
-		fs.PrintDefaults()
-	}
+// addPolicySourceFlags registers the flags that say where the mesh is
+// read from on cmd.
+func addPolicySourceFlags(cmd *cobra.Command) *policySource {
 	p := &policySource{}
-	fs.StringVar(&p.mesh, "mesh", "", "read services and policies from this mesh.yaml instead of Kubernetes")
-	fs.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
-	fs.StringVar(&p.kubeContext, "context", "", "kubeconfig context (default: the kubeconfig's current context)")
-	fs.StringVar(&p.trustDomain, "trust-domain", "", "trust domain (default: the mesh.yaml's trustDomain, else "+defaultTrustDomain+")")
-	fs.StringVar(&p.defaultPolicy, "default-policy", "", "mesh-wide default: allow-mesh, same-namespace or deny; namespaces override it with the tether.dev/default-policy annotation (default: the mesh.yaml's defaultPolicy, else "+defaultPolicyDefault.String()+")")
-	fs.DurationVar(&p.timeout, "timeout", defaultKubeTimeout, "how long to wait for the Kubernetes API server")
-	return fs, p
+	f := cmd.Flags()
+	f.StringVar(&p.mesh, "mesh", "", "read services and policies from this mesh.yaml instead of Kubernetes")
+	f.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
+	f.StringVar(&p.kubeContext, "context", "", "kubeconfig context (default: the kubeconfig's current context)")
+	f.StringVar(&p.trustDomain, "trust-domain", "", "trust domain (default: the mesh.yaml's trustDomain, else "+defaultTrustDomain+")")
+	f.StringVar(&p.defaultPolicy, "default-policy", "", "mesh-wide default: allow-mesh, same-namespace or deny; namespaces override it with the tether.dev/default-policy annotation (default: the mesh.yaml's defaultPolicy, else "+defaultPolicyDefault.String()+")")
+	f.DurationVar(&p.timeout, "timeout", defaultKubeTimeout, "how long to wait for the Kubernetes API server")
+	_ = cmd.MarkFlagFilename("mesh", "yaml", "yml")
+	_ = cmd.MarkFlagFilename("kubeconfig")
+	return p
 }
 
 // meshView is the snapshot a policy command answers from.
@@ -134,18 +125,18 @@ func (v *meshView) noteAssumedDefault(w io.Writer, rules []string) {
 func (p *policySource) check() error {
 	switch {
 	case p.mesh != "" && (p.kubeconfig != "" || p.kubeContext != ""):
-		return fmt.Errorf("%w: --mesh reads a mesh.yaml; --kubeconfig and --context read Kubernetes: give one or the other", errUsage)
+		return usagef("--mesh reads a mesh.yaml; --kubeconfig and --context read Kubernetes: give one or the other")
 	case p.timeout <= 0:
-		return fmt.Errorf("%w: --timeout must be positive", errUsage)
+		return usagef("--timeout must be positive")
 	}
 	if p.trustDomain != "" {
 		if _, err := spiffeid.TrustDomainFromString(p.trustDomain); err != nil {
-			return fmt.Errorf("%w: --trust-domain: %v", errUsage, err)
+			return usagef("--trust-domain: %v", err)
 		}
 	}
 	if p.defaultPolicy != "" {
 		if _, err := wire.ParseDefault(p.defaultPolicy); err != nil {
-			return fmt.Errorf("%w: --default-policy: %v", errUsage, err)
+			return usagef("--default-policy: %v", err)
 		}
 	}
 	return nil
@@ -257,23 +248,68 @@ type checkResult struct {
 	Ports   []portDecision `json:"ports"`
 }
 
-func (a *App) policyCheck(ctx context.Context, args []string) error {
-	fs, src := a.policyFlags("policy check", policyCheckHelp)
-	from := fs.String("from", "", "source: NS/SA (namespace/service account) or a SPIFFE ID (required)")
-	to := fs.String("to", "", "destination: NS/SERVICE[:PORT], PORT a number or a port name, or POD-IP:PORT (required)")
-	asJSON := fs.Bool("json", false, "print the answer as JSON")
-	if err := parse(fs, args, 0); err != nil {
-		return err
+// newPolicyCmd is the `tether policy` group.
+func (a *App) newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Ask what the mesh's policies allow: one connection, or the whole graph",
+		Long: `Answers from the same policy engine and the same inputs as tether-discovery,
+without a running mesh: whether one workload may reach a service (check), and
+who may reach what (graph).
+
+` + policySourceHelp,
+		Example: `  tether policy check --from web/frontend --to shop/api:80
+  tether policy graph --namespace shop
+  tether policy graph --mesh mesh.yaml -o dot | dot -Tsvg > mesh.svg`,
 	}
-	if *from == "" || *to == "" {
-		return fmt.Errorf("%w: --from and --to are required", errUsage)
+	cmd.AddCommand(a.newPolicyCheckCmd(), a.newPolicyGraphCmd())
+	return cmd
+}
+
+// newPolicyCheckCmd is `tether policy check`.
+func (a *App) newPolicyCheckCmd() *cobra.Command {
+	var (
+		from, to string
+		out      Output
+		src      *policySource
+	)
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Say whether a workload may reach a service or pod, and which rule decides",
+		Long:  policyCheckHelp,
+		Example: `  # Every port of shop/api, from the pods running as web/frontend
+  tether policy check --from web/frontend --to shop/api
+
+  # One port, by number or name, answering from a mesh.yaml
+  tether policy check --mesh mesh.yaml --from default/web --to default/api:http
+
+  # An exact SPIFFE ID, as JSON
+  tether policy check --from spiffe://cluster.local/vm/build --to shop/db:5432 -o json
+
+  # Straight to a pod's port
+  tether policy check --from web/frontend --to 10.244.0.12:8080`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.policyCheck(cmd.Context(), src, from, to, &out)
+		},
 	}
-	dst, err := parseDestination(*to)
+	src = addPolicySourceFlags(cmd)
+	cmd.Flags().StringVar(&from, "from", "", "source: NS/SA (namespace/service account) or a SPIFFE ID")
+	cmd.Flags().StringVar(&to, "to", "", "destination: NS/SERVICE[:PORT], PORT a number or a port name, or POD-IP:PORT")
+	_ = cmd.MarkFlagRequired("from")
+	_ = cmd.MarkFlagRequired("to")
+	out.AddFlag(cmd)
+	out.AddJSONAlias(cmd)
+	return cmd
+}
+
+func (a *App) policyCheck(ctx context.Context, src *policySource, from, to string, out *Output) error {
+	dst, err := parseDestination(to)
 	if err != nil {
 		return err
 	}
 	portArg := dst.port
-	srcArg, err := parseSource(*from)
+	srcArg, err := parseSource(from)
 	if err != nil {
 		return err
 	}
@@ -292,7 +328,7 @@ func (a *App) policyCheck(ctx context.Context, args []string) error {
 	}
 
 	if dst.pod.IsValid() {
-		return a.policyCheckPod(view, srcID, dst.pod, dst.port, *asJSON)
+		return a.policyCheckPod(view, srcID, dst.pod, dst.port, out)
 	}
 	svc, ok := snap.Service(dst.key)
 	if !ok {
@@ -330,14 +366,14 @@ func (a *App) policyCheck(ctx context.Context, args []string) error {
 		rules = append(rules, d.Rule)
 	}
 	view.noteAssumedDefault(a.Stderr, rules)
-	if *asJSON {
-		if err := writeJSON(a.Stdout, res); err != nil {
-			return err
-		}
-	} else {
+	err = out.Print(a.Stdout, res, func(w io.Writer) error {
 		for _, d := range res.Ports {
-			fmt.Fprintf(a.Stdout, "%s %s -> %s:%d: %s\n", verdict(d.Allowed), shortID(srcID, td), dst.key, d.Port, d.Rule)
+			fmt.Fprintf(w, "%s %s -> %s:%d: %s\n", verdict(d.Allowed), shortID(srcID, td), dst.key, d.Port, d.Rule)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if denied > 0 {
 		return fmt.Errorf("%w: %s may not reach %s on %d of %d port(s)", errDenied, shortID(srcID, td), dst.key, denied, len(ports))
@@ -376,12 +412,12 @@ func podsAdmit(snap *discovery.Snapshot, svc *discovery.Service, src spiffeid.ID
 
 // policyCheckPod answers --to POD-IP:PORT: what the sidecar of every
 // workload the mesh lists at addr decides for src on port.
-func (a *App) policyCheckPod(view *meshView, src spiffeid.ID, addr netip.Addr, portArg string, asJSON bool) error {
+func (a *App) policyCheckPod(view *meshView, src spiffeid.ID, addr netip.Addr, portArg string, out *Output) error {
 	snap := view.snap
 	td := snap.TrustDomain()
 	n, err := strconv.ParseUint(portArg, 10, 16)
 	if err != nil || n == 0 {
-		return fmt.Errorf("%w: --to %s:%s: a pod's port must be a number in 1-65535", errUsage, addr, portArg)
+		return usagef("--to %s:%s: a pod's port must be a number in 1-65535", addr, portArg)
 	}
 	port := uint16(n)
 	var ids []spiffeid.ID
@@ -417,14 +453,14 @@ func (a *App) policyCheckPod(view *meshView, src spiffeid.ID, addr netip.Addr, p
 		rules = append(rules, d.Rule)
 	}
 	view.noteAssumedDefault(a.Stderr, rules)
-	if asJSON {
-		if err := writeJSON(a.Stdout, res); err != nil {
-			return err
-		}
-	} else {
+	err = out.Print(a.Stdout, res, func(w io.Writer) error {
 		for _, d := range res.Ports {
-			fmt.Fprintf(a.Stdout, "%s %s -> pod %s (%s): %s\n", verdict(d.Allowed), shortID(src, td), res.Destination, strings.Join(services, ", "), d.Rule)
+			fmt.Fprintf(w, "%s %s -> pod %s (%s): %s\n", verdict(d.Allowed), shortID(src, td), res.Destination, strings.Join(services, ", "), d.Rule)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if !res.Allowed {
 		return fmt.Errorf("%w: %s may not reach pod %s", errDenied, shortID(src, td), res.Destination)
@@ -432,25 +468,65 @@ func (a *App) policyCheckPod(view *meshView, src spiffeid.ID, addr netip.Addr, p
 	return nil
 }
 
-func (a *App) policyGraph(ctx context.Context, args []string) error {
-	fs, src := a.policyFlags("policy graph", policyGraphHelp)
-	dot := fs.Bool("dot", false, "print a Graphviz digraph instead of a table")
-	namespace := fs.String("namespace", "", "only pairs whose service or whose source workload is in this namespace")
-	if err := parse(fs, args, 0); err != nil {
-		return err
+// newPolicyGraphCmd is `tether policy graph`.
+func (a *App) newPolicyGraphCmd() *cobra.Command {
+	var (
+		namespace string
+		dot       bool
+		out       Output
+		src       *policySource
+	)
+	cmd := &cobra.Command{
+		Use:   "graph",
+		Short: "Print who may reach what, as a table, a Graphviz digraph, JSON or YAML",
+		Long:  policyGraphHelp,
+		Example: `  tether policy graph
+  tether policy graph -n shop
+  tether policy graph --mesh mesh.yaml -o dot | dot -Tsvg > mesh.svg
+  tether policy graph -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dot {
+				if out.Format() != FormatText && out.Format() != formatDOT {
+					return usagef("--dot and -o %s: give one (--dot is -o dot)", out.Format())
+				}
+				_ = (*outputValue)(&out).Set(formatDOT)
+			}
+			return a.policyGraph(cmd.Context(), src, namespace, &out)
+		},
 	}
+	src = addPolicySourceFlags(cmd)
+	cmd.Flags().BoolVar(&dot, "dot", false, "print a Graphviz digraph instead of a table (same as -o dot)")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "only pairs whose service or whose source workload is in this namespace")
+	out.AddFlag(cmd, formatDOT)
+	return cmd
+}
+
+// formatDOT is the Graphviz output of `tether policy graph -o dot`.
+const formatDOT = "dot"
+
+// graphEdge is one pair of `tether policy graph -o json|yaml`.
+type graphEdge struct {
+	// Source is the caller's SPIFFE ID; Destination "namespace/service".
+	Source      string   `json:"source"`
+	Destination string   `json:"destination"`
+	Ports       []uint16 `json:"ports"`
+	Rule        string   `json:"rule"`
+}
+
+func (a *App) policyGraph(ctx context.Context, src *policySource, namespace string, out *Output) error {
 	view, err := src.load(ctx, a.Stderr)
 	if err != nil {
 		return err
 	}
 	td := view.snap.TrustDomain()
 	pairs := view.snap.AllowedPairs()
-	if *namespace != "" {
-		if !view.namespaces()[*namespace] {
-			return fmt.Errorf("namespace %s does not exist in %s", *namespace, view.where)
+	if namespace != "" {
+		if !view.namespaces()[namespace] {
+			return fmt.Errorf("namespace %s does not exist in %s", namespace, view.where)
 		}
 		pairs = slices.DeleteFunc(pairs, func(p discovery.Pair) bool {
-			return p.Service.Namespace != *namespace && workloadNamespace(p.Source, td) != *namespace
+			return p.Service.Namespace != namespace && workloadNamespace(p.Source, td) != namespace
 		})
 	}
 	var rules []string
@@ -458,15 +534,21 @@ func (a *App) policyGraph(ctx context.Context, args []string) error {
 		rules = append(rules, p.Rule)
 	}
 	view.noteAssumedDefault(a.Stderr, rules)
-	if *dot {
-		return writeDOT(a.Stdout, pairs, td)
-	}
-	tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tDESTINATION\tPORTS\tRULE")
+	edges := []graphEdge{}
 	for _, p := range pairs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(p.Source, td), p.Service, joinPorts(p.Ports), p.Rule)
+		edges = append(edges, graphEdge{Source: p.Source.String(), Destination: p.Service.String(), Ports: p.Ports, Rule: p.Rule})
 	}
-	return tw.Flush()
+	return out.Print(a.Stdout, edges, func(w io.Writer) error {
+		if out.Format() == formatDOT {
+			return writeDOT(w, pairs, td)
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SOURCE\tDESTINATION\tPORTS\tRULE")
+		for _, p := range pairs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(p.Source, td), p.Service, joinPorts(p.Ports), p.Rule)
+		}
+		return tw.Flush()
+	})
 }
 
 // writeDOT writes pairs as a Graphviz digraph: sources are ellipses named
@@ -509,22 +591,22 @@ type destination struct {
 func parseDestination(s string) (destination, error) {
 	if ap, err := netip.ParseAddrPort(s); err == nil {
 		if ap.Addr().Zone() != "" {
-			return destination{}, fmt.Errorf("%w: --to %q: a pod address has no zone", errUsage, s)
+			return destination{}, usagef("--to %q: a pod address has no zone", s)
 		}
 		return destination{pod: ap.Addr().Unmap(), port: strconv.Itoa(int(ap.Port()))}, nil
 	}
 	if host, _, err := net.SplitHostPort(s); err == nil {
 		if _, err := netip.ParseAddr(host); err == nil {
-			return destination{}, fmt.Errorf("%w: --to %q: want POD-IP:PORT with a port in 1-65535", errUsage, s)
+			return destination{}, usagef("--to %q: want POD-IP:PORT with a port in 1-65535", s)
 		}
 	}
 	name, port, _ := strings.Cut(s, ":")
 	ns, svc, ok := strings.Cut(name, "/")
 	if !ok || ns == "" || svc == "" || strings.Contains(svc, "/") {
-		return destination{}, fmt.Errorf("%w: --to %q: want NAMESPACE/SERVICE[:PORT] or POD-IP:PORT", errUsage, s)
+		return destination{}, usagef("--to %q: want NAMESPACE/SERVICE[:PORT] or POD-IP:PORT", s)
 	}
 	if strings.HasSuffix(s, ":") {
-		return destination{}, fmt.Errorf("%w: --to %q: empty port", errUsage, s)
+		return destination{}, usagef("--to %q: empty port", s)
 	}
 	return destination{key: discovery.ServiceKey{Namespace: ns, Name: svc}, port: port}, nil
 }
@@ -541,17 +623,17 @@ func parseSource(s string) (sourceArg, error) {
 	if strings.HasPrefix(s, "spiffe://") {
 		id, err := spiffeid.FromString(s)
 		if err != nil {
-			return sourceArg{}, fmt.Errorf("%w: --from %q: %v", errUsage, s, err)
+			return sourceArg{}, usagef("--from %q: %v", s, err)
 		}
 		return sourceArg{id: id}, nil
 	}
 	ns, sa, ok := strings.Cut(s, "/")
 	if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
-		return sourceArg{}, fmt.Errorf("%w: --from %q: want NAMESPACE/SERVICEACCOUNT or spiffe://...", errUsage, s)
+		return sourceArg{}, usagef("--from %q: want NAMESPACE/SERVICEACCOUNT or spiffe://...", s)
 	}
 	// The segments' syntax does not depend on the trust domain.
 	if _, err := wire.WorkloadID(spiffeid.RequireTrustDomainFromString(defaultTrustDomain), ns, sa); err != nil {
-		return sourceArg{}, fmt.Errorf("%w: --from: %v", errUsage, err)
+		return sourceArg{}, usagef("--from: %v", err)
 	}
 	return sourceArg{namespace: ns, serviceAccount: sa}, nil
 }
@@ -563,7 +645,7 @@ func (s sourceArg) identity(td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	}
 	id, err := wire.WorkloadID(td, s.namespace, s.serviceAccount)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: --from: %v", errUsage, err)
+		return spiffeid.ID{}, usagef("--from: %v", err)
 	}
 	return id, nil
 }
@@ -624,13 +706,6 @@ func shortID(id spiffeid.ID, td spiffeid.TrustDomain) string {
 		return ns + "/" + sa
 	}
 	return id.String()
-}
-
-// writeJSON writes v to w as indented JSON.
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // verdict names a decision as policy check prints it.

@@ -96,8 +96,8 @@ func (p *policySource) restConfig(stderr io.Writer) (*rest.Config, string, error
 	cfg, err := cc.ClientConfig()
 	switch {
 	case err != nil && p.kubeconfig == "" && clientcmd.IsEmptyConfig(err):
-		return nil, "", fmt.Errorf("%w: no mesh to read: give --mesh FILE for a mesh.yaml, or --kubeconfig PATH for a cluster "+
-			"(there is no kubeconfig at %s, and this is not a pod of a cluster)", errUsage, strings.Join(rules.Precedence, ", "))
+		return nil, "", usagef("no mesh to read: give --mesh FILE for a mesh.yaml, or --kubeconfig PATH for a cluster "+
+			"(there is no kubeconfig at %s, and this is not a pod of a cluster)", strings.Join(rules.Precedence, ", "))
 	case err != nil:
 		return nil, "", fmt.Errorf("kubeconfig: %w", err)
 	}

@@ -546,7 +546,7 @@ func TestPolicyNoSource(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
 	for _, cmd := range [][]string{{"policy", "graph"}, {"policy", "check", "--from", "a/b", "--to", "a/c"}} {
 		out, errOut, code := run(t, cmd...)
-		want := "tether: usage: no mesh to read: give --mesh FILE for a mesh.yaml, or --kubeconfig PATH for a cluster (there is no kubeconfig at " +
+		want := "tether: no mesh to read: give --mesh FILE for a mesh.yaml, or --kubeconfig PATH for a cluster (there is no kubeconfig at " +
 			clientcmd.RecommendedHomeFile + ", and this is not a pod of a cluster)"
 		if code != 2 || out != "" || !strings.Contains(errOut, want) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 2 and %q", cmd, code, out, errOut, want)

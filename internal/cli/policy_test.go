@@ -113,12 +113,12 @@ func TestPolicyErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no from", []string{"policy", "check", "--mesh", mesh, "--to", "a/c"}, 2, "--from and --to are required"},
+		{"no from", []string{"policy", "check", "--mesh", mesh, "--to", "a/c"}, 2, `required flag(s) "from" not set`},
 		{"bad to", []string{"policy", "check", "--mesh", mesh, "--from", "a/b", "--to", "api"}, 2, "want NAMESPACE/SERVICE[:PORT]"},
 		{"empty port", []string{"policy", "check", "--mesh", mesh, "--from", "a/b", "--to", "a/c:"}, 2, "empty port"},
 		{"bad from", []string{"policy", "check", "--mesh", mesh, "--from", "web", "--to", "a/c"}, 2, "want NAMESPACE/SERVICEACCOUNT"},
-		{"unknown flag", []string{"policy", "check", "--nope"}, 2, "flag provided but not defined"},
-		{"positional", []string{"policy", "graph", "--mesh", mesh, "extra"}, 2, "takes 0 argument(s)"},
+		{"unknown flag", []string{"policy", "check", "--nope"}, 2, "unknown flag: --nope"},
+		{"positional", []string{"policy", "graph", "--mesh", mesh, "extra"}, 2, `tether policy graph takes no arguments, got ["extra"]`},
 		{"bad default", []string{"policy", "graph", "--mesh", mesh, "--default-policy", "open"}, 2, `unknown default policy "open"`},
 		{"bad trust domain", []string{"policy", "graph", "--mesh", mesh, "--trust-domain", "Not A Domain"}, 2, "--trust-domain"},
 		{"mesh and kubeconfig", []string{"policy", "check", "--mesh", mesh, "--kubeconfig", "kc", "--from", "a/b", "--to", "a/c"}, 2, "give one or the other"},
@@ -132,7 +132,7 @@ func TestPolicyErrors(t *testing.T) {
 		{"missing file", []string{"policy", "graph", "--mesh", missing}, 1, "no such file"},
 		{"bad file", []string{"policy", "check", "--mesh", bad, "--from", "a/b", "--to", "a/c:1"}, 1, `line 23: unknown field "sourcez"`},
 		{"invalid policy", []string{"policy", "graph", "--mesh", invalid}, 1, `AccessPolicy default/api-from-web: spec.sources[0].serviceAccount.name: "Web!" is not a valid service account name`},
-		{"unknown subcommand", []string{"policy", "show"}, 2, `unknown command "policy show"`},
+		{"unknown subcommand", []string{"policy", "show"}, 2, `unknown command "show" for "tether policy" (its commands: check, graph)`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, errOut, code := run(t, c.args...)
@@ -144,9 +144,9 @@ func TestPolicyErrors(t *testing.T) {
 			}
 		})
 	}
-	_, errOut, code := run(t, "policy", "check", "-h")
-	if code != 0 || !strings.Contains(errOut, "Exit status: 0 allowed") || !strings.Contains(errOut, "-from") {
-		t.Errorf("help: exit %d, %s", code, errOut)
+	out, errOut, code := run(t, "policy", "check", "-h")
+	if code != 0 || errOut != "" || !strings.Contains(out, "Exit status: 0 allowed") || !strings.Contains(out, "      --from string") {
+		t.Errorf("help: exit %d, stdout %s, stderr %q", code, out, errOut)
 	}
 }
 

@@ -3,7 +3,6 @@ package cli
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,12 +13,11 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
-const statusHelp = `Usage: tether status [--ca-socket PATH] [--discovery-admin URL]... [flags]
-       tether status [--kubeconfig PATH] [--context NAME] [--namespace tether-system] [flags]
-
-Summarises a running mesh: the CA's generations and the expiry of their
+const statusHelp = `Summarises a running mesh: the CA's generations and the expiry of their
 roots and intermediates, the sidecars connected to discovery with the expiry
 of their SVIDs (those expiring within --soon are flagged), and the recent
 denials each sidecar keeps (GET /debug/denials on its admin port, at the
@@ -39,10 +37,7 @@ pods in --namespace and in the sidecars' namespaces, and get on pods/proxy.
 
 A part that cannot be reached is reported as such and the others are still
 shown. Exit status: 0 when every part answered, 1 when any did not (see
-"Problems"), 2 usage error.
-
-Flags:
-`
+"Problems"), 2 usage error.`
 
 // Defaults of tether status.
 const (
@@ -65,7 +60,7 @@ type statusOptions struct {
 	timeout        time.Duration
 	sidecarTimeout time.Duration
 	denials        int
-	json           bool
+	out            Output
 }
 
 // statusTargets reaches the parts of a mesh: directly (standalone) or
@@ -178,54 +173,77 @@ type denialStatus struct {
 // errStatusProblems makes tether status exit 1 after printing.
 var errStatusProblems = errors.New("part of the mesh could not be checked")
 
-func (a *App) status(ctx context.Context, args []string) error {
-	fs := a.flags("status")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), statusHelp)
-		fs.PrintDefaults()
-	}
+// newStatusCmd is `tether status`.
+func (a *App) newStatusCmd() *cobra.Command {
 	o := statusOptions{}
-	fs.StringVar(&o.caSocket, "ca-socket", os.Getenv("TETHER_CA_ADMIN_SOCKET"), "standalone: tether-ca's operator socket (env TETHER_CA_ADMIN_SOCKET)")
-	fs.Func("discovery-admin", "standalone: tether-discovery's admin URL, e.g. http://127.0.0.1:15014 (repeatable)", func(v string) error {
-		u, err := adminURL(v)
-		if err != nil {
-			return err
-		}
-		o.discoveryURLs = append(o.discoveryURLs, u)
-		return nil
-	})
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "cluster: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
-	fs.StringVar(&o.kubeContext, "context", "", "cluster: kubeconfig context (default: the kubeconfig's current context)")
-	fs.StringVar(&o.namespace, "namespace", "tether-system", "cluster: the control plane's namespace")
-	fs.DurationVar(&o.soon, "soon", defaultSoon, "flag SVIDs that expire within this long")
-	fs.DurationVar(&o.timeout, "timeout", defaultStatusTimeout, "how long to wait for the CA, each discovery replica and the API server")
-	fs.DurationVar(&o.sidecarTimeout, "sidecar-timeout", defaultSidecarTimeout, "how long to wait for each sidecar")
-	fs.IntVar(&o.denials, "denials", defaultShownDenials, "how many recent denials to show")
-	fs.BoolVar(&o.json, "json", false, "print the summary as JSON")
-	if err := parse(fs, args, 0); err != nil {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Summarise a running mesh: CA, discovery, sidecars, SVID expiry, recent denials",
+		Long:  statusHelp,
+		Example: `  # The cluster of the current kubectl context
+  tether status
+
+  # Another context, as JSON
+  tether status --context prod -o json
+
+  # A standalone mesh
+  tether status --ca-socket /var/lib/tether-ca/admin.sock --discovery-admin 127.0.0.1:15014`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.status(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.caSocket, "ca-socket", os.Getenv("TETHER_CA_ADMIN_SOCKET"), "standalone: tether-ca's operator socket (env TETHER_CA_ADMIN_SOCKET)")
+	f.Var(&adminURLs{&o.discoveryURLs}, "discovery-admin", "standalone: tether-discovery's admin URL, e.g. http://127.0.0.1:15014 (repeatable)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "cluster: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
+	f.StringVar(&o.kubeContext, "context", "", "cluster: kubeconfig context (default: the kubeconfig's current context)")
+	f.StringVarP(&o.namespace, "namespace", "n", "tether-system", "cluster: the control plane's namespace")
+	f.DurationVar(&o.soon, "soon", defaultSoon, "flag SVIDs that expire within this long")
+	f.DurationVar(&o.timeout, "timeout", defaultStatusTimeout, "how long to wait for the CA, each discovery replica and the API server")
+	f.DurationVar(&o.sidecarTimeout, "sidecar-timeout", defaultSidecarTimeout, "how long to wait for each sidecar")
+	f.IntVar(&o.denials, "denials", defaultShownDenials, "how many recent denials to show")
+	_ = cmd.MarkFlagFilename("kubeconfig")
+	o.out.AddFlag(cmd)
+	o.out.AddJSONAlias(cmd)
+	return cmd
+}
+
+// adminURLs is the repeatable --discovery-admin.
+type adminURLs struct{ urls *[]string }
+
+func (v *adminURLs) String() string { return strings.Join(*v.urls, ",") }
+func (v *adminURLs) Type() string   { return "url" }
+
+func (v *adminURLs) Set(s string) error {
+	u, err := adminURL(s)
+	if err != nil {
 		return err
 	}
+	*v.urls = append(*v.urls, u)
+	return nil
+}
+
+func (a *App) status(ctx context.Context, o statusOptions) error {
 	switch {
 	case o.soon < 0:
-		return fmt.Errorf("%w: --soon must not be negative", errUsage)
+		return usagef("--soon must not be negative")
 	case o.timeout <= 0 || o.sidecarTimeout <= 0:
-		return fmt.Errorf("%w: --timeout and --sidecar-timeout must be positive", errUsage)
+		return usagef("--timeout and --sidecar-timeout must be positive")
 	case o.denials < 0:
-		return fmt.Errorf("%w: --denials must not be negative", errUsage)
+		return usagef("--denials must not be negative")
 	}
 	targets, err := o.targets(a.Stderr)
 	if err != nil {
 		return err
 	}
 	rep := gatherStatus(ctx, targets, o, time.Now())
-	if o.json {
-		enc := json.NewEncoder(a.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			return err
-		}
-	} else {
-		printStatus(a.Stdout, rep)
+	err = o.out.Print(a.Stdout, rep, func(w io.Writer) error {
+		printStatus(w, rep)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if n := len(rep.Problems); n > 0 {
 		return fmt.Errorf("%w: %d problem(s), listed under \"problems\"", errStatusProblems, n)
@@ -239,13 +257,13 @@ func (o *statusOptions) targets(stderr io.Writer) (statusTargets, error) {
 	kube := o.kubeconfig != "" || o.kubeContext != ""
 	switch {
 	case standalone && kube:
-		return nil, fmt.Errorf("%w: --ca-socket and --discovery-admin check a standalone mesh; --kubeconfig and --context a cluster: give one or the other", errUsage)
+		return nil, usagef("--ca-socket and --discovery-admin check a standalone mesh; --kubeconfig and --context a cluster: give one or the other")
 	case standalone:
 		return &directTargets{opts: *o}, nil
 	}
 	t, err := newKubeTargets(*o, stderr)
-	if err != nil && !kube && errors.Is(err, errUsage) {
-		return nil, fmt.Errorf("%w: nothing to check: give --ca-socket and/or --discovery-admin URL for a standalone mesh, or --kubeconfig for a cluster", errUsage)
+	if err != nil && !kube && isUsage(err) {
+		return nil, usagef("nothing to check: give --ca-socket and/or --discovery-admin URL for a standalone mesh, or --kubeconfig for a cluster")
 	}
 	return t, err
 }

@@ -369,7 +369,7 @@ func TestStatusUsage(t *testing.T) {
 		{[]string{"--discovery-admin", "ftp://x"}, "want an http URL"},
 		{[]string{"--ca-socket", "x", "--timeout", "0s"}, "must be positive"},
 		{[]string{"--ca-socket", "x", "--soon", "-1m"}, "must not be negative"},
-		{[]string{"extra"}, "takes 0 argument(s)"},
+		{[]string{"extra"}, `tether status takes no arguments, got ["extra"]`},
 	} {
 		_, errOut, code := run(t, append([]string{"status"}, tc.args...)...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
