@@ -209,7 +209,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		IntermediateTTL: cfg.IntermediateTTL, RootTTL: cfg.RootTTL,
 		Backdate: cfg.Backdate, PropagationDelay: cfg.PropagationDelay, TickInterval: cfg.TickInterval,
 		AutoRotate: cfg.AutoRotate, Logger: cfg.Logger, Registerer: s.registry,
-		ReportInterval: cfg.ReportInterval, MaxReports: cfg.MaxReports,
+		ReportInterval: cfg.ReportInterval, MaxReports: cfg.MaxReports, Replica: cfg.Kube.Identity,
 	}
 	if cfg.OfflineIntermediate != "" {
 		o, err := identity.LoadOfflineIntermediate(cfg.OfflineIntermediate)

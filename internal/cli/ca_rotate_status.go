@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -139,8 +140,12 @@ func laggards(rs []*cav1.SidecarReport) []laggardOutput {
 
 // printRotationStatus writes the rotation status for people.
 func printRotationStatus(w io.Writer, o rotationStatusOutput) {
-	fmt.Fprintf(w, "reporting sidecars: %d (replicas %s; a sidecar reports every %ds, is silent after %ds)\n",
-		o.Reporting, strings.Join(o.Replicas, ", "), o.ReportIntervalSeconds, o.ReportTTLSeconds)
+	replicas := ""
+	if r := strings.Join(slices.DeleteFunc(slices.Clone(o.Replicas), func(s string) bool { return s == "" }), ", "); r != "" {
+		replicas = "replicas " + r + "; "
+	}
+	fmt.Fprintf(w, "reporting sidecars: %d (%sa sidecar reports every %ds, is silent after %ds)\n",
+		o.Reporting, replicas, o.ReportIntervalSeconds, o.ReportTTLSeconds)
 	if len(o.StaleReplicas) > 0 {
 		fmt.Fprintf(w, "left out: replicas %s have not published their reports for a TTL (gone?)\n", strings.Join(o.StaleReplicas, ", "))
 	}
