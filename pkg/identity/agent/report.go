@@ -83,7 +83,11 @@ func (a *Agent) session(ctx context.Context, client *identity.Client, presented 
 				}
 			}
 		}
-		t := time.NewTimer(time.Until(lastAt.Add(interval)))
+		wait := interval // not reporting (an older CA): only changes wake the loop
+		if reporting && !lastAt.IsZero() {
+			wait = time.Until(lastAt.Add(interval))
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -2,9 +2,18 @@ package agent
 
 import (
 	"context"
+	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -60,4 +69,47 @@ func TestAgentReports(t *testing.T) {
 
 	stop()
 	waitFor(t, "the report gone once the agent stopped", func() bool { return len(c.ca.LocalReports().Reports) == 0 })
+}
+
+// oldCA is a CA server from before Report: it answers Unimplemented, and
+// counts the calls.
+type oldCA struct {
+	*identity.Server
+	calls *atomic.Int32
+}
+
+func (o oldCA) Report(context.Context, *cav1.ReportRequest) (*cav1.ReportResponse, error) {
+	o.calls.Add(1)
+	return nil, status.Error(codes.Unimplemented, "unknown method Report")
+}
+
+// TestAgentWithOldCA: against a CA that does not know Report the agent
+// stops reporting after the first try and still follows the bundle.
+func TestAgentWithOldCA(t *testing.T) {
+	ca := testutil.NewCA(t, identity.RealClock, nil)
+	srv := identity.NewServer(ca, map[string]identity.Attestor{identity.KindJoinToken: ca.JoinTokens()}, nil)
+	var calls atomic.Int32
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(srv.TLSConfig())))
+	cav1.RegisterCAServer(g, oldCA{srv, &calls})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+	a, err := New(Config{CAAddr: l.Addr().String(), Bundle: ca.Bundle().Bundle, Credential: tokenCred(t, ca, "/ns/default/sa/web", nil),
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Go(t, a.Run)
+	waitFor(t, "a first report attempt", func() bool { return calls.Load() > 0 })
+	if err := ca.Rotate(context.Background(), identity.StepPrepare, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new bundle", func() bool { return len(a.Bundle().X509Authorities()) == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d report attempts against a CA without Report, want 1", n)
+	}
 }
