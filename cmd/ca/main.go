@@ -4,22 +4,31 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/tether-mesh/tether/internal/caserver"
+	"github.com/tether-mesh/tether/internal/cliflag"
 	"github.com/tether-mesh/tether/internal/logging"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
 func main() {
+	if cliflag.PrintVersion(os.Args[1:], os.Stdout) {
+		return
+	}
 	cfg, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h printed the flags
+	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tether-ca:", err)
+		fmt.Fprintf(os.Stderr, "tether-ca: %v\nRun 'tether-ca --help' for usage.\n", err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -38,9 +47,12 @@ func main() {
 func parseFlags(args []string) (caserver.Config, error) {
 	var c caserver.Config
 	fs := flag.NewFlagSet("tether-ca", flag.ContinueOnError)
+	// Flag errors are printed once by main, with a hint; -h prints the
+	// flags on stdout.
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.TrustDomain, "trust-domain", env("TETHER_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (env TETHER_TRUST_DOMAIN)")
 	fs.StringVar(&c.ListenAddr, "listen", ":8443", "address of the CA gRPC API (TLS)")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz, /metrics and /version")
 	fs.StringVar(&c.AdminSocket, "admin-socket", "", "unix socket of the operator API (default <store-dir>/admin.sock, or /run/tether-ca/admin.sock)")
 	fs.StringVar(&c.Store, "store", "dir", "where the CA keeps its state: dir or kubernetes")
 	fs.StringVar(&c.StoreDir, "store-dir", "", "directory of the dir store")
@@ -60,7 +72,7 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.DurationVar(&c.ReportInterval, "report-interval", identity.DefaultReportInterval, "how often sidecars report their roots when nothing changes; one silent for 3 intervals is counted with what it last reported until its SVID expires")
 	fs.IntVar(&c.MaxReports, "max-reports", 0, "sidecar reports one replica keeps (default 10000, or 4000 with --store=kubernetes, where the replicas share them in a ConfigMap)")
 	fs.BoolVar(&c.AutoRotate, "auto-rotate", true, "take root rotation steps (prepare, activate, retire) on schedule; intermediates are renewed on schedule regardless")
-	fs.StringVar(&c.OfflineIntermediate, "offline-intermediate", "", "offline-root mode: directory with intermediate.pem, intermediate.key and root.pem from `tether ca offline-root sign-intermediate`; the CA never holds the root key")
+	fs.StringVar(&c.OfflineIntermediate, "offline-intermediate", "", "offline-root mode: directory with intermediate.pem, intermediate.key and root.pem from \"tether ca offline-root sign-intermediate\"; the CA never holds the root key")
 	fs.StringVar(&c.Kube.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster (env KUBECONFIG)")
 	fs.StringVar(&c.Kube.Namespace, "namespace", env("POD_NAMESPACE", "tether-system"), "namespace of the Secret and Lease (env POD_NAMESPACE)")
 	fs.StringVar(&c.Kube.SecretName, "secret-name", "tether-ca", "Secret of the kubernetes store")
@@ -86,7 +98,12 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.DurationVar(&c.ConnLimits.MaxConnectionIdle, "max-connection-idle", identity.DefaultMaxConnectionIdle, "close a connection with an SVID after this long with no RPC in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(os.Stdout, "Usage of tether-ca:\n")
+			cliflag.PrintFlags(os.Stdout, fs)
+		}
 		return c, err
 	}
 	if fs.NArg() > 0 {

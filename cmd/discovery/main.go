@@ -13,13 +13,18 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/tether-mesh/tether/internal/cliflag"
 	"github.com/tether-mesh/tether/internal/discoveryserver"
 )
 
 func main() {
+	if cliflag.PrintVersion(os.Args[1:], os.Stdout) {
+		return
+	}
 	cfg, err := discoveryserver.ParseFlags(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
+		fmt.Fprint(os.Stderr, cliflag.VersionUsage)
+		return
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tether-discovery:", err)

@@ -5,8 +5,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -15,14 +17,21 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/tether-mesh/tether/internal/cliflag"
 	"github.com/tether-mesh/tether/internal/injector"
 	"github.com/tether-mesh/tether/internal/logging"
 )
 
 func main() {
+	if cliflag.PrintVersion(os.Args[1:], os.Stdout) {
+		return
+	}
 	cfg, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h printed the flags
+	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tether-injector:", err)
+		fmt.Fprintf(os.Stderr, "tether-injector: %v\nRun 'tether-injector --help' for usage.\n", err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -41,8 +50,11 @@ func main() {
 func parseFlags(args []string) (injector.Config, error) {
 	var c injector.Config
 	fs := flag.NewFlagSet("tether-injector", flag.ContinueOnError)
+	// Flag errors are printed once by main, with a hint; -h prints the
+	// flags on stdout.
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.WebhookAddr, "listen", ":9443", "address of the webhook (HTTPS, POST /mutate)")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz, /metrics and /version")
 	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", 3<<20, "largest AdmissionReview accepted")
 	fs.StringVar(&c.Inject.Image, "image", os.Getenv("TETHER_IMAGE"), "image of the injected containers, holding tether-sidecar (env TETHER_IMAGE)")
 	pull := fs.String("image-pull-policy", "IfNotPresent", "pull policy of the injected containers")
@@ -64,7 +76,12 @@ func parseFlags(args []string) (injector.Config, error) {
 	fs.DurationVar(&c.Certs.PropagationDelay, "cert-propagation-delay", 0, "how long a new certificate is in the caBundle before it is served (default 2m)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(os.Stdout, "Usage of tether-injector:\n")
+			cliflag.PrintFlags(os.Stdout, fs)
+		}
 		return c, err
 	}
 	if fs.NArg() > 0 {

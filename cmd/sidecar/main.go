@@ -12,10 +12,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/tether-mesh/tether/internal/cliflag"
 	"github.com/tether-mesh/tether/internal/sidecar"
 )
 
 func main() {
+	if cliflag.PrintVersion(os.Args[1:], os.Stdout) {
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		code := sidecar.Init(ctx, os.Args[2:], os.Stdout, os.Stderr, nil)
@@ -24,7 +28,8 @@ func main() {
 	}
 	cfg, err := sidecar.ParseFlags(os.Args[1:], os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
+		fmt.Fprint(os.Stderr, cliflag.VersionUsage)
+		return
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tether-sidecar:", err)

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-mesh/tether/internal/version"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -25,7 +27,8 @@ type buildOptions struct {
 	out       string // docker-archive tarball
 	ociLayout string // OCI layout directory, or ""
 	tag       string
-	push      string // reference to push to, or ""
+	alsoTags  []string // more names of the image in the tarball
+	push      string   // reference to push to, or ""
 	insecure  bool
 	debDir    string
 	epoch     time.Time
@@ -40,7 +43,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	var o buildOptions
 	fs.StringVar(&o.out, "out", "", "docker-archive tarball to write (default SRC/.cache/image/NAME.tar)")
 	fs.StringVar(&o.ociLayout, "oci-layout", "", "also write an OCI image layout into this directory")
-	fs.StringVar(&o.tag, "tag", "", "the image's name (default: the preset's, NAME:latest)")
+	fs.StringVar(&o.tag, "tag", "", "the image's name (default: the preset's, NAME:latest, and for tether also tether:VERSION, the tag tether install defaults to)")
 	fs.StringVar(&o.push, "push", "", "push the image to this reference")
 	fs.BoolVar(&o.insecure, "insecure", false, "push over plain HTTP (loopback registries only)")
 	fs.StringVar(&o.src, "src", "", "module root (default: the current module's)")
@@ -108,6 +111,9 @@ func (o *buildOptions) defaults(p preset) error {
 	}
 	if o.tag == "" {
 		o.tag = p.tag
+		if p.versionTag {
+			o.alsoTags = []string{p.name + ":" + version.Version}
+		}
 	}
 	if o.insecure && o.push == "" {
 		return errors.New("--insecure without --push")

@@ -38,14 +38,26 @@ func writeOutputs(ctx context.Context, img v1.Image, o buildOptions, stdout io.W
 	if err != nil {
 		return err
 	}
+	tags := []name.Tag{tag}
+	for _, s := range o.alsoTags {
+		t, err := normalizeTag(s)
+		if err != nil {
+			return err
+		}
+		tags = append(tags, t)
+	}
 	digest, err := img.Digest()
 	if err != nil {
 		return fmt.Errorf("image digest: %w", err)
 	}
-	if err := writeTarball(o.out, tag, img); err != nil {
+	if err := writeTarball(o.out, tags, img); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s: %s %s\n", o.out, tag, digest)
+	names := make([]string, len(tags))
+	for i, t := range tags {
+		names[i] = t.String()
+	}
+	fmt.Fprintf(stdout, "wrote %s: %s %s\n", o.out, strings.Join(names, " "), digest)
 	if o.ociLayout != "" {
 		p, err := layout.Write(o.ociLayout, empty.Index)
 		if err != nil {
@@ -66,14 +78,19 @@ func writeOutputs(ctx context.Context, img v1.Image, o buildOptions, stdout io.W
 }
 
 // writeTarball writes a docker-archive tarball (docker load, kind load
-// image-archive, ctr images import) to path, replacing it only when complete.
-func writeTarball(path string, tag name.Tag, img v1.Image) error {
+// image-archive, ctr images import) of img under every tag to path,
+// replacing it only when complete.
+func writeTarball(path string, tags []name.Tag, img v1.Image) error {
+	refs := map[name.Reference]v1.Image{}
+	for _, t := range tags {
+		refs[t] = img
+	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".image-*.tar")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	defer os.Remove(f.Name())
-	if err := tarball.Write(tag, img, f); err != nil {
+	if err := tarball.MultiRefWrite(refs, f); err != nil {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
 	}

@@ -10,8 +10,11 @@ type binary struct {
 
 // preset is one image this program knows how to build.
 type preset struct {
-	name       string
-	tag        string // default --tag
+	name string
+	tag  string // default --tag
+	// versionTag also tags the image NAME:<internal/version.Version> when
+	// --tag is not given: the tag `tether install` and the chart default to.
+	versionTag bool
 	binaries   []binary
 	binDir     string // where the binaries go
 	iptables   bool   // add the iptables layer
@@ -25,7 +28,7 @@ var presets = map[string]preset{
 	// tether is the image of the Dockerfile's final stage: every binary, and
 	// iptables for `tether-sidecar init` (the tether-init container).
 	"tether": {
-		name: "tether", tag: "tether:latest",
+		name: "tether", tag: "tether:latest", versionTag: true,
 		binaries: []binary{
 			{"./cmd/ca", "tether-ca"}, {"./cmd/discovery", "tether-discovery"},
 			{"./cmd/injector", "tether-injector"}, {"./cmd/sidecar", "tether-sidecar"},

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-mesh/tether/internal/version"
 )
 
 // TestTetherImage builds the real tether image (a minute or more: five
@@ -41,7 +43,10 @@ func TestTetherImage(t *testing.T) {
 		if l := cfg.Config.Labels["dev.tether.iptables-packages"]; !strings.Contains(l, "iptables 1.8") || !strings.Contains(l, "libc6 ") {
 			t.Errorf("label dev.tether.iptables-packages = %q", l)
 		}
-		if got := repoTags(t, out); !slices.Equal(got, []string{"docker.io/library/tether:latest"}) {
+		// Tagged also with the version tether install defaults to.
+		got := repoTags(t, out)
+		slices.Sort(got)
+		if want := []string{"docker.io/library/tether:" + version.Version, "docker.io/library/tether:latest"}; !slices.Equal(got, want) {
 			t.Errorf("tags %q", got)
 		}
 	})

@@ -6,9 +6,10 @@
 #   build.sh [-f] [NAME...]
 #
 # NAME is a command under cmd/ (kube-apiserver, etcd, kubelet,
-# kube-controller-manager, kube-scheduler, kube-proxy, kubectl), "node" for
-# everything a real single-node cluster needs (hack/cluster), or "all".
-# Without a name: kube-apiserver and etcd, what the API-server tests need.
+# kube-controller-manager, kube-scheduler, kube-proxy, kubectl), "helm"
+# (hack/helm/build.sh: Helm, a module of its own), "node" for everything a
+# real single-node cluster needs (hack/cluster), or "all".
+# Without a name: kube-apiserver, etcd and helm, what the tests need.
 #
 # A binary is reused when it exists and is newer than this module's go.mod,
 # go.sum, its cmd/<name>/main.go and this script, so repeated runs take ~0 s.
@@ -28,20 +29,37 @@ if [[ "${1:-}" == "-f" ]]; then
 	shift
 fi
 names=()
+helm=0
 for arg in "$@"; do
 	case "$arg" in
-	node | all) names+=(kube-apiserver etcd kubelet kube-controller-manager kube-scheduler kube-proxy kubectl) ;;
+	helm) helm=1 ;;
+	node) names+=(kube-apiserver etcd kubelet kube-controller-manager kube-scheduler kube-proxy kubectl) ;;
+	all)
+		names+=(kube-apiserver etcd kubelet kube-controller-manager kube-scheduler kube-proxy kubectl)
+		helm=1
+		;;
 	*)
 		if [[ ! -f "$here/cmd/$arg/main.go" ]]; then
-			echo "hack/kube/build.sh: no command $arg under $here/cmd (want one of: $(ls "$here/cmd" | tr '\n' ' ')node, all)" >&2
+			echo "hack/kube/build.sh: no command $arg under $here/cmd (want one of: $(ls "$here/cmd" | tr '\n' ' ')helm, node, all)" >&2
 			exit 2
 		fi
 		names+=("$arg")
 		;;
 	esac
 done
-if [[ ${#names[@]} -eq 0 ]]; then
+if [[ $# -eq 0 ]]; then
 	names=(kube-apiserver etcd)
+	helm=1
+fi
+if [[ $helm -eq 1 ]]; then
+	if [[ $force -eq 1 ]]; then
+		bash "$root/hack/helm/build.sh" -f
+	else
+		bash "$root/hack/helm/build.sh"
+	fi
+fi
+if [[ ${#names[@]} -eq 0 ]]; then
+	exit 0
 fi
 
 # Version stamp, as k8s.io/kubernetes/hack/lib/version.sh does, so that the

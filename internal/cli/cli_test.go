@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -229,6 +230,17 @@ func TestRevokeCommands(t *testing.T) {
 	if code != 0 || strings.Contains(out, token) || strings.Contains(out, token[4:]) || !strings.Contains(out, hash[:16]) || !strings.Contains(out, web) || !strings.Contains(out, "reusable") {
 		t.Fatalf("token list: code %d, out %q, err %q", code, out, errOut)
 	}
+	out, errOut, code = run(t, "ca", "token", "list", "--socket", sock, "-o", "json")
+	var tokens []struct {
+		Hash      string    `json:"hash"`
+		SPIFFEID  string    `json:"spiffe_id"`
+		ExpiresAt time.Time `json:"expires_at"`
+		Reusable  bool      `json:"reusable"`
+	}
+	if err := json.Unmarshal([]byte(out), &tokens); err != nil || code != 0 || len(tokens) != 1 || tokens[0].Hash != hash ||
+		tokens[0].SPIFFEID != web || !tokens[0].Reusable || time.Until(tokens[0].ExpiresAt) <= 0 || strings.Contains(out, token) {
+		t.Fatalf("token list -o json: code %d, %v, out %q, err %q", code, err, out, errOut)
+	}
 
 	// Revoke the token read from stdin: it is deleted, its SVIDs refused.
 	out, errOut, code = runStdin(t, token+"\n", "ca", "revoke", "--socket", sock, "--join-token-file", "-", "--reason", "leaked")
@@ -256,6 +268,39 @@ func TestRevokeCommands(t *testing.T) {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Fatalf("status does not show %q: %q", want, out)
 		}
+	}
+	// The same as data.
+	out, errOut, code = run(t, "ca", "status", "--socket", sock, "-o", "json")
+	var st struct {
+		TrustDomain string `json:"trust_domain"`
+		Generations []struct {
+			ID    uint64 `json:"id"`
+			State string `json:"state"`
+		} `json:"generations"`
+		Revocations []struct {
+			Kind     string `json:"kind"`
+			Value    string `json:"value"`
+			SPIFFEID string `json:"spiffe_id"`
+			Blocking bool   `json:"blocking"`
+			Reason   string `json:"reason"`
+		} `json:"revocations"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 {
+		t.Fatalf("ca status -o json: exit %d, %v\n%s%s", code, err, out, errOut)
+	}
+	kinds := map[string]int{}
+	for _, r := range st.Revocations {
+		kinds[r.Kind]++
+		if r.Kind == "serial" && r.Value != "abcde" {
+			t.Errorf("ca status -o json: serial revocation %+v", r)
+		}
+	}
+	if st.TrustDomain != "cluster.local" || len(st.Generations) != 1 || st.Generations[0].State != "active" ||
+		len(st.Revocations) != 4 || kinds["join_token"] != 1 || kinds["serial"] != 1 || kinds["spiffe_id"] != 2 {
+		t.Errorf("ca status -o json: %+v", st)
+	}
+	if out, _, code = run(t, "ca", "status", "--socket", sock, "-o", "yaml"); code != 0 || !strings.Contains(out, "trust_domain: cluster.local\n") || !strings.Contains(out, "  kind: serial\n  prune_after: ") {
+		t.Errorf("ca status -o yaml: exit %d\n%s", code, out)
 	}
 	if out, errOut, code = run(t, "ca", "unrevoke", "--socket", sock, "--spiffe-id", "spiffe://cluster.local/ns/default/sa/db"); code != 0 || !strings.Contains(out, "may be attested again") {
 		t.Fatalf("unrevoke: code %d, out %q, err %q", code, out, errOut)

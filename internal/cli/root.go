@@ -34,14 +34,19 @@
 //		return cmd
 //	}
 //
-// Rules: Short, Long and Example are required (a test walks the tree).
+// Rules: Short, Long and Example are required (a test walks the tree);
+// then regenerate the command reference in docs/cli.md with
+// go test ./internal/cli -run TestCLIReference -update (a test compares it).
 // Write output to a.Stdout and notes to a.Stderr (never os.Stdout), and
 // take the context from cmd.Context(). Declare required flags with
-// cmd.MarkFlagRequired. Errors: cobra's own (unknown command or flag,
+// cmd.MarkFlagRequired. Spell flags --long; the only shorthands are the
+// conventional -o (--output), -n (--namespace), -f (--filename or
+// --values) and -h (a test checks). Errors: cobra's own (unknown command or flag,
 // bad flag value, missing required flag, wrong arguments) are usage
 // errors; inside RunE return usagef(...) for bad input that flag parsing
 // could not catch (exit 2, with "Run 'tether ... --help' for usage."),
-// any other error for a failure (exit 1). Main prints the error once, as
+// any other error for a failure (exit 1); a package behind a command may
+// wrap cliflag.ErrUsage instead of calling usagef. Main prints the error once, as
 // "tether: <error>"; never print it yourself. A command that must exit
 // 1 after printing its answer (a denied check) returns an error that says
 // why, like errDenied.
@@ -180,8 +185,9 @@ Exit status: 0 success, 1 failure (the command says why on stderr),
   tether demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		// Completions of flags named like files are the shell's.
-		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+		// tether completion (completion.go) replaces cobra's own, to
+		// document how to install each script.
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.SetIn(a.Stdin)
 	root.SetOut(a.Stdout)
@@ -191,7 +197,7 @@ Exit status: 0 success, 1 failure (the command says why on stderr),
 	root.SetHelpCommand(a.newHelpCmd())
 	for _, c := range []*cobra.Command{
 		a.newIdentityCmd(), a.newSVIDCmd(), a.newCACmd(), a.newPolicyCmd(),
-		a.newStatusCmd(), a.newDemoCmd(), a.newCompletionCmd(),
+		a.newStatusCmd(), a.newVersionCmd(), a.newDemoCmd(), a.newCompletionCmd(),
 	} {
 		root.AddCommand(c)
 	}
@@ -259,7 +265,7 @@ func groupArgs(cmd *cobra.Command, args []string) error {
 // value. In a group, the mistyped command that came before the flag is
 // the error: `tether ca rotate sideways --force`.
 func flagError(cmd *cobra.Command, err error) error {
-	if cmd.HasSubCommands() {
+	if cmd.HasAvailableSubCommands() {
 		if args := cmd.Flags().Args(); len(args) > 0 {
 			return groupArgs(cmd, args)
 		}
@@ -305,6 +311,7 @@ func (a *App) newHelpCmd() *cobra.Command {
 				}
 				return usagef("unknown help topic %q (tether's commands: %s)", unknown, strings.Join(subcommandNames(cmd.Root()), ", "))
 			}
+			target.InitDefaultHelpFlag() // as when it runs with --help
 			return target.Help()
 		},
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {

@@ -3,32 +3,27 @@ package cli
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/tether-mesh/tether/internal/meshkube"
 )
 
 // Pod labels and the port of the control plane's admin servers
 // (manifests/base).
 const (
-	caAppLabel        = "tether-ca"
-	discoveryAppLabel = "tether-discovery"
-	appLabelKey       = "app.kubernetes.io/name"
-	adminPortName     = "admin"
-	defaultAdminPort  = 15014
+	caAppLabel        = meshkube.CAApp
+	discoveryAppLabel = meshkube.DiscoveryApp
+	appLabelKey       = meshkube.AppLabelKey
 )
 
 // kubeTargets reaches a cluster's mesh through the API server: it finds
@@ -63,73 +58,25 @@ func newKubeTargets(o statusOptions, stderr io.Writer) (*kubeTargets, error) {
 
 func (k *kubeTargets) describe() (string, string) { return "kubernetes", k.where }
 
+// statusNeeds is what tether status needs of RBAC in a cluster.
+const statusNeeds = "tether status and tether version need list on pods and get on pods/proxy"
+
 // controlPods lists the running pods of one control plane component. An
 // error says why there is none to ask.
 func (k *kubeTargets) controlPods(ctx context.Context, app string) ([]corev1.Pod, error) {
-	ctx, cancel := context.WithTimeout(ctx, k.opts.timeout)
-	defer cancel()
-	sel := appLabelKey + "=" + app
-	list, err := k.client.CoreV1().Pods(k.opts.namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
-	if err != nil {
-		return nil, kubeError(fmt.Sprintf("list pods %s in namespace %s", sel, k.opts.namespace), err)
-	}
-	if len(list.Items) == 0 {
-		return nil, fmt.Errorf("no pods labelled %s in namespace %s (is Tether installed? see docs/install.md; --namespace names the control plane's namespace)", sel, k.opts.namespace)
-	}
-	var running []corev1.Pod
-	var idle []string
-	for _, p := range list.Items {
-		if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && p.DeletionTimestamp == nil {
-			running = append(running, p)
-		} else {
-			idle = append(idle, fmt.Sprintf("%s is %s", p.Name, cmp.Or(string(p.Status.Phase), "Pending")))
-		}
-	}
-	if len(running) == 0 {
-		return nil, fmt.Errorf("no running pod labelled %s in namespace %s: %s", sel, k.opts.namespace, strings.Join(idle, ", "))
-	}
-	slices.SortFunc(running, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
-	return running, nil
+	return meshkube.ControlPods(ctx, k.client, k.opts.namespace, app, k.opts.timeout, statusNeeds)
 }
 
 // adminPort is the pod's container port named "admin", else 15014.
-func adminPort(p *corev1.Pod) string {
-	for _, c := range p.Spec.Containers {
-		for _, port := range c.Ports {
-			if port.Name == adminPortName {
-				return strconv.Itoa(int(port.ContainerPort))
-			}
-		}
-	}
-	return strconv.Itoa(defaultAdminPort)
-}
+func adminPort(p *corev1.Pod) string { return meshkube.AdminPort(p) }
 
 // proxyGet fetches path on the pod's port through the API server.
 func (k *kubeTargets) proxyGet(ctx context.Context, p *corev1.Pod, port, path string, limit int64, decode func(io.Reader) error) error {
-	rc, err := k.client.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, port, path, nil).Stream(ctx)
-	if err != nil {
-		return kubeError(fmt.Sprintf("GET %s on pod %s/%s port %s through the API server's pod proxy", path, p.Namespace, p.Name, port), err)
-	}
-	defer rc.Close()
-	return decode(io.LimitReader(rc, limit+1))
+	return meshkube.ProxyGet(ctx, k.client, p, port, path, limit, statusNeeds, decode)
 }
 
 // kubeError words an API error with what was tried and what may help.
-func kubeError(what string, err error) error {
-	var st apierrors.APIStatus
-	switch {
-	case apierrors.IsForbidden(err):
-		return fmt.Errorf("%s: RBAC forbids it: %s (tether status needs list on pods and get on pods/proxy)", what, apiMessage(err))
-	case apierrors.IsUnauthorized(err):
-		return fmt.Errorf("%s: the API server rejected the credentials: %w", what, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s: no answer within --timeout", what)
-	case errors.As(err, &st):
-		return fmt.Errorf("%s: %s", what, apiMessage(err))
-	default:
-		return fmt.Errorf("%s: cannot reach the API server: %w", what, err)
-	}
-}
+func kubeError(what string, err error) error { return meshkube.APIError(what, err, statusNeeds) }
 
 func (k *kubeTargets) ca(ctx context.Context) *caStatus {
 	source := "pods " + appLabelKey + "=" + caAppLabel + " in " + k.opts.namespace
@@ -165,52 +112,18 @@ func (k *kubeTargets) ca(ctx context.Context) *caStatus {
 	return best
 }
 
-// caFromMetrics reads the CA's state from its Prometheus metrics: the
-// bundle sequence, and the root and intermediate expiry of every
-// generation not retired.
+// caFromMetrics reads the CA's state from its Prometheus metrics
+// (meshkube.ParseCAMetrics).
 func caFromMetrics(r io.Reader) (*caStatus, error) {
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(r)
+	m, err := meshkube.ParseCAMetrics(r)
 	if err != nil {
-		return nil, fmt.Errorf("read /metrics: %w", err)
+		return nil, err
 	}
-	c := &caStatus{Generations: []generationStatus{}, Note: "from /metrics: retired generations, root fingerprints and the rotation schedule are shown by `tether ca status` in the CA's pod"}
-	seq, ok := mfs["tether_ca_bundle_sequence"]
-	if !ok || len(seq.GetMetric()) == 0 {
-		return nil, errors.New("/metrics has no tether_ca_bundle_sequence: is this tether-ca?")
+	c := &caStatus{BundleSequence: m.BundleSequence, IntermediateRenewalOverdue: m.IntermediateRenewalOverdue, Generations: []generationStatus{},
+		Note: "from /metrics: retired generations, root fingerprints and the rotation schedule are shown by `tether ca status` in the CA's pod"}
+	for _, g := range m.Generations {
+		c.Generations = append(c.Generations, generationStatus{ID: g.ID, State: g.State, RootExpires: g.RootExpires, IntermediateExpires: g.IntermediateExpires})
 	}
-	c.BundleSequence = uint64(seq.GetMetric()[0].GetGauge().GetValue())
-	if o := mfs["tether_ca_intermediate_renewal_overdue"].GetMetric(); len(o) > 0 && o[0].GetGauge().GetValue() > 0 {
-		c.IntermediateRenewalOverdue = true
-	}
-	gens := map[uint64]*generationStatus{}
-	for name, set := range map[string]func(*generationStatus, float64){
-		"tether_ca_root_expiry_timestamp_seconds":         func(g *generationStatus, v float64) { g.RootExpires = unix(int64(v)) },
-		"tether_ca_intermediate_expiry_timestamp_seconds": func(g *generationStatus, v float64) { g.IntermediateExpires = unix(int64(v)) },
-	} {
-		for _, m := range mfs[name].GetMetric() {
-			var id uint64
-			var state string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "generation":
-					id, _ = strconv.ParseUint(l.GetValue(), 10, 64)
-				case "state":
-					state = l.GetValue()
-				}
-			}
-			g, ok := gens[id]
-			if !ok {
-				g = &generationStatus{ID: id, State: state}
-				gens[id] = g
-			}
-			set(g, m.GetGauge().GetValue())
-		}
-	}
-	for _, g := range gens {
-		c.Generations = append(c.Generations, *g)
-	}
-	slices.SortFunc(c.Generations, func(a, b generationStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return c, nil
 }
 

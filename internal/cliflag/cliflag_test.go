@@ -1,46 +1,124 @@
-package cliflag
+package cliflag_test
 
 import (
 	"bytes"
 	"errors"
 	"flag"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tether-mesh/tether/internal/cliflag"
+	"github.com/tether-mesh/tether/internal/version"
 )
 
-func TestParse(t *testing.T) {
+func TestPrintVersion(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		args       []string
-		positional int
-		wantErr    error // nil: no error
-		says       string
+		args []string
+		want bool
 	}{
-		{"ok", []string{"--n", "3"}, 0, nil, ""},
-		{"positional ok", []string{"--n", "3", "x"}, 1, nil, ""},
-		{"unknown flag", []string{"--nn", "3"}, 0, ErrUsage, "flag provided but not defined: -nn"},
-		{"bad value", []string{"--n", "three"}, 0, ErrUsage, `invalid value "three" for flag -n`},
-		{"extra argument", []string{"x"}, 0, ErrUsage, `tether test takes 0 argument(s), got ["x"]`},
-		{"missing argument", nil, 1, ErrUsage, "tether test takes 1 argument(s)"},
-		{"help", []string{"-h"}, 0, flag.ErrHelp, ""},
+		{[]string{"--version"}, true},
+		{[]string{"-version"}, true},
+		{[]string{"--listen", ":1", "--version=true"}, true},
+		{[]string{"init", "--version"}, true},
+		{nil, false},
+		{[]string{"--listen", ":1"}, false},
+		{[]string{"--", "--version"}, false},
+		{[]string{"--version=false"}, false},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var stderr bytes.Buffer
-			fs := New("test", &stderr)
-			fs.Int("n", 0, "a number")
-			err := Parse(fs, tc.args, tc.positional)
-			switch {
-			case tc.wantErr == nil && err != nil:
-				t.Fatalf("Parse(%q) = %v, want nil", tc.args, err)
-			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
-				t.Fatalf("Parse(%q) = %v, want %v", tc.args, err, tc.wantErr)
+		var out bytes.Buffer
+		if got := cliflag.PrintVersion(tc.args, &out); got != tc.want || (got && out.String() != version.String()+"\n") || (!got && out.Len() > 0) {
+			t.Errorf("%q: %v, printed %q; want %v", tc.args, got, out.String(), tc.want)
+		}
+	}
+}
+
+func TestPrintFlags(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.String("listen", ":8443", "address of the `API`")
+	fs.String("dir", "", "a directory")
+	fs.Bool("auto", true, "do it\non two lines")
+	fs.Bool("quiet", false, "say less")
+	fs.Duration("tick", 10*time.Second, "how often")
+	var b bytes.Buffer
+	cliflag.PrintFlags(&b, fs)
+	want := "  --auto\n    \tdo it\n    \ton two lines (default true)\n" +
+		"  --dir string\n    \ta directory\n" +
+		"  --listen API\n    \taddress of the API (default :8443)\n" +
+		"  --quiet\n    \tsay less\n" +
+		"  --tick duration\n    \thow often (default 10s)\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// TestBinariesHelpAndVersion builds the binaries and runs them as a user
+// would: -h and --help exit 0 and show the flags, --version prints the
+// version and exits 0, a bad flag exits 2 (and tether's exit codes reach
+// the process).
+func TestBinariesHelpAndVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds five binaries")
+	}
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/tether", "./cmd/ca", "./cmd/discovery", "./cmd/injector", "./cmd/sidecar")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	run := func(bin string, args ...string) (string, string, int) {
+		var o, e bytes.Buffer
+		cmd := exec.Command(filepath.Join(dir, bin), args...)
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		var exit *exec.ExitError
+		switch {
+		case errors.As(err, &exit):
+			return o.String(), e.String(), exit.ExitCode()
+		case err != nil:
+			t.Fatalf("%s %q: %v", bin, args, err)
+		}
+		return o.String(), e.String(), 0
+	}
+	for _, tc := range []struct {
+		bin  string
+		args []string
+		flag string // a flag its help lists
+	}{
+		{"ca", nil, "-store-dir"},
+		{"discovery", nil, "-mesh"},
+		{"injector", nil, "-tls-cert-file"},
+		{"sidecar", nil, "-workload-socket"},
+		{"sidecar", []string{"init"}, "-proxy-uid"},
+	} {
+		for _, help := range []string{"-h", "--help"} {
+			out, errOut, code := run(tc.bin, append(tc.args, help)...)
+			if code != 0 || !strings.Contains(out+errOut, tc.flag) || !strings.Contains(out+errOut, "-version") && len(tc.args) == 0 {
+				t.Errorf("%s %q %s: exit %d, help without %s or -version:\n%s%s", tc.bin, tc.args, help, code, tc.flag, out, errOut)
 			}
-			if tc.says != "" && !strings.Contains(err.Error(), tc.says) {
-				t.Errorf("error %q does not say %q", err, tc.says)
-			}
-			if tc.wantErr == flag.ErrHelp && !strings.Contains(stderr.String(), "a number") {
-				t.Errorf("-h did not print the flags to stderr: %q", stderr.String())
-			}
-		})
+		}
+		out, errOut, code := run(tc.bin, append(tc.args, "--version")...)
+		if code != 0 || out != version.String()+"\n" || errOut != "" {
+			t.Errorf("%s %q --version: exit %d, stdout %q, stderr %q", tc.bin, tc.args, code, out, errOut)
+		}
+		if _, errOut, code := run(tc.bin, append(tc.args, "--no-such-flag")...); code != 2 || !strings.Contains(errOut, "no-such-flag") {
+			t.Errorf("%s %q --no-such-flag: exit %d, stderr %q; want 2", tc.bin, tc.args, code, errOut)
+		}
+	}
+
+	// tether: the process exits with Main's status.
+	if out, _, code := run("tether", "ca", "--help"); code != 0 || !strings.Contains(out, "tether ca [command]") {
+		t.Errorf("tether ca --help: exit %d\n%s", code, out)
+	}
+	if _, errOut, code := run("tether", "ca", "status", "--bogus"); code != 2 || errOut != "tether: unknown flag: --bogus\nRun 'tether ca status --help' for usage.\n" {
+		t.Errorf("tether ca status --bogus: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := run("tether", "ca", "status", "--socket", filepath.Join(dir, "none.sock")); code != 1 || !strings.HasPrefix(errOut, "tether: CA operator socket") {
+		t.Errorf("tether ca status without a CA: exit %d, stderr %q", code, errOut)
+	}
+	if out, _, code := run("tether", "version", "--client"); code != 0 || out != "Client: "+version.Version+"\n" {
+		t.Errorf("tether version --client: exit %d, %q", code, out)
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/tether-mesh/tether/internal/version"
 	"github.com/tether-mesh/tether/pkg/inject"
 )
 
@@ -46,7 +47,7 @@ type storyRun struct {
 // TestUserStory installs Tether on the real node and runs the user story of
 // issue 13 against it, each claim its own subtest, in order (later stages
 // build on earlier ones). It needs the cluster of hack/cluster with the
-// images of `make image` (tether:latest, tether-sample:latest).
+// images of `make image` (tether:VERSION, tether-sample:latest).
 func TestUserStory(t *testing.T) {
 	if os.Getenv("TETHER_CLUSTER_TEST") != "1" {
 		t.Skip("the real-node test runs only when asked (it needs a running cluster); run: " + runCommand)
@@ -89,11 +90,13 @@ func TestUserStory(t *testing.T) {
 	if !s.stage(t, "guide", s.guide) {
 		t.FailNow()
 	}
+	s.stage(t, "check-pre", s.checkPre)
 	if !s.stage(t, "install", s.install) || !s.stage(t, "deploy", s.deploy) {
 		t.FailNow()
 	}
 	s.stage(t, "injected", s.injected)
 	s.stage(t, "svid", s.svids)
+	s.stage(t, "check", s.checkInstalled)
 	if !s.stage(t, "chain", s.chain) {
 		t.FailNow()
 	}
@@ -101,6 +104,8 @@ func TestUserStory(t *testing.T) {
 	s.stage(t, "policy", s.policy)
 	s.stage(t, "unlabelled", s.unlabelled)
 	s.stage(t, "opt-out", s.optOut)
+	s.stage(t, "check-escaped", s.checkEscaped)
+	s.stage(t, "check-broken", s.checkBroken)
 	s.stage(t, "job", s.job)
 	s.stage(t, "rotation", s.rotation)
 	s.stage(t, "injector-down", s.injectorDown)
@@ -145,22 +150,41 @@ func (s *storyRun) removeLeftovers(t *testing.T) {
 	mwc := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name")
 	if strings.Contains(out, "namespace/tether-system\n") || strings.Contains(mwc, "tether-injector") {
 		t.Log("removing the Tether install an earlier run left")
-		s.n.must(t, 5*time.Minute, "delete", "-k", filepath.Join(s.n.root, "manifests/base"), "--ignore-not-found", "--timeout=4m")
+		s.sh(t, 5*time.Minute, "tether uninstall --crds | kubectl delete --ignore-not-found --timeout=4m -f -")
 	}
 }
 
-// install applies Tether as docs/install.md says, with tether-ca's SVIDs
-// shortened to one minute (testdata/install) so the rotation stage takes
-// minutes, not an hour.
+// sh runs a shell line as docs/install.md writes it (tether and kubectl
+// on PATH, in the node's namespaces; node.shell), failing the test on error.
+func (s *storyRun) sh(t *testing.T, timeout time.Duration, line string) string {
+	t.Helper()
+	out, err := s.n.shell(t, timeout, line)
+	if err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	return out
+}
+
+// install installs Tether as docs/install.md says: the CRDs, then the
+// control plane, each rendered by `tether install` from the chart, with
+// tether-ca's SVIDs shortened to one minute (testdata/values.yaml) so the
+// rotation stage takes minutes, not an hour:
+//
+//	tether install --crds | kubectl apply -f -
+//	tether install -f test/cluster/testdata/values.yaml | kubectl apply --server-side -f -
 func (s *storyRun) install(t *testing.T) {
-	s.n.must(t, 3*time.Minute, "apply", "--server-side", "-k", filepath.Join(s.n.root, "test/cluster/testdata/install"))
+	s.sh(t, 2*time.Minute, "tether install --crds | kubectl apply -f -")
+	s.n.must(t, 2*time.Minute, "wait", "--for=condition=Established", "crd/accesspolicies.tether.dev", "--timeout=90s")
+	s.sh(t, 3*time.Minute, "tether install -f "+filepath.Join(s.n.root, "test/cluster/testdata/values.yaml")+" | kubectl apply --server-side -f -")
 	for _, d := range []string{"tether-ca", "tether-discovery", "tether-injector"} {
 		s.n.must(t, 6*time.Minute, "-n", "tether-system", "rollout", "status", "deploy/"+d, "--timeout=5m")
 	}
+	// The image defaults to the CLI's version (make image tags it so).
+	want := "tether:" + version.Version
 	images := s.n.must(t, time.Minute, "-n", "tether-system", "get", "pods", "-o", "jsonpath={.items[*].spec.containers[*].image}")
 	for _, img := range strings.Fields(images) {
-		if img != "tether:latest" {
-			t.Errorf("a control-plane pod runs image %q, want tether:latest", img)
+		if img != want {
+			t.Errorf("a control-plane pod runs image %q, want %s", img, want)
 		}
 	}
 }
@@ -910,17 +934,29 @@ func lastStderrLine(err error) string {
 	return err.Error()
 }
 
-// uninstall: `kubectl delete -k manifests/base` leaves no webhook
-// configuration, so pods of the once-meshed namespace are created again,
-// without a sidecar.
+// uninstall: `tether uninstall | kubectl delete -f -` deletes the webhook
+// configuration first and the namespace last and leaves no webhook behind,
+// so pods of the once-meshed namespace are created again, without a
+// sidecar; the CRD (and the AccessPolicies) stay until `tether uninstall
+// --crds`.
 func (s *storyRun) uninstall(t *testing.T) {
-	s.n.must(t, 6*time.Minute, "delete", "-k", filepath.Join(s.n.root, "manifests/base"), "--timeout=5m")
-	out := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name")
-	if strings.Contains(out, "tether") {
+	s.sh(t, 6*time.Minute, "tether uninstall | kubectl delete --timeout=5m -f -")
+	if out := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name"); strings.Contains(out, "tether") {
 		t.Errorf("after uninstall: %s", out)
 	}
+	eventually(t, "namespace tether-system deleted", 2*time.Minute, time.Second, func() error {
+		out, err := s.n.kubectl(time.Minute, "get", "namespace", "tether-system", "-o", "name", "--ignore-not-found")
+		if err != nil || strings.TrimSpace(out) != "" {
+			return fmt.Errorf("still there: %q, %v", out, err)
+		}
+		return nil
+	})
+	if out := s.n.must(t, time.Minute, "get", "crd", "-o", "name"); !strings.Contains(out, "accesspolicies.tether.dev") {
+		t.Errorf("tether uninstall without --crds deleted the CRD: %s", out)
+	}
+	s.sh(t, 3*time.Minute, "tether uninstall --crds | kubectl delete --ignore-not-found --timeout=2m -f -")
 	if out := s.n.must(t, time.Minute, "get", "crd", "-o", "name"); strings.Contains(out, "tether.dev") {
-		t.Errorf("after uninstall, CRDs left: %s", out)
+		t.Errorf("after uninstall --crds, CRDs left: %s", out)
 	}
 	s.n.must(t, time.Minute, "-n", story, "run", "after", "--image=tether-sample:latest", "--restart=Never", "--command", "--", "tether-sample", "sleep", "1h")
 	var p corev1.Pod
