@@ -69,6 +69,8 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.DurationVar(&c.Backdate, "backdate", identity.DefaultBackdate, "how far NotBefore is set in the past")
 	fs.DurationVar(&c.PropagationDelay, "propagation-delay", identity.DefaultPropagationDelay, "how long a prepared root (in upstream mode, a new intermediate) must be in the bundle before it may sign")
 	fs.DurationVar(&c.TickInterval, "tick", 10*time.Second, "how often the CA reloads its store and checks the rotation schedule")
+	fs.DurationVar(&c.ReportInterval, "report-interval", identity.DefaultReportInterval, "how often sidecars report their roots when nothing changes; one silent for 3 intervals is counted with what it last reported until its SVID expires")
+	fs.IntVar(&c.MaxReports, "max-reports", 0, "sidecar reports one replica keeps (default 10000, or 4000 with --store=kubernetes, where the replicas share them in a ConfigMap)")
 	fs.BoolVar(&c.AutoRotate, "auto-rotate", true, "take root rotation steps (prepare, activate, retire) on schedule; intermediates are renewed on schedule regardless")
 	fs.StringVar(&c.OfflineIntermediate, "offline-intermediate", "", "offline-root mode: directory with intermediate.pem, intermediate.key and root.pem from \"tether ca offline-root sign-intermediate\"; the CA never holds the root key")
 	fs.StringVar(&c.Kube.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster (env KUBECONFIG)")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/identity/kube"
 )
 
 // Config is tether-ca's configuration, filled from flags.
@@ -50,6 +51,11 @@ type Config struct {
 	PropagationDelay time.Duration
 	TickInterval     time.Duration
 	AutoRotate       bool
+	// ReportInterval is the sidecars' report heartbeat; MaxReports bounds
+	// the reports one replica keeps (0: identity.DefaultMaxReports, or
+	// kube.MaxReportsKubernetes with the kubernetes store).
+	ReportInterval time.Duration
+	MaxReports     int
 	// OfflineIntermediate is a directory with intermediate.pem,
 	// intermediate.key and root.pem from `tether ca offline-root
 	// sign-intermediate`: the CA signs with it and never holds the root key.
@@ -143,6 +149,15 @@ func (c *Config) Validate() error {
 	if delay := cmp.Or(c.PropagationDelay, identity.DefaultPropagationDelay); c.Kube.UpstreamIssuer != "" && delay*3 >= c.IntermediateTTL {
 		return fmt.Errorf("--propagation-delay %s must be less than a third of --intermediate-ttl %s in upstream mode: each new intermediate is a trust anchor, published that long before it signs, and renewed with a third of its life left", delay, c.IntermediateTTL)
 	}
+	if c.ReportInterval < 0 || (c.ReportInterval > 0 && c.ReportInterval < time.Second) {
+		return fmt.Errorf("--report-interval %s must be at least a second", c.ReportInterval)
+	}
+	if c.MaxReports < 0 {
+		return fmt.Errorf("--max-reports %d must not be negative", c.MaxReports)
+	}
+	if c.Store == "kubernetes" && c.MaxReports > kube.MaxReportsKubernetes {
+		return fmt.Errorf("--max-reports %d: with --store=kubernetes the replicas share their reports in one ConfigMap, which holds at most %d per replica", c.MaxReports, kube.MaxReportsKubernetes)
+	}
 	if c.MaxRenewalAge < 0 || (c.MaxRenewalAge > 0 && c.MaxRenewalAge < time.Minute) {
 		return fmt.Errorf("--max-renewal-age %s must be at least a minute", c.MaxRenewalAge)
 	}
@@ -172,6 +187,9 @@ type Service struct {
 	isLeader   func() bool
 	kubeRest   *rest.Config
 	kubeClient kubernetes.Interface
+	// reports shares the sidecar reports with the other replicas (the
+	// kubernetes store).
+	reports *kube.ReportExchange
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -191,6 +209,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		IntermediateTTL: cfg.IntermediateTTL, RootTTL: cfg.RootTTL,
 		Backdate: cfg.Backdate, PropagationDelay: cfg.PropagationDelay, TickInterval: cfg.TickInterval,
 		AutoRotate: cfg.AutoRotate, Logger: cfg.Logger, Registerer: s.registry,
+		ReportInterval: cfg.ReportInterval, MaxReports: cfg.MaxReports, Replica: cfg.Kube.Identity,
 	}
 	if cfg.OfflineIntermediate != "" {
 		o, err := identity.LoadOfflineIntermediate(cfg.OfflineIntermediate)
@@ -223,6 +242,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.attestors[identity.KindJoinToken] = ca.JoinTokens()
 	if cfg.Kube.PublishBundle {
 		if err := s.setupBundlePublisher(ctx, &caCfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Store == "kubernetes" {
+		if err := s.setupReportExchange(); err != nil {
 			return nil, err
 		}
 	}

@@ -65,6 +65,18 @@ func (s *Service) setupKube(ctx context.Context, caCfg *identity.Config) error {
 	}
 	s.isLeader = el.IsLeader
 	caCfg.IsLeader = el.IsLeader
+	caCfg.Replica = k.Identity
+	if caCfg.MaxReports == 0 {
+		caCfg.MaxReports = kube.MaxReportsKubernetes
+	}
+	// The exchange is made once the CA exists (setupReportExchange); the
+	// CA reads the other replicas' reports through it.
+	caCfg.PeerReports = func(ctx context.Context) ([]identity.ReportSnapshot, error) {
+		if s.reports == nil {
+			return nil, nil
+		}
+		return s.reports.Peers(ctx)
+	}
 	s.background = append(s.background, el.Run)
 	if k.UpstreamIssuer != "" {
 		rc, err := s.restConfig()
@@ -127,5 +139,22 @@ func (s *Service) setupBundlePublisher(ctx context.Context, caCfg *identity.Conf
 		return err
 	}
 	s.background = append(s.background, pub.Run)
+	return nil
+}
+
+// setupReportExchange shares this replica's sidecar reports with the
+// others through the ConfigMap kube.DefaultReportsName.
+func (s *Service) setupReportExchange() error {
+	cs, err := s.clientset()
+	if err != nil {
+		return err
+	}
+	ex, err := kube.NewReportExchange(kube.ReportExchangeConfig{Client: cs.CoreV1(), Namespace: s.cfg.Kube.Namespace,
+		Replica: s.cfg.Kube.Identity, Reports: s.ca, IsLeader: s.isLeader, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	s.reports = ex
+	s.background = append(s.background, ex.Run)
 	return nil
 }

@@ -202,11 +202,14 @@ bundle before "activate": tether-ca refuses to activate before
 		`Makes the prepared generation the one that signs new SVIDs; the old root
 stays in the bundle so that SVIDs it issued keep verifying until they are
 renewed. tether-ca refuses before the propagation delay has passed since
-"prepare" (--force skips the wait).`},
+"prepare", and until every reporting sidecar trusts the new root (it names
+the ones that do not; ` + "`tether ca rotate status`" + ` lists them). --force
+skips both waits, with a warning.`},
 	{"retire", "Remove the superseded root from the trust bundle",
 		`Removes the superseded root from the trust bundle. tether-ca refuses while
-SVIDs it issued may still be valid (--force skips the wait: their holders
-lose trust at once).`},
+SVIDs it issued may still be valid, and while any reporting sidecar still
+presents one (it names them). --force skips both waits, with a warning:
+their holders lose trust at once.`},
 	{"renew-intermediate", "Replace the signing intermediate under the same root",
 		`Makes a new intermediate under the active root and signs with it from now
 on. tether-ca does this on schedule; this runs it now (for instance after an
@@ -259,13 +262,16 @@ func (a *App) newCARotateStepCmd(step, short, long string) *cobra.Command {
 			if err != nil {
 				return caadmin.RPCError("rotate "+step, err)
 			}
+			for _, w := range st.GetWarnings() {
+				fmt.Fprintf(a.Stderr, "warning: %s\n", w)
+			}
 			fmt.Fprintf(a.Stdout, "%s: done\n", step)
 			printCAStatus(a.Stdout, st)
 			return nil
 		},
 	}
 	addSocketFlag(cmd, &socket)
-	cmd.Flags().BoolVar(&force, "force", false, "skip the safety waits (propagation, outstanding SVIDs)")
+	cmd.Flags().BoolVar(&force, "force", false, "skip the safety waits (propagation, sidecars not ready, outstanding SVIDs); what was skipped is printed as a warning and logged by tether-ca")
 	return cmd
 }
 

@@ -33,6 +33,7 @@ import (
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/internal/admin"
+	"github.com/tether-mesh/tether/internal/version"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
@@ -277,7 +278,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.agent, err = agent.New(agent.Config{CAAddr: cfg.CAAddr, Bundle: bundle, Credential: s.credential, Logger: cfg.Logger})
+	s.agent, err = agent.New(agent.Config{CAAddr: cfg.CAAddr, Bundle: bundle, Credential: s.credential, Version: version.String(), Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}

@@ -139,6 +139,32 @@ tests:
               summary: tether-ca's signing intermediate ends within a day
               description: "The active signing intermediate ends in 23h 50m 0s. Every SVID is cut short to its end, and after it the mesh's identities expire. Renew it (` + "`tether ca rotate renew-intermediate`" + `), or, if it ends with its root, rotate the root (` + "`tether ca rotate prepare`" + `, then ` + "`activate`" + `)."
 `
+	// Root rotation: 3 sidecars report (one silent); the prepared root is
+	// trusted by 2 from 5m on, then by all 3 from 50m: the alert fires
+	// from 35m (30m after 5m) and stops once all trust it.
+	tests += `  - interval: 1m
+    input_series:
+      - series: 'tether_ca_sidecars{status="reporting",instance="ca-0"}'
+        values: '2x80'
+      - series: 'tether_ca_sidecars{status="silent",instance="ca-0"}'
+        values: '1x80'
+      - series: 'tether_ca_sidecars_trusting{generation="2",state="prepared",instance="ca-0"}'
+        values: '_x4 2x45 3x30'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: TetherCARotationWaitingForSidecars
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: TetherCARotationWaitingForSidecars
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: a prepared root has not reached every sidecar for 30 minutes
+              description: "Only 2 reporting sidecars trust the prepared root. Root rotation (manual or scheduled) does not activate it until every reporting sidecar does. ` + "`tether ca rotate status`" + ` names the laggards (SPIFFE ID, pod, version, last report); a laggard is usually cut off from tether-ca (network, or its pod is stuck). A sidecar whose pod is gone is forgotten when its SVID expires."
+      - eval_time: 60m
+        alertname: TetherCARotationWaitingForSidecars
+        exp_alerts: []
+`
 	path := filepath.Join(t.TempDir(), "rules_test.yaml")
 	if err := os.WriteFile(path, []byte(tests), 0o600); err != nil {
 		t.Fatal(err)

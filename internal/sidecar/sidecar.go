@@ -288,7 +288,7 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s.agent, err = agent.New(agent.Config{
 		CAAddr: cfg.CAAddr, Bundle: bundle, Credential: s.credential,
-		Logger: cfg.Logger, Registerer: s.registry,
+		Version: buildVersion(), Logger: cfg.Logger, Registerer: s.registry,
 	})
 	if err != nil {
 		return nil, err

@@ -83,13 +83,16 @@ func (a *AdminServer) Status(context.Context, *cav1.StatusRequest) (*cav1.Status
 
 // Rotate implements cav1.AdminServer.
 func (a *AdminServer) Rotate(ctx context.Context, req *cav1.RotateRequest) (*cav1.StatusResponse, error) {
-	if err := a.ca.Rotate(ctx, Step(req.GetStep()), req.GetForce()); err != nil {
+	warnings, err := a.ca.RotateStep(ctx, Step(req.GetStep()), req.GetForce())
+	if err != nil {
 		if !errors.Is(err, ErrRotation) {
 			a.log.Error("rotation step failed", slog.String("step", req.GetStep()), slog.Any("error", err))
 		}
 		return nil, grpcError(err)
 	}
-	return statusMessage(a.ca.Status()), nil
+	m := statusMessage(a.ca.Status())
+	m.Warnings = warnings
+	return m, nil
 }
 
 func statusMessage(s Status) *cav1.StatusResponse {

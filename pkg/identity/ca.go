@@ -63,8 +63,19 @@ type Config struct {
 	// IsLeader reports whether this replica takes scheduled rotation steps.
 	// Nil means always (a single replica).
 	IsLeader func() bool
-	Clock    Clock
-	Logger   *slog.Logger
+	// Replica names this replica in sidecar reports (its pod name).
+	Replica string
+	// ReportInterval is the heartbeat asked of reporting sidecars (default
+	// DefaultReportInterval); MaxReports bounds the reports this replica
+	// keeps (default DefaultMaxReports).
+	ReportInterval time.Duration
+	MaxReports     int
+	// PeerReports, with several replicas, returns the reports the others
+	// published; the rotation gates and RotationStatus merge them with this
+	// replica's. Nil with a single replica.
+	PeerReports func(ctx context.Context) ([]ReportSnapshot, error)
+	Clock       Clock
+	Logger      *slog.Logger
 	// Registerer receives the CA's metrics; nil means none are registered.
 	Registerer prometheus.Registerer
 }
@@ -150,6 +161,12 @@ type CA struct {
 	presigned atomic.Pointer[upstreamSigned]
 	// offlineWarned is when warnOffline last logged.
 	offlineWarned atomic.Int64
+	// reports are the sidecars' reports this replica received.
+	reports *Reports
+	// waitLogged is the last reason a scheduled step waited for, and when
+	// it was logged (guarded by mu).
+	waitLogged   string
+	waitLoggedAt time.Time
 }
 
 // BundleVersion is one version of the trust bundle.
@@ -196,6 +213,7 @@ func NewCA(ctx context.Context, cfg Config) (*CA, error) {
 		return nil, err
 	}
 	c := &CA{cfg: cfg, log: cfg.Logger, selfID: CAID(cfg.TrustDomain)}
+	c.reports = NewReports(ReportsConfig{Replica: cfg.Replica, Interval: cfg.ReportInterval, Max: cfg.MaxReports, Clock: cfg.Clock})
 	c.metrics = newMetrics(cfg.Registerer, c)
 	if err := c.load(ctx); err != nil {
 		return nil, err
@@ -523,22 +541,38 @@ func (c *CA) renewSelf() error {
 }
 
 // Rotate takes one manual rotation step, or renews the intermediate now
-// (StepRenewIntermediate).
+// (StepRenewIntermediate). See RotateStep.
 func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
+	_, err := c.RotateStep(ctx, step, force)
+	return err
+}
+
+// RotateStep takes one manual rotation step. Activate and retire wait for
+// the sidecars' reports (RotationStatus) besides time; force overrides
+// every gate, and the refusals it overrode come back as warnings (and are
+// logged).
+func (c *CA) RotateStep(ctx context.Context, step Step, force bool) ([]string, error) {
 	if step == StepPrepare || step == StepRenewIntermediate {
 		if err := c.presign(ctx); err != nil {
 			c.metrics.rotation(step, err)
-			return err
+			return nil, err
 		}
 	}
+	var gv *gateView
+	if step == StepActivate || step == StepRetire {
+		gv = c.readGateView(ctx)
+	}
 	err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
+		if gv != nil {
+			gv.warnings = nil // a retry after a conflict starts over
+		}
 		switch step {
 		case StepPrepare:
 			return true, c.prepare(ctx, st, now)
 		case StepActivate:
-			return true, c.activate(st, now, force)
+			return true, c.activate(st, now, force, gv)
 		case StepRetire:
-			return true, c.retire(st, now, force)
+			return true, c.retire(st, now, force, gv)
 		case StepRenewIntermediate:
 			return true, c.renewIntermediateNow(ctx, st, now)
 		default:
@@ -547,10 +581,14 @@ func (c *CA) Rotate(ctx context.Context, step Step, force bool) error {
 	})
 	c.metrics.rotation(step, err)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	var warnings []string
+	if gv != nil {
+		warnings = gv.warnings
 	}
 	c.log.Info("rotation step taken", slog.String("step", string(step)), slog.Bool("force", force), slog.Uint64("bundle_sequence", c.Bundle().Sequence))
-	return c.renewSelf()
+	return warnings, c.renewSelf()
 }
 
 // Tick reloads the state written by other replicas, takes due steps (on
@@ -570,6 +608,11 @@ func (c *CA) Tick(ctx context.Context) error {
 	if c.cfg.IsLeader == nil || c.cfg.IsLeader() {
 		err = errors.Join(err, c.scheduledSteps(ctx))
 	}
+	rs := c.RotationStatus(ctx)
+	c.metrics.observeRotation(rs)
+	if rs.PeersError != nil {
+		err = errors.Join(err, rs.PeersError)
+	}
 	// A failed step must not keep the CA's own SVID from being renewed.
 	return errors.Join(err, c.renewSelf())
 }
@@ -583,7 +626,12 @@ func (c *CA) automatic(step Step) bool {
 func (c *CA) scheduledSteps(ctx context.Context) error {
 	c.mu.Lock()
 	step, at := c.due(c.state, c.automatic)
+	pending := c.state.find(Prepared) != nil || c.state.find(Superseded) != nil
 	c.mu.Unlock()
+	var gv *gateView
+	if pending { // an activate or retire may be due in this tick
+		gv = c.readGateView(ctx)
+	}
 	if step == StepRenewIntermediate && !c.cfg.Clock.Now().Before(at) {
 		if err := c.presign(ctx); err != nil {
 			c.metrics.rotation(step, err)
@@ -593,7 +641,7 @@ func (c *CA) scheduledSteps(ctx context.Context) error {
 	var taken []Step
 	err := c.mutate(ctx, func(st *State, now time.Time) (bool, error) {
 		var err error
-		taken, err = c.autoStep(ctx, st, now)
+		taken, err = c.autoStep(ctx, st, now, gv)
 		return len(taken) > 0, err
 	})
 	for _, s := range taken {

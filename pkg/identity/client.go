@@ -180,3 +180,14 @@ func SPIFFEBundleFromMessage(m *cav1.Bundle) (*spiffebundle.Bundle, error) {
 	}
 	return b, nil
 }
+
+// Report sends a sidecar report (see Server.Report) over this client's
+// connection, which must present the caller's SVID. It returns the
+// heartbeat interval the CA asks for.
+func (c *Client) Report(ctx context.Context, req *cav1.ReportRequest) (time.Duration, error) {
+	resp, err := c.api.Report(ctx, req)
+	if err != nil {
+		return 0, fmt.Errorf("report: %w", err)
+	}
+	return time.Duration(resp.GetIntervalSeconds()) * time.Second, nil
+}

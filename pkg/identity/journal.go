@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -141,17 +142,30 @@ func (c *CA) prepare(ctx context.Context, st *State, now time.Time) error {
 
 // activate makes the prepared generation sign; the active one is
 // superseded and stays trusted until what it signed has expired.
-func (c *CA) activate(st *State, now time.Time, force bool) error {
+// Besides time it waits for the sidecars' reports (gv; nil: no report
+// gate): every reporting sidecar must trust the prepared root.
+func (c *CA) activate(st *State, now time.Time, force bool, gv *gateView) error {
 	p := st.find(Prepared)
 	if p == nil {
 		return fmt.Errorf("%w: no prepared generation; run `tether ca rotate prepare` first", ErrRotation)
 	}
-	if ready := p.CreatedAt.Add(c.cfg.PropagationDelay); now.Before(ready) && !force {
-		return fmt.Errorf("%w: generation %d was prepared at %s; its root needs until %s to reach every sidecar (use --force to skip the wait)",
+	if ready := p.CreatedAt.Add(c.cfg.PropagationDelay); now.Before(ready) {
+		err := fmt.Errorf("%w: generation %d was prepared at %s; its root needs until %s to reach every sidecar (use --force to skip the wait)",
 			ErrRotation, p.ID, p.CreatedAt.UTC().Format(time.RFC3339), ready.UTC().Format(time.RFC3339))
+		if !force {
+			return err
+		}
+		c.forced(gv, StepActivate, err)
 	}
-	if s := st.find(Superseded); s != nil && !force {
-		return fmt.Errorf("%w: generation %d is still superseded; retire it first (after %s)", ErrRotation, s.ID, s.RetireAfter.UTC().Format(time.RFC3339))
+	if s := st.find(Superseded); s != nil {
+		err := fmt.Errorf("%w: generation %d is still superseded; retire it first (after %s)", ErrRotation, s.ID, s.RetireAfter.UTC().Format(time.RFC3339))
+		if !force {
+			return err
+		}
+		c.forced(gv, StepActivate, err)
+	}
+	if err := c.checkGate(gv, st, StepActivate, force); err != nil {
+		return err
 	}
 	if a := st.active(); a != nil {
 		a.State = Superseded
@@ -163,16 +177,27 @@ func (c *CA) activate(st *State, now time.Time, force bool) error {
 }
 
 // retire drops superseded generations from the bundle and erases their keys.
-func (c *CA) retire(st *State, now time.Time, force bool) error {
+// Besides time it waits for the sidecars' reports (gv; nil: no report
+// gate): no reporting sidecar may still hold an SVID from them.
+func (c *CA) retire(st *State, now time.Time, force bool, gv *gateView) error {
+	if st.find(Superseded) != nil {
+		if err := c.checkGate(gv, st, StepRetire, force); err != nil {
+			return err
+		}
+	}
 	n := 0
 	for i := range st.Generations {
 		g := &st.Generations[i]
 		if g.State != Superseded {
 			continue
 		}
-		if now.Before(g.RetireAfter) && !force {
-			return fmt.Errorf("%w: generation %d signed SVIDs that are valid until %s; retiring it now would break them (use --force if they are gone)",
+		if now.Before(g.RetireAfter) {
+			err := fmt.Errorf("%w: generation %d signed SVIDs that are valid until %s; retiring it now would break them (use --force if they are gone)",
 				ErrRotation, g.ID, g.RetireAfter.UTC().Format(time.RFC3339))
+			if !force {
+				return err
+			}
+			c.forced(gv, StepRetire, err)
 		}
 		g.State, g.RetiredAt = Retired, now
 		g.RootKey, g.ChainKey, g.JWTKey = nil, nil, nil
@@ -273,8 +298,9 @@ func maxTime(a, b time.Time) time.Time {
 }
 
 // autoStep takes every automatic step that is due at now. It returns the
-// steps taken.
-func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, error) {
+// steps taken. Activate and retire wait for the sidecars' reports (gv)
+// like the manual steps; a step that waits is logged, not an error.
+func (c *CA) autoStep(ctx context.Context, st *State, now time.Time, gv *gateView) ([]Step, error) {
 	var taken []Step
 	for range 8 { // each step changes what is due; 8 bounds a pathological loop
 		step, at := c.due(st, c.automatic)
@@ -285,10 +311,19 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, er
 		switch step {
 		case StepPrepare:
 			err = c.prepare(ctx, st, now)
-		case StepActivate:
-			err = c.activate(st, now, false)
-		case StepRetire:
-			err = c.retire(st, now, false)
+		case StepActivate, StepRetire:
+			if gv == nil {
+				return taken, nil // due only now: the reports are read on the next tick
+			}
+			if werr := c.checkGate(gv, st, step, false); werr != nil {
+				c.logWait(step, werr, now)
+				return taken, nil
+			}
+			if step == StepActivate {
+				err = c.activate(st, now, false, gv)
+			} else {
+				err = c.retire(st, now, false, gv)
+			}
 		case StepRenewIntermediate:
 			err = c.renewDueIntermediates(ctx, st, now, false)
 		}
@@ -298,6 +333,17 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time) ([]Step, er
 		taken = append(taken, step)
 	}
 	return taken, nil
+}
+
+// logWait logs why a scheduled step waits: when the reason changes, and
+// once a minute while it does not. Called with c.mu held.
+func (c *CA) logWait(step Step, why error, now time.Time) {
+	msg := why.Error()
+	if msg == c.waitLogged && now.Before(c.waitLoggedAt.Add(time.Minute)) {
+		return
+	}
+	c.waitLogged, c.waitLoggedAt = msg, now
+	c.log.Info("scheduled rotation step waits for the sidecars", slog.String("step", string(step)), slog.String("reason", msg))
 }
 
 // renewIntermediateNow is the manual step renew-intermediate: it renews

@@ -18,6 +18,10 @@ type metrics struct {
 	rotations       *prometheus.CounterVec
 	renewalOverdue  prometheus.GaugeFunc
 	revocations     *prometheus.GaugeVec
+	reportsRefused  prometheus.Counter
+	trusting        *prometheus.GaugeVec
+	holding         *prometheus.GaugeVec
+	reporting       *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
@@ -60,9 +64,26 @@ func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
 			Name: "tether_ca_revocations",
 			Help: "Revocation entries in the CA state, by kind (spiffe_id, serial, join_token).",
 		}, []string{"kind"}),
+		reportsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_ca_sidecar_reports_refused_total",
+			Help: "Sidecar reports this replica refused because it holds its bound of reports; the rotation gates refuse while counts miss sidecars.",
+		}),
+		trusting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_sidecars_trusting",
+			Help: "Reporting sidecars, mesh-wide, whose trust bundle holds the generation's trust anchor (every replica exports the mesh-wide count: aggregate with max).",
+		}, []string{"generation", "state"}),
+		holding: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_sidecars_holding",
+			Help: "Reporting sidecars, mesh-wide, whose SVID (as presented to the CA) chains to the generation's trust anchor.",
+		}, []string{"generation", "state"}),
+		reporting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_ca_sidecars",
+			Help: "Sidecars known to the CA, mesh-wide, by status: reporting, silent (stopped reporting, SVID still valid; counted by the gates with what it last reported), not_reporting (watches the bundle without reports: an older sidecar the gates cannot account for).",
+		}, []string{"status"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.renewalOverdue, m.revocations)
+		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.renewalOverdue, m.revocations,
+			m.reportsRefused, m.trusting, m.holding, m.reporting)
 	}
 	return m
 }
@@ -88,6 +109,20 @@ func (m *metrics) observeState(st *State) {
 			}
 		}
 	}
+}
+
+// observeRotation exports the counts of a RotationStatus.
+func (m *metrics) observeRotation(rs RotationStatus) {
+	m.trusting.Reset()
+	m.holding.Reset()
+	for _, g := range rs.Generations {
+		labels := prometheus.Labels{"generation": strconv.FormatUint(g.ID, 10), "state": string(g.State)}
+		m.trusting.With(labels).Set(float64(g.Trusting))
+		m.holding.With(labels).Set(float64(g.Holding))
+	}
+	m.reporting.WithLabelValues("reporting").Set(float64(rs.Reporting - rs.Silent))
+	m.reporting.WithLabelValues("silent").Set(float64(rs.Silent))
+	m.reporting.WithLabelValues("not_reporting").Set(float64(len(rs.NotReporting)))
 }
 
 // issuance records one Sign request.

@@ -254,8 +254,12 @@ func idString(id spiffeid.ID) string {
 	return id.String()
 }
 
-// WatchBundle implements cav1.CAServer.
+// WatchBundle implements cav1.CAServer. A caller presenting an SVID is
+// listed as not reporting until it sends a Report over the same connection.
 func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStreamingServer[cav1.Bundle]) error {
+	if id, ok := s.peerSVID(stream.Context()); ok {
+		defer s.ca.reports.Watching(peerAddr(stream.Context()), id.String())()
+	}
 	for {
 		v := s.ca.Bundle()
 		if err := stream.Send(s.bundleMessage(v)); err != nil {

@@ -700,25 +700,59 @@ func byState(gens []generation, state string) *generation {
 var loadSummary = regexp.MustCompile(`requests=(\d+) ok=(\d+) failed=(\d+)`)
 
 // rotation: prepare -> activate -> retire with `tether ca rotate` while web
-// calls the chain in a loop: no call fails, no container restarts, and
-// every sidecar ends trusting the new root alone.
+// calls the chain in a loop. db's sidecar is cut off from tether-ca (a DROP
+// rule for port 8443 in db's network namespace) from just before prepare:
+// activate refuses, naming db, and `tether ca rotate status` lists it; once
+// the rule is gone, db gets the new root, activate passes, and the rotation
+// completes. No call fails, no container restarts, and every sidecar ends
+// trusting the new root alone.
 func (s *storyRun) rotation(t *testing.T) {
 	gens := s.caStatus(t)
 	old := byState(gens, "active")
 	if old == nil || len(gens) != 1 {
 		t.Fatalf("want one active generation before the rotation, got %+v", gens)
 	}
-	const loadFor = 200 * time.Second
+	eventually(t, "web, api and db to report to tether-ca", time.Minute, 3*time.Second, func() error {
+		st, err := s.rotateStatus()
+		if err != nil || len(st.Generations) != 1 || st.Generations[0].Trusting < int64(len(apps)) {
+			return fmt.Errorf("%+v %v", st, err)
+		}
+		return nil
+	})
+	const loadFor = 300 * time.Second
 	loadStart := time.Now()
 	load := s.n.start(t, loadFor+2*time.Minute, "kubectl.sh", "-n", story, "exec", "deploy/web", "-c", "app", "--",
 		"tether-sample", "load", "--duration", loadFor.String(), "--interval", "100ms", "--timeout", "5s",
 		"--expect", "db: marker="+s.marker, "http://127.0.0.1:8080/")
 	time.Sleep(5 * time.Second)
 
+	// db's sidecar keeps its SVID (1 minute) while cut off, and renews it
+	// at half its life: the cut must end well within that.
+	db := s.podIP(t, story, "db")
+	s.cutCA(t, db, true)
+	t.Cleanup(func() { s.cutCA(t, db, false) })
+	cut := time.Now()
 	t.Logf("prepare:\n%s", s.ca(t, "rotate", "prepare"))
 	prepared := time.Now()
-	var out string
-	eventually(t, "activate (after the 10s propagation delay)", time.Minute, 3*time.Second, func() error {
+	time.Sleep(11 * time.Second) // past the 10s propagation delay
+	dbID := "spiffe://cluster.local/ns/" + story + "/sa/db"
+	out, err := s.caTry("rotate", "activate")
+	if err == nil {
+		t.Fatalf("activate passed while db's sidecar cannot have the new root:\n%s", out)
+	}
+	if !strings.Contains(err.Error(), dbID) || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("activate's refusal does not name %s and --force:\n%v", dbID, err)
+	}
+	t.Logf("activate while db is cut off from tether-ca:\n%v", err)
+	t.Logf("tether ca rotate status while db is cut off:\n%s", s.ca(t, "rotate", "status"))
+	st, err := s.rotateStatus()
+	if err != nil || len(st.Activate.Laggards) != 1 || st.Activate.Laggards[0].SpiffeID != dbID {
+		t.Errorf("rotate status -o json: activate laggards %+v (%v), want db alone", st.Activate.Laggards, err)
+	}
+	s.cutCA(t, db, false)
+	t.Logf("db cut off from tether-ca for %s", time.Since(cut).Round(time.Second))
+
+	eventually(t, "activate once db has the new root", 2*time.Minute, 3*time.Second, func() error {
 		var err error
 		out, err = s.caTry("rotate", "activate")
 		return err
@@ -760,7 +794,7 @@ func (s *storyRun) rotation(t *testing.T) {
 	if end := loadStart.Add(loadFor); end.Before(retired.Add(15 * time.Second)) {
 		t.Errorf("the traffic loop ends at %s, less than 15s after the retire (%s): the rotation took longer than planned", end.Format(time.TimeOnly), retired.Format(time.TimeOnly))
 	}
-	err := load.wait(loadFor + time.Minute)
+	err = load.wait(loadFor + time.Minute)
 	summary := loadSummary.FindStringSubmatch(load.stdout.String())
 	if summary == nil {
 		t.Fatalf("the traffic loop printed no summary: %v\n%s", err, load.stdout.String())
@@ -770,6 +804,57 @@ func (s *storyRun) rotation(t *testing.T) {
 		t.Errorf("calls failed during the rotation: %v", err)
 	}
 	s.noRestarts(t)
+}
+
+// rotateStatusJSON is the part of `tether ca rotate status -o json` the
+// story reads.
+type rotateStatusJSON struct {
+	Generations []struct {
+		Generation uint64 `json:"generation"`
+		Trusting   int64  `json:"trusting"`
+		Holding    int64  `json:"holding"`
+	} `json:"generations"`
+	Activate struct {
+		Laggards []struct {
+			SpiffeID string `json:"spiffe_id"`
+			Instance string `json:"instance"`
+		} `json:"laggards"`
+	} `json:"activate"`
+}
+
+func (s *storyRun) rotateStatus() (rotateStatusJSON, error) {
+	var st rotateStatusJSON
+	out, err := s.caTry("rotate", "status", "-o", "json")
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal([]byte(out), &st)
+}
+
+// cutCA adds (on) or removes a rule in the network namespace of the pod
+// with address ip that drops its packets to port 8443 (tether-ca): its
+// sidecar's connections to the CA hang, as behind a dead network. The
+// namespace is found through the tether-sidecar process that has ip.
+func (s *storyRun) cutCA(t *testing.T, ip netip.Addr, on bool) {
+	t.Helper()
+	op := "-D"
+	if on {
+		op = "-I"
+	}
+	script := `set -euo pipefail
+for pid in $(pgrep -x tether-sidecar); do
+  if nsenter -t "$pid" -n ip -o addr show | grep "inet $1/" >/dev/null; then # not grep -q: with pipefail, ip's SIGPIPE would fail the test
+    if [ "$2" = -D ] && ! nsenter -t "$pid" -n iptables -w -C OUTPUT -p tcp --dport 8443 -m comment --comment tether-story-cut-ca -j DROP 2>/dev/null; then
+      exit 0
+    fi
+    exec nsenter -t "$pid" -n iptables -w "$2" OUTPUT -p tcp --dport 8443 -m comment --comment tether-story-cut-ca -j DROP
+  fi
+done
+echo "no tether-sidecar process in a network namespace with address $1" >&2
+exit 1`
+	if _, err := s.n.run(30*time.Second, "", "exec.sh", "bash", "-c", script, "cut-ca", ip.String(), op); err != nil {
+		t.Fatalf("cutting the CA off (%s): %v", op, err)
+	}
 }
 
 // noRestarts checks that no container of the story's apps restarted.

@@ -481,6 +481,156 @@ func (x *SignJWTResponse) GetExpiresAtUnix() int64 {
 	return 0
 }
 
+type ReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SHA-256 (hex) of each X.509 authority in the trust bundle the caller
+	// has applied (the roots it verifies peers with).
+	TrustedRootsSha256 []string `protobuf:"bytes,1,rep,name=trusted_roots_sha256,json=trustedRootsSha256,proto3" json:"trusted_roots_sha256,omitempty"`
+	// Sequence number of that bundle.
+	BundleSequence uint64 `protobuf:"varint,2,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// SHA-256 (hex) of the bundle authority the caller's current SVID
+	// chains to. The CA checks it against the chain the caller presents on
+	// this connection.
+	SvidRootSha256 string `protobuf:"bytes,3,opt,name=svid_root_sha256,json=svidRootSha256,proto3" json:"svid_root_sha256,omitempty"`
+	// Serial number (hex) of the caller's current SVID.
+	SvidSerial string `protobuf:"bytes,4,opt,name=svid_serial,json=svidSerial,proto3" json:"svid_serial,omitempty"`
+	// The caller's build (internal/version).
+	Version string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	// Names this instance of the identity: the pod name, or host and process
+	// outside Kubernetes.
+	Instance string `protobuf:"bytes,6,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The caller is shutting down: the CA forgets it now rather than
+	// waiting for its SVID to expire.
+	Leaving       bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportRequest) Reset() {
+	*x = ReportRequest{}
+	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportRequest) ProtoMessage() {}
+
+func (x *ReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
+func (*ReportRequest) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReportRequest) GetTrustedRootsSha256() []string {
+	if x != nil {
+		return x.TrustedRootsSha256
+	}
+	return nil
+}
+
+func (x *ReportRequest) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *ReportRequest) GetSvidRootSha256() string {
+	if x != nil {
+		return x.SvidRootSha256
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetSvidSerial() string {
+	if x != nil {
+		return x.SvidSerial
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+type ReportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How often the CA wants a report when nothing changes; it forgets a
+	// caller after a few intervals without one.
+	IntervalSeconds int64 `protobuf:"varint,1,opt,name=interval_seconds,json=intervalSeconds,proto3" json:"interval_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ReportResponse) Reset() {
+	*x = ReportResponse{}
+	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportResponse) ProtoMessage() {}
+
+func (x *ReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
+func (*ReportResponse) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReportResponse) GetIntervalSeconds() int64 {
+	if x != nil {
+		return x.IntervalSeconds
+	}
+	return 0
+}
+
 type CreateJoinTokenRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId   string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -496,7 +646,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_ca_v1_ca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +658,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_ca_v1_ca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +671,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJoinTokenRequest) GetSpiffeId() string {
@@ -562,7 +712,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_ca_v1_ca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +724,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_ca_v1_ca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +737,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -612,7 +762,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_ca_v1_ca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +774,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_ca_v1_ca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +787,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{10}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{12}
 }
 
 type Generation struct {
@@ -669,7 +819,7 @@ type Generation struct {
 
 func (x *Generation) Reset() {
 	*x = Generation{}
-	mi := &file_ca_v1_ca_proto_msgTypes[11]
+	mi := &file_ca_v1_ca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +831,7 @@ func (x *Generation) String() string {
 func (*Generation) ProtoMessage() {}
 
 func (x *Generation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[11]
+	mi := &file_ca_v1_ca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +844,7 @@ func (x *Generation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generation.ProtoReflect.Descriptor instead.
 func (*Generation) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{11}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Generation) GetId() uint64 {
@@ -788,13 +938,16 @@ type StatusResponse struct {
 	// past without the renewal done.
 	IntermediateRenewalAtUnix  int64 `protobuf:"varint,22,opt,name=intermediate_renewal_at_unix,json=intermediateRenewalAtUnix,proto3" json:"intermediate_renewal_at_unix,omitempty"`
 	IntermediateRenewalOverdue bool  `protobuf:"varint,23,opt,name=intermediate_renewal_overdue,json=intermediateRenewalOverdue,proto3" json:"intermediate_renewal_overdue,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// What a forced rotation step overrode (empty unless --force skipped a
+	// gate that refused).
+	Warnings      []string `protobuf:"bytes,24,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_ca_v1_ca_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +959,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_ca_v1_ca_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +972,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{12}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResponse) GetTrustDomain() string {
@@ -892,11 +1045,487 @@ func (x *StatusResponse) GetIntermediateRenewalOverdue() bool {
 	return false
 }
 
+func (x *StatusResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+type RotationStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatusRequest) Reset() {
+	*x = RotationStatusRequest{}
+	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusRequest) ProtoMessage() {}
+
+func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
+func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+}
+
+type SidecarReport struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Instance string                 `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	Version  string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// Where the report came from (IP address of the connection).
+	PeerIp         string `protobuf:"bytes,4,opt,name=peer_ip,json=peerIp,proto3" json:"peer_ip,omitempty"`
+	LastReportUnix int64  `protobuf:"varint,5,opt,name=last_report_unix,json=lastReportUnix,proto3" json:"last_report_unix,omitempty"`
+	// Generations whose trust anchor the sidecar's applied bundle holds.
+	Trusts []uint64 `protobuf:"varint,6,rep,packed,name=trusts,proto3" json:"trusts,omitempty"`
+	// The generation the SVID presented on the connection chains to (0:
+	// none the CA knows, e.g. a retired one).
+	Holds uint64 `protobuf:"varint,7,opt,name=holds,proto3" json:"holds,omitempty"`
+	// The sidecar claimed an SVID root other than the one its presented
+	// chain verifies against (holds is the verified one).
+	ClaimMismatch bool `protobuf:"varint,8,opt,name=claim_mismatch,json=claimMismatch,proto3" json:"claim_mismatch,omitempty"`
+	// The replica that received the report.
+	Replica        string `protobuf:"bytes,9,opt,name=replica,proto3" json:"replica,omitempty"`
+	BundleSequence uint64 `protobuf:"varint,10,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// The sidecar has not reported for longer than the report TTL (its CA
+	// connection is cut, or its pod was killed): it is counted with what it
+	// last reported until its SVID expires.
+	Silent           bool  `protobuf:"varint,11,opt,name=silent,proto3" json:"silent,omitempty"`
+	SvidNotAfterUnix int64 `protobuf:"varint,12,opt,name=svid_not_after_unix,json=svidNotAfterUnix,proto3" json:"svid_not_after_unix,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SidecarReport) Reset() {
+	*x = SidecarReport{}
+	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SidecarReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SidecarReport) ProtoMessage() {}
+
+func (x *SidecarReport) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SidecarReport.ProtoReflect.Descriptor instead.
+func (*SidecarReport) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SidecarReport) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SidecarReport) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *SidecarReport) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *SidecarReport) GetPeerIp() string {
+	if x != nil {
+		return x.PeerIp
+	}
+	return ""
+}
+
+func (x *SidecarReport) GetLastReportUnix() int64 {
+	if x != nil {
+		return x.LastReportUnix
+	}
+	return 0
+}
+
+func (x *SidecarReport) GetTrusts() []uint64 {
+	if x != nil {
+		return x.Trusts
+	}
+	return nil
+}
+
+func (x *SidecarReport) GetHolds() uint64 {
+	if x != nil {
+		return x.Holds
+	}
+	return 0
+}
+
+func (x *SidecarReport) GetClaimMismatch() bool {
+	if x != nil {
+		return x.ClaimMismatch
+	}
+	return false
+}
+
+func (x *SidecarReport) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *SidecarReport) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *SidecarReport) GetSilent() bool {
+	if x != nil {
+		return x.Silent
+	}
+	return false
+}
+
+func (x *SidecarReport) GetSvidNotAfterUnix() int64 {
+	if x != nil {
+		return x.SvidNotAfterUnix
+	}
+	return 0
+}
+
+type GenerationCounts struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Generation        uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	State             string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	AnchorFingerprint string                 `protobuf:"bytes,3,opt,name=anchor_fingerprint,json=anchorFingerprint,proto3" json:"anchor_fingerprint,omitempty"`
+	// Reporting sidecars whose bundle holds this generation's anchor.
+	Trusting int64 `protobuf:"varint,4,opt,name=trusting,proto3" json:"trusting,omitempty"`
+	// Reporting sidecars whose SVID chains to it.
+	Holding       int64 `protobuf:"varint,5,opt,name=holding,proto3" json:"holding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationCounts) Reset() {
+	*x = GenerationCounts{}
+	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationCounts) ProtoMessage() {}
+
+func (x *GenerationCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationCounts.ProtoReflect.Descriptor instead.
+func (*GenerationCounts) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GenerationCounts) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GenerationCounts) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *GenerationCounts) GetAnchorFingerprint() string {
+	if x != nil {
+		return x.AnchorFingerprint
+	}
+	return ""
+}
+
+func (x *GenerationCounts) GetTrusting() int64 {
+	if x != nil {
+		return x.Trusting
+	}
+	return 0
+}
+
+func (x *GenerationCounts) GetHolding() int64 {
+	if x != nil {
+		return x.Holding
+	}
+	return 0
+}
+
+type NotReporting struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The connection's address.
+	Peer          string `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	Replica       string `protobuf:"bytes,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	SinceUnix     int64  `protobuf:"varint,4,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotReporting) Reset() {
+	*x = NotReporting{}
+	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotReporting) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotReporting) ProtoMessage() {}
+
+func (x *NotReporting) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotReporting.ProtoReflect.Descriptor instead.
+func (*NotReporting) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NotReporting) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *NotReporting) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *NotReporting) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *NotReporting) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
+type RotationStatusResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Generations []*GenerationCounts    `protobuf:"bytes,1,rep,name=generations,proto3" json:"generations,omitempty"`
+	// Sidecars reporting now, mesh-wide.
+	Reporting int64 `protobuf:"varint,2,opt,name=reporting,proto3" json:"reporting,omitempty"`
+	// Connections that watch the bundle over mTLS but send no report (older
+	// sidecars): the gates cannot account for them.
+	NotReporting []*NotReporting `protobuf:"bytes,3,rep,name=not_reporting,json=notReporting,proto3" json:"not_reporting,omitempty"`
+	// For the next steps: the reporting sidecars that do not trust the
+	// prepared root (block activate) and those that hold an SVID from a
+	// superseded generation (block retire).
+	ActivateLaggards []*SidecarReport `protobuf:"bytes,4,rep,name=activate_laggards,json=activateLaggards,proto3" json:"activate_laggards,omitempty"`
+	RetireLaggards   []*SidecarReport `protobuf:"bytes,5,rep,name=retire_laggards,json=retireLaggards,proto3" json:"retire_laggards,omitempty"`
+	// Replicas whose reports were merged, and those whose reports are too
+	// old or unreadable.
+	Replicas      []string `protobuf:"bytes,6,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	StaleReplicas []string `protobuf:"bytes,7,rep,name=stale_replicas,json=staleReplicas,proto3" json:"stale_replicas,omitempty"`
+	// A replica dropped reports over its bound: the counts are incomplete.
+	Incomplete bool `protobuf:"varint,8,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
+	// Why the gates would refuse activate and retire now ("" if they pass).
+	ActivateBlocked       string `protobuf:"bytes,9,opt,name=activate_blocked,json=activateBlocked,proto3" json:"activate_blocked,omitempty"`
+	RetireBlocked         string `protobuf:"bytes,10,opt,name=retire_blocked,json=retireBlocked,proto3" json:"retire_blocked,omitempty"`
+	ReportIntervalSeconds int64  `protobuf:"varint,11,opt,name=report_interval_seconds,json=reportIntervalSeconds,proto3" json:"report_interval_seconds,omitempty"`
+	ReportTtlSeconds      int64  `protobuf:"varint,12,opt,name=report_ttl_seconds,json=reportTtlSeconds,proto3" json:"report_ttl_seconds,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *RotationStatusResponse) Reset() {
+	*x = RotationStatusResponse{}
+	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusResponse) ProtoMessage() {}
+
+func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
+func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RotationStatusResponse) GetGenerations() []*GenerationCounts {
+	if x != nil {
+		return x.Generations
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetReporting() int64 {
+	if x != nil {
+		return x.Reporting
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetNotReporting() []*NotReporting {
+	if x != nil {
+		return x.NotReporting
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetActivateLaggards() []*SidecarReport {
+	if x != nil {
+		return x.ActivateLaggards
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetRetireLaggards() []*SidecarReport {
+	if x != nil {
+		return x.RetireLaggards
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetReplicas() []string {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetStaleReplicas() []string {
+	if x != nil {
+		return x.StaleReplicas
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetIncomplete() bool {
+	if x != nil {
+		return x.Incomplete
+	}
+	return false
+}
+
+func (x *RotationStatusResponse) GetActivateBlocked() string {
+	if x != nil {
+		return x.ActivateBlocked
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetRetireBlocked() string {
+	if x != nil {
+		return x.RetireBlocked
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetReportIntervalSeconds() int64 {
+	if x != nil {
+		return x.ReportIntervalSeconds
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetReportTtlSeconds() int64 {
+	if x != nil {
+		return x.ReportTtlSeconds
+	}
+	return 0
+}
+
 type RotateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// prepare, activate, retire or renew-intermediate.
 	Step string `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
-	// Retire even though SVIDs signed by the retired root may still be valid.
+	// Take the step although a gate refuses it: the propagation delay,
+	// sidecars that do not trust the new root yet (activate), SVIDs of the
+	// retired root that may still be valid or are still held (retire).
 	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -904,7 +1533,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_ca_v1_ca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1545,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_ca_v1_ca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1558,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{13}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RotateRequest) GetStep() string {
@@ -974,7 +1603,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_ca_v1_ca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1615,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_ca_v1_ca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1628,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{14}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -1132,7 +1761,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_ca_v1_ca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1773,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_ca_v1_ca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1786,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Revocation) GetKind() string {
@@ -1226,7 +1855,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_ca_v1_ca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1867,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_ca_v1_ca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1880,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeResponse) GetRevocations() []*Revocation {
@@ -1270,7 +1899,7 @@ type UnrevokeRequest struct {
 
 func (x *UnrevokeRequest) Reset() {
 	*x = UnrevokeRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_ca_v1_ca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1911,7 @@ func (x *UnrevokeRequest) String() string {
 func (*UnrevokeRequest) ProtoMessage() {}
 
 func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_ca_v1_ca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1924,7 @@ func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UnrevokeRequest) GetSpiffeId() string {
@@ -1313,7 +1942,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_ca_v1_ca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1954,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_ca_v1_ca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1967,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{25}
 }
 
 type JoinTokenInfo struct {
@@ -1354,7 +1983,7 @@ type JoinTokenInfo struct {
 
 func (x *JoinTokenInfo) Reset() {
 	*x = JoinTokenInfo{}
-	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	mi := &file_ca_v1_ca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1995,7 @@ func (x *JoinTokenInfo) String() string {
 func (*JoinTokenInfo) ProtoMessage() {}
 
 func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	mi := &file_ca_v1_ca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +2008,7 @@ func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenInfo.ProtoReflect.Descriptor instead.
 func (*JoinTokenInfo) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{19}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinTokenInfo) GetHash() string {
@@ -1419,7 +2048,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[20]
+	mi := &file_ca_v1_ca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +2060,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[20]
+	mi := &file_ca_v1_ca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +2073,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{20}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListJoinTokensResponse) GetTokens() []*JoinTokenInfo {
@@ -1491,7 +2120,18 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x0fSignJWTResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12&\n" +
-	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"\x99\x01\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\"\x85\x02\n" +
+	"\rReportRequest\x120\n" +
+	"\x14trusted_roots_sha256\x18\x01 \x03(\tR\x12trustedRootsSha256\x12'\n" +
+	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12(\n" +
+	"\x10svid_root_sha256\x18\x03 \x01(\tR\x0esvidRootSha256\x12\x1f\n" +
+	"\vsvid_serial\x18\x04 \x01(\tR\n" +
+	"svidSerial\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1a\n" +
+	"\binstance\x18\x06 \x01(\tR\binstance\x12\x18\n" +
+	"\aleaving\x18\a \x01(\bR\aleaving\";\n" +
+	"\x0eReportResponse\x12)\n" +
+	"\x10interval_seconds\x18\x01 \x01(\x03R\x0fintervalSeconds\"\x99\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -1513,7 +2153,7 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\bupstream\x18\a \x01(\tR\bupstream\x12!\n" +
 	"\froot_offline\x18\x10 \x01(\bR\vrootOffline\x12-\n" +
 	"\x12anchor_fingerprint\x18\x11 \x01(\tR\x11anchorFingerprint\x124\n" +
-	"\x16anchor_is_intermediate\x18\x12 \x01(\bR\x14anchorIsIntermediate\"\xf5\x03\n" +
+	"\x16anchor_is_intermediate\x18\x12 \x01(\bR\x14anchorIsIntermediate\"\x91\x04\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\x12:\n" +
@@ -1524,7 +2164,53 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x11next_step_overdue\x18\x14 \x01(\bR\x0fnextStepOverdue\x12(\n" +
 	"\x10next_step_manual\x18\x15 \x01(\bR\x0enextStepManual\x12?\n" +
 	"\x1cintermediate_renewal_at_unix\x18\x16 \x01(\x03R\x19intermediateRenewalAtUnix\x12@\n" +
-	"\x1cintermediate_renewal_overdue\x18\x17 \x01(\bR\x1aintermediateRenewalOverdue\"9\n" +
+	"\x1cintermediate_renewal_overdue\x18\x17 \x01(\bR\x1aintermediateRenewalOverdue\x12\x1a\n" +
+	"\bwarnings\x18\x18 \x03(\tR\bwarnings\"\x17\n" +
+	"\x15RotationStatusRequest\"\x84\x03\n" +
+	"\rSidecarReport\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x17\n" +
+	"\apeer_ip\x18\x04 \x01(\tR\x06peerIp\x12(\n" +
+	"\x10last_report_unix\x18\x05 \x01(\x03R\x0elastReportUnix\x12\x16\n" +
+	"\x06trusts\x18\x06 \x03(\x04R\x06trusts\x12\x14\n" +
+	"\x05holds\x18\a \x01(\x04R\x05holds\x12%\n" +
+	"\x0eclaim_mismatch\x18\b \x01(\bR\rclaimMismatch\x12\x18\n" +
+	"\areplica\x18\t \x01(\tR\areplica\x12'\n" +
+	"\x0fbundle_sequence\x18\n" +
+	" \x01(\x04R\x0ebundleSequence\x12\x16\n" +
+	"\x06silent\x18\v \x01(\bR\x06silent\x12-\n" +
+	"\x13svid_not_after_unix\x18\f \x01(\x03R\x10svidNotAfterUnix\"\xad\x01\n" +
+	"\x10GenerationCounts\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12-\n" +
+	"\x12anchor_fingerprint\x18\x03 \x01(\tR\x11anchorFingerprint\x12\x1a\n" +
+	"\btrusting\x18\x04 \x01(\x03R\btrusting\x12\x18\n" +
+	"\aholding\x18\x05 \x01(\x03R\aholding\"x\n" +
+	"\fNotReporting\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x12\n" +
+	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\tR\areplica\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x04 \x01(\x03R\tsinceUnix\"\xe4\x04\n" +
+	"\x16RotationStatusResponse\x12@\n" +
+	"\vgenerations\x18\x01 \x03(\v2\x1e.tether.ca.v1.GenerationCountsR\vgenerations\x12\x1c\n" +
+	"\treporting\x18\x02 \x01(\x03R\treporting\x12?\n" +
+	"\rnot_reporting\x18\x03 \x03(\v2\x1a.tether.ca.v1.NotReportingR\fnotReporting\x12H\n" +
+	"\x11activate_laggards\x18\x04 \x03(\v2\x1b.tether.ca.v1.SidecarReportR\x10activateLaggards\x12D\n" +
+	"\x0fretire_laggards\x18\x05 \x03(\v2\x1b.tether.ca.v1.SidecarReportR\x0eretireLaggards\x12\x1a\n" +
+	"\breplicas\x18\x06 \x03(\tR\breplicas\x12%\n" +
+	"\x0estale_replicas\x18\a \x03(\tR\rstaleReplicas\x12\x1e\n" +
+	"\n" +
+	"incomplete\x18\b \x01(\bR\n" +
+	"incomplete\x12)\n" +
+	"\x10activate_blocked\x18\t \x01(\tR\x0factivateBlocked\x12%\n" +
+	"\x0eretire_blocked\x18\n" +
+	" \x01(\tR\rretireBlocked\x126\n" +
+	"\x17report_interval_seconds\x18\v \x01(\x03R\x15reportIntervalSeconds\x12,\n" +
+	"\x12report_ttl_seconds\x18\f \x01(\x03R\x10reportTtlSeconds\"9\n" +
 	"\rRotateRequest\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\xa0\x02\n" +
@@ -1562,15 +2248,17 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\x12\x1a\n" +
 	"\breusable\x18\x04 \x01(\bR\breusable\"M\n" +
 	"\x16ListJoinTokensResponse\x123\n" +
-	"\x06tokens\x18\x01 \x03(\v2\x1b.tether.ca.v1.JoinTokenInfoR\x06tokens2\xd4\x01\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1b.tether.ca.v1.JoinTokenInfoR\x06tokens2\x99\x02\n" +
 	"\x02CA\x12=\n" +
 	"\x04Sign\x12\x19.tether.ca.v1.SignRequest\x1a\x1a.tether.ca.v1.SignResponse\x12G\n" +
 	"\vWatchBundle\x12 .tether.ca.v1.WatchBundleRequest\x1a\x14.tether.ca.v1.Bundle0\x01\x12F\n" +
-	"\aSignJWT\x12\x1c.tether.ca.v1.SignJWTRequest\x1a\x1d.tether.ca.v1.SignJWTResponse2\xdc\x03\n" +
+	"\aSignJWT\x12\x1c.tether.ca.v1.SignJWTRequest\x1a\x1d.tether.ca.v1.SignJWTResponse\x12C\n" +
+	"\x06Report\x12\x1b.tether.ca.v1.ReportRequest\x1a\x1c.tether.ca.v1.ReportResponse2\xb9\x04\n" +
 	"\x05Admin\x12^\n" +
 	"\x0fCreateJoinToken\x12$.tether.ca.v1.CreateJoinTokenRequest\x1a%.tether.ca.v1.CreateJoinTokenResponse\x12C\n" +
 	"\x06Status\x12\x1b.tether.ca.v1.StatusRequest\x1a\x1c.tether.ca.v1.StatusResponse\x12C\n" +
-	"\x06Rotate\x12\x1b.tether.ca.v1.RotateRequest\x1a\x1c.tether.ca.v1.StatusResponse\x12C\n" +
+	"\x06Rotate\x12\x1b.tether.ca.v1.RotateRequest\x1a\x1c.tether.ca.v1.StatusResponse\x12[\n" +
+	"\x0eRotationStatus\x12#.tether.ca.v1.RotationStatusRequest\x1a$.tether.ca.v1.RotationStatusResponse\x12C\n" +
 	"\x06Revoke\x12\x1b.tether.ca.v1.RevokeRequest\x1a\x1c.tether.ca.v1.RevokeResponse\x12G\n" +
 	"\bUnrevoke\x12\x1d.tether.ca.v1.UnrevokeRequest\x1a\x1c.tether.ca.v1.RevokeResponse\x12[\n" +
 	"\x0eListJoinTokens\x12#.tether.ca.v1.ListJoinTokensRequest\x1a$.tether.ca.v1.ListJoinTokensResponseB.Z,github.com/tether-mesh/tether/api/ca/v1;cav1b\x06proto3"
@@ -1587,7 +2275,7 @@ func file_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_ca_v1_ca_proto_rawDescData
 }
 
-var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ca_v1_ca_proto_goTypes = []any{
 	(*Credential)(nil),              // 0: tether.ca.v1.Credential
 	(*SignRequest)(nil),             // 1: tether.ca.v1.SignRequest
@@ -1597,51 +2285,66 @@ var file_ca_v1_ca_proto_goTypes = []any{
 	(*JWTAuthority)(nil),            // 5: tether.ca.v1.JWTAuthority
 	(*SignJWTRequest)(nil),          // 6: tether.ca.v1.SignJWTRequest
 	(*SignJWTResponse)(nil),         // 7: tether.ca.v1.SignJWTResponse
-	(*CreateJoinTokenRequest)(nil),  // 8: tether.ca.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 9: tether.ca.v1.CreateJoinTokenResponse
-	(*StatusRequest)(nil),           // 10: tether.ca.v1.StatusRequest
-	(*Generation)(nil),              // 11: tether.ca.v1.Generation
-	(*StatusResponse)(nil),          // 12: tether.ca.v1.StatusResponse
-	(*RotateRequest)(nil),           // 13: tether.ca.v1.RotateRequest
-	(*RevokeRequest)(nil),           // 14: tether.ca.v1.RevokeRequest
-	(*Revocation)(nil),              // 15: tether.ca.v1.Revocation
-	(*RevokeResponse)(nil),          // 16: tether.ca.v1.RevokeResponse
-	(*UnrevokeRequest)(nil),         // 17: tether.ca.v1.UnrevokeRequest
-	(*ListJoinTokensRequest)(nil),   // 18: tether.ca.v1.ListJoinTokensRequest
-	(*JoinTokenInfo)(nil),           // 19: tether.ca.v1.JoinTokenInfo
-	(*ListJoinTokensResponse)(nil),  // 20: tether.ca.v1.ListJoinTokensResponse
+	(*ReportRequest)(nil),           // 8: tether.ca.v1.ReportRequest
+	(*ReportResponse)(nil),          // 9: tether.ca.v1.ReportResponse
+	(*CreateJoinTokenRequest)(nil),  // 10: tether.ca.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 11: tether.ca.v1.CreateJoinTokenResponse
+	(*StatusRequest)(nil),           // 12: tether.ca.v1.StatusRequest
+	(*Generation)(nil),              // 13: tether.ca.v1.Generation
+	(*StatusResponse)(nil),          // 14: tether.ca.v1.StatusResponse
+	(*RotationStatusRequest)(nil),   // 15: tether.ca.v1.RotationStatusRequest
+	(*SidecarReport)(nil),           // 16: tether.ca.v1.SidecarReport
+	(*GenerationCounts)(nil),        // 17: tether.ca.v1.GenerationCounts
+	(*NotReporting)(nil),            // 18: tether.ca.v1.NotReporting
+	(*RotationStatusResponse)(nil),  // 19: tether.ca.v1.RotationStatusResponse
+	(*RotateRequest)(nil),           // 20: tether.ca.v1.RotateRequest
+	(*RevokeRequest)(nil),           // 21: tether.ca.v1.RevokeRequest
+	(*Revocation)(nil),              // 22: tether.ca.v1.Revocation
+	(*RevokeResponse)(nil),          // 23: tether.ca.v1.RevokeResponse
+	(*UnrevokeRequest)(nil),         // 24: tether.ca.v1.UnrevokeRequest
+	(*ListJoinTokensRequest)(nil),   // 25: tether.ca.v1.ListJoinTokensRequest
+	(*JoinTokenInfo)(nil),           // 26: tether.ca.v1.JoinTokenInfo
+	(*ListJoinTokensResponse)(nil),  // 27: tether.ca.v1.ListJoinTokensResponse
 }
 var file_ca_v1_ca_proto_depIdxs = []int32{
 	0,  // 0: tether.ca.v1.SignRequest.credential:type_name -> tether.ca.v1.Credential
 	4,  // 1: tether.ca.v1.SignResponse.bundle:type_name -> tether.ca.v1.Bundle
 	5,  // 2: tether.ca.v1.Bundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
-	11, // 3: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
-	15, // 4: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
-	15, // 5: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
-	19, // 6: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
-	1,  // 7: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
-	3,  // 8: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
-	6,  // 9: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
-	8,  // 10: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
-	10, // 11: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
-	13, // 12: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
-	14, // 13: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
-	17, // 14: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
-	18, // 15: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
-	2,  // 16: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
-	4,  // 17: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
-	7,  // 18: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
-	9,  // 19: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
-	12, // 20: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
-	12, // 21: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
-	16, // 22: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
-	16, // 23: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
-	20, // 24: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
-	16, // [16:25] is the sub-list for method output_type
-	7,  // [7:16] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	13, // 3: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
+	22, // 4: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
+	17, // 5: tether.ca.v1.RotationStatusResponse.generations:type_name -> tether.ca.v1.GenerationCounts
+	18, // 6: tether.ca.v1.RotationStatusResponse.not_reporting:type_name -> tether.ca.v1.NotReporting
+	16, // 7: tether.ca.v1.RotationStatusResponse.activate_laggards:type_name -> tether.ca.v1.SidecarReport
+	16, // 8: tether.ca.v1.RotationStatusResponse.retire_laggards:type_name -> tether.ca.v1.SidecarReport
+	22, // 9: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
+	26, // 10: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
+	1,  // 11: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
+	3,  // 12: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
+	6,  // 13: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
+	8,  // 14: tether.ca.v1.CA.Report:input_type -> tether.ca.v1.ReportRequest
+	10, // 15: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
+	12, // 16: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
+	20, // 17: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
+	15, // 18: tether.ca.v1.Admin.RotationStatus:input_type -> tether.ca.v1.RotationStatusRequest
+	21, // 19: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
+	24, // 20: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
+	25, // 21: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
+	2,  // 22: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
+	4,  // 23: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
+	7,  // 24: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
+	9,  // 25: tether.ca.v1.CA.Report:output_type -> tether.ca.v1.ReportResponse
+	11, // 26: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
+	14, // 27: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
+	14, // 28: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
+	19, // 29: tether.ca.v1.Admin.RotationStatus:output_type -> tether.ca.v1.RotationStatusResponse
+	23, // 30: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
+	23, // 31: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
+	27, // 32: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
+	22, // [22:33] is the sub-list for method output_type
+	11, // [11:22] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ca_v1_ca_proto_init() }
@@ -1649,7 +2352,7 @@ func file_ca_v1_ca_proto_init() {
 	if File_ca_v1_ca_proto != nil {
 		return
 	}
-	file_ca_v1_ca_proto_msgTypes[14].OneofWrappers = []any{
+	file_ca_v1_ca_proto_msgTypes[21].OneofWrappers = []any{
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Serial)(nil),
 		(*RevokeRequest_JoinToken)(nil),
@@ -1661,7 +2364,7 @@ func file_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_v1_ca_proto_rawDesc), len(file_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

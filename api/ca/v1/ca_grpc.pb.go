@@ -27,6 +27,7 @@ const (
 	CA_Sign_FullMethodName        = "/tether.ca.v1.CA/Sign"
 	CA_WatchBundle_FullMethodName = "/tether.ca.v1.CA/WatchBundle"
 	CA_SignJWT_FullMethodName     = "/tether.ca.v1.CA/SignJWT"
+	CA_Report_FullMethodName      = "/tether.ca.v1.CA/Report"
 )
 
 // CAClient is the client API for CA service.
@@ -46,6 +47,14 @@ type CAClient interface {
 	// SignJWT issues a JWT-SVID for the identity of the SVID the caller
 	// presents (mTLS only: a credential is not enough).
 	SignJWT(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error)
+	// Report tells the CA which roots the caller trusts and which root its
+	// SVID chains to, so that root rotation waits for every sidecar (see
+	// docs/ca.md, "Root rotation"). mTLS only: the report is recorded for the
+	// SPIFFE ID of the SVID the caller presents, never for a name in the
+	// message. Callers send it when what they report changes and every
+	// ReportResponse.interval_seconds as a heartbeat; the CA forgets a caller
+	// that stops.
+	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
 }
 
 type cAClient struct {
@@ -95,6 +104,16 @@ func (c *cAClient) SignJWT(ctx context.Context, in *SignJWTRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *cAClient) Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportResponse)
+	err := c.cc.Invoke(ctx, CA_Report_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CAServer is the server API for CA service.
 // All implementations must embed UnimplementedCAServer
 // for forward compatibility.
@@ -112,6 +131,14 @@ type CAServer interface {
 	// SignJWT issues a JWT-SVID for the identity of the SVID the caller
 	// presents (mTLS only: a credential is not enough).
 	SignJWT(context.Context, *SignJWTRequest) (*SignJWTResponse, error)
+	// Report tells the CA which roots the caller trusts and which root its
+	// SVID chains to, so that root rotation waits for every sidecar (see
+	// docs/ca.md, "Root rotation"). mTLS only: the report is recorded for the
+	// SPIFFE ID of the SVID the caller presents, never for a name in the
+	// message. Callers send it when what they report changes and every
+	// ReportResponse.interval_seconds as a heartbeat; the CA forgets a caller
+	// that stops.
+	Report(context.Context, *ReportRequest) (*ReportResponse, error)
 	mustEmbedUnimplementedCAServer()
 }
 
@@ -130,6 +157,9 @@ func (UnimplementedCAServer) WatchBundle(*WatchBundleRequest, grpc.ServerStreami
 }
 func (UnimplementedCAServer) SignJWT(context.Context, *SignJWTRequest) (*SignJWTResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignJWT not implemented")
+}
+func (UnimplementedCAServer) Report(context.Context, *ReportRequest) (*ReportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedCAServer) mustEmbedUnimplementedCAServer() {}
 func (UnimplementedCAServer) testEmbeddedByValue()            {}
@@ -199,6 +229,24 @@ func _CA_SignJWT_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CA_Report_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServer).Report(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CA_Report_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServer).Report(ctx, req.(*ReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CA_ServiceDesc is the grpc.ServiceDesc for CA service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -213,6 +261,10 @@ var CA_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignJWT",
 			Handler:    _CA_SignJWT_Handler,
+		},
+		{
+			MethodName: "Report",
+			Handler:    _CA_Report_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
@@ -229,6 +281,7 @@ const (
 	Admin_CreateJoinToken_FullMethodName = "/tether.ca.v1.Admin/CreateJoinToken"
 	Admin_Status_FullMethodName          = "/tether.ca.v1.Admin/Status"
 	Admin_Rotate_FullMethodName          = "/tether.ca.v1.Admin/Rotate"
+	Admin_RotationStatus_FullMethodName  = "/tether.ca.v1.Admin/RotationStatus"
 	Admin_Revoke_FullMethodName          = "/tether.ca.v1.Admin/Revoke"
 	Admin_Unrevoke_FullMethodName        = "/tether.ca.v1.Admin/Unrevoke"
 	Admin_ListJoinTokens_FullMethodName  = "/tether.ca.v1.Admin/ListJoinTokens"
@@ -245,6 +298,10 @@ type AdminClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Rotate moves the root-rotation journal one step.
 	Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// RotationStatus counts, per generation, the sidecars that trust its root
+	// and those that hold an SVID from it, mesh-wide (every replica's
+	// reports), and lists the laggards.
+	RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error)
 	// Revoke makes every replica refuse, once it has reloaded the store, the
 	// renewal of the SVIDs named (by SPIFFE ID or serial), new attestation of
 	// a revoked SPIFFE ID, or a join token. SVIDs already issued stay valid
@@ -295,6 +352,16 @@ func (c *adminClient) Rotate(ctx context.Context, in *RotateRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotationStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_RotationStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RevokeResponse)
@@ -336,6 +403,10 @@ type AdminServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Rotate moves the root-rotation journal one step.
 	Rotate(context.Context, *RotateRequest) (*StatusResponse, error)
+	// RotationStatus counts, per generation, the sidecars that trust its root
+	// and those that hold an SVID from it, mesh-wide (every replica's
+	// reports), and lists the laggards.
+	RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error)
 	// Revoke makes every replica refuse, once it has reloaded the store, the
 	// renewal of the SVIDs named (by SPIFFE ID or serial), new attestation of
 	// a revoked SPIFFE ID, or a join token. SVIDs already issued stay valid
@@ -364,6 +435,9 @@ func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*Status
 }
 func (UnimplementedAdminServer) Rotate(context.Context, *RotateRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rotate not implemented")
+}
+func (UnimplementedAdminServer) RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotationStatus not implemented")
 }
 func (UnimplementedAdminServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
@@ -449,6 +523,24 @@ func _Admin_Rotate_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RotationStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotationStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RotationStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RotationStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RotationStatus(ctx, req.(*RotationStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RevokeRequest)
 	if err := dec(in); err != nil {
@@ -521,6 +613,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rotate",
 			Handler:    _Admin_Rotate_Handler,
+		},
+		{
+			MethodName: "RotationStatus",
+			Handler:    _Admin_RotationStatus_Handler,
 		},
 		{
 			MethodName: "Revoke",

@@ -61,9 +61,13 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between failed attempts
 	// (defaults 500ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
-	Clock                  identity.Clock
-	Logger                 *slog.Logger
-	Registerer             prometheus.Registerer
+	// Instance names this instance of the identity in its reports to the
+	// CA (the pod name; default host name and process ID); Version is the
+	// build it reports.
+	Instance, Version string
+	Clock             identity.Clock
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
 }
 
 // Agent holds the workload's current SVID and bundle. It is an
@@ -92,6 +96,8 @@ type Agent struct {
 	// reattest is set when the CA refused to renew on the SVID alone; the
 	// next fetch sends the credential too.
 	reattest atomic.Bool
+	// bundleMsgs counts the bundle messages received over WatchBundle.
+	bundleMsgs atomic.Uint64
 }
 
 // caFailure is why, and since when, the CA cannot be reached.
@@ -142,6 +148,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = DefaultInstance()
 	}
 	a := &Agent{
 		cfg: cfg, td: cfg.Bundle.TrustDomain(), log: cfg.Logger,
@@ -445,29 +454,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// watchBundle follows WatchBundle, reconnecting with backoff.
+// watchBundle follows WatchBundle, and reports to the CA over the same
+// connection (report.go), reconnecting with backoff. The connection is
+// made again, without waiting, when the SVID changes: the CA verifies the
+// root a report names from the SVID the connection presents.
 func (a *Agent) watchBundle(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
+		presented := a.svid.Load()
+		before := a.bundleMsgs.Load()
 		client, err := a.dial(true)
 		if err == nil {
-			err = client.WatchBundle(ctx, func(b *spiffebundle.Bundle) {
-				failures = 0
-				a.noteCA(nil)
-				cur := a.bundle.Load()
-				if cur.Equal(b) {
-					return
-				}
-				a.bundle.Store(b)
-				seq, _ := b.SequenceNumber()
-				a.log.Info("trust bundle updated", slog.Uint64("sequence", seq),
-					slog.Int("x509_authorities", len(b.X509Authorities())), slog.Int("jwt_authorities", len(b.JWTAuthorities())))
-				a.notify()
-			})
+			err = a.session(ctx, client, presented)
 			client.Close()
+		}
+		if a.bundleMsgs.Load() != before {
+			failures = 0 // the stream worked for a while
 		}
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errSVIDChanged) {
+			continue
 		}
 		a.noteCA(fmt.Errorf("trust bundle stream: %w", err))
 		wait := a.backoff(failures)
@@ -479,6 +487,21 @@ func (a *Agent) watchBundle(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// applyBundle takes a bundle from WatchBundle.
+func (a *Agent) applyBundle(b *spiffebundle.Bundle) {
+	a.bundleMsgs.Add(1)
+	a.noteCA(nil)
+	cur := a.bundle.Load()
+	if cur.Equal(b) {
+		return
+	}
+	a.bundle.Store(b)
+	seq, _ := b.SequenceNumber()
+	a.log.Info("trust bundle updated", slog.Uint64("sequence", seq),
+		slog.Int("x509_authorities", len(b.X509Authorities())), slog.Int("jwt_authorities", len(b.JWTAuthorities())))
+	a.notify()
 }
 
 // FetchJWTSVID returns a JWT-SVID for the agent's identity and audience,
