@@ -9,6 +9,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tether-mesh/tether/internal/version"
 )
 
 // Limits bound what callers can hold on an admin port. Zero fields take
@@ -274,7 +277,8 @@ func WithMetrics(part string, reg prometheus.Registerer) Option {
 }
 
 // New serves /healthz (always ok while the process runs), /readyz (ok while
-// ready returns nil) and /metrics (from gatherer) on addr, to every caller.
+// ready returns nil), /metrics (from gatherer) and /version
+// (VersionHandler) on addr, to every caller.
 func New(addr string, ready func() error, gatherer prometheus.Gatherer, log *slog.Logger, opts ...Option) *Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -288,6 +292,7 @@ func New(addr string, ready func() error, gatherer prometheus.Gatherer, log *slo
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.Handle("GET /version", VersionHandler())
 	s := &Server{Mux: mux, log: log}
 	for _, o := range opts {
 		o(s)
@@ -295,6 +300,27 @@ func New(addr string, ready func() error, gatherer prometheus.Gatherer, log *slo
 	s.srv = s.limits.HTTPServer(mux, log)
 	s.srv.Addr = addr
 	return s
+}
+
+// VersionInfo is what GET /version answers, as JSON: the release and the
+// VCS revision of the running binary (internal/version), for
+// `tether version` and `tether check`.
+type VersionInfo struct {
+	Version  string `json:"version"`
+	Revision string `json:"revision"`
+}
+
+// VersionHandler answers GET /version with this binary's VersionInfo.
+func VersionHandler() http.Handler {
+	body, err := json.Marshal(VersionInfo{Version: version.Version, Revision: version.Revision()})
+	if err != nil {
+		panic(err) // two strings always encode
+	}
+	body = append(body, '\n')
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	})
 }
 
 // HandleLocal registers h for pattern, answered only to callers on

@@ -3,11 +3,13 @@ package admin_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/internal/testutil"
+	"github.com/tether-mesh/tether/internal/version"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -187,5 +190,33 @@ func TestLoopbackCallerReachesLocalOnlyPaths(t *testing.T) {
 	}
 	if n := refused(t, reg, admin.ReasonNotLoopback); n != 0 {
 		t.Errorf("refused{not_loopback} = %v, want 0", n)
+	}
+}
+
+// TestVersion: every admin server answers GET /version with the binary's
+// version and revision, as JSON, to any caller (the API server's pod proxy
+// is not on loopback), and only to GET.
+func TestVersion(t *testing.T) {
+	addr, _ := serve(t, admin.Limits{})
+	resp, err := http.Get("http://" + addr + "/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatalf("GET /version is not JSON: %v", err)
+	}
+	want := map[string]any{"version": version.Version, "revision": version.Revision()}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" || !reflect.DeepEqual(got, want) {
+		t.Errorf("GET /version: %s %q %v, want 200 application/json %v", resp.Status, resp.Header.Get("Content-Type"), got, want)
+	}
+	post, err := http.Post("http://"+addr+"/version", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	post.Body.Close()
+	if post.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /version: %s, want 405", post.Status)
 	}
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-
 	"github.com/spf13/cobra"
 )
 
@@ -55,4 +54,3 @@ one:
 	}
 	return cmd
 }
-

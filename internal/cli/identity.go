@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-		"errors"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"

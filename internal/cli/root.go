@@ -191,7 +191,7 @@ Exit status: 0 success, 1 failure (the command says why on stderr),
 	root.SetHelpCommand(a.newHelpCmd())
 	for _, c := range []*cobra.Command{
 		a.newIdentityCmd(), a.newSVIDCmd(), a.newCACmd(), a.newPolicyCmd(),
-		a.newStatusCmd(), a.newDemoCmd(), a.newCompletionCmd(),
+		a.newStatusCmd(), a.newVersionCmd(), a.newDemoCmd(), a.newCompletionCmd(),
 	} {
 		root.AddCommand(c)
 	}
@@ -259,7 +259,7 @@ func groupArgs(cmd *cobra.Command, args []string) error {
 // value. In a group, the mistyped command that came before the flag is
 // the error: `tether ca rotate sideways --force`.
 func flagError(cmd *cobra.Command, err error) error {
-	if cmd.HasSubCommands() {
+	if cmd.HasAvailableSubCommands() {
 		if args := cmd.Flags().Args(); len(args) > 0 {
 			return groupArgs(cmd, args)
 		}
@@ -305,6 +305,7 @@ func (a *App) newHelpCmd() *cobra.Command {
 				}
 				return usagef("unknown help topic %q (tether's commands: %s)", unknown, strings.Join(subcommandNames(cmd.Root()), ", "))
 			}
+			target.InitDefaultHelpFlag() // as when it runs with --help
 			return target.Help()
 		},
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {

@@ -59,7 +59,7 @@ func newKubeTargets(o statusOptions, stderr io.Writer) (*kubeTargets, error) {
 func (k *kubeTargets) describe() (string, string) { return "kubernetes", k.where }
 
 // statusNeeds is what tether status needs of RBAC in a cluster.
-const statusNeeds = "tether status needs list on pods and get on pods/proxy"
+const statusNeeds = "tether status and tether version need list on pods and get on pods/proxy"
 
 // controlPods lists the running pods of one control plane component. An
 // error says why there is none to ask.

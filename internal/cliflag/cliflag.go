@@ -1,38 +1,13 @@
-// Package cliflag holds what the packages of the tether command line share:
-// flag sets that report errors instead of exiting, and the usage error that
-// makes the CLI print its usage and exit with status 2.
+// Package cliflag holds what the packages behind the tether command line
+// share with it: the usage error. A package that implements a command
+// (internal/demo, for instance) wraps ErrUsage in errors about bad input
+// that flag parsing cannot catch; the CLI prints such an error with the
+// command's usage hint and exits with status 2.
 package cliflag
 
-import (
-	"errors"
-	"flag"
-	"fmt"
-	"io"
-)
+import "errors"
 
-// ErrUsage marks errors that should print usage.
+// ErrUsage marks errors about the command line: the CLI exits 2 on them.
+// Wrap it as fmt.Errorf("%w: --rate %g: want ...", ErrUsage, rate); the
+// CLI prints the message without its "usage: " prefix.
 var ErrUsage = errors.New("usage")
-
-// New returns the flag set of `tether NAME`, which reports errors (and
-// prints help) to stderr instead of exiting.
-func New(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("tether "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
-}
-
-// Parse parses args and checks that exactly positional arguments remain.
-// A parse error or a wrong count is wrapped in ErrUsage; -h returns
-// flag.ErrHelp.
-func Parse(fs *flag.FlagSet, args []string, positional int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", ErrUsage, err)
-	}
-	if fs.NArg() != positional {
-		return fmt.Errorf("%w: %s takes %d argument(s), got %q", ErrUsage, fs.Name(), positional, fs.Args())
-	}
-	return nil
-}

@@ -12,33 +12,34 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/tether-mesh/tether/internal/cliflag"
 )
 
-// demoAppHelp documents the hidden `tether demo app`: the sample service
-// tether demo runs behind each sidecar.
-const demoAppHelp = `Usage: tether demo app --name NAME --listen ADDR [--call SERVICE=ADDR ...]
-
-A sample service of tether demo: a small HTTP server. GET / answers NAME
+// AppHelp is the long help of the hidden `tether demo app`: the sample
+// service tether demo runs behind each sidecar.
+const AppHelp = `A sample service of tether demo: a small HTTP server. GET / answers NAME
 when it calls nothing; otherwise it calls the first --call and answers
 "NAME → " and that answer (web → api → db). GET /call/SERVICE calls that
 one --call. ADDR of a --call is an outbound listener of the app's sidecar,
 so every call goes over the mesh; a call that fails answers 502 with the
-error.
+error.`
 
-Flags:
-`
+// App is the hidden `tether demo app` with its log output.
+type App struct {
+	// Stderr gets the app's log.
+	Stderr io.Writer
 
-// runApp runs `tether demo app ARGS` until ctx ends.
-func runApp(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := cliflag.New("demo app", stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), demoAppHelp)
-		fs.PrintDefaults()
-	}
-	name := fs.String("name", "", "the service's name (required)")
-	listen := fs.String("listen", "", "address to serve on, host:port (required)")
-	var calls []demoCall
+	name, listen string
+	calls        []demoCall
+}
+
+// AddFlags registers the flags of `tether demo app` on fs; Run reads
+// them. --name and --listen are required.
+func (a *App) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&a.name, "name", "", "the service's name")
+	fs.StringVar(&a.listen, "listen", "", "address to serve on, host:port")
 	fs.Func("call", "SERVICE=ADDR: a service this app calls, through its sidecar's outbound listener ADDR (repeatable; GET / calls the first)", func(v string) error {
 		n, addr, ok := strings.Cut(v, "=")
 		if !ok || n == "" || addr == "" {
@@ -47,46 +48,47 @@ func runApp(ctx context.Context, args []string, stderr io.Writer) error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%q: %v", v, err)
 		}
-		calls = append(calls, demoCall{name: n, target: addr})
+		a.calls = append(a.calls, demoCall{name: n, target: addr})
 		return nil
 	})
-	if err := cliflag.Parse(fs, args, 0); err != nil {
-		return err
-	}
-	if *name == "" || *listen == "" {
+}
+
+// Run serves the app until ctx ends.
+func (a *App) Run(ctx context.Context) error {
+	if a.name == "" || a.listen == "" {
 		return fmt.Errorf("%w: --name and --listen are required", cliflag.ErrUsage)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With(slog.String("app", *name))
+	log := slog.New(slog.NewTextHandler(a.Stderr, nil)).With(slog.String("app", a.name))
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	call := func(w http.ResponseWriter, r *http.Request, c demoCall) {
 		body, err := demoGet(r.Context(), client, "http://"+c.target+"/")
 		if err != nil {
 			log.Warn("call failed", slog.String("to", c.name), slog.String("via", c.target), slog.Any("error", err))
-			http.Error(w, fmt.Sprintf("%s → %s: %v", *name, c.name, err), http.StatusBadGateway)
+			http.Error(w, fmt.Sprintf("%s → %s: %v", a.name, c.name, err), http.StatusBadGateway)
 			return
 		}
-		fmt.Fprintf(w, "%s → %s", *name, body)
+		fmt.Fprintf(w, "%s → %s", a.name, body)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		if len(calls) == 0 {
-			fmt.Fprint(w, *name)
+		if len(a.calls) == 0 {
+			fmt.Fprint(w, a.name)
 			return
 		}
-		call(w, r, calls[0])
+		call(w, r, a.calls[0])
 	})
 	mux.HandleFunc("GET /call/{service}", func(w http.ResponseWriter, r *http.Request) {
-		for _, c := range calls {
+		for _, c := range a.calls {
 			if c.name == r.PathValue("service") {
 				call(w, r, c)
 				return
 			}
 		}
-		http.Error(w, fmt.Sprintf("%s does not call %q", *name, r.PathValue("service")), http.StatusNotFound)
+		http.Error(w, fmt.Sprintf("%s does not call %q", a.name, r.PathValue("service")), http.StatusNotFound)
 	})
-	l, err := net.Listen("tcp", *listen)
+	l, err := net.Listen("tcp", a.listen)
 	if err != nil {
-		return fmt.Errorf("demo app %s: %w", *name, err)
+		return fmt.Errorf("demo app %s: %w", a.name, err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)

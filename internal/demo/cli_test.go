@@ -63,10 +63,10 @@ func TestDemoBadInput(t *testing.T) {
 		code int
 		want []string
 	}{
-		{"unknown flag", []string{"demo", "--rotat"}, 2, []string{"flag provided but not defined: -rotat"}},
-		{"argument", []string{"demo", "now"}, 2, []string{"takes 0 argument(s)"}},
+		{"unknown flag", []string{"demo", "--rotat"}, 2, []string{"tether: unknown flag: --rotat\nRun 'tether demo --help' for usage.\n"}},
+		{"argument", []string{"demo", "now"}, 2, []string{`tether demo takes no arguments, got ["now"]`}},
 		{"negative duration", []string{"demo", "--duration", "-1s"}, 2, []string{"--duration -1s: must not be negative"}},
-		{"bad duration", []string{"demo", "--duration", "soon"}, 2, []string{`invalid value "soon" for flag -duration`}},
+		{"bad duration", []string{"demo", "--duration", "soon"}, 2, []string{`invalid argument "soon" for "--duration" flag`}},
 		{"zero rate", []string{"demo", "--rate", "0"}, 2, []string{"--rate 0: want a number of calls per second"}},
 		{"privileged ports", []string{"demo", "--ports", "80"}, 2, []string{"--ports 80: want 0 (any free ports) or a first port from 1024"}},
 		{"ports past the end", []string{"demo", "--ports", "65530"}, 2, []string{"--ports 65530"}},

@@ -17,13 +17,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/internal/cliflag"
 )
 
-const demoHelp = `Usage: tether demo [--rotate] [--duration D] [--dir DIR] [--ports N] [--bin DIR] [--rate N]
-
-Runs Tether's standalone default on this machine, on loopback and without
+// Help is the long help of tether demo.
+const Help = `Runs Tether's standalone default on this machine, on loopback and without
 root: tether-ca (its state in a temporary directory, or --dir),
 tether-discovery serving a generated mesh.yaml, three sample services
 web → api → db each behind its own tether-sidecar in explicit mode, and a
@@ -45,10 +46,7 @@ takes any free ports.
 
 Exit status: 0 when the demo ran and stopped cleanly; 1 when something
 failed (a component did not start or exited, an allowed call failed, the
-denied call went through, the rotation did not complete); 2 usage error.
-
-Flags:
-`
+denied call went through, the rotation did not complete); 2 usage error.`
 
 // Defaults of tether demo.
 const (
@@ -90,16 +88,25 @@ type Command struct {
 	// given outputs: the demo shows what `tether ca status`, `tether policy
 	// graph` and `tether policy check` say.
 	Tether func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+	// cfg holds the flags AddFlags registers.
+	cfg demoConfig
 }
 
-// Run runs `tether demo ARGS`, or, when the first argument is "app", the
-// sample app the demo runs behind each sidecar. Usage errors wrap
-// cliflag.ErrUsage; -h returns flag.ErrHelp.
-func (c *Command) Run(ctx context.Context, args []string) error {
-	if len(args) > 0 && args[0] == "app" {
-		return runApp(ctx, args[1:], c.Stderr)
-	}
-	cfg, err := demoFlags(args, c.Stderr)
+// AddFlags registers tether demo's flags on fs; Run reads them.
+func (c *Command) AddFlags(fs *pflag.FlagSet) {
+	fs.BoolVar(&c.cfg.rotate, "rotate", false, "rotate the CA's root (prepare, activate, retire) under traffic and report each phase")
+	fs.DurationVar(&c.cfg.duration, "duration", 0, "stop after this long once the mesh is up (with --rotate, not before the rotation has finished); 0: run until Ctrl-C")
+	fs.StringVar(&c.cfg.dir, "dir", "", "keep the CA state, mesh.yaml, sockets and logs in this directory, and leave it in place (default: a temporary directory, removed at the end)")
+	fs.IntVar(&c.cfg.ports, "ports", demoDefaultPorts, fmt.Sprintf("first of the loopback ports N to N+%d the demo listens on; 0: any free ports", demoPortSpan))
+	fs.StringVar(&c.cfg.bin, "bin", "", "directory holding tether-ca, tether-discovery and tether-sidecar (default: the directory of this tether binary)")
+	fs.Float64Var(&c.cfg.rate, "rate", 5, "calls web → api → db per second in the traffic loop (the denied web → db call is tried every 2 seconds)")
+}
+
+// Run runs `tether demo` with the flags AddFlags registered. Usage errors
+// wrap cliflag.ErrUsage.
+func (c *Command) Run(ctx context.Context) error {
+	cfg, err := c.cfg.validate()
 	if err != nil {
 		return err
 	}
@@ -114,22 +121,9 @@ func (c *Command) Run(ctx context.Context, args []string) error {
 	return d.run(ctx)
 }
 
-func demoFlags(args []string, stderr io.Writer) (demoConfig, error) {
-	var c demoConfig
-	fs := cliflag.New("demo", stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), demoHelp)
-		fs.PrintDefaults()
-	}
-	fs.BoolVar(&c.rotate, "rotate", false, "rotate the CA's root (prepare, activate, retire) under traffic and report each phase")
-	fs.DurationVar(&c.duration, "duration", 0, "stop after this long once the mesh is up (with --rotate, not before the rotation has finished); 0: run until Ctrl-C")
-	fs.StringVar(&c.dir, "dir", "", "keep the CA state, mesh.yaml, sockets and logs in this directory, and leave it in place (default: a temporary directory, removed at the end)")
-	fs.IntVar(&c.ports, "ports", demoDefaultPorts, fmt.Sprintf("first of the loopback ports N to N+%d the demo listens on; 0: any free ports", demoPortSpan))
-	fs.StringVar(&c.bin, "bin", "", "directory holding tether-ca, tether-discovery and tether-sidecar (default: the directory of this tether binary)")
-	fs.Float64Var(&c.rate, "rate", 5, "calls web → api → db per second in the traffic loop (the denied web → db call is tried every 2 seconds)")
-	if err := cliflag.Parse(fs, args, 0); err != nil {
-		return c, err
-	}
+// validate checks the flags and completes them: the directory of this
+// binary, an absolute --dir.
+func (c demoConfig) validate() (demoConfig, error) {
 	switch {
 	case c.duration < 0:
 		return c, fmt.Errorf("%w: --duration %s: must not be negative", cliflag.ErrUsage, c.duration)

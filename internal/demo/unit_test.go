@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestMetricSum(t *testing.T) {
@@ -128,7 +130,7 @@ func TestDemoApp(t *testing.T) {
 		{"--name", "db", "--listen", dbAddr},
 		{"--name", "api", "--listen", apiAddr, "--call", "db=" + dbAddr, "--call", "gone=" + dead},
 	} {
-		go func() { errs <- runApp(ctx, args, &bytes.Buffer{}) }()
+		go func() { errs <- runApp(ctx, args) }()
 	}
 	defer func() {
 		cancel()
@@ -168,4 +170,15 @@ func TestDemoApp(t *testing.T) {
 			t.Errorf("GET %s = %d %q, want %d %q", tc.url, code, body, tc.code, tc.body)
 		}
 	}
+}
+
+// runApp runs `tether demo app ARGS` until ctx ends.
+func runApp(ctx context.Context, args []string) error {
+	app := &App{Stderr: &bytes.Buffer{}}
+	fs := pflag.NewFlagSet("demo app", pflag.ContinueOnError)
+	app.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return app.Run(ctx)
 }

@@ -37,6 +37,12 @@ const (
 	sidecarMetricName = "tether_sidecar_svid_expiry_timestamp_seconds"
 )
 
+// NoPodsError is ControlPods' error when the API server answered but no
+// pod of the component is running: other components may still have pods.
+type NoPodsError struct{ msg string }
+
+func (e *NoPodsError) Error() string { return e.msg }
+
 // ControlPods lists the running pods of one control plane component (its
 // app.kubernetes.io/name label) in namespace, sorted by name. An error says
 // why there is none to ask; need names the permissions the caller's
@@ -50,7 +56,7 @@ func ControlPods(ctx context.Context, client kubernetes.Interface, namespace, ap
 		return nil, APIError(fmt.Sprintf("list pods %s in namespace %s", sel, namespace), err, need)
 	}
 	if len(list.Items) == 0 {
-		return nil, fmt.Errorf("no pods labelled %s in namespace %s (is Tether installed? see docs/install.md; --namespace names the control plane's namespace)", sel, namespace)
+		return nil, &NoPodsError{fmt.Sprintf("no pods labelled %s in namespace %s (is Tether installed? see docs/install.md; --namespace names the control plane's namespace)", sel, namespace)}
 	}
 	var running []corev1.Pod
 	var idle []string
@@ -62,7 +68,7 @@ func ControlPods(ctx context.Context, client kubernetes.Interface, namespace, ap
 		}
 	}
 	if len(running) == 0 {
-		return nil, fmt.Errorf("no running pod labelled %s in namespace %s: %s", sel, namespace, strings.Join(idle, ", "))
+		return nil, &NoPodsError{fmt.Sprintf("no running pod labelled %s in namespace %s: %s", sel, namespace, strings.Join(idle, ", "))}
 	}
 	slices.SortFunc(running, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
 	return running, nil

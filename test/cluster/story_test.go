@@ -77,6 +77,9 @@ func TestUserStory(t *testing.T) {
 		} else {
 			n.kubectl(time.Minute, "delete", "namespace", story, plain, "--ignore-not-found", "--wait=false")
 		}
+		if tetherCLIPath != "" {
+			os.RemoveAll(filepath.Dir(tetherCLIPath))
+		}
 		s.mu.Lock()
 		t.Logf("stages (total %s):\n  %s", time.Since(start).Round(time.Second), strings.Join(s.stages, "\n  "))
 		s.mu.Unlock()
@@ -84,6 +87,9 @@ func TestUserStory(t *testing.T) {
 
 	s.stage(t, "leftovers", s.removeLeftovers)
 	s.stage(t, "check-pre", s.checkPre)
+	if !s.stage(t, "guide", s.guide) {
+		t.FailNow()
+	}
 	if !s.stage(t, "install", s.install) || !s.stage(t, "deploy", s.deploy) {
 		t.FailNow()
 	}
@@ -138,7 +144,7 @@ func randomHex(t *testing.T, n int) string {
 
 // removeLeftovers deletes what an earlier, failed run left.
 func (s *storyRun) removeLeftovers(t *testing.T) {
-	s.n.must(t, 4*time.Minute, "delete", "namespace", story, plain, "--ignore-not-found", "--timeout=3m")
+	s.n.must(t, 4*time.Minute, "delete", "namespace", story, plain, guideNamespace, "--ignore-not-found", "--timeout=3m")
 	out := s.n.must(t, time.Minute, "get", "namespaces", "-o", "name")
 	mwc := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name")
 	if strings.Contains(out, "namespace/tether-system\n") || strings.Contains(mwc, "tether-injector") {

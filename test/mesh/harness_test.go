@@ -4,6 +4,7 @@ package mesh
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -568,6 +569,7 @@ type sidecarSpec struct {
 	app      string
 	outbound []string
 	extra    []string
+	bin      string // a binary in binDir; "" is tether-sidecar
 }
 
 type sidecarProc struct {
@@ -604,7 +606,7 @@ func startSidecar(t *testing.T, ca *caProc, d *discoveryProc, spec sidecarSpec) 
 		s.args = append(s.args, "--outbound", l+"="+o)
 	}
 	s.args = append(s.args, spec.extra...)
-	s.p = startProc(t, s.name, s.logPath, "tether-sidecar", s.args...)
+	s.p = startProc(t, s.name, s.logPath, cmp.Or(spec.bin, "tether-sidecar"), s.args...)
 	dumpOnFailure(t, func() *proc { return s.p })
 	s.waitReady(t)
 	return s

@@ -336,6 +336,8 @@ func (b *kubeBuilder) build() (discovery.State, error) {
 			b.log.Warn("ignoring AccessPolicy of unexpected type", slog.String("type", fmt.Sprintf("%T", obj)))
 			continue
 		}
+		// policy.AccessPolicy is the API type of api/tether/v1alpha1, the
+		// type the CRD is generated from: the standard converter decodes it.
 		var p policy.AccessPolicy
 		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p)
 		if err == nil {
