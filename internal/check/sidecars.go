@@ -228,7 +228,15 @@ func (r *runner) forwardGet(ctx context.Context, p *corev1.Pod, port int, path s
 	}
 	done := make(chan error, 1)
 	go func() { done <- fw.ForwardPorts() }()
-	defer fw.Close()
+	// Ending the context ends ForwardPorts, which closes its listener
+	// (closing it here too would log an error).
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+	}()
 	select {
 	case <-ready:
 	case err := <-done:
