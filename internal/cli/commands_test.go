@@ -139,18 +139,32 @@ func TestEveryCommandFlagSpelling(t *testing.T) {
 // TestUsageErrors: the other kinds of bad command lines, each in two lines
 // naming the command the user typed, never the top-level usage.
 func TestUsageErrors(t *testing.T) {
+	// The top-level commands, as the errors list them (not hidden, sorted).
+	var names []string
+	for _, c := range (&cli.App{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}}).Tree().Commands() {
+		if c.IsAvailableCommand() && c.Name() != "help" {
+			names = append(names, c.Name())
+		}
+	}
+	slices.Sort(names)
+	top := strings.Join(names, ", ")
+	for _, want := range []string{"ca", "check", "completion", "identity", "policy", "status", "svid", "version"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("tether has no command %q (commands: %s)", want, top)
+		}
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{nil, usageErr("", "tether needs a command: ca, completion, demo, identity, policy, status, svid")},
-		{[]string{"frobnicate"}, usageErr("", `unknown command "frobnicate" for "tether" (its commands: ca, completion, demo, identity, policy, status, svid)`)},
+		{nil, usageErr("", "tether needs a command: "+top)},
+		{[]string{"frobnicate"}, usageErr("", `unknown command "frobnicate" for "tether" (its commands: `+top+`)`)},
 		{[]string{"polcy"}, usageErr("", `unknown command "polcy" for "tether" (did you mean "policy"?)`)},
 		{[]string{"ca", "rotte"}, usageErr("ca", `unknown command "rotte" for "tether ca" (did you mean "rotate"?)`)},
 		{[]string{"ca", "rotate", "sideways", "--force"}, usageErr("ca rotate", `unknown command "sideways" for "tether ca rotate" (its commands: activate, prepare, renew-intermediate, retire)`)},
 		{[]string{"ca", "token"}, usageErr("ca token", "tether ca token needs a command: create, list")},
-		{[]string{"help", "nothing"}, usageErr("help", `unknown help topic "nothing" (tether's commands: ca, completion, demo, identity, policy, status, svid)`)},
-		{[]string{"help", "ca", "nothing"}, usageErr("help", `unknown help topic "nothing" (tether's commands: ca, completion, demo, identity, policy, status, svid)`)},
+		{[]string{"help", "nothing"}, usageErr("help", `unknown help topic "nothing" (tether's commands: `+top+`)`)},
+		{[]string{"help", "ca", "nothing"}, usageErr("help", `unknown help topic "nothing" (tether's commands: `+top+`)`)},
 		{[]string{"ca", "status", "extra"}, usageErr("ca status", `tether ca status takes no arguments, got ["extra"]`)},
 		{[]string{"ca", "token", "create", "--spiffe-id", "spiffe://x/y", "--ttl", "soon"}, usageErr("ca token create",
 			`invalid argument "soon" for "--ttl" flag: time: invalid duration "soon"`)},

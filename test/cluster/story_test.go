@@ -86,10 +86,10 @@ func TestUserStory(t *testing.T) {
 	})
 
 	s.stage(t, "leftovers", s.removeLeftovers)
-	s.stage(t, "check-pre", s.checkPre)
 	if !s.stage(t, "guide", s.guide) {
 		t.FailNow()
 	}
+	s.stage(t, "check-pre", s.checkPre)
 	if !s.stage(t, "install", s.install) || !s.stage(t, "deploy", s.deploy) {
 		t.FailNow()
 	}
