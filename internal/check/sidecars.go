@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
 
+	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/internal/meshkube"
 	"github.com/tether-mesh/tether/internal/version"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
@@ -227,7 +228,15 @@ func (r *runner) forwardGet(ctx context.Context, p *corev1.Pod, port int, path s
 	}
 	done := make(chan error, 1)
 	go func() { done <- fw.ForwardPorts() }()
-	defer fw.Close()
+	// Ending the context ends ForwardPorts, which closes its listener
+	// (closing it here too would log an error).
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+	}()
 	select {
 	case <-ready:
 	case err := <-done:
@@ -439,9 +448,25 @@ func (r *runner) versions(ctx context.Context, rep *sidecarReport) Check {
 	return c
 }
 
-// controlPlaneVersion is the release of the image tether-injector
-// injects (its TETHER_IMAGE tag), else this CLI's.
+// controlPlaneVersion is the release tether-discovery reports on GET
+// /version (its admin port, through the pod proxy): the sidecars talk to
+// it. Else the tag of the image tether-injector injects, else this CLI's
+// version; the second string says which.
 func (r *runner) controlPlaneVersion(ctx context.Context) (string, string) {
+	if pods, err := meshkube.ControlPods(ctx, r.client, r.o.Namespace, meshkube.DiscoveryApp, r.o.Timeout, need); err == nil {
+		for i := range pods {
+			p := &pods[i]
+			var info admin.VersionInfo
+			cctx, cancel := r.ctx(ctx)
+			err := meshkube.ProxyGet(cctx, r.client, p, meshkube.AdminPort(p), "/version", 4096, need, func(body io.Reader) error {
+				return json.NewDecoder(body).Decode(&info)
+			})
+			cancel()
+			if err == nil && info.Version != "" {
+				return version.Release(info.Version), "GET /version of " + podName(p)
+			}
+		}
+	}
 	cctx, cancel := r.ctx(ctx)
 	defer cancel()
 	if d, err := r.client.AppsV1().Deployments(r.o.Namespace).Get(cctx, meshkube.InjectorApp, metav1.GetOptions{}); err == nil {
@@ -458,5 +483,5 @@ func (r *runner) controlPlaneVersion(ctx context.Context) (string, string) {
 			}
 		}
 	}
-	return version.Release(version.String()), "this tether CLI's version: the injected image has no version tag"
+	return version.Release(version.String()), "this tether CLI's version: the control plane reports none"
 }

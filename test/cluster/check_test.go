@@ -12,11 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,35 +21,11 @@ import (
 	"github.com/tether-mesh/tether/pkg/inject"
 )
 
-// tetherBin builds the tether CLI of this tree once, into the repository's
-// .cache (the node's mount namespace sees it; hack/cluster/exec.sh runs it
-// there, where the API server listens).
-var tetherBin = sync.OnceValues(func() (string, error) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(root, ".cache", "story", "tether")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/tether")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/tether: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
 // tetherCheck runs `tether check ARGS... -o json` on the node and returns
 // the report and the exit code.
 func (s *storyRun) tetherCheck(t *testing.T, args ...string) (*check.Report, int) {
 	t.Helper()
-	bin, err := tetherBin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(s.n.root, ".cache", "cluster", "run", "kubeconfig")
-	if dir := os.Getenv("TETHER_CLUSTER_DIR"); dir != "" {
-		kubeconfig = filepath.Join(dir, "kubeconfig")
-	}
+	bin, kubeconfig := s.n.tetherCLI(t), filepath.Join(s.n.clusterDir(), "kubeconfig")
 	args = append(append([]string{bin, "check", "--kubeconfig", kubeconfig}, args...), "-o", "json")
 	out, err := s.n.run(3*time.Minute, "", "exec.sh", args...)
 	code := 0
@@ -74,14 +47,7 @@ func (s *storyRun) tetherCheck(t *testing.T, args ...string) (*check.Report, int
 // prints for people (docs/check.md shows it).
 func (s *storyRun) logCheck(t *testing.T, args ...string) {
 	t.Helper()
-	bin, err := tetherBin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(s.n.root, ".cache", "cluster", "run", "kubeconfig")
-	if dir := os.Getenv("TETHER_CLUSTER_DIR"); dir != "" {
-		kubeconfig = filepath.Join(dir, "kubeconfig")
-	}
+	bin, kubeconfig := s.n.tetherCLI(t), filepath.Join(s.n.clusterDir(), "kubeconfig")
 	out, err := s.n.run(3*time.Minute, "", "exec.sh", append([]string{bin, "check", "--kubeconfig", kubeconfig}, args...)...)
 	t.Logf("$ tether check %s\n%s(%v)", strings.Join(args, " "), out, err)
 }
