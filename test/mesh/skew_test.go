@@ -100,11 +100,14 @@ func skewBaseline(t *testing.T) (commit, why string) {
 	if dirty := git(t, append([]string{"status", "--porcelain", "--"}, wirePaths...)...); strings.TrimSpace(dirty) != "" {
 		return strings.TrimSpace(git(t, "rev-parse", "HEAD")), "the working tree changes a wire path"
 	}
-	last := strings.TrimSpace(git(t, append([]string{"log", "-1", "--format=%H", "--"}, wirePaths...)...))
+	// --first-parent: a branch merged into main counts as one change, so
+	// the baseline is main before the merge, not the branch's own
+	// half-way commits.
+	last := strings.TrimSpace(git(t, append([]string{"log", "--first-parent", "-1", "--format=%H", "--"}, wirePaths...)...))
 	if last == "" {
 		t.Fatalf("no commit changed %v: is this the repository's history?", wirePaths)
 	}
-	parent := strings.TrimSpace(git(t, "rev-parse", last+"^"))
+	parent := strings.TrimSpace(git(t, "rev-parse", last+"^1"))
 	return parent, "before " + last[:12] + ", the newest commit that changed " + strings.Join(wirePaths, " or ")
 }
 
