@@ -8,8 +8,9 @@
 #   build.sh [-f]
 #
 # The binary is reused when it is newer than go.mod, go.sum, main.go and
-# this script; -f rebuilds regardless. Times measured on the 2-core machine:
-# docs/install.md, "The Helm chart".
+# this script; -f rebuilds regardless. Measured on the shared 2-core machine
+# (docs/install.md, "Tests of the chart"): cold 2159 s under heavy load,
+# warm 12 s, up to date 0.2 s.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
