@@ -4,6 +4,7 @@
 package caadmin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -42,4 +43,20 @@ func RPCError(what string, err error) error {
 		return fmt.Errorf("%s: %s (%s)", what, s.Message(), s.Code())
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Call dials the CA's operator API on the socket, makes one call and
+// closes the connection; a gRPC error is worded by RPCError with what.
+func Call[T any](ctx context.Context, socket, what string, call func(context.Context, cav1.AdminClient) (T, error)) (T, error) {
+	var zero T
+	api, done, err := Dial(socket)
+	if err != nil {
+		return zero, err
+	}
+	defer done()
+	resp, err := call(ctx, api)
+	if err != nil {
+		return zero, RPCError(what, err)
+	}
+	return resp, nil
 }

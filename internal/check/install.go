@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-mesh/tether/internal/humanize"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -328,22 +330,9 @@ func fingerprint(c *x509.Certificate) string {
 func when(t, now time.Time) string {
 	d := t.Sub(now)
 	if d < 0 {
-		return t.UTC().Format(time.RFC3339) + " (" + roughly(-d) + " ago)"
+		return t.UTC().Format(time.RFC3339) + " (" + humanize.Duration(-d) + " ago)"
 	}
-	return t.UTC().Format(time.RFC3339) + " (in " + roughly(d) + ")"
-}
-
-func roughly(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	default:
-		return fmt.Sprintf("%dd", int(d.Hours()/24))
-	}
+	return t.UTC().Format(time.RFC3339) + " (in " + humanize.Duration(d) + ")"
 }
 
 func days(d time.Duration) string {

@@ -169,14 +169,11 @@ intermediate, their state and expiry), the next scheduled rotation step
   tether ca status --socket /var/lib/tether-ca/admin.sock -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			api, done, err := caadmin.Dial(socket)
+			st, err := caadmin.Call(cmd.Context(), socket, "status", func(ctx context.Context, api cav1.AdminClient) (*cav1.StatusResponse, error) {
+				return api.Status(ctx, &cav1.StatusRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			st, err := api.Status(cmd.Context(), &cav1.StatusRequest{})
-			if err != nil {
-				return caadmin.RPCError("status", err)
 			}
 			data := caStatusOutput{caStatus: caFromStatus("operator socket "+socket, st), Revocations: describeRevocations(st.GetRevocations())}
 			return out.Print(a.Stdout, data, func(w io.Writer) error {
@@ -253,14 +250,11 @@ func (a *App) newCARotateStepCmd(step, short, long string) *cobra.Command {
 		Example: fmt.Sprintf("  tether ca rotate %s\n  tether ca rotate %s --force   # skip the safety wait", step, step),
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			api, done, err := caadmin.Dial(socket)
+			st, err := caadmin.Call(cmd.Context(), socket, "rotate "+step, func(ctx context.Context, api cav1.AdminClient) (*cav1.StatusResponse, error) {
+				return api.Rotate(ctx, &cav1.RotateRequest{Step: step, Force: force})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			st, err := api.Rotate(cmd.Context(), &cav1.RotateRequest{Step: step, Force: force})
-			if err != nil {
-				return caadmin.RPCError("rotate "+step, err)
 			}
 			for _, w := range st.GetWarnings() {
 				fmt.Fprintf(a.Stderr, "warning: %s\n", w)

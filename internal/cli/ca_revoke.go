@@ -96,14 +96,11 @@ func (a *App) caRevoke(ctx context.Context, o caRevokeOptions) error {
 		}
 		req.Target = &cav1.RevokeRequest_JoinToken{JoinToken: tok}
 	}
-	api, done, err := caadmin.Dial(o.socket)
+	resp, err := caadmin.Call(ctx, o.socket, "revoke", func(ctx context.Context, api cav1.AdminClient) (*cav1.RevokeResponse, error) {
+		return api.Revoke(ctx, req)
+	})
 	if err != nil {
 		return err
-	}
-	defer done()
-	resp, err := api.Revoke(ctx, req)
-	if err != nil {
-		return caadmin.RPCError("revoke", err)
 	}
 	for _, r := range resp.GetRevocations() {
 		fmt.Fprintln(a.Stdout, describeRevocation(r))
@@ -126,14 +123,11 @@ SVIDs issued before the revocation stay refused.
 		Example: `  tether ca unrevoke --spiffe-id spiffe://cluster.local/ns/shop/sa/api`,
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			api, done, err := caadmin.Dial(socket)
+			resp, err := caadmin.Call(cmd.Context(), socket, "unrevoke", func(ctx context.Context, api cav1.AdminClient) (*cav1.RevokeResponse, error) {
+				return api.Unrevoke(ctx, &cav1.UnrevokeRequest{SpiffeId: id})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := api.Unrevoke(cmd.Context(), &cav1.UnrevokeRequest{SpiffeId: id})
-			if err != nil {
-				return caadmin.RPCError("unrevoke", err)
 			}
 			for _, r := range resp.GetRevocations() {
 				fmt.Fprintf(a.Stdout, "%s may be attested again; its SVIDs issued before %s stay refused (entry dropped after %s)\n",
@@ -174,14 +168,11 @@ never stored), its SPIFFE ID, expiry and whether it is reusable.
   tether ca token list -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			api, done, err := caadmin.Dial(socket)
+			resp, err := caadmin.Call(cmd.Context(), socket, "list join tokens", func(ctx context.Context, api cav1.AdminClient) (*cav1.ListJoinTokensResponse, error) {
+				return api.ListJoinTokens(ctx, &cav1.ListJoinTokensRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			resp, err := api.ListJoinTokens(cmd.Context(), &cav1.ListJoinTokensRequest{})
-			if err != nil {
-				return caadmin.RPCError("list join tokens", err)
 			}
 			tokens := []joinTokenInfo{}
 			for _, t := range resp.GetTokens() {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"slices"
@@ -91,14 +92,11 @@ Exit status 0 when it could read the counts, whether or not a gate waits.
   tether ca rotate status -o json | jq '.activate.laggards[].spiffe_id'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			api, done, err := caadmin.Dial(socket)
+			st, err := caadmin.Call(cmd.Context(), socket, "rotation status", func(ctx context.Context, api cav1.AdminClient) (*cav1.RotationStatusResponse, error) {
+				return api.RotationStatus(ctx, &cav1.RotationStatusRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			st, err := api.RotationStatus(cmd.Context(), &cav1.RotationStatusRequest{})
-			if err != nil {
-				return caadmin.RPCError("rotation status", err)
 			}
 			data := rotationStatusFrom(st)
 			return out.Print(a.Stdout, data, func(w io.Writer) error {

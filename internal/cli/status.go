@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-mesh/tether/internal/humanize"
+
 	"github.com/spf13/cobra"
 )
 
@@ -513,9 +515,9 @@ func when(t, now time.Time) string {
 		return "-"
 	}
 	d := t.Sub(now)
-	rel := "in " + roughly(d)
+	rel := "in " + humanize.Duration(d)
 	if d < 0 {
-		rel = roughly(-d) + " ago"
+		rel = humanize.Duration(-d) + " ago"
 	}
 	return t.UTC().Format(time.RFC3339) + " (" + rel + ")"
 }
@@ -525,22 +527,7 @@ func ago(t, now time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return roughly(now.Sub(t)) + " ago"
-}
-
-// roughly rounds d for people: 45s, 12m, 5h, 30d.
-func roughly(d time.Duration) string {
-	d = max(d, 0)
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	default:
-		return fmt.Sprintf("%dd", int(d.Hours()/24))
-	}
+	return humanize.Duration(now.Sub(t)) + " ago"
 }
 
 // idPath drops spiffe:// and the trust domain from an ID, for tables.
