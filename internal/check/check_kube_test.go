@@ -17,12 +17,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/tether-mesh/tether/internal/install"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -31,7 +34,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/internal/check"
@@ -221,17 +223,24 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// createWebhook creates the webhook configuration of manifests/base, with
-// caBundle, or changes it with edit.
+// createWebhook creates the webhook configuration `tether install`
+// renders, with caBundle, or changes it with edit.
 func createWebhook(t *testing.T, env *kubetest.Env, edit func(*admissionregistrationv1.MutatingWebhookConfiguration)) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot(t), "manifests/base/webhook.yaml"))
+	objs, err := install.Render(install.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
-		t.Fatal(err)
+	for _, o := range objs {
+		if o.GetKind() == "MutatingWebhookConfiguration" {
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, &mwc, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if mwc.Name == "" {
+		t.Fatal("tether install renders no MutatingWebhookConfiguration")
 	}
 	if edit != nil {
 		edit(&mwc)

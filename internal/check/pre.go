@@ -23,7 +23,7 @@ const (
 	catData     = "Data plane"
 )
 
-// Names of the objects Tether installs (manifests/base).
+// Names of the objects Tether installs (charts/tether).
 const (
 	webhookName   = "tether-injector"
 	bundleMap     = inject.BundleConfig
@@ -95,7 +95,7 @@ func (a access) String() string {
 	return a.verb + " " + res
 }
 
-// installAccess is what applying manifests/base creates (kubectl apply
+// installAccess is what applying tether install's objects creates (kubectl apply
 // --server-side also gets and patches them).
 func installAccess(ns string) []access {
 	out := []access{
