@@ -53,7 +53,7 @@ import (
 // Defaults of ConnLimits. DefaultMaxConns is sized from bench/ca: a held
 // idle connection (half of them TLS-handshaken) costs about 46 KiB, so a
 // full table of 2048 keeps tether-ca near 110 MiB, well under the 256Mi
-// limit of manifests/base/ca.yaml.
+// limit of the chart's tether-ca (charts/tether/templates/ca.yaml).
 const (
 	DefaultMaxConns                 = 2048
 	DefaultMaxConnsPerSource        = 256
