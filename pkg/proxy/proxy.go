@@ -94,7 +94,7 @@ type Config struct {
 	// it must be cheap, must not block, and must not keep e.
 	Observe func(e *Entry)
 	Metrics *Metrics
-	Logger                   *slog.Logger
+	Logger  *slog.Logger
 
 	// Denials, if set, keeps the most recent policy denials (the ones the
 	// denial metric counts).
