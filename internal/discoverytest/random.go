@@ -210,3 +210,40 @@ func RandomPods(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
 	}
 	return st
 }
+
+// RandomModes puts about half of st's policies, and of its namespaces'
+// defaults, in audit mode (copying what it changes).
+func RandomModes(r *rand.Rand, st *discovery.State) {
+	st.Policies = slices.Clone(st.Policies)
+	for i := range st.Policies {
+		if r.IntN(2) == 0 {
+			st.Policies[i].Spec.Mode = policy.Audit
+		}
+	}
+	st.Namespaces = slices.Clone(st.Namespaces)
+	for i := range st.Namespaces {
+		st.Namespaces[i].DefaultPolicyMode = []string{"", "enforce", "audit", "audit"}[r.IntN(4)]
+	}
+}
+
+// FlipMode switches the mode of one random policy or namespace default,
+// Audit to Enforce or back (copying what it changes).
+func FlipMode(r *rand.Rand, st *discovery.State) {
+	if len(st.Policies) > 0 && r.IntN(2) == 0 {
+		st.Policies = slices.Clone(st.Policies)
+		p := &st.Policies[r.IntN(len(st.Policies))]
+		if p.Spec.Mode.Audited() {
+			p.Spec.Mode = policy.Enforce
+		} else {
+			p.Spec.Mode = policy.Audit
+		}
+		return
+	}
+	st.Namespaces = slices.Clone(st.Namespaces)
+	ns := &st.Namespaces[r.IntN(len(st.Namespaces))]
+	if ns.DefaultPolicyMode == "audit" {
+		ns.DefaultPolicyMode = "enforce"
+	} else {
+		ns.DefaultPolicyMode = "audit"
+	}
+}

@@ -10,11 +10,11 @@ import (
 )
 
 // Snapshot is the snapshot of a registry in trust domain td, with mesh
-// default def, that has taken st; it fails t if the registry refuses
-// either.
-func Snapshot(t testing.TB, td spiffeid.TrustDomain, def policy.Default, st discovery.State) *discovery.Snapshot {
+// default def (and opts), that has taken st; it fails t if the registry
+// refuses either.
+func Snapshot(t testing.TB, td spiffeid.TrustDomain, def policy.Default, st discovery.State, opts ...discovery.RegistryOption) *discovery.Snapshot {
 	t.Helper()
-	reg, err := discovery.NewRegistry(td, def)
+	reg, err := discovery.NewRegistry(td, def, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,20 @@ func (s *Sidecar) authorize(src spiffeid.ID, port uint16) error {
 	return nil
 }
 
+// authorizeAudit is authorize for a new stream: it also returns the
+// would-be rule when a policy or default in audit mode would deny it.
+func (s *Sidecar) authorizeAudit(src spiffeid.ID, port uint16) (string, error) {
+	v := s.view.Load()
+	if v == nil {
+		return "", &proxy.DeniedError{Rule: ruleNoView}
+	}
+	d := v.Authorize(src, port)
+	if !d.Allowed {
+		return "", &proxy.DeniedError{Rule: d.Rule}
+	}
+	return d.AuditRule, nil
+}
+
 // podAddrs returns the addresses of this sidecar's pod, whose inbound
 // decisions discovery's chains are matched against (see
 // xdsclient.NewViewForPod): podIP (the value of PodIPEnv) if it is an IP
@@ -120,7 +134,7 @@ func (s *Sidecar) outboundRoute(v *xdsclient.View, key wire.ServiceKey, port uin
 		var addrs []netip.Addr
 		if svc, ok := v.Service(key); ok {
 			if p, ok := svc.Port(port); ok {
-				d.Rule = p.Rule
+				d.Rule, d.AuditRule = p.Rule, p.AuditRule
 			}
 			// A headless service has no ClusterIP: its endpoints are
 			// what the name table hides once it is out of reach.

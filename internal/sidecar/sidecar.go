@@ -324,9 +324,10 @@ func New(cfg Config) (*Sidecar, error) {
 	// Callers without identity (permissive mode) reach only ports no
 	// policy restricts: with the static allow-list, none.
 	authorize, unauthenticated := proxy.AllowAll, proxy.AllowUnauthenticated
+	var authorizeAudit proxy.AuditAuthorizer // with discovery: audit mode
 	switch {
 	case cfg.DiscoveryAddr != "":
-		authorize, unauthenticated = s.authorize, s.authorizeUnauthenticated
+		authorize, unauthenticated, authorizeAudit = s.authorize, s.authorizeUnauthenticated, s.authorizeAudit
 	case len(cfg.Allow) > 0:
 		authorize, unauthenticated = cfg.Allow.Authorizer(), proxy.DenyUnauthenticated
 	}
@@ -341,7 +342,7 @@ func New(cfg Config) (*Sidecar, error) {
 		reserved = []uint16{capture.DefaultOutboundPort, capture.DefaultInboundPort, capture.DefaultAdminPort, capture.DefaultDNSPort}
 	}
 	s.proxy, err = proxy.New(proxy.Config{
-		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, InboundMode: cfg.InboundMode,
+		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, AuthorizeAudit: authorizeAudit, InboundMode: cfg.InboundMode,
 		AuthorizeUnauthenticated: unauthenticated, ReservedPorts: reserved, EndStreamsAtSVIDExpiry: cfg.EndStreamsAtSVIDExpiry,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
 		AccessLog: accessLog, Observe: observe, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,

@@ -140,7 +140,9 @@ func (s *Snapshot) InboundChains(id spiffeid.ID) []InboundChain {
 // pod's chains, every decider of every chain for that port must allow
 // src; on a port no chain covers, the default of the pod's namespace (the
 // namespace of id, else the mesh default) decides. The decision is
-// audit-denied when a decider's is (see policy.Engine.Decide).
+// audit-denied when a decider's is (see policy.Engine.Decide); a port no
+// chain covers is never audited (the sidecar knows only the enforced
+// default).
 func (s *Snapshot) Inbound(src, id spiffeid.ID, addrs []netip.Addr, targetPort uint16) policy.Decision {
 	var allowed []string
 	var audit string // the first decider's would-be denial
@@ -166,8 +168,8 @@ func (s *Snapshot) Inbound(src, id spiffeid.ID, addrs []netip.Addr, targetPort u
 	ns, _ := wire.WorkloadNamespace(id)
 	d := s.engine.DecideDefault(src, ns)
 	d.Rule = fmt.Sprintf("no Service covers port %d: %s", targetPort, d.Rule)
-	if d.AuditDenied {
-		d.AuditRule = fmt.Sprintf("no Service covers port %d: %s", targetPort, d.AuditRule)
-	}
+	// The sidecar learns only the enforced default of such ports, not
+	// its mode: they are not audited.
+	d.AuditDenied, d.AuditRule = false, ""
 	return d
 }

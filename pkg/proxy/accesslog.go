@@ -9,7 +9,8 @@ import (
 )
 
 // AccessLog writes one JSON line per connection, for the audit trail.
-// Denials are always written; allowed connections at SampleRate (0..1).
+// Denials and audit denials are always written; allowed connections at
+// SampleRate (0..1).
 type AccessLog struct {
 	log        *slog.Logger
 	sampleRate float64
@@ -28,10 +29,12 @@ type Entry struct {
 	DestID    string
 	Source    string
 	Dest      string
-	// Decision is allow, deny or error.
+	// Decision is allow, deny, error, or audit-deny: allowed, while a
+	// policy or default in audit mode would deny.
 	Decision string
 	Reason   string
-	// Rule is the policy rule that decided, when one did.
+	// Rule is the policy rule that decided, when one did; for audit-deny,
+	// the would-be rule that would deny (Reason names the one that allowed).
 	Rule string
 	// Target is the mesh service port an outbound connection was for
 	// ("namespace/name:port") when the route named one, else its

@@ -48,6 +48,14 @@ func ruleOf(err error) string {
 // which rule decided. It must be safe for concurrent use.
 type Authorizer func(src spiffeid.ID, port uint16) error
 
+// AuditAuthorizer is an Authorizer that also reports audit mode: when it
+// allows (err nil) while a policy or default in audit mode would deny,
+// auditRule is that would-be rule, and the connection passes, logged with
+// decision "audit-deny" and counted in
+// tether_sidecar_authz_audit_denials_total. It must be safe for
+// concurrent use.
+type AuditAuthorizer func(src spiffeid.ID, port uint16) (auditRule string, err error)
+
 // AllowList is a static authorization table: SPIFFE ID → ports (empty
 // means every port). It is the policy until discovery provides one.
 type AllowList map[spiffeid.ID][]uint16

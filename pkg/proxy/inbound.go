@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -214,7 +215,8 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		e.Dest = app.String()
 		return deny("loop", err.Error())
 	}
-	if err := p.cfg.Authorize(t.peer, app.Port); err != nil {
+	auditRule, err := p.authorizeStream(t.peer, app.Port)
+	if err != nil {
 		e.Dest, e.Rule = app.String(), ruleOf(err)
 		p.cfg.Metrics.denials.WithLabelValues("inbound", t.peer.String(), e.Dest, e.Rule).Inc()
 		p.cfg.Denials.Add(Denial{Direction: "inbound", Source: t.peer.String(), Destination: e.Dest, Rule: e.Rule, Reason: err.Error()})
@@ -232,7 +234,12 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		up.Close()
 		return false
 	}
-	e.Decision = "allow"
+	decision := "allow"
+	if auditRule != "" {
+		decision = "audit-deny"
+		p.auditDenied(e, "inbound", e.Dest, "this sidecar's policy", auditRule)
+	}
+	e.Decision = decision
 	peer, appPort := t.peer, app.Port
 	ls := &liveStream{direction: "inbound", peer: peer, source: e.Source, dest: e.Dest,
 		check: func() error { return p.cfg.Authorize(peer, appPort) },
@@ -249,8 +256,17 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 		p.record(e, "inbound", r, d)
 		return false
 	}
-	p.record(e, "inbound", result, "allow")
+	p.record(e, "inbound", result, decision)
 	return reusable
+}
+
+// authorizeStream decides a new inbound stream: with AuthorizeAudit if
+// set (auditRule non-empty: audit-denied), else Authorize.
+func (p *Proxy) authorizeStream(src spiffeid.ID, port uint16) (auditRule string, err error) {
+	if p.cfg.AuthorizeAudit != nil {
+		return p.cfg.AuthorizeAudit(src, port)
+	}
+	return "", p.cfg.Authorize(src, port)
 }
 
 // unauthenticated stands for the caller's SPIFFE ID in the denial metric

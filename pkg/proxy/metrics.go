@@ -9,6 +9,7 @@ type Metrics struct {
 	bytes      *prometheus.CounterVec
 	handshake  *prometheus.HistogramVec
 	denials    *prometheus.CounterVec
+	audits     *prometheus.CounterVec
 	overLimits *prometheus.CounterVec
 	streams    *prometheus.CounterVec
 	revoked    *prometheus.CounterVec
@@ -41,6 +42,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_sidecar_authz_denials_total",
 			Help: "Connections refused by this sidecar's policy, by direction (inbound: the caller was refused; outbound: the app's call was), source SPIFFE ID, destination and the rule that decided (reason).",
 		}, []string{"direction", "source_id", "destination", "reason"}),
+		audits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_authz_audit_denials_total",
+			Help: "Connections a policy or default in audit mode would have refused, let through (access log decision audit-deny), by direction (outbound: this workload's call; inbound: a call to it), destination (outbound: the service port; inbound: the app's address) and the would-be rule. The caller's SPIFFE ID is in the access log, not a label: audit mode lets many callers through.",
+		}, []string{"direction", "destination", "rule"}),
 		overLimits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_sidecar_connection_limit_rejections_total",
 			Help: "Connections closed at accept because the concurrent connection limit was reached.",
@@ -63,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.overLimits, m.streams, m.revoked, m.unauth, m.unauthRejected)
+		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.audits, m.overLimits, m.streams, m.revoked, m.unauth, m.unauthRejected)
 	}
 	return m
 }

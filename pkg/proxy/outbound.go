@@ -32,6 +32,10 @@ type Destination struct {
 	// Rule is the policy rule that allowed the call, for the access log;
 	// optional.
 	Rule string
+	// AuditRule, when set, is the rule of a policy or default in audit
+	// mode that would deny the call: it passes, logged with decision
+	// audit-deny and this rule, and counted.
+	AuditRule string
 	// Recheck, if set, decides the call again after a policy change
 	// (Proxy.Revalidate): nil to keep an open stream, or an error wrapping
 	// ErrDenied (a *DeniedError names the rule) to close it.
@@ -169,7 +173,12 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 			p.refuse(c, "outbound", "denied", e)
 			return
 		}
-		e.Decision = "allow"
+		decision := "allow"
+		if d.AuditRule != "" {
+			decision = "audit-deny"
+			p.auditDenied(e, "outbound", d.Name, d.Rule, d.AuditRule)
+		}
+		e.Decision = decision
 		var aborted, reusable bool
 		p.using(t, true)
 		tun := t
@@ -193,9 +202,18 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		} else {
 			t.conn.Close()
 		}
-		p.record(e, "outbound", result, "allow")
+		p.record(e, "outbound", result, decision)
 		return
 	}
+}
+
+// auditDenied counts an audit denial of a stream that passes and fills its
+// access log entry: the would-be rule, and in the reason the rule that
+// allowed it.
+func (p *Proxy) auditDenied(e *Entry, direction, dest, allowedBy, auditRule string) {
+	p.cfg.Metrics.audits.WithLabelValues(direction, dest, auditRule).Inc()
+	e.Rule = auditRule
+	e.Reason = "audit mode: allowed to " + dest + " by " + allowedBy + "; the rule would deny it"
 }
 
 // dialTunnel connects and handshakes with a peer sidecar, checking that

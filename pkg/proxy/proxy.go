@@ -43,6 +43,11 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Authorize decides inbound connections (nil: AllowAll).
 	Authorize Authorizer
+	// AuthorizeAudit, when set, decides inbound streams at their start in
+	// place of Authorize, and also says when the stream is audit-denied
+	// (see AuditAuthorizer). Authorize still re-decides open streams
+	// (Revalidate): audit mode never closes one.
+	AuthorizeAudit AuditAuthorizer
 	// AuthorizeUnauthenticated decides whether a caller with no identity
 	// (plaintext or TLS without tether/1, permissive mode) may reach the
 	// app's port: nil to allow, or an error wrapping ErrDenied. Default:

@@ -199,13 +199,19 @@ func (x *ServiceName) GetPorts() []*ServicePort {
 
 // ServicePort is one port of a service with the caller's outbound decision.
 type ServicePort struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                // may be empty
-	Protocol      string                 `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`                        // "tcp"
-	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`                               // the service port
-	TargetPort    uint32                 `protobuf:"varint,4,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"` // the port the endpoints listen on
-	Allowed       bool                   `protobuf:"varint,5,opt,name=allowed,proto3" json:"allowed,omitempty"`                         // whether policy lets the caller reach this port
-	Rule          string                 `protobuf:"bytes,6,opt,name=rule,proto3" json:"rule,omitempty"`                                // the rule that decided, e.g. "AccessPolicy shop/web-ingress" or "default allow-mesh"
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                // may be empty
+	Protocol   string                 `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`                        // "tcp"
+	Port       uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`                               // the service port
+	TargetPort uint32                 `protobuf:"varint,4,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"` // the port the endpoints listen on
+	Allowed    bool                   `protobuf:"varint,5,opt,name=allowed,proto3" json:"allowed,omitempty"`                         // whether policy lets the caller reach this port
+	Rule       string                 `protobuf:"bytes,6,opt,name=rule,proto3" json:"rule,omitempty"`                                // the rule that decided, e.g. "AccessPolicy shop/web-ingress" or "default allow-mesh"
+	// audit_denied: allowed, but the would-be decision (every policy and
+	// default in audit mode enforcing) denies: the caller's sidecar lets the
+	// connection through and logs and counts it as "audit-deny". Only with
+	// allowed. Older sidecars ignore it and enforce allowed.
+	AuditDenied   bool   `protobuf:"varint,7,opt,name=audit_denied,json=auditDenied,proto3" json:"audit_denied,omitempty"`
+	AuditRule     string `protobuf:"bytes,8,opt,name=audit_rule,json=auditRule,proto3" json:"audit_rule,omitempty"` // the would-be rule that denies, set exactly when audit_denied
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,6 +288,20 @@ func (x *ServicePort) GetRule() string {
 	return ""
 }
 
+func (x *ServicePort) GetAuditDenied() bool {
+	if x != nil {
+		return x.AuditDenied
+	}
+	return false
+}
+
+func (x *ServicePort) GetAuditRule() string {
+	if x != nil {
+		return x.AuditRule
+	}
+	return ""
+}
+
 var File_discovery_v1_names_proto protoreflect.FileDescriptor
 
 const file_discovery_v1_names_proto_rawDesc = "" +
@@ -297,7 +317,7 @@ const file_discovery_v1_names_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04fqdn\x18\x03 \x01(\tR\x04fqdn\x12\x1c\n" +
 	"\taddresses\x18\x04 \x03(\tR\taddresses\x126\n" +
-	"\x05ports\x18\x05 \x03(\v2 .tether.discovery.v1.ServicePortR\x05ports\"\xa0\x01\n" +
+	"\x05ports\x18\x05 \x03(\v2 .tether.discovery.v1.ServicePortR\x05ports\"\xe2\x01\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
@@ -305,7 +325,10 @@ const file_discovery_v1_names_proto_rawDesc = "" +
 	"\vtarget_port\x18\x04 \x01(\rR\n" +
 	"targetPort\x12\x18\n" +
 	"\aallowed\x18\x05 \x01(\bR\aallowed\x12\x12\n" +
-	"\x04rule\x18\x06 \x01(\tR\x04ruleB<Z:github.com/tether-mesh/tether/api/discovery/v1;discoveryv1b\x06proto3"
+	"\x04rule\x18\x06 \x01(\tR\x04rule\x12!\n" +
+	"\faudit_denied\x18\a \x01(\bR\vauditDenied\x12\x1d\n" +
+	"\n" +
+	"audit_rule\x18\b \x01(\tR\tauditRuleB<Z:github.com/tether-mesh/tether/api/discovery/v1;discoveryv1b\x06proto3"
 
 var (
 	file_discovery_v1_names_proto_rawDescOnce sync.Once

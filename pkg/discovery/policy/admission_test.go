@@ -147,7 +147,9 @@ func TestAdmissionIsDecideWithModes(t *testing.T) {
 					for _, s := range idShapes {
 						src := spiffeid.RequireFromString(s)
 						got, want, wb := e.Decide(src, dst[0], dst[1], port), enforced.Decide(src, dst[0], dst[1], port), wouldBe.Decide(src, dst[0], dst[1], port)
-						where := func() string { return def.String() + " case " + string(rune('0'+ci)) + " " + dst[0] + "/" + dst[1] + " " + s }
+						where := func() string {
+							return def.String() + " case " + string(rune('0'+ci)) + " " + dst[0] + "/" + dst[1] + " " + s
+						}
 						if got.Allowed != want.Allowed {
 							t.Errorf("%s:%d: enforced %v (%s), reference %v (%s)", where(), port, got.Allowed, got.Rule, want.Allowed, want.Rule)
 						}

@@ -500,6 +500,22 @@ func (e *Engine) WouldBeAdmitted(dstNamespace, dstService string, port uint16) A
 	return e.Admitted(dstNamespace, dstService, port)
 }
 
+// WouldBeDenial is the rule of the would-be decision for the callers it
+// denies on port of dstService in dstNamespace, worded without the
+// caller: discovery names the inbound RBAC shadow policy with it.
+func (e *Engine) WouldBeDenial(dstNamespace, dstService string, port uint16) string {
+	if e.audit != nil {
+		e = e.audit
+	}
+	if ps, ok := e.byService[serviceKey{dstNamespace, dstService}]; ok {
+		return fmt.Sprintf("no AccessPolicy allows the caller to %s/%s:%d%s", dstNamespace, dstService, port, auditNote(ps))
+	}
+	if _, ok := e.nsDefaults[dstNamespace]; ok {
+		return e.nsRules[dstNamespace]
+	}
+	return e.meshRule
+}
+
 // Equal reports whether a and b admit the same IDs (they are in the
 // canonical form Admitted returns).
 func (a Admission) Equal(b Admission) bool {

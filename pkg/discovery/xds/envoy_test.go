@@ -11,7 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
+	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
@@ -184,12 +185,20 @@ func checkEnvoySemantics(res map[resource.Type][]types.Resource) error {
 
 // Issue 11 item 14: every resource discovery sends passes ValidateAll (in
 // depth, typed configs included) and fits together as a stock Envoy
-// needs, for every identity of random meshes.
+// needs, for every identity of random meshes; half of them with policies
+// and defaults in audit mode, whose RBAC shadow_rules are checked too.
 func TestResourcesAreWhatEnvoyWouldRun(t *testing.T) {
+	shadows := 0
 	for seed := range uint64(20) {
 		r := rand.New(rand.NewPCG(seed, 14))
 		def := []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3]
-		snap := discoverytest.Snapshot(t, testutil.TrustDomain, def, discoverytest.RandomState(r, testutil.TrustDomain))
+		st := discoverytest.RandomState(r, testutil.TrustDomain)
+		var opts []discovery.RegistryOption
+		if seed%2 == 1 { // audit modes: RBAC shadow_rules
+			discoverytest.RandomModes(r, &st)
+			opts = append(opts, discovery.WithMeshDefaultMode([]policy.Mode{policy.Enforce, policy.Audit}[seed/2%2]))
+		}
+		snap := discoverytest.Snapshot(t, testutil.TrustDomain, def, st, opts...)
 		ids := append(snap.Sources(), spiffeid.RequireFromPath(testutil.TrustDomain, "/ns/nobody/sa/nobody"))
 		for _, id := range ids {
 			res, err := xds.BuildResources(snap, id, "")
@@ -206,6 +215,30 @@ func TestResourcesAreWhatEnvoyWouldRun(t *testing.T) {
 			if err := checkEnvoySemantics(res); err != nil {
 				t.Fatalf("seed %d %s: %v", seed, id, err)
 			}
+			shadows += shadowRules(t, res)
 		}
 	}
+	if shadows == 0 {
+		t.Fatal("no RBAC filter has shadow rules: the audit-mode meshes do not exercise them")
+	}
+	t.Logf("%d RBAC filters with shadow rules validated", shadows)
+}
+
+// shadowRules counts the RBAC filters of res's listeners with shadow rules.
+func shadowRules(t *testing.T, res map[resource.Type][]types.Resource) int {
+	n := 0
+	for _, r := range res[resource.ListenerType] {
+		for _, fc := range r.(*listenerv3.Listener).GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				var rb rbacfilterv3.RBAC
+				if f.GetName() == wellknown.RoleBasedAccessControl && f.GetTypedConfig().UnmarshalTo(&rb) == nil && rb.GetShadowRules() != nil {
+					if len(rb.GetShadowRules().GetPolicies()) != 1 {
+						t.Fatalf("shadow rules with %d policies, want one named by the would-be rule", len(rb.GetShadowRules().GetPolicies()))
+					}
+					n++
+				}
+			}
+		}
+	}
+	return n
 }

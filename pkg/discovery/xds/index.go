@@ -363,10 +363,7 @@ func (x *index) decide(id spiffeid.ID, i int) uint32 {
 	}
 	sn := &discoveryv1.ServiceName{Namespace: svc.Key.Namespace, Name: svc.Key.Name, Fqdn: e.fqdn}
 	for k, p := range svc.Ports {
-		sn.Ports = append(sn.Ports, &discoveryv1.ServicePort{
-			Name: p.Name, Protocol: "tcp", Port: uint32(p.Port), TargetPort: uint32(p.TargetPort),
-			Allowed: ds[k].Allowed, Rule: ds[k].Rule,
-		})
+		sn.Ports = append(sn.Ports, servicePort(p, ds[k]))
 	}
 	for _, a := range svc.ClusterIPs {
 		sn.Addresses = append(sn.Addresses, a.String())

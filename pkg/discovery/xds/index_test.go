@@ -49,11 +49,20 @@ func testIncrementalViews(t *testing.T) {
 	}
 	for seed := range uint64(20) {
 		r := rand.New(rand.NewPCG(seed, 1))
-		reg, err := discovery.NewRegistry(testTD, []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3])
+		// Odd seeds run with audit modes, which switch at random steps;
+		// seeds 3, 7, ... with the mesh default in audit mode too.
+		var opts []discovery.RegistryOption
+		if seed%4 == 3 {
+			opts = append(opts, discovery.WithMeshDefaultMode(policy.Audit))
+		}
+		reg, err := discovery.NewRegistry(testTD, []policy.Default{policy.AllowMesh, policy.SameNamespace, policy.Deny}[seed%3], opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := discoverytest.RandomState(r, testTD)
+		if seed%2 == 1 {
+			discoverytest.RandomModes(r, &st)
+		}
 		if err := reg.Update(st); err != nil {
 			t.Fatal(err)
 		}
@@ -68,6 +77,9 @@ func testIncrementalViews(t *testing.T) {
 		}
 		for step := range 30 {
 			discoverytest.Mutate(r, testTD, &st)
+			if seed%2 == 1 && r.IntN(2) == 0 {
+				discoverytest.FlipMode(r, &st)
+			}
 			if err := reg.Update(st); err != nil {
 				t.Fatalf("seed %d step %d: %v", seed, step, err)
 			}

@@ -16,6 +16,7 @@ import (
 
 	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
@@ -81,6 +82,14 @@ func hiddenEntry(id []byte, addrs []string) *corev3.TypedExtensionConfig {
 	return nameTEC(wire.NameHiddenPrefix+hex.EncodeToString(id), &discoveryv1.NameTable{UnreachableAddresses: addrs})
 }
 
+// servicePort is the name-table port of p with the caller's decision d.
+func servicePort(p discovery.Port, d policy.Decision) *discoveryv1.ServicePort {
+	return &discoveryv1.ServicePort{
+		Name: p.Name, Protocol: "tcp", Port: uint32(p.Port), TargetPort: uint32(p.TargetPort),
+		Allowed: d.Allowed, Rule: d.Rule, AuditDenied: d.AuditDenied, AuditRule: d.AuditRule,
+	}
+}
+
 // buildNameTable returns id's name table entries, sorted by name: the
 // globals (the cluster domain and the default for ports no service
 // covers), every service it may reach on some port with its addresses and
@@ -100,10 +109,7 @@ func buildNameTable(snap *discovery.Snapshot, id spiffeid.ID, clusterDomain stri
 		for _, p := range svc.Ports {
 			d := eng.Decide(id, svc.Key.Namespace, svc.Key.Name, p.Port)
 			reach = reach || d.Allowed
-			sn.Ports = append(sn.Ports, &discoveryv1.ServicePort{
-				Name: p.Name, Protocol: "tcp", Port: uint32(p.Port), TargetPort: uint32(p.TargetPort),
-				Allowed: d.Allowed, Rule: d.Rule,
-			})
+			sn.Ports = append(sn.Ports, servicePort(p, d))
 		}
 		if !reach {
 			out = append(out, hiddenEntry(HiddenID(svc.Key), hiddenAddrs(&svc)))

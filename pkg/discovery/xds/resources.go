@@ -210,10 +210,17 @@ func buildInbound(chains []discovery.InboundChain, rbac func(discovery.ServicePo
 
 // rbacFilter is the RBAC network filter config of one decider: an ALLOW
 // policy with the principals the policy engine admits to that service
-// port (see policy.Engine.Admitted); none lets nobody in.
+// port (see policy.Engine.Admitted); none lets nobody in. When the
+// would-be admission (policies and defaults in audit mode enforcing)
+// differs, shadow_rules carry it: one ALLOW policy named by the would-be
+// rule that denies (policy.Engine.WouldBeDenial). A caller the rules admit
+// and the shadow rules do not is audit-denied; sidecars that do not know
+// shadow rules ignore them and enforce the rules.
 func rbacFilter(eng *policy.Engine, sp discovery.ServicePort) (*anypb.Any, error) {
+	ns, svc, port := sp.Service.Namespace, sp.Service.Name, sp.Port
+	enforced := eng.Admitted(ns, svc, port)
 	rules := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}
-	if ps := admissionPrincipals(eng.Admitted(sp.Service.Namespace, sp.Service.Name, sp.Port)); len(ps) > 0 {
+	if ps := admissionPrincipals(enforced); len(ps) > 0 {
 		rules.Policies = map[string]*rbacv3.Policy{
 			"allowed": {
 				Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
@@ -221,8 +228,27 @@ func rbacFilter(eng *policy.Engine, sp discovery.ServicePort) (*anypb.Any, error
 			},
 		}
 	}
-	stat := fmt.Sprintf("inbound_%s_%s_%d", sp.Service.Namespace, sp.Service.Name, sp.Port)
-	return anypb.New(&rbacfilterv3.RBAC{StatPrefix: stat, Rules: rules})
+	cfg := &rbacfilterv3.RBAC{StatPrefix: fmt.Sprintf("inbound_%s_%s_%d", ns, svc, port), Rules: rules}
+	if wouldBe := eng.WouldBeAdmitted(ns, svc, port); !wouldBe.Equal(enforced) {
+		ps := admissionPrincipals(wouldBe)
+		if len(ps) == 0 {
+			ps = []*rbacv3.Principal{nobody()}
+		}
+		cfg.ShadowRules = &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: map[string]*rbacv3.Policy{
+			eng.WouldBeDenial(ns, svc, port): {
+				Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
+				Principals:  ps,
+			},
+		}}
+		cfg.ShadowRulesStatPrefix = "audit_"
+	}
+	return anypb.New(cfg)
+}
+
+// nobody is the principal that matches no one (an RBAC policy needs at
+// least one): not any.
+func nobody() *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}}}
 }
 
 func principal(m *matcherv3.StringMatcher) *rbacv3.Principal {

@@ -10,6 +10,7 @@ import (
 	"github.com/tether-mesh/tether/internal/discoverytest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/discovery/xdsclient"
 )
@@ -33,16 +34,23 @@ func callers(snap *discovery.Snapshot) []spiffeid.ID {
 // address, and one the mesh does not list) and every port (covered by a
 // service or not), the sidecar's decision, parsed from what discovery
 // sends through a View, is the decision of discovery.Snapshot.Inbound
-// (what `tether policy check` answers); and the invariant holds: a caller
+// (what `tether policy check` answers), audit denials included (half the
+// meshes have policies and defaults in audit mode); and the invariant holds: a caller
 // an AccessPolicy does not admit to a service port reaches none of the
 // service's pods on its target port.
 func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 	ports := []uint16{8080, 8081, 9090, 7777}
-	checked, denied := 0, 0
+	checked, denied, audited := 0, 0, 0
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 2))
 		def := []wire.Default{wire.AllowMesh, wire.SameNamespace, wire.Deny}[seed%3]
-		snap := discoverytest.Snapshot(t, testutil.TrustDomain, def, discoverytest.RandomPods(r, testutil.TrustDomain))
+		st := discoverytest.RandomPods(r, testutil.TrustDomain)
+		var opts []discovery.RegistryOption
+		if seed%2 == 1 { // audit modes: shadow rules, audit denials
+			discoverytest.RandomModes(r, &st)
+			opts = append(opts, discovery.WithMeshDefaultMode([]policy.Mode{policy.Enforce, policy.Audit}[seed/2%2]))
+		}
+		snap := discoverytest.Snapshot(t, testutil.TrustDomain, def, st, opts...)
 		eng := snap.Engine()
 		cs := callers(snap)
 		// Every pod of every identity: its address, and an address
@@ -76,6 +84,13 @@ func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 							t.Fatalf("seed %d: %s -> pod %s (%s) port %d: sidecar allowed %v (%s); policy check %v (%s)",
 								seed, src, addr, id, port, got.Allowed, got.Rule, want.Allowed, want.Rule)
 						}
+						if got.AuditDenied != want.AuditDenied || (got.AuditRule == "") == got.AuditDenied {
+							t.Fatalf("seed %d: %s -> pod %s (%s) port %d: sidecar audit-denied %v (%q); policy check %v (%q)",
+								seed, src, addr, id, port, got.AuditDenied, got.AuditRule, want.AuditDenied, want.AuditRule)
+						}
+						if got.AuditDenied {
+							audited++
+						}
 					}
 				}
 			}
@@ -107,8 +122,8 @@ func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 			}
 		}
 	}
-	if denied == 0 || denied == checked {
-		t.Fatalf("%d decisions, %d denied: the meshes do not exercise both outcomes", checked, denied)
+	if denied == 0 || denied == checked || audited == 0 {
+		t.Fatalf("%d decisions, %d denied, %d audit-denied: the meshes do not exercise every outcome", checked, denied, audited)
 	}
-	t.Logf("%d decisions checked, %d denied", checked, denied)
+	t.Logf("%d decisions checked, %d denied, %d audit-denied", checked, denied, audited)
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"unicode"
+	"unicode/utf8"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -95,11 +97,23 @@ type chain struct {
 	rbacs          []rbacRules
 }
 
-// rbacRules are the principals one RBAC filter allows.
+// rbacRules are the principals one RBAC filter allows and, when it has
+// shadow rules, those it would allow (audit mode) and the would-be rule
+// that denies the others.
 type rbacRules struct {
 	stat       string
 	principals []principal
+	shadow     *shadowRules
 }
+
+// shadowRules are an RBAC filter's shadow_rules: the would-be admission.
+type shadowRules struct {
+	rule       string // the would-be rule of the callers it does not admit
+	principals []principal
+}
+
+// MaxAuditRuleLen bounds the would-be rule text of a port or shadow policy.
+const MaxAuditRuleLen = 4096
 
 type principalKind uint8
 
@@ -151,6 +165,10 @@ type Port struct {
 	Port, TargetPort uint16
 	Allowed          bool   // may this workload reach it
 	Rule             string // the rule that decided
+	// AuditDenied: Allowed, but a policy or default in audit mode would
+	// deny (the connection passes, logged as audit-deny).
+	AuditDenied bool
+	AuditRule   string // the would-be rule, when AuditDenied
 }
 
 // Port returns the service port numbered p.
@@ -415,7 +433,8 @@ func (v *View) HiddenAddr(a netip.Addr) bool {
 // Outbound decides a connection from this workload to service key on
 // service port port. It returns a proxy.Destination (Name "ns/svc:port",
 // Addr one endpoint that serves the target port, chosen round-robin across
-// calls, Port that endpoint's port, IDs the serving identities), or an
+// calls, Port that endpoint's port, IDs the serving identities, Rule the
+// rule that allows, AuditRule the would-be rule of an audit denial), or an
 // error: wrapping proxy.ErrDenied with the rule when policy denies the
 // port or the whole service; ErrUnknownService when discovery does not
 // know it; ErrUnknownPort when the service has no such port;
@@ -443,10 +462,12 @@ func (v *View) Outbound(key wire.ServiceKey, port uint16) (proxy.Destination, er
 	n := e.next[i].Add(1) - 1
 	ep := eps[int(n%uint32(len(eps)))]
 	return proxy.Destination{
-		Name: key.String() + ":" + strconv.Itoa(int(port)),
-		Addr: ep.String(),
-		Port: ep.Port(),
-		IDs:  e.svc.IDs,
+		Name:      key.String() + ":" + strconv.Itoa(int(port)),
+		Addr:      ep.String(),
+		Port:      ep.Port(),
+		IDs:       e.svc.IDs,
+		Rule:      p.Rule,
+		AuditRule: p.AuditRule,
 	}, nil
 }
 
@@ -480,7 +501,9 @@ func podChains(all []*chain, addrs []netip.Addr) map[uint16][]*chain {
 // pod's local target port? The inbound Listener's filter chains for this
 // pod (see NewViewForPod) whose DestinationPort is port decide: src must
 // match a principal of every RBAC filter of every one of them (each
-// filter is one Service port that restricts the pod's port). For a port
+// filter is one Service port that restricts the pod's port). An allowed
+// src that a filter's shadow rules do not admit is AuditDenied, with
+// that filter's would-be rule. For a port
 // no chain covers, the name table's inbound default does (allow-mesh: any
 // ID of this workload's trust domain; same-namespace:
 // spiffe://<td>/ns/<this namespace>/sa/<sa>; deny).
@@ -495,6 +518,7 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) wire.Decision {
 	chains := v.chains[port]
 	if len(chains) > 0 {
 		var rules []string
+		var audit string // the first filter's would-be denial
 		for _, c := range chains {
 			for _, r := range c.rbacs {
 				k := slices.IndexFunc(r.principals, func(p principal) bool { return p.matches(s) })
@@ -502,13 +526,17 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) wire.Decision {
 					return wire.Decision{Rule: fmt.Sprintf("no principal of %s chain %s (%s) admits %s", c.listener, c.name, r.stat, src)}
 				}
 				rules = append(rules, fmt.Sprintf("%s principal %s", r.stat, r.principals[k]))
+				if audit == "" && r.shadow != nil && !slices.ContainsFunc(r.shadow.principals, func(p principal) bool { return p.matches(s) }) {
+					audit = fmt.Sprintf("%s (%s): %s", c.name, r.stat, r.shadow.rule)
+				}
 			}
 		}
 		names := make([]string, len(chains))
 		for i, c := range chains {
 			names[i] = c.name
 		}
-		return wire.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s: %s", chains[0].listener, strings.Join(names, ", "), strings.Join(rules, ", "))}
+		return wire.Decision{Allowed: true, Rule: fmt.Sprintf("listener %s chain %s: %s", chains[0].listener, strings.Join(names, ", "), strings.Join(rules, ", ")),
+			AuditDenied: audit != "", AuditRule: audit}
 	}
 	rule := fmt.Sprintf("inbound default %s (no Service covers port %d)", v.inboundDefault, port)
 	switch v.inboundDefault {
@@ -526,6 +554,19 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) wire.Decision {
 		return wire.Decision{Allowed: ok && theirs == mine && src.TrustDomain() == v.id.TrustDomain(), Rule: rule}
 	default:
 		return wire.Decision{Rule: rule}
+	}
+}
+
+// AuditAuthorizer returns Authorize as a proxy.AuditAuthorizer: the
+// would-be rule of an audit denial, or an error wrapping proxy.ErrDenied
+// with the rule.
+func (v *View) AuditAuthorizer() proxy.AuditAuthorizer {
+	return func(src spiffeid.ID, port uint16) (string, error) {
+		d := v.Authorize(src, port)
+		if !d.Allowed {
+			return "", fmt.Errorf("%w: %s", proxy.ErrDenied, d.Rule)
+		}
+		return d.AuditRule, nil
 	}
 }
 
@@ -654,12 +695,41 @@ func parseService(sn *discoveryv1.ServiceName, clusterDomain string) (Service, e
 			return Service{}, fmt.Errorf("name table: service %s: port %d is listed twice", key, p.GetPort())
 		}
 		ports[uint16(p.GetPort())] = true
+		if err := checkAudit(p); err != nil {
+			return Service{}, fmt.Errorf("name table: service %s: port %d: %w", key, p.GetPort(), err)
+		}
 		s.Ports = append(s.Ports, Port{
 			Name: p.GetName(), Port: uint16(p.GetPort()), TargetPort: uint16(p.GetTargetPort()),
-			Allowed: p.GetAllowed(), Rule: p.GetRule(),
+			Allowed: p.GetAllowed(), Rule: p.GetRule(), AuditDenied: p.GetAuditDenied(), AuditRule: p.GetAuditRule(),
 		})
 	}
 	return s, nil
+}
+
+// checkAudit checks a port's audit fields: audit_denied only with
+// allowed, and with a rule; a rule only with audit_denied.
+func checkAudit(p *discoveryv1.ServicePort) error {
+	switch {
+	case p.GetAuditDenied() && !p.GetAllowed():
+		return errors.New("audit_denied on a port that is not allowed (an audit denial is of an allowed connection)")
+	case p.GetAuditDenied() && p.GetAuditRule() == "":
+		return errors.New("audit_denied without audit_rule")
+	case !p.GetAuditDenied() && p.GetAuditRule() != "":
+		return errors.New("audit_rule without audit_denied")
+	}
+	return checkRuleText(p.GetAuditRule())
+}
+
+// checkRuleText refuses a would-be rule the access log could not print
+// as one line: too long, not UTF-8, or with control characters.
+func checkRuleText(rule string) error {
+	if len(rule) > MaxAuditRuleLen {
+		return fmt.Errorf("audit rule of %d bytes, at most %d", len(rule), MaxAuditRuleLen)
+	}
+	if !utf8.ValidString(rule) || strings.ContainsFunc(rule, unicode.IsControl) {
+		return fmt.Errorf("audit rule %q is not printable UTF-8", rule)
+	}
+	return nil
 }
 
 func parseClusterName(name string) (wire.ServiceKey, error) {
@@ -900,7 +970,11 @@ func parseChain(fc *listenerv3.FilterChain) (*chain, error) {
 		if err != nil {
 			return nil, fmt.Errorf("RBAC filter %d: %w", k, err)
 		}
-		c.rbacs = append(c.rbacs, rbacRules{stat: rb.GetStatPrefix(), principals: ps})
+		shadow, err := parseShadow(rb.GetShadowRules())
+		if err != nil {
+			return nil, fmt.Errorf("RBAC filter %d: shadow_rules: %w", k, err)
+		}
+		c.rbacs = append(c.rbacs, rbacRules{stat: rb.GetStatPrefix(), principals: ps, shadow: shadow})
 	}
 	var tp tcpproxyv3.TcpProxy
 	last := fs[len(fs)-1]
@@ -919,16 +993,56 @@ func parseChain(fc *listenerv3.FilterChain) (*chain, error) {
 // principals returns what an ALLOW RBAC filter lets in. Only what the
 // server sends is understood (any permission; authenticated principal
 // names matched exactly, by a trust domain prefix spiffe://<td>/, or by a
-// namespace regex of wire.NamespaceRegex); anything else is an error
-// rather than a guess.
+// namespace regex of wire.NamespaceRegex; shadow rules as parseShadow
+// reads them); anything else is an error rather than a guess.
 func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
-	if rb.GetShadowRules() != nil || rb.GetMatcher() != nil || rb.GetShadowMatcher() != nil {
-		return nil, errors.New("only rules are supported (no matcher or shadow rules)")
+	if rb.GetMatcher() != nil || rb.GetShadowMatcher() != nil {
+		return nil, errors.New("only rules and shadow rules are supported (no matcher or shadow matcher)")
 	}
 	rules := rb.GetRules()
 	if rules == nil {
 		return nil, errors.New("no rules")
 	}
+	return rulePrincipals(rules, false)
+}
+
+// parseShadow reads shadow_rules as discovery sends them (nil: none): an
+// ALLOW with exactly one policy, named by the would-be rule (printable,
+// at most MaxAuditRuleLen bytes), whose principals are those principals
+// accepts, or the one principal not_id any (nobody).
+func parseShadow(rules *rbacv3.RBAC) (*shadowRules, error) {
+	if rules == nil {
+		return nil, nil
+	}
+	if len(rules.GetPolicies()) != 1 {
+		return nil, fmt.Errorf("%d policies, want exactly one, named by the would-be rule", len(rules.GetPolicies()))
+	}
+	sh := &shadowRules{}
+	for name := range rules.GetPolicies() {
+		sh.rule = name
+	}
+	if sh.rule == "" {
+		return nil, errors.New("the policy has no name (the would-be rule)")
+	}
+	if err := checkRuleText(sh.rule); err != nil {
+		return nil, err
+	}
+	ps, err := rulePrincipals(rules, true)
+	if err != nil {
+		return nil, err
+	}
+	sh.principals = ps
+	return sh, nil
+}
+
+// isNobody reports whether pr is not_id any, which matches no one.
+func isNobody(pr *rbacv3.Principal) bool {
+	return pr.GetNotId() != nil && pr.GetNotId().GetAny()
+}
+
+// rulePrincipals returns the principals of an ALLOW RBAC; with
+// nobodyOK, a policy may also have the sole principal not_id any.
+func rulePrincipals(rules *rbacv3.RBAC, nobodyOK bool) ([]principal, error) {
 	if rules.GetAction() != rbacv3.RBAC_ALLOW {
 		return nil, fmt.Errorf("action %v, want ALLOW", rules.GetAction())
 	}
@@ -951,41 +1065,52 @@ func principals(rb *rbacfilterv3.RBAC) ([]principal, error) {
 				return nil, fmt.Errorf("policy %q: only the any permission is supported", n)
 			}
 		}
+		if nobodyOK && len(p.GetPrincipals()) == 1 && isNobody(p.GetPrincipals()[0]) {
+			continue
+		}
 		for k, pr := range p.GetPrincipals() {
-			a := pr.GetAuthenticated()
-			if a == nil || a.GetPrincipalName() == nil {
-				return nil, fmt.Errorf("policy %q: principal %d is not an authenticated principal name", n, k)
+			pp, err := parsePrincipal(pr)
+			if err != nil {
+				return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
 			}
-			m := a.GetPrincipalName()
-			if m.GetIgnoreCase() {
-				return nil, fmt.Errorf("policy %q: principal %d: ignore_case is not supported", n, k)
-			}
-			switch pat := m.GetMatchPattern().(type) {
-			case *matcherv3.StringMatcher_Exact:
-				if _, err := spiffeid.FromString(pat.Exact); err != nil {
-					return nil, fmt.Errorf("policy %q: principal %d: %q: %w", n, k, pat.Exact, err)
-				}
-				out = append(out, principal{value: pat.Exact})
-			case *matcherv3.StringMatcher_Prefix:
-				if err := checkTrustDomainPrefix(pat.Prefix); err != nil {
-					return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
-				}
-				out = append(out, principal{kind: principalPrefix, value: pat.Prefix})
-			case *matcherv3.StringMatcher_SafeRegex:
-				if pat.SafeRegex.GetEngineType() != nil {
-					return nil, fmt.Errorf("policy %q: principal %d: a regex engine other than the default is not supported", n, k)
-				}
-				p, err := wire.ParseNamespaceRegex(pat.SafeRegex.GetRegex())
-				if err != nil {
-					return nil, fmt.Errorf("policy %q: principal %d: %w", n, k, err)
-				}
-				out = append(out, principal{kind: principalNamespace, value: p})
-			default:
-				return nil, fmt.Errorf("policy %q: principal %d: want an exact, trust domain prefix or namespace regex match", n, k)
-			}
+			out = append(out, pp)
 		}
 	}
 	return out, nil
+}
+
+// parsePrincipal reads one authenticated principal name matcher.
+func parsePrincipal(pr *rbacv3.Principal) (principal, error) {
+	a := pr.GetAuthenticated()
+	if a == nil || a.GetPrincipalName() == nil {
+		return principal{}, errors.New("not an authenticated principal name")
+	}
+	m := a.GetPrincipalName()
+	if m.GetIgnoreCase() {
+		return principal{}, errors.New("ignore_case is not supported")
+	}
+	switch pat := m.GetMatchPattern().(type) {
+	case *matcherv3.StringMatcher_Exact:
+		if _, err := spiffeid.FromString(pat.Exact); err != nil {
+			return principal{}, fmt.Errorf("%q: %w", pat.Exact, err)
+		}
+		return principal{value: pat.Exact}, nil
+	case *matcherv3.StringMatcher_Prefix:
+		if err := checkTrustDomainPrefix(pat.Prefix); err != nil {
+			return principal{}, err
+		}
+		return principal{kind: principalPrefix, value: pat.Prefix}, nil
+	case *matcherv3.StringMatcher_SafeRegex:
+		if pat.SafeRegex.GetEngineType() != nil {
+			return principal{}, errors.New("a regex engine other than the default is not supported")
+		}
+		p, err := wire.ParseNamespaceRegex(pat.SafeRegex.GetRegex())
+		if err != nil {
+			return principal{}, err
+		}
+		return principal{kind: principalNamespace, value: p}, nil
+	}
+	return principal{}, errors.New("want an exact, trust domain prefix or namespace regex match")
 }
 
 // checkTrustDomainPrefix accepts "spiffe://<td>/", every ID of a trust
