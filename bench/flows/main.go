@@ -139,7 +139,7 @@ func heap() uint64 {
 }
 
 type result struct {
-	counted int64 // Stats().Bytes: what --flow-max-bytes counts
+	counted              int64 // Stats().Bytes: what --flow-max-bytes counts
 	edges                int
 	storeBytes, mapBytes uint64
 	addNsPerEdge         float64
