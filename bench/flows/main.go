@@ -262,7 +262,7 @@ func write(c config, rs []result) {
 		median(ratios), slices.Min(ratios), slices.Max(ratios), strings.Join(per, ", "))
 	fmt.Printf("| bytes per edge | %.0f | %.0f | | | |\n", median(store)/float64(edges), median(base)/float64(edges))
 	counted := float64(rs[0].counted)
-	fmt.Printf("\nCounted against --flow-max-bytes: %.1f MiB (%.0f per edge); heap ÷ counted = %.2f, so a full table of the default 32 MiB budget holds about %.0f MiB of heap.\n",
+	fmt.Printf("\nCounted against --flow-max-bytes: %.1f MiB (%.0f per edge); heap ÷ counted = %.2f, so a table filled to the default 32 MiB budget with such edges holds about %.0f MiB of heap.\n",
 		counted/(1<<20), counted/float64(edges), median(store)/counted, 32*median(store)/counted)
 	fmt.Println()
 	fmt.Printf("Store.Add: %.0f ns per edge (median). GET /debug/flows of the whole table: Table %.1f ms, JSON %.1f ms, %.1f MiB of JSON.\n",

@@ -90,7 +90,7 @@ func newFlowServer(store *flows.Store, reg *discovery.Registry, log *slog.Logger
 		}, func() float64 { return float64(store.Stats().Edges) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tether_discovery_flow_edge_bytes",
-			Help: "What the edges of the observed-traffic table count against --flow-max-bytes (256 per edge plus the length of its strings).",
+			Help: "What the edges of the observed-traffic table count against --flow-max-bytes (128 per edge plus the length of its strings).",
 		}, func() float64 { return float64(store.Stats().Bytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tether_discovery_flow_edges_dropped_total",

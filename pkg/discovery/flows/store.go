@@ -25,7 +25,7 @@ const (
 // the length of its strings: its map entry, value and interning handles,
 // rounded up (docs/BENCHMARKS.md, "Observed-traffic table", measures the
 // heap the count stands for).
-const EdgeOverhead = 256
+const EdgeOverhead = 128
 
 // StoreConfig bounds a Store.
 type StoreConfig struct {
