@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/internal/testutil"
+	"github.com/tether-mesh/tether/pkg/discovery/flows"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -36,7 +37,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 		TrustDomain: "cluster.local", Registry: RegistryFile, MeshFile: "mesh.yaml", MeshFileInterval: DefaultMeshFileInterval,
 		ClusterDomain: "cluster.local", ListenAddr: ":15010", AdminAddr: ":15014", MaxConcurrentSyncs: xds.DefaultMaxConcurrentSyncs,
 		MaxStreamsPerIdentity: xds.DefaultMaxStreamsPerIdentity,
-		CAAddr:                "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
+		FlowMaxEdges:          flows.DefaultMaxEdges, FlowMaxEdgesPerReporter: flows.DefaultMaxEdgesPerReporter,
+		FlowMaxBytes: flows.DefaultMaxBytes, FlowRetention: flows.DefaultRetention,
+		CAAddr: "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
 	}
 	c.Logger = nil
 	if c != want {
@@ -84,6 +87,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{"negative interval", []string{"--mesh-file-interval", "-1s"}, "--mesh-file-interval -1s must be positive"},
 		{"unparsable interval", []string{"--mesh-file-interval", "soon"}, `invalid value "soon" for flag -mesh-file-interval`},
 		{"empty listen", []string{"--listen", ""}, "--listen is required"},
+		{"negative flow edges", []string{"--flow-max-edges", "-1"}, "--flow-max-edges -1, --flow-max-edges-per-reporter 10000, --flow-max-bytes 33554432, --flow-retention 24h0m0s: none may be negative"},
+		{"negative flow retention", []string{"--flow-retention", "-1h"}, "--flow-retention -1h0m0s: none may be negative"},
 		{"negative max syncs", []string{"--max-concurrent-syncs", "-1"}, "--max-concurrent-syncs -1: want at least 1"},
 		{"unparsable max syncs", []string{"--max-concurrent-syncs", "many"}, `invalid value "many" for flag -max-concurrent-syncs`},
 		{"empty admin listen", []string{"--admin-listen", ""}, "--admin-listen is required"},
