@@ -27,6 +27,7 @@ import (
 type config struct {
 	services, sidecars, calls, rounds int
 	denyEvery                         int
+	worst, bounded                    bool
 }
 
 func main() {
@@ -34,9 +35,11 @@ func main() {
 	fs := flag.NewFlagSet("flowsbench", flag.ExitOnError)
 	fs.IntVar(&c.services, "services", 10000, "services (10 per namespace), each served by one of the sidecars")
 	fs.IntVar(&c.sidecars, "sidecars", 1000, "sidecar identities; each calls -calls services")
-	fs.IntVar(&c.calls, "calls", 50, "services each sidecar calls: edges = 2 × sidecars × calls (both sides), plus denials")
+	fs.IntVar(&c.calls, "calls", 45, "services each sidecar calls: edges = 2 × sidecars × calls (both sides), plus denials")
 	fs.IntVar(&c.denyEvery, "deny-every", 10, "every n-th call is also denied at the destination (a rule naming the caller, unique per edge)")
 	fs.IntVar(&c.rounds, "rounds", 5, "rounds; medians over them")
+	fs.BoolVar(&c.bounded, "bounded", false, "the Store with tether-discovery's default bounds (--flow-max-edges, --flow-max-bytes, --flow-max-edges-per-reporter) instead of none: what it keeps of the reports, and the heap that takes")
+	fs.BoolVar(&c.worst, "worst", false, "instead, the worst a reporter can send: destination-side edges whose source and rule are unique and as long as validation allows, -services × -calls of them")
 	fs.Parse(os.Args[1:])
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "flowsbench:", err)
@@ -64,6 +67,9 @@ func serviceName(i int) (ns, name string) {
 // by the sidecar that serves it: service i is served by sidecar i mod
 // sidecars).
 func reports(c config, now time.Time) []report {
+	if c.worst {
+		return worstReports(c, now)
+	}
 	byReporter := map[string]*report{}
 	add := func(reporter string, e flows.Edge) {
 		r := byReporter[reporter]
@@ -103,6 +109,27 @@ func reports(c config, now time.Time) []report {
 	return out
 }
 
+// worstReports are edges as costly as validation lets them be: each has
+// its own source and rule of the maximum length (a destination reporting
+// invented callers into a service it serves).
+func worstReports(c config, now time.Time) []report {
+	var out []report
+	for svc := range c.services {
+		ns, name := serviceName(svc)
+		r := report{reporter: sidecarID(svc % c.sidecars)}
+		for k := range c.calls {
+			src := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%d-%d-", ns, svc, k)
+			src += strings.Repeat("x", flows.MaxIDLength-len(src))
+			rule := fmt.Sprintf("%d-%d-", svc, k)
+			rule += strings.Repeat("r", flows.MaxRuleLength-len(rule))
+			r.edges = append(r.edges, flows.Edge{Key: flows.Key{Source: src, Namespace: ns, Service: name, Port: 8080, Decision: flows.Deny,
+				Rule: rule, Side: flows.Destination}, Connections: 1, FirstSeen: now, LastSeen: now})
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 // heap is the live heap after a GC.
 func heap() uint64 {
 	runtime.GC()
@@ -113,6 +140,8 @@ func heap() uint64 {
 }
 
 type result struct {
+	mapEdges             int
+	counted              int64 // Stats().Bytes: what --flow-max-bytes counts
 	edges                int
 	storeBytes, mapBytes uint64
 	addNsPerEdge         float64
@@ -125,7 +154,11 @@ type result struct {
 func fillStore(c config, now time.Time) (*flows.Store, uint64, float64) {
 	before := heap()
 	reps := reports(c, now)
-	s := flows.NewStore(flows.StoreConfig{MaxEdges: 1 << 30, MaxEdgesPerReporter: 1 << 30, Now: func() time.Time { return now }})
+	cfg := flows.StoreConfig{MaxEdges: 1 << 30, MaxEdgesPerReporter: 1 << 30, MaxBytes: 1 << 40, Now: func() time.Time { return now }}
+	if c.bounded {
+		cfg = flows.StoreConfig{Now: func() time.Time { return now }}
+	}
+	s := flows.NewStore(cfg)
 	n := 0
 	start := time.Now()
 	for _, r := range reps {
@@ -173,12 +206,13 @@ func run(c config) error {
 			m, res.mapBytes = fillMap(c, now)
 			s, res.storeBytes, res.addNsPerEdge = fillStore(c, now)
 		}
-		res.edges = s.Stats().Edges
-		if len(m) != res.edges {
+		res.edges, res.counted = s.Stats().Edges, s.Stats().Bytes
+		if !c.bounded && len(m) != res.edges {
 			return fmt.Errorf("round %d: the store holds %d edges, the map %d", r+1, res.edges, len(m))
 		}
 		start := time.Now()
 		tab := s.Table(flows.Filter{})
+		res.mapEdges = len(m)
 		res.tableMs = float64(time.Since(start).Microseconds()) / 1000
 		start = time.Now()
 		b, err := json.MarshalIndent(tab, "", "  ")
@@ -215,6 +249,10 @@ func write(c config, rs []result) {
 		return out
 	}
 	edges := rs[0].edges
+	if c.bounded {
+		fmt.Printf("The Store has tether-discovery's default bounds (%d edges, %d MiB counted, %d per reporter): it kept %d edges of the reports' %d; the map keeps them all.\n\n",
+			flows.DefaultMaxEdges, flows.DefaultMaxBytes>>20, flows.DefaultMaxEdgesPerReporter, edges, rs[0].mapEdges)
+	}
 	store := col(func(r result) float64 { return float64(r.storeBytes) })
 	base := col(func(r result) float64 { return float64(r.mapBytes) })
 	ratios := col(func(r result) float64 { return float64(r.storeBytes) / float64(r.mapBytes) })
@@ -222,13 +260,21 @@ func write(c config, rs []result) {
 	for _, x := range ratios {
 		per = append(per, fmt.Sprintf("%.3f", x))
 	}
-	fmt.Printf("%d services, %d sidecars each calling %d services (caller and destination sides; every %d-th call also denied with a rule naming the caller): %d edges. Medians over %d rounds; live heap after GC.\n\n",
-		c.services, c.sidecars, c.calls, c.denyEvery, edges, c.rounds)
+	if c.worst {
+		fmt.Printf("Worst case: %d services, each reported by its destination with %d invented callers, every source (%d bytes) and rule (%d bytes) unique: %d edges. Medians over %d rounds; live heap after GC.\n\n",
+			c.services, c.calls, flows.MaxIDLength, flows.MaxRuleLength, edges, c.rounds)
+	} else {
+		fmt.Printf("%d services, %d sidecars each calling %d services (caller and destination sides; every %d-th call also denied with a rule naming the caller): %d edges. Medians over %d rounds; live heap after GC.\n\n",
+			c.services, c.sidecars, c.calls, c.denyEvery, edges, c.rounds)
+	}
 	fmt.Println("| figure | flows.Store | baseline map[Key]*Edge | Store ÷ map (median) | spread (min–max) | per round |")
 	fmt.Println("|---|---:|---:|---:|---|---|")
 	fmt.Printf("| heap, MiB | %.1f | %.1f | %.3f× | %.3f–%.3f× | %s |\n", mib(uint64(median(store))), mib(uint64(median(base))),
 		median(ratios), slices.Min(ratios), slices.Max(ratios), strings.Join(per, ", "))
-	fmt.Printf("| bytes per edge | %.0f | %.0f | | | |\n", median(store)/float64(edges), median(base)/float64(edges))
+	fmt.Printf("| bytes per edge | %.0f | %.0f | | | |\n", median(store)/float64(edges), median(base)/float64(rs[0].mapEdges))
+	counted := float64(rs[0].counted)
+	fmt.Printf("\nCounted against --flow-max-bytes: %.1f MiB (%.0f per edge); heap ÷ counted = %.2f, so a table filled to the default 32 MiB budget with such edges holds about %.0f MiB of heap.\n",
+		counted/(1<<20), counted/float64(edges), median(store)/counted, 32*median(store)/counted)
 	fmt.Println()
 	fmt.Printf("Store.Add: %.0f ns per edge (median). GET /debug/flows of the whole table: Table %.1f ms, JSON %.1f ms, %.1f MiB of JSON.\n",
 		median(col(func(r result) float64 { return r.addNsPerEdge })), median(col(func(r result) float64 { return r.tableMs })),

@@ -140,6 +140,10 @@ func flowsNote(ctx context.Context, admins ...string) string {
 	for i, admin := range admins {
 		ok := metricValue(ctx, "http://"+admin+"/metrics", `tether_sidecar_flow_reports_total{result="ok"}`)
 		dropped := metricValue(ctx, "http://"+admin+"/metrics", `tether_sidecar_flows_dropped_total{reason="full"}`)
+		if math.IsNaN(dropped) {
+			parts = append(parts, fmt.Sprintf("sidecar %c: flow summary off", 'A'+i))
+			continue
+		}
 		if math.IsNaN(ok) {
 			ok = 0
 		}

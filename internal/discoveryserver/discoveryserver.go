@@ -95,10 +95,11 @@ type Config struct {
 	// /debug/sidecars and /debug/flows only to callers on loopback.
 	AdminAddr string
 
-	// FlowMaxEdges, FlowMaxEdgesPerReporter and FlowRetention bound the
+	// FlowMaxEdges, FlowMaxEdgesPerReporter, FlowMaxBytes and FlowRetention bound the
 	// observed-traffic table (flows.StoreConfig; 0: its defaults).
 	FlowMaxEdges            int
 	FlowMaxEdgesPerReporter int
+	FlowMaxBytes            int64
 	FlowRetention           time.Duration
 
 	// CAAddr is tether-ca; BundleFile verifies it at bootstrap. JoinToken
@@ -151,9 +152,9 @@ func (c *Config) Validate() error {
 	if c.MaxStreamsPerIdentity < 0 {
 		return fmt.Errorf("--max-streams-per-identity %d: want at least 1 (0: the default, %d)", c.MaxStreamsPerIdentity, xds.DefaultMaxStreamsPerIdentity)
 	}
-	if c.FlowMaxEdges < 0 || c.FlowMaxEdgesPerReporter < 0 || c.FlowRetention < 0 {
-		return fmt.Errorf("--flow-max-edges %d, --flow-max-edges-per-reporter %d, --flow-retention %s: none may be negative (0: the default)",
-			c.FlowMaxEdges, c.FlowMaxEdgesPerReporter, c.FlowRetention)
+	if c.FlowMaxEdges < 0 || c.FlowMaxEdgesPerReporter < 0 || c.FlowMaxBytes < 0 || c.FlowRetention < 0 {
+		return fmt.Errorf("--flow-max-edges %d, --flow-max-edges-per-reporter %d, --flow-max-bytes %d, --flow-retention %s: none may be negative (0: the default)",
+			c.FlowMaxEdges, c.FlowMaxEdgesPerReporter, c.FlowMaxBytes, c.FlowRetention)
 	}
 	if c.DefaultPolicy != "" {
 		if _, err := wire.ParseDefault(c.DefaultPolicy); err != nil {
@@ -315,7 +316,7 @@ func New(cfg Config) (*Server, error) {
 	s.registry.MustRegister(syncGauges(s.xds)...)
 	replica, _ := os.Hostname()
 	s.flows = flows.NewStore(flows.StoreConfig{MaxEdges: cfg.FlowMaxEdges, MaxEdgesPerReporter: cfg.FlowMaxEdgesPerReporter,
-		Retention: cfg.FlowRetention, Replica: replica})
+		MaxBytes: cfg.FlowMaxBytes, Retention: cfg.FlowRetention, Replica: replica})
 	s.flowsGRPC = newFlowServer(s.flows, s.reg, cfg.Logger, s.registry)
 	return s, nil
 }

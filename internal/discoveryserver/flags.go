@@ -44,6 +44,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics (to every caller) and /debug/sidecars and /debug/flows (to callers on loopback only)")
 	fs.IntVar(&c.FlowMaxEdges, "flow-max-edges", flows.DefaultMaxEdges, "edges the observed-traffic table holds at most; more are dropped and counted (tether_discovery_flow_edges_dropped_total)")
 	fs.IntVar(&c.FlowMaxEdgesPerReporter, "flow-max-edges-per-reporter", flows.DefaultMaxEdgesPerReporter, "of those, the most one sidecar identity may add")
+	fs.Int64Var(&c.FlowMaxBytes, "flow-max-bytes", flows.DefaultMaxBytes, "the observed-traffic table's edges may cost at most this many bytes (128 per edge plus its strings' lengths): its memory bound whatever sidecars report")
 	fs.DurationVar(&c.FlowRetention, "flow-retention", flows.DefaultRetention, "an observed-traffic edge not seen for this long is forgotten")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")

@@ -88,9 +88,13 @@ func newFlowServer(store *flows.Store, reg *discovery.Registry, log *slog.Logger
 			Name: "tether_discovery_flow_edges",
 			Help: "Edges in this replica's observed-traffic table (at most --flow-max-edges).",
 		}, func() float64 { return float64(store.Stats().Edges) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tether_discovery_flow_edge_bytes",
+			Help: "What the edges of the observed-traffic table count against --flow-max-bytes (128 per edge plus the length of its strings).",
+		}, func() float64 { return float64(store.Stats().Bytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tether_discovery_flow_edges_dropped_total",
-			Help: "Reported edges the table had no room for (--flow-max-edges reached, or the reporter's --flow-max-edges-per-reporter share): the table is incomplete.",
+			Help: "Reported edges the table had no room for (--flow-max-edges or --flow-max-bytes reached, or the reporter's --flow-max-edges-per-reporter share): the table is incomplete.",
 		}, func() float64 { return float64(store.Stats().Dropped) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tether_discovery_flow_unsummed_connections_total",

@@ -78,7 +78,7 @@ const webToAPIPolicy = `  - apiVersion: tether.dev/v1alpha1
 
 // viewOf builds id's view of the registry described by meshYAML, through
 // the same code discovery serves it with (xds.BuildResources).
-func viewOf(t *testing.T, meshYAML string, id spiffeid.ID) *xdsclient.View {
+func viewOf(t testing.TB, meshYAML string, id spiffeid.ID) *xdsclient.View {
 	t.Helper()
 	v, err := xdsclient.NewViewFor(id, resourcesOf(t, meshYAML, id))
 	if err != nil {
@@ -88,7 +88,7 @@ func viewOf(t *testing.T, meshYAML string, id spiffeid.ID) *xdsclient.View {
 }
 
 // resourcesOf is what discovery serves id for the mesh file meshYAML.
-func resourcesOf(t *testing.T, meshYAML string, id spiffeid.ID) map[resource.Type][]types.Resource {
+func resourcesOf(t testing.TB, meshYAML string, id spiffeid.ID) map[resource.Type][]types.Resource {
 	t.Helper()
 	mf, err := discovery.ParseMeshFile([]byte(meshYAML))
 	if err != nil {

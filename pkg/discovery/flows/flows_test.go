@@ -161,6 +161,34 @@ func TestStoreBounds(t *testing.T) {
 	}
 }
 
+// TestStoreByteBound: long strings fill the byte budget before the edge
+// count; expiry gives it back.
+func TestStoreByteBound(t *testing.T) {
+	now := t0
+	k := func(i int) Key {
+		k := callerKey(Allow)
+		k.Port, k.Rule = uint16(1+i), strings.Repeat("r", MaxRuleLength)
+		return k
+	}
+	cost := k(0).Cost()
+	s := NewStore(StoreConfig{MaxBytes: 3 * cost, Retention: time.Hour, Now: func() time.Time { return now }})
+	var edges []Edge
+	for i := range 5 {
+		edges = append(edges, edge(k(i), 1, t0, t0))
+	}
+	if taken, dropped := s.Add(web, edges, 0); taken != 3 || dropped != 2 {
+		t.Errorf("taken %d dropped %d, want 3, 2", taken, dropped)
+	}
+	if st := s.Stats(); st.Bytes != 3*cost || st.Edges != 3 {
+		t.Errorf("stats %+v, want 3 edges of %d bytes", st, cost)
+	}
+	now = t0.Add(2 * time.Hour)
+	s.Expire()
+	if st := s.Stats(); st.Bytes != 0 {
+		t.Errorf("after expiry: %d bytes counted", st.Bytes)
+	}
+}
+
 func TestStoreExpiry(t *testing.T) {
 	now := t0
 	s := NewStore(StoreConfig{Retention: time.Hour, MaxEdgesPerReporter: 2, Now: func() time.Time { return now }})

@@ -17,8 +17,15 @@ import (
 const (
 	DefaultMaxEdges            = 100_000
 	DefaultMaxEdgesPerReporter = 10_000
+	DefaultMaxBytes            = 32 << 20
 	DefaultRetention           = 24 * time.Hour
 )
+
+// EdgeOverhead is what an edge is counted for against MaxBytes beside
+// the length of its strings: its map entry, value and interning handles,
+// rounded up (docs/BENCHMARKS.md, "Observed-traffic table", measures the
+// heap the count stands for).
+const EdgeOverhead = 128
 
 // StoreConfig bounds a Store.
 type StoreConfig struct {
@@ -28,6 +35,11 @@ type StoreConfig struct {
 	// have added and that are still held (default
 	// DefaultMaxEdgesPerReporter, at most MaxEdges).
 	MaxEdgesPerReporter int
+	// MaxBytes bounds the sum of the edges' costs (EdgeOverhead plus the
+	// length of their strings, as if none were shared; default
+	// DefaultMaxBytes): what bounds the table's memory when reporters send
+	// long, distinct strings.
+	MaxBytes int64
 	// Retention drops an edge not seen for this long (default
 	// DefaultRetention).
 	Retention time.Duration
@@ -38,9 +50,10 @@ type StoreConfig struct {
 }
 
 // Store is tether-discovery's bounded mesh-wide edge table: the sum of
-// the reports sidecars sent this replica. It holds at most MaxEdges edges,
-// at most MaxEdgesPerReporter of them added by one reporter, and forgets an
-// edge once it has not been seen for Retention. Strings repeated across
+// the reports sidecars sent this replica. It holds at most MaxEdges edges
+// costing at most MaxBytes (Key.Cost), at most MaxEdgesPerReporter of
+// them added by one reporter, and forgets an edge once it has not been
+// seen for Retention. Strings repeated across
 // edges (IDs, names, rules) are held once (package unique), so an edge
 // costs a fixed size plus its share of the distinct strings; see
 // docs/BENCHMARKS.md for the measured bound. Its methods are safe for
@@ -49,6 +62,7 @@ type Store struct {
 	cfg StoreConfig
 
 	mu       sync.Mutex
+	bytes    int64 // sum of cost over edges
 	edges    map[skey]*sval
 	owners   map[unique.Handle[string]]int // edges held, by the reporter that added them
 	dropped  uint64
@@ -81,6 +95,9 @@ func NewStore(cfg StoreConfig) *Store {
 		cfg.MaxEdgesPerReporter = DefaultMaxEdgesPerReporter
 	}
 	cfg.MaxEdgesPerReporter = min(cfg.MaxEdgesPerReporter, cfg.MaxEdges)
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = DefaultMaxBytes
+	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
@@ -120,6 +137,11 @@ func canonicalSide(s Side) Side {
 	return Destination
 }
 
+// Cost is what an edge of k counts against StoreConfig.MaxBytes.
+func (k Key) Cost() int64 {
+	return EdgeOverhead + int64(len(k.Source)+len(k.Namespace)+len(k.Service)+len(k.Workload)+len(k.Rule))
+}
+
 func (k skey) key() Key {
 	return Key{Source: k.source.Value(), Namespace: k.namespace.Value(), Service: k.service.Value(),
 		Workload: k.workload.Value(), Port: k.port, Decision: k.decision, Rule: k.rule.Value(), Side: k.side}
@@ -140,13 +162,15 @@ func (s *Store) Add(reporter string, edges []Edge, unsummed uint64) (taken, drop
 		k := intern(e.Key)
 		v, ok := s.edges[k]
 		if !ok {
-			if len(s.edges) >= s.cfg.MaxEdges || s.owners[owner] >= s.cfg.MaxEdgesPerReporter {
+			cost := e.Key.Cost()
+			if len(s.edges) >= s.cfg.MaxEdges || s.owners[owner] >= s.cfg.MaxEdgesPerReporter || s.bytes+cost > s.cfg.MaxBytes {
 				dropped++
 				continue
 			}
 			v = &sval{first: e.FirstSeen.UnixNano(), last: e.LastSeen.UnixNano(), owner: owner}
 			s.edges[k] = v
 			s.owners[owner]++
+			s.bytes += cost
 		}
 		v.n += e.Connections
 		v.first = min(v.first, e.FirstSeen.UnixNano())
@@ -174,6 +198,7 @@ func (s *Store) Expire() int {
 	for k, v := range s.edges {
 		if v.last < cut {
 			delete(s.edges, k)
+			s.bytes -= k.key().Cost()
 			if s.owners[v.owner]--; s.owners[v.owner] <= 0 {
 				delete(s.owners, v.owner)
 			}
@@ -186,6 +211,7 @@ func (s *Store) Expire() int {
 // Stats are a Store's counters.
 type Stats struct {
 	Edges          int
+	Bytes          int64 // the edges' costs (Key.Cost)
 	Dropped        uint64
 	DroppedReports uint64
 	Unsummed       uint64
@@ -195,7 +221,7 @@ type Stats struct {
 func (s *Store) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Edges: len(s.edges), Dropped: s.dropped, DroppedReports: s.reports, Unsummed: s.unsummed}
+	return Stats{Edges: len(s.edges), Bytes: s.bytes, Dropped: s.dropped, DroppedReports: s.reports, Unsummed: s.unsummed}
 }
 
 // Filter selects edges of a Table.

@@ -17,9 +17,11 @@ import (
 // Bounds on what an Edge and a report may hold. They bound the memory an
 // edge takes whatever a reporter sends, and they are checked by Validate.
 const (
-	// MaxIDLength bounds Source and Workload (a SPIFFE ID is at most 2048
-	// bytes).
-	MaxIDLength = 2048
+	// MaxIDLength bounds Source and Workload: enough for every workload
+	// ID spiffe://<trust domain>/ns/<namespace>/sa/<service account>
+	// (9 + 255 + 4 + 63 + 4 + 253 bytes), and it bounds what a reporter
+	// can make an edge cost.
+	MaxIDLength = 640
 	// MaxRuleLength bounds Rule; the sidecar cuts longer rules (Clip).
 	MaxRuleLength = 512
 	// MaxReportEdges bounds the edges of one report.
