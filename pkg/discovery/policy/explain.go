@@ -273,3 +273,28 @@ func joinInt32(ps []int32) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// ExplainDefault is Explain for a port of a workload in namespace that no
+// Service covers: DecideDefault's decision, with the default that
+// applied and why. Its Service is empty and it lists no policies.
+func (e *Engine) ExplainDefault(src spiffeid.ID, namespace string) Explanation {
+	x := Explanation{Namespace: namespace, Policies: []PolicyExplanation{}}
+	if !src.IsZero() {
+		x.Source = src.String()
+	}
+	x.SourceRefused = e.refusal(src)
+	c := caller{id: src}
+	c.ns, c.sa, c.k8s = wire.ParseWorkloadID(src)
+	d := e.explainDefault(c, namespace, x.SourceRefused)
+	x.Default = &d.DefaultExplanation
+	x.Allowed, x.Rule = d.admits, d.rule
+	switch {
+	case x.SourceRefused == "":
+	case !src.IsZero() && src.TrustDomain() != e.td:
+		// DecideDefault names the default that would have applied.
+		x.Allowed, x.Rule = false, x.SourceRefused+" ("+d.rule+")"
+	default:
+		x.Allowed, x.Rule = false, x.SourceRefused
+	}
+	return x
+}

@@ -216,3 +216,30 @@ func flatten(x Explanation) string {
 	}
 	return b.String()
 }
+
+// ExplainDefault decides as DecideDefault does, for every ID shape and
+// default, in namespaces with and without an annotation, and none.
+func TestExplainDefaultIsDecideDefault(t *testing.T) {
+	for _, def := range []Default{AllowMesh, SameNamespace, Deny} {
+		e, err := NewEngine(Config{TrustDomain: td, MeshDefault: def,
+			NamespaceDefaults: map[string]Default{"open": AllowMesh, "closed": Deny, "near": SameNamespace}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ns := range []string{"shop", "open", "closed", "near", "monitoring", ""} {
+			srcs := []spiffeid.ID{{}}
+			for _, s := range idShapes {
+				srcs = append(srcs, spiffeid.RequireFromString(s))
+			}
+			for _, src := range srcs {
+				x := e.ExplainDefault(src, ns)
+				if want := e.DecideDefault(src, ns); x.Decision() != want {
+					t.Errorf("default %s, namespace %q, %s: ExplainDefault %+v; DecideDefault %+v", def, ns, src, x.Decision(), want)
+				}
+				if x.Default == nil || len(x.Policies) != 0 {
+					t.Errorf("default %s, namespace %q, %s: %+v", def, ns, src, x)
+				}
+			}
+		}
+	}
+}
