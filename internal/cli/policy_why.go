@@ -845,7 +845,9 @@ func (v *meshView) endpointPods(name string) ([]whyPod, []spiffeid.ID) {
 			}
 		}
 	}
-	slices.SortFunc(order, func(a, b key) int { return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.id.String(), b.id.String())) })
+	slices.SortFunc(order, func(a, b key) int {
+		return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.id.String(), b.id.String()))
+	})
 	pods := make([]whyPod, len(order))
 	ids := make([]spiffeid.ID, len(order))
 	for i, k := range order {
