@@ -150,7 +150,7 @@ const (
 	byCallerSidecar  = "caller-sidecar"
 	byDestSidecar    = "destination-sidecar"
 	ruleNoPortOfSvc  = "unknown service, or policy allows none of its ports" // internal/sidecar's ruleUnknownService
-	appSeesReset     = "connect() succeeds (the sidecar accepts the connection), then the connection is reset (RST) before any byte: the app reads ECONNRESET, \"connection reset by peer\"; TCP carries no reason"
+	appSeesReset     = "the sidecar accepts the connection, then resets it (RST) before any byte: the app's first socket call after the RST (usually its read; its write, or connect() itself, when the RST comes first) fails with ECONNRESET, \"connection reset by peer\"; TCP carries no reason"
 	appSeesNXDOMAIN  = "the name does not resolve: the sidecar's DNS answers NXDOMAIN for it (the caller may reach no port of the service, so discovery never tells its sidecar the name)"
 	plaintextRefusal = "the destination's sidecar sees no client certificate: in strict inbound mode the mTLS handshake fails and it resets the connection (RST); in permissive mode it admits the call only on ports no AccessPolicy restricts"
 )

@@ -141,7 +141,7 @@ func TestPolicyWhyText(t *testing.T) {
     AccessPolicy shop/api-from-ops: none of its sources matches the caller
       namespace ops: other namespace: the caller is in web
   who refuses: the caller's sidecar (outbound)
-    the app sees: connect() succeeds (the sidecar accepts the connection), then the connection is reset (RST) before any byte: the app reads ECONNRESET, "connection reset by peer"; TCP carries no reason
+    the app sees: the sidecar accepts the connection, then resets it (RST) before any byte: the app's first socket call after the RST (usually its read; its write, or connect() itself, when the RST comes first) fails with ECONNRESET, "connection reset by peer"; TCP carries no reason
     access log: the caller's sidecar: direction="outbound" decision="deny" destination="shop/api:9090" rule="no AccessPolicy allows spiffe://cluster.local/ns/web/sa/frontend to shop/api:9090"
     metric: tether_sidecar_authz_denials_total{direction="outbound",source_id="spiffe://cluster.local/ns/web/sa/frontend",destination="shop/api:9090",reason="no AccessPolicy allows spiffe://cluster.local/ns/web/sa/frontend to shop/api:9090"} on the caller's sidecar
     also: if the call bypasses the caller's sidecar (traffic not captured): the destination's sidecar sees no client certificate: in strict inbound mode the mTLS handshake fails and it resets the connection (RST); in permissive mode it admits the call only on ports no AccessPolicy restricts
