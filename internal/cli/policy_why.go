@@ -524,35 +524,63 @@ func explainPodPort(snap *discovery.Snapshot, c whyCaller, id spiffeid.ID, addrs
 	if !d.Allowed {
 		chain, decider := refusingDecider(snap, c.id, id, addrs, tp)
 		call.RefusedBy = destinationRefusal(c, td, addrs[0], id, tp, chain, decider)
-		call.RefusedBy.Otherwise = append(call.RefusedBy.Otherwise, callerMapsPod(snap, c, addrs, tp)...)
+		known, lines := callerMapsPod(snap, c, addrs, tp)
+		if !known && (c.pod == nil || c.pod.Sidecar) {
+			// The caller's sidecar does not know the address: the call
+			// leaves in plaintext (passthrough) and arrives without identity.
+			rbac := call.RefusedBy
+			call.RefusedBy = noIdentityRefusal(fmt.Sprintf("pod %s (%s)", addrs[0], shortID(id, td)),
+				"the caller's sidecar does not know the address as an endpoint of a Service it may reach, so the call leaves without mTLS "+
+					"(passthrough mode; in registry-only mode the caller's sidecar resets it itself, rule \"registry-only\")")
+			call.RefusedBy.Otherwise = append(call.RefusedBy.Otherwise, "a call that arrives over mTLS anyway (the caller's sidecar sends it to a fixed --outbound PEER@ID) is refused by the RBAC of "+
+				rbac.AccessLog+"; metric "+rbac.Metric)
+		}
+		call.RefusedBy.Otherwise = append(call.RefusedBy.Otherwise, lines...)
 	}
 	return call
 }
 
 // callerMapsPod says what the caller's sidecar does with a call to a
 // pod's address: it knows the address as an endpoint of the Services the
-// caller may reach on some port, and decides the call as theirs.
-func callerMapsPod(snap *discovery.Snapshot, c whyCaller, addrs []netip.Addr, tp uint16) []string {
+// caller may reach on some port, and decides the call as theirs; the
+// endpoints of a Service it may reach on no port are unknown to it
+// (unless the Service is headless: then they are its hidden addresses).
+func callerMapsPod(snap *discovery.Snapshot, c whyCaller, addrs []netip.Addr, tp uint16) (known bool, lines []string) {
 	eng := snap.Engine()
 	var out []string
 	for _, svc := range snap.Services() {
+		reachable := slices.ContainsFunc(svc.Ports, func(q discovery.Port) bool {
+			return eng.Allowed(c.id, svc.Key.Namespace, svc.Key.Name, q.Port)
+		})
 		for _, e := range svc.Endpoints {
 			if !slices.Contains(addrs, e.Addr.Unmap()) {
 				continue
+			}
+			ap := netip.AddrPortFrom(e.Addr.Unmap(), tp)
+			switch {
+			case !reachable && len(svc.ClusterIPs) == 0:
+				out = append(out, fmt.Sprintf("the caller may reach no port of the headless %s: its sidecar resets a call to %s itself (rule %q)", svc.Key, ap, ruleNoPortOfSvc))
+				continue
+			case !reachable:
+				continue // its endpoints are unknown to the caller's sidecar
 			}
 			for _, p := range svc.Ports {
 				if cmp.Or(e.Port, p.TargetPort) != tp {
 					continue
 				}
+				known = true
 				d := eng.Decide(c.id, svc.Key.Namespace, svc.Key.Name, p.Port)
-				out = append(out, fmt.Sprintf("the caller's sidecar knows %s as an endpoint of %s:%d, which policy %s (%s); if it takes the call for that port, it %s",
-					netip.AddrPortFrom(e.Addr.Unmap(), tp), svc.Key, p.Port, verdict(d.Allowed), d.Rule,
-					map[bool]string{true: "opens the stream and the destination's sidecar decides", false: "refuses it itself (outbound, the same reset)"}[d.Allowed]))
+				then := "opens the stream and the destination's sidecar decides"
+				if !d.Allowed {
+					then = "resets it itself (outbound, rule \"" + d.Rule + "\")"
+				}
+				out = append(out, fmt.Sprintf("the caller's sidecar knows %s as an endpoint of %s:%d, which policy %s: when it maps the call there, it %s",
+					ap, svc.Key, p.Port, map[bool]string{true: "allows", false: "denies"}[d.Allowed], then))
 			}
 		}
 	}
 	slices.Sort(out)
-	return slices.Compact(out)
+	return known, slices.Compact(out)
 }
 
 // callerRefusal is who refuses a call the policy engine denies: the
@@ -568,10 +596,7 @@ func callerRefusal(c whyCaller, td spiffeid.TrustDomain, key discovery.ServiceKe
 			Metric:    "tether_sidecar_connections_total{direction=\"inbound\",result=\"handshake_error\"} on the destination pod's sidecar",
 			Otherwise: []string{"the caller is not a workload of trust domain " + td.Name() + ": no sidecar of this mesh calls as it, and no policy can admit it"}}
 	case c.pod != nil && !c.pod.Sidecar:
-		return &whyRefusal{Component: byDestSidecar, AppSees: appSeesReset,
-			AccessLog: "the destination pod's sidecar: a line with decision=\"deny\" and no source_id",
-			Metric:    "tether_sidecar_unauthenticated_rejections_total on the destination pod's sidecar",
-			Otherwise: []string{"the caller " + callerName(c, td) + " has no sidecar: " + plaintextRefusal}}
+		return noIdentityRefusal("the destination pod", "the caller "+callerName(c, td)+" has no sidecar")
 	case !reachable:
 		r = whyRefusal{Component: byCallerDNS, AppSees: appSeesNXDOMAIN + "; a call to the Service's address anyway is reset by the caller's sidecar",
 			AccessLog: fmt.Sprintf("none for the DNS query; for a call to its address: the caller's sidecar, direction=\"outbound\" decision=\"deny\" rule=%q", ruleNoPortOfSvc),
@@ -598,10 +623,7 @@ func destinationRefusal(c whyCaller, td spiffeid.TrustDomain, addr netip.Addr, i
 	}
 	pod := fmt.Sprintf("pod %s (%s)", addr, shortID(id, td))
 	if c.pod != nil && !c.pod.Sidecar {
-		return &whyRefusal{Component: byDestSidecar, AppSees: appSeesReset,
-			AccessLog: "the sidecar of " + pod + ": decision=\"deny\" and no source_id",
-			Metric:    "tether_sidecar_unauthenticated_rejections_total on the sidecar of " + pod,
-			Otherwise: []string{"the caller " + callerName(c, td) + " has no sidecar: " + plaintextRefusal}}
+		return noIdentityRefusal(pod, "the caller "+callerName(c, td)+" has no sidecar")
 	}
 	return &whyRefusal{Component: byDestSidecar,
 		AppSees:   appSeesReset + " (the caller's sidecar resets it when the destination's sidecar refuses the stream)",
@@ -609,6 +631,17 @@ func destinationRefusal(c whyCaller, td spiffeid.TrustDomain, addr netip.Addr, i
 		Metric:    fmt.Sprintf("tether_sidecar_authz_denials_total{direction=\"inbound\",source_id=%q,reason=%q} on the sidecar of %s", src, rule, pod),
 		Otherwise: []string{"if the call bypasses the caller's sidecar (traffic not captured): " + plaintextRefusal},
 	}
+}
+
+// noIdentityRefusal is the refusal of a call that reaches the sidecar of
+// pod (a description) without a client certificate.
+func noIdentityRefusal(pod, why string) *whyRefusal {
+	return &whyRefusal{Component: byDestSidecar, AppSees: appSeesReset,
+		AccessLog: "the sidecar of " + pod + `: strict inbound mode: direction="inbound" decision="deny" reason="mTLS handshake: ..."; ` +
+			`permissive mode: decision="deny" reason="permissive: ... refused: ..." and the rule`,
+		Metric: "on the sidecar of " + pod + `: strict: tether_sidecar_connections_total{direction="inbound",result="handshake_error"}; ` +
+			`permissive: tether_sidecar_authz_denials_total{direction="inbound",source_id="unauthenticated"}`,
+		Otherwise: []string{why + ": " + plaintextRefusal}}
 }
 
 // podIdentityAt is the identity of the mesh endpoint at addr.
@@ -726,7 +759,7 @@ func componentName(c string) string {
 	case byCallerSidecar:
 		return "the caller's sidecar (outbound)"
 	default:
-		return "the destination's sidecar (inbound RBAC)"
+		return "the destination's sidecar (inbound)"
 	}
 }
 
