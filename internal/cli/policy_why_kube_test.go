@@ -85,7 +85,7 @@ func TestPolicyWhyKube(t *testing.T) {
 		for _, want := range []string{
 			"caller: pod web/plain-1, service account legacy; it has no tether-sidecar: its calls carry no identity\n",
 			"denied pod web/plain-1 -> shop/api:80 (http)\n  rule: source has no SPIFFE ID\n",
-			"who refuses: the destination's sidecar (inbound RBAC)",
+			"who refuses: the destination's sidecar (inbound)",
 		} {
 			if code != 1 || !strings.Contains(out, want) {
 				t.Errorf("exit %d, no %q in\n%s", code, want, out)
