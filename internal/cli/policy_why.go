@@ -119,8 +119,16 @@ type whyCall struct {
 	PodAddress string `json:"pod_address,omitempty"`
 	// TargetPort is the port of the pods the call reaches.
 	TargetPort uint16 `json:"target_port"`
-	Allowed    bool   `json:"allowed"`
-	Rule       string `json:"rule"`
+	// Allowed and Rule are the enforced decision: the call passes or not.
+	Allowed bool   `json:"allowed"`
+	Rule    string `json:"rule"`
+	// AuditDenied is set when the call passes but would be denied were
+	// the policies and defaults in audit mode enforcing: the sidecars log
+	// it as audit-deny, with AuditRule.
+	AuditDenied bool   `json:"audit_denied,omitempty"`
+	AuditRule   string `json:"audit_rule,omitempty"`
+	// AuditLog says where an audit-deny is recorded.
+	AuditLog string `json:"audit_log,omitempty"`
 	// Explanations are the policy engine's, one per Service port that
 	// decides the call (several when a pod's port is several Services').
 	Explanations []policy.Explanation `json:"explanations"`
@@ -409,7 +417,7 @@ func explainServicePort(snap *discovery.Snapshot, c whyCaller, svc *discovery.Se
 	eng, td := snap.Engine(), snap.TrustDomain()
 	x := eng.Explain(c.id, svc.Key.Namespace, svc.Key.Name, p.Port)
 	call := whyCall{Service: svc.Key.String(), Port: p.Port, PortName: p.Name, TargetPort: p.TargetPort,
-		Allowed: x.Allowed, Rule: x.Rule, Explanations: []policy.Explanation{x}}
+		Allowed: x.Allowed, Rule: x.Rule, AuditDenied: x.AuditDenied, AuditRule: x.AuditRule, Explanations: []policy.Explanation{x}}
 	target := svc.Key.String() + ":" + strconv.Itoa(int(p.Port))
 	if !x.Allowed {
 		reachable := slices.ContainsFunc(svc.Ports, func(q discovery.Port) bool {
@@ -418,8 +426,14 @@ func explainServicePort(snap *discovery.Snapshot, c whyCaller, svc *discovery.Se
 		call.RefusedBy = callerRefusal(c, td, svc.Key, target, x.Rule, reachable)
 		return call
 	}
-	if d := podsAdmit(snap, svc, c.id, p, td); !d.Allowed {
-		call.Allowed, call.Rule = false, d.Rule
+	d := podsAdmit(snap, svc, c.id, p, td)
+	if d.Allowed {
+		if !call.AuditDenied && d.AuditDenied {
+			call.AuditDenied, call.AuditRule = true, d.AuditRule
+		}
+		call.AuditLog = auditLog(c, call.AuditDenied, call.AuditRule)
+	} else {
+		call.Allowed, call.Rule, call.AuditDenied, call.AuditRule = false, d.Rule, false, ""
 		pod, podID, chain, decider := refusingPod(snap, svc, c.id, p)
 		if decider != nil {
 			call.Explanations = append(call.Explanations, eng.Explain(c.id, decider.Service.Namespace, decider.Service.Name, decider.Port))
@@ -508,7 +522,9 @@ func explainPodPorts(view *meshView, c whyCaller, id spiffeid.ID, addrs []netip.
 func explainPodPort(snap *discovery.Snapshot, c whyCaller, id spiffeid.ID, addrs []netip.Addr, tp uint16, chains []discovery.InboundChain) whyCall {
 	eng, td := snap.Engine(), snap.TrustDomain()
 	d := snap.Inbound(c.id, id, addrs, tp)
-	call := whyCall{PodAddress: netip.AddrPortFrom(addrs[0], tp).String(), TargetPort: tp, Allowed: d.Allowed, Rule: d.Rule}
+	call := whyCall{PodAddress: netip.AddrPortFrom(addrs[0], tp).String(), TargetPort: tp, Allowed: d.Allowed, Rule: d.Rule,
+		AuditDenied: d.AuditDenied, AuditRule: d.AuditRule}
+	call.AuditLog = auditLog(c, d.AuditDenied, d.AuditRule)
 	for _, ch := range chains {
 		if ch.TargetPort != tp {
 			continue
@@ -633,6 +649,16 @@ func destinationRefusal(c whyCaller, td spiffeid.TrustDomain, addr netip.Addr, i
 	}
 }
 
+// auditLog says where an audit-denied call is recorded ("" if it is not
+// audit-denied).
+func auditLog(c whyCaller, auditDenied bool, rule string) string {
+	if !auditDenied {
+		return ""
+	}
+	return fmt.Sprintf("the call passes; the sidecars log it with decision=\"audit-deny\" and rule=%q (source_id=%q), "+
+		"and count it in tether_sidecar_authz_audit_denials_total", rule, idString(c.id))
+}
+
 // noIdentityRefusal is the refusal of a call that reaches the sidecar of
 // pod (a description) without a client certificate.
 func noIdentityRefusal(pod, why string) *whyRefusal {
@@ -713,9 +739,20 @@ func writeWhy(w io.Writer, res whyResult, c whyCaller, td spiffeid.TrustDomain) 
 				dst += " (" + call.PortName + ")"
 			}
 		}
-		fmt.Fprintf(&b, "%s %s -> %s\n  rule: %s\n", verdict(call.Allowed), callerName(c, td), dst, call.Rule)
+		v := verdict(call.Allowed)
+		if call.AuditDenied {
+			v = "allowed (audit-deny)"
+		}
+		fmt.Fprintf(&b, "%s %s -> %s\n  rule: %s\n", v, callerName(c, td), dst, call.Rule)
+		if call.AuditDenied {
+			fmt.Fprintf(&b, "  would be denied by: %s\n  audit: %s\n", call.AuditRule, call.AuditLog)
+		}
 		for _, x := range call.Explanations {
-			writeExplanation(&b, x)
+			writeExplanation(&b, x, "  ")
+			if w := x.WouldBe; w != nil && (w.Allowed != x.Allowed || w.Rule != x.Rule) {
+				fmt.Fprintf(&b, "  would be, with the policies and defaults in audit mode enforcing: %s (%s)\n", verdict(w.Allowed), w.Rule)
+				writeExplanation(&b, *w, "    ")
+			}
 		}
 		if r := call.RefusedBy; r != nil {
 			fmt.Fprintf(&b, "  who refuses: %s\n    the app sees: %s\n    access log: %s\n    metric: %s\n", componentName(r.Component), r.AppSees, r.AccessLog, r.Metric)
@@ -728,8 +765,8 @@ func writeWhy(w io.Writer, res whyResult, c whyCaller, td spiffeid.TrustDomain) 
 	return err
 }
 
-// writeExplanation writes one engine explanation, indented.
-func writeExplanation(b *strings.Builder, x policy.Explanation) {
+// writeExplanation writes one engine explanation, indented by indent.
+func writeExplanation(b *strings.Builder, x policy.Explanation, indent string) {
 	where := x.Namespace + "/" + x.Service
 	if x.Service == "" {
 		where = "a pod port no Service covers, namespace " + x.Namespace
@@ -737,17 +774,17 @@ func writeExplanation(b *strings.Builder, x policy.Explanation) {
 		where += ":" + strconv.Itoa(int(x.Port))
 	}
 	if x.Default != nil {
-		fmt.Fprintf(b, "  %s: default %s (%s): %s\n", where, x.Default.Default, x.Default.From, x.Default.Reason)
+		fmt.Fprintf(b, "%s%s: default %s (%s): %s\n", indent, where, x.Default.Default, x.Default.From, x.Default.Reason)
 		return
 	}
-	fmt.Fprintf(b, "  %s: %d AccessPolicy(s) name the service; only they decide:\n", where, len(x.Policies))
+	fmt.Fprintf(b, "%s%s: %d AccessPolicy(s) name the service; only they decide:\n", indent, where, len(x.Policies))
 	for _, p := range x.Policies {
-		fmt.Fprintf(b, "    %s: %s\n", p.Rule, p.Reason)
+		fmt.Fprintf(b, "%s  %s: %s\n", indent, p.Rule, p.Reason)
 		if p.Matched {
 			continue
 		}
 		for _, s := range p.Sources {
-			fmt.Fprintf(b, "      %s: %s\n", s.Source, s.Reason)
+			fmt.Fprintf(b, "%s    %s: %s\n", indent, s.Source, s.Reason)
 		}
 	}
 }

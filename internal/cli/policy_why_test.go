@@ -66,41 +66,18 @@ type whyJSON struct {
 	DestinationPod *podJSON `json:"destination_pod"`
 	Allowed        bool     `json:"allowed"`
 	Calls          []struct {
-		Service      string `json:"service"`
-		Port         uint16 `json:"port"`
-		PortName     string `json:"port_name"`
-		PodAddress   string `json:"pod_address"`
-		TargetPort   uint16 `json:"target_port"`
-		Allowed      bool   `json:"allowed"`
-		Rule         string `json:"rule"`
-		Explanations []struct {
-			Source        string `json:"source"`
-			Namespace     string `json:"namespace"`
-			Service       string `json:"service"`
-			Port          uint16 `json:"port"`
-			Allowed       bool   `json:"allowed"`
-			Rule          string `json:"rule"`
-			SourceRefused string `json:"source_refused"`
-			Policies      []struct {
-				Name        string  `json:"name"`
-				Rule        string  `json:"rule"`
-				Ports       []int32 `json:"ports"`
-				PortCovered bool    `json:"port_covered"`
-				Matched     bool    `json:"matched"`
-				Reason      string  `json:"reason"`
-				Sources     []struct {
-					Source  string `json:"source"`
-					Matched bool   `json:"matched"`
-					Reason  string `json:"reason"`
-				} `json:"sources"`
-			} `json:"policies"`
-			Default *struct {
-				Default string `json:"default"`
-				From    string `json:"from"`
-				Reason  string `json:"reason"`
-			} `json:"default"`
-		} `json:"explanations"`
-		RefusedBy *struct {
+		Service      string            `json:"service"`
+		Port         uint16            `json:"port"`
+		PortName     string            `json:"port_name"`
+		PodAddress   string            `json:"pod_address"`
+		TargetPort   uint16            `json:"target_port"`
+		Allowed      bool              `json:"allowed"`
+		Rule         string            `json:"rule"`
+		AuditDenied  bool              `json:"audit_denied"`
+		AuditRule    string            `json:"audit_rule"`
+		AuditLog     string            `json:"audit_log"`
+		Explanations []explanationJSON `json:"explanations"`
+		RefusedBy    *struct {
 			Component string   `json:"component"`
 			AppSees   string   `json:"app_sees"`
 			AccessLog string   `json:"access_log"`
@@ -108,6 +85,40 @@ type whyJSON struct {
 			Otherwise []string `json:"otherwise"`
 		} `json:"refused_by"`
 	} `json:"calls"`
+}
+
+// explanationJSON is a policy.Explanation as -o json prints it.
+type explanationJSON struct {
+	Source        string `json:"source"`
+	Namespace     string `json:"namespace"`
+	Service       string `json:"service"`
+	Port          uint16 `json:"port"`
+	Allowed       bool   `json:"allowed"`
+	Rule          string `json:"rule"`
+	AuditDenied   bool   `json:"audit_denied"`
+	AuditRule     string `json:"audit_rule"`
+	SourceRefused string `json:"source_refused"`
+	Policies      []struct {
+		Name        string  `json:"name"`
+		Rule        string  `json:"rule"`
+		Mode        string  `json:"mode"`
+		Ports       []int32 `json:"ports"`
+		PortCovered bool    `json:"port_covered"`
+		Matched     bool    `json:"matched"`
+		Reason      string  `json:"reason"`
+		Sources     []struct {
+			Source  string `json:"source"`
+			Matched bool   `json:"matched"`
+			Reason  string `json:"reason"`
+		} `json:"sources"`
+	} `json:"policies"`
+	Default *struct {
+		Default string `json:"default"`
+		From    string `json:"from"`
+		Rule    string `json:"rule"`
+		Reason  string `json:"reason"`
+	} `json:"default"`
+	WouldBe *explanationJSON `json:"would_be"`
 }
 
 type podJSON struct {
@@ -365,3 +376,42 @@ func jsonEscape(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b[1 : len(b)-1])
 }
+
+// A call that passes while a policy or default in audit mode would deny
+// it: why says audit-deny, the would-be rule, and where it is logged.
+func TestPolicyWhyAudit(t *testing.T) {
+	mesh := meshFile(t, whyMesh+`  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: frontend-audit, namespace: web}
+    spec:
+      mode: Audit
+      destination: {service: frontend}
+      sources: [{namespace: shop}]
+`)
+	wouldBe := "no AccessPolicy allows spiffe://cluster.local/ns/ops/sa/x to web/frontend:80 (in audit mode: AccessPolicy web/frontend-audit)"
+	out, errOut, code := run(t, "policy", "why", "--mesh", mesh, "--from", "ops/x", "--to", "web/frontend")
+	for _, want := range []string{
+		"allowed (audit-deny) ops/x -> web/frontend:80 (http)\n  rule: mesh default allow-mesh\n  would be denied by: " + wouldBe + "\n",
+		`decision="audit-deny" and rule=` + strconvQuote(wouldBe),
+		"  would be, with the policies and defaults in audit mode enforcing: denied (" + wouldBe + ")\n",
+		"      AccessPolicy web/frontend-audit (audit mode): none of its sources matches the caller\n        namespace shop: other namespace: the caller is in ops\n",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("exit %d (stderr %q), no %q in\n%s", code, errOut, want, out)
+		}
+	}
+	out, _, code = run(t, "policy", "why", "--mesh", mesh, "--from", "ops/x", "--to", "web/frontend", "-o", "json")
+	w := decodeWhy(t, out)
+	c := w.Calls[0]
+	if code != 0 || !w.Allowed || !c.AuditDenied || c.AuditRule != wouldBe || c.RefusedBy != nil || len(c.Explanations) != 1 ||
+		c.Explanations[0].WouldBe == nil || c.Explanations[0].WouldBe.Policies[0].Mode != "Audit" {
+		t.Errorf("exit %d: %s", code, out)
+	}
+	// The audit policy's sources pass: no audit-deny.
+	out, _, code = run(t, "policy", "why", "--mesh", mesh, "--from", "shop/api", "--to", "web/frontend", "-o", "json")
+	if w := decodeWhy(t, out); code != 0 || w.Calls[0].AuditDenied || w.Calls[0].AuditLog != "" {
+		t.Errorf("exit %d: %s", code, out)
+	}
+}
+
+func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }

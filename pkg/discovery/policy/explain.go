@@ -20,9 +20,14 @@ type Explanation struct {
 	Namespace string `json:"namespace"`
 	Service   string `json:"service"`
 	Port      uint16 `json:"port"`
-	// Allowed and Rule are the decision: what Decide returns.
+	// Allowed and Rule are the enforced decision: what Decide returns.
 	Allowed bool   `json:"allowed"`
 	Rule    string `json:"rule"`
+	// AuditDenied is set when the enforced decision allows and the
+	// would-be one denies: the connection passes, logged as audit-deny
+	// with AuditRule (as Decide reports it).
+	AuditDenied bool   `json:"audit_denied,omitempty"`
+	AuditRule   string `json:"audit_rule,omitempty"`
 	// SourceRefused is set when the caller is refused before any policy
 	// or default is read: it has no SPIFFE ID, is outside the trust
 	// domain, or names no workload. Policies are still listed, each
@@ -35,10 +40,17 @@ type Explanation struct {
 	// Default is the default that decides when no AccessPolicy names the
 	// service; nil otherwise.
 	Default *DefaultExplanation `json:"default,omitempty"`
+	// WouldBe explains the would-be decision, with every policy and
+	// default in audit mode enforcing; nil when nothing is in audit mode
+	// (then it is this one). Policies and defaults above are the enforcing
+	// ones: an audit-mode policy is listed only here.
+	WouldBe *Explanation `json:"would_be,omitempty"`
 }
 
-// Decision returns the explained decision.
-func (x *Explanation) Decision() Decision { return Decision{Allowed: x.Allowed, Rule: x.Rule} }
+// Decision returns the explained decision, as Decide returns it.
+func (x *Explanation) Decision() Decision {
+	return Decision{Allowed: x.Allowed, Rule: x.Rule, AuditDenied: x.AuditDenied, AuditRule: x.AuditRule}
+}
 
 // PolicyExplanation says why one AccessPolicy did or did not allow the
 // caller.
@@ -46,6 +58,8 @@ type PolicyExplanation struct {
 	// Name is "<namespace>/<name>"; Rule the policy's rule text.
 	Name string `json:"name"`
 	Rule string `json:"rule"`
+	// Mode is Enforce or Audit (spec.mode).
+	Mode Mode `json:"mode"`
 	// Ports are the policy's ports; none means every port.
 	Ports []int32 `json:"ports,omitempty"`
 	// PortCovered is false when the port is not among Ports: the sources
@@ -76,8 +90,12 @@ type DefaultExplanation struct {
 	// Default is allow-mesh, same-namespace or deny.
 	Default string `json:"default"`
 	// From is "namespace annotation" (tether.dev/default-policy on the
-	// service's namespace) or "mesh default".
+	// service's namespace) or "mesh default"; "audit-mode replacement" for
+	// the allow-mesh that stands in, in the enforced decision, for a
+	// default in audit mode.
 	From string `json:"from"`
+	// Rule is the default's rule text, which names its mode when audit.
+	Rule string `json:"rule"`
 	// Reason says why it admits or refuses the caller.
 	Reason string `json:"reason"`
 }
@@ -86,14 +104,30 @@ type DefaultExplanation struct {
 const (
 	FromNamespaceAnnotation = "namespace annotation"
 	FromMeshDefault         = "mesh default"
+	FromAuditReplacement    = "audit-mode replacement"
 )
 
 // Explain decides src against port of dstService in dstNamespace, as
 // Decide does, and says why: every AccessPolicy naming the service with
-// the reason it did or did not match, or the default that applied and
-// where it comes from. Its decision is always Decide's (a test checks
-// it): it is worked out from the same engine, step by step.
+// its mode and the reason it did or did not match, or the default that
+// applied and where it comes from; and, when something is in audit mode,
+// the would-be decision explained the same way. Its decision is always
+// Decide's (a test checks it): it is worked out from the same engine,
+// step by step.
 func (e *Engine) Explain(src spiffeid.ID, dstNamespace, dstService string, port uint16) Explanation {
+	x := e.explainLayer(src, dstNamespace, dstService, port)
+	if e.audit != nil {
+		wb := e.audit.explainLayer(src, dstNamespace, dstService, port)
+		x.WouldBe = &wb
+		if x.Allowed && !wb.Allowed {
+			x.AuditDenied, x.AuditRule = true, wb.Rule
+		}
+	}
+	return x
+}
+
+// explainLayer is Explain in one layer of e.
+func (e *Engine) explainLayer(src spiffeid.ID, dstNamespace, dstService string, port uint16) Explanation {
 	x := Explanation{Namespace: dstNamespace, Service: dstService, Port: port, Policies: []PolicyExplanation{}}
 	if !src.IsZero() {
 		x.Source = src.String()
@@ -113,7 +147,7 @@ func (e *Engine) Explain(src spiffeid.ID, dstNamespace, dstService string, port 
 	case x.SourceRefused != "":
 		x.Allowed, x.Rule = false, x.SourceRefused
 	case restricted && !x.Allowed:
-		x.Rule = fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d", src, dstNamespace, dstService, port)
+		x.Rule = fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d%s", src, dstNamespace, dstService, port, auditNote(ps))
 	}
 	if !restricted {
 		d := e.explainDefault(c, dstNamespace, x.SourceRefused)
@@ -153,7 +187,11 @@ func explainPolicy(np *namedPolicy, c caller, port uint16, refused string) Polic
 	pe := PolicyExplanation{
 		Name:  p.Namespace + "/" + p.Name,
 		Rule:  np.rule,
+		Mode:  Enforce,
 		Ports: slices.Clone(p.Spec.Destination.Ports),
+	}
+	if p.Spec.Mode.Audited() {
+		pe.Mode = Audit
 	}
 	pe.PortCovered = len(pe.Ports) == 0 || slices.Contains(pe.Ports, int32(port))
 	if !pe.PortCovered {
@@ -238,11 +276,21 @@ type defaultExplanation struct {
 func (e *Engine) explainDefault(c caller, namespace, refused string) defaultExplanation {
 	d := defaultExplanation{rule: e.meshRule}
 	def := e.meshDefault
-	d.From = FromMeshDefault
 	if nd, ok := e.nsDefaults[namespace]; ok {
-		def, d.rule, d.From = nd, e.nsRules[namespace], FromNamespaceAnnotation
+		def, d.rule = nd, e.nsRules[namespace]
 	}
-	d.Default = def.String()
+	// The rule says where the default comes from (see newLayer and
+	// auditedNamespace): "namespace default ...", "mesh default ...", or
+	// the allow-mesh that replaces a default in audit mode.
+	switch {
+	case strings.HasPrefix(d.rule, "namespace default "):
+		d.From = FromNamespaceAnnotation
+	case strings.HasPrefix(d.rule, "mesh default "):
+		d.From = FromMeshDefault
+	default:
+		d.From = FromAuditReplacement
+	}
+	d.Default, d.Rule = def.String(), d.rule
 	switch {
 	case refused != "":
 		d.Reason = refused
@@ -257,11 +305,14 @@ func (e *Engine) explainDefault(c caller, namespace, refused string) defaultExpl
 	default:
 		d.Reason = "nobody may call"
 	}
-	if d.From == FromNamespaceAnnotation {
+	switch {
+	case d.rule == fmt.Sprintf("namespace default %s (annotation %s on %s)", def, DefaultPolicyAnnotation, namespace):
 		d.Reason = fmt.Sprintf("no AccessPolicy names the service, and namespace %s sets %s=%s: %s", namespace, DefaultPolicyAnnotation, def, d.Reason)
-	} else {
+	case d.rule == "mesh default "+def.String():
 		d.Reason = fmt.Sprintf("no AccessPolicy names the service, and namespace %s has no %s annotation: the mesh default %s applies: %s",
 			namespace, DefaultPolicyAnnotation, def, d.Reason)
+	default:
+		d.Reason = fmt.Sprintf("no AccessPolicy names the service: %s applies: %s", d.rule, d.Reason)
 	}
 	return d
 }
@@ -278,6 +329,19 @@ func joinInt32(ps []int32) string {
 // Service covers: DecideDefault's decision, with the default that
 // applied and why. Its Service is empty and it lists no policies.
 func (e *Engine) ExplainDefault(src spiffeid.ID, namespace string) Explanation {
+	x := e.explainDefaultLayer(src, namespace)
+	if e.audit != nil {
+		wb := e.audit.explainDefaultLayer(src, namespace)
+		x.WouldBe = &wb
+		if x.Allowed && !wb.Allowed {
+			x.AuditDenied, x.AuditRule = true, wb.Rule
+		}
+	}
+	return x
+}
+
+// explainDefaultLayer is ExplainDefault in one layer of e.
+func (e *Engine) explainDefaultLayer(src spiffeid.ID, namespace string) Explanation {
 	x := Explanation{Namespace: namespace, Policies: []PolicyExplanation{}}
 	if !src.IsZero() {
 		x.Source = src.String()

@@ -26,6 +26,9 @@ func agrees(t *testing.T, e *Engine, src spiffeid.ID, ns, svc string, port uint1
 			t.Errorf("Explain(%s, %s/%s:%d): policy %s matches but the rule is %q", src, ns, svc, port, p.Name, x.Rule)
 		}
 	}
+	if e.Audits() != (x.WouldBe != nil) || x.WouldBe != nil && x.WouldBe.Allowed != e.WouldAllow(src, ns, svc, port) {
+		t.Errorf("Explain(%s, %s/%s:%d): would-be %+v; engine audits %v, would allow %v", src, ns, svc, port, x.WouldBe, e.Audits(), e.WouldAllow(src, ns, svc, port))
+	}
 	if (x.Default == nil) == (len(x.Policies) == 0) {
 		t.Errorf("Explain(%s, %s/%s:%d): %d policies and default %+v: want exactly one of them", src, ns, svc, port, len(x.Policies), x.Default)
 	}
@@ -84,9 +87,14 @@ func TestExplainIsDecideRandom(t *testing.T) {
 		}
 	}
 	for range 300 {
-		cfg := Config{TrustDomain: td, MeshDefault: defaults[r.IntN(3)], NamespaceDefaults: map[string]Default{}}
+		modes := []Mode{"", Enforce, Audit}
+		cfg := Config{TrustDomain: td, MeshDefault: defaults[r.IntN(3)], MeshDefaultMode: modes[r.IntN(3)],
+			NamespaceDefaults: map[string]Default{}, NamespaceDefaultModes: map[string]Mode{}}
 		for range r.IntN(3) {
 			cfg.NamespaceDefaults[pick()] = defaults[r.IntN(3)]
+		}
+		for range r.IntN(3) {
+			cfg.NamespaceDefaultModes[pick()] = modes[r.IntN(3)]
 		}
 		for i := range r.IntN(6) {
 			var srcs []Source
@@ -111,7 +119,9 @@ func TestExplainIsDecideRandom(t *testing.T) {
 				ports = append(ports, int32(1+r.IntN(3)))
 			}
 			slices.Sort(ports)
-			cfg.Policies = append(cfg.Policies, policy(pick(), fmt.Sprintf("p%d", i), pick(), slices.Compact(ports), srcs...))
+			p := policy(pick(), fmt.Sprintf("p%d", i), pick(), slices.Compact(ports), srcs...)
+			p.Spec.Mode = modes[r.IntN(3)]
+			cfg.Policies = append(cfg.Policies, p)
 		}
 		e, err := NewEngine(cfg)
 		if err != nil {
@@ -119,6 +129,10 @@ func TestExplainIsDecideRandom(t *testing.T) {
 		}
 		for range 50 {
 			agrees(t, e, randomID(), pick(), pick(), uint16(1+r.IntN(3)))
+			src, ns := randomID(), pick()
+			if x, want := e.ExplainDefault(src, ns), e.DecideDefault(src, ns); x.Decision() != want {
+				t.Errorf("ExplainDefault(%s, %s) = %+v; DecideDefault %+v", src, ns, x.Decision(), want)
+			}
 		}
 	}
 }
@@ -241,5 +255,51 @@ func TestExplainDefaultIsDecideDefault(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// Explain reports each policy's mode, the enforced decision over the
+// enforcing policies and defaults, and the would-be one with the
+// audit-mode ones enforcing.
+func TestExplainAuditModes(t *testing.T) {
+	e, err := NewEngine(Config{
+		TrustDomain: td, MeshDefault: AllowMesh,
+		NamespaceDefaults:     map[string]Default{"vault": Deny},
+		NamespaceDefaultModes: map[string]Mode{"vault": Audit},
+		Policies: []AccessPolicy{
+			audited(policy("shop", "web-audit", "web", nil, fromSA("frontend", "web"))),
+			policy("shop", "db-enforce", "db", nil, fromNS("shop")),
+			audited(policy("shop", "db-audit", "db", nil, fromNS("ops"))),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only an audit policy names shop/web: the mesh default enforces, the
+	// audit policy would deny.
+	x := agrees(t, e, sa("web", "backend"), "shop", "web", 80)
+	if !x.Allowed || !x.AuditDenied || x.Default == nil || x.Default.From != FromMeshDefault || len(x.Policies) != 0 {
+		t.Errorf("shop/web, enforced: %s", flatten(x))
+	}
+	if w := x.WouldBe; w == nil || w.Allowed || len(w.Policies) != 1 || w.Policies[0].Mode != Audit || w.Policies[0].Rule != "AccessPolicy shop/web-audit (audit mode)" ||
+		!strings.Contains(flatten(*w), "serviceAccount web/frontend: other service account: the caller is web/backend") || x.AuditRule != w.Rule {
+		t.Errorf("shop/web, would-be: %+v", x.WouldBe)
+	}
+	// Both modes on shop/db: the enforcing one decides, the audit one
+	// only in the would-be decision.
+	x = agrees(t, e, sa("ops", "x"), "shop", "db", 5432)
+	if x.Allowed || len(x.Policies) != 1 || x.Policies[0].Mode != Enforce || x.Rule != "no AccessPolicy allows spiffe://example.org/ns/ops/sa/x to shop/db:5432" {
+		t.Errorf("shop/db, enforced: %s", flatten(x))
+	}
+	if w := x.WouldBe; w == nil || !w.Allowed || w.Rule != "AccessPolicy shop/db-audit (audit mode)" || len(w.Policies) != 2 {
+		t.Errorf("shop/db, would-be: %+v", x.WouldBe)
+	}
+	// vault's deny is in audit mode: allow-mesh enforces, in its place.
+	x = agrees(t, e, sa("shop", "x"), "vault", "kms", 1)
+	if !x.Allowed || !x.AuditDenied || x.Default == nil || x.Default.From != FromMeshDefault || !strings.Contains(x.Default.Reason, "is in audit mode") {
+		t.Errorf("vault, enforced: %s", flatten(x))
+	}
+	if w := x.WouldBe; w == nil || w.Default == nil || w.Default.From != FromNamespaceAnnotation || !strings.Contains(w.Rule, "audit mode") {
+		t.Errorf("vault, would-be: %+v", x.WouldBe)
 	}
 }
