@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
@@ -110,6 +111,9 @@ type meshView struct {
 	// assumedDefault is the rule of the mesh default when it is assumed
 	// rather than given (Kubernetes without --default-policy), else "".
 	assumedDefault string
+	// listPods lists the Pods named name in every namespace (Kubernetes
+	// only: a mesh.yaml knows pods only as endpoints).
+	listPods func(ctx context.Context, name string) ([]corev1.Pod, error)
 }
 
 // noteAssumedDefault tells, on w, that a decision by the mesh default

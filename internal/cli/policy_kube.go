@@ -11,8 +11,10 @@ import (
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -80,7 +82,15 @@ func (p *policySource) loadKube(ctx context.Context, stderr io.Writer) (*meshVie
 	if err != nil {
 		return nil, fmt.Errorf("%s: no answer within --timeout %v: %w", where, p.timeout, err)
 	}
-	view := &meshView{snap: snap, where: where, kube: true}
+	view := &meshView{snap: snap, where: where, kube: true, listPods: func(ctx context.Context, name string) ([]corev1.Pod, error) {
+		ctx, cancel := context.WithTimeout(ctx, p.timeout)
+		defer cancel()
+		l, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String()})
+		if err != nil {
+			return nil, fmt.Errorf("%s: list pods named %s: %w", where, name, err)
+		}
+		return l.Items, nil
+	}}
 	if p.defaultPolicy == "" {
 		view.assumedDefault = "mesh default " + reg.MeshDefault().String()
 	}

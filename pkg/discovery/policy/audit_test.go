@@ -54,6 +54,7 @@ type decision struct {
 
 func checkDecision(t *testing.T, e *Engine, src spiffeid.ID, ns, svc string, port uint16, want decision) {
 	t.Helper()
+	agrees(t, e, src, ns, svc, port) // Explain decides as Decide
 	d := e.Decide(src, ns, svc, port)
 	if d.Allowed != want.allowed || d.AuditDenied != want.auditDenied ||
 		!strings.Contains(d.Rule, want.rule) || !strings.Contains(d.AuditRule, want.auditRule) || (!d.AuditDenied && d.AuditRule != "") {

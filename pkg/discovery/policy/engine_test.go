@@ -113,6 +113,7 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			agrees(t, e, tc.src, tc.ns, tc.svc, tc.port) // Explain decides as Decide
 			d := e.Decide(tc.src, tc.ns, tc.svc, tc.port)
 			if d.Allowed != tc.allowed || !strings.Contains(d.Rule, tc.ruleHave) {
 				t.Fatalf("Decide(%s, %s/%s:%d) = %+v; want allowed=%v, rule containing %q",
@@ -143,6 +144,7 @@ func TestDecideMeshDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			agrees(t, e, tc.src, "b", "svc", 80)
 			d := e.Decide(tc.src, "b", "svc", 80)
 			if want := "mesh default " + tc.def.String(); d.Allowed != tc.allowed || d.Rule != want {
 				t.Fatalf("Decide = %+v; want allowed=%v rule %q", d, tc.allowed, want)
