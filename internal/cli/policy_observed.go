@@ -111,7 +111,9 @@ func graphObserved(table *observedTable, snap *discovery.Snapshot, namespace str
 		port uint16
 	}
 	passed := make(map[used]bool)
+	var observed []spiffeid.ID
 	for _, c := range calls(table.Edges, since) {
+		observed = append(observed, c.Source)
 		if c.Decision != flows.Deny && c.Service != "" {
 			passed[used{c.Source.String(), discovery.ServiceKey{Namespace: c.Namespace, Name: c.Service}, c.Port}] = true
 		}
@@ -133,7 +135,7 @@ func graphObserved(table *observedTable, snap *discovery.Snapshot, namespace str
 		}
 		g.Edges = append(g.Edges, e)
 	}
-	for _, p := range snap.AllowedPairs() {
+	for _, p := range allowedPairs(snap, observed) {
 		if !in(p.Service.Namespace, p.Source) {
 			continue
 		}
@@ -259,4 +261,38 @@ func writeObservedDOT(w io.Writer, g *observedGraph, td spiffeid.TrustDomain) er
 	b.WriteString("}\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// allowedPairs is snap.AllowedPairs (the pairs of the identities the mesh
+// knows: its endpoints' and those policies name) and, decided by the same
+// engine, the pairs of the observed callers it does not know (a workload
+// without a Service that a namespace source lets in, say).
+func allowedPairs(snap *discovery.Snapshot, observed []spiffeid.ID) []discovery.Pair {
+	pairs := snap.AllowedPairs()
+	known := make(map[spiffeid.ID]bool)
+	for _, id := range snap.Sources() {
+		known[id] = true
+	}
+	for _, src := range observed {
+		if known[src] {
+			continue
+		}
+		known[src] = true
+		for _, svc := range snap.Services() {
+			byRule := make(map[string]int)
+			for _, p := range svc.Ports {
+				d := snap.Engine().Decide(src, svc.Key.Namespace, svc.Key.Name, p.Port)
+				if !d.Allowed {
+					continue
+				}
+				if i, ok := byRule[d.Rule]; ok {
+					pairs[i].Ports = append(pairs[i].Ports, p.Port)
+					continue
+				}
+				byRule[d.Rule] = len(pairs)
+				pairs = append(pairs, discovery.Pair{Source: src, Service: svc.Key, Ports: []uint16{p.Port}, Rule: d.Rule})
+			}
+		}
+	}
+	return pairs
 }
