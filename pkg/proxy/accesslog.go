@@ -33,6 +33,12 @@ type Entry struct {
 	Reason   string
 	// Rule is the policy rule that decided, when one did.
 	Rule string
+	// Target is the mesh service port an outbound connection was for
+	// ("namespace/name:port") when the route named one, else its
+	// destination address; Port is the app port an inbound stream was
+	// for. Neither is logged: they are for Config.Observe.
+	Target string
+	Port   uint16
 	// BytesSent went to the peer; BytesReceived came from it.
 	BytesSent, BytesReceived int64
 	Start                    time.Time
