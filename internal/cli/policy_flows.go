@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,20 +62,34 @@ type observedTable struct {
 	replicas []string
 }
 
-// read reads every replica's table and merges them. A replica that cannot
-// be read is an error naming it; a table that dropped edges is a warning
-// on stderr.
-func (f *flowSource) read(ctx context.Context, src *policySource, stderr io.Writer) (*observedTable, error) {
+// read reads every replica's table of the edges that involve namespace
+// (all if "") last seen within since (all if 0), and merges them. A
+// replica that cannot be read is an error naming it; a table that is
+// incomplete is a warning on stderr.
+func (f *flowSource) read(ctx context.Context, src *policySource, namespace string, since time.Duration, stderr io.Writer) (*observedTable, error) {
+	// Discovery filters too (flows.Filter), which keeps the answers
+	// small; the commands filter again, by the same rules.
+	q := url.Values{}
+	if namespace != "" {
+		q.Set("namespace", namespace)
+	}
+	if since > 0 {
+		q.Set("since", since.String())
+	}
+	path := "/debug/flows"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var tables []flows.Table
 	var names []string
 	var err error
 	switch {
 	case len(f.discoveryURLs) > 0:
-		tables, names, err = f.readURLs(ctx, src.timeout)
+		tables, names, err = f.readURLs(ctx, path, src.timeout)
 	case src.mesh != "":
 		return nil, usagef("--mesh reads policies from a mesh.yaml; give the observed traffic's source too: --discovery-admin URL of each tether-discovery replica")
 	default:
-		tables, names, err = f.readKube(ctx, src, stderr)
+		tables, names, err = f.readKube(ctx, src, path, stderr)
 	}
 	if err != nil {
 		return nil, err
@@ -85,24 +100,27 @@ func (f *flowSource) read(ctx context.Context, src *policySource, stderr io.Writ
 		}
 	}
 	t := &observedTable{Table: flows.Merge(tables...), replicas: names}
-	if t.Dropped > 0 {
-		var full []string
-		for i, tb := range tables {
-			if tb.Dropped > 0 {
-				full = append(full, fmt.Sprintf("%s dropped %d (bound %d edges)", names[i], tb.Dropped, tb.MaxEdges))
-			}
+	var lost []string
+	for i, tb := range tables {
+		if tb.Dropped > 0 {
+			lost = append(lost, fmt.Sprintf("%s: its edge table was full and dropped %d edge(s) (bound %d)", names[i], tb.Dropped, tb.MaxEdges))
 		}
-		fmt.Fprintf(stderr, "tether: warning: the observed traffic is incomplete: discovery's edge table was full and dropped edges (%s); "+
-			"calls may be missing from this answer (docs/policy.md, \"Observed traffic\")\n", strings.Join(full, "; "))
+		if tb.Unsummed > 0 {
+			lost = append(lost, fmt.Sprintf("%s: sidecars could not summarise %d connection(s) (their summary between two reports was full)", names[i], tb.Unsummed))
+		}
+	}
+	if len(lost) > 0 {
+		fmt.Fprintf(stderr, "tether: warning: the observed traffic is incomplete (%s); calls may be missing from this answer (docs/policy.md, \"Observed traffic\")\n",
+			strings.Join(lost, "; "))
 	}
 	return t, nil
 }
 
 // readURLs reads GET /debug/flows of each --discovery-admin URL.
-func (f *flowSource) readURLs(ctx context.Context, timeout time.Duration) ([]flows.Table, []string, error) {
+func (f *flowSource) readURLs(ctx context.Context, path string, timeout time.Duration) ([]flows.Table, []string, error) {
 	tables := make([]flows.Table, len(f.discoveryURLs))
 	for i, u := range f.discoveryURLs {
-		if err := httpGet(ctx, u+"/debug/flows", timeout, maxFlowsBody, &tables[i]); err != nil {
+		if err := httpGet(ctx, u+path, timeout, maxFlowsBody, &tables[i]); err != nil {
 			return nil, nil, fmt.Errorf("tether-discovery replica %s: %w; every replica must be read: each holds the reports of the sidecars connected to it", u, err)
 		}
 	}
@@ -111,7 +129,7 @@ func (f *flowSource) readURLs(ctx context.Context, timeout time.Duration) ([]flo
 
 // readKube reads GET /debug/flows of every running tether-discovery pod
 // through a port-forward.
-func (f *flowSource) readKube(ctx context.Context, src *policySource, stderr io.Writer) ([]flows.Table, []string, error) {
+func (f *flowSource) readKube(ctx context.Context, src *policySource, path string, stderr io.Writer) ([]flows.Table, []string, error) {
 	cfg, where, err := src.restConfig(&lockedWriter{w: stderr})
 	if err != nil {
 		return nil, nil, err
@@ -134,7 +152,7 @@ func (f *flowSource) readKube(ctx context.Context, src *policySource, stderr io.
 			return nil, nil, fmt.Errorf("tether-discovery replica %s: admin port: %w", names[i], err)
 		}
 		cctx, cancel := context.WithTimeout(ctx, src.timeout)
-		body, err := meshkube.ForwardGet(cctx, cfg, client, p, port, "/debug/flows", maxFlowsBody)
+		body, err := meshkube.ForwardGet(cctx, cfg, client, p, port, path, maxFlowsBody)
 		cancel()
 		if err != nil {
 			return nil, nil, fmt.Errorf("tether-discovery replica %s: %w; every replica must be read (each holds the reports of the sidecars connected to it): %s", names[i], err, flowsNeeds)
@@ -146,22 +164,15 @@ func (f *flowSource) readKube(ctx context.Context, src *policySource, stderr io.
 	return tables, names, nil
 }
 
-// checkTable refuses a table whose edges this CLI cannot read right: an
-// unknown decision or side, or a source that is not a SPIFFE ID.
+// checkTable refuses a table whose edges are not well formed
+// (flows.Key.Validate: a SPIFFE ID as source, a known decision and side,
+// a printable rule...): discovery keeps only such edges, so another is
+// not the table of a tether-discovery this CLI can trust to read.
 func checkTable(t *flows.Table) error {
 	var errs []error
 	for i, e := range t.Edges {
-		if !e.Decision.Valid() {
-			errs = append(errs, fmt.Errorf("edge %d: unknown decision %q", i, clean(string(e.Decision))))
-		}
-		if e.Side != flows.Caller && e.Side != flows.Destination {
-			errs = append(errs, fmt.Errorf("edge %d: unknown side %q", i, clean(string(e.Side))))
-		}
-		if _, err := spiffeid.FromString(e.Source); err != nil {
-			errs = append(errs, fmt.Errorf("edge %d: source %q: %w", i, clean(e.Source), err))
-		}
-		if e.Port == 0 {
-			errs = append(errs, fmt.Errorf("edge %d: port 0", i))
+		if err := e.Key.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("edge %d: %w", i, err))
 		}
 		if len(errs) >= 5 {
 			errs = append(errs, errors.New("..."))

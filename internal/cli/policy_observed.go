@@ -75,7 +75,7 @@ func (a *App) policyGraphObserved(ctx context.Context, src *policySource, fsrc *
 	if err := src.check(); err != nil {
 		return err
 	}
-	table, err := fsrc.read(ctx, src, a.Stderr)
+	table, err := fsrc.read(ctx, src, namespace, since, a.Stderr)
 	if err != nil {
 		return err
 	}

@@ -110,7 +110,7 @@ func (a *App) policySuggest(ctx context.Context, src *policySource, fsrc *flowSo
 	if err := src.check(); err != nil {
 		return err
 	}
-	table, err := fsrc.read(ctx, src, a.Stderr)
+	table, err := fsrc.read(ctx, src, namespace, since, a.Stderr)
 	if err != nil {
 		return err
 	}

@@ -341,8 +341,8 @@ func TestPolicySuggestRefuses(t *testing.T) {
 			"shop/web -> shop/db:5432: denied while enforced"}},
 		{"a replica that cannot be read", []string{"--discovery-admin", good, "--discovery-admin", broken}, 1, []string{
 			"tether-discovery replica " + broken + ": GET /debug/flows: 500 Internal Server Error: replica broken"}},
-		{"unknown decision", []string{"--discovery-admin", badDec}, 1, []string{`GET /debug/flows: edge 0: unknown decision "maybe"`}},
-		{"source not a SPIFFE ID", []string{"--discovery-admin", badSrc}, 1, []string{`edge 0: source "web": scheme is missing or invalid`}},
+		{"unknown decision", []string{"--discovery-admin", badDec}, 1, []string{`GET /debug/flows: edge 0: invalid flow report: decision "maybe": want allow, deny or audit-deny`}},
+		{"source not a SPIFFE ID", []string{"--discovery-admin", badSrc}, 1, []string{`edge 0: invalid flow report: source "web" is not a SPIFFE ID`}},
 		{"not JSON", []string{"--discovery-admin", garbage}, 1, []string{"not the expected JSON"}},
 		{"unknown namespace, nothing observed", []string{"--discovery-admin", good, "-n", "nope"}, 1, []string{"no call into namespace nope"}},
 		{"no namespace", []string{"--discovery-admin", good, "-n", ""}, 2, []string{"--namespace is required"}},
@@ -366,7 +366,7 @@ func TestPolicySuggestRefuses(t *testing.T) {
 
 	t.Run("a full table warns", func(t *testing.T) {
 		out, errOut, code := run(t, "policy", "suggest", "-n", "shop", "--mesh", mesh, "--discovery-admin", dropped)
-		want := "tether: warning: the observed traffic is incomplete: discovery's edge table was full and dropped edges (" + dropped + " dropped 12 (bound 1000 edges))"
+		want := "tether: warning: the observed traffic is incomplete (" + dropped + ": its edge table was full and dropped 12 edge(s) (bound 1000)); calls may be missing"
 		if code != 0 || len(docs(t, out)) != 3 || !strings.Contains(errOut, want) {
 			t.Errorf("exit %d, stderr %q; want exit 0, the policies and %q", code, errOut, want)
 		}
@@ -391,36 +391,28 @@ func TestPolicySuggestRefuses(t *testing.T) {
 }
 
 // TestPolicySuggestInjection: the table's strings come from the mesh; one
-// with line breaks must not write its own lines, let alone objects, into
-// the YAML an operator pipes to kubectl apply.
+// with a line break could write lines of its own, objects even, into the
+// YAML an operator pipes to kubectl apply. Discovery keeps no such edge,
+// so a table holding one is refused whole (and the comments are made
+// safe anyway, commentSafe).
 func TestPolicySuggestInjection(t *testing.T) {
 	mesh := meshFile(t, suggestMesh)
-	tb := shopTable()
-	evil := "x\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: pwned, namespace: shop}\u2028kind: Secret"
-	tb.Edges = append(tb.Edges,
-		edge("shop/web", "shop/db:5432", flows.Deny, flows.Destination, 1, time.Minute, evil),
-		edge("shop/web", "shop/pod=spiffe://cluster.local/ns/shop/sa/db\n---\nkind: Secret:15001", flows.Allow, flows.Destination, 1, time.Minute, evil))
-	out, errOut, code := run(t, "policy", "suggest", "-n", "shop", "--mesh", mesh, "--discovery-admin", serveTables(t, tb)[0])
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut)
-	}
-	for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
-		if strings.Contains(line, "Secret") && !strings.HasPrefix(line, "# ") {
-			t.Errorf("a string of the table wrote a line of its own: %q", line)
-		}
-		if strings.ContainsAny(line, "\u2028\u2029\r") {
-			t.Errorf("line with a line separator: %q", line)
-		}
-	}
-	if ps := docs(t, out); len(ps) != 3 {
-		t.Errorf("%d documents, want the 3 policies", len(ps))
-	}
-	// The graph's text and DOT too.
-	for _, format := range []string{"text", "dot"} {
-		out, _, _ := run(t, "policy", "graph", "--observed", "-o", format, "--mesh", mesh, "--discovery-admin", serveTables(t, tb)[0])
-		if regexp.MustCompile(`(?m)^kind: Secret`).MatchString(out) || strings.ContainsAny(out, "\u2028") {
-			t.Errorf("graph -o %s: a string of the table wrote a line of its own:\n%s", format, out)
-		}
+	for name, evil := range map[string]string{
+		"line break": "x\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: pwned, namespace: shop}",
+		"U+2028":     "x\u2028kind: Secret",
+		"NEL":        "x\u0085kind: Secret",
+	} {
+		t.Run(name, func(t *testing.T) {
+			tb := shopTable()
+			tb.Edges = append(tb.Edges, edge("shop/web", "shop/db:5432", flows.Deny, flows.Destination, 1, time.Minute, evil))
+			url := serveTables(t, tb)[0]
+			for _, args := range [][]string{{"suggest", "-n", "shop"}, {"graph", "--observed"}, {"graph", "--observed", "-o", "dot"}} {
+				out, errOut, code := run(t, append(append([]string{"policy"}, args...), "--mesh", mesh, "--discovery-admin", url)...)
+				if code != 1 || out != "" || !strings.Contains(errOut, "edge 11: invalid flow report: rule") {
+					t.Errorf("%v: exit %d, stdout %q, stderr %q; want the table refused", args, code, out, errOut)
+				}
+			}
+		})
 	}
 }
 

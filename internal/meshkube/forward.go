@@ -21,7 +21,8 @@ import (
 )
 
 // ForwardGet port-forwards to the pod's port through the API server
-// (pods/portforward), as kubectl port-forward does, and GETs path on it.
+// (pods/portforward), as kubectl port-forward does, and GETs path (with
+// its query, if any) on it.
 // It is how the CLI reads what a control plane process answers only on
 // its pod's loopback (tether-discovery's /debug/sidecars and /debug/flows):
 // the pod proxy reaches the pod's IP, the port-forward its loopback. The
@@ -69,7 +70,12 @@ func ForwardGet(ctx context.Context, cfg *rest.Config, client kubernetes.Interfa
 	if err != nil || len(ports) == 0 {
 		return nil, fmt.Errorf("%s: no local port: %v", what, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, (&url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local))), Path: path}).String(), nil)
+	target, err := url.Parse(path)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	target.Scheme, target.Host = "http", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
 	if err != nil {
 		return nil, err
 	}
