@@ -177,38 +177,46 @@ type target struct {
 func suggest(table *observedTable, snap *discovery.Snapshot, namespace string, since time.Time) (*suggestion, error) {
 	td := snap.TrustDomain()
 	res := &suggestion{Namespace: namespace, Since: since, Until: table.Time, Replicas: table.replicas}
-	all := calls(table.Edges, since)
-	// The calls that passed, by source and destination port; and the
-	// ends that refused one.
-	passed := make(map[string]map[target][]*call)
-	refusedAt := make(map[string]map[target]bool) // destination end denied
-	passedAt := make(map[string]map[target]bool)  // destination end passed
-	seen := 0
+	passed, seen := res.passedCalls(calls(table.Edges, since), td)
+	byService, err := res.byService(snap, passed)
+	if err != nil {
+		return nil, err
+	}
+	if len(byService) == 0 {
+		return nil, nothingObserved(table, namespace, since, seen, res.Skipped)
+	}
+	for _, svc := range sortedKeys(byService) {
+		ps, err := policiesFor(namespace, svc, byService[svc], td)
+		if err != nil {
+			return nil, err
+		}
+		res.Policies = append(res.Policies, ps...)
+	}
+	for _, s := range snap.Services() {
+		if s.Key.Namespace == namespace && byService[s.Key.Name] == nil {
+			res.Unreached = append(res.Unreached, fmt.Sprintf("%s (decided now by %s)", s.Key, decidedBy(snap, s.Key)))
+		}
+	}
+	return res, nil
+}
+
+// passedCalls sorts the calls into res.Namespace: those that passed, by
+// source and destination port, are returned; the others go to
+// res.Skipped with the reason. seen counts the calls into the namespace.
+func (res *suggestion) passedCalls(all []call, td spiffeid.TrustDomain) (passed map[string]map[target][]*call, seen int) {
+	passed = make(map[string]map[target][]*call)
+	refusedAt := make(map[string]map[target]bool) // the destination's end denied
+	passedAt := make(map[string]map[target]bool)  // the destination's end let it in
 	for i := range all {
 		c := &all[i]
-		if c.Namespace != namespace {
+		if c.Namespace != res.Namespace {
 			continue
 		}
 		seen++
-		what := fmt.Sprintf("%s -> %s:%d", shortID(c.Source, td), c.destination(td), c.Port)
-		stats := fmt.Sprintf("%s, %d connection(s), last seen %s", c.Decision, c.Connections, c.LastSeen.UTC().Format(time.RFC3339))
-		switch {
-		case c.Service == "":
-			res.Skipped = append(res.Skipped, what+": a call straight to a pod's port that no Service covers ("+stats+
-				"): an AccessPolicy names a Service, so it cannot allow this; the namespace's default decides it")
-			continue
-		case c.Source.TrustDomain() != td:
-			res.Skipped = append(res.Skipped, what+": the caller is outside trust domain "+td.Name()+" ("+stats+"): never suggested")
-			continue
-		case c.Source.Path() == "":
-			res.Skipped = append(res.Skipped, what+": the caller is a trust domain, not a workload ("+stats+"): never suggested")
-			continue
-		}
 		src, t := c.Source.String(), target{c.Service, c.Port}
-		if c.Decision == flows.Deny {
-			res.Skipped = append(res.Skipped, what+": denied while enforced ("+stats+", rule "+strings.Join(c.Rules, "; ")+
-				"): not suggested; if the call is wanted, add its source by hand")
-			if c.sawSide(flows.Destination) {
+		if why := unsuggestable(c, td); why != "" {
+			res.Skipped = append(res.Skipped, why)
+			if c.Decision == flows.Deny && c.sawSide(flows.Destination) {
 				mark(refusedAt, src, t)
 			}
 			continue
@@ -230,26 +238,26 @@ func suggest(table *observedTable, snap *discovery.Snapshot, namespace string, s
 			}
 		}
 	}
-	byService, err := res.byService(snap, passed)
-	if err != nil {
-		return nil, err
+	return passed, seen
+}
+
+// unsuggestable says why c cannot become a source, or "" if it can.
+func unsuggestable(c *call, td spiffeid.TrustDomain) string {
+	what := fmt.Sprintf("%s -> %s:%d", shortID(c.Source, td), c.destination(td), c.Port)
+	stats := fmt.Sprintf("%s, %d connection(s), last seen %s", c.Decision, c.Connections, c.LastSeen.UTC().Format(time.RFC3339))
+	switch {
+	case c.Service == "":
+		return what + ": a call straight to a pod's port that no Service covers (" + stats +
+			"): an AccessPolicy names a Service, so it cannot allow this; the namespace's default decides it"
+	case c.Source.TrustDomain() != td:
+		return what + ": the caller is outside trust domain " + td.Name() + " (" + stats + "): never suggested"
+	case c.Source.Path() == "":
+		return what + ": the caller is a trust domain, not a workload (" + stats + "): never suggested"
+	case c.Decision == flows.Deny:
+		return what + ": denied while enforced (" + stats + ", rule " + strings.Join(c.Rules, "; ") +
+			"): not suggested; if the call is wanted, add its source by hand"
 	}
-	if len(byService) == 0 {
-		return nil, nothingObserved(table, namespace, since, seen, res.Skipped)
-	}
-	for _, svc := range sortedKeys(byService) {
-		ps, err := policiesFor(namespace, svc, byService[svc], td)
-		if err != nil {
-			return nil, err
-		}
-		res.Policies = append(res.Policies, ps...)
-	}
-	for _, s := range snap.Services() {
-		if s.Key.Namespace == namespace && byService[s.Key.Name] == nil {
-			res.Unreached = append(res.Unreached, fmt.Sprintf("%s (decided now by %s)", s.Key, decidedBy(snap, s.Key)))
-		}
-	}
-	return res, nil
+	return ""
 }
 
 func mark(m map[string]map[target]bool, src string, t target) {
