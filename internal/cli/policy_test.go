@@ -132,7 +132,7 @@ func TestPolicyErrors(t *testing.T) {
 		{"missing file", []string{"policy", "graph", "--mesh", missing}, 1, "no such file"},
 		{"bad file", []string{"policy", "check", "--mesh", bad, "--from", "a/b", "--to", "a/c:1"}, 1, `line 23: unknown field "sourcez"`},
 		{"invalid policy", []string{"policy", "graph", "--mesh", invalid}, 1, `AccessPolicy default/api-from-web: spec.sources[0].serviceAccount.name: "Web!" is not a valid service account name`},
-		{"unknown subcommand", []string{"policy", "show"}, 2, `unknown command "show" for "tether policy" (its commands: check, graph)`},
+		{"unknown subcommand", []string{"policy", "show"}, 2, `unknown command "show" for "tether policy" (its commands: check, graph, suggest`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out, errOut, code := run(t, c.args...)
