@@ -54,12 +54,14 @@ func TestSuggestEnforce(t *testing.T) {
 		return out.String(), errOut.String(), code
 	}
 	var out string
+	// Each sidecar reports every second: until all three have, the table
+	// (and so the suggestion) lacks some calls.
 	eventually(t, "suggestions for api (web) and db (web, api)", 20*time.Second, func() error {
 		o, errOut, code := suggest()
 		if code != 0 {
 			return fmt.Errorf("exit %d: %s", code, errOut)
 		}
-		for _, want := range []string{"name: web", "name: api", "service: api", "service: db"} {
+		for _, want := range []string{"#   default/web -> api:8080: allow", "#   default/web -> db:5432: allow", "#   default/api -> db:5432: allow"} {
 			if !strings.Contains(o, want) {
 				return fmt.Errorf("no %q in:\n%s", want, o)
 			}
@@ -86,10 +88,27 @@ func TestSuggestEnforce(t *testing.T) {
 		j, _ := json.Marshal(obj)
 		fmt.Fprintf(&b, "  - %s\n", j)
 	}
+	sidecars := []*sidecarProc{web, apiSC, dbSC, batch}
+	updates := make([]float64, len(sidecars))
+	for i, s := range sidecars {
+		updates[i] = metric(s.metrics(t), "tether_sidecar_xds_updates_total")
+	}
 	d.write(t, b.String())
-	eventually(t, "batch -> api refused once the suggestions are enforced", 20*time.Second, func() error {
-		return refused(batch.outbound[0])
+	// A call made before the policies reach the sidecars would pass, and
+	// be observed: wait until every sidecar took an update, and a moment
+	// for the rest of the push.
+	eventually(t, "every sidecar updated", 20*time.Second, func() error {
+		for i, s := range sidecars {
+			if n := metric(s.metrics(t), "tether_sidecar_xds_updates_total"); n <= updates[i] {
+				return fmt.Errorf("%s: %v updates, as before the new mesh.yaml", s.name, n)
+			}
+		}
+		return nil
 	})
+	time.Sleep(time.Second)
+	if err := refused(batch.outbound[0]); err != nil {
+		t.Errorf("batch -> api, never observed, under the suggested policies: %v", err)
+	}
 
 	denials := func() (n float64) {
 		for _, s := range []*sidecarProc{web, apiSC, dbSC} {
@@ -109,6 +128,31 @@ func TestSuggestEnforce(t *testing.T) {
 	if n := metric(batch.metrics(t), "tether_sidecar_authz_denials_total"); n < 1 {
 		t.Errorf("batch's sidecar counted %v denials, want its refused call", n)
 	}
+	// The observed graph: batch's refused call and the chain's allowed ones.
+	eventually(t, "graph --observed shows batch -> api denied", 20*time.Second, func() error {
+		var out, errOut bytes.Buffer
+		code := (&cli.App{Stdout: &out, Stderr: &errOut}).Main(context.Background(),
+			[]string{"policy", "graph", "--observed", "-n", "default", "-o", "json", "--mesh", d.file, "--discovery-admin", "http://" + d.admin})
+		var g struct {
+			Edges []struct {
+				Source, Destination, Decision string
+				PolicyAllows                  bool
+			} `json:"edges"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &g); err != nil || code != 0 {
+			return fmt.Errorf("exit %d: %v %s", code, err, errOut.String())
+		}
+		seen := map[string]bool{}
+		for _, e := range g.Edges {
+			seen[fmt.Sprintf("%s %s %s %v", e.Source, e.Destination, e.Decision, e.PolicyAllows)] = true
+		}
+		for _, want := range []string{workloadID("default", "batch").String() + " default/api deny false", workloadID("default", "web").String() + " default/api allow true"} {
+			if !seen[want] {
+				return fmt.Errorf("no edge %q in %v", want, seen)
+			}
+		}
+		return nil
+	})
 	// --diff against the mesh.yaml, which now holds them: nothing added.
 	diff, errOut, code := suggest("--diff")
 	if code != 0 || !strings.Contains(diff, "\n0 added, 0 removed, in 2 Service(s)") {
