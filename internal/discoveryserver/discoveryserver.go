@@ -32,9 +32,11 @@ import (
 	"k8s.io/klog/v2"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/internal/version"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/flows"
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
@@ -69,6 +71,9 @@ type Config struct {
 	// DefaultPolicy is the mesh-wide default: allow-mesh, same-namespace or
 	// deny. Empty means the mesh file's defaultPolicy, else allow-mesh.
 	DefaultPolicy string
+	// DefaultPolicyMode is the mode of the mesh default: enforce or audit.
+	// Empty means the mesh file's defaultPolicyMode, else enforce.
+	DefaultPolicyMode string
 	// ClusterDomain is the DNS domain of service names in the sidecars'
 	// name tables (default DefaultClusterDomain).
 	ClusterDomain string
@@ -87,8 +92,14 @@ type Config struct {
 	// xds.DefaultMaxStreamsPerIdentity).
 	MaxStreamsPerIdentity int
 	// AdminAddr serves /healthz, /readyz and /metrics to every caller, and
-	// /debug/sidecars only to callers on loopback.
+	// /debug/sidecars and /debug/flows only to callers on loopback.
 	AdminAddr string
+
+	// FlowMaxEdges, FlowMaxEdgesPerReporter and FlowRetention bound the
+	// observed-traffic table (flows.StoreConfig; 0: its defaults).
+	FlowMaxEdges            int
+	FlowMaxEdgesPerReporter int
+	FlowRetention           time.Duration
 
 	// CAAddr is tether-ca; BundleFile verifies it at bootstrap. JoinToken
 	// (standalone) or TokenFile (a projected ServiceAccount token) proves
@@ -140,9 +151,18 @@ func (c *Config) Validate() error {
 	if c.MaxStreamsPerIdentity < 0 {
 		return fmt.Errorf("--max-streams-per-identity %d: want at least 1 (0: the default, %d)", c.MaxStreamsPerIdentity, xds.DefaultMaxStreamsPerIdentity)
 	}
+	if c.FlowMaxEdges < 0 || c.FlowMaxEdgesPerReporter < 0 || c.FlowRetention < 0 {
+		return fmt.Errorf("--flow-max-edges %d, --flow-max-edges-per-reporter %d, --flow-retention %s: none may be negative (0: the default)",
+			c.FlowMaxEdges, c.FlowMaxEdgesPerReporter, c.FlowRetention)
+	}
 	if c.DefaultPolicy != "" {
 		if _, err := wire.ParseDefault(c.DefaultPolicy); err != nil {
 			return fmt.Errorf("--default-policy: %v", err)
+		}
+	}
+	if c.DefaultPolicyMode != "" {
+		if _, err := policy.ParseDefaultMode(c.DefaultPolicyMode); err != nil {
+			return fmt.Errorf("--default-policy-mode: %v", err)
 		}
 	}
 	domain, err := normalizeDomain(c.ClusterDomain)
@@ -219,6 +239,9 @@ type Server struct {
 	xds      *xds.Server
 	metrics  *metrics
 	registry *prometheus.Registry
+	// flows is the observed-traffic table sidecars report into.
+	flows     *flows.Store
+	flowsGRPC *flowServer
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -250,11 +273,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DefaultPolicy != "" {
 		def, _ = wire.ParseDefault(cfg.DefaultPolicy) // checked by Validate
 	}
+	mode := policy.Enforce
+	if cfg.DefaultPolicyMode != "" {
+		mode, _ = policy.ParseDefaultMode(cfg.DefaultPolicyMode) // checked by Validate
+	}
 	s.metrics = newMetrics(s.registry)
 	rejected := func(error) { s.metrics.reloadErrors.Inc() }
 	switch cfg.Registry {
 	case RegistryFile:
-		if def, err = checkMeshFile(cfg, td, def); err != nil {
+		if def, mode, err = checkMeshFile(cfg, td, def, mode); err != nil {
 			return nil, err
 		}
 		s.source = &discovery.FileSource{Path: cfg.MeshFile, Interval: cfg.MeshFileInterval, Logger: cfg.Logger, Rejected: rejected}
@@ -274,7 +301,7 @@ func New(cfg Config) (*Server, error) {
 		klog.SetSlogLogger(cfg.Logger) // client-go's own logs in our format
 		s.source = &kubesource.KubeSource{Client: cs, Dynamic: dc, Logger: cfg.Logger, Rejected: rejected}
 	}
-	if s.reg, err = discovery.NewRegistry(td, def); err != nil {
+	if s.reg, err = discovery.NewRegistry(td, def, discovery.WithMeshDefaultMode(mode)); err != nil {
 		return nil, err
 	}
 
@@ -286,6 +313,10 @@ func New(cfg Config) (*Server, error) {
 	s.xds = &xds.Server{Registry: s.reg, ClusterDomain: cfg.ClusterDomain, Logger: cfg.Logger, MaxConcurrentSyncs: cfg.MaxConcurrentSyncs,
 		MaxSyncsPerIdentity: cfg.MaxSyncsPerIdentity, MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity}
 	s.registry.MustRegister(syncGauges(s.xds)...)
+	replica, _ := os.Hostname()
+	s.flows = flows.NewStore(flows.StoreConfig{MaxEdges: cfg.FlowMaxEdges, MaxEdgesPerReporter: cfg.FlowMaxEdgesPerReporter,
+		Retention: cfg.FlowRetention, Replica: replica})
+	s.flowsGRPC = newFlowServer(s.flows, s.reg, cfg.Logger, s.registry)
 	return s, nil
 }
 
@@ -308,32 +339,40 @@ func loadBundle(path string, td spiffeid.TrustDomain) (*x509bundle.Bundle, error
 
 // checkMeshFile loads the mesh file once so that a missing or bad file
 // stops the start with a clear message, and returns the mesh default: def
-// if --default-policy was given, else the file's, else allow-mesh.
-func checkMeshFile(cfg Config, td spiffeid.TrustDomain, def policy.Default) (policy.Default, error) {
+// if --default-policy was given, else the file's, else allow-mesh; and its
+// mode likewise (--default-policy-mode, defaultPolicyMode, enforce).
+func checkMeshFile(cfg Config, td spiffeid.TrustDomain, def policy.Default, mode policy.Mode) (policy.Default, policy.Mode, error) {
 	mf, err := discovery.LoadMeshFile(cfg.MeshFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("--mesh-file %s does not exist; write one first (format: docs/discovery.md)", cfg.MeshFile)
+		return 0, "", fmt.Errorf("--mesh-file %s does not exist; write one first (format: docs/discovery.md)", cfg.MeshFile)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("--mesh-file: %w", err)
+		return 0, "", fmt.Errorf("--mesh-file: %w", err)
 	}
 	if !mf.TrustDomain.IsZero() && mf.TrustDomain != td {
-		return 0, fmt.Errorf("--mesh-file %s: trustDomain %s differs from --trust-domain %s", cfg.MeshFile, mf.TrustDomain.Name(), td.Name())
+		return 0, "", fmt.Errorf("--mesh-file %s: trustDomain %s differs from --trust-domain %s", cfg.MeshFile, mf.TrustDomain.Name(), td.Name())
 	}
 	if mf.DefaultPolicy != 0 {
 		if cfg.DefaultPolicy != "" && mf.DefaultPolicy != def {
-			return 0, fmt.Errorf("--mesh-file %s: defaultPolicy %s differs from --default-policy %s; drop one of them", cfg.MeshFile, mf.DefaultPolicy, def)
+			return 0, "", fmt.Errorf("--mesh-file %s: defaultPolicy %s differs from --default-policy %s; drop one of them", cfg.MeshFile, mf.DefaultPolicy, def)
 		}
 		def = mf.DefaultPolicy
 	}
-	scratch, err := discovery.NewRegistry(td, def)
+	if mf.DefaultPolicyMode != "" {
+		if cfg.DefaultPolicyMode != "" && mf.DefaultPolicyMode != mode {
+			return 0, "", fmt.Errorf("--mesh-file %s: defaultPolicyMode %s differs from --default-policy-mode %s; drop one of them",
+				cfg.MeshFile, policy.DefaultModeString(mf.DefaultPolicyMode), policy.DefaultModeString(mode))
+		}
+		mode = mf.DefaultPolicyMode
+	}
+	scratch, err := discovery.NewRegistry(td, def, discovery.WithMeshDefaultMode(mode))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if err := scratch.Update(mf.State); err != nil {
-		return 0, fmt.Errorf("--mesh-file %s: %w", cfg.MeshFile, err)
+		return 0, "", fmt.Errorf("--mesh-file %s: %w", cfg.MeshFile, err)
 	}
-	return def, nil
+	return def, mode, nil
 }
 
 // restConfig is the kubeconfig file if one is given, else in-cluster.
@@ -418,8 +457,10 @@ func (s *Server) Run(ctx context.Context) error {
 
 	g := s.grpcServer()
 	s.xds.Register(g)
+	discoveryv1.RegisterFlowsServer(g, s.flowsGRPC)
 	httpAdmin := admin.New(s.cfg.AdminAddr, s.Ready, s.registry, s.log, admin.WithMetrics("discovery", s.registry))
 	httpAdmin.HandleLocal("GET /debug/sidecars", s.debugSidecars)
+	httpAdmin.HandleLocal("GET /debug/flows", s.debugFlows)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
@@ -435,6 +476,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("identity agent", func() error { return s.agent.Run(ctx) })
 	run("registry", func() error { return s.source.Run(ctx, s.reg) })
 	run("xds", func() error { return s.xds.Run(ctx) })
+	run("flows", func() error { s.expireFlows(ctx); return nil })
 	run("admin http", func() error { return httpAdmin.Serve(ctx, adminL) })
 	run("grpc", func() error {
 		if !s.waitReady(ctx) {
@@ -452,7 +494,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("tether-discovery started", slog.String("trust_domain", s.cfg.TrustDomain),
 		slog.String("registry", s.cfg.Registry), slog.String("grpc", grpcL.Addr().String()),
 		slog.String("admin", adminL.Addr().String()), slog.String("ca", s.cfg.CAAddr),
-		slog.String("default_policy", s.reg.MeshDefault().String()), slog.String("cluster_domain", s.cfg.ClusterDomain))
+		slog.String("default_policy", s.reg.MeshDefault().String()),
+		slog.String("default_policy_mode", policy.DefaultModeString(s.reg.MeshDefaultMode())), slog.String("cluster_domain", s.cfg.ClusterDomain))
 
 	var runErr error
 	select {
@@ -469,7 +512,7 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
-// grpcServer is the xDS gRPC server: mTLS with the agent's current SVID
+// grpcServer is the xDS (and Flows) gRPC server: mTLS with the agent's current SVID
 // and bundle on every handshake (so renewals and bundle changes apply
 // without a restart), accepting any SVID of the trust domain; xds.Server
 // then checks node.id against it.
@@ -480,6 +523,7 @@ func (s *Server) grpcServer() *grpc.Server {
 		grpc.Creds(credentials.NewTLS(tc)),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.StreamInterceptor(s.metrics.streamInterceptor),
+		grpc.InTapHandle(s.flowsGRPC.tap),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)...)

@@ -310,6 +310,7 @@ func TestCheckReporter(t *testing.T) {
 		{"a service it does not serve", webID, dest},
 		{"a port of its service it does not serve", apiID, otherPort},
 		{"another workload", webID, workload},
+		{"itself in another namespace", apiID, func() Key { k := workload; k.Namespace = "pay"; return k }()},
 	}
 	for _, c := range lies {
 		if err := CheckReporter(c.reporter, edge(c.k, 1, t0, t0), serves); !errors.Is(err, ErrNotSeen) {

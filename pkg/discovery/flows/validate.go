@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/pkg/discovery/wire"
 )
 
 // Bounds on what an Edge and a report may hold. They bound the memory an
@@ -47,7 +49,7 @@ func (k Key) Validate() error {
 	if err := checkID("source", k.Source); err != nil {
 		return err
 	}
-	if k.Namespace != "" && (len(k.Namespace) > 63 || !dnsLabel.MatchString(k.Namespace)) {
+	if k.Namespace != "" && !ValidNamespace(k.Namespace) {
 		return fmt.Errorf("%w: namespace %q is not a DNS label", ErrInvalid, clipField(k.Namespace))
 	}
 	switch {
@@ -84,6 +86,9 @@ func (k Key) Validate() error {
 	}
 	return nil
 }
+
+// ValidNamespace reports whether ns is a namespace name (a DNS label).
+func ValidNamespace(ns string) bool { return len(ns) <= 63 && dnsLabel.MatchString(ns) }
 
 func checkID(name, s string) error {
 	if len(s) > MaxIDLength {
@@ -138,7 +143,8 @@ type Serves func(id spiffeid.ID, namespace, name string, port uint16) bool
 // CheckReporter refuses, with an error wrapping ErrNotSeen, an edge that
 // reporter cannot have seen: a caller-side edge whose Source is not the
 // reporter, a destination-side edge to a service the reporter does not
-// serve (serves), or to a workload that is not the reporter.
+// serve (serves), or to a workload that is not the reporter (or in
+// another namespace than the reporter's).
 func CheckReporter(reporter spiffeid.ID, e Edge, serves Serves) error {
 	switch e.Side {
 	case Caller:
@@ -149,6 +155,9 @@ func CheckReporter(reporter spiffeid.ID, e Edge, serves Serves) error {
 		if e.Workload != "" {
 			if e.Workload != reporter.String() {
 				return fmt.Errorf("%w: %s reported a call to workload %s", ErrNotSeen, reporter, clipField(e.Workload))
+			}
+			if ns, _ := wire.WorkloadNamespace(reporter); e.Namespace != ns {
+				return fmt.Errorf("%w: %s reported a call to itself in namespace %q, but its namespace is %q", ErrNotSeen, reporter, e.Namespace, ns)
 			}
 			return nil
 		}
