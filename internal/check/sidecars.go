@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,9 +16,6 @@ import (
 	"github.com/blang/semver/v4"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
-	"k8s.io/client-go/tools/portforward"
-	"k8s.io/client-go/transport/spdy"
 
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/internal/meshkube"
@@ -204,80 +199,11 @@ func (r *runner) discoveryNodes(ctx context.Context) ([]xds.NodeInfo, string, er
 }
 
 // forwardGet port-forwards to the pod's port, as kubectl port-forward
-// does, and GETs path on it.
+// does, and GETs path on it, within --timeout (meshkube.ForwardGet).
 func (r *runner) forwardGet(ctx context.Context, p *corev1.Pod, port int, path string) ([]byte, error) {
-	what := fmt.Sprintf("port-forward to pod %s port %d", podName(p), port)
-	u := r.client.CoreV1().RESTClient().Post().Resource("pods").Namespace(p.Namespace).Name(p.Name).SubResource("portforward").URL()
-	transport, upgrader, err := spdy.RoundTripperFor(r.cfg)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	dialer := httpstream.Dialer(spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u))
-	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, r.cfg); err == nil {
-		dialer = portforward.NewFallbackDialer(ws, dialer, func(err error) bool {
-			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
-		})
-	}
 	cctx, cancel := r.ctx(ctx)
 	defer cancel()
-	ready := make(chan struct{})
-	var errOut strings.Builder
-	fw, err := portforward.NewOnAddressesWithContext(cctx, dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, ready, io.Discard, &lockedBuilder{b: &errOut})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- fw.ForwardPorts() }()
-	// Ending the context ends ForwardPorts, which closes its listener
-	// (closing it here too would log an error).
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-		}
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		return nil, fmt.Errorf("%s: %w", what, err)
-	case <-cctx.Done():
-		return nil, fmt.Errorf("%s: no answer within --timeout", what)
-	}
-	ports, err := fw.GetPorts()
-	if err != nil || len(ports) == 0 {
-		return nil, fmt.Errorf("%s: no local port: %v", what, err)
-	}
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, (&url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local))), Path: path}).String(), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}).Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s through the %s: %w %s", path, what, err, strings.TrimSpace(errOut.String()))
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, meshkube.MaxMetricsBody+1))
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("GET %s through the %s: %w", path, what, err)
-	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("GET %s through the %s: %s", path, what, resp.Status)
-	case len(body) > meshkube.MaxMetricsBody:
-		return nil, fmt.Errorf("GET %s through the %s: answer larger than %d bytes", path, what, meshkube.MaxMetricsBody)
-	}
-	return body, nil
-}
-
-type lockedBuilder struct {
-	mu sync.Mutex
-	b  *strings.Builder
-}
-
-func (l *lockedBuilder) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+	return meshkube.ForwardGet(cctx, r.cfg, r.client, p, port, path, meshkube.MaxMetricsBody)
 }
 
 // svidCheck: every sidecar holds an SVID that has not expired, and can

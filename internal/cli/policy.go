@@ -60,6 +60,7 @@ As a text table, as a Graphviz digraph with -o dot (or --dot), or as JSON
 or YAML with -o json|yaml. With --namespace, only the pairs whose service or
 whose source workload is in that namespace.
 
+` + policyGraphObservedHelp + `
 ` + policySourceHelp
 
 // errDenied makes `policy check` exit 1 after printing its answer.
@@ -280,12 +281,16 @@ func (a *App) newPolicyCmd() *cobra.Command {
 		Short: "Ask what the mesh's policies allow: one connection, or the whole graph",
 		Long: `Answers from the same policy engine and the same inputs as tether-discovery,
 without a running mesh: whether one workload may reach a service (check), and
-who may reach what (graph).
+who may reach what (graph). From the traffic the mesh observed: what was
+called, over what policy allows (graph --observed), and the AccessPolicies
+that allow exactly that (suggest).
 
 ` + policySourceHelp,
 		Example: `  tether policy check --from web/frontend --to shop/api:80
   tether policy graph --namespace shop
-  tether policy graph --mesh mesh.yaml -o dot | dot -Tsvg > mesh.svg`,
+  tether policy graph --mesh mesh.yaml -o dot | dot -Tsvg > mesh.svg
+  tether policy graph --observed --since 1h -n shop
+  tether policy suggest -n shop | kubectl apply -f -`,
 	}
 	cmd.AddCommand(a.newPolicyCheckCmd(), a.newPolicyGraphCmd())
 	return cmd
@@ -498,8 +503,11 @@ func (a *App) newPolicyGraphCmd() *cobra.Command {
 	var (
 		namespace string
 		dot       bool
+		observed  bool
+		since     time.Duration
 		out       Output
 		src       *policySource
+		fsrc      *flowSource
 	)
 	cmd := &cobra.Command{
 		Use:   "graph",
@@ -508,7 +516,11 @@ func (a *App) newPolicyGraphCmd() *cobra.Command {
 		Example: `  tether policy graph
   tether policy graph -n shop
   tether policy graph --mesh mesh.yaml -o dot | dot -Tsvg > mesh.svg
-  tether policy graph -o json`,
+  tether policy graph -o json
+
+  # What the mesh saw in the last hour, over what policy allows
+  tether policy graph --observed --since 1h -n shop
+  tether policy graph --observed -o dot | dot -Tsvg > observed.svg`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dot {
@@ -517,12 +529,26 @@ func (a *App) newPolicyGraphCmd() *cobra.Command {
 				}
 				_ = (*outputValue)(&out).Set(formatDOT)
 			}
+			if observed {
+				if since < 0 {
+					return usagef("--since must not be negative")
+				}
+				return a.policyGraphObserved(cmd.Context(), src, fsrc, namespace, since, &out)
+			}
+			for _, name := range []string{"since", "discovery-admin", "control-plane-namespace"} {
+				if cmd.Flags().Changed(name) {
+					return usagef("--%s is about the observed traffic: give --observed too", name)
+				}
+			}
 			return a.policyGraph(cmd.Context(), src, namespace, &out)
 		},
 	}
 	src = addPolicySourceFlags(cmd)
 	cmd.Flags().BoolVar(&dot, "dot", false, "print a Graphviz digraph instead of a table (same as -o dot)")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "only pairs whose service or whose source workload is in this namespace")
+	cmd.Flags().BoolVar(&observed, "observed", false, "print the calls the mesh observed, overlaid on what policy allows")
+	cmd.Flags().DurationVar(&since, "since", 0, "with --observed: only calls last seen within this long (default: everything in discovery's table)")
+	fsrc = addFlowSourceFlags(cmd)
 	out.AddFlag(cmd, formatDOT)
 	return cmd
 }

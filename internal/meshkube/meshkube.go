@@ -2,8 +2,9 @@
 // through the API server alone: it finds the control plane's pods by label
 // and reads their admin ports, and the sidecars', through the API server's
 // pod proxy (pods/proxy), so nothing but the API server needs to be
-// reachable from where a command runs. tether status and tether check use
-// it.
+// reachable from where a command runs; what a process answers only on its
+// pod's loopback is read through a port-forward (ForwardGet). tether status,
+// tether check and the observed-traffic policy commands use it.
 package meshkube
 
 import (

@@ -102,6 +102,7 @@ func TestUserStory(t *testing.T) {
 	}
 	s.stage(t, "wire", s.wire)
 	s.stage(t, "policy", s.policy)
+	s.stage(t, "suggest", s.suggest)
 	s.stage(t, "unlabelled", s.unlabelled)
 	s.stage(t, "opt-out", s.optOut)
 	s.stage(t, "check-escaped", s.checkEscaped)
@@ -484,12 +485,7 @@ func (s *storyRun) wire(t *testing.T) {
 // fromWeb runs tether-sample in web's app container of the story namespace
 // and returns its output and exit code.
 func (s *storyRun) fromWeb(args ...string) (string, int, error) {
-	out, err := s.n.kubectl(time.Minute, append([]string{"-n", story, "exec", "deploy/web", "-c", "app", "--", "tether-sample"}, args...)...)
-	var ce *cmdError
-	if errors.As(err, &ce) {
-		return out, ce.exitCode(), err
-	}
-	return out, 0, err
+	return s.fromApp("web", args...)
 }
 
 // policy: an AccessPolicy that lets only api reach db: web gets NXDOMAIN for
