@@ -77,6 +77,7 @@ const (
 type policySource struct {
 	mesh, kubeconfig, kubeContext string
 	trustDomain, defaultPolicy    string
+	defaultPolicyMode             string
 	timeout                       time.Duration
 }
 
@@ -90,6 +91,7 @@ func addPolicySourceFlags(cmd *cobra.Command) *policySource {
 	f.StringVar(&p.kubeContext, "context", "", "kubeconfig context (default: the kubeconfig's current context)")
 	f.StringVar(&p.trustDomain, "trust-domain", "", "trust domain (default: the mesh.yaml's trustDomain, else "+defaultTrustDomain+")")
 	f.StringVar(&p.defaultPolicy, "default-policy", "", "mesh-wide default: allow-mesh, same-namespace or deny; namespaces override it with the tether.dev/default-policy annotation (default: the mesh.yaml's defaultPolicy, else "+defaultPolicyDefault.String()+")")
+	f.StringVar(&p.defaultPolicyMode, "default-policy-mode", "", "mode of the mesh default: enforce, or audit (what it would deny passes, reported as audit-deny); namespaces set their own with the tether.dev/default-policy-mode annotation (default: the mesh.yaml's defaultPolicyMode, else enforce)")
 	f.DurationVar(&p.timeout, "timeout", defaultKubeTimeout, "how long to wait for the Kubernetes API server")
 	_ = cmd.MarkFlagFilename("mesh", "yaml", "yml")
 	_ = cmd.MarkFlagFilename("kubeconfig")
@@ -139,7 +141,25 @@ func (p *policySource) check() error {
 			return usagef("--default-policy: %v", err)
 		}
 	}
+	if p.defaultPolicyMode != "" {
+		if _, err := policy.ParseDefaultMode(p.defaultPolicyMode); err != nil {
+			return usagef("--default-policy-mode: %v", err)
+		}
+	}
 	return nil
+}
+
+// modeOption returns the registry option of the mesh default's mode: the
+// flag's, else the file's (empty when there is no file), else enforce.
+func (p *policySource) modeOption(fileMode policy.Mode) discovery.RegistryOption {
+	mode := policy.Enforce
+	switch {
+	case p.defaultPolicyMode != "":
+		mode, _ = policy.ParseDefaultMode(p.defaultPolicyMode) // checked by check
+	case fileMode != "":
+		mode = fileMode
+	}
+	return discovery.WithMeshDefaultMode(mode)
 }
 
 // settings returns the trust domain and mesh default: the flags', else
@@ -175,7 +195,8 @@ func (p *policySource) load(ctx context.Context, stderr io.Writer) (*meshView, e
 	if err != nil {
 		return nil, err
 	}
-	reg, err := discovery.NewRegistry(p.settings(mf.TrustDomain, mf.DefaultPolicy))
+	td, def := p.settings(mf.TrustDomain, mf.DefaultPolicy)
+	reg, err := discovery.NewRegistry(td, def, p.modeOption(mf.DefaultPolicyMode))
 	if err != nil {
 		return nil, err
 	}

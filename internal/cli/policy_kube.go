@@ -62,7 +62,8 @@ func (p *policySource) loadKube(ctx context.Context, stderr io.Writer) (*meshVie
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 
-	reg, err := discovery.NewRegistry(p.settings(spiffeid.TrustDomain{}, 0))
+	td, def := p.settings(spiffeid.TrustDomain{}, 0)
+	reg, err := discovery.NewRegistry(td, def, p.modeOption(""))
 	if err != nil {
 		return nil, err
 	}

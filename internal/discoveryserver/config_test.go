@@ -81,6 +81,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{"file registry without file", []string{"--mesh-file", ""}, "--registry=file needs --mesh-file"},
 		{"mesh file in kube mode", []string{"--registry", "kube"}, "--mesh-file is only read with --registry=file"},
 		{"bad default policy", []string{"--default-policy", "open"}, `--default-policy: unknown default policy "open": use allow-mesh, same-namespace or deny`},
+		{"bad default policy mode", []string{"--default-policy-mode", "Audit"}, `--default-policy-mode: unknown policy mode "Audit": use enforce or audit`},
 		{"cluster domain with underscore", []string{"--cluster-domain", "my_cluster.local"}, `--cluster-domain "my_cluster.local": label "my_cluster" is not a DNS label`},
 		{"cluster domain with empty label", []string{"--cluster-domain", "cluster..local"}, `label "" is not a DNS label`},
 		{"cluster domain only a dot", []string{"--cluster-domain", "."}, "want a DNS name such as cluster.local"},
@@ -171,6 +172,11 @@ func TestNewErrors(t *testing.T) {
 			"trustDomain example.org differs from --trust-domain cluster.local"},
 		{"mesh file default differs from the flag", func(c *Config) { c.DefaultPolicy = "allow-mesh" },
 			"defaultPolicy deny differs from --default-policy allow-mesh"},
+		{"mesh file default mode differs from the flag", func(c *Config) {
+			c.MeshFile, c.DefaultPolicyMode = file("audit.yaml", "defaultPolicyMode: audit\n"+meshYAML("127.0.0.2", true)), "enforce"
+		}, "defaultPolicyMode audit differs from --default-policy-mode enforce; drop one of them"},
+		{"mesh file bad default mode", func(c *Config) { c.MeshFile = file("badmode.yaml", "defaultPolicyMode: dry-run\n") },
+			`defaultPolicyMode: unknown policy mode "dry-run"`},
 		{"bundle missing", func(c *Config) { c.BundleFile = filepath.Join(dir, "nope.pem") }, "--bundle: read bundle"},
 		{"bundle without certificates", func(c *Config) { c.BundleFile = file("junk.pem", "not a bundle\n") }, "holds no PEM certificate"},
 		{"bundle of another trust domain", func(c *Config) { c.BundleFile = otherBundle },
@@ -227,6 +233,35 @@ func TestDefaultPolicyChoice(t *testing.T) {
 		}
 		if got := s.Registry().MeshDefault(); got != tt.want {
 			t.Errorf("%s with --default-policy=%q: mesh default %s, want %s", filepath.Base(tt.file), tt.flag, got, tt.want)
+		}
+	}
+}
+
+// TestDefaultPolicyModeChoice: the flag, else the file, else enforce.
+func TestDefaultPolicyModeChoice(t *testing.T) {
+	bundle, token := startFiles(t)
+	dir := t.TempDir()
+	audit := filepath.Join(dir, "audit.yaml")
+	os.WriteFile(audit, []byte("defaultPolicyMode: audit\n"+meshYAML("127.0.0.2", true)), 0o644)
+	plain := filepath.Join(dir, "plain.yaml")
+	os.WriteFile(plain, []byte(meshYAML("127.0.0.2", true)), 0o644)
+	for _, tt := range []struct {
+		file, flag string
+		want       policy.Mode
+	}{
+		{audit, "", policy.Audit},
+		{audit, "audit", policy.Audit},
+		{plain, "", policy.Enforce},
+		{plain, "audit", policy.Audit},
+	} {
+		cfg := Config{TrustDomain: "cluster.local", MeshFile: tt.file, DefaultPolicyMode: tt.flag,
+			ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", CAAddr: "127.0.0.1:1", BundleFile: bundle, JoinToken: token}
+		s, err := New(cfg)
+		if err != nil {
+			t.Fatalf("%s with --default-policy-mode=%q: %v", filepath.Base(tt.file), tt.flag, err)
+		}
+		if got := s.Registry().MeshDefaultMode(); got != tt.want {
+			t.Errorf("%s with --default-policy-mode=%q: mode %q, want %q", filepath.Base(tt.file), tt.flag, got, tt.want)
 		}
 	}
 }

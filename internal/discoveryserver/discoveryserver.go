@@ -71,6 +71,9 @@ type Config struct {
 	// DefaultPolicy is the mesh-wide default: allow-mesh, same-namespace or
 	// deny. Empty means the mesh file's defaultPolicy, else allow-mesh.
 	DefaultPolicy string
+	// DefaultPolicyMode is the mode of the mesh default: enforce or audit.
+	// Empty means the mesh file's defaultPolicyMode, else enforce.
+	DefaultPolicyMode string
 	// ClusterDomain is the DNS domain of service names in the sidecars'
 	// name tables (default DefaultClusterDomain).
 	ClusterDomain string
@@ -156,6 +159,11 @@ func (c *Config) Validate() error {
 	if c.DefaultPolicy != "" {
 		if _, err := wire.ParseDefault(c.DefaultPolicy); err != nil {
 			return fmt.Errorf("--default-policy: %v", err)
+		}
+	}
+	if c.DefaultPolicyMode != "" {
+		if _, err := policy.ParseDefaultMode(c.DefaultPolicyMode); err != nil {
+			return fmt.Errorf("--default-policy-mode: %v", err)
 		}
 	}
 	domain, err := normalizeDomain(c.ClusterDomain)
@@ -266,11 +274,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DefaultPolicy != "" {
 		def, _ = wire.ParseDefault(cfg.DefaultPolicy) // checked by Validate
 	}
+	mode := policy.Enforce
+	if cfg.DefaultPolicyMode != "" {
+		mode, _ = policy.ParseDefaultMode(cfg.DefaultPolicyMode) // checked by Validate
+	}
 	s.metrics = newMetrics(s.registry)
 	rejected := func(error) { s.metrics.reloadErrors.Inc() }
 	switch cfg.Registry {
 	case RegistryFile:
-		if def, err = checkMeshFile(cfg, td, def); err != nil {
+		if def, mode, err = checkMeshFile(cfg, td, def, mode); err != nil {
 			return nil, err
 		}
 		s.source = &discovery.FileSource{Path: cfg.MeshFile, Interval: cfg.MeshFileInterval, Logger: cfg.Logger, Rejected: rejected}
@@ -290,7 +302,7 @@ func New(cfg Config) (*Server, error) {
 		klog.SetSlogLogger(cfg.Logger) // client-go's own logs in our format
 		s.source = &kubesource.KubeSource{Client: cs, Dynamic: dc, Logger: cfg.Logger, Rejected: rejected}
 	}
-	if s.reg, err = discovery.NewRegistry(td, def); err != nil {
+	if s.reg, err = discovery.NewRegistry(td, def, discovery.WithMeshDefaultMode(mode)); err != nil {
 		return nil, err
 	}
 
@@ -328,32 +340,40 @@ func loadBundle(path string, td spiffeid.TrustDomain) (*x509bundle.Bundle, error
 
 // checkMeshFile loads the mesh file once so that a missing or bad file
 // stops the start with a clear message, and returns the mesh default: def
-// if --default-policy was given, else the file's, else allow-mesh.
-func checkMeshFile(cfg Config, td spiffeid.TrustDomain, def policy.Default) (policy.Default, error) {
+// if --default-policy was given, else the file's, else allow-mesh; and its
+// mode likewise (--default-policy-mode, defaultPolicyMode, enforce).
+func checkMeshFile(cfg Config, td spiffeid.TrustDomain, def policy.Default, mode policy.Mode) (policy.Default, policy.Mode, error) {
 	mf, err := discovery.LoadMeshFile(cfg.MeshFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("--mesh-file %s does not exist; write one first (format: docs/discovery.md)", cfg.MeshFile)
+		return 0, "", fmt.Errorf("--mesh-file %s does not exist; write one first (format: docs/discovery.md)", cfg.MeshFile)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("--mesh-file: %w", err)
+		return 0, "", fmt.Errorf("--mesh-file: %w", err)
 	}
 	if !mf.TrustDomain.IsZero() && mf.TrustDomain != td {
-		return 0, fmt.Errorf("--mesh-file %s: trustDomain %s differs from --trust-domain %s", cfg.MeshFile, mf.TrustDomain.Name(), td.Name())
+		return 0, "", fmt.Errorf("--mesh-file %s: trustDomain %s differs from --trust-domain %s", cfg.MeshFile, mf.TrustDomain.Name(), td.Name())
 	}
 	if mf.DefaultPolicy != 0 {
 		if cfg.DefaultPolicy != "" && mf.DefaultPolicy != def {
-			return 0, fmt.Errorf("--mesh-file %s: defaultPolicy %s differs from --default-policy %s; drop one of them", cfg.MeshFile, mf.DefaultPolicy, def)
+			return 0, "", fmt.Errorf("--mesh-file %s: defaultPolicy %s differs from --default-policy %s; drop one of them", cfg.MeshFile, mf.DefaultPolicy, def)
 		}
 		def = mf.DefaultPolicy
 	}
-	scratch, err := discovery.NewRegistry(td, def)
+	if mf.DefaultPolicyMode != "" {
+		if cfg.DefaultPolicyMode != "" && mf.DefaultPolicyMode != mode {
+			return 0, "", fmt.Errorf("--mesh-file %s: defaultPolicyMode %s differs from --default-policy-mode %s; drop one of them",
+				cfg.MeshFile, policy.DefaultModeString(mf.DefaultPolicyMode), policy.DefaultModeString(mode))
+		}
+		mode = mf.DefaultPolicyMode
+	}
+	scratch, err := discovery.NewRegistry(td, def, discovery.WithMeshDefaultMode(mode))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if err := scratch.Update(mf.State); err != nil {
-		return 0, fmt.Errorf("--mesh-file %s: %w", cfg.MeshFile, err)
+		return 0, "", fmt.Errorf("--mesh-file %s: %w", cfg.MeshFile, err)
 	}
-	return def, nil
+	return def, mode, nil
 }
 
 // restConfig is the kubeconfig file if one is given, else in-cluster.
@@ -475,7 +495,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("tether-discovery started", slog.String("trust_domain", s.cfg.TrustDomain),
 		slog.String("registry", s.cfg.Registry), slog.String("grpc", grpcL.Addr().String()),
 		slog.String("admin", adminL.Addr().String()), slog.String("ca", s.cfg.CAAddr),
-		slog.String("default_policy", s.reg.MeshDefault().String()), slog.String("cluster_domain", s.cfg.ClusterDomain))
+		slog.String("default_policy", s.reg.MeshDefault().String()),
+		slog.String("default_policy_mode", policy.DefaultModeString(s.reg.MeshDefaultMode())), slog.String("cluster_domain", s.cfg.ClusterDomain))
 
 	var runErr error
 	select {

@@ -35,6 +35,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.DurationVar(&c.MeshFileInterval, "mesh-file-interval", DefaultMeshFileInterval, "how often --mesh-file is checked for changes")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file for --registry=kube; empty means in-cluster (env KUBECONFIG)")
 	fs.StringVar(&c.DefaultPolicy, "default-policy", "", "mesh-wide default where no AccessPolicy names a service: allow-mesh, same-namespace or deny (default: the mesh file's defaultPolicy, else allow-mesh)")
+	fs.StringVar(&c.DefaultPolicyMode, "default-policy-mode", "", "mode of the mesh default: enforce, or audit (connections it would deny pass and are logged and counted as audit-deny) (default: the mesh file's defaultPolicyMode, else enforce)")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", env("TETHER_CLUSTER_DOMAIN", DefaultClusterDomain), "cluster DNS domain of service names (<svc>.<ns>.svc.<domain>) (env TETHER_CLUSTER_DOMAIN)")
 	fs.StringVar(&c.ListenAddr, "listen", ":15010", "address of the xDS (ADS) gRPC port, mTLS")
 	fs.IntVar(&c.MaxConcurrentSyncs, "max-concurrent-syncs", xds.DefaultMaxConcurrentSyncs, "sidecars sent their whole configuration at once; others wait their turn (bounds memory when many reconnect)")

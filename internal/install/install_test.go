@@ -254,6 +254,7 @@ func TestBadInput(t *testing.T) {
 		{"string where a number goes", Options{Values: Values{SetString: []string{"ca.replicas=3"}}}, []string{"/ca/replicas", "want integer"}},
 		{"bad duration", Options{Values: Values{Set: []string{"ca.svidTTL=5 minutes"}}}, []string{"/ca/svidTTL", "does not match pattern"}},
 		{"bad policy", Options{Values: Values{Set: []string{"defaultPolicy=allow-all"}}}, []string{"/defaultPolicy", "allow-mesh"}},
+		{"bad policy mode", Options{Values: Values{Set: []string{"discovery.defaultPolicyMode=Audit"}}}, []string{"/discovery/defaultPolicyMode", "enforce", "audit"}},
 		{"bad digest", Options{Values: Values{Set: []string{"image.digest=latest"}}}, []string{"/image/digest"}},
 		{"bad issuer kind", Options{Values: Values{Set: []string{"certManager.issuer.kind=Vault"}}}, []string{"/certManager/issuer/kind"}},
 		{"issuer without createIssuers=false", Options{Values: Values{Set: []string{"certManager.enabled=true,certManager.issuer.name=corp"}}}, []string{"certManager.issuer Issuer/corp", "certManager.createIssuers=false"}},

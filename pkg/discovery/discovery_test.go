@@ -199,6 +199,8 @@ func TestRegistryUpdateRejects(t *testing.T) {
 			s.Services[1].Endpoints[0].ID = spiffeid.RequireFromString("spiffe://other.org/x")
 		}, "identity spiffe://other.org/x is outside trust domain cluster.local"},
 		{"bad namespace default", func(s *State) { s.Namespaces[0].DefaultPolicy = "open" }, `namespace payments: defaultPolicy: unknown default policy "open"`},
+		{"bad namespace default mode", func(s *State) { s.Namespaces[0].DefaultPolicyMode = "Audit" }, `namespace payments: defaultPolicyMode: unknown policy mode "Audit": use enforce or audit`},
+		{"bad policy mode", func(s *State) { s.Policies[0].Spec.Mode = "dry-run" }, `invalid AccessPolicy default/api-from-web: spec.mode: "dry-run" is not a mode: use Enforce or Audit`},
 		{"duplicate namespace", func(s *State) { s.Namespaces = append(s.Namespaces, s.Namespaces[0]) }, "namespace payments is listed twice"},
 		{"invalid policy", func(s *State) { s.Policies[0].Spec.Sources = nil }, "invalid AccessPolicy default/api-from-web: spec.sources: at least one source is required"},
 		{"duplicate policy", func(s *State) { s.Policies = append(s.Policies, s.Policies[0]) }, "AccessPolicy default/api-from-web is listed twice"},
@@ -275,6 +277,9 @@ func TestParseMeshFileErrors(t *testing.T) {
 		{"identity and sa", "services:\n  - name: a\n    endpoints: [{address: 1.2.3.4, identity: 'spiffe://cluster.local/x', serviceAccount: a}]\n", "not both"},
 		{"bad trust domain", "trustDomain: 'Bad Domain'\n", "trustDomain"},
 		{"bad default", "defaultPolicy: open\n", "defaultPolicy"},
+		{"bad default mode", "defaultPolicyMode: Audit\n", `defaultPolicyMode: unknown policy mode "Audit": use enforce or audit`},
+		{"bad policy mode", "policies:\n  - apiVersion: tether.dev/v1alpha1\n    kind: AccessPolicy\n    metadata: {name: p, namespace: shop}\n    spec: {destination: {service: a}, sources: [{namespace: x}], mode: audit}\n", `shop/p: spec.mode: "audit" is not a mode: use Enforce or Audit`},
+		{"unknown namespace field", "namespaces:\n  - name: shop\n    defaultMode: audit\n", `unknown field "defaultMode"`},
 		{"wrong apiVersion", "policies:\n  - apiVersion: v1\n    kind: AccessPolicy\n    metadata: {name: p}\n    spec: {destination: {service: a}, sources: [{namespace: x}]}\n", `AccessPolicy default/p: apiVersion "v1": want tether.dev/v1alpha1`},
 		{"wrong kind", "policies:\n  - apiVersion: tether.dev/v1alpha1\n    kind: Policy\n    metadata: {name: p}\n    spec: {destination: {service: a}, sources: [{namespace: x}]}\n", `kind "Policy"`},
 		{"invalid policy", "policies:\n  - apiVersion: tether.dev/v1alpha1\n    kind: AccessPolicy\n    metadata: {name: p, namespace: shop}\n    spec: {destination: {service: a}, sources: []}\n", "shop/p: spec.sources: at least one source"},
@@ -409,4 +414,88 @@ func FuzzParseMeshFile(f *testing.F) {
 			r.Snapshot().AllowedPairs()
 		}
 	})
+}
+
+// meshWithModes audits: the mesh default deny, namespace shop's default,
+// and one policy; namespace pay stays enforced.
+const meshWithModes = `
+trustDomain: cluster.local
+defaultPolicy: deny
+defaultPolicyMode: audit
+namespaces:
+  - name: shop
+    defaultPolicy: same-namespace
+    defaultPolicyMode: audit
+  - name: pay
+    defaultPolicy: same-namespace
+    defaultPolicyMode: enforce
+services:
+  - name: web
+    namespace: shop
+    ports: [{port: 80}]
+    endpoints: [{address: 10.0.0.1, serviceAccount: web}]
+  - name: api
+    namespace: pay
+    ports: [{port: 80}]
+    endpoints: [{address: 10.0.0.2, serviceAccount: api}]
+  - name: db
+    namespace: pay
+    ports: [{port: 5432}]
+    endpoints: [{address: 10.0.0.3, serviceAccount: db}]
+policies:
+  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: db-from-api, namespace: pay}
+    spec:
+      destination: {service: db}
+      sources: [{serviceAccount: {name: api}}]
+      mode: Audit
+`
+
+func TestMeshFileModes(t *testing.T) {
+	mf, err := ParseMeshFile([]byte(meshWithModes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mf.DefaultPolicyMode != policy.Audit || mf.State.Namespaces[0].DefaultPolicyMode != "audit" || mf.State.Policies[0].Spec.Mode != policy.Audit {
+		t.Fatalf("modes not read: %+v", mf)
+	}
+	reg, err := NewRegistry(mf.TrustDomain, mf.DefaultPolicy, WithMeshDefaultMode(mf.DefaultPolicyMode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Update(mf.State); err != nil {
+		t.Fatal(err)
+	}
+	eng := reg.Snapshot().Engine()
+	batch := spiffeid.RequireFromString("spiffe://cluster.local/ns/batch/sa/jobs")
+	for _, c := range []struct {
+		ns, svc            string
+		port               uint16
+		allowed, auditDeny bool
+	}{
+		{"shop", "web", 80, true, true},  // audited same-namespace under an audited mesh default: allow-mesh
+		{"pay", "api", 80, false, false}, // enforced same-namespace
+		{"pay", "db", 5432, false, false},
+	} {
+		d := eng.Decide(batch, c.ns, c.svc, c.port)
+		if d.Allowed != c.allowed || d.AuditDenied != c.auditDeny {
+			t.Errorf("%s/%s: %+v; want allowed %v, audit-denied %v", c.ns, c.svc, d, c.allowed, c.auditDeny)
+		}
+	}
+	// pay/db: the audit policy is invisible; pay's default decides.
+	if d := eng.Decide(spiffeid.RequireFromString("spiffe://cluster.local/ns/pay/sa/web"), "pay", "db", 5432); !d.Allowed || !d.AuditDenied ||
+		!strings.Contains(d.AuditRule, "in audit mode: AccessPolicy pay/db-from-api") {
+		t.Errorf("pay/web to pay/db: %+v; want allowed by pay's default, audit-denied by db-from-api", d)
+	}
+
+	// The mesh default's mode is fixed at start, like the default.
+	enforcing, err := NewRegistry(mf.TrustDomain, mf.DefaultPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = (&FileSource{Path: "mesh.yaml"}).apply(enforcing, []byte(meshWithModes))
+	if !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), "defaultPolicyMode audit differs from the registry's enforce (restart to change it)") {
+		t.Errorf("apply = %v; want the mode change refused", err)
+	}
 }

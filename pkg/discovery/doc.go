@@ -16,10 +16,14 @@
 //	# Optional: allow-mesh (default), same-namespace or deny. Applies to
 //	# services that no AccessPolicy names.
 //	defaultPolicy: allow-mesh
+//	# Optional: enforce (default) or audit, the mode of the mesh default.
+//	defaultPolicyMode: enforce
 //	namespaces:
 //	  # Per-namespace override, like the tether.dev/default-policy annotation.
 //	  - name: payments
 //	    defaultPolicy: same-namespace
+//	    # Optional, like tether.dev/default-policy-mode: enforce or audit.
+//	    defaultPolicyMode: enforce
 //	services:
 //	  - name: web
 //	    namespace: default          # optional, default "default"
@@ -62,6 +66,7 @@
 //	            name: web
 //	        - namespace: payments
 //	        - spiffeID: spiffe://cluster.local/batch/report
+//	      mode: Enforce   # optional: Enforce (default) or Audit
 //
 // With this file web may reach api (policy api-from-web), anything in the
 // trust domain may reach web (mesh default allow-mesh), and only workloads of

@@ -29,21 +29,26 @@ type MeshFile struct {
 	TrustDomain spiffeid.TrustDomain
 	// DefaultPolicy is 0 when the file does not set it.
 	DefaultPolicy policy.Default
-	State         State
+	// DefaultPolicyMode is the mode of the mesh default; empty when the
+	// file does not set it.
+	DefaultPolicyMode policy.Mode
+	State             State
 }
 
 // The document as written; see the package documentation.
 type fileDoc struct {
 	TrustDomain   string                `json:"trustDomain,omitempty"`
 	DefaultPolicy string                `json:"defaultPolicy,omitempty"`
+	DefaultMode   string                `json:"defaultPolicyMode,omitempty"`
 	Namespaces    []fileNamespace       `json:"namespaces,omitempty"`
 	Services      []fileService         `json:"services,omitempty"`
 	Policies      []policy.AccessPolicy `json:"policies,omitempty"`
 }
 
 type fileNamespace struct {
-	Name          string `json:"name"`
-	DefaultPolicy string `json:"defaultPolicy,omitempty"`
+	Name              string `json:"name"`
+	DefaultPolicy     string `json:"defaultPolicy,omitempty"`
+	DefaultPolicyMode string `json:"defaultPolicyMode,omitempty"`
 }
 
 type fileService struct {
@@ -100,6 +105,13 @@ func ParseMeshFile(data []byte) (*MeshFile, error) {
 			bad("defaultPolicy: %v", err)
 		}
 		mf.DefaultPolicy = d
+	}
+	if doc.DefaultMode != "" {
+		m, err := policy.ParseDefaultMode(doc.DefaultMode)
+		if err != nil {
+			bad("defaultPolicyMode: %v", err)
+		}
+		mf.DefaultPolicyMode = m
 	}
 	for _, ns := range doc.Namespaces {
 		mf.State.Namespaces = append(mf.State.Namespaces, Namespace(ns))
@@ -335,6 +347,10 @@ func (f *FileSource) apply(reg *Registry, data []byte) error {
 	}
 	if mf.DefaultPolicy != 0 && mf.DefaultPolicy != reg.MeshDefault() {
 		return fmt.Errorf("%s: %w: defaultPolicy %s differs from the registry's %s (restart to change it)", f.Path, ErrBadFile, mf.DefaultPolicy, reg.MeshDefault())
+	}
+	if mf.DefaultPolicyMode != "" && mf.DefaultPolicyMode.Audited() != reg.MeshDefaultMode().Audited() {
+		return fmt.Errorf("%s: %w: defaultPolicyMode %s differs from the registry's %s (restart to change it)", f.Path, ErrBadFile,
+			policy.DefaultModeString(mf.DefaultPolicyMode), policy.DefaultModeString(reg.MeshDefaultMode()))
 	}
 	if err := reg.Update(mf.State); err != nil {
 		return fmt.Errorf("%s: %w", f.Path, err)

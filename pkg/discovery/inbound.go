@@ -139,9 +139,11 @@ func (s *Snapshot) InboundChains(id spiffeid.ID) []InboundChain {
 // sends it (see InboundChains and PodChains): on a target port of the
 // pod's chains, every decider of every chain for that port must allow
 // src; on a port no chain covers, the default of the pod's namespace (the
-// namespace of id, else the mesh default) decides.
+// namespace of id, else the mesh default) decides. The decision is
+// audit-denied when a decider's is (see policy.Engine.Decide).
 func (s *Snapshot) Inbound(src, id spiffeid.ID, addrs []netip.Addr, targetPort uint16) policy.Decision {
 	var allowed []string
+	var audit string // the first decider's would-be denial
 	for _, c := range PodChains(s.InboundChains(id), addrs) {
 		if c.TargetPort != targetPort {
 			continue
@@ -152,14 +154,20 @@ func (s *Snapshot) Inbound(src, id spiffeid.ID, addrs []netip.Addr, targetPort u
 				return policy.Decision{Rule: fmt.Sprintf("pod port %d is %s's port %d: %s", targetPort, d.Service, d.Port, dec.Rule)}
 			}
 			allowed = append(allowed, dec.Rule)
+			if dec.AuditDenied && audit == "" {
+				audit = fmt.Sprintf("pod port %d is %s's port %d: %s", targetPort, d.Service, d.Port, dec.AuditRule)
+			}
 		}
 	}
 	if len(allowed) > 0 {
 		slices.Sort(allowed)
-		return policy.Decision{Allowed: true, Rule: strings.Join(slices.Compact(allowed), " and ")}
+		return policy.Decision{Allowed: true, Rule: strings.Join(slices.Compact(allowed), " and "), AuditDenied: audit != "", AuditRule: audit}
 	}
 	ns, _ := wire.WorkloadNamespace(id)
 	d := s.engine.DecideDefault(src, ns)
 	d.Rule = fmt.Sprintf("no Service covers port %d: %s", targetPort, d.Rule)
+	if d.AuditDenied {
+		d.AuditRule = fmt.Sprintf("no Service covers port %d: %s", targetPort, d.AuditRule)
+	}
 	return d
 }

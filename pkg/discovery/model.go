@@ -115,6 +115,10 @@ type Namespace struct {
 	// DefaultPolicy is "allow-mesh", "same-namespace", "deny", or empty for
 	// the mesh default (the tether.dev/default-policy annotation).
 	DefaultPolicy string
+	// DefaultPolicyMode is "enforce", "audit", or empty for enforce: the
+	// mode of the namespace's default, its own or the mesh default it
+	// inherits (the tether.dev/default-policy-mode annotation).
+	DefaultPolicyMode string
 }
 
 // State is what a source reports: the whole registry, not a delta.

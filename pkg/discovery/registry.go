@@ -35,21 +35,35 @@ func dnsLabel(re *regexp.Regexp, s string) bool { return len(s) <= 63 && re.Matc
 type Registry struct {
 	td          spiffeid.TrustDomain
 	meshDefault policy.Default
+	meshMode    policy.Mode
 
 	mu  sync.Mutex // serializes Update
 	cur atomic.Pointer[Snapshot]
 }
 
+// RegistryOption configures a Registry.
+type RegistryOption func(*Registry)
+
+// WithMeshDefaultMode sets the mode of the mesh default (default
+// Enforce): with Audit, the mesh default only reports what it would deny
+// (see policy.Engine).
+func WithMeshDefaultMode(m policy.Mode) RegistryOption {
+	return func(r *Registry) { r.meshMode = m }
+}
+
 // NewRegistry returns a Registry for trust domain td whose services fall
 // back to meshDefault where no policy and no namespace default applies. Its
 // first Snapshot is empty, with Version 0.
-func NewRegistry(td spiffeid.TrustDomain, meshDefault policy.Default) (*Registry, error) {
-	eng, err := policy.NewEngine(policy.Config{TrustDomain: td, MeshDefault: meshDefault})
+func NewRegistry(td spiffeid.TrustDomain, meshDefault policy.Default, opts ...RegistryOption) (*Registry, error) {
+	r := &Registry{td: td, meshDefault: meshDefault}
+	for _, o := range opts {
+		o(r)
+	}
+	eng, err := policy.NewEngine(policy.Config{TrustDomain: td, MeshDefault: meshDefault, MeshDefaultMode: r.meshMode})
 	if err != nil {
 		return nil, fmt.Errorf("new registry: %w", err)
 	}
-	r := &Registry{td: td, meshDefault: meshDefault}
-	r.cur.Store(&Snapshot{td: td, meshDefault: meshDefault, index: map[ServiceKey]int{}, engine: eng, changed: make(chan struct{})})
+	r.cur.Store(&Snapshot{td: td, meshDefault: meshDefault, meshMode: r.meshMode, index: map[ServiceKey]int{}, engine: eng, changed: make(chan struct{})})
 	return r, nil
 }
 
@@ -58,6 +72,10 @@ func (r *Registry) TrustDomain() spiffeid.TrustDomain { return r.td }
 
 // MeshDefault returns the registry's mesh-wide default policy.
 func (r *Registry) MeshDefault() policy.Default { return r.meshDefault }
+
+// MeshDefaultMode returns the mode of the registry's mesh-wide default
+// (empty: Enforce).
+func (r *Registry) MeshDefaultMode() policy.Mode { return r.meshMode }
 
 // Snapshot returns the current snapshot; it never changes.
 func (r *Registry) Snapshot() *Snapshot { return r.cur.Load() }
@@ -93,6 +111,7 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 		errs = append(errs, fmt.Errorf("%w: %s", ErrInvalidState, fmt.Sprintf(format, args...)))
 	}
 	nsDefaults := make(map[string]policy.Default)
+	nsModes := make(map[string]policy.Mode)
 	seenNS := make(map[string]bool)
 	for i, ns := range st.Namespaces {
 		switch {
@@ -102,6 +121,13 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 			bad("namespace %s is listed twice", ns.Name)
 		}
 		seenNS[ns.Name] = true
+		if ns.DefaultPolicyMode != "" {
+			m, err := policy.ParseDefaultMode(ns.DefaultPolicyMode)
+			if err != nil {
+				bad("namespace %s: defaultPolicyMode: %v", ns.Name, err)
+			}
+			nsModes[ns.Name] = m
+		}
 		if ns.DefaultPolicy != "" {
 			d, err := wire.ParseDefault(ns.DefaultPolicy)
 			if err != nil {
@@ -147,7 +173,10 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 		}
 		seenPol[ref] = true
 	}
-	eng, err := policy.NewEngine(policy.Config{TrustDomain: r.td, MeshDefault: r.meshDefault, NamespaceDefaults: nsDefaults, Policies: policies})
+	eng, err := policy.NewEngine(policy.Config{
+		TrustDomain: r.td, MeshDefault: r.meshDefault, MeshDefaultMode: r.meshMode,
+		NamespaceDefaults: nsDefaults, NamespaceDefaultModes: nsModes, Policies: policies,
+	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("%w: %w", ErrInvalidState, err))
 	}
@@ -162,9 +191,9 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 	namespaces := slices.Clone(st.Namespaces)
 	slices.SortFunc(namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
 	return &Snapshot{
-		td: r.td, meshDefault: r.meshDefault,
+		td: r.td, meshDefault: r.meshDefault, meshMode: r.meshMode,
 		services: services, index: index, namespaces: namespaces, policies: policies,
-		nsDefaults: nsDefaults, engine: eng, changed: make(chan struct{}),
+		nsDefaults: nsDefaults, nsModes: nsModes, engine: eng, changed: make(chan struct{}),
 	}, nil
 }
 
@@ -232,11 +261,13 @@ type Snapshot struct {
 	version     uint64
 	td          spiffeid.TrustDomain
 	meshDefault policy.Default
+	meshMode    policy.Mode
 	services    []Service // sorted by key
 	index       map[ServiceKey]int
 	namespaces  []Namespace
 	policies    []policy.AccessPolicy
 	nsDefaults  map[string]policy.Default
+	nsModes     map[string]policy.Mode
 	engine      *policy.Engine
 	changed     chan struct{}
 }
@@ -271,6 +302,13 @@ func (s *Snapshot) Policies() []policy.AccessPolicy { return slices.Clone(s.poli
 
 // NamespaceDefaults returns the namespace default overrides.
 func (s *Snapshot) NamespaceDefaults() map[string]policy.Default { return maps.Clone(s.nsDefaults) }
+
+// NamespaceDefaultModes returns the modes the namespaces set for their
+// defaults (tether.dev/default-policy-mode).
+func (s *Snapshot) NamespaceDefaultModes() map[string]policy.Mode { return maps.Clone(s.nsModes) }
+
+// MeshDefaultMode returns the mode of the mesh default (empty: Enforce).
+func (s *Snapshot) MeshDefaultMode() policy.Mode { return s.meshMode }
 
 // Engine returns the policy engine for this snapshot's policies, mesh
 // default and namespace defaults.

@@ -19,6 +19,7 @@ const (
 // +kubebuilder:resource:scope=Namespaced,shortName=ap,categories=tether
 // +kubebuilder:printcolumn:name="Service",type=string,JSONPath=".spec.destination.service",description="The destination Service, in the policy's namespace."
 // +kubebuilder:printcolumn:name="Ports",type=string,JSONPath=".spec.destination.ports",description="The destination ports (empty means all)."
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=".spec.mode",description="Enforce, or Audit: only log and count what the policy would deny."
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=".metadata.creationTimestamp"
 type AccessPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -40,7 +41,31 @@ type AccessPolicySpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +listType=atomic
 	Sources []Source `json:"sources"`
+	// Mode is Enforce (the default): the policy decides who reaches the
+	// destination; or Audit: the policy decides nothing, and the
+	// connections it would deny (while the enforcing policies and defaults
+	// allow them) pass and are logged and counted as "audit-deny".
+	//
+	// +optional
+	// +kubebuilder:default=Enforce
+	// +kubebuilder:validation:Enum=Enforce;Audit
+	Mode PolicyMode `json:"mode,omitempty"`
 }
+
+// PolicyMode says whether an AccessPolicy is enforced or only audited.
+type PolicyMode string
+
+// The policy modes. An empty mode (a mesh.yaml policy that does not set
+// it) means Enforce.
+const (
+	// Enforce: the policy decides.
+	Enforce PolicyMode = "Enforce"
+	// Audit: the policy decides nothing; what it would deny is logged.
+	Audit PolicyMode = "Audit"
+)
+
+// Audited reports whether m is Audit.
+func (m PolicyMode) Audited() bool { return m == Audit }
 
 // Destination names a Service and, optionally, some of its ports.
 type Destination struct {

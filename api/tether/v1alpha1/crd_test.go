@@ -94,6 +94,11 @@ func spec(d map[string]any, sources ...any) map[string]any {
 	return map[string]any{"destination": d, "sources": sources}
 }
 
+func withMode(s map[string]any, mode any) map[string]any {
+	s["mode"] = mode
+	return s
+}
+
 func fromNS(ns string) map[string]any { return map[string]any{"namespace": ns} }
 func fromID(id string) map[string]any { return map[string]any{"spiffeID": id} }
 func fromSA(name, ns string) map[string]any {
@@ -124,8 +129,7 @@ func sources(n int) []any {
 const exactlyOne = "spec.sources[0]: Invalid value: set exactly one of serviceAccount, namespace or spiffeID"
 
 // apiCases hold every rule of the schema: each CEL rule, pattern, length,
-// bound, list type and required field, on both sides of its limit. (The
-// schema has no enums and no defaults.)
+// bound, list type, enum and required field, on both sides of its limit.
 var apiCases = []apiCase{
 	{"valid-all-kinds", spec(dest("web", int64(8080), int64(9090)),
 		fromSA("frontend", ""), fromSA("batch", "jobs"), fromNS("monitoring"), fromID("spiffe://example.org/vm/billing")), ""},
@@ -138,6 +142,8 @@ var apiCases = []apiCase{
 			fromNS(strings.Repeat("d", 63)),
 			fromID("spiffe://example.org/"+strings.Repeat("e", 2048-len("spiffe://example.org/")))),
 	}, ""},
+	{"valid-audit", withMode(spec(dest("web"), fromNS("shop")), "Audit"), ""},
+	{"valid-enforce", withMode(spec(dest("web"), fromNS("shop")), "Enforce"), ""},
 	{"valid-sa-dotted", spec(dest("web"), fromSA("web.v2", "")), ""},
 	{"valid-spiffeid-trust-domain-only", spec(dest("web"), fromID("spiffe://example.org")), ""},
 
@@ -158,6 +164,11 @@ var apiCases = []apiCase{
 		"serviceAccount": map[string]any{"name": "a"}, "namespace": "shop", "spiffeID": "spiffe://example.org/x"}), exactlyOne},
 	{"second-source-two-kinds", spec(dest("web"), fromNS("shop"), map[string]any{"namespace": "shop", "spiffeID": "spiffe://example.org/x"}),
 		strings.Replace(exactlyOne, "[0]", "[1]", 1)},
+
+	// The mode enum (absent: defaulted to Enforce, see checkStored).
+	{"mode-unknown", withMode(spec(dest("web"), fromNS("shop")), "DryRun"), `spec.mode: Unsupported value: "DryRun": supported values: "Enforce", "Audit"`},
+	{"mode-lower-case", withMode(spec(dest("web"), fromNS("shop")), "audit"), `spec.mode: Unsupported value: "audit"`},
+	{"mode-not-a-string", withMode(spec(dest("web"), fromNS("shop")), true), `spec.mode: Invalid value: "boolean": spec.mode in body must be of type string`},
 
 	// Lists.
 	{"no-sources", spec(dest("web")), "spec.sources: Invalid value: 0: spec.sources in body should have at least 1 items"},
@@ -302,6 +313,14 @@ func checkStored(ctx context.Context, t *testing.T, policies dynamic.ResourceInt
 	if err := p.Validate(); err != nil {
 		t.Fatalf("stored policy fails Validate: %v", err)
 	}
+	// The API server defaults an absent mode to Enforce.
+	wantMode, _ := c.spec["mode"].(string)
+	if wantMode == "" {
+		wantMode = string(Enforce)
+	}
+	if string(p.Spec.Mode) != wantMode {
+		t.Fatalf("stored mode = %q, want %q", p.Spec.Mode, wantMode)
+	}
 	stored := runtime.DeepCopyJSONValue(got.Object["spec"]).(map[string]any)
 	// The Go types omit an empty ports list, which means the same as none.
 	if ports, _, _ := unstructured.NestedSlice(stored, "destination", "ports"); len(ports) == 0 {
@@ -337,7 +356,7 @@ func checkDiscovery(t *testing.T, env *kubetest.Env) {
 }
 
 // checkPrinterColumns asks for the Table form kubectl get shows and checks
-// the Service, Ports and Age columns.
+// the Service, Ports, Mode and Age columns.
 func checkPrinterColumns(ctx context.Context, t *testing.T, env *kubetest.Env) {
 	t.Helper()
 	hc, err := rest.HTTPClientFor(env.Config)
@@ -360,12 +379,12 @@ func checkPrinterColumns(ctx context.Context, t *testing.T, env *kubetest.Env) {
 	for _, c := range table.ColumnDefinitions {
 		names = append(names, c.Name)
 	}
-	if want := []string{"Name", "Service", "Ports", "Age"}; !slices.Equal(names, want) || len(table.Rows) != 1 {
+	if want := []string{"Name", "Service", "Ports", "Mode", "Age"}; !slices.Equal(names, want) || len(table.Rows) != 1 {
 		t.Fatalf("table columns %v, %d rows; want columns %v and one row", names, len(table.Rows), want)
 	}
 	cells := table.Rows[0].Cells
-	if cells[1] != "web" || !strings.Contains(fmt.Sprint(cells[2]), "8080") {
-		t.Errorf("row %v: want Service web and Ports holding 8080", cells)
+	if cells[1] != "web" || !strings.Contains(fmt.Sprint(cells[2]), "8080") || cells[3] != "Enforce" {
+		t.Errorf("row %v: want Service web, Ports holding 8080 and Mode Enforce", cells)
 	}
 }
 

@@ -26,7 +26,8 @@ var (
 
 // Validate checks the policy as the CRD schema does: a name, a valid
 // destination service, ports in 1-65535 without repeats, and 1 to
-// MaxSources sources each setting exactly one kind. It also parses SPIFFE IDs
+// MaxSources sources each setting exactly one kind, and a mode that is
+// empty, Enforce or Audit. It also parses SPIFFE IDs
 // with the SPIFFE library, which refuses a few IDs the schema's pattern lets
 // through (such as "." or ".." segments). All problems are reported, joined;
 // each wraps ErrInvalidPolicy.
@@ -60,6 +61,11 @@ func (p *AccessPolicy) Validate() error {
 			bad(fmt.Sprintf("spec.destination.ports[%d]", i), "port %d is listed twice", port)
 		}
 		seen[port] = true
+	}
+	switch p.Spec.Mode {
+	case "", Enforce, Audit:
+	default:
+		bad("spec.mode", "%q is not a mode: use %s or %s", p.Spec.Mode, Enforce, Audit)
 	}
 	switch n := len(p.Spec.Sources); {
 	case n == 0:

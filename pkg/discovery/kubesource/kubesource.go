@@ -323,6 +323,16 @@ func (b *kubeBuilder) build() (discovery.State, error) {
 				n.DefaultPolicy = v
 			}
 		}
+		if v, ok := ns.Annotations[policy.DefaultModeAnnotation]; ok && v != "" {
+			if _, err := policy.ParseDefaultMode(v); err != nil {
+				// Enforce is the safe reading: audit would let through
+				// what the default denies.
+				b.log.Warn("ignoring namespace default policy mode; the default is enforced",
+					slog.String("namespace", ns.Name), slog.String("annotation", policy.DefaultModeAnnotation), slog.Any("error", err))
+			} else {
+				n.DefaultPolicyMode = v
+			}
+		}
 		st.Namespaces = append(st.Namespaces, n)
 	}
 

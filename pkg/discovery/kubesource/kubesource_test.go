@@ -397,6 +397,27 @@ func TestKubeSource(t *testing.T) {
 				return s.NamespaceDefaults()["shop"] == policy.SameNamespace &&
 					!allowed(s, frontend, apiKey, 80) && allowed(s, dbID, apiKey, 80)
 			}},
+		// Audit mode: same-namespace only reports; the mesh default
+		// (allow-mesh) lets frontend in, audit-denied.
+		{"mode annotation audit", func(t *testing.T) { setNSAnnotation(ctx, t, env, policy.DefaultModeAnnotation, "audit") },
+			func(s *discovery.Snapshot) bool {
+				d := s.Engine().Decide(frontend, apiKey.Namespace, apiKey.Name, 80)
+				return s.NamespaceDefaultModes()["shop"] == policy.Audit && d.Allowed && d.AuditDenied &&
+					strings.Contains(d.AuditRule, "namespace default same-namespace (annotation tether.dev/default-policy on shop, audit mode)")
+			}},
+		{"mode annotation enforce", func(t *testing.T) { setNSAnnotation(ctx, t, env, policy.DefaultModeAnnotation, "enforce") },
+			func(s *discovery.Snapshot) bool {
+				return s.NamespaceDefaultModes()["shop"] == policy.Enforce && !allowed(s, frontend, apiKey, 80)
+			}},
+		// An invalid mode is dropped: the default is enforced (audit
+		// would let through what it denies).
+		{"mode annotation back to audit", func(t *testing.T) { setNSAnnotation(ctx, t, env, policy.DefaultModeAnnotation, "audit") },
+			func(s *discovery.Snapshot) bool { return allowed(s, frontend, apiKey, 80) }},
+		{"invalid mode annotation", func(t *testing.T) { setNSAnnotation(ctx, t, env, policy.DefaultModeAnnotation, "Audit") },
+			func(s *discovery.Snapshot) bool {
+				_, set := s.NamespaceDefaultModes()["shop"]
+				return !set && !allowed(s, frontend, apiKey, 80) && logw.contains("ignoring namespace default policy mode", "tether.dev/default-policy-mode")
+			}},
 		// An invalid value is dropped (the mesh default applies) rather
 		// than blocking every later update.
 		{"invalid annotation", func(t *testing.T) { setAnnotation(ctx, t, env, "bogus") },
@@ -479,11 +500,16 @@ func recreateWithSidecar(ctx context.Context, t *testing.T, env *kubetest.Env, n
 
 func setAnnotation(ctx context.Context, t *testing.T, env *kubetest.Env, value string) {
 	t.Helper()
+	setNSAnnotation(ctx, t, env, DefaultPolicyAnnotation, value)
+}
+
+func setNSAnnotation(ctx context.Context, t *testing.T, env *kubetest.Env, key, value string) {
+	t.Helper()
 	ns, err := env.Client.CoreV1().Namespaces().Get(ctx, "shop", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns.Annotations[DefaultPolicyAnnotation] = value
+	ns.Annotations[key] = value
 	if _, err := env.Client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

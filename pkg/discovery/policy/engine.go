@@ -25,6 +25,38 @@ const (
 	Deny          = wire.Deny
 )
 
+// DefaultModeAnnotation is the namespace annotation that sets the mode of
+// that namespace's default (its own tether.dev/default-policy, or the mesh
+// default it inherits): "enforce" or "audit".
+const DefaultModeAnnotation = "tether.dev/default-policy-mode"
+
+// ErrUnknownMode is returned by ParseDefaultMode for a value it does not know.
+var ErrUnknownMode = errors.New("unknown policy mode")
+
+// ParseDefaultMode parses the mode of a default as the namespace
+// annotation, tether-discovery's --default-policy-mode and mesh.yaml spell
+// it: "enforce" or "audit".
+func ParseDefaultMode(s string) (Mode, error) {
+	switch s {
+	case "enforce":
+		return Enforce, nil
+	case "audit":
+		return Audit, nil
+	}
+	return "", fmt.Errorf("%w %q: use enforce or audit", ErrUnknownMode, s)
+}
+
+// DefaultModeString is the spelling ParseDefaultMode reads: "enforce" or
+// "audit" (an empty mode is "enforce").
+func DefaultModeString(m Mode) string {
+	if m.Audited() {
+		return "audit"
+	}
+	return "enforce"
+}
+
+func validMode(m Mode) bool { return m == "" || m == Enforce || m == Audit }
+
 // Config is what an Engine decides from.
 type Config struct {
 	// TrustDomain is the mesh's trust domain; sources outside it are denied.
@@ -32,12 +64,37 @@ type Config struct {
 	// MeshDefault applies to services no AccessPolicy names, unless their
 	// namespace overrides it.
 	MeshDefault Default
+	// MeshDefaultMode is the mode of the mesh default; empty means Enforce.
+	MeshDefaultMode Mode
 	// NamespaceDefaults maps a namespace to its default (the value of its
 	// tether.dev/default-policy annotation).
 	NamespaceDefaults map[string]Default
+	// NamespaceDefaultModes maps a namespace to the mode of its default
+	// (its tether.dev/default-policy-mode annotation): of its own entry in
+	// NamespaceDefaults, or else of the mesh default it inherits. Absent
+	// or empty means Enforce.
+	NamespaceDefaultModes map[string]Mode
 	// Policies are the AccessPolicy objects; each must pass Validate. An
 	// empty namespace means "default".
 	Policies []AccessPolicy
+}
+
+// audits reports whether anything in cfg is in audit mode.
+func (cfg *Config) audits() bool {
+	if cfg.MeshDefaultMode.Audited() {
+		return true
+	}
+	for _, m := range cfg.NamespaceDefaultModes {
+		if m.Audited() {
+			return true
+		}
+	}
+	for i := range cfg.Policies {
+		if cfg.Policies[i].Spec.Mode.Audited() {
+			return true
+		}
+	}
+	return false
 }
 
 // Decision is the outcome of Engine.Decide and the rule that produced it,
@@ -47,7 +104,18 @@ type Decision = wire.Decision
 // Engine decides whether an identity may reach a service. It is immutable:
 // build a new one when the policies or defaults change. An Engine is safe
 // for concurrent use.
+//
+// It decides in two layers. The enforced decision (Allowed, Admitted,
+// Restricted, DefaultFor) is made over the enforcing policies and defaults
+// only: policies in audit mode are invisible, an audited namespace
+// default is replaced by the mesh default (if that is enforcing, else by
+// allow-mesh), and an audited mesh default by allow-mesh. The would-be
+// decision is made with everything enforcing. Decide reports the enforced
+// decision and, when it allows while the would-be decision denies, an
+// audit denial with the would-be rule. Adding an audit-mode policy or
+// default therefore never opens or closes anything.
 type Engine struct {
+	// The fields below are the enforced layer.
 	td          spiffeid.TrustDomain
 	meshDefault Default
 	meshRule    string
@@ -56,6 +124,10 @@ type Engine struct {
 	// byService holds, per service, the policies naming it, sorted by
 	// name, each with its rule text.
 	byService map[serviceKey][]namedPolicy
+
+	// audit is the would-be layer, with everything enforcing; nil when
+	// nothing is in audit mode (then it is the same as this one).
+	audit *Engine
 }
 
 type serviceKey struct{ namespace, name string }
@@ -66,8 +138,9 @@ type namedPolicy struct {
 }
 
 // NewEngine checks cfg and builds an Engine from a copy of it. It fails if
-// the trust domain or a default is missing or unknown, or if a policy is
-// invalid: dropping a policy would open its service to the default.
+// the trust domain or a default is missing or unknown, if a mode is
+// unknown, or if a policy is invalid: dropping a policy would open its
+// service to the default.
 func NewEngine(cfg Config) (*Engine, error) {
 	var errs []error
 	if cfg.TrustDomain.IsZero() {
@@ -76,21 +149,20 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if !cfg.MeshDefault.Valid() {
 		errs = append(errs, fmt.Errorf("policy engine: mesh default: %w %v", wire.ErrUnknownDefault, cfg.MeshDefault))
 	}
-	e := &Engine{
-		td:          cfg.TrustDomain,
-		meshDefault: cfg.MeshDefault,
-		meshRule:    "mesh default " + cfg.MeshDefault.String(),
-		nsDefaults:  make(map[string]Default, len(cfg.NamespaceDefaults)),
-		nsRules:     make(map[string]string, len(cfg.NamespaceDefaults)),
-		byService:   make(map[serviceKey][]namedPolicy),
+	if !validMode(cfg.MeshDefaultMode) {
+		errs = append(errs, fmt.Errorf("policy engine: mesh default mode: %w %q", ErrUnknownMode, cfg.MeshDefaultMode))
 	}
 	for ns, d := range cfg.NamespaceDefaults {
 		if !d.Valid() {
 			errs = append(errs, fmt.Errorf("policy engine: namespace %s default: %w %v", ns, wire.ErrUnknownDefault, d))
 		}
-		e.nsDefaults[ns] = d
-		e.nsRules[ns] = fmt.Sprintf("namespace default %s (annotation %s on %s)", d, DefaultPolicyAnnotation, ns)
 	}
+	for ns, m := range cfg.NamespaceDefaultModes {
+		if !validMode(m) {
+			errs = append(errs, fmt.Errorf("policy engine: namespace %s default mode: %w %q", ns, ErrUnknownMode, m))
+		}
+	}
+	policies := make([]AccessPolicy, 0, len(cfg.Policies))
 	for i := range cfg.Policies {
 		p := cfg.Policies[i].DeepCopy()
 		if err := p.Validate(); err != nil {
@@ -100,36 +172,135 @@ func NewEngine(cfg Config) (*Engine, error) {
 		if p.Namespace == "" {
 			p.Namespace = "default"
 		}
-		key := serviceKey{p.Namespace, p.Spec.Destination.Service}
-		e.byService[key] = append(e.byService[key], namedPolicy{AccessPolicy: *p, rule: "AccessPolicy " + p.Namespace + "/" + p.Name})
+		policies = append(policies, *p)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	for _, ps := range e.byService {
-		slices.SortFunc(ps, func(a, b namedPolicy) int { return strings.Compare(a.Name, b.Name) })
+	cfg.Policies = policies
+	if !cfg.audits() {
+		return newLayer(&cfg, false), nil
 	}
+	e := newLayer(&cfg, false)
+	e.audit = newLayer(&cfg, true)
 	return e, nil
 }
 
-// Decide says whether src may reach port of the Service dstService in
-// dstNamespace, and which rule decided. A source outside the trust domain,
-// or without a path (not a workload), is always denied. If any AccessPolicy names the service, only those
-// policies decide; otherwise the namespace's default, or else the mesh
-// default, does.
-func (e *Engine) Decide(src spiffeid.ID, dstNamespace, dstService string, port uint16) Decision {
-	allowed, rule := e.decide(src, dstNamespace, dstService, port, true)
-	return Decision{Allowed: allowed, Rule: rule}
+// newLayer builds the enforced layer of cfg, or its would-be layer. cfg
+// is valid, its policies validated copies with their namespace set.
+func newLayer(cfg *Config, wouldBe bool) *Engine {
+	e := &Engine{
+		td:          cfg.TrustDomain,
+		meshDefault: cfg.MeshDefault,
+		meshRule:    "mesh default " + cfg.MeshDefault.String(),
+		nsDefaults:  make(map[string]Default, len(cfg.NamespaceDefaults)),
+		nsRules:     make(map[string]string, len(cfg.NamespaceDefaults)),
+		byService:   make(map[serviceKey][]namedPolicy),
+	}
+	meshAudited := cfg.MeshDefaultMode.Audited()
+	switch {
+	case meshAudited && wouldBe:
+		e.meshRule += " (audit mode)"
+	case meshAudited:
+		e.meshDefault = AllowMesh
+		e.meshRule = fmt.Sprintf("allow-mesh (the mesh default %s is in audit mode)", cfg.MeshDefault)
+	}
+	for ns, d := range cfg.NamespaceDefaults {
+		if !cfg.NamespaceDefaultModes[ns].Audited() {
+			e.nsDefaults[ns] = d
+			e.nsRules[ns] = fmt.Sprintf("namespace default %s (annotation %s on %s)", d, DefaultPolicyAnnotation, ns)
+		}
+	}
+	for ns, m := range cfg.NamespaceDefaultModes {
+		if m.Audited() {
+			e.auditedNamespace(cfg, ns, wouldBe)
+		}
+	}
+	for i := range cfg.Policies {
+		p := &cfg.Policies[i]
+		rule := "AccessPolicy " + p.Namespace + "/" + p.Name
+		if p.Spec.Mode.Audited() {
+			if !wouldBe {
+				continue
+			}
+			rule += " (audit mode)"
+		}
+		key := serviceKey{p.Namespace, p.Spec.Destination.Service}
+		e.byService[key] = append(e.byService[key], namedPolicy{AccessPolicy: *p, rule: rule})
+	}
+	for _, ps := range e.byService {
+		slices.SortFunc(ps, func(a, b namedPolicy) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return e
 }
 
-// Allowed is Decide without the rule: it allocates nothing, for callers
-// that ask about every pair of a large mesh.
+// auditedNamespace sets the default of namespace ns, whose default is in
+// audit mode, in layer e: its own default or the mesh default it inherits
+// in the would-be layer; in the enforced layer, the mesh default if ns
+// has its own default and the mesh default is enforcing, else allow-mesh.
+func (e *Engine) auditedNamespace(cfg *Config, ns string, wouldBe bool) {
+	d, own := cfg.NamespaceDefaults[ns]
+	switch {
+	case wouldBe && own:
+		e.nsDefaults[ns] = d
+		e.nsRules[ns] = fmt.Sprintf("namespace default %s (annotation %s on %s, audit mode)", d, DefaultPolicyAnnotation, ns)
+	case wouldBe:
+		e.nsDefaults[ns] = cfg.MeshDefault
+		e.nsRules[ns] = fmt.Sprintf("mesh default %s (audit mode in namespace %s)", cfg.MeshDefault, ns)
+	case own && !cfg.MeshDefaultMode.Audited():
+		e.nsDefaults[ns] = cfg.MeshDefault
+		e.nsRules[ns] = fmt.Sprintf("mesh default %s (namespace default %s of %s is in audit mode)", cfg.MeshDefault, d, ns)
+	default:
+		if !own {
+			d = cfg.MeshDefault
+		}
+		e.nsDefaults[ns] = AllowMesh
+		e.nsRules[ns] = fmt.Sprintf("allow-mesh (the default %s of namespace %s is in audit mode)", d, ns)
+	}
+}
+
+// Audits reports whether any policy or default is in audit mode: only
+// then can the would-be decision differ from the enforced one.
+func (e *Engine) Audits() bool { return e.audit != nil }
+
+// Decide says whether src may reach port of the Service dstService in
+// dstNamespace, and which rule decided. A source outside the trust domain,
+// or without a path (not a workload), is always denied. If any enforcing
+// AccessPolicy names the service, only those policies decide; otherwise
+// the namespace's default, or else the mesh default, does (see Engine for
+// audit mode). When the enforced decision allows and the would-be one
+// denies, the Decision is AuditDenied, with the would-be rule.
+func (e *Engine) Decide(src spiffeid.ID, dstNamespace, dstService string, port uint16) Decision {
+	allowed, rule := e.decide(src, dstNamespace, dstService, port, true)
+	d := Decision{Allowed: allowed, Rule: rule}
+	if allowed && e.audit != nil {
+		if ok, wrule := e.audit.decide(src, dstNamespace, dstService, port, true); !ok {
+			d.AuditDenied, d.AuditRule = true, wrule
+		}
+	}
+	return d
+}
+
+// WouldAllow is the would-be decision without the rule: whether src would
+// reach the port were every policy and default in audit mode enforcing.
+// It allocates nothing.
+func (e *Engine) WouldAllow(src spiffeid.ID, dstNamespace, dstService string, port uint16) bool {
+	if e.audit != nil {
+		e = e.audit
+	}
+	allowed, _ := e.decide(src, dstNamespace, dstService, port, false)
+	return allowed
+}
+
+// Allowed is the enforced decision of Decide without the rule: it
+// allocates nothing, for callers that ask about every pair of a large
+// mesh.
 func (e *Engine) Allowed(src spiffeid.ID, dstNamespace, dstService string, port uint16) bool {
 	allowed, _ := e.decide(src, dstNamespace, dstService, port, false)
 	return allowed
 }
 
-// decide is Decide; the rules of denials are spelled out only if explain.
+// decide is Decide in one layer; the rules of denials are spelled out only if explain.
 func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port uint16, explain bool) (bool, string) {
 	if src.IsZero() {
 		return false, "source has no SPIFFE ID"
@@ -155,7 +326,7 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 		if !explain {
 			return false, ""
 		}
-		return false, fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d", src, dstNamespace, dstService, port)
+		return false, fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d%s", src, dstNamespace, dstService, port, auditNote(ps))
 	}
 
 	d, rule := e.meshDefault, e.meshRule
@@ -170,6 +341,21 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 	default:
 		return false, rule
 	}
+}
+
+// auditNote names the policies of ps in audit mode, for a denial's rule:
+// "" if none is.
+func auditNote(ps []namedPolicy) string {
+	var names []string
+	for i := range ps {
+		if ps[i].Spec.Mode.Audited() {
+			names = append(names, ps[i].Namespace+"/"+ps[i].Name)
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	return " (in audit mode: AccessPolicy " + strings.Join(names, ", ") + ")"
 }
 
 // coversPort reports whether p's destination ports, when it names any,
@@ -212,8 +398,8 @@ func allows(p *AccessPolicy, src spiffeid.ID, srcNS, srcSA string, isK8s bool, p
 	return false
 }
 
-// DefaultFor returns the default that applies in namespace: its annotation,
-// or else the mesh default.
+// DefaultFor returns the enforced default that applies in namespace: its
+// annotation, or else the mesh default (see Engine for audit mode).
 func (e *Engine) DefaultFor(namespace string) Default {
 	if d, ok := e.nsDefaults[namespace]; ok {
 		return d
@@ -221,7 +407,7 @@ func (e *Engine) DefaultFor(namespace string) Default {
 	return e.meshDefault
 }
 
-// Restricted reports whether an AccessPolicy names the Service
+// Restricted reports whether an enforcing AccessPolicy names the Service
 // dstService in dstNamespace: then only policies decide who reaches it.
 func (e *Engine) Restricted(dstNamespace, dstService string) bool {
 	_, ok := e.byService[serviceKey{dstNamespace, dstService}]
@@ -230,10 +416,21 @@ func (e *Engine) Restricted(dstNamespace, dstService string) bool {
 
 // DecideDefault decides src against the default of namespace (its
 // annotation, else the mesh default), as for a port no Service covers of a
-// workload in namespace. An empty namespace (a workload whose ID is not
+// workload in namespace, in both layers (see Decide). An empty namespace (a workload whose ID is not
 // /ns/<ns>/sa/<sa>) has the mesh default, and same-namespace admits nobody
 // there.
 func (e *Engine) DecideDefault(src spiffeid.ID, namespace string) Decision {
+	d := e.decideDefault(src, namespace)
+	if d.Allowed && e.audit != nil {
+		if w := e.audit.decideDefault(src, namespace); !w.Allowed {
+			d.AuditDenied, d.AuditRule = true, w.Rule
+		}
+	}
+	return d
+}
+
+// decideDefault is DecideDefault in one layer.
+func (e *Engine) decideDefault(src spiffeid.ID, namespace string) Decision {
 	d := e.DefaultFor(namespace)
 	rule := e.meshRule
 	if _, ok := e.nsDefaults[namespace]; ok {
@@ -294,8 +491,23 @@ func (a Admission) Admits(id spiffeid.ID) bool {
 	return slices.Contains(a.IDs, id)
 }
 
-// Admitted returns who Decide allows to port of dstService in
-// dstNamespace, as an Admission.
+// WouldBeAdmitted is Admitted for the would-be decision: who would reach
+// the port were every policy and default in audit mode enforcing.
+func (e *Engine) WouldBeAdmitted(dstNamespace, dstService string, port uint16) Admission {
+	if e.audit != nil {
+		return e.audit.Admitted(dstNamespace, dstService, port)
+	}
+	return e.Admitted(dstNamespace, dstService, port)
+}
+
+// Equal reports whether a and b admit the same IDs (they are in the
+// canonical form Admitted returns).
+func (a Admission) Equal(b Admission) bool {
+	return a.TrustDomain == b.TrustDomain && a.Mesh == b.Mesh && slices.Equal(a.Namespaces, b.Namespaces) && slices.Equal(a.IDs, b.IDs)
+}
+
+// Admitted returns who Decide allows (the enforced decision) to port of
+// dstService in dstNamespace, as an Admission.
 func (e *Engine) Admitted(dstNamespace, dstService string, port uint16) Admission {
 	a := Admission{TrustDomain: e.td}
 	ps, ok := e.byService[serviceKey{dstNamespace, dstService}]

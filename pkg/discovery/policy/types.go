@@ -55,3 +55,15 @@ type (
 	// AccessPolicyList is a list of AccessPolicy objects.
 	AccessPolicyList = v1alpha1.AccessPolicyList
 )
+
+// Mode is an AccessPolicy's mode, Enforce or Audit (empty means Enforce).
+type Mode = v1alpha1.PolicyMode
+
+// The modes.
+const (
+	// Enforce: the policy or default decides.
+	Enforce = v1alpha1.Enforce
+	// Audit: the policy or default decides nothing; the connections it
+	// would deny while the enforcing ones allow them are audit-denied.
+	Audit = v1alpha1.Audit
+)

@@ -117,6 +117,14 @@ func ParseDefault(s string) (Default, error) {
 // Decision is the outcome of Engine.Decide and the rule that produced it,
 // worded for logs.
 type Decision struct {
+	// Allowed is the enforced decision: the connection passes.
 	Allowed bool
-	Rule    string
+	// Rule is the rule that decided Allowed.
+	Rule string
+	// AuditDenied is set when Allowed is but the would-be decision (with
+	// every policy and default in audit mode enforcing) denies: the
+	// connection passes and is logged and counted as "audit-deny".
+	AuditDenied bool
+	// AuditRule is the would-be rule that denies, when AuditDenied.
+	AuditRule string
 }

@@ -34,10 +34,11 @@ import (
 //
 // An index built from the previous one (see newIndex) reuses what a change
 // did not touch. It relies on the contract of policy.Engine.Decide: the
-// decision for a service depends only on the policies naming it or, when
-// none does, on its namespace's default (else the mesh default), besides
-// the source. (The mesh default and trust domain are the registry's, fixed.)
-// A service whose value, policies and default are unchanged is
+// decision for a service depends only on the policies naming it and, when
+// none of them is enforcing, on its namespace's default and its mode (else
+// the mesh default), besides the source. (The mesh default, its mode and
+// the trust domain are the registry's, fixed.) A service whose value,
+// policies and default are unchanged is
 // "clean": every source gets the same decisions, Cluster and
 // ClusterLoadAssignment as before, and its ports the same RBAC filters
 // (policy.Engine.Admitted depends on nothing else). Listeners are built
@@ -161,10 +162,12 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 	var prevPol map[discovery.ServiceKey][]policy.AccessPolicy
 	var prevIdx map[discovery.ServiceKey]int
 	var prevDefs, defs map[string]policy.Default
+	var prevModes, modes map[string]policy.Mode
 	pol := policiesByService(snap)
 	if prev != nil {
 		prevPol = policiesByService(prev.snap)
 		prevDefs, defs = prev.snap.NamespaceDefaults(), snap.NamespaceDefaults()
+		prevModes, modes = prev.snap.NamespaceDefaultModes(), snap.NamespaceDefaultModes()
 		prevIdx = make(map[discovery.ServiceKey]int, len(prev.services))
 		for i := range prev.services {
 			prevIdx[prev.services[i].Key] = i
@@ -180,7 +183,7 @@ func newIndex(snap *discovery.Snapshot, prev *index, clusterDomain string) *inde
 				x.prevOf[i] = j
 				pe := prev.entries[j]
 				if sameService(pe.svc, svc) && reflect.DeepEqual(prevPol[svc.Key], pol[svc.Key]) &&
-					(len(pol[svc.Key]) > 0 || sameDefault(prevDefs, defs, svc.Key.Namespace)) {
+					(enforces(pol[svc.Key]) || sameDefault(prevDefs, defs, svc.Key.Namespace) && sameMode(prevModes, modes, svc.Key.Namespace)) {
 					x.entries[i] = &entry{svc: svc, fqdn: pe.fqdn, hash: pe.hash, hashEntry: pe.hashEntry, ids: pe.ids, res: pe.res, variants: pe.variants, rbac: pe.rbac}
 					x.addServed(i)
 					continue
@@ -235,6 +238,20 @@ func sameDefault(a, b map[string]policy.Default, ns string) bool {
 	da, oka := a[ns]
 	db, okb := b[ns]
 	return oka == okb && da == db
+}
+
+// sameMode reports whether namespace ns has the same default mode in a
+// and b (absent and empty are Enforce, but the rule texts differ).
+func sameMode(a, b map[string]policy.Mode, ns string) bool {
+	ma, oka := a[ns]
+	mb, okb := b[ns]
+	return oka == okb && ma == mb
+}
+
+// enforces reports whether one of ps is enforcing: then they alone make
+// the enforced decision, and the default does not matter.
+func enforces(ps []policy.AccessPolicy) bool {
+	return slices.ContainsFunc(ps, func(p policy.AccessPolicy) bool { return !p.Spec.Mode.Audited() })
 }
 
 // sameService reports whether a and b are equal in every field.
