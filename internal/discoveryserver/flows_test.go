@@ -161,6 +161,15 @@ func TestFlowReports(t *testing.T) {
 		t.Errorf("edges metric %v, want 4", n)
 	}
 
+	// Without a verified peer certificate (not reachable through the mTLS
+	// listener, which refuses the handshake first): refused, counted.
+	if _, err := s.flowsGRPC.Report(context.Background(), &discoveryv1.FlowReport{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("report without a peer: %v, want Unauthenticated", err)
+	}
+	if n := s.metric(t, `tether_discovery_flow_reports_refused_total{reason="unauthenticated"}`); n != 1 {
+		t.Errorf("unauthenticated refusals %v, want 1", n)
+	}
+
 	// Filters.
 	if tab := s.flowTable(t, "?namespace=other&since=1h"); len(tab.Edges) != 0 {
 		t.Errorf("namespace=other: %d edges", len(tab.Edges))

@@ -155,11 +155,15 @@ func (k skey) key() Key {
 // were taken and dropped.
 func (s *Store) Add(reporter string, edges []Edge, unsummed uint64) (taken, dropped int) {
 	owner := unique.Make(reporter)
+	keys := make([]skey, len(edges)) // interned before the lock is taken
+	for i, e := range edges {
+		keys[i] = intern(e.Key)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.unsummed += unsummed
-	for _, e := range edges {
-		k := intern(e.Key)
+	for i, e := range edges {
+		k := keys[i]
 		v, ok := s.edges[k]
 		if !ok {
 			cost := e.Key.Cost()
