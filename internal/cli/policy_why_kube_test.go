@@ -7,9 +7,13 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
 	"github.com/tether-mesh/tether/internal/kubetest"
+	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
 // TestPolicyWhyKube runs `tether policy why` against a real
@@ -28,6 +32,19 @@ func TestPolicyWhyKube(t *testing.T) {
 	env.EnsureMeshPod(t, "ops", "monitor", "twin")
 	env.EnsureMeshPod(t, "web", "frontend", "twin")
 	env.EnsurePod(t, "web", "legacy", "plain-1")
+	dc, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": policy.SchemeGroupVersion.String(), "kind": policy.Kind,
+		"metadata": map[string]any{"name": "frontend-audit", "namespace": "web"},
+		"spec": map[string]any{"mode": "Audit", "destination": map[string]any{"service": "frontend"},
+			"sources": []any{map[string]any{"namespace": "shop"}}},
+	}}
+	if _, err := dc.Resource(policy.SchemeGroupVersionResource).Namespace("web").Create(ctx, audit, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, c := range []struct {
 		name      string
@@ -50,6 +67,8 @@ func TestPolicyWhyKube(t *testing.T) {
 			[]string{"shop/api:9090 true "}, ""},
 		{"pod without the sidecar", []string{"--from", "plain-1", "--to", "shop/api:80"}, 1, "", "web/plain-1",
 			[]string{"shop/api:80 false destination-sidecar"}, ""},
+		{"audit-mode policy", []string{"--from", "mon-1", "--to", "web/frontend"}, 0, "spiffe://cluster.local/ns/ops/sa/monitor", "ops/mon-1",
+			[]string{"web/frontend:80 true audit-deny"}, ""},
 		{"the documented RBAC", []string{"--context", "reader", "--from", "mon-1", "--to", "shop/api:80"}, 0, "spiffe://cluster.local/ns/ops/sa/monitor", "ops/mon-1",
 			[]string{"shop/api:80 true "}, ""},
 	} {
@@ -69,8 +88,11 @@ func TestPolicyWhyKube(t *testing.T) {
 					dest = call.Service + ":" + itoa(call.Port)
 				}
 				component := ""
-				if call.RefusedBy != nil {
+				switch {
+				case call.RefusedBy != nil:
 					component = call.RefusedBy.Component
+				case call.AuditDenied:
+					component = "audit-deny"
 				}
 				got = append(got, dest+" "+map[bool]string{true: "true", false: "false"}[call.Allowed]+" "+component)
 			}
