@@ -56,6 +56,9 @@ type observedEdge struct {
 	// now for this source, destination and port.
 	PolicyAllows bool   `json:"policyAllows"`
 	PolicyRule   string `json:"policyRule"`
+	// PolicyAuditRule is the rule of an audit-mode policy or default that
+	// would deny it, when the enforcing ones allow it (audit-deny).
+	PolicyAuditRule string `json:"policyAuditRule,omitempty"`
 }
 
 // observedGraph is `tether policy graph --observed -o json|yaml`.
@@ -128,10 +131,10 @@ func graphObserved(table *observedTable, snap *discovery.Snapshot, namespace str
 		if c.Service == "" {
 			e.Destination, e.PodPort = c.Workload, true
 			d := snap.Engine().DecideDefault(c.Source, c.Namespace)
-			e.PolicyAllows, e.PolicyRule = d.Allowed, d.Rule
+			e.PolicyAllows, e.PolicyRule, e.PolicyAuditRule = d.Allowed, d.Rule, d.AuditRule
 		} else {
 			d := snap.Engine().Decide(c.Source, c.Namespace, c.Service, c.Port)
-			e.PolicyAllows, e.PolicyRule = d.Allowed, d.Rule
+			e.PolicyAllows, e.PolicyRule, e.PolicyAuditRule = d.Allowed, d.Rule, d.AuditRule
 		}
 		g.Edges = append(g.Edges, e)
 	}
@@ -181,6 +184,8 @@ func edgeNote(e *observedEdge) string {
 		note += " (now denied: " + e.PolicyRule + ")"
 	case !passed && e.PolicyAllows:
 		note += " (now allowed: " + e.PolicyRule + ")"
+	case e.Decision == string(flows.Allow) && e.PolicyAuditRule != "":
+		note += " (now audit-denied: " + e.PolicyAuditRule + ")"
 	}
 	return note
 }

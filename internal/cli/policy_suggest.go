@@ -45,6 +45,10 @@ such calls are decided by the namespace's default); the output says so in
 comments. A Service of the namespace that no call reached gets no policy (an
 AccessPolicy needs a source): the output names it.
 
+The policies are enforcing (spec.mode: Enforce) unless --mode audit: then
+they decide nothing, and the calls they would deny pass and are logged as
+audit-deny, which lets you watch them before enforcing (docs/policy.md).
+
 With --since, only edges last seen within that window count (their counts
 are those of their whole life in discovery's table). With --diff, prints
 instead, per Service, what the policies in force allow and the suggestions
@@ -69,6 +73,7 @@ func (a *App) newPolicySuggestCmd() *cobra.Command {
 		namespace string
 		since     time.Duration
 		diff      bool
+		mode      string
 		src       *policySource
 		fsrc      *flowSource
 	)
@@ -83,6 +88,9 @@ func (a *App) newPolicySuggestCmd() *cobra.Command {
   # What would change against the policies in force
   tether policy suggest -n shop --diff
 
+  # Audit them first: nothing is refused, what they would deny is logged
+  tether policy suggest -n shop --mode audit | kubectl apply -f -
+
   # A standalone mesh
   tether policy suggest -n default --mesh mesh.yaml --discovery-admin http://127.0.0.1:15014`,
 		Args: noArgs,
@@ -93,7 +101,11 @@ func (a *App) newPolicySuggestCmd() *cobra.Command {
 			if since < 0 {
 				return usagef("--since must not be negative")
 			}
-			return a.policySuggest(cmd.Context(), src, fsrc, namespace, since, diff)
+			m, err := policy.ParseDefaultMode(mode)
+			if err != nil {
+				return usagef("--mode: %v", err)
+			}
+			return a.policySuggest(cmd.Context(), src, fsrc, suggestOptions{namespace: namespace, since: since, diff: diff, mode: m})
 		},
 	}
 	src = addPolicySourceFlags(cmd)
@@ -102,15 +114,24 @@ func (a *App) newPolicySuggestCmd() *cobra.Command {
 	f.StringVarP(&namespace, "namespace", "n", "", "the namespace whose Services the suggested policies protect")
 	f.DurationVar(&since, "since", 0, "only calls last seen within this long (default: everything in discovery's table)")
 	f.BoolVar(&diff, "diff", false, "print what the suggestions change against the policies in force instead of the policies")
+	f.StringVar(&mode, "mode", "enforce", "spec.mode of the suggested policies: enforce, or audit (they decide nothing; what they would deny is logged as audit-deny)")
 	_ = cmd.MarkFlagRequired("namespace")
 	return cmd
 }
 
-func (a *App) policySuggest(ctx context.Context, src *policySource, fsrc *flowSource, namespace string, since time.Duration, diff bool) error {
+// suggestOptions are tether policy suggest's flags beyond the sources.
+type suggestOptions struct {
+	namespace string
+	since     time.Duration
+	diff      bool
+	mode      policy.Mode
+}
+
+func (a *App) policySuggest(ctx context.Context, src *policySource, fsrc *flowSource, o suggestOptions) error {
 	if err := src.check(); err != nil {
 		return err
 	}
-	table, err := fsrc.read(ctx, src, namespace, since, a.Stderr)
+	table, err := fsrc.read(ctx, src, o.namespace, o.since, a.Stderr)
 	if err != nil {
 		return err
 	}
@@ -118,14 +139,14 @@ func (a *App) policySuggest(ctx context.Context, src *policySource, fsrc *flowSo
 	if err != nil {
 		return err
 	}
-	if view.kube && !view.namespaces()[namespace] {
-		return fmt.Errorf("namespace %s does not exist in %s", namespace, view.where)
+	if view.kube && !view.namespaces()[o.namespace] {
+		return fmt.Errorf("namespace %s does not exist in %s", o.namespace, view.where)
 	}
-	res, err := suggest(table, view.snap, namespace, sinceTime(table, since))
+	res, err := suggest(table, view.snap, o.namespace, sinceTime(table, o.since), o.mode)
 	if err != nil {
 		return err
 	}
-	if diff {
+	if o.diff {
 		_, err := io.WriteString(a.Stdout, suggestDiff(res, view.snap))
 		return err
 	}
@@ -174,7 +195,7 @@ type target struct {
 // the Services of namespace last seen at or after since. Every policy
 // passes the CRD's validation (Validate); an error says there is nothing
 // to suggest, and why.
-func suggest(table *observedTable, snap *discovery.Snapshot, namespace string, since time.Time) (*suggestion, error) {
+func suggest(table *observedTable, snap *discovery.Snapshot, namespace string, since time.Time, mode policy.Mode) (*suggestion, error) {
 	td := snap.TrustDomain()
 	res := &suggestion{Namespace: namespace, Since: since, Until: table.Time, Replicas: table.replicas}
 	passed, seen := res.passedCalls(calls(table.Edges, since), td)
@@ -186,7 +207,7 @@ func suggest(table *observedTable, snap *discovery.Snapshot, namespace string, s
 		return nil, nothingObserved(table, namespace, since, seen, res.Skipped)
 	}
 	for _, svc := range sortedKeys(byService) {
-		ps, err := policiesFor(namespace, svc, byService[svc], td)
+		ps, err := policiesFor(namespace, svc, byService[svc], td, mode)
 		if err != nil {
 			return nil, err
 		}
@@ -321,7 +342,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // policiesFor makes the policies of one Service: its sources grouped by
 // the set of ports they used, so that no source gets a port it did not
 // use, each group split further if it exceeds the CRD's bounds.
-func policiesFor(namespace, svc string, bySource map[string][]*call, td spiffeid.TrustDomain) ([]suggestedPolicy, error) {
+func policiesFor(namespace, svc string, bySource map[string][]*call, td spiffeid.TrustDomain, mode policy.Mode) ([]suggestedPolicy, error) {
 	type group struct {
 		ports   []int32
 		sources []string
@@ -354,7 +375,7 @@ func policiesFor(namespace, svc string, bySource map[string][]*call, td spiffeid
 				if len(g.ports) > policy.MaxPorts || len(g.sources) > policy.MaxSources {
 					name += fmt.Sprintf("-%d-%d", pi+1, si+1)
 				}
-				sp, err := makePolicy(namespace, svc, dnsName(name), ports, sources, bySource, td)
+				sp, err := makePolicy(namespace, svc, dnsName(name), ports, sources, bySource, td, mode)
 				if err != nil {
 					return nil, err
 				}
@@ -366,12 +387,12 @@ func policiesFor(namespace, svc string, bySource map[string][]*call, td spiffeid
 }
 
 // makePolicy builds and validates one suggested policy.
-func makePolicy(namespace, svc, name string, ports []int32, sources []string, bySource map[string][]*call, td spiffeid.TrustDomain) (suggestedPolicy, error) {
+func makePolicy(namespace, svc, name string, ports []int32, sources []string, bySource map[string][]*call, td spiffeid.TrustDomain, mode policy.Mode) (suggestedPolicy, error) {
 	p := policy.AccessPolicy{
 		TypeMeta: metav1.TypeMeta{APIVersion: policy.SchemeGroupVersion.String(), Kind: policy.Kind},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace,
 			Labels: map[string]string{suggestedLabel: "true"}},
-		Spec: policy.AccessPolicySpec{Destination: policy.Destination{Service: svc, Ports: ports}},
+		Spec: policy.AccessPolicySpec{Destination: policy.Destination{Service: svc, Ports: ports}, Mode: mode},
 	}
 	sp := suggestedPolicy{}
 	for _, src := range sources {
@@ -543,7 +564,7 @@ func grants(p *policy.AccessPolicy) []grant {
 			src = "spiffeID " + s.SpiffeID
 		}
 		for _, port := range ports {
-			out = append(out, grant{line: src + " " + port, policy: "AccessPolicy " + ns + "/" + p.Name})
+			out = append(out, grant{line: src + " " + port, policy: "AccessPolicy " + ns + "/" + p.Name + modeNote(p.Spec.Mode)})
 		}
 	}
 	return out
@@ -625,4 +646,12 @@ func suggestDiff(res *suggestion, snap *discovery.Snapshot) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// modeNote marks an audit policy in --diff: it allows nothing yet.
+func modeNote(m policy.Mode) string {
+	if m.Audited() {
+		return ", mode Audit: enforces nothing yet"
+	}
+	return ""
 }

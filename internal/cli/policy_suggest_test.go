@@ -20,12 +20,13 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
-// The observed-traffic tests read the table from a tether-discovery
-// stand-in: an httptest server answering GET /debug/flows with a
-// flows.Table, the body discovery serves (pkg/discovery/flows). It
-// stands in for discovery until the flows work (discovery's edge table
-// and its /debug/flows handler) is on this branch; then the end-to-end
-// test reads a real tether-discovery's table.
+// These tests give the CLI tables crafted to hold each case (both ends of
+// a call, an end that refused it, other trust domains, pod ports, full
+// tables, malformed edges, hundreds of callers): an httptest server
+// answers GET /debug/flows with them, as tether-discovery does. The table
+// of a real tether-discovery fed by real sidecars is read in
+// test/mesh (TestSuggestEnforce) and on the real node (test/cluster,
+// stage suggest).
 
 // tableTime is the time of the tables the tests serve.
 var tableTime = time.Date(2026, 12, 5, 21, 0, 0, 0, time.UTC)
@@ -142,9 +143,15 @@ func docs(t *testing.T, out string) []policy.AccessPolicy {
 	return ps
 }
 
-// decide answers, from mesh with the policies added, whether src may
+// decider answers, from mesh with the policies added, whether src may
 // reach ns/svc:port.
 func decider(t *testing.T, mesh string, ps []policy.AccessPolicy) func(src, dst string) bool {
+	d := decision(t, mesh, ps)
+	return func(src, dst string) bool { return d(src, dst).Allowed }
+}
+
+// decision is decider's whole decision.
+func decision(t *testing.T, mesh string, ps []policy.AccessPolicy) func(src, dst string) policy.Decision {
 	t.Helper()
 	mf, err := discovery.LoadMeshFile(meshFile(t, mesh))
 	if err != nil {
@@ -159,7 +166,7 @@ func decider(t *testing.T, mesh string, ps []policy.AccessPolicy) func(src, dst 
 		t.Fatal(err)
 	}
 	snap := reg.Snapshot()
-	return func(src, dst string) bool {
+	return func(src, dst string) policy.Decision {
 		if !strings.HasPrefix(src, "spiffe://") {
 			ns, sa, _ := strings.Cut(src, "/")
 			src = "spiffe://cluster.local/ns/" + ns + "/sa/" + sa
@@ -168,7 +175,7 @@ func decider(t *testing.T, mesh string, ps []policy.AccessPolicy) func(src, dst 
 		ns, svc, _ := strings.Cut(name, "/")
 		var p uint16
 		fmt.Sscan(port, &p)
-		return snap.Engine().Decide(spiffeid.RequireFromString(src), ns, svc, p).Allowed
+		return snap.Engine().Decide(spiffeid.RequireFromString(src), ns, svc, p)
 	}
 }
 
@@ -198,10 +205,10 @@ func TestPolicySuggest(t *testing.T) {
 	want := []policy.AccessPolicySpec{
 		{Destination: policy.Destination{Service: "api", Ports: []int32{8080}}, Sources: []policy.Source{
 			{ServiceAccount: &policy.ServiceAccountSource{Name: "ops", Namespace: "shop"}},
-			{ServiceAccount: &policy.ServiceAccountSource{Name: "web", Namespace: "shop"}}}},
-		{Destination: policy.Destination{Service: "api", Ports: []int32{9090}}, Sources: []policy.Source{{SpiffeID: batchID}}},
+			{ServiceAccount: &policy.ServiceAccountSource{Name: "web", Namespace: "shop"}}}, Mode: policy.Enforce},
+		{Destination: policy.Destination{Service: "api", Ports: []int32{9090}}, Sources: []policy.Source{{SpiffeID: batchID}}, Mode: policy.Enforce},
 		{Destination: policy.Destination{Service: "db", Ports: []int32{5432}}, Sources: []policy.Source{
-			{ServiceAccount: &policy.ServiceAccountSource{Name: "api", Namespace: "shop"}}}},
+			{ServiceAccount: &policy.ServiceAccountSource{Name: "api", Namespace: "shop"}}}, Mode: policy.Enforce},
 	}
 	for i, p := range ps {
 		got, _ := json.Marshal(p.Spec)
@@ -240,6 +247,32 @@ func TestPolicySuggest(t *testing.T) {
 			}
 		}
 	}
+
+	t.Run("mode audit", func(t *testing.T) {
+		out, errOut, code := run(t, "policy", "suggest", "-n", "shop", "--mode", "audit", "--mesh", mesh, "--discovery-admin", urls[0])
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		ps := docs(t, out)
+		for _, p := range ps {
+			if p.Spec.Mode != policy.Audit {
+				t.Errorf("policy %s: mode %q, want Audit", p.Name, p.Spec.Mode)
+			}
+		}
+		// Audit policies decide nothing: web -> db stays allowed by the
+		// default, and is audit-denied by the would-be decision.
+		d := decision(t, suggestMesh, ps)
+		if got := d("shop/web", "shop/db:5432"); !got.Allowed || !got.AuditDenied || got.AuditRule == "" {
+			t.Errorf("web -> db under the audit suggestions: %+v, want allowed and audit-denied", got)
+		}
+		if got := d("shop/api", "shop/db:5432"); !got.Allowed || got.AuditDenied {
+			t.Errorf("api -> db under the audit suggestions: %+v, want allowed, not audit-denied", got)
+		}
+		_, errOut, code = run(t, "policy", "suggest", "-n", "shop", "--mode", "Enforce", "--mesh", mesh, "--discovery-admin", urls[0])
+		if code != 2 || !strings.Contains(errOut, `--mode: unknown policy mode "Enforce": use enforce or audit`) {
+			t.Errorf("--mode Enforce: exit %d, %q", code, errOut)
+		}
+	})
 
 	t.Run("since", func(t *testing.T) {
 		out, _, code := run(t, "policy", "suggest", "-n", "shop", "--since", "1h", "--mesh", mesh, "--discovery-admin", urls[0])
@@ -281,6 +314,7 @@ policies:
     spec:
       destination: {service: cache, ports: [6379]}
       sources: [{serviceAccount: {name: api}}]
+      mode: Audit
 `
 		out, errOut, code := run(t, "policy", "suggest", "-n", "shop", "--diff", "--mesh", meshFile(t, inForce), "--discovery-admin", urls[0])
 		if code != 0 {
@@ -294,7 +328,7 @@ policies:
 + serviceAccount shop/web port 8080  (AccessPolicy shop/tether-suggested-api-8080)
 + spiffeID spiffe://cluster.local/vm/batch port 9090  (AccessPolicy shop/tether-suggested-api-9090)
 @@ shop/cache: no call observed; nothing suggested @@
-- serviceAccount shop/api port 6379  (AccessPolicy shop/cache-from-api)
+- serviceAccount shop/api port 6379  (AccessPolicy shop/cache-from-api, mode Audit: enforces nothing yet)
 @@ shop/db @@
   serviceAccount shop/api port 5432
 3 added, 2 removed, in 3 Service(s); 4 observed call(s) not suggested (tether policy suggest without --diff says why)
@@ -550,6 +584,23 @@ policies:
 	if !strings.Contains(rows, "shop/api | shop/db | 5432 | unused") || strings.Contains(rows, "shop/ops") ||
 		!strings.Contains(rows, "shop/web | shop/api | 8080 | allow | 10 |") {
 		t.Errorf("--since 90s: want api -> db unused (last seen 2m ago), ops (3h ago) left out, web -> api (1m ago) kept:\n%s", out)
+	}
+
+	// An audit policy in force: web -> api passes, and would be denied.
+	audited := meshFile(t, suggestMesh+`
+policies:
+  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: api-from-ops, namespace: shop}
+    spec:
+      destination: {service: api}
+      sources: [{serviceAccount: {name: ops}}]
+      mode: Audit
+`)
+	out, _, _ = run(t, "policy", "graph", "--observed", "-n", "shop", "--mesh", audited, "--discovery-admin", url)
+	rows = regexp.MustCompile(`  +`).ReplaceAllString(out, " | ")
+	if want := "shop/web | shop/api | 8080 | allow | 10 | 1m ago | mesh default allow-mesh (now audit-denied: no AccessPolicy allows"; !strings.Contains(rows, want) {
+		t.Errorf("under an audit policy, the graph does not have %q:\n%s", want, out)
 	}
 
 	for _, c := range []struct {
