@@ -52,15 +52,21 @@ func baseRatios(t, base []measurement, f figure) []float64 {
 // their spread (min–max), which is what a difference has to exceed to
 // stand out from the round-to-round noise.
 func writeBaseline(b *strings.Builder, cfg Config, results map[string][]measurement) {
-	t, base := results["tether"], results["tether-base"]
-	if t == nil || base == nil {
+	writeRatios(b, results, "tether", "tether-base", fmt.Sprintf("tether-base (%s, the older build of -baseline-bin)", cfg.BaseBinDir))
+	writeRatios(b, results, "tether-flows", "tether-noflows", "tether-noflows (the same sidecars and discovery, flow summary and reports off)")
+}
+
+// writeRatios compares setup name with setup base, described by what.
+func writeRatios(b *strings.Builder, results map[string][]measurement, name, base, what string) {
+	t, bm := results[name], results[base]
+	if t == nil || bm == nil {
 		return
 	}
-	fmt.Fprintf(b, "\ntether ÷ tether-base (%s, the older build of -baseline-bin), ratio within each round; spread = min–max of the per-round ratios. For req/s, conn/s and MB/s higher is better, for the rest lower.\n\n", cfg.BaseBinDir)
-	b.WriteString("| figure | tether | tether-base | ratio (median) | spread (min–max) | per round |\n|---|---:|---:|---:|---|---|\n")
+	fmt.Fprintf(b, "\n%s ÷ %s, ratio within each round; spread = min–max of the per-round ratios. For req/s, conn/s and MB/s higher is better, for the rest lower.\n\n", name, what)
+	fmt.Fprintf(b, "| figure | %s | %s | ratio (median) | spread (min–max) | per round |\n|---|---:|---:|---:|---|---|\n", name, base)
 	var worse []string
 	for _, f := range allFigures {
-		xs := baseRatios(t, base, f)
+		xs := baseRatios(t, bm, f)
 		if len(xs) == 0 {
 			continue
 		}
@@ -75,12 +81,12 @@ func writeBaseline(b *strings.Builder, cfg Config, results map[string][]measurem
 		if worseAll {
 			worse = append(worse, f.name)
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %.3f× | %.3f–%.3f× | %s |\n", f.name, cell(f.format, value(t, f)), cell(f.format, value(base, f)),
+		fmt.Fprintf(b, "| %s | %s | %s | %.3f× | %.3f–%.3f× | %s |\n", f.name, cell(f.format, value(t, f)), cell(f.format, value(bm, f)),
 			median(xs), slices.Min(xs), slices.Max(xs), strings.Join(per, ", "))
 	}
 	if len(worse) == 0 {
-		b.WriteString("\nNo figure is worse for tether than for tether-base in every round.\n")
+		fmt.Fprintf(b, "\nNo figure is worse for %s than for %s in every round.\n", name, base)
 	} else {
-		fmt.Fprintf(b, "\nWorse for tether than for tether-base in every round (%d round(s)): %s.\n", min(len(t), len(base)), strings.Join(worse, "; "))
+		fmt.Fprintf(b, "\nWorse for %s than for %s in every round (%d round(s)): %s.\n", name, base, min(len(t), len(bm)), strings.Join(worse, "; "))
 	}
 }

@@ -6,7 +6,8 @@
 # tether-ca, tether, tether-sidecar and proxybench into a temporary
 # directory, prints the machine, the exact command and the results
 # (markdown), and stops every process it started. Flags go to proxybench,
-# e.g. bench/proxy/run.sh -rounds 5 -duration 10s. Results go in the
+# e.g. bench/proxy/run.sh -rounds 5 -duration 10s (-setups tether-flows,tether-noflows:
+# the cost of flow reporting, issue 15). Results go in the
 # "Sidecar data path" section of docs/BENCHMARKS.md.
 #
 # -baseline-rev REV (e.g. main, or a commit) also builds the tether-sidecar
@@ -48,6 +49,7 @@ bench_workdir proxybench
 
 go build -o "$work/bin/tether-ca" ./cmd/ca
 go build -o "$work/bin/tether-sidecar" ./cmd/sidecar
+go build -o "$work/bin/tether-discovery" ./cmd/discovery
 go build -o "$work/bin/tether" ./cmd/tether
 go build -o "$work/bin/proxybench" ./bench/proxy
 base=()

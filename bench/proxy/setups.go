@@ -18,12 +18,14 @@ import (
 // The setups, in report order. extraSetups run only when named in -setups.
 var (
 	allSetups   = []string{"direct", "relay", "tether", "stunnel", "haproxy"}
-	extraSetups = []string{"tether-base", "stunnel-noresume", "haproxy-noresume"}
+	extraSetups = []string{"tether-base", "tether-flows", "tether-noflows", "stunnel-noresume", "haproxy-noresume"}
 	setupByName = map[string]setup{
 		"direct":           {start: startDirect},
 		"relay":            {start: startRelay},
 		"tether":           {start: startTether, needsCA: true},
 		"tether-base":      {start: startTetherBase, needsCA: true},
+		"tether-flows":     {start: startTetherFlows("1s"), needsCA: true},
+		"tether-noflows":   {start: startTetherFlows("0"), needsCA: true},
 		"stunnel":          {start: stunnelPair(true), needsCerts: true},
 		"haproxy":          {start: haproxyPair(true), needsCerts: true},
 		"stunnel-noresume": {start: stunnelPair(false), needsCerts: true},
@@ -72,6 +74,8 @@ type env struct {
 	// baseBins holds the tether-sidecar of the tether-base setup
 	// (-baseline-bin); empty when not given.
 	baseBins string
+	// discovery is tether-discovery, started by the first flow setup.
+	discovery *tetherDiscovery
 	// sidecarFlags caches the flags each tether-sidecar binary has.
 	sidecarFlags map[string]map[string]string
 }

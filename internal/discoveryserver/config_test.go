@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tether-mesh/tether/internal/testutil"
+	"github.com/tether-mesh/tether/pkg/discovery/flows"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -36,7 +37,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 		TrustDomain: "cluster.local", Registry: RegistryFile, MeshFile: "mesh.yaml", MeshFileInterval: DefaultMeshFileInterval,
 		ClusterDomain: "cluster.local", ListenAddr: ":15010", AdminAddr: ":15014", MaxConcurrentSyncs: xds.DefaultMaxConcurrentSyncs,
 		MaxStreamsPerIdentity: xds.DefaultMaxStreamsPerIdentity,
-		CAAddr:                "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
+		FlowMaxEdges:          flows.DefaultMaxEdges, FlowMaxEdgesPerReporter: flows.DefaultMaxEdgesPerReporter, FlowRetention: flows.DefaultRetention,
+		CAAddr: "tether-ca.tether-system.svc:8443", BundleFile: "/etc/tether/bundle/bundle.pem", JoinToken: validToken,
 	}
 	c.Logger = nil
 	if c != want {

@@ -19,8 +19,9 @@ import (
 // TestDebugSidecarsOnlyOnLoopback runs discovery with its admin port on
 // every address of a "pod" network namespace (as deployed: :15014) and
 // asks another pod, over a veth at the pod IP, for the list of every
-// sidecar's identity, IP and admin address: refused, while the kubelet's
-// and Prometheus's paths answer. On the pod's loopback the list answers.
+// sidecar's identity, IP and admin address, and for the observed-traffic
+// table (/debug/flows): refused, while the kubelet's and Prometheus's
+// paths answer. On the pod's loopback both answer.
 func TestDebugSidecarsOnlyOnLoopback(t *testing.T) {
 	pod, other, podIP := netns.PodPair(t, "disc-admin", netip.MustParsePrefix("10.215.0.0/24"))
 
@@ -58,16 +59,19 @@ func TestDebugSidecarsOnlyOnLoopback(t *testing.T) {
 			t.Errorf("another pod: GET %s = %d %q, want 200", path, code, body)
 		}
 	}
-	code, body := other.HTTP(t, netip.Addr{}, "GET", url(podIP.Addr(), "/debug/sidecars"))
-	if code != http.StatusForbidden || !strings.Contains(body, "served only to callers on loopback") {
-		t.Errorf("another pod: GET /debug/sidecars = %d %q, want 403 saying it is served on loopback only", code, body)
-	}
-	if code, body := pod.HTTP(t, netip.Addr{}, "GET", url(netip.MustParseAddr("127.0.0.1"), "/debug/sidecars")); code != http.StatusOK ||
-		!strings.Contains(body, `"sidecars"`) {
-		t.Errorf("pod loopback: GET /debug/sidecars = %d %q", code, body)
+	// The observed-traffic table says who calls whom: the same rule.
+	for path, want := range map[string]string{"/debug/sidecars": `"sidecars"`, "/debug/flows": `"edges"`} {
+		code, body := other.HTTP(t, netip.Addr{}, "GET", url(podIP.Addr(), path))
+		if code != http.StatusForbidden || !strings.Contains(body, "served only to callers on loopback") {
+			t.Errorf("another pod: GET %s = %d %q, want 403 saying it is served on loopback only", path, code, body)
+		}
+		if code, body := pod.HTTP(t, netip.Addr{}, "GET", url(netip.MustParseAddr("127.0.0.1"), path)); code != http.StatusOK ||
+			!strings.Contains(body, want) {
+			t.Errorf("pod loopback: GET %s = %d %q", path, code, body)
+		}
 	}
 	_, metrics := pod.HTTP(t, netip.Addr{}, "GET", url(netip.MustParseAddr("127.0.0.1"), "/metrics"))
-	if !strings.Contains(metrics, `tether_admin_refused_total{component="discovery",reason="not_loopback"} 1`) {
+	if !strings.Contains(metrics, `tether_admin_refused_total{component="discovery",reason="not_loopback"} 2`) {
 		t.Errorf("the refusal is not counted:\n%s", metrics)
 	}
 }

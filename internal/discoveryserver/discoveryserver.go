@@ -32,9 +32,11 @@ import (
 	"k8s.io/klog/v2"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
+	discoveryv1 "github.com/tether-mesh/tether/api/discovery/v1"
 	"github.com/tether-mesh/tether/internal/admin"
 	"github.com/tether-mesh/tether/internal/version"
 	"github.com/tether-mesh/tether/pkg/discovery"
+	"github.com/tether-mesh/tether/pkg/discovery/flows"
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
@@ -90,8 +92,14 @@ type Config struct {
 	// xds.DefaultMaxStreamsPerIdentity).
 	MaxStreamsPerIdentity int
 	// AdminAddr serves /healthz, /readyz and /metrics to every caller, and
-	// /debug/sidecars only to callers on loopback.
+	// /debug/sidecars and /debug/flows only to callers on loopback.
 	AdminAddr string
+
+	// FlowMaxEdges, FlowMaxEdgesPerReporter and FlowRetention bound the
+	// observed-traffic table (flows.StoreConfig; 0: its defaults).
+	FlowMaxEdges            int
+	FlowMaxEdgesPerReporter int
+	FlowRetention           time.Duration
 
 	// CAAddr is tether-ca; BundleFile verifies it at bootstrap. JoinToken
 	// (standalone) or TokenFile (a projected ServiceAccount token) proves
@@ -142,6 +150,10 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStreamsPerIdentity < 0 {
 		return fmt.Errorf("--max-streams-per-identity %d: want at least 1 (0: the default, %d)", c.MaxStreamsPerIdentity, xds.DefaultMaxStreamsPerIdentity)
+	}
+	if c.FlowMaxEdges < 0 || c.FlowMaxEdgesPerReporter < 0 || c.FlowRetention < 0 {
+		return fmt.Errorf("--flow-max-edges %d, --flow-max-edges-per-reporter %d, --flow-retention %s: none may be negative (0: the default)",
+			c.FlowMaxEdges, c.FlowMaxEdgesPerReporter, c.FlowRetention)
 	}
 	if c.DefaultPolicy != "" {
 		if _, err := wire.ParseDefault(c.DefaultPolicy); err != nil {
@@ -227,6 +239,9 @@ type Server struct {
 	xds      *xds.Server
 	metrics  *metrics
 	registry *prometheus.Registry
+	// flows is the observed-traffic table sidecars report into.
+	flows     *flows.Store
+	flowsGRPC *flowServer
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -298,6 +313,10 @@ func New(cfg Config) (*Server, error) {
 	s.xds = &xds.Server{Registry: s.reg, ClusterDomain: cfg.ClusterDomain, Logger: cfg.Logger, MaxConcurrentSyncs: cfg.MaxConcurrentSyncs,
 		MaxSyncsPerIdentity: cfg.MaxSyncsPerIdentity, MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity}
 	s.registry.MustRegister(syncGauges(s.xds)...)
+	replica, _ := os.Hostname()
+	s.flows = flows.NewStore(flows.StoreConfig{MaxEdges: cfg.FlowMaxEdges, MaxEdgesPerReporter: cfg.FlowMaxEdgesPerReporter,
+		Retention: cfg.FlowRetention, Replica: replica})
+	s.flowsGRPC = newFlowServer(s.flows, s.reg, cfg.Logger, s.registry)
 	return s, nil
 }
 
@@ -438,8 +457,10 @@ func (s *Server) Run(ctx context.Context) error {
 
 	g := s.grpcServer()
 	s.xds.Register(g)
+	discoveryv1.RegisterFlowsServer(g, s.flowsGRPC)
 	httpAdmin := admin.New(s.cfg.AdminAddr, s.Ready, s.registry, s.log, admin.WithMetrics("discovery", s.registry))
 	httpAdmin.HandleLocal("GET /debug/sidecars", s.debugSidecars)
+	httpAdmin.HandleLocal("GET /debug/flows", s.debugFlows)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
@@ -455,6 +476,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("identity agent", func() error { return s.agent.Run(ctx) })
 	run("registry", func() error { return s.source.Run(ctx, s.reg) })
 	run("xds", func() error { return s.xds.Run(ctx) })
+	run("flows", func() error { s.expireFlows(ctx); return nil })
 	run("admin http", func() error { return httpAdmin.Serve(ctx, adminL) })
 	run("grpc", func() error {
 		if !s.waitReady(ctx) {
@@ -490,7 +512,7 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
-// grpcServer is the xDS gRPC server: mTLS with the agent's current SVID
+// grpcServer is the xDS (and Flows) gRPC server: mTLS with the agent's current SVID
 // and bundle on every handshake (so renewals and bundle changes apply
 // without a restart), accepting any SVID of the trust domain; xds.Server
 // then checks node.id against it.
@@ -501,6 +523,7 @@ func (s *Server) grpcServer() *grpc.Server {
 		grpc.Creds(credentials.NewTLS(tc)),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.StreamInterceptor(s.metrics.streamInterceptor),
+		grpc.InTapHandle(s.flowsGRPC.tap),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)...)

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/tether-mesh/tether/internal/logging"
+	"github.com/tether-mesh/tether/pkg/discovery/flows"
 	"github.com/tether-mesh/tether/pkg/discovery/xds"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
@@ -40,7 +41,10 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.IntVar(&c.MaxConcurrentSyncs, "max-concurrent-syncs", xds.DefaultMaxConcurrentSyncs, "sidecars sent their whole configuration at once; others wait their turn (bounds memory when many reconnect)")
 	fs.IntVar(&c.MaxSyncsPerIdentity, "max-syncs-per-identity", 0, "of those, the most one SPIFFE ID's streams hold at once; waiting identities take turns (0: a quarter of --max-concurrent-syncs)")
 	fs.IntVar(&c.MaxStreamsPerIdentity, "max-streams-per-identity", xds.DefaultMaxStreamsPerIdentity, "open ADS streams one SPIFFE ID may have; more are refused with ResourceExhausted (set above the replicas of the largest workload, twice over)")
-	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics (to every caller) and /debug/sidecars (to callers on loopback only)")
+	fs.StringVar(&c.AdminAddr, "admin-listen", ":15014", "address of /healthz, /readyz and /metrics (to every caller) and /debug/sidecars and /debug/flows (to callers on loopback only)")
+	fs.IntVar(&c.FlowMaxEdges, "flow-max-edges", flows.DefaultMaxEdges, "edges the observed-traffic table holds at most; more are dropped and counted (tether_discovery_flow_edges_dropped_total)")
+	fs.IntVar(&c.FlowMaxEdgesPerReporter, "flow-max-edges-per-reporter", flows.DefaultMaxEdgesPerReporter, "of those, the most one sidecar identity may add")
+	fs.DurationVar(&c.FlowRetention, "flow-retention", flows.DefaultRetention, "an observed-traffic edge not seen for this long is forgotten")
 	fs.StringVar(&c.CAAddr, "ca", env("TETHER_CA_ADDR", "tether-ca.tether-system.svc:8443"), "tether-ca address (env TETHER_CA_ADDR)")
 	fs.StringVar(&c.BundleFile, "bundle", "/etc/tether/bundle/bundle.pem", "PEM trust bundle that verifies the CA at bootstrap")
 	fs.StringVar(&c.JoinToken, "join-token", getenv("TETHER_JOIN_TOKEN"), "join token for discovery's own identity (standalone; env TETHER_JOIN_TOKEN); on the command line every local user reads it in /proc/PID/cmdline: prefer --join-token-file)")

@@ -72,6 +72,7 @@ func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 
 	fs.StringVar(&c.DiscoveryAddr, "discovery", getenv("TETHER_DISCOVERY_ADDR"), "tether-discovery address host:port (env TETHER_DISCOVERY_ADDR); empty: no discovery, the static --allow, --outbound PEER@ID and --mesh-endpoint configuration")
 	discoveryID := fs.String("discovery-id", "", "SPIFFE ID discovery must present (default spiffe://<trust-domain>/ns/tether-system/sa/tether-discovery)")
+	fs.DurationVar(&c.FlowReportInterval, "flow-report-interval", DefaultFlowReportInterval, "with --discovery: how often the flows this sidecar saw (caller, service port, decision, rule, counts) are reported to discovery, and once more at shutdown; 0: off")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain of mesh service names")
 	var dnsCfg DNS
 	dnsListen := ""

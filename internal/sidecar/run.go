@@ -204,6 +204,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 						fatal <- err
 					}
 				}()
+				if s.flows != nil {
+					wg.Add(1)
+					go func() { defer wg.Done(); s.reportFlows(agentCtx) }()
+				}
 			}
 		}
 		for _, b := range listeners {

@@ -121,6 +121,10 @@ type Config struct {
 	// DiscoveryID is the SPIFFE ID discovery must present (default
 	// spiffe://<trust-domain>/ns/tether-system/sa/tether-discovery).
 	DiscoveryID spiffeid.ID
+	// FlowReportInterval is how often the flows this sidecar saw are
+	// reported to discovery (0: not summarised nor reported; only with
+	// DiscoveryAddr). See docs/policy.md, "Observed traffic".
+	FlowReportInterval time.Duration
 	// ClusterDomain is the cluster DNS domain (default cluster.local).
 	ClusterDomain string
 	// DNS, if set, runs the DNS server.
@@ -175,6 +179,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.validateDiscovery(); err != nil {
+		return err
+	}
+	if err := checkFlowReportInterval(c.FlowReportInterval); err != nil {
 		return err
 	}
 	if c.DrainTimeout <= 0 {
@@ -267,6 +274,8 @@ type Sidecar struct {
 	dns  *dns.Server
 	// denials keeps the recent denials for GET /debug/denials.
 	denials *proxy.RecentDenials
+	// flows is the flow summary reported to discovery (nil: off).
+	flows *flowRecorder
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -322,6 +331,11 @@ func New(cfg Config) (*Sidecar, error) {
 	case len(cfg.Allow) > 0:
 		authorize, unauthenticated = cfg.Allow.Authorizer(), proxy.DenyUnauthenticated
 	}
+	var observe func(*proxy.Entry)
+	if cfg.DiscoveryAddr != "" && cfg.FlowReportInterval > 0 {
+		s.flows = newFlowRecorder(&s.view, s.registry)
+		observe = s.flows.observe
+	}
 	var reserved []uint16
 	if cfg.Capture != nil {
 		// The capture contract's ports, whatever this sidecar binds.
@@ -331,7 +345,7 @@ func New(cfg Config) (*Sidecar, error) {
 		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, AuthorizeAudit: authorizeAudit, InboundMode: cfg.InboundMode,
 		AuthorizeUnauthenticated: unauthenticated, ReservedPorts: reserved, EndStreamsAtSVIDExpiry: cfg.EndStreamsAtSVIDExpiry,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
-		AccessLog: accessLog, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,
+		AccessLog: accessLog, Observe: observe, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,
 		Denials: s.denials,
 	})
 	if err != nil {

@@ -36,6 +36,12 @@ type Entry struct {
 	// Rule is the policy rule that decided, when one did; for audit-deny,
 	// the would-be rule that would deny (Reason names the one that allowed).
 	Rule string
+	// Target is the mesh service port an outbound connection was for
+	// ("namespace/name:port") when the route named one, else its
+	// destination address; Port is the app port an inbound stream was
+	// for. Neither is logged: they are for Config.Observe.
+	Target string
+	Port   uint16
 	// BytesSent went to the peer; BytesReceived came from it.
 	BytesSent, BytesReceived int64
 	Start                    time.Time

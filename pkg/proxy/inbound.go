@@ -210,6 +210,7 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	if err != nil {
 		return deny("no_target", "no destination: "+err.Error())
 	}
+	e.Port = app.Port
 	if err := p.checkLoop(c.LocalAddr().String(), app); err != nil {
 		e.Dest = app.String()
 		return deny("loop", err.Error())
@@ -329,6 +330,9 @@ func (p *Proxy) record(e *Entry, direction, result, decision string) {
 		e.Start = time.Now()
 	}
 	e.Direction, e.Decision, e.Duration = direction, decision, time.Since(e.Start)
+	if p.cfg.Observe != nil {
+		p.cfg.Observe(e)
+	}
 	m := p.cfg.Metrics
 	m.conns.WithLabelValues(direction, result).Inc()
 	if e.BytesSent > 0 {

@@ -103,7 +103,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 	r := route(c)
 	switch {
 	case r.Deny != "":
-		e.Dest, e.Reason, e.Rule = r.Target, r.Deny, r.Rule
+		e.Dest, e.Target, e.Reason, e.Rule = r.Target, r.Target, r.Deny, r.Rule
 		if e.Rule == "" {
 			e.Rule = r.Deny
 		}
@@ -129,7 +129,7 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		return
 	}
 	d := r.Mesh
-	e.Dest, e.Rule = d.Addr, d.Rule
+	e.Dest, e.Target, e.Rule = d.Addr, d.Name, d.Rule
 	key := d.key()
 	for retry := false; ; retry = true {
 		// A retry never takes another pooled tunnel: when the peer closed
@@ -167,7 +167,9 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		p.cfg.Metrics.streams.WithLabelValues(fmt.Sprint(reused)).Inc()
 		if deny != "" {
 			p.pool.put(key, t)
-			e.Reason = "refused by " + t.peer.String() + ": " + deny
+			// The destination decided: its reason, not the rule that
+			// let the call out, is the rule of this denial.
+			e.Reason, e.Rule = "refused by "+t.peer.String()+": "+deny, "refused by the destination's sidecar: "+deny
 			p.refuse(c, "outbound", "denied", e)
 			return
 		}

@@ -93,8 +93,13 @@ type Config struct {
 	// in use (default 1s).
 	PressureHandshakeTimeout time.Duration
 	AccessLog                *AccessLog
-	Metrics                  *Metrics
-	Logger                   *slog.Logger
+	// Observe, if set, is called with every connection's finished Entry,
+	// inbound and outbound, whatever the decision, before the access log
+	// samples it (the sidecar's flow summary). It runs on the data path:
+	// it must be cheap, must not block, and must not keep e.
+	Observe func(e *Entry)
+	Metrics *Metrics
+	Logger  *slog.Logger
 
 	// Denials, if set, keeps the most recent policy denials (the ones the
 	// denial metric counts).

@@ -118,7 +118,9 @@ func startOn(t *testing.T, addr string, cfg proxy.Config, serve func(p *proxy.Pr
 	s := &side{reg: prometheus.NewRegistry(), log: &bytes.Buffer{}, logMu: &sync.Mutex{}, stopped: make(chan error, 1)}
 	cfg.TrustDomain = tu.TrustDomain
 	cfg.Metrics = proxy.NewMetrics(s.reg)
-	cfg.AccessLog = proxy.NewAccessLog(lockedWriter{s.logMu, s.log}, 1)
+	if cfg.AccessLog == nil {
+		cfg.AccessLog = proxy.NewAccessLog(lockedWriter{s.logMu, s.log}, 1)
+	}
 	p, err := proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -93,6 +93,10 @@ type Table struct {
 	// incomplete: a suggestion made from it may miss calls.
 	Dropped        uint64 `json:"dropped"`
 	DroppedReports uint64 `json:"droppedReports"`
+	// Unsummed counts the connections sidecars saw but could not
+	// summarise (their summary between two reports was full); like
+	// Dropped, non-zero means the table is incomplete.
+	Unsummed uint64 `json:"unsummed"`
 	// MaxEdges is the table's bound.
 	MaxEdges int `json:"maxEdges"`
 }
