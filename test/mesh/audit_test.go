@@ -58,17 +58,6 @@ func upstreamDNS(t *testing.T, addr string) string {
 	return pc.LocalAddr().String()
 }
 
-// grepLines returns the lines of text that contain s.
-func grepLines(text, s string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
 func dnsQuery(server, name string) (*mdns.Msg, error) {
 	m := new(mdns.Msg)
 	m.SetQuestion(mdns.Fqdn(name), mdns.TypeA)

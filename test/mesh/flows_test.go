@@ -116,3 +116,14 @@ func sorted(m map[string]uint64) []string {
 	sort.Strings(out)
 	return out
 }
+
+// grepLines returns the lines of text that contain substr.
+func grepLines(text, substr string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
