@@ -167,7 +167,7 @@ type CA struct {
 	bundle atomic.Pointer[BundleVersion]
 	// jwtKeys are the JWT keys OIDCKeySet publishes.
 	jwtKeys atomic.Pointer[[]publishedJWTKey]
-	self   atomic.Pointer[selfSVID]
+	self    atomic.Pointer[selfSVID]
 	// presigned is an upstream intermediate obtained ahead of a state change.
 	presigned atomic.Pointer[upstreamSigned]
 	// offlineWarned is when warnOffline last logged.
