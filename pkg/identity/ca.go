@@ -165,9 +165,7 @@ type CA struct {
 
 	auth   atomic.Pointer[authority]
 	bundle atomic.Pointer[BundleVersion]
-	// jwtKeys are the JWT keys OIDCKeySet publishes.
-	jwtKeys atomic.Pointer[[]publishedJWTKey]
-	self    atomic.Pointer[selfSVID]
+	self   atomic.Pointer[selfSVID]
 	// presigned is an upstream intermediate obtained ahead of a state change.
 	presigned atomic.Pointer[upstreamSigned]
 	// offlineWarned is when warnOffline last logged.
@@ -178,6 +176,9 @@ type CA struct {
 	// it was logged (guarded by mu).
 	waitLogged   string
 	waitLoggedAt time.Time
+
+	// jwtKeys are the JWT keys OIDCKeySet publishes (oidc.go).
+	jwtKeys atomic.Pointer[[]publishedJWTKey]
 }
 
 // BundleVersion is one version of the trust bundle.
