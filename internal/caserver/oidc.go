@@ -145,6 +145,8 @@ const certCheckInterval = 10 * time.Second
 type fileCert struct {
 	certFile, keyFile string
 	log               *slog.Logger
+	// every is how often it looks at the files (certCheckInterval).
+	every time.Duration
 
 	mu        sync.Mutex
 	cur       *tls.Certificate
@@ -154,7 +156,7 @@ type fileCert struct {
 }
 
 func loadFileCert(certFile, keyFile string, log *slog.Logger) (*fileCert, error) {
-	f := &fileCert{certFile: certFile, keyFile: keyFile, log: log}
+	f := &fileCert{certFile: certFile, keyFile: keyFile, log: log, every: certCheckInterval}
 	if err := f.reload(); err != nil {
 		return nil, fmt.Errorf("--oidc-tls-cert %s, --oidc-tls-key %s: %w", certFile, keyFile, err)
 	}
@@ -189,7 +191,7 @@ func (f *fileCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
-	if now.Sub(f.checkedAt) < certCheckInterval {
+	if now.Sub(f.checkedAt) < f.every {
 		return f.cur, nil
 	}
 	f.checkedAt = now

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -25,7 +26,9 @@ import (
 
 func TestOIDCConfigRefused(t *testing.T) {
 	certFile, keyFile, _ := webCert(t, "oidc.example.com")
-	on := func(c *Config) { c.OIDC = OIDCConfig{Listen: "127.0.0.1:0", Issuer: "https://oidc.example.com", TLSCert: certFile, TLSKey: keyFile} }
+	on := func(c *Config) {
+		c.OIDC = OIDCConfig{Listen: "127.0.0.1:0", Issuer: "https://oidc.example.com", TLSCert: certFile, TLSKey: keyFile}
+	}
 	tests := []struct {
 		name string
 		mod  func(*Config)
@@ -200,4 +203,54 @@ func writeFile(t *testing.T, content string) string {
 		t.Fatal(err)
 	}
 	return f.Name()
+}
+
+// TestOIDCWebCertificateReloaded: a renewed certificate is served once
+// its files change; a broken pair keeps the last good one.
+func TestOIDCWebCertificateReloaded(t *testing.T) {
+	certFile, keyFile, _ := webCert(t, "oidc.example.com")
+	f, err := loadFileCert(certFile, keyFile, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.every = 0
+	first, _ := f.get(nil)
+	newCert, newKey, _ := webCert(t, "oidc.example.com")
+	replace := func(dst, src string) {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		later := time.Now().Add(time.Duration(len(data)) * time.Millisecond)
+		if err := os.Chtimes(dst, later, later); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Half written (new certificate, old key): the old pair stays.
+	replace(certFile, newCert)
+	if c, _ := f.get(nil); c != first {
+		t.Fatal("a certificate whose key is not there yet replaced the good pair")
+	}
+	replace(keyFile, newKey)
+	c, _ := f.get(nil)
+	if c == first || !c.Leaf.Equal(mustLeaf(t, newCert)) {
+		t.Fatal("the renewed certificate is not served")
+	}
+}
+
+func mustLeaf(t *testing.T, certFile string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(data)
+	leaf, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -327,6 +328,28 @@ func TestOIDCDiscoveryDocument(t *testing.T) {
 			t.Fatalf("%s: %s\nwant %s", path, got, must(json.Marshal(want)))
 		}
 	}
+	// The issuer comes from the configuration, never from the request: a
+	// forged Host header cannot make the document name another issuer.
+	req, _ := http.NewRequest(http.MethodGet, issuer+identity.OIDCDiscoveryPath, nil)
+	req.Host = "evil.example"
+	req.Header.Set("X-Forwarded-Host", "evil.example")
+	hresp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(hresp.Body)
+	hresp.Body.Close()
+	if strings.Contains(string(body), "evil") || !strings.Contains(string(body), issuer) {
+		t.Fatalf("document for a forged Host: %s", body)
+	}
+	head, err := srv.Client().Head(issuer + "/keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.Body.Close()
+	if head.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD /keys: %s", head.Status)
+	}
 	resp := getJSON(t, srv, issuer+"/keys", &jose.JSONWebKeySet{})
 	if cc := resp.Header.Get("Cache-Control"); !strings.Contains(cc, "no-store") {
 		t.Fatalf("JWKS Cache-Control %q: a cached key set would miss a newly activated key", cc)
@@ -342,7 +365,7 @@ func TestOIDCDiscoveryDocument(t *testing.T) {
 			t.Fatalf("%s /keys: %s, want 405", method, resp.Status)
 		}
 	}
-	resp, err := srv.Client().Get(srv.URL + "/other/keys")
+	resp, err = srv.Client().Get(srv.URL + "/other/keys")
 	if err != nil {
 		t.Fatal(err)
 	}
