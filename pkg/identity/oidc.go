@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,7 +40,20 @@ func ValidateOIDCIssuer(s string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w: OIDC issuer %q ends with a slash; give it without (%q): relying parties compare the iss claim with the issuer exactly",
 			ErrConfig, s, strings.TrimRight(s, "/"))
 	}
+	if u.Path != "" {
+		for _, seg := range strings.Split(u.Path[1:], "/") {
+			if seg == "" || seg == "." || seg == ".." || strings.IndexFunc(seg, notUnreserved) >= 0 {
+				return nil, fmt.Errorf("%w: OIDC issuer %q: path segment %q; use segments of letters, digits, '-', '.', '_' and '~' (not . or ..)", ErrConfig, s, seg)
+			}
+		}
+	}
 	return u, nil
+}
+
+// notUnreserved reports whether r is outside RFC 3986's unreserved
+// characters.
+func notUnreserved(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-._~", r))
 }
 
 // checkHTTPSURL parses s as an absolute https URL without query, fragment
@@ -55,12 +69,19 @@ func checkHTTPSURL(s string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w: %q must be an https:// URL (OIDC relying parties fetch it over TLS), not scheme %q", ErrConfig, s, u.Scheme)
 	case u.Host == "" || u.Hostname() == "":
 		return nil, fmt.Errorf("%w: %q has no host", ErrConfig, s)
+	case u.Port() != "" && !validPort(u.Port()):
+		return nil, fmt.Errorf("%w: %q: port %q is not 1 to 65535", ErrConfig, s, u.Port())
 	case u.User != nil:
 		return nil, fmt.Errorf("%w: %q must not carry user info", ErrConfig, s)
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(s, "#"):
 		return nil, fmt.Errorf("%w: %q must not have a query or a fragment", ErrConfig, s)
 	}
 	return u, nil
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }
 
 // OIDCConfig configures the OIDC discovery handler.

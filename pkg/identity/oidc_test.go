@@ -384,19 +384,26 @@ func must(b []byte, err error) []byte {
 
 func TestOIDCBadIssuerRefused(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                             "empty URL",
-		"http://oidc.example.com":      "must be an https:// URL",
-		"oidc.example.com":             "must be an https:// URL",
-		"https://":                     "has no host",
-		"https://:443/x":               "has no host",
-		"https://u:p@oidc.example.com": "user info",
-		"https://oidc.example.com/?x":  "query or a fragment",
-		"https://oidc.example.com?":    "query or a fragment",
-		"https://oidc.example.com#f":   "query or a fragment",
-		"https://oidc.example.com/":    "ends with a slash",
-		"https://oidc.example.com/a/":  "ends with a slash",
-		"https://oidc.exa mple.com":    "is not a URL",
-		"::not a url":                  "is not a URL",
+		"":                                "empty URL",
+		"http://oidc.example.com":         "must be an https:// URL",
+		"oidc.example.com":                "must be an https:// URL",
+		"https://":                        "has no host",
+		"https://:443/x":                  "has no host",
+		"https://u:p@oidc.example.com":    "user info",
+		"https://oidc.example.com/?x":     "query or a fragment",
+		"https://oidc.example.com?":       "query or a fragment",
+		"https://oidc.example.com#f":      "query or a fragment",
+		"https://oidc.example.com/":       "ends with a slash",
+		"https://oidc.example.com/a/":     "ends with a slash",
+		"https://oidc.exa mple.com":       "is not a URL",
+		"::not a url":                     "is not a URL",
+		"https://oidc.example.com:0":      "is not 1 to 65535",
+		"https://oidc.example.com:99999":  "is not 1 to 65535",
+		"https://oidc.example.com//a":     `path segment ""`,
+		"https://oidc.example.com/a/../b": `path segment ".."`,
+		"https://oidc.example.com/{x}":    `path segment "{x}"`,
+		"https://oidc.example.com/a%20b":  `path segment "a b"`,
+		"https://oidc.example.com/a/./b":  `path segment "."`,
 	} {
 		_, err := identity.ValidateOIDCIssuer(in)
 		if !errors.Is(err, identity.ErrConfig) || !strings.Contains(err.Error(), want) {
@@ -414,7 +421,7 @@ func TestOIDCBadIssuerRefused(t *testing.T) {
 			t.Errorf("CA with JWT issuer %q: err = %v", in, err)
 		}
 	}
-	for _, ok := range []string{"https://oidc.example.com", "https://oidc.example.com:8443/tether", "https://127.0.0.1:9443"} {
+	for _, ok := range []string{"https://oidc.example.com", "https://oidc.example.com:8443/tether", "https://oidc.example.com/a-b/c_d.e~f", "https://127.0.0.1:9443"} {
 		if _, err := identity.ValidateOIDCIssuer(ok); err != nil {
 			t.Errorf("issuer %q refused: %v", ok, err)
 		}
