@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-mesh/tether/internal/caserver"
 	"github.com/tether-mesh/tether/pkg/identity"
 )
 
@@ -39,6 +40,43 @@ func TestRenewalFlags(t *testing.T) {
 		{[]string{"--svid-ttl-for", "ns/payments=10m"}, "must start with /"},
 		{[]string{"--svid-ttl-for", "/ns/payments=2h"}, "not shorter than the SVID lifetime"},
 		{[]string{"--svid-ttl-for", "/ns/payments=10s"}, "shorter than a minute"},
+	} {
+		_, err := parseFlags(append([]string{"--store-dir", dir}, tt.args...))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: err %v, want %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+// TestOIDCFlags: the --oidc-* flags reach the config (off by default), and
+// bad values stop tether-ca at start with a message naming the flag.
+func TestOIDCFlags(t *testing.T) {
+	dir := t.TempDir()
+	c, err := parseFlags([]string{"--store-dir", dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.OIDC != (caserver.OIDCConfig{}) {
+		t.Fatalf("OIDC defaults %+v, want off", c.OIDC)
+	}
+	c, err = parseFlags([]string{"--store-dir", dir, "--oidc-listen", "127.0.0.1:8081", "--oidc-issuer", "https://oidc.example.com/a",
+		"--oidc-jwks-uri", "https://keys.example.com/a.json", "--oidc-plain-http"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := caserver.OIDCConfig{Listen: "127.0.0.1:8081", Issuer: "https://oidc.example.com/a", JWKSURI: "https://keys.example.com/a.json", PlainHTTP: true}
+	if c.OIDC != want {
+		t.Fatalf("parsed %+v, want %+v", c.OIDC, want)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--oidc-listen", ":8081", "--oidc-plain-http"}, "--oidc-listen needs --oidc-issuer"},
+		{[]string{"--oidc-listen", ":8081", "--oidc-plain-http", "--oidc-issuer", "http://oidc.example.com"}, "--oidc-issuer"},
+		{[]string{"--oidc-listen", ":8081", "--oidc-plain-http", "--oidc-issuer", "%zz"}, "is not a URL"},
+		{[]string{"--oidc-listen", ":8081", "--oidc-issuer", "https://oidc.example.com"}, "needs --oidc-tls-cert and --oidc-tls-key"},
+		{[]string{"--oidc-tls-key", "k.pem"}, "--oidc-tls-key configures the OIDC discovery listener, which is off"},
 	} {
 		_, err := parseFlags(append([]string{"--store-dir", dir}, tt.args...))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

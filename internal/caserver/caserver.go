@@ -70,6 +70,9 @@ type Config struct {
 
 	Kube KubeConfig
 
+	// OIDC is the OIDC discovery listener for JWT-SVIDs (off by default).
+	OIDC OIDCConfig
+
 	// ConnLimits bound the connections on ListenAddr (zero fields: the
 	// defaults of identity.ConnLimits).
 	ConnLimits identity.ConnLimits
@@ -169,6 +172,9 @@ func (c *Config) Validate() error {
 	if err := c.ConnLimits.Validate(); err != nil {
 		return err
 	}
+	if err := c.OIDC.validate(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -190,6 +196,8 @@ type Service struct {
 	// reports shares the sidecar reports with the other replicas (the
 	// kubernetes store).
 	reports *kube.ReportExchange
+	// oidc serves the OIDC discovery document; nil when off.
+	oidc *oidcServer
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -210,6 +218,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		Backdate: cfg.Backdate, PropagationDelay: cfg.PropagationDelay, TickInterval: cfg.TickInterval,
 		AutoRotate: cfg.AutoRotate, Logger: cfg.Logger, Registerer: s.registry,
 		ReportInterval: cfg.ReportInterval, MaxReports: cfg.MaxReports, Replica: cfg.Kube.Identity,
+		JWTIssuer: cfg.OIDC.Issuer,
 	}
 	if cfg.OfflineIntermediate != "" {
 		o, err := identity.LoadOfflineIntermediate(cfg.OfflineIntermediate)
@@ -240,6 +249,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s.ca = ca
 	s.attestors[identity.KindJoinToken] = ca.JoinTokens()
+	if err := s.setupOIDC(); err != nil {
+		return nil, err
+	}
 	if cfg.Kube.PublishBundle {
 		if err := s.setupBundlePublisher(ctx, &caCfg); err != nil {
 			return nil, err
@@ -256,7 +268,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 // CA is the service's certificate authority.
 func (s *Service) CA() *identity.CA { return s.ca }
 
-// Addr returns the address a named listener ("grpc", "admin") is bound to,
+// Addr returns the address a named listener ("grpc", "admin", "oidc") is bound to,
 // once Run has started it.
 func (s *Service) Addr(name string) net.Addr {
 	s.mu.Lock()
@@ -319,6 +331,9 @@ func (s *Service) Run(ctx context.Context) error {
 	run("ca", func() error { return s.ca.Run(ctx) })
 	if s.cfg.BundleFile != "" {
 		run("bundle file", func() error { return s.writeBundleFile(ctx) })
+	}
+	if s.oidc != nil {
+		run("oidc", func() error { return s.serveOIDC(ctx) })
 	}
 	for _, bg := range s.background {
 		run("background", func() error { return bg(ctx) })

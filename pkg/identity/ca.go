@@ -55,6 +55,10 @@ type Config struct {
 	// mode every step follows from an intermediate renewal, so all are
 	// taken regardless.
 	AutoRotate bool
+	// JWTIssuer, if set, is the iss claim of every JWT-SVID: the https URL
+	// of the OIDC discovery document (oidc.go) that clouds' workload
+	// identity federation verifies them with (ValidateOIDCIssuer).
+	JWTIssuer string
 	// Upstream, if set, signs the intermediate instead of an own root.
 	Upstream Upstream
 	// OfflineIntermediate, if set, is the signing intermediate of a root
@@ -134,6 +138,11 @@ func (c *Config) fill() error {
 	case c.MaxRenewalAge < time.Minute:
 		return fmt.Errorf("%w: max renewal age %s is shorter than a minute", ErrConfig, c.MaxRenewalAge)
 	}
+	if c.JWTIssuer != "" {
+		if _, err := ValidateOIDCIssuer(c.JWTIssuer); err != nil {
+			return fmt.Errorf("JWT issuer: %w", err)
+		}
+	}
 	rules, err := CheckPrefixTTLs(c.TTLByPrefix, c.SVIDTTL)
 	if err != nil {
 		return err
@@ -167,6 +176,9 @@ type CA struct {
 	// it was logged (guarded by mu).
 	waitLogged   string
 	waitLoggedAt time.Time
+
+	// jwtKeys are the JWT keys OIDCKeySet publishes (oidc.go).
+	jwtKeys atomic.Pointer[[]publishedJWTKey]
 }
 
 // BundleVersion is one version of the trust bundle.
@@ -295,6 +307,8 @@ func (c *CA) applyLocked(st *State, rev string) error {
 	}
 	c.state, c.rev = st, rev
 	c.auth.Store(a)
+	keys := publishedJWTKeysOf(st)
+	c.jwtKeys.Store(&keys)
 	if cur := c.bundle.Load(); cur == nil || cur.Sequence != st.BundleSequence {
 		roots := rootsOf(st)
 		sb := spiffebundle.FromX509Authorities(c.cfg.TrustDomain, roots)

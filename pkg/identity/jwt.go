@@ -33,7 +33,8 @@ type JWTSVID struct {
 }
 
 // SignJWT issues a JWT-SVID for id (which the caller has authenticated) with
-// the given audiences, signed by the active generation's JWT key. ttl is
+// the given audiences, signed by the active generation's JWT key, with the
+// iss claim Config.JWTIssuer when it is set. ttl is
 // clamped to the SVID lifetime; 0 means DefaultJWTTTL.
 func (c *CA) SignJWT(id spiffeid.ID, audience []string, ttl time.Duration) (*JWTSVID, error) {
 	if id.TrustDomain() != c.cfg.TrustDomain {
@@ -57,7 +58,7 @@ func (c *CA) SignJWT(id spiffeid.ID, audience []string, ttl time.Duration) (*JWT
 	}
 	now := c.cfg.Clock.Now()
 	exp := now.Add(ttl)
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jwtAlgorithm(a.jwtKey), Key: jose.JSONWebKey{Key: a.jwtKey, KeyID: a.jwtKID}},
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jwtAlgorithmOf(a.jwtKey.Public()), Key: jose.JSONWebKey{Key: a.jwtKey, KeyID: a.jwtKID}},
 		(&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		return nil, fmt.Errorf("JWT signer: %w", err)
@@ -66,7 +67,11 @@ func (c *CA) SignJWT(id spiffeid.ID, audience []string, ttl time.Duration) (*JWT
 	if len(audience) == 1 {
 		aud = audience[0]
 	}
-	payload, err := json.Marshal(map[string]any{"sub": id.String(), "aud": aud, "iat": now.Unix(), "exp": exp.Unix()})
+	claims := map[string]any{"sub": id.String(), "aud": aud, "iat": now.Unix(), "exp": exp.Unix()}
+	if c.cfg.JWTIssuer != "" {
+		claims["iss"] = c.cfg.JWTIssuer // what OIDC relying parties match (oidc.go)
+	}
+	payload, err := json.Marshal(claims)
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +86,9 @@ func (c *CA) SignJWT(id spiffeid.ID, audience []string, ttl time.Duration) (*JWT
 	return &JWTSVID{Token: tok, ID: id, ExpiresAt: time.Unix(exp.Unix(), 0)}, nil
 }
 
-func jwtAlgorithm(k crypto.Signer) jose.SignatureAlgorithm {
-	if ec, ok := k.Public().(*ecdsa.PublicKey); ok && ec.Curve.Params().BitSize == 384 {
+// jwtAlgorithmOf is the JWS algorithm a JWT key of public key pub signs with.
+func jwtAlgorithmOf(pub crypto.PublicKey) jose.SignatureAlgorithm {
+	if ec, ok := pub.(*ecdsa.PublicKey); ok && ec.Curve.Params().BitSize == 384 {
 		return jose.ES384
 	}
 	return jose.ES256
