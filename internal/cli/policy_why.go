@@ -432,6 +432,9 @@ func explainServicePort(snap *discovery.Snapshot, c whyCaller, svc *discovery.Se
 			call.AuditDenied, call.AuditRule = true, d.AuditRule
 		}
 		call.AuditLog = auditLog(c, call.AuditDenied, call.AuditRule)
+		if call.AuditDenied && x.AuditDenied {
+			call.AuditLog = serviceAuditLog(snap, c, svc, p, x.AuditRule)
+		}
 	} else {
 		call.Allowed, call.Rule, call.AuditDenied, call.AuditRule = false, d.Rule, false, ""
 		pod, podID, chain, decider := refusingPod(snap, svc, c.id, p)
@@ -657,6 +660,32 @@ func auditLog(c whyCaller, auditDenied bool, rule string) string {
 	}
 	return fmt.Sprintf("the call passes; the sidecars log it with decision=\"audit-deny\" and rule=%q (source_id=%q), "+
 		"and count it in tether_sidecar_authz_audit_denials_total", rule, idString(c.id))
+}
+
+// serviceAuditLog says where an audit-denied call to port p of svc is
+// recorded: the caller's sidecar logs the would-be rule; the sidecar of
+// each pod behind svc logs its RBAC shadow rule, named by the chain, the
+// Service port and the would-be rule worded without the caller.
+func serviceAuditLog(snap *discovery.Snapshot, c whyCaller, svc *discovery.Service, p discovery.Port, rule string) string {
+	td := snap.TrustDomain()
+	out := fmt.Sprintf("the call passes; the caller's sidecar logs direction=\"outbound\" decision=\"audit-deny\" rule=%q", rule)
+	for _, e := range svc.Endpoints {
+		id, err := e.Identity(td, svc.Key.Namespace)
+		if err != nil {
+			continue
+		}
+		addr := e.Addr.Unmap()
+		for _, ch := range discovery.PodChains(snap.InboundChains(id), []netip.Addr{addr}) {
+			if ch.TargetPort != p.TargetPort || !slices.Contains(ch.Deciders, discovery.ServicePort{Service: svc.Key, Port: p.Port}) {
+				continue
+			}
+			in := fmt.Sprintf("%s (inbound_%s_%s_%d): %s", ch.Name(), svc.Key.Namespace, svc.Key.Name, p.Port,
+				snap.Engine().WouldBeDenial(svc.Key.Namespace, svc.Key.Name, p.Port))
+			out += fmt.Sprintf("; the sidecar of pod %s (%s) logs direction=\"inbound\" decision=\"audit-deny\" source_id=%q rule=%q", addr, shortID(id, td), idString(c.id), in)
+			return out + "; both count it in tether_sidecar_authz_audit_denials_total{direction,destination,rule}"
+		}
+	}
+	return out + "; counted in tether_sidecar_authz_audit_denials_total{direction,destination,rule}"
 }
 
 // noIdentityRefusal is the refusal of a call that reaches the sidecar of

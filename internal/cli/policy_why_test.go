@@ -392,7 +392,9 @@ func TestPolicyWhyAudit(t *testing.T) {
 	out, errOut, code := run(t, "policy", "why", "--mesh", mesh, "--from", "ops/x", "--to", "web/frontend")
 	for _, want := range []string{
 		"allowed (audit-deny) ops/x -> web/frontend:80 (http)\n  rule: mesh default allow-mesh\n  would be denied by: " + wouldBe + "\n",
-		`decision="audit-deny" and rule=` + strconvQuote(wouldBe),
+		`the caller's sidecar logs direction="outbound" decision="audit-deny" rule=` + strconvQuote(wouldBe),
+		`the sidecar of pod 10.1.0.3 (web/frontend) logs direction="inbound" decision="audit-deny" source_id="spiffe://cluster.local/ns/ops/sa/x" ` +
+			`rule="80|web/frontend:80 (inbound_web_frontend_80): no AccessPolicy allows the caller to web/frontend:80 (in audit mode: AccessPolicy web/frontend-audit)"`,
 		"  would be, with the policies and defaults in audit mode enforcing: denied (" + wouldBe + ")\n",
 		"      AccessPolicy web/frontend-audit (audit mode): none of its sources matches the caller\n        namespace shop: other namespace: the caller is in ops\n",
 	} {

@@ -27,7 +27,8 @@ import (
 // whyMeshYAML is the loopback mesh of TestWhyAgreesWithSidecars: api has
 // port 8080 (to its app) and admin port 9000 (to a port nothing listens
 // on); api-from-web lets web reach api on 8080 only; db-from-api lets
-// only api reach db. Endpoints are the sidecars' inbound listeners, with
+// only api reach db; web-audit, in audit mode, would let only "nobody"
+// reach web. Endpoints are the sidecars' inbound listeners, with
 // pod names.
 func whyMeshYAML(web, api, db *meshApp) string {
 	var b strings.Builder
@@ -59,6 +60,13 @@ func whyMeshYAML(web, api, db *meshApp) string {
     spec:
       destination: {service: db}
       sources: [{serviceAccount: {name: api}}]
+  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: web-audit, namespace: default}
+    spec:
+      mode: Audit
+      destination: {service: web}
+      sources: [{serviceAccount: {name: nobody}}]
 `)
 	return b.String()
 }
@@ -67,9 +75,12 @@ func whyMeshYAML(web, api, db *meshApp) string {
 type whyAnswer struct {
 	Allowed bool `json:"allowed"`
 	Calls   []struct {
-		Allowed   bool   `json:"allowed"`
-		Rule      string `json:"rule"`
-		RefusedBy *struct {
+		Allowed     bool   `json:"allowed"`
+		Rule        string `json:"rule"`
+		AuditDenied bool   `json:"audit_denied"`
+		AuditRule   string `json:"audit_rule"`
+		AuditLog    string `json:"audit_log"`
+		RefusedBy   *struct {
 			Component string   `json:"component"`
 			AccessLog string   `json:"access_log"`
 			Metric    string   `json:"metric"`
@@ -184,7 +195,7 @@ func TestWhyAgreesWithSidecars(t *testing.T) {
 		a.sidecar, a.done = startSidecar(t, cfg)
 	}
 	start(db)
-	start(api)
+	start(api, "127.0.0.1:0=default/web:80")
 	start(web, "127.0.0.1:0=default/api:8080", "127.0.0.1:0=default/api:9000", "127.0.0.1:0=default/db:5432",
 		"127.0.0.1:0="+db.sidecar.Addr("inbound/0").String()+"@"+dbID.String())
 	toAPI, toAPIAdmin := web.sidecar.Addr("outbound/0").String(), web.sidecar.Addr("outbound/1").String()
@@ -201,6 +212,35 @@ func TestWhyAgreesWithSidecars(t *testing.T) {
 	})
 	waitView(t, "db to learn its inbound policy", db.sidecar, func(v *xdsclient.View) bool { return !v.Authorize(webID, mustPort(db.port())).Allowed })
 	isWeb := func(l logLine) bool { return l.SourceID == webID.String() }
+	waitView(t, "api to learn web's endpoint", api.sidecar, func(v *xdsclient.View) bool {
+		s, ok := v.Service(key("web"))
+		return ok && len(s.Endpoints) > 0
+	})
+
+	t.Run("audit-deny", func(t *testing.T) {
+		// api → web passes (the mesh default allows it); web-audit, in
+		// audit mode, would deny it: both sidecars log audit-deny with the
+		// would-be rule why names.
+		w := why(t, meshFile, "--from", "default/api", "--to", "default/web:80")
+		c := w.Calls[0]
+		if !w.Allowed || !c.AuditDenied || c.AuditRule == "" {
+			t.Fatalf("why: %+v, want an audit-deny", w)
+		}
+		if err := call(api.sidecar.Addr("outbound/0").String(), "audited"); err != nil {
+			t.Fatalf("api → web, audit-denied, must pass: %v", err)
+		}
+		l := findLog(t, api, "api's audit-deny", func(l logLine) bool { return l.Direction == "outbound" && l.Decision == "audit-deny" })
+		if l.Rule != c.AuditRule || !strings.Contains(c.AuditLog, "rule="+strconv.Quote(l.Rule)) {
+			t.Errorf("api's access log: audit-deny by %q; why: %q (%s)", l.Rule, c.AuditRule, c.AuditLog)
+		}
+		in := findLog(t, web, "web's audit-deny", func(l logLine) bool { return l.Direction == "inbound" && l.Decision == "audit-deny" })
+		if !strings.Contains(c.AuditLog, "rule="+strconv.Quote(in.Rule)) {
+			t.Errorf("web's access log: audit-deny by %q; why: %s", in.Rule, c.AuditLog)
+		}
+		if n := gatherCounter(t, api.sidecar.registry, "tether_sidecar_authz_audit_denials_total", map[string]string{"direction": "outbound", "rule": c.AuditRule}); n != 1 {
+			t.Errorf("api counted %v audit denials with rule %q", n, c.AuditRule)
+		}
+	})
 
 	t.Run("allowed", func(t *testing.T) {
 		w := why(t, meshFile, "--from", "default/web", "--to", "default/api:8080")
