@@ -5,10 +5,12 @@ package caserver
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -70,6 +72,11 @@ type Config struct {
 
 	Kube KubeConfig
 
+	// BundleEndpoint serves the trust domain's SPIFFE bundle to federated
+	// domains; Federation fetches theirs.
+	BundleEndpoint BundleEndpointConfig
+	Federation     FederationConfig
+
 	// ConnLimits bound the connections on ListenAddr (zero fields: the
 	// defaults of identity.ConnLimits).
 	ConnLimits identity.ConnLimits
@@ -96,6 +103,62 @@ type KubeConfig struct {
 	// UpstreamIssuer is "Issuer/NAME" or "ClusterIssuer/NAME" of cert-manager.
 	UpstreamIssuer    string
 	UpstreamNamespace string
+}
+
+// BundleEndpointConfig is tether-ca's SPIFFE bundle endpoint.
+type BundleEndpointConfig struct {
+	// Listen is its address; empty turns it off.
+	Listen string
+	// Profile is https_spiffe (an SVID of the CA's own, for
+	// identity.BundleEndpointID) or https_web (WebCertFile and WebKeyFile).
+	Profile                 string
+	WebCertFile, WebKeyFile string
+	// RefreshHint is the refresh hint served (default
+	// identity.DefaultBundleRefreshHint).
+	RefreshHint time.Duration
+}
+
+// FederationConfig is how tether-ca follows foreign trust domains.
+type FederationConfig struct {
+	// File declares the foreign domains (identity.FederationFile); it is
+	// reread when it changes.
+	File string
+	// MinRefresh and MaxRefresh clamp the refresh hints foreign endpoints
+	// serve.
+	MinRefresh, MaxRefresh time.Duration
+}
+
+func (b *BundleEndpointConfig) validate() error {
+	if b.Listen == "" {
+		return nil
+	}
+	switch b.Profile {
+	case identity.ProfileHTTPSSPIFFE:
+		if b.WebCertFile != "" || b.WebKeyFile != "" {
+			return errors.New("--bundle-endpoint-web-cert and --bundle-endpoint-web-key are for --bundle-endpoint-profile=https_web")
+		}
+	case identity.ProfileHTTPSWeb:
+		if b.WebCertFile == "" || b.WebKeyFile == "" {
+			return errors.New("--bundle-endpoint-profile=https_web needs --bundle-endpoint-web-cert and --bundle-endpoint-web-key (the web certificate of the endpoint's public name)")
+		}
+	default:
+		return fmt.Errorf("--bundle-endpoint-profile %q: want https_spiffe or https_web", b.Profile)
+	}
+	if b.RefreshHint < 0 || (b.RefreshHint > 0 && b.RefreshHint < time.Second) {
+		return fmt.Errorf("--bundle-endpoint-refresh-hint %s must be at least a second", b.RefreshHint)
+	}
+	return nil
+}
+
+func (f *FederationConfig) validate() error {
+	if f.MinRefresh < 0 || (f.MinRefresh > 0 && f.MinRefresh < time.Second) {
+		return fmt.Errorf("--federation-min-refresh %s must be at least a second", f.MinRefresh)
+	}
+	minR := cmp.Or(f.MinRefresh, identity.DefaultFederationMinRefresh)
+	if maxR := cmp.Or(f.MaxRefresh, identity.DefaultFederationMaxRefresh); maxR < minR {
+		return fmt.Errorf("--federation-max-refresh %s is shorter than --federation-min-refresh %s", maxR, minR)
+	}
+	return nil
 }
 
 // Validate checks the config and fills derived defaults.
@@ -169,6 +232,12 @@ func (c *Config) Validate() error {
 	if err := c.ConnLimits.Validate(); err != nil {
 		return err
 	}
+	if err := c.BundleEndpoint.validate(); err != nil {
+		return err
+	}
+	if err := c.Federation.validate(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -190,6 +259,11 @@ type Service struct {
 	// reports shares the sidecar reports with the other replicas (the
 	// kubernetes store).
 	reports *kube.ReportExchange
+	// federator follows the foreign trust domains.
+	federator *identity.Federator
+	// endpoint serves the bundle endpoint (nil when off).
+	endpoint    *http.Server
+	endpointTLS *tls.Config
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -250,6 +324,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
+	if err := s.setupFederation(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -292,8 +369,20 @@ func (s *Service) Run(ctx context.Context) error {
 		adminL.Close()
 		return err
 	}
+	var endpointL net.Listener
+	if s.endpoint != nil {
+		if endpointL, err = net.Listen("tcp", s.cfg.BundleEndpoint.Listen); err != nil {
+			grpcL.Close()
+			adminL.Close()
+			sockL.Close()
+			return fmt.Errorf("bundle endpoint listener: %w", err)
+		}
+	}
 	s.mu.Lock()
 	s.listeners["grpc"], s.listeners["admin"] = grpcL.Addr(), adminL.Addr()
+	if endpointL != nil {
+		s.listeners["bundle-endpoint"] = endpointL.Addr()
+	}
 	s.mu.Unlock()
 
 	server := identity.NewServer(s.ca, s.attestors, s.log)
@@ -319,6 +408,15 @@ func (s *Service) Run(ctx context.Context) error {
 	run("ca", func() error { return s.ca.Run(ctx) })
 	if s.cfg.BundleFile != "" {
 		run("bundle file", func() error { return s.writeBundleFile(ctx) })
+	}
+	run("federation", func() error { return s.federator.Run(ctx) })
+	if s.cfg.Federation.File != "" {
+		run("federation file", func() error { return s.watchFederationFile(ctx) })
+	}
+	if endpointL != nil {
+		run("bundle endpoint", func() error { return serveBundleEndpoint(ctx, s.endpoint, endpointL, s.endpointTLS) })
+		s.log.Info("bundle endpoint serving", slog.String("address", endpointL.Addr().String()),
+			slog.String("profile", s.cfg.BundleEndpoint.Profile), slog.String("endpoint_id", identity.BundleEndpointID(s.ca.TrustDomain()).String()))
 	}
 	for _, bg := range s.background {
 		run("background", func() error { return bg(ctx) })
