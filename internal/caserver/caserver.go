@@ -123,6 +123,9 @@ type FederationConfig struct {
 	// File declares the foreign domains (identity.FederationFile); it is
 	// reread when it changes.
 	File string
+	// WatchCRD applies the cluster's TrustDomainFederation objects instead
+	// (the default with the kubernetes store).
+	WatchCRD bool
 	// MinRefresh and MaxRefresh clamp the refresh hints foreign endpoints
 	// serve.
 	MinRefresh, MaxRefresh time.Duration
@@ -151,6 +154,9 @@ func (b *BundleEndpointConfig) validate() error {
 }
 
 func (f *FederationConfig) validate() error {
+	if f.File != "" && f.WatchCRD {
+		return errors.New("--federation-file and --federation-crd exclude each other: declare the foreign trust domains in one place")
+	}
 	if f.MinRefresh < 0 || (f.MinRefresh > 0 && f.MinRefresh < time.Second) {
 		return fmt.Errorf("--federation-min-refresh %s must be at least a second", f.MinRefresh)
 	}

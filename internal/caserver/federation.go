@@ -12,7 +12,10 @@ import (
 	"os"
 	"time"
 
+	"k8s.io/client-go/dynamic"
+
 	"github.com/tether-mesh/tether/pkg/identity"
+	"github.com/tether-mesh/tether/pkg/identity/kube"
 )
 
 // Federation is the set of foreign trust domains tether-ca follows.
@@ -33,6 +36,11 @@ func (s *Service) setupFederation() error {
 		}
 		if err := s.federator.SetDomains(domains); err != nil {
 			return fmt.Errorf("--federation-file: %w", err)
+		}
+	}
+	if s.cfg.Federation.WatchCRD {
+		if err := s.setupFederationCRD(); err != nil {
+			return err
 		}
 	}
 	be := s.cfg.BundleEndpoint
@@ -104,4 +112,21 @@ func (s *Service) watchFederationFile(ctx context.Context) error {
 		}
 		s.log.Info("federation file applied", slog.String("path", path), slog.Int("domains", len(domains)))
 	}
+}
+
+// setupFederationCRD applies the cluster's TrustDomainFederation objects to
+// the federator and, on the leader, writes their status.
+func (s *Service) setupFederationCRD() error {
+	rc, err := s.restConfig()
+	if err != nil {
+		return err
+	}
+	dc, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	w := kube.NewFederationWatcher(kube.FederationWatcherConfig{Client: dc, Federator: s.federator, Local: s.cfg.TrustDomain,
+		IsLeader: s.isLeader, Interval: s.cfg.TickInterval, Logger: s.log.With(slog.String("component", "federation"))})
+	s.background = append(s.background, w.Run)
+	return nil
 }

@@ -100,6 +100,7 @@ func TestBundleEndpointConfigValidation(t *testing.T) {
 		"cert with spiffe":      {func(c *Config) { c.BundleEndpoint.WebCertFile = "x.pem" }, "are for --bundle-endpoint-profile=https_web"},
 		"tiny refresh hint":     {func(c *Config) { c.BundleEndpoint.RefreshHint = time.Millisecond }, "at least a second"},
 		"min refresh too short": {func(c *Config) { c.Federation.MinRefresh = time.Millisecond }, "at least a second"},
+		"file and CRD":          {func(c *Config) { c.Federation.File, c.Federation.WatchCRD = "f.yaml", true }, "exclude each other"},
 		"max under min":         {func(c *Config) { c.Federation.MinRefresh, c.Federation.MaxRefresh = time.Minute, time.Second }, "shorter than --federation-min-refresh"},
 	} {
 		t.Run(name, func(t *testing.T) {
