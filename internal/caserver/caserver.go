@@ -320,6 +320,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s.ca = ca
 	s.attestors[identity.KindJoinToken] = ca.JoinTokens()
+	if err := s.setupFederation(); err != nil {
+		return nil, err
+	}
 	if cfg.Kube.PublishBundle {
 		if err := s.setupBundlePublisher(ctx, &caCfg); err != nil {
 			return nil, err
@@ -329,9 +332,6 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		if err := s.setupReportExchange(); err != nil {
 			return nil, err
 		}
-	}
-	if err := s.setupFederation(); err != nil {
-		return nil, err
 	}
 	return s, nil
 }
