@@ -102,6 +102,15 @@ func parseFlags(args []string) (caserver.Config, error) {
 	fs.StringVar(&c.OIDC.TLSCert, "oidc-tls-cert", "", "PEM certificate (chain) the OIDC listener serves, for the issuer's host; re-read when it changes")
 	fs.StringVar(&c.OIDC.TLSKey, "oidc-tls-key", "", "PEM key of --oidc-tls-cert")
 	fs.BoolVar(&c.OIDC.PlainHTTP, "oidc-plain-http", false, "serve the OIDC listener without TLS, behind your own TLS-terminating proxy")
+	fs.StringVar(&c.BundleEndpoint.Listen, "bundle-endpoint-listen", "", "address of the SPIFFE bundle endpoint that federated trust domains fetch this domain's bundle from (HTTPS); empty: off")
+	fs.StringVar(&c.BundleEndpoint.Profile, "bundle-endpoint-profile", identity.ProfileHTTPSSPIFFE, "https_spiffe (the endpoint presents an SVID for spiffe://<trust-domain>/tether/bundle-endpoint) or https_web (the certificate of --bundle-endpoint-web-cert)")
+	fs.StringVar(&c.BundleEndpoint.WebCertFile, "bundle-endpoint-web-cert", "", "https_web: PEM certificate chain of the endpoint's web name (reread when it changes)")
+	fs.StringVar(&c.BundleEndpoint.WebKeyFile, "bundle-endpoint-web-key", "", "https_web: PEM private key of --bundle-endpoint-web-cert")
+	fs.DurationVar(&c.BundleEndpoint.RefreshHint, "bundle-endpoint-refresh-hint", identity.DefaultBundleRefreshHint, "refresh hint served with the bundle; keep it well under --propagation-delay so federated domains hold a new root before it signs")
+	fs.StringVar(&c.Federation.File, "federation-file", "", "YAML file declaring foreign trust domains to fetch bundles from (a list under \"federation:\"; see docs/federation.md); reread when it changes")
+	fs.BoolVar(&c.Federation.WatchCRD, "federation-crd", false, "apply the cluster's TrustDomainFederation objects (foreign trust domains) and write their status; default on with --store=kubernetes unless --federation-file is given")
+	fs.DurationVar(&c.Federation.MinRefresh, "federation-min-refresh", identity.DefaultFederationMinRefresh, "shortest interval between fetches of a foreign bundle, whatever refresh hint it serves (also the first retry after a failure)")
+	fs.DurationVar(&c.Federation.MaxRefresh, "federation-max-refresh", identity.DefaultFederationMaxRefresh, "longest interval between fetches of a foreign bundle, whatever refresh hint it serves")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	fs.Bool("version", false, "print the version and exit")
@@ -123,6 +132,9 @@ func parseFlags(args []string) (caserver.Config, error) {
 		}
 		if !set["publish-bundle"] {
 			c.Kube.PublishBundle = true
+		}
+		if !set["federation-crd"] && c.Federation.File == "" {
+			c.Federation.WatchCRD = true
 		}
 	}
 	if c.Kube.UpstreamNamespace == "" {

@@ -5,10 +5,12 @@ package caserver
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -72,6 +74,10 @@ type Config struct {
 
 	// OIDC is the OIDC discovery listener for JWT-SVIDs (off by default).
 	OIDC OIDCConfig
+	// BundleEndpoint serves the trust domain's SPIFFE bundle to federated
+	// domains; Federation fetches theirs.
+	BundleEndpoint BundleEndpointConfig
+	Federation     FederationConfig
 
 	// ConnLimits bound the connections on ListenAddr (zero fields: the
 	// defaults of identity.ConnLimits).
@@ -99,6 +105,68 @@ type KubeConfig struct {
 	// UpstreamIssuer is "Issuer/NAME" or "ClusterIssuer/NAME" of cert-manager.
 	UpstreamIssuer    string
 	UpstreamNamespace string
+}
+
+// BundleEndpointConfig is tether-ca's SPIFFE bundle endpoint.
+type BundleEndpointConfig struct {
+	// Listen is its address; empty turns it off.
+	Listen string
+	// Profile is https_spiffe (an SVID of the CA's own, for
+	// identity.BundleEndpointID) or https_web (WebCertFile and WebKeyFile).
+	Profile                 string
+	WebCertFile, WebKeyFile string
+	// RefreshHint is the refresh hint served (default
+	// identity.DefaultBundleRefreshHint).
+	RefreshHint time.Duration
+}
+
+// FederationConfig is how tether-ca follows foreign trust domains.
+type FederationConfig struct {
+	// File declares the foreign domains (identity.FederationFile); it is
+	// reread when it changes.
+	File string
+	// WatchCRD applies the cluster's TrustDomainFederation objects instead
+	// (the default with the kubernetes store).
+	WatchCRD bool
+	// MinRefresh and MaxRefresh clamp the refresh hints foreign endpoints
+	// serve.
+	MinRefresh, MaxRefresh time.Duration
+}
+
+func (b *BundleEndpointConfig) validate() error {
+	if b.Listen == "" {
+		return nil
+	}
+	switch b.Profile {
+	case identity.ProfileHTTPSSPIFFE:
+		if b.WebCertFile != "" || b.WebKeyFile != "" {
+			return errors.New("--bundle-endpoint-web-cert and --bundle-endpoint-web-key are for --bundle-endpoint-profile=https_web")
+		}
+	case identity.ProfileHTTPSWeb:
+		if b.WebCertFile == "" || b.WebKeyFile == "" {
+			return errors.New("--bundle-endpoint-profile=https_web needs --bundle-endpoint-web-cert and --bundle-endpoint-web-key (the web certificate of the endpoint's public name)")
+		}
+	default:
+		return fmt.Errorf("--bundle-endpoint-profile %q: want https_spiffe or https_web", b.Profile)
+	}
+	if b.RefreshHint < 0 || (b.RefreshHint > 0 && b.RefreshHint < time.Second) {
+		return fmt.Errorf("--bundle-endpoint-refresh-hint %s must be at least a second", b.RefreshHint)
+	}
+	return nil
+}
+
+func (f *FederationConfig) validate() error {
+	if f.File != "" && f.WatchCRD {
+		return errors.New("--federation-file and --federation-crd exclude each other: declare the foreign trust domains in one place")
+	}
+	if f.MinRefresh < 0 || (f.MinRefresh > 0 && f.MinRefresh < time.Second) {
+		return fmt.Errorf("--federation-min-refresh %s must be at least a second", f.MinRefresh)
+	}
+	minR := cmp.Or(f.MinRefresh, identity.DefaultFederationMinRefresh)
+	if maxR := cmp.Or(f.MaxRefresh, identity.DefaultFederationMaxRefresh); maxR < minR {
+		return fmt.Errorf("--federation-max-refresh %s is shorter than --federation-min-refresh %s", maxR, minR)
+	}
+	return nil
 }
 
 // Validate checks the config and fills derived defaults.
@@ -175,6 +243,12 @@ func (c *Config) Validate() error {
 	if err := c.OIDC.validate(); err != nil {
 		return err
 	}
+	if err := c.BundleEndpoint.validate(); err != nil {
+		return err
+	}
+	if err := c.Federation.validate(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -198,6 +272,11 @@ type Service struct {
 	reports *kube.ReportExchange
 	// oidc serves the OIDC discovery document; nil when off.
 	oidc *oidcServer
+	// federator follows the foreign trust domains.
+	federator *identity.Federator
+	// endpoint serves the bundle endpoint (nil when off).
+	endpoint    *http.Server
+	endpointTLS *tls.Config
 
 	mu        sync.Mutex
 	listeners map[string]net.Addr
@@ -252,6 +331,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err := s.setupOIDC(); err != nil {
 		return nil, err
 	}
+	if err := s.setupFederation(); err != nil {
+		return nil, err
+	}
 	if cfg.Kube.PublishBundle {
 		if err := s.setupBundlePublisher(ctx, &caCfg); err != nil {
 			return nil, err
@@ -304,8 +386,20 @@ func (s *Service) Run(ctx context.Context) error {
 		adminL.Close()
 		return err
 	}
+	var endpointL net.Listener
+	if s.endpoint != nil {
+		if endpointL, err = net.Listen("tcp", s.cfg.BundleEndpoint.Listen); err != nil {
+			grpcL.Close()
+			adminL.Close()
+			sockL.Close()
+			return fmt.Errorf("bundle endpoint listener: %w", err)
+		}
+	}
 	s.mu.Lock()
 	s.listeners["grpc"], s.listeners["admin"] = grpcL.Addr(), adminL.Addr()
+	if endpointL != nil {
+		s.listeners["bundle-endpoint"] = endpointL.Addr()
+	}
 	s.mu.Unlock()
 
 	server := identity.NewServer(s.ca, s.attestors, s.log)
@@ -334,6 +428,15 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if s.oidc != nil {
 		run("oidc", func() error { return s.serveOIDC(ctx) })
+	}
+	run("federation", func() error { return s.federator.Run(ctx) })
+	if s.cfg.Federation.File != "" {
+		run("federation file", func() error { return s.watchFederationFile(ctx) })
+	}
+	if endpointL != nil {
+		run("bundle endpoint", func() error { return serveBundleEndpoint(ctx, s.endpoint, endpointL, s.endpointTLS) })
+		s.log.Info("bundle endpoint serving", slog.String("address", endpointL.Addr().String()),
+			slog.String("profile", s.cfg.BundleEndpoint.Profile), slog.String("endpoint_id", identity.BundleEndpointID(s.ca.TrustDomain()).String()))
 	}
 	for _, bg := range s.background {
 		run("background", func() error { return bg(ctx) })

@@ -131,7 +131,7 @@ func (s *Service) setupBundlePublisher(ctx context.Context, caCfg *identity.Conf
 		return err
 	}
 	pub, err := kube.NewBundlePublisher(kube.BundlePublisherConfig{
-		Client: cs, Bundles: s.ca, IsLeader: s.isLeader, Logger: s.log,
+		Client: cs, Bundles: s.ca, Federated: s.federator.Bundles(), IsLeader: s.isLeader, Logger: s.log,
 		// tether-discovery and tether-injector run in the CA's namespace.
 		Namespaces: []string{s.cfg.Kube.Namespace},
 	})

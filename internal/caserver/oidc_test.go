@@ -77,7 +77,7 @@ func TestOIDCBadCertificateRefusedAtStart(t *testing.T) {
 	for name, files := range map[string][2]string{
 		"missing cert":    {filepath.Join(t.TempDir(), "nope.pem"), keyFile},
 		"key of another":  {certFile, otherKey},
-		"key is not PEM":  {certFile, writeFile(t, "garbage")},
+		"key is not PEM":  {certFile, writeTempFile(t, "garbage")},
 		"cert is the key": {keyFile, keyFile},
 	} {
 		c := validConfig(t)
@@ -185,14 +185,14 @@ func webCert(t *testing.T, host string) (certFile, keyFile string, roots *x509.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile = writeFile(t, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	keyFile = writeFile(t, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})))
+	certFile = writeTempFile(t, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	keyFile = writeTempFile(t, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})))
 	roots = x509.NewCertPool()
 	roots.AddCert(caCert)
 	return certFile, keyFile, roots
 }
 
-func writeFile(t *testing.T, content string) string {
+func writeTempFile(t *testing.T, content string) string {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "*.pem")
 	if err != nil {

@@ -75,8 +75,12 @@ func TestChartAppVersionIsTheCLIVersion(t *testing.T) {
 	if c.Metadata.APIVersion != "v2" || c.Metadata.Name != "tether" {
 		t.Errorf("chart %s apiVersion %s, want tether v2", c.Metadata.Name, c.Metadata.APIVersion)
 	}
-	if len(c.CRDObjects()) != 1 || c.CRDObjects()[0].Filename != "tether/crds/tether.dev_accesspolicies.yaml" {
-		t.Errorf("CRDs of the chart: %v", c.CRDObjects())
+	var crdFiles []string
+	for _, o := range c.CRDObjects() {
+		crdFiles = append(crdFiles, o.Filename)
+	}
+	if want := []string{"tether/crds/tether.dev_accesspolicies.yaml", "tether/crds/tether.dev_trustdomainfederations.yaml"}; !slices.Equal(crdFiles, want) {
+		t.Errorf("CRDs of the chart: %v, want %v", crdFiles, want)
 	}
 }
 
@@ -128,8 +132,14 @@ func TestRenderDefaults(t *testing.T) {
 	}
 
 	crds := renderT(t, Options{CRDs: true})
-	if len(crds) != 1 || crds[0].GetKind() != kindCRD || crds[0].GetName() != "accesspolicies.tether.dev" {
-		t.Errorf("--crds renders %d objects: %v", len(crds), crds)
+	var crdNames []string
+	for _, o := range crds {
+		if o.GetKind() == kindCRD {
+			crdNames = append(crdNames, o.GetName())
+		}
+	}
+	if want := []string{"accesspolicies.tether.dev", "trustdomainfederations.tether.dev"}; len(crds) != len(want) || !slices.Equal(crdNames, want) {
+		t.Errorf("--crds renders %d objects, CRDs %v, want %v", len(crds), crdNames, want)
 	}
 }
 
@@ -316,8 +326,8 @@ func TestUninstallOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := len(objs)
-		if objs[0].GetKind() != kindWebhook || objs[n-2].GetKind() != kindNamespace || objs[n-1].GetKind() != kindCRD {
-			t.Errorf("uninstall --crds order %v: want the webhook first, the Namespace, then the CRD", ids(objs))
+		if objs[0].GetKind() != kindWebhook || objs[n-3].GetKind() != kindNamespace || objs[n-2].GetKind() != kindCRD || objs[n-1].GetKind() != kindCRD {
+			t.Errorf("uninstall --crds order %v: want the webhook first, the Namespace, then the two CRDs", ids(objs))
 		}
 	}
 }

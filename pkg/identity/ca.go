@@ -532,26 +532,38 @@ func (c *CA) renewSelf() error {
 			return nil
 		}
 	}
-	key, err := NewKey()
-	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return err
-	}
-	iss, err := c.Sign(c.selfID, csr)
+	svid, gen, err := c.mintOwn(c.selfID)
 	if err != nil {
 		return fmt.Errorf("issue the CA's own SVID: %w", err)
 	}
+	c.self.Store(&selfSVID{svid: svid, gen: gen})
+	return nil
+}
+
+// mintOwn issues an SVID for one of the CA's own IDs (its serving SVID,
+// the bundle endpoint's) with a fresh key, and returns it with the
+// generation that signed it.
+func (c *CA) mintOwn(id spiffeid.ID) (*x509svid.SVID, uint64, error) {
+	a := c.auth.Load()
+	key, err := NewKey()
+	if err != nil {
+		return nil, 0, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	iss, err := c.Sign(id, csr)
+	if err != nil {
+		return nil, 0, err
+	}
 	leaf, err := iss.Leaf()
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	certs := []*x509.Certificate{leaf}
 	certs = append(certs, a.chain...)
-	c.self.Store(&selfSVID{svid: &x509svid.SVID{ID: c.selfID, Certificates: certs, PrivateKey: key}, gen: a.gen})
-	return nil
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, a.gen, nil
 }
 
 // Rotate takes one manual rotation step, or renews the intermediate now

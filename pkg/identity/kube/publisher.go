@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -27,6 +28,10 @@ import (
 const (
 	BundlePEMKey  = "bundle.pem"
 	BundleJWKSKey = "bundle.jwks"
+	// FederatedBundlesKey holds the foreign trust domains' bundles, when
+	// the CA federates: a JSON object from trust domain name to its SPIFFE
+	// bundle document.
+	FederatedBundlesKey = "federated-bundles.json"
 )
 
 // Publisher timing defaults.
@@ -50,6 +55,8 @@ type BundlePublisherConfig struct {
 	// configmaps in every namespace.
 	Client  kubernetes.Interface
 	Bundles BundleSource
+	// Federated, if set, adds the foreign bundles under FederatedBundlesKey.
+	Federated *identity.FederatedBundles
 	// IsLeader says whether this replica writes; nil means always.
 	IsLeader func() bool
 	// Name of the ConfigMap (default tether-trust-bundle).
@@ -166,7 +173,8 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	if bv == nil {
 		return errors.New("bundle publisher: the bundle source has no bundle")
 	}
-	content, err := bundleContent(bv)
+	fedChanged := p.federatedChanged()
+	content, err := p.content(bv)
 	if err != nil {
 		return err
 	}
@@ -187,10 +195,17 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 			return nil
 		case <-bv.Changed:
 			bv = p.cfg.Bundles.Bundle()
-			if content, err = bundleContent(bv); err != nil {
+			if content, err = p.content(bv); err != nil {
 				return err
 			}
 			p.log.Info("trust bundle changed; publishing it", slog.Uint64("bundle_sequence", bv.Sequence))
+			all()
+		case <-fedChanged:
+			fedChanged = p.federatedChanged()
+			if content, err = p.content(bv); err != nil {
+				return err
+			}
+			p.log.Info("federated bundles changed; publishing them")
 			all()
 		case <-p.wake:
 		case <-resync.C:
@@ -319,4 +334,38 @@ func bundleContent(bv *identity.BundleVersion) (map[string]string, error) {
 		return nil, fmt.Errorf("bundle publisher: marshal SPIFFE bundle %d: %w", bv.Sequence, err)
 	}
 	return map[string]string{BundlePEMKey: string(pemData), BundleJWKSKey: string(jwks)}, nil
+}
+
+// federatedChanged is closed at the next change of the federated bundles
+// (nil, never ready, without them).
+func (p *BundlePublisher) federatedChanged() <-chan struct{} {
+	if p.cfg.Federated == nil {
+		return nil
+	}
+	_, ch := p.cfg.Federated.Snapshot()
+	return ch
+}
+
+// content is the ConfigMap's data: the bundle and, when federating, the
+// foreign bundles.
+func (p *BundlePublisher) content(bv *identity.BundleVersion) (map[string]string, error) {
+	c, err := bundleContent(bv)
+	if err != nil || p.cfg.Federated == nil {
+		return c, err
+	}
+	bundles, _ := p.cfg.Federated.Snapshot()
+	docs := make(map[string]json.RawMessage, len(bundles))
+	for _, b := range bundles {
+		doc, err := b.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("federated bundle of %s: %w", b.TrustDomain(), err)
+		}
+		docs[b.TrustDomain().Name()] = doc
+	}
+	data, err := json.Marshal(docs)
+	if err != nil {
+		return nil, err
+	}
+	c[FederatedBundlesKey] = string(data)
+	return c, nil
 }
