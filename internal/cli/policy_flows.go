@@ -255,7 +255,7 @@ func calls(edges []flows.Edge, since time.Time) []call {
 		if e.LastSeen.After(a.c.LastSeen) {
 			a.c.LastSeen = e.LastSeen
 		}
-		if !slices.Contains(a.c.Rules, e.Rule) {
+		if e.Rule != "" && !slices.Contains(a.c.Rules, e.Rule) {
 			a.c.Rules = append(a.c.Rules, e.Rule)
 		}
 	}
