@@ -28,8 +28,14 @@ func TestInstallCommand(t *testing.T) {
 	}
 
 	out, _, code = run(t, "install", "--crds")
-	if objs, err := install.Decode([]byte(out)); code != 0 || err != nil || len(objs) != 1 || objs[0].GetKind() != "CustomResourceDefinition" {
-		t.Errorf("install --crds: code %d, %v, %d objects", code, err, len(objs))
+	crds, err := install.Decode([]byte(out))
+	if code != 0 || err != nil || len(crds) != 2 {
+		t.Errorf("install --crds: code %d, %v, %d objects, want the two CRDs (AccessPolicy, TrustDomainFederation)", code, err, len(crds))
+	}
+	for _, o := range crds {
+		if o.GetKind() != "CustomResourceDefinition" {
+			t.Errorf("install --crds prints a %s %s", o.GetKind(), o.GetName())
+		}
 	}
 
 	out, _, code = runStdin(t, "ca: {replicas: 5}\n", "install", "-f", "-", "--set", "discovery.replicas=4")
