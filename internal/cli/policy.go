@@ -418,26 +418,34 @@ func (a *App) policyCheck(ctx context.Context, src *policySource, from, to strin
 // pod admits it, the engine's rule stands.
 func podsAdmit(snap *discovery.Snapshot, svc *discovery.Service, src spiffeid.ID, p discovery.Port, td spiffeid.TrustDomain) policy.Decision {
 	allowed := snap.Engine().Decide(src, svc.Key.Namespace, svc.Key.Name, p.Port)
-	type pod struct {
-		addr netip.Addr
-		id   spiffeid.ID
-	}
-	var pods []pod
-	for _, e := range svc.Endpoints {
-		if id, err := e.Identity(td, svc.Key.Namespace); err == nil {
-			pods = append(pods, pod{e.Addr.Unmap(), id})
-		}
-	}
-	slices.SortFunc(pods, func(a, b pod) int {
-		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.id.String(), b.id.String()))
-	})
-	for _, pd := range slices.Compact(pods) {
+	for _, pd := range servicePods(svc, td) {
 		if d := snap.Inbound(src, pd.id, []netip.Addr{pd.addr}, p.TargetPort); !d.Allowed {
 			return policy.Decision{Rule: fmt.Sprintf("%s allows it, but the sidecar of pod %s (%s) refuses it on port %d: %s",
 				allowed.Rule, pd.addr, shortID(pd.id, td), p.TargetPort, d.Rule)}
 		}
 	}
 	return allowed
+}
+
+// endpointPod is one pod behind a Service: its address and identity.
+type endpointPod struct {
+	addr netip.Addr
+	id   spiffeid.ID
+}
+
+// servicePods are the pods of svc that have an identity, sorted by
+// address then identity, without repeats.
+func servicePods(svc *discovery.Service, td spiffeid.TrustDomain) []endpointPod {
+	var pods []endpointPod
+	for _, e := range svc.Endpoints {
+		if id, err := e.Identity(td, svc.Key.Namespace); err == nil {
+			pods = append(pods, endpointPod{e.Addr.Unmap(), id})
+		}
+	}
+	slices.SortFunc(pods, func(a, b endpointPod) int {
+		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.id.String(), b.id.String()))
+	})
+	return slices.Compact(pods)
 }
 
 // policyCheckPod answers --to POD-IP:PORT: what the sidecar of every

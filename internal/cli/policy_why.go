@@ -451,20 +451,7 @@ func explainServicePort(snap *discovery.Snapshot, c whyCaller, svc *discovery.Se
 // chain and the Service port (decider) that refuses.
 func refusingPod(snap *discovery.Snapshot, svc *discovery.Service, src spiffeid.ID, p discovery.Port) (netip.Addr, spiffeid.ID, *discovery.InboundChain, *discovery.ServicePort) {
 	td := snap.TrustDomain()
-	type pod struct {
-		addr netip.Addr
-		id   spiffeid.ID
-	}
-	var pods []pod
-	for _, e := range svc.Endpoints {
-		if id, err := e.Identity(td, svc.Key.Namespace); err == nil {
-			pods = append(pods, pod{e.Addr.Unmap(), id})
-		}
-	}
-	slices.SortFunc(pods, func(a, b pod) int {
-		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.id.String(), b.id.String()))
-	})
-	for _, pd := range pods {
+	for _, pd := range servicePods(svc, td) {
 		if snap.Inbound(src, pd.id, []netip.Addr{pd.addr}, p.TargetPort).Allowed {
 			continue
 		}
