@@ -403,6 +403,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Unlock()
 
 	server := identity.NewServer(s.ca, s.attestors, s.log)
+	server.SetFederatedBundles(s.federator.Bundles())
 	gate := identity.NewConnGate(s.cfg.ConnLimits, s.registry, s.log)
 	g := server.GRPCServer(gate.ServerOptions(credentials.NewTLS(server.TLSConfig()))...)
 	adminGRPC := identity.NewAdminServer(s.ca, s.log).GRPCServer()

@@ -7,6 +7,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -117,6 +119,24 @@ func (c *Client) SignJWT(ctx context.Context, audience []string, ttl time.Durati
 // WatchBundle calls fn with the current bundle and each change until ctx
 // ends or the stream breaks.
 func (c *Client) WatchBundle(ctx context.Context, fn func(b *spiffebundle.Bundle)) error {
+	return c.WatchBundleSet(ctx, func(s BundleSet) { fn(s.Local) })
+}
+
+// BundleSet is one WatchBundle message: this trust domain's bundle and the
+// federated bundles the CA sent with it.
+type BundleSet struct {
+	Local *spiffebundle.Bundle
+	// Federated holds the foreign bundles that parsed, sorted by trust
+	// domain; Refused says why each of the others was left out.
+	Federated []*spiffebundle.Bundle
+	Refused   []error
+}
+
+// WatchBundleSet calls fn with the current bundles and each change until
+// ctx ends or the stream breaks. A message whose own bundle does not parse
+// ends the stream; a federated bundle that does not parse is left out (it
+// is not trusted) and reported in BundleSet.Refused.
+func (c *Client) WatchBundleSet(ctx context.Context, fn func(BundleSet)) error {
 	stream, err := c.api.WatchBundle(ctx, &cav1.WatchBundleRequest{})
 	if err != nil {
 		return fmt.Errorf("watch bundle: %w", err)
@@ -133,8 +153,71 @@ func (c *Client) WatchBundle(ctx context.Context, fn func(b *spiffebundle.Bundle
 		if err != nil {
 			return err
 		}
-		fn(b)
+		set := BundleSet{Local: b}
+		set.Federated, set.Refused = FederatedBundlesFromMessage(b.TrustDomain(), m.GetFederatedBundles())
+		fn(set)
 	}
+}
+
+// FederatedBundlesFromMessage parses the federated bundles of a WatchBundle
+// message sent for the local trust domain. It leaves out, with the reason,
+// an entry whose trust domain does not parse, is the local one (a foreign
+// bundle never stands for the local domain's) or repeats an earlier one, one
+// with a certificate or key that does not parse, and one CheckForeignBundle
+// refuses (no X.509 authorities, or a CA certificate of another domain).
+func FederatedBundlesFromMessage(local spiffeid.TrustDomain, ms []*cav1.FederatedBundle) ([]*spiffebundle.Bundle, []error) {
+	var out []*spiffebundle.Bundle
+	var refused []error
+	seen := map[spiffeid.TrustDomain]bool{}
+	for _, m := range ms {
+		b, err := federatedBundleFromMessage(local, m)
+		switch {
+		case err != nil:
+		case seen[b.TrustDomain()]:
+			err = fmt.Errorf("%w: trust domain %s is sent twice", ErrForeignBundle, b.TrustDomain())
+		default:
+			seen[b.TrustDomain()] = true
+			out = append(out, b)
+			continue
+		}
+		refused = append(refused, err)
+	}
+	slices.SortFunc(out, func(a, b *spiffebundle.Bundle) int {
+		return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
+	})
+	return out, refused
+}
+
+func federatedBundleFromMessage(local spiffeid.TrustDomain, m *cav1.FederatedBundle) (*spiffebundle.Bundle, error) {
+	td, err := spiffeid.TrustDomainFromString(m.GetTrustDomain())
+	if err != nil {
+		return nil, fmt.Errorf("%w: federated bundle with a bad trust domain %q: %v", ErrForeignBundle, m.GetTrustDomain(), err)
+	}
+	if td == local {
+		return nil, fmt.Errorf("%w: a federated bundle for the local trust domain %s", ErrForeignBundle, td)
+	}
+	b := spiffebundle.New(td)
+	for _, der := range m.GetX509Authorities() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("%w: federated bundle for %s: bad certificate: %v", ErrForeignBundle, td, err)
+		}
+		b.AddX509Authority(c)
+	}
+	if err := CheckForeignBundle(td, b); err != nil {
+		return nil, err
+	}
+	for _, k := range m.GetJwtAuthorities() {
+		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+		if err != nil {
+			return nil, fmt.Errorf("%w: federated bundle for %s: bad JWT key %q: %v", ErrForeignBundle, td, k.GetKeyId(), err)
+		}
+		if err := b.AddJWTAuthority(k.GetKeyId(), pub); err != nil {
+			return nil, fmt.Errorf("%w: federated bundle for %s: %v", ErrForeignBundle, td, err)
+		}
+	}
+	b.SetSequenceNumber(m.GetSequence())
+	return b, nil
 }
 
 // BundleFromMessage parses a bundle message.

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -23,6 +25,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 )
@@ -40,6 +43,10 @@ type Server struct {
 	// lastBundle caches the bundle message of the current version; it is
 	// shared by responses and never modified.
 	lastBundle atomic.Pointer[cav1.Bundle]
+	// federated is the set of foreign bundles WatchBundle sends (nil: none);
+	// lastWatch caches the WatchBundle message of the current versions.
+	federated *FederatedBundles
+	lastWatch atomic.Pointer[watchMessage]
 	// shutdown is closed by Shutdown; it ends WatchBundle streams, which
 	// would otherwise hold a graceful stop until their clients leave.
 	shutdown     chan struct{}
@@ -254,6 +261,19 @@ func idString(id spiffeid.ID) string {
 	return id.String()
 }
 
+// SetFederatedBundles makes WatchBundle send the foreign bundles of set
+// (the Federator's) with every message, and a new message at every change
+// of the set. Call it before serving.
+func (s *Server) SetFederatedBundles(set *FederatedBundles) { s.federated = set }
+
+// watchMessage is a WatchBundle message and the versions it was built from:
+// the local bundle's sequence and the federated set's change channel.
+type watchMessage struct {
+	sequence uint64
+	fedGen   <-chan struct{}
+	msg      *cav1.Bundle
+}
+
 // WatchBundle implements cav1.CAServer. A caller presenting an SVID is
 // listed as not reporting until it sends a Report over the same connection.
 func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStreamingServer[cav1.Bundle]) error {
@@ -262,7 +282,8 @@ func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStrea
 	}
 	for {
 		v := s.ca.Bundle()
-		if err := stream.Send(s.bundleMessage(v)); err != nil {
+		m, fedChanged := s.watchMessage(v)
+		if err := stream.Send(m); err != nil {
 			return err
 		}
 		select {
@@ -271,8 +292,39 @@ func (s *Server) WatchBundle(_ *cav1.WatchBundleRequest, stream grpc.ServerStrea
 		case <-s.shutdown:
 			return status.Error(codes.Unavailable, "tether-ca is shutting down")
 		case <-v.Changed:
+		case <-fedChanged:
 		}
 	}
+}
+
+// watchMessage returns the WatchBundle message for v and the federated set
+// held now, built once per version, and a channel closed at the next change
+// of the set (nil without federation: it never fires).
+func (s *Server) watchMessage(v *BundleVersion) (*cav1.Bundle, <-chan struct{}) {
+	if s.federated == nil {
+		return s.bundleMessage(v), nil
+	}
+	foreign, changed := s.federated.Snapshot()
+	if w := s.lastWatch.Load(); w != nil && w.sequence == v.Sequence && w.fedGen == changed {
+		return w.msg, changed
+	}
+	m := proto.CloneOf(s.bundleMessage(v))
+	for _, b := range foreign {
+		m.FederatedBundles = append(m.FederatedBundles, federatedBundleMessage(b))
+	}
+	s.lastWatch.Store(&watchMessage{sequence: v.Sequence, fedGen: changed, msg: m})
+	return m, changed
+}
+
+// federatedBundleMessage encodes a foreign bundle for WatchBundle.
+func federatedBundleMessage(b *spiffebundle.Bundle) *cav1.FederatedBundle {
+	seq, _ := b.SequenceNumber()
+	m := &cav1.FederatedBundle{TrustDomain: b.TrustDomain().Name(), Sequence: seq}
+	for _, c := range b.X509Authorities() {
+		m.X509Authorities = append(m.X509Authorities, c.Raw)
+	}
+	m.JwtAuthorities = jwtAuthorityMessages(b.JWTAuthorities())
+	return m
 }
 
 // bundleMessage returns the message for a bundle version, built once.
@@ -290,16 +342,22 @@ func (s *Server) buildBundleMessage(v *BundleVersion) *cav1.Bundle {
 	for _, c := range v.Bundle.X509Authorities() {
 		m.X509Authorities = append(m.X509Authorities, c.Raw)
 	}
-	keys := v.SPIFFE.JWTAuthorities()
-	kids := slices.Sorted(maps.Keys(keys))
-	for _, kid := range kids {
+	m.JwtAuthorities = jwtAuthorityMessages(v.SPIFFE.JWTAuthorities())
+	return m
+}
+
+// jwtAuthorityMessages encodes JWT keys, sorted by key ID; a key that does
+// not encode is left out.
+func jwtAuthorityMessages(keys map[string]crypto.PublicKey) []*cav1.JWTAuthority {
+	var out []*cav1.JWTAuthority
+	for _, kid := range slices.Sorted(maps.Keys(keys)) {
 		der, err := x509.MarshalPKIXPublicKey(keys[kid])
 		if err != nil {
 			continue
 		}
-		m.JwtAuthorities = append(m.JwtAuthorities, &cav1.JWTAuthority{KeyId: kid, PublicKey: der})
+		out = append(out, &cav1.JWTAuthority{KeyId: kid, PublicKey: der})
 	}
-	return m
+	return out
 }
 
 // SignJWT implements cav1.CAServer. Only a caller presenting its SVID may

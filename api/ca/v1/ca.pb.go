@@ -245,8 +245,17 @@ type Bundle struct {
 	RefreshHintSeconds int64 `protobuf:"varint,4,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
 	// Keys that verify JWT-SVIDs.
 	JwtAuthorities []*JWTAuthority `protobuf:"bytes,5,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The bundles of the foreign trust domains this CA federates with
+	// (docs/federation.md), sorted by trust domain, at most one per domain,
+	// never this trust domain's. Set on WatchBundle messages only, each
+	// message carrying the whole set: a domain absent from it is no longer
+	// trusted. A change of the set sends a message even when sequence (this
+	// domain's) is unchanged. Older clients ignore the field. Trusting a
+	// foreign domain's bundle is not authorizing its identities: sidecars
+	// keep them for the Workload API and never accept a foreign peer by it.
+	FederatedBundles []*FederatedBundle `protobuf:"bytes,6,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -314,6 +323,87 @@ func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
 	return nil
 }
 
+func (x *Bundle) GetFederatedBundles() []*FederatedBundle {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
+// FederatedBundle is a foreign trust domain's bundle as tether-ca holds it
+// (fetched from its bundle endpoint, or the initial bundle).
+type FederatedBundle struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The foreign trust domain's name (e.g. b.example).
+	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The foreign bundle's spiffe_sequence (0 if it has none).
+	Sequence uint64 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// Root certificates, DER.
+	X509Authorities [][]byte `protobuf:"bytes,3,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	// Keys that verify the foreign domain's JWT-SVIDs.
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,4,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FederatedBundle) Reset() {
+	*x = FederatedBundle{}
+	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederatedBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederatedBundle) ProtoMessage() {}
+
+func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
+func (*FederatedBundle) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FederatedBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederatedBundle) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *FederatedBundle) GetX509Authorities() [][]byte {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return nil
+}
+
+func (x *FederatedBundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
 type JWTAuthority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
@@ -325,7 +415,7 @@ type JWTAuthority struct {
 
 func (x *JWTAuthority) Reset() {
 	*x = JWTAuthority{}
-	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	mi := &file_ca_v1_ca_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +427,7 @@ func (x *JWTAuthority) String() string {
 func (*JWTAuthority) ProtoMessage() {}
 
 func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[5]
+	mi := &file_ca_v1_ca_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +440,7 @@ func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
 func (*JWTAuthority) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{5}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JWTAuthority) GetKeyId() string {
@@ -379,7 +469,7 @@ type SignJWTRequest struct {
 
 func (x *SignJWTRequest) Reset() {
 	*x = SignJWTRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_ca_v1_ca_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +481,7 @@ func (x *SignJWTRequest) String() string {
 func (*SignJWTRequest) ProtoMessage() {}
 
 func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[6]
+	mi := &file_ca_v1_ca_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +494,7 @@ func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{6}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SignJWTRequest) GetAudience() []string {
@@ -432,7 +522,7 @@ type SignJWTResponse struct {
 
 func (x *SignJWTResponse) Reset() {
 	*x = SignJWTResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_ca_v1_ca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +534,7 @@ func (x *SignJWTResponse) String() string {
 func (*SignJWTResponse) ProtoMessage() {}
 
 func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[7]
+	mi := &file_ca_v1_ca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +547,7 @@ func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{7}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SignJWTResponse) GetToken() string {
@@ -508,7 +598,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_ca_v1_ca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +610,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[8]
+	mi := &file_ca_v1_ca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +623,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{8}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportRequest) GetTrustedRootsSha256() []string {
@@ -596,7 +686,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_ca_v1_ca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +698,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[9]
+	mi := &file_ca_v1_ca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +711,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{9}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportResponse) GetIntervalSeconds() int64 {
@@ -646,7 +736,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_ca_v1_ca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +748,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[10]
+	mi := &file_ca_v1_ca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +761,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{10}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJoinTokenRequest) GetSpiffeId() string {
@@ -712,7 +802,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[11]
+	mi := &file_ca_v1_ca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +814,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[11]
+	mi := &file_ca_v1_ca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +827,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{11}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -762,7 +852,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_ca_v1_ca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +864,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[12]
+	mi := &file_ca_v1_ca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +877,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{12}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{13}
 }
 
 type Generation struct {
@@ -819,7 +909,7 @@ type Generation struct {
 
 func (x *Generation) Reset() {
 	*x = Generation{}
-	mi := &file_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_ca_v1_ca_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +921,7 @@ func (x *Generation) String() string {
 func (*Generation) ProtoMessage() {}
 
 func (x *Generation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[13]
+	mi := &file_ca_v1_ca_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +934,7 @@ func (x *Generation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generation.ProtoReflect.Descriptor instead.
 func (*Generation) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{13}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Generation) GetId() uint64 {
@@ -947,7 +1037,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_ca_v1_ca_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1049,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[14]
+	mi := &file_ca_v1_ca_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1062,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{14}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetTrustDomain() string {
@@ -1060,7 +1150,7 @@ type RotationStatusRequest struct {
 
 func (x *RotationStatusRequest) Reset() {
 	*x = RotationStatusRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_ca_v1_ca_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1162,7 @@ func (x *RotationStatusRequest) String() string {
 func (*RotationStatusRequest) ProtoMessage() {}
 
 func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[15]
+	mi := &file_ca_v1_ca_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1175,7 @@ func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
 func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{15}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{16}
 }
 
 type SidecarReport struct {
@@ -1118,7 +1208,7 @@ type SidecarReport struct {
 
 func (x *SidecarReport) Reset() {
 	*x = SidecarReport{}
-	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_ca_v1_ca_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1220,7 @@ func (x *SidecarReport) String() string {
 func (*SidecarReport) ProtoMessage() {}
 
 func (x *SidecarReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[16]
+	mi := &file_ca_v1_ca_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1233,7 @@ func (x *SidecarReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarReport.ProtoReflect.Descriptor instead.
 func (*SidecarReport) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{16}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SidecarReport) GetSpiffeId() string {
@@ -1245,7 +1335,7 @@ type GenerationCounts struct {
 
 func (x *GenerationCounts) Reset() {
 	*x = GenerationCounts{}
-	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_ca_v1_ca_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1347,7 @@ func (x *GenerationCounts) String() string {
 func (*GenerationCounts) ProtoMessage() {}
 
 func (x *GenerationCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[17]
+	mi := &file_ca_v1_ca_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1360,7 @@ func (x *GenerationCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationCounts.ProtoReflect.Descriptor instead.
 func (*GenerationCounts) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{17}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerationCounts) GetGeneration() uint64 {
@@ -1321,7 +1411,7 @@ type NotReporting struct {
 
 func (x *NotReporting) Reset() {
 	*x = NotReporting{}
-	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_ca_v1_ca_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1423,7 @@ func (x *NotReporting) String() string {
 func (*NotReporting) ProtoMessage() {}
 
 func (x *NotReporting) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[18]
+	mi := &file_ca_v1_ca_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1436,7 @@ func (x *NotReporting) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotReporting.ProtoReflect.Descriptor instead.
 func (*NotReporting) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{18}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NotReporting) GetSpiffeId() string {
@@ -1407,7 +1497,7 @@ type RotationStatusResponse struct {
 
 func (x *RotationStatusResponse) Reset() {
 	*x = RotationStatusResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	mi := &file_ca_v1_ca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1509,7 @@ func (x *RotationStatusResponse) String() string {
 func (*RotationStatusResponse) ProtoMessage() {}
 
 func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[19]
+	mi := &file_ca_v1_ca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1522,7 @@ func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
 func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{19}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RotationStatusResponse) GetGenerations() []*GenerationCounts {
@@ -1533,7 +1623,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[20]
+	mi := &file_ca_v1_ca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1635,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[20]
+	mi := &file_ca_v1_ca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1648,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{20}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotateRequest) GetStep() string {
@@ -1603,7 +1693,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[21]
+	mi := &file_ca_v1_ca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1705,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[21]
+	mi := &file_ca_v1_ca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1718,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{21}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -1761,7 +1851,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_ca_v1_ca_proto_msgTypes[22]
+	mi := &file_ca_v1_ca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1863,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[22]
+	mi := &file_ca_v1_ca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1876,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{22}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Revocation) GetKind() string {
@@ -1855,7 +1945,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[23]
+	mi := &file_ca_v1_ca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1957,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[23]
+	mi := &file_ca_v1_ca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1970,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{23}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeResponse) GetRevocations() []*Revocation {
@@ -1899,7 +1989,7 @@ type UnrevokeRequest struct {
 
 func (x *UnrevokeRequest) Reset() {
 	*x = UnrevokeRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[24]
+	mi := &file_ca_v1_ca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2001,7 @@ func (x *UnrevokeRequest) String() string {
 func (*UnrevokeRequest) ProtoMessage() {}
 
 func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[24]
+	mi := &file_ca_v1_ca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2014,7 @@ func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{24}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UnrevokeRequest) GetSpiffeId() string {
@@ -1942,7 +2032,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[25]
+	mi := &file_ca_v1_ca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2044,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[25]
+	mi := &file_ca_v1_ca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2057,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{25}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{26}
 }
 
 type JoinTokenInfo struct {
@@ -1983,7 +2073,7 @@ type JoinTokenInfo struct {
 
 func (x *JoinTokenInfo) Reset() {
 	*x = JoinTokenInfo{}
-	mi := &file_ca_v1_ca_proto_msgTypes[26]
+	mi := &file_ca_v1_ca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2085,7 @@ func (x *JoinTokenInfo) String() string {
 func (*JoinTokenInfo) ProtoMessage() {}
 
 func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[26]
+	mi := &file_ca_v1_ca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2098,7 @@ func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenInfo.ProtoReflect.Descriptor instead.
 func (*JoinTokenInfo) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{26}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JoinTokenInfo) GetHash() string {
@@ -2048,7 +2138,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[27]
+	mi := &file_ca_v1_ca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2150,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[27]
+	mi := &file_ca_v1_ca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2163,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{27}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListJoinTokensResponse) GetTokens() []*JoinTokenInfo {
@@ -2102,13 +2192,19 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12,\n" +
 	"\x06bundle\x18\x03 \x01(\v2\x14.tether.ca.v1.BundleR\x06bundle\"\x14\n" +
-	"\x12WatchBundleRequest\"\xe9\x01\n" +
+	"\x12WatchBundleRequest\"\xb5\x02\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12)\n" +
 	"\x10x509_authorities\x18\x03 \x03(\fR\x0fx509Authorities\x120\n" +
 	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\x12C\n" +
-	"\x0fjwt_authorities\x18\x05 \x03(\v2\x1a.tether.ca.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
+	"\x0fjwt_authorities\x18\x05 \x03(\v2\x1a.tether.ca.v1.JWTAuthorityR\x0ejwtAuthorities\x12J\n" +
+	"\x11federated_bundles\x18\x06 \x03(\v2\x1d.tether.ca.v1.FederatedBundleR\x10federatedBundles\"\xc0\x01\n" +
+	"\x0fFederatedBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1a\n" +
+	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12)\n" +
+	"\x10x509_authorities\x18\x03 \x03(\fR\x0fx509Authorities\x12C\n" +
+	"\x0fjwt_authorities\x18\x04 \x03(\v2\x1a.tether.ca.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
 	"\fJWTAuthority\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
@@ -2275,76 +2371,79 @@ func file_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_ca_v1_ca_proto_rawDescData
 }
 
-var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_ca_v1_ca_proto_goTypes = []any{
 	(*Credential)(nil),              // 0: tether.ca.v1.Credential
 	(*SignRequest)(nil),             // 1: tether.ca.v1.SignRequest
 	(*SignResponse)(nil),            // 2: tether.ca.v1.SignResponse
 	(*WatchBundleRequest)(nil),      // 3: tether.ca.v1.WatchBundleRequest
 	(*Bundle)(nil),                  // 4: tether.ca.v1.Bundle
-	(*JWTAuthority)(nil),            // 5: tether.ca.v1.JWTAuthority
-	(*SignJWTRequest)(nil),          // 6: tether.ca.v1.SignJWTRequest
-	(*SignJWTResponse)(nil),         // 7: tether.ca.v1.SignJWTResponse
-	(*ReportRequest)(nil),           // 8: tether.ca.v1.ReportRequest
-	(*ReportResponse)(nil),          // 9: tether.ca.v1.ReportResponse
-	(*CreateJoinTokenRequest)(nil),  // 10: tether.ca.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 11: tether.ca.v1.CreateJoinTokenResponse
-	(*StatusRequest)(nil),           // 12: tether.ca.v1.StatusRequest
-	(*Generation)(nil),              // 13: tether.ca.v1.Generation
-	(*StatusResponse)(nil),          // 14: tether.ca.v1.StatusResponse
-	(*RotationStatusRequest)(nil),   // 15: tether.ca.v1.RotationStatusRequest
-	(*SidecarReport)(nil),           // 16: tether.ca.v1.SidecarReport
-	(*GenerationCounts)(nil),        // 17: tether.ca.v1.GenerationCounts
-	(*NotReporting)(nil),            // 18: tether.ca.v1.NotReporting
-	(*RotationStatusResponse)(nil),  // 19: tether.ca.v1.RotationStatusResponse
-	(*RotateRequest)(nil),           // 20: tether.ca.v1.RotateRequest
-	(*RevokeRequest)(nil),           // 21: tether.ca.v1.RevokeRequest
-	(*Revocation)(nil),              // 22: tether.ca.v1.Revocation
-	(*RevokeResponse)(nil),          // 23: tether.ca.v1.RevokeResponse
-	(*UnrevokeRequest)(nil),         // 24: tether.ca.v1.UnrevokeRequest
-	(*ListJoinTokensRequest)(nil),   // 25: tether.ca.v1.ListJoinTokensRequest
-	(*JoinTokenInfo)(nil),           // 26: tether.ca.v1.JoinTokenInfo
-	(*ListJoinTokensResponse)(nil),  // 27: tether.ca.v1.ListJoinTokensResponse
+	(*FederatedBundle)(nil),         // 5: tether.ca.v1.FederatedBundle
+	(*JWTAuthority)(nil),            // 6: tether.ca.v1.JWTAuthority
+	(*SignJWTRequest)(nil),          // 7: tether.ca.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),         // 8: tether.ca.v1.SignJWTResponse
+	(*ReportRequest)(nil),           // 9: tether.ca.v1.ReportRequest
+	(*ReportResponse)(nil),          // 10: tether.ca.v1.ReportResponse
+	(*CreateJoinTokenRequest)(nil),  // 11: tether.ca.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 12: tether.ca.v1.CreateJoinTokenResponse
+	(*StatusRequest)(nil),           // 13: tether.ca.v1.StatusRequest
+	(*Generation)(nil),              // 14: tether.ca.v1.Generation
+	(*StatusResponse)(nil),          // 15: tether.ca.v1.StatusResponse
+	(*RotationStatusRequest)(nil),   // 16: tether.ca.v1.RotationStatusRequest
+	(*SidecarReport)(nil),           // 17: tether.ca.v1.SidecarReport
+	(*GenerationCounts)(nil),        // 18: tether.ca.v1.GenerationCounts
+	(*NotReporting)(nil),            // 19: tether.ca.v1.NotReporting
+	(*RotationStatusResponse)(nil),  // 20: tether.ca.v1.RotationStatusResponse
+	(*RotateRequest)(nil),           // 21: tether.ca.v1.RotateRequest
+	(*RevokeRequest)(nil),           // 22: tether.ca.v1.RevokeRequest
+	(*Revocation)(nil),              // 23: tether.ca.v1.Revocation
+	(*RevokeResponse)(nil),          // 24: tether.ca.v1.RevokeResponse
+	(*UnrevokeRequest)(nil),         // 25: tether.ca.v1.UnrevokeRequest
+	(*ListJoinTokensRequest)(nil),   // 26: tether.ca.v1.ListJoinTokensRequest
+	(*JoinTokenInfo)(nil),           // 27: tether.ca.v1.JoinTokenInfo
+	(*ListJoinTokensResponse)(nil),  // 28: tether.ca.v1.ListJoinTokensResponse
 }
 var file_ca_v1_ca_proto_depIdxs = []int32{
 	0,  // 0: tether.ca.v1.SignRequest.credential:type_name -> tether.ca.v1.Credential
 	4,  // 1: tether.ca.v1.SignResponse.bundle:type_name -> tether.ca.v1.Bundle
-	5,  // 2: tether.ca.v1.Bundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
-	13, // 3: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
-	22, // 4: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
-	17, // 5: tether.ca.v1.RotationStatusResponse.generations:type_name -> tether.ca.v1.GenerationCounts
-	18, // 6: tether.ca.v1.RotationStatusResponse.not_reporting:type_name -> tether.ca.v1.NotReporting
-	16, // 7: tether.ca.v1.RotationStatusResponse.activate_laggards:type_name -> tether.ca.v1.SidecarReport
-	16, // 8: tether.ca.v1.RotationStatusResponse.retire_laggards:type_name -> tether.ca.v1.SidecarReport
-	22, // 9: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
-	26, // 10: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
-	1,  // 11: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
-	3,  // 12: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
-	6,  // 13: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
-	8,  // 14: tether.ca.v1.CA.Report:input_type -> tether.ca.v1.ReportRequest
-	10, // 15: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
-	12, // 16: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
-	20, // 17: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
-	15, // 18: tether.ca.v1.Admin.RotationStatus:input_type -> tether.ca.v1.RotationStatusRequest
-	21, // 19: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
-	24, // 20: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
-	25, // 21: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
-	2,  // 22: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
-	4,  // 23: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
-	7,  // 24: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
-	9,  // 25: tether.ca.v1.CA.Report:output_type -> tether.ca.v1.ReportResponse
-	11, // 26: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
-	14, // 27: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
-	14, // 28: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
-	19, // 29: tether.ca.v1.Admin.RotationStatus:output_type -> tether.ca.v1.RotationStatusResponse
-	23, // 30: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
-	23, // 31: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
-	27, // 32: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
-	22, // [22:33] is the sub-list for method output_type
-	11, // [11:22] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 2: tether.ca.v1.Bundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
+	5,  // 3: tether.ca.v1.Bundle.federated_bundles:type_name -> tether.ca.v1.FederatedBundle
+	6,  // 4: tether.ca.v1.FederatedBundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
+	14, // 5: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
+	23, // 6: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
+	18, // 7: tether.ca.v1.RotationStatusResponse.generations:type_name -> tether.ca.v1.GenerationCounts
+	19, // 8: tether.ca.v1.RotationStatusResponse.not_reporting:type_name -> tether.ca.v1.NotReporting
+	17, // 9: tether.ca.v1.RotationStatusResponse.activate_laggards:type_name -> tether.ca.v1.SidecarReport
+	17, // 10: tether.ca.v1.RotationStatusResponse.retire_laggards:type_name -> tether.ca.v1.SidecarReport
+	23, // 11: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
+	27, // 12: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
+	1,  // 13: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
+	3,  // 14: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
+	7,  // 15: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
+	9,  // 16: tether.ca.v1.CA.Report:input_type -> tether.ca.v1.ReportRequest
+	11, // 17: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
+	13, // 18: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
+	21, // 19: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
+	16, // 20: tether.ca.v1.Admin.RotationStatus:input_type -> tether.ca.v1.RotationStatusRequest
+	22, // 21: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
+	25, // 22: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
+	26, // 23: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
+	2,  // 24: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
+	4,  // 25: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
+	8,  // 26: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
+	10, // 27: tether.ca.v1.CA.Report:output_type -> tether.ca.v1.ReportResponse
+	12, // 28: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
+	15, // 29: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
+	15, // 30: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
+	20, // 31: tether.ca.v1.Admin.RotationStatus:output_type -> tether.ca.v1.RotationStatusResponse
+	24, // 32: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
+	24, // 33: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
+	28, // 34: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
+	24, // [24:35] is the sub-list for method output_type
+	13, // [13:24] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ca_v1_ca_proto_init() }
@@ -2352,7 +2451,7 @@ func file_ca_v1_ca_proto_init() {
 	if File_ca_v1_ca_proto != nil {
 		return
 	}
-	file_ca_v1_ca_proto_msgTypes[21].OneofWrappers = []any{
+	file_ca_v1_ca_proto_msgTypes[22].OneofWrappers = []any{
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Serial)(nil),
 		(*RevokeRequest_JoinToken)(nil),
@@ -2364,7 +2463,7 @@ func file_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_v1_ca_proto_rawDesc), len(file_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -42,7 +42,8 @@ type CAClient interface {
 	// Sign issues an X.509-SVID for the caller's authenticated identity. Only
 	// the public key of the CSR is used; every name in it is ignored.
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
-	// WatchBundle sends the current trust bundle and then every change.
+	// WatchBundle sends the current trust bundle and then every change, of
+	// this trust domain's bundle or of the federated bundles.
 	WatchBundle(ctx context.Context, in *WatchBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Bundle], error)
 	// SignJWT issues a JWT-SVID for the identity of the SVID the caller
 	// presents (mTLS only: a credential is not enough).
@@ -126,7 +127,8 @@ type CAServer interface {
 	// Sign issues an X.509-SVID for the caller's authenticated identity. Only
 	// the public key of the CSR is used; every name in it is ignored.
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
-	// WatchBundle sends the current trust bundle and then every change.
+	// WatchBundle sends the current trust bundle and then every change, of
+	// this trust domain's bundle or of the federated bundles.
 	WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[Bundle]) error
 	// SignJWT issues a JWT-SVID for the identity of the SVID the caller
 	// presents (mTLS only: a credential is not enough).

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,6 +74,12 @@ type Config struct {
 // Agent holds the workload's current SVID and bundle. It is an
 // x509svid.Source, x509bundle.Source and jwtbundle.Source, and is safe for
 // concurrent use. Readers never block on the network.
+//
+// Its bundle sources answer for the local trust domain only. The bundles
+// of federated trust domains that tether-ca sends are kept apart
+// (FederatedBundles), for the Workload API to hand to the application: the
+// sidecar's own mTLS, which verifies peers with the Agent, never trusts a
+// foreign domain through them.
 type Agent struct {
 	cfg Config
 	td  spiffeid.TrustDomain
@@ -80,6 +87,9 @@ type Agent struct {
 
 	svid   atomic.Pointer[x509svid.SVID]
 	bundle atomic.Pointer[spiffebundle.Bundle]
+	// federated holds the foreign bundles of the latest WatchBundle
+	// message, sorted by trust domain (nil: none).
+	federated atomic.Pointer[[]*spiffebundle.Bundle]
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every SVID or bundle change
@@ -205,6 +215,17 @@ func (a *Agent) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbundle.
 
 // Bundle returns the current SPIFFE bundle.
 func (a *Agent) Bundle() *spiffebundle.Bundle { return a.bundle.Load() }
+
+// FederatedBundles returns the bundles of the foreign trust domains
+// tether-ca federates with, as of its latest WatchBundle message, sorted by
+// trust domain. The slice and bundles must not be modified. They are for
+// the Workload API: nothing in the Agent's bundle sources trusts them.
+func (a *Agent) FederatedBundles() []*spiffebundle.Bundle {
+	if p := a.federated.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Changed returns a channel that is closed at the next SVID or bundle change.
 func (a *Agent) Changed() <-chan struct{} {
@@ -502,6 +523,32 @@ func (a *Agent) applyBundle(b *spiffebundle.Bundle) {
 	a.log.Info("trust bundle updated", slog.Uint64("sequence", seq),
 		slog.Int("x509_authorities", len(b.X509Authorities())), slog.Int("jwt_authorities", len(b.JWTAuthorities())))
 	a.notify()
+}
+
+// applyBundleSet takes a WatchBundle message: the local bundle and the
+// whole set of federated bundles (a domain left out is no longer trusted).
+func (a *Agent) applyBundleSet(set identity.BundleSet) {
+	a.applyBundle(set.Local)
+	for _, err := range set.Refused {
+		a.log.Error("federated trust bundle from tether-ca not applied; that domain is not trusted", slog.Any("error", err))
+	}
+	if sameBundles(a.FederatedBundles(), set.Federated) {
+		return
+	}
+	fed := set.Federated
+	a.federated.Store(&fed)
+	domains := make([]string, 0, len(fed))
+	for _, b := range fed {
+		seq, _ := b.SequenceNumber()
+		domains = append(domains, b.TrustDomain().Name()+"@"+strconv.FormatUint(seq, 10))
+	}
+	a.log.Info("federated trust bundles updated", slog.Any("trust_domains", domains))
+	a.notify()
+}
+
+// sameBundles reports whether two sorted bundle lists are equal.
+func sameBundles(x, y []*spiffebundle.Bundle) bool {
+	return slices.EqualFunc(x, y, func(a, b *spiffebundle.Bundle) bool { return a.Equal(b) })
 }
 
 // FetchJWTSVID returns a JWT-SVID for the agent's identity and audience,

@@ -52,7 +52,7 @@ func (a *Agent) session(ctx context.Context, client *identity.Client, presented 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- client.WatchBundle(sctx, a.applyBundle) }()
+	go func() { errc <- client.WatchBundleSet(sctx, a.applyBundleSet) }()
 	reporting, reported := presented != nil, false
 	interval := identity.DefaultReportInterval
 	var last *cav1.ReportRequest

@@ -14,6 +14,11 @@
 // value, then a new one at every change of the identity or bundle (renewal,
 // root rotation), until the client goes away or the server stops.
 //
+// With a FederatedSource, the bundles of the federated trust domains are
+// returned too (FetchX509SVID's federated_bundles, FetchX509Bundles,
+// FetchJWTBundles), so the application verifies their peers; the sidecar's
+// own mTLS does not trust them.
+//
 // Before the sidecar has its first SVID, FetchX509SVID and FetchJWTBundles
 // stay open without sending anything, and send as soon as the identity
 // arrives. The SPIFFE Workload API lets a server answer PermissionDenied
@@ -64,6 +69,18 @@ type Source interface {
 	// FetchJWTSVID returns a JWT-SVID of the workload's identity for the
 	// audience (at least one); it may ask the CA, within ctx.
 	FetchJWTSVID(ctx context.Context, audience []string) (*jwtsvid.SVID, error)
+}
+
+// FederatedSource is a Source that also holds the bundles of foreign trust
+// domains (the sidecar's *agent.Agent does). The Workload API returns them
+// with the workload's own: in FetchX509SVID's federated_bundles, and in
+// FetchX509Bundles and FetchJWTBundles, so that a stock SPIFFE client
+// verifies peers of those domains. Changed must also fire when they change.
+type FederatedSource interface {
+	Source
+	// FederatedBundles returns the foreign bundles trusted now, never one
+	// of the workload's own trust domain.
+	FederatedBundles() []*spiffebundle.Bundle
 }
 
 // HeaderKey is the gRPC metadata key every Workload API request must carry
@@ -214,24 +231,54 @@ func (a *api) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStr
 		for _, c := range svid.Certificates {
 			chain = append(chain, c.Raw...)
 		}
-		return &workloadpb.X509SVIDResponse{Svids: []*workloadpb.X509SVID{{
+		local := a.src.Bundle()
+		resp := &workloadpb.X509SVIDResponse{Svids: []*workloadpb.X509SVID{{
 			SpiffeId:    svid.ID.String(),
 			X509Svid:    chain,
 			X509SvidKey: key,
-			Bundle:      rootsDER(a.src.Bundle()),
-		}}}, true, nil
+			Bundle:      rootsDER(local),
+		}}}
+		for _, b := range a.federated(local) {
+			if resp.FederatedBundles == nil {
+				resp.FederatedBundles = map[string][]byte{}
+			}
+			resp.FederatedBundles[b.TrustDomain().IDString()] = rootsDER(b)
+		}
+		return resp, true, nil
 	})
 }
 
-// FetchX509Bundles streams the X.509 roots by trust domain.
+// federated returns the source's foreign bundles, leaving out any of the
+// local trust domain (which would shadow the workload's own bundle).
+func (a *api) federated(local *spiffebundle.Bundle) []*spiffebundle.Bundle {
+	fs, ok := a.src.(FederatedSource)
+	if !ok {
+		return nil
+	}
+	var out []*spiffebundle.Bundle
+	for _, b := range fs.FederatedBundles() {
+		if b.TrustDomain() != local.TrustDomain() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// FetchX509Bundles streams the X.509 roots by trust domain: the workload's
+// own and every federated domain's.
 func (a *api) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
 	return watch(stream.Context(), a, "FetchX509Bundles", stream.Send, func() (*workloadpb.X509BundlesResponse, bool, error) {
 		b := a.src.Bundle()
-		return &workloadpb.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain().IDString(): rootsDER(b)}}, true, nil
+		resp := &workloadpb.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain().IDString(): rootsDER(b)}}
+		for _, f := range a.federated(b) {
+			resp.Bundles[f.TrustDomain().IDString()] = rootsDER(f)
+		}
+		return resp, true, nil
 	})
 }
 
-// FetchJWTBundles streams the JWT keys (JWKS) by trust domain. It waits
+// FetchJWTBundles streams the JWT keys (JWKS) by trust domain: the
+// workload's own and those of the federated domains that have any. It waits
 // until the sidecar has talked to the CA (has an SVID) or knows some JWT
 // key: the bootstrap bundle holds X.509 roots only.
 func (a *api) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
@@ -240,11 +287,18 @@ func (a *api) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.Serve
 		if _, err := a.src.GetX509SVID(); err != nil && len(b.JWTAuthorities()) == 0 {
 			return nil, false, nil
 		}
-		jwks, err := b.JWTBundle().Marshal()
-		if err != nil {
-			return nil, false, fmt.Errorf("encode JWT bundle: %w", err)
+		resp := &workloadpb.JWTBundlesResponse{Bundles: map[string][]byte{}}
+		for _, f := range append([]*spiffebundle.Bundle{b}, a.federated(b)...) {
+			if f != b && len(f.JWTAuthorities()) == 0 {
+				continue // a foreign domain without JWT keys has no JWT bundle
+			}
+			jwks, err := f.JWTBundle().Marshal()
+			if err != nil {
+				return nil, false, fmt.Errorf("encode JWT bundle of %s: %w", f.TrustDomain(), err)
+			}
+			resp.Bundles[f.TrustDomain().IDString()] = jwks
 		}
-		return &workloadpb.JWTBundlesResponse{Bundles: map[string][]byte{b.TrustDomain().IDString(): jwks}}, true, nil
+		return resp, true, nil
 	})
 }
 
@@ -279,6 +333,8 @@ func (a *api) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDRequest) 
 
 // ValidateJWTSVID checks a JWT-SVID's signature, expiry and audience
 // against the trust domain's JWT keys and returns its subject and claims.
+// Only the workload's own trust domain's tokens validate here, not yet a
+// federated domain's (FetchJWTBundles hands out their keys).
 func (a *api) ValidateJWTSVID(_ context.Context, req *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
 	switch {
 	case req.Audience == "":
