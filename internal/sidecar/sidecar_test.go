@@ -36,15 +36,21 @@ type testCA struct {
 	bundle string
 }
 
-func startCA(t *testing.T) *testCA {
+// startCA runs tether-ca for cluster.local on loopback; mods change its
+// configuration.
+func startCA(t *testing.T, mods ...func(*caserver.Config)) *testCA {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := caserver.New(ctx, caserver.Config{
+	cfg := caserver.Config{
 		TrustDomain: "cluster.local", ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		Store: "dir", StoreDir: dir, SVIDTTL: time.Hour, IntermediateTTL: 720 * time.Hour, RootTTL: 8760 * time.Hour,
 		TickInterval: time.Second,
-	})
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	svc, err := caserver.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
