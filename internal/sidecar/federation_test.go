@@ -110,12 +110,14 @@ func dialInbound(t *testing.T, addr string, src *agent.Agent, bundleFile string)
 // TestFederatedPeerStillRefused: cluster.local's tether-ca federates with
 // b.example (another tether-ca, followed at its bundle endpoint), and its
 // sidecars receive b.example's bundle and hand it to their applications
-// (Workload API). Their own mTLS still refuses b.example's workloads,
-// under allow-mesh and where a destination names the foreign ID: inbound,
-// a b.example client with a valid SVID gets a bad-certificate alert;
+// (Workload API). Their own mTLS and authorization still refuse b.example's
+// workloads, under allow-mesh, where an AccessPolicy names the foreign ID,
+// and where a destination names it: inbound, a b.example client with a
+// valid SVID gets a bad-certificate alert and the views deny the ID;
 // outbound, a sidecar calling a fixed peer expected to be
 // spiffe://b.example/... refuses that peer's certificate. Accepting foreign
-// peers where an AccessPolicy names them is later work (docs/federation.md).
+// peers where an AccessPolicy names them is later work (docs/federation.md):
+// it will change the policy half of this test on purpose.
 func TestFederatedPeerStillRefused(t *testing.T) {
 	caB := startCA(t, func(c *caserver.Config) {
 		c.TrustDomain = "b.example"
@@ -133,11 +135,15 @@ func TestFederatedPeerStillRefused(t *testing.T) {
 		c.Federation = caserver.FederationConfig{File: fedFile, MinRefresh: time.Second, MaxRefresh: 2 * time.Second}
 	})
 
-	// cluster.local: web calls api; no policy, so the mesh default
-	// (allow-mesh) lets any cluster.local identity in.
+	// cluster.local: web calls api and db. api has no policy: the mesh
+	// default (allow-mesh) lets any cluster.local identity in. db's
+	// AccessPolicy names web and the foreign ID.
 	web, api, db := webAPIDB(t)
-	disc := startDiscovery(t, ca, meshYAML(web, api, db, "api"))
 	foreignAPI := spiffeid.RequireFromString("spiffe://b.example/ns/default/sa/api")
+	mesh := func() string {
+		return meshYAML(web, api, db, "web") + "        - spiffeID: " + foreignAPI.String() + "\n"
+	}
+	disc := startDiscovery(t, ca, mesh())
 	bAPI := foreignAgent(t, caB, "b.example", foreignAPI)
 	bPeer, bHandshakes := tetherServer(t, bAPI)
 
@@ -155,15 +161,31 @@ func TestFederatedPeerStillRefused(t *testing.T) {
 		return o
 	}
 	start(api)
-	start(web, out("127.0.0.1:0=default/api:8080"), out("127.0.0.1:0="+bPeer+"@"+foreignAPI.String()))
-	disc.write(t, meshYAML(web, api, db, "api"))
-	waitView(t, "web to learn api's endpoint", web.sidecar, func(v *xdsclient.View) bool {
-		s, ok := v.Service(key("api"))
-		return ok && len(s.Endpoints) > 0
-	})
-	webToAPI, webToB := web.sidecar.Addr("outbound/0").String(), web.sidecar.Addr("outbound/1").String()
+	start(db)
+	start(web, out("127.0.0.1:0=default/api:8080"), out("127.0.0.1:0="+bPeer+"@"+foreignAPI.String()), out("127.0.0.1:0=default/db:5432"))
+	disc.write(t, mesh())
+	for _, k := range []string{"api", "db"} {
+		waitView(t, "web to learn "+k+"'s endpoint", web.sidecar, func(v *xdsclient.View) bool {
+			s, ok := v.Service(key(k))
+			return ok && len(s.Endpoints) > 0
+		})
+	}
+	webToAPI, webToB, webToDB := web.sidecar.Addr("outbound/0").String(), web.sidecar.Addr("outbound/1").String(), web.sidecar.Addr("outbound/2").String()
 	if err := call(webToAPI, "web to api"); err != nil {
 		t.Fatalf("web → api (cluster.local, allow-mesh): %v", err)
+	}
+	if err := call(webToDB, "web to db"); err != nil {
+		t.Fatalf("web → db (cluster.local, named by db's policy): %v", err)
+	}
+	waitView(t, "db's policy (api is not named)", db.sidecar, func(v *xdsclient.View) bool {
+		return !v.Authorize(testutil.ID("/ns/default/sa/api"), mustPort(db.port())).Allowed
+	})
+	// Authorization refuses the foreign ID too, under allow-mesh and where
+	// the policy names it.
+	for _, a := range []*meshApp{api, db} {
+		if d := a.sidecar.view.Load().Authorize(foreignAPI, mustPort(a.port())); d.Allowed {
+			t.Fatalf("%s's view admits %s (rule %q)", a.name, foreignAPI, d.Rule)
+		}
 	}
 
 	// The federation reached the sidecars and their applications.
@@ -188,14 +210,17 @@ func TestFederatedPeerStillRefused(t *testing.T) {
 	}
 
 	// Inbound: a b.example workload with a valid SVID is refused by api's
-	// sidecar (allow-mesh), while a cluster.local one gets past TLS.
-	apiIn := api.sidecar.Addr("inbound/0").String()
-	if err := dialInbound(t, apiIn, bAPI, ca.bundle); err == nil || !strings.Contains(err.Error(), "bad certificate") {
-		t.Fatalf("a b.example client at api's inbound: %v; want a bad-certificate alert", err)
-	}
+	// sidecar (allow-mesh) and db's (its policy names the ID), while a
+	// cluster.local one gets past TLS.
 	probe := foreignAgent(t, ca, "cluster.local", testutil.ID("/ns/default/sa/probe"))
-	if err := dialInbound(t, apiIn, probe, ca.bundle); err != nil && strings.Contains(err.Error(), "certificate") {
-		t.Fatalf("a cluster.local client at api's inbound: %v; want its certificate accepted", err)
+	for _, a := range []*meshApp{api, db} {
+		in := a.sidecar.Addr("inbound/0").String()
+		if err := dialInbound(t, in, bAPI, ca.bundle); err == nil || !strings.Contains(err.Error(), "bad certificate") {
+			t.Fatalf("a b.example client at %s's inbound: %v; want a bad-certificate alert", a.name, err)
+		}
+		if err := dialInbound(t, in, probe, ca.bundle); err != nil && strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("a cluster.local client at %s's inbound: %v; want its certificate accepted", a.name, err)
+		}
 	}
 
 	// Outbound: web's sidecar, told to call a fixed peer that must be
