@@ -92,7 +92,7 @@ type Agent struct {
 	federated atomic.Pointer[[]*spiffebundle.Bundle]
 
 	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every SVID or bundle change
+	changed chan struct{} // closed and replaced on every SVID, bundle or federated bundles change
 	renew   chan struct{}
 	jwts    map[string]*jwtsvid.SVID
 
@@ -227,7 +227,8 @@ func (a *Agent) FederatedBundles() []*spiffebundle.Bundle {
 	return nil
 }
 
-// Changed returns a channel that is closed at the next SVID or bundle change.
+// Changed returns a channel that is closed at the next change of the SVID,
+// the bundle or the federated bundles.
 func (a *Agent) Changed() <-chan struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
