@@ -30,7 +30,7 @@ func (s *Service) setupFederation() error {
 		Logger: s.log.With(slog.String("component", "federation")), Registerer: s.registry,
 	})
 	if f := s.cfg.Federation.File; f != "" {
-		domains, err := identity.LoadFederationFile(f, s.ca.TrustDomain())
+		domains, err := loadFederationFile(f, s.ca.TrustDomain())
 		if err != nil {
 			return fmt.Errorf("--federation-file: %w", err)
 		}
@@ -102,7 +102,7 @@ func (s *Service) watchFederationFile(ctx context.Context) error {
 			continue
 		}
 		last = data
-		domains, err := identity.LoadFederationFile(path, s.ca.TrustDomain())
+		domains, err := loadFederationFile(path, s.ca.TrustDomain())
 		if err == nil {
 			err = s.federator.SetDomains(domains)
 		}

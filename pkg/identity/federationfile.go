@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 )
 
 // FederationSpec declares one foreign trust domain, with the field names of
@@ -27,7 +26,9 @@ type FederationSpec struct {
 	WebRootsFile      string `json:"webRootsFile,omitempty"`
 }
 
-// FederationFile is a standalone tether-ca's --federation-file.
+// FederationFile is a standalone tether-ca's --federation-file (read by
+// internal/caserver, so that this package, which the sidecar links, does
+// not link a YAML parser).
 type FederationFile struct {
 	Federation []FederationSpec `json:"federation"`
 }
@@ -80,35 +81,4 @@ func resolve(dir, path string) string {
 		return path
 	}
 	return filepath.Join(dir, path)
-}
-
-// LoadFederationFile reads and validates a federation file for a CA of
-// trust domain local. Unknown fields are errors (a typo must not drop a
-// setting silently).
-func LoadFederationFile(path string, local spiffeid.TrustDomain) ([]FederatedDomain, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("federation file: %w", err)
-	}
-	var f FederationFile
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
-		return nil, fmt.Errorf("%w: federation file %s: %v", ErrConfig, path, err)
-	}
-	out := make([]FederatedDomain, 0, len(f.Federation))
-	seen := map[spiffeid.TrustDomain]bool{}
-	for i, s := range f.Federation {
-		d, err := s.Domain(filepath.Dir(path))
-		if err == nil {
-			err = d.Validate(local)
-		}
-		if err == nil && seen[d.TrustDomain] {
-			err = fmt.Errorf("%w: trust domain %s is declared twice", ErrConfig, d.TrustDomain)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("federation file %s, entry %d: %w", path, i+1, err)
-		}
-		seen[d.TrustDomain] = true
-		out = append(out, d)
-	}
-	return out, nil
 }
