@@ -104,7 +104,7 @@ func ParseWebRoots(data []byte) (*x509.CertPool, error) {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
-			if len(bytes.TrimSpace(rest)) > 0 {
+			if n > 0 && len(bytes.TrimSpace(rest)) > 0 {
 				return nil, errors.New("text that is not PEM after the certificates")
 			}
 			break
