@@ -17,6 +17,7 @@ import (
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
 	"github.com/tether-mesh/tether/pkg/inject"
+	"github.com/tether-mesh/tether/pkg/proxy"
 )
 
 func init() { register("policy", (*App).newPolicyWhyCmd) }
@@ -24,9 +25,10 @@ func init() { register("policy", (*App).newPolicyWhyCmd) }
 const policyWhyHelp = `Explains one call: the decision and the rule, every AccessPolicy that names
 the service and why it did or did not match (port not covered; each source
 compared with the caller: other service account, other namespace, other
-SPIFFE ID, caller outside the trust domain), or the default that applied
-(the namespace's tether.dev/default-policy annotation, or the mesh default)
-and why. For a denied call it says which component refuses it and what the
+SPIFFE ID, other trust domain), or the default that applied (the
+namespace's tether.dev/default-policy annotation, or the mesh default) and
+why. A caller of another (federated) trust domain is allowed only by
+spiffeID and trustDomain sources of enforcing policies, never by a default. For a denied call it says which component refuses it and what the
 calling app sees: the caller's DNS (NXDOMAIN, when the caller may reach no
 port of the service), the caller's sidecar (the connection is accepted, then
 reset), or the destination's sidecar (its inbound RBAC: a pod behind several
@@ -66,7 +68,10 @@ func (a *App) newPolicyWhyCmd() *cobra.Command {
   tether policy why --mesh mesh.yaml --from front-1 --to api-1:8080
 
   # As JSON, for a script
-  tether policy why --from spiffe://cluster.local/vm/build --to shop/db -o json`,
+  tether policy why --from spiffe://cluster.local/vm/build --to shop/db -o json
+
+  # A caller of a federated trust domain
+  tether policy why --from spiffe://b.example/ns/default/sa/client --to shop/pay`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.policyWhy(cmd.Context(), src, from, to, &out)
@@ -597,10 +602,15 @@ func callerRefusal(c whyCaller, td spiffeid.TrustDomain, key discovery.ServiceKe
 	var r whyRefusal
 	switch {
 	case !c.id.IsZero() && c.id.TrustDomain() != td:
-		return &whyRefusal{Component: byDestSidecar, AppSees: appSeesReset,
-			AccessLog: fmt.Sprintf("the destination pod's sidecar: direction=\"inbound\" decision=\"deny\" (result handshake_error) for a caller whose SVID does not chain to this mesh's trust bundle, else source_id=%q", src),
-			Metric:    "tether_sidecar_connections_total{direction=\"inbound\",result=\"handshake_error\"} on the destination pod's sidecar",
-			Otherwise: []string{"the caller is not a workload of trust domain " + td.Name() + ": no sidecar of this mesh calls as it, and no policy can admit it"}}
+		// A caller of another trust domain comes from its own mesh's
+		// sidecar, straight to the destination's.
+		return &whyRefusal{Component: byDestSidecar, AppSees: appSeesReset + " (the caller's own sidecar, of its mesh, resets it when this mesh's sidecar refuses)",
+			AccessLog: fmt.Sprintf("the destination pod's sidecar: direction=\"inbound\" decision=\"deny\" source_id=%q rule=%q when no policy of the pod names the caller "+
+				"(at the mTLS handshake), else the rule of the port's inbound RBAC; result handshake_error, without source_id, when tether-ca does not federate with %s", src, proxy.RuleForeignNotAdmitted, c.id.TrustDomain().Name()),
+			Metric: fmt.Sprintf("tether_sidecar_foreign_peer_refusals_total{direction=\"inbound\",reason=\"not_admitted\"} (reason=\"untrusted_domain\" when not federated) "+
+				"and tether_sidecar_authz_denials_total{direction=\"inbound\",source_id=%q} on the destination pod's sidecar", src),
+			Otherwise: []string{fmt.Sprintf("the caller is of trust domain %s, not %s: only an enforcing AccessPolicy source with its spiffeID or trustDomain admits it "+
+				"(never a default, a namespace or a serviceAccount source), and only while tether-ca federates with %s", c.id.TrustDomain().Name(), td.Name(), c.id.TrustDomain().Name())}}
 	case c.pod != nil && !c.pod.Sidecar:
 		return noIdentityRefusal("the destination pod", "the caller "+callerName(c, td)+" has no sidecar")
 	case !reachable:
@@ -760,6 +770,10 @@ func writeWhy(w io.Writer, res whyResult, c whyCaller, td spiffeid.TrustDomain) 
 			v = "allowed (audit-deny)"
 		}
 		fmt.Fprintf(&b, "%s %s -> %s\n  rule: %s\n", v, callerName(c, td), dst, call.Rule)
+		if call.Allowed && !c.id.IsZero() && c.id.TrustDomain() != td {
+			fmt.Fprintf(&b, "  caller of another trust domain: it also needs tether-ca to federate with %s (a TrustDomainFederation, or --federation-file); "+
+				"without it the destination's sidecar refuses the handshake (tether_sidecar_foreign_peer_refusals_total{reason=\"untrusted_domain\"})\n", c.id.TrustDomain().Name())
+		}
 		if call.AuditDenied {
 			fmt.Fprintf(&b, "  would be denied by: %s\n  audit: %s\n", call.AuditRule, call.AuditLog)
 		}

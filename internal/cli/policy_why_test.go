@@ -41,7 +41,21 @@ services:
     namespace: jobs
     ports: [{port: 8000}]
     endpoints: [{address: 10.1.0.5, serviceAccount: runner, pod: worker-1}]
+  - name: pay
+    namespace: shop
+    clusterIPs: [10.96.0.13]
+    ports: [{name: http, port: 80}]
+    endpoints: [{address: 10.1.0.6, serviceAccount: pay, pod: pay-1}]
 policies:
+  - apiVersion: tether.dev/v1alpha1
+    kind: AccessPolicy
+    metadata: {name: pay-from-b, namespace: shop}
+    spec:
+      destination: {service: pay}
+      sources:
+        - namespace: shop
+        - spiffeID: spiffe://b.example/ns/ops/sa/x
+        - trustDomain: c.example
   - apiVersion: tether.dev/v1alpha1
     kind: AccessPolicy
     metadata: {name: api-from-frontend, namespace: shop}
@@ -98,6 +112,7 @@ type explanationJSON struct {
 	AuditDenied   bool   `json:"audit_denied"`
 	AuditRule     string `json:"audit_rule"`
 	SourceRefused string `json:"source_refused"`
+	Foreign       bool   `json:"foreign"`
 	Policies      []struct {
 		Name        string  `json:"name"`
 		Rule        string  `json:"rule"`
@@ -217,8 +232,22 @@ func TestPolicyWhy(t *testing.T) {
 				"other service account: the caller is web/backend"}},
 		}, nil},
 		{"outside the trust domain", "spiffe://evil.example/ns/ops/sa/x", "shop/api:80", 1, "spiffe://evil.example/ns/ops/sa/x", "", "", []call{
-			{"shop/api:80", false, "source spiffe://evil.example/ns/ops/sa/x is outside trust domain cluster.local", "destination-sidecar", []string{
-				"cannot allow it: source spiffe://evil.example/ns/ops/sa/x is outside trust domain cluster.local"}},
+			{"shop/api:80", false, noPolicy + "spiffe://evil.example/ns/ops/sa/x to shop/api:80", "destination-sidecar", []string{
+				"the caller is of trust domain evil.example: namespace and serviceAccount sources match only workloads of trust domain cluster.local"}},
+		}, nil},
+		{"another trust domain, default", "spiffe://b.example/ns/ops/sa/x", "web/frontend", 1, "spiffe://b.example/ns/ops/sa/x", "", "", []call{
+			{"web/frontend:80", false, "source spiffe://b.example/ns/ops/sa/x is outside trust domain cluster.local, and no AccessPolicy names web/frontend: its default (mesh default allow-mesh) never admits a caller of another trust domain; an AccessPolicy source with its spiffeID or trustDomain does", "destination-sidecar", []string{
+				"the caller is of trust domain b.example, and a default never admits a caller of another trust domain"}},
+		}, nil},
+		{"another trust domain, by spiffeID", "spiffe://b.example/ns/ops/sa/x", "shop/pay", 0, "spiffe://b.example/ns/ops/sa/x", "", "", []call{
+			{"shop/pay:80", true, "AccessPolicy shop/pay-from-b", "", []string{"allows it: spiffeID spiffe://b.example/ns/ops/sa/x matches"}},
+		}, nil},
+		{"another trust domain, by trustDomain", "spiffe://c.example/ns/shop/sa/y", "shop/pay", 0, "spiffe://c.example/ns/shop/sa/y", "", "", []call{
+			{"shop/pay:80", true, "AccessPolicy shop/pay-from-b", "", []string{"allows it: trustDomain c.example matches"}},
+		}, nil},
+		{"another trust domain, another ID", "spiffe://b.example/ns/shop/sa/x", "shop/pay", 1, "spiffe://b.example/ns/shop/sa/x", "", "", []call{
+			{"shop/pay:80", false, noPolicy + "spiffe://b.example/ns/shop/sa/x to shop/pay:80", "destination-sidecar", []string{
+				"other SPIFFE ID: the caller is spiffe://b.example/ns/shop/sa/x", "other trust domain: the caller is of b.example"}},
 		}, nil},
 		{"pod caller", "front-1", "shop/api:http", 0, frontendID, "web/front-1", "", []call{
 			{"shop/api:80", true, "AccessPolicy shop/api-from-frontend", "", nil},

@@ -158,7 +158,9 @@ func Mutate(r *rand.Rand, td spiffeid.TrustDomain, st *discovery.State) {
 // service accounts and target ports), ports whose target ports are drawn
 // from 8080, 8081 and 9090 (some ports of a pod are covered by no
 // service), some headless services, and policies as RandomPolicy makes
-// them, on these services.
+// them, on these services, whose sources also name callers of federated
+// trust domains (ForeignTrustDomains: by spiffeID and by trustDomain) and
+// the mesh's own trust domain by trustDomain (which matches nothing).
 func RandomPods(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
 	const pods, svcs, nss = 12, 10, 2
 	var st discovery.State
@@ -198,17 +200,32 @@ func RandomPods(r *rand.Rand, td spiffeid.TrustDomain) discovery.State {
 	}
 	for k := range 5 {
 		st.Policies = append(st.Policies, randomPolicy(r, k, svcs, nss, func() policy.Source {
-			switch n, a := fmt.Sprintf("ns%d", r.IntN(nss)), fmt.Sprintf("sa%d", r.IntN(3)); r.IntN(3) {
+			switch n, a := fmt.Sprintf("ns%d", r.IntN(nss)), fmt.Sprintf("sa%d", r.IntN(3)); r.IntN(5) {
 			case 0:
 				return policy.Source{ServiceAccount: &policy.ServiceAccountSource{Name: a, Namespace: n}}
 			case 1:
 				return policy.Source{Namespace: n}
+			case 3:
+				// A caller of a federated trust domain, by its ID.
+				return policy.Source{SpiffeID: spiffeid.RequireFromPath(ForeignTrustDomains[r.IntN(2)], "/ns/"+n+"/sa/"+a).String()}
+			case 4:
+				// Every caller of a federated trust domain, or (matching
+				// nothing) of the mesh's own.
+				return policy.Source{TrustDomain: append(ForeignTrustDomains[:2:2], td)[r.IntN(3)].Name()}
 			default:
 				return policy.Source{SpiffeID: spiffeid.RequireFromPath(td, "/vm/"+a).String()}
 			}
 		}))
 	}
 	return st
+}
+
+// ForeignTrustDomains are the other trust domains RandomPods' policies
+// name (spiffeID and trustDomain sources), and one none names.
+var ForeignTrustDomains = []spiffeid.TrustDomain{
+	spiffeid.RequireTrustDomainFromString("b.example"),
+	spiffeid.RequireTrustDomainFromString("c.example"),
+	spiffeid.RequireTrustDomainFromString("d.example"),
 }
 
 // RandomModes puts about half of st's policies, and of its namespaces'

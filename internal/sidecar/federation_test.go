@@ -14,7 +14,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	cav1 "github.com/tether-mesh/tether/api/ca/v1"
 	"github.com/tether-mesh/tether/internal/caserver"
@@ -107,134 +106,206 @@ func dialInbound(t *testing.T, addr string, src *agent.Agent, bundleFile string)
 	return err
 }
 
-// TestFederatedPeerStillRefused: cluster.local's tether-ca federates with
-// b.example (another tether-ca, followed at its bundle endpoint), and its
-// sidecars receive b.example's bundle, hand it to their applications
-// (Workload API) and verify b.example's peers with it. Outbound, a sidecar
-// calling a fixed peer expected to be spiffe://b.example/... accepts that
-// peer's certificate. Inbound, no rule admits a b.example caller yet
-// (discovery sends no foreign principal): under allow-mesh, and where an
-// AccessPolicy's spiffeID source names the foreign ID, a b.example client
-// with a valid SVID gets a bad-certificate alert, counted as not_admitted.
-func TestFederatedPeerStillRefused(t *testing.T) {
+// fedFile is a --federation-file following the tether-ca of trust domain
+// td at its bundle endpoint.
+func fedFile(td string, ca *testCA) string {
+	return fmt.Sprintf(`federation:
+- trustDomain: %s
+  bundleEndpointURL: https://%s
+  endpointSPIFFEID: spiffe://%s/tether/bundle-endpoint
+  initialBundleFile: %s
+`, td, ca.svc.Addr("bundle-endpoint"), td, ca.bundle)
+}
+
+// fedMesh is the cluster.local mesh of TestFederatedCallerOnlyWhereNamed:
+// services api, db, pay, ledger and audited in front of apps, and the
+// policies named in policies (by name).
+func fedMesh(apps map[string]*meshApp, policies ...string) string {
+	var b strings.Builder
+	b.WriteString("services:\n")
+	for i, name := range []string{"api", "db", "pay", "ledger", "audited"} {
+		a := apps[name]
+		fmt.Fprintf(&b, "  - name: %s\n    clusterIPs: [10.96.1.%d]\n    ports: [{name: tcp, port: 80, targetPort: %s}]\n", name, i+1, a.port())
+		if a.sidecar != nil {
+			fmt.Fprintf(&b, "    endpoints: [{address: 127.0.0.1, port: %s, serviceAccount: %s}]\n", a.inboundPort(), name)
+		}
+	}
+	sources := map[string]string{
+		// db: the own trust domain's sources only.
+		"db": "[{namespace: default}, {serviceAccount: {name: web}}]",
+		// pay: one b.example ID.
+		"pay": "[{spiffeID: spiffe://b.example/ns/default/sa/client}]",
+		// ledger: every b.example ID, and c.example (not federated).
+		"ledger": "[{trustDomain: b.example}, {trustDomain: c.example}]",
+	}
+	b.WriteString("policies:\n")
+	for _, name := range policies {
+		mode, src := "Enforce", sources[name]
+		if name == "audited" { // b.example, in audit mode
+			mode, src = "Audit", "[{trustDomain: b.example}]"
+		}
+		fmt.Fprintf(&b, "  - apiVersion: tether.dev/v1alpha1\n    kind: AccessPolicy\n    metadata: {name: %s-clients, namespace: default}\n    spec:\n      mode: %s\n      destination: {service: %s}\n      sources: %s\n",
+			name, mode, name, src)
+	}
+	return b.String()
+}
+
+// TestFederatedCallerOnlyWhereNamed: cluster.local and b.example (two
+// tether-ca's, each following the other at its bundle endpoint) federate.
+// A b.example workload's sidecar calls cluster.local services through a
+// fixed peer, with its own SVID: it is refused where no policy names it
+// (api under allow-mesh; db whose policy has namespace and serviceAccount
+// sources), allowed where a policy names its ID (pay) or its trust domain
+// (ledger), with its real ID in the destination's access log; another
+// b.example ID is refused by pay and let in by ledger; a c.example
+// workload (its CA not federated) is refused by ledger although the
+// policy names c.example; a policy in audit mode naming b.example opens
+// nothing. An open connection is closed when the policy is deleted, and
+// when the federation is removed.
+func TestFederatedCallerOnlyWhereNamed(t *testing.T) {
+	fedB := filepath.Join(t.TempDir(), "federation.yaml")
+	writeFile(t, fedB, "federation: []\n")
+	endpoint := caserver.BundleEndpointConfig{Listen: "127.0.0.1:0", Profile: identity.ProfileHTTPSSPIFFE, RefreshHint: time.Second}
+	follow := func(file string) caserver.FederationConfig {
+		return caserver.FederationConfig{File: file, MinRefresh: time.Second, MaxRefresh: 2 * time.Second}
+	}
 	caB := startCA(t, func(c *caserver.Config) {
-		c.TrustDomain = "b.example"
-		c.BundleEndpoint = caserver.BundleEndpointConfig{Listen: "127.0.0.1:0", Profile: identity.ProfileHTTPSSPIFFE, RefreshHint: time.Second}
+		c.TrustDomain, c.BundleEndpoint, c.Federation = "b.example", endpoint, follow(fedB)
 	})
 	waitFor(t, "b.example's bundle endpoint", func() bool { return caB.svc.Addr("bundle-endpoint") != nil })
-	fedFile := filepath.Join(t.TempDir(), "federation.yaml")
-	writeFile(t, fedFile, fmt.Sprintf(`federation:
-- trustDomain: b.example
-  bundleEndpointURL: https://%s
-  endpointSPIFFEID: spiffe://b.example/tether/bundle-endpoint
-  initialBundleFile: %s
-`, caB.svc.Addr("bundle-endpoint"), caB.bundle))
-	ca := startCA(t, func(c *caserver.Config) {
-		c.Federation = caserver.FederationConfig{File: fedFile, MinRefresh: time.Second, MaxRefresh: 2 * time.Second}
+	fedA := filepath.Join(t.TempDir(), "federation.yaml")
+	writeFile(t, fedA, fedFile("b.example", caB))
+	ca := startCA(t, func(c *caserver.Config) { c.BundleEndpoint, c.Federation = endpoint, follow(fedA) })
+	waitFor(t, "cluster.local's bundle endpoint", func() bool { return ca.svc.Addr("bundle-endpoint") != nil })
+	writeFile(t, fedB, fedFile("cluster.local", ca))
+	caC := startCA(t, func(c *caserver.Config) { c.TrustDomain = "c.example" })
+
+	apps := map[string]*meshApp{}
+	for _, name := range []string{"api", "db", "pay", "ledger", "audited"} {
+		apps[name] = &meshApp{name: name, app: echoApp(t), log: filepath.Join(t.TempDir(), name+".log")}
+	}
+	all := []string{"db", "pay", "ledger", "audited"}
+	disc := startDiscovery(t, ca, fedMesh(apps, all...))
+	for _, name := range []string{"api", "db", "pay", "ledger", "audited"} {
+		a := apps[name]
+		a.sidecar, a.done = startSidecar(t, Config{CAAddr: ca.addr, BundleFile: ca.bundle, JoinToken: ca.token(t, testutil.ID("/ns/default/sa/"+name)),
+			Inbound: []InboundListener{{Listen: "127.0.0.1:0", App: a.app}}, DiscoveryAddr: disc.addr, AccessLog: a.log, AccessLogSample: 1})
+	}
+	disc.write(t, fedMesh(apps, all...))
+
+	bTD := spiffeid.RequireTrustDomainFromString("b.example")
+	bClient := spiffeid.RequireFromString("spiffe://b.example/ns/default/sa/client")
+	bOther := spiffeid.RequireFromString("spiffe://b.example/ns/default/sa/other")
+	// A b.example sidecar (its own CA, no discovery) calling each
+	// cluster.local sidecar's inbound as a fixed peer.
+	foreignSidecar := func(id spiffeid.ID, dests ...string) *Sidecar {
+		var outs []OutboundListener
+		for _, d := range dests {
+			o, err := ParseOutbound("127.0.0.1:0=" + apps[d].sidecar.Addr("inbound/0").String() + "@" + testutil.ID("/ns/default/sa/"+d).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			outs = append(outs, o)
+		}
+		s, _ := startSidecar(t, Config{TrustDomain: "b.example", CAAddr: caB.addr, BundleFile: caB.bundle, JoinToken: caB.token(t, id), Outbound: outs})
+		return s
+	}
+	client := foreignSidecar(bClient, "api", "db", "pay", "ledger", "audited")
+	other := foreignSidecar(bOther, "pay", "ledger")
+	to := func(s *Sidecar, i int) string { return s.Addr(fmt.Sprintf("outbound/%d", i)).String() }
+
+	// Both sides hold the other's bundle; the views name b.example where
+	// the policies do.
+	waitFor(t, "b.example's sidecars to trust cluster.local", func() bool {
+		_, err1 := client.agent.FederatedX509Source().GetX509BundleForTrustDomain(testutil.TrustDomain)
+		_, err2 := other.agent.FederatedX509Source().GetX509BundleForTrustDomain(testutil.TrustDomain)
+		return err1 == nil && err2 == nil
+	})
+	for _, a := range apps {
+		waitFor(t, a.name+" to trust b.example", func() bool {
+			_, err := a.sidecar.agent.FederatedX509Source().GetX509BundleForTrustDomain(bTD)
+			return err == nil
+		})
+	}
+	waitView(t, "ledger's view to name b.example", apps["ledger"].sidecar, func(v *xdsclient.View) bool { return v.AdmitsForeign(bOther) })
+
+	// Named: pay by the ID, ledger by the trust domain.
+	for _, c := range []struct {
+		s    *Sidecar
+		i    int
+		what string
+	}{{client, 2, "b.example client → pay"}, {client, 3, "b.example client → ledger"}, {other, 1, "b.example other → ledger"}} {
+		if err := call(to(c.s, c.i), c.what); err != nil {
+			t.Fatalf("%s (named by the policy): %v", c.what, err)
+		}
+	}
+	waitFor(t, "pay's access log to name the b.example caller", func() bool {
+		return strings.Contains(apps["pay"].accessLog(t), `"source_id":"`+bClient.String()+`"`)
+	})
+	// Not named: refused at the destination's handshake, counted.
+	for _, c := range []struct {
+		s    *Sidecar
+		i    int
+		dest string
+	}{{client, 0, "api"}, {client, 1, "db"}, {client, 4, "audited"}, {other, 0, "pay"}} {
+		a := apps[c.dest]
+		before := gatherCounter(t, a.sidecar.registry, "tether_sidecar_foreign_peer_refusals_total", map[string]string{"reason": proxy.ForeignNotAdmitted})
+		if err := call(to(c.s, c.i), "let me in"); err == nil {
+			t.Fatalf("a b.example caller reached %s, which no enforcing policy opens to it", c.dest)
+		}
+		waitFor(t, c.dest+"'s refusal of the b.example caller counted", func() bool {
+			return gatherCounter(t, a.sidecar.registry, "tether_sidecar_foreign_peer_refusals_total", map[string]string{"reason": proxy.ForeignNotAdmitted}) == before+1
+		})
+	}
+	// The audit-mode policy would let b.example in: not enforced.
+	if d := apps["audited"].sidecar.view.Load().Authorize(bClient, mustPort(apps["audited"].port())); d.Allowed {
+		t.Errorf("audited's view admits b.example under a policy in audit mode: %s", d.Rule)
+	}
+
+	// c.example is named by ledger's policy but not federated: refused at
+	// the handshake, its domain untrusted.
+	cClient := foreignAgent(t, caC, "c.example", spiffeid.RequireFromString("spiffe://c.example/ns/default/sa/client"))
+	if err := dialInbound(t, apps["ledger"].sidecar.Addr("inbound/0").String(), cClient, ca.bundle); err == nil || !strings.Contains(err.Error(), "bad certificate") {
+		t.Fatalf("a c.example client at ledger's inbound: %v; want a bad-certificate alert", err)
+	}
+	waitFor(t, "ledger's refusal of c.example counted as untrusted", func() bool {
+		return gatherCounter(t, apps["ledger"].sidecar.registry, "tether_sidecar_foreign_peer_refusals_total",
+			map[string]string{"direction": "inbound", "reason": proxy.ForeignUntrusted}) == 1
 	})
 
-	// cluster.local: web calls api and db. api has no policy: the mesh
-	// default (allow-mesh) lets any cluster.local identity in. db's
-	// AccessPolicy names web and the foreign ID.
-	web, api, db := webAPIDB(t)
-	foreignAPI := spiffeid.RequireFromString("spiffe://b.example/ns/default/sa/api")
-	mesh := func() string {
-		return meshYAML(web, api, db, "web") + "        - spiffeID: " + foreignAPI.String() + "\n"
-	}
-	disc := startDiscovery(t, ca, mesh())
-	bAPI := foreignAgent(t, caB, "b.example", foreignAPI)
-	bPeer, bHandshakes := tetherServer(t, bAPI)
-
-	start := func(a *meshApp, outbound ...OutboundListener) {
-		cfg := Config{CAAddr: ca.addr, BundleFile: ca.bundle, JoinToken: ca.token(t, testutil.ID("/ns/default/sa/"+a.name)),
-			Inbound: []InboundListener{{Listen: "127.0.0.1:0", App: a.app}}, Outbound: outbound, DiscoveryAddr: disc.addr,
-			WorkloadSocket: filepath.Join(t.TempDir(), a.name+".sock")}
-		a.sidecar, a.done = startSidecar(t, cfg)
-	}
-	out := func(spec string) OutboundListener {
-		o, err := ParseOutbound(spec)
+	// Deleting ledger's policy closes the open b.example connection.
+	open := func(addr string) net.Conn {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return o
-	}
-	start(api)
-	start(db)
-	start(web, out("127.0.0.1:0=default/api:8080"), out("127.0.0.1:0="+bPeer+"@"+foreignAPI.String()), out("127.0.0.1:0=default/db:5432"))
-	disc.write(t, mesh())
-	for _, k := range []string{"api", "db"} {
-		waitView(t, "web to learn "+k+"'s endpoint", web.sidecar, func(v *xdsclient.View) bool {
-			s, ok := v.Service(key(k))
-			return ok && len(s.Endpoints) > 0
-		})
-	}
-	webToAPI, webToB, webToDB := web.sidecar.Addr("outbound/0").String(), web.sidecar.Addr("outbound/1").String(), web.sidecar.Addr("outbound/2").String()
-	if err := call(webToAPI, "web to api"); err != nil {
-		t.Fatalf("web → api (cluster.local, allow-mesh): %v", err)
-	}
-	if err := call(webToDB, "web to db"); err != nil {
-		t.Fatalf("web → db (cluster.local, named by db's policy): %v", err)
-	}
-	waitView(t, "db's policy (api is not named)", db.sidecar, func(v *xdsclient.View) bool {
-		return !v.Authorize(testutil.ID("/ns/default/sa/api"), mustPort(db.port())).Allowed
-	})
-	// Authorization refuses the foreign ID too, under allow-mesh and where
-	// the policy names it.
-	for _, a := range []*meshApp{api, db} {
-		if d := a.sidecar.view.Load().Authorize(foreignAPI, mustPort(a.port())); d.Allowed {
-			t.Fatalf("%s's view admits %s (rule %q)", a.name, foreignAPI, d.Rule)
+		t.Cleanup(func() { c.Close() })
+		if err := echoOnce(c, "open"); err != nil {
+			t.Fatalf("open stream to %s: %v", addr, err)
 		}
+		return c
 	}
-
-	// The federation reached the sidecars and their applications.
-	bTD := foreignAPI.TrustDomain()
-	for _, a := range []*meshApp{web, api} {
-		waitFor(t, a.name+"'s agent to hold b.example's bundle", func() bool {
-			fb := a.sidecar.agent.FederatedBundles()
-			return len(fb) == 1 && fb[0].TrustDomain() == bTD
-		})
-		if _, err := a.sidecar.agent.GetX509BundleForTrustDomain(bTD); err == nil {
-			t.Fatalf("%s's agent (its own trust domain's source) answers for b.example", a.name)
-		}
-		if _, err := a.sidecar.agent.FederatedX509Source().GetX509BundleForTrustDomain(bTD); err != nil {
-			t.Fatalf("%s's agent has no federated bundle source for b.example: %v", a.name, err)
-		}
+	ledgerConn := open(to(other, 1))
+	payConn := open(to(client, 2))
+	disc.write(t, fedMesh(apps, "db", "pay", "audited"))
+	if !testutil.ClosedWithin(ledgerConn, 10*time.Second) {
+		t.Fatal("the b.example connection to ledger is still open after its policy was deleted")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	set, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr("unix://"+api.sidecar.cfg.WorkloadSocket))
-	if err != nil {
-		t.Fatal(err)
+	if err := call(to(other, 1), "again"); err == nil {
+		t.Fatal("b.example reached ledger after its policy was deleted")
 	}
-	if _, err := set.GetX509BundleForTrustDomain(bTD); err != nil {
-		t.Fatalf("api's Workload API lacks b.example's bundle: %v", err)
+	if err := echoOnce(payConn, "still"); err != nil {
+		t.Fatalf("the b.example connection to pay, still named, was closed: %v", err)
 	}
-
-	// Inbound: a b.example workload with a valid SVID is refused by api's
-	// sidecar (allow-mesh) and db's (its policy names the ID), while a
-	// cluster.local one gets past TLS.
-	probe := foreignAgent(t, ca, "cluster.local", testutil.ID("/ns/default/sa/probe"))
-	for _, a := range []*meshApp{api, db} {
-		in := a.sidecar.Addr("inbound/0").String()
-		if err := dialInbound(t, in, bAPI, ca.bundle); err == nil || !strings.Contains(err.Error(), "bad certificate") {
-			t.Fatalf("a b.example client at %s's inbound: %v; want a bad-certificate alert", a.name, err)
-		}
-		// Verified with b.example's bundle, then not admitted.
-		waitFor(t, a.name+"'s refusal of the b.example caller counted", func() bool {
-			return gatherCounter(t, a.sidecar.registry, "tether_sidecar_foreign_peer_refusals_total",
-				map[string]string{"direction": "inbound", "reason": proxy.ForeignNotAdmitted}) == 1
-		})
-		if err := dialInbound(t, in, probe, ca.bundle); err != nil && strings.Contains(err.Error(), "certificate") {
-			t.Fatalf("a cluster.local client at %s's inbound: %v; want its certificate accepted", a.name, err)
-		}
+	// Removing the federation closes the open connection to pay.
+	writeFile(t, fedA, "federation: []\n")
+	if !testutil.ClosedWithin(payConn, 15*time.Second) {
+		t.Fatal("the b.example connection to pay is still open after the federation was removed")
 	}
-
-	// Outbound: web's sidecar, told to call a fixed peer that must be
-	// spiffe://b.example/ns/default/sa/api, verifies that peer's SVID with
-	// b.example's federated bundle (the peer then closes: it is no proxy).
-	call(webToB, "web to b.example")
-	waitFor(t, "the b.example peer to see web's handshake", func() bool { return len(bHandshakes()) > 0 })
-	if hs := bHandshakes(); strings.Contains(hs[len(hs)-1], "certificate") {
-		t.Fatalf("web's sidecar refused the b.example peer's SVID: %s", hs[len(hs)-1])
+	if got := gatherCounter(t, apps["pay"].sidecar.registry, "tether_sidecar_connections_revoked_total", map[string]string{"reason": "untrusted"}); got != 1 {
+		t.Errorf("pay's revoked connections (untrusted) = %v, want 1", got)
+	}
+	if err := call(to(client, 2), "after"); err == nil {
+		t.Fatal("b.example reached pay after the federation was removed")
 	}
 }

@@ -84,7 +84,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func startSidecar(t *testing.T, cfg Config) (*Sidecar, chan error) {
 	t.Helper()
-	cfg.TrustDomain = "cluster.local"
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = "cluster.local"
+	}
 	cfg.AdminAddr = "127.0.0.1:0"
 	cfg.InboundMode = proxy.Strict
 	if cfg.AccessLog == "" {

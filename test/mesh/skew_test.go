@@ -4,12 +4,22 @@ package mesh
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // wirePaths are where Tether's wire formats live: the CA's and discovery's
@@ -45,7 +55,17 @@ func TestSkewBaselineSidecar(t *testing.T) {
 		// refused by its own outbound policy and by secret's sidecar.
 		{name: "secret", sa: "secret", ip: "10.96.0.23", port: 8080, app: secretApp.addr, endpoint: loopback(t), allowFrom: []string{"web"}},
 	}
-	d := startDiscovery(t, ca, meshYAML(services...))
+	// old-api's policy also names callers of another trust domain (a
+	// spiffeID and a trustDomain source): discovery sends the baseline
+	// sidecar their principals (an exact ID, the prefix spiffe://b.example/),
+	// which it must accept (it keeps following discovery, web's calls
+	// pass) without admitting a b.example caller (checked below).
+	mesh := strings.Replace(meshYAML(services...), "destination: {service: old-api}\n      sources:\n",
+		"destination: {service: old-api}\n      sources:\n        - trustDomain: b.example\n        - spiffeID: spiffe://b.example/ns/default/sa/web\n", 1)
+	if !strings.Contains(mesh, "trustDomain: b.example") {
+		t.Fatal("the mesh names no foreign source: meshYAML changed")
+	}
+	d := startDiscovery(t, ca, mesh)
 	startSidecar(t, ca, d, sidecarSpec{sa: "api", inbound: services[0].endpoint, app: apiApp.addr})
 	startSidecar(t, ca, d, sidecarSpec{sa: "old-api", inbound: services[1].endpoint, app: oldApp.addr, bin: "tether-sidecar-baseline"})
 	startSidecar(t, ca, d, sidecarSpec{sa: "secret", inbound: services[2].endpoint, app: secretApp.addr})
@@ -64,6 +84,14 @@ func TestSkewBaselineSidecar(t *testing.T) {
 	}
 	if n := secretApp.accepted.Load(); n != 0 {
 		t.Errorf("secret's app accepted %d connections from a caller the policy does not allow", n)
+	}
+	// A b.example workload (an SVID of a CA of that domain) at the
+	// baseline sidecar's inbound: refused at the handshake.
+	if err := foreignHandshake(t, services[1].endpoint, spiffeid.RequireFromString("spiffe://b.example/ns/default/sa/web")); err == nil {
+		t.Error("the baseline sidecar old-api accepted a b.example caller's handshake")
+	}
+	if n := oldApp.accepted.Load(); n == 0 {
+		t.Error("old-api's app accepted nothing: web's call did not reach it")
 	}
 	// The baseline sidecar serves the Workload API with the current CA's
 	// SVID and bundle.
@@ -157,4 +185,42 @@ func buildBaselineSidecar(t *testing.T, commit string) {
 	}
 	t.Logf("built the sidecar of %s in %s", commit[:12], time.Since(began).Round(time.Millisecond))
 	t.Cleanup(func() { os.Remove(filepath.Join(binDir, "tether-sidecar-baseline")) })
+}
+
+// foreignHandshake opens tether/1 mTLS to addr with an SVID for id, of a
+// CA of id's trust domain made here, trusting any server certificate,
+// and returns the error of the handshake and the first read.
+func foreignHandshake(t *testing.T, addr string, id spiffeid.ID) error {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{id.TrustDomain().ID().URL()}}
+	rootDER, err := x509.CreateCertificate(rand.Reader, root, root, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ = x509.ParseCertificate(rootDER)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, URIs: []*url.URL{id.URL()}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, root, leafKey.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"tether/1"}, MinVersion: tls.VersionTLS13, //nolint:gosec // the server is not under test
+		Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER, rootDER}, PrivateKey: leafKey}}}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, err = c.Read(make([]byte, 1)) // TLS 1.3: the server's verdict on the client certificate
+	if err != nil && strings.Contains(err.Error(), "timeout") {
+		return nil // accepted, waiting for a frame
+	}
+	return err
 }

@@ -86,10 +86,12 @@ type Destination struct {
 	Ports []int32 `json:"ports,omitempty"`
 }
 
-// Source is exactly one of a service account, a whole namespace, or an exact
-// SPIFFE ID.
+// Source is exactly one of a service account, a whole namespace, an exact
+// SPIFFE ID, or a whole trust domain. serviceAccount and namespace are of
+// the mesh's own trust domain; a caller of another (federated) trust
+// domain is matched only by spiffeID or trustDomain.
 //
-// +kubebuilder:validation:XValidation:rule="[has(self.serviceAccount), has(self.__namespace__), has(self.spiffeID)].filter(x, x).size() == 1",message="set exactly one of serviceAccount, namespace or spiffeID"
+// +kubebuilder:validation:XValidation:rule="[has(self.serviceAccount), has(self.__namespace__), has(self.spiffeID), has(self.trustDomain)].filter(x, x).size() == 1",message="set exactly one of serviceAccount, namespace, spiffeID or trustDomain"
 type Source struct {
 	// ServiceAccount matches the workloads running as this service account,
 	// in the policy's namespace unless its namespace is set.
@@ -110,6 +112,16 @@ type Source struct {
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:Pattern=`^spiffe://[a-z0-9._-]+(/[a-zA-Z0-9._-]+)*$`
 	SpiffeID string `json:"spiffeID,omitempty"`
+	// TrustDomain matches every workload of this trust domain, e.g.
+	// b.example: for callers of a federated trust domain. It never matches
+	// the mesh's own trust domain (use namespace or serviceAccount sources,
+	// or the defaults, for the mesh's own workloads).
+	//
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[a-z0-9._-]+$`
+	TrustDomain string `json:"trustDomain,omitempty"`
 }
 
 // ServiceAccountSource names a service account.

@@ -101,6 +101,7 @@ func withMode(s map[string]any, mode any) map[string]any {
 
 func fromNS(ns string) map[string]any { return map[string]any{"namespace": ns} }
 func fromID(id string) map[string]any { return map[string]any{"spiffeID": id} }
+func fromTD(td string) map[string]any { return map[string]any{"trustDomain": td} }
 func fromSA(name, ns string) map[string]any {
 	sa := map[string]any{"name": name}
 	if ns != "" {
@@ -126,7 +127,7 @@ func sources(n int) []any {
 }
 
 // exactlyOne is how the API server reports the CEL rule on the first source.
-const exactlyOne = "spec.sources[0]: Invalid value: set exactly one of serviceAccount, namespace or spiffeID"
+const exactlyOne = "spec.sources[0]: Invalid value: set exactly one of serviceAccount, namespace, spiffeID or trustDomain"
 
 // apiCases hold every rule of the schema: each CEL rule, pattern, length,
 // bound, list type, enum and required field, on both sides of its limit.
@@ -146,6 +147,8 @@ var apiCases = []apiCase{
 	{"valid-enforce", withMode(spec(dest("web"), fromNS("shop")), "Enforce"), ""},
 	{"valid-sa-dotted", spec(dest("web"), fromSA("web.v2", "")), ""},
 	{"valid-spiffeid-trust-domain-only", spec(dest("web"), fromID("spiffe://example.org")), ""},
+	{"valid-trust-domain", spec(dest("web"), fromTD("b.example"), fromID("spiffe://b.example/ns/default/sa/api")), ""},
+	{"valid-trust-domain-longest", spec(dest("web"), fromTD(strings.Repeat("a", 255))), ""},
 
 	// Required fields.
 	{"spec-missing", nil, "spec: Required value"},
@@ -162,6 +165,9 @@ var apiCases = []apiCase{
 	{"two-kinds-sa-spiffeid", spec(dest("web"), map[string]any{"serviceAccount": map[string]any{"name": "a"}, "spiffeID": "spiffe://example.org/x"}), exactlyOne},
 	{"three-kinds", spec(dest("web"), map[string]any{
 		"serviceAccount": map[string]any{"name": "a"}, "namespace": "shop", "spiffeID": "spiffe://example.org/x"}), exactlyOne},
+	{"two-kinds-namespace-trust-domain", spec(dest("web"), map[string]any{"namespace": "shop", "trustDomain": "b.example"}), exactlyOne},
+	{"two-kinds-spiffeid-trust-domain", spec(dest("web"), map[string]any{"spiffeID": "spiffe://b.example/x", "trustDomain": "b.example"}), exactlyOne},
+	{"two-kinds-sa-trust-domain", spec(dest("web"), map[string]any{"serviceAccount": map[string]any{"name": "a"}, "trustDomain": "b.example"}), exactlyOne},
 	{"second-source-two-kinds", spec(dest("web"), fromNS("shop"), map[string]any{"namespace": "shop", "spiffeID": "spiffe://example.org/x"}),
 		strings.Replace(exactlyOne, "[0]", "[1]", 1)},
 
@@ -197,6 +203,11 @@ var apiCases = []apiCase{
 	{"spiffeid-without-scheme", spec(dest("web"), fromID("example.org/ns/shop/sa/web")), "spec.sources[0].spiffeID in body should match"},
 	{"spiffeid-upper-case-trust-domain", spec(dest("web"), fromID("spiffe://Example.org/x")), "spec.sources[0].spiffeID in body should match"},
 	{"spiffeid-trailing-slash", spec(dest("web"), fromID("spiffe://example.org/x/")), "spec.sources[0].spiffeID in body should match"},
+	{"trust-domain-upper-case", spec(dest("web"), fromTD("B.example")), "spec.sources[0].trustDomain in body should match"},
+	{"trust-domain-with-scheme", spec(dest("web"), fromTD("spiffe://b.example")), "spec.sources[0].trustDomain in body should match"},
+	{"trust-domain-with-path", spec(dest("web"), fromTD("b.example/ns")), "spec.sources[0].trustDomain in body should match"},
+	{"trust-domain-empty", spec(dest("web"), fromTD("")), "spec.sources[0].trustDomain in body should be at least 1 chars long"},
+	{"trust-domain-too-long", spec(dest("web"), fromTD(strings.Repeat("a", 256))), "spec.sources[0].trustDomain: Too long: may not be more than 255"},
 	{"spiffeid-too-long", spec(dest("web"), fromID("spiffe://example.org/"+strings.Repeat("e", 2048))), "spec.sources[0].spiffeID: Too long: may not be more than 2048"},
 }
 

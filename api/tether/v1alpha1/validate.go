@@ -22,11 +22,14 @@ var (
 	subdomainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 	// SPIFFE ID: trust domain and path segments in the characters the SPIFFE spec allows.
 	spiffeIDRE = regexp.MustCompile(`^spiffe://[a-z0-9._-]+(/[a-zA-Z0-9._-]+)*$`)
+	// SPIFFE trust domain name.
+	trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]+$`)
 )
 
 // Validate checks the policy as the CRD schema does: a name, a valid
 // destination service, ports in 1-65535 without repeats, and 1 to
-// MaxSources sources each setting exactly one kind, and a mode that is
+// MaxSources sources each setting exactly one kind (a trustDomain is a
+// trust domain name), and a mode that is
 // empty, Enforce or Audit. It also parses SPIFFE IDs
 // with the SPIFFE library, which refuses a few IDs the schema's pattern lets
 // through (such as "." or ".." segments). All problems are reported, joined;
@@ -102,8 +105,16 @@ func (p *AccessPolicy) Validate() error {
 				bad(field+".spiffeID", "%q: %v", s.SpiffeID, err)
 			}
 		}
+		if s.TrustDomain != "" {
+			kinds++
+			if !validName(trustDomainRE, s.TrustDomain, 255) {
+				bad(field+".trustDomain", "%q is not a trust domain name (lower-case letters, digits, '.', '-' and '_')", s.TrustDomain)
+			} else if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); err != nil {
+				bad(field+".trustDomain", "%q: %v", s.TrustDomain, err)
+			}
+		}
 		if kinds != 1 {
-			bad(field, "set exactly one of serviceAccount, namespace or spiffeID (%d set)", kinds)
+			bad(field, "set exactly one of serviceAccount, namespace, spiffeID or trustDomain (%d set)", kinds)
 		}
 	}
 	return errors.Join(errs...)

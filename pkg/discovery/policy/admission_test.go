@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -42,7 +43,14 @@ var idShapes = []string{
 	"spiffe://other.example/ns/shop/sa/web",
 	"spiffe://other.example/ns/monitoring/sa/prom",
 	"spiffe://other.example/vm/billing",
+	"spiffe://other.example/vm/billing/x",
+	"spiffe://other.example/anything",
+	"spiffe://other.example",
+	"spiffe://third.example/ns/shop/sa/web",
+	"spiffe://third.example/vm/billing",
 	"spiffe://example.org.evil/ns/shop/sa/web",
+	"spiffe://other.example.evil/vm/billing",
+	"spiffe://evil.other.example/vm/billing",
 }
 
 var notIDs = []string{
@@ -72,12 +80,15 @@ func TestAdmissionIsDecide(t *testing.T) {
 				policy("shop", "web-b", "web", []int32{9090}, fromID("spiffe://example.org/vm/billing"), fromID("spiffe://other.example/vm/billing")),
 				policy("shop", "db", "db", nil, fromNS("shop"), fromSA("web", "shop"), fromID("spiffe://example.org/ns/shop/sa/web")),
 				policy("shop", "id-only", "vault", nil, fromID("spiffe://example.org/ns/monitoring/sa/prom")),
+				policy("shop", "foreign", "api", []int32{8080}, fromTD("other.example"), fromID("spiffe://third.example/vm/billing"), fromNS("shop")),
+				policy("shop", "foreign-all", "api", []int32{9090}, fromID("spiffe://other.example"), fromTD("example.org"), fromTD("third.example")),
+				policy("shop", "own-td", "cache", nil, fromTD("example.org")),
 			},
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		dsts := [][2]string{{"shop", "web"}, {"shop", "db"}, {"shop", "vault"}, {"shop", "open"}, {"open", "x"}, {"closed", "x"}, {"near", "x"}, {"monitoring", "x"}}
+		dsts := [][2]string{{"shop", "web"}, {"shop", "db"}, {"shop", "vault"}, {"shop", "api"}, {"shop", "cache"}, {"shop", "open"}, {"open", "x"}, {"closed", "x"}, {"near", "x"}, {"monitoring", "x"}}
 		for _, dst := range dsts {
 			for _, port := range []uint16{8080, 9090, 1} {
 				a := e.Admitted(dst[0], dst[1], port)
@@ -113,11 +124,15 @@ func TestAdmissionIsDecideWithModes(t *testing.T) {
 		policy("shop", "web-b", "web", []int32{9090}, fromID("spiffe://example.org/vm/billing")),
 		policy("shop", "db", "db", nil, fromNS("shop"), fromID("spiffe://example.org/ns/monitoring/sa/prom")),
 		policy("shop", "vault", "vault", nil, fromID("spiffe://example.org/ns/monitoring/sa/prom")),
+		policy("shop", "api-b", "api", nil, fromTD("other.example"), fromID("spiffe://third.example/vm/billing")),
+		policy("shop", "web-c", "web", []int32{8080}, fromTD("other.example")),
 	}
 	nsDefaults := map[string]Default{"open": AllowMesh, "closed": Deny, "near": SameNamespace}
 	cases := []modeCase{
 		{audit: map[string]bool{"web-a": true}},
 		{audit: map[string]bool{"web-b": true, "db": true, "vault": true}},
+		{audit: map[string]bool{"api-b": true}},
+		{audit: map[string]bool{"web-c": true, "web-a": true}},
 		{meshMode: Audit},
 		{meshMode: Audit, nsModes: map[string]Mode{"closed": Audit, "near": Enforce}},
 		{nsModes: map[string]Mode{"closed": Audit, "near": Audit, "shop": Audit, "monitoring": Audit}, audit: map[string]bool{"vault": true}},
@@ -141,7 +156,7 @@ func TestAdmissionIsDecideWithModes(t *testing.T) {
 				t.Fatal(err)
 			}
 			enforced := enforcedReference(t, def, c, nsDefaults, ps)
-			for _, dst := range [][2]string{{"shop", "web"}, {"shop", "db"}, {"shop", "vault"}, {"shop", "open"}, {"open", "x"}, {"closed", "x"}, {"near", "x"}, {"monitoring", "x"}} {
+			for _, dst := range [][2]string{{"shop", "web"}, {"shop", "db"}, {"shop", "vault"}, {"shop", "api"}, {"shop", "open"}, {"open", "x"}, {"closed", "x"}, {"near", "x"}, {"monitoring", "x"}} {
 				for _, port := range []uint16{8080, 9090, 1} {
 					a, wa := e.Admitted(dst[0], dst[1], port), e.WouldBeAdmitted(dst[0], dst[1], port)
 					for _, s := range idShapes {
@@ -208,4 +223,79 @@ func enforcedReference(t *testing.T, def Default, c modeCase, nsDefaults map[str
 		t.Fatal(err)
 	}
 	return e
+}
+
+// TestForeignSources: a caller of another trust domain is allowed only by
+// a spiffeID or trustDomain source of an enforcing policy that names it;
+// never by a default, a namespace or serviceAccount source, a policy in
+// audit mode, or a trustDomain source naming the own trust domain.
+func TestForeignSources(t *testing.T) {
+	const (
+		bWeb   = "spiffe://b.example/ns/shop/sa/web"
+		bAPI   = "spiffe://b.example/ns/default/sa/api"
+		cWeb   = "spiffe://c.example/ns/shop/sa/web"
+		ownWeb = "spiffe://example.org/ns/shop/sa/web"
+	)
+	e, err := NewEngine(Config{
+		TrustDomain: td, MeshDefault: AllowMesh, NamespaceDefaults: map[string]Default{"near": SameNamespace},
+		Policies: []AccessPolicy{
+			policy("shop", "by-ns", "ns", nil, fromNS("shop"), fromSA("web", "shop")),
+			policy("shop", "by-id", "id", []int32{80}, fromID(bAPI)),
+			policy("shop", "by-td", "td", []int32{80}, fromTD("b.example")),
+			policy("shop", "own-td", "own", nil, fromTD("example.org")),
+			audited(policy("shop", "audit-td", "audited", nil, fromTD("b.example"))),
+			audited(policy("shop", "audit-extra", "td", []int32{80}, fromTD("c.example"))),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src, ns, svc string
+		port         uint16
+		allowed      bool
+		rule         string // substring of the rule
+	}{
+		{bWeb, "shop", "open", 80, false, "never admits a caller of another trust domain"},
+		{bWeb, "near", "x", 80, false, "is outside trust domain example.org"},
+		{ownWeb, "shop", "open", 80, true, "mesh default allow-mesh"},
+		{bWeb, "shop", "ns", 80, false, "no AccessPolicy allows spiffe://b.example/ns/shop/sa/web"},
+		{ownWeb, "shop", "ns", 80, true, "AccessPolicy shop/by-ns"},
+		{bAPI, "shop", "id", 80, true, "AccessPolicy shop/by-id"},
+		{bAPI, "shop", "id", 81, false, "no AccessPolicy allows"},
+		{bWeb, "shop", "id", 80, false, "no AccessPolicy allows"},
+		{bWeb, "shop", "td", 80, true, "AccessPolicy shop/by-td"},
+		{bAPI, "shop", "td", 80, true, "AccessPolicy shop/by-td"},
+		{cWeb, "shop", "td", 80, false, "no AccessPolicy allows " + cWeb},
+		{"spiffe://b.example", "shop", "td", 80, false, "has no path"},
+		{ownWeb, "shop", "own", 80, false, "no AccessPolicy allows"},
+		{bWeb, "shop", "audited", 80, false, "never admits a caller of another trust domain"},
+	} {
+		src := spiffeid.RequireFromString(tc.src)
+		d := e.Decide(src, tc.ns, tc.svc, tc.port)
+		if d.Allowed != tc.allowed || !strings.Contains(d.Rule, tc.rule) {
+			t.Errorf("%s -> %s/%s:%d: %+v, want allowed %v with rule containing %q", tc.src, tc.ns, tc.svc, tc.port, d, tc.allowed, tc.rule)
+		}
+		if d.AuditDenied {
+			t.Errorf("%s -> %s/%s:%d: audit-denied (%s): audit-mode policies only widen", tc.src, tc.ns, tc.svc, tc.port, d.AuditRule)
+		}
+	}
+	// The would-be decision: the audit-mode policy would let b.example
+	// in, the enforced one does not (it is invisible, and allow-mesh
+	// admits no foreign caller).
+	if !e.WouldAllow(spiffeid.RequireFromString(bWeb), "shop", "audited", 80) {
+		t.Error("the would-be decision does not admit b.example to shop/audited")
+	}
+	want := Admission{TrustDomain: td, TrustDomains: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("b.example")}}
+	if a := e.Admitted("shop", "td", 80); !a.Equal(want) {
+		t.Errorf("Admitted(shop/td:80) = %+v, want %+v", a, want)
+	}
+	want.TrustDomains = nil
+	want.IDs = []spiffeid.ID{spiffeid.RequireFromString(bAPI)}
+	if a := e.Admitted("shop", "id", 80); !a.Equal(want) {
+		t.Errorf("Admitted(shop/id:80) = %+v, want %+v", a, want)
+	}
+	if a := e.Admitted("shop", "own", 80); !a.Equal(Admission{TrustDomain: td}) {
+		t.Errorf("Admitted(shop/own) = %+v, want nobody: a trustDomain source of the own domain matches nothing", a)
+	}
 }

@@ -59,7 +59,9 @@ func validMode(m Mode) bool { return m == "" || m == Enforce || m == Audit }
 
 // Config is what an Engine decides from.
 type Config struct {
-	// TrustDomain is the mesh's trust domain; sources outside it are denied.
+	// TrustDomain is the mesh's trust domain. A source outside it (of a
+	// federated trust domain) is allowed only by an enforcing AccessPolicy
+	// source naming it: its spiffeID exactly, or its trustDomain.
 	TrustDomain spiffeid.TrustDomain
 	// MeshDefault applies to services no AccessPolicy names, unless their
 	// namespace overrides it.
@@ -264,11 +266,15 @@ func (e *Engine) auditedNamespace(cfg *Config, ns string, wouldBe bool) {
 func (e *Engine) Audits() bool { return e.audit != nil }
 
 // Decide says whether src may reach port of the Service dstService in
-// dstNamespace, and which rule decided. A source outside the trust domain,
-// or without a path (not a workload), is always denied. If any enforcing
-// AccessPolicy names the service, only those policies decide; otherwise
-// the namespace's default, or else the mesh default, does (see Engine for
-// audit mode). When the enforced decision allows and the would-be one
+// dstNamespace, and which rule decided. A source without a path (not a
+// workload) is always denied. If any enforcing AccessPolicy names the
+// service, only those policies decide; otherwise the namespace's default,
+// or else the mesh default, does (see Engine for audit mode). A source
+// outside the trust domain (a caller of a federated trust domain) is
+// allowed only by a source of an enforcing policy that names it: a
+// spiffeID equal to it, or its trustDomain; never by a default, a
+// namespace or a serviceAccount source (those are of the own trust
+// domain). When the enforced decision allows and the would-be one
 // denies, the Decision is AuditDenied, with the would-be rule.
 func (e *Engine) Decide(src spiffeid.ID, dstNamespace, dstService string, port uint16) Decision {
 	allowed, rule := e.decide(src, dstNamespace, dstService, port, true)
@@ -305,16 +311,13 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 	if src.IsZero() {
 		return false, "source has no SPIFFE ID"
 	}
-	if src.TrustDomain() != e.td {
-		if !explain {
-			return false, ""
-		}
-		return false, fmt.Sprintf("source %s is outside trust domain %s", src, e.td.Name())
-	}
 	if src.Path() == "" {
 		// Not a workload: and the RBAC prefix spiffe://<td>/ of an
-		// allow-mesh rule would not admit it either.
+		// allow-mesh or trustDomain rule would not admit it either.
 		return false, fmt.Sprintf("source %s has no path: a trust domain ID is not a workload", src)
+	}
+	if src.TrustDomain() != e.td {
+		return e.decideForeign(src, dstNamespace, dstService, port, explain)
 	}
 	srcNS, srcSA, isK8s := wire.ParseWorkloadID(src)
 	if ps, ok := e.byService[serviceKey{dstNamespace, dstService}]; ok {
@@ -341,6 +344,66 @@ func (e *Engine) decide(src spiffeid.ID, dstNamespace, dstService string, port u
 	default:
 		return false, rule
 	}
+}
+
+// decideForeign is decide for src of another trust domain than e's: only
+// the enforcing policies naming the service decide, by their spiffeID and
+// trustDomain sources.
+func (e *Engine) decideForeign(src spiffeid.ID, dstNamespace, dstService string, port uint16, explain bool) (bool, string) {
+	ps, ok := e.byService[serviceKey{dstNamespace, dstService}]
+	if !ok {
+		if !explain {
+			return false, ""
+		}
+		rule := e.meshRule
+		if _, ok := e.nsDefaults[dstNamespace]; ok {
+			rule = e.nsRules[dstNamespace]
+		}
+		return false, e.foreignServiceRule(src, dstNamespace, dstService, rule)
+	}
+	for i := range ps {
+		if allowsForeign(&ps[i].AccessPolicy, src, port) {
+			return true, ps[i].rule
+		}
+	}
+	if !explain {
+		return false, ""
+	}
+	return false, fmt.Sprintf("no AccessPolicy allows %s to %s/%s:%d%s", src, dstNamespace, dstService, port, auditNote(ps))
+}
+
+// foreignServiceRule is the rule denying src, of another trust domain, a
+// service no enforcing AccessPolicy names, whose default has rule.
+func (e *Engine) foreignServiceRule(src spiffeid.ID, dstNamespace, dstService, rule string) string {
+	return fmt.Sprintf("source %s is outside trust domain %s, and no AccessPolicy names %s/%s: its default (%s) never admits a caller of another trust domain; an AccessPolicy source with its spiffeID or trustDomain does",
+		src, e.td.Name(), dstNamespace, dstService, rule)
+}
+
+// foreignDefaultRule is the rule denying src, of another trust domain, a
+// port no Service covers, whose default has rule.
+func (e *Engine) foreignDefaultRule(src spiffeid.ID, rule string) string {
+	return fmt.Sprintf("source %s is outside trust domain %s (%s; a default never admits a caller of another trust domain)", src, e.td.Name(), rule)
+}
+
+// allowsForeign reports whether p covers port and one of its spiffeID or
+// trustDomain sources names src, of another trust domain than the mesh's.
+func allowsForeign(p *AccessPolicy, src spiffeid.ID, port uint16) bool {
+	if !coversPort(p, port) {
+		return false
+	}
+	for _, s := range p.Spec.Sources {
+		switch {
+		case s.SpiffeID != "":
+			if s.SpiffeID == src.String() {
+				return true
+			}
+		case s.TrustDomain != "":
+			if s.TrustDomain == src.TrustDomain().Name() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // auditNote names the policies of ps in audit mode, for a denial's rule:
@@ -439,11 +502,11 @@ func (e *Engine) decideDefault(src spiffeid.ID, namespace string) Decision {
 	if src.IsZero() {
 		return Decision{Rule: "source has no SPIFFE ID"}
 	}
-	if src.TrustDomain() != e.td {
-		return Decision{Rule: fmt.Sprintf("source %s is outside trust domain %s (%s)", src, e.td.Name(), rule)}
-	}
 	if src.Path() == "" {
 		return Decision{Rule: fmt.Sprintf("source %s has no path: a trust domain ID is not a workload", src)}
+	}
+	if src.TrustDomain() != e.td {
+		return Decision{Rule: e.foreignDefaultRule(src, rule)}
 	}
 	switch d {
 	case AllowMesh:
@@ -457,28 +520,37 @@ func (e *Engine) decideDefault(src spiffeid.ID, namespace string) Decision {
 }
 
 // Admission is, in closed form, the set of SPIFFE IDs that Decide allows
-// to one port of one Service: an ID is admitted if and only if Mesh is
-// set and it is in the trust domain with a non-empty path, or it is a workload ID
-// spiffe://<td>/ns/<ns>/sa/<sa> (exactly four path segments) with <ns> in
-// Namespaces, or it is one of IDs. Discovery turns it into RBAC
-// principals; TestAdmissionIsDecide checks it against Decide for every ID
-// shape.
+// to one port of one Service: an ID with a non-empty path is admitted if
+// and only if Mesh is set and it is in the trust domain, or it is a
+// workload ID spiffe://<td>/ns/<ns>/sa/<sa> (exactly four path segments,
+// the own trust domain) with <ns> in Namespaces, or its trust domain is one
+// of TrustDomains (foreign), or it is one of IDs. Discovery turns it into
+// RBAC principals; TestAdmissionIsDecide checks it against Decide for
+// every ID shape, foreign ones included.
 type Admission struct {
 	TrustDomain spiffeid.TrustDomain
 	// Mesh admits every ID of the trust domain.
 	Mesh bool
-	// Namespaces admits every workload ID of these namespaces. Sorted,
-	// without repeats.
+	// Namespaces admits every workload ID of these namespaces (of the own
+	// trust domain). Sorted, without repeats.
 	Namespaces []string
-	// IDs admits exactly these IDs, all in the trust domain, none already
-	// admitted by Namespaces. Sorted by their string, without repeats.
+	// TrustDomains admits every ID of these foreign trust domains (never
+	// TrustDomain). Sorted by name, without repeats.
+	TrustDomains []spiffeid.TrustDomain
+	// IDs admits exactly these IDs, of the trust domain or foreign, each
+	// with a path, none already admitted by Namespaces or TrustDomains.
+	// Sorted by their string, without repeats.
 	IDs []spiffeid.ID
 }
 
 // Admits reports whether a admits id.
 func (a Admission) Admits(id spiffeid.ID) bool {
-	if id.IsZero() || id.TrustDomain() != a.TrustDomain || id.Path() == "" {
+	if id.IsZero() || id.Path() == "" {
 		return false
+	}
+	if id.TrustDomain() != a.TrustDomain {
+		_, found := slices.BinarySearchFunc(a.TrustDomains, id.TrustDomain(), compareTrustDomains)
+		return found || slices.Contains(a.IDs, id)
 	}
 	if a.Mesh {
 		return true
@@ -519,8 +591,11 @@ func (e *Engine) WouldBeDenial(dstNamespace, dstService string, port uint16) str
 // Equal reports whether a and b admit the same IDs (they are in the
 // canonical form Admitted returns).
 func (a Admission) Equal(b Admission) bool {
-	return a.TrustDomain == b.TrustDomain && a.Mesh == b.Mesh && slices.Equal(a.Namespaces, b.Namespaces) && slices.Equal(a.IDs, b.IDs)
+	return a.TrustDomain == b.TrustDomain && a.Mesh == b.Mesh && slices.Equal(a.Namespaces, b.Namespaces) &&
+		slices.Equal(a.TrustDomains, b.TrustDomains) && slices.Equal(a.IDs, b.IDs)
 }
+
+func compareTrustDomains(x, y spiffeid.TrustDomain) int { return strings.Compare(x.Name(), y.Name()) }
 
 // Admitted returns who Decide allows (the enforced decision) to port of
 // dstService in dstNamespace, as an Admission.
@@ -553,16 +628,27 @@ func (e *Engine) Admitted(dstNamespace, dstService string, port uint16) Admissio
 				a.Namespaces = append(a.Namespaces, s.Namespace)
 			case s.SpiffeID != "":
 				// Decide compares the source's string with the policy's,
-				// after refusing sources outside the trust domain.
-				if id, err := spiffeid.FromString(s.SpiffeID); err == nil && id.TrustDomain() == e.td && id.String() == s.SpiffeID {
+				// after refusing sources without a path.
+				if id, err := spiffeid.FromString(s.SpiffeID); err == nil && id.Path() != "" && id.String() == s.SpiffeID {
 					ids = append(ids, id)
+				}
+			case s.TrustDomain != "":
+				// A foreign domain; the own one matches nothing (Decide).
+				if td, err := spiffeid.TrustDomainFromString(s.TrustDomain); err == nil && td != e.td && td.Name() == s.TrustDomain {
+					a.TrustDomains = append(a.TrustDomains, td)
 				}
 			}
 		}
 	}
 	slices.Sort(a.Namespaces)
 	a.Namespaces = slices.Compact(a.Namespaces)
+	slices.SortFunc(a.TrustDomains, compareTrustDomains)
+	a.TrustDomains = slices.Compact(a.TrustDomains)
 	ids = slices.DeleteFunc(ids, func(id spiffeid.ID) bool {
+		if id.TrustDomain() != e.td {
+			_, covered := slices.BinarySearchFunc(a.TrustDomains, id.TrustDomain(), compareTrustDomains)
+			return covered
+		}
 		ns, _, ok := wire.ParseWorkloadID(id)
 		_, covered := slices.BinarySearch(a.Namespaces, ns)
 		return ok && covered

@@ -33,6 +33,7 @@ func fromSA(name, ns string) Source {
 }
 func fromNS(ns string) Source { return Source{Namespace: ns} }
 func fromID(id string) Source { return Source{SpiffeID: id} }
+func fromTD(td string) Source { return Source{TrustDomain: td} }
 
 func TestParseDefault(t *testing.T) {
 	for _, d := range []Default{AllowMesh, SameNamespace, Deny} {
@@ -103,8 +104,8 @@ func TestDecide(t *testing.T) {
 		{"namespace same-namespace, ns-like but not SA path", id("/ns/private"), "private", "svc", 80, false, "namespace default same-namespace"},
 		{"namespace deny", sa("vault", "a"), "vault", "svc", 80, false, "namespace default deny (annotation tether.dev/default-policy on vault)"},
 		{"namespace allow-mesh", sa("shop", "a"), "open", "svc", 80, true, "namespace default allow-mesh"},
-		{"foreign trust domain, named service", foreign, "shop", "web", 8080, false, "outside trust domain example.org"},
-		{"foreign trust domain, default allow-mesh", foreign, "shop", "cart", 80, false, "outside trust domain example.org"},
+		{"foreign trust domain, named service", foreign, "shop", "web", 8080, false, "no AccessPolicy allows " + foreign.String()},
+		{"foreign trust domain, default allow-mesh", foreign, "shop", "cart", 80, false, "outside trust domain example.org, and no AccessPolicy names shop/cart"},
 		{"zero ID", spiffeid.ID{}, "shop", "cart", 80, false, "no SPIFFE ID"},
 		{"SA path with an extra segment", id("/ns/private/sa/a/b"), "private", "svc", 80, false, "namespace default same-namespace"},
 		{"namespace path with a slash", id("/ns/private/x/sa/a"), "private", "svc", 80, false, "namespace default same-namespace"},

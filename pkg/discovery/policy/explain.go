@@ -29,10 +29,14 @@ type Explanation struct {
 	AuditDenied bool   `json:"audit_denied,omitempty"`
 	AuditRule   string `json:"audit_rule,omitempty"`
 	// SourceRefused is set when the caller is refused before any policy
-	// or default is read: it has no SPIFFE ID, is outside the trust
-	// domain, or names no workload. Policies are still listed, each
-	// failing for that reason.
+	// or default is read: it has no SPIFFE ID, or names no workload.
+	// Policies are still listed, each failing for that reason. (A caller
+	// of another trust domain is decided by the policies; see Foreign.)
 	SourceRefused string `json:"source_refused,omitempty"`
+	// Foreign is set when the caller is of another trust domain than the
+	// mesh's: only spiffeID and trustDomain sources of enforcing policies
+	// can allow it; defaults, namespace and serviceAccount sources never do.
+	Foreign bool `json:"foreign,omitempty"`
 	// Policies are the AccessPolicies naming the service, in the order
 	// the engine tries them (by name): when there is at least one, only
 	// they decide.
@@ -77,7 +81,7 @@ type PolicyExplanation struct {
 // SourceExplanation compares one source of a policy with the caller.
 type SourceExplanation struct {
 	// Source is the source as written: "serviceAccount NS/SA",
-	// "namespace NS" or "spiffeID ID".
+	// "namespace NS", "spiffeID ID" or "trustDomain TD".
 	Source  string `json:"source"`
 	Matched bool   `json:"matched"`
 	// Reason says why it does or does not match the caller.
@@ -133,8 +137,8 @@ func (e *Engine) explainLayer(src spiffeid.ID, dstNamespace, dstService string, 
 		x.Source = src.String()
 	}
 	x.SourceRefused = e.refusal(src)
-	c := caller{id: src}
-	c.ns, c.sa, c.k8s = wire.ParseWorkloadID(src)
+	c := e.newCaller(src)
+	x.Foreign = c.foreign
 	ps, restricted := e.byService[serviceKey{dstNamespace, dstService}]
 	for i := range ps {
 		pe := explainPolicy(&ps[i], c, port, x.SourceRefused)
@@ -152,9 +156,12 @@ func (e *Engine) explainLayer(src spiffeid.ID, dstNamespace, dstService string, 
 	if !restricted {
 		d := e.explainDefault(c, dstNamespace, x.SourceRefused)
 		x.Default = &d.DefaultExplanation
-		if x.SourceRefused == "" {
-			x.Allowed = d.admits
-			x.Rule = d.rule
+		switch {
+		case x.SourceRefused != "":
+		case c.foreign:
+			x.Allowed, x.Rule = false, e.foreignServiceRule(src, dstNamespace, dstService, d.rule)
+		default:
+			x.Allowed, x.Rule = d.admits, d.rule
 		}
 	}
 	return x
@@ -164,7 +171,19 @@ func (e *Engine) explainLayer(src spiffeid.ID, dstNamespace, dstService string, 
 type caller struct {
 	id     spiffeid.ID
 	ns, sa string
-	k8s    bool
+	k8s    bool // a workload ID of the own trust domain
+	// foreign: of another trust domain than the mesh's (own is the mesh's).
+	foreign bool
+	own     spiffeid.TrustDomain
+}
+
+// newCaller parses src: a Kubernetes workload only in the own trust domain.
+func (e *Engine) newCaller(src spiffeid.ID) caller {
+	c := caller{id: src, own: e.td, foreign: !src.IsZero() && src.TrustDomain() != e.td}
+	if !c.foreign {
+		c.ns, c.sa, c.k8s = wire.ParseWorkloadID(src)
+	}
+	return c
 }
 
 // refusal is why src is refused before any policy is read, or "".
@@ -172,8 +191,6 @@ func (e *Engine) refusal(src spiffeid.ID) string {
 	switch {
 	case src.IsZero():
 		return "source has no SPIFFE ID"
-	case src.TrustDomain() != e.td:
-		return fmt.Sprintf("source %s is outside trust domain %s", src, e.td.Name())
 	case src.Path() == "":
 		return fmt.Sprintf("source %s has no path: a trust domain ID is not a workload", src)
 	}
@@ -223,6 +240,9 @@ func explainPolicy(np *namedPolicy, c caller, port uint16, refused string) Polic
 func explainSource(p *AccessPolicy, s Source, c caller, refused string) SourceExplanation {
 	var se SourceExplanation
 	notWorkload := fmt.Sprintf("the caller %s is not a Kubernetes workload ID (spiffe://<trust domain>/ns/<namespace>/sa/<service account>)", c.id)
+	if c.foreign {
+		notWorkload = fmt.Sprintf("the caller is of trust domain %s: namespace and serviceAccount sources match only workloads of trust domain %s", c.id.TrustDomain().Name(), c.own.Name())
+	}
 	switch {
 	case s.ServiceAccount != nil:
 		ns, name := sourceNamespace(p, s.ServiceAccount), s.ServiceAccount.Name
@@ -257,6 +277,19 @@ func explainSource(p *AccessPolicy, s Source, c caller, refused string) SourceEx
 			se.Reason = fmt.Sprintf("other SPIFFE ID: the caller is %s", c.id)
 		default:
 			se.Matched, se.Reason = true, "the caller is "+s.SpiffeID
+		}
+	case s.TrustDomain != "":
+		se.Source = "trustDomain " + s.TrustDomain
+		switch {
+		case refused != "":
+		case s.TrustDomain == c.own.Name():
+			se.Reason = "names this mesh's own trust domain, which a trustDomain source never matches (it is for callers of another trust domain): use namespace or serviceAccount sources, or the defaults"
+		case !c.foreign:
+			se.Reason = "other trust domain: the caller is of this mesh's trust domain " + c.own.Name()
+		case s.TrustDomain != c.id.TrustDomain().Name():
+			se.Reason = "other trust domain: the caller is of " + c.id.TrustDomain().Name()
+		default:
+			se.Matched, se.Reason = true, "the caller is of trust domain "+s.TrustDomain
 		}
 	}
 	if refused != "" {
@@ -294,6 +327,8 @@ func (e *Engine) explainDefault(c caller, namespace, refused string) defaultExpl
 	switch {
 	case refused != "":
 		d.Reason = refused
+	case c.foreign:
+		d.Reason = fmt.Sprintf("the caller is of trust domain %s, and a default never admits a caller of another trust domain (only an AccessPolicy source with its spiffeID or trustDomain does)", c.id.TrustDomain().Name())
 	case def == AllowMesh:
 		d.admits, d.Reason = true, "every workload of trust domain "+e.td.Name()+" may call"
 	case def == SameNamespace && !c.k8s:
@@ -347,18 +382,17 @@ func (e *Engine) explainDefaultLayer(src spiffeid.ID, namespace string) Explanat
 		x.Source = src.String()
 	}
 	x.SourceRefused = e.refusal(src)
-	c := caller{id: src}
-	c.ns, c.sa, c.k8s = wire.ParseWorkloadID(src)
+	c := e.newCaller(src)
+	x.Foreign = c.foreign
 	d := e.explainDefault(c, namespace, x.SourceRefused)
 	x.Default = &d.DefaultExplanation
 	x.Allowed, x.Rule = d.admits, d.rule
 	switch {
-	case x.SourceRefused == "":
-	case !src.IsZero() && src.TrustDomain() != e.td:
-		// DecideDefault names the default that would have applied.
-		x.Allowed, x.Rule = false, x.SourceRefused+" ("+d.rule+")"
-	default:
+	case x.SourceRefused != "":
 		x.Allowed, x.Rule = false, x.SourceRefused
+	case c.foreign:
+		// DecideDefault names the default that would have applied.
+		x.Allowed, x.Rule = false, e.foreignDefaultRule(src, d.rule)
 	}
 	return x
 }

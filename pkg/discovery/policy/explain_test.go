@@ -47,12 +47,15 @@ func TestExplainIsDecideShapes(t *testing.T) {
 				policy("shop", "web-b", "web", []int32{9090}, fromID("spiffe://example.org/vm/billing"), fromID("spiffe://other.example/vm/billing")),
 				policy("shop", "db", "db", nil, fromNS("shop"), fromSA("web", "shop"), fromID("spiffe://example.org/ns/shop/sa/web")),
 				policy("shop", "id-only", "vault", nil, fromID("spiffe://example.org/ns/monitoring/sa/prom")),
+				policy("shop", "foreign", "api", []int32{8080}, fromTD("other.example"), fromID("spiffe://third.example/vm/billing"), fromNS("shop")),
+				policy("shop", "foreign-all", "api", []int32{9090}, fromID("spiffe://other.example"), fromTD("example.org"), fromTD("third.example")),
+				policy("shop", "own-td", "cache", nil, fromTD("example.org")),
 			},
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		dsts := [][2]string{{"shop", "web"}, {"shop", "db"}, {"shop", "vault"}, {"shop", "open"}, {"open", "x"}, {"closed", "x"}, {"near", "x"}, {"monitoring", "x"}}
+		dsts := [][2]string{{"shop", "web"}, {"shop", "db"}, {"shop", "vault"}, {"shop", "api"}, {"shop", "cache"}, {"shop", "open"}, {"open", "x"}, {"closed", "x"}, {"near", "x"}, {"monitoring", "x"}}
 		for _, dst := range dsts {
 			for _, port := range []uint16{8080, 9090, 1} {
 				agrees(t, e, spiffeid.ID{}, dst[0], dst[1], port)
@@ -99,7 +102,9 @@ func TestExplainIsDecideRandom(t *testing.T) {
 		for i := range r.IntN(6) {
 			var srcs []Source
 			for range 1 + r.IntN(3) {
-				switch r.IntN(4) {
+				switch r.IntN(5) {
+				case 4:
+					srcs = append(srcs, fromTD([]string{"other.example", "example.org", "third.example"}[r.IntN(3)]))
 				case 0:
 					srcs = append(srcs, fromNS(pick()))
 				case 1:
@@ -110,7 +115,9 @@ func TestExplainIsDecideRandom(t *testing.T) {
 					srcs = append(srcs, fromSA(pick(), pick()))
 				}
 			}
-			srcs = slices.DeleteFunc(srcs, func(s Source) bool { return s.SpiffeID == "" && s.Namespace == "" && s.ServiceAccount == nil })
+			srcs = slices.DeleteFunc(srcs, func(s Source) bool {
+				return s.SpiffeID == "" && s.Namespace == "" && s.ServiceAccount == nil && s.TrustDomain == ""
+			})
 			if len(srcs) == 0 {
 				srcs = []Source{fromNS(pick())}
 			}
@@ -146,6 +153,7 @@ func TestExplainReasons(t *testing.T) {
 		Policies: []AccessPolicy{
 			policy("shop", "web-ports", "web", []int32{80, 443}, fromNS("web")),
 			policy("shop", "web-sources", "web", nil, fromSA("frontend", "web"), fromNS("ops"), fromID("spiffe://example.org/vm/billing")),
+			policy("shop", "api-from-b", "api", nil, fromTD("example.org"), fromTD("b.example")),
 		},
 	})
 	if err != nil {
@@ -182,8 +190,25 @@ func TestExplainReasons(t *testing.T) {
 			"namespace web: the caller spiffe://example.org/vm/other is not a Kubernetes workload ID",
 		}}},
 		{"outside the trust domain", spiffeid.RequireFromString("spiffe://other.example/vm/billing"), "shop", "web", 80, want{false, []string{
-			"refused: source spiffe://other.example/vm/billing is outside trust domain example.org",
-			"spiffeID spiffe://example.org/vm/billing: source spiffe://other.example/vm/billing is outside trust domain example.org",
+			"rule: no AccessPolicy allows spiffe://other.example/vm/billing to shop/web:80",
+			"namespace web: the caller is of trust domain other.example: namespace and serviceAccount sources match only workloads of trust domain example.org",
+			"spiffeID spiffe://example.org/vm/billing: other SPIFFE ID: the caller is spiffe://other.example/vm/billing",
+		}}},
+		{"outside the trust domain, default", spiffeid.RequireFromString("spiffe://other.example/vm/billing"), "shop", "cart", 1, want{false, []string{
+			"rule: source spiffe://other.example/vm/billing is outside trust domain example.org, and no AccessPolicy names shop/cart: its default (mesh default same-namespace) never admits a caller of another trust domain",
+			"the caller is of trust domain other.example, and a default never admits a caller of another trust domain",
+		}}},
+		{"trust domain source", spiffeid.RequireFromString("spiffe://b.example/ns/default/sa/api"), "shop", "api", 80, want{true, []string{
+			"rule: AccessPolicy shop/api-from-b",
+			"trustDomain example.org: names this mesh's own trust domain, which a trustDomain source never matches",
+			"trustDomain b.example: the caller is of trust domain b.example",
+		}}},
+		{"trust domain source, other domain", spiffeid.RequireFromString("spiffe://c.example/ns/default/sa/api"), "shop", "api", 80, want{false, []string{
+			"trustDomain b.example: other trust domain: the caller is of c.example",
+		}}},
+		{"own trust domain source", sa("shop", "x"), "shop", "api", 80, want{false, []string{
+			"trustDomain example.org: names this mesh's own trust domain",
+			"trustDomain b.example: other trust domain: the caller is of this mesh's trust domain example.org",
 		}}},
 		{"namespace annotation", sa("vault", "x"), "vault", "kms", 1, want{false, []string{
 			"default deny from namespace annotation: no AccessPolicy names the service, and namespace vault sets tether.dev/default-policy=deny: nobody may call",

@@ -48,7 +48,8 @@ type (
 	AccessPolicySpec = v1alpha1.AccessPolicySpec
 	// Destination names a Service and, optionally, some of its ports.
 	Destination = v1alpha1.Destination
-	// Source is exactly one of a service account, a namespace or a SPIFFE ID.
+	// Source is exactly one of a service account, a namespace, a SPIFFE ID or
+	// a trust domain.
 	Source = v1alpha1.Source
 	// ServiceAccountSource names a service account.
 	ServiceAccountSource = v1alpha1.ServiceAccountSource

@@ -62,6 +62,11 @@ func TestValidate(t *testing.T) {
 		{"SPIFFE ID http scheme", func(p *AccessPolicy) { p.Spec.Sources[3].SpiffeID = "https://example.org/x" }, []string{"not a SPIFFE ID"}},
 		{"SPIFFE ID upper-case trust domain", func(p *AccessPolicy) { p.Spec.Sources[3].SpiffeID = "spiffe://Example.org/x" }, []string{"not a SPIFFE ID"}},
 		{"SPIFFE ID trailing slash", func(p *AccessPolicy) { p.Spec.Sources[3].SpiffeID = "spiffe://example.org/x/" }, []string{"not a SPIFFE ID"}},
+		{"trust domain source", func(p *AccessPolicy) { p.Spec.Sources[3] = Source{TrustDomain: "b.example"} }, nil},
+		{"trust domain and namespace", func(p *AccessPolicy) { p.Spec.Sources[2].TrustDomain = "b.example" }, []string{"sources[2]: set exactly one of serviceAccount, namespace, spiffeID or trustDomain (2 set)"}},
+		{"trust domain upper case", func(p *AccessPolicy) { p.Spec.Sources[3] = Source{TrustDomain: "B.example"} }, []string{"sources[3].trustDomain", "not a trust domain name"}},
+		{"trust domain with scheme", func(p *AccessPolicy) { p.Spec.Sources[3] = Source{TrustDomain: "spiffe://b.example"} }, []string{"sources[3].trustDomain"}},
+		{"trust domain too long", func(p *AccessPolicy) { p.Spec.Sources[3] = Source{TrustDomain: strings.Repeat("a", 256)} }, []string{"sources[3].trustDomain"}},
 		{"SPIFFE ID dot segment", func(p *AccessPolicy) { p.Spec.Sources[3].SpiffeID = "spiffe://example.org/a/../b" }, []string{"sources[3].spiffeID"}},
 		{"several problems at once", func(p *AccessPolicy) {
 			p.Spec.Destination.Service = ""
@@ -190,6 +195,7 @@ func FuzzDecodeValidate(f *testing.F) {
 	f.Add([]byte("metadata: {name: p}\nspec:\n  destination: {service: web}\n  sources:\n  - serviceAccount: {name: fe, namespace: x}\n  - spiffeID: spiffe://example.org/ns/x/sa/y\n"))
 	f.Add([]byte(`{"spec":{"sources":[{}, {"serviceAccount":null}, {"spiffeID":"spiffe://"}]}}`))
 	f.Add([]byte(`{"spec":{"destination":{"ports":[0,-1,70000,2147483647]}}}`))
+	f.Add([]byte(`{"metadata":{"name":"p"},"spec":{"destination":{"service":"web"},"sources":[{"trustDomain":"b.example"},{"spiffeID":"spiffe://b.example/x"},{"trustDomain":"example.org"}]}}`))
 	f.Add([]byte("spec: [1, 2]"))
 	f.Add([]byte(""))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -231,12 +237,17 @@ func FuzzDecodeValidate(f *testing.F) {
 				src = sa(saNS, s.ServiceAccount.Name)
 			case s.Namespace != "":
 				src = sa(s.Namespace, "any")
+			case s.TrustDomain != "":
+				if s.TrustDomain == td.Name() {
+					continue // the own trust domain: matches nothing
+				}
+				src = spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString(s.TrustDomain), "/any")
 			default:
 				if src, err = spiffeid.FromString(s.SpiffeID); err != nil {
 					t.Fatalf("valid policy holds an unparsable SPIFFE ID %q: %v", s.SpiffeID, err)
 				}
-				if src.TrustDomain() != td {
-					continue
+				if src.Path() == "" {
+					continue // not a workload
 				}
 			}
 			if d := e.Decide(src, ns, p.Spec.Destination.Service, port); !d.Allowed {

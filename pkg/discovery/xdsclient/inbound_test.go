@@ -3,6 +3,7 @@ package xdsclient_test
 import (
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,7 +27,15 @@ func callers(snap *discovery.Snapshot) []spiffeid.ID {
 	} {
 		out = append(out, spiffeid.RequireFromPath(td, p))
 	}
-	return append(out, spiffeid.RequireFromString("spiffe://other.example/ns/ns0/sa/sa0"), spiffeid.RequireFromString("spiffe://other.example/vm/sa0"))
+	out = append(out, spiffeid.RequireFromString("spiffe://other.example/ns/ns0/sa/sa0"), spiffeid.RequireFromString("spiffe://other.example/vm/sa0"))
+	// Callers of the federated trust domains the random policies name.
+	for _, ftd := range discoverytest.ForeignTrustDomains {
+		for _, p := range []string{"/ns/ns0/sa/sa0", "/ns/ns1/sa/sa2", "/ns/ns0/sa/stranger", "/vm/sa0"} {
+			out = append(out, spiffeid.RequireFromPath(ftd, p))
+		}
+		out = append(out, ftd.ID())
+	}
+	return out
 }
 
 // Issue 11 item 2, property: on random meshes whose services share pods,
@@ -40,7 +49,7 @@ func callers(snap *discovery.Snapshot) []spiffeid.ID {
 // service's pods on its target port.
 func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 	ports := []uint16{8080, 8081, 9090, 7777}
-	checked, denied, audited := 0, 0, 0
+	checked, denied, audited, foreignAdmitted := 0, 0, 0, 0
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 2))
 		def := []wire.Default{wire.AllowMesh, wire.SameNamespace, wire.Deny}[seed%3]
@@ -73,6 +82,13 @@ func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 					t.Fatalf("seed %d: view of %s at %s: %v", seed, id, addr, err)
 				}
 				for _, src := range cs {
+					// The handshake's check: some port admits a foreign src.
+					foreign := !src.MemberOf(snap.TrustDomain())
+					if some := slices.ContainsFunc(ports, func(p uint16) bool { return v.Authorize(src, p).Allowed }); v.AdmitsForeign(src) != (foreign && some) {
+						t.Fatalf("seed %d: %s -> pod %s (%s): AdmitsForeign %v; foreign %v, allowed on some port %v", seed, src, addr, id, v.AdmitsForeign(src), foreign, some)
+					} else if foreign && some {
+						foreignAdmitted++
+					}
 					for _, port := range ports {
 						got := v.Authorize(src, port)
 						want := snap.Inbound(src, id, []netip.Addr{addr}, port)
@@ -122,8 +138,9 @@ func TestInboundSidecarAgreesWithPolicyCheck(t *testing.T) {
 			}
 		}
 	}
-	if denied == 0 || denied == checked || audited == 0 {
-		t.Fatalf("%d decisions, %d denied, %d audit-denied: the meshes do not exercise every outcome", checked, denied, audited)
+	if denied == 0 || denied == checked || audited == 0 || foreignAdmitted == 0 {
+		t.Fatalf("%d decisions, %d denied, %d audit-denied, %d foreign callers admitted by a pod: the meshes do not exercise every outcome",
+			checked, denied, audited, foreignAdmitted)
 	}
-	t.Logf("%d decisions checked, %d denied, %d audit-denied", checked, denied, audited)
+	t.Logf("%d decisions checked, %d denied, %d audit-denied, %d foreign callers admitted by a pod", checked, denied, audited, foreignAdmitted)
 }
