@@ -186,6 +186,9 @@ type CA struct {
 
 	// jwtKeys are the JWT keys OIDCKeySet publishes (oidc.go).
 	jwtKeys atomic.Pointer[[]publishedJWTKey]
+	// unserved is the prepared generation the bundle endpoint has not
+	// served yet (nil: none), read by the endpoint without the state lock.
+	unserved atomic.Pointer[unservedGeneration]
 }
 
 // BundleVersion is one version of the trust bundle.
@@ -316,6 +319,7 @@ func (c *CA) applyLocked(st *State, rev string) error {
 	c.auth.Store(a)
 	keys := publishedJWTKeysOf(st)
 	c.jwtKeys.Store(&keys)
+	c.unserved.Store(unservedOf(st))
 	if cur := c.bundle.Load(); cur == nil || cur.Sequence != st.BundleSequence {
 		roots := rootsOf(st)
 		sb := spiffebundle.FromX509Authorities(c.cfg.TrustDomain, roots)

@@ -64,11 +64,9 @@ func (c *CA) endpointGate(st *State, now time.Time) BundleEndpointGate {
 // every replica and a restarted CA see it.
 func (c *CA) endpointServed(ctx context.Context, bv *BundleVersion, hint time.Duration) {
 	c.metrics.endpointServed.Inc()
-	c.mu.Lock()
-	p := c.state.find(Prepared)
-	need := p != nil && p.EndpointServed.At.IsZero() && holdsAnchors(bv, p)
-	c.mu.Unlock()
-	if !need {
+	// Read without the state lock, which a store write holds: the endpoint
+	// must not stall behind one.
+	if p := c.unserved.Load(); p == nil || !holdsAnchors(bv, p.anchors) {
 		return
 	}
 	rec := EndpointServed{At: c.cfg.Clock.Now(), Sequence: bv.Sequence, RefreshHint: hint}
@@ -78,7 +76,7 @@ func (c *CA) endpointServed(ctx context.Context, bv *BundleVersion, hint time.Du
 	err := c.mutate(ctx, func(st *State, _ time.Time) (bool, error) {
 		gen = 0
 		p := st.find(Prepared)
-		if p == nil || !p.EndpointServed.At.IsZero() || !holdsAnchors(bv, p) {
+		if p == nil || !p.EndpointServed.At.IsZero() || !holdsAnchors(bv, p.anchors()) {
 			return false, nil // activated, or recorded by another request or replica
 		}
 		p.EndpointServed, gen = rec, p.ID
@@ -94,9 +92,24 @@ func (c *CA) endpointServed(ctx context.Context, bv *BundleVersion, hint time.Du
 	}
 }
 
-// holdsAnchors reports whether bv trusts every anchor of g.
-func holdsAnchors(bv *BundleVersion, g *Generation) bool {
-	anchors := g.anchors()
+// unservedGeneration is the prepared generation while the bundle endpoint
+// has not served it (CA.unserved).
+type unservedGeneration struct {
+	anchors [][]byte
+}
+
+// unservedOf returns st's prepared generation if it has no record of the
+// bundle endpoint serving it, else nil.
+func unservedOf(st *State) *unservedGeneration {
+	p := st.find(Prepared)
+	if p == nil || !p.EndpointServed.At.IsZero() {
+		return nil
+	}
+	return &unservedGeneration{anchors: p.anchors()}
+}
+
+// holdsAnchors reports whether bv trusts every one of anchors (DER).
+func holdsAnchors(bv *BundleVersion, anchors [][]byte) bool {
 	if len(anchors) == 0 {
 		return false
 	}

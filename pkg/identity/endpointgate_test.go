@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +188,50 @@ func TestBundleEndpointGateOffAndForced(t *testing.T) {
 		if len(warnings) != 1 || !strings.Contains(warnings[0], "--force: activate taken although the bundle endpoint has not served the root of generation 2") {
 			t.Fatalf("forced activate warns %q", warnings)
 		}
+	}
+}
+
+// TestBundleEndpointGateResetOnNewAnchor: in upstream mode a prepared
+// generation whose intermediate (its trust anchor) is renewed before it
+// activates is a new anchor that no follower has fetched: the record of the
+// old one no longer counts.
+func TestBundleEndpointGateResetOnNewAnchor(t *testing.T) {
+	ctx := context.Background()
+	clock := tu.NewFakeClock()
+	u := newFakeUpstream(t, clock)
+	ca := tu.NewCA(t, clock, func(c *identity.Config) {
+		c.Upstream, c.AutoRotate, c.IntermediateTTL, c.BundleEndpointRefreshHint = u, true, 30*time.Hour, gateHint
+	})
+	h, err := ca.BundleEndpointHandler(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("endpoint answered %d", rec.Code)
+		}
+	}
+	clock.Add(21 * time.Hour) // the intermediate is due: a new anchor, prepared
+	if err := ca.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	serve()
+	if g := endpointGate(t, ca); g.Served.At.IsZero() {
+		t.Fatal("the answered fetch of the prepared anchor is not recorded")
+	}
+	if err := ca.Rotate(ctx, identity.StepRenewIntermediate, false); err != nil {
+		t.Fatal(err)
+	}
+	g := endpointGate(t, ca)
+	if !g.Served.At.IsZero() {
+		t.Fatalf("after the prepared anchor changed, the gate still counts the fetch of the old one: %+v", g)
+	}
+	clock.Add(time.Hour) // past the propagation delay and the old record's wait
+	wantRotationRefused(t, ca.Rotate(ctx, identity.StepActivate, false), "has not served the root of generation")
+	serve()
+	if g := endpointGate(t, ca); g.Served.At.IsZero() || g.Served.Sequence != ca.Bundle().Sequence {
+		t.Fatalf("the fetch of the new anchor is not recorded: %+v", g)
 	}
 }
