@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tether-mesh/tether/api/tether/v1alpha1"
 )
 
 // RemoteAddressRange is where the Registry allocates the virtual address
@@ -51,6 +53,19 @@ func ValidateRemoteService(td spiffeid.TrustDomain, rs *RemoteService) []string 
 	}
 	if len(rs.Endpoints) == 0 {
 		bad("endpoints: at least one endpoint (a sidecar of the other mesh) is required")
+	}
+	// The CRD's bounds.
+	for _, n := range []struct {
+		what     string
+		got, max int
+	}{
+		{"ports", len(rs.Ports), v1alpha1.MaxRemotePorts},
+		{"endpoints", len(rs.Endpoints), v1alpha1.MaxRemoteEndpoints},
+		{"addresses", len(rs.Addresses), v1alpha1.MaxRemoteAddresses},
+	} {
+		if n.got > n.max {
+			bad("%s: %d listed, at most %d allowed", n.what, n.got, n.max)
+		}
 	}
 	for i, e := range rs.Endpoints {
 		if !e.Addr.IsValid() || e.Addr.IsUnspecified() || e.Addr.IsMulticast() {

@@ -183,6 +183,8 @@ func TestRemoteServiceInvalid(t *testing.T) {
 		{"bad name", "  - name: API\n    trustDomain: b.example\n    ports: [{port: 80}]\n" + ep, `name "API" is not a valid Service name`},
 		{"listed twice", "  - name: api\n    trustDomain: b.example\n    ports: [{port: 80}]\n" + ep +
 			"  - name: api\n    trustDomain: b.example\n    ports: [{port: 80}]\n" + ep, "remote service default/api is listed twice"},
+		{"too many addresses", "  - name: api\n    trustDomain: b.example\n    addresses: [10.9.0.1, 10.9.0.2, 10.9.0.3, 10.9.0.4, 10.9.0.5, 10.9.0.6, 10.9.0.7, 10.9.0.8, 10.9.0.9]\n    ports: [{port: 80}]\n" + ep,
+			"addresses: 9 listed, at most 8 allowed"},
 		{"unknown field", "  - name: api\n    trustDomain: b.example\n    ports: [{port: 80}]\n    gateway: x\n" + ep, `unknown field "gateway"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
