@@ -24,6 +24,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
+	tetherv1alpha1 "github.com/tether-mesh/tether/api/tether/v1alpha1"
 	"github.com/tether-mesh/tether/internal/kubetest"
 	"github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/discovery"
@@ -119,6 +120,9 @@ func TestKubeMode(t *testing.T) {
 	}
 
 	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
+	// With the RemoteService CRD, discovery watches remote services too:
+	// the documented permissions must cover them.
+	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "remoteservices.tether.dev.yaml"))
 	crdInstalled := time.Now()
 	core := env.Client.CoreV1()
 	env.EnsureMeshPod(t, "shop", "api", "api-1")
@@ -182,7 +186,6 @@ func TestKubeMode(t *testing.T) {
 		svc, ok := s.Registry().Snapshot().Service(discovery.ServiceKey{Namespace: "shop", Name: "api"})
 		return ok && len(svc.Endpoints) == 1 && len(s.Registry().Snapshot().Policies()) == 1
 	})
-
 	webID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
 	apiID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/api")
 	otherID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/other")
@@ -251,4 +254,23 @@ func TestKubeMode(t *testing.T) {
 	if got := s.metric(t, "tether_discovery_registry_reload_errors_total"); got != 0 {
 		t.Errorf("reload errors = %v, want 0", got)
 	}
+	// The RemoteService CRD came after discovery started: it watches
+	// RemoteServices within its poll (10s), with the documented
+	// permissions (without them the informer cannot sync).
+	remote := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": tetherv1alpha1.SchemeGroupVersion.String(), "kind": "RemoteService",
+		"metadata": map[string]any{"name": "pay", "namespace": "shop"},
+		"spec": map[string]any{
+			"trustDomain": "b.example",
+			"ports":       []any{map[string]any{"port": int64(443)}},
+			"endpoints":   []any{map[string]any{"address": "192.0.2.10", "port": int64(15006), "identity": "spiffe://b.example/ns/pay/sa/api"}},
+		},
+	}}
+	if _, err := dc.Resource(tetherv1alpha1.RemoteServiceGVR).Namespace("shop").Create(ctx, remote, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create RemoteService: %v", err)
+	}
+	testutil.Eventually(t, "the RemoteService in the registry", 30*time.Second, func() bool {
+		svc, ok := s.Registry().Snapshot().Service(discovery.ServiceKey{Namespace: "shop", Name: "pay"})
+		return ok && svc.Remote.Name() == "b.example"
+	})
 }

@@ -87,6 +87,8 @@ var (
 	servicesDesc  = prometheus.NewDesc("tether_discovery_registry_services", "Services in the registry snapshot.", nil, nil)
 	endpointsDesc = prometheus.NewDesc("tether_discovery_registry_endpoints", "Endpoints of all services in the registry snapshot.", nil, nil)
 	policiesDesc  = prometheus.NewDesc("tether_discovery_registry_policies", "AccessPolicy objects in the registry snapshot.", nil, nil)
+	remoteDesc    = prometheus.NewDesc("tether_discovery_registry_remote_services", "Remote services (services of another trust domain) served in the registry snapshot; also counted in tether_discovery_registry_services.", nil, nil)
+	refusedDesc   = prometheus.NewDesc("tether_discovery_registry_remote_services_refused", "Remote services left out of the registry snapshot (a name or address another service has, or an object that does not validate); the reason is logged.", nil, nil)
 )
 
 func (c *registryCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -94,6 +96,8 @@ func (c *registryCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- servicesDesc
 	ch <- endpointsDesc
 	ch <- policiesDesc
+	ch <- remoteDesc
+	ch <- refusedDesc
 }
 
 func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
@@ -107,6 +111,8 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(servicesDesc, prometheus.GaugeValue, float64(len(svcs)))
 	ch <- prometheus.MustNewConstMetric(endpointsDesc, prometheus.GaugeValue, float64(eps))
 	ch <- prometheus.MustNewConstMetric(policiesDesc, prometheus.GaugeValue, float64(len(snap.Policies())))
+	ch <- prometheus.MustNewConstMetric(remoteDesc, prometheus.GaugeValue, float64(len(snap.RemoteServices())))
+	ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.GaugeValue, float64(len(snap.RefusedRemoteServices())))
 }
 
 // streamInterceptor counts open ADS streams, the responses sent on them

@@ -79,7 +79,7 @@ func TestChartAppVersionIsTheCLIVersion(t *testing.T) {
 	for _, o := range c.CRDObjects() {
 		crdFiles = append(crdFiles, o.Filename)
 	}
-	if want := []string{"tether/crds/tether.dev_accesspolicies.yaml", "tether/crds/tether.dev_trustdomainfederations.yaml"}; !slices.Equal(crdFiles, want) {
+	if want := []string{"tether/crds/tether.dev_accesspolicies.yaml", "tether/crds/tether.dev_remoteservices.yaml", "tether/crds/tether.dev_trustdomainfederations.yaml"}; !slices.Equal(crdFiles, want) {
 		t.Errorf("CRDs of the chart: %v, want %v", crdFiles, want)
 	}
 }
@@ -138,7 +138,7 @@ func TestRenderDefaults(t *testing.T) {
 			crdNames = append(crdNames, o.GetName())
 		}
 	}
-	if want := []string{"accesspolicies.tether.dev", "trustdomainfederations.tether.dev"}; len(crds) != len(want) || !slices.Equal(crdNames, want) {
+	if want := []string{"accesspolicies.tether.dev", "remoteservices.tether.dev", "trustdomainfederations.tether.dev"}; len(crds) != len(want) || !slices.Equal(crdNames, want) {
 		t.Errorf("--crds renders %d objects, CRDs %v, want %v", len(crds), crdNames, want)
 	}
 }
@@ -326,8 +326,10 @@ func TestUninstallOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := len(objs)
-		if objs[0].GetKind() != kindWebhook || objs[n-3].GetKind() != kindNamespace || objs[n-2].GetKind() != kindCRD || objs[n-1].GetKind() != kindCRD {
-			t.Errorf("uninstall --crds order %v: want the webhook first, the Namespace, then the two CRDs", ids(objs))
+		const crds = 3 // AccessPolicy, RemoteService, TrustDomainFederation
+		if objs[0].GetKind() != kindWebhook || objs[n-crds-1].GetKind() != kindNamespace ||
+			slices.ContainsFunc(objs[n-crds:], func(o *unstructured.Unstructured) bool { return o.GetKind() != kindCRD }) {
+			t.Errorf("uninstall --crds order %v: want the webhook first, the Namespace, then the %d CRDs", ids(objs), crds)
 		}
 	}
 }

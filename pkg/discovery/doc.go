@@ -50,6 +50,19 @@
 //	    endpoints:
 //	      - address: 127.0.0.3
 //	        serviceAccount: ledger
+//	remoteServices:
+//	  # A service of another mesh (see RemoteService), in the key space of
+//	  # services: not named like one of them.
+//	  - name: pay
+//	    namespace: default
+//	    trustDomain: b.example      # required, not this mesh's
+//	    addresses: [10.200.0.7]     # optional; none: one from 240.240.0.0/16
+//	    ports:
+//	      - port: 443
+//	    endpoints:                  # the other mesh's sidecars
+//	      - address: 192.0.2.10
+//	        port: 15006             # required: the tether/1 inbound listener
+//	        identity: spiffe://b.example/ns/pay/sa/api   # required, in trustDomain
 //	policies:
 //	  # AccessPolicy objects exactly as applied to Kubernetes.
 //	  - apiVersion: tether.dev/v1alpha1

@@ -42,7 +42,24 @@ type fileDoc struct {
 	DefaultMode   string                `json:"defaultPolicyMode,omitempty"`
 	Namespaces    []fileNamespace       `json:"namespaces,omitempty"`
 	Services      []fileService         `json:"services,omitempty"`
+	Remote        []fileRemoteService   `json:"remoteServices,omitempty"`
 	Policies      []policy.AccessPolicy `json:"policies,omitempty"`
+}
+
+// fileRemoteService is a RemoteService, with the fields of the CRD's spec.
+type fileRemoteService struct {
+	Name        string               `json:"name"`
+	Namespace   string               `json:"namespace,omitempty"`
+	TrustDomain string               `json:"trustDomain"`
+	Addresses   []string             `json:"addresses,omitempty"`
+	Ports       []filePort           `json:"ports,omitempty"`
+	Endpoints   []fileRemoteEndpoint `json:"endpoints,omitempty"`
+}
+
+type fileRemoteEndpoint struct {
+	Address  string `json:"address"`
+	Port     int    `json:"port"`
+	Identity string `json:"identity"`
 }
 
 type fileNamespace struct {
@@ -160,6 +177,9 @@ func ParseMeshFile(data []byte) (*MeshFile, error) {
 		}
 		mf.State.Services = append(mf.State.Services, s)
 	}
+	for i, fr := range doc.Remote {
+		mf.State.RemoteServices = append(mf.State.RemoteServices, parseRemote(i, fr, bad))
+	}
 	for i, p := range doc.Policies {
 		ref := fmt.Sprintf("policies[%d]", i)
 		if p.Name != "" {
@@ -180,6 +200,58 @@ func ParseMeshFile(data []byte) (*MeshFile, error) {
 		return nil, err
 	}
 	return mf, nil
+}
+
+// parseRemote decodes one entry of remoteServices, reporting the fields
+// that do not parse to bad; Registry.Update checks the rest (see
+// ValidateRemoteService).
+func parseRemote(i int, fr fileRemoteService, bad func(format string, args ...any)) RemoteService {
+	ref := fmt.Sprintf("remoteServices[%d]", i)
+	if fr.Name != "" {
+		ref = "remote service " + cmpOr(fr.Namespace, "default") + "/" + fr.Name
+	}
+	rs := RemoteService{Key: ServiceKey{Namespace: fr.Namespace, Name: fr.Name}}
+	if fr.TrustDomain != "" {
+		td, err := spiffeid.TrustDomainFromString(fr.TrustDomain)
+		if err != nil {
+			bad("%s: trustDomain %q: %v", ref, fr.TrustDomain, err)
+		}
+		rs.TrustDomain = td
+	}
+	for j, a := range fr.Addresses {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			bad("%s: addresses[%d]: %q is not an IP address", ref, j, a)
+		}
+		rs.Addresses = append(rs.Addresses, ip)
+	}
+	for j, p := range fr.Ports {
+		if p.Port < 1 || p.Port > 65535 {
+			bad("%s: ports[%d]: port %d is outside 1-65535", ref, j, p.Port)
+		}
+		if p.TargetPort < 0 || p.TargetPort > 65535 {
+			bad("%s: ports[%d]: targetPort %d is outside 1-65535", ref, j, p.TargetPort)
+		}
+		rs.Ports = append(rs.Ports, Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
+	}
+	for j, e := range fr.Endpoints {
+		var ep RemoteEndpoint
+		var err error
+		if ep.Addr, err = netip.ParseAddr(e.Address); err != nil {
+			bad("%s: endpoints[%d]: address %q is not an IP address", ref, j, e.Address)
+		}
+		if e.Port < 0 || e.Port > 65535 {
+			bad("%s: endpoints[%d]: port %d is outside 1-65535", ref, j, e.Port)
+		}
+		ep.Port = uint16(e.Port)
+		if e.Identity != "" {
+			if ep.ID, err = spiffeid.FromString(e.Identity); err != nil {
+				bad("%s: endpoints[%d]: identity %q: %v", ref, j, e.Identity, err)
+			}
+		}
+		rs.Endpoints = append(rs.Endpoints, ep)
+	}
+	return rs
 }
 
 var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]+)"`)
@@ -275,12 +347,14 @@ func (f *FileSource) Run(ctx context.Context, reg *Registry) error {
 		interval = time.Second
 	}
 	last, data, err := f.read()
+	prev := reg.Snapshot()
 	if err == nil {
 		err = f.apply(reg, data)
 	}
 	if err != nil {
 		return err
 	}
+	LogRefusals(log, prev, reg.Snapshot())
 	log.Info("mesh file loaded", slog.Uint64("version", reg.Snapshot().Version()))
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -307,11 +381,13 @@ func (f *FileSource) Run(ctx context.Context, reg *Registry) error {
 		if same {
 			continue // touched, same content
 		}
+		prev := reg.Snapshot()
 		if err := f.apply(reg, data); err != nil {
 			log.Warn("mesh file rejected; keeping the last good state", slog.Uint64("version", reg.Snapshot().Version()), slog.Any("error", err))
 			f.rejected(err)
 			continue
 		}
+		LogRefusals(log, prev, reg.Snapshot())
 		log.Info("mesh file reloaded", slog.Uint64("version", reg.Snapshot().Version()))
 	}
 }

@@ -65,7 +65,7 @@ func InboundChains(eng *policy.Engine, td spiffeid.TrustDomain, id spiffeid.ID, 
 	all := map[podPort][]ServicePort{}
 	restricted := map[podPort][]ServicePort{}
 	for _, svc := range services {
-		if len(svc.Ports) == 0 {
+		if len(svc.Ports) == 0 || !svc.Remote.IsZero() { // a remote service is served by the other mesh
 			continue
 		}
 		r := eng.Restricted(svc.Key.Namespace, svc.Key.Name)

@@ -71,6 +71,11 @@ type Service struct {
 	ClusterIPs []netip.Addr
 	Ports      []Port
 	Endpoints  []Endpoint
+	// Remote is zero for a service of this mesh; for a RemoteService, the
+	// other mesh's trust domain (its endpoints carry explicit IDs of that
+	// domain and their own ports, and ClusterIPs are its virtual
+	// addresses).
+	Remote spiffeid.TrustDomain
 }
 
 // Port returns the service port numbered p.
@@ -126,4 +131,55 @@ type State struct {
 	Services   []Service
 	Namespaces []Namespace
 	Policies   []policy.AccessPolicy
+	// RemoteServices are the services of other meshes declared here.
+	RemoteServices []RemoteService
+	// Refused are RemoteServices the source left out itself (an object
+	// that does not validate, a name a Service of the source's own holds);
+	// the Registry adds those it refuses and keeps them all in the
+	// Snapshot, so that the refusal is visible.
+	Refused []Refusal
+}
+
+// RemoteService is a service of another mesh (another SPIFFE trust
+// domain) that local workloads call over tether/1 like a service of this
+// mesh, with their own identity: the caller's sidecar dials one of its
+// endpoints (a sidecar of the other mesh) and requires it to present one
+// of the declared identities. The Registry turns it into a Service whose
+// Remote is the foreign trust domain, in the same key space as Services.
+type RemoteService struct {
+	Key ServiceKey
+	// TrustDomain is the other mesh's trust domain; never this mesh's.
+	TrustDomain spiffeid.TrustDomain
+	// Addresses are the virtual addresses callers dial (the sidecars' DNS
+	// answers the name with them). None: the Registry allocates one from
+	// RemoteAddressRange.
+	Addresses []netip.Addr
+	Ports     []Port
+	// Endpoints are the other mesh's sidecars serving it; at least one.
+	Endpoints []RemoteEndpoint
+}
+
+// RemoteEndpoint is one sidecar of the other mesh serving a RemoteService.
+type RemoteEndpoint struct {
+	// Addr and Port are where the other mesh's sidecar accepts tether/1
+	// (its inbound listener, or a pass-through load balancer in front).
+	Addr netip.Addr
+	Port uint16
+	// ID is the identity it must present, in the RemoteService's trust
+	// domain.
+	ID spiffeid.ID
+}
+
+// Refusal is a RemoteService left out of the registry, and why.
+type Refusal struct {
+	Key    ServiceKey
+	Reason string
+}
+
+func (rs *RemoteService) clone() RemoteService {
+	c := *rs
+	c.Addresses = slices.Clone(rs.Addresses)
+	c.Ports = slices.Clone(rs.Ports)
+	c.Endpoints = slices.Clone(rs.Endpoints)
+	return c
 }

@@ -91,6 +91,9 @@ func (r *Registry) Changed() <-chan struct{} { return r.cur.Load().Changed() }
 // in place; the error (wrapping ErrInvalidState) lists every problem.
 //
 // Empty service namespaces mean "default"; a zero TargetPort means Port.
+// Remote services become Services (see RemoteService); one whose name or
+// addresses another service holds is left out and listed in the
+// Snapshot's RefusedRemoteServices, without failing the update.
 func (r *Registry) Update(st State) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -161,6 +164,7 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 		index[s.Key] = len(services)
 		services = append(services, s)
 	}
+	services, refused := r.addRemoteServices(&st, services, index, bad)
 
 	policies := make([]policy.AccessPolicy, len(st.Policies))
 	seenPol := make(map[string]bool)
@@ -192,7 +196,7 @@ func (r *Registry) build(st State) (*Snapshot, error) {
 	slices.SortFunc(namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
 	return &Snapshot{
 		td: r.td, meshDefault: r.meshDefault, meshMode: r.meshMode,
-		services: services, index: index, namespaces: namespaces, policies: policies,
+		services: services, index: index, namespaces: namespaces, policies: policies, refused: refused,
 		nsDefaults: nsDefaults, nsModes: nsModes, engine: eng, changed: make(chan struct{}),
 	}, nil
 }
@@ -217,30 +221,7 @@ func (r *Registry) checkService(s *Service, bad func(format string, args ...any)
 			bad("clusterIPs[%d] is not a valid IP address", i)
 		}
 	}
-	ports := make(map[uint16]bool)
-	names := make(map[string]bool)
-	for i := range s.Ports {
-		p := &s.Ports[i]
-		if p.Port == 0 {
-			bad("ports[%d]: port 0 is outside 1-65535", i)
-		}
-		if ports[p.Port] {
-			bad("ports[%d]: port %d is listed twice", i, p.Port)
-		}
-		ports[p.Port] = true
-		if p.TargetPort == 0 {
-			p.TargetPort = p.Port
-		}
-		if p.Name != "" {
-			if !dnsLabel(serviceRE, p.Name) {
-				bad("ports[%d]: name %q is not a valid port name (lower-case DNS label)", i, p.Name)
-			}
-			if names[p.Name] {
-				bad("ports[%d]: name %q is used twice", i, p.Name)
-			}
-			names[p.Name] = true
-		}
-	}
+	checkPorts(s.Ports, bad)
 	for i, e := range s.Endpoints {
 		if !e.Addr.IsValid() {
 			bad("endpoints[%d]: address is missing or invalid", i)
@@ -262,8 +243,9 @@ type Snapshot struct {
 	td          spiffeid.TrustDomain
 	meshDefault policy.Default
 	meshMode    policy.Mode
-	services    []Service // sorted by key
+	services    []Service // sorted by key; remote services among them
 	index       map[ServiceKey]int
+	refused     []Refusal // remote services left out
 	namespaces  []Namespace
 	policies    []policy.AccessPolicy
 	nsDefaults  map[string]policy.Default
@@ -329,12 +311,14 @@ func (s *Snapshot) Reachable(src spiffeid.ID) []ServiceKey {
 }
 
 // Sources returns the identities the snapshot knows of, sorted: those of
-// every endpoint, plus the service accounts and SPIFFE IDs that policies
+// every endpoint of this mesh's services, plus the service accounts and SPIFFE IDs that policies
 // name. (A namespace source names no single identity.)
 func (s *Snapshot) Sources() []spiffeid.ID {
 	var ids []spiffeid.ID
 	for i := range s.services {
-		ids = append(ids, s.services[i].Identities(s.td)...)
+		if s.services[i].Remote.IsZero() { // not workloads of this mesh
+			ids = append(ids, s.services[i].Identities(s.td)...)
+		}
 	}
 	for _, p := range s.policies {
 		for _, src := range p.Spec.Sources {

@@ -36,14 +36,15 @@ var (
 	// SchemeGroupVersionResource names the accesspolicies resource, for dynamic clients.
 	SchemeGroupVersionResource = SchemeGroupVersion.WithResource(Resource)
 
-	// SchemeBuilder registers AccessPolicy, TrustDomainFederation and their lists.
+	// SchemeBuilder registers AccessPolicy, TrustDomainFederation, RemoteService and their lists.
 	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 	// AddToScheme adds the types of this package to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
 
 func addKnownTypes(s *runtime.Scheme) error {
-	s.AddKnownTypes(SchemeGroupVersion, &AccessPolicy{}, &AccessPolicyList{}, &TrustDomainFederation{}, &TrustDomainFederationList{})
+	s.AddKnownTypes(SchemeGroupVersion, &AccessPolicy{}, &AccessPolicyList{}, &TrustDomainFederation{}, &TrustDomainFederationList{},
+		&RemoteService{}, &RemoteServiceList{})
 	metav1.AddToGroupVersion(s, SchemeGroupVersion)
 	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -30,6 +32,7 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
+	tetherv1alpha1 "github.com/tether-mesh/tether/api/tether/v1alpha1"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 	"github.com/tether-mesh/tether/pkg/discovery/wire"
@@ -39,6 +42,9 @@ import (
 // DefaultPolicyAnnotation is the namespace annotation that overrides the
 // mesh default policy for the services of that namespace.
 const DefaultPolicyAnnotation = "tether.dev/default-policy"
+
+// DefaultCRDPoll is KubeSource.CRDPoll when it is zero.
+const DefaultCRDPoll = 10 * time.Second
 
 // DefaultKubeDebounce is KubeSource.Debounce when it is zero.
 const DefaultKubeDebounce = 100 * time.Millisecond
@@ -89,6 +95,10 @@ type KubeSource struct {
 	// it builds a State; 0 means DefaultKubeDebounce. Changes keep reaching
 	// the registry even while events arrive without pause.
 	Debounce time.Duration
+	// CRDPoll is how often Run checks whether the RemoteService CRD, not
+	// installed when it started, is served now (it then watches
+	// RemoteServices too); 0 means DefaultCRDPoll.
+	CRDPoll time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Rejected, if set, is called with the error each time Run cannot build
@@ -118,10 +128,27 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 		log = slog.Default()
 	}
 	log = log.With(slog.String("source", "kubernetes"))
+	for {
+		err := k.run(ctx, reg, log)
+		if !errors.Is(err, errRemoteCRD) {
+			return err
+		}
+		log.Info("the RemoteService CRD is installed now; watching remote services")
+	}
+}
+
+// errRemoteCRD is what run returns when the RemoteService CRD, missing
+// when it started, is served: Run starts the informers again with it.
+var errRemoteCRD = errors.New("the RemoteService CRD appeared")
+
+// run is Run with one set of informers.
+func (k *KubeSource) run(ctx context.Context, reg *discovery.Registry, log *slog.Logger) error {
 	debounce := k.Debounce
 	if debounce <= 0 {
 		debounce = DefaultKubeDebounce
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
 
 	factory := informers.NewSharedInformerFactory(k.Client, k.Resync)
 	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, k.Resync)
@@ -137,6 +164,28 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 	pods := factory.Core().V1().Pods()
 	namespaces := factory.Core().V1().Namespaces()
 	policies := dynFactory.ForResource(policy.SchemeGroupVersionResource)
+	var remotes informers.GenericInformer
+	var appeared atomic.Bool
+	if err := k.remoteServicesServed(ctx); err == nil {
+		remotes = dynFactory.ForResource(tetherv1alpha1.RemoteServiceGVR)
+	} else {
+		log.Warn("the RemoteService CRD is not installed; remote services are not served until it is", slog.Any("error", err))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if k.awaitRemoteCRD(ctx) {
+				appeared.Store(true)
+				cancel()
+			}
+		}()
+	}
+	// ended is what run returns once ctx is done.
+	ended := func() error {
+		if appeared.Load() {
+			return errRemoteCRD
+		}
+		return nil
+	}
 
 	// Keep only what the source reads of a Pod: the cache holds every Pod.
 	if err := pods.Informer().SetTransform(trimPod); err != nil {
@@ -165,6 +214,12 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 		{"namespaces", namespaces.Informer()},
 		{policy.Resource + "." + policy.GroupName, policies.Informer()},
 	}
+	if remotes != nil {
+		named = append(named, struct {
+			name string
+			inf  cache.SharedIndexInformer
+		}{tetherv1alpha1.RemoteServiceResource + "." + policy.GroupName, remotes.Informer()})
+	}
 	synced := make([]cache.InformerSynced, 0, len(named))
 	for _, n := range named {
 		if _, err := n.inf.AddEventHandler(handler); err != nil {
@@ -176,6 +231,9 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 	factory.Start(ctx.Done())
 	dynFactory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if appeared.Load() {
+			return errRemoteCRD
+		}
 		var missing []string
 		for _, n := range named {
 			if !n.inf.HasSynced() {
@@ -196,12 +254,15 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 		namespaces: namespaces.Lister(),
 		policies:   policies.Lister(),
 	}
+	if remotes != nil {
+		b.remotes = remotes.Lister()
+	}
 	timer := time.NewTimer(0) // the first State goes out at once
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return ended()
 		case <-timer.C:
 		}
 		// Drain the kick so that events seen by this build do not cause
@@ -211,6 +272,7 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 		default:
 		}
 		st, err := b.build()
+		prev := reg.Snapshot()
 		if err != nil {
 			log.Warn("building state from the API server", slog.Any("error", err))
 			k.rejected(err)
@@ -218,13 +280,14 @@ func (k *KubeSource) Run(ctx context.Context, reg *discovery.Registry) error {
 			log.Warn("registry rejected the state; keeping the previous snapshot", slog.Any("error", err))
 			k.rejected(err)
 		} else {
+			discovery.LogRefusals(log, prev, reg.Snapshot())
 			log.Debug("registry updated", slog.Uint64("version", reg.Snapshot().Version()),
 				slog.Int("services", len(st.Services)), slog.Int("services_outside_mesh", b.outside),
 				slog.Int("policies", len(st.Policies)))
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return ended()
 		case <-kick:
 			timer.Reset(debounce)
 		}
@@ -269,6 +332,7 @@ type kubeBuilder struct {
 	pods       corev1listers.PodLister
 	namespaces corev1listers.NamespaceLister
 	policies   cache.GenericLister
+	remotes    cache.GenericLister // nil: the RemoteService CRD is not installed
 
 	// outside is the number of Services the last build left out because
 	// no endpoint of theirs is in the mesh.
@@ -365,6 +429,9 @@ func (b *kubeBuilder) build() (discovery.State, error) {
 	slices.SortFunc(st.Policies, func(a, b policy.AccessPolicy) int {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
+	if err := b.remoteServices(&st, svcs); err != nil {
+		return st, err
+	}
 	return st, nil
 }
 
