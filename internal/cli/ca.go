@@ -199,9 +199,11 @@ bundle before "activate": tether-ca refuses to activate before
 		`Makes the prepared generation the one that signs new SVIDs; the old root
 stays in the bundle so that SVIDs it issued keep verifying until they are
 renewed. tether-ca refuses before the propagation delay has passed since
-"prepare", and until every reporting sidecar trusts the new root (it names
-the ones that do not; ` + "`tether ca rotate status`" + ` lists them). --force
-skips both waits, with a warning.`},
+"prepare", until every reporting sidecar trusts the new root (it names
+the ones that do not; ` + "`tether ca rotate status`" + ` lists them), and,
+when it serves a SPIFFE bundle endpoint, until the endpoint has served the
+new root to a federated trust domain for its refresh hint plus a margin.
+--force skips these waits, with a warning.`},
 	{"retire", "Remove the superseded root from the trust bundle",
 		`Removes the superseded root from the trust bundle. tether-ca refuses while
 SVIDs it issued may still be valid, and while any reporting sidecar still
@@ -265,7 +267,7 @@ func (a *App) newCARotateStepCmd(step, short, long string) *cobra.Command {
 		},
 	}
 	addSocketFlag(cmd, &socket)
-	cmd.Flags().BoolVar(&force, "force", false, "skip the safety waits (propagation, sidecars not ready, outstanding SVIDs); what was skipped is printed as a warning and logged by tether-ca")
+	cmd.Flags().BoolVar(&force, "force", false, "skip the safety waits (propagation, sidecars not ready, bundle endpoint not fetched, outstanding SVIDs); what was skipped is printed as a warning and logged by tether-ca")
 	return cmd
 }
 

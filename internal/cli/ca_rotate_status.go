@@ -99,7 +99,9 @@ superseded root), with their SPIFFE ID, instance (pod), version and last
 report. A sidecar that stopped reporting is "silent": it counts with what it
 last reported until its SVID expires. Connections that watch the bundle but
 send no report (sidecars older than the reports) are listed apart: the gates
-cannot account for them.
+cannot account for them. When tether-ca serves a SPIFFE bundle endpoint, it
+also shows activate's bundle endpoint gate: when a federated trust domain
+first fetched the prepared root, and when activate may follow.
 
 Exit status 0 when it could read the counts, whether or not a gate waits.
 

@@ -1724,7 +1724,8 @@ type RotateRequest struct {
 	// prepare, activate, retire or renew-intermediate.
 	Step string `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
 	// Take the step although a gate refuses it: the propagation delay,
-	// sidecars that do not trust the new root yet (activate), SVIDs of the
+	// sidecars that do not trust the new root yet or a bundle endpoint that
+	// has not served it for its refresh hint (activate), SVIDs of the
 	// retired root that may still be valid or are still held (retire).
 	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
