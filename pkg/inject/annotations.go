@@ -12,6 +12,21 @@ import (
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
+// AnnotationRedirect marks a pod whose traffic redirection is set up by
+// the Tether CNI plugin (tether-cni) instead of the tether-init container.
+// The injector in RedirectCNI mode writes it with the value RedirectCNI;
+// the plugin keys on it, and reads the exclusion annotations of the same
+// pod. It is the only value a pod may carry.
+const (
+	AnnotationRedirect = "tether.dev/redirect"
+	// RedirectCNI is the value of AnnotationRedirect (and of
+	// Config.RedirectMode) for redirection by the CNI plugin.
+	RedirectCNI = "cni"
+	// RedirectInit (Config.RedirectMode) is redirection by the tether-init
+	// container, the default.
+	RedirectInit = "init"
+)
+
 // options are a pod's validated Tether annotations.
 type options struct {
 	excludeInbound  string // normalized, "" for none
@@ -38,6 +53,7 @@ var known = map[string]bool{
 	AnnotationOriginalProbes:       true,
 
 	AnnotationLocalhostInboundPorts: true,
+	AnnotationRedirect:              true,
 }
 
 // sidecarPorts are the ports the sidecar itself listens on in the pod.
@@ -98,6 +114,11 @@ func parseAnnotations(a map[string]string) (options, error) {
 			}
 		}
 		o.localhostPorts = joinInts(ports)
+	}
+	if v, ok := a[AnnotationRedirect]; ok && v != RedirectCNI {
+		// Only the injector writes it; any other value would leave the
+		// CNI plugin guessing.
+		return o, bad(AnnotationRedirect, fmt.Errorf("want %s (the injector sets it in CNI mode)", RedirectCNI))
 	}
 	if v, ok := a[AnnotationInboundMode]; ok {
 		switch v {
