@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -79,6 +80,51 @@ func TestCNIModeOnAPIServer(t *testing.T) {
 		_, err := env.Client.CoreV1().Pods("enforced").Create(ctx, b, metav1.CreateOptions{})
 		if err == nil || !strings.Contains(err.Error(), "no annotation "+inject.AnnotationRedirect) {
 			t.Fatalf("copy without the marker: err %v, want a refusal naming %s", err, inject.AnnotationRedirect)
+		}
+	})
+	t.Run("node agent manifests and credentials", func(t *testing.T) {
+		// The CNI overlay (the chart with injector.redirectMode=cni) is
+		// accepted by the API server, and the node agent's ServiceAccount
+		// may read a pod, which the plugin needs, and nothing else.
+		// The webhook stays as the test pointed it, at the loopback injector.
+		var objs []*unstructured.Unstructured
+		for _, o := range render(t, "overlays/cni") {
+			if o.GetKind() != "MutatingWebhookConfiguration" {
+				objs = append(objs, o)
+			}
+		}
+		newApplier(t, env).apply(t, objs, false)
+		if t.Failed() {
+			t.FailNow()
+		}
+		if _, err := env.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "tether-cni-node", metav1.GetOptions{}); err != nil {
+			t.Fatalf("DaemonSet tether-cni-node: %v", err)
+		}
+		node, err := kubernetes.NewForConfig(env.ServiceAccountConfig(t, "kube-system", "tether-cni-node"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := node.CoreV1().Pods("enforced").Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
+			t.Errorf("the node agent cannot get a pod: %v", err)
+		}
+		for what, call := range map[string]func() error{
+			"list pods": func() error {
+				_, err := node.CoreV1().Pods("enforced").List(ctx, metav1.ListOptions{})
+				return err
+			},
+			"delete a pod": func() error { return node.CoreV1().Pods("enforced").Delete(ctx, pod.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}) },
+			"get a Secret": func() error {
+				_, err := node.CoreV1().Secrets("tether-system").Get(ctx, "tether-injector-tls", metav1.GetOptions{})
+				return err
+			},
+			"get a node": func() error {
+				_, err := node.CoreV1().Nodes().Get(ctx, "any", metav1.GetOptions{})
+				return err
+			},
+		} {
+			if err := call(); !apierrors.IsForbidden(err) {
+				t.Errorf("node agent may %s: %v, want forbidden", what, err)
+			}
 		}
 	})
 	t.Run("privileged app still refused", func(t *testing.T) {
