@@ -112,7 +112,9 @@ func TestCNIModeOnAPIServer(t *testing.T) {
 				_, err := node.CoreV1().Pods("enforced").List(ctx, metav1.ListOptions{})
 				return err
 			},
-			"delete a pod": func() error { return node.CoreV1().Pods("enforced").Delete(ctx, pod.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}) },
+			"delete a pod": func() error {
+				return node.CoreV1().Pods("enforced").Delete(ctx, pod.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
+			},
 			"get a Secret": func() error {
 				_, err := node.CoreV1().Secrets("tether-system").Get(ctx, "tether-injector-tls", metav1.GetOptions{})
 				return err
