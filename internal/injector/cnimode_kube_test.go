@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -107,7 +108,17 @@ func TestCNIModeOnAPIServer(t *testing.T) {
 		if _, err := node.CoreV1().Pods("enforced").Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
 			t.Errorf("the node agent cannot get a pod: %v", err)
 		}
+		// The agent renews the plugin's token: its own, and no other.
+		tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(600))}}
+		if _, err := node.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "tether-cni-node", tr, metav1.CreateOptions{}); err != nil {
+			t.Errorf("the node agent cannot create its own token: %v", err)
+		}
+		env.EnsureServiceAccount(t, "kube-system", "other")
 		for what, call := range map[string]func() error{
+			"create another ServiceAccount's token": func() error {
+				_, err := node.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "other", tr, metav1.CreateOptions{})
+				return err
+			},
 			"list pods": func() error {
 				_, err := node.CoreV1().Pods("enforced").List(ctx, metav1.ListOptions{})
 				return err

@@ -458,6 +458,10 @@ func TestRenderCNIMode(t *testing.T) {
 		`"hostPath":{"path":"/etc/cni/net.d","type":"DirectoryOrCreate"}`,
 		`"hostPath":{"path":"/home/kubernetes/bin","type":"DirectoryOrCreate"}`,
 		`"readinessProbe":{"httpGet":{"path":"/readyz","port":"admin"}`,
+		`"command":["tether-cni-node"]`,
+		`"--host-cni-conf-dir=/etc/cni/net.d"`,
+		`"--exclude-namespaces=kube-system,tether-system"`,
+		`"--uninstall-on-exit"`,
 		`"capabilities":{"drop":["ALL"]}`,
 		`"allowPrivilegeEscalation":false`,
 	} {
@@ -472,6 +476,10 @@ func TestRenderCNIMode(t *testing.T) {
 	if got, _ := json.Marshal(rules); string(got) != `[{"apiGroups":[""],"resources":["pods"],"verbs":["get"]}]` {
 		t.Errorf("tether-cni-node may %s, want get pods only", got)
 	}
+	rules, _, _ = unstructured.NestedSlice(find(objs, "Role", "tether-cni-node").Object, "rules")
+	if got, _ := json.Marshal(rules); string(got) != `[{"apiGroups":[""],"resourceNames":["tether-cni-node"],"resources":["serviceaccounts/token"],"verbs":["create"]}]` {
+		t.Errorf("tether-cni-node may, in its namespace, %s; want create its own token only", got)
+	}
 	crb := find(objs, "ClusterRoleBinding", "tether-cni-node")
 	subj, _, _ := unstructured.NestedSlice(crb.Object, "subjects")
 	if got, _ := json.Marshal(subj); string(got) != `[{"kind":"ServiceAccount","name":"tether-cni-node","namespace":"kube-system"}]` {
@@ -480,6 +488,14 @@ func TestRenderCNIMode(t *testing.T) {
 	// tether-system stays restricted.
 	if ns := find(objs, "Namespace", Namespace); ns.GetLabels()["pod-security.kubernetes.io/enforce"] != "restricted" {
 		t.Errorf("CNI mode changed tether-system's Pod Security: %v", ns.GetLabels())
+	}
+	objs = renderT(t, Options{Values: Values{Set: []string{"injector.redirectMode=cni", "cni.namespace=tether-cni", "cni.confDir=/var/lib/cni/net.d"}}})
+	ds = find(objs, "DaemonSet", "tether-cni-node")
+	js, _ = json.Marshal(ds.Object)
+	for _, want := range []string{`"--exclude-namespaces=kube-system,tether-system,tether-cni"`, `"--host-cni-conf-dir=/var/lib/cni/net.d"`, `"path":"/var/lib/cni/net.d"`} {
+		if !strings.Contains(string(js), want) || ds.GetNamespace() != "tether-cni" {
+			t.Errorf("cni.namespace=tether-cni, cni.confDir=/var/lib/cni/net.d: DaemonSet in %s lacks %s", ds.GetNamespace(), want)
+		}
 	}
 	un, err := Uninstall(Options{Values: Values{Set: []string{"injector.redirectMode=cni"}}})
 	if err != nil || find(un, "DaemonSet", "tether-cni-node") == nil {

@@ -12,19 +12,15 @@ import (
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
-// AnnotationRedirect marks a pod whose traffic redirection is set up by
-// the Tether CNI plugin (tether-cni) instead of the tether-init container.
-// The injector in RedirectCNI mode writes it with the value RedirectCNI;
-// the plugin keys on it, and reads the exclusion annotations of the same
-// pod. It is the only value a pod may carry.
+// AnnotationRedirect, with the value RedirectCNI, is how the injector in
+// cni mode marks a pod whose capture rules the node's CNI plugin installs
+// (tether-cni, docs/cni.md) instead of a tether-init container. tether-cni
+// reads it at ADD time; it also treats a pod carrying tether-sidecar without
+// tether-init as marked, since annotations can change after admission and
+// containers cannot. Any other value fails the pod's network setup.
 const (
 	AnnotationRedirect = "tether.dev/redirect"
-	// RedirectCNI is the value of AnnotationRedirect (and of
-	// Config.RedirectMode) for redirection by the CNI plugin.
-	RedirectCNI = "cni"
-	// RedirectInit (Config.RedirectMode) is redirection by the tether-init
-	// container, the default.
-	RedirectInit = "init"
+	RedirectCNI        = "cni"
 )
 
 // options are a pod's validated Tether annotations.
@@ -51,9 +47,9 @@ var known = map[string]bool{
 	AnnotationProxyCPU:             true,
 	AnnotationProxyMemory:          true,
 	AnnotationOriginalProbes:       true,
+	AnnotationRedirect:             true,
 
 	AnnotationLocalhostInboundPorts: true,
-	AnnotationRedirect:              true,
 }
 
 // sidecarPorts are the ports the sidecar itself listens on in the pod.

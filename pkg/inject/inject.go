@@ -127,6 +127,10 @@ type Config struct {
 // DiscoveryOff as Config.DiscoveryAddr injects sidecars without discovery.
 const DiscoveryOff = "off"
 
+// RedirectInit as Config.RedirectMode (the default) has the tether-init
+// container redirect the pod's traffic; RedirectCNI has the CNI plugin do it.
+const RedirectInit = "init"
+
 // DefaultConfig is the Config with every default filled in, for image.
 func DefaultConfig(image string) Config {
 	return Config{
