@@ -178,7 +178,7 @@ func podSecurityCheck(runs []dryRun, listErr error) Check {
 	case len(bad) > 0:
 		c.Result, c.Details = Fail, append(bad, unsure...)
 		c.Message = fmt.Sprintf("Pod Security refuses Tether's init container in %d of %d labelled namespace(s)", len(bad), len(runs))
-		c.Hint = "tether-init installs the traffic capture rules as root with NET_ADMIN and NET_RAW, which only the privileged level allows: label those namespaces as shown, or remove their " + inject.InjectLabel + " label"
+		c.Hint = "tether-init installs the traffic capture rules as root with NET_ADMIN and NET_RAW, which only the privileged level allows: label those namespaces as shown, remove their " + inject.InjectLabel + " label, or install in CNI redirect mode (tether install --redirect-mode cni; docs/install.md, CNI mode), whose injected pods pass restricted"
 	case len(unsure) > 0:
 		c.Result, c.Details = Warn, unsure
 		c.Message = fmt.Sprintf("the Pod Security level of %d labelled namespace(s) is unknown", len(unsure))
