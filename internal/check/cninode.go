@@ -31,6 +31,15 @@ func redirectModeCNI(containers []corev1.Container) bool {
 	return false
 }
 
+// injectorCNI reports whether the installed injector runs in CNI redirect
+// mode (false when it cannot be read: the other checks say why).
+func (r *runner) injectorCNI(ctx context.Context) bool {
+	cctx, cancel := r.ctx(ctx)
+	defer cancel()
+	d, err := r.client.AppsV1().Deployments(r.o.Namespace).Get(cctx, meshkube.InjectorApp, metav1.GetOptions{})
+	return err == nil && redirectModeCNI(d.Spec.Template.Spec.Containers)
+}
+
 // cniNode: in CNI redirect mode, the node agent's DaemonSet exists and is
 // ready on every node it is scheduled on. Where it is not ready, meshed
 // pods fail their tether-validate init container (fail closed).
