@@ -35,7 +35,8 @@ image:
 	  echo "image: skipping tether-sample: test/cluster/sampleapp does not exist at this commit"; \
 	fi
 
-# manifests regenerates manifests/base and manifests/overlays/cert-manager
+# manifests regenerates manifests/base, manifests/overlays/cert-manager and
+# manifests/overlays/cni
 # from the Helm chart charts/tether (internal/install; a test fails while
 # the committed files are not what this writes).
 manifests:

@@ -64,6 +64,7 @@ func parseFlags(args []string) (injector.Config, error) {
 	cpu := fs.String("proxy-cpu", "50m", "default CPU request of the sidecar (annotation tether.dev/proxy-cpu overrides)")
 	mem := fs.String("proxy-memory", "128Mi", "default memory request and limit of the sidecar (annotation tether.dev/proxy-memory overrides)")
 	fs.StringVar(&c.Inject.LogLevel, "sidecar-log-level", "info", "log level of the injected sidecars")
+	fs.StringVar(&c.Inject.RedirectMode, "redirect-mode", "init", "who redirects the pods' traffic to the sidecar: init (the tether-init container, root with NET_ADMIN) or cni (the Tether CNI plugin of the tether-cni-node DaemonSet; pods then pass Pod Security restricted)")
 	fs.StringVar(&c.CertFile, "tls-cert-file", "", "serving certificate (PEM), e.g. from cert-manager; empty: self-managed")
 	fs.StringVar(&c.KeyFile, "tls-key-file", "", "serving key (PEM)")
 	fs.StringVar(&c.Certs.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster (env KUBECONFIG)")

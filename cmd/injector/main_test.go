@@ -14,6 +14,12 @@ func TestParseFlags(t *testing.T) {
 		c.WebhookAddr != ":9443" || c.AdminAddr != ":15014" || c.Certs.SecretName != "tether-injector-tls" {
 		t.Errorf("config %+v", c)
 	}
+	if c.Inject.RedirectMode != "init" {
+		t.Errorf("redirect mode %q, want the default init", c.Inject.RedirectMode)
+	}
+	if c, err := parseFlags([]string{"--image", "x", "--redirect-mode", "cni"}); err != nil || c.Inject.RedirectMode != "cni" {
+		t.Errorf("--redirect-mode cni: %q, %v", c.Inject.RedirectMode, err)
+	}
 	for _, tt := range []struct {
 		args []string
 		want string
@@ -26,6 +32,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--image", "x", "--trust-domain", "Bad Domain"}, "--trust-domain"},
 		{[]string{"--image", "x", "--cert-ttl", "10m"}, "--cert-ttl"},
 		{[]string{"--image", "x", "--log-format", "xml"}, "--log-format"},
+		{[]string{"--image", "x", "--redirect-mode", "ebpf"}, "--redirect-mode"},
 		{[]string{"--image", "x", "extra"}, "unexpected arguments"},
 		{[]string{"--nope"}, "not defined"},
 	} {

@@ -19,5 +19,5 @@ func main() {
 		fmt.Fprintf(os.Stderr, "hack/manifests: %v\n", err)
 		os.Exit(1)
 	}
-	fmt.Println("manifests: wrote manifests/base and manifests/overlays/cert-manager from charts/tether")
+	fmt.Println("manifests: wrote manifests/base, manifests/overlays/cert-manager and manifests/overlays/cni from charts/tether")
 }

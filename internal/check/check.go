@@ -116,6 +116,10 @@ type Options struct {
 	IntermediateExpiryWarning time.Duration
 	// Timeout bounds each request to the API server and each admin port.
 	Timeout time.Duration
+	// RedirectMode is the injector's redirect mode that --pre judges Pod
+	// Security for: "" or init (tether-init), or cni. After install the
+	// injector's own flag decides.
+	RedirectMode string
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }

@@ -162,6 +162,9 @@ func TestPre(t *testing.T) {
 	if strings.Contains(strings.Join(c.Details, "\n"), "ps-unlabelled") || strings.Contains(strings.Join(c.Details, "\n"), "ps-privileged:") {
 		t.Errorf("pod-security lists a namespace that is fine: %q", c.Details)
 	}
+	// In CNI redirect mode the injected pod passes every level.
+	r, _ = check.Pre(ctx, check.Options{Config: env.Config, RedirectMode: inject.RedirectCNI})
+	want(t, r, "pod-security", check.OK, "all 4 labelled namespace(s)")
 	for _, ns := range []string{"ps-restricted", "ps-baseline"} {
 		if err := env.Client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -453,8 +456,10 @@ func TestInstall(t *testing.T) {
 	want(t, r, "tether-ca", check.Fail, "none available", "kubectl -n tether-system scale deploy/tether-ca --replicas=2")
 	want(t, r, "tether-discovery", check.Fail, "0/2 replicas ready", "kubectl -n tether-system describe deploy/tether-discovery")
 	want(t, r, "tether-injector", check.OK, "2/2 replicas ready")
+	want(t, r, "cni-node", check.OK, "init redirect mode")
 	deployment(t, c, "tether-ca", 2, 2)
 	deployment(t, c, "tether-discovery", 2, 2)
+	cniNodeChecks(t, env)
 
 	// Discovery's endpoints.
 	ready := true
@@ -651,6 +656,62 @@ func TestInstall(t *testing.T) {
 	buf.Reset()
 	check.WriteText(&buf, r)
 	t.Logf("tether check:\n%s", buf.String())
+}
+
+// cniNodeChecks: with the injector in CNI redirect mode, check reads the
+// node agent's DaemonSet: missing, not ready on a node (named), ready.
+// The injector is left in init mode.
+func cniNodeChecks(t *testing.T, env *kubetest.Env) {
+	t.Helper()
+	ctx, c := ctxT(t), env.Client
+	setArgs := func(args ...string) {
+		d, err := c.AppsV1().Deployments(sys).Get(ctx, "tether-injector", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Spec.Template.Spec.Containers[0].Args = args
+		if _, err := c.AppsV1().Deployments(sys).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := check.Options{Config: env.Config}
+	setArgs("--log-format=json", "--redirect-mode=cni")
+	r, _ := check.Install(ctx, o)
+	want(t, r, "cni-node", check.Fail, "CNI redirect mode but there is no DaemonSet tether-cni-node", "tether install --redirect-mode cni")
+
+	labels := map[string]string{"app.kubernetes.io/name": "tether-cni-node"}
+	ds, err := c.AppsV1().DaemonSets("kube-system").Create(ctx, &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "tether-cni-node", Labels: labels},
+		Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "node", Image: "tether:test"}}}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setStatus := func(desired, ready int32) {
+		ds.Status = appsv1.DaemonSetStatus{DesiredNumberScheduled: desired, CurrentNumberScheduled: desired, NumberReady: ready}
+		if ds, err = c.AppsV1().DaemonSets("kube-system").UpdateStatus(ctx, ds, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setStatus(0, 0)
+	env.EnsureServiceAccount(t, "kube-system", "default")
+	r, _ = check.Install(ctx, o)
+	want(t, r, "cni-node", check.Fail, "0 of 0 node(s) ready: it runs on no node", "describe daemonset/tether-cni-node")
+	if _, err := c.CoreV1().Pods("kube-system").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "tether-cni-node-b", Labels: labels},
+		Spec:       corev1.PodSpec{NodeName: "node-b", Containers: []corev1.Container{{Name: "node", Image: "tether:test"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	setStatus(2, 1)
+	r, _ = check.Install(ctx, o)
+	want(t, r, "cni-node", check.Fail, "1 of 2 node(s) ready", "node node-b: pod tether-cni-node-b not ready", "tether-validate")
+	setStatus(2, 2)
+	r, _ = check.Install(ctx, o)
+	want(t, r, "cni-node", check.OK, "DaemonSet kube-system/tether-cni-node: 2 of 2 node(s) ready")
+	setArgs()
 }
 
 // TestProxy runs tether check --proxy against a real kube-apiserver.

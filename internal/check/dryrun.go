@@ -70,11 +70,13 @@ func appPod(ns string) *corev1.Pod {
 }
 
 // injectedPod is appPod as tether-injector would inject it (pkg/inject with
-// its default configuration): tether-init (root, NET_ADMIN and NET_RAW) and
-// the native sidecar.
-func injectedPod(ns string) (*corev1.Pod, error) {
+// its default configuration, in redirect mode `mode`): tether-init (root,
+// NET_ADMIN and NET_RAW), or in CNI mode tether-validate, and the native
+// sidecar.
+func injectedPod(ns, mode string) (*corev1.Pod, error) {
 	pod := appPod(ns)
 	cfg := inject.DefaultConfig(dryRunImage)
+	cfg.RedirectMode = mode
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -143,14 +145,18 @@ func (r *runner) tryPod(ctx context.Context, ns corev1.Namespace, pod *corev1.Po
 
 // podSecurityCheck judges the Pod Security of the labelled namespaces
 // from dry-run pods that carry Tether's containers: tether-init runs as
-// root with NET_ADMIN and NET_RAW, which only the privileged level allows.
-// Where the dry run could not tell (RBAC, a webhook), the namespace's
-// enforce label decides.
-func podSecurityCheck(runs []dryRun, listErr error) Check {
+// root with NET_ADMIN and NET_RAW, which only the privileged level allows;
+// in CNI redirect mode (cni) they pass restricted. Where the dry run could
+// not tell (RBAC, a webhook), the namespace's enforce label decides.
+func podSecurityCheck(runs []dryRun, listErr error, cni bool) Check {
 	c := Check{Name: "pod-security", Category: catCluster}
 	if listErr != nil {
 		c.Result, c.Message = Fail, "could not check: "+listErr.Error()
 		c.Hint = "give the caller list on namespaces, or run tether check as a cluster administrator"
+		return c
+	}
+	if len(runs) == 0 && cni {
+		c.Result, c.Message = OK, "no namespace is labelled "+inject.InjectLabel+"=enabled or required yet; in CNI redirect mode Tether's containers pass every Pod Security level, restricted included"
 		return c
 	}
 	if len(runs) == 0 {
@@ -166,7 +172,7 @@ func podSecurityCheck(runs []dryRun, listErr error) Check {
 			good = append(good, d.ns.Name)
 		case d.kind == "pod-security":
 			bad = append(bad, fmt.Sprintf("%s: %s; fix: %s", d.ns.Name, violation(d.err), fix))
-		case level == privileged:
+		case level == privileged || (cni && level != ""):
 			good = append(good, d.ns.Name+" (by its label; the dry run could not tell: "+firstLine(d.err.Error())+")")
 		case level == "":
 			unsure = append(unsure, fmt.Sprintf("%s: no %s label, the cluster's default level applies, and the dry run could not tell: %s", d.ns.Name, enforceLabel, firstLine(d.err.Error())))
@@ -175,10 +181,18 @@ func podSecurityCheck(runs []dryRun, listErr error) Check {
 		}
 	}
 	switch {
+	case len(bad) > 0 && cni:
+		c.Result, c.Details = Fail, append(bad, unsure...)
+		c.Message = fmt.Sprintf("Pod Security refuses the injected pod in %d of %d labelled namespace(s)", len(bad), len(runs))
+		c.Hint = "in CNI redirect mode Tether's containers pass restricted: the refusal quoted names what does not (another webhook's container?); fix it, or label those namespaces as shown"
 	case len(bad) > 0:
 		c.Result, c.Details = Fail, append(bad, unsure...)
 		c.Message = fmt.Sprintf("Pod Security refuses Tether's init container in %d of %d labelled namespace(s)", len(bad), len(runs))
-		c.Hint = "tether-init installs the traffic capture rules as root with NET_ADMIN and NET_RAW, which only the privileged level allows: label those namespaces as shown, or remove their " + inject.InjectLabel + " label"
+		c.Hint = "tether-init installs the traffic capture rules as root with NET_ADMIN and NET_RAW, which only the privileged level allows: label those namespaces as shown, remove their " + inject.InjectLabel + " label, or install in CNI redirect mode (tether install --redirect-mode cni; docs/install.md, CNI mode), whose injected pods pass restricted"
+	case len(unsure) > 0 && cni:
+		c.Result, c.Details = Warn, unsure
+		c.Message = fmt.Sprintf("the Pod Security level of %d labelled namespace(s) is unknown", len(unsure))
+		c.Hint = "in CNI redirect mode Tether's containers pass every level; give the caller create on pods (dry run) in those namespaces to be sure"
 	case len(unsure) > 0:
 		c.Result, c.Details = Warn, unsure
 		c.Message = fmt.Sprintf("the Pod Security level of %d labelled namespace(s) is unknown", len(unsure))
@@ -193,19 +207,20 @@ func podSecurityCheck(runs []dryRun, listErr error) Check {
 // podSecurity dry-runs a pod as the injector would inject it in each
 // labelled namespace (before install: no webhook injects it yet).
 func (r *runner) podSecurity(ctx context.Context) Check {
+	cni := r.o.RedirectMode == inject.RedirectCNI
 	nss, err := r.labelledNamespaces(ctx)
 	if err != nil {
-		return podSecurityCheck(nil, err)
+		return podSecurityCheck(nil, err, cni)
 	}
 	var runs []dryRun
 	for _, ns := range nss[:min(len(nss), maxListed)] {
-		pod, err := injectedPod(ns.Name)
+		pod, err := injectedPod(ns.Name, r.o.RedirectMode)
 		if err != nil {
-			return podSecurityCheck(nil, err)
+			return podSecurityCheck(nil, err, cni)
 		}
 		runs = append(runs, r.tryPod(ctx, ns, pod))
 	}
-	return podSecurityCheck(runs, nil)
+	return podSecurityCheck(runs, nil, cni)
 }
 
 // violation is Pod Security's refusal without the generated pod name.

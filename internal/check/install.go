@@ -24,10 +24,10 @@ import (
 )
 
 // Install checks an installed Tether: its CRDs, the control plane's
-// deployments, the roots' and intermediates' expiry, the webhook (its
-// caBundle and a dry-run pod it injects), discovery's endpoints, every
-// sidecar's SVID, pods that escaped injection, and sidecars older than
-// the control plane.
+// deployments (and, in CNI redirect mode, the node agent's DaemonSet),
+// the roots' and intermediates' expiry, the webhook (its caBundle and a
+// dry-run pod it injects), discovery's endpoints, every sidecar's SVID,
+// pods that escaped injection, and sidecars older than the control plane.
 func Install(ctx context.Context, o Options) (*Report, error) {
 	r, err := newRunner(o, "install")
 	if err != nil {
@@ -37,6 +37,7 @@ func Install(ctx context.Context, o Options) (*Report, error) {
 	for _, app := range []string{meshkube.CAApp, meshkube.DiscoveryApp, meshkube.InjectorApp} {
 		r.rep.add(r.deployment(ctx, app))
 	}
+	r.rep.add(r.cniNode(ctx))
 	r.rep.add(r.discoveryEndpoints(ctx))
 	r.rep.add(r.roots(ctx))
 	r.rep.add(r.intermediates(ctx))

@@ -124,16 +124,17 @@ func (r *runner) servingCert(ctx context.Context) (*x509.Certificate, error) {
 // check and the pod-security check.
 func (r *runner) injection(ctx context.Context) (Check, Check) {
 	c := Check{Name: "webhook-injects", Category: catInject}
+	cni := r.injectorCNI(ctx)
 	nss, err := r.labelledNamespaces(ctx)
 	if err != nil {
-		ps := podSecurityCheck(nil, err)
+		ps := podSecurityCheck(nil, err, cni)
 		ps.Category = catInject
 		return r.cannot(c, err), ps
 	}
 	if len(nss) == 0 {
 		c.Result, c.Message = Warn, "no namespace is labelled "+inject.InjectLabel+"=enabled or required, so no pod is injected and the webhook could not be tried"
 		c.Hint = "label the namespaces to mesh: kubectl label namespace NS " + inject.InjectLabel + "=enabled"
-		ps := podSecurityCheck(nil, nil)
+		ps := podSecurityCheck(nil, nil, cni)
 		ps.Category = catInject
 		return c, ps
 	}
@@ -172,7 +173,7 @@ func (r *runner) injection(ctx context.Context) (Check, Check) {
 		c.Result, c.Details = OK, ok
 		c.Message = fmt.Sprintf("the webhook injects a dry-run pod in all %d labelled namespace(s)", len(runs))
 	}
-	ps := podSecurityCheck(runs, nil)
+	ps := podSecurityCheck(runs, nil, cni)
 	ps.Category = catInject
 	return c, ps
 }

@@ -49,6 +49,7 @@ type checkOptions struct {
 	kubeconfig, kubeContext     string
 	expiryWarning, intermediate days
 	timeout                     time.Duration
+	redirectMode                string
 	out                         Output
 }
 
@@ -61,6 +62,7 @@ func (a *App) newCheckCmd() *cobra.Command {
 		Long:  checkLong,
 		Example: `  # Before installing
   tether check --pre
+  tether check --pre --redirect-mode cni   # meshed namespaces enforcing restricted
 
   # After installing, in CI: fail when a root expires within 60 days
   tether check --expiry-warning 60d -o json
@@ -82,6 +84,7 @@ func (a *App) newCheckCmd() *cobra.Command {
 	f.Var(&o.expiryWarning, "expiry-warning", "fail when a root of the trust bundle expires within this long (e.g. 30d, 12h)")
 	f.Var(&o.intermediate, "intermediate-expiry-warning", "fail when a signing intermediate expires within this long (the CA renews it at 1/3 of its life)")
 	f.DurationVar(&o.timeout, "timeout", check.DefaultTimeout, "how long to wait for each answer of the API server and of each admin port")
+	f.StringVar(&o.redirectMode, "redirect-mode", "init", "with --pre: the redirect mode you will install (init or cni) whose injected pod Pod Security judges; after install the injector's own is read")
 	_ = cmd.MarkFlagFilename("kubeconfig")
 	o.out.AddFlag(cmd)
 	return cmd
@@ -99,6 +102,10 @@ func (a *App) check(cmd *cobra.Command, o checkOptions) error {
 		return usagef("--timeout must be positive")
 	case o.expiryWarning < 0 || o.intermediate < 0:
 		return usagef("--expiry-warning and --intermediate-expiry-warning must not be negative")
+	case o.redirectMode != "init" && o.redirectMode != "cni":
+		return usagef("--redirect-mode %q: want init or cni", o.redirectMode)
+	case !o.pre && cmd.Flags().Changed("redirect-mode"):
+		return usagef("--redirect-mode goes with --pre; after install tether check reads the injector's own mode")
 	}
 	src := &policySource{kubeconfig: o.kubeconfig, kubeContext: o.kubeContext}
 	cfg, where, err := src.restConfig(&lockedWriter{w: a.Stderr})
@@ -111,7 +118,7 @@ func (a *App) check(cmd *cobra.Command, o checkOptions) error {
 	cfg.UserAgent = "tether-check"
 	cfg.Timeout = o.timeout
 	opts := check.Options{Config: cfg, Where: where, Namespace: o.controlPlane, ExpiryWarning: time.Duration(o.expiryWarning),
-		IntermediateExpiryWarning: time.Duration(o.intermediate), Timeout: o.timeout}
+		IntermediateExpiryWarning: time.Duration(o.intermediate), Timeout: o.timeout, RedirectMode: o.redirectMode}
 	ctx := cmd.Context()
 	var rep *check.Report
 	switch {

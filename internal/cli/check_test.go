@@ -30,6 +30,8 @@ func TestCheckCommand(t *testing.T) {
 		{[]string{"check", "--expiry-warning", "-3d"}, `want a duration such as 30d`},
 		{[]string{"check", "-o", "xml"}, `unknown output format "xml"`},
 		{[]string{"check", "extra"}, "tether check takes no arguments"},
+		{[]string{"check", "--pre", "--redirect-mode", "ebpf"}, `--redirect-mode "ebpf": want init or cni`},
+		{[]string{"check", "--redirect-mode", "cni"}, "--redirect-mode goes with --pre"},
 	} {
 		_, errOut, code := run(t, tc.args...)
 		if code != 2 || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "Run 'tether check --help' for usage.") {

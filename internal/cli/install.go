@@ -15,6 +15,7 @@ type valuesFlags struct {
 	files, set, setString []string
 	namespace             string
 	crds                  bool
+	redirectMode          string
 }
 
 // add declares the flags on cmd.
@@ -25,15 +26,25 @@ func (v *valuesFlags) add(cmd *cobra.Command, crdsHelp string) {
 	f.StringArrayVarP(&v.files, "values", "f", nil, "a YAML file of chart values, or - for standard input (repeatable; later files win; --set wins over files)")
 	f.StringVarP(&v.namespace, "namespace", "n", install.Namespace, "the control plane's namespace (only tether-system is supported)")
 	f.BoolVar(&v.crds, "crds", false, crdsHelp)
+	f.StringVar(&v.redirectMode, "redirect-mode", "", "init or cni: the chart value injector.redirectMode (cni adds the tether-cni-node DaemonSet; docs/install.md, \"CNI mode\"); a --set of it wins")
 }
 
 // options are the install package's options from the flags.
-func (v *valuesFlags) options(a *App) install.Options {
+func (v *valuesFlags) options(a *App) (install.Options, error) {
+	set := v.set
+	switch v.redirectMode {
+	case "":
+	case "init", "cni":
+		// Before the user's --set, which wins, as later values do.
+		set = append([]string{"injector.redirectMode=" + v.redirectMode}, set...)
+	default:
+		return install.Options{}, usagef("--redirect-mode %q: want init (the tether-init container, which needs NET_ADMIN) or cni (the Tether CNI plugin on every node)", v.redirectMode)
+	}
 	return install.Options{
-		Values:    install.Values{Files: v.files, Set: v.set, SetString: v.setString, Stdin: a.Stdin},
+		Values:    install.Values{Files: v.files, Set: set, SetString: v.setString, Stdin: a.Stdin},
 		Namespace: v.namespace,
 		CRDs:      v.crds,
-	}
+	}, nil
 }
 
 // installErr makes bad values a usage error (exit 2).
@@ -68,10 +79,15 @@ The same values print the same bytes.`,
 		Example: `  tether install --crds | kubectl apply -f -
   tether install | kubectl apply --server-side -f -
   tether install --set certManager.enabled=true | kubectl apply --server-side -f -
+  tether install --redirect-mode cni | kubectl apply --server-side -f -
   tether install -f values.yaml --set ca.replicas=3 --set-string image.tag=0.1.0 > tether.yaml`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := install.Render(v.options(a))
+			o, err := v.options(a)
+			if err != nil {
+				return err
+			}
+			objs, err := install.Render(o)
 			if err != nil {
 				return installErr(err)
 			}

@@ -43,6 +43,17 @@ func TestInstallCommand(t *testing.T) {
 		t.Errorf("install -f - --set: code %d", code)
 	}
 
+	out, _, code = run(t, "install", "--redirect-mode", "cni")
+	if code != 0 || !strings.Contains(out, "# DaemonSet kube-system/tether-cni-node\n") || !strings.Contains(out, "- --redirect-mode=cni\n") {
+		t.Errorf("install --redirect-mode cni: code %d, no DaemonSet tether-cni-node or injector flag", code)
+	}
+	if out, _, _ = run(t, "install", "--redirect-mode", "cni", "--set", "injector.redirectMode=init"); strings.Contains(out, "tether-cni-node") {
+		t.Error("a --set of injector.redirectMode does not win over --redirect-mode")
+	}
+	if out, _, _ = run(t, "uninstall", "--redirect-mode", "cni"); !strings.Contains(out, "# DaemonSet kube-system/tether-cni-node\n") {
+		t.Error("uninstall --redirect-mode cni does not list the node agent")
+	}
+
 	out, _, code = run(t, "uninstall")
 	objs, err = install.Decode([]byte(out))
 	if code != 0 || err != nil || objs[0].GetKind() != "MutatingWebhookConfiguration" || objs[len(objs)-1].GetKind() != "Namespace" {
@@ -69,6 +80,7 @@ func TestInstallCommand(t *testing.T) {
 		{[]string{"uninstall", "--set", "ca.svidTTL=soon"}, "/ca/svidTTL"},
 		{[]string{"install", "--sett", "a=b"}, "unknown flag: --sett"},
 		{[]string{"install", "extra"}, "extra"},
+		{[]string{"install", "--redirect-mode", "ebpf"}, `--redirect-mode "ebpf"`},
 	} {
 		out, errOut, code := run(t, c.args...)
 		if code != 2 || out != "" || !strings.Contains(errOut, c.want) || !strings.HasSuffix(errOut, "Run 'tether "+c.args[0]+" --help' for usage.\n") {

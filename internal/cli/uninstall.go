@@ -33,7 +33,11 @@ Take namespaces out of the mesh and restart their workloads first
   tether uninstall --crds | kubectl delete --ignore-not-found -f -`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := install.Uninstall(v.options(a))
+			o, err := v.options(a)
+			if err != nil {
+				return err
+			}
+			objs, err := install.Uninstall(o)
 			if err != nil {
 				return installErr(err)
 			}

@@ -42,7 +42,7 @@ type kubeInjector struct {
 // startKubeInjector applies manifests/base, points the webhook at a
 // loopback listener, and runs the injector there with the RBAC of its
 // ServiceAccount from the manifests.
-func startKubeInjector(t *testing.T) *kubeInjector {
+func startKubeInjector(t *testing.T, mods ...func(*inject.Config)) *kubeInjector {
 	t.Helper()
 	env := kubetest.Start(t)
 	newApplier(t, env).apply(t, render(t, "base"), false)
@@ -84,6 +84,9 @@ func startKubeInjector(t *testing.T) *kubeInjector {
 			WebhookName: "tether-injector", ServiceName: "tether-injector", ExtraNames: []string{"127.0.0.1"},
 		},
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	}
+	for _, m := range mods {
+		m(&cfg.Inject)
 	}
 	inj, err := New(cfg)
 	if err != nil {
@@ -423,9 +426,7 @@ func TestWebhookOnAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := appPod("restricted")
-		p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(1000)), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
-		p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+		p := restrictedAppPod("restricted")
 		if _, err := c.CoreV1().Pods("strict").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -438,6 +439,16 @@ func TestWebhookOnAPIServer(t *testing.T) {
 				t.Errorf("warning about a container other than tether-init: %s", w)
 			}
 		}
+	})
+	t.Run("restricted pod security enforced: init mode refused", func(t *testing.T) {
+		// tether-init needs root and NET_ADMIN: in a namespace enforcing
+		// restricted the API server refuses the injected pod, naming it.
+		namespace(t, env, "enforced", map[string]string{inject.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "restricted"})
+		_, err := env.Client.CoreV1().Pods("enforced").Create(ctx, restrictedAppPod("web-1"), metav1.CreateOptions{})
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), `"tether-init"`) || !strings.Contains(err.Error(), "NET_ADMIN") {
+			t.Fatalf("init-mode pod in a restricted namespace: err %v, want a Pod Security refusal naming tether-init and NET_ADMIN", err)
+		}
+		t.Logf("the API server's refusal: %v", err)
 	})
 	t.Run("admin port", func(t *testing.T) {
 		for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready", "/metrics": `tether_injector_injections_total{result="injected"}`} {
@@ -468,6 +479,15 @@ func TestWebhookOnAPIServer(t *testing.T) {
 			t.Error("serving certificate lacks the Service's DNS name")
 		}
 	})
+}
+
+// restrictedAppPod is appPod made to comply with Pod Security
+// "restricted" on its own.
+func restrictedAppPod(name string) *corev1.Pod {
+	p := appPod(name)
+	p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(1000)), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+	return p
 }
 
 type warningRecorder func(string)

@@ -14,14 +14,15 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
-// variants are the values compared three ways: the chart's defaults and
-// the cert-manager variant, each with the kustomize folder generated from it.
+// variants are the values compared three ways: the chart's defaults, the
+// cert-manager variant and the CNI-mode variant, each with the kustomize folder generated from it.
 var variants = []struct {
 	name, kustomize string
 	set             []string
 }{
 	{"default", "manifests/base", nil},
 	{"cert-manager", "manifests/overlays/cert-manager", []string{"certManager.enabled=true"}},
+	{"cni", "manifests/overlays/cni", []string{"injector.redirectMode=cni"}},
 }
 
 // installed is what `tether install --crds` and `tether install` print,

@@ -18,6 +18,7 @@ var generated = []struct {
 }{
 	{"manifests/base", "../crds", "the chart's default values", nil},
 	{"manifests/overlays/cert-manager", "../../crds", "--set certManager.enabled=true", []string{"certManager.enabled=true"}},
+	{"manifests/overlays/cni", "../../crds", "--set injector.redirectMode=cni", []string{"injector.redirectMode=cni"}},
 }
 
 // Generate renders the kustomize folders of manifests/ from the chart:

@@ -429,3 +429,89 @@ func short(s string) string {
 	u := unstructured.Unstructured{Object: m}
 	return u.GetKind() + " " + u.GetName()
 }
+
+// TestRenderCNIMode: injector.redirectMode=cni puts the injector in CNI
+// mode and adds the node agent, outside tether-system, with the node's CNI
+// directories and credentials that may get pods and nothing else; the
+// default (init) renders none of it.
+func TestRenderCNIMode(t *testing.T) {
+	for _, o := range renderT(t, Options{}) {
+		if strings.HasPrefix(o.GetName(), "tether-cni") {
+			t.Errorf("init mode renders %s %s", o.GetKind(), o.GetName())
+		}
+	}
+	if slices.ContainsFunc(args(t, renderT(t, Options{}), "tether-injector"), func(a string) bool { return strings.HasPrefix(a, "--redirect-mode") }) {
+		t.Error("init mode passes --redirect-mode: existing installs would change")
+	}
+
+	objs := renderT(t, Options{Values: Values{Set: []string{"injector.redirectMode=cni", "cni.binDir=/home/kubernetes/bin"}}})
+	if !slices.Contains(args(t, objs, "tether-injector"), "--redirect-mode=cni") {
+		t.Errorf("injector args %v lack --redirect-mode=cni", args(t, objs, "tether-injector"))
+	}
+	ds := find(objs, "DaemonSet", "tether-cni-node")
+	if ds == nil || ds.GetNamespace() != "kube-system" {
+		t.Fatalf("no DaemonSet tether-cni-node in kube-system: %v", ds)
+	}
+	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	js, _ := json.Marshal(spec)
+	for _, want := range []string{
+		`"serviceAccountName":"tether-cni-node"`,
+		`"image":"tether:` + version.Version + `"`,
+		`"hostPath":{"path":"/etc/cni/net.d","type":"DirectoryOrCreate"}`,
+		`"hostPath":{"path":"/home/kubernetes/bin","type":"DirectoryOrCreate"}`,
+		`"readinessProbe":{"httpGet":{"path":"/readyz","port":"admin"}`,
+		`"command":["tether-cni-node"]`,
+		`"--host-cni-conf-dir=/etc/cni/net.d"`,
+		`"--exclude-namespaces=kube-system,tether-system"`,
+		`"--uninstall-on-exit"`,
+		`"capabilities":{"drop":["ALL"]}`,
+		`"allowPrivilegeEscalation":false`,
+	} {
+		if !strings.Contains(string(js), want) {
+			t.Errorf("DaemonSet pod spec lacks %s:\n%s", want, js)
+		}
+	}
+	if sa := find(objs, "ServiceAccount", "tether-cni-node"); sa == nil || sa.GetNamespace() != "kube-system" {
+		t.Errorf("no ServiceAccount tether-cni-node in kube-system: %v", sa)
+	}
+	rules, _, _ := unstructured.NestedSlice(find(objs, "ClusterRole", "tether-cni-node").Object, "rules")
+	if got, _ := json.Marshal(rules); string(got) != `[{"apiGroups":[""],"resources":["pods"],"verbs":["get"]}]` {
+		t.Errorf("tether-cni-node may %s, want get pods only", got)
+	}
+	rules, _, _ = unstructured.NestedSlice(find(objs, "Role", "tether-cni-node").Object, "rules")
+	if got, _ := json.Marshal(rules); string(got) != `[{"apiGroups":[""],"resourceNames":["tether-cni-node"],"resources":["serviceaccounts/token"],"verbs":["create"]}]` {
+		t.Errorf("tether-cni-node may, in its namespace, %s; want create its own token only", got)
+	}
+	crb := find(objs, "ClusterRoleBinding", "tether-cni-node")
+	subj, _, _ := unstructured.NestedSlice(crb.Object, "subjects")
+	if got, _ := json.Marshal(subj); string(got) != `[{"kind":"ServiceAccount","name":"tether-cni-node","namespace":"kube-system"}]` {
+		t.Errorf("binding subjects %s", got)
+	}
+	// tether-system stays restricted.
+	if ns := find(objs, "Namespace", Namespace); ns.GetLabels()["pod-security.kubernetes.io/enforce"] != "restricted" {
+		t.Errorf("CNI mode changed tether-system's Pod Security: %v", ns.GetLabels())
+	}
+	objs = renderT(t, Options{Values: Values{Set: []string{"injector.redirectMode=cni", "cni.namespace=tether-cni", "cni.confDir=/var/lib/cni/net.d"}}})
+	ds = find(objs, "DaemonSet", "tether-cni-node")
+	js, _ = json.Marshal(ds.Object)
+	for _, want := range []string{`"--exclude-namespaces=kube-system,tether-system,tether-cni"`, `"--host-cni-conf-dir=/var/lib/cni/net.d"`, `"path":"/var/lib/cni/net.d"`} {
+		if !strings.Contains(string(js), want) || ds.GetNamespace() != "tether-cni" {
+			t.Errorf("cni.namespace=tether-cni, cni.confDir=/var/lib/cni/net.d: DaemonSet in %s lacks %s", ds.GetNamespace(), want)
+		}
+	}
+	un, err := Uninstall(Options{Values: Values{Set: []string{"injector.redirectMode=cni"}}})
+	if err != nil || find(un, "DaemonSet", "tether-cni-node") == nil {
+		t.Errorf("uninstall in CNI mode does not remove the node agent: %v", err)
+	}
+
+	for _, c := range []struct{ set, want string }{
+		{"injector.redirectMode=ebpf", "/injector/redirectMode"},
+		{"injector.redirectMode=cni,cni.namespace=tether-system", "Pod Security restricted refuses"},
+		{"cni.confDir=etc/cni", "/cni/confDir"},
+		{"cni.namespace=Kube_System", "/cni/namespace"},
+	} {
+		if _, err := Render(Options{Values: Values{Set: []string{c.set}}}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("--set %s: %v, want an error saying %q", c.set, err, c.want)
+		}
+	}
+}

@@ -35,6 +35,63 @@ func socketVolume() corev1.Volume {
 	}}}
 }
 
+// firstContainer is the init container that goes before the sidecar:
+// tether-init, or tether-validate in RedirectCNI mode.
+func (c *Config) firstContainer(o options) corev1.Container {
+	if c.RedirectMode == RedirectCNI {
+		return c.validateContainer(o)
+	}
+	return c.initContainer(o)
+}
+
+// restrictedContext is the securityContext of an unprivileged injected
+// container, as Pod Security "restricted" requires: a non-root UID, no
+// privilege escalation, every capability dropped, the runtime's default
+// seccomp profile, and a read-only root filesystem.
+func restrictedContext(uid int64) *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		RunAsUser:                ptr(uid),
+		RunAsGroup:               ptr(uid),
+		RunAsNonRoot:             ptr(true),
+		Privileged:               ptr(false),
+		AllowPrivilegeEscalation: ptr(false),
+		ReadOnlyRootFilesystem:   ptr(true),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// validateContainer runs `tether-sidecar validate-redirect` in
+// RedirectCNI mode: without privileges, as ValidatorUID (whose traffic the
+// rules capture), it checks that an outbound connection reaches the
+// sidecar's capture port, and fails the pod when the CNI plugin did not
+// set the redirection up. It gets the outbound exclusions so that it tests
+// a destination the rules capture.
+func (c *Config) validateContainer(o options) corev1.Container {
+	args := []string{"validate-redirect"}
+	if o.excludeOutbound != "" {
+		args = append(args, "--exclude-outbound-ports", o.excludeOutbound)
+	}
+	if o.excludeCIDRs != "" {
+		args = append(args, "--exclude-outbound-cidrs", o.excludeCIDRs)
+	}
+	return corev1.Container{
+		Name:            ValidateContainerName,
+		Image:           c.Image,
+		ImagePullPolicy: c.ImagePullPolicy,
+		Command:         []string{"tether-sidecar"},
+		Args:            args,
+		Env: []corev1.EnvVar{{Name: NodeNameEnv, ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}},
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+		},
+		SecurityContext:          restrictedContext(ValidatorUID),
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+}
+
 // initContainer runs `tether-sidecar init`. It is the one container that
 // needs privileges: root with NET_ADMIN and NET_RAW, because iptables runs
 // as a child process and Kubernetes gives no ambient capabilities to a
@@ -152,19 +209,10 @@ func (c *Config) sidecarContainer(o options, appProbes string) (corev1.Container
 		},
 		// Up to 2 minutes to get the first SVID before the kubelet
 		// restarts the sidecar.
-		StartupProbe:   admin("/healthz/ready", 1, 120),
-		ReadinessProbe: admin("/healthz/ready", 2, 3),
-		LivenessProbe:  admin("/healthz/live", 10, 3),
-		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr(int64(ProxyUID)),
-			RunAsGroup:               ptr(int64(ProxyUID)),
-			RunAsNonRoot:             ptr(true),
-			Privileged:               ptr(false),
-			AllowPrivilegeEscalation: ptr(false),
-			ReadOnlyRootFilesystem:   ptr(true),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
+		StartupProbe:             admin("/healthz/ready", 1, 120),
+		ReadinessProbe:           admin("/healthz/ready", 2, 3),
+		LivenessProbe:            admin("/healthz/live", 10, 3),
+		SecurityContext:          restrictedContext(ProxyUID),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}, nil
 }

@@ -1,5 +1,6 @@
 // Package inject is the mutation logic of tether-injector: it turns a Pod
-// into the JSONPatch that adds Tether's init step and native sidecar, and
+// into the JSONPatch that adds Tether's init step (tether-init, or in CNI
+// mode the unprivileged tether-validate) and native sidecar, and
 // serves it as a Kubernetes mutating admission webhook (admission.k8s.io/v1).
 //
 // Mutate is a pure function of the Pod and the Config: no clock, no API
@@ -46,6 +47,10 @@ const (
 
 	InitContainerName    = "tether-init"
 	SidecarContainerName = "tether-sidecar"
+	// ValidateContainerName is the init container that, in RedirectCNI
+	// mode, checks without privileges that the CNI plugin redirected the
+	// pod's traffic, and fails the pod when it did not.
+	ValidateContainerName = "tether-validate"
 
 	TokenVolume  = "tether-token"
 	BundleVolume = "tether-bundle"
@@ -72,6 +77,12 @@ const (
 
 	ProxyUID  = 1337
 	AdminPort = 15020
+	// ValidatorUID runs tether-validate: any UID but the sidecar's, whose
+	// traffic the capture rules exempt.
+	ValidatorUID = 1338
+	// NodeNameEnv gives tether-validate the node's name (downward API
+	// spec.nodeName) for its message.
+	NodeNameEnv = "TETHER_NODE_NAME"
 )
 
 // The control-plane namespaces are never injected, whatever their labels.
@@ -105,10 +116,20 @@ type Config struct {
 	ProxyMemory resource.Quantity
 	// LogLevel of the injected sidecar.
 	LogLevel string
+	// RedirectMode says who sets up the pod's traffic redirection:
+	// RedirectInit (default), the privileged tether-init container, or
+	// RedirectCNI, the Tether CNI plugin on the node; the pod then carries
+	// AnnotationRedirect and the unprivileged tether-validate instead, and
+	// complies with Pod Security "restricted".
+	RedirectMode string
 }
 
 // DiscoveryOff as Config.DiscoveryAddr injects sidecars without discovery.
 const DiscoveryOff = "off"
+
+// RedirectInit as Config.RedirectMode (the default) has the tether-init
+// container redirect the pod's traffic; RedirectCNI has the CNI plugin do it.
+const RedirectInit = "init"
 
 // DefaultConfig is the Config with every default filled in, for image.
 func DefaultConfig(image string) Config {
@@ -121,6 +142,7 @@ func DefaultConfig(image string) Config {
 		ProxyCPU:        resource.MustParse("50m"),
 		ProxyMemory:     resource.MustParse("128Mi"),
 		LogLevel:        "info",
+		RedirectMode:    RedirectInit,
 	}
 }
 
@@ -172,6 +194,13 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("--sidecar-log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
+	if c.RedirectMode == "" {
+		c.RedirectMode = d.RedirectMode
+	}
+	if c.RedirectMode != RedirectInit && c.RedirectMode != RedirectCNI {
+		return fmt.Errorf("--redirect-mode %q: want %s (the tether-init container, which needs NET_ADMIN) or %s (the Tether CNI plugin; needs the tether-cni-node DaemonSet)",
+			c.RedirectMode, RedirectInit, RedirectCNI)
+	}
 	return nil
 }
 
@@ -190,8 +219,8 @@ type Result struct {
 // generateName may not carry it yet). A bad annotation is an error wrapping
 // ErrInvalidAnnotation; the pod must then be refused.
 //
-// A pod that already carries tether-init or tether-sidecar is left as it
-// is only if they are exactly what this injector adds for it
+// A pod that already carries tether-init, tether-validate or tether-sidecar
+// is left as it is only if they are exactly what this injector adds for it
 // (reinvocation, or a stored injected spec created again); otherwise it
 // is refused with an error wrapping ErrNotOurInjection.
 func (c *Config) Mutate(pod *corev1.Pod, ns string) (Result, error) {
@@ -225,7 +254,7 @@ func (c *Config) mutate(pod *corev1.Pod, ns string, required bool) (Result, erro
 		}
 	}
 	switch {
-	case hasContainer(pod, SidecarContainerName) || hasContainer(pod, InitContainerName):
+	case hasContainer(pod, SidecarContainerName) || hasContainer(pod, InitContainerName) || hasContainer(pod, ValidateContainerName):
 		// Checked before the opt-out: a pod that opts out must not also
 		// pass for an injected one.
 		opts, err := parseAnnotations(pod.Annotations)
@@ -263,7 +292,7 @@ func (c *Config) mutate(pod *corev1.Pod, ns string, required bool) (Result, erro
 	addAll(p, "/spec/volumes", len(pod.Spec.Volumes) == 0, vols)
 	// Init step and sidecar go first, so the app's own init containers
 	// already run behind the capture rules and the sidecar.
-	initC := c.initContainer(opts)
+	initC := c.firstContainer(opts)
 	side, err := c.sidecarContainer(opts, probes.env())
 	if err != nil {
 		return Result{}, err
@@ -287,14 +316,32 @@ func (c *Config) mutate(pod *corev1.Pod, ns string, required bool) (Result, erro
 			p.replace(base+"/"+r.field, r.probe)
 		}
 	}
+	c.addAnnotations(p, pod, originals)
+	return res, nil
+}
+
+// addAnnotations adds the original probes (if any) and, in RedirectCNI
+// mode, the marker the CNI plugin keys on.
+func (c *Config) addAnnotations(p *Patch, pod *corev1.Pod, originals string) {
+	add := map[string]string{}
 	if originals != "" {
-		if len(pod.Annotations) == 0 {
-			p.add("/metadata/annotations", map[string]string{AnnotationOriginalProbes: originals})
-		} else {
-			p.add("/metadata/annotations/"+escapePointer(AnnotationOriginalProbes), originals)
+		add[AnnotationOriginalProbes] = originals
+	}
+	if c.RedirectMode == RedirectCNI {
+		add[AnnotationRedirect] = RedirectCNI
+	}
+	if len(add) == 0 {
+		return
+	}
+	if len(pod.Annotations) == 0 {
+		p.add("/metadata/annotations", add)
+		return
+	}
+	for _, k := range []string{AnnotationOriginalProbes, AnnotationRedirect} {
+		if v, ok := add[k]; ok {
+			p.add("/metadata/annotations/"+escapePointer(k), v)
 		}
 	}
-	return res, nil
 }
 
 // checkProxyIdentity refuses a pod with a container that runs as the

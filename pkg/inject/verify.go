@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // ErrNotOurInjection is wrapped by the refusal of a pod that carries a
-// container named tether-init or tether-sidecar which is not what this
+// container named tether-init, tether-validate or tether-sidecar which is not what this
 // injector adds: a decoy that would otherwise pass for an injected pod.
 var ErrNotOurInjection = errors.New("containers named like Tether's are not what tether-injector adds")
 
@@ -18,32 +19,42 @@ var ErrNotOurInjection = errors.New("containers named like Tether's are not what
 // (or cannot be injected) in a namespace labelled tether.dev/inject=required.
 var ErrInjectionRequired = errors.New("the namespace requires injection")
 
-// verifyInjected checks that a pod which carries tether-init or
-// tether-sidecar carries exactly what Mutate adds for its annotations:
-// tether-init and tether-sidecar as the first two init containers, equal
-// field by field (after the API server's defaults) to the ones this
-// injector makes, and the volumes they mount. That is what the injector
-// itself recorded in the pod; a container name proves nothing. The one
-// part taken from the pod is the sidecar's app-probe table, which the
-// injector derived from the app's probes before rewriting them.
+// verifyInjected checks that a pod which carries tether-init,
+// tether-validate or tether-sidecar carries exactly what Mutate adds for
+// its annotations in this injector's RedirectMode: tether-init (or, in
+// RedirectCNI mode, tether-validate and the AnnotationRedirect marker) and
+// tether-sidecar as the first two init containers, equal field by field
+// (after the API server's defaults) to the ones this injector makes, and
+// the volumes they mount. That is what the injector itself recorded in the
+// pod; a container name proves nothing. The one part taken from the pod is
+// the sidecar's app-probe table, which the injector derived from the app's
+// probes before rewriting them.
 func (c *Config) verifyInjected(pod *corev1.Pod, o options) error {
+	reserved := []string{InitContainerName, ValidateContainerName, SidecarContainerName}
 	for _, ct := range pod.Spec.Containers {
-		if ct.Name == InitContainerName || ct.Name == SidecarContainerName {
-			return fmt.Errorf("%w: app container %q: the names %s and %s are reserved for the containers tether-injector adds",
-				ErrNotOurInjection, ct.Name, InitContainerName, SidecarContainerName)
+		if slices.Contains(reserved, ct.Name) {
+			return fmt.Errorf("%w: app container %q: the names %s, %s and %s are reserved for the containers tether-injector adds",
+				ErrNotOurInjection, ct.Name, InitContainerName, ValidateContainerName, SidecarContainerName)
 		}
 	}
+	first := c.firstContainer(o).Name
 	ic := pod.Spec.InitContainers
-	if len(ic) < 2 || ic[0].Name != InitContainerName || ic[1].Name != SidecarContainerName {
-		return fmt.Errorf("%w: init containers %v: tether-injector puts %s and %s first, and nothing else may be named so",
-			ErrNotOurInjection, containerNamesOf(ic), InitContainerName, SidecarContainerName)
+	if len(ic) < 2 || ic[0].Name != first || ic[1].Name != SidecarContainerName {
+		return fmt.Errorf("%w: init containers %v: tether-injector (redirect mode %s) puts %s and %s first, and nothing else may be named so",
+			ErrNotOurInjection, containerNamesOf(ic), c.RedirectMode, first, SidecarContainerName)
 	}
 	for _, ct := range ic[2:] {
-		if ct.Name == InitContainerName || ct.Name == SidecarContainerName {
+		if slices.Contains(reserved, ct.Name) {
 			return fmt.Errorf("%w: a second init container named %s", ErrNotOurInjection, ct.Name)
 		}
 	}
-	wantInit := c.initContainer(o)
+	if c.RedirectMode == RedirectCNI && pod.Annotations[AnnotationRedirect] != RedirectCNI {
+		// Without the marker the CNI plugin leaves the pod alone; the
+		// validation would then fail it, but say so here.
+		return fmt.Errorf("%w: no annotation %s=%s, which the CNI plugin needs to redirect the pod's traffic",
+			ErrNotOurInjection, AnnotationRedirect, RedirectCNI)
+	}
+	wantInit := c.firstContainer(o)
 	wantSide, err := c.sidecarContainer(o, envValue(ic[1].Env, AppProbesEnv))
 	if err != nil {
 		return err

@@ -89,7 +89,7 @@ func (s *storyRun) checkPre(t *testing.T) {
 // and SVID through discovery and the pod proxy).
 func (s *storyRun) checkInstalled(t *testing.T) {
 	all := map[string]check.Result{}
-	for _, n := range []string{"crds", "tether-ca", "tether-discovery", "tether-injector", "discovery-endpoints", "root-expiry",
+	for _, n := range []string{"crds", "tether-ca", "tether-discovery", "tether-injector", "cni-node", "discovery-endpoints", "root-expiry",
 		"intermediate-expiry", "webhook-ca-bundle", "webhook-injects", "pod-security", "sidecar-svids", "pods-without-sidecar", "sidecar-versions"} {
 		all[n] = check.OK
 	}

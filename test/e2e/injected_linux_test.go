@@ -196,13 +196,18 @@ func TestInjectedPodRuns(t *testing.T) {
 	t.Logf("done %v after the test began", time.Since(m.began).Round(time.Millisecond))
 }
 
-// checkInjected returns tether-init and tether-sidecar from the stored pod,
-// after checking that the parts this test relies on are there.
-func checkInjected(t *testing.T, pod *corev1.Pod) (initC, sidecar corev1.Container) {
+// checkInjected returns tether-init (in CNI mode tether-validate) and
+// tether-sidecar from the stored pod, after checking that the parts this
+// test relies on are there.
+func checkInjected(t *testing.T, pod *corev1.Pod, mode string) (initC, sidecar corev1.Container) {
 	t.Helper()
 	ic := pod.Spec.InitContainers
-	if len(ic) < 2 || ic[0].Name != inject.InitContainerName || ic[1].Name != inject.SidecarContainerName {
-		t.Fatalf("stored pod not injected: init containers %v", containerNames(ic))
+	first := inject.InitContainerName
+	if mode == inject.RedirectCNI {
+		first = inject.ValidateContainerName
+	}
+	if len(ic) < 2 || ic[0].Name != first || ic[1].Name != inject.SidecarContainerName {
+		t.Fatalf("stored pod not injected: init containers %v, want %s and %s first", containerNames(ic), first, inject.SidecarContainerName)
 	}
 	initC, sidecar = ic[0], ic[1]
 	for _, c := range []corev1.Container{initC, sidecar} {
@@ -218,8 +223,11 @@ func checkInjected(t *testing.T, pod *corev1.Pod) (initC, sidecar corev1.Contain
 			t.Fatalf("sidecar args %q lack %q", sidecar.Args, want)
 		}
 	}
-	if !slices.Contains(initC.Args, "--capture-dns") {
+	if mode != inject.RedirectCNI && !slices.Contains(initC.Args, "--capture-dns") {
 		t.Fatalf("tether-init args %q lack --capture-dns", initC.Args)
+	}
+	if mode == inject.RedirectCNI && (pod.Annotations[inject.AnnotationRedirect] != inject.RedirectCNI || len(initC.SecurityContext.Capabilities.Add) != 0) {
+		t.Fatalf("CNI mode: annotations %v, %s capabilities %+v", pod.Annotations, initC.Name, initC.SecurityContext.Capabilities)
 	}
 	if sidecar.RestartPolicy == nil || *sidecar.RestartPolicy != corev1.ContainerRestartPolicyAlways || sidecar.StartupProbe == nil {
 		t.Fatal("tether-sidecar is not a native sidecar with a startup probe")
@@ -329,7 +337,7 @@ func applyManifests(t *testing.T, env *kubetest.Env, dir string) {
 // MutatingWebhookConfiguration at it (no Service routing exists here: the
 // loopback URL stands for it, as for an injector run outside the cluster).
 // It returns the injector's log.
-func startInjector(t *testing.T, env *kubetest.Env) *testutil.SyncBuffer {
+func startInjector(t *testing.T, env *kubetest.Env, mode string) *testutil.SyncBuffer {
 	t.Helper()
 	ctx := context.Background()
 	wl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -364,8 +372,10 @@ func startInjector(t *testing.T, env *kubetest.Env) *testutil.SyncBuffer {
 	}
 	image := envValue(dep.Spec.Template.Spec.Containers[0], "TETHER_IMAGE")
 	log := &testutil.SyncBuffer{}
+	cfg := inject.DefaultConfig(image)
+	cfg.RedirectMode = mode
 	inj, err := injector.New(injector.Config{
-		Inject: inject.DefaultConfig(image),
+		Inject: cfg,
 		Certs: injector.CertsConfig{Client: client, Namespace: "tether-system", SecretName: "tether-injector-tls",
 			WebhookName: "tether-injector", ServiceName: "tether-injector", ExtraNames: []string{"127.0.0.1"}},
 		Logger: slog.New(slog.NewTextHandler(log, nil)),

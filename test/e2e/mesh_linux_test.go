@@ -39,6 +39,9 @@ type mesh struct {
 	node    *netns.NS
 	kubelet *http.Client // the node's HTTP client, for probes and admin ports
 	began   time.Time
+	// mode is the injector's redirect mode (inject.RedirectInit or
+	// inject.RedirectCNI).
+	mode string
 
 	caAdminAddr, discAdminAddr netip.AddrPort
 	discNS                     *netns.NS // tether-discovery's pod network
@@ -49,6 +52,13 @@ type mesh struct {
 // ServiceAccounts), registers the injector, and runs tether-ca and
 // tether-discovery until both are ready.
 func startMesh(t *testing.T, namespace string, serviceAccounts ...string) *mesh {
+	t.Helper()
+	return startMeshMode(t, inject.RedirectInit, namespace, serviceAccounts...)
+}
+
+// startMeshMode is startMesh with the injector in redirect mode mode; in
+// CNI mode the namespace also enforces Pod Security restricted.
+func startMeshMode(t *testing.T, mode, namespace string, serviceAccounts ...string) *mesh {
 	t.Helper()
 	netns.RequireRoot(t)
 	for _, tool := range []string{"unshare", "setpriv", "mount", "readlink", "env", "sh"} {
@@ -80,6 +90,9 @@ func startMesh(t *testing.T, namespace string, serviceAccounts ...string) *mesh 
 	// kube-root-ca.crt ConfigMap (the API server's CA, mounted into every
 	// pod) and its default ServiceAccount.
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: map[string]string{inject.InjectLabel: "enabled"}}}
+	if mode == inject.RedirectCNI {
+		ns.Labels["pod-security.kubernetes.io/enforce"] = "restricted"
+	}
 	if _, err := env.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +107,7 @@ func startMesh(t *testing.T, namespace string, serviceAccounts ...string) *mesh 
 		env.EnsureServiceAccount(t, namespace, sa)
 	}
 
-	injectorLog := startInjector(t, env)
+	injectorLog := startInjector(t, env, mode)
 
 	// The node's network namespace. Pods are linked to it (podNetwork),
 	// and it routes between them.
@@ -123,7 +136,7 @@ func startMesh(t *testing.T, namespace string, serviceAccounts ...string) *mesh 
 	// Cluster DNS, on the node (as NodeLocal DNSCache would be).
 	serveClusterDNS(t, node, netip.AddrPortFrom(nodeIP, 53), env)
 	cl := &cluster{env: env, bin: bin, nameserver: nodeIP, node: node}
-	m := &mesh{t: t, env: env, cl: cl, node: node, kubelet: nodeClient(node), began: began}
+	m := &mesh{t: t, env: env, cl: cl, node: node, kubelet: nodeClient(node), began: began, mode: mode}
 
 	<-built
 	if buildErr != nil {
@@ -236,7 +249,7 @@ func (m *mesh) runPod(ctx context.Context, pod *corev1.Pod) *meshPod {
 		t.Fatal(err)
 	}
 	p := &meshPod{m: m, pod: stored}
-	p.init, p.sidecar = checkInjected(t, stored)
+	p.init, p.sidecar = checkInjected(t, stored, m.mode)
 	p.app = stored.Spec.Containers[0]
 
 	// The trust bundle ConfigMap the sidecar mounts is tether-ca's to
@@ -248,9 +261,14 @@ func (m *mesh) runPod(ctx context.Context, pod *corev1.Pod) *meshPod {
 	p.ns, p.ip = m.cl.podNetwork(t, stored.Name)
 	p.rt = newPodRuntime(t, m.cl, stored, p.ns, p.ip)
 
-	// Init containers in order: tether-init runs to completion...
-	out := p.rt.run(ctx, p.init)
-	t.Logf("%s: tether-init: %s", stored.Name, strings.TrimSpace(out))
+	// Init containers in order: tether-init runs to completion (in CNI
+	// mode, tether-validate, after the node installed the rules)...
+	if m.mode == inject.RedirectCNI {
+		p.cniSetUp(ctx)
+	} else {
+		out := p.rt.run(ctx, p.init)
+		t.Logf("%s: tether-init: %s", stored.Name, strings.TrimSpace(out))
+	}
 	rules := p.ns.Run(t, "iptables-save", "-t", "nat")
 	for _, want := range []string{"-j TETHER_INBOUND", "-j TETHER_OUTPUT", "-j TETHER_DNS", "--uid-owner " + strconv.Itoa(inject.ProxyUID)} {
 		if !strings.Contains(rules, want) {
