@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	tetherv1alpha1 "github.com/tether-mesh/tether/api/tether/v1alpha1"
 	"github.com/tether-mesh/tether/pkg/discovery"
 	"github.com/tether-mesh/tether/pkg/discovery/kubesource"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
@@ -34,11 +35,12 @@ var kubeResources = []schema.GroupVersionResource{
 	{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"},
 	{Version: "v1", Resource: "pods"},
 	policy.SchemeGroupVersionResource,
+	tetherv1alpha1.RemoteServiceGVR,
 }
 
 // kubeRBACHint says what the policy commands need from RBAC.
 const kubeRBACHint = "the policy commands need list and watch on namespaces, services, pods, " +
-	"endpointslices.discovery.k8s.io and accesspolicies.tether.dev in every namespace"
+	"endpointslices.discovery.k8s.io, accesspolicies.tether.dev and remoteservices.tether.dev in every namespace"
 
 // loadKube reads the mesh from Kubernetes: it runs a kubesource.KubeSource
 // until its first snapshot, within p.timeout.
@@ -141,6 +143,9 @@ func probeKube(ctx context.Context, dyn dynamic.Interface) error {
 		case gvr == policy.SchemeGroupVersionResource && apierrors.IsNotFound(err):
 			return fmt.Errorf("the AccessPolicy CRD (%s.%s) is not installed; install it with "+
 				"kubectl apply -f manifests/crds/accesspolicies.tether.dev.yaml", policy.Resource, policy.GroupName)
+		case gvr == tetherv1alpha1.RemoteServiceGVR && apierrors.IsNotFound(err):
+			// A cluster installed before remote services existed: the
+			// source reads the mesh without them and says so.
 		case apierrors.IsForbidden(err):
 			return fmt.Errorf("RBAC forbids reading the mesh: %s; %s", apiMessage(err), kubeRBACHint)
 		case apierrors.IsUnauthorized(err):

@@ -50,7 +50,7 @@ func writeKubeconfig(t *testing.T, current string, contexts map[string]*rest.Con
 var kubeReadRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{""}, Resources: []string{"namespaces", "services", "pods"}, Verbs: []string{"list", "watch"}},
 	{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
-	{APIGroups: []string{"tether.dev"}, Resources: []string{"accesspolicies"}, Verbs: []string{"list", "watch"}},
+	{APIGroups: []string{"tether.dev"}, Resources: []string{"accesspolicies", "remoteservices"}, Verbs: []string{"list", "watch"}},
 }
 
 // grant binds a new ClusterRole with rules to user.
@@ -189,6 +189,7 @@ func TestPolicyKube(t *testing.T) {
 	})
 
 	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
+	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "remoteservices.tether.dev.yaml"))
 	createMesh(ctx, t, env)
 
 	const (

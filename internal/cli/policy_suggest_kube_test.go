@@ -29,6 +29,7 @@ func TestPolicySuggestKube(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
+	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "remoteservices.tether.dev.yaml"))
 	createMesh(ctx, t, env)
 	kc := writeKubeconfig(t, "admin", map[string]*rest.Config{"admin": env.Config})
 	const billing = "spiffe://cluster.local/vm/billing"

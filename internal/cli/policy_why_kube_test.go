@@ -28,6 +28,7 @@ func TestPolicyWhyKube(t *testing.T) {
 	kc := writeKubeconfig(t, "admin", map[string]*rest.Config{"admin": env.Config, "reader": env.UserConfig(t, "reader")})
 	where := `Kubernetes context "admin" at ` + env.Config.Host
 	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "accesspolicies.tether.dev.yaml"))
+	env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", "remoteservices.tether.dev.yaml"))
 	createMesh(ctx, t, env)
 	env.EnsureMeshPod(t, "ops", "monitor", "twin")
 	env.EnsureMeshPod(t, "web", "frontend", "twin")

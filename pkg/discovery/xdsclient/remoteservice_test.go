@@ -100,6 +100,12 @@ func TestRemoteServiceInView(t *testing.T) {
 		if !slices.Equal(d.IDs, []spiffeid.ID{payID}) {
 			t.Errorf("Outbound IDs = %v", d.IDs)
 		}
+		// The remote sidecar is dialled at its tether/1 listener; the
+		// stream names the app's port, which a transparent (Kubernetes)
+		// destination delivers to and authorizes.
+		if d.Port != 8443 {
+			t.Errorf("Outbound sends port %d to the remote sidecar, want the target port 8443", d.Port)
+		}
 		seen[d.Addr] = true
 	}
 	if !seen["192.0.2.10:15006"] || !seen["192.0.2.11:15006"] {

@@ -461,10 +461,18 @@ func (v *View) Outbound(key wire.ServiceKey, port uint16) (proxy.Destination, er
 	}
 	n := e.next[i].Add(1) - 1
 	ep := eps[int(n%uint32(len(eps)))]
+	// A remote service (identities of another trust domain) is dialled at
+	// its sidecars' tether/1 listeners: the stream names the app's port.
+	// Elsewhere the endpoint's port is the app's (a standalone endpoint's
+	// listener ignores it).
+	streamPort := ep.Port()
+	if !v.id.IsZero() && !e.svc.IDs[0].MemberOf(v.id.TrustDomain()) {
+		streamPort = p.TargetPort
+	}
 	return proxy.Destination{
 		Name:      key.String() + ":" + strconv.Itoa(int(port)),
 		Addr:      ep.String(),
-		Port:      ep.Port(),
+		Port:      streamPort,
 		IDs:       e.svc.IDs,
 		Rule:      p.Rule,
 		AuditRule: p.AuditRule,
