@@ -12,6 +12,17 @@ import (
 	"github.com/tether-mesh/tether/pkg/proxy/capture"
 )
 
+// AnnotationRedirect, with the value RedirectCNI, is how the injector in
+// cni mode marks a pod whose capture rules the node's CNI plugin installs
+// (tether-cni, docs/cni.md) instead of a tether-init container. tether-cni
+// reads it at ADD time; it also treats a pod carrying tether-sidecar without
+// tether-init as marked, since annotations can change after admission and
+// containers cannot. Any other value fails the pod's network setup.
+const (
+	AnnotationRedirect = "tether.dev/redirect"
+	RedirectCNI        = "cni"
+)
+
 // options are a pod's validated Tether annotations.
 type options struct {
 	excludeInbound  string // normalized, "" for none
@@ -36,6 +47,7 @@ var known = map[string]bool{
 	AnnotationProxyCPU:             true,
 	AnnotationProxyMemory:          true,
 	AnnotationOriginalProbes:       true,
+	AnnotationRedirect:             true,
 
 	AnnotationLocalhostInboundPorts: true,
 }
