@@ -36,10 +36,12 @@ import (
 // ("node"), which holds the bridge; every address is a private one that
 // exists only inside the test's namespaces.
 const (
-	subnet  = "10.213.0.0/24"
-	gateway = "10.213.0.1"
-	podNS   = "shop"
-	cniDir  = "/usr/lib/cni"
+	subnet   = "10.213.0.0/24"
+	gateway  = "10.213.0.1"
+	subnet6  = "fd00:213::/64"
+	gateway6 = "fd00:213::1"
+	podNS    = "shop"
+	cniDir   = "/usr/lib/cni"
 )
 
 // stdPlugins are the stock plugins the tests chain tether-cni after.
@@ -144,7 +146,8 @@ func (r *rig) list(t *testing.T, first, kubeconfig string) *libcni.NetworkConfig
 	switch first {
 	case "bridge":
 		plugin = fmt.Sprintf(`{"type": "bridge", "bridge": "tcni0", "isGateway": true,
-		  "ipam": {"type": "host-local", "subnet": %q, "dataDir": %q}}`, subnet, filepath.Join(r.dir, "ipam"))
+		  "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}], [{"subnet": %q}]], "dataDir": %q}}`,
+			subnet, subnet6, filepath.Join(r.dir, "ipam"))
 	case "loopback":
 		plugin = `{"type": "loopback"}`
 	}
@@ -204,23 +207,29 @@ func wantConfig(pod *netns.NS, exclOut, exclIn []int) capture.Config {
 // pod and answers with the original destination it was captured from.
 func sidecarStandIn(t *testing.T, pod *netns.NS) {
 	t.Helper()
-	l, err := pod.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", capture.DefaultOutboundPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			dst, err := capture.OriginalDst(c.(*net.TCPConn))
-			fmt.Fprintf(c, "sidecar: %v %v", dst, err)
-			c.Close()
+	for _, addr := range []string{"127.0.0.1", "[::1]"} {
+		l, err := pod.Listen("tcp", fmt.Sprintf("%s:%d", addr, capture.DefaultOutboundPort))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		t.Cleanup(func() { l.Close() })
+		go serveOrigDst(l)
+	}
 	pod.ServeUDP(t, fmt.Sprintf("127.0.0.1:%d", capture.DefaultDNSPort), "sidecar-dns")
+}
+
+// serveOrigDst answers each connection with the destination it was
+// captured from.
+func serveOrigDst(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		dst, err := capture.OriginalDst(c.(*net.TCPConn))
+		fmt.Fprintf(c, "sidecar: %v %v", dst, err)
+		c.Close()
+	}
 }
 
 // dial connects from inside ns and returns what the server sends, or the error.
@@ -283,11 +292,13 @@ func testAddCheckDel(t *testing.T, r *rig) {
 	}
 	// The bridge's result comes through tether-cni unchanged.
 	res100, err := types100.NewResultFromResult(res)
-	if err != nil || len(res100.IPs) != 1 || !strings.HasPrefix(res100.IPs[0].Address.String(), "10.213.0.") {
-		t.Fatalf("ADD result %v (%v): want the bridge's IP in %s", res, err, subnet)
+	if err != nil || len(res100.IPs) != 2 || !strings.HasPrefix(res100.IPs[0].Address.String(), "10.213.0.") ||
+		!strings.HasPrefix(res100.IPs[1].Address.String(), "fd00:213::") {
+		t.Fatalf("ADD result %v (%v): want the bridge's IPs in %s and %s", res, err, subnet, subnet6)
 	}
+	// The pod has an IPv6 address: IPv6 capture is required, not best effort.
 	want := wantConfig(pod, []int{5432}, []int{9090})
-	want.CaptureDNS = true
+	want.CaptureDNS, want.IPv6 = true, true
 	if err := capture.Verify(ctx, want, runner(pod)); err != nil {
 		t.Fatalf("after ADD: %v\n%s", err, pod.Run(t, "iptables-save", "-t", "nat"))
 	}
@@ -312,6 +323,10 @@ func testAddCheckDel(t *testing.T, r *rig) {
 	}()
 	if got, want := dial(pod, "tcp", gateway+":80"), "sidecar: "+gateway+":80 <nil>"; got != want {
 		t.Errorf("pod -> %s:80: got %q, want %q", gateway, got, want)
+	}
+	// The other address family is captured too.
+	if got, want := dial(pod, "tcp", "["+gateway6+"]:80"), "sidecar: ["+gateway6+"]:80 <nil>"; got != want {
+		t.Errorf("pod -> [%s]:80: got %q, want %q", gateway6, got, want)
 	}
 	if got := dial(pod, "udp", gateway+":53"); got != "sidecar-dns" {
 		t.Errorf("pod DNS to %s:53: got %q, want the sidecar's DNS port to answer", gateway, got)
