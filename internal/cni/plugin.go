@@ -143,6 +143,12 @@ func (p Plugin) Del(args *skel.CmdArgs) error {
 	if errors.As(err, &gone) || errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	if errors.Is(err, capture.ErrIptablesNotFound) {
+		// Without iptables no ADD of this node installed anything (it
+		// fails): do not block the pod's teardown.
+		fmt.Fprintf(p.Log, "tether-cni: DEL: %v: nothing of Tether's can be in %s\n", err, args.Netns)
+		return nil
+	}
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("tether-cni: remove Tether's capture rules from %s", args.Netns), err.Error())
 	}

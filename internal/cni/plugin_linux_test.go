@@ -478,6 +478,22 @@ func testBadInputs(t *testing.T, r *rig) {
 		})
 	}
 
+	// No iptables on the node: ADD of a meshed pod fails saying so; DEL
+	// does not block the teardown (nothing can have been installed).
+	t.Run("no iptables", func(t *testing.T) {
+		r.pod(t, "noiptables", true, map[string]string{inject.AnnotationRedirect: inject.RedirectCNI})
+		pod := netns.New(t, "noipt")
+		t.Setenv("PATH", t.TempDir())
+		l, rt := r.list(t, "loopback", r.kubeconfig), runtimeConf(pod, "noiptables")
+		_, err := r.cni.AddNetworkList(ctx, l, rt)
+		if err == nil || !strings.Contains(err.Error(), "iptables not found") {
+			t.Fatalf("ADD without iptables: %v", err)
+		}
+		if err := r.cni.DelNetworkList(ctx, l, rt); err != nil {
+			t.Fatalf("DEL without iptables: %v", err)
+		}
+	})
+
 	// A malformed prevResult, as a broken plugin before tether-cni would
 	// pass it.
 	pod := netns.New(t, "prev")

@@ -104,7 +104,8 @@ type Agent struct {
 
 	mu          sync.Mutex
 	kubeconfig  []byte
-	tokenRenew  time.Time
+	tokenRenew  time.Time // when to ask for the next token
+	tokenExp    time.Time // when the current one stops working
 	ready       prometheus.Gauge
 	repairs     *prometheus.CounterVec
 	renewals    *prometheus.CounterVec
@@ -222,12 +223,18 @@ func fileSum(path string) ([32]byte, error) {
 
 func (a *Agent) installKubeconfig(ctx context.Context) error {
 	path := filepath.Join(a.cfg.ConfDir, KubeconfigName)
-	if a.kubeconfig == nil || !a.cfg.Clock().Before(a.tokenRenew) {
+	if now := a.cfg.Clock(); a.kubeconfig == nil || !now.Before(a.tokenRenew) {
 		if err := a.renewToken(ctx); err != nil {
 			a.renewals.WithLabelValues("error").Inc()
-			return err
+			if a.kubeconfig == nil || !now.Before(a.tokenExp) {
+				return err
+			}
+			// The current token is still valid: keep it in place (and the
+			// entry) and try again on the next pass.
+			a.cfg.Logger.Warn("could not renew the plugin's token; the current one is still valid", "expires", a.tokenExp, "error", err)
+		} else {
+			a.renewals.WithLabelValues("ok").Inc()
 		}
-		a.renewals.WithLabelValues("ok").Inc()
 	}
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, a.kubeconfig) {
 		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == 0o600 {
@@ -269,7 +276,7 @@ func (a *Agent) renewToken(ctx context.Context) error {
 	if limit := now.Add(a.cfg.TokenTTL); expiry.IsZero() || expiry.After(limit) {
 		expiry = limit
 	}
-	a.kubeconfig, a.tokenRenew = kc, now.Add(expiry.Sub(now)*4/5)
+	a.kubeconfig, a.tokenRenew, a.tokenExp = kc, now.Add(expiry.Sub(now)*4/5), expiry
 	a.tokenExpiry.Set(float64(resp.Status.ExpirationTimestamp.Unix()))
 	a.cfg.Logger.Info("renewed the plugin's token", "expires", resp.Status.ExpirationTimestamp.Time, "renew_at", a.tokenRenew)
 	return nil

@@ -285,6 +285,46 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("TokenRenewalFails", func(t *testing.T) {
+		n := newNode(t)
+		a, err := cninode.New(n.config(env, client))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		if err := a.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The agent loses the right to request tokens.
+		rbs := env.Client.RbacV1().RoleBindings(agentNS)
+		rb, err := rbs.Get(ctx, agentSA, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rbs.Delete(ctx, agentSA, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			rb.ResourceVersion = ""
+			if _, err := rbs.Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		// Renewal is due but the token is still valid: the entry is still
+		// repaired, and the failure counted.
+		n.clock.Add(50 * time.Minute)
+		write(t, filepath.Join(n.conf, "10-node.conflist"), primary)
+		waitFor(t, func() bool {
+			return a.Reconcile(ctx) == nil && metric(t, a, "tether_cni_node_token_renewals_total", "error") >= 1
+		})
+		wantInstalled(t, n)
+		// Expired and not renewable: an error.
+		n.clock.Add(11 * time.Minute)
+		if err := a.Reconcile(ctx); err == nil || !strings.Contains(err.Error(), "serviceaccounts/token") {
+			t.Fatalf("Reconcile with an expired token that cannot be renewed: %v", err)
+		}
+	})
+
 	t.Run("RunRepairsAndUninstallsOnExit", func(t *testing.T) {
 		n := newNode(t)
 		a, err := cninode.New(n.config(env, client))
