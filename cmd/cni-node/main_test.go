@@ -43,7 +43,7 @@ func TestBinary(t *testing.T) {
 	}
 	agentPod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "tether-cni-node-x1", Namespace: ns},
-		Spec: corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{{Name: "node", Image: "registry.invalid/tether"}}},
+		Spec:       corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{{Name: "node", Image: "registry.invalid/tether"}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
