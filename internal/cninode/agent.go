@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -86,6 +87,11 @@ func (c *Config) Validate() error {
 	}
 	if c.ExcludeNamespaces == nil {
 		c.ExcludeNamespaces = cni.DefaultExcludeNamespaces
+	}
+	if !slices.Contains(c.ExcludeNamespaces, c.Namespace) {
+		// The agent's own pods must never wait on the plugin's token,
+		// which only a running agent renews.
+		c.ExcludeNamespaces = append(slices.Clone(c.ExcludeNamespaces), c.Namespace)
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now

@@ -3,6 +3,7 @@ package cninode_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -141,6 +142,11 @@ func wantInstalled(t *testing.T, n *node) {
 	if len(ps) != 3 || ps[0]["type"] != "bridge" || ps[1]["type"] != "portmap" || ps[2]["type"] != cni.PluginType ||
 		ps[2]["kubeconfig"] != "/etc/cni/net.d/"+cninode.KubeconfigName {
 		t.Fatalf("first conflist's plugins: %v", ps)
+	}
+	// The agent's own namespace is always excluded: its pods must not wait
+	// on a token only a running agent renews.
+	if ex := fmt.Sprint(ps[2]["excludeNamespaces"]); ex != "[kube-system tether-system]" {
+		t.Fatalf("excludeNamespaces = %s", ex)
 	}
 	if got := read(t, filepath.Join(n.conf, "99-other.conflist")); strings.Contains(got, cni.PluginType) {
 		t.Fatalf("the second conflist was changed:\n%s", got)
@@ -282,6 +288,23 @@ func TestAgent(t *testing.T) {
 		}
 		if got := metric(t, a, "tether_cni_node_token_renewals_total", "ok"); got != 2 {
 			t.Errorf("token_renewals_total{result=ok} = %v, want 2", got)
+		}
+	})
+
+	t.Run("OwnNamespaceExcluded", func(t *testing.T) {
+		n := newNode(t)
+		cfg := n.config(env, client)
+		cfg.ExcludeNamespaces = []string{"kube-system"}
+		a, err := cninode.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		ps := plugins(t, filepath.Join(n.conf, "10-node.conflist"))
+		if ex := fmt.Sprint(ps[len(ps)-1]["excludeNamespaces"]); ex != "[kube-system "+agentNS+"]" {
+			t.Fatalf("excludeNamespaces = %s, want the agent's own namespace added", ex)
 		}
 	})
 
