@@ -267,6 +267,7 @@ func TestPlugin(t *testing.T) {
 	t.Run("AddCheckDel", func(t *testing.T) { testAddCheckDel(t, r) })
 	t.Run("AnnotationRemovedStillCaptured", func(t *testing.T) { testAnnotationRemoved(t, r) })
 	t.Run("NotMeshedIsNoOp", func(t *testing.T) { testNotMeshed(t, r) })
+	t.Run("ConfigFromThePod", func(t *testing.T) { testConfigFromPod(t, r) })
 	t.Run("BadInputs", func(t *testing.T) { testBadInputs(t, r) })
 }
 
@@ -403,6 +404,50 @@ func testAnnotationRemoved(t *testing.T, r *rig) {
 	want.CaptureDNS = true
 	if err := capture.Verify(context.Background(), want, runner(pod)); err != nil {
 		t.Fatalf("pod with the sidecar but no annotation: %v", err)
+	}
+}
+
+// testConfigFromPod: registry-only pods get the UDP rules; a sidecar
+// without discovery serves no DNS, so DNS is not captured; an older
+// conflist version gets its result in its version.
+func testConfigFromPod(t *testing.T, r *rig) {
+	r.pod(t, "registryonly", true, map[string]string{inject.AnnotationRedirect: inject.RedirectCNI, inject.AnnotationOutboundMode: "registry-only"})
+	noDNS := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "nodns", Namespace: podNS, Annotations: map[string]string{inject.AnnotationRedirect: inject.RedirectCNI}},
+		Spec: corev1.PodSpec{ServiceAccountName: "default",
+			InitContainers: []corev1.Container{kubetest.MeshSidecar()},
+			Containers:     []corev1.Container{{Name: "app", Image: "registry.invalid/app"}}},
+	}
+	if _, err := r.env.Client.CoreV1().Pods(podNS).Create(context.Background(), noDNS, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		pod        string
+		dns, udp   bool
+		cniVersion string
+	}{
+		{"registryonly", true, true, "1.0.0"},
+		{"nodns", false, false, "0.4.0"},
+	} {
+		pod := netns.New(t, c.pod)
+		l := r.list(t, "loopback", r.kubeconfig)
+		b := strings.Replace(string(l.Bytes), `"cniVersion": "1.0.0"`, fmt.Sprintf(`"cniVersion": %q`, c.cniVersion), 1)
+		l, err := libcni.ConfListFromBytes([]byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := r.cni.AddNetworkList(context.Background(), l, runtimeConf(pod, c.pod))
+		if err != nil {
+			t.Fatalf("ADD of %s: %v", c.pod, err)
+		}
+		if res.Version() != c.cniVersion {
+			t.Errorf("ADD of %s: result version %s, want the conflist's %s", c.pod, res.Version(), c.cniVersion)
+		}
+		want := wantConfig(pod, nil, nil)
+		want.CaptureDNS, want.RejectUDP = c.dns, c.udp
+		if err := capture.Verify(context.Background(), want, runner(pod)); err != nil {
+			t.Errorf("pod %s: %v", c.pod, err)
+		}
 	}
 }
 
