@@ -60,19 +60,21 @@ type k8sArgs struct {
 	types.CommonArgs
 	K8S_POD_NAMESPACE types.UnmarshallableString //nolint:revive // the CNI_ARGS key
 	K8S_POD_NAME      types.UnmarshallableString //nolint:revive // the CNI_ARGS key
+	K8S_POD_UID       types.UnmarshallableString //nolint:revive // the CNI_ARGS key (containerd and CRI-O pass it)
 }
 
-// podRef reads the pod's namespace and name from CNI_ARGS.
-func podRef(args string) (ns, name string, err error) {
+// podRef reads the pod's namespace, name and (when the runtime passes it)
+// UID from CNI_ARGS.
+func podRef(args string) (ns, name, uid string, err error) {
 	a := k8sArgs{CommonArgs: types.CommonArgs{IgnoreUnknown: true}}
 	if err := types.LoadArgs(args, &a); err != nil {
-		return "", "", types.NewError(types.ErrInvalidEnvironmentVariables, "tether-cni: malformed CNI_ARGS", err.Error())
+		return "", "", "", types.NewError(types.ErrInvalidEnvironmentVariables, "tether-cni: malformed CNI_ARGS", err.Error())
 	}
 	ns, name = string(a.K8S_POD_NAMESPACE), string(a.K8S_POD_NAME)
 	if ns == "" || name == "" {
-		return "", "", types.NewError(types.ErrInvalidEnvironmentVariables,
+		return "", "", "", types.NewError(types.ErrInvalidEnvironmentVariables,
 			"tether-cni: CNI_ARGS has no K8S_POD_NAMESPACE and K8S_POD_NAME: tether-cni runs only for Kubernetes pods (the kubelet's runtime passes them)",
 			fmt.Sprintf("CNI_ARGS=%q", args))
 	}
-	return ns, name, nil
+	return ns, name, string(a.K8S_POD_UID), nil
 }

@@ -124,6 +124,7 @@ func loadKubeconfig(path string) (*kubeClient, error) {
 // pod is the part of a Pod the plugin reads.
 type pod struct {
 	Metadata struct {
+		UID         string            `json:"uid"`
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec struct {

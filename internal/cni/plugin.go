@@ -44,7 +44,7 @@ type decision struct {
 
 // decide reads the pod named in CNI_ARGS and works out its capture config.
 func decide(ctx context.Context, conf *NetConf, args string) (decision, error) {
-	podNS, podName, err := podRef(args)
+	podNS, podName, uid, err := podRef(args)
 	if err != nil {
 		return decision{}, err
 	}
@@ -59,6 +59,12 @@ func decide(ctx context.Context, conf *NetConf, args string) (decision, error) {
 	p, err := kc.getPod(ctx, podNS, podName)
 	if err != nil {
 		return d, err
+	}
+	if uid != "" && p.Metadata.UID != uid {
+		// Another pod of the same name: its annotations are not this
+		// sandbox's. The runtime retries; the old pod's sandbox goes away.
+		return d, types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("tether-cni: pod %s/%s at the API server has UID %s, the runtime asked for UID %s (the pod was replaced)", podNS, podName, p.Metadata.UID, uid), "")
 	}
 	if p.Spec.HostNetwork {
 		return d, nil

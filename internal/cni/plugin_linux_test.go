@@ -286,6 +286,12 @@ func testAddCheckDel(t *testing.T, r *rig) {
 	pod.Run(t, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "KEEP_ME")
 	list, rt := r.list(t, "bridge", r.kubeconfig), runtimeConf(pod, "web")
 	ctx := context.Background()
+	// The runtime passes the pod's UID: the plugin checks it is that pod.
+	web, err := r.env.Client.CoreV1().Pods(podNS).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.Args = append(rt.Args, [2]string{"K8S_POD_UID", string(web.UID)})
 
 	res, err := r.cni.AddNetworkList(ctx, list, rt)
 	if err != nil {
@@ -501,6 +507,8 @@ func testBadInputs(t *testing.T, r *rig) {
 		{"garbage kubeconfig", "web", notKube, nil, types.ErrInvalidNetworkConfig, "not a kubeconfig"},
 		{"RBAC refuses", "badports", forbidden, nil, types.ErrInvalidNetworkConfig, "refused"},
 		{"pod not found", "nosuchpod", r.kubeconfig, nil, types.ErrTryAgainLater, "pod shop/nosuchpod not found"},
+		{"pod replaced", "badports", r.kubeconfig, [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", podNS}, {"K8S_POD_NAME", "badports"}, {"K8S_POD_UID", "0000-old"}},
+			types.ErrTryAgainLater, "the runtime asked for UID 0000-old (the pod was replaced)"},
 		{"bad port annotation", "badports", r.kubeconfig, nil, types.ErrInvalidNetworkConfig, `tether.dev/exclude-outbound-ports="70000"`},
 		{"bad CIDR annotation", "badcidr", r.kubeconfig, nil, types.ErrInvalidNetworkConfig, `tether.dev/exclude-outbound-cidrs="10.0.0.0/33"`},
 		{"bad outbound mode", "badmode", r.kubeconfig, nil, types.ErrInvalidNetworkConfig, "want passthrough or registry-only"},
