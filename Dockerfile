@@ -1,5 +1,6 @@
 # The one Tether image: tether-ca, tether-discovery, tether-injector,
-# tether-sidecar and the tether CLI, static binaries.
+# tether-sidecar, tether-cni, tether-cni-node and the tether CLI, static
+# binaries.
 #   docker build -t REGISTRY/tether:TAG .
 #
 # Build stage: static, trimmed binaries (CGO off; grpcnotrace as in the
@@ -10,7 +11,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ENV CGO_ENABLED=0
-RUN for b in ca:tether-ca discovery:tether-discovery injector:tether-injector sidecar:tether-sidecar tether:tether; do \
+RUN for b in ca:tether-ca discovery:tether-discovery injector:tether-injector sidecar:tether-sidecar tether:tether cni:tether-cni cni-node:tether-cni-node; do \
       go build -trimpath -tags=grpcnotrace -ldflags='-s -w' -o /out/${b#*:} ./cmd/${b%%:*} || exit 1; \
     done
 

@@ -11,13 +11,13 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 all: build
 
 # Binaries are named as docs/architecture.md ("Parts") names them:
-# tether-ca, tether-discovery, tether-injector, tether-sidecar, and the CLI
-# tether. The first build compiles every dependency and takes minutes, so it
+# tether-ca, tether-discovery, tether-injector, tether-sidecar, tether-cni,
+# tether-cni-node, and the CLI tether. The first build compiles every dependency and takes minutes, so it
 # says what it builds, a line per binary.
 build:
 	@mkdir -p bin
 	@echo "building the binaries into bin/ (a few minutes the first time)…"
-	@for c in ca discovery injector sidecar; do \
+	@for c in ca discovery injector sidecar cni cni-node; do \
 	  echo "  bin/tether-$$c"; $(GO) build -o bin/tether-$$c ./cmd/$$c || exit 1; \
 	done
 	@echo "  bin/tether"; $(GO) build -o bin/tether ./cmd/tether

@@ -33,6 +33,7 @@ var presets = map[string]preset{
 			{"./cmd/ca", "tether-ca"}, {"./cmd/discovery", "tether-discovery"},
 			{"./cmd/injector", "tether-injector"}, {"./cmd/sidecar", "tether-sidecar"},
 			{"./cmd/tether", "tether"},
+			{"./cmd/cni", "tether-cni"}, {"./cmd/cni-node", "tether-cni-node"},
 		},
 		binDir: "/usr/local/bin", iptables: true, base: true,
 		user: "65532:65532", entrypoint: []string{"/usr/local/bin/tether"},

@@ -61,10 +61,10 @@ func TestPrintFlags(t *testing.T) {
 // the process).
 func TestBinariesHelpAndVersion(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds five binaries")
+		t.Skip("builds six binaries")
 	}
 	dir := t.TempDir()
-	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/tether", "./cmd/ca", "./cmd/discovery", "./cmd/injector", "./cmd/sidecar")
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/tether", "./cmd/ca", "./cmd/discovery", "./cmd/injector", "./cmd/sidecar", "./cmd/cni-node")
 	build.Dir = "../.."
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -93,6 +93,7 @@ func TestBinariesHelpAndVersion(t *testing.T) {
 		{"injector", nil, "-tls-cert-file"},
 		{"sidecar", nil, "-workload-socket"},
 		{"sidecar", []string{"init"}, "-proxy-uid"},
+		{"cni-node", nil, "-cni-conf-dir"},
 	} {
 		for _, help := range []string{"-h", "--help"} {
 			out, errOut, code := run(tc.bin, append(tc.args, help)...)

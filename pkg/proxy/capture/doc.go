@@ -63,7 +63,9 @@
 // replaces the old rules. Cleanup removes every TETHER_* chain and every rule
 // that jumps to one, in one transaction, and is a no-op when there are none.
 // Rules returns the transaction Apply would write into an empty nat table, for
-// --dry-run and golden tests. The TETHER_ prefix is reserved for this package.
+// --dry-run and golden tests. Verify reads the tables back and checks that
+// the TETHER chains and the jumps into them are exactly what Apply installs
+// (the CNI plugin's CHECK). The TETHER_ prefix is reserved for this package.
 //
 // # Which iptables
 //
