@@ -75,7 +75,8 @@ func TestPolicyCheck(t *testing.T) {
 		{"namespace default allows", []string{"--from", "payments/batch", "--to", "payments/ledger"}, 0,
 			[]string{"allowed payments/batch -> payments/ledger:5432: namespace default same-namespace (annotation tether.dev/default-policy on payments)"}, ""},
 		{"trust domain flag overrides the file", []string{"--from", "spiffe://cluster.local/ns/default/sa/web", "--to", "default/web", "--trust-domain", "other.org"}, 1,
-			[]string{"denied spiffe://cluster.local/ns/default/sa/web -> default/web:80: source spiffe://cluster.local/ns/default/sa/web is outside trust domain other.org"}, ""},
+			[]string{"denied spiffe://cluster.local/ns/default/sa/web -> default/web:80: source spiffe://cluster.local/ns/default/sa/web is outside trust domain other.org, " +
+				"and no AccessPolicy names default/web: its default (mesh default allow-mesh) never admits a caller of another trust domain; an AccessPolicy source with its spiffeID or trustDomain does"}, ""},
 		{"unknown service with port", []string{"--from", "default/web", "--to", "default/cache:6379"}, 1,
 			nil, "service default/cache does not exist in " + mesh + "; services in namespace default: api, web"},
 		{"unknown service without port", []string{"--from", "default/web", "--to", "default/cache"}, 1,
