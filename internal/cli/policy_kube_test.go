@@ -237,8 +237,12 @@ func TestPolicyKube(t *testing.T) {
 				[]string{"allowed shop/api -> shop/db:5432: " + shopDefault}, ""},
 			{"trust domain flag", []string{"--from", "web/frontend", "--to", "shop/api:80", "--trust-domain", "example.org"}, 0,
 				[]string{"allowed web/frontend -> shop/api:80: " + byFrontendPolicy}, ""},
-			{"outside the trust domain", []string{"--from", "spiffe://cluster.local/vm/billing", "--to", "shop/api:80", "--trust-domain", "example.org"}, 1,
-				[]string{"denied spiffe://cluster.local/vm/billing -> shop/api:80: source spiffe://cluster.local/vm/billing is outside trust domain example.org"}, ""},
+			// A caller of another trust domain is allowed only by a source
+			// naming it: api-from-frontend names spiffe://cluster.local/vm/billing.
+			{"outside the trust domain, named", []string{"--from", "spiffe://cluster.local/vm/billing", "--to", "shop/api:80", "--trust-domain", "example.org"}, 0,
+				[]string{"allowed spiffe://cluster.local/vm/billing -> shop/api:80: " + byFrontendPolicy}, ""},
+			{"outside the trust domain, not named", []string{"--from", "spiffe://cluster.local/ns/web/sa/frontend", "--to", "shop/api:80", "--trust-domain", "example.org"}, 1,
+				[]string{"denied spiffe://cluster.local/ns/web/sa/frontend -> shop/api:80: no AccessPolicy allows spiffe://cluster.local/ns/web/sa/frontend to shop/api:80"}, ""},
 			{"unknown source namespace", []string{"--from", "nowhere/x", "--to", "web/frontend", "--default-policy", "allow-mesh"}, 0,
 				[]string{"allowed nowhere/x -> web/frontend:80: mesh default allow-mesh"},
 				"note: namespace nowhere does not exist in " + where},

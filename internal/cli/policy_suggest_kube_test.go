@@ -70,7 +70,7 @@ func TestPolicySuggestKube(t *testing.T) {
 	// The dry-run checks: a policy the CRD refuses is refused.
 	bad := ps[0].DeepCopy()
 	bad.Spec.Sources = append(bad.Spec.Sources, policy.Source{Namespace: "web", SpiffeID: billing})
-	if err := dryRun(bad); err == nil || !strings.Contains(err.Error(), "set exactly one of serviceAccount, namespace or spiffeID") {
+	if err := dryRun(bad); err == nil || !strings.Contains(err.Error(), "set exactly one of serviceAccount, namespace, spiffeID or trustDomain") {
 		t.Errorf("a source of two kinds passed the dry-run: %v", err)
 	}
 	list, err := res.List(ctx, metav1.ListOptions{})
