@@ -394,8 +394,7 @@ func strs[T fmt.Stringer](xs []T) []string {
 
 // followFederation re-decides the open streams whenever the set of
 // federated bundles changes, until ctx ends: a stream with a peer of a
-// trust domain no longer federated (or whose root left that domain's
-// bundle) is closed (proxy.Revalidate).
+// trust domain no longer federated is closed (proxy.Revalidate).
 func (s *Sidecar) followFederation(ctx context.Context) {
 	last := s.agent.FederatedBundles()
 	for {

@@ -15,7 +15,7 @@ import (
 // it only while those roots are still trusted: after a retire, streams
 // already open continue, new ones take a new handshake. (A stream with a
 // peer of another trust domain is also closed by Revalidate once that
-// domain's root is no longer trusted: see revoke.go.)
+// domain is no longer federated: see revoke.go.)
 
 // anchorOf returns the authority of td's current bundle that chain ends at
 // (its last certificate is that authority, or is signed by it); its cert

@@ -193,6 +193,13 @@ func TestForeignCallerInbound(t *testing.T) {
 	if n := in.p.Revalidate(); n != 0 {
 		t.Fatalf("Revalidate closed %d streams while b.example is federated", n)
 	}
+	// b.example rotates its root: the new one is added, the old one
+	// retired. As in the own trust domain, the stream opened under the old
+	// root goes on (cross-domain rotation without failed requests).
+	fed.set(x509bundle.NewSet(newRawCA(t, bTD).bundle()))
+	if n := in.p.Revalidate(); n != 0 {
+		t.Fatalf("Revalidate after b.example's root rotation closed %d streams, want 0 (only a removed federation closes them)", n)
+	}
 	fed.set(nil)
 	if n := in.p.Revalidate(); n != 1 {
 		t.Errorf("Revalidate after the federation was removed closed %d streams, want 1", n)

@@ -20,7 +20,9 @@ import (
 //     the caller's; outbound: the peer's or our own, whichever is first);
 //   - for a peer of another trust domain, that domain no longer trusted
 //     (Revalidate after a change of the foreign bundles: the federation
-//     was removed, or the peer's root left its bundle).
+//     was removed). A root leaving that domain's bundle (its rotation's
+//     retire) closes nothing, as in the own domain: open streams go on,
+//     new ones on the tunnel need a new handshake (anchor.go).
 //
 // Each closure is counted in tether_sidecar_connections_revoked_total,
 // logged with the rule, and the stream's access log entry has result
@@ -40,8 +42,8 @@ type liveStream struct {
 	// kill closes the stream's connections.
 	kill func()
 	// foreign, for a peer of another trust domain, are the tunnel's
-	// anchors: Revalidate closes the stream once one is no longer trusted
-	// (the federation was removed, or the peer's root left its bundle).
+	// anchors; Revalidate closes the stream once the peer's domain has no
+	// bundle (the federation was removed).
 	foreign []anchor
 
 	revoked atomic.Pointer[revocation]
@@ -90,7 +92,7 @@ func (p *Proxy) trackStream(s *liveStream, expires time.Time) (untrack func()) {
 
 // Revalidate decides every open stream again with the current policy and
 // closes those it now denies, and those with a peer of another trust
-// domain that is no longer trusted. Call it after a policy change and
+// domain that is no longer federated. Call it after a policy change and
 // after a change of the foreign bundles. It returns how many it closed.
 func (p *Proxy) Revalidate() int {
 	p.mu.Lock()
@@ -101,9 +103,9 @@ func (p *Proxy) Revalidate() int {
 	p.mu.Unlock()
 	n := 0
 	for _, s := range open {
-		if s.foreign != nil && !p.stillTrusted(s.foreign...) {
+		if s.foreign != nil && !p.domainTrusted(s.peer.TrustDomain()) {
 			if p.revoke(s, &revocation{reason: "untrusted", rule: "trust bundle",
-				detail: "the peer's trust domain " + s.peer.TrustDomain().Name() + " is no longer trusted (the federation was removed, or the root its SVID chains to left that domain's bundle)"}) {
+				detail: "the peer's trust domain " + s.peer.TrustDomain().Name() + " is no longer trusted (the federation was removed)"}) {
 				n++
 			}
 			continue
@@ -147,4 +149,13 @@ func (s *liveStream) finish(e *Entry) (result, decision string, revoked bool) {
 	}
 	e.Reason, e.Rule = "revoked: "+r.detail, r.rule
 	return "revoked", "deny", true
+}
+
+// domainTrusted reports whether the foreign bundles still hold a bundle
+// with roots for td: what a federation's removal takes away. A root
+// rotation in td (a new root added, the old one retired) keeps it true, so
+// streams opened before it are not cut, as in the own trust domain.
+func (p *Proxy) domainTrusted(td spiffeid.TrustDomain) bool {
+	b, err := p.trust.GetX509BundleForTrustDomain(td)
+	return err == nil && len(b.X509Authorities()) > 0
 }
