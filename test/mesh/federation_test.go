@@ -200,3 +200,5 @@ func TestTwoMeshesFederatedBundles(t *testing.T) {
 	})
 	t.Logf("a.example's prepared root reached b.example's sidecar in %s", time.Since(prepared).Round(100*time.Millisecond))
 }
+
+func mustTD(name string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(name) }
