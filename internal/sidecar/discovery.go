@@ -45,6 +45,14 @@ func (s *Sidecar) authorize(src spiffeid.ID, port uint16) error {
 	return nil
 }
 
+// acceptForeign is the proxy's AcceptForeign with discovery: a caller of a
+// federated trust domain may open a tunnel when some inbound rule of the
+// current view names it (AccessPolicy sources by spiffeID or trustDomain);
+// nothing before the first view.
+func (s *Sidecar) acceptForeign(id spiffeid.ID) bool {
+	return s.view.Load().AdmitsForeign(id)
+}
+
 // authorizeAudit is authorize for a new stream: it also returns the
 // would-be rule when a policy or default in audit mode would deny it.
 func (s *Sidecar) authorizeAudit(src spiffeid.ID, port uint16) (string, error) {
@@ -382,4 +390,26 @@ func strs[T fmt.Stringer](xs []T) []string {
 		out[i] = x.String()
 	}
 	return out
+}
+
+// followFederation re-decides the open streams whenever the set of
+// federated bundles changes, until ctx ends: a stream with a peer of a
+// trust domain no longer federated (or whose root left that domain's
+// bundle) is closed (proxy.Revalidate).
+func (s *Sidecar) followFederation(ctx context.Context) {
+	last := s.agent.FederatedBundles()
+	for {
+		changed := s.agent.Changed()
+		if cur := s.agent.FederatedBundles(); !slices.Equal(cur, last) {
+			last = cur
+			if n := s.proxy.Revalidate(); n > 0 {
+				s.log.Info("closed open connections with peers of a trust domain no longer trusted", slog.Int("connections", n))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
 }

@@ -158,6 +158,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.agent.Run(agentCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); s.followFederation(agentCtx) }()
 
 	admin := s.cfg.AdminLimits.HTTPServer(s.adminHandler(), s.log)
 	go admin.Serve(s.cfg.AdminLimits.Listener(adminL, s.adminMetrics, s.log))

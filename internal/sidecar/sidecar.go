@@ -325,9 +325,13 @@ func New(cfg Config) (*Sidecar, error) {
 	// policy restricts: with the static allow-list, none.
 	authorize, unauthenticated := proxy.AllowAll, proxy.AllowUnauthenticated
 	var authorizeAudit proxy.AuditAuthorizer // with discovery: audit mode
+	// Callers of a federated trust domain: only with discovery, where an
+	// AccessPolicy names them (never with the static allow-list).
+	var acceptForeign func(spiffeid.ID) bool
 	switch {
 	case cfg.DiscoveryAddr != "":
 		authorize, unauthenticated, authorizeAudit = s.authorize, s.authorizeUnauthenticated, s.authorizeAudit
+		acceptForeign = s.acceptForeign
 	case len(cfg.Allow) > 0:
 		authorize, unauthenticated = cfg.Allow.Authorizer(), proxy.DenyUnauthenticated
 	}
@@ -342,7 +346,8 @@ func New(cfg Config) (*Sidecar, error) {
 		reserved = []uint16{capture.DefaultOutboundPort, capture.DefaultInboundPort, capture.DefaultAdminPort, capture.DefaultDNSPort}
 	}
 	s.proxy, err = proxy.New(proxy.Config{
-		Identity: s.agent, TrustDomain: bundle.TrustDomain(), Authorize: authorize, AuthorizeAudit: authorizeAudit, InboundMode: cfg.InboundMode,
+		Identity: s.agent, TrustDomain: bundle.TrustDomain(), ForeignBundles: s.agent.FederatedX509Source(), AcceptForeign: acceptForeign,
+		Authorize: authorize, AuthorizeAudit: authorizeAudit, InboundMode: cfg.InboundMode,
 		AuthorizeUnauthenticated: unauthenticated, ReservedPorts: reserved, EndStreamsAtSVIDExpiry: cfg.EndStreamsAtSVIDExpiry,
 		HandshakeTimeout: cfg.HandshakeTimeout, IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
 		AccessLog: accessLog, Observe: observe, Metrics: proxy.NewMetrics(s.registry), Logger: cfg.Logger,

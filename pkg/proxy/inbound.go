@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -129,7 +128,14 @@ func (p *Proxy) inbound(c net.Conn, pd *pending, target InboundTarget) {
 		if p.authenticated(pd); pd.wasEvicted {
 			reason += " (reset to make room: too many unauthenticated connections)"
 		}
-		p.refuse(c, "inbound", "handshake_error", &Entry{Source: c.RemoteAddr().String(), Reason: reason})
+		e := &Entry{Source: c.RemoteAddr().String(), Reason: reason}
+		if rule, id, ok := p.foreignRefusal("inbound", c.LocalAddr().String(), err); ok && id != "" {
+			// A verified caller of another trust domain no rule names.
+			e.SourceID, e.Dest, e.Rule = id, c.LocalAddr().String(), rule
+			p.refuse(c, "inbound", "denied", e)
+			return
+		}
+		p.refuse(c, "inbound", "handshake_error", e)
 		return
 	}
 	p.cfg.Metrics.handshake.WithLabelValues("inbound").Observe(time.Since(start).Seconds())
@@ -149,7 +155,7 @@ func (p *Proxy) inbound(c net.Conn, pd *pending, target InboundTarget) {
 		return
 	}
 	t := newTunnel(tc, src, st.PeerCertificates[0].NotAfter)
-	t.anchors = []*x509.Certificate{p.anchorOf(st.PeerCertificates)}
+	t.anchors = []anchor{p.anchorOf(st.PeerCertificates, src.TrustDomain())}
 	// The first OPEN must follow the handshake promptly; later ones may
 	// wait as long as the client keeps the tunnel pooled.
 	for wait := p.cfg.HandshakeTimeout; p.serveStream(c, t, target, wait); wait = serverIdle {
@@ -244,6 +250,9 @@ func (p *Proxy) serveStream(c net.Conn, t *tunnel, target InboundTarget, wait ti
 	ls := &liveStream{direction: "inbound", peer: peer, source: e.Source, dest: e.Dest,
 		check: func() error { return p.cfg.Authorize(peer, appPort) },
 		kill:  func() { c.Close(); up.Close() }}
+	if !peer.MemberOf(p.cfg.TrustDomain) {
+		ls.foreign = t.anchors
+	}
 	untrack := p.trackStream(ls, p.streamExpiry(t.peerExpiry))
 	var aborted, reusable bool
 	e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(up, p.cfg.IdleTimeout)

@@ -13,6 +13,7 @@ type Metrics struct {
 	overLimits *prometheus.CounterVec
 	streams    *prometheus.CounterVec
 	revoked    *prometheus.CounterVec
+	foreign    *prometheus.CounterVec
 
 	unauth         prometheus.Gauge
 	unauthRejected *prometheus.CounterVec
@@ -56,7 +57,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reused"}),
 		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_sidecar_connections_revoked_total",
-			Help: "Open streams closed because they were no longer authorized, by direction and reason (policy: a policy change denies the pair now; svid_expired: the SVID the tunnel was authenticated with expired).",
+			Help: "Open streams closed because they were no longer authorized, by direction and reason (policy: a policy change denies the pair now; svid_expired: the SVID the tunnel was authenticated with expired; untrusted: the peer is of another trust domain that is no longer trusted).",
+		}, []string{"direction", "reason"}),
+		foreign: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sidecar_foreign_peer_refusals_total",
+			Help: "mTLS handshakes refused for a peer of another trust domain, by direction and reason (untrusted_domain: no bundle for its trust domain, not federated; not_admitted: inbound, its SVID verified but no inbound rule of this workload names it).",
 		}, []string{"direction", "reason"}),
 		unauth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_sidecar_unauthenticated_connections",
@@ -68,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.audits, m.overLimits, m.streams, m.revoked, m.unauth, m.unauthRejected)
+		reg.MustRegister(m.conns, m.active, m.bytes, m.handshake, m.denials, m.audits, m.overLimits, m.streams, m.revoked, m.foreign, m.unauth, m.unauthRejected)
 	}
 	return m
 }

@@ -184,6 +184,9 @@ func (p *Proxy) outbound(c net.Conn, route Router) {
 		tun := t
 		ls := &liveStream{direction: "outbound", peer: t.peer, source: e.SourceID, dest: d.Name, destAddr: d.Addr,
 			check: d.Recheck, kill: func() { tun.conn.Close(); c.Close() }}
+		if !t.peer.MemberOf(p.cfg.TrustDomain) {
+			ls.foreign = t.anchors
+		}
 		untrack := p.trackStream(ls, p.streamExpiry(t.peerExpiry))
 		e.BytesSent, e.BytesReceived, aborted, reusable = t.relay(c, p.cfg.IdleTimeout)
 		untrack()
@@ -238,6 +241,7 @@ func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 	tc := tls.Client(raw, p.clientTLS(d.IDs))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
+		p.foreignRefusal("outbound", d.Addr, err)
 		return nil, "handshake_error", fmt.Errorf("mTLS to %s: %w", d.Name, err)
 	}
 	p.cfg.Metrics.handshake.WithLabelValues("outbound").Observe(time.Since(start).Seconds())
@@ -252,7 +256,7 @@ func (p *Proxy) dialTunnel(d *Destination) (*tunnel, string, error) {
 		expiry = ownExpiry
 	}
 	t := newTunnel(tc, id, expiry)
-	t.anchors = []*x509.Certificate{p.anchorOf(tc.ConnectionState().PeerCertificates), p.anchorOf(ownChain)}
+	t.anchors = []anchor{p.anchorOf(tc.ConnectionState().PeerCertificates, id.TrustDomain()), p.anchorOf(ownChain, p.cfg.TrustDomain)}
 	return t, "", nil
 }
 

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/x509"
 	"sync"
 	"time"
 )
@@ -31,7 +30,7 @@ func newPool(maxIdle int, ttl time.Duration) *pool {
 
 // get returns an idle tunnel for key whose peer SVID is still valid and
 // whose anchors trusted still accepts (see anchor.go), or nil.
-func (p *pool) get(key string, trusted func(...*x509.Certificate) bool) *tunnel {
+func (p *pool) get(key string, trusted func(...anchor) bool) *tunnel {
 	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -39,8 +39,19 @@ const (
 
 // Config configures a Proxy. Zero values take the defaults in fill.
 type Config struct {
+	// Identity is the SVID presented and the own trust domain's bundle.
 	Identity    Identity
 	TrustDomain spiffeid.TrustDomain
+	// ForeignBundles holds the bundles of the federated trust domains: the
+	// peers of another trust domain, both ways, are verified with it (nil:
+	// no foreign peer ever verifies). It is never asked for TrustDomain,
+	// and a bundle it returns for another domain than asked is refused.
+	ForeignBundles x509bundle.Source
+	// AcceptForeign decides, at the inbound handshake, whether a caller of
+	// another trust domain with a verified SVID may open a tunnel: true
+	// when some inbound rule of this workload names it (nil: refuse every
+	// foreign caller). Each stream is then decided by Authorize.
+	AcceptForeign func(spiffeid.ID) bool
 	// Authorize decides inbound connections (nil: AllowAll).
 	Authorize Authorizer
 	// AuthorizeAudit, when set, decides inbound streams at their start in
@@ -161,6 +172,9 @@ func (c *Config) fill() error {
 type Proxy struct {
 	cfg       Config
 	serverTLS *tls.Config
+	// trust verifies peers: the own domain from Identity, others from
+	// ForeignBundles (foreign.go).
+	trust     *trustSource
 	slots     map[string]chan struct{}
 	dialer    net.Dialer
 	appDialer net.Dialer // to the app from a source address (LocalTarget)
@@ -184,17 +198,17 @@ func New(cfg Config) (*Proxy, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	server := tlsconfig.MTLSServerConfig(cfg.Identity, cfg.Identity, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain))
-	server.MinVersion = tls.VersionTLS13
-	server.NextProtos = []string{ALPN}
-	server.GetConfigForClient = refuseWithoutALPN
 	p := &Proxy{
-		cfg: cfg, serverTLS: server, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, streams: map[*liveStream]struct{}{}, pool: newPool(64, poolTTL),
+		cfg: cfg, trust: &trustSource{own: cfg.TrustDomain, local: cfg.Identity, foreign: cfg.ForeignBundles}, conns: map[net.Conn]bool{}, inUse: map[*tunnel]struct{}{}, streams: map[*liveStream]struct{}{}, pool: newPool(64, poolTTL),
 		slots:     map[string]chan struct{}{"inbound": make(chan struct{}, cfg.MaxConnections), "outbound": make(chan struct{}, cfg.MaxConnections)},
 		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
 		appDialer: net.Dialer{Timeout: cfg.DialTimeout, Control: bindAddressNoPort},
 		pending:   newPendingGate(cfg.MaxPending, cfg.MaxPendingPerSource),
 	}
+	p.serverTLS = tlsconfig.MTLSServerConfig(cfg.Identity, p.trust, p.authorizeInboundPeer)
+	p.serverTLS.MinVersion = tls.VersionTLS13
+	p.serverTLS.NextProtos = []string{ALPN}
+	p.serverTLS.GetConfigForClient = refuseWithoutALPN
 	p.Reserve(cfg.ReservedPorts...)
 	return p, nil
 }
@@ -202,7 +216,7 @@ func New(cfg Config) (*Proxy, error) {
 // clientTLS is the config for originating mTLS to a server that must be
 // one of ids.
 func (p *Proxy) clientTLS(ids []spiffeid.ID) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(p.cfg.Identity, p.cfg.Identity, tlsconfig.AuthorizeOneOf(ids...))
+	c := tlsconfig.MTLSClientConfig(p.cfg.Identity, p.trust, tlsconfig.AuthorizeOneOf(ids...))
 	c.MinVersion = tls.VersionTLS13
 	c.NextProtos = []string{ALPN}
 	return c

@@ -116,7 +116,9 @@ func start(t *testing.T, cfg proxy.Config, serve func(p *proxy.Proxy, ctx contex
 func startOn(t *testing.T, addr string, cfg proxy.Config, serve func(p *proxy.Proxy, ctx context.Context, l net.Listener) error) *side {
 	t.Helper()
 	s := &side{reg: prometheus.NewRegistry(), log: &bytes.Buffer{}, logMu: &sync.Mutex{}, stopped: make(chan error, 1)}
-	cfg.TrustDomain = tu.TrustDomain
+	if cfg.TrustDomain.IsZero() {
+		cfg.TrustDomain = tu.TrustDomain
+	}
 	cfg.Metrics = proxy.NewMetrics(s.reg)
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = proxy.NewAccessLog(lockedWriter{s.logMu, s.log}, 1)

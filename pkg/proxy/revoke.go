@@ -17,7 +17,10 @@ import (
 //     AuthorizeUnauthenticated for a caller without identity; outbound:
 //     the Destination's Recheck);
 //   - the expiry of the SVID the tunnel was authenticated with (inbound:
-//     the caller's; outbound: the peer's or our own, whichever is first).
+//     the caller's; outbound: the peer's or our own, whichever is first);
+//   - for a peer of another trust domain, that domain no longer trusted
+//     (Revalidate after a change of the foreign bundles: the federation
+//     was removed, or the peer's root left its bundle).
 //
 // Each closure is counted in tether_sidecar_connections_revoked_total,
 // logged with the rule, and the stream's access log entry has result
@@ -36,6 +39,10 @@ type liveStream struct {
 	check func() error
 	// kill closes the stream's connections.
 	kill func()
+	// foreign, for a peer of another trust domain, are the tunnel's
+	// anchors: Revalidate closes the stream once one is no longer trusted
+	// (the federation was removed, or the peer's root left its bundle).
+	foreign []anchor
 
 	revoked atomic.Pointer[revocation]
 	expiry  *time.Timer
@@ -82,8 +89,9 @@ func (p *Proxy) trackStream(s *liveStream, expires time.Time) (untrack func()) {
 }
 
 // Revalidate decides every open stream again with the current policy and
-// closes those it now denies. Call it after a policy change. It returns
-// how many it closed.
+// closes those it now denies, and those with a peer of another trust
+// domain that is no longer trusted. Call it after a policy change and
+// after a change of the foreign bundles. It returns how many it closed.
 func (p *Proxy) Revalidate() int {
 	p.mu.Lock()
 	open := make([]*liveStream, 0, len(p.streams))
@@ -93,6 +101,13 @@ func (p *Proxy) Revalidate() int {
 	p.mu.Unlock()
 	n := 0
 	for _, s := range open {
+		if s.foreign != nil && !p.stillTrusted(s.foreign...) {
+			if p.revoke(s, &revocation{reason: "untrusted", rule: "trust bundle",
+				detail: "the peer's trust domain " + s.peer.TrustDomain().Name() + " is no longer trusted (the federation was removed, or the root its SVID chains to left that domain's bundle)"}) {
+				n++
+			}
+			continue
+		}
 		if s.check == nil {
 			continue
 		}

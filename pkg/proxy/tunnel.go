@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -65,7 +64,7 @@ type tunnel struct {
 	idleSince  time.Time
 	// anchors are the bundle roots the peer's chain and (on the client
 	// side) our own chain ended at when the tunnel was made; see anchor.go.
-	anchors []*x509.Certificate
+	anchors []anchor
 }
 
 func newTunnel(c *tls.Conn, peer spiffeid.ID, expiry time.Time) *tunnel {

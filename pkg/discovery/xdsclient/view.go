@@ -557,6 +557,42 @@ func (v *View) Authorize(src spiffeid.ID, port uint16) wire.Decision {
 	}
 }
 
+// AdmitsForeign reports whether id, a caller of another trust domain, may
+// reach some port of this pod: whether on some target port every RBAC
+// filter of every inbound filter chain (see Authorize) has a principal
+// that matches it. Discovery sends principals of another trust domain
+// only for AccessPolicy sources that name it (an exact ID, or the prefix
+// spiffe://<td>/ of a trustDomain source); the inbound default of a port
+// no chain covers never admits one. The proxy asks it at the inbound
+// handshake (proxy.Config.AcceptForeign); each stream is then decided by
+// Authorize. False for an ID of this workload's own trust domain (not
+// foreign), and for a view that does not know its own.
+func (v *View) AdmitsForeign(id spiffeid.ID) bool {
+	if v == nil || v.id.IsZero() || id.IsZero() || id.MemberOf(v.id.TrustDomain()) {
+		return false
+	}
+	s := id.String()
+	for _, chains := range v.chains {
+		if chainsAdmit(chains, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// chainsAdmit reports whether every RBAC filter of every chain has a
+// principal matching id.
+func chainsAdmit(chains []*chain, id string) bool {
+	for _, c := range chains {
+		for _, r := range c.rbacs {
+			if !slices.ContainsFunc(r.principals, func(p principal) bool { return p.matches(id) }) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // AuditAuthorizer returns Authorize as a proxy.AuditAuthorizer: the
 // would-be rule of an audit denial, or an error wrapping proxy.ErrDenied
 // with the rule.

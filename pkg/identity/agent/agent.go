@@ -76,10 +76,11 @@ type Config struct {
 // concurrent use. Readers never block on the network.
 //
 // Its bundle sources answer for the local trust domain only. The bundles
-// of federated trust domains that tether-ca sends are kept apart
-// (FederatedBundles), for the Workload API to hand to the application: the
-// sidecar's own mTLS, which verifies peers with the Agent, never trusts a
-// foreign domain through them.
+// of federated trust domains that tether-ca sends are kept apart:
+// FederatedBundles, for the Workload API to hand to the application, and
+// FederatedX509Source, for the sidecar's proxy to verify peers of those
+// domains with where policy names them. A verifier given the Agent itself
+// never trusts a foreign domain.
 type Agent struct {
 	cfg Config
 	td  spiffeid.TrustDomain
@@ -90,6 +91,8 @@ type Agent struct {
 	// federated holds the foreign bundles of the latest WatchBundle
 	// message, sorted by trust domain (nil: none).
 	federated atomic.Pointer[[]*spiffebundle.Bundle]
+	// federatedX509 is the X.509 half of federated, by trust domain.
+	federatedX509 atomic.Pointer[x509bundle.Set]
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every SVID, bundle or federated bundles change
@@ -225,6 +228,28 @@ func (a *Agent) FederatedBundles() []*spiffebundle.Bundle {
 		return *p
 	}
 	return nil
+}
+
+// FederatedX509Source returns an x509bundle.Source of the federated trust
+// domains' X.509 bundles, as of the latest WatchBundle message: a domain
+// no longer federated has no bundle from the next message on. It never
+// answers for the agent's own trust domain.
+func (a *Agent) FederatedX509Source() x509bundle.Source { return federatedSource{a} }
+
+// federatedSource is the view FederatedX509Source returns.
+type federatedSource struct{ a *Agent }
+
+// GetX509BundleForTrustDomain implements x509bundle.Source.
+func (s federatedSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	set := s.a.federatedX509.Load()
+	if td == s.a.td || set == nil {
+		return nil, fmt.Errorf("no federated bundle for trust domain %q", td)
+	}
+	b, ok := set.Get(td)
+	if !ok {
+		return nil, fmt.Errorf("no federated bundle for trust domain %q (tether-ca does not federate with it)", td)
+	}
+	return b, nil
 }
 
 // Changed returns a channel that is closed at the next change of the SVID,
@@ -537,6 +562,13 @@ func (a *Agent) applyBundleSet(set identity.BundleSet) {
 		return
 	}
 	fed := set.Federated
+	x509s := x509bundle.NewSet()
+	for _, b := range fed {
+		if b.TrustDomain() != a.td {
+			x509s.Add(b.X509Bundle())
+		}
+	}
+	a.federatedX509.Store(x509s)
 	a.federated.Store(&fed)
 	domains := make([]string, 0, len(fed))
 	for _, b := range fed {
