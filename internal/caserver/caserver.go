@@ -299,6 +299,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		ReportInterval: cfg.ReportInterval, MaxReports: cfg.MaxReports, Replica: cfg.Kube.Identity,
 		JWTIssuer: cfg.OIDC.Issuer,
 	}
+	if cfg.BundleEndpoint.Listen != "" {
+		// Activate then waits for the endpoint to have served a prepared
+		// root for a refresh hint (identity.BundleEndpointGate).
+		caCfg.BundleEndpointRefreshHint = cmp.Or(cfg.BundleEndpoint.RefreshHint, identity.DefaultBundleRefreshHint)
+	}
 	if cfg.OfflineIntermediate != "" {
 		o, err := identity.LoadOfflineIntermediate(cfg.OfflineIntermediate)
 		if err != nil {

@@ -18,16 +18,19 @@ func init() { register("ca rotate", (*App).newCARotateStatusCmd) }
 
 // rotationStatusOutput is `tether ca rotate status -o json|yaml`.
 type rotationStatusOutput struct {
-	Reporting             int64                `json:"reporting"`
-	ReportIntervalSeconds int64                `json:"report_interval_seconds"`
-	ReportTTLSeconds      int64                `json:"report_ttl_seconds"`
-	Replicas              []string             `json:"replicas"`
-	StaleReplicas         []string             `json:"stale_replicas,omitempty"`
-	Incomplete            bool                 `json:"incomplete,omitempty"`
-	Generations           []generationCounts   `json:"generations"`
-	Activate              gateOutput           `json:"activate"`
-	Retire                gateOutput           `json:"retire"`
-	NotReporting          []notReportingOutput `json:"not_reporting"`
+	Reporting             int64              `json:"reporting"`
+	ReportIntervalSeconds int64              `json:"report_interval_seconds"`
+	ReportTTLSeconds      int64              `json:"report_ttl_seconds"`
+	Replicas              []string           `json:"replicas"`
+	StaleReplicas         []string           `json:"stale_replicas,omitempty"`
+	Incomplete            bool               `json:"incomplete,omitempty"`
+	Generations           []generationCounts `json:"generations"`
+	Activate              gateOutput         `json:"activate"`
+	// BundleEndpoint is activate's bundle endpoint gate (absent when the
+	// CA serves no bundle endpoint or nothing is prepared).
+	BundleEndpoint *endpointGateOutput  `json:"bundle_endpoint_gate,omitempty"`
+	Retire         gateOutput           `json:"retire"`
+	NotReporting   []notReportingOutput `json:"not_reporting"`
 }
 
 type generationCounts struct {
@@ -43,6 +46,19 @@ type generationCounts struct {
 type gateOutput struct {
 	Blocked  string          `json:"blocked,omitempty"`
 	Laggards []laggardOutput `json:"laggards"`
+}
+
+// endpointGateOutput is the bundle endpoint gate: when the endpoint first
+// served the prepared root to a federated domain, and when activate may
+// follow.
+type endpointGateOutput struct {
+	Generation         uint64 `json:"generation"`
+	FirstServed        string `json:"first_served,omitempty"`
+	ServedSequence     uint64 `json:"served_sequence,omitempty"`
+	RefreshHintSeconds int64  `json:"refresh_hint_seconds"`
+	MarginSeconds      int64  `json:"margin_seconds"`
+	Passes             string `json:"passes,omitempty"`
+	Blocked            string `json:"blocked,omitempty"`
 }
 
 type laggardOutput struct {
@@ -116,6 +132,13 @@ func rotationStatusFrom(st *cav1.RotationStatusResponse) rotationStatusOutput {
 		Generations: []generationCounts{}, NotReporting: []notReportingOutput{},
 		Activate: gateOutput{Blocked: st.GetActivateBlocked(), Laggards: laggards(st.GetActivateLaggards())},
 		Retire:   gateOutput{Blocked: st.GetRetireBlocked(), Laggards: laggards(st.GetRetireLaggards())}}
+	if g := st.GetBundleEndpointGate(); g != nil {
+		o.BundleEndpoint = &endpointGateOutput{Generation: g.GetGeneration(), ServedSequence: g.GetServedSequence(),
+			RefreshHintSeconds: g.GetRefreshHintSeconds(), MarginSeconds: g.GetMarginSeconds(), Blocked: g.GetBlocked()}
+		if g.GetFirstServedUnix() != 0 {
+			o.BundleEndpoint.FirstServed, o.BundleEndpoint.Passes = unixTime(g.GetFirstServedUnix()), unixTime(g.GetPassesUnix())
+		}
+	}
 	for _, g := range st.GetGenerations() {
 		o.Generations = append(o.Generations, generationCounts{Generation: g.GetGeneration(), State: g.GetState(), AnchorSHA256: g.GetAnchorFingerprint(),
 			Trusting: g.GetTrusting(), Holding: g.GetHolding()})
@@ -158,6 +181,7 @@ func printRotationStatus(w io.Writer, o rotationStatusOutput) {
 	}
 	tw.Flush()
 	printGate(w, "activate", o.Activate)
+	printEndpointGate(w, o.BundleEndpoint)
 	printGate(w, "retire", o.Retire)
 	if len(o.NotReporting) > 0 {
 		fmt.Fprintf(w, "\nnot reporting (%d; watch the trust bundle without reports, e.g. older sidecars: the gates cannot account for them):\n", len(o.NotReporting))
@@ -195,6 +219,24 @@ func printGate(w io.Writer, step string, g gateOutput) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.SpiffeID, dash(l.Instance), dash(l.Version), last, joinGens(l.Trusts), holds)
 	}
 	tw.Flush()
+}
+
+// printEndpointGate writes the bundle endpoint gate of activate.
+func printEndpointGate(w io.Writer, g *endpointGateOutput) {
+	if g == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nbundle endpoint gate (federated trust domains, generation %d): ", g.Generation)
+	switch {
+	case g.FirstServed == "":
+		fmt.Fprintf(w, "no federated trust domain has fetched its root yet; activate may follow %ds after the first fetch (refresh hint %ds + margin %ds)\n",
+			g.RefreshHintSeconds+g.MarginSeconds, g.RefreshHintSeconds, g.MarginSeconds)
+	case g.Blocked != "":
+		fmt.Fprintf(w, "first served at %s (bundle sequence %d); activate waits until %s (refresh hint %ds + margin %ds)\n",
+			g.FirstServed, g.ServedSequence, g.Passes, g.RefreshHintSeconds, g.MarginSeconds)
+	default:
+		fmt.Fprintf(w, "first served at %s (bundle sequence %d); passed at %s\n", g.FirstServed, g.ServedSequence, g.Passes)
+	}
 }
 
 func short(fp string) string {

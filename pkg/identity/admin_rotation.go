@@ -49,5 +49,22 @@ func RotationStatusMessage(rs RotationStatus) *cav1.RotationStatusResponse {
 	if rs.RetireBlocked != nil {
 		m.RetireBlocked = rs.RetireBlocked.Error()
 	}
+	m.BundleEndpointGate = endpointGateMessage(rs.BundleEndpoint)
+	return m
+}
+
+// endpointGateMessage is the wire form of a BundleEndpointGate (nil: none).
+func endpointGateMessage(g *BundleEndpointGate) *cav1.BundleEndpointGate {
+	if g == nil {
+		return nil
+	}
+	m := &cav1.BundleEndpointGate{Generation: g.Generation, ServedSequence: g.Served.Sequence,
+		RefreshHintSeconds: int64(g.RefreshHint / time.Second), MarginSeconds: int64(g.Margin / time.Second)}
+	if !g.Served.At.IsZero() {
+		m.FirstServedUnix, m.PassesUnix = g.Served.At.Unix(), g.PassesAt.Unix()
+	}
+	if g.Blocked != nil {
+		m.Blocked = g.Blocked.Error()
+	}
 	return m
 }

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -29,32 +28,79 @@ func BundleEndpointID(td spiffeid.TrustDomain) spiffeid.ID {
 }
 
 // BundleEndpointHandler serves the CA's SPIFFE bundle (X.509 roots and JWT
-// keys, with its sequence number and refreshHint) with go-spiffe's
-// federation.Handler. It reads the current bundle version on every request,
-// so a root is served as soon as the journal trusts it.
+// keys, with its sequence number and refreshHint; zero: the configured
+// BundleEndpointRefreshHint, or DefaultBundleRefreshHint) with go-spiffe's
+// federation.Handler. It reads the current bundle version on every
+// request, so a root is served as soon as the journal trusts it, and
+// records in the journal the first answer holding a prepared root (the
+// bundle endpoint gate of activate, BundleEndpointGate).
 func (c *CA) BundleEndpointHandler(refreshHint time.Duration) (http.Handler, error) {
+	if refreshHint <= 0 {
+		refreshHint = c.cfg.BundleEndpointRefreshHint
+	}
 	if refreshHint <= 0 {
 		refreshHint = DefaultBundleRefreshHint
 	}
-	return federation.NewHandler(c.cfg.TrustDomain, endpointBundle{ca: c, hint: refreshHint})
+	return &bundleEndpoint{ca: c, hint: refreshHint}, nil
 }
 
-// endpointBundle is the spiffebundle.Source behind the bundle endpoint.
-type endpointBundle struct {
+// bundleEndpoint is the bundle endpoint's handler.
+type bundleEndpoint struct {
 	ca   *CA
 	hint time.Duration
 }
 
-// GetBundleForTrustDomain returns a copy of the current bundle with the
-// endpoint's refresh hint.
-func (e endpointBundle) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
-	if td != e.ca.cfg.TrustDomain {
-		return nil, fmt.Errorf("no bundle for trust domain %q", td)
-	}
-	b := e.ca.Bundle().SPIFFE.Clone()
+// ServeHTTP answers with the current bundle version through
+// federation.Handler; once the response is written and flushed to the
+// connection, it records that version as served.
+func (e *bundleEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	bv := e.ca.Bundle()
+	b := bv.SPIFFE.Clone()
 	b.SetRefreshHint(e.hint)
-	return b, nil
+	h, err := federation.NewHandler(e.ca.cfg.TrustDomain, b)
+	if err != nil {
+		http.Error(w, "bundle unavailable", http.StatusInternalServerError)
+		return
+	}
+	rec := &servedRecorder{ResponseWriter: w}
+	h.ServeHTTP(rec, r)
+	if rec.status != http.StatusOK || rec.failed || r.Method != http.MethodGet {
+		return
+	}
+	if err := http.NewResponseController(w).Flush(); err != nil {
+		return
+	}
+	e.ca.endpointServed(r.Context(), bv, e.hint)
 }
+
+// servedRecorder notes a response's status and whether writing its body
+// failed.
+type servedRecorder struct {
+	http.ResponseWriter
+	status int
+	failed bool
+}
+
+func (s *servedRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *servedRecorder) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(p)
+	if err != nil {
+		s.failed = true
+	}
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (s *servedRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // BundleEndpointSPIFFETLS is the server TLS configuration of the bundle
 // endpoint's https_spiffe profile: it presents an SVID for BundleEndpointID,

@@ -46,6 +46,11 @@ type Config struct {
 	// PropagationDelay is how long a prepared root must have been in the
 	// bundle before it may be activated (default 1m).
 	PropagationDelay time.Duration
+	// BundleEndpointRefreshHint is set when this CA serves a SPIFFE bundle
+	// endpoint (BundleEndpointHandler) with this refresh hint: activate
+	// then waits until the endpoint has served the prepared root for that
+	// long plus a margin (BundleEndpointGate). Zero: no endpoint, no gate.
+	BundleEndpointRefreshHint time.Duration
 	// TickInterval is how often Run reloads the store and takes due
 	// rotation steps (default 10s).
 	TickInterval time.Duration
@@ -133,6 +138,8 @@ func (c *Config) fill() error {
 	case c.Upstream != nil && c.PropagationDelay*3 >= c.IntermediateTTL:
 		return fmt.Errorf("%w: propagation delay %s must be less than a third of the intermediate lifetime %s: in upstream mode each new intermediate is a trust anchor, published that long before it signs, and it is renewed with a third of its life left",
 			ErrConfig, c.PropagationDelay, c.IntermediateTTL)
+	case c.BundleEndpointRefreshHint < 0:
+		return fmt.Errorf("%w: bundle endpoint refresh hint %s must be positive", ErrConfig, c.BundleEndpointRefreshHint)
 	case c.MaxRenewalAge < 0:
 		return fmt.Errorf("%w: max renewal age %s must be positive", ErrConfig, c.MaxRenewalAge)
 	case c.MaxRenewalAge < time.Minute:

@@ -100,9 +100,12 @@ func TestConnGateStates(t *testing.T) {
 	if _, _, err := renewer.FetchSVID(ctx, nil); err != nil {
 		t.Fatalf("renewal over the connection that survived the flood: %v", err)
 	}
-	if v := refused(t, reg, "evicted"); v < 8 {
-		t.Fatalf("evictions = %v, want at least 8", v)
-	}
+	// The flood's connections are accepted (and evict) one by one: on a
+	// loaded machine some are still in the listen backlog when the cap
+	// first holds.
+	tu.Eventually(t, "at least 8 evictions", 5*time.Second, func() bool {
+		return refused(t, reg, "evicted") >= 8
+	})
 
 	// Every slot authenticated: new connections are refused at accept.
 	for i := 0; gate.Count()["authenticated"] < 3 && i < 5; i++ {

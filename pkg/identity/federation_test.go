@@ -506,6 +506,7 @@ func TestFederatedDomainValidation(t *testing.T) {
 		{"https_web with ID", mod(func(d *identity.FederatedDomain) { d.Profile = identity.ProfileHTTPSWeb }), "takes no endpoint SPIFFE ID"},
 		{"initial of another domain", mod(func(d *identity.FederatedDomain) { d.Initial = cOnly }), "trust domain c.example"},
 		{"empty initial", mod(func(d *identity.FederatedDomain) { d.Initial = spiffebundle.New(btd) }), "no X.509 authorities"},
+		{"https_spiffe with web roots", mod(func(d *identity.FederatedDomain) { d.WebRoots = x509.NewCertPool() }), "web roots are for profile https_web"},
 	} {
 		err := tc.d.Validate(local)
 		if err == nil || !errors.Is(err, identity.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
@@ -555,6 +556,45 @@ func TestParseInitialBundle(t *testing.T) {
 	} {
 		if _, err := identity.ParseInitialBundle(btd, []byte(data)); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestWebRoots: a federation's web roots, inline (webRoots, the
+// TrustDomainFederation field) or in a file (webRootsFile), are PEM
+// certificates only; anything else, or both at once, is refused.
+func TestWebRoots(t *testing.T) {
+	dir := t.TempDir()
+	certFile, _, _ := webCert(t, dir, "corp")
+	rootPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := identity.FederationSpec{TrustDomain: "b.example", BundleEndpointURL: "https://bundle.b.example/", Profile: identity.ProfileHTTPSWeb}
+	for _, tc := range []struct {
+		name         string
+		inline, file string
+		want         string // "" for accepted
+	}{
+		{"inline", string(rootPEM), "", ""},
+		{"file", "", "corp.crt", ""},
+		{"both", string(rootPEM), "corp.crt", "give webRoots or webRootsFile, not both"},
+		{"not PEM", "corp root", "", "no PEM certificate"},
+		{"a key", "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n", "", `a PEM block of type "PRIVATE KEY", want CERTIFICATE`},
+		{"bad certificate", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "", "certificate 1:"},
+		{"trailing text", string(rootPEM) + "and more", "", "text that is not PEM"},
+	} {
+		s := spec
+		s.WebRoots, s.WebRootsFile = tc.inline, tc.file
+		d, err := s.Domain(dir)
+		if tc.want == "" {
+			if err != nil || d.WebRoots == nil {
+				t.Errorf("%s: %v, want the roots read", tc.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, identity.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want ErrConfig with %q", tc.name, err, tc.want)
 		}
 	}
 }

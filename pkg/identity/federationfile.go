@@ -1,7 +1,10 @@
 package identity
 
 import (
+	"bytes"
 	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +22,9 @@ type FederationSpec struct {
 	EndpointSPIFFEID string `json:"endpointSPIFFEID,omitempty"`
 	// InitialBundle is PEM certificates or a SPIFFE bundle document.
 	InitialBundle string `json:"initialBundle,omitempty"`
+	// WebRoots are PEM CA certificates that verify an https_web endpoint
+	// instead of the system roots (a private web PKI).
+	WebRoots string `json:"webRoots,omitempty"`
 	// InitialBundleFile and WebRootsFile (PEM CA certificates verifying an
 	// https_web endpoint instead of the system roots) exist in files only;
 	// relative paths are relative to the file.
@@ -63,14 +69,18 @@ func (s FederationSpec) Domain(dir string) (FederatedDomain, error) {
 			return FederatedDomain{}, fmt.Errorf("%w: federation with %s: %v", ErrConfig, td, err)
 		}
 	}
+	roots := []byte(s.WebRoots)
 	if s.WebRootsFile != "" {
-		pemData, err := os.ReadFile(resolve(dir, s.WebRootsFile))
-		if err != nil {
+		if s.WebRoots != "" {
+			return FederatedDomain{}, fmt.Errorf("%w: federation with %s: give webRoots or webRootsFile, not both", ErrConfig, td)
+		}
+		if roots, err = os.ReadFile(resolve(dir, s.WebRootsFile)); err != nil {
 			return FederatedDomain{}, fmt.Errorf("%w: federation with %s: %v", ErrConfig, td, err)
 		}
-		d.WebRoots = x509.NewCertPool()
-		if !d.WebRoots.AppendCertsFromPEM(pemData) {
-			return FederatedDomain{}, fmt.Errorf("%w: federation with %s: webRootsFile %s holds no PEM certificate", ErrConfig, td, s.WebRootsFile)
+	}
+	if len(roots) > 0 {
+		if d.WebRoots, err = ParseWebRoots(roots); err != nil {
+			return FederatedDomain{}, fmt.Errorf("%w: federation with %s: web roots: %v", ErrConfig, td, err)
 		}
 	}
 	return d, nil
@@ -81,4 +91,36 @@ func resolve(dir, path string) string {
 		return path
 	}
 	return filepath.Join(dir, path)
+}
+
+// ParseWebRoots reads PEM certificates (the roots a web endpoint's chain
+// ends at, or a pinned self-signed certificate) into a pool. Every block must be
+// a CERTIFICATE that parses, and there must be one at least: a typo must
+// not leave an endpoint verified by nothing, or silently by fewer roots.
+func ParseWebRoots(data []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			if n > 0 && len(bytes.TrimSpace(rest)) > 0 {
+				return nil, errors.New("text that is not PEM after the certificates")
+			}
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("a PEM block of type %q, want CERTIFICATE", block.Type)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %v", n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("no PEM certificate")
+	}
+	return pool, nil
 }

@@ -74,6 +74,9 @@ func (d FederatedDomain) Validate(local spiffeid.TrustDomain) error {
 		if d.EndpointID.MemberOf(d.TrustDomain) && d.Initial == nil {
 			return fmt.Errorf("%w: federation with %s: profile https_spiffe with endpoint %s in that domain needs an initial bundle to verify the endpoint's first SVID (get it from the other side, e.g. `curl` its bundle endpoint once over a channel you trust, or `tether ca bundle`)", ErrConfig, d.TrustDomain, d.EndpointID)
 		}
+		if d.WebRoots != nil {
+			return fmt.Errorf("%w: federation with %s: web roots are for profile https_web (https_spiffe verifies the endpoint's SVID with the domain's bundle)", ErrConfig, d.TrustDomain)
+		}
 	case ProfileHTTPSWeb:
 		if !d.EndpointID.IsZero() {
 			return fmt.Errorf("%w: federation with %s: profile https_web takes no endpoint SPIFFE ID (the web certificate authenticates it)", ErrConfig, d.TrustDomain)

@@ -164,6 +164,12 @@ func (c *CA) activate(st *State, now time.Time, force bool, gv *gateView) error 
 		}
 		c.forced(gv, StepActivate, err)
 	}
+	if err := c.endpointGate(st, now).Blocked; err != nil {
+		if !force {
+			return err
+		}
+		c.forced(gv, StepActivate, err)
+	}
 	if err := c.checkGate(gv, st, StepActivate, force); err != nil {
 		return err
 	}
@@ -315,8 +321,14 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time, gv *gateVie
 			if gv == nil {
 				return taken, nil // due only now: the reports are read on the next tick
 			}
+			if step == StepActivate {
+				if werr := c.endpointGate(st, now).Blocked; werr != nil {
+					c.logWait(step, "federated trust domains", werr, now)
+					return taken, nil
+				}
+			}
 			if werr := c.checkGate(gv, st, step, false); werr != nil {
-				c.logWait(step, werr, now)
+				c.logWait(step, "the sidecars", werr, now)
 				return taken, nil
 			}
 			if step == StepActivate {
@@ -337,13 +349,13 @@ func (c *CA) autoStep(ctx context.Context, st *State, now time.Time, gv *gateVie
 
 // logWait logs why a scheduled step waits: when the reason changes, and
 // once a minute while it does not. Called with c.mu held.
-func (c *CA) logWait(step Step, why error, now time.Time) {
+func (c *CA) logWait(step Step, forWhom string, why error, now time.Time) {
 	msg := why.Error()
 	if msg == c.waitLogged && now.Before(c.waitLoggedAt.Add(time.Minute)) {
 		return
 	}
 	c.waitLogged, c.waitLoggedAt = msg, now
-	c.log.Info("scheduled rotation step waits for the sidecars", slog.String("step", string(step)), slog.String("reason", msg))
+	c.log.Info("scheduled rotation step waits for "+forWhom, slog.String("step", string(step)), slog.String("reason", msg))
 }
 
 // renewIntermediateNow is the manual step renew-intermediate: it renews
@@ -389,14 +401,16 @@ func (c *CA) renewDueIntermediates(ctx context.Context, st *State, now time.Time
 			return err
 		}
 		if g.State == Prepared && c.cfg.Upstream != nil {
-			renewed.CreatedAt = now // a new anchor: it spreads again before it signs
+			// A new anchor: it spreads again before it signs, and the
+			// bundle endpoint has not served it yet.
+			renewed.CreatedAt, renewed.EndpointServed = now, EndpointServed{}
 		}
 		if g.State == Active && (c.cfg.Upstream != nil || !sameDERs(renewed.Roots, g.Roots)) {
 			// A new trust anchor (in upstream mode the intermediate is
 			// one): trust it first (prepared), sign with it only after it
 			// has spread.
 			renewed.ID, st.NextGeneration = st.NextGeneration+1, st.NextGeneration+1
-			renewed.State, renewed.CreatedAt, renewed.ActivatedAt = Prepared, now, time.Time{}
+			renewed.State, renewed.CreatedAt, renewed.ActivatedAt, renewed.EndpointServed = Prepared, now, time.Time{}, EndpointServed{}
 			st.Generations = append(st.Generations, renewed)
 			return nil // g may have moved with the append
 		}

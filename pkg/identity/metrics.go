@@ -22,6 +22,8 @@ type metrics struct {
 	trusting        *prometheus.GaugeVec
 	holding         *prometheus.GaugeVec
 	reporting       *prometheus.GaugeVec
+	endpointServed  prometheus.Counter
+	endpointGate    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
@@ -81,7 +83,16 @@ func newMetrics(reg prometheus.Registerer, c *CA) *metrics {
 			Help: "Sidecars known to the CA, mesh-wide, by status: reporting, silent (stopped reporting, SVID still valid; counted by the gates with what it last reported), not_reporting (watches the bundle without reports: an older sidecar the gates cannot account for).",
 		}, []string{"status"}),
 	}
+	m.endpointServed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tether_ca_bundle_endpoint_served_total",
+		Help: "Fetches the SPIFFE bundle endpoint answered with the bundle (status 200, written to the connection).",
+	})
+	m.endpointGate = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tether_ca_bundle_endpoint_gate_passes_timestamp_seconds",
+		Help: "When the bundle endpoint gate lets the prepared generation activate: its first fetch plus the refresh hint and margin; 0 while nothing has fetched it, or when nothing is prepared or no bundle endpoint is served.",
+	})
 	if reg != nil {
+		reg.MustRegister(m.endpointServed, m.endpointGate)
 		reg.MustRegister(m.issuances, m.signSeconds, m.rootExpiry, m.intermediateExp, m.bundleSequence, m.rotations, m.renewalOverdue, m.revocations,
 			m.reportsRefused, m.trusting, m.holding, m.reporting)
 	}
@@ -123,6 +134,11 @@ func (m *metrics) observeRotation(rs RotationStatus) {
 	m.reporting.WithLabelValues("reporting").Set(float64(rs.Reporting - rs.Silent))
 	m.reporting.WithLabelValues("silent").Set(float64(rs.Silent))
 	m.reporting.WithLabelValues("not_reporting").Set(float64(len(rs.NotReporting)))
+	if g := rs.BundleEndpoint; g != nil && !g.PassesAt.IsZero() {
+		m.endpointGate.Set(float64(g.PassesAt.Unix()))
+	} else {
+		m.endpointGate.Set(0)
+	}
 }
 
 // issuance records one Sign request.

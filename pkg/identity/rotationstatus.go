@@ -35,8 +35,11 @@ type RotationStatus struct {
 	// ActivateBlocked and RetireBlocked say why the gates refuse now (nil:
 	// they pass, or there is no such step to take).
 	ActivateBlocked, RetireBlocked error
-	Interval, TTL                  time.Duration
-	At                             time.Time
+	// BundleEndpoint is the bundle endpoint gate of activate; nil when this
+	// CA serves no bundle endpoint or nothing is prepared.
+	BundleEndpoint *BundleEndpointGate
+	Interval, TTL  time.Duration
+	At             time.Time
 }
 
 // GenerationCounts are the counts of one generation.
@@ -118,6 +121,9 @@ func (c *CA) rotationStatus(st *State, view ReportSnapshot, replicas, stale []st
 	if p := st.find(Prepared); p != nil {
 		rs.ActivateBlocked = rs.gate(fmt.Sprintf("%d of %d reporting sidecars do not trust the root of generation %d yet", len(rs.ActivateLaggards), rs.Reporting, p.ID),
 			rs.ActivateLaggards, "they receive it over their trust bundle stream from tether-ca; activating now would break their connections to peers with new SVIDs")
+	}
+	if g := c.endpointGate(st, now); g.Generation != 0 {
+		rs.BundleEndpoint = &g
 	}
 	if s := st.find(Superseded); s != nil {
 		rs.RetireBlocked = rs.gate(fmt.Sprintf("%d of %d reporting sidecars still hold an SVID chaining to the root of generation %d", len(rs.RetireLaggards), rs.Reporting, s.ID),

@@ -88,6 +88,20 @@ type Generation struct {
 	// signed is valid past this time.
 	RetireAfter time.Time `json:"retire_after,omitzero"`
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	// EndpointServed is when the bundle endpoint first answered a fetch
+	// with a bundle holding this generation's anchors while it was
+	// prepared (the bundle endpoint gate of activate); zero until then.
+	EndpointServed EndpointServed `json:"endpoint_served,omitzero"`
+}
+
+// EndpointServed records the bundle endpoint's first answer holding a
+// prepared generation's anchors.
+type EndpointServed struct {
+	// At is when the response was written; Sequence is the bundle
+	// sequence it carried and RefreshHint the refresh hint it served.
+	At          time.Time     `json:"at,omitzero"`
+	Sequence    uint64        `json:"sequence,omitempty"`
+	RefreshHint time.Duration `json:"refresh_hint,omitempty"`
 }
 
 // JoinToken is a stored join token. Only the SHA-256 of the token is kept.

@@ -1491,8 +1491,11 @@ type RotationStatusResponse struct {
 	RetireBlocked         string `protobuf:"bytes,10,opt,name=retire_blocked,json=retireBlocked,proto3" json:"retire_blocked,omitempty"`
 	ReportIntervalSeconds int64  `protobuf:"varint,11,opt,name=report_interval_seconds,json=reportIntervalSeconds,proto3" json:"report_interval_seconds,omitempty"`
 	ReportTtlSeconds      int64  `protobuf:"varint,12,opt,name=report_ttl_seconds,json=reportTtlSeconds,proto3" json:"report_ttl_seconds,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The bundle endpoint gate of activate: unset when the CA serves no
+	// bundle endpoint or nothing is prepared.
+	BundleEndpointGate *BundleEndpointGate `protobuf:"bytes,13,opt,name=bundle_endpoint_gate,json=bundleEndpointGate,proto3" json:"bundle_endpoint_gate,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *RotationStatusResponse) Reset() {
@@ -1609,6 +1612,113 @@ func (x *RotationStatusResponse) GetReportTtlSeconds() int64 {
 	return 0
 }
 
+func (x *RotationStatusResponse) GetBundleEndpointGate() *BundleEndpointGate {
+	if x != nil {
+		return x.BundleEndpointGate
+	}
+	return nil
+}
+
+// BundleEndpointGate: the prepared root must have been served by the SPIFFE
+// bundle endpoint for a refresh hint plus a margin before it signs, so that
+// federated trust domains hold it.
+type BundleEndpointGate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The prepared generation.
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// When the endpoint first answered a fetch with a bundle holding its
+	// root (0: nothing has fetched it yet), and that bundle's sequence.
+	FirstServedUnix    int64  `protobuf:"varint,2,opt,name=first_served_unix,json=firstServedUnix,proto3" json:"first_served_unix,omitempty"`
+	ServedSequence     uint64 `protobuf:"varint,3,opt,name=served_sequence,json=servedSequence,proto3" json:"served_sequence,omitempty"`
+	RefreshHintSeconds int64  `protobuf:"varint,4,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
+	MarginSeconds      int64  `protobuf:"varint,5,opt,name=margin_seconds,json=marginSeconds,proto3" json:"margin_seconds,omitempty"`
+	// first_served + refresh hint + margin (0 while not served).
+	PassesUnix int64 `protobuf:"varint,6,opt,name=passes_unix,json=passesUnix,proto3" json:"passes_unix,omitempty"`
+	// Why activate waits for it ("" when it passes).
+	Blocked       string `protobuf:"bytes,7,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleEndpointGate) Reset() {
+	*x = BundleEndpointGate{}
+	mi := &file_ca_v1_ca_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleEndpointGate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleEndpointGate) ProtoMessage() {}
+
+func (x *BundleEndpointGate) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_v1_ca_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleEndpointGate.ProtoReflect.Descriptor instead.
+func (*BundleEndpointGate) Descriptor() ([]byte, []int) {
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BundleEndpointGate) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *BundleEndpointGate) GetFirstServedUnix() int64 {
+	if x != nil {
+		return x.FirstServedUnix
+	}
+	return 0
+}
+
+func (x *BundleEndpointGate) GetServedSequence() uint64 {
+	if x != nil {
+		return x.ServedSequence
+	}
+	return 0
+}
+
+func (x *BundleEndpointGate) GetRefreshHintSeconds() int64 {
+	if x != nil {
+		return x.RefreshHintSeconds
+	}
+	return 0
+}
+
+func (x *BundleEndpointGate) GetMarginSeconds() int64 {
+	if x != nil {
+		return x.MarginSeconds
+	}
+	return 0
+}
+
+func (x *BundleEndpointGate) GetPassesUnix() int64 {
+	if x != nil {
+		return x.PassesUnix
+	}
+	return 0
+}
+
+func (x *BundleEndpointGate) GetBlocked() string {
+	if x != nil {
+		return x.Blocked
+	}
+	return ""
+}
+
 type RotateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// prepare, activate, retire or renew-intermediate.
@@ -1623,7 +1733,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[21]
+	mi := &file_ca_v1_ca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1745,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[21]
+	mi := &file_ca_v1_ca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1758,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{21}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RotateRequest) GetStep() string {
@@ -1693,7 +1803,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[22]
+	mi := &file_ca_v1_ca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1815,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[22]
+	mi := &file_ca_v1_ca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1828,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{22}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -1851,7 +1961,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_ca_v1_ca_proto_msgTypes[23]
+	mi := &file_ca_v1_ca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1973,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[23]
+	mi := &file_ca_v1_ca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1986,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{23}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Revocation) GetKind() string {
@@ -1945,7 +2055,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[24]
+	mi := &file_ca_v1_ca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2067,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[24]
+	mi := &file_ca_v1_ca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2080,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{24}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeResponse) GetRevocations() []*Revocation {
@@ -1989,7 +2099,7 @@ type UnrevokeRequest struct {
 
 func (x *UnrevokeRequest) Reset() {
 	*x = UnrevokeRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[25]
+	mi := &file_ca_v1_ca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2111,7 @@ func (x *UnrevokeRequest) String() string {
 func (*UnrevokeRequest) ProtoMessage() {}
 
 func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[25]
+	mi := &file_ca_v1_ca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2124,7 @@ func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{25}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UnrevokeRequest) GetSpiffeId() string {
@@ -2032,7 +2142,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_ca_v1_ca_proto_msgTypes[26]
+	mi := &file_ca_v1_ca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2154,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[26]
+	mi := &file_ca_v1_ca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2167,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{26}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{27}
 }
 
 type JoinTokenInfo struct {
@@ -2073,7 +2183,7 @@ type JoinTokenInfo struct {
 
 func (x *JoinTokenInfo) Reset() {
 	*x = JoinTokenInfo{}
-	mi := &file_ca_v1_ca_proto_msgTypes[27]
+	mi := &file_ca_v1_ca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2195,7 @@ func (x *JoinTokenInfo) String() string {
 func (*JoinTokenInfo) ProtoMessage() {}
 
 func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[27]
+	mi := &file_ca_v1_ca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2208,7 @@ func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenInfo.ProtoReflect.Descriptor instead.
 func (*JoinTokenInfo) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{27}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JoinTokenInfo) GetHash() string {
@@ -2138,7 +2248,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_ca_v1_ca_proto_msgTypes[28]
+	mi := &file_ca_v1_ca_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2260,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_v1_ca_proto_msgTypes[28]
+	mi := &file_ca_v1_ca_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2273,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_ca_v1_ca_proto_rawDescGZIP(), []int{28}
+	return file_ca_v1_ca_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListJoinTokensResponse) GetTokens() []*JoinTokenInfo {
@@ -2290,7 +2400,7 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x18\n" +
 	"\areplica\x18\x03 \x01(\tR\areplica\x12\x1d\n" +
 	"\n" +
-	"since_unix\x18\x04 \x01(\x03R\tsinceUnix\"\xe4\x04\n" +
+	"since_unix\x18\x04 \x01(\x03R\tsinceUnix\"\xb8\x05\n" +
 	"\x16RotationStatusResponse\x12@\n" +
 	"\vgenerations\x18\x01 \x03(\v2\x1e.tether.ca.v1.GenerationCountsR\vgenerations\x12\x1c\n" +
 	"\treporting\x18\x02 \x01(\x03R\treporting\x12?\n" +
@@ -2306,7 +2416,19 @@ const file_ca_v1_ca_proto_rawDesc = "" +
 	"\x0eretire_blocked\x18\n" +
 	" \x01(\tR\rretireBlocked\x126\n" +
 	"\x17report_interval_seconds\x18\v \x01(\x03R\x15reportIntervalSeconds\x12,\n" +
-	"\x12report_ttl_seconds\x18\f \x01(\x03R\x10reportTtlSeconds\"9\n" +
+	"\x12report_ttl_seconds\x18\f \x01(\x03R\x10reportTtlSeconds\x12R\n" +
+	"\x14bundle_endpoint_gate\x18\r \x01(\v2 .tether.ca.v1.BundleEndpointGateR\x12bundleEndpointGate\"\x9d\x02\n" +
+	"\x12BundleEndpointGate\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12*\n" +
+	"\x11first_served_unix\x18\x02 \x01(\x03R\x0ffirstServedUnix\x12'\n" +
+	"\x0fserved_sequence\x18\x03 \x01(\x04R\x0eservedSequence\x120\n" +
+	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\x12%\n" +
+	"\x0emargin_seconds\x18\x05 \x01(\x03R\rmarginSeconds\x12\x1f\n" +
+	"\vpasses_unix\x18\x06 \x01(\x03R\n" +
+	"passesUnix\x12\x18\n" +
+	"\ablocked\x18\a \x01(\tR\ablocked\"9\n" +
 	"\rRotateRequest\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\xa0\x02\n" +
@@ -2371,7 +2493,7 @@ func file_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_ca_v1_ca_proto_rawDescData
 }
 
-var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_ca_v1_ca_proto_goTypes = []any{
 	(*Credential)(nil),              // 0: tether.ca.v1.Credential
 	(*SignRequest)(nil),             // 1: tether.ca.v1.SignRequest
@@ -2394,14 +2516,15 @@ var file_ca_v1_ca_proto_goTypes = []any{
 	(*GenerationCounts)(nil),        // 18: tether.ca.v1.GenerationCounts
 	(*NotReporting)(nil),            // 19: tether.ca.v1.NotReporting
 	(*RotationStatusResponse)(nil),  // 20: tether.ca.v1.RotationStatusResponse
-	(*RotateRequest)(nil),           // 21: tether.ca.v1.RotateRequest
-	(*RevokeRequest)(nil),           // 22: tether.ca.v1.RevokeRequest
-	(*Revocation)(nil),              // 23: tether.ca.v1.Revocation
-	(*RevokeResponse)(nil),          // 24: tether.ca.v1.RevokeResponse
-	(*UnrevokeRequest)(nil),         // 25: tether.ca.v1.UnrevokeRequest
-	(*ListJoinTokensRequest)(nil),   // 26: tether.ca.v1.ListJoinTokensRequest
-	(*JoinTokenInfo)(nil),           // 27: tether.ca.v1.JoinTokenInfo
-	(*ListJoinTokensResponse)(nil),  // 28: tether.ca.v1.ListJoinTokensResponse
+	(*BundleEndpointGate)(nil),      // 21: tether.ca.v1.BundleEndpointGate
+	(*RotateRequest)(nil),           // 22: tether.ca.v1.RotateRequest
+	(*RevokeRequest)(nil),           // 23: tether.ca.v1.RevokeRequest
+	(*Revocation)(nil),              // 24: tether.ca.v1.Revocation
+	(*RevokeResponse)(nil),          // 25: tether.ca.v1.RevokeResponse
+	(*UnrevokeRequest)(nil),         // 26: tether.ca.v1.UnrevokeRequest
+	(*ListJoinTokensRequest)(nil),   // 27: tether.ca.v1.ListJoinTokensRequest
+	(*JoinTokenInfo)(nil),           // 28: tether.ca.v1.JoinTokenInfo
+	(*ListJoinTokensResponse)(nil),  // 29: tether.ca.v1.ListJoinTokensResponse
 }
 var file_ca_v1_ca_proto_depIdxs = []int32{
 	0,  // 0: tether.ca.v1.SignRequest.credential:type_name -> tether.ca.v1.Credential
@@ -2410,40 +2533,41 @@ var file_ca_v1_ca_proto_depIdxs = []int32{
 	5,  // 3: tether.ca.v1.Bundle.federated_bundles:type_name -> tether.ca.v1.FederatedBundle
 	6,  // 4: tether.ca.v1.FederatedBundle.jwt_authorities:type_name -> tether.ca.v1.JWTAuthority
 	14, // 5: tether.ca.v1.StatusResponse.generations:type_name -> tether.ca.v1.Generation
-	23, // 6: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
+	24, // 6: tether.ca.v1.StatusResponse.revocations:type_name -> tether.ca.v1.Revocation
 	18, // 7: tether.ca.v1.RotationStatusResponse.generations:type_name -> tether.ca.v1.GenerationCounts
 	19, // 8: tether.ca.v1.RotationStatusResponse.not_reporting:type_name -> tether.ca.v1.NotReporting
 	17, // 9: tether.ca.v1.RotationStatusResponse.activate_laggards:type_name -> tether.ca.v1.SidecarReport
 	17, // 10: tether.ca.v1.RotationStatusResponse.retire_laggards:type_name -> tether.ca.v1.SidecarReport
-	23, // 11: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
-	27, // 12: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
-	1,  // 13: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
-	3,  // 14: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
-	7,  // 15: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
-	9,  // 16: tether.ca.v1.CA.Report:input_type -> tether.ca.v1.ReportRequest
-	11, // 17: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
-	13, // 18: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
-	21, // 19: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
-	16, // 20: tether.ca.v1.Admin.RotationStatus:input_type -> tether.ca.v1.RotationStatusRequest
-	22, // 21: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
-	25, // 22: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
-	26, // 23: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
-	2,  // 24: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
-	4,  // 25: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
-	8,  // 26: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
-	10, // 27: tether.ca.v1.CA.Report:output_type -> tether.ca.v1.ReportResponse
-	12, // 28: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
-	15, // 29: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
-	15, // 30: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
-	20, // 31: tether.ca.v1.Admin.RotationStatus:output_type -> tether.ca.v1.RotationStatusResponse
-	24, // 32: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
-	24, // 33: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
-	28, // 34: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
-	24, // [24:35] is the sub-list for method output_type
-	13, // [13:24] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	21, // 11: tether.ca.v1.RotationStatusResponse.bundle_endpoint_gate:type_name -> tether.ca.v1.BundleEndpointGate
+	24, // 12: tether.ca.v1.RevokeResponse.revocations:type_name -> tether.ca.v1.Revocation
+	28, // 13: tether.ca.v1.ListJoinTokensResponse.tokens:type_name -> tether.ca.v1.JoinTokenInfo
+	1,  // 14: tether.ca.v1.CA.Sign:input_type -> tether.ca.v1.SignRequest
+	3,  // 15: tether.ca.v1.CA.WatchBundle:input_type -> tether.ca.v1.WatchBundleRequest
+	7,  // 16: tether.ca.v1.CA.SignJWT:input_type -> tether.ca.v1.SignJWTRequest
+	9,  // 17: tether.ca.v1.CA.Report:input_type -> tether.ca.v1.ReportRequest
+	11, // 18: tether.ca.v1.Admin.CreateJoinToken:input_type -> tether.ca.v1.CreateJoinTokenRequest
+	13, // 19: tether.ca.v1.Admin.Status:input_type -> tether.ca.v1.StatusRequest
+	22, // 20: tether.ca.v1.Admin.Rotate:input_type -> tether.ca.v1.RotateRequest
+	16, // 21: tether.ca.v1.Admin.RotationStatus:input_type -> tether.ca.v1.RotationStatusRequest
+	23, // 22: tether.ca.v1.Admin.Revoke:input_type -> tether.ca.v1.RevokeRequest
+	26, // 23: tether.ca.v1.Admin.Unrevoke:input_type -> tether.ca.v1.UnrevokeRequest
+	27, // 24: tether.ca.v1.Admin.ListJoinTokens:input_type -> tether.ca.v1.ListJoinTokensRequest
+	2,  // 25: tether.ca.v1.CA.Sign:output_type -> tether.ca.v1.SignResponse
+	4,  // 26: tether.ca.v1.CA.WatchBundle:output_type -> tether.ca.v1.Bundle
+	8,  // 27: tether.ca.v1.CA.SignJWT:output_type -> tether.ca.v1.SignJWTResponse
+	10, // 28: tether.ca.v1.CA.Report:output_type -> tether.ca.v1.ReportResponse
+	12, // 29: tether.ca.v1.Admin.CreateJoinToken:output_type -> tether.ca.v1.CreateJoinTokenResponse
+	15, // 30: tether.ca.v1.Admin.Status:output_type -> tether.ca.v1.StatusResponse
+	15, // 31: tether.ca.v1.Admin.Rotate:output_type -> tether.ca.v1.StatusResponse
+	20, // 32: tether.ca.v1.Admin.RotationStatus:output_type -> tether.ca.v1.RotationStatusResponse
+	25, // 33: tether.ca.v1.Admin.Revoke:output_type -> tether.ca.v1.RevokeResponse
+	25, // 34: tether.ca.v1.Admin.Unrevoke:output_type -> tether.ca.v1.RevokeResponse
+	29, // 35: tether.ca.v1.Admin.ListJoinTokens:output_type -> tether.ca.v1.ListJoinTokensResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_ca_v1_ca_proto_init() }
@@ -2451,7 +2575,7 @@ func file_ca_v1_ca_proto_init() {
 	if File_ca_v1_ca_proto != nil {
 		return
 	}
-	file_ca_v1_ca_proto_msgTypes[22].OneofWrappers = []any{
+	file_ca_v1_ca_proto_msgTypes[23].OneofWrappers = []any{
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Serial)(nil),
 		(*RevokeRequest_JoinToken)(nil),
@@ -2463,7 +2587,7 @@ func file_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_v1_ca_proto_rawDesc), len(file_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

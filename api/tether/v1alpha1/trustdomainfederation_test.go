@@ -46,6 +46,10 @@ var federationCases = []struct {
 	{"bad-trust-domain", map[string]any{"trustDomain": "B.Example", "bundleEndpointURL": "https://b.example/", "profile": "https_web"}, "spec.trustDomain"},
 	{"bad-endpoint-id", map[string]any{"trustDomain": "b.example", "bundleEndpointURL": "https://b.example/",
 		"endpointSPIFFEID": "https://b.example/x", "initialBundle": testPEM}, "spec.endpointSPIFFEID"},
+	{"web-with-roots", map[string]any{"trustDomain": "f.example", "bundleEndpointURL": "https://bundle.f.example/", "profile": "https_web", "webRoots": testPEM}, ""},
+	{"spiffe-with-roots", map[string]any{"trustDomain": "b.example", "bundleEndpointURL": "https://b.example/",
+		"endpointSPIFFEID": "spiffe://b.example/tether/bundle-endpoint", "initialBundle": testPEM, "webRoots": testPEM}, "webRoots are for profile https_web only"},
+	{"empty-roots", map[string]any{"trustDomain": "b.example", "bundleEndpointURL": "https://b.example/", "profile": "https_web", "webRoots": ""}, "spec.webRoots"},
 	{"no-url", map[string]any{"trustDomain": "b.example", "profile": "https_web"}, "spec.bundleEndpointURL"},
 }
 

@@ -37,6 +37,7 @@ type TrustDomainFederation struct {
 // TrustDomainFederationSpec is the desired federation with one domain.
 //
 // +kubebuilder:validation:XValidation:rule="self.profile == 'https_spiffe' ? has(self.endpointSPIFFEID) : !has(self.endpointSPIFFEID)",message="endpointSPIFFEID is required with profile https_spiffe and not allowed with https_web"
+// +kubebuilder:validation:XValidation:rule="!has(self.webRoots) || self.profile == 'https_web'",message="webRoots are for profile https_web only (https_spiffe verifies the endpoint's SVID with the domain's bundle)"
 // +kubebuilder:validation:XValidation:rule="self.profile != 'https_spiffe' || !has(self.endpointSPIFFEID) || !self.endpointSPIFFEID.startsWith('spiffe://' + self.trustDomain + '/') || has(self.initialBundle)",message="initialBundle is required with profile https_spiffe when the endpoint's SPIFFE ID is in the federated trust domain: it verifies the endpoint's first SVID"
 type TrustDomainFederationSpec struct {
 	// TrustDomain is the foreign trust domain's name, e.g. b.example.
@@ -54,7 +55,7 @@ type TrustDomainFederationSpec struct {
 	BundleEndpointURL string `json:"bundleEndpointURL"`
 	// Profile is how the endpoint is authenticated: https_spiffe (it
 	// presents an SVID for EndpointSPIFFEID) or https_web (a web PKI
-	// certificate, verified with the system roots).
+	// certificate, verified with WebRoots or else the system roots).
 	//
 	// +kubebuilder:default=https_spiffe
 	// +kubebuilder:validation:Enum=https_spiffe;https_web
@@ -75,6 +76,14 @@ type TrustDomainFederationSpec struct {
 	// +kubebuilder:validation:MaxLength=262144
 	// +optional
 	InitialBundle string `json:"initialBundle,omitempty"`
+	// WebRoots are PEM certificates of the private roots an https_web
+	// endpoint's certificate chains to (your organisation's CA); they
+	// replace the system roots for this endpoint. https_web only.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=262144
+	// +optional
+	WebRoots string `json:"webRoots,omitempty"`
 }
 
 // TrustDomainFederationStatus is written by tether-ca's leader.

@@ -157,7 +157,7 @@ func (w *FederationWatcher) writeStatus(ctx context.Context, res dynamic.Namespa
 func specOf(f tetherv1.TrustDomainFederation) identity.FederationSpec {
 	return identity.FederationSpec{
 		TrustDomain: f.Spec.TrustDomain, BundleEndpointURL: f.Spec.BundleEndpointURL, Profile: f.Spec.Profile,
-		EndpointSPIFFEID: f.Spec.EndpointSPIFFEID, InitialBundle: f.Spec.InitialBundle,
+		EndpointSPIFFEID: f.Spec.EndpointSPIFFEID, InitialBundle: f.Spec.InitialBundle, WebRoots: f.Spec.WebRoots,
 	}
 }
 
