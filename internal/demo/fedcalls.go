@@ -51,7 +51,7 @@ func (f *fedDemo) tellCalls(ctx context.Context) error {
 	if in.SourceID != f.web.id() {
 		return fmt.Errorf("%s's api sidecar logged the allowed caller as %q, want %s (the caller's own identity, end to end)", fedDomainB, in.SourceID, f.web.id())
 	}
-	f.say("           %s's api sidecar access log: \"source_id\":%q, \"decision\":%q, \"rule\":%q", fedDomainB, in.SourceID, in.Decision, in.Rule)
+	f.say("           %s's api sidecar access log: \"source_id\":%q, \"destination_id\":%q, \"decision\":%q", fedDomainB, in.SourceID, in.DestID, in.Decision)
 
 	apiLog, batchLog := accessLogSize(f.api.accessLog), accessLogSize(f.batch.accessLog)
 	err = client.refused(ctx)
@@ -61,8 +61,8 @@ func (f *fedDemo) tellCalls(ctx context.Context) error {
 	f.say("  refused  batch (%s) → api (%s): batch answered: %s", fedDomainA, fedDomainB, err)
 	if e, lerr := waitAccess(ctx, f.batch.accessLog, batchLog, 3*time.Second, func(e accessEntry) bool {
 		return e.Direction == "outbound"
-	}); lerr == nil {
-		f.say("           batch's sidecar access log: \"decision\":%q, \"destination\":%q (%s's policy lets batch call out)", e.Decision, e.Destination, fedDomainA)
+	}); lerr == nil && e.Rule != "" {
+		f.say("           batch's sidecar let it out (%s's rule %q) and logged %q: %s", fedDomainA, e.Rule, e.Decision, e.Reason)
 	}
 	deny, lerr := waitAccess(ctx, f.api.accessLog, apiLog, 3*time.Second, func(e accessEntry) bool {
 		return e.Direction == "inbound" && e.Decision == "deny"
@@ -73,16 +73,9 @@ func (f *fedDemo) tellCalls(ctx context.Context) error {
 	if deny.SourceID != f.batch.id() {
 		return fmt.Errorf("%s's api sidecar logged the refused caller as %q, want %s", fedDomainB, deny.SourceID, f.batch.id())
 	}
-	f.say("           %s's api sidecar access log: \"source_id\":%q, \"decision\":%q, \"reason\":%q", fedDomainB, deny.SourceID, deny.Decision, cmpOr(deny.Rule, deny.Reason))
+	f.say("           %s's api sidecar access log: \"source_id\":%q, \"decision\":%q, \"rule\":%q", fedDomainB, deny.SourceID, deny.Decision, deny.Rule)
 	f.say("           (the destination decides with the caller's real identity: no gateway stands in between)")
 	return nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // tellLookAround gives the commands and URLs to explore both meshes.

@@ -41,11 +41,12 @@ type kubeDomain struct {
 // manifests/crds.
 var kubeCRDs = []string{"accesspolicies.tether.dev.yaml", "trustdomainfederations.tether.dev.yaml"}
 
-// startKubeDomain starts an API server, installs the CRDs, labels the
+// startKubeDomain starts an API server, installs the CRDs (kubeCRDs and
+// extraCRDs, files of manifests/crds), labels the
 // default namespace for injection (so tether-ca publishes its trust
 // bundle ConfigMap there) and starts tether-ca on it with the bundle
 // endpoint on.
-func startKubeDomain(t *testing.T, name string) *kubeDomain {
+func startKubeDomain(t *testing.T, name string, extraCRDs ...string) *kubeDomain {
 	t.Helper()
 	env := kubetest.Start(t)
 	d := &kubeDomain{fedDomain: &fedDomain{endpoint: loopback(t)}, env: env, kubeconfig: env.Kubeconfig(t)}
@@ -53,7 +54,7 @@ func startKubeDomain(t *testing.T, name string) *kubeDomain {
 	if d.dyn, err = dynamic.NewForConfig(env.Config); err != nil {
 		t.Fatal(err)
 	}
-	for _, crd := range kubeCRDs {
+	for _, crd := range slices.Concat(kubeCRDs, extraCRDs) {
 		env.InstallCRD(t, filepath.Join("..", "..", "manifests", "crds", crd))
 	}
 	env.EnsureNamespace(t, "tether-system")
@@ -97,6 +98,7 @@ func (d *kubeDomain) startDiscovery(t *testing.T) {
 var gvrs = map[string]schema.GroupVersionResource{
 	"TrustDomainFederation": {Group: "tether.dev", Version: "v1alpha1", Resource: "trustdomainfederations"},
 	"AccessPolicy":          {Group: "tether.dev", Version: "v1alpha1", Resource: "accesspolicies"},
+	"RemoteService":         {Group: "tether.dev", Version: "v1alpha1", Resource: "remoteservices"},
 	"Service":               {Version: "v1", Resource: "services"},
 	"EndpointSlice":         {Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"},
 }

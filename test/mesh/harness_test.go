@@ -123,6 +123,13 @@ type proc struct {
 // to logPath.
 func startProc(t *testing.T, name, logPath, bin string, args ...string) *proc {
 	t.Helper()
+	return startProcWith(t, (*exec.Cmd).Start, name, logPath, bin, args...)
+}
+
+// startProcWith is startProc with start starting the command (e.g. inside
+// a network namespace).
+func startProcWith(t *testing.T, start func(*exec.Cmd) error, name, logPath, bin string, args ...string) *proc {
+	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +140,7 @@ func startProc(t *testing.T, name, logPath, bin string, args ...string) *proc {
 	// Own process group, so that stopping it stops everything it started;
 	// and killed with the test binary (Pdeathsig) should that die first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := start(cmd); err != nil {
 		f.Close()
 		t.Fatalf("start %s: %v", name, err)
 	}
