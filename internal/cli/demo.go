@@ -20,6 +20,9 @@ func (a *App) newDemoCmd() *cobra.Command {
   # A root rotation under traffic, then stop
   bin/tether demo --rotate --duration 2m
 
+  # Two meshes (a.example, b.example) trusting each other by SPIFFE bundle
+  bin/tether demo --federation --duration 30s
+
   # Any free ports, and keep the state and logs
   bin/tether demo --ports 0 --dir ./demo-state`,
 		Args: noArgs,

@@ -79,6 +79,9 @@ func TestDemoBadInput(t *testing.T) {
 		{"some binaries", []string{"demo", "--bin", partial}, 1, []string{"tether-discovery, tether-sidecar are not there (or not executable)"}},
 		{"busy port", []string{"demo", "--bin", fakes, "--ports", strconv.Itoa(base)}, 1, []string{
 			"port in use: " + held.Addr().String() + " (for tether-ca's metrics) cannot be bound", "--ports 0"}},
+		{"busy port, federation", []string{"demo", "--federation", "--bin", fakes, "--ports", strconv.Itoa(base)}, 1, []string{
+			"port in use: " + held.Addr().String() + " (for a.example's tether-ca metrics) cannot be bound", "--ports 0"}},
+		{"rotate with federation", []string{"demo", "--rotate", "--federation"}, 2, []string{"--rotate and --federation do not run together"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer

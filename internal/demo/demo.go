@@ -36,6 +36,17 @@ With --rotate it also rotates the CA's root (prepare, activate, retire)
 under traffic, with lifetimes shortened to seconds, and reports the requests
 attempted, succeeded and failed in each phase.
 
+With --federation it runs two meshes instead, with their own trust domains
+a.example and b.example, each with its own tether-ca, tether-discovery and
+sidecars; each CA follows the other's SPIFFE bundle endpoint. a.example's web
+calls b.example's api as a remote service over tether/1 with its own
+identity; b.example's policy admits spiffe://a.example/ns/default/sa/web and
+refuses a.example's batch. Both calls are shown with the caller's SPIFFE ID
+from api's sidecar access log. Ports with --federation: a.example's tether-ca
+N, its metrics N+1, its bundle endpoint N+2, its tether-discovery N+3 and
+N+4, web N+10 to N+12, batch N+15 to N+17; b.example's the same from N+20,
+api N+30 to N+32.
+
 tether-ca, tether-discovery and tether-sidecar run as separate processes,
 from --bin (default: the directory of this tether binary). Build them with
 make build. Ports: --ports N uses 127.0.0.1 ports N to N+32 (tether-ca N,
@@ -46,7 +57,8 @@ takes any free ports.
 
 Exit status: 0 when the demo ran and stopped cleanly; 1 when something
 failed (a component did not start or exited, an allowed call failed, the
-denied call went through, the rotation did not complete); 2 usage error.`
+denied call went through, the rotation did not complete, a caller's ID in
+the access log is not the one that called); 2 usage error.`
 
 // Defaults of tether demo.
 const (
@@ -65,8 +77,9 @@ var demoBinaries = []struct{ name, pkg string }{
 
 // demoConfig is tether demo's validated command line.
 type demoConfig struct {
-	rotate   bool
-	duration time.Duration
+	rotate     bool
+	federation bool
+	duration   time.Duration
 	// dir holds the state and logs; keep is true when the user chose it
 	// (it is then left in place).
 	dir  string
@@ -96,6 +109,7 @@ type Command struct {
 // AddFlags registers tether demo's flags on fs; Run reads them.
 func (c *Command) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.cfg.rotate, "rotate", false, "rotate the CA's root (prepare, activate, retire) under traffic and report each phase")
+	fs.BoolVar(&c.cfg.federation, "federation", false, "run two meshes with their own trust domains (a.example, b.example) that trust each other by SPIFFE bundle: a.example's web calls b.example's api, which admits it by SPIFFE ID and refuses a.example's batch")
 	fs.DurationVar(&c.cfg.duration, "duration", 0, "stop after this long once the mesh is up (with --rotate, not before the rotation has finished); 0: run until Ctrl-C")
 	fs.StringVar(&c.cfg.dir, "dir", "", "keep the CA state, mesh.yaml, sockets and logs in this directory, and leave it in place (default: a temporary directory, removed at the end)")
 	fs.IntVar(&c.cfg.ports, "ports", demoDefaultPorts, fmt.Sprintf("first of the loopback ports N to N+%d the demo listens on; 0: any free ports", demoPortSpan))
@@ -113,11 +127,18 @@ func (c *Command) Run(ctx context.Context) error {
 	if err := checkDemoBinaries(cfg.bin); err != nil {
 		return err
 	}
-	ports, err := planDemoPorts(cfg.ports)
+	layout := demoPortLayout
+	if cfg.federation {
+		layout = fedPortLayout
+	}
+	ports, err := planPorts(cfg.ports, layout)
 	if err != nil {
 		return err
 	}
 	d := &demo{cfg: cfg, out: c.Stdout, tether: c.Tether, ports: ports}
+	if cfg.federation {
+		return (&fedDemo{demo: d}).run(ctx)
+	}
 	return d.run(ctx)
 }
 
@@ -127,6 +148,8 @@ func (c demoConfig) validate() (demoConfig, error) {
 	switch {
 	case c.duration < 0:
 		return c, fmt.Errorf("%w: --duration %s: must not be negative", cliflag.ErrUsage, c.duration)
+	case c.rotate && c.federation:
+		return c, fmt.Errorf("%w: --rotate and --federation do not run together (the rotation across trust domains is tested in test/mesh, not shown by the demo)", cliflag.ErrUsage)
 	case c.rate <= 0 || c.rate > 200:
 		return c, fmt.Errorf("%w: --rate %g: want a number of calls per second from above 0 to 200", cliflag.ErrUsage, c.rate)
 	case c.ports != 0 && (c.ports < 1024 || c.ports+demoPortSpan > 65535):
@@ -219,7 +242,10 @@ var errPortBusy = errors.New("port in use")
 
 // planDemoPorts returns the demo's addresses: base+offset, each checked
 // to be free now; or, with base 0, free ports the kernel picks.
-func planDemoPorts(base int) (demoAddrs, error) {
+func planDemoPorts(base int) (demoAddrs, error) { return planPorts(base, demoPortLayout) }
+
+// planPorts is planDemoPorts for a layout.
+func planPorts(base int, layout []demoPort) (demoAddrs, error) {
 	addrs := demoAddrs{}
 	var held []net.Listener
 	defer func() {
@@ -227,7 +253,7 @@ func planDemoPorts(base int) (demoAddrs, error) {
 			l.Close()
 		}
 	}()
-	for _, p := range demoPortLayout {
+	for _, p := range layout {
 		want := "127.0.0.1:0"
 		if base != 0 {
 			want = net.JoinHostPort("127.0.0.1", strconv.Itoa(base+p.offset))
@@ -271,6 +297,8 @@ type demo struct {
 	failed context.CancelCauseFunc
 
 	traffic *traffic
+	// summary, when set, tells the traffic at the end instead of traffic.
+	summary func()
 }
 
 // demoService is a sample service: its app and its sidecar.

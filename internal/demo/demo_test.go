@@ -183,13 +183,19 @@ var pidRE = regexp.MustCompile(`pid (\d+)`)
 // components returns the pids of the processes the demo says it started.
 func (r *demoRun) components(t *testing.T) []int {
 	t.Helper()
+	return r.componentsN(t, 8, "CA, discovery, 3 apps, 3 sidecars")
+}
+
+// componentsN returns the pids the demo names, which must be want.
+func (r *demoRun) componentsN(t *testing.T, want int, what string) []int {
+	t.Helper()
 	var pids []int
 	for _, m := range pidRE.FindAllStringSubmatch(r.stdout.String(), -1) {
 		p, _ := strconv.Atoi(m[1])
 		pids = append(pids, p)
 	}
-	if len(pids) != 8 {
-		t.Fatalf("the demo names %d processes (%v), want 8: CA, discovery, 3 apps, 3 sidecars", len(pids), pids)
+	if len(pids) != want {
+		t.Fatalf("the demo names %d processes (%v), want %d: %s", len(pids), pids, want, what)
 	}
 	return pids
 }
@@ -318,4 +324,32 @@ func TestDemoRotate(t *testing.T) {
 		t.Errorf("tether ca status should show generation 2 active and 1 retired")
 	}
 	nothingLeft(t, r.components(t))
+}
+
+// TestDemoFederation runs the two meshes for a few seconds: each CA
+// follows the other's bundle endpoint, a.example's web is admitted by
+// b.example's api with web's own ID in api's access log, batch is refused
+// there with its ID, traffic, a clean stop.
+func TestDemoFederation(t *testing.T) {
+	r := startDemo(t, "--federation", "--duration", "4s")
+	if code := r.wait(t, 90*time.Second); code != 0 {
+		t.Fatalf("exit code %d; stderr: %s", code, r.stderr.String())
+	}
+	out := r.stdout.String()
+	mustSay(t, out,
+		"b.example's tether-ca follows a.example's bundle endpoint https://127.0.0.1:",
+		"a.example's tether-ca follows b.example's bundle endpoint https://127.0.0.1:",
+		"spiffe://a.example/ns/default/sa/web ", "bundles of a.example, b.example",
+		`allowed  web (a.example) → api (b.example): web answered "web → api"`,
+		`the peer proved "spiffe://b.example/ns/default/sa/api"`,
+		`b.example's api sidecar access log: "source_id":"spiffe://a.example/ns/default/sa/web", "destination_id":"spiffe://b.example/ns/default/sa/api", "decision":"allow"`,
+		"refused  batch (a.example) → api (b.example)",
+		`batch's sidecar let it out (a.example's rule "AccessPolicy default/api-from-web-and-batch")`,
+		`b.example's api sidecar access log: "source_id":"spiffe://a.example/ns/default/sa/batch", "decision":"deny"`,
+		"Stopping (--duration 4s is over)", ", 0 failed; batch → api tried ",
+		"Stopped 10 processes", "nothing is left running", "Removed ")
+	if regexp.MustCompile(`batch → api tried \d+ times?, refused \d+ times?, went through`).MatchString(out) {
+		t.Errorf("batch → api went through")
+	}
+	nothingLeft(t, r.componentsN(t, 10, "2 CAs, 2 discoveries, 3 apps, 3 sidecars"))
 }

@@ -155,7 +155,7 @@ func (d *demo) stopAll() (int, error) {
 			return 0
 		case strings.HasSuffix(p.name, "app"):
 			return 1
-		case p.name == "tether-discovery":
+		case strings.HasPrefix(p.name, "tether-discovery"):
 			return 2
 		default:
 			return 3

@@ -134,7 +134,9 @@ func (d *demo) shutdown(reason string, began time.Time, runErr error) error {
 		d.traffic.halt()
 	}
 	d.say("\nStopping (%s) after %s.", reason, time.Since(began).Round(time.Second))
-	if t := d.traffic; t != nil {
+	if d.summary != nil {
+		d.summary()
+	} else if t := d.traffic; t != nil {
 		through := ""
 		if n := t.deniedThrough.Load(); n > 0 {
 			through = ", went through " + count(n, "time", "times")

@@ -182,3 +182,22 @@ func runApp(ctx context.Context, args []string) error {
 	}
 	return app.Run(ctx)
 }
+
+// TestFedPortLayout: the ports of --federation are distinct and within
+// the range --ports documents.
+func TestFedPortLayout(t *testing.T) {
+	offsets, keys := map[int]string{}, map[string]bool{}
+	for _, p := range fedPortLayout {
+		if p.offset < 0 || p.offset > demoPortSpan || offsets[p.offset] != "" || keys[p.key] {
+			t.Errorf("%s at offset %d: out of 0..%d or taken (by %q)", p.key, p.offset, demoPortSpan, offsets[p.offset])
+		}
+		offsets[p.offset], keys[p.key] = p.key, true
+	}
+	addrs, err := planPorts(0, fedPortLayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(addrs) != len(fedPortLayout) {
+		t.Errorf("%d addresses for %d ports", len(addrs), len(fedPortLayout))
+	}
+}

@@ -31,6 +31,18 @@
 //   - TestPooledTunnelAcrossClientSVIDExpiry: pooled tunnels stop being
 //     reused before the SVID the client presented in them expires, so the
 //     server never refuses a stream on them.
+//   - Federation (two meshes, a.example and b.example, each CA following
+//     the other's bundle endpoint): TestTwoMeshesFederatedBundles (the
+//     foreign roots reach every sidecar's Workload API, a prepared root
+//     within seconds), TestCrossDomainCalls (remote services called with
+//     the caller's own SVID, admitted by spiffeID and trustDomain sources,
+//     the caller's real ID in the destination's access log; a caller the
+//     policy does not name and one of an unfederated domain refused),
+//     TestCrossDomainRotation (a root rotation in a.example under traffic
+//     in both directions), and, on two real kube-apiservers,
+//     TestTwoClustersFederate and TestTwoClustersCrossDomainCall
+//     (TrustDomainFederation, AccessPolicy and RemoteService objects; the
+//     latter needs root for the callers' network namespace).
 //
 // The binaries are built once per run with `go build` (honouring GOFLAGS,
 // which `make test` sets to -tags=grpcnotrace). Most of the time goes to

@@ -123,6 +123,13 @@ type proc struct {
 // to logPath.
 func startProc(t *testing.T, name, logPath, bin string, args ...string) *proc {
 	t.Helper()
+	return startProcWith(t, (*exec.Cmd).Start, name, logPath, bin, args...)
+}
+
+// startProcWith is startProc with start starting the command (e.g. inside
+// a network namespace).
+func startProcWith(t *testing.T, start func(*exec.Cmd) error, name, logPath, bin string, args ...string) *proc {
+	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +140,7 @@ func startProc(t *testing.T, name, logPath, bin string, args ...string) *proc {
 	// Own process group, so that stopping it stops everything it started;
 	// and killed with the test binary (Pdeathsig) should that die first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := start(cmd); err != nil {
 		f.Close()
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -385,6 +392,9 @@ func scrape(addr string) (string, error) {
 
 // caProc is a running (or stopped) tether-ca on a directory store.
 type caProc struct {
+	// td is the CA's trust domain (--trust-domain; cluster.local unless
+	// given).
+	td                               spiffeid.TrustDomain
 	dir, addr, admin, socket, bundle string
 	args                             []string
 	logPath                          string
@@ -397,7 +407,12 @@ type caProc struct {
 func startCA(t *testing.T, extra ...string) *caProc {
 	t.Helper()
 	dir := procDir(t)
-	c := &caProc{dir: filepath.Join(dir, "ca"), addr: loopback(t), admin: loopback(t), logPath: filepath.Join(dir, "tether-ca.log")}
+	c := &caProc{td: td, dir: filepath.Join(dir, "ca"), addr: loopback(t), admin: loopback(t), logPath: filepath.Join(dir, "tether-ca.log")}
+	for i, a := range extra {
+		if a == "--trust-domain" && i+1 < len(extra) {
+			c.td = spiffeid.RequireTrustDomainFromString(extra[i+1])
+		}
+	}
 	c.socket = filepath.Join(c.dir, "admin.sock")
 	c.bundle = filepath.Join(c.dir, "bundle.pem")
 	c.args = append([]string{"--store-dir", c.dir, "--listen", c.addr, "--admin-listen", c.admin,
@@ -441,7 +456,7 @@ func (c *caProc) cli(args ...string) (string, error) {
 // namespace ns.
 func (c *caProc) token(t *testing.T, ns, sa string) string {
 	t.Helper()
-	args := []string{"ca", "token", "create", "--spiffe-id", workloadID(ns, sa).String(), "--ttl", "2h", "--reusable"}
+	args := []string{"ca", "token", "create", "--spiffe-id", c.id(ns, sa).String(), "--ttl", "2h", "--reusable"}
 	if ns == identity.ReservedNamespace {
 		args = append(args, "--allow-reserved")
 	}
@@ -456,10 +471,16 @@ func workloadID(ns, sa string) spiffeid.ID {
 	return spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/"+sa)
 }
 
+// id is the SPIFFE ID of service account sa of namespace ns in the CA's
+// trust domain.
+func (c *caProc) id(ns, sa string) spiffeid.ID {
+	return spiffeid.RequireFromPath(c.td, "/ns/"+ns+"/sa/"+sa)
+}
+
 // roots reads the CA's bundle file.
 func (c *caProc) roots(t *testing.T) []*x509.Certificate {
 	t.Helper()
-	b, err := identity.LoadBundlePEM(c.bundle, td.Name())
+	b, err := identity.LoadBundlePEM(c.bundle, c.td.Name())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +512,7 @@ func startDiscovery(t *testing.T, ca *caProc, meshYAML string) *discoveryProc {
 	d := &discoveryProc{file: filepath.Join(dir, "mesh.yaml"), addr: loopback(t), admin: loopback(t), logPath: filepath.Join(dir, "tether-discovery.log")}
 	d.write(t, meshYAML)
 	d.args = []string{"--mesh-file", d.file, "--mesh-file-interval", "100ms", "--listen", d.addr, "--admin-listen", d.admin,
-		"--ca", ca.addr, "--bundle", ca.bundle, "--join-token", ca.token(t, "tether-system", "tether-discovery")}
+		"--ca", ca.addr, "--bundle", ca.bundle, "--join-token", ca.token(t, "tether-system", "tether-discovery"), "--trust-domain", ca.td.Name()}
 	d.start(t)
 	dumpOnFailure(t, func() *proc { return d.p })
 	return d
@@ -584,7 +605,7 @@ type sidecarProc struct {
 	p         *proc
 }
 
-// startSidecar starts a sidecar with identity spiffe://cluster.local/ns/default/sa/<sa>,
+// startSidecar starts a sidecar with identity spiffe://<ca's trust domain>/ns/default/sa/<sa>,
 // following discovery when d is not nil, and waits until it is ready.
 func startSidecar(t *testing.T, ca *caProc, d *discoveryProc, spec sidecarSpec) *sidecarProc {
 	t.Helper()
@@ -593,7 +614,7 @@ func startSidecar(t *testing.T, ca *caProc, d *discoveryProc, spec sidecarSpec) 
 		logPath: filepath.Join(dir, "sidecar-"+spec.sa+".log"), accessLog: filepath.Join(dir, "access.log")}
 	s.args = []string{"--ca", ca.addr, "--bundle", ca.bundle, "--join-token", ca.token(t, "default", spec.sa),
 		"--admin-listen", s.admin, "--workload-socket", s.socket, "--drain-timeout", "2s",
-		"--access-log", s.accessLog}
+		"--access-log", s.accessLog, "--trust-domain", ca.td.Name()}
 	if d != nil {
 		s.args = append(s.args, "--discovery", d.addr)
 	}
