@@ -139,22 +139,8 @@ func ParseMeshFile(data []byte) (*MeshFile, error) {
 			ref = "service " + cmpOr(fs.Namespace, "default") + "/" + fs.Name
 		}
 		s := Service{Key: ServiceKey{Namespace: fs.Namespace, Name: fs.Name}}
-		for j, a := range fs.ClusterIPs {
-			ip, err := netip.ParseAddr(a)
-			if err != nil {
-				bad("%s: clusterIPs[%d]: %q is not an IP address", ref, j, a)
-			}
-			s.ClusterIPs = append(s.ClusterIPs, ip)
-		}
-		for j, p := range fs.Ports {
-			if p.Port < 1 || p.Port > 65535 {
-				bad("%s: ports[%d]: port %d is outside 1-65535", ref, j, p.Port)
-			}
-			if p.TargetPort < 0 || p.TargetPort > 65535 {
-				bad("%s: ports[%d]: targetPort %d is outside 1-65535", ref, j, p.TargetPort)
-			}
-			s.Ports = append(s.Ports, Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
-		}
+		s.ClusterIPs = parseFileAddrs(ref, "clusterIPs", fs.ClusterIPs, bad)
+		s.Ports = parseFilePorts(ref, fs.Ports, bad)
 		for j, e := range fs.Endpoints {
 			ep := Endpoint{ServiceAccount: e.ServiceAccount, Pod: e.Pod}
 			var err error
@@ -218,22 +204,8 @@ func parseRemote(i int, fr fileRemoteService, bad func(format string, args ...an
 		}
 		rs.TrustDomain = td
 	}
-	for j, a := range fr.Addresses {
-		ip, err := netip.ParseAddr(a)
-		if err != nil {
-			bad("%s: addresses[%d]: %q is not an IP address", ref, j, a)
-		}
-		rs.Addresses = append(rs.Addresses, ip)
-	}
-	for j, p := range fr.Ports {
-		if p.Port < 1 || p.Port > 65535 {
-			bad("%s: ports[%d]: port %d is outside 1-65535", ref, j, p.Port)
-		}
-		if p.TargetPort < 0 || p.TargetPort > 65535 {
-			bad("%s: ports[%d]: targetPort %d is outside 1-65535", ref, j, p.TargetPort)
-		}
-		rs.Ports = append(rs.Ports, Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
-	}
+	rs.Addresses = parseFileAddrs(ref, "addresses", fr.Addresses, bad)
+	rs.Ports = parseFilePorts(ref, fr.Ports, bad)
 	for j, e := range fr.Endpoints {
 		var ep RemoteEndpoint
 		var err error
@@ -259,6 +231,36 @@ var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]+)"`)
 // explainYAML trims the decoder's wording and, for an unknown field, adds
 // the line it is on when the key appears only once (the JSON decoder that
 // finds unknown fields knows no lines).
+// parseFileAddrs parses the IP addresses of field (clusterIPs, addresses)
+// of the object ref, reporting each bad one.
+func parseFileAddrs(ref, field string, addrs []string, bad func(format string, args ...any)) []netip.Addr {
+	var out []netip.Addr
+	for j, a := range addrs {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			bad("%s: %s[%d]: %q is not an IP address", ref, field, j, a)
+		}
+		out = append(out, ip)
+	}
+	return out
+}
+
+// parseFilePorts checks and converts the ports of the object ref,
+// reporting each bad one.
+func parseFilePorts(ref string, ports []filePort, bad func(format string, args ...any)) []Port {
+	var out []Port
+	for j, p := range ports {
+		if p.Port < 1 || p.Port > 65535 {
+			bad("%s: ports[%d]: port %d is outside 1-65535", ref, j, p.Port)
+		}
+		if p.TargetPort < 0 || p.TargetPort > 65535 {
+			bad("%s: ports[%d]: targetPort %d is outside 1-65535", ref, j, p.TargetPort)
+		}
+		out = append(out, Port{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
+	}
+	return out
+}
+
 func explainYAML(data []byte, err error) string {
 	msg := err.Error()
 	for _, p := range []string{"error converting YAML to JSON: ", "error unmarshaling JSON: ", "while decoding JSON: ", "json: "} {
