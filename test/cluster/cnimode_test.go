@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tether-mesh/tether/internal/cni"
+	"github.com/tether-mesh/tether/pkg/inject"
 )
 
 // enforceLabel is Pod Security admission's enforce label.
@@ -127,6 +128,80 @@ func (s *storyRun) restricted(t *testing.T) {
 			if sc := c.SecurityContext; sc != nil && sc.Capabilities != nil && len(sc.Capabilities.Add) > 0 {
 				t.Errorf("pod %s: container %s adds capabilities %v", p.Name, c.Name, sc.Capabilities.Add)
 			}
+		}
+	}
+}
+
+// agentDown: while the node agent is not on the node (its DaemonSet
+// selects no node, so its pod exits and takes the chain entry out), a
+// meshed pod created in the story namespace gets its network without the
+// redirection: tether-validate fails it saying so, and neither the sidecar
+// nor the app container ever runs. Once the agent is back, the same pod
+// starts, validated.
+func (s *storyRun) agentDown(t *testing.T) {
+	const ds = "daemonset/tether-cni-node"
+	restore := func() error {
+		_, err := s.n.kubectl(time.Minute, "-n", "kube-system", "patch", ds, "--type=json",
+			"-p", `[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]`)
+		return err
+	}
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			restore()
+		}
+	})
+	s.n.must(t, time.Minute, "-n", "kube-system", "patch", ds, "--type=merge",
+		"-p", `{"spec":{"template":{"spec":{"nodeSelector":{"tether.dev/no-such-node":"true"}}}}}`)
+	s.n.must(t, 3*time.Minute, "-n", "kube-system", "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name=tether-cni-node", "--timeout=2m")
+	s.nodeAgentInstalled(t, false)
+
+	s.n.must(t, time.Minute, runArgs("unprotected", "sleep", "1h")...)
+	var p corev1.Pod
+	eventually(t, "the pod created without the node agent fails", 3*time.Minute, 2*time.Second, func() error {
+		s.n.getJSON(t, &p, "-n", story, "get", "pod", "unprotected", "-o", "json")
+		if p.Status.Phase != corev1.PodFailed {
+			return fmt.Errorf("phase %s", p.Status.Phase)
+		}
+		return nil
+	})
+	validated := false
+	for _, cs := range p.Status.InitContainerStatuses {
+		switch {
+		case cs.Name == inject.ValidateContainerName:
+			validated = true
+			term := cs.State.Terminated
+			if term == nil || term.ExitCode == 0 || !strings.Contains(term.Message, "NOT redirected to the sidecar") {
+				t.Errorf("%s of the pod created without the node agent: %+v, want a failure saying the traffic is not redirected", cs.Name, cs.State)
+			} else {
+				t.Logf("%s failed (exit %d): %s", cs.Name, term.ExitCode, strings.TrimSpace(term.Message))
+			}
+		case cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil:
+			t.Errorf("container %s ran after tether-validate failed: %+v", cs.Name, cs.State)
+		}
+	}
+	if !validated {
+		t.Errorf("the pod has no %s status: %+v", inject.ValidateContainerName, p.Status.InitContainerStatuses)
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil {
+			t.Errorf("app container %s ran without the redirection: %+v", cs.Name, cs.State)
+		}
+	}
+
+	if err := restore(); err != nil {
+		t.Fatalf("putting the node agent back: %v", err)
+	}
+	restored = true
+	s.n.must(t, 6*time.Minute, "-n", "kube-system", "rollout", "status", ds, "--timeout=5m")
+	s.nodeAgentInstalled(t, true)
+	s.n.must(t, 2*time.Minute, "-n", story, "delete", "pod", "unprotected", "--timeout=90s")
+	s.n.must(t, time.Minute, runArgs("unprotected", "sleep", "1h")...)
+	s.n.must(t, 3*time.Minute, "-n", story, "wait", "--for=condition=Ready", "pod/unprotected", "--timeout=2m")
+	s.n.getJSON(t, &p, "-n", story, "get", "pod", "unprotected", "-o", "json")
+	for _, cs := range p.Status.InitContainerStatuses {
+		if cs.Name == inject.ValidateContainerName && (cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 0) {
+			t.Errorf("with the node agent back, %s: %+v, want exit 0", cs.Name, cs.State)
 		}
 	}
 }

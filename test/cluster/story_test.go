@@ -28,7 +28,7 @@ const (
 	story = "story" // the namespace in the mesh
 	plain = "plain" // the same apps without the mesh
 	// runCommand is how to run this test, said when it skips.
-	runCommand = "make image && make cluster-up && TETHER_CLUSTER_TEST=1 go test -timeout 30m -v ./test/cluster"
+	runCommand = "make image && make cluster-up && TETHER_CLUSTER_TEST=1 go test -timeout 50m -v ./test/cluster"
 )
 
 // apps are the story's chain, web -> api -> db, each its own ServiceAccount.
@@ -134,6 +134,9 @@ func runStory(t *testing.T, mode string) {
 	s.stage(t, "job", s.job)
 	s.stage(t, "rotation", s.rotation)
 	s.stage(t, "injector-down", s.injectorDown)
+	if mode == modeCNI {
+		s.stage(t, "agent-down", s.agentDown)
+	}
 	s.stage(t, "uninstall", s.uninstall)
 }
 
