@@ -110,7 +110,7 @@ cluster-down:
 # parallel) they killed the story's pods and failed themselves, so they run
 # once this node is down.
 cluster-test: cluster-up
-	TETHER_CLUSTER_TEST=1 $(GO) test -count=1 -timeout 30m -v ./test/cluster; \
+	TETHER_CLUSTER_TEST=1 $(GO) test -count=1 -timeout 50m -v ./test/cluster; \
 	  rc=$$?; $(CLUSTER) down; \
 	  TETHER_CLUSTER_TEST=1 $(GO) test -count=1 -timeout 15m -v ./hack/cluster || rc=1; \
 	  exit $$rc

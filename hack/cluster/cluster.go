@@ -59,8 +59,20 @@ var hostTools = [][2]string{
 // containernetworking-plugins.
 var cniPlugins = []string{"bridge", "host-local", "loopback", "portmap"}
 
-// CNIBinDir is where Debian's containernetworking-plugins puts them.
-const CNIBinDir = "/usr/lib/cni"
+// HostCNIBinDir is where Debian's containernetworking-plugins puts them.
+// The node never writes there: containerd's bin_dir is the node's own
+// directory (Cluster.cniBinDir) linking to these.
+const HostCNIBinDir = "/usr/lib/cni"
+
+// cniBinDir is containerd's CNI plugin directory, private to the node:
+// links to the host's plugins, and whatever the node's pods install (the
+// tether-cni-node DaemonSet writes tether-cni there, test/cluster gives it
+// as the chart's cni.binDir). down removes it with the rest of the state.
+func (c *Cluster) cniBinDir() string { return c.path("state", "cni-bin") }
+
+// cniConfDir is containerd's CNI configuration directory (the chart's
+// cni.confDir in test/cluster).
+func (c *Cluster) cniConfDir() string { return c.path("etc", "cni") }
 
 // check says what up needs and lacks, all of it at once.
 func (c *Cluster) check() error {
@@ -79,8 +91,8 @@ func (c *Cluster) check() error {
 		}
 	}
 	for _, p := range cniPlugins {
-		if _, err := os.Stat(filepath.Join(CNIBinDir, p)); err != nil {
-			missing = append(missing, fmt.Sprintf("CNI plugin %s in %s (Debian package containernetworking-plugins)", p, CNIBinDir))
+		if _, err := os.Stat(filepath.Join(HostCNIBinDir, p)); err != nil {
+			missing = append(missing, fmt.Sprintf("CNI plugin %s in %s (Debian package containernetworking-plugins)", p, HostCNIBinDir))
 		}
 	}
 	for _, img := range []string{"tether", "pause"} {

@@ -134,7 +134,7 @@ state = %q
     endpoint = ["http://%s"]
 `, p("state", "containerd", "root"), p("state", "containerd", "state"), p("state", "containerd", "containerd.sock"),
 			p("state", "containerd", "ttrpc.sock"), p("state", "containerd", "opt"), SandboxImage,
-			CNIBinDir, p("etc", "cni"), RegistryAddr, RegistryAddr),
+			c.cniBinDir(), c.cniConfDir(), RegistryAddr, RegistryAddr),
 
 		"cni/10-tether-node.conflist": fmt.Sprintf(`{
   "cniVersion": "1.0.0",
@@ -215,6 +215,9 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 }
 `, NodeIP, ClusterDomain, p("etc", "coredns.kubeconfig")),
 	}
+	if err := c.linkCNIPlugins(); err != nil {
+		return err
+	}
 	for name, data := range files {
 		path := p("etc", name)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -222,6 +225,26 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 		}
 		if err := os.WriteFile(path, []byte(strings.TrimLeft(data, "\n")), 0o644); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// linkCNIPlugins fills the node's private CNI bin directory with links to
+// the host's plugins, so that what the node installs there (tether-cni)
+// never lands in the host's package directory.
+func (c *Cluster) linkCNIPlugins() error {
+	dir := c.cniBinDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, name := range cniPlugins {
+		link := filepath.Join(dir, name)
+		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		if err := os.Symlink(filepath.Join(HostCNIBinDir, name), link); err != nil {
+			return fmt.Errorf("linking the CNI plugin %s into %s: %w", name, dir, err)
 		}
 	}
 	return nil

@@ -6,5 +6,5 @@
 // testdata/. It runs only when asked:
 //
 //	make image && make cluster-up
-//	TETHER_CLUSTER_TEST=1 go test -timeout 30m -v ./test/cluster
+//	TETHER_CLUSTER_TEST=1 go test -timeout 50m -v ./test/cluster
 package cluster

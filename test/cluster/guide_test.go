@@ -187,7 +187,7 @@ func (s *storyRun) guide(t *testing.T) {
 			if p.DeletionTimestamp != nil {
 				continue
 			}
-			if err := checkInjected(p); err != nil {
+			if err := checkInjected(p, modeInit); err != nil {
 				t.Errorf("after the guide's mesh block, pod %s/%s: %v", ns, p.Name, err)
 			}
 		}

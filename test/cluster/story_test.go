@@ -28,15 +28,22 @@ const (
 	story = "story" // the namespace in the mesh
 	plain = "plain" // the same apps without the mesh
 	// runCommand is how to run this test, said when it skips.
-	runCommand = "make image && make cluster-up && TETHER_CLUSTER_TEST=1 go test -timeout 30m -v ./test/cluster"
+	runCommand = "make image && make cluster-up && TETHER_CLUSTER_TEST=1 go test -timeout 50m -v ./test/cluster"
 )
 
 // apps are the story's chain, web -> api -> db, each its own ServiceAccount.
 var apps = []string{"web", "api", "db"}
 
+// Redirect modes of the story (the chart's injector.redirectMode).
+const (
+	modeInit = "init" // tether-init in every pod; the namespace allows privileged
+	modeCNI  = "cni"  // the tether-cni plugin; the namespace enforces restricted
+)
+
 // storyRun is one run of the user story against the node.
 type storyRun struct {
 	n      *node
+	mode   string // modeInit or modeCNI
 	marker string // in every request and answer of the apps
 
 	mu     sync.Mutex
@@ -48,7 +55,18 @@ type storyRun struct {
 // issue 13 against it, each claim its own subtest, in order (later stages
 // build on earlier ones). It needs the cluster of hack/cluster with the
 // images of `make image` (tether:VERSION, tether-sample:latest).
-func TestUserStory(t *testing.T) {
+func TestUserStory(t *testing.T) { runStory(t, modeInit) }
+
+// TestUserStoryCNI runs the same story with Tether installed in CNI mode
+// (`tether install --redirect-mode cni`, the node agent tether-cni-node
+// installing tether-cni into the node's own CNI directories) and the story
+// namespace enforcing Pod Security restricted: no tether-init, the
+// tether-validate init passes, and the same mTLS, policy and rotation
+// stages prove that the plugin captured the traffic.
+func TestUserStoryCNI(t *testing.T) { runStory(t, modeCNI) }
+
+// runStory runs the user story in one redirect mode.
+func runStory(t *testing.T, mode string) {
 	if os.Getenv("TETHER_CLUSTER_TEST") != "1" {
 		t.Skip("the real-node test runs only when asked (it needs a running cluster); run: " + runCommand)
 	}
@@ -69,8 +87,8 @@ func TestUserStory(t *testing.T) {
 	if _, err := n.kubectl(30*time.Second, "get", "--raw", "/readyz"); err != nil {
 		t.Fatalf("no cluster answers; start one with `make image && make cluster-up`: %v", err)
 	}
-	s := &storyRun{n: n, marker: "tether-marker-" + randomHex(t, 8)}
-	t.Logf("marker of this run: %s", s.marker)
+	s := &storyRun{n: n, mode: mode, marker: "tether-marker-" + randomHex(t, 8)}
+	t.Logf("redirect mode %s; marker of this run: %s", mode, s.marker)
 	start := time.Now()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -80,6 +98,8 @@ func TestUserStory(t *testing.T) {
 		}
 		if tetherCLIPath != "" {
 			os.RemoveAll(filepath.Dir(tetherCLIPath))
+			// The next story of this binary builds it again.
+			tetherCLIOnce, tetherCLIPath = sync.Once{}, ""
 		}
 		s.mu.Lock()
 		t.Logf("stages (total %s):\n  %s", time.Since(start).Round(time.Second), strings.Join(s.stages, "\n  "))
@@ -87,7 +107,8 @@ func TestUserStory(t *testing.T) {
 	})
 
 	s.stage(t, "leftovers", s.removeLeftovers)
-	if !s.stage(t, "guide", s.guide) {
+	// The guide (docs/guide.md) installs in init mode; it runs once.
+	if mode == modeInit && !s.stage(t, "guide", s.guide) {
 		t.FailNow()
 	}
 	s.stage(t, "check-pre", s.checkPre)
@@ -95,6 +116,9 @@ func TestUserStory(t *testing.T) {
 		t.FailNow()
 	}
 	s.stage(t, "injected", s.injected)
+	if mode == modeCNI {
+		s.stage(t, "restricted", s.restricted)
+	}
 	s.stage(t, "svid", s.svids)
 	s.stage(t, "check", s.checkInstalled)
 	if !s.stage(t, "chain", s.chain) {
@@ -110,6 +134,9 @@ func TestUserStory(t *testing.T) {
 	s.stage(t, "job", s.job)
 	s.stage(t, "rotation", s.rotation)
 	s.stage(t, "injector-down", s.injectorDown)
+	if mode == modeCNI {
+		s.stage(t, "agent-down", s.agentDown)
+	}
 	s.stage(t, "uninstall", s.uninstall)
 }
 
@@ -151,7 +178,8 @@ func (s *storyRun) removeLeftovers(t *testing.T) {
 	mwc := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name")
 	if strings.Contains(out, "namespace/tether-system\n") || strings.Contains(mwc, "tether-injector") {
 		t.Log("removing the Tether install an earlier run left")
-		s.sh(t, 5*time.Minute, "tether uninstall --crds | kubectl delete --ignore-not-found --timeout=4m -f -")
+		// --redirect-mode cni lists the node agent too, left by a CNI-mode run.
+		s.sh(t, 5*time.Minute, "tether uninstall --crds --redirect-mode cni | kubectl delete --ignore-not-found --timeout=4m -f -")
 	}
 }
 
@@ -176,9 +204,13 @@ func (s *storyRun) sh(t *testing.T, timeout time.Duration, line string) string {
 func (s *storyRun) install(t *testing.T) {
 	s.sh(t, 2*time.Minute, "tether install --crds | kubectl apply -f -")
 	s.n.must(t, 2*time.Minute, "wait", "--for=condition=Established", "crd/accesspolicies.tether.dev", "--timeout=90s")
-	s.sh(t, 3*time.Minute, "tether install -f "+filepath.Join(s.n.root, "test/cluster/testdata/values.yaml")+" | kubectl apply --server-side -f -")
+	s.sh(t, 3*time.Minute, "tether install -f "+filepath.Join(s.n.root, "test/cluster/testdata/values.yaml")+s.cniFlags(t)+" | kubectl apply --server-side -f -")
 	for _, d := range []string{"tether-ca", "tether-discovery", "tether-injector"} {
 		s.n.must(t, 6*time.Minute, "-n", "tether-system", "rollout", "status", "deploy/"+d, "--timeout=5m")
+	}
+	if s.mode == modeCNI {
+		s.n.must(t, 6*time.Minute, "-n", "kube-system", "rollout", "status", "daemonset/tether-cni-node", "--timeout=5m")
+		s.nodeAgentInstalled(t, true)
 	}
 	// The image defaults to the CLI's version (make image tags it so).
 	want := "tether:" + version.Version
@@ -195,6 +227,9 @@ func (s *storyRun) install(t *testing.T) {
 func (s *storyRun) deploy(t *testing.T) {
 	s.n.must(t, time.Minute, "create", "namespace", story)
 	s.n.must(t, time.Minute, "label", "namespace", story, inject.InjectLabel+"=enabled")
+	if s.mode == modeCNI {
+		s.n.must(t, time.Minute, "label", "namespace", story, enforceLabel+"=restricted")
+	}
 	s.n.must(t, time.Minute, "create", "namespace", plain)
 	for _, ns := range []string{story, plain} {
 		s.n.mustIn(t, time.Minute, template(t, "apps.yaml", "__NAMESPACE__", ns, "__MARKER__", s.marker), "apply", "-f", "-")
@@ -213,18 +248,25 @@ func (s *storyRun) deploy(t *testing.T) {
 func (s *storyRun) injected(t *testing.T) {
 	for _, a := range apps {
 		p := s.n.pod(t, story, "app="+a)
-		if err := checkInjected(p); err != nil {
+		if err := checkInjected(p, s.mode); err != nil {
 			t.Errorf("pod %s: %v", p.Name, err)
 		}
 	}
 }
 
-func checkInjected(p corev1.Pod) error {
+func checkInjected(p corev1.Pod, mode string) error {
 	var names []string
 	for _, c := range p.Spec.InitContainers {
 		names = append(names, c.Name)
 	}
-	if want := []string{inject.InitContainerName, inject.SidecarContainerName}; !slices.Equal(names, want) {
+	want, first := []string{inject.InitContainerName, inject.SidecarContainerName}, inject.InitContainerName
+	if mode == modeCNI {
+		want, first = []string{inject.ValidateContainerName, inject.SidecarContainerName}, inject.ValidateContainerName
+		if got := p.Annotations[inject.AnnotationRedirect]; got != inject.RedirectCNI {
+			return fmt.Errorf("annotation %s=%q, want %q", inject.AnnotationRedirect, got, inject.RedirectCNI)
+		}
+	}
+	if !slices.Equal(names, want) {
 		return fmt.Errorf("init containers %v, want %v", names, want)
 	}
 	if rp := p.Spec.InitContainers[1].RestartPolicy; rp == nil || *rp != corev1.ContainerRestartPolicyAlways {
@@ -257,7 +299,7 @@ func checkInjected(p corev1.Pod) error {
 	}
 	for _, cs := range p.Status.InitContainerStatuses {
 		switch cs.Name {
-		case inject.InitContainerName:
+		case first:
 			if cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 0 {
 				return fmt.Errorf("%s did not end with exit code 0: %+v", cs.Name, cs.State)
 			}
@@ -875,7 +917,7 @@ func (s *storyRun) injectorDown(t *testing.T) {
 		s.n.kubectl(time.Minute, "-n", "tether-system", "scale", "deploy/tether-injector", "--replicas=2")
 	})
 	s.n.must(t, 3*time.Minute, "-n", "tether-system", "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name=tether-injector", "--timeout=2m")
-	bare := []string{"-n", story, "run", "bare", "--image=tether-sample:latest", "--restart=Never", "--command", "--", "tether-sample", "sleep", "1h"}
+	bare := runArgs("bare", "sleep", "1h")
 	_, err := s.n.kubectl(time.Minute, bare...)
 	if err == nil {
 		t.Fatalf("a pod was created in the meshed namespace while no injector runs")
@@ -936,7 +978,7 @@ func lastStderrLine(err error) string {
 // sidecar; the CRD (and the AccessPolicies) stay until `tether uninstall
 // --crds`.
 func (s *storyRun) uninstall(t *testing.T) {
-	s.sh(t, 6*time.Minute, "tether uninstall | kubectl delete --timeout=5m -f -")
+	s.sh(t, 6*time.Minute, "tether uninstall"+s.cniFlags(t)+" | kubectl delete --timeout=5m -f -")
 	if out := s.n.must(t, time.Minute, "get", "mutatingwebhookconfigurations", "-o", "name"); strings.Contains(out, "tether") {
 		t.Errorf("after uninstall: %s", out)
 	}
@@ -954,7 +996,12 @@ func (s *storyRun) uninstall(t *testing.T) {
 	if out := s.n.must(t, time.Minute, "get", "crd", "-o", "name"); strings.Contains(out, "tether.dev") {
 		t.Errorf("after uninstall --crds, CRDs left: %s", out)
 	}
-	s.n.must(t, time.Minute, "-n", story, "run", "after", "--image=tether-sample:latest", "--restart=Never", "--command", "--", "tether-sample", "sleep", "1h")
+	if s.mode == modeCNI {
+		// The node agent's exit (--uninstall-on-exit) took the chain entry
+		// out: left behind, it would fail every new pod's network.
+		s.nodeAgentInstalled(t, false)
+	}
+	s.n.must(t, time.Minute, runArgs("after", "sleep", "1h")...)
 	var p corev1.Pod
 	s.n.getJSON(t, &p, "-n", story, "get", "pod", "after", "-o", "json")
 	if err := hasTether(p); err != nil {
