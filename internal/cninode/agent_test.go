@@ -30,6 +30,7 @@ import (
 	"github.com/tether-mesh/tether/internal/cni"
 	"github.com/tether-mesh/tether/internal/cninode"
 	"github.com/tether-mesh/tether/internal/kubetest"
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 const (
@@ -649,8 +650,8 @@ func testExit(t *testing.T, env *kubetest.Env, client kubernetes.Interface) {
 			n := newNode(t)
 			cfg := n.config(env, client)
 			cfg.DaemonSet = c.daemonSet
-			var logs strings.Builder
-			cfg.Logger = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+			var logs testutil.SyncBuffer
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			if c.exitWith != nil {
 				cfg.Client = &exitClient{Interface: client, apps: c.exitWith}
 			}
@@ -684,18 +685,6 @@ type exitClient struct {
 }
 
 func (c *exitClient) AppsV1() appsv1client.AppsV1Interface { return c.apps.AppsV1() }
-
-// syncWriter serialises writes to w.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
 
 // logLine is the first line of s holding sub.
 func logLine(s, sub string) string {
