@@ -139,8 +139,10 @@ func (s *storyRun) sandboxEvents(t *testing.T, name string) []string {
 // pods are created, one a second, over the whole restart: the chain
 // entry never leaves the node's conflist (sampled every 200 ms), and
 // every pod ends Ready with tether-validate passed (the redirection was in
-// place), none failed; a pod whose network was set up while no agent held
-// a valid token waited (FailedCreatePodSandBox) and started by itself.
+// place), none failed. It logs the slowest pod and the
+// FailedCreatePodSandBox events of pods whose network was set up while no
+// agent held a valid token (they wait and start by themselves; agent-down
+// asserts that case, which the timing here may or may not hit).
 func (s *storyRun) agentRestart(t *testing.T) {
 	w := s.watchEntry(t)
 	before := s.n.must(t, time.Minute, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=tether-cni-node", "-o", "name")
