@@ -26,7 +26,8 @@ import (
 // its own ServiceAccount, its pod's name), against temp CNI folders and a
 // kube-apiserver: it installs and gets ready; the plugin's token is bound
 // to the agent's pod and stops working when that pod is deleted; SIGTERM
-// with --uninstall-on-exit removes everything; `uninstall` again is a no-op.
+// with --uninstall-on-exit and no DaemonSet (it was deleted) removes
+// everything; `uninstall` again is a no-op.
 func TestBinary(t *testing.T) {
 	env := kubetest.Start(t)
 	ctx := context.Background()
@@ -75,7 +76,7 @@ func TestBinary(t *testing.T) {
 	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	args := []string{"--kubeconfig", env.Kubeconfig(t), "--namespace", ns, "--service-account", sa, "--pod-name", agentPod.Name,
 		"--cni-bin-dir", bin, "--cni-conf-dir", conf, "--host-cni-conf-dir", "/etc/cni/net.d", "--plugin-binary", plugin,
-		"--listen", listen, "--repair-interval", "100ms", "--token-ttl", "10m"}
+		"--listen", listen, "--repair-interval", "100ms", "--token-ttl", "10m", "--daemonset", "tether-cni-node", "--node-name", "node-7"}
 	cmd := exec.Command(agent, append(args, "--uninstall-on-exit")...)
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -99,7 +100,7 @@ func TestBinary(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	if b, _ := os.ReadFile(conflist); !strings.Contains(string(b), `"type": "tether-cni"`) {
+	if b, _ := os.ReadFile(conflist); !strings.Contains(string(b), `"type": "tether-cni"`) || !strings.Contains(string(b), `"nodeName": "node-7"`) {
 		t.Fatalf("conflist after install:\n%s", b)
 	}
 	resp, err := http.Get("http://" + listen + "/metrics")
@@ -138,6 +139,10 @@ func TestBinary(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("tether-cni-node did not exit within 10s of SIGTERM")
+	}
+	// No DaemonSet tether-cni-node in the API server: an uninstall.
+	if want := "DaemonSet kube-system/tether-cni-node is deleted: uninstall"; !strings.Contains(logs.String(), want) {
+		t.Errorf("the log does not say %q:\n%s", want, logs.String())
 	}
 	if b, _ := os.ReadFile(conflist); strings.Contains(string(b), "tether-cni") || !strings.Contains(string(b), "loopback") {
 		t.Fatalf("conflist after uninstall on exit:\n%s", b)

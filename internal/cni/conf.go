@@ -3,6 +3,7 @@ package cni
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -27,6 +28,9 @@ type NetConf struct {
 	// ExcludeNamespaces are never read; nil means
 	// DefaultExcludeNamespaces.
 	ExcludeNamespaces []string `json:"excludeNamespaces,omitempty"`
+	// NodeName is the Kubernetes name of the node, for error messages;
+	// empty means the host name.
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 // parseConf decodes the plugin's stdin and its prevResult. A chained
@@ -51,6 +55,9 @@ func parseConf(stdin []byte, needPrev bool) (*NetConf, error) {
 	}
 	if c.ExcludeNamespaces == nil {
 		c.ExcludeNamespaces = DefaultExcludeNamespaces
+	}
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
 	}
 	return &c, nil
 }

@@ -51,6 +51,7 @@ type kubeClient struct {
 	server string
 	token  string
 	http   *http.Client
+	node   string // the node's name, for error messages
 }
 
 // loadKubeconfig reads the kubeconfig at path (JSON or YAML) and returns a
@@ -162,24 +163,61 @@ func (k *kubeClient) getPod(ctx context.Context, ns, name string) (*pod, error) 
 	if err != nil {
 		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("tether-cni: read pod %s/%s", ns, name), err.Error())
 	}
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
-		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("tether-cni: pod %s/%s %v at the API server", ns, name, errNotFound), string(body))
-	case http.StatusUnauthorized, http.StatusForbidden:
-		return nil, types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("tether-cni: the API server refused to let the node agent's ServiceAccount get pod %s/%s (HTTP %d): check tether-cni-node's RBAC (get pods) and that it is running to refresh its token", ns, name, resp.StatusCode),
-			string(body))
-	default:
-		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("tether-cni: read pod %s/%s: the API server answered HTTP %d", ns, name, resp.StatusCode), string(body))
+	if err := statusError(resp.StatusCode, ns, name, k.node, body); err != nil {
+		return nil, err
 	}
 	var p pod
 	if err := json.Unmarshal(body, &p); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("tether-cni: pod %s/%s: cannot decode the API server's answer", ns, name), err.Error())
 	}
 	return &p, nil
+}
+
+// statusError is the CNI error for the API server's answer to the get of
+// pod ns/name on node, nil for 200. Each message is one line: the runtime
+// shows it in the pod's FailedCreatePodSandBox event.
+func statusError(code int, ns, name, node string, body []byte) error {
+	why := apiMessage(code, body)
+	switch {
+	case code == http.StatusOK:
+		return nil
+	case code == http.StatusUnauthorized:
+		// The token is bound to the node agent's pod and expires: refused
+		// once that pod is gone or the agent stopped renewing it. The
+		// kubelet retries the sandbox; a new agent writes a fresh token.
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("tether-cni: cannot read pod %s/%s: the API server refused the node agent's token (HTTP 401): tether-cni-node on node %s is not running or has not renewed its token; the pod waits and starts once tether-cni-node runs on the node again", ns, name, node),
+			why)
+	case code == http.StatusForbidden:
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("tether-cni: cannot read pod %s/%s: the API server forbids it to tether-cni-node's ServiceAccount (HTTP 403): its RBAC (get pods, ClusterRole tether-cni-node) is missing; reinstall Tether's CNI mode, or run `tether-cni-node uninstall` on node %s to take tether-cni out of its CNI chain", ns, name, node),
+			why)
+	case code == http.StatusNotFound:
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("tether-cni: pod %s/%s %v at the API server", ns, name, errNotFound), why)
+	case code == http.StatusTooManyRequests || code >= 500:
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("tether-cni: cannot read pod %s/%s: the API server answered HTTP %d; the kubelet retries", ns, name, code), why)
+	default:
+		return types.NewError(types.ErrInternal,
+			fmt.Sprintf("tether-cni: cannot read pod %s/%s: the API server answered HTTP %d, which tether-cni does not expect for a get of a pod", ns, name, code), why)
+	}
+}
+
+// apiMessage is the message of a Kubernetes Status in body, else the
+// start of body, on one line.
+func apiMessage(code int, body []byte) string {
+	var st struct {
+		Message string `json:"message"`
+	}
+	msg := string(body)
+	if json.Unmarshal(body, &st) == nil && st.Message != "" {
+		msg = st.Message
+	}
+	msg = strings.Join(strings.Fields(msg), " ")
+	if len(msg) > 300 {
+		msg = msg[:300] + "..."
+	}
+	return fmt.Sprintf("HTTP %d: %s", code, msg)
 }
 
 // Kubeconfig renders the kubeconfig tether-cni-node writes for the plugin

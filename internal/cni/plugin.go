@@ -56,6 +56,7 @@ func decide(ctx context.Context, conf *NetConf, args string) (decision, error) {
 	if err != nil {
 		return d, err
 	}
+	kc.node = conf.NodeName
 	p, err := kc.getPod(ctx, podNS, podName)
 	if err != nil {
 		return d, err

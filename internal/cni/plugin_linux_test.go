@@ -505,7 +505,7 @@ func testBadInputs(t *testing.T, r *rig) {
 		{"no CNI_ARGS", "", r.kubeconfig, [][2]string{}, types.ErrInvalidEnvironmentVariables, "CNI_ARGS has no K8S_POD_NAMESPACE and K8S_POD_NAME"},
 		{"missing kubeconfig", "web", filepath.Join(r.dir, "absent"), nil, types.ErrInvalidNetworkConfig, "cannot read it"},
 		{"garbage kubeconfig", "web", notKube, nil, types.ErrInvalidNetworkConfig, "not a kubeconfig"},
-		{"RBAC refuses", "badports", forbidden, nil, types.ErrInvalidNetworkConfig, "refused"},
+		{"RBAC refuses", "badports", forbidden, nil, types.ErrInvalidNetworkConfig, "(HTTP 403): its RBAC (get pods, ClusterRole tether-cni-node) is missing"},
 		{"pod not found", "nosuchpod", r.kubeconfig, nil, types.ErrTryAgainLater, "pod shop/nosuchpod not found"},
 		{"pod replaced", "badports", r.kubeconfig, [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", podNS}, {"K8S_POD_NAME", "badports"}, {"K8S_POD_UID", "0000-old"}},
 			types.ErrTryAgainLater, "the runtime asked for UID 0000-old (the pod was replaced)"},

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -55,6 +56,14 @@ type Config struct {
 	// Namespace and ServiceAccount name the agent's own ServiceAccount;
 	// PodName, if set, binds each token to that pod.
 	Namespace, ServiceAccount, PodName string
+	// DaemonSet is the agent's own DaemonSet (in Namespace): on exit with
+	// uninstall, what the agent installed is removed only when it is
+	// deleted or being deleted, or when that cannot be learnt. Empty
+	// means always remove.
+	DaemonSet string
+	// NodeName is the node's name, written into the entry for the
+	// plugin's error messages.
+	NodeName string
 	// TokenTTL is the plugin token's lifetime; it is renewed after 80%.
 	TokenTTL time.Duration
 	// ExcludeNamespaces go into the entry.
@@ -124,7 +133,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e, err := entry(filepath.Join(cfg.HostConfDir, KubeconfigName), cfg.ExcludeNamespaces)
+	e, err := entry(filepath.Join(cfg.HostConfDir, KubeconfigName), cfg.ExcludeNamespaces, cfg.NodeName)
 	if err != nil {
 		return nil, err
 	}
@@ -336,8 +345,13 @@ func (a *Agent) Handler() http.Handler {
 	return mux
 }
 
+// ExitCheckTimeout bounds the question Run asks the API server on exit
+// (well within the DaemonSet's terminationGracePeriodSeconds).
+const ExitCheckTimeout = 4 * time.Second
+
 // Run serves the handler on l, reconciles every RepairInterval until ctx
-// ends, then, with uninstall, removes what it installed.
+// ends, then, with uninstall, removes what it installed if the agent is
+// being uninstalled (RemoveOnExit).
 func (a *Agent) Run(ctx context.Context, l net.Listener, uninstall bool) error {
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
@@ -353,13 +367,48 @@ func (a *Agent) Run(ctx context.Context, l net.Listener, uninstall bool) error {
 		last = fmt.Sprint(err)
 		select {
 		case <-ctx.Done():
-			if uninstall {
-				a.mu.Lock()
-				defer a.mu.Unlock()
-				return Uninstall(a.cfg.BinDir, a.cfg.ConfDir, a.cfg.Logger)
+			if !uninstall {
+				return nil
 			}
-			return nil
+			qctx, cancel := context.WithTimeout(context.Background(), ExitCheckTimeout)
+			defer cancel()
+			remove, why := a.RemoveOnExit(qctx)
+			if !remove {
+				a.cfg.Logger.Info("exiting; tether-cni stays on the node", "reason", why)
+				return nil
+			}
+			a.cfg.Logger.Info("exiting; removing tether-cni from the node", "reason", why)
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return Uninstall(a.cfg.BinDir, a.cfg.ConfDir, a.cfg.Logger)
 		case <-t.C:
 		}
 	}
+}
+
+// RemoveOnExit decides, as the agent exits, whether to remove what it
+// installed, and says why. It keeps everything while the agent's
+// DaemonSet exists and is not being deleted (a restart, an upgrade, an
+// eviction, a node no longer selected): pods created until the next agent
+// runs wait for it (their network fails until it writes a fresh token)
+// instead of getting no redirection. It removes when the DaemonSet is
+// gone or being deleted, and when the API server cannot say (an error, a
+// refusal because uninstall deleted the agent's RBAC too): an entry left
+// behind with a token that no longer works would fail every new pod's
+// network on the node.
+func (a *Agent) RemoveOnExit(ctx context.Context) (bool, string) {
+	if a.cfg.DaemonSet == "" {
+		return true, "no DaemonSet given (--daemonset): always removed on exit"
+	}
+	ref := a.cfg.Namespace + "/" + a.cfg.DaemonSet
+	ds, err := a.cfg.Client.AppsV1().DaemonSets(a.cfg.Namespace).Get(ctx, a.cfg.DaemonSet, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, fmt.Sprintf("DaemonSet %s is deleted: uninstall", ref)
+	case err != nil:
+		return true, fmt.Sprintf("cannot tell whether DaemonSet %s is being deleted (%v): removing, since an entry whose token may no longer work would fail every new pod's network on this node", ref, err)
+	case ds.DeletionTimestamp != nil:
+		return true, fmt.Sprintf("DaemonSet %s is being deleted (since %s): uninstall", ref, ds.DeletionTimestamp.UTC().Format(time.RFC3339))
+	}
+	return false, fmt.Sprintf("DaemonSet %s exists and is not being deleted (a restart, an upgrade, an eviction or a node it no longer selects): new pods on this node wait until an agent runs here again", ref)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,14 +16,21 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tether-mesh/tether/internal/cni"
 	"github.com/tether-mesh/tether/internal/cninode"
 	"github.com/tether-mesh/tether/internal/kubetest"
+	"github.com/tether-mesh/tether/internal/testutil"
 )
 
 const (
@@ -60,7 +68,10 @@ func grantRBAC(t *testing.T, env *kubetest.Env) {
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: agentSA},
 		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: agentNS, Name: agentSA}}}, metav1.CreateOptions{}))
 	must(rb.Roles(agentNS).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: agentSA},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, ResourceNames: []string{agentSA}, Verbs: []string{"create"}}}}, metav1.CreateOptions{}))
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, ResourceNames: []string{agentSA}, Verbs: []string{"create"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, ResourceNames: []string{agentSA}, Verbs: []string{"get"}},
+		}}, metav1.CreateOptions{}))
 	must(rb.RoleBindings(agentNS).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: agentSA},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: agentSA},
 		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: agentNS, Name: agentSA}}}, metav1.CreateOptions{}))
@@ -403,6 +414,8 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("ExitKeepsUnlessUninstalled", func(t *testing.T) { testExit(t, env, client) })
+
 	t.Run("NotReadyCases", func(t *testing.T) {
 		ctx := context.Background()
 		// No conflist yet: the primary CNI has not written one.
@@ -505,4 +518,180 @@ func waitReady(t *testing.T, url string) {
 		code, _ := readyz(t, url)
 		return code == http.StatusOK
 	})
+}
+
+// daemonSet creates the agent's DaemonSet in the test API server (no
+// controller runs there: it is only an object), with a finalizer so that
+// deleting it leaves it "being deleted".
+func daemonSet(t *testing.T, env *kubetest.Env, name string) {
+	t.Helper()
+	labels := map[string]string{"app": name}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: agentNS, Finalizers: []string{"tether.dev/test"}},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "node", Image: "tether"}}},
+			},
+		},
+	}
+	dss := env.Client.AppsV1().DaemonSets(agentNS)
+	if _, err := dss.Create(context.Background(), ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dss.Patch(context.Background(), name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		dss.Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+}
+
+// runAndStop runs the agent with --uninstall-on-exit until it is in place,
+// then stops it as SIGTERM does, and reports whether the entry, the binary
+// and the kubeconfig are still on the node.
+func runAndStop(t *testing.T, cfg cninode.Config, n *node) (kept bool) {
+	t.Helper()
+	a, err := cninode.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, l, true) }()
+	waitReady(t, "http://"+l.Addr().String())
+	cancel()
+	start := time.Now()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if d := time.Since(start); d > cninode.ExitCheckTimeout+time.Second {
+		t.Errorf("the exit took %s, longer than the %s bound", d, cninode.ExitCheckTimeout)
+	}
+	present := 0
+	for _, p := range []string{filepath.Join(n.bin, cni.PluginType), filepath.Join(n.conf, cninode.KubeconfigName)} {
+		if _, err := os.Stat(p); err == nil {
+			present++
+		}
+	}
+	entry := strings.Contains(read(t, filepath.Join(n.conf, "10-node.conflist")), cni.PluginType)
+	if (present == 2) != entry || (present != 0 && present != 2) {
+		t.Fatalf("half removed: entry %v, %d of binary and kubeconfig", entry, present)
+	}
+	return entry
+}
+
+// testExit: on exit with --uninstall-on-exit the agent keeps tether-cni in
+// place while its DaemonSet exists (a restart: pods created meanwhile
+// wait for the next agent instead of getting no rules), and removes it
+// when the DaemonSet is deleted or being deleted, when the API server
+// refuses to say (uninstall deleted the agent's RBAC with it) or cannot
+// be reached (within the bound), and when no DaemonSet is named.
+func testExit(t *testing.T, env *kubetest.Env, client kubernetes.Interface) {
+	const ds = agentSA
+	unreachable := rest.CopyConfig(env.Config)
+	unreachable.Host = "https://127.0.0.1:1"
+	offline := kubernetes.NewForConfigOrDie(unreachable)
+	env.EnsureServiceAccount(t, agentNS, "no-rbac")
+	noRBAC := kubernetes.NewForConfigOrDie(env.ServiceAccountConfig(t, agentNS, "no-rbac"))
+	// An API server that accepts connections and never answers.
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	go func() {
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	hanging := rest.CopyConfig(env.Config)
+	hanging.Host = "https://" + hung.Addr().String()
+	silent := kubernetes.NewForConfigOrDie(hanging)
+
+	daemonSet(t, env, ds)
+	dss := env.Client.AppsV1().DaemonSets(agentNS)
+	for _, c := range []struct {
+		name      string
+		daemonSet string
+		exitWith  kubernetes.Interface // the agent's client when it exits
+		before    func(t *testing.T)
+		kept      bool
+		reason    string
+	}{
+		{"restart: the DaemonSet exists", ds, nil, nil, true, "DaemonSet tether-system/tether-cni-node exists and is not being deleted"},
+		{"no DaemonSet named", "", nil, nil, false, "no DaemonSet given (--daemonset)"},
+		{"RBAC deleted too: 403", ds, noRBAC, nil, false, "cannot get resource \\\"daemonsets\\\" in API group \\\"apps\\\""},
+		{"API server unreachable", ds, offline, nil, false, "cannot tell whether DaemonSet tether-system/tether-cni-node is being deleted"},
+		{"API server does not answer", ds, silent, nil, false, "context deadline exceeded"},
+		{"DaemonSet being deleted", ds, nil, func(t *testing.T) {
+			if err := dss.Delete(context.Background(), ds, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, false, "DaemonSet tether-system/tether-cni-node is being deleted (since "},
+		{"DaemonSet deleted", ds, nil, func(t *testing.T) {
+			if _, err := dss.Patch(context.Background(), ds, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool {
+				_, err := dss.Get(context.Background(), ds, metav1.GetOptions{})
+				return apierrors.IsNotFound(err)
+			})
+		}, false, "DaemonSet tether-system/tether-cni-node is deleted: uninstall"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNode(t)
+			cfg := n.config(env, client)
+			cfg.DaemonSet = c.daemonSet
+			var logs testutil.SyncBuffer
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			if c.exitWith != nil {
+				cfg.Client = &exitClient{Interface: client, apps: c.exitWith}
+			}
+			if c.before != nil {
+				c.before(t)
+			}
+			if kept := runAndStop(t, cfg, n); kept != c.kept {
+				t.Fatalf("tether-cni kept on the node: %v, want %v; log:\n%s", kept, c.kept, logs.String())
+			}
+			want := "exiting; removing tether-cni from the node"
+			if c.kept {
+				want = "exiting; tether-cni stays on the node"
+			}
+			if !strings.Contains(logs.String(), want) || !strings.Contains(logs.String(), c.reason) {
+				t.Errorf("log does not say %q with reason %q:\n%s", want, c.reason, logs.String())
+			}
+			t.Logf("%s", logLine(logs.String(), "exiting;"))
+			if c.kept {
+				// What stays is what the next agent finds in place.
+				wantInstalled(t, n)
+			}
+		})
+	}
+}
+
+// exitClient is the agent's client whose DaemonSet reads go to apps: the
+// API server as the agent finds it when it exits.
+type exitClient struct {
+	kubernetes.Interface
+	apps kubernetes.Interface
+}
+
+func (c *exitClient) AppsV1() appsv1client.AppsV1Interface { return c.apps.AppsV1() }
+
+// logLine is the first line of s holding sub.
+func logLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
 }

@@ -42,10 +42,13 @@ func firstConf(dir string) (string, error) {
 	return filepath.Join(dir, names[0]), nil
 }
 
-// entry is tether-cni's chained entry.
-func entry(hostKubeconfig string, exclude []string) (json.RawMessage, error) {
-	b, err := json.Marshal(map[string]any{"type": cni.PluginType, "kubeconfig": hostKubeconfig, "excludeNamespaces": exclude})
-	return b, err
+// entry is tether-cni's chained entry; nodeName is left out when empty.
+func entry(hostKubeconfig string, exclude []string, nodeName string) (json.RawMessage, error) {
+	e := map[string]any{"type": cni.PluginType, "kubeconfig": hostKubeconfig, "excludeNamespaces": exclude}
+	if nodeName != "" {
+		e["nodeName"] = nodeName
+	}
+	return json.Marshal(e)
 }
 
 // conflist is a decoded conflist that keeps every key and every other

@@ -464,6 +464,8 @@ func TestRenderCNIMode(t *testing.T) {
 		`"--host-cni-conf-dir=/etc/cni/net.d"`,
 		`"--exclude-namespaces=kube-system,tether-system"`,
 		`"--uninstall-on-exit"`,
+		`"--daemonset=tether-cni-node"`,
+		`{"name":"NODE_NAME","valueFrom":{"fieldRef":{"fieldPath":"spec.nodeName"}}}`,
 		`"capabilities":{"drop":["ALL"]}`,
 		`"allowPrivilegeEscalation":false`,
 	} {
@@ -479,8 +481,9 @@ func TestRenderCNIMode(t *testing.T) {
 		t.Errorf("tether-cni-node may %s, want get pods only", got)
 	}
 	rules, _, _ = unstructured.NestedSlice(find(objs, "Role", "tether-cni-node").Object, "rules")
-	if got, _ := json.Marshal(rules); string(got) != `[{"apiGroups":[""],"resourceNames":["tether-cni-node"],"resources":["serviceaccounts/token"],"verbs":["create"]}]` {
-		t.Errorf("tether-cni-node may, in its namespace, %s; want create its own token only", got)
+	if got, _ := json.Marshal(rules); string(got) != `[{"apiGroups":[""],"resourceNames":["tether-cni-node"],"resources":["serviceaccounts/token"],"verbs":["create"]},`+
+		`{"apiGroups":["apps"],"resourceNames":["tether-cni-node"],"resources":["daemonsets"],"verbs":["get"]}]` {
+		t.Errorf("tether-cni-node may, in its namespace, %s; want create its own token and get its own DaemonSet only", got)
 	}
 	crb := find(objs, "ClusterRoleBinding", "tether-cni-node")
 	subj, _, _ := unstructured.NestedSlice(crb.Object, "subjects")

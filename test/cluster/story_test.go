@@ -135,7 +135,10 @@ func runStory(t *testing.T, mode string) {
 	s.stage(t, "rotation", s.rotation)
 	s.stage(t, "injector-down", s.injectorDown)
 	if mode == modeCNI {
+		s.stage(t, "agent-restart", s.agentRestart)
+		s.stage(t, "conflist-rewrite", s.conflistRewrite)
 		s.stage(t, "agent-down", s.agentDown)
+		s.stage(t, "agent-uninstalled", s.agentUninstalled)
 	}
 	s.stage(t, "uninstall", s.uninstall)
 }
