@@ -1,11 +1,7 @@
 package identity_test
 
 import (
-	"crypto/x509"
-	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,19 +21,14 @@ import (
 func hostileEndpoint(t *testing.T, h http.HandlerFunc) (*identity.Federator, *prometheus.Registry, *spiffebundle.Bundle, string) {
 	t.Helper()
 	b := tdCA(t, "b.example")
-	srv := httptest.NewUnstartedServer(h)
-	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
+	url, pool := serveWebTLS(t, h)
 	reg := prometheus.NewRegistry()
 	f := newFederator(t, reg)
 	initial := spiffebundle.FromX509Authorities(b.TrustDomain(), b.Bundle().Bundle.X509Authorities())
-	if err := f.SetDomains([]identity.FederatedDomain{{TrustDomain: b.TrustDomain(), URL: srv.URL, Profile: identity.ProfileHTTPSWeb, WebRoots: pool, Initial: initial}}); err != nil {
+	if err := f.SetDomains([]identity.FederatedDomain{{TrustDomain: b.TrustDomain(), URL: url, Profile: identity.ProfileHTTPSWeb, WebRoots: pool, Initial: initial}}); err != nil {
 		t.Fatal(err)
 	}
-	return f, reg, initial, srv.URL
+	return f, reg, initial, url
 }
 
 // lastError waits for the Federator's first failed fetch and returns its
