@@ -2,7 +2,6 @@ package kubesource
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -252,7 +251,7 @@ func (w *statusWriter) write(ctx context.Context, key discovery.ServiceKey, v ve
 		w.last[key] = lastWrite{v: v, at: now}
 		w.log.Debug("RemoteService status written", slog.String("remote_service", key.String()),
 			slog.Bool("accepted", v.accepted), slog.String("reason", v.reason))
-	case apierrors.IsConflict(err) || objectGone(err, key.Name):
+	case apierrors.IsConflict(err) || apierrors.IsNotFound(err) && w.gone(ctx, key):
 		// Our cache is behind (another replica wrote, the spec changed,
 		// the object went): the informer's event brings the next pass.
 	default:
@@ -266,14 +265,10 @@ func (w *statusWriter) write(ctx context.Context, key discovery.ServiceKey, v ve
 	return 0
 }
 
-// objectGone says whether err is the API server's "not found" for the
-// object named name (deleted since the cache saw it), rather than for the
-// status subresource (a CRD without it).
-func objectGone(err error, name string) bool {
-	var se apierrors.APIStatus
-	if !apierrors.IsNotFound(err) || !errors.As(err, &se) {
-		return false
-	}
-	d := se.Status().Details
-	return d != nil && d.Name == name
+// gone says whether the object is deleted, after a "not found" for its
+// status: a CRD without the status subresource answers that too, for an
+// object that is there.
+func (w *statusWriter) gone(ctx context.Context, key discovery.ServiceKey) bool {
+	_, err := w.api.Namespace(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
+	return apierrors.IsNotFound(err)
 }
