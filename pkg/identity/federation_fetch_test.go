@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -145,6 +146,39 @@ func TestFederatorFetchTimesOutSlowLoris(t *testing.T) {
 	}
 	if took > 5*time.Second {
 		t.Errorf("the slow endpoint held the fetch %v", took)
+	}
+	if !held(f, initial.TrustDomain()).Equal(initial) {
+		t.Error("the held bundle changed")
+	}
+}
+
+// TestFederatorRefusesPlaintextRedirect: an endpoint redirecting to an
+// http:// URL is not followed (a bundle fetched in plaintext could be
+// anyone's), though the plaintext server would serve a good bundle.
+func TestFederatorRefusesPlaintextRedirect(t *testing.T) {
+	c := tdCA(t, "b.example")
+	doc, err := bundleOf(c, time.Second, 9).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plainHits atomic.Int64
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		plainHits.Add(1)
+		_, _ = w.Write(doc)
+	}))
+	t.Cleanup(plain.Close)
+	f, _, initial, url := hostileEndpoint(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/bundle", http.StatusFound)
+	})
+	e := lastError(t, f, 5*time.Second)
+	t.Logf("refused: %s", e)
+	for _, want := range []string{url, "redirected to " + plain.URL + "/bundle", "plaintext"} {
+		if !strings.Contains(e, want) {
+			t.Errorf("error %q does not say %q", e, want)
+		}
+	}
+	if plainHits.Load() != 0 {
+		t.Errorf("the plaintext server was asked %d times", plainHits.Load())
 	}
 	if !held(f, initial.TrustDomain()).Equal(initial) {
 		t.Error("the held bundle changed")
