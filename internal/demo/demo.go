@@ -337,8 +337,9 @@ func (d *demo) say(format string, args ...any) {
 	fmt.Fprintf(d.out, format+"\n", args...)
 }
 
-// plan lays out the directory and the three services.
-func (d *demo) plan() error {
+// makeDirs creates the demo's directory (--dir, or a temporary one) and
+// its logs directory.
+func (d *demo) makeDirs() error {
 	d.dir = d.cfg.dir
 	if d.dir == "" {
 		dir, err := os.MkdirTemp("", "tether-demo-")
@@ -347,12 +348,20 @@ func (d *demo) plan() error {
 		}
 		d.dir = dir
 	}
-	d.caDir = filepath.Join(d.dir, "ca")
 	d.logDir = filepath.Join(d.dir, "logs")
-	d.meshFile = filepath.Join(d.dir, "mesh.yaml")
 	if err := os.MkdirAll(d.logDir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", d.logDir, err)
 	}
+	return nil
+}
+
+// plan lays out the directory and the three services.
+func (d *demo) plan() error {
+	if err := d.makeDirs(); err != nil {
+		return err
+	}
+	d.caDir = filepath.Join(d.dir, "ca")
+	d.meshFile = filepath.Join(d.dir, "mesh.yaml")
 	p := d.ports
 	db := &demoService{name: "db", port: 5432, from: "api"}
 	api := &demoService{name: "api", port: 80, from: "web", calls: []demoCall{{"db", "api-to-db", "default/db:5432"}}}

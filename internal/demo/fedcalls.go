@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -99,18 +96,9 @@ func (f *fedDemo) tellLookAround() {
 // fedTraffic is the loop of tether demo --federation: web → api at a
 // steady rate, and batch → api (refused) every 2 seconds.
 type fedTraffic struct {
+	callLoop
 	web, batch string // the apps' addresses
-	interval   time.Duration
-	client     *http.Client
-
-	tried, ok, failed                   atomic.Int64
-	deniedTried, deniedRefused, through atomic.Int64
-	mu                                  sync.Mutex
-	firstErrors                         []string
-	lastThrough                         string
-
-	stop context.CancelFunc
-	done chan struct{}
+	total      callStats
 }
 
 // fedCounts is a snapshot of fedTraffic's counters.
@@ -119,8 +107,7 @@ type fedCounts struct {
 }
 
 func newFedTraffic(web, batch string, rate float64) *fedTraffic {
-	return &fedTraffic{web: web, batch: batch, interval: time.Duration(float64(time.Second) / rate),
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	return &fedTraffic{web: web, batch: batch, callLoop: newCallLoop(rate)}
 }
 
 // allowed has web call api once.
@@ -139,78 +126,27 @@ func (t *fedTraffic) refused(ctx context.Context) error {
 }
 
 func (t *fedTraffic) start(ctx context.Context) {
-	ctx, t.stop = context.WithCancel(ctx)
-	t.done = make(chan struct{})
-	go func() {
-		defer close(t.done)
-		tick := time.NewTicker(t.interval)
-		defer tick.Stop()
-		every := max(1, int(2*time.Second/t.interval))
-		for n := 0; ; n++ {
-			err := t.allowed(ctx)
-			if ctx.Err() != nil {
-				return // a call cut short by the stop is not a failure
-			}
-			t.record(err)
-			if n%every == 0 {
-				t.deniedTried.Add(1)
-				if err := t.refused(ctx); err != nil {
-					t.deniedRefused.Add(1)
-				} else if ctx.Err() == nil {
-					t.through.Add(1)
-					t.mu.Lock()
-					t.lastThrough = time.Now().Format("15:04:05") + " batch → api answered 200"
-					t.mu.Unlock()
-				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-}
-
-func (t *fedTraffic) record(err error) {
-	t.tried.Add(1)
-	if err == nil {
-		t.ok.Add(1)
-		return
-	}
-	t.failed.Add(1)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.firstErrors) < 3 {
-		t.firstErrors = append(t.firstErrors, time.Now().Format("15:04:05.000")+" "+err.Error())
-	}
+	t.callLoop.start(ctx, t.allowed, t.total.record, t.refused, "batch → api")
 }
 
 func (t *fedTraffic) counts() fedCounts {
-	return fedCounts{tried: t.tried.Load(), ok: t.ok.Load(), failed: t.failed.Load(),
-		deniedTried: t.deniedTried.Load(), refused: t.deniedRefused.Load(), through: t.through.Load()}
-}
-
-// halt stops the loop and waits for the call in flight.
-func (t *fedTraffic) halt() {
-	if t.stop != nil {
-		t.stop()
-		<-t.done
-	}
+	return fedCounts{tried: t.total.attempted.Load(), ok: t.total.ok.Load(), failed: t.total.failed.Load(),
+		deniedTried: t.deniedTried.Load(), refused: t.deniedRefused.Load(), through: t.deniedThrough.Load()}
 }
 
 // result fails the run if an allowed call failed or the refused one went
 // through.
 func (t *fedTraffic) result() error {
 	c := t.counts()
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	var errs []error
 	if c.failed > 0 {
-		errs = append(errs, fmt.Errorf("%d of %d calls web → api failed; first failures: %s", c.failed, c.tried, strings.Join(t.firstErrors, "; ")))
+		t.total.mu.Lock()
+		first := strings.Join(t.total.firstErrors, "; ")
+		t.total.mu.Unlock()
+		errs = append(errs, fmt.Errorf("%d of %d calls web → api failed; first failures: %s", c.failed, c.tried, first))
 	}
 	if c.through > 0 {
-		errs = append(errs, fmt.Errorf("batch → api, which %s's policy does not admit, went through %d time(s) (last: %s)", fedDomainB, c.through, t.lastThrough))
+		errs = append(errs, fmt.Errorf("batch → api, which %s's policy does not admit, went through %d time(s) (last: %s)", fedDomainB, c.through, *t.lastThrough.Load()))
 	}
 	return errors.Join(errs...)
 }

@@ -90,17 +90,8 @@ type fedDemo struct {
 // plan lays out the directories, the services and both mesh files.
 func (f *fedDemo) plan() error {
 	d := f.demo
-	d.dir = d.cfg.dir
-	if d.dir == "" {
-		dir, err := os.MkdirTemp("", "tether-demo-")
-		if err != nil {
-			return fmt.Errorf("create the demo's directory: %w", err)
-		}
-		d.dir = dir
-	}
-	d.logDir = filepath.Join(d.dir, "logs")
-	if err := os.MkdirAll(d.logDir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", d.logDir, err)
+	if err := d.makeDirs(); err != nil {
+		return err
 	}
 	mesh := func(td, key string) *fedMesh {
 		dir := filepath.Join(d.dir, key)

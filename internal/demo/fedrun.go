@@ -19,17 +19,11 @@ import (
 // the end (Ctrl-C, --duration, or a failure), and stops everything.
 func (f *fedDemo) run(parent context.Context) (err error) {
 	d := f.demo
-	if err := f.plan(); err != nil {
-		if d.dir != "" && !d.cfg.keep {
-			os.RemoveAll(d.dir)
-		}
+	r, err := d.startRun(parent, f.plan)
+	if err != nil {
 		return err
 	}
-	ctx, failed := context.WithCancelCause(parent)
-	defer failed(nil)
-	d.failed = failed
-	began := time.Now()
-	reason := "a failure"
+	defer r.end(nil)
 	d.summary = f.summary
 	defer func() {
 		if f.traffic != nil {
@@ -40,75 +34,39 @@ func (f *fedDemo) run(parent context.Context) (err error) {
 				m.closeAdmin()
 			}
 		}
-		err = errors.Join(err, d.shutdown(reason, began, err))
+		err = errors.Join(err, d.shutdown(r.reason, r.began, err))
 	}()
-	interrupted := func(err error) error {
-		if parent.Err() != nil {
-			reason = "interrupted"
-			if f.traffic != nil {
-				return f.traffic.result()
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		return err
-	}
+	ctx := r.ctx
 
-	where := "in " + d.dir + " (removed at the end; keep it with --dir)"
-	if d.cfg.keep {
-		where = "in " + d.dir + " (kept at the end)"
-	}
-	d.say("Tether demo --federation: two meshes with their own trust domains, %s and %s, on loopback, without root.", fedDomainA, fedDomainB)
-	d.say("State, sockets and logs %s.", where)
+	d.sayStart(fmt.Sprintf("Tether demo --federation: two meshes with their own trust domains, %s and %s, on loopback, without root.", fedDomainA, fedDomainB))
 	for _, step := range []func(context.Context) error{f.startCAs, f.startDiscoveries, f.startServices, f.tellIdentities} {
 		if err := step(ctx); err != nil {
-			return interrupted(err)
+			return r.interrupted(err)
 		}
 	}
 	f.tellPolicy()
 	if err := f.tellCalls(ctx); err != nil {
-		return interrupted(err)
+		return r.interrupted(err)
 	}
 	f.tellLookAround()
 
 	f.traffic = newFedTraffic(f.web.app, f.batch.app, d.cfg.rate)
+	r.result = f.traffic.result
 	f.traffic.start(ctx)
-	var stopAt <-chan time.Time
-	if d.cfg.duration > 0 {
-		t := time.NewTimer(d.cfg.duration)
-		defer t.Stop()
-		stopAt = t.C
-	}
-	stopping := "Ctrl-C stops everything."
-	if d.cfg.duration > 0 {
-		stopping = fmt.Sprintf("Stopping after --duration %s; Ctrl-C stops earlier.", d.cfg.duration)
-	}
-	d.say("\nTraffic: web → api (%s → %s) %s times a second, and batch → api every 2 seconds. %s",
-		fedDomainA, fedDomainB, strings.TrimSuffix(fmt.Sprintf("%.1f", d.cfg.rate), ".0"), stopping)
-	report := time.NewTicker(10 * time.Second)
-	defer report.Stop()
+	stopAt, stopTimer := d.durationTimer()
+	defer stopTimer()
 	var last fedCounts
-	for {
-		select {
-		case <-ctx.Done():
-			return interrupted(context.Cause(ctx))
-		case <-stopAt:
-			reason = "--duration " + d.cfg.duration.String() + " is over"
-			return f.traffic.result()
-		case <-report.C:
-			now := f.traffic.counts()
-			through := ""
-			if now.through > 0 {
-				through = fmt.Sprintf(", %d went through so far (did a mesh.yaml change?)", now.through)
-			}
-			d.say("  %s  web → api: %d calls, %d ok, %d failed   batch → api: %d tried, %d refused%s",
-				time.Now().Format("15:04:05"), now.tried-last.tried, now.ok-last.ok, now.failed-last.failed,
-				now.deniedTried-last.deniedTried, now.refused-last.refused, through)
-			last = now
+	return d.keepTraffic(r, stopAt, fmt.Sprintf("web → api (%s → %s) %s times a second, and batch → api every 2 seconds", fedDomainA, fedDomainB, d.rateText()), func() {
+		now := f.traffic.counts()
+		through := ""
+		if now.through > 0 {
+			through = fmt.Sprintf(", %d went through so far (did a mesh.yaml change?)", now.through)
 		}
-	}
+		d.say("  %s  web → api: %d calls, %d ok, %d failed   batch → api: %d tried, %d refused%s",
+			time.Now().Format("15:04:05"), now.tried-last.tried, now.ok-last.ok, now.failed-last.failed,
+			now.deniedTried-last.deniedTried, now.refused-last.refused, through)
+		last = now
+	})
 }
 
 // summary is the traffic line of the shutdown.

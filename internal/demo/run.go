@@ -20,96 +20,139 @@ const demoStartTimeout = 30 * time.Second
 // run starts the mesh, tells its story, keeps traffic flowing until the
 // end (Ctrl-C, --duration, or a failure), and stops everything.
 func (d *demo) run(parent context.Context) (err error) {
-	if err := d.plan(); err != nil {
-		if d.dir != "" && !d.cfg.keep {
-			os.RemoveAll(d.dir)
-		}
+	r, err := d.startRun(parent, d.plan)
+	if err != nil {
 		return err
 	}
-	ctx, failed := context.WithCancelCause(parent)
-	defer failed(nil)
-	d.failed = failed
-	began := time.Now()
-	reason := "a failure"
+	defer r.end(nil)
 	defer func() {
-		err = errors.Join(err, d.shutdown(reason, began, err))
+		err = errors.Join(err, d.shutdown(r.reason, r.began, err))
 	}()
-	// interrupted turns the end of parent (Ctrl-C) into a clean stop.
-	interrupted := func(err error) error {
-		if parent.Err() != nil {
-			reason = "interrupted"
-			if d.traffic != nil {
-				return d.trafficResult()
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx) // a component exited: say which
-		}
-		return err
-	}
+	ctx := r.ctx
 
-	where := "in " + d.dir + " (removed at the end; keep it with --dir)"
-	if d.cfg.keep {
-		where = "in " + d.dir + " (kept at the end)"
-	}
-	d.say("Tether demo: the standalone mesh on this machine, on loopback, without root.")
-	d.say("State, sockets and logs %s.", where)
+	d.sayStart("Tether demo: the standalone mesh on this machine, on loopback, without root.")
 	if err := d.startControlPlane(ctx); err != nil {
-		return interrupted(err)
+		return r.interrupted(err)
 	}
 	if err := d.startServices(ctx); err != nil {
-		return interrupted(err)
+		return r.interrupted(err)
 	}
 	if err := d.tellIdentities(ctx); err != nil {
-		return interrupted(err)
+		return r.interrupted(err)
 	}
 	d.tellPolicy(ctx)
 	if err := d.tellCalls(ctx); err != nil {
-		return interrupted(err)
+		return r.interrupted(err)
 	}
 	d.tellLookAround()
 
 	d.traffic = newTraffic(d.service("web").app, d.cfg.rate)
+	r.result = d.trafficResult
 	d.traffic.start(ctx)
-	var stopAt <-chan time.Time
-	if d.cfg.duration > 0 {
-		t := time.NewTimer(d.cfg.duration)
-		defer t.Stop()
-		stopAt = t.C
-	}
+	stopAt, stopTimer := d.durationTimer()
+	defer stopTimer()
 	if d.cfg.rotate {
 		if err := d.rotate(ctx); err != nil {
-			return interrupted(err)
+			return r.interrupted(err)
 		}
 	}
+	var lastTried, lastOK, lastFailed, lastDenied, lastRefused int64
+	return d.keepTraffic(r, stopAt, "you → web → api → db "+d.rateText()+" times a second, and web → db every 2 seconds", func() {
+		t := d.traffic
+		tried, ok, fail := t.total.attempted.Load(), t.total.ok.Load(), t.total.failed.Load()
+		denied, refused := t.deniedTried.Load(), t.deniedRefused.Load()
+		through := ""
+		if n := t.deniedThrough.Load(); n > 0 {
+			through = fmt.Sprintf(", %d went through so far (did mesh.yaml change?)", n)
+		}
+		d.say("  %s  web → api → db: %d calls, %d ok, %d failed   web → db: %d tried, %d refused%s",
+			time.Now().Format("15:04:05"), tried-lastTried, ok-lastOK, fail-lastFailed, denied-lastDenied, refused-lastRefused, through)
+		lastTried, lastOK, lastFailed, lastDenied, lastRefused = tried, ok, fail, denied, refused
+	})
+}
+
+// runState is what a run of a demo keeps until its end: its context,
+// when it began, why it ends, and the traffic's verdict once traffic runs.
+type runState struct {
+	parent, ctx context.Context
+	end         context.CancelCauseFunc
+	began       time.Time
+	reason      string
+	result      func() error // nil before the traffic starts
+}
+
+// startRun plans the run (removing the state directory if that fails,
+// unless kept) and sets up its context, which a failing component ends
+// (d.failed). The caller defers r.end(nil).
+func (d *demo) startRun(parent context.Context, plan func() error) (*runState, error) {
+	if err := plan(); err != nil {
+		if d.dir != "" && !d.cfg.keep {
+			os.RemoveAll(d.dir)
+		}
+		return nil, err
+	}
+	ctx, failed := context.WithCancelCause(parent)
+	d.failed = failed
+	return &runState{parent: parent, ctx: ctx, end: failed, began: time.Now(), reason: "a failure"}, nil
+}
+
+// interrupted turns the end of parent (Ctrl-C) into a clean stop.
+func (r *runState) interrupted(err error) error {
+	if r.parent.Err() != nil {
+		r.reason = "interrupted"
+		if r.result != nil {
+			return r.result()
+		}
+		return nil
+	}
+	if r.ctx.Err() != nil {
+		return context.Cause(r.ctx) // a component exited: say which
+	}
+	return err
+}
+
+// sayStart says what runs and where its state is.
+func (d *demo) sayStart(title string) {
+	where := "in " + d.dir + " (removed at the end; keep it with --dir)"
+	if d.cfg.keep {
+		where = "in " + d.dir + " (kept at the end)"
+	}
+	d.say("%s", title)
+	d.say("State, sockets and logs %s.", where)
+}
+
+// rateText is --rate as the demo says it.
+func (d *demo) rateText() string { return strings.TrimSuffix(fmt.Sprintf("%.1f", d.cfg.rate), ".0") }
+
+// durationTimer fires at the end of --duration (never without one).
+func (d *demo) durationTimer() (<-chan time.Time, func()) {
+	if d.cfg.duration <= 0 {
+		return nil, func() {}
+	}
+	t := time.NewTimer(d.cfg.duration)
+	return t.C, func() { t.Stop() }
+}
+
+// keepTraffic says what the traffic is, then calls report every 10
+// seconds until the run ends: at stopAt (the traffic's verdict), a failure
+// or Ctrl-C.
+func (d *demo) keepTraffic(r *runState, stopAt <-chan time.Time, what string, report func()) error {
 	stopping := "Ctrl-C stops everything."
 	if d.cfg.duration > 0 {
 		stopping = fmt.Sprintf("Stopping after --duration %s; Ctrl-C stops earlier.", d.cfg.duration)
 	}
-	d.say("\nTraffic: you → web → api → db %s times a second, and web → db every 2 seconds. %s",
-		strings.TrimSuffix(fmt.Sprintf("%.1f", d.cfg.rate), ".0"), stopping)
-	report := time.NewTicker(10 * time.Second)
-	defer report.Stop()
-	var lastTried, lastOK, lastFailed, lastDenied, lastRefused int64
+	d.say("\nTraffic: %s. %s", what, stopping)
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
 	for {
 		select {
-		case <-ctx.Done():
-			return interrupted(context.Cause(ctx))
+		case <-r.ctx.Done():
+			return r.interrupted(context.Cause(r.ctx))
 		case <-stopAt:
-			reason = "--duration " + d.cfg.duration.String() + " is over"
-			return d.trafficResult()
-		case <-report.C:
-			t := d.traffic
-			tried, ok, fail := t.total.attempted.Load(), t.total.ok.Load(), t.total.failed.Load()
-			denied, refused := t.deniedTried.Load(), t.deniedRefused.Load()
-			through := ""
-			if n := t.deniedThrough.Load(); n > 0 {
-				through = fmt.Sprintf(", %d went through so far (did mesh.yaml change?)", n)
-			}
-			d.say("  %s  web → api → db: %d calls, %d ok, %d failed   web → db: %d tried, %d refused%s",
-				time.Now().Format("15:04:05"), tried-lastTried, ok-lastOK, fail-lastFailed, denied-lastDenied, refused-lastRefused, through)
-			lastTried, lastOK, lastFailed, lastDenied, lastRefused = tried, ok, fail, denied, refused
+			r.reason = "--duration " + d.cfg.duration.String() + " is over"
+			return r.result()
+		case <-tick.C:
+			report()
 		}
 	}
 }

@@ -35,21 +35,13 @@ func (s *callStats) record(err error) {
 	}
 }
 
-// traffic is the demo's traffic loop: you (the demo) call web, which calls
-// api, which calls db, at a steady rate; and every 2 seconds web tries db
-// directly, which policy denies.
-type traffic struct {
-	web      string // the web app's address
+// callLoop is a demo's traffic loop: an allowed call at a steady rate,
+// and every 2 seconds one that policy refuses, until halted.
+type callLoop struct {
 	interval time.Duration
 	client   *http.Client
 
-	total callStats
-	mu    sync.Mutex
-	phase *callStats
-	// phases are the rotation's, in order.
-	phases []*callStats
-
-	// The denied call: attempts, refusals, and calls that went through.
+	// The refused call: attempts, refusals, and calls that went through.
 	deniedTried, deniedRefused, deniedThrough atomic.Int64
 	lastThrough                               atomic.Pointer[string]
 
@@ -57,12 +49,73 @@ type traffic struct {
 	done chan struct{}
 }
 
-func newTraffic(web string, rate float64) *traffic {
-	return &traffic{
-		web:      web,
+func newCallLoop(rate float64) callLoop {
+	return callLoop{
 		interval: time.Duration(float64(time.Second) / rate),
 		client:   &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
 	}
+}
+
+// start runs the loop: allowed at every tick, its result to record, and
+// denied every 2 seconds (nil: it went through, described as through in
+// lastThrough).
+func (l *callLoop) start(ctx context.Context, allowed func(context.Context) error, record func(error), denied func(context.Context) error, through string) {
+	ctx, l.stop = context.WithCancel(ctx)
+	l.done = make(chan struct{})
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(l.interval)
+		defer tick.Stop()
+		every := max(1, int(2*time.Second/l.interval))
+		for n := 0; ; n++ {
+			err := allowed(ctx)
+			if ctx.Err() != nil {
+				return // a call cut short by the stop is not a failure
+			}
+			record(err)
+			if n%every == 0 {
+				l.deniedTried.Add(1)
+				if err := denied(ctx); err != nil {
+					l.deniedRefused.Add(1)
+				} else if ctx.Err() == nil {
+					l.deniedThrough.Add(1)
+					msg := time.Now().Format("15:04:05") + " " + through + " answered 200"
+					l.lastThrough.Store(&msg)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// halt stops the loop and waits for the call in flight.
+func (l *callLoop) halt() {
+	if l.stop != nil {
+		l.stop()
+		<-l.done
+	}
+}
+
+// traffic is the demo's traffic loop: you (the demo) call web, which calls
+// api, which calls db, at a steady rate; and every 2 seconds web tries db
+// directly, which policy denies.
+type traffic struct {
+	callLoop
+	web string // the web app's address
+
+	total callStats
+	mu    sync.Mutex
+	phase *callStats
+	// phases are the rotation's, in order.
+	phases []*callStats
+}
+
+func newTraffic(web string, rate float64) *traffic {
+	return &traffic{web: web, callLoop: newCallLoop(rate)}
 }
 
 // chain calls web → api → db once.
@@ -94,42 +147,18 @@ func (t *traffic) setPhase(name string) *callStats {
 }
 
 func (t *traffic) start(ctx context.Context) {
-	ctx, t.stop = context.WithCancel(ctx)
-	t.done = make(chan struct{})
-	go func() {
-		defer close(t.done)
-		tick := time.NewTicker(t.interval)
-		defer tick.Stop()
-		every := max(1, int(2*time.Second/t.interval))
-		for n := 0; ; n++ {
-			t.mu.Lock()
-			phase := t.phase
-			t.mu.Unlock()
-			err := t.chain(ctx)
-			if ctx.Err() != nil {
-				return // a call cut short by the stop is not a failure
-			}
-			t.total.record(err)
-			if phase != nil {
-				phase.record(err)
-			}
-			if n%every == 0 {
-				t.deniedTried.Add(1)
-				if err := t.direct(ctx, "db"); err != nil {
-					t.deniedRefused.Add(1)
-				} else if ctx.Err() == nil {
-					t.deniedThrough.Add(1)
-					msg := time.Now().Format("15:04:05") + " web → db answered 200"
-					t.lastThrough.Store(&msg)
-				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
+	var phase *callStats // the phase the call in flight began in (the loop's goroutine only)
+	t.callLoop.start(ctx, func(ctx context.Context) error {
+		t.mu.Lock()
+		phase = t.phase
+		t.mu.Unlock()
+		return t.chain(ctx)
+	}, func(err error) {
+		t.total.record(err)
+		if phase != nil {
+			phase.record(err)
 		}
-	}()
+	}, func(ctx context.Context) error { return t.direct(ctx, "db") }, "web → db")
 }
 
 // burst makes n calls web → api → db at once, counted in the current
@@ -158,14 +187,6 @@ func (t *traffic) burst(ctx context.Context, n int) int64 {
 	}
 	wg.Wait()
 	return failed.Load()
-}
-
-// halt stops the loop and waits for the call in flight.
-func (t *traffic) halt() {
-	if t.stop != nil {
-		t.stop()
-		<-t.done
-	}
 }
 
 // failures describes the first failures of s, indented.

@@ -172,7 +172,12 @@ type RemoteEndpoint struct {
 
 // Refusal is a RemoteService left out of the registry, and why.
 type Refusal struct {
-	Key    ServiceKey
+	Key ServiceKey
+	// Cause is the reason of the RemoteService's Accepted=False condition:
+	// one of the v1alpha1.RemoteServiceReason constants (NameConflict,
+	// AddressConflict, ...).
+	Cause string
+	// Reason says what it collides with, or what is wrong, and what to do.
 	Reason string
 }
 

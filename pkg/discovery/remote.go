@@ -180,11 +180,12 @@ func (r *Registry) addRemoteServices(st *State, services []Service, index map[Se
 	var accepted []RemoteService
 	for _, rs := range remotes {
 		if _, dup := index[rs.Key]; dup {
-			refused = append(refused, Refusal{rs.Key, fmt.Sprintf("a Service %s of this mesh has the name; the Service keeps it (rename the RemoteService)", rs.Key)})
+			refused = append(refused, Refusal{Key: rs.Key, Cause: v1alpha1.RemoteServiceReasonNameConflict,
+				Reason: fmt.Sprintf("a Service %s of this mesh has the name; the Service keeps it (rename the RemoteService)", rs.Key)})
 			continue
 		}
-		if reason := remoteConflict(&rs, taken, takenEP); reason != "" {
-			refused = append(refused, Refusal{rs.Key, reason})
+		if cause, reason := remoteConflict(&rs, taken, takenEP); reason != "" {
+			refused = append(refused, Refusal{Key: rs.Key, Cause: cause, Reason: reason})
 			continue
 		}
 		for _, a := range rs.Addresses {
@@ -199,7 +200,8 @@ func (r *Registry) addRemoteServices(st *State, services []Service, index map[Se
 		if len(accepted[i].Addresses) == 0 {
 			a, ok := allocate(accepted[i].Key, taken)
 			if !ok {
-				refused = append(refused, Refusal{accepted[i].Key, fmt.Sprintf("no free address left in %s: declare its addresses", RemoteAddressRange)})
+				refused = append(refused, Refusal{Key: accepted[i].Key, Cause: v1alpha1.RemoteServiceReasonAddressRangeFull,
+					Reason: fmt.Sprintf("no free address left in %s: declare its addresses", RemoteAddressRange)})
 				continue
 			}
 			taken[a] = accepted[i].Key
@@ -211,20 +213,22 @@ func (r *Registry) addRemoteServices(st *State, services []Service, index map[Se
 	return services, refused
 }
 
-// remoteConflict says which address of rs another service already has,
-// or "".
-func remoteConflict(rs *RemoteService, taken map[netip.Addr]ServiceKey, takenEP map[netip.AddrPort]ServiceKey) string {
+// remoteConflict says which address of rs another service already has
+// (the v1alpha1 reason and the message), or "", "".
+func remoteConflict(rs *RemoteService, taken map[netip.Addr]ServiceKey, takenEP map[netip.AddrPort]ServiceKey) (cause, reason string) {
 	for _, a := range rs.Addresses {
 		if k, ok := taken[a.Unmap()]; ok {
-			return fmt.Sprintf("address %s is already an address of %s; callers of that service would reach the other mesh instead", a, k)
+			return v1alpha1.RemoteServiceReasonAddressConflict,
+				fmt.Sprintf("address %s is already an address of %s; callers of that service would reach the other mesh instead", a, k)
 		}
 	}
 	for _, e := range rs.Endpoints {
 		if k, ok := takenEP[netip.AddrPortFrom(e.Addr.Unmap(), e.Port)]; ok {
-			return fmt.Sprintf("endpoint %s is already an endpoint of %s", netip.AddrPortFrom(e.Addr, e.Port), k)
+			return v1alpha1.RemoteServiceReasonEndpointConflict,
+				fmt.Sprintf("endpoint %s is already an endpoint of %s", netip.AddrPortFrom(e.Addr, e.Port), k)
 		}
 	}
-	return ""
+	return "", ""
 }
 
 func cmp0(a, b uint16) uint16 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/tether-mesh/tether/api/tether/v1alpha1"
 	"github.com/tether-mesh/tether/pkg/discovery/policy"
 )
 
@@ -226,25 +227,25 @@ remoteServices:
     ports: [{port: 80}]
     endpoints: [{address: 192.0.2.10, port: 15006, identity: spiffe://b.example/api}]
 `
-	for _, tc := range []struct{ name, entry, want string }{
+	for _, tc := range []struct{ name, entry, want, cause string }{
 		{"name of a Service", "  - name: web\n    namespace: shop\n    trustDomain: b.example\n    ports: [{port: 80}]\n" +
 			"    endpoints: [{address: 192.0.2.10, port: 15006, identity: spiffe://b.example/api}]\n",
-			"a Service shop/web of this mesh has the name; the Service keeps it"},
+			"a Service shop/web of this mesh has the name; the Service keeps it", v1alpha1.RemoteServiceReasonNameConflict},
 		{"ClusterIP", "  - name: steal\n    namespace: other\n    trustDomain: b.example\n    addresses: [10.96.0.10]\n    ports: [{port: 80}]\n" +
 			"    endpoints: [{address: 192.0.2.10, port: 15006, identity: spiffe://b.example/api}]\n",
-			"address 10.96.0.10 is already an address of shop/web"},
+			"address 10.96.0.10 is already an address of shop/web", v1alpha1.RemoteServiceReasonAddressConflict},
 		{"IPv4-mapped ClusterIP", "  - name: steal\n    namespace: other\n    trustDomain: b.example\n    addresses: ['::ffff:10.96.0.10']\n    ports: [{port: 80}]\n" +
 			"    endpoints: [{address: 192.0.2.10, port: 15006, identity: spiffe://b.example/api}]\n",
-			"is already an address of shop/web"},
+			"is already an address of shop/web", v1alpha1.RemoteServiceReasonAddressConflict},
 		{"headless endpoint address", "  - name: steal\n    trustDomain: b.example\n    addresses: [10.0.0.2]\n    ports: [{port: 7000}]\n" +
 			"    endpoints: [{address: 192.0.2.10, port: 15006, identity: spiffe://b.example/api}]\n",
-			"address 10.0.0.2 is already an address of shop/peers"},
+			"address 10.0.0.2 is already an address of shop/peers", v1alpha1.RemoteServiceReasonAddressConflict},
 		{"endpoint", "  - name: steal\n    trustDomain: b.example\n    ports: [{port: 80}]\n" +
 			"    endpoints: [{address: 10.0.0.1, port: 8080, identity: spiffe://b.example/api}]\n",
-			"endpoint 10.0.0.1:8080 is already an endpoint of shop/web"},
+			"endpoint 10.0.0.1:8080 is already an endpoint of shop/web", v1alpha1.RemoteServiceReasonEndpointConflict},
 		{"another remote service's address", "  - name: steal\n    namespace: zzz\n    trustDomain: b.example\n    addresses: [10.200.0.1]\n    ports: [{port: 80}]\n" +
 			"    endpoints: [{address: 192.0.2.30, port: 15006, identity: spiffe://b.example/api}]\n",
-			"address 10.200.0.1 is already an address of shop/fine"},
+			"address 10.200.0.1 is already an address of shop/fine", v1alpha1.RemoteServiceReasonAddressConflict},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := remoteRegistry(t, local+tc.entry)
@@ -253,8 +254,8 @@ remoteServices:
 			}
 			snap := r.Snapshot()
 			refused := snap.RefusedRemoteServices()
-			if len(refused) != 1 || !strings.Contains(refused[0].Reason, tc.want) {
-				t.Fatalf("refused = %v, want one saying %q", refused, tc.want)
+			if len(refused) != 1 || !strings.Contains(refused[0].Reason, tc.want) || refused[0].Cause != tc.cause {
+				t.Fatalf("refused = %+v, want one saying %q, cause %s", refused, tc.want, tc.cause)
 			}
 			web, ok := snap.Service(ServiceKey{Namespace: "shop", Name: "web"})
 			if !ok || !web.Remote.IsZero() || len(web.Endpoints) != 1 {

@@ -252,7 +252,14 @@ func (s *standIn) serve(t *testing.T, td spiffeid.TrustDomain, svid *x509svid.SV
 	if svid != nil {
 		return serveTLS(t, gate, tlsconfig.TLSServerConfig(svid)), nil
 	}
-	srv := httptest.NewUnstartedServer(gate)
+	return serveWebTLS(t, gate)
+}
+
+// serveWebTLS serves h over TLS with httptest's certificate on loopback
+// and returns its URL and a pool trusting the certificate (https_web).
+func serveWebTLS(t *testing.T, h http.Handler) (string, *x509.CertPool) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)

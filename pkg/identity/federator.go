@@ -2,17 +2,20 @@ package identity
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 // FederatorConfig configures a Federator.
@@ -248,25 +251,75 @@ func (f *Federator) refreshOnce(ctx context.Context, r *foreignRefresher) (*spif
 	return b, nil
 }
 
-// fetch gets d's bundle with go-spiffe's federation.FetchBundle.
+// MaxBundleBytes bounds the answer of a bundle endpoint: a fetch that
+// would read more is refused. A SPIFFE bundle holds a few certificates and
+// keys (a few KiB); 1 MiB leaves room for a thousand.
+const MaxBundleBytes = 1 << 20
+
+// fetch gets d's bundle within FetchTimeout (see fetchBundle).
 func (f *Federator) fetch(ctx context.Context, d FederatedDomain) (*spiffebundle.Bundle, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.FetchTimeout)
 	defer cancel()
-	var opt federation.FetchOption
-	switch d.Profile {
-	case ProfileHTTPSSPIFFE:
-		opt = federation.WithSPIFFEAuth(endpointTrust{f: f}, d.EndpointID)
-	case ProfileHTTPSWeb:
-		opt = federation.WithWebPKIRoots(d.WebRoots)
-	}
-	b, err := federation.FetchBundle(ctx, d.TrustDomain, d.URL, opt)
+	b, err := fetchBundle(ctx, d, endpointTrust{f: f})
 	if err == nil {
 		return b, nil
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("no complete answer within %s: %w", f.cfg.FetchTimeout, err)
 	}
 	if d.Profile == ProfileHTTPSSPIFFE {
 		return nil, fmt.Errorf("fetch from %s (https_spiffe, the endpoint must present %s and verify against the bundle held for %s): %w", d.URL, d.EndpointID, d.EndpointID.TrustDomain(), err)
 	}
 	return nil, fmt.Errorf("fetch from %s (https_web): %w", d.URL, err)
+}
+
+// fetchBundle GETs d's bundle as go-spiffe's federation.FetchBundle does,
+// with go-spiffe's TLS configurations (tlsconfig.TLSClientConfig with
+// AuthorizeID for https_spiffe, the web roots for https_web) and its
+// bundle parser, and refuses what FetchBundle takes: an answer other than
+// 200 OK, a body of more than MaxBundleBytes, and a redirect to anything
+// but https. FetchBundle cannot be given these bounds: it builds its own
+// http.Client, and its options set only the TLS authentication.
+func fetchBundle(ctx context.Context, d FederatedDomain, trust x509bundle.Source) (*spiffebundle.Bundle, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	defer tr.CloseIdleConnections()
+	switch d.Profile {
+	case ProfileHTTPSSPIFFE:
+		tr.TLSClientConfig = tlsconfig.TLSClientConfig(trust, tlsconfig.AuthorizeID(d.EndpointID))
+	case ProfileHTTPSWeb:
+		tr.TLSClientConfig = &tls.Config{RootCAs: d.WebRoots, MinVersion: tls.VersionTLS12}
+	default:
+		return nil, fmt.Errorf("unknown bundle endpoint profile %q", d.Profile)
+	}
+	client := &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		if req.URL.Scheme != "https" {
+			return fmt.Errorf("redirected to %s: a bundle fetched in plaintext could be anyone's", req.URL.Redacted())
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.URL, http.NoBody)
+	if err != nil {
+		return nil, fmt.Errorf("request: %w", err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the endpoint answered %s, not 200 OK", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBundleBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	if len(body) > MaxBundleBytes {
+		return nil, fmt.Errorf("the endpoint sent more than %d bytes; a bundle is refused above that (identity.MaxBundleBytes)", MaxBundleBytes)
+	}
+	return spiffebundle.Parse(d.TrustDomain, body)
 }
 
 // checkSequence refuses a bundle older than the one held: a replay of an

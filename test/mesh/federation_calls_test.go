@@ -51,10 +51,7 @@ func fedMeshYAML(td spiffeid.TrustDomain, locals []localSvc, remotes []remoteSvc
 		b.WriteString("services:\n")
 	}
 	for _, s := range locals {
-		_, tp, _ := net.SplitHostPort(s.app)
-		host, ep, _ := net.SplitHostPort(s.endpoint)
-		fmt.Fprintf(&b, "  - name: %s\n    clusterIPs: [%s]\n    ports: [{name: tcp, port: %d, targetPort: %s}]\n", s.name, s.ip, s.port, tp)
-		fmt.Fprintf(&b, "    endpoints: [{address: %s, port: %s, serviceAccount: %s}]\n", host, ep, s.sa)
+		s.writeYAML(&b)
 	}
 	if len(remotes) > 0 {
 		b.WriteString("remoteServices:\n")

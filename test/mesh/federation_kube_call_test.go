@@ -4,7 +4,6 @@ package mesh
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -80,32 +79,13 @@ func dialIn(ns *netns.NS, addr string) (c net.Conn, err error) {
 // callIn is call from inside ns.
 func callIn(ns *netns.NS, addr, want string) error {
 	c, err := dialIn(ns, addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	return exchange(c, bufio.NewReader(c), want)
+	return callOn(c, err, want)
 }
 
 // refusedIn is refused from inside ns.
 func refusedIn(ns *netns.NS, addr string) error {
 	c, err := dialIn(ns, addr)
-	if err != nil {
-		return nil // refused at connect
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "let me in\n")
-	b, err := io.ReadAll(c)
-	if len(b) > 0 {
-		return fmt.Errorf("a refused call got an answer: %q", b)
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return errors.New("the call was neither answered nor refused within 10s")
-	}
-	return nil
+	return refusedOn(c, err)
 }
 
 // getIn asks path of the HTTP server at addr inside ns and returns the

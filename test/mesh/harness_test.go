@@ -554,16 +554,21 @@ type svc struct {
 	allowFrom []string
 }
 
+// writeYAML writes s as an entry of mesh.yaml's services.
+func (s svc) writeYAML(b *strings.Builder) {
+	_, tp, _ := net.SplitHostPort(s.app)
+	host, ep, _ := net.SplitHostPort(s.endpoint)
+	fmt.Fprintf(b, "  - name: %s\n    clusterIPs: [%s]\n    ports: [{name: tcp, port: %d, targetPort: %s}]\n", s.name, s.ip, s.port, tp)
+	fmt.Fprintf(b, "    endpoints: [{address: %s, port: %s, serviceAccount: %s}]\n", host, ep, s.sa)
+}
+
 // meshYAML writes a mesh.yaml (default namespace) with a deny-by-default
 // policy and one AccessPolicy per service that allows anyone.
 func meshYAML(svcs ...svc) string {
 	var b strings.Builder
 	b.WriteString("defaultPolicy: deny\nservices:\n")
 	for _, s := range svcs {
-		_, tp, _ := net.SplitHostPort(s.app)
-		host, ep, _ := net.SplitHostPort(s.endpoint)
-		fmt.Fprintf(&b, "  - name: %s\n    clusterIPs: [%s]\n    ports: [{name: tcp, port: %d, targetPort: %s}]\n", s.name, s.ip, s.port, tp)
-		fmt.Fprintf(&b, "    endpoints: [{address: %s, port: %s, serviceAccount: %s}]\n", host, ep, s.sa)
+		s.writeYAML(&b)
 	}
 	b.WriteString("policies:\n")
 	for _, s := range svcs {
@@ -814,6 +819,11 @@ func exchange(c net.Conn, r *bufio.Reader, want string) error {
 // listener) and checks that app want answered.
 func call(addr, want string) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return callOn(c, err, want)
+}
+
+// callOn is call on the connection c dialled (or err).
+func callOn(c net.Conn, err error, want string) error {
 	if err != nil {
 		return err
 	}
@@ -826,6 +836,11 @@ func call(addr, want string) error {
 // without a byte of any app.
 func refused(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return refusedOn(c, err)
+}
+
+// refusedOn is refused on the connection c dialled (or err).
+func refusedOn(c net.Conn, err error) error {
 	if err != nil {
 		return nil // refused at connect
 	}

@@ -27,12 +27,15 @@ const (
 // decide which local workloads may call it, as for a Service; the other
 // mesh decides by its own policies whom it lets in. A RemoteService named
 // like a Service of its namespace is not served (the Service keeps the
-// name; tether-discovery logs the refusal).
+// name; tether-discovery says so in the object's status).
 //
 // +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Namespaced,shortName=rsvc,categories=tether
 // +kubebuilder:printcolumn:name="Trust Domain",type=string,JSONPath=".spec.trustDomain",description="The other mesh's trust domain."
-// +kubebuilder:printcolumn:name="Addresses",type=string,JSONPath=".spec.addresses",description="Declared virtual addresses (empty: allocated from 240.240.0.0/16)."
+// +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`,description="Whether tether-discovery serves it."
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].reason`,description="Why (NameConflict, AddressConflict, ...)."
+// +kubebuilder:printcolumn:name="Addresses",type=string,JSONPath=".status.addresses",description="The virtual addresses callers reach it at: declared, or allocated from 240.240.0.0/16."
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=".metadata.creationTimestamp"
 type RemoteService struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -40,6 +43,60 @@ type RemoteService struct {
 
 	// Spec says which mesh serves it, where, and as whom.
 	Spec RemoteServiceSpec `json:"spec"`
+	// Status is written by tether-discovery through the status
+	// subresource; nothing reads it back as input.
+	//
+	// +optional
+	Status RemoteServiceStatus `json:"status,omitempty"`
+}
+
+// The condition tether-discovery writes on a RemoteService, and its reasons.
+const (
+	// RemoteServiceAccepted is the condition type: True when discovery
+	// serves the object, False (with one of the reasons below) when it
+	// leaves it out.
+	RemoteServiceAccepted = "Accepted"
+	// RemoteServiceReasonAccepted: served, at Status.Addresses.
+	RemoteServiceReasonAccepted = "Accepted"
+	// RemoteServiceReasonNameConflict: a Service of its namespace has the
+	// name; the Service keeps it.
+	RemoteServiceReasonNameConflict = "NameConflict"
+	// RemoteServiceReasonAddressConflict: a declared address is a
+	// ClusterIP, an endpoint address of a service of the mesh, or another
+	// remote service's address.
+	RemoteServiceReasonAddressConflict = "AddressConflict"
+	// RemoteServiceReasonEndpointConflict: an endpoint is another
+	// service's endpoint.
+	RemoteServiceReasonEndpointConflict = "EndpointConflict"
+	// RemoteServiceReasonAddressRangeFull: no address to allocate is left
+	// in 240.240.0.0/16.
+	RemoteServiceReasonAddressRangeFull = "AddressRangeFull"
+	// RemoteServiceReasonInvalid: the object does not decode or validate
+	// (e.g. its trust domain is this mesh's own, which the CRD cannot
+	// know).
+	RemoteServiceReasonInvalid = "Invalid"
+)
+
+// RemoteServiceStatus is what tether-discovery made of a RemoteService.
+type RemoteServiceStatus struct {
+	// ObservedGeneration is the metadata.generation the status is about.
+	//
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Addresses are the virtual addresses callers reach it at while it is
+	// accepted: the declared ones, or the one allocated.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	// +listType=atomic
+	Addresses []string `json:"addresses,omitempty"`
+	// Conditions holds Accepted.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // RemoteServiceSpec is a service of another mesh.

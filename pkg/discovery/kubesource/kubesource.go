@@ -99,6 +99,12 @@ type KubeSource struct {
 	// installed when it started, is served now (it then watches
 	// RemoteServices too); 0 means DefaultCRDPoll.
 	CRDPoll time.Duration
+	// StatusRewrite is the least time between two writes of the same
+	// status to one RemoteService by this replica, when something else
+	// (another replica, a user) changed it in between; 0 means
+	// DefaultStatusRewrite. A change of discovery's verdict is written at
+	// once.
+	StatusRewrite time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Rejected, if set, is called with the error each time Run cannot build
@@ -214,18 +220,24 @@ func (k *KubeSource) run(ctx context.Context, reg *discovery.Registry, log *slog
 		{"namespaces", namespaces.Informer()},
 		{policy.Resource + "." + policy.GroupName, policies.Informer()},
 	}
-	if remotes != nil {
-		named = append(named, struct {
-			name string
-			inf  cache.SharedIndexInformer
-		}{tetherv1alpha1.RemoteServiceResource + "." + policy.GroupName, remotes.Informer()})
-	}
-	synced := make([]cache.InformerSynced, 0, len(named))
+	synced := make([]cache.InformerSynced, 0, len(named)+1)
 	for _, n := range named {
 		if _, err := n.inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("kube source: watch %s: %w", n.name, err)
 		}
 		synced = append(synced, n.inf.HasSynced)
+	}
+	var status *statusWriter
+	if remotes != nil {
+		status = newStatusWriter(k.Dynamic.Resource(tetherv1alpha1.RemoteServiceGVR), remotes.Lister(), log, k.StatusRewrite)
+		named = append(named, struct {
+			name string
+			inf  cache.SharedIndexInformer
+		}{tetherv1alpha1.RemoteServiceResource + "." + policy.GroupName, remotes.Informer()})
+		if _, err := remotes.Informer().AddEventHandler(remoteHandler(notify, status.poke)); err != nil {
+			return fmt.Errorf("kube source: watch remoteservices: %w", err)
+		}
+		synced = append(synced, remotes.Informer().HasSynced)
 	}
 
 	factory.Start(ctx.Done())
@@ -256,6 +268,11 @@ func (k *KubeSource) run(ctx context.Context, reg *discovery.Registry, log *slog
 	}
 	if remotes != nil {
 		b.remotes = remotes.Lister()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status.run(ctx)
+		}()
 	}
 	timer := time.NewTimer(0) // the first State goes out at once
 	defer timer.Stop()
@@ -281,6 +298,9 @@ func (k *KubeSource) run(ctx context.Context, reg *discovery.Registry, log *slog
 			k.rejected(err)
 		} else {
 			discovery.LogRefusals(log, prev, reg.Snapshot())
+			if status != nil {
+				status.set(verdicts(reg.Snapshot(), b.remoteGens))
+			}
 			log.Debug("registry updated", slog.Uint64("version", reg.Snapshot().Version()),
 				slog.Int("services", len(st.Services)), slog.Int("services_outside_mesh", b.outside),
 				slog.Int("policies", len(st.Policies)))
@@ -333,6 +353,9 @@ type kubeBuilder struct {
 	namespaces corev1listers.NamespaceLister
 	policies   cache.GenericLister
 	remotes    cache.GenericLister // nil: the RemoteService CRD is not installed
+	// remoteGens is the generation of each RemoteService object the last
+	// build read, for the status its verdict is written to.
+	remoteGens map[discovery.ServiceKey]int64
 
 	// outside is the number of Services the last build left out because
 	// no endpoint of theirs is in the mesh.

@@ -11,9 +11,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/cache"
 
 	tetherv1alpha1 "github.com/tether-mesh/tether/api/tether/v1alpha1"
 	"github.com/tether-mesh/tether/pkg/discovery"
@@ -77,23 +79,28 @@ func (b *kubeBuilder) remoteServices(st *discovery.State, svcs []*corev1.Service
 	for _, s := range svcs {
 		names[discovery.ServiceKey{Namespace: s.Namespace, Name: s.Name}] = true
 	}
+	b.remoteGens = make(map[discovery.ServiceKey]int64, len(objs))
 	for _, obj := range objs {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {
 			continue
 		}
 		key := discovery.ServiceKey{Namespace: u.GetNamespace(), Name: u.GetName()}
+		b.remoteGens[key] = u.GetGeneration()
 		var o tetherv1alpha1.RemoteService
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &o); err != nil {
-			st.Refused = append(st.Refused, discovery.Refusal{Key: key, Reason: "does not decode: " + err.Error()})
+			st.Refused = append(st.Refused, discovery.Refusal{Key: key, Cause: tetherv1alpha1.RemoteServiceReasonInvalid, Reason: "does not decode: " + err.Error()})
 			continue
 		}
+		// Only the spec is read: the status is discovery's own output, and
+		// whoever may write it could fake an acceptance.
+		o.Status = tetherv1alpha1.RemoteServiceStatus{}
 		rs, errs := remoteService(b.td, &o)
 		switch {
 		case len(errs) > 0:
-			st.Refused = append(st.Refused, discovery.Refusal{Key: key, Reason: strings.Join(errs, "; ")})
+			st.Refused = append(st.Refused, discovery.Refusal{Key: key, Cause: tetherv1alpha1.RemoteServiceReasonInvalid, Reason: strings.Join(errs, "; ")})
 		case names[key]:
-			st.Refused = append(st.Refused, discovery.Refusal{Key: key, Reason: fmt.Sprintf(
+			st.Refused = append(st.Refused, discovery.Refusal{Key: key, Cause: tetherv1alpha1.RemoteServiceReasonNameConflict, Reason: fmt.Sprintf(
 				"a Kubernetes Service %s has the name; the Service keeps it (rename the RemoteService)", key)})
 		default:
 			st.RemoteServices = append(st.RemoteServices, rs)
@@ -103,6 +110,25 @@ func (b *kubeBuilder) remoteServices(st *discovery.State, svcs []*corev1.Service
 		return cmp.Or(strings.Compare(a.Key.Namespace, b.Key.Namespace), strings.Compare(a.Key.Name, b.Key.Name))
 	})
 	return nil
+}
+
+// remoteHandler handles the RemoteService informer's events: a change of
+// an object's spec (or its arrival or deletion) rebuilds the State
+// (rebuild); a change of its status alone does not, and only wakes the
+// status writer (recheck), which puts back a status it did not write.
+func remoteHandler(rebuild, recheck func()) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { rebuild() },
+		DeleteFunc: func(any) { rebuild() },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*unstructured.Unstructured)
+			n, ok2 := newObj.(*unstructured.Unstructured)
+			if !ok1 || !ok2 || !equality.Semantic.DeepEqual(o.Object["spec"], n.Object["spec"]) || o.GetGeneration() != n.GetGeneration() {
+				rebuild()
+			}
+			recheck()
+		},
+	}
 }
 
 // remoteService maps a RemoteService object for a mesh of trust domain
