@@ -2,6 +2,7 @@ package injector
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -113,6 +114,12 @@ func TestCNIModeOnAPIServer(t *testing.T) {
 		if _, err := node.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "tether-cni-node", tr, metav1.CreateOptions{}); err != nil {
 			t.Errorf("the node agent cannot create its own token: %v", err)
 		}
+		// On exit it reads its own DaemonSet (deleted or being deleted:
+		// uninstall; there: a restart, the entry stays), and no other.
+		ds, err := node.AppsV1().DaemonSets("kube-system").Get(ctx, "tether-cni-node", metav1.GetOptions{})
+		if err != nil {
+			t.Errorf("the node agent cannot get its own DaemonSet: %v", err)
+		}
 		env.EnsureServiceAccount(t, "kube-system", "other")
 		for what, call := range map[string]func() error{
 			"create another ServiceAccount's token": func() error {
@@ -129,6 +136,24 @@ func TestCNIModeOnAPIServer(t *testing.T) {
 			"get a Secret": func() error {
 				_, err := node.CoreV1().Secrets("tether-system").Get(ctx, "tether-injector-tls", metav1.GetOptions{})
 				return err
+			},
+			"get another DaemonSet": func() error {
+				_, err := node.AppsV1().DaemonSets("kube-system").Get(ctx, "kube-proxy", metav1.GetOptions{})
+				return err
+			},
+			"list DaemonSets": func() error {
+				_, err := node.AppsV1().DaemonSets("kube-system").List(ctx, metav1.ListOptions{})
+				return err
+			},
+			"update its own DaemonSet": func() error {
+				if ds == nil {
+					return errors.New("no DaemonSet read")
+				}
+				_, err := node.AppsV1().DaemonSets("kube-system").Update(ctx, ds, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+				return err
+			},
+			"delete its own DaemonSet": func() error {
+				return node.AppsV1().DaemonSets("kube-system").Delete(ctx, "tether-cni-node", metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
 			},
 			"get a node": func() error {
 				_, err := node.CoreV1().Nodes().Get(ctx, "any", metav1.GetOptions{})
