@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -57,7 +58,13 @@ func verdicts(snap *discovery.Snapshot, gens map[discovery.ServiceKey]int64) map
 		if f, ok := refused[key]; ok {
 			msg := f.Reason
 			if len(msg) > maxConditionMessage {
-				msg = msg[:maxConditionMessage-3] + "..."
+				// Cut on a character: invalid UTF-8 is stored as U+FFFD,
+				// which would never equal the verdict (a rewrite forever).
+				cut := maxConditionMessage - 3
+				for cut > 0 && !utf8.RuneStart(msg[cut]) {
+					cut--
+				}
+				msg = msg[:cut] + "..."
 			}
 			out[key] = verdict{generation: gen, reason: f.Cause, message: msg}
 			continue

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -344,6 +345,34 @@ func TestRemoteServiceStatusCannotBeFaked(t *testing.T) {
 		}
 		if svc, ok := snap.Service(discovery.ServiceKey{Namespace: "shop", Name: "api"}); !ok || svc.Endpoints[0].Addr.String() != "192.0.2.10" {
 			t.Errorf("replica %d: 10.200.0.7 no longer leads to api's endpoint: %+v", i, svc)
+		}
+	}
+}
+
+// TestVerdictCutsLongMessageOnACharacter: a refusal longer than a
+// condition's message may be is cut, on a character boundary. Cut inside
+// a character, the message is not valid UTF-8: the API server stores
+// U+FFFD instead, the stored message never equals the verdict, and every
+// replica rewrites it each StatusRewrite for as long as the object lives.
+func TestVerdictCutsLongMessageOnACharacter(t *testing.T) {
+	for _, lead := range []string{"", "x"} {
+		reg, err := discovery.NewRegistry(td, policy.AllowMesh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := discovery.ServiceKey{Namespace: "shop", Name: "long"}
+		reason := lead + strings.Repeat("é", maxConditionMessage)
+		if err := reg.Update(discovery.State{Refused: []discovery.Refusal{{Key: key, Cause: tetherv1alpha1.RemoteServiceReasonInvalid, Reason: reason}}}); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := verdicts(reg.Snapshot(), map[discovery.ServiceKey]int64{key: 1})[key]
+		switch {
+		case !ok:
+			t.Fatalf("no verdict for %s", key)
+		case len(v.message) > maxConditionMessage || !strings.HasSuffix(v.message, "...") || len(v.message) < maxConditionMessage-8:
+			t.Errorf("lead %q: message of %d bytes, want one cut to at most %d", lead, len(v.message), maxConditionMessage)
+		case !utf8.ValidString(v.message):
+			t.Errorf("lead %q: message cut inside a character: ...%q", lead, v.message[len(v.message)-8:])
 		}
 	}
 }
