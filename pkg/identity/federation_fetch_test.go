@@ -1,6 +1,8 @@
 package identity_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	tu "github.com/tether-mesh/tether/internal/testutil"
 	"github.com/tether-mesh/tether/pkg/identity"
@@ -181,6 +185,73 @@ func TestFederatorRefusesPlaintextRedirect(t *testing.T) {
 		t.Errorf("the plaintext server was asked %d times", plainHits.Load())
 	}
 	if !held(f, initial.TrustDomain()).Equal(initial) {
+		t.Error("the held bundle changed")
+	}
+}
+
+// TestFederatorBoundsDecompressedBody: a gzip answer of a few KiB that
+// expands to 64 MiB (net/http asks for gzip and decompresses it) is cut
+// off at identity.MaxBundleBytes of decompressed bytes.
+func TestFederatorBoundsDecompressedBody(t *testing.T) {
+	var bomb bytes.Buffer
+	zw := gzip.NewWriter(&bomb)
+	_, _ = zw.Write([]byte(`{"keys":[`))
+	_, _ = zw.Write(bytes.Repeat([]byte(" "), 64<<20))
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, _, initial, url := hostileEndpoint(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write(bomb.Bytes())
+	})
+	e := lastError(t, f, 10*time.Second)
+	t.Logf("refused (%d compressed bytes): %s", bomb.Len(), e)
+	for _, want := range []string{url, "more than 1048576 bytes"} {
+		if !strings.Contains(e, want) {
+			t.Errorf("error %q does not say %q", e, want)
+		}
+	}
+	if !held(f, initial.TrustDomain()).Equal(initial) {
+		t.Error("the held bundle changed")
+	}
+}
+
+// TestFederatorSPIFFERedirectNeedsEndpointID: an https_spiffe endpoint
+// redirecting to another server is followed only if that server presents
+// the endpoint ID too: one with another SVID of the same trust domain,
+// serving a newer bundle, is refused.
+func TestFederatorSPIFFERedirectNeedsEndpointID(t *testing.T) {
+	b := tdCA(t, "b.example")
+	btd := b.TrustDomain()
+	endpointID := spiffeid.RequireFromPath(btd, "/spire/server")
+	doc, err := bundleOf(b, time.Second, 9).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var otherHits atomic.Int64
+	other := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		otherHits.Add(1)
+		_, _ = w.Write(doc)
+	}), tlsconfig.TLSServerConfig(svidOf(t, b, spiffeid.RequireFromPath(btd, "/ns/evil/sa/x"))))
+	url := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other+"/bundle", http.StatusFound)
+	}), tlsconfig.TLSServerConfig(svidOf(t, b, endpointID)))
+	f := newFederator(t, prometheus.NewRegistry())
+	initial := spiffebundle.FromX509Authorities(btd, b.Bundle().Bundle.X509Authorities())
+	if err := f.SetDomains([]identity.FederatedDomain{{TrustDomain: btd, URL: url, Profile: identity.ProfileHTTPSSPIFFE, EndpointID: endpointID, Initial: initial}}); err != nil {
+		t.Fatal(err)
+	}
+	e := lastError(t, f, 5*time.Second)
+	t.Logf("refused: %s", e)
+	for _, want := range []string{url, other + "/bundle", "spiffe://b.example/ns/evil/sa/x"} {
+		if !strings.Contains(e, want) {
+			t.Errorf("error %q does not say %q", e, want)
+		}
+	}
+	if otherHits.Load() != 0 {
+		t.Errorf("the server with another SPIFFE ID was asked %d times", otherHits.Load())
+	}
+	if !held(f, btd).Equal(initial) {
 		t.Error("the held bundle changed")
 	}
 }
