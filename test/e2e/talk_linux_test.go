@@ -252,7 +252,7 @@ func TestInjectedPodsTalk(t *testing.T) {
 		if !strings.Contains(early.Rule, "unknown service") || early.Destination != apiSvc.Spec.ClusterIP+":80" {
 			t.Fatalf("web → %s under the policy: web's sidecar logged %+v, want a denial of %s:80 as an unknown service", byIP, early, apiSvc.Spec.ClusterIP)
 		}
-		if took > 2*time.Second {
+		if took > quickRefusal {
 			t.Fatalf("web → %s under the policy took %v to be refused", byIP, took)
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -279,7 +279,7 @@ func TestInjectedPodsTalk(t *testing.T) {
 		if out.DestinationID != "" || !strings.Contains(out.Reason, "passthrough") {
 			t.Fatalf("web → %s under the policy: web's sidecar logged %+v, want a passthrough", url, out)
 		}
-		if took > 2*time.Second {
+		if took > quickRefusal {
 			t.Fatalf("web → %s under the policy took %v to be refused", url, took)
 		}
 		t.Logf("web → %s under the policy: refused in %v; web's sidecar: %q; api's sidecar: %s %s (%s)",
@@ -328,7 +328,7 @@ func TestInjectedPodsTalk(t *testing.T) {
 	if refused.Rule != rule || !strings.Contains(rule, "no AccessPolicy allows "+webID.String()+" to shop/api:80") {
 		t.Fatalf("web's sidecar refused shop/api:80 with rule %q, want the view's rule %q naming the policy decision", refused.Rule, rule)
 	}
-	if took > time.Second || refused.DurationMS > 100 {
+	if took > quickRefusal || refused.DurationMS > 100 {
 		t.Fatalf("web → shop/api:80 refused after %v (sidecar: %.1f ms)", took, refused.DurationMS)
 	}
 	if e, ok := api.findLog(apiMark, func(e accessEntry) bool { return e.Direction == "inbound" }); ok {
@@ -486,6 +486,13 @@ func (m *mesh) policies(namespace string) dynamic.ResourceInterface {
 	}
 	return dc.Resource(policy.SchemeGroupVersionResource).Namespace(namespace)
 }
+
+// quickRefusal bounds how long a refused curl from a pod may take. It is
+// wall-clock time of the whole curl, run in the pod's app container: on
+// 2 busy cores under make test this alone measured 1.1 to 1.8 s. curl's
+// --max-time is 5 s, so an answer within 3 s still shows a refusal, not a
+// hang; the sidecar's own decision time is bounded from its access log.
+const quickRefusal = 3 * time.Second
 
 // curl runs curl in the pod's app container (kubectl exec): as its UID,
 // in its network namespace (so tether-init's rules capture its DNS and
